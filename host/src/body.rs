@@ -1,0 +1,262 @@
+//! The body: loads cells, serves each on `cbs.<cell-id>` (queue group of the
+//! same name), checks every payload against the cell's contract, and turns
+//! every failure into a typed reply while the other cells keep serving.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::bus::{BodyBus, Message};
+use crate::contract::Contract;
+use crate::envelope::{header, BusError, Envelope, ErrorCode};
+use crate::manifest::{CellSpec, Manifest, RuntimeKind};
+use crate::outbound::{self, Outbound};
+use crate::runtime::wasm::{CacheOutcome, WasmRuntime};
+use crate::runtime::{CellInfo, CellRunner};
+
+/// A loaded cell: manifest, contract and runner, with its admission limits.
+pub struct LoadedCell {
+    pub spec: CellSpec,
+    pub manifest: Arc<Manifest>,
+    pub contract: Contract,
+    pub runner: Arc<dyn CellRunner>,
+    /// Where the compiled component came from (wasm cells).
+    pub cache: Option<CacheOutcome>,
+    /// Messages admitted (running + queued): `concurrency + queue`.
+    admitted: Arc<Semaphore>,
+    /// Messages running: `concurrency`.
+    running: Semaphore,
+    pub stats: CellStats,
+}
+
+/// Counters per cell.
+#[derive(Debug, Default, Serialize)]
+pub struct CellStats {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl LoadedCell {
+    pub fn info(&self) -> &CellInfo {
+        self.runner.info()
+    }
+}
+
+/// The host's cells and the bus they are served on.
+pub struct Body {
+    bus: Arc<dyn BodyBus>,
+    wasm: Arc<WasmRuntime>,
+    cells: RwLock<BTreeMap<String, (Arc<LoadedCell>, Option<JoinHandle<()>>)>>,
+}
+
+impl Body {
+    pub fn new(bus: Arc<dyn BodyBus>, wasm: Arc<WasmRuntime>) -> Self {
+        Self {
+            bus,
+            wasm,
+            cells: RwLock::default(),
+        }
+    }
+
+    pub fn bus(&self) -> &Arc<dyn BodyBus> {
+        &self.bus
+    }
+
+    /// Loads a cell folder (manifest, schemas, component) without serving it.
+    pub async fn load(&self, dir: &Path) -> anyhow::Result<Arc<LoadedCell>> {
+        let spec = CellSpec::from_dir(dir)?;
+        let manifest = Arc::new(spec.manifest.clone());
+        let contract = Contract::load(&spec)?;
+        let outbound = Arc::new(Outbound::new(self.bus.clone(), manifest.clone()));
+        let (runner, cache): (Arc<dyn CellRunner>, _) = match manifest.runtime {
+            RuntimeKind::Wasm => {
+                let cell = self
+                    .wasm
+                    .load(manifest.clone(), &spec.component_path()?, outbound)
+                    .await
+                    .with_context(|| format!("cannot load cell {}", manifest.id))?;
+                let cache = cell.cache_outcome();
+                (Arc::new(cell), Some(cache))
+            }
+            other => bail!(
+                "cell {}: runtime {other:?} is not available in this host yet",
+                manifest.id
+            ),
+        };
+        let limits = &manifest.limits;
+        Ok(Arc::new(LoadedCell {
+            admitted: Arc::new(Semaphore::new((limits.concurrency + limits.queue) as usize)),
+            running: Semaphore::new(limits.concurrency as usize),
+            spec,
+            manifest,
+            contract,
+            runner,
+            cache,
+            stats: CellStats::default(),
+        }))
+    }
+
+    /// Loads a cell folder and serves it.
+    pub async fn start(&self, dir: &Path) -> anyhow::Result<Arc<LoadedCell>> {
+        let cell = self.load(dir).await?;
+        self.serve(cell.clone()).await?;
+        Ok(cell)
+    }
+
+    /// Subscribes a loaded cell on its subject and queue group.
+    pub async fn serve(&self, cell: Arc<LoadedCell>) -> anyhow::Result<()> {
+        let id = cell.manifest.id.clone();
+        if self.cells.read().unwrap().contains_key(&id) {
+            bail!("cell {id} is already served by this host");
+        }
+        let subject = cell.manifest.subject();
+        let subscription = self
+            .bus
+            .subscribe(&subject, Some(&subject))
+            .await
+            .with_context(|| format!("cannot subscribe cell {id} to {subject}"))?;
+        self.bus.flush().await?;
+        let task = tokio::spawn(dispatch(self.bus.clone(), cell.clone(), subscription));
+        tracing::info!(cell = %id, %subject, "serving");
+        self.cells.write().unwrap().insert(id, (cell, Some(task)));
+        Ok(())
+    }
+
+    pub fn cell(&self, id: &str) -> Option<Arc<LoadedCell>> {
+        self.cells.read().unwrap().get(id).map(|(c, _)| c.clone())
+    }
+
+    pub fn cells(&self) -> Vec<Arc<LoadedCell>> {
+        self.cells.read().unwrap().values().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// Sends the first message of a flow to `cell_id` and waits for its reply.
+    pub async fn start_flow(&self, cell_id: &str, payload: Box<RawValue>, timeout: Duration) -> Result<Envelope, BusError> {
+        let envelope = Envelope::new(crate::manifest::subject_of(cell_id), payload);
+        let reply = self.bus.request(outbound::to_message(&envelope), timeout).await?;
+        Envelope::from_slice(&reply.payload)
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        for (_, task) in self.cells.get_mut().unwrap().values_mut() {
+            if let Some(task) = task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Takes messages off a cell's subscription and admits them, or answers
+/// `capacity` at once when the cell's queue is full.
+async fn dispatch(bus: Arc<dyn BodyBus>, cell: Arc<LoadedCell>, mut subscription: crate::bus::Subscription) {
+    while let Some(message) = subscription.next().await {
+        match cell.admitted.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (bus, cell) = (bus.clone(), cell.clone());
+                tokio::spawn(async move {
+                    handle_message(&*bus, &cell, message).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                let error = BusError::new(
+                    ErrorCode::Capacity,
+                    format!(
+                        "cell {} is at its limit of {} running and {} queued messages; retry later",
+                        cell.manifest.id, cell.manifest.limits.concurrency, cell.manifest.limits.queue
+                    ),
+                );
+                reply_error(&*bus, &cell, &message, error).await;
+            }
+        }
+    }
+    tracing::debug!(cell = %cell.manifest.id, "subscription closed");
+}
+
+async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) {
+    let arrived = Instant::now();
+    cell.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let envelope = match Envelope::from_slice(&message.payload) {
+        Ok(envelope) => Arc::new(envelope),
+        Err(error) => return reply_error(bus, cell, &message, error).await,
+    };
+    let span = tracing::debug_span!(
+        "cell",
+        cell = %cell.manifest.id,
+        correlation_id = %envelope.correlation_id,
+        message_id = %envelope.id,
+    );
+    let reply = async {
+        let outcome = run(cell, envelope.clone(), arrived).await;
+        let elapsed_us = arrived.elapsed().as_micros() as u64;
+        match outcome {
+            Ok(reply) => {
+                tracing::debug!(elapsed_us, "handled");
+                reply
+            }
+            Err(error) => {
+                cell.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(elapsed_us, code = %error.code, error = %error.message, "failed");
+                envelope.error_reply(error)
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    send_reply(bus, &message, &reply).await;
+}
+
+/// Input contract → cell → output contract, within the cell's deadline.
+async fn run(cell: &LoadedCell, envelope: Arc<Envelope>, arrived: Instant) -> Result<Envelope, BusError> {
+    let deadline = arrived + Duration::from_millis(cell.manifest.limits.timeout_ms);
+    let _running = cell
+        .running
+        .acquire()
+        .await
+        .map_err(|_| BusError::internal("cell is shutting down"))?;
+    cell.contract.check_input(envelope.payload.get())?;
+    let reply = cell.runner.handle(envelope.clone(), deadline).await?;
+    cell.contract.check_output(&reply.payload)?;
+    let payload = RawValue::from_string(reply.payload).map_err(|e| {
+        BusError::new(
+            ErrorCode::ContractViolation,
+            format!("cell {} replied with invalid JSON: {e}", cell.manifest.id),
+        )
+    })?;
+    let schema = reply
+        .schema
+        .or_else(|| cell.manifest.output.as_ref().map(|o| o.id.clone()));
+    let mut out = envelope.reply(schema, payload);
+    out.headers.extend(reply.headers);
+    Ok(out)
+}
+
+async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, error: BusError) {
+    cell.stats.errors.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(cell = %cell.manifest.id, code = %error.code, error = %error.message, "rejected");
+    let reply = Envelope::orphan_error(&message.subject, message.header(header::CORRELATION_ID), error);
+    send_reply(bus, message, &reply).await;
+}
+
+async fn send_reply(bus: &dyn BodyBus, message: &Message, reply: &Envelope) {
+    let Some(to) = &message.reply else {
+        return;
+    };
+    if let Err(e) = bus
+        .reply(to, outbound::transport_headers(reply), reply.to_vec().into())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot send a reply");
+    }
+}

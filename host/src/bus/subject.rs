@@ -1,0 +1,111 @@
+//! NATS subject syntax: dot-separated tokens; in subscriptions `*` matches
+//! one token and `>` (last) matches one or more.
+
+use crate::envelope::{BusError, ErrorCode};
+
+/// A parsed subscription subject.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    tokens: Vec<String>,
+    literal: bool,
+}
+
+impl Pattern {
+    pub fn parse(subject: &str) -> Result<Self, BusError> {
+        check(subject, true)?;
+        let tokens: Vec<String> = subject.split('.').map(str::to_owned).collect();
+        let literal = !tokens.iter().any(|t| t == "*" || t == ">");
+        Ok(Self { tokens, literal })
+    }
+
+    /// True when the pattern has no wildcard (an exact subject).
+    pub fn is_literal(&self) -> bool {
+        self.literal
+    }
+
+    pub fn matches(&self, subject: &str) -> bool {
+        let mut parts = subject.split('.');
+        for (i, token) in self.tokens.iter().enumerate() {
+            match token.as_str() {
+                ">" => return i < self.tokens.len() && parts.next().is_some(),
+                "*" => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                t => {
+                    if parts.next() != Some(t) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Checks a subject: non-empty tokens, no white space, wildcards only where
+/// allowed (`>` only last).
+pub fn check(subject: &str, wildcards: bool) -> Result<(), BusError> {
+    let bad = |why: &str| {
+        Err(BusError::new(
+            ErrorCode::InvalidInput,
+            format!("invalid subject {subject:?}: {why}"),
+        ))
+    };
+    if subject.is_empty() {
+        return bad("it is empty");
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_empty() {
+            return bad("it has an empty token");
+        }
+        if t.chars().any(char::is_whitespace) {
+            return bad("it contains white space");
+        }
+        let wild = *t == "*" || *t == ">";
+        if wild && !wildcards {
+            return bad("wildcards are only allowed in subscriptions");
+        }
+        if *t == ">" && i + 1 != tokens.len() {
+            return bad("'>' must be the last token");
+        }
+        if !wild && (t.contains('*') || t.contains('>')) {
+            return bad("wildcards must be whole tokens");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, s: &str) -> bool {
+        Pattern::parse(p).unwrap().matches(s)
+    }
+
+    #[test]
+    fn matching() {
+        assert!(m("cbs.logic.greet", "cbs.logic.greet"));
+        assert!(!m("cbs.logic.greet", "cbs.logic"));
+        assert!(!m("cbs.logic", "cbs.logic.greet"));
+        assert!(m("cbs.*.greet", "cbs.logic.greet"));
+        assert!(!m("cbs.*", "cbs.logic.greet"));
+        assert!(m("cbs.>", "cbs.logic.greet"));
+        assert!(m("cbs.>", "cbs.a"));
+        assert!(!m("cbs.>", "cbs"));
+        assert!(m(">", "anything.at.all"));
+        assert!(m("*.*", "a.b"));
+    }
+
+    #[test]
+    fn invalid_subjects() {
+        for s in ["", "a..b", "a.>.b", "a b", "a.b*", ".a", "a."] {
+            assert!(Pattern::parse(s).is_err(), "{s:?} should be rejected");
+        }
+        assert!(check("a.*", false).is_err());
+        assert!(check("a.b", false).is_ok());
+    }
+}

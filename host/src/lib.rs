@@ -1,0 +1,17 @@
+//! `cbs-host`: runs CBS cells (WebAssembly components) and bridges their
+//! envelopes to a bus — in process by default, NATS across machines.
+//!
+//! One module per concept: [`envelope`] (the wire format and `BusError`),
+//! [`bus`] (the `BodyBus` trait and its implementations), [`manifest`]
+//! (`cell.toml`), [`contract`] (JSON Schema), [`runtime`] (wasm),
+//! [`outbound`] (calls between cells), [`body`] (serving cells) and
+//! [`telemetry`] (logs and spans).
+
+pub mod body;
+pub mod bus;
+pub mod contract;
+pub mod envelope;
+pub mod manifest;
+pub mod outbound;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,243 @@
+//! `cbs-host`: the CBS host command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cbs_host::body::{Body, LoadedCell};
+use cbs_host::bus::local::LocalBus;
+use cbs_host::bus::BodyBus;
+use cbs_host::envelope::Envelope;
+use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
+use cbs_host::telemetry::{self, LogFormat};
+use clap::{Args, Parser, Subcommand};
+use serde_json::value::RawValue;
+
+/// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
+/// bridges their envelopes to a bus (in process unless told otherwise).
+#[derive(Parser)]
+#[command(name = "cbs-host", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t, global = true, env = "CBS_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as `cbs_host=debug`. RUST_LOG overrides it.
+    #[arg(long, default_value = "info", global = true, env = "CBS_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve cells: each answers on `cbs.<cell-id>` until Ctrl-C, or, with
+    /// --start, until the flow it starts has finished.
+    ///
+    /// Example: `echo Ada | cbs-host run --start io.prompt_name cells/*`
+    Run(RunArgs),
+    /// Load one cell, check it, and print what it exports and needs, without
+    /// serving it.
+    ///
+    /// Example: `cbs-host load cells/logic.greet`
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Cell folders (each with a cell.toml).
+    #[arg(required = true, value_name = "CELL_DIR")]
+    cells: Vec<PathBuf>,
+    /// Send one message to this cell once all cells are served, print the
+    /// outcome, and exit (0 on success).
+    #[arg(long, value_name = "CELL_ID")]
+    start: Option<String>,
+    /// Payload (JSON) of the --start message.
+    #[arg(long, default_value = "{}", value_name = "JSON", requires = "start")]
+    input: String,
+    /// How long to wait for the --start flow, in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_name = "MS", requires = "start")]
+    timeout_ms: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// A cell folder (with a cell.toml).
+    #[arg(value_name = "CELL_DIR")]
+    cell: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Folder of precompiled components [default: $CBS_CACHE_DIR, else
+    /// ~/.cache/cbs/components].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component at load; write no cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// Cell instances alive at once across all cells (sizes the pool).
+    #[arg(long, default_value_t = EngineOptions::default().max_instances)]
+    max_instances: u32,
+    /// Largest memory a cell may be granted, in MiB.
+    #[arg(long, default_value_t = EngineOptions::default().max_memory_mb)]
+    max_memory_mb: u32,
+}
+
+impl EngineArgs {
+    fn runtime(&self) -> anyhow::Result<Arc<WasmRuntime>> {
+        let options = EngineOptions {
+            max_instances: self.max_instances,
+            max_memory_mb: self.max_memory_mb,
+        };
+        let cache = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(ComponentCache::default_dir)
+        };
+        Ok(Arc::new(WasmRuntime::new(&options, cache)?))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Load(args) => load(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let bus: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
+    let body = Body::new(bus, args.engine.runtime()?);
+    for dir in &args.cells {
+        body.start(dir).await?;
+    }
+    let Some(start) = args.start else {
+        tracing::info!(cells = args.cells.len(), bus = "local", "ready; Ctrl-C to stop");
+        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let input = RawValue::from_string(args.input).context("--input is not JSON")?;
+    let reply = body
+        .start_flow(&start, input, Duration::from_millis(args.timeout_ms))
+        .await;
+    match reply.and_then(Envelope::into_result) {
+        Ok(payload) => {
+            tracing::info!(cell = %start, reply = %payload.get(), "flow finished");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {} failed with {}: {}", start, e.code, e.message);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let body = Body::new(Arc::new(LocalBus::new()), args.engine.runtime()?);
+    let cell = body.load(&args.cell).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&describe_json(&cell))?);
+    } else {
+        print!("{}", describe_text(&cell));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_json(cell: &LoadedCell) -> serde_json::Value {
+    let m = &cell.manifest;
+    serde_json::json!({
+        "id": m.id,
+        "version": m.version,
+        "runtime": m.runtime,
+        "subject": m.subject(),
+        "component": m.component.as_ref().map(|c| cell.spec.resolve(c)),
+        "cache": cell.cache,
+        "describe": cell.info(),
+        "input": m.input,
+        "output": m.output,
+        "capabilities": m.capabilities,
+        "limits": m.limits,
+        "instances": m.instances,
+    })
+}
+
+fn describe_text(cell: &LoadedCell) -> String {
+    let m = &cell.manifest;
+    let info = cell.info();
+    let schema = |s: &Option<cbs_host::manifest::SchemaRef>| {
+        s.as_ref().map_or_else(
+            || "none (payloads are not checked)".to_owned(),
+            |s| format!("{}  ({})", s.id, s.schema.display()),
+        )
+    };
+    let list = |l: &[String]| if l.is_empty() { "none".to_owned() } else { l.join(", ") };
+    let cache = cell.cache.map_or("-".into(), lower);
+    let subject = m.subject();
+    let component = m
+        .component
+        .as_ref()
+        .map_or("-".into(), |c| cell.spec.resolve(c).display().to_string());
+    format!(
+        "cell          {} {} (runtime {})\n\
+         component     {component} [{cache}]\n\
+         describe()    {} {}\n\
+         input         {}\n\
+         output        {}\n\
+         serves        {subject} (queue group {subject})\n\
+         instances     {}, retired after {} messages or any trap\n\
+         limits        memory {} MiB, timeout {} ms, concurrency {}, queue {}\n\
+         capabilities  stdio: {}; calls: {}; publish: {}\n",
+        m.id,
+        m.version,
+        lower(m.runtime),
+        info.id,
+        info.version,
+        schema(&m.input),
+        schema(&m.output),
+        lower(m.instances.policy),
+        m.instances.max_messages,
+        m.limits.memory_mb,
+        m.limits.timeout_ms,
+        m.limits.concurrency,
+        m.limits.queue,
+        if m.capabilities.stdio { "yes" } else { "no" },
+        list(&m.capabilities.calls),
+        list(&m.capabilities.publish),
+    )
+}
+
+/// An enum's serde name (`wasm`, `pooled`, `hit`).
+fn lower(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}

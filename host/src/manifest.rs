@@ -1,0 +1,277 @@
+//! `cell.toml`: what a cell is, what it may touch and what it may use.
+//!
+//! Unknown fields are errors (a typo must not silently drop a limit), and
+//! every path is relative to the cell's folder.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "cell.toml";
+
+/// A parsed `cell.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Dotted id, e.g. `logic.greet`; the cell answers on `cbs.<id>`.
+    pub id: String,
+    pub version: String,
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// The component, for `runtime = "wasm"`.
+    pub component: Option<PathBuf>,
+    /// Contract of the request payload.
+    pub input: Option<SchemaRef>,
+    /// Contract of the reply payload.
+    pub output: Option<SchemaRef>,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub instances: Instances,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    #[default]
+    Wasm,
+    Python,
+    Sidecar,
+}
+
+/// A payload contract: its id (`<cell>/<name>@<major>`) and JSON Schema file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRef {
+    pub id: String,
+    pub schema: PathBuf,
+}
+
+/// What the cell may reach. Everything not granted is denied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Inherit the host's stdin/stdout/stderr (otherwise stdout and stderr
+    /// go to the host log and stdin is empty).
+    #[serde(default)]
+    pub stdio: bool,
+    /// Cell ids this cell may `request`.
+    #[serde(default)]
+    pub calls: Vec<String>,
+    /// Subjects (wildcards allowed) this cell may `publish` to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory per instance, in MiB.
+    pub memory_mb: u32,
+    /// Deadline per message, in milliseconds.
+    pub timeout_ms: u64,
+    /// Messages handled at once.
+    pub concurrency: u32,
+    /// Messages waiting beyond `concurrency` before `capacity` is answered.
+    pub queue: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mb: 64,
+            timeout_ms: 5_000,
+            concurrency: 16,
+            queue: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Warm instances reused; retired after `max_messages` and after any trap.
+    #[default]
+    Pooled,
+    /// A new instance per message: strictest isolation.
+    Fresh,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Instances {
+    pub policy: Policy,
+    /// Messages a pooled instance handles before it is retired.
+    pub max_messages: u64,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Pooled,
+            max_messages: 10_000,
+        }
+    }
+}
+
+/// A manifest together with the folder its paths are relative to.
+#[derive(Debug, Clone)]
+pub struct CellSpec {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+}
+
+impl CellSpec {
+    /// Reads `<dir>/cell.toml`.
+    pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("cannot read {}: is {} a cell folder?", path.display(), dir.display())
+        })?;
+        let manifest = Manifest::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        Ok(Self {
+            manifest,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// A path from the manifest, resolved against the cell folder.
+    pub fn resolve(&self, relative: &Path) -> PathBuf {
+        self.dir.join(relative)
+    }
+
+    pub fn component_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.manifest.component {
+            Some(c) => Ok(self.resolve(c)),
+            None => bail!(
+                "cell {} has runtime \"wasm\" but no `component = \"...\"` in {FILE_NAME}",
+                self.manifest.id
+            ),
+        }
+    }
+}
+
+impl Manifest {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let manifest: Manifest = toml::from_str(text)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_cell_id(&self.id)?;
+        if self.version.trim().is_empty() {
+            bail!("`version` is empty");
+        }
+        for target in &self.capabilities.calls {
+            check_cell_id(target).context("in [capabilities] calls")?;
+        }
+        for subject in &self.capabilities.publish {
+            crate::bus::subject::check(subject, true).context("in [capabilities] publish")?;
+        }
+        let l = &self.limits;
+        if l.memory_mb == 0 || l.timeout_ms == 0 || l.concurrency == 0 {
+            bail!("[limits] memory_mb, timeout_ms and concurrency must be greater than 0");
+        }
+        if self.instances.max_messages == 0 {
+            bail!("[instances] max_messages must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// The subject the cell answers on (also its queue group).
+    pub fn subject(&self) -> String {
+        subject_of(&self.id)
+    }
+
+    /// May this cell request `cell_id`?
+    pub fn may_call(&self, cell_id: &str) -> bool {
+        self.capabilities.calls.iter().any(|c| c == cell_id)
+    }
+
+    /// May this cell publish to `subject`?
+    pub fn may_publish(&self, subject: &str) -> bool {
+        self.capabilities.publish.iter().any(|p| {
+            crate::bus::subject::Pattern::parse(p)
+                .map(|p| p.matches(subject))
+                .unwrap_or(false)
+        })
+    }
+}
+
+/// `cbs.<cell-id>`: where a cell is served.
+pub fn subject_of(cell_id: &str) -> String {
+    format!("cbs.{cell_id}")
+}
+
+/// Cell ids are dotted tokens of lowercase letters, digits, `_` and `-`.
+pub fn check_cell_id(id: &str) -> anyhow::Result<()> {
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    if id.split('.').all(token_ok) {
+        Ok(())
+    } else {
+        bail!(
+            "invalid cell id {id:?}: use dotted lowercase tokens of a-z, 0-9, _ and -, e.g. \"logic.greet\""
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        id = "logic.greet"
+        version = "0.1.0"
+        component = "greet.wasm"
+    "#;
+
+    #[test]
+    fn defaults() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        assert_eq!(m.runtime, RuntimeKind::Wasm);
+        assert_eq!(m.instances.policy, Policy::Pooled);
+        assert!(!m.capabilities.stdio);
+        assert_eq!(m.subject(), "cbs.logic.greet");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let err = Manifest::parse(&format!("{MINIMAL}\nmemroy_mb = 3")).unwrap_err();
+        assert!(format!("{err:#}").contains("memroy_mb"), "{err:#}");
+        let err = Manifest::parse(&format!("{MINIMAL}\n[limits]\ntimeout = 3")).unwrap_err();
+        assert!(format!("{err:#}").contains("timeout"), "{err:#}");
+    }
+
+    #[test]
+    fn missing_field_is_an_error_naming_it() {
+        let err = Manifest::parse("id = \"a.b\"").unwrap_err();
+        assert!(format!("{err:#}").contains("version"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_ids_and_limits() {
+        assert!(Manifest::parse(&MINIMAL.replace("logic.greet", "Logic.Greet")).is_err());
+        assert!(Manifest::parse(&MINIMAL.replace("logic.greet", "a..b")).is_err());
+        assert!(Manifest::parse(&format!("{MINIMAL}\n[limits]\nconcurrency = 0")).is_err());
+    }
+
+    #[test]
+    fn grants() {
+        let m = Manifest::parse(&format!(
+            "{MINIMAL}\n[capabilities]\ncalls = [\"io.print\"]\npublish = [\"events.>\"]"
+        ))
+        .unwrap();
+        assert!(m.may_call("io.print"));
+        assert!(!m.may_call("io.other"));
+        assert!(m.may_publish("events.greeted"));
+        assert!(!m.may_publish("cbs.io.print"));
+    }
+}

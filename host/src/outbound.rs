@@ -1,0 +1,107 @@
+//! Calls from a cell to other cells. They go through the host, which checks
+//! the caller's grants, keeps the flow's correlation and trace context, and
+//! never waits past the caller's own deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::bus::{BodyBus, Headers, Message};
+use crate::envelope::{header, BusError, Envelope, ErrorCode};
+use crate::manifest::{subject_of, Manifest};
+
+/// Timeout of a call when the cell names none.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One cell's way out to the bus.
+pub struct Outbound {
+    bus: Arc<dyn BodyBus>,
+    manifest: Arc<Manifest>,
+}
+
+/// The message a cell is handling, as outbound calls need it.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub parent: Arc<Envelope>,
+    pub deadline: Instant,
+}
+
+impl Outbound {
+    pub fn new(bus: Arc<dyn BodyBus>, manifest: Arc<Manifest>) -> Self {
+        Self { bus, manifest }
+    }
+
+    pub fn cell_id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    /// Request/reply to another cell; returns the reply payload (JSON text).
+    pub async fn request(
+        &self,
+        flow: &Flow,
+        cell_id: &str,
+        payload: String,
+        timeout: Option<Duration>,
+    ) -> Result<String, BusError> {
+        if !self.manifest.may_call(cell_id) {
+            return Err(BusError::new(
+                ErrorCode::ContractViolation,
+                format!(
+                    "cell {} may not call {cell_id}: add it to `calls` under [capabilities] in its cell.toml",
+                    self.manifest.id
+                ),
+            ));
+        }
+        let remaining = flow.deadline.saturating_duration_since(Instant::now());
+        let timeout = timeout.unwrap_or(DEFAULT_CALL_TIMEOUT).min(remaining);
+        if timeout.is_zero() {
+            return Err(BusError::new(
+                ErrorCode::Timeout,
+                format!("no time left to call {cell_id}: the message's deadline has passed"),
+            ));
+        }
+        let child = flow.parent.child(subject_of(cell_id), raw_json(payload, "request payload")?);
+        let reply = self.bus.request(to_message(&child), timeout).await?;
+        let reply = Envelope::from_slice(&reply.payload)?;
+        reply.into_result().map(|p| String::from(Box::<str>::from(p)))
+    }
+
+    /// Fire-and-forget publish to a granted subject.
+    pub async fn publish(&self, flow: &Flow, subject: &str, payload: String) -> Result<(), BusError> {
+        if !self.manifest.may_publish(subject) {
+            return Err(BusError::new(
+                ErrorCode::ContractViolation,
+                format!(
+                    "cell {} may not publish to {subject}: add it to `publish` under [capabilities] in its cell.toml",
+                    self.manifest.id
+                ),
+            ));
+        }
+        let child = flow.parent.child(subject, raw_json(payload, "published payload")?);
+        self.bus.publish(to_message(&child)).await
+    }
+}
+
+/// Envelope → bus message, mirroring correlation and trace ids into headers.
+pub fn to_message(envelope: &Envelope) -> Message {
+    Message::new(envelope.subject.clone(), Bytes::from(envelope.to_vec()))
+        .with_headers(transport_headers(envelope))
+}
+
+pub fn transport_headers(envelope: &Envelope) -> Headers {
+    let mut headers = vec![(
+        header::CORRELATION_ID.to_owned(),
+        envelope.correlation_id.clone(),
+    )];
+    if let Some(tp) = envelope.headers.get(header::TRACEPARENT) {
+        headers.push((header::TRACEPARENT.to_owned(), tp.clone()));
+    }
+    headers
+}
+
+fn raw_json(text: String, what: &str) -> Result<Box<RawValue>, BusError> {
+    RawValue::from_string(text)
+        .map_err(|e| BusError::new(ErrorCode::InvalidInput, format!("{what} is not JSON: {e}")))
+}

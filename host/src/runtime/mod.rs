@@ -1,0 +1,40 @@
+//! Runtimes run cells: `wasm` (components in wasmtime) today; the native
+//! Python pool and sidecar processes plug in behind the same trait.
+
+pub mod wasm;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::envelope::{BusError, Envelope};
+
+/// A cell's successful reply, before the body checks and wraps it.
+#[derive(Debug)]
+pub struct Reply {
+    /// JSON text.
+    pub payload: String,
+    pub schema: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a cell says about itself (`describe()`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CellInfo {
+    pub id: String,
+    pub version: String,
+    pub input_schema: Option<String>,
+    pub output_schema: Option<String>,
+}
+
+/// A loaded cell, ready to handle messages.
+#[async_trait]
+pub trait CellRunner: Send + Sync {
+    /// Runs the cell on one message; never past `deadline`.
+    async fn handle(&self, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError>;
+
+    /// What the cell reported at load.
+    fn info(&self) -> &CellInfo;
+}

@@ -1,0 +1,261 @@
+//! Cells as WebAssembly components in wasmtime.
+//!
+//! One engine per host; components compiled once and cached on disk;
+//! an `InstancePre` per cell, so each instantiation only allocates and links.
+
+mod cache;
+mod engine;
+mod pool;
+mod sandbox;
+
+pub use cache::{CacheOutcome, ComponentCache};
+pub use engine::{Allocator, EngineOptions, EPOCH_TICK};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use async_trait::async_trait;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, Trap};
+
+use self::bindings::cbs::cell::types as wit;
+use self::pool::{Instance, InstancePool};
+use self::sandbox::Sandbox;
+use super::{CellInfo, CellRunner, Reply};
+use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::manifest::{Manifest, Policy};
+use crate::outbound::{Flow, Outbound};
+
+/// Host bindings of the `cbs:cell` world (`wit/`).
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "cell",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+/// The wasm runtime of a host: engine, linker and component cache.
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    cache: ComponentCache,
+    allocator: Allocator,
+}
+
+impl WasmRuntime {
+    pub fn new(options: &EngineOptions, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let (engine, allocator) = engine::new_engine(options)?;
+        engine::start_epoch_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Cell::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let cache = ComponentCache::new(&engine, cache_dir);
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            allocator,
+        })
+    }
+
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+
+    /// Compiles (or loads from cache) the component at `path`, checks that it
+    /// implements the cell world, and calls its `describe()` once.
+    pub async fn load(
+        &self,
+        manifest: Arc<Manifest>,
+        path: &Path,
+        outbound: Arc<Outbound>,
+    ) -> anyhow::Result<WasmCell> {
+        let bytes = std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read component {} of cell {}: run `make build` (or build the cell) first",
+                path.display(),
+                manifest.id
+            )
+        })?;
+        check_component_header(&bytes, path)?;
+        let (component, cache) = self
+            .cache
+            .load(&self.engine, &bytes)
+            .with_context(|| format!("cannot compile {}", path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::CellPre::new)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{} does not implement the cbs:cell world of wit/cell.wit: {e:#}",
+                    path.display()
+                )
+            })?;
+        let pool = InstancePool::new(self.engine.clone(), pre, manifest.clone(), outbound);
+        let info = describe(&pool, &manifest)
+            .await
+            .with_context(|| format!("describe() of {} failed", path.display()))?;
+        Ok(WasmCell {
+            manifest,
+            pool,
+            info,
+            cache,
+        })
+    }
+}
+
+fn check_component_header(bytes: &[u8], path: &Path) -> anyhow::Result<()> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!("{} is not WebAssembly (no \\0asm header)", path.display());
+    }
+    match &bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => bail!(
+            "{} is a core WebAssembly module, not a component: build the cell with \
+             `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)",
+            path.display()
+        ),
+        v => bail!("{} has an unknown WebAssembly version {v:02x?}", path.display()),
+    }
+}
+
+async fn describe(pool: &InstancePool, manifest: &Manifest) -> anyhow::Result<CellInfo> {
+    let deadline = Instant::now() + std::time::Duration::from_millis(manifest.limits.timeout_ms);
+    let mut instance = pool.checkout(deadline).await?;
+    let info = instance.cell.call_describe(&mut instance.store).await?;
+    pool.checkin(instance);
+    if info.id != manifest.id {
+        tracing::warn!(manifest = %manifest.id, component = %info.id, "the component describes itself with another id; cell.toml wins");
+    }
+    Ok(CellInfo {
+        id: info.id,
+        version: info.version,
+        input_schema: info.input_schema,
+        output_schema: info.output_schema,
+    })
+}
+
+/// A loaded wasm cell.
+pub struct WasmCell {
+    manifest: Arc<Manifest>,
+    pool: InstancePool,
+    info: CellInfo,
+    cache: CacheOutcome,
+}
+
+impl WasmCell {
+    /// Whether the compiled component came from the on-disk cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.manifest.instances.policy
+    }
+
+    /// Warm instances waiting for messages.
+    pub fn idle_instances(&self) -> usize {
+        self.pool.idle()
+    }
+
+    async fn call(&self, instance: &mut Instance, envelope: &Envelope) -> wasmtime::Result<Result<wit::Outgoing, wit::CellError>> {
+        let msg = wit::Envelope {
+            v: envelope.v,
+            id: envelope.id.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            causation_id: envelope.causation_id.clone(),
+            subject: envelope.subject.clone(),
+            schema: envelope.schema.clone(),
+            headers: envelope.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            payload: envelope.payload.get().to_owned(),
+        };
+        instance.cell.call_handle(&mut instance.store, &msg).await
+    }
+
+    /// Describes a trap in words a cell author can act on.
+    fn trap_error(&self, instance: &Instance, error: &wasmtime::Error) -> BusError {
+        let id = &self.manifest.id;
+        let sandbox = instance.store.data();
+        if sandbox.memory.hit {
+            return BusError::new(
+                ErrorCode::CellFailed,
+                format!(
+                    "cell {id} exceeded its memory limit of {} MiB (raise [limits] memory_mb in cell.toml)",
+                    sandbox.memory.max_mb()
+                ),
+            );
+        }
+        if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            return self.deadline_error();
+        }
+        let trap = error
+            .downcast_ref::<Trap>()
+            .map_or_else(|| error.to_string(), |t| t.to_string());
+        let stderr = sandbox.stderr.take_tail();
+        let mut message = format!("cell {id} trapped: {trap}");
+        if !stderr.is_empty() {
+            message.push_str(&format!("; it wrote: {}", stderr.join(" | ")));
+        }
+        BusError::new(ErrorCode::CellFailed, message)
+    }
+
+    fn deadline_error(&self) -> BusError {
+        BusError::new(
+            ErrorCode::Timeout,
+            format!(
+                "cell {} ran past its deadline ({} ms, [limits] timeout_ms) and was stopped",
+                self.manifest.id, self.manifest.limits.timeout_ms
+            ),
+        )
+    }
+}
+
+#[async_trait]
+impl CellRunner for WasmCell {
+    async fn handle(&self, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError> {
+        let mut instance = self.pool.checkout(deadline).await.map_err(|e| {
+            BusError::new(
+                ErrorCode::Capacity,
+                format!("cannot instantiate cell {}: {e:#}", self.manifest.id),
+            )
+        })?;
+        let sandbox = instance.store.data_mut();
+        sandbox.stderr.take_tail();
+        sandbox.flow = Some(Flow {
+            parent: envelope.clone(),
+            deadline,
+        });
+        // Epoch interruption stops a spinning guest; this timeout also stops
+        // one blocked in a host call (e.g. reading stdin).
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let outcome = tokio::time::timeout(remaining, self.call(&mut instance, &envelope)).await;
+        match outcome {
+            Ok(Ok(result)) => {
+                self.pool.checkin(instance);
+                match result {
+                    Ok(out) => Ok(Reply {
+                        payload: out.payload,
+                        schema: out.schema,
+                        headers: out.headers,
+                    }),
+                    Err(e) => Err(sandbox::from_wit(e)),
+                }
+            }
+            Ok(Err(trap)) => {
+                let error = self.trap_error(&instance, &trap);
+                tracing::warn!(cell = %self.manifest.id, correlation_id = %envelope.correlation_id, error = ?trap, "instance retired after a trap");
+                Err(error)
+            }
+            Err(_elapsed) => Err(self.deadline_error()),
+        }
+    }
+
+    fn info(&self) -> &CellInfo {
+        &self.info
+    }
+}
