@@ -1,0 +1,160 @@
+//! Shared helpers for CBS's integration and end-to-end tests: where the
+//! repository's cells and binaries are, a host with real components on a
+//! real bus, and waiting on conditions with deadlines (never fixed sleeps).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cbs_host::body::{Body, LoadedCell};
+use cbs_host::bus::local::LocalBus;
+use cbs_host::bus::{BodyBus, Message};
+use cbs_host::envelope::{BusError, Envelope};
+use cbs_host::outbound;
+use cbs_host::runtime::wasm::{EngineOptions, WasmRuntime};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A cell folder of the repository, checked to have its component built.
+pub fn cell(rel: &str) -> PathBuf {
+    let dir = repo().join(rel);
+    let spec = cbs_host::manifest::CellSpec::from_dir(&dir).expect("cell.toml");
+    let wasm = spec.component_path().unwrap();
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run `make cells` first (make test does)",
+        wasm.display()
+    );
+    dir
+}
+
+/// The demo cells.
+pub fn greet() -> PathBuf {
+    cell("cells/logic.greet")
+}
+pub fn faulty() -> PathBuf {
+    cell("tests/cells/faulty")
+}
+pub fn faulty_fresh() -> PathBuf {
+    cell("tests/cells/faulty-fresh")
+}
+
+/// A binary of the workspace, built next to the test executables.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p cbs-host` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A component cache shared by the tests of one target dir, so components
+/// compile once per run.
+pub fn shared_cache() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("cbs-test-cache")
+}
+
+/// A wasm runtime with a small pool.
+pub fn runtime(cache: Option<PathBuf>) -> Arc<WasmRuntime> {
+    let options = EngineOptions {
+        max_instances: 200,
+        ..EngineOptions::default()
+    };
+    Arc::new(WasmRuntime::new(&options, cache).expect("wasm runtime"))
+}
+
+/// A host with some cells served on a bus.
+pub struct TestHost {
+    pub body: Body,
+}
+
+impl TestHost {
+    /// Serves `cells` on a new in-process bus.
+    pub async fn local(cells: &[PathBuf]) -> Self {
+        Self::on(Arc::new(LocalBus::new()), cells).await
+    }
+
+    pub async fn on(bus: Arc<dyn BodyBus>, cells: &[PathBuf]) -> Self {
+        let body = Body::new(bus, runtime(Some(shared_cache())));
+        for dir in cells {
+            body.start(dir)
+                .await
+                .unwrap_or_else(|e| panic!("cannot start {}: {e:#}", dir.display()));
+        }
+        Self { body }
+    }
+
+    pub fn bus(&self) -> &Arc<dyn BodyBus> {
+        self.body.bus()
+    }
+
+    pub fn cell(&self, id: &str) -> Arc<LoadedCell> {
+        self.body.cell(id).expect("cell served")
+    }
+
+    /// Requests a cell; returns the whole reply envelope.
+    pub async fn envelope(&self, cell_id: &str, payload: Value) -> Envelope {
+        request_envelope(self.bus().as_ref(), cell_id, payload).await
+    }
+
+    /// Requests a cell; returns its reply payload or typed error.
+    pub async fn call(&self, cell_id: &str, payload: Value) -> Result<Value, BusError> {
+        self.envelope(cell_id, payload)
+            .await
+            .into_result()
+            .map(|p| serde_json::from_str(p.get()).unwrap())
+    }
+}
+
+/// One request through any bus, as an edge client sends it.
+pub async fn request_envelope(bus: &dyn BodyBus, cell_id: &str, payload: Value) -> Envelope {
+    let payload = RawValue::from_string(payload.to_string()).unwrap();
+    let envelope = Envelope::new(format!("cbs.{cell_id}"), payload);
+    let reply = bus
+        .request(outbound::to_message(&envelope), Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("request to {cell_id}: {e}"));
+    let reply = Envelope::from_slice(&reply.payload).expect("reply is an envelope");
+    assert_eq!(reply.correlation_id, envelope.correlation_id, "reply keeps the flow");
+    reply
+}
+
+/// Raw bytes to a subject, for malformed-input tests.
+pub async fn request_raw(bus: &dyn BodyBus, subject: &str, payload: &'static [u8]) -> Envelope {
+    let reply = bus
+        .request(Message::new(subject, Bytes::from_static(payload)), Duration::from_secs(10))
+        .await
+        .expect("a reply");
+    Envelope::from_slice(&reply.payload).expect("reply is an envelope")
+}
+
+/// How often waits re-check their condition.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// Waits until `condition` holds, polling, or panics after `timeout`.
+pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Writes a cell folder in a temp dir: `cell.toml` as given, with
+/// `{faulty}` replaced by the test cell's folder (for its component and schemas).
+pub fn temp_cell(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = faulty().display().to_string();
+    std::fs::write(dir.path().join("cell.toml"), manifest.replace("{faulty}", &faulty)).unwrap();
+    dir
+}
