@@ -68,3 +68,6 @@ setup-nats:
 clean:
 	$(CARGO) clean
 	rm -f $(foreach c,$(CELLS),$(word 1,$(subst :, ,$(c)))/*.wasm) tests/cells/not-a-cell/*.wasm
+
+bench: setup-rust cells ## Measure host overhead (release build)
+	$(CARGO) bench -p cbs-tests --bench local_greet

@@ -2,20 +2,19 @@
 //! same name), checks every payload against the cell's contract, and turns
 //! every failure into a typed reply while the other cells keep serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::bus::{BodyBus, Message};
+use crate::bus::{BodyBus, Endpoint, Message};
 use crate::contract::Contract;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, Manifest, RuntimeKind};
@@ -39,10 +38,35 @@ pub struct LoadedCell {
 }
 
 /// Counters per cell.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct CellStats {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Errors by code, in `ErrorCode::ALL` order.
+    by_code: [AtomicU64; 9],
+}
+
+impl CellStats {
+    fn error(&self, code: ErrorCode) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
+        self.by_code[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `{"requests", "errors", "errors_by_code": {code: n}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let by_code: serde_json::Map<String, serde_json::Value> = ErrorCode::ALL
+            .iter()
+            .zip(&self.by_code)
+            .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+            .map(|(c, n)| (c.as_str().to_owned(), n.load(Ordering::Relaxed).into()))
+            .collect();
+        serde_json::json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+            "errors_by_code": by_code,
+        })
+    }
 }
 
 impl LoadedCell {
@@ -55,7 +79,13 @@ impl LoadedCell {
 pub struct Body {
     bus: Arc<dyn BodyBus>,
     wasm: Arc<WasmRuntime>,
-    cells: RwLock<BTreeMap<String, (Arc<LoadedCell>, Option<JoinHandle<()>>)>>,
+    cells: RwLock<BTreeMap<String, Served>>,
+}
+
+/// A cell being served, with the task that takes its messages.
+struct Served {
+    cell: Arc<LoadedCell>,
+    dispatcher: JoinHandle<()>,
 }
 
 impl Body {
@@ -121,45 +151,118 @@ impl Body {
         let subject = cell.manifest.subject();
         let subscription = self
             .bus
-            .subscribe(&subject, Some(&subject))
+            .serve(endpoint(&cell))
             .await
-            .with_context(|| format!("cannot subscribe cell {id} to {subject}"))?;
+            .with_context(|| format!("cannot serve cell {id} on {subject}"))?;
         self.bus.flush().await?;
-        let task = tokio::spawn(dispatch(self.bus.clone(), cell.clone(), subscription));
+        let dispatcher = tokio::spawn(dispatch(self.bus.clone(), cell.clone(), subscription));
         tracing::info!(cell = %id, %subject, "serving");
-        self.cells.write().unwrap().insert(id, (cell, Some(task)));
+        self.cells
+            .write()
+            .unwrap()
+            .insert(id, Served { cell, dispatcher });
         Ok(())
     }
 
     pub fn cell(&self, id: &str) -> Option<Arc<LoadedCell>> {
-        self.cells.read().unwrap().get(id).map(|(c, _)| c.clone())
+        self.cells.read().unwrap().get(id).map(|s| s.cell.clone())
     }
 
     pub fn cells(&self) -> Vec<Arc<LoadedCell>> {
-        self.cells.read().unwrap().values().map(|(c, _)| c.clone()).collect()
+        self.cells
+            .read()
+            .unwrap()
+            .values()
+            .map(|s| s.cell.clone())
+            .collect()
     }
 
     /// Sends the first message of a flow to `cell_id` and waits for its reply.
-    pub async fn start_flow(&self, cell_id: &str, payload: Box<RawValue>, timeout: Duration) -> Result<Envelope, BusError> {
+    pub async fn start_flow(
+        &self,
+        cell_id: &str,
+        payload: Box<RawValue>,
+        timeout: Duration,
+    ) -> Result<Envelope, BusError> {
         let envelope = Envelope::new(crate::manifest::subject_of(cell_id), payload);
-        let reply = self.bus.request(outbound::to_message(&envelope), timeout).await?;
+        let reply = self
+            .bus
+            .request(outbound::to_message(&envelope), timeout)
+            .await?;
         Envelope::from_slice(&reply.payload)
+    }
+}
+
+impl Body {
+    /// Graceful stop: takes no new messages, lets the admitted ones finish
+    /// (up to `grace`), and flushes their replies. Returns whether every
+    /// in-flight message finished in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let cells: Vec<Arc<LoadedCell>> = {
+            let served = self.cells.read().unwrap();
+            for s in served.values() {
+                s.dispatcher.abort();
+            }
+            served.values().map(|s| s.cell.clone()).collect()
+        };
+        let all_done = async {
+            for cell in &cells {
+                let total = cell.manifest.limits.concurrency + cell.manifest.limits.queue;
+                // Every permit back means nothing is running or queued.
+                let _ = cell.admitted.acquire_many(total).await;
+            }
+        };
+        let finished = tokio::time::timeout(grace, all_done).await.is_ok();
+        if let Err(e) = self.bus.flush().await {
+            tracing::warn!(error = %e, "cannot flush the last replies");
+        }
+        finished
     }
 }
 
 impl Drop for Body {
     fn drop(&mut self) {
-        for (_, task) in self.cells.get_mut().unwrap().values_mut() {
-            if let Some(task) = task.take() {
-                task.abort();
-            }
+        for served in self.cells.get_mut().unwrap().values() {
+            served.dispatcher.abort();
         }
+    }
+}
+
+/// How the bus presents a cell to discovery tools.
+fn endpoint(cell: &Arc<LoadedCell>) -> Endpoint {
+    let m = &cell.manifest;
+    let mut metadata = HashMap::from([
+        ("cell".to_owned(), m.id.clone()),
+        ("version".to_owned(), m.version.clone()),
+        (
+            "runtime".to_owned(),
+            format!("{:?}", m.runtime).to_lowercase(),
+        ),
+    ]);
+    for (key, schema) in [("input_schema", &m.input), ("output_schema", &m.output)] {
+        if let Some(s) = schema {
+            metadata.insert(key.to_owned(), s.id.clone());
+        }
+    }
+    let stats_of = Arc::downgrade(cell);
+    Endpoint {
+        subject: m.subject(),
+        metadata,
+        stats: Arc::new(move || {
+            stats_of
+                .upgrade()
+                .map_or(serde_json::Value::Null, |c| c.stats.to_json())
+        }),
     }
 }
 
 /// Takes messages off a cell's subscription and admits them, or answers
 /// `capacity` at once when the cell's queue is full.
-async fn dispatch(bus: Arc<dyn BodyBus>, cell: Arc<LoadedCell>, mut subscription: crate::bus::Subscription) {
+async fn dispatch(
+    bus: Arc<dyn BodyBus>,
+    cell: Arc<LoadedCell>,
+    mut subscription: crate::bus::Subscription,
+) {
     while let Some(message) = subscription.next().await {
         match cell.admitted.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -174,7 +277,9 @@ async fn dispatch(bus: Arc<dyn BodyBus>, cell: Arc<LoadedCell>, mut subscription
                     ErrorCode::Capacity,
                     format!(
                         "cell {} is at its limit of {} running and {} queued messages; retry later",
-                        cell.manifest.id, cell.manifest.limits.concurrency, cell.manifest.limits.queue
+                        cell.manifest.id,
+                        cell.manifest.limits.concurrency,
+                        cell.manifest.limits.queue
                     ),
                 );
                 reply_error(&*bus, &cell, &message, error).await;
@@ -206,7 +311,7 @@ async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) 
                 reply
             }
             Err(error) => {
-                cell.stats.errors.fetch_add(1, Ordering::Relaxed);
+                cell.stats.error(error.code);
                 tracing::debug!(elapsed_us, code = %error.code, error = %error.message, "failed");
                 envelope.error_reply(error)
             }
@@ -218,7 +323,11 @@ async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) 
 }
 
 /// Input contract → cell → output contract, within the cell's deadline.
-async fn run(cell: &LoadedCell, envelope: Arc<Envelope>, arrived: Instant) -> Result<Envelope, BusError> {
+async fn run(
+    cell: &LoadedCell,
+    envelope: Arc<Envelope>,
+    arrived: Instant,
+) -> Result<Envelope, BusError> {
     let deadline = arrived + Duration::from_millis(cell.manifest.limits.timeout_ms);
     let _running = cell
         .running
@@ -243,9 +352,13 @@ async fn run(cell: &LoadedCell, envelope: Arc<Envelope>, arrived: Instant) -> Re
 }
 
 async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, error: BusError) {
-    cell.stats.errors.fetch_add(1, Ordering::Relaxed);
+    cell.stats.error(error.code);
     tracing::debug!(cell = %cell.manifest.id, code = %error.code, error = %error.message, "rejected");
-    let reply = Envelope::orphan_error(&message.subject, message.header(header::CORRELATION_ID), error);
+    let reply = Envelope::orphan_error(
+        &message.subject,
+        message.header(header::CORRELATION_ID),
+        error,
+    );
     send_reply(bus, message, &reply).await;
 }
 
@@ -254,7 +367,11 @@ async fn send_reply(bus: &dyn BodyBus, message: &Message, reply: &Envelope) {
         return;
     };
     if let Err(e) = bus
-        .reply(to, outbound::transport_headers(reply), reply.to_vec().into())
+        .reply(
+            to,
+            outbound::transport_headers(reply),
+            reply.to_vec().into(),
+        )
         .await
     {
         tracing::warn!(error = %e, "cannot send a reply");

@@ -107,7 +107,10 @@ fn check(schema: Option<&Schema>, what: &str, payload: &str) -> Result<(), BusEr
         return Ok(());
     };
     let value: Value = serde_json::from_str(payload).map_err(|e| {
-        BusError::new(ErrorCode::ContractViolation, format!("{what} is not JSON: {e}"))
+        BusError::new(
+            ErrorCode::ContractViolation,
+            format!("{what} is not JSON: {e}"),
+        )
     })?;
     schema.check(what, &value)
 }
@@ -135,11 +138,21 @@ mod tests {
 
     #[test]
     fn violation_names_pointer_and_rule() {
-        let err = greet().check("input payload", &json!({"name": 42})).unwrap_err();
+        let err = greet()
+            .check("input payload", &json!({"name": 42}))
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::ContractViolation);
         assert!(err.message.contains("at /name"), "{}", err.message);
-        assert!(err.message.contains("/properties/name/type"), "{}", err.message);
-        assert!(err.message.contains("logic.greet/request@1"), "{}", err.message);
+        assert!(
+            err.message.contains("/properties/name/type"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("logic.greet/request@1"),
+            "{}",
+            err.message
+        );
         let details = err.details.unwrap();
         assert_eq!(details["errors"][0]["pointer"], "/name");
     }

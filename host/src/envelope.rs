@@ -16,6 +16,9 @@ pub const ENVELOPE_VERSION: u32 = 1;
 pub mod header {
     pub const CORRELATION_ID: &str = "cbs-correlation-id";
     pub const TRACEPARENT: &str = "traceparent";
+    /// NATS micro-service error headers, set on failure replies.
+    pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+    pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 }
 
 /// One message. `payload` is kept as raw JSON text: the host validates it
@@ -181,6 +184,19 @@ impl ErrorCode {
         Self::Internal,
     ];
 
+    /// The HTTP-like status of the NATS micro-service error convention.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidInput => 400,
+            Self::NotFound => 404,
+            Self::ContractViolation => 422,
+            Self::Capacity => 429,
+            Self::CellFailed | Self::Internal => 500,
+            Self::Unavailable | Self::CircuitOpen => 503,
+            Self::Timeout => 504,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidInput => "invalid_input",
@@ -252,7 +268,9 @@ mod tests {
     #[test]
     fn child_keeps_flow_and_trace() {
         let mut parent = Envelope::new("cbs.a", raw("{}"));
-        parent.headers.insert(header::TRACEPARENT.into(), "00-abc-def-01".into());
+        parent
+            .headers
+            .insert(header::TRACEPARENT.into(), "00-abc-def-01".into());
         let child = parent.child("cbs.b", raw("1"));
         assert_eq!(child.correlation_id, parent.correlation_id);
         assert_eq!(child.causation_id.as_deref(), Some(parent.id.as_str()));

@@ -5,11 +5,14 @@
 //! [`bus`] (the `BodyBus` trait and its implementations), [`manifest`]
 //! (`cell.toml`), [`contract`] (JSON Schema), [`runtime`] (wasm),
 //! [`outbound`] (calls between cells), [`body`] (serving cells) and
-//! [`telemetry`] (logs and spans).
+//! [`telemetry`] (logs and spans); [`discovery`] lists hosts and cells over
+//! NATS, and [`cli`] holds flags both binaries share.
 
 pub mod body;
 pub mod bus;
+pub mod cli;
 pub mod contract;
+pub mod discovery;
 pub mod envelope;
 pub mod manifest;
 pub mod outbound;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cbs_host::body::{Body, LoadedCell};
 use cbs_host::bus::local::LocalBus;
+use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
+use cbs_host::cli::{default_host_id, NatsArgs};
 use cbs_host::envelope::Envelope;
 use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
 use cbs_host::telemetry::{self, LogFormat};
@@ -21,7 +23,13 @@ use serde_json::value::RawValue;
 #[command(name = "cbs-host", version, propagate_version = true)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t, global = true, env = "CBS_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        global = true,
+        env = "CBS_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
     /// directives such as `cbs_host=debug`. RUST_LOG overrides it.
@@ -60,6 +68,16 @@ struct RunArgs {
     /// How long to wait for the --start flow, in milliseconds.
     #[arg(long, default_value_t = 60_000, value_name = "MS", requires = "start")]
     timeout_ms: u64,
+    /// On SIGINT/SIGTERM, how long in-flight messages may take to finish.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    drain_timeout_ms: u64,
+    /// This host's id: NATS connection name and service metadata
+    /// [default: <hostname>-<pid>].
+    #[arg(long, env = "CBS_HOST_ID")]
+    host_id: Option<String>,
+    /// Serve over NATS instead of the in-process bus.
+    #[command(flatten)]
+    nats: NatsArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -134,15 +152,32 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let bus: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
-    let body = Body::new(bus, args.engine.runtime()?);
+    let host_id = args.host_id.clone().unwrap_or_else(default_host_id);
+    let bus: Arc<dyn BodyBus> = match args.nats.options(&host_id) {
+        Some(options) => Arc::new(NatsBus::connect(&options).await?),
+        None => Arc::new(LocalBus::new()),
+    };
+    let body = Body::new(bus.clone(), args.engine.runtime()?);
     for dir in &args.cells {
         body.start(dir).await?;
     }
     let Some(start) = args.start else {
-        tracing::info!(cells = args.cells.len(), bus = "local", "ready; Ctrl-C to stop");
-        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
-        return Ok(ExitCode::SUCCESS);
+        tracing::info!(host = %host_id, cells = args.cells.len(), bus = bus.kind(), "ready; Ctrl-C or SIGTERM drains and stops");
+        let signal = shutdown_signal().await?;
+        tracing::info!(
+            signal,
+            "draining: no new messages, finishing in-flight ones"
+        );
+        let grace = Duration::from_millis(args.drain_timeout_ms);
+        if body.shutdown(grace).await {
+            tracing::info!("drained; bye");
+            return Ok(ExitCode::SUCCESS);
+        }
+        tracing::warn!(
+            grace_ms = args.drain_timeout_ms,
+            "in-flight messages did not finish in time"
+        );
+        return Ok(ExitCode::FAILURE);
     };
     let input = RawValue::from_string(args.input).context("--input is not JSON")?;
     let reply = body
@@ -157,6 +192,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: {} failed with {}: {}", start, e.code, e.message);
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("cannot listen for SIGINT"),
+        _ = term.recv() => Ok("SIGTERM"),
     }
 }
 
@@ -198,7 +243,13 @@ fn describe_text(cell: &LoadedCell) -> String {
             |s| format!("{}  ({})", s.id, s.schema.display()),
         )
     };
-    let list = |l: &[String]| if l.is_empty() { "none".to_owned() } else { l.join(", ") };
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "none".to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
     let cache = cell.cache.map_or("-".into(), lower);
     let subject = m.subject();
     let component = m

@@ -129,7 +129,11 @@ impl CellSpec {
     pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILE_NAME);
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("cannot read {}: is {} a cell folder?", path.display(), dir.display())
+            format!(
+                "cannot read {}: is {} a cell folder?",
+                path.display(),
+                dir.display()
+            )
         })?;
         let manifest = Manifest::parse(&text).with_context(|| format!("in {}", path.display()))?;
         Ok(Self {

@@ -62,14 +62,23 @@ impl Outbound {
                 format!("no time left to call {cell_id}: the message's deadline has passed"),
             ));
         }
-        let child = flow.parent.child(subject_of(cell_id), raw_json(payload, "request payload")?);
+        let child = flow
+            .parent
+            .child(subject_of(cell_id), raw_json(payload, "request payload")?);
         let reply = self.bus.request(to_message(&child), timeout).await?;
         let reply = Envelope::from_slice(&reply.payload)?;
-        reply.into_result().map(|p| String::from(Box::<str>::from(p)))
+        reply
+            .into_result()
+            .map(|p| String::from(Box::<str>::from(p)))
     }
 
     /// Fire-and-forget publish to a granted subject.
-    pub async fn publish(&self, flow: &Flow, subject: &str, payload: String) -> Result<(), BusError> {
+    pub async fn publish(
+        &self,
+        flow: &Flow,
+        subject: &str,
+        payload: String,
+    ) -> Result<(), BusError> {
         if !self.manifest.may_publish(subject) {
             return Err(BusError::new(
                 ErrorCode::ContractViolation,
@@ -79,7 +88,9 @@ impl Outbound {
                 ),
             ));
         }
-        let child = flow.parent.child(subject, raw_json(payload, "published payload")?);
+        let child = flow
+            .parent
+            .child(subject, raw_json(payload, "published payload")?);
         self.bus.publish(to_message(&child)).await
     }
 }
@@ -90,6 +101,8 @@ pub fn to_message(envelope: &Envelope) -> Message {
         .with_headers(transport_headers(envelope))
 }
 
+/// Failure replies also carry the NATS micro-service error headers, so
+/// generic NATS tools see them as errors without parsing the envelope.
 pub fn transport_headers(envelope: &Envelope) -> Headers {
     let mut headers = vec![(
         header::CORRELATION_ID.to_owned(),
@@ -98,7 +111,21 @@ pub fn transport_headers(envelope: &Envelope) -> Headers {
     if let Some(tp) = envelope.headers.get(header::TRACEPARENT) {
         headers.push((header::TRACEPARENT.to_owned(), tp.clone()));
     }
+    if let Some(error) = &envelope.error {
+        headers.push((
+            header::SERVICE_ERROR.to_owned(),
+            format!("{}: {}", error.code, first_line(&error.message)),
+        ));
+        headers.push((
+            header::SERVICE_ERROR_CODE.to_owned(),
+            error.code.status().to_string(),
+        ));
+    }
     headers
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 fn raw_json(text: String, what: &str) -> Result<Box<RawValue>, BusError> {

@@ -15,9 +15,15 @@ async fn host() -> TestHost {
 
 /// The other cell still answers, and so does the failing one.
 async fn assert_still_serving(host: &TestHost) {
-    let reply = host.call("logic.greet", json!({"name": "Ada"})).await.unwrap();
+    let reply = host
+        .call("logic.greet", json!({"name": "Ada"}))
+        .await
+        .unwrap();
     assert_eq!(reply["greeting"], "Hello, Ada!");
-    let echo = host.call("test.faulty", json!({"action": "echo", "value": 1})).await.unwrap();
+    let echo = host
+        .call("test.faulty", json!({"action": "echo", "value": 1}))
+        .await
+        .unwrap();
     assert_eq!(echo["value"], 1);
 }
 
@@ -36,17 +42,31 @@ async fn malformed_envelope_json() {
 #[tokio::test]
 async fn payload_breaking_the_input_schema_names_the_pointer() {
     let host = host().await;
-    let err = host.call("logic.greet", json!({"name": 42})).await.unwrap_err();
+    let err = host
+        .call("logic.greet", json!({"name": 42}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ContractViolation);
     assert!(err.message.contains("at /name"), "{err}");
     assert!(err.message.contains("logic.greet/request@1"), "{err}");
-    assert_eq!(err.details.unwrap()["errors"][0]["rule"], "/properties/name/type");
+    assert_eq!(
+        err.details.unwrap()["errors"][0]["rule"],
+        "/properties/name/type"
+    );
 
     // Every violation is listed: the unknown property and the missing one.
-    let err = host.call("logic.greet", json!({"nom": "Ada"})).await.unwrap_err();
+    let err = host
+        .call("logic.greet", json!({"nom": "Ada"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ContractViolation);
     let details = err.details.clone().unwrap();
-    let rules: Vec<&str> = details["errors"].as_array().unwrap().iter().map(|e| e["rule"].as_str().unwrap()).collect();
+    let rules: Vec<&str> = details["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["rule"].as_str().unwrap())
+        .collect();
     assert!(rules.contains(&"/required"), "{rules:?}");
     assert!(rules.contains(&"/additionalProperties"), "{rules:?}");
     assert_still_serving(&host).await;
@@ -55,7 +75,10 @@ async fn payload_breaking_the_input_schema_names_the_pointer() {
 #[tokio::test]
 async fn reply_breaking_the_output_schema_is_caught() {
     let host = host().await;
-    let err = host.call("test.faulty", json!({"action": "bad_output"})).await.unwrap_err();
+    let err = host
+        .call("test.faulty", json!({"action": "bad_output"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ContractViolation);
     assert!(err.message.contains("output payload"), "{err}");
     assert!(err.message.contains("at /ok"), "{err}");
@@ -65,10 +88,16 @@ async fn reply_breaking_the_output_schema_is_caught() {
 #[tokio::test]
 async fn a_panicking_cell_traps_and_says_why() {
     let host = host().await;
-    let err = host.call("test.faulty", json!({"action": "panic"})).await.unwrap_err();
+    let err = host
+        .call("test.faulty", json!({"action": "panic"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::CellFailed);
     assert!(err.message.contains("trapped"), "{err}");
-    assert!(err.message.contains("asked to panic"), "the panic message is reported: {err}");
+    assert!(
+        err.message.contains("asked to panic"),
+        "the panic message is reported: {err}"
+    );
     assert_still_serving(&host).await;
 }
 
@@ -80,9 +109,15 @@ async fn a_looping_cell_is_stopped_at_its_deadline_while_others_serve() {
         tokio::spawn(async move { host.call("test.faulty", json!({"action": "loop"})).await })
     };
     // While it spins, the other cell answers.
-    let reply = host.call("logic.greet", json!({"name": "Ada"})).await.unwrap();
+    let reply = host
+        .call("logic.greet", json!({"name": "Ada"}))
+        .await
+        .unwrap();
     assert_eq!(reply["greeting"], "Hello, Ada!");
-    assert!(!looping.is_finished(), "the loop should still be running (deadline 300 ms)");
+    assert!(
+        !looping.is_finished(),
+        "the loop should still be running (deadline 300 ms)"
+    );
 
     let err = looping.await.unwrap().unwrap_err();
     assert_eq!(err.code, ErrorCode::Timeout);
@@ -94,9 +129,15 @@ async fn a_looping_cell_is_stopped_at_its_deadline_while_others_serve() {
 #[tokio::test]
 async fn memory_past_the_limit_fails_the_cell_not_the_host() {
     let host = host().await;
-    let ok = host.call("test.faulty", json!({"action": "alloc", "mb": 4})).await.unwrap();
+    let ok = host
+        .call("test.faulty", json!({"action": "alloc", "mb": 4}))
+        .await
+        .unwrap();
     assert_eq!(ok["value"], 4 << 20, "an allocation within the limit works");
-    let err = host.call("test.faulty", json!({"action": "alloc", "mb": 64})).await.unwrap_err();
+    let err = host
+        .call("test.faulty", json!({"action": "alloc", "mb": 64}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::CellFailed);
     assert!(err.message.contains("memory limit of 32 MiB"), "{err}");
     assert_still_serving(&host).await;
@@ -106,7 +147,10 @@ async fn memory_past_the_limit_fails_the_cell_not_the_host() {
 async fn a_typed_error_from_the_cell_passes_through() {
     let host = host().await;
     let err = host
-        .call("test.faulty", json!({"action": "fail", "message": "no such user"}))
+        .call(
+            "test.faulty",
+            json!({"action": "fail", "message": "no such user"}),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidInput);
@@ -115,11 +159,20 @@ async fn a_typed_error_from_the_cell_passes_through() {
 
 #[tokio::test]
 async fn calling_a_cell_not_granted_is_refused() {
-    let host = TestHost::local(&[greet(), faulty(), cbs_tests::cell("cells/io.print_greeting")]).await;
-    let request = json!({"action": "call", "cell": "io.print_greeting", "payload": {"greeting": "x"}});
+    let host = TestHost::local(&[
+        greet(),
+        faulty(),
+        cbs_tests::cell("cells/io.print_greeting"),
+    ])
+    .await;
+    let request =
+        json!({"action": "call", "cell": "io.print_greeting", "payload": {"greeting": "x"}});
     let err = host.call("test.faulty", request).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ContractViolation);
-    assert!(err.message.contains("may not call io.print_greeting"), "{err}");
+    assert!(
+        err.message.contains("may not call io.print_greeting"),
+        "{err}"
+    );
     assert_still_serving(&host).await;
 }
 
@@ -152,15 +205,28 @@ async fn a_full_queue_answers_capacity() {
         let host = host.clone();
         tokio::spawn(async move { host.call("test.narrow", json!({"action": "loop"})).await })
     };
-    cbs_tests::wait_until(std::time::Duration::from_secs(5), "the loop to start", || {
-        host.cell("test.narrow").stats.requests.load(std::sync::atomic::Ordering::Relaxed) == 1
-    })
+    cbs_tests::wait_until(
+        std::time::Duration::from_secs(5),
+        "the loop to start",
+        || {
+            host.cell("test.narrow")
+                .stats
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1
+        },
+    )
     .await;
-    let err = host.call("test.narrow", json!({"action": "echo", "value": 1})).await.unwrap_err();
+    let err = host
+        .call("test.narrow", json!({"action": "echo", "value": 1}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Capacity, "{err}");
     assert!(err.message.contains("1 running and 0 queued"), "{err}");
     assert_eq!(busy.await.unwrap().unwrap_err().code, ErrorCode::Timeout);
-    host.call("test.narrow", json!({"action": "echo", "value": 1})).await.unwrap();
+    host.call("test.narrow", json!({"action": "echo", "value": 1}))
+        .await
+        .unwrap();
 }
 
 async fn load_error(manifest: &str) -> String {
@@ -174,11 +240,15 @@ async fn load_error(manifest: &str) -> String {
 
 #[tokio::test]
 async fn cell_toml_with_an_unknown_or_missing_field() {
-    let err = load_error("id = \"a.b\"\nversion = \"1\"\ncomponent = \"x.wasm\"\nmemory = 3\n").await;
+    let err =
+        load_error("id = \"a.b\"\nversion = \"1\"\ncomponent = \"x.wasm\"\nmemory = 3\n").await;
     assert!(err.contains("unknown field `memory`"), "{err}");
     let err = load_error("id = \"a.b\"\ncomponent = \"x.wasm\"\n").await;
     assert!(err.contains("missing field `version`"), "{err}");
-    let err = load_error("id = \"a.b\"\nversion = \"1\"\ncomponent = \"x.wasm\"\n[limits]\ntimeout = 1\n").await;
+    let err = load_error(
+        "id = \"a.b\"\nversion = \"1\"\ncomponent = \"x.wasm\"\n[limits]\ntimeout = 1\n",
+    )
+    .await;
     assert!(err.contains("unknown field `timeout`"), "{err}");
 }
 
@@ -188,16 +258,29 @@ async fn a_core_module_is_not_a_component() {
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let body = Body::new(Arc::new(LocalBus::new()), cbs_tests::runtime(None));
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
-    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
-    assert!(err.contains("wasm32-wasip2"), "the error says what to do: {err}");
+    assert!(
+        err.contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
+    assert!(
+        err.contains("wasm32-wasip2"),
+        "the error says what to do: {err}"
+    );
 }
 
 #[tokio::test]
 async fn a_component_of_another_world_is_refused() {
     let wasm = cbs_tests::repo().join("tests/cells/not-a-cell/not_a_cell.wasm");
     assert!(wasm.is_file(), "run `make cells` first");
-    let err = load_error(&format!("id = \"a.b\"\nversion = \"1\"\ncomponent = \"{}\"\n", wasm.display())).await;
-    assert!(err.contains("does not implement the cbs:cell world"), "{err}");
+    let err = load_error(&format!(
+        "id = \"a.b\"\nversion = \"1\"\ncomponent = \"{}\"\n",
+        wasm.display()
+    ))
+    .await;
+    assert!(
+        err.contains("does not implement the cbs:cell world"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

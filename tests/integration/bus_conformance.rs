@@ -13,7 +13,12 @@ use cbs_tests::wait_until;
 
 /// Answers every request on `subject` with "<payload>!" and the header
 /// `served-by: <name>`, counting what it served.
-async fn responder(bus: Arc<dyn BodyBus>, subject: &str, queue: Option<&str>, name: &'static str) -> Arc<Mutex<Vec<Bytes>>> {
+async fn responder(
+    bus: Arc<dyn BodyBus>,
+    subject: &str,
+    queue: Option<&str>,
+    name: &'static str,
+) -> Arc<Mutex<Vec<Bytes>>> {
     let mut sub = bus.subscribe(subject, queue).await.unwrap();
     bus.flush().await.unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -43,9 +48,13 @@ pub async fn request_reply(bus: Arc<dyn BodyBus>) {
 pub async fn headers_reach_the_subscriber(bus: Arc<dyn BodyBus>) {
     let mut sub = bus.subscribe("svc.headers", None).await.unwrap();
     bus.flush().await.unwrap();
-    let message = Message::new("svc.headers", "x").with_headers(vec![("cbs-correlation-id".into(), "c-1".into())]);
+    let message = Message::new("svc.headers", "x")
+        .with_headers(vec![("cbs-correlation-id".into(), "c-1".into())]);
     bus.publish(message).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.header("cbs-correlation-id"), Some("c-1"));
     assert_eq!(got.subject, "svc.headers");
 }
@@ -59,21 +68,40 @@ pub async fn queue_group_spreads_and_delivers_once(bus: Arc<dyn BodyBus>) {
     ];
     let watcher = responder(bus.clone(), "work.q", None, "watcher").await;
     for i in 0..N {
-        bus.publish(Message::new("work.q", i.to_string())).await.unwrap();
+        bus.publish(Message::new("work.q", i.to_string()))
+            .await
+            .unwrap();
     }
     bus.flush().await.unwrap();
-    let total = || members.iter().map(|m| m.lock().unwrap().len()).sum::<usize>();
-    wait_until(Duration::from_secs(10), "every message to reach the group", || total() >= N && watcher.lock().unwrap().len() >= N).await;
+    let total = || {
+        members
+            .iter()
+            .map(|m| m.lock().unwrap().len())
+            .sum::<usize>()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "every message to reach the group",
+        || total() >= N && watcher.lock().unwrap().len() >= N,
+    )
+    .await;
     let mut seen = HashSet::new();
     for member in &members {
         let got = member.lock().unwrap();
         assert!(!got.is_empty(), "every member of the group gets a share");
         for payload in got.iter() {
-            assert!(seen.insert(payload.clone()), "message {payload:?} delivered twice in one group");
+            assert!(
+                seen.insert(payload.clone()),
+                "message {payload:?} delivered twice in one group"
+            );
         }
     }
     assert_eq!(seen.len(), N);
-    assert_eq!(watcher.lock().unwrap().len(), N, "a plain subscriber sees every message");
+    assert_eq!(
+        watcher.lock().unwrap().len(),
+        N,
+        "a plain subscriber sees every message"
+    );
 }
 
 pub async fn wildcards(bus: Arc<dyn BodyBus>) {
@@ -83,24 +111,39 @@ pub async fn wildcards(bus: Arc<dyn BodyBus>) {
         bus.publish(Message::new(subject, subject)).await.unwrap();
     }
     bus.flush().await.unwrap();
-    wait_until(Duration::from_secs(5), "wildcard deliveries", || tail.lock().unwrap().len() >= 2).await;
+    wait_until(Duration::from_secs(5), "wildcard deliveries", || {
+        tail.lock().unwrap().len() >= 2
+    })
+    .await;
     // Everything published has been routed by now; `*` got exactly one.
-    wait_until(Duration::from_secs(5), "the * delivery", || !star.lock().unwrap().is_empty()).await;
+    wait_until(Duration::from_secs(5), "the * delivery", || {
+        !star.lock().unwrap().is_empty()
+    })
+    .await;
     assert_eq!(star.lock().unwrap().as_slice(), &[Bytes::from("wild.a")]);
-    assert_eq!(tail.lock().unwrap().as_slice(), &[Bytes::from("wild.a"), Bytes::from("wild.a.b")]);
+    assert_eq!(
+        tail.lock().unwrap().as_slice(),
+        &[Bytes::from("wild.a"), Bytes::from("wild.a.b")]
+    );
 }
 
 pub async fn request_times_out(bus: Arc<dyn BodyBus>) {
     let _silent = bus.subscribe("svc.silent", None).await.unwrap();
     bus.flush().await.unwrap();
-    let err = bus.request(Message::new("svc.silent", "?"), Duration::from_millis(200)).await.unwrap_err();
+    let err = bus
+        .request(Message::new("svc.silent", "?"), Duration::from_millis(200))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Timeout, "{err}");
     assert!(err.message.contains("svc.silent"), "{err}");
 }
 
 pub async fn no_responders_is_not_found(bus: Arc<dyn BodyBus>) {
     // A long timeout: the answer must come from "no responders", not a timeout.
-    let err = bus.request(Message::new("svc.nobody", "?"), Duration::from_secs(30)).await.unwrap_err();
+    let err = bus
+        .request(Message::new("svc.nobody", "?"), Duration::from_secs(30))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err}");
     assert!(err.message.contains("svc.nobody"), "{err}");
 }
@@ -113,10 +156,15 @@ pub async fn dropping_a_subscription_unsubscribes(bus: Arc<dyn BodyBus>) {
     // the subject has no responders, within a deadline.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let outcome = bus.request(Message::new("svc.gone", "?"), Duration::from_millis(500)).await;
+        let outcome = bus
+            .request(Message::new("svc.gone", "?"), Duration::from_millis(500))
+            .await;
         match outcome {
             Err(e) if e.code == ErrorCode::NotFound => break,
-            other => assert!(Instant::now() < deadline, "still subscribed after drop: {other:?}"),
+            other => assert!(
+                Instant::now() < deadline,
+                "still subscribed after drop: {other:?}"
+            ),
         }
         tokio::time::sleep(cbs_tests::POLL).await;
     }
@@ -128,7 +176,11 @@ pub async fn invalid_subjects_are_rejected(bus: Arc<dyn BodyBus>) {
         assert_eq!(err.code, ErrorCode::InvalidInput, "{subject:?}: {err}");
     }
     let err = bus.publish(Message::new("a.*", "x")).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::InvalidInput, "publishing to a wildcard: {err}");
+    assert_eq!(
+        err.code,
+        ErrorCode::InvalidInput,
+        "publishing to a wildcard: {err}"
+    );
 }
 
 /// Generates one `#[tokio::test]` per conformance case for a bus factory.
@@ -147,11 +199,17 @@ macro_rules! conformance_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let bus: Arc<dyn BodyBus> = $make;
+                // The guard (e.g. a nats-server) lives as long as the case.
+                let (_guard, bus): (_, Arc<dyn BodyBus>) = $make;
                 super::$case(bus).await;
             }
         )*
     };
 }
 
-conformance_suite!(local, Arc::new(LocalBus::new()));
+conformance_suite!(local, ((), Arc::new(LocalBus::new())));
+conformance_suite!(nats, {
+    let server = cbs_tests::nats::NatsServer::start();
+    let bus = Arc::new(server.bus().await);
+    (server, bus)
+});

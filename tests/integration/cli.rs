@@ -7,7 +7,11 @@ use std::process::{Command, Output, Stdio};
 use cbs_tests::{bin, cell, shared_cache};
 use serde_json::Value;
 
-const DEMO: [&str; 3] = ["cells/io.prompt_name", "cells/logic.greet", "cells/io.print_greeting"];
+const DEMO: [&str; 3] = [
+    "cells/io.prompt_name",
+    "cells/logic.greet",
+    "cells/io.print_greeting",
+];
 
 fn cbs_host(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(bin("cbs-host"))
@@ -19,7 +23,12 @@ fn cbs_host(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("cbs-host runs");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -37,7 +46,15 @@ fn demo_dirs() -> Vec<String> {
 fn the_greeting_flow_prints_hello_with_one_correlation_id_across_hops() {
     let dirs = demo_dirs();
     let args = demo_args(
-        &["run", "--log-format", "json", "--log-level", "debug", "--start", "io.prompt_name"],
+        &[
+            "run",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--start",
+            "io.prompt_name",
+        ],
         &dirs,
     );
     let out = cbs_host(&args, "Ada\n");
@@ -49,16 +66,26 @@ fn the_greeting_flow_prints_hello_with_one_correlation_id_across_hops() {
     let mut cells = BTreeSet::new();
     let mut correlation_ids = HashSet::new();
     for line in stderr.lines() {
-        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         if event["message"] == "handled" {
             let span = &event["span"];
             cells.insert(span["cell"].as_str().unwrap().to_owned());
             correlation_ids.insert(span["correlation_id"].as_str().unwrap().to_owned());
         }
     }
-    let expected: BTreeSet<String> = ["io.prompt_name", "logic.greet", "io.print_greeting"].map(String::from).into();
-    assert_eq!(cells, expected, "each of the three hops was handled\n{stderr}");
-    assert_eq!(correlation_ids.len(), 1, "one correlation id across all hops: {correlation_ids:?}");
+    let expected: BTreeSet<String> = ["io.prompt_name", "logic.greet", "io.print_greeting"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        cells, expected,
+        "each of the three hops was handled\n{stderr}"
+    );
+    assert_eq!(
+        correlation_ids.len(),
+        1,
+        "one correlation id across all hops: {correlation_ids:?}"
+    );
 }
 
 #[test]
@@ -77,7 +104,11 @@ fn load_prints_id_version_schemas_and_capabilities() {
     let dir = cell("cells/logic.greet").display().to_string();
     let out = cbs_host(&["load", &dir], "");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for expected in [
         "logic.greet 0.1.0",
         "logic.greet/request@1",
@@ -87,7 +118,10 @@ fn load_prints_id_version_schemas_and_capabilities() {
         "memory 16 MiB",
         "pooled",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in\n{stdout}"
+        );
     }
 
     let dir = cell("cells/io.prompt_name").display().to_string();
@@ -95,14 +129,21 @@ fn load_prints_id_version_schemas_and_capabilities() {
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["id"], "io.prompt_name");
     assert_eq!(json["capabilities"]["stdio"], true);
-    assert_eq!(json["capabilities"]["calls"], serde_json::json!(["logic.greet", "io.print_greeting"]));
+    assert_eq!(
+        json["capabilities"]["calls"],
+        serde_json::json!(["logic.greet", "io.print_greeting"])
+    );
     assert_eq!(json["describe"]["input_schema"], "io.prompt_name/start@1");
 }
 
 #[test]
 fn load_of_a_broken_manifest_exits_non_zero_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cell.toml"), "id = \"a.b\"\nversion = \"1\"\nruntim = \"wasm\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("cell.toml"),
+        "id = \"a.b\"\nversion = \"1\"\nruntim = \"wasm\"\n",
+    )
+    .unwrap();
     let out = cbs_host(&["load", dir.path().to_str().unwrap()], "");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -118,7 +159,13 @@ fn help_documents_every_command() {
     }
     let out = cbs_host(&["run", "--help"], "");
     let help = String::from_utf8_lossy(&out.stdout);
-    for expected in ["--start", "--input", "--cache-dir", "--no-cache", "--max-instances"] {
+    for expected in [
+        "--start",
+        "--input",
+        "--cache-dir",
+        "--no-cache",
+        "--max-instances",
+    ] {
         assert!(help.contains(expected), "{help}");
     }
 }

@@ -8,15 +8,25 @@ use serde_json::json;
 
 #[tokio::test]
 async fn every_demo_cell_loads_and_describes_itself() {
-    let cells = ["cells/io.prompt_name", "cells/logic.greet", "cells/io.print_greeting"];
+    let cells = [
+        "cells/io.prompt_name",
+        "cells/logic.greet",
+        "cells/io.print_greeting",
+    ];
     let host = TestHost::local(&cells.map(cbs_tests::cell)).await;
     for dir in cells {
         let id = dir.trim_start_matches("cells/");
         let cell = host.cell(id);
         assert_eq!(cell.info().id, id);
         assert_eq!(cell.info().version, cell.manifest.version);
-        assert_eq!(cell.info().input_schema.as_deref(), cell.manifest.input.as_ref().map(|s| s.id.as_str()));
-        assert_eq!(cell.info().output_schema.as_deref(), cell.manifest.output.as_ref().map(|s| s.id.as_str()));
+        assert_eq!(
+            cell.info().input_schema.as_deref(),
+            cell.manifest.input.as_ref().map(|s| s.id.as_str())
+        );
+        assert_eq!(
+            cell.info().output_schema.as_deref(),
+            cell.manifest.output.as_ref().map(|s| s.id.as_str())
+        );
     }
 }
 
@@ -27,7 +37,10 @@ async fn greet_replies_with_a_typed_envelope() {
     assert!(reply.error.is_none(), "{:?}", reply.error);
     assert_eq!(reply.payload.get(), r#"{"greeting":"Hello, Ada!"}"#);
     assert_eq!(reply.schema.as_deref(), Some("logic.greet/reply@1"));
-    assert!(reply.causation_id.is_some(), "a reply names the message that caused it");
+    assert!(
+        reply.causation_id.is_some(),
+        "a reply names the message that caused it"
+    );
 }
 
 #[tokio::test]
@@ -69,7 +82,10 @@ async fn a_corrupt_cache_entry_is_recompiled() {
     let cache = tempfile::tempdir().unwrap();
     let runtime = || cbs_tests::runtime(Some(cache.path().to_path_buf()));
     let bus = || std::sync::Arc::new(cbs_host::bus::local::LocalBus::new());
-    cbs_host::body::Body::new(bus(), runtime()).load(&greet()).await.unwrap();
+    cbs_host::body::Body::new(bus(), runtime())
+        .load(&greet())
+        .await
+        .unwrap();
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }

@@ -14,9 +14,19 @@ async fn pooled_reuses_a_warm_instance_and_discards_it_after_a_trap() {
     let host = TestHost::local(&[faulty()]).await;
     // describe() at load ran on the first warm instance, without counting.
     assert_eq!(count(&host, "test.faulty").await, 1);
-    assert_eq!(count(&host, "test.faulty").await, 2, "the warm instance kept its state");
-    host.call("test.faulty", json!({"action": "panic"})).await.unwrap_err();
-    assert_eq!(count(&host, "test.faulty").await, 1, "the trapped instance was retired: no stale state");
+    assert_eq!(
+        count(&host, "test.faulty").await,
+        2,
+        "the warm instance kept its state"
+    );
+    host.call("test.faulty", json!({"action": "panic"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        count(&host, "test.faulty").await,
+        1,
+        "the trapped instance was retired: no stale state"
+    );
 }
 
 #[tokio::test]
@@ -34,7 +44,11 @@ async fn pooled_retires_after_max_messages() {
     let host = TestHost::local(&[dir.path().to_path_buf()]).await;
     // describe() counted as the first message of the first instance.
     assert_eq!(count(&host, "test.short_lived").await, 1);
-    assert_eq!(count(&host, "test.short_lived").await, 1, "retired after 2 messages");
+    assert_eq!(
+        count(&host, "test.short_lived").await,
+        1,
+        "retired after 2 messages"
+    );
     assert_eq!(count(&host, "test.short_lived").await, 2);
     assert_eq!(count(&host, "test.short_lived").await, 1);
 }

@@ -2,6 +2,9 @@
 //! repository's cells and binaries are, a host with real components on a
 //! real bus, and waiting on conditions with deadlines (never fixed sleeps).
 
+pub mod nats;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +21,10 @@ use serde_json::Value;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A cell folder of the repository, checked to have its component built.
@@ -61,7 +67,11 @@ pub fn bin(name: &str) -> PathBuf {
 /// compile once per run.
 pub fn shared_cache() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("cbs-test-cache")
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("cbs-test-cache")
 }
 
 /// A wasm runtime with a small pool.
@@ -125,14 +135,20 @@ pub async fn request_envelope(bus: &dyn BodyBus, cell_id: &str, payload: Value) 
         .await
         .unwrap_or_else(|e| panic!("request to {cell_id}: {e}"));
     let reply = Envelope::from_slice(&reply.payload).expect("reply is an envelope");
-    assert_eq!(reply.correlation_id, envelope.correlation_id, "reply keeps the flow");
+    assert_eq!(
+        reply.correlation_id, envelope.correlation_id,
+        "reply keeps the flow"
+    );
     reply
 }
 
 /// Raw bytes to a subject, for malformed-input tests.
 pub async fn request_raw(bus: &dyn BodyBus, subject: &str, payload: &'static [u8]) -> Envelope {
     let reply = bus
-        .request(Message::new(subject, Bytes::from_static(payload)), Duration::from_secs(10))
+        .request(
+            Message::new(subject, Bytes::from_static(payload)),
+            Duration::from_secs(10),
+        )
         .await
         .expect("a reply");
     Envelope::from_slice(&reply.payload).expect("reply is an envelope")
@@ -155,6 +171,10 @@ pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut
 pub fn temp_cell(manifest: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let faulty = faulty().display().to_string();
-    std::fs::write(dir.path().join("cell.toml"), manifest.replace("{faulty}", &faulty)).unwrap();
+    std::fs::write(
+        dir.path().join("cell.toml"),
+        manifest.replace("{faulty}", &faulty),
+    )
+    .unwrap();
     dir
 }

@@ -61,7 +61,9 @@ impl Context {
             .map_err(|e| CellError::internal(format!("request to {cell_id}: {e}")))?;
         let reply = bus::request(cell_id, &payload, timeout_ms).map_err(CellError::from_wit)?;
         serde_json::from_str(&reply).map_err(|e| {
-            CellError::internal(format!("reply of {cell_id} does not fit the expected type: {e}"))
+            CellError::internal(format!(
+                "reply of {cell_id} does not fit the expected type: {e}"
+            ))
         })
     }
 

@@ -69,7 +69,10 @@ impl Inner {
         }
         let interests = self.interests.read().unwrap();
         let mut delivered = 0;
-        for interest in interests.iter().filter(|i| i.pattern.matches(&message.subject)) {
+        for interest in interests
+            .iter()
+            .filter(|i| i.pattern.matches(&message.subject))
+        {
             let n = interest.members.len();
             if interest.queue.is_none() {
                 delivered += interest
@@ -138,7 +141,11 @@ impl BodyBus for LocalBus {
         }
     }
 
-    async fn subscribe(&self, subject: &str, queue_group: Option<&str>) -> Result<Subscription, BusError> {
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+    ) -> Result<Subscription, BusError> {
         let pattern = Pattern::parse(subject)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PENDING_LIMIT);

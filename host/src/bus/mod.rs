@@ -7,8 +7,10 @@
 //! suite (`host/tests/bus_conformance.rs`).
 
 pub mod local;
+pub mod nats;
 pub mod subject;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -81,6 +83,15 @@ impl Stream for Subscription {
     }
 }
 
+/// A cell as the bus serves it: on `subject`, in the queue group of the
+/// same name, described by `metadata` (id, version, schema ids) to
+/// discovery tools, with `stats` adding CBS's own counters.
+pub struct Endpoint {
+    pub subject: String,
+    pub metadata: HashMap<String, String>,
+    pub stats: nats::StatsFn,
+}
+
 /// The bus every runtime and host talks through.
 #[async_trait]
 pub trait BodyBus: Send + Sync + 'static {
@@ -94,7 +105,18 @@ pub trait BodyBus: Send + Sync + 'static {
 
     /// Subscribes to a subject (wildcards allowed). Within one queue group
     /// each message goes to exactly one member.
-    async fn subscribe(&self, subject: &str, queue_group: Option<&str>) -> Result<Subscription, BusError>;
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+    ) -> Result<Subscription, BusError>;
+
+    /// Serves a cell's endpoint: a queue subscription on its subject (NATS
+    /// also registers it for discovery). Reply with [`BodyBus::reply`].
+    async fn serve(&self, endpoint: Endpoint) -> Result<Subscription, BusError> {
+        self.subscribe(&endpoint.subject, Some(&endpoint.subject))
+            .await
+    }
 
     /// Publishes a reply to `to`; the default is a plain publish.
     async fn reply(&self, to: &str, headers: Headers, payload: Bytes) -> Result<(), BusError> {

@@ -65,7 +65,9 @@ impl ComponentCache {
             // rename), for this engine's compatibility key.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "unusable cache entry; recompiling"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unusable cache entry; recompiling")
+                }
             }
         }
         let compiled = engine.precompile_component(bytes)?;

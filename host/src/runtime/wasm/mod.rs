@@ -120,7 +120,10 @@ fn check_component_header(bytes: &[u8], path: &Path) -> anyhow::Result<()> {
              `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)",
             path.display()
         ),
-        v => bail!("{} has an unknown WebAssembly version {v:02x?}", path.display()),
+        v => bail!(
+            "{} has an unknown WebAssembly version {v:02x?}",
+            path.display()
+        ),
     }
 }
 
@@ -163,7 +166,11 @@ impl WasmCell {
         self.pool.idle()
     }
 
-    async fn call(&self, instance: &mut Instance, envelope: &Envelope) -> wasmtime::Result<Result<wit::Outgoing, wit::CellError>> {
+    async fn call(
+        &self,
+        instance: &mut Instance,
+        envelope: &Envelope,
+    ) -> wasmtime::Result<Result<wit::Outgoing, wit::CellError>> {
         let msg = wit::Envelope {
             v: envelope.v,
             id: envelope.id.clone(),
@@ -171,7 +178,11 @@ impl WasmCell {
             causation_id: envelope.causation_id.clone(),
             subject: envelope.subject.clone(),
             schema: envelope.schema.clone(),
-            headers: envelope.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: envelope
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             payload: envelope.payload.get().to_owned(),
         };
         instance.cell.call_handle(&mut instance.store, &msg).await

@@ -34,7 +34,12 @@ pub struct InstancePool {
 }
 
 impl InstancePool {
-    pub fn new(engine: Engine, pre: CellPre<Sandbox>, manifest: Arc<Manifest>, outbound: Arc<Outbound>) -> Self {
+    pub fn new(
+        engine: Engine,
+        pre: CellPre<Sandbox>,
+        manifest: Arc<Manifest>,
+        outbound: Arc<Outbound>,
+    ) -> Self {
         let keep = manifest.limits.concurrency as usize;
         Self {
             engine,

@@ -158,9 +158,9 @@ pub fn from_wit(e: types::CellError) -> BusError {
         W::CellFailed => ErrorCode::CellFailed,
         W::Internal => ErrorCode::Internal,
     };
-    let details = e.details.map(|d| {
-        serde_json::from_str(&d).unwrap_or(serde_json::Value::String(d))
-    });
+    let details = e
+        .details
+        .map(|d| serde_json::from_str(&d).unwrap_or(serde_json::Value::String(d)));
     BusError {
         code,
         message: e.message,
@@ -250,7 +250,9 @@ impl GuestOutput {
         let mut state = self.state.lock().unwrap();
         let partial = std::mem::take(&mut state.partial);
         if !partial.is_empty() {
-            state.last.push_back(String::from_utf8_lossy(&partial).into_owned());
+            state
+                .last
+                .push_back(String::from_utf8_lossy(&partial).into_owned());
         }
         state
             .last
@@ -281,7 +283,11 @@ impl GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -24,6 +24,8 @@ pub enum Action {
     BadOutput,
     /// Fail with a typed error.
     Fail { message: String },
+    /// Log "sleeping", then sleep `ms` milliseconds and reply.
+    Sleep { ms: u64 },
     /// Request another cell and return its reply.
     Call { cell: String, payload: Value },
 }
@@ -69,7 +71,9 @@ impl Cell for Faulty {
             }
             Action::Alloc { mb } => {
                 let block = vec![1u8; mb << 20];
-                Ok(reply(Some(Value::from(block.iter().map(|&b| b as u64).sum::<u64>()))))
+                Ok(reply(Some(Value::from(
+                    block.iter().map(|&b| b as u64).sum::<u64>(),
+                ))))
             }
             Action::BadOutput => Ok(Reply {
                 ok: Value::from("not a boolean"),
@@ -77,6 +81,11 @@ impl Cell for Faulty {
                 value: None,
             }),
             Action::Fail { message } => Err(CellError::invalid_input(message)),
+            Action::Sleep { ms } => {
+                ctx.info("sleeping");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(reply(Some(Value::from(ms))))
+            }
             Action::Call { cell, payload } => {
                 let value: Value = ctx.request(&cell, &payload)?;
                 Ok(reply(Some(value)))

@@ -1,0 +1,129 @@
+//! Who serves what: hosts and their cells, from the NATS micro protocol
+//! (`$SRV.INFO.cbs` and `$SRV.STATS.cbs`), as `cbs ps` shows them.
+
+use std::time::{Duration, Instant};
+
+use async_nats::service::endpoint::{Info as EndpointInfo, Stats as EndpointStats};
+use async_nats::service::{Info, Stats};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::nats::SERVICE_NAME;
+use crate::envelope::{BusError, ErrorCode};
+
+/// One host and what it serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    /// The host id (connection name), from the service metadata.
+    pub host: String,
+    /// The micro service instance id.
+    pub service_id: String,
+    pub version: String,
+    pub cells: Vec<CellView>,
+}
+
+/// One cell on one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellView {
+    pub id: String,
+    pub version: String,
+    pub subject: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub average_processing_us: u64,
+    pub input_schema: Option<String>,
+    pub output_schema: Option<String>,
+}
+
+/// Asks every CBS host on the bus, gathering replies until `quiet` passes
+/// without a new one (or `limit` in all).
+pub async fn list(
+    client: &async_nats::Client,
+    quiet: Duration,
+    limit: Duration,
+) -> Result<Vec<HostView>, BusError> {
+    let infos: Vec<Info> = gather(client, "INFO", quiet, limit).await?;
+    let stats: Vec<Stats> = gather(client, "STATS", quiet, limit).await?;
+    let mut hosts: Vec<HostView> = infos
+        .into_iter()
+        .map(|info| {
+            let cells = info
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    let counts = stats
+                        .iter()
+                        .filter(|s| s.id == info.id)
+                        .flat_map(|s| &s.endpoints)
+                        .find(|e| e.subject == endpoint.subject);
+                    cell_view(endpoint, counts)
+                })
+                .collect();
+            HostView {
+                host: info
+                    .metadata
+                    .get("host")
+                    .cloned()
+                    .unwrap_or_else(|| info.id.clone()),
+                service_id: info.id,
+                version: info.version,
+                cells,
+            }
+        })
+        .collect();
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(hosts)
+}
+
+fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellView {
+    let meta = &endpoint.metadata;
+    // CBS's own counters (in `data`) count every failure reply; the micro
+    // protocol's `num_errors` counts only empty-bodied error replies.
+    let data = counts.and_then(|c| c.data.clone()).unwrap_or_default();
+    CellView {
+        id: meta
+            .get("cell")
+            .cloned()
+            .unwrap_or_else(|| endpoint.subject.trim_start_matches("cbs.").to_owned()),
+        version: meta.get("version").cloned().unwrap_or_default(),
+        subject: endpoint.subject.clone(),
+        requests: counts.map_or(0, |c| c.requests as u64),
+        errors: data["errors"].as_u64().unwrap_or(0),
+        average_processing_us: counts.map_or(0, |c| c.average_processing_time.as_micros() as u64),
+        input_schema: meta.get("input_schema").cloned(),
+        output_schema: meta.get("output_schema").cloned(),
+    }
+}
+
+async fn gather<T: for<'de> Deserialize<'de>>(
+    client: &async_nats::Client,
+    verb: &str,
+    quiet: Duration,
+    limit: Duration,
+) -> Result<Vec<T>, BusError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| BusError::new(ErrorCode::Unavailable, format!("NATS: {e}"));
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    client
+        .publish_with_reply(format!("$SRV.{verb}.{SERVICE_NAME}"), inbox, "".into())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    client.flush().await.map_err(|e| unavailable(&e))?;
+    let end = Instant::now() + limit;
+    let mut out = Vec::new();
+    loop {
+        let wait = quiet.min(end.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, replies.next()).await {
+            Ok(Some(message)) => match serde_json::from_slice(&message.payload) {
+                Ok(item) => out.push(item),
+                Err(e) => tracing::warn!(verb, error = %e, "ignoring a malformed $SRV reply"),
+            },
+            _ => break,
+        }
+    }
+    Ok(out)
+}

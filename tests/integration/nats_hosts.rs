@@ -1,0 +1,419 @@
+//! Many `cbs-host` processes serving as one over a real nats-server.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cbs_host::bus::nats::{NatsBus, NatsOptions};
+use cbs_host::bus::BodyBus;
+use cbs_host::discovery;
+use cbs_host::envelope::{BusError, Envelope, ErrorCode};
+use cbs_host::outbound::to_message;
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::{bin, cell, faulty, greet, shared_cache, temp_cell, POLL};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+async fn call(
+    bus: &dyn BodyBus,
+    cell_id: &str,
+    payload: Value,
+    timeout: Duration,
+) -> Result<Value, BusError> {
+    let envelope = Envelope::new(
+        format!("cbs.{cell_id}"),
+        RawValue::from_string(payload.to_string()).unwrap(),
+    );
+    let reply = bus.request(to_message(&envelope), timeout).await?;
+    let payload = Envelope::from_slice(&reply.payload)?.into_result()?;
+    Ok(serde_json::from_str(payload.get()).unwrap())
+}
+
+async fn greet_ok(bus: &dyn BodyBus) -> Result<(), BusError> {
+    let reply = call(
+        bus,
+        "logic.greet",
+        json!({"name": "Ada"}),
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert_eq!(reply["greeting"], "Hello, Ada!");
+    Ok(())
+}
+
+/// Requests served per host for one cell, from `$SRV.STATS`.
+async fn served_by_host(bus: &NatsBus, cell_id: &str) -> Vec<(String, u64)> {
+    let hosts = discovery::list(
+        bus.client(),
+        Duration::from_millis(300),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    hosts
+        .into_iter()
+        .filter_map(|h| {
+            let n = h.cells.iter().find(|c| c.id == cell_id)?.requests;
+            Some((h.host, n))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_share_the_load_and_survive_a_sigkill() {
+    let server = NatsServer::start();
+    let url = server.url();
+    // Only host A serves test.faulty: when that subject has no responders,
+    // the server has dropped host A.
+    let mut a = HostProcess::serve(&url, "host-a", &[greet(), faulty()], &[]);
+    let _b = HostProcess::serve(&url, "host-b", &[greet()], &[]);
+    let bus = Arc::new(server.bus().await);
+
+    // 1,000 requests, 16 in flight: all answered, both hosts served a share.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..1000 / 16 + 1 {
+                greet_ok(bus.as_ref()).await.unwrap();
+                ok += 1;
+            }
+            ok
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.unwrap();
+    }
+    assert!(answered >= 1000);
+    let shares = served_by_host(&bus, "logic.greet").await;
+    assert_eq!(shares.len(), 2, "{shares:?}");
+    assert!(
+        shares.iter().all(|(_, n)| *n > 0),
+        "both hosts served a share: {shares:?}"
+    );
+    assert_eq!(
+        shares.iter().map(|(_, n)| n).sum::<u64>() as usize,
+        answered
+    );
+
+    // Under load, kill host A.
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let (bus, done, stop) = (bus.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    outcomes.push(greet_ok(bus.as_ref()).await);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                outcomes
+            })
+        })
+        .collect();
+    cbs_tests::wait_until(Duration::from_secs(10), "load to build up", || {
+        done.load(Ordering::Relaxed) >= 200
+    })
+    .await;
+    a.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call(
+            bus.as_ref(),
+            "test.faulty",
+            json!({"action": "count"}),
+            Duration::from_millis(500),
+        )
+        .await
+        {
+            Err(e) if e.code == ErrorCode::NotFound => break,
+            _ => assert!(Instant::now() < deadline, "the server never dropped host A"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // In-flight requests may have failed, but only with a typed error.
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        for outcome in task.await.unwrap() {
+            if let Err(e) = outcome {
+                assert!(
+                    matches!(e.code, ErrorCode::Timeout | ErrorCode::Unavailable),
+                    "{e}"
+                );
+            }
+        }
+    }
+    // Every request after the kill succeeds.
+    for _ in 0..300 {
+        greet_ok(bus.as_ref())
+            .await
+            .expect("host B serves everything after the kill");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_reconnects_after_nats_restarts() {
+    let mut server = NatsServer::start();
+    let host = HostProcess::serve(&server.url(), "host-r", &[greet()], &[]);
+    let bus = server.bus().await;
+    greet_ok(&bus).await.unwrap();
+
+    let restarted = Instant::now();
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while greet_ok(&bus).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the host never served again:\n{}",
+            host.log()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let interruption = restarted.elapsed();
+    eprintln!(
+        "serving interrupted for {} ms by a nats-server restart",
+        interruption.as_millis()
+    );
+    host.wait_for_log("reconnected to NATS", Duration::from_secs(5));
+    assert!(
+        host.log().contains("disconnected from NATS"),
+        "{}",
+        host.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greeting_chain_runs_across_a_cluster_of_two_servers() {
+    let (a, b) = NatsServer::clustered();
+    let _greeter = HostProcess::serve(&b.url(), "host-on-b", &[greet()], &[]);
+    // Wait until server a knows, through its route, that b serves logic.greet.
+    let bus_a = a.bus().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while greet_ok(&bus_a).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "logic.greet never became reachable through server a"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let out = Command::new(bin("cbs-host"))
+        .args(["run", "--nats", &a.url(), "--start", "io.prompt_name"])
+        .args([
+            cell("cells/io.prompt_name"),
+            cell("cells/io.print_greeting"),
+        ])
+        .env("CBS_CACHE_DIR", shared_cache())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"Ada\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, Ada!\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbs_ps_lists_hosts_and_cbs_call_names_a_missing_cell() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _a = HostProcess::serve(&url, "host-ps-a", &[greet()], &[]);
+    let _b = HostProcess::serve(&url, "host-ps-b", &[greet(), faulty()], &[]);
+
+    let out = cbs(&["call", "logic.greet", r#"{"name":"Ada"}"#, "--nats", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"greeting":"Hello, Ada!"}"#
+    );
+
+    let out = cbs(&["call", "logic.greet", r#"{"name":5}"#, "--nats", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("contract_violation") && stderr.contains("/name"),
+        "{stderr}"
+    );
+
+    let out = cbs(&["call", "logic.missing", "{}", "--nats", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nothing serves cell logic.missing"),
+        "{stderr}"
+    );
+
+    let out = cbs(&["ps", "--nats", &url]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "host-ps-a",
+        "host-ps-b",
+        "logic.greet",
+        "test.faulty",
+        "0.1.0",
+    ] {
+        assert!(
+            table.contains(expected),
+            "{expected:?} missing from\n{table}"
+        );
+    }
+    let out = cbs(&["ps", "--json", "--nats", &url]);
+    let hosts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hosts = hosts.as_array().unwrap();
+    assert_eq!(hosts.len(), 2);
+    let b = hosts.iter().find(|h| h["host"] == "host-ps-b").unwrap();
+    let greet = b["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "logic.greet")
+        .unwrap();
+    assert_eq!(greet["input_schema"], "logic.greet/request@1");
+    let requests: u64 = hosts
+        .iter()
+        .flat_map(|h| h["cells"].as_array().unwrap())
+        .filter(|c| c["id"] == "logic.greet")
+        .map(|c| c["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 2, "the two calls above were counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_messages_and_exits_zero() {
+    let server = NatsServer::start();
+    let slow = temp_cell(
+        r#"
+        id = "test.slow"
+        version = "0.1.0"
+        component = "{faulty}/test_faulty.wasm"
+        [limits]
+        timeout_ms = 10000
+        concurrency = 8
+        "#,
+    );
+    let mut host = HostProcess::serve(
+        &server.url(),
+        "host-drain",
+        &[slow.path().to_path_buf()],
+        &[],
+    );
+    let bus = Arc::new(server.bus().await);
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                call(
+                    bus.as_ref(),
+                    "test.slow",
+                    json!({"action": "sleep", "ms": 700}),
+                    Duration::from_secs(10),
+                )
+                .await
+            })
+        })
+        .collect();
+    host.wait_for_count("sleeping", 4, Duration::from_secs(10));
+    host.terminate();
+    for request in in_flight {
+        let reply = request
+            .await
+            .unwrap()
+            .expect("an in-flight request completes during the drain");
+        assert_eq!(reply["value"], 700);
+    }
+    let status = host.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status:?}\n{}", host.log());
+    assert!(host.log().contains("drained"), "{}", host.log());
+}
+
+fn host_with(url: &str, auth: &[&str]) -> std::process::Output {
+    Command::new(bin("cbs-host"))
+        .args([
+            "run",
+            "--nats",
+            url,
+            "--start",
+            "logic.greet",
+            "--input",
+            r#"{"name":"Ada"}"#,
+        ])
+        .args(auth)
+        .arg(greet())
+        .env("CBS_CACHE_DIR", shared_cache())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_password_and_token_auth() {
+    let server = NatsServer::with_args(&["--user", "cbs", "--pass", "s3cret"]);
+    let ok = host_with(
+        &server.url(),
+        &["--nats-user", "cbs", "--nats-password", "s3cret"],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let started = Instant::now();
+    let bad = host_with(
+        &server.url(),
+        &["--nats-user", "cbs", "--nats-password", "wrong"],
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fails fast, not after retries"
+    );
+    let none = host_with(&server.url(), &[]);
+    assert_eq!(none.status.code(), Some(2));
+
+    let server = NatsServer::with_args(&["--auth", "t0ken"]);
+    let ok = host_with(&server.url(), &["--nats-token", "t0ken"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = host_with(&server.url(), &["--nats-token", "nope"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+
+    // A client library user gets the same clear error.
+    let err = NatsBus::connect(&NatsOptions {
+        urls: server.url(),
+        name: "t".into(),
+        token: Some("nope".into()),
+        ..NatsOptions::default()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+}

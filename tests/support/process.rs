@@ -1,0 +1,128 @@
+//! `cbs-host` processes for end-to-end tests: spawned as a user would,
+//! their log captured, ready when they say so, killed or stopped on demand.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{bin, shared_cache, POLL};
+
+pub struct HostProcess {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl HostProcess {
+    /// `cbs-host run --nats URL --host-id ID <extra> <cells>`, ready when it
+    /// logs "ready".
+    pub fn serve(url: &str, host_id: &str, cells: &[PathBuf], extra: &[&str]) -> Self {
+        let mut child = Command::new(bin("cbs-host"))
+            .args([
+                "run",
+                "--nats",
+                url,
+                "--host-id",
+                host_id,
+                "--log-level",
+                "info",
+            ])
+            .args(extra)
+            .args(cells)
+            .env("CBS_CACHE_DIR", shared_cache())
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cbs-host runs");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let host = Self { child, log };
+        host.wait_for_log("ready;", Duration::from_secs(30));
+        host
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `text` (or the process exits).
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        self.wait_for_count(text, 1, timeout);
+    }
+
+    /// Waits until `text` appears `n` times in the log.
+    pub fn wait_for_count(&self, text: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log().matches(text).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n}× {text:?} in the host log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the host dies at once, mid-message.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: the host should drain and exit.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `cbs` CLI to completion.
+pub fn cbs(args: &[&str]) -> Output {
+    Command::new(bin("cbs"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cbs runs")
+}
