@@ -45,7 +45,7 @@ enum Command {
     /// --start, until the flow it starts has finished.
     ///
     /// Example: `echo Ada | cbs-host run --start io.prompt_name cells/*`
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load one cell, check it, and print what it exports and needs, without
     /// serving it.
     ///
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Load(args) => load(args).await,
         }
     });
