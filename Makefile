@@ -18,7 +18,7 @@ NOT_A_CELL := tests/cells/not-a-cell:test-not-a-cell
 
 DEMO := cells/io.prompt_name cells/logic.greet cells/io.print_greeting
 
-.PHONY: help run build host cells test lint fmt bench setup setup-rust setup-nats clean
+.PHONY: help run build host cells test test-dart dart-cells lint fmt bench setup setup-rust setup-nats clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,17 @@ cells: setup-rust ## Build the cells into components, next to their cell.toml
 test: setup-rust setup-nats cells ## Run every test (unit, component, bus conformance, end to end)
 	$(CARGO) build -p cbs-host
 	$(CARGO) test -p cbs-host -p cbs-cell -p cbs-tests
+	@$(MAKE) --no-print-directory test-dart
+
+test-dart: ## The Dart SDK's tests, where `dart` is installed
+	@if command -v dart >/dev/null; then \
+		cd guest-sdk/dart && dart pub get && dart test; \
+	else \
+		echo "SKIPPED: the Dart SDK's tests (guest-sdk/dart): dart is not on PATH. Install the Dart SDK to run them."; \
+	fi
+
+dart-cells: ## Fetch the Dart cells' packages (needs dart on PATH)
+	cd cells/logic.shout && dart pub get
 
 lint: setup-rust ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
@@ -69,5 +80,5 @@ clean:
 	$(CARGO) clean
 	rm -f $(foreach c,$(CELLS),$(word 1,$(subst :, ,$(c)))/*.wasm) tests/cells/not-a-cell/*.wasm
 
-bench: setup-rust cells ## Measure host overhead (release build)
-	$(CARGO) bench -p cbs-tests --bench local_greet
+bench: setup-rust setup-nats cells ## Measure host overhead next to raw NATS (release build)
+	$(CARGO) bench -p cbs-tests --bench overhead

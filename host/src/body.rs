@@ -19,6 +19,7 @@ use crate::contract::Contract;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, Manifest, RuntimeKind};
 use crate::outbound::{self, Outbound};
+use crate::runtime::process::SidecarCell;
 use crate::runtime::wasm::{CacheOutcome, WasmRuntime};
 use crate::runtime::{CellInfo, CellRunner};
 
@@ -117,6 +118,12 @@ impl Body {
                 let cache = cell.cache_outcome();
                 (Arc::new(cell), Some(cache))
             }
+            RuntimeKind::Sidecar => {
+                let cell = SidecarCell::start(&spec, outbound)
+                    .await
+                    .with_context(|| format!("cannot load cell {}", manifest.id))?;
+                (Arc::new(cell), None)
+            }
             other => bail!(
                 "cell {}: runtime {other:?} is not available in this host yet",
                 manifest.id
@@ -213,6 +220,9 @@ impl Body {
             }
         };
         let finished = tokio::time::timeout(grace, all_done).await.is_ok();
+        for cell in &cells {
+            cell.runner.shutdown(grace).await;
+        }
         if let Err(e) = self.bus.flush().await {
             tracing::warn!(error = %e, "cannot flush the last replies");
         }

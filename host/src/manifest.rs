@@ -21,6 +21,8 @@ pub struct Manifest {
     pub runtime: RuntimeKind,
     /// The component, for `runtime = "wasm"`.
     pub component: Option<PathBuf>,
+    /// The process to run, for `runtime = "sidecar"`.
+    pub sidecar: Option<SidecarSpec>,
     /// Contract of the request payload.
     pub input: Option<SchemaRef>,
     /// Contract of the reply payload.
@@ -40,6 +42,31 @@ pub enum RuntimeKind {
     Wasm,
     Python,
     Sidecar,
+}
+
+/// How to run a sidecar (docs/sidecar-protocol.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarSpec {
+    /// argv; a program with a `/` is relative to the cell folder, else on PATH.
+    pub command: Vec<String>,
+    /// Copies of the process.
+    #[serde(default = "one")]
+    pub processes: u32,
+    /// Largest frame either side may send, in KiB.
+    #[serde(default = "default_max_frame_kb")]
+    pub max_frame_kb: u32,
+    /// Added to the sidecar's (otherwise clean) environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_max_frame_kb() -> u32 {
+    1024
 }
 
 /// A payload contract: its id (`<cell>/<name>@<major>`) and JSON Schema file.
@@ -179,6 +206,16 @@ impl Manifest {
         let l = &self.limits;
         if l.memory_mb == 0 || l.timeout_ms == 0 || l.concurrency == 0 {
             bail!("[limits] memory_mb, timeout_ms and concurrency must be greater than 0");
+        }
+        if self.runtime == RuntimeKind::Sidecar {
+            match &self.sidecar {
+                None => bail!("runtime \"sidecar\" needs a [sidecar] table with `command = [...]`"),
+                Some(s) if s.command.is_empty() => bail!("[sidecar] command is empty"),
+                Some(s) if s.processes == 0 || s.max_frame_kb == 0 => {
+                    bail!("[sidecar] processes and max_frame_kb must be greater than 0")
+                }
+                Some(_) => {}
+            }
         }
         if self.instances.max_messages == 0 {
             bail!("[instances] max_messages must be greater than 0");

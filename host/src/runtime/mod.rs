@@ -1,10 +1,11 @@
-//! Runtimes run cells: `wasm` (components in wasmtime) today; the native
-//! Python pool and sidecar processes plug in behind the same trait.
+//! Runtimes run cells: `wasm` (components in wasmtime) and `process`
+//! (supervised sidecar processes); all behind one trait.
 
+pub mod process;
 pub mod wasm;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -37,4 +38,8 @@ pub trait CellRunner: Send + Sync {
 
     /// What the cell reported at load.
     fn info(&self) -> &CellInfo;
+
+    /// Stops the cell's runtime resources (processes), after the body has
+    /// drained its messages.
+    async fn shutdown(&self, _grace: Duration) {}
 }

@@ -1,9 +1,14 @@
-//! Host overhead on the in-process bus: `logic.greet` as a wasm cell,
-//! `pooled` and `fresh`, at 1 and 16 messages in flight, next to a plain
-//! Rust responder on the same bus doing the same work (the floor).
+//! Host overhead, measured in one run on one machine:
 //!
-//! Run with `make bench` (release build). Prints a table; figures are
-//! per machine, so compare ratios, not absolutes.
+//! - on the in-process bus: `logic.greet` as a wasm cell (`pooled`, `fresh`)
+//!   and the Python reference sidecar (echo) next to a native Rust handler
+//!   on the same bus;
+//! - over a real nats-server: a raw async-nats echo responder (the physical
+//!   floor), a native Rust greeter, and `logic.greet` served by a host.
+//!
+//! Every request is a full envelope (~200 B) sent by the same client code.
+//! Run with `make bench` (release build). Figures are per machine: compare
+//! the ratios, not the absolutes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +17,9 @@ use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::{BodyBus, Message};
 use cbs_host::envelope::Envelope;
 use cbs_host::outbound;
+use cbs_tests::nats::NatsServer;
 use cbs_tests::{greet, TestHost};
+use futures_util::StreamExt;
 use serde_json::value::RawValue;
 
 const WARMUP: Duration = Duration::from_millis(300);

@@ -1,0 +1,47 @@
+/// What a handler knows about its message, and its way to other cells.
+class Context {
+  Context({
+    required this.correlationId,
+    required this.messageId,
+    required Map<String, String> headers,
+    required Future<Object?> Function(String cellId, Object? payload, Duration? timeout) request,
+    required Future<void> Function(String subject, Object? payload) publish,
+    required void Function(String level, String message) log,
+  })  : _headers = headers,
+        _request = request,
+        _publish = publish,
+        _log = log;
+
+  /// Shared by every message of this flow.
+  final String correlationId;
+
+  /// Id of the message being handled.
+  final String messageId;
+
+  final Map<String, String> _headers;
+  final Future<Object?> Function(String, Object?, Duration?) _request;
+  final Future<void> Function(String, Object?) _publish;
+  final void Function(String, String) _log;
+
+  /// A header of the incoming envelope (`traceparent`, ...), any case.
+  String? header(String name) {
+    final lower = name.toLowerCase();
+    for (final entry in _headers.entries) {
+      if (entry.key.toLowerCase() == lower) return entry.value;
+    }
+    return null;
+  }
+
+  /// Request/reply to another cell by id. Allowed only for cells listed in
+  /// `[capabilities] calls` of `cell.toml`; throws [CellError] on failure.
+  Future<Object?> request(String cellId, Object? payload, {Duration? timeout}) =>
+      _request(cellId, payload, timeout);
+
+  /// Fire-and-forget publish to a subject listed in `[capabilities] publish`.
+  Future<void> publish(String subject, Object? payload) => _publish(subject, payload);
+
+  /// Logs into the host's log, tagged with this cell and correlation id.
+  void log(String level, String message) => _log(level, message);
+  void info(String message) => _log('info', message);
+  void warn(String message) => _log('warn', message);
+}

@@ -1,0 +1,304 @@
+//! One running sidecar process: its frame writer and reader, the messages
+//! in flight on it, and how it dies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::frame::{read_frame, write_frame};
+use super::protocol::{encode, FromSidecar, ToSidecar};
+use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::outbound::{Flow, Outbound};
+use crate::runtime::Reply;
+
+/// Frames queued for one process before senders wait.
+const WRITE_QUEUE: usize = 1024;
+/// How long a process has to answer a ping.
+pub const PONG_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Pending = oneshot::Sender<Result<Reply, BusError>>;
+
+pub struct Conn {
+    pub cell_id: String,
+    pub pid: u32,
+    writer: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Envelopes of in-flight messages, for the sidecar's outbound calls.
+    parents: Mutex<HashMap<u64, Flow>>,
+    pongs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_id: AtomicU64,
+    /// Why the host ended the process (first reason wins).
+    reason: Mutex<Option<String>>,
+    /// Set once the process is known to be ending: take no new messages.
+    dead: AtomicBool,
+    pub(super) death: Notify,
+}
+
+impl Conn {
+    /// Starts the IO tasks of a process that has completed its handshake.
+    pub fn start(
+        cell_id: String,
+        pid: u32,
+        stdin: ChildStdin,
+        stdout: ChildStdout,
+        stderr: ChildStderr,
+        max_frame: usize,
+        outbound: Arc<Outbound>,
+    ) -> Arc<Self> {
+        let (writer, rx) = mpsc::channel(WRITE_QUEUE);
+        let conn = Arc::new(Self {
+            cell_id,
+            pid,
+            writer,
+            pending: Mutex::default(),
+            parents: Mutex::default(),
+            pongs: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            reason: Mutex::default(),
+            dead: AtomicBool::new(false),
+            death: Notify::new(),
+        });
+        tokio::spawn(write_loop(conn.clone(), stdin, rx));
+        tokio::spawn(read_loop(conn.clone(), stdout, max_frame, outbound));
+        tokio::spawn(log_stderr(conn.cell_id.clone(), pid, stderr));
+        conn
+    }
+
+    /// Sends one message and waits for its reply until `deadline`. A
+    /// process that misses the deadline is ended: it may be stuck.
+    pub async fn handle(self: &Arc<Self>, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let frame = encode(&ToSidecar::Handle {
+            id,
+            deadline_ms: remaining.as_millis() as u64,
+            envelope: &envelope,
+        });
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        self.parents.lock().unwrap().insert(id, Flow { parent: envelope, deadline });
+        if self.writer.send(frame).await.is_err() {
+            self.forget(id);
+            return Err(self.failed("is gone"));
+        }
+        let outcome = tokio::time::timeout(remaining, rx).await;
+        self.parents.lock().unwrap().remove(&id);
+        match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.failed("ended")),
+            Err(_) => {
+                self.forget(id);
+                self.die(format!("did not reply within its deadline ({} ms) and was killed", remaining.as_millis()));
+                Err(BusError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "sidecar {} did not reply within {} ms; its process was killed and is being restarted",
+                        self.cell_id,
+                        remaining.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Pings the process; ends it when no pong comes in time.
+    pub async fn ping(self: Arc<Self>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pongs.lock().unwrap().insert(id, tx);
+        if self.writer.send(encode(&ToSidecar::Ping { id })).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(PONG_TIMEOUT, rx).await.is_err() {
+            self.pongs.lock().unwrap().remove(&id);
+            self.die(format!("did not answer a ping within {} s", PONG_TIMEOUT.as_secs()));
+        }
+    }
+
+    /// Asks the process to finish in-flight messages and exit.
+    pub async fn shutdown(&self, grace: Duration) {
+        let frame = encode(&ToSidecar::Shutdown {
+            grace_ms: grace.as_millis() as u64,
+        });
+        let _ = self.writer.send(frame).await;
+    }
+
+    /// False once the process is ending.
+    pub fn is_alive(&self) -> bool {
+        !self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Messages in flight on this process.
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+
+    /// Ends the process (the supervisor kills it); the first reason wins.
+    pub fn die(&self, reason: impl Into<String>) {
+        self.dead.store(true, Ordering::Relaxed);
+        let mut slot = self.reason.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(reason.into());
+            tracing::warn!(cell = %self.cell_id, pid = self.pid, reason = slot.as_deref(), "ending sidecar process");
+        }
+        drop(slot);
+        self.death.notify_one();
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap().clone()
+    }
+
+    /// Fails every message still in flight: the process is gone.
+    pub fn fail_all(&self, why: &str) {
+        self.dead.store(true, Ordering::Relaxed);
+        let pending: Vec<Pending> = self.pending.lock().unwrap().drain().map(|(_, tx)| tx).collect();
+        for tx in pending {
+            let _ = tx.send(Err(self.failed(why)));
+        }
+        self.pongs.lock().unwrap().clear();
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.lock().unwrap().remove(&id);
+        self.parents.lock().unwrap().remove(&id);
+    }
+
+    fn failed(&self, why: &str) -> BusError {
+        BusError::new(
+            ErrorCode::CellFailed,
+            format!(
+                "sidecar {} (pid {}) {why} while handling this message; it is being restarted",
+                self.cell_id, self.pid
+            ),
+        )
+    }
+
+    async fn send(&self, frame: &ToSidecar<'_>) {
+        let _ = self.writer.send(encode(frame)).await;
+    }
+
+    fn dispatch(self: &Arc<Self>, frame: FromSidecar, outbound: &Arc<Outbound>) {
+        match frame {
+            FromSidecar::Reply { id, payload, schema, headers, error } => {
+                let Some(tx) = self.pending.lock().unwrap().remove(&id) else {
+                    return; // timed out already
+                };
+                let result = match (error, payload) {
+                    (Some(e), _) => Err(e.into()),
+                    (None, Some(p)) => Ok(Reply {
+                        payload: String::from(Box::<str>::from(p)),
+                        schema,
+                        headers: headers.into_iter().collect(),
+                    }),
+                    (None, None) => Err(BusError::new(
+                        ErrorCode::ContractViolation,
+                        format!("sidecar {} sent a reply with neither payload nor error", self.cell_id),
+                    )),
+                };
+                let _ = tx.send(result);
+            }
+            FromSidecar::Request { id, parent, cell, payload, timeout_ms } => {
+                let conn = self.clone();
+                let outbound = outbound.clone();
+                tokio::spawn(async move {
+                    let result = match conn.flow(parent) {
+                        Ok(flow) => {
+                            let timeout = timeout_ms.map(Duration::from_millis);
+                            outbound.request(&flow, &cell, payload.get().to_owned(), timeout).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let (payload, error) = match result {
+                        Ok(text) => (RawValue::from_string(text).ok(), None),
+                        Err(e) => (None, Some(e)),
+                    };
+                    conn.send(&ToSidecar::Response { id, payload: payload.as_deref(), error: error.as_ref() })
+                        .await;
+                });
+            }
+            FromSidecar::Publish { id, parent, subject, payload } => {
+                let conn = self.clone();
+                let outbound = outbound.clone();
+                tokio::spawn(async move {
+                    let result = match conn.flow(parent) {
+                        Ok(flow) => outbound.publish(&flow, &subject, payload.get().to_owned()).await,
+                        Err(e) => Err(e),
+                    };
+                    conn.send(&ToSidecar::Response { id, payload: None, error: result.err().as_ref() })
+                        .await;
+                });
+            }
+            FromSidecar::Pong { id } => {
+                if let Some(tx) = self.pongs.lock().unwrap().remove(&id) {
+                    let _ = tx.send(());
+                }
+            }
+            FromSidecar::Log { level, message, parent } => {
+                let correlation_id = parent
+                    .and_then(|p| self.flow(p).ok())
+                    .map(|f| f.parent.correlation_id.clone())
+                    .unwrap_or_default();
+                let cell = self.cell_id.as_str();
+                match level.as_str() {
+                    "error" => tracing::error!(cell, correlation_id, "{message}"),
+                    "warn" => tracing::warn!(cell, correlation_id, "{message}"),
+                    "debug" => tracing::debug!(cell, correlation_id, "{message}"),
+                    "trace" => tracing::trace!(cell, correlation_id, "{message}"),
+                    _ => tracing::info!(cell, correlation_id, "{message}"),
+                }
+            }
+            FromSidecar::Describe { .. } | FromSidecar::Unknown => {}
+        }
+    }
+
+    fn flow(&self, parent: u64) -> Result<Flow, BusError> {
+        self.parents.lock().unwrap().get(&parent).cloned().ok_or_else(|| {
+            BusError::new(
+                ErrorCode::InvalidInput,
+                format!("parent {parent} is not a message in flight on this process"),
+            )
+        })
+    }
+}
+
+async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {
+    // Hold only a weak link so that the queue closes when the process is gone.
+    let weak = Arc::downgrade(&conn);
+    drop(conn);
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = write_frame(&mut stdin, &frame).await {
+            if let Some(conn) = weak.upgrade() {
+                conn.die(format!("closed its stdin ({e})"));
+            }
+            return;
+        }
+    }
+}
+
+async fn read_loop(conn: Arc<Conn>, mut stdout: ChildStdout, max_frame: usize, outbound: Arc<Outbound>) {
+    loop {
+        match read_frame(&mut stdout, max_frame).await {
+            Ok(Some(body)) => match FromSidecar::parse(&body) {
+                Ok(frame) => conn.dispatch(frame, &outbound),
+                Err(e) => return conn.die(format!("sent a malformed frame ({e})")),
+            },
+            // The supervisor sees the exit and reports its status.
+            Ok(None) => return,
+            Err(e) => return conn.die(format!("sent a malformed frame: {e}")),
+        }
+    }
+}
+
+async fn log_stderr(cell: String, pid: u32, stderr: ChildStderr) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(cell = %cell, pid, stream = "stderr", "{line}");
+    }
+}

@@ -1,0 +1,230 @@
+//! The frames of the sidecar protocol (docs/sidecar-protocol.md).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::envelope::{BusError, Envelope, ErrorCode};
+
+/// Protocol versions this host speaks.
+pub const PROTOCOL_MIN: u32 = 1;
+pub const PROTOCOL_MAX: u32 = 1;
+
+/// Host → sidecar.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToSidecar<'a> {
+    Hello {
+        protocol: Versions,
+        max_frame_bytes: usize,
+        cell: CellRef<'a>,
+    },
+    Handle {
+        id: u64,
+        deadline_ms: u64,
+        envelope: &'a Envelope,
+    },
+    Response {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a BusError>,
+    },
+    Ping {
+        id: u64,
+    },
+    Shutdown {
+        grace_ms: u64,
+    },
+}
+
+#[derive(Serialize)]
+pub struct Versions {
+    pub min: u32,
+    pub max: u32,
+}
+
+#[derive(Serialize)]
+pub struct CellRef<'a> {
+    pub id: &'a str,
+    pub version: &'a str,
+}
+
+/// Sidecar → host. Unknown types are ignored.
+pub enum FromSidecar {
+    Describe {
+        protocol: u32,
+        cell: Described,
+    },
+    Reply {
+        id: u64,
+        payload: Option<Box<RawValue>>,
+        schema: Option<String>,
+        headers: BTreeMap<String, String>,
+        error: Option<WireError>,
+    },
+    Request {
+        id: u64,
+        parent: u64,
+        cell: String,
+        payload: Box<RawValue>,
+        timeout_ms: Option<u64>,
+    },
+    Publish {
+        id: u64,
+        parent: u64,
+        subject: String,
+        payload: Box<RawValue>,
+    },
+    Pong {
+        id: u64,
+    },
+    Log {
+        level: String,
+        message: String,
+        parent: Option<u64>,
+    },
+    Unknown,
+}
+
+/// Every field any inbound frame has. serde's tagged enums buffer their
+/// content, which `RawValue` payloads cannot be read from, so frames are
+/// read flat and then sorted by `type`.
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    parent: Option<u64>,
+    #[serde(default)]
+    protocol: Option<u32>,
+    #[serde(default)]
+    cell: Option<Box<RawValue>>,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    error: Option<WireError>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl FromSidecar {
+    /// Parses one frame body.
+    pub fn parse(body: &[u8]) -> Result<Self, String> {
+        let w: Wire = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let need = |field: &str| format!("a `{}` frame without `{field}`", w.kind);
+        let id = || w.id.ok_or_else(|| need("id"));
+        Ok(match w.kind.as_str() {
+            "describe" => {
+                let cell = w.cell.as_ref().ok_or_else(|| need("cell"))?;
+                Self::Describe {
+                    protocol: w.protocol.ok_or_else(|| need("protocol"))?,
+                    cell: serde_json::from_str(cell.get()).map_err(|e| format!("bad `cell`: {e}"))?,
+                }
+            }
+            "reply" => Self::Reply {
+                id: id()?,
+                payload: w.payload,
+                schema: w.schema,
+                headers: w.headers,
+                error: w.error,
+            },
+            "request" => Self::Request {
+                id: id()?,
+                parent: w.parent.ok_or_else(|| need("parent"))?,
+                cell: serde_json::from_str(w.cell.as_ref().ok_or_else(|| need("cell"))?.get())
+                    .map_err(|e| format!("bad `cell`: {e}"))?,
+                payload: w.payload.ok_or_else(|| need("payload"))?,
+                timeout_ms: w.timeout_ms,
+            },
+            "publish" => Self::Publish {
+                id: id()?,
+                parent: w.parent.ok_or_else(|| need("parent"))?,
+                subject: w.subject.ok_or_else(|| need("subject"))?,
+                payload: w.payload.ok_or_else(|| need("payload"))?,
+            },
+            "pong" => Self::Pong { id: id()? },
+            "log" => Self::Log {
+                level: w.level.unwrap_or_default(),
+                message: w.message.ok_or_else(|| need("message"))?,
+                parent: w.parent,
+            },
+            _ => Self::Unknown,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Described {
+    pub id: String,
+    pub version: String,
+    #[serde(default)]
+    pub input_schema: Option<String>,
+    #[serde(default)]
+    pub output_schema: Option<String>,
+}
+
+/// An error as a sidecar sends it: an unknown code becomes `internal`.
+#[derive(Deserialize)]
+pub struct WireError {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub details: Option<serde_json::Value>,
+}
+
+impl From<WireError> for BusError {
+    fn from(e: WireError) -> Self {
+        let code = ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == e.code)
+            .unwrap_or(ErrorCode::Internal);
+        BusError {
+            code,
+            message: e.message,
+            details: e.details,
+        }
+    }
+}
+
+pub fn encode(frame: &ToSidecar<'_>) -> Vec<u8> {
+    serde_json::to_vec(frame).expect("frames always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_frames_parse_and_keep_payload_text() {
+        let reply = FromSidecar::parse(br#"{"type":"reply","id":3,"payload":{"a":[1, 2]}}"#).unwrap();
+        assert!(matches!(reply, FromSidecar::Reply { id: 3, payload: Some(ref p), .. } if p.get() == r#"{"a":[1, 2]}"#));
+        let request =
+            FromSidecar::parse(br#"{"type":"request","id":1,"parent":2,"cell":"logic.greet","payload":{}}"#).unwrap();
+        assert!(matches!(request, FromSidecar::Request { ref cell, parent: 2, .. } if cell == "logic.greet"));
+        assert!(matches!(FromSidecar::parse(br#"{"type":"future-thing","x":1}"#).unwrap(), FromSidecar::Unknown));
+        let err = FromSidecar::parse(br#"{"type":"reply"}"#).err().unwrap();
+        assert!(err.contains("without `id`"), "{err}");
+        assert!(FromSidecar::parse(b"[1]").is_err());
+    }
+
+    #[test]
+    fn unknown_error_codes_become_internal() {
+        let e: BusError = WireError { code: "weird".into(), message: "m".into(), details: None }.into();
+        assert_eq!(e.code, ErrorCode::Internal);
+    }
+}

@@ -1,0 +1,219 @@
+//! Starting, handshaking and restarting one sidecar process slot.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use tokio::process::{Child, Command};
+
+use super::conn::Conn;
+use super::frame::{read_frame, write_frame};
+use super::protocol::{encode, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX, PROTOCOL_MIN};
+use crate::manifest::{Manifest, SidecarSpec};
+use crate::outbound::Outbound;
+
+/// How long a new process has to answer `hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a live process is pinged.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// A process that lived this long resets the restart backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Environment variables passed through to sidecars; all others are cleared.
+const PASS_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM"];
+
+/// Everything needed to start a process of one sidecar cell.
+pub struct Launch {
+    pub manifest: Arc<Manifest>,
+    program: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    env: BTreeMap<String, String>,
+    pub max_frame: usize,
+    outbound: Arc<Outbound>,
+}
+
+impl Launch {
+    pub fn new(dir: &Path, manifest: Arc<Manifest>, spec: &SidecarSpec, outbound: Arc<Outbound>) -> anyhow::Result<Self> {
+        let Some((program, args)) = spec.command.split_first() else {
+            bail!("[sidecar] command is empty");
+        };
+        // A program with a slash is a path in the cell folder; else it is looked up on PATH.
+        let program = if program.contains('/') { dir.join(program) } else { PathBuf::from(program) };
+        Ok(Self {
+            manifest,
+            program,
+            args: args.to_vec(),
+            dir: dir.to_path_buf(),
+            env: spec.env.clone(),
+            max_frame: (spec.max_frame_kb as usize) << 10,
+            outbound,
+        })
+    }
+
+    /// Starts a process and completes the handshake.
+    pub async fn start(&self) -> anyhow::Result<(Arc<Conn>, Child, Described)> {
+        let id = &self.manifest.id;
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .envs(PASS_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("CBS_")))
+            .envs(&self.env)
+            .env("CBS_CELL_ID", id)
+            .env("CBS_PROTOCOL", PROTOCOL_MAX.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start sidecar {id}: {} {:?}", self.program.display(), self.args))?;
+        let pid = child.id().unwrap_or_default();
+        let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        let hello = encode(&ToSidecar::Hello {
+            protocol: Versions { min: PROTOCOL_MIN, max: PROTOCOL_MAX },
+            max_frame_bytes: self.max_frame,
+            cell: CellRef { id, version: &self.manifest.version },
+        });
+        let handshake = async {
+            write_frame(&mut stdin, &hello).await.context("cannot send hello")?;
+            let body = read_frame(&mut stdout, self.max_frame)
+                .await?
+                .context("it exited before answering hello")?;
+            match FromSidecar::parse(&body) {
+                Ok(FromSidecar::Describe { protocol, cell }) => Ok((protocol, cell)),
+                Ok(_) => bail!("its first frame was not `describe`"),
+                Err(e) => bail!("its first frame is not a protocol frame ({e})"),
+            }
+        };
+        let (protocol, described) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => bail!("sidecar {id} failed its handshake: {e:#}"),
+            Err(_) => bail!("sidecar {id} did not answer hello within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+        };
+        if !(PROTOCOL_MIN..=PROTOCOL_MAX).contains(&protocol) {
+            bail!("sidecar {id} speaks protocol {protocol}, this host speaks {PROTOCOL_MIN}..{PROTOCOL_MAX}");
+        }
+        if described.id != *id {
+            tracing::warn!(manifest = %id, sidecar = %described.id, "the sidecar describes itself with another id; cell.toml wins");
+        }
+        let stderr = child.stderr.take().unwrap();
+        let conn = Conn::start(id.clone(), pid, stdin, stdout, stderr, self.max_frame, self.outbound.clone());
+        tracing::info!(cell = %id, pid, protocol, "sidecar process up");
+        Ok((conn, child, described))
+    }
+}
+
+/// One process slot: the live process, if any, and why the last start failed.
+pub struct Slot {
+    launch: Arc<Launch>,
+    current: RwLock<Option<Arc<Conn>>>,
+    last_failure: Mutex<Option<String>>,
+    closing: AtomicBool,
+}
+
+impl Slot {
+    pub fn new(launch: Arc<Launch>) -> Self {
+        Self {
+            launch,
+            current: RwLock::default(),
+            last_failure: Mutex::default(),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// The live process, unless it is ending.
+    pub fn conn(&self) -> Option<Arc<Conn>> {
+        self.current.read().unwrap().clone().filter(|c| c.is_alive())
+    }
+
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().unwrap().clone()
+    }
+
+    /// Stops restarting; asks the live process to finish and exit.
+    pub async fn close(&self, grace: Duration) {
+        self.closing.store(true, Ordering::Relaxed);
+        if let Some(conn) = self.conn() {
+            conn.shutdown(grace).await;
+        }
+    }
+}
+
+/// Keeps a slot's process alive: waits for it to die, fails what was in
+/// flight on it, and starts a new one with exponential backoff.
+pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
+    let mut attempt = 0u32;
+    loop {
+        *slot.current.write().unwrap() = Some(conn.clone());
+        *slot.last_failure.lock().unwrap() = None;
+        let started = Instant::now();
+        let why = run_until_death(&conn, &mut child).await;
+        *slot.current.write().unwrap() = None;
+        conn.fail_all(&why);
+        if slot.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(cell = %conn.cell_id, pid = conn.pid, reason = %why, "sidecar process ended; restarting");
+        if started.elapsed() > HEALTHY_AFTER {
+            attempt = 0;
+        }
+        loop {
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt = attempt.saturating_add(1);
+            if slot.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            match slot.launch.start().await {
+                Ok((c, ch, _)) => {
+                    (conn, child) = (c, ch);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "sidecar restart failed");
+                    *slot.last_failure.lock().unwrap() = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+}
+
+/// 100 ms doubling to 5 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+}
+
+/// Waits until the process exits or the host ends it; returns why.
+async fn run_until_death(conn: &Arc<Conn>, child: &mut Child) -> String {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return conn.reason().unwrap_or_else(|| exited(status.ok()));
+            }
+            () = conn.death.notified() => {
+                let _ = child.kill().await;
+                return conn.reason().unwrap_or_else(|| "was ended".to_owned());
+            }
+            _ = ping.tick() => {
+                tokio::spawn(conn.clone().ping());
+            }
+        }
+    }
+}
+
+fn exited(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) if s.signal().is_some() => format!("was killed by signal {}", s.signal().unwrap()),
+        Some(s) => format!("exited with status {}", s.code().unwrap_or(-1)),
+        None => "exited".to_owned(),
+    }
+}

@@ -1,0 +1,228 @@
+//! The sidecar protocol, host side, against the Python reference sidecar
+//! (`tests/sidecars/reference`): real processes, real pipes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cbs_host::envelope::{BusError, Envelope, ErrorCode};
+use cbs_tests::{greet, repo, TestHost, POLL};
+use serde_json::{json, Value};
+
+fn reference() -> PathBuf {
+    repo().join("tests/sidecars/reference")
+}
+
+/// A copy of the reference cell with extra manifest lines (e.g. env).
+fn reference_with(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = reference();
+    let manifest = std::fs::read_to_string(src.join("cell.toml"))
+        .unwrap()
+        .replace("\"reference.py\"", &format!("{:?}", src.join("reference.py")))
+        .replace("schemas/", &format!("{}/schemas/", src.display()))
+        .replace("[sidecar]\n", &format!("[sidecar]\n{extra}\n"));
+    std::fs::write(dir.path().join("cell.toml"), manifest).unwrap();
+    dir
+}
+
+async fn host() -> TestHost {
+    TestHost::local(&[greet(), reference()]).await
+}
+
+async fn act(host: &TestHost, payload: Value) -> Result<Value, BusError> {
+    host.call("test.reference", payload).await
+}
+
+async fn pid(host: &TestHost) -> u64 {
+    act(host, json!({"action": "pid"})).await.unwrap()["pid"].as_u64().unwrap()
+}
+
+/// Other cells are unaffected, and the sidecar serves again.
+async fn assert_recovered(host: &TestHost, old_pid: u64) {
+    let reply = host.call("logic.greet", json!({"name": "Ada"})).await.unwrap();
+    assert_eq!(reply["greeting"], "Hello, Ada!");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_pid = loop {
+        match act(host, json!({"action": "pid"})).await {
+            Ok(v) => break v["pid"].as_u64().unwrap(),
+            // While restarting: nothing runs (unavailable), or a message
+            // landed on the process in the instant it died (cell_failed).
+            Err(e) => {
+                assert!(matches!(e.code, ErrorCode::Unavailable | ErrorCode::CellFailed), "while restarting: {e}");
+                assert!(Instant::now() < deadline, "the sidecar never came back: {e}");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    };
+    assert_ne!(new_pid, old_pid, "a new process serves");
+    assert_eq!(act(host, json!({"text": "again"})).await.unwrap()["text"], "AGAIN!");
+}
+
+#[tokio::test]
+async fn handshake_then_request_reply() {
+    let host = host().await;
+    let cell = host.cell("test.reference");
+    assert_eq!(cell.info().id, "test.reference");
+    assert_eq!(cell.info().version, "0.1.0");
+    let reply = host.envelope("test.reference", json!({"text": "hi"})).await;
+    let payload: Value = serde_json::from_str(reply.payload.get()).unwrap();
+    assert_eq!(payload, json!({"text": "HI!"}));
+    assert_eq!(reply.schema.as_deref(), Some("test.reference/reply@1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_messages_in_flight_at_once() {
+    let host = Arc::new(host().await);
+    // Each message waits until 100 are in flight in the sidecar at the same
+    // time: this only completes if the host does not serialize them.
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { act(&host, json!({"action": "gather", "n": 100})).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap()["value"], 100);
+    }
+}
+
+#[tokio::test]
+async fn the_sidecar_calls_a_wasm_cell_through_the_host() {
+    let host = host().await;
+    let request = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Dart"}});
+    let reply = act(&host, request).await.unwrap();
+    assert_eq!(reply["value"], json!({"greeting": "Hello, Dart!"}));
+    // The callee's contract applies, and its error comes back typed.
+    let request = json!({"action": "call", "cell": "logic.greet", "payload": {"name": 3}});
+    let err = act(&host, request).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ContractViolation, "{err}");
+}
+
+#[tokio::test]
+async fn the_sidecar_publishes_with_the_flows_correlation_id() {
+    let host = host().await;
+    let mut events = host.bus().subscribe("events.>", None).await.unwrap();
+    let envelope = host
+        .envelope("test.reference", json!({"action": "publish", "subject": "events.shouted", "payload": {"x": 1}}))
+        .await;
+    assert!(envelope.error.is_none(), "{:?}", envelope.error);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+    let event = Envelope::from_slice(&event.payload).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(event.payload.get()).unwrap(), json!({"x": 1}));
+    assert_eq!(event.correlation_id, envelope.correlation_id);
+}
+
+#[tokio::test]
+async fn calls_and_publishes_outside_the_grants_are_refused() {
+    let host = TestHost::local(&[greet(), reference(), cbs_tests::cell("cells/io.print_greeting")]).await;
+    let request = json!({"action": "call", "cell": "io.print_greeting", "payload": {"greeting": "x"}});
+    let err = act(&host, request).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ContractViolation);
+    assert!(err.message.contains("may not call io.print_greeting"), "{err}");
+    let request = json!({"action": "publish", "subject": "cbs.logic.greet", "payload": {}});
+    let err = act(&host, request).await.unwrap_err();
+    assert!(err.message.contains("may not publish to cbs.logic.greet"), "{err}");
+}
+
+#[tokio::test]
+async fn a_typed_error_from_the_sidecar_passes_through() {
+    let host = host().await;
+    let err = act(&host, json!({"action": "fail", "message": "no such text"})).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidInput);
+    assert_eq!(err.message, "no such text");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_message_fails_it_and_the_process_is_restarted() {
+    let host = host().await;
+    let before = pid(&host).await;
+    let err = act(&host, json!({"action": "crash"})).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+    assert!(err.message.contains("exited with status 3"), "{err}");
+    assert_recovered(&host, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_sidecar_hits_the_deadline_and_is_replaced() {
+    let host = host().await;
+    let before = pid(&host).await;
+    let err = act(&host, json!({"action": "hang"})).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Timeout, "{err}");
+    assert!(err.message.contains("killed"), "{err}");
+    assert_recovered(&host, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_frames_end_the_process() {
+    let host = host().await;
+    let before = pid(&host).await;
+    let err = act(&host, json!({"action": "garbage"})).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+    assert!(err.message.contains("malformed frame"), "{err}");
+    assert_recovered(&host, before).await;
+
+    let before = pid(&host).await;
+    let err = act(&host, json!({"action": "oversize"})).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+    assert!(err.message.contains("oversize frame"), "{err}");
+    assert_recovered(&host, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_negotiated_and_a_newer_only_sidecar_is_refused() {
+    // A sidecar speaking 1..2 settles on 1 with this host.
+    let both = reference_with(r#"env = { REF_PROTOCOL = "1-2" }"#);
+    let host = TestHost::local(&[both.path().to_path_buf()]).await;
+    assert_eq!(act(&host, json!({"text": "v"})).await.unwrap()["text"], "V!");
+
+    // A restart that comes back speaking only 2 is refused, typed, until a
+    // later restart speaks 1 again.
+    let counter = tempfile::tempdir().unwrap();
+    let newer = reference_with(&format!(
+        "env = {{ REF_NEWER_AT = {:?} }}",
+        counter.path().join("starts").display().to_string()
+    ));
+    let host = TestHost::local(&[greet(), newer.path().to_path_buf()]).await;
+    let before = pid(&host).await;
+    act(&host, json!({"action": "crash"})).await.unwrap_err();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = None;
+    while refused.is_none() {
+        match act(&host, json!({"action": "pid"})).await {
+            Err(e) if e.message.contains("speaks protocol 2") => refused = Some(e),
+            _ => assert!(Instant::now() < deadline, "the newer process was never reported"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(refused.unwrap().code, ErrorCode::Unavailable);
+    assert_recovered(&host, before).await;
+}
+
+#[tokio::test]
+async fn a_sidecar_that_cannot_start_fails_the_load_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cell.toml"),
+        "id = \"x.y\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"./no-such-program\"]\n",
+    )
+    .unwrap();
+    let body = cbs_host::body::Body::new(Arc::new(cbs_host::bus::local::LocalBus::new()), cbs_tests::runtime(None));
+    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    assert!(err.contains("cannot start sidecar x.y"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cell.toml"), "id = \"x.y\"\nversion = \"1\"\nruntime = \"sidecar\"\n").unwrap();
+    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    assert!(err.contains("needs a [sidecar] table"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_asks_the_sidecar_to_exit_and_it_is_not_restarted() {
+    let host = host().await;
+    let pid = pid(&host).await;
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    assert!(host.body.shutdown(Duration::from_secs(5)).await);
+    cbs_tests::wait_until(Duration::from_secs(5), "the sidecar process to exit", || !proc_dir.exists()).await;
+}

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Reference sidecar: the CBS sidecar protocol v1 in standard-library Python.
+
+It exists so that the host side of the protocol is tested for real, and as a
+readable second implementation of docs/sidecar-protocol.md. It handles
+several messages at once (a thread each) and misbehaves on request, for the
+host's failure tests. Actions (the payload's "action"):
+
+  shout {text}         -> {"text": TEXT + "!"}
+  echo {value}         -> {"value": value}
+  pid                  -> {"pid": this process id}
+  gather {n}           -> waits until n messages are in flight at once
+  call {cell, payload} -> requests another cell through the host
+  publish {subject, payload}
+  fail {message}       -> a typed invalid_input error
+  crash                -> exits at once, mid-message
+  hang                 -> never replies
+  garbage              -> writes a frame that is not JSON
+  oversize             -> announces a frame larger than allowed
+
+Environment: REF_PROTOCOL="min-max" (default "1-1") sets the versions it
+speaks; REF_NEWER_AT=<file> counts starts in <file> and makes the second
+start speak only version 2 (a restart that comes back newer, once).
+"""
+
+import json
+import os
+import struct
+import sys
+import threading
+
+PROTOCOL = (1, 1)
+lock = threading.Lock()          # one writer at a time on stdout
+out = sys.stdout.buffer
+inp = sys.stdin.buffer
+pending = {}                     # outbound request id -> [event, response]
+next_id = [0]
+active = [0]
+peak = [0]                       # most messages ever in flight at once
+active_cv = threading.Condition()
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def write(frame):
+    body = json.dumps(frame).encode()
+    with lock:
+        out.write(struct.pack(">I", len(body)) + body)
+        out.flush()
+
+
+def read():
+    head = inp.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = struct.unpack(">I", head)
+    return json.loads(inp.read(n))
+
+
+def call_host(kind, parent, **fields):
+    """Sends a request/publish frame and waits for its response."""
+    with lock:
+        next_id[0] += 1
+        rid = next_id[0]
+    slot = [threading.Event(), None]
+    pending[rid] = slot
+    write(dict(type=kind, id=rid, parent=parent, **fields))
+    slot[0].wait()
+    response = pending.pop(rid)[1]
+    if "error" in response:
+        raise HostError(response["error"])
+    return response.get("payload")
+
+
+class HostError(Exception):
+    def __init__(self, error):
+        super().__init__(error["message"])
+        self.error = error
+
+
+def handle(frame):
+    hid = frame["id"]
+    payload = frame["envelope"]["payload"]
+    action = payload.get("action", "shout" if "text" in payload else "echo")
+    with active_cv:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        active_cv.notify_all()
+    try:
+        if action == "shout":
+            result = {"text": payload["text"].upper() + "!"}
+        elif action == "echo":
+            result = {"value": payload.get("value")}
+        elif action == "pid":
+            result = {"pid": os.getpid()}
+        elif action == "gather":
+            with active_cv:
+                ok = active_cv.wait_for(lambda: peak[0] >= payload["n"], timeout=20)
+            if not ok:
+                raise HostError({"code": "internal", "message": f"only {peak[0]} in flight at once"})
+            result = {"value": payload["n"]}
+        elif action == "call":
+            result = {"value": call_host("request", hid, cell=payload["cell"], payload=payload["payload"])}
+        elif action == "publish":
+            call_host("publish", hid, subject=payload["subject"], payload=payload["payload"])
+            result = {"value": True}
+        elif action == "fail":
+            raise HostError({"code": "invalid_input", "message": payload["message"]})
+        elif action == "crash":
+            log("crashing on purpose")
+            os._exit(3)
+        elif action == "hang":
+            threading.Event().wait()
+        elif action == "garbage":
+            with lock:
+                out.write(struct.pack(">I", 8) + b"not json")
+                out.flush()
+            return
+        elif action == "oversize":
+            with lock:
+                out.write(struct.pack(">I", 64 << 20) + b"{")
+                out.flush()
+            return
+        else:
+            raise HostError({"code": "invalid_input", "message": f"unknown action {action!r}"})
+        write({"type": "reply", "id": hid, "payload": result})
+    except HostError as e:
+        write({"type": "reply", "id": hid, "error": e.error})
+    finally:
+        with active_cv:
+            active[0] -= 1
+
+
+def speaks():
+    lo, hi = (int(v) for v in os.environ.get("REF_PROTOCOL", "1-1").split("-"))
+    counter = os.environ.get("REF_NEWER_AT")
+    if counter:
+        starts = int(open(counter).read() or 0) + 1 if os.path.exists(counter) else 1
+        with open(counter, "w") as f:
+            f.write(str(starts))
+        if starts == 2:
+            return (2, 2)
+    return (lo, hi)
+
+
+def main():
+    hello = read()
+    if not hello or hello.get("type") != "hello":
+        log("expected hello, got", hello)
+        return 2
+    lo, hi = speaks()
+    offered = hello["protocol"]
+    version = min(hi, offered["max"])
+    if version < max(lo, offered["min"]):
+        version = lo  # no common version: say ours; the host will refuse it
+    write({"type": "describe", "protocol": version,
+           "cell": {"id": os.environ.get("CBS_CELL_ID", "test.reference"), "version": "0.1.0"}})
+    log(f"reference sidecar {os.getpid()} up, protocol {version}")
+    while True:
+        frame = read()
+        if frame is None:
+            return 0
+        kind = frame.get("type")
+        if kind == "handle":
+            threading.Thread(target=handle, args=(frame,), daemon=True).start()
+        elif kind == "response":
+            slot = pending.get(frame["id"])
+            if slot:
+                slot[1] = frame
+                slot[0].set()
+        elif kind == "ping":
+            write({"type": "pong", "id": frame["id"]})
+        elif kind == "shutdown":
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
