@@ -128,20 +128,27 @@ fn fresh_greet() -> tempfile::TempDir {
     dir
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    let fresh = fresh_greet();
-    let bus: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
-    let _host = TestHost::on(bus.clone(), &[greet(), fresh.path().to_path_buf()]).await;
-    native_greeter(bus.clone()).await;
+/// Echoes every request's bytes back: what NATS itself costs.
+async fn raw_echo(client: async_nats::Client) {
+    let mut sub = client
+        .queue_subscribe("bench.echo", "bench.echo".into())
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                client.publish(reply, msg.payload).await.unwrap();
+            }
+        }
+    });
+}
 
+/// Runs every (name, subject) at 1 and 64 in flight; the first case of
+/// each concurrency is the floor the others' ratios are against.
+async fn measure(bus: Arc<dyn BodyBus>, cases: &[(&str, &str)]) -> Vec<Row> {
     let mut rows = Vec::new();
-    for concurrency in [1, 16] {
-        for (name, subject) in [
-            ("rust-native (local bus)", "bench.native"),
-            ("greet-wasm-pooled", "cbs.logic.greet"),
-            ("greet-wasm-fresh", "cbs.logic.greet_fresh"),
-        ] {
+    for concurrency in [1, 64] {
+        for (name, subject) in cases {
             rows.push(row(
                 name,
                 concurrency,
@@ -149,17 +156,22 @@ async fn main() {
             ));
         }
     }
+    rows
+}
+
+fn print(title: &str, rows: &[Row]) {
+    println!("\n{title}");
     println!(
-        "{:<26} {:>4} {:>10} {:>9} {:>9} {:>8}",
+        "{:<22} {:>4} {:>10} {:>9} {:>9} {:>8}",
         "name", "conc", "req/s", "p50 µs", "p99 µs", "ratio"
     );
-    for r in &rows {
+    for r in rows {
         let floor = rows
             .iter()
             .find(|f| f.concurrency == r.concurrency)
             .unwrap();
         println!(
-            "{:<26} {:>4} {:>10.0} {:>9.1} {:>9.1} {:>8.2}",
+            "{:<22} {:>4} {:>10.0} {:>9.1} {:>9.1} {:>8.2}",
             r.name,
             r.concurrency,
             r.rps,
@@ -168,4 +180,50 @@ async fn main() {
             r.rps / floor.rps
         );
     }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let fresh = fresh_greet();
+    let cells = [
+        greet(),
+        fresh.path().to_path_buf(),
+        cbs_tests::repo().join("tests/sidecars/reference"),
+    ];
+
+    let local: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
+    let _local_host = TestHost::on(local.clone(), &cells).await;
+    native_greeter(local.clone()).await;
+    let rows = measure(
+        local,
+        &[
+            ("rust-native", "bench.native"),
+            ("greet-wasm-pooled", "cbs.logic.greet"),
+            ("greet-wasm-fresh", "cbs.logic.greet_fresh"),
+            ("sidecar (python ref)", "cbs.test.reference"),
+        ],
+    )
+    .await;
+    print(
+        "in-process bus (ratio to a native Rust handler on the same bus)",
+        &rows,
+    );
+
+    let server = NatsServer::start();
+    let served: Arc<dyn BodyBus> = Arc::new(server.bus().await);
+    let _nats_host = TestHost::on(served.clone(), &cells[..2]).await;
+    native_greeter(served.clone()).await;
+    raw_echo(server.bus().await.client().clone()).await;
+    let client: Arc<dyn BodyBus> = Arc::new(server.bus().await);
+    let rows = measure(
+        client,
+        &[
+            ("raw-nats", "bench.echo"),
+            ("rust-native", "bench.native"),
+            ("greet-wasm-pooled", "cbs.logic.greet"),
+            ("greet-wasm-fresh", "cbs.logic.greet_fresh"),
+        ],
+    )
+    .await;
+    print("nats-server on loopback (ratio to raw NATS)", &rows);
 }

@@ -426,13 +426,29 @@ async fn bad_input_over_nats_gets_the_same_typed_replies() {
     let reply = cbs_tests::request_raw(&client, "cbs.logic.greet", b"{not json").await;
     let err = reply.error.expect("an error reply");
     assert_eq!(err.code, ErrorCode::InvalidInput, "{err}");
-    let err = call(&client, "logic.greet", json!({"name": 1}), Duration::from_secs(5)).await.unwrap_err();
+    let err = call(
+        &client,
+        "logic.greet",
+        json!({"name": 1}),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ContractViolation);
     assert!(err.message.contains("/name"), "{err}");
     greet_ok(&client).await.unwrap();
     // Failures are also visible to generic NATS tools through the micro headers.
-    let envelope = Envelope::new("cbs.logic.greet", RawValue::from_string(r#"{"name":1}"#.into()).unwrap());
-    let raw = client.request(to_message(&envelope), Duration::from_secs(5)).await.unwrap();
+    let envelope = Envelope::new(
+        "cbs.logic.greet",
+        RawValue::from_string(r#"{"name":1}"#.into()).unwrap(),
+    );
+    let raw = client
+        .request(to_message(&envelope), Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(raw.header("Nats-Service-Error-Code"), Some("422"));
-    assert_eq!(host.cell("logic.greet").stats.to_json()["errors_by_code"]["contract_violation"], 2);
+    assert_eq!(
+        host.cell("logic.greet").stats.to_json()["errors_by_code"]["contract_violation"],
+        2
+    );
 }

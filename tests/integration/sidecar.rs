@@ -19,7 +19,10 @@ fn reference_with(extra: &str) -> tempfile::TempDir {
     let src = reference();
     let manifest = std::fs::read_to_string(src.join("cell.toml"))
         .unwrap()
-        .replace("\"reference.py\"", &format!("{:?}", src.join("reference.py")))
+        .replace(
+            "\"reference.py\"",
+            &format!("{:?}", src.join("reference.py")),
+        )
         .replace("schemas/", &format!("{}/schemas/", src.display()))
         .replace("[sidecar]\n", &format!("[sidecar]\n{extra}\n"));
     std::fs::write(dir.path().join("cell.toml"), manifest).unwrap();
@@ -35,12 +38,17 @@ async fn act(host: &TestHost, payload: Value) -> Result<Value, BusError> {
 }
 
 async fn pid(host: &TestHost) -> u64 {
-    act(host, json!({"action": "pid"})).await.unwrap()["pid"].as_u64().unwrap()
+    act(host, json!({"action": "pid"})).await.unwrap()["pid"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Other cells are unaffected, and the sidecar serves again.
 async fn assert_recovered(host: &TestHost, old_pid: u64) {
-    let reply = host.call("logic.greet", json!({"name": "Ada"})).await.unwrap();
+    let reply = host
+        .call("logic.greet", json!({"name": "Ada"}))
+        .await
+        .unwrap();
     assert_eq!(reply["greeting"], "Hello, Ada!");
     let deadline = Instant::now() + Duration::from_secs(10);
     let new_pid = loop {
@@ -49,14 +57,23 @@ async fn assert_recovered(host: &TestHost, old_pid: u64) {
             // While restarting: nothing runs (unavailable), or a message
             // landed on the process in the instant it died (cell_failed).
             Err(e) => {
-                assert!(matches!(e.code, ErrorCode::Unavailable | ErrorCode::CellFailed), "while restarting: {e}");
-                assert!(Instant::now() < deadline, "the sidecar never came back: {e}");
+                assert!(
+                    matches!(e.code, ErrorCode::Unavailable | ErrorCode::CellFailed),
+                    "while restarting: {e}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "the sidecar never came back: {e}"
+                );
                 tokio::time::sleep(POLL).await;
             }
         }
     };
     assert_ne!(new_pid, old_pid, "a new process serves");
-    assert_eq!(act(host, json!({"text": "again"})).await.unwrap()["text"], "AGAIN!");
+    assert_eq!(
+        act(host, json!({"text": "again"})).await.unwrap()["text"],
+        "AGAIN!"
+    );
 }
 
 #[tokio::test]
@@ -104,31 +121,54 @@ async fn the_sidecar_publishes_with_the_flows_correlation_id() {
     let host = host().await;
     let mut events = host.bus().subscribe("events.>", None).await.unwrap();
     let envelope = host
-        .envelope("test.reference", json!({"action": "publish", "subject": "events.shouted", "payload": {"x": 1}}))
+        .envelope(
+            "test.reference",
+            json!({"action": "publish", "subject": "events.shouted", "payload": {"x": 1}}),
+        )
         .await;
     assert!(envelope.error.is_none(), "{:?}", envelope.error);
-    let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
     let event = Envelope::from_slice(&event.payload).unwrap();
-    assert_eq!(serde_json::from_str::<Value>(event.payload.get()).unwrap(), json!({"x": 1}));
+    assert_eq!(
+        serde_json::from_str::<Value>(event.payload.get()).unwrap(),
+        json!({"x": 1})
+    );
     assert_eq!(event.correlation_id, envelope.correlation_id);
 }
 
 #[tokio::test]
 async fn calls_and_publishes_outside_the_grants_are_refused() {
-    let host = TestHost::local(&[greet(), reference(), cbs_tests::cell("cells/io.print_greeting")]).await;
-    let request = json!({"action": "call", "cell": "io.print_greeting", "payload": {"greeting": "x"}});
+    let host = TestHost::local(&[
+        greet(),
+        reference(),
+        cbs_tests::cell("cells/io.print_greeting"),
+    ])
+    .await;
+    let request =
+        json!({"action": "call", "cell": "io.print_greeting", "payload": {"greeting": "x"}});
     let err = act(&host, request).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ContractViolation);
-    assert!(err.message.contains("may not call io.print_greeting"), "{err}");
+    assert!(
+        err.message.contains("may not call io.print_greeting"),
+        "{err}"
+    );
     let request = json!({"action": "publish", "subject": "cbs.logic.greet", "payload": {}});
     let err = act(&host, request).await.unwrap_err();
-    assert!(err.message.contains("may not publish to cbs.logic.greet"), "{err}");
+    assert!(
+        err.message.contains("may not publish to cbs.logic.greet"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_typed_error_from_the_sidecar_passes_through() {
     let host = host().await;
-    let err = act(&host, json!({"action": "fail", "message": "no such text"})).await.unwrap_err();
+    let err = act(&host, json!({"action": "fail", "message": "no such text"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidInput);
     assert_eq!(err.message, "no such text");
 }
@@ -174,7 +214,10 @@ async fn versions_are_negotiated_and_a_newer_only_sidecar_is_refused() {
     // A sidecar speaking 1..2 settles on 1 with this host.
     let both = reference_with(r#"env = { REF_PROTOCOL = "1-2" }"#);
     let host = TestHost::local(&[both.path().to_path_buf()]).await;
-    assert_eq!(act(&host, json!({"text": "v"})).await.unwrap()["text"], "V!");
+    assert_eq!(
+        act(&host, json!({"text": "v"})).await.unwrap()["text"],
+        "V!"
+    );
 
     // A restart that comes back speaking only 2 is refused, typed, until a
     // later restart speaks 1 again.
@@ -191,7 +234,10 @@ async fn versions_are_negotiated_and_a_newer_only_sidecar_is_refused() {
     while refused.is_none() {
         match act(&host, json!({"action": "pid"})).await {
             Err(e) if e.message.contains("speaks protocol 2") => refused = Some(e),
-            _ => assert!(Instant::now() < deadline, "the newer process was never reported"),
+            _ => assert!(
+                Instant::now() < deadline,
+                "the newer process was never reported"
+            ),
         }
         tokio::time::sleep(POLL).await;
     }
@@ -207,12 +253,19 @@ async fn a_sidecar_that_cannot_start_fails_the_load_clearly() {
         "id = \"x.y\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"./no-such-program\"]\n",
     )
     .unwrap();
-    let body = cbs_host::body::Body::new(Arc::new(cbs_host::bus::local::LocalBus::new()), cbs_tests::runtime(None));
+    let body = cbs_host::body::Body::new(
+        Arc::new(cbs_host::bus::local::LocalBus::new()),
+        cbs_tests::runtime(None),
+    );
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
     assert!(err.contains("cannot start sidecar x.y"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cell.toml"), "id = \"x.y\"\nversion = \"1\"\nruntime = \"sidecar\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("cell.toml"),
+        "id = \"x.y\"\nversion = \"1\"\nruntime = \"sidecar\"\n",
+    )
+    .unwrap();
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
     assert!(err.contains("needs a [sidecar] table"), "{err}");
 }
@@ -224,5 +277,10 @@ async fn shutdown_asks_the_sidecar_to_exit_and_it_is_not_restarted() {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     assert!(proc_dir.exists());
     assert!(host.body.shutdown(Duration::from_secs(5)).await);
-    cbs_tests::wait_until(Duration::from_secs(5), "the sidecar process to exit", || !proc_dir.exists()).await;
+    cbs_tests::wait_until(
+        Duration::from_secs(5),
+        "the sidecar process to exit",
+        || !proc_dir.exists(),
+    )
+    .await;
 }

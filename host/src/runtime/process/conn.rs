@@ -72,7 +72,11 @@ impl Conn {
 
     /// Sends one message and waits for its reply until `deadline`. A
     /// process that misses the deadline is ended: it may be stuck.
-    pub async fn handle(self: &Arc<Self>, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        envelope: Arc<Envelope>,
+        deadline: Instant,
+    ) -> Result<Reply, BusError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let frame = encode(&ToSidecar::Handle {
@@ -82,7 +86,13 @@ impl Conn {
         });
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
-        self.parents.lock().unwrap().insert(id, Flow { parent: envelope, deadline });
+        self.parents.lock().unwrap().insert(
+            id,
+            Flow {
+                parent: envelope,
+                deadline,
+            },
+        );
         if self.writer.send(frame).await.is_err() {
             self.forget(id);
             return Err(self.failed("is gone"));
@@ -94,7 +104,10 @@ impl Conn {
             Ok(Err(_)) => Err(self.failed("ended")),
             Err(_) => {
                 self.forget(id);
-                self.die(format!("did not reply within its deadline ({} ms) and was killed", remaining.as_millis()));
+                self.die(format!(
+                    "did not reply within its deadline ({} ms) and was killed",
+                    remaining.as_millis()
+                ));
                 Err(BusError::new(
                     ErrorCode::Timeout,
                     format!(
@@ -112,12 +125,20 @@ impl Conn {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pongs.lock().unwrap().insert(id, tx);
-        if self.writer.send(encode(&ToSidecar::Ping { id })).await.is_err() {
+        if self
+            .writer
+            .send(encode(&ToSidecar::Ping { id }))
+            .await
+            .is_err()
+        {
             return;
         }
         if tokio::time::timeout(PONG_TIMEOUT, rx).await.is_err() {
             self.pongs.lock().unwrap().remove(&id);
-            self.die(format!("did not answer a ping within {} s", PONG_TIMEOUT.as_secs()));
+            self.die(format!(
+                "did not answer a ping within {} s",
+                PONG_TIMEOUT.as_secs()
+            ));
         }
     }
 
@@ -158,7 +179,13 @@ impl Conn {
     /// Fails every message still in flight: the process is gone.
     pub fn fail_all(&self, why: &str) {
         self.dead.store(true, Ordering::Relaxed);
-        let pending: Vec<Pending> = self.pending.lock().unwrap().drain().map(|(_, tx)| tx).collect();
+        let pending: Vec<Pending> = self
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, tx)| tx)
+            .collect();
         for tx in pending {
             let _ = tx.send(Err(self.failed(why)));
         }
@@ -186,7 +213,13 @@ impl Conn {
 
     fn dispatch(self: &Arc<Self>, frame: FromSidecar, outbound: &Arc<Outbound>) {
         match frame {
-            FromSidecar::Reply { id, payload, schema, headers, error } => {
+            FromSidecar::Reply {
+                id,
+                payload,
+                schema,
+                headers,
+                error,
+            } => {
                 let Some(tx) = self.pending.lock().unwrap().remove(&id) else {
                     return; // timed out already
                 };
@@ -199,19 +232,30 @@ impl Conn {
                     }),
                     (None, None) => Err(BusError::new(
                         ErrorCode::ContractViolation,
-                        format!("sidecar {} sent a reply with neither payload nor error", self.cell_id),
+                        format!(
+                            "sidecar {} sent a reply with neither payload nor error",
+                            self.cell_id
+                        ),
                     )),
                 };
                 let _ = tx.send(result);
             }
-            FromSidecar::Request { id, parent, cell, payload, timeout_ms } => {
+            FromSidecar::Request {
+                id,
+                parent,
+                cell,
+                payload,
+                timeout_ms,
+            } => {
                 let conn = self.clone();
                 let outbound = outbound.clone();
                 tokio::spawn(async move {
                     let result = match conn.flow(parent) {
                         Ok(flow) => {
                             let timeout = timeout_ms.map(Duration::from_millis);
-                            outbound.request(&flow, &cell, payload.get().to_owned(), timeout).await
+                            outbound
+                                .request(&flow, &cell, payload.get().to_owned(), timeout)
+                                .await
                         }
                         Err(e) => Err(e),
                     };
@@ -219,20 +263,37 @@ impl Conn {
                         Ok(text) => (RawValue::from_string(text).ok(), None),
                         Err(e) => (None, Some(e)),
                     };
-                    conn.send(&ToSidecar::Response { id, payload: payload.as_deref(), error: error.as_ref() })
-                        .await;
+                    conn.send(&ToSidecar::Response {
+                        id,
+                        payload: payload.as_deref(),
+                        error: error.as_ref(),
+                    })
+                    .await;
                 });
             }
-            FromSidecar::Publish { id, parent, subject, payload } => {
+            FromSidecar::Publish {
+                id,
+                parent,
+                subject,
+                payload,
+            } => {
                 let conn = self.clone();
                 let outbound = outbound.clone();
                 tokio::spawn(async move {
                     let result = match conn.flow(parent) {
-                        Ok(flow) => outbound.publish(&flow, &subject, payload.get().to_owned()).await,
+                        Ok(flow) => {
+                            outbound
+                                .publish(&flow, &subject, payload.get().to_owned())
+                                .await
+                        }
                         Err(e) => Err(e),
                     };
-                    conn.send(&ToSidecar::Response { id, payload: None, error: result.err().as_ref() })
-                        .await;
+                    conn.send(&ToSidecar::Response {
+                        id,
+                        payload: None,
+                        error: result.err().as_ref(),
+                    })
+                    .await;
                 });
             }
             FromSidecar::Pong { id } => {
@@ -240,7 +301,11 @@ impl Conn {
                     let _ = tx.send(());
                 }
             }
-            FromSidecar::Log { level, message, parent } => {
+            FromSidecar::Log {
+                level,
+                message,
+                parent,
+            } => {
                 let correlation_id = parent
                     .and_then(|p| self.flow(p).ok())
                     .map(|f| f.parent.correlation_id.clone())
@@ -259,12 +324,17 @@ impl Conn {
     }
 
     fn flow(&self, parent: u64) -> Result<Flow, BusError> {
-        self.parents.lock().unwrap().get(&parent).cloned().ok_or_else(|| {
-            BusError::new(
-                ErrorCode::InvalidInput,
-                format!("parent {parent} is not a message in flight on this process"),
-            )
-        })
+        self.parents
+            .lock()
+            .unwrap()
+            .get(&parent)
+            .cloned()
+            .ok_or_else(|| {
+                BusError::new(
+                    ErrorCode::InvalidInput,
+                    format!("parent {parent} is not a message in flight on this process"),
+                )
+            })
     }
 }
 
@@ -282,7 +352,12 @@ async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiv
     }
 }
 
-async fn read_loop(conn: Arc<Conn>, mut stdout: ChildStdout, max_frame: usize, outbound: Arc<Outbound>) {
+async fn read_loop(
+    conn: Arc<Conn>,
+    mut stdout: ChildStdout,
+    max_frame: usize,
+    outbound: Arc<Outbound>,
+) {
     loop {
         match read_frame(&mut stdout, max_frame).await {
             Ok(Some(body)) => match FromSidecar::parse(&body) {

@@ -15,7 +15,10 @@ pub enum FrameError {
 }
 
 /// Reads one frame body; `None` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut head = [0u8; 4];
     match reader.read_exact(&mut head).await {
         Ok(_) => {}
@@ -27,15 +30,21 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max: usize) -> Res
         return Err(FrameError::Oversize { len, max });
     }
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })?;
     Ok(Some(body))
 }
 
 /// Writes one frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, body: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     writer.write_all(&len.to_be_bytes()).await?;
     writer.write_all(body).await?;
@@ -49,16 +58,27 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_limits() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, br#"{"type":"ping","id":1}"#).await.unwrap();
+        write_frame(&mut buf, br#"{"type":"ping","id":1}"#)
+            .await
+            .unwrap();
         write_frame(&mut buf, b"{}").await.unwrap();
         let mut r = &buf[..];
-        assert_eq!(read_frame(&mut r, 64).await.unwrap().unwrap(), br#"{"type":"ping","id":1}"#);
+        assert_eq!(
+            read_frame(&mut r, 64).await.unwrap().unwrap(),
+            br#"{"type":"ping","id":1}"#
+        );
         assert_eq!(read_frame(&mut r, 64).await.unwrap().unwrap(), b"{}");
         assert!(read_frame(&mut r, 64).await.unwrap().is_none(), "clean end");
 
         let mut r = &buf[..];
-        assert!(matches!(read_frame(&mut r, 4).await, Err(FrameError::Oversize { len: 22, max: 4 })));
+        assert!(matches!(
+            read_frame(&mut r, 4).await,
+            Err(FrameError::Oversize { len: 22, max: 4 })
+        ));
         let mut r = &buf[..10];
-        assert!(matches!(read_frame(&mut r, 64).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut r, 64).await,
+            Err(FrameError::Truncated)
+        ));
     }
 }

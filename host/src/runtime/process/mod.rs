@@ -36,10 +36,12 @@ impl SidecarCell {
     /// cannot start fails the load with the reason.
     pub async fn start(spec: &CellSpec, outbound: Arc<Outbound>) -> anyhow::Result<Self> {
         let manifest = Arc::new(spec.manifest.clone());
-        let sidecar = manifest
-            .sidecar
-            .as_ref()
-            .with_context(|| format!("cell {} has runtime \"sidecar\" but no [sidecar] table", manifest.id))?;
+        let sidecar = manifest.sidecar.as_ref().with_context(|| {
+            format!(
+                "cell {} has runtime \"sidecar\" but no [sidecar] table",
+                manifest.id
+            )
+        })?;
         let launch = Arc::new(Launch::new(&spec.dir, manifest.clone(), sidecar, outbound)?);
         let (mut slots, mut supervisors, mut info) = (Vec::new(), Vec::new(), None);
         for _ in 0..sidecar.processes {
@@ -70,12 +72,18 @@ impl SidecarCell {
 
     /// Process ids of the live processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.slots.iter().filter_map(|s| s.conn().map(|c| c.pid)).collect()
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn().map(|c| c.pid))
+            .collect()
     }
 
     fn unavailable(&self) -> BusError {
         let last = self.slots.iter().find_map(|s| s.last_failure());
-        let mut message = format!("sidecar {} has no running process; it is being restarted", self.id);
+        let mut message = format!(
+            "sidecar {} has no running process; it is being restarted",
+            self.id
+        );
         if let Some(why) = last {
             message.push_str(&format!(" (last start failed: {why})"));
         }

@@ -133,7 +133,8 @@ impl FromSidecar {
                 let cell = w.cell.as_ref().ok_or_else(|| need("cell"))?;
                 Self::Describe {
                     protocol: w.protocol.ok_or_else(|| need("protocol"))?,
-                    cell: serde_json::from_str(cell.get()).map_err(|e| format!("bad `cell`: {e}"))?,
+                    cell: serde_json::from_str(cell.get())
+                        .map_err(|e| format!("bad `cell`: {e}"))?,
                 }
             }
             "reply" => Self::Reply {
@@ -211,12 +212,22 @@ mod tests {
 
     #[test]
     fn inbound_frames_parse_and_keep_payload_text() {
-        let reply = FromSidecar::parse(br#"{"type":"reply","id":3,"payload":{"a":[1, 2]}}"#).unwrap();
-        assert!(matches!(reply, FromSidecar::Reply { id: 3, payload: Some(ref p), .. } if p.get() == r#"{"a":[1, 2]}"#));
-        let request =
-            FromSidecar::parse(br#"{"type":"request","id":1,"parent":2,"cell":"logic.greet","payload":{}}"#).unwrap();
-        assert!(matches!(request, FromSidecar::Request { ref cell, parent: 2, .. } if cell == "logic.greet"));
-        assert!(matches!(FromSidecar::parse(br#"{"type":"future-thing","x":1}"#).unwrap(), FromSidecar::Unknown));
+        let reply =
+            FromSidecar::parse(br#"{"type":"reply","id":3,"payload":{"a":[1, 2]}}"#).unwrap();
+        assert!(
+            matches!(reply, FromSidecar::Reply { id: 3, payload: Some(ref p), .. } if p.get() == r#"{"a":[1, 2]}"#)
+        );
+        let request = FromSidecar::parse(
+            br#"{"type":"request","id":1,"parent":2,"cell":"logic.greet","payload":{}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(request, FromSidecar::Request { ref cell, parent: 2, .. } if cell == "logic.greet")
+        );
+        assert!(matches!(
+            FromSidecar::parse(br#"{"type":"future-thing","x":1}"#).unwrap(),
+            FromSidecar::Unknown
+        ));
         let err = FromSidecar::parse(br#"{"type":"reply"}"#).err().unwrap();
         assert!(err.contains("without `id`"), "{err}");
         assert!(FromSidecar::parse(b"[1]").is_err());
@@ -224,7 +235,12 @@ mod tests {
 
     #[test]
     fn unknown_error_codes_become_internal() {
-        let e: BusError = WireError { code: "weird".into(), message: "m".into(), details: None }.into();
+        let e: BusError = WireError {
+            code: "weird".into(),
+            message: "m".into(),
+            details: None,
+        }
+        .into();
         assert_eq!(e.code, ErrorCode::Internal);
     }
 }

@@ -13,7 +13,9 @@ use tokio::process::{Child, Command};
 
 use super::conn::Conn;
 use super::frame::{read_frame, write_frame};
-use super::protocol::{encode, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX, PROTOCOL_MIN};
+use super::protocol::{
+    encode, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX, PROTOCOL_MIN,
+};
 use crate::manifest::{Manifest, SidecarSpec};
 use crate::outbound::Outbound;
 
@@ -38,12 +40,21 @@ pub struct Launch {
 }
 
 impl Launch {
-    pub fn new(dir: &Path, manifest: Arc<Manifest>, spec: &SidecarSpec, outbound: Arc<Outbound>) -> anyhow::Result<Self> {
+    pub fn new(
+        dir: &Path,
+        manifest: Arc<Manifest>,
+        spec: &SidecarSpec,
+        outbound: Arc<Outbound>,
+    ) -> anyhow::Result<Self> {
         let Some((program, args)) = spec.command.split_first() else {
             bail!("[sidecar] command is empty");
         };
         // A program with a slash is a path in the cell folder; else it is looked up on PATH.
-        let program = if program.contains('/') { dir.join(program) } else { PathBuf::from(program) };
+        let program = if program.contains('/') {
+            dir.join(program)
+        } else {
+            PathBuf::from(program)
+        };
         Ok(Self {
             manifest,
             program,
@@ -63,7 +74,11 @@ impl Launch {
             .args(&self.args)
             .current_dir(&self.dir)
             .env_clear()
-            .envs(PASS_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(
+                PASS_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
             .envs(std::env::vars().filter(|(k, _)| k.starts_with("CBS_")))
             .envs(&self.env)
             .env("CBS_CELL_ID", id)
@@ -72,18 +87,30 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start sidecar {id}: {} {:?}", self.program.display(), self.args))?;
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "cannot start sidecar {id}: {} {:?}",
+                self.program.display(),
+                self.args
+            )
+        })?;
         let pid = child.id().unwrap_or_default();
         let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
         let hello = encode(&ToSidecar::Hello {
-            protocol: Versions { min: PROTOCOL_MIN, max: PROTOCOL_MAX },
+            protocol: Versions {
+                min: PROTOCOL_MIN,
+                max: PROTOCOL_MAX,
+            },
             max_frame_bytes: self.max_frame,
-            cell: CellRef { id, version: &self.manifest.version },
+            cell: CellRef {
+                id,
+                version: &self.manifest.version,
+            },
         });
         let handshake = async {
-            write_frame(&mut stdin, &hello).await.context("cannot send hello")?;
+            write_frame(&mut stdin, &hello)
+                .await
+                .context("cannot send hello")?;
             let body = read_frame(&mut stdout, self.max_frame)
                 .await?
                 .context("it exited before answering hello")?;
@@ -96,7 +123,10 @@ impl Launch {
         let (protocol, described) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => bail!("sidecar {id} failed its handshake: {e:#}"),
-            Err(_) => bail!("sidecar {id} did not answer hello within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+            Err(_) => bail!(
+                "sidecar {id} did not answer hello within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ),
         };
         if !(PROTOCOL_MIN..=PROTOCOL_MAX).contains(&protocol) {
             bail!("sidecar {id} speaks protocol {protocol}, this host speaks {PROTOCOL_MIN}..{PROTOCOL_MAX}");
@@ -105,7 +135,15 @@ impl Launch {
             tracing::warn!(manifest = %id, sidecar = %described.id, "the sidecar describes itself with another id; cell.toml wins");
         }
         let stderr = child.stderr.take().unwrap();
-        let conn = Conn::start(id.clone(), pid, stdin, stdout, stderr, self.max_frame, self.outbound.clone());
+        let conn = Conn::start(
+            id.clone(),
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            self.max_frame,
+            self.outbound.clone(),
+        );
         tracing::info!(cell = %id, pid, protocol, "sidecar process up");
         Ok((conn, child, described))
     }
@@ -131,7 +169,11 @@ impl Slot {
 
     /// The live process, unless it is ending.
     pub fn conn(&self) -> Option<Arc<Conn>> {
-        self.current.read().unwrap().clone().filter(|c| c.is_alive())
+        self.current
+            .read()
+            .unwrap()
+            .clone()
+            .filter(|c| c.is_alive())
     }
 
     pub fn last_failure(&self) -> Option<String> {
