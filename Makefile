@@ -80,5 +80,7 @@ clean:
 	$(CARGO) clean
 	rm -f $(foreach c,$(CELLS),$(word 1,$(subst :, ,$(c)))/*.wasm) tests/cells/not-a-cell/*.wasm
 
-bench: setup-rust setup-nats cells ## Measure host overhead next to raw NATS (release build)
+bench: setup-rust setup-nats cells ## Benchmarks next to raw NATS; writes bench/results/<date>.md/.json
+	$(CARGO) build --release -p cbs-host
 	$(CARGO) bench -p cbs-tests --bench overhead
+	$(CARGO) bench -p cbs-host --bench hot_path -- --quick

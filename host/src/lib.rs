@@ -6,7 +6,8 @@
 //! (`cell.toml`), [`contract`] (JSON Schema), [`runtime`] (wasm),
 //! [`outbound`] (calls between cells), [`body`] (serving cells) and
 //! [`telemetry`] (logs and spans); [`discovery`] lists hosts and cells over
-//! NATS, and [`cli`] holds flags both binaries share.
+//! NATS, [`loadgen`] drives benchmarks, and [`cli`] holds flags both
+//! binaries share.
 
 pub mod body;
 pub mod bus;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod contract;
 pub mod discovery;
 pub mod envelope;
+pub mod loadgen;
 pub mod manifest;
 pub mod outbound;
 pub mod runtime;

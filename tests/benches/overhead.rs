@@ -1,139 +1,115 @@
-//! Host overhead, measured in one run on one machine:
+//! `make bench`: CBS next to raw NATS, measured in one run on one machine.
 //!
-//! - on the in-process bus: `logic.greet` as a wasm cell (`pooled`, `fresh`)
-//!   and the Python reference sidecar (echo) next to a native Rust handler
-//!   on the same bus;
-//! - over a real nats-server: a raw async-nats echo responder (the physical
-//!   floor), a native Rust greeter, and `logic.greet` served by a host.
-//!
-//! Every request is a full envelope (~200 B) sent by the same client code.
-//! Run with `make bench` (release build). Figures are per machine: compare
-//! the ratios, not the absolutes.
+//! Over a nats-server it starts itself, with the same ~200 B request, at 1
+//! and 64 requests in flight: a raw async-nats echo responder (the floor), a
+//! native Rust NATS service doing `logic.greet`'s work, `logic.greet` as a
+//! wasm cell (`pooled`, `fresh`), a 3-hop chain of cells, and the Python
+//! reference sidecar. The same cells on the in-process bus. Then start-up
+//! (cold and warm component cache) and idle memory. Writes
+//! `bench/results/<date>.md` and `.json`. Compare ratios, not absolutes.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cbs_host::bus::local::LocalBus;
-use cbs_host::bus::{BodyBus, Message};
+use cbs_host::bus::BodyBus;
 use cbs_host::envelope::Envelope;
+use cbs_host::loadgen::{self, Load, Progress, Report};
 use cbs_host::outbound;
 use cbs_tests::nats::NatsServer;
-use cbs_tests::{greet, TestHost};
+use cbs_tests::{bin, faulty, greet, repo, TestHost};
 use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
 use serde_json::value::RawValue;
 
+const DURATION: Duration = Duration::from_secs(2);
 const WARMUP: Duration = Duration::from_millis(300);
-const RUN: Duration = Duration::from_secs(2);
+const CONCURRENCY: [usize; 2] = [1, 64];
+/// ~200 bytes of envelope.
+const PAYLOAD: &str = r#"{"name":"Ada Lovelace"}"#;
 
+#[derive(Serialize)]
 struct Row {
     name: String,
+    bus: &'static str,
     concurrency: usize,
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    errors: u64,
+    ratio_to_raw: f64,
 }
 
-fn request(subject: &str) -> Message {
-    let payload = RawValue::from_string(r#"{"name":"Ada Lovelace"}"#.to_owned()).unwrap();
-    outbound::to_message(&Envelope::new(subject, payload))
+/// A temporary cell folder: the given manifest with `{greet}` and
+/// `{faulty}` replaced by those cells' folders.
+fn temp_cell(root: &Path, name: &str, manifest: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = manifest
+        .replace("{greet}", &greet().display().to_string())
+        .replace("{faulty}", &faulty().display().to_string());
+    std::fs::write(dir.join("cell.toml"), manifest).unwrap();
+    dir
 }
 
-/// Drives `concurrency` closed loops of requests for [`RUN`].
-async fn drive(bus: Arc<dyn BodyBus>, subject: &str, concurrency: usize) -> (f64, Vec<Duration>) {
-    let run = |until: Instant| {
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let (bus, subject) = (bus.clone(), subject.to_owned());
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    let reply = bus
-                        .request(request(&subject), Duration::from_secs(5))
-                        .await
-                        .unwrap();
-                    let env = Envelope::from_slice(&reply.payload).unwrap();
-                    assert!(env.error.is_none(), "{:?}", env.error);
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        tasks
+fn greet_copy(root: &Path, id: &str, policy: &str) -> PathBuf {
+    temp_cell(
+        root,
+        id,
+        &format!(
+            "id = \"{id}\"\nversion = \"0.1.0\"\ncomponent = \"{{greet}}/logic_greet.wasm\"\n\
+             [input]\nid = \"logic.greet/request@1\"\nschema = \"{{greet}}/schemas/input.json\"\n\
+             [output]\nid = \"logic.greet/reply@1\"\nschema = \"{{greet}}/schemas/output.json\"\n\
+             [limits]\nconcurrency = 64\n[instances]\npolicy = \"{policy}\"\n"
+        ),
+    )
+}
+
+/// bench.hop1 → bench.hop2 → logic.greet: three cells, two calls through the host.
+fn chain(root: &Path) -> Vec<PathBuf> {
+    let hop = |id: &str, calls: &str| {
+        temp_cell(
+            root,
+            id,
+            &format!(
+                "id = \"{id}\"\nversion = \"0.1.0\"\ncomponent = \"{{faulty}}/test_faulty.wasm\"\n\
+                 [capabilities]\ncalls = [\"{calls}\"]\n[limits]\nconcurrency = 64\ntimeout_ms = 5000\n"
+            ),
+        )
     };
-    for t in run(Instant::now() + WARMUP) {
-        t.await.unwrap();
-    }
-    let start = Instant::now();
-    let mut all = Vec::new();
-    for t in run(start + RUN) {
-        all.extend(t.await.unwrap());
-    }
-    let secs = start.elapsed().as_secs_f64();
-    (all.len() as f64 / secs, all)
+    vec![hop("bench.hop1", "bench.hop2"), hop("bench.hop2", "logic.greet")]
 }
 
-fn row(name: &str, concurrency: usize, (rps, mut lat): (f64, Vec<Duration>)) -> Row {
-    lat.sort();
-    let pct =
-        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
-    Row {
-        name: name.to_owned(),
-        concurrency,
-        rps,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-    }
+fn chain_payload() -> String {
+    json!({"action": "call", "cell": "bench.hop2", "payload":
+        {"action": "call", "cell": "logic.greet", "payload": {"name": "Ada Lovelace"}}})
+    .to_string()
 }
 
 /// The same work as `logic.greet`, written directly against the bus.
 async fn native_greeter(bus: Arc<dyn BodyBus>) {
-    let mut sub = bus
-        .subscribe("bench.native", Some("bench.native"))
-        .await
-        .unwrap();
+    let mut sub = bus.subscribe("bench.native", Some("bench.native")).await.unwrap();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let bus = bus.clone();
             tokio::spawn(async move {
                 let env = Envelope::from_slice(&msg.payload).unwrap();
-                let input: serde_json::Value = serde_json::from_str(env.payload.get()).unwrap();
-                let greeting = serde_json::json!({"greeting": format!("Hello, {}!", input["name"].as_str().unwrap())});
+                let input: Value = serde_json::from_str(env.payload.get()).unwrap();
+                let greeting = json!({"greeting": format!("Hello, {}!", input["name"].as_str().unwrap())});
                 let reply = env.reply(None, RawValue::from_string(greeting.to_string()).unwrap());
-                bus.reply(
-                    msg.reply.as_deref().unwrap(),
-                    outbound::transport_headers(&reply),
-                    reply.to_vec().into(),
-                )
-                .await
-                .unwrap();
+                let headers = outbound::transport_headers(&reply);
+                bus.reply(msg.reply.as_deref().unwrap(), headers, reply.to_vec().into()).await.unwrap();
             });
         }
     });
 }
 
-fn fresh_greet() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let greet = greet();
-    let manifest = std::fs::read_to_string(greet.join("cell.toml"))
-        .unwrap()
-        .replace("id = \"logic.greet\"", "id = \"logic.greet_fresh\"")
-        .replace("policy = \"pooled\"", "policy = \"fresh\"")
-        .replace(
-            "\"logic_greet.wasm\"",
-            &format!("{:?}", greet.join("logic_greet.wasm")),
-        )
-        .replace("\"schemas/", &format!("\"{}/schemas/", greet.display()));
-    std::fs::write(dir.path().join("cell.toml"), manifest).unwrap();
-    dir
-}
-
 /// Echoes every request's bytes back: what NATS itself costs.
 async fn raw_echo(client: async_nats::Client) {
-    let mut sub = client
-        .queue_subscribe("bench.echo", "bench.echo".into())
-        .await
-        .unwrap();
+    let mut sub = client.queue_subscribe("bench.echo", "bench.echo".into()).await.unwrap();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             if let Some(reply) = msg.reply {
@@ -143,87 +119,180 @@ async fn raw_echo(client: async_nats::Client) {
     });
 }
 
-/// Runs every (name, subject) at 1 and 64 in flight; the first case of
-/// each concurrency is the floor the others' ratios are against.
-async fn measure(bus: Arc<dyn BodyBus>, cases: &[(&str, &str)]) -> Vec<Row> {
+async fn measure(bus: &Arc<dyn BodyBus>, subject: &str, payload: &str, concurrency: usize) -> Report {
+    let load = Load {
+        subject: subject.to_owned(),
+        payload: payload.to_owned(),
+        concurrency,
+        duration: DURATION,
+        warmup: WARMUP,
+        timeout: Duration::from_secs(5),
+        raw: false,
+    };
+    let report = loadgen::run(bus.clone(), &load, Arc::new(Progress::default())).await;
+    eprintln!("  {subject:<24} c={concurrency:<3} {:>9.0} req/s  p50 {:>7.1} µs  errors {}", report.rps, report.p50_us, report.errors);
+    report
+}
+
+/// Every case at every concurrency; ratios against the first case.
+async fn table(bus: Arc<dyn BodyBus>, label: &'static str, cases: &[(&str, &str, String)]) -> Vec<Row> {
     let mut rows = Vec::new();
-    for concurrency in [1, 64] {
-        for (name, subject) in cases {
-            rows.push(row(
-                name,
+    for concurrency in CONCURRENCY {
+        let mut floor = None;
+        for (name, subject, payload) in cases {
+            let r = measure(&bus, subject, payload, concurrency).await;
+            let floor_rps = *floor.get_or_insert(r.rps);
+            rows.push(Row {
+                name: name.to_string(),
+                bus: label,
                 concurrency,
-                drive(bus.clone(), subject, concurrency).await,
-            ));
+                rps: r.rps,
+                p50_us: r.p50_us,
+                p99_us: r.p99_us,
+                errors: r.errors,
+                ratio_to_raw: r.rps / floor_rps,
+            });
         }
     }
     rows
 }
 
-fn print(title: &str, rows: &[Row]) {
-    println!("\n{title}");
-    println!(
-        "{:<22} {:>4} {:>10} {:>9} {:>9} {:>8}",
-        "name", "conc", "req/s", "p50 µs", "p99 µs", "ratio"
-    );
-    for r in rows {
-        let floor = rows
-            .iter()
-            .find(|f| f.concurrency == r.concurrency)
-            .unwrap();
-        println!(
-            "{:<22} {:>4} {:>10.0} {:>9.1} {:>9.1} {:>8.2}",
-            r.name,
-            r.concurrency,
-            r.rps,
-            r.p50_us,
-            r.p99_us,
-            r.rps / floor.rps
-        );
-    }
+/// Starts `cbs-host run` on `cells` and returns (time to "ready", RSS in KiB).
+fn start_host(cells: &[PathBuf], cache: &Path) -> (Duration, u64) {
+    use std::io::{BufRead, BufReader};
+    let started = Instant::now();
+    let mut child = Command::new(bin("cbs-host"))
+        .args(["run", "--log-level", "info"])
+        .args(cells)
+        .env("CBS_CACHE_DIR", cache)
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines.next().expect("host exited before ready").unwrap();
+        if line.contains("ready;") {
+            break started.elapsed();
+        }
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (ready, rss)
+}
+
+fn machine(nats_version: &str) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned());
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb: u64 = mem.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "kernel": kernel.trim(),
+        "nats_server": nats_version,
+    })
+}
+
+fn find<'a>(rows: &'a [Row], bus: &str, name: &str, concurrency: usize) -> &'a Row {
+    rows.iter().find(|r| r.bus == bus && r.name == name && r.concurrency == concurrency).unwrap()
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let fresh = fresh_greet();
-    let cells = [
-        greet(),
-        fresh.path().to_path_buf(),
-        cbs_tests::repo().join("tests/sidecars/reference"),
-    ];
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path();
+    let fresh = greet_copy(root, "logic.greet_fresh", "fresh");
+    let mut cells = vec![greet(), fresh];
+    cells.extend(chain(root));
+    cells.push(repo().join("tests/sidecars/reference"));
+    let greet_payload = PAYLOAD.to_owned();
+    let cases = |floor: (&'static str, &'static str)| {
+        vec![
+            (floor.0, floor.1, greet_payload.clone()),
+            ("rust-native", "bench.native", greet_payload.clone()),
+            ("greet-wasm-pooled", "cbs.logic.greet", greet_payload.clone()),
+            ("greet-wasm-fresh", "cbs.logic.greet_fresh", greet_payload.clone()),
+            ("chain-3hop", "cbs.bench.hop1", chain_payload()),
+            ("sidecar", "cbs.test.reference", json!({"action": "echo", "value": "Ada Lovelace"}).to_string()),
+        ]
+    };
 
-    let local: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
-    let _local_host = TestHost::on(local.clone(), &cells).await;
-    native_greeter(local.clone()).await;
-    let rows = measure(
-        local,
-        &[
-            ("rust-native", "bench.native"),
-            ("greet-wasm-pooled", "cbs.logic.greet"),
-            ("greet-wasm-fresh", "cbs.logic.greet_fresh"),
-            ("sidecar (python ref)", "cbs.test.reference"),
-        ],
-    )
-    .await;
-    print(
-        "in-process bus (ratio to a native Rust handler on the same bus)",
-        &rows,
-    );
-
+    eprintln!("nats-server on loopback");
     let server = NatsServer::start();
     let served: Arc<dyn BodyBus> = Arc::new(server.bus().await);
-    let _nats_host = TestHost::on(served.clone(), &cells[..2]).await;
+    let _nats_host = TestHost::on(served.clone(), &cells).await;
     native_greeter(served.clone()).await;
     raw_echo(server.bus().await.client().clone()).await;
     let client: Arc<dyn BodyBus> = Arc::new(server.bus().await);
-    let rows = measure(
-        client,
-        &[
-            ("raw-nats", "bench.echo"),
-            ("rust-native", "bench.native"),
-            ("greet-wasm-pooled", "cbs.logic.greet"),
-            ("greet-wasm-fresh", "cbs.logic.greet_fresh"),
-        ],
-    )
-    .await;
-    print("nats-server on loopback (ratio to raw NATS)", &rows);
+    let mut rows = table(client, "nats", &cases(("raw-nats", "bench.echo"))).await;
+
+    eprintln!("in-process bus");
+    let local: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
+    let _local_host = TestHost::on(local.clone(), &cells).await;
+    native_greeter(local.clone()).await;
+    let mut local_cases = cases(("rust-native", "bench.native"));
+    local_cases.remove(1);
+    rows.extend(table(local, "local", &local_cases).await);
+
+    eprintln!("start-up and memory");
+    let ten: Vec<PathBuf> = (0..10).map(|i| greet_copy(root, &format!("bench.c{i}"), "pooled")).collect();
+    let cache = root.join("cache");
+    let (cold, _) = start_host(&ten, &cache);
+    let (warm, rss10) = start_host(&ten, &cache);
+    let (_, rss1) = start_host(&ten[..1], &cache);
+    let per_cell_kib = (rss10.saturating_sub(rss1)) / 9;
+
+    let nats_version = Command::new("nats-server").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let pooled64 = find(&rows, "nats", "greet-wasm-pooled", 64);
+    let pooled1 = find(&rows, "nats", "greet-wasm-pooled", 1);
+    let raw1 = find(&rows, "nats", "raw-nats", 1);
+    let chain64 = find(&rows, "nats", "chain-3hop", 64);
+    let targets = vec![
+        ("wasm logic.greet (pooled) ≥ 0.8× raw NATS req/s at 64 in flight", format!("{:.2}×", pooled64.ratio_to_raw), pooled64.ratio_to_raw >= 0.8),
+        ("p50 at 1 in flight within +25 µs of raw NATS", format!("+{:.1} µs", pooled1.p50_us - raw1.p50_us), pooled1.p50_us - raw1.p50_us <= 25.0),
+        ("3-hop chain ≥ 0.3× raw NATS req/s at 64 in flight", format!("{:.2}×", chain64.ratio_to_raw), chain64.ratio_to_raw >= 0.3),
+        ("host ready with 10 cached Rust cells ≤ 100 ms", format!("{} ms", warm.as_millis()), warm <= Duration::from_millis(100)),
+        ("idle RSS per additional Rust cell ≤ 2 MB", format!("{:.2} MiB", per_cell_kib as f64 / 1024.0), per_cell_kib <= 2048),
+    ];
+
+    let date = Command::new("date").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap();
+    let report = json!({
+        "date": date,
+        "machine": machine(&nats_version),
+        "payload": PAYLOAD,
+        "duration_s": DURATION.as_secs_f64(),
+        "rows": rows,
+        "startup": {"cells": 10, "cold_ms": cold.as_millis(), "warm_ms": warm.as_millis()},
+        "memory": {"rss_1_cell_kib": rss1, "rss_10_cells_kib": rss10, "per_additional_cell_kib": per_cell_kib},
+        "targets": targets.iter().map(|(t, v, ok)| json!({"target": t, "measured": v, "met": ok})).collect::<Vec<_>>(),
+    });
+
+    let mut md = format!("# CBS benchmark, {date}\n\nMachine: {}\n\nEvery request is a full envelope (payload `{PAYLOAD}`), sent by the same closed-loop client; {} s measured per row after {} ms warm-up. All responders run in the benchmark process.\n\n", report["machine"], DURATION.as_secs(), WARMUP.as_millis());
+    for (bus, title) in [("nats", "Over nats-server on loopback (ratio to raw NATS)"), ("local", "In-process bus (ratio to a native Rust handler on the same bus)")] {
+        md.push_str(&format!("## {title}\n\n| name | in flight | req/s | p50 µs | p99 µs | errors | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n"));
+        for r in rows.iter().filter(|r| r.bus == bus) {
+            md.push_str(&format!("| {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} |\n", r.name, r.concurrency, r.rps, r.p50_us, r.p99_us, r.errors, r.ratio_to_raw));
+        }
+        md.push('\n');
+    }
+    md.push_str(&format!("## Start-up and memory\n\n- `cbs-host run` to ready with 10 Rust cells: cold cache {} ms, warm cache {} ms\n- idle RSS: 1 cell {:.1} MiB, 10 cells {:.1} MiB, {:.2} MiB per additional cell\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n", cold.as_millis(), warm.as_millis(), rss1 as f64 / 1024.0, rss10 as f64 / 1024.0, per_cell_kib as f64 / 1024.0));
+    for (t, v, ok) in &targets {
+        md.push_str(&format!("| {t} | {v} | {} |\n", if *ok { "yes" } else { "**no**" }));
+    }
+    let dir = repo().join("bench/results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{date}.json")), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(dir.join(format!("{date}.md")), &md).unwrap();
+    println!("{md}");
+    println!("written: bench/results/{date}.md and .json");
 }

@@ -3,7 +3,7 @@
 //! A cell is a typed handler plus one export line; the SDK does the envelope
 //! and error plumbing of the `cbs:cell` WIT world:
 //!
-//! ```ignore
+//! ```text
 //! use cbs_cell::{Cell, CellError, Context};
 //! use serde::{Deserialize, Serialize};
 //!

@@ -8,13 +8,15 @@ use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
 use cbs_host::cli::NatsArgs;
 use cbs_host::discovery;
+use cbs_host::loadgen;
 use cbs_host::envelope::{Envelope, ErrorCode};
 use cbs_host::manifest::{check_cell_id, subject_of};
 use cbs_host::outbound::to_message;
 use clap::{Args, Parser, Subcommand};
 use serde_json::value::RawValue;
 
-/// Talk to a CBS deployment over NATS: call cells, list hosts and cells.
+/// Talk to a CBS deployment over NATS: call cells, list hosts and cells,
+/// load-test a cell.
 #[derive(Parser)]
 #[command(name = "cbs", version, propagate_version = true)]
 struct Cli {
@@ -31,6 +33,38 @@ enum Command {
     Call(CallArgs),
     /// List the hosts on the bus and the cells each serves, with counts.
     Ps(PsArgs),
+    /// Load-test a cell: requests/s, latency percentiles and errors.
+    ///
+    /// Runs closed-loop workers (each sends a request, waits for the reply,
+    /// sends the next) for --duration seconds after a warm-up, showing
+    /// progress on stderr. Example: `cbs bench logic.greet --payload req.json -c 64`
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The cell id, e.g. logic.greet.
+    cell_id: String,
+    /// A file with the request payload (JSON) [default: {}].
+    #[arg(long, value_name = "FILE")]
+    payload: Option<std::path::PathBuf>,
+    /// Requests in flight at once.
+    #[arg(short, long, default_value_t = 16)]
+    concurrency: usize,
+    /// Measured seconds.
+    #[arg(short, long, default_value_t = 10.0, value_name = "SECONDS")]
+    duration: f64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    warmup: f64,
+    /// Timeout of each request, in milliseconds.
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    timeout_ms: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 #[derive(Args)]
@@ -69,6 +103,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Call(args) => call(args).await,
             Command::Ps(args) => ps(args).await,
+            Command::Bench(args) => bench(args).await,
         }
     });
     result.unwrap_or_else(|e| {
@@ -152,4 +187,75 @@ async fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    check_cell_id(&args.cell_id)?;
+    let payload = match &args.payload {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => "{}".to_owned(),
+    };
+    RawValue::from_string(payload.clone()).with_context(|| "the payload is not JSON")?;
+    let bus: std::sync::Arc<dyn BodyBus> = std::sync::Arc::new(connect(&args.nats).await?);
+    let load = loadgen::Load {
+        subject: subject_of(&args.cell_id),
+        payload,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs_f64(args.duration),
+        warmup: Duration::from_secs_f64(args.warmup),
+        timeout: Duration::from_millis(args.timeout_ms),
+        raw: false,
+    };
+    let progress = std::sync::Arc::new(loadgen::Progress::default());
+    let ticker = tokio::spawn(show_progress(progress.clone(), load.warmup, load.duration));
+    let report = loadgen::run(bus, &load, progress).await;
+    ticker.abort();
+    eprintln!();
+    if args.json {
+        let json = serde_json::json!({
+            "cell": args.cell_id,
+            "concurrency": args.concurrency,
+            "report": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("cell         {} ({})", args.cell_id, load.subject);
+        println!("load         {} in flight, {:.1} s measured", args.concurrency, report.seconds);
+        println!("requests     {} ({:.0} req/s)", report.requests, report.rps);
+        println!("errors       {} {:?}", report.errors, report.errors_by_code);
+        println!(
+            "latency µs   p50 {:.0}   p90 {:.0}   p99 {:.0}   p99.9 {:.0}",
+            report.p50_us, report.p90_us, report.p99_us, report.p999_us
+        );
+    }
+    Ok(if report.errors == 0 && report.requests > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A progress line on stderr while the load runs.
+async fn show_progress(progress: std::sync::Arc<loadgen::Progress>, warmup: Duration, duration: Duration) {
+    use std::io::{IsTerminal, Write};
+    use std::sync::atomic::Ordering;
+    let tty = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(if tty { 250 } else { 1_000 }));
+    loop {
+        tick.tick().await;
+        let elapsed = start.elapsed();
+        let line = if elapsed < warmup {
+            format!("warming up {:.1}/{:.1} s", elapsed.as_secs_f64(), warmup.as_secs_f64())
+        } else {
+            let measured = (elapsed - warmup).as_secs_f64().max(1e-3);
+            let done = progress.done.load(Ordering::Relaxed);
+            format!(
+                "{:.1}/{:.1} s  {done} requests  {:.0} req/s  {} errors",
+                measured,
+                duration.as_secs_f64(),
+                done as f64 / measured,
+                progress.errors.load(Ordering::Relaxed)
+            )
+        };
+        let mut err = std::io::stderr();
+        let _ = if tty { write!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
+        let _ = err.flush();
+    }
 }

@@ -1,0 +1,83 @@
+//! Micro-benchmarks of the per-message hot path: envelope codec, schema
+//! validation, a wasm call on a warm (`pooled`) and a new (`fresh`)
+//! instance, and a request/reply round trip on the in-process bus.
+//! Needs the cell components: `make cells` (make bench does it).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cbs_host::body::Body;
+use cbs_host::bus::local::LocalBus;
+use cbs_host::bus::{BodyBus, Message};
+use cbs_host::envelope::Envelope;
+use cbs_host::runtime::wasm::{EngineOptions, WasmRuntime};
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::value::RawValue;
+
+fn envelope() -> Envelope {
+    Envelope::new("cbs.logic.greet", RawValue::from_string(r#"{"name":"Ada Lovelace"}"#.into()).unwrap())
+}
+
+fn codec(c: &mut Criterion) {
+    let env = envelope();
+    let bytes = env.to_vec();
+    c.bench_function("envelope/parse", |b| b.iter(|| Envelope::from_slice(&bytes).unwrap()));
+    c.bench_function("envelope/serialize", |b| b.iter(|| env.to_vec()));
+}
+
+fn greet_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../cells/logic.greet")
+}
+
+fn cells(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let runtime = Arc::new(WasmRuntime::new(&EngineOptions::default(), None).unwrap());
+    let body = Body::new(Arc::new(LocalBus::new()), runtime.clone());
+    let pooled = rt.block_on(body.load(&greet_dir())).expect("run `make cells` first");
+    let payload = r#"{"name":"Ada Lovelace"}"#;
+    c.bench_function("contract/check_input", |b| b.iter(|| pooled.contract.check_input(payload).unwrap()));
+
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let greet = greet_dir();
+    let manifest = std::fs::read_to_string(greet.join("cell.toml"))
+        .unwrap()
+        .replace("policy = \"pooled\"", "policy = \"fresh\"")
+        .replace("\"logic_greet.wasm\"", &format!("{:?}", greet.join("logic_greet.wasm")))
+        .replace("\"schemas/", &format!("\"{}/schemas/", greet.display()));
+    std::fs::write(fresh_dir.path().join("cell.toml"), manifest).unwrap();
+    let fresh = rt.block_on(body.load(fresh_dir.path())).unwrap();
+
+    let env = Arc::new(envelope());
+    let deadline = || Instant::now() + Duration::from_secs(5);
+    c.bench_function("wasm/call pooled", |b| {
+        b.to_async(&rt).iter(|| pooled.runner.handle(env.clone(), deadline()))
+    });
+    c.bench_function("wasm/instantiate+call fresh", |b| {
+        b.to_async(&rt).iter(|| fresh.runner.handle(env.clone(), deadline()))
+    });
+}
+
+fn local_bus(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bus = Arc::new(LocalBus::new());
+    rt.block_on(async {
+        let mut sub = bus.subscribe("bench.echo", Some("q")).await.unwrap();
+        let responder = bus.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                responder.reply(m.reply.as_deref().unwrap(), Vec::new(), m.payload).await.unwrap();
+            }
+        });
+    });
+    let payload = Bytes::from(envelope().to_vec());
+    c.bench_function("local bus/request-reply", |b| {
+        b.to_async(&rt).iter(|| {
+            bus.request(Message::new("bench.echo", payload.clone()), Duration::from_secs(5))
+        })
+    });
+}
+
+criterion_group!(benches, codec, cells, local_bus);
+criterion_main!(benches);
