@@ -17,13 +17,18 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::value::RawValue;
 
 fn envelope() -> Envelope {
-    Envelope::new("cbs.logic.greet", RawValue::from_string(r#"{"name":"Ada Lovelace"}"#.into()).unwrap())
+    Envelope::new(
+        "cbs.logic.greet",
+        RawValue::from_string(r#"{"name":"Ada Lovelace"}"#.into()).unwrap(),
+    )
 }
 
 fn codec(c: &mut Criterion) {
     let env = envelope();
     let bytes = env.to_vec();
-    c.bench_function("envelope/parse", |b| b.iter(|| Envelope::from_slice(&bytes).unwrap()));
+    c.bench_function("envelope/parse", |b| {
+        b.iter(|| Envelope::from_slice(&bytes).unwrap())
+    });
     c.bench_function("envelope/serialize", |b| b.iter(|| env.to_vec()));
 }
 
@@ -32,19 +37,29 @@ fn greet_dir() -> std::path::PathBuf {
 }
 
 fn cells(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let runtime = Arc::new(WasmRuntime::new(&EngineOptions::default(), None).unwrap());
     let body = Body::new(Arc::new(LocalBus::new()), runtime.clone());
-    let pooled = rt.block_on(body.load(&greet_dir())).expect("run `make cells` first");
+    let pooled = rt
+        .block_on(body.load(&greet_dir()))
+        .expect("run `make cells` first");
     let payload = r#"{"name":"Ada Lovelace"}"#;
-    c.bench_function("contract/check_input", |b| b.iter(|| pooled.contract.check_input(payload).unwrap()));
+    c.bench_function("contract/check_input", |b| {
+        b.iter(|| pooled.contract.check_input(payload).unwrap())
+    });
 
     let fresh_dir = tempfile::tempdir().unwrap();
     let greet = greet_dir();
     let manifest = std::fs::read_to_string(greet.join("cell.toml"))
         .unwrap()
         .replace("policy = \"pooled\"", "policy = \"fresh\"")
-        .replace("\"logic_greet.wasm\"", &format!("{:?}", greet.join("logic_greet.wasm")))
+        .replace(
+            "\"logic_greet.wasm\"",
+            &format!("{:?}", greet.join("logic_greet.wasm")),
+        )
         .replace("\"schemas/", &format!("\"{}/schemas/", greet.display()));
     std::fs::write(fresh_dir.path().join("cell.toml"), manifest).unwrap();
     let fresh = rt.block_on(body.load(fresh_dir.path())).unwrap();
@@ -52,29 +67,40 @@ fn cells(c: &mut Criterion) {
     let env = Arc::new(envelope());
     let deadline = || Instant::now() + Duration::from_secs(5);
     c.bench_function("wasm/call pooled", |b| {
-        b.to_async(&rt).iter(|| pooled.runner.handle(env.clone(), deadline()))
+        b.to_async(&rt)
+            .iter(|| pooled.runner.handle(env.clone(), deadline()))
     });
     c.bench_function("wasm/instantiate+call fresh", |b| {
-        b.to_async(&rt).iter(|| fresh.runner.handle(env.clone(), deadline()))
+        b.to_async(&rt)
+            .iter(|| fresh.runner.handle(env.clone(), deadline()))
     });
 }
 
 fn local_bus(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let bus = Arc::new(LocalBus::new());
     rt.block_on(async {
         let mut sub = bus.subscribe("bench.echo", Some("q")).await.unwrap();
         let responder = bus.clone();
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {
-                responder.reply(m.reply.as_deref().unwrap(), Vec::new(), m.payload).await.unwrap();
+                responder
+                    .reply(m.reply.as_deref().unwrap(), Vec::new(), m.payload)
+                    .await
+                    .unwrap();
             }
         });
     });
     let payload = Bytes::from(envelope().to_vec());
     c.bench_function("local bus/request-reply", |b| {
         b.to_async(&rt).iter(|| {
-            bus.request(Message::new("bench.echo", payload.clone()), Duration::from_secs(5))
+            bus.request(
+                Message::new("bench.echo", payload.clone()),
+                Duration::from_secs(5),
+            )
         })
     });
 }

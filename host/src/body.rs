@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use async_trait::async_trait;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -18,7 +19,7 @@ use crate::bus::{BodyBus, Endpoint, Message};
 use crate::contract::Contract;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, Manifest, RuntimeKind};
-use crate::outbound::{self, Outbound};
+use crate::outbound::{self, LocalCalls, Outbound};
 use crate::runtime::process::SidecarCell;
 use crate::runtime::wasm::{CacheOutcome, WasmRuntime};
 use crate::runtime::{CellInfo, CellRunner};
@@ -74,6 +75,56 @@ impl LoadedCell {
     pub fn info(&self) -> &CellInfo {
         self.runner.info()
     }
+
+    /// One message through the cell: input contract, cell, output contract,
+    /// within the cell's deadline; always a reply envelope (success or
+    /// typed error). Counted, and traced in a span with the correlation id.
+    pub async fn process(&self, envelope: Arc<Envelope>, arrived: Instant) -> Envelope {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!(
+            "cell",
+            cell = %self.manifest.id,
+            correlation_id = %envelope.correlation_id,
+            message_id = %envelope.id,
+        );
+        async {
+            let outcome = run(self, envelope.clone(), arrived).await;
+            let elapsed_us = arrived.elapsed().as_micros() as u64;
+            match outcome {
+                Ok(reply) => {
+                    tracing::debug!(elapsed_us, "handled");
+                    reply
+                }
+                Err(error) => {
+                    self.stats.error(error.code);
+                    tracing::debug!(elapsed_us, code = %error.code, error = %error.message, "failed");
+                    envelope.error_reply(error)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The cells this host serves, for in-process calls between them. Weak
+/// references: cells hold their outbound, which holds this directory.
+#[derive(Default)]
+pub struct Directory {
+    cells: RwLock<HashMap<String, Weak<LoadedCell>>>,
+}
+
+#[async_trait]
+impl LocalCalls for Directory {
+    async fn call(&self, cell_id: &str, envelope: &Envelope) -> Option<Envelope> {
+        let cell = self.cells.read().unwrap().get(cell_id)?.upgrade()?;
+        // A cell at its limits is left to the bus: another host may have room.
+        let _admitted = cell.admitted.clone().try_acquire_owned().ok()?;
+        Some(
+            cell.process(Arc::new(envelope.clone()), Instant::now())
+                .await,
+        )
+    }
 }
 
 /// The host's cells and the bus they are served on.
@@ -81,6 +132,8 @@ pub struct Body {
     bus: Arc<dyn BodyBus>,
     wasm: Arc<WasmRuntime>,
     cells: RwLock<BTreeMap<String, Served>>,
+    directory: Arc<Directory>,
+    local_calls: bool,
 }
 
 /// A cell being served, with the task that takes its messages.
@@ -95,7 +148,15 @@ impl Body {
             bus,
             wasm,
             cells: RwLock::default(),
+            directory: Arc::default(),
+            local_calls: true,
         }
+    }
+
+    /// Whether calls between cells of this host stay in process (the
+    /// default) or always go through the bus. Applies to cells loaded after.
+    pub fn set_local_calls(&mut self, on: bool) {
+        self.local_calls = on;
     }
 
     pub fn bus(&self) -> &Arc<dyn BodyBus> {
@@ -107,7 +168,9 @@ impl Body {
         let spec = CellSpec::from_dir(dir)?;
         let manifest = Arc::new(spec.manifest.clone());
         let contract = Contract::load(&spec)?;
-        let outbound = Arc::new(Outbound::new(self.bus.clone(), manifest.clone()));
+        let local: Option<Arc<dyn LocalCalls>> =
+            self.local_calls.then(|| self.directory.clone() as _);
+        let outbound = Arc::new(Outbound::new(self.bus.clone(), manifest.clone(), local));
         let (runner, cache): (Arc<dyn CellRunner>, _) = match manifest.runtime {
             RuntimeKind::Wasm => {
                 let cell = self
@@ -164,6 +227,11 @@ impl Body {
         self.bus.flush().await?;
         let dispatcher = tokio::spawn(dispatch(self.bus.clone(), cell.clone(), subscription));
         tracing::info!(cell = %id, %subject, "serving");
+        self.directory
+            .cells
+            .write()
+            .unwrap()
+            .insert(id.clone(), Arc::downgrade(&cell));
         self.cells
             .write()
             .unwrap()
@@ -205,6 +273,7 @@ impl Body {
     /// (up to `grace`), and flushes their replies. Returns whether every
     /// in-flight message finished in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.directory.cells.write().unwrap().clear();
         let cells: Vec<Arc<LoadedCell>> = {
             let served = self.cells.read().unwrap();
             for s in served.values() {
@@ -301,34 +370,13 @@ async fn dispatch(
 
 async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) {
     let arrived = Instant::now();
-    cell.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let envelope = match Envelope::from_slice(&message.payload) {
-        Ok(envelope) => Arc::new(envelope),
-        Err(error) => return reply_error(bus, cell, &message, error).await,
-    };
-    let span = tracing::debug_span!(
-        "cell",
-        cell = %cell.manifest.id,
-        correlation_id = %envelope.correlation_id,
-        message_id = %envelope.id,
-    );
-    let reply = async {
-        let outcome = run(cell, envelope.clone(), arrived).await;
-        let elapsed_us = arrived.elapsed().as_micros() as u64;
-        match outcome {
-            Ok(reply) => {
-                tracing::debug!(elapsed_us, "handled");
-                reply
-            }
-            Err(error) => {
-                cell.stats.error(error.code);
-                tracing::debug!(elapsed_us, code = %error.code, error = %error.message, "failed");
-                envelope.error_reply(error)
-            }
+    let reply = match Envelope::from_slice(&message.payload) {
+        Ok(envelope) => cell.process(Arc::new(envelope), arrived).await,
+        Err(error) => {
+            cell.stats.requests.fetch_add(1, Ordering::Relaxed);
+            return reply_error(bus, cell, &message, error).await;
         }
-    }
-    .instrument(span)
-    .await;
+    };
     send_reply(bus, &message, &reply).await;
 }
 

@@ -28,7 +28,10 @@ pub struct CellView {
     pub id: String,
     pub version: String,
     pub subject: String,
+    /// Messages the cell handled, from the bus or from cells of its host.
     pub requests: u64,
+    /// Of those, the ones that came over the bus (the endpoint's own count).
+    pub bus_requests: u64,
     pub errors: u64,
     pub average_processing_us: u64,
     pub input_schema: Option<String>,
@@ -87,7 +90,10 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
             .unwrap_or_else(|| endpoint.subject.trim_start_matches("cbs.").to_owned()),
         version: meta.get("version").cloned().unwrap_or_default(),
         subject: endpoint.subject.clone(),
-        requests: counts.map_or(0, |c| c.requests as u64),
+        requests: data["requests"]
+            .as_u64()
+            .unwrap_or(counts.map_or(0, |c| c.requests as u64)),
+        bus_requests: counts.map_or(0, |c| c.requests as u64),
         errors: data["errors"].as_u64().unwrap_or(0),
         average_processing_us: counts.map_or(0, |c| c.average_processing_time.as_micros() as u64),
         input_schema: meta.get("input_schema").cloned(),

@@ -68,7 +68,12 @@ pub async fn run(bus: Arc<dyn BodyBus>, load: &Load, progress: Arc<Progress>) ->
 
 type Outcome = (Vec<u32>, BTreeMap<String, u64>);
 
-async fn workers(bus: &Arc<dyn BodyBus>, load: &Arc<Load>, until: Instant, progress: &Arc<Progress>) -> Vec<Outcome> {
+async fn workers(
+    bus: &Arc<dyn BodyBus>,
+    load: &Arc<Load>,
+    until: Instant,
+    progress: &Arc<Progress>,
+) -> Vec<Outcome> {
     let tasks: Vec<_> = (0..load.concurrency.max(1))
         .map(|_| {
             let (bus, load, progress) = (bus.clone(), load.clone(), progress.clone());
@@ -78,7 +83,9 @@ async fn workers(bus: &Arc<dyn BodyBus>, load: &Arc<Load>, until: Instant, progr
                 while Instant::now() < until {
                     let sent = Instant::now();
                     match one(bus.as_ref(), &load).await {
-                        Ok(()) => latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                        Ok(()) => {
+                            latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                        }
                         Err(code) => {
                             *errors.entry(code).or_insert(0) += 1;
                             progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -102,9 +109,11 @@ async fn one(bus: &dyn BodyBus, load: &Load) -> Result<(), String> {
     let message = if load.raw {
         Message::new(load.subject.clone(), Bytes::from(load.payload.clone()))
     } else {
-        let payload = RawValue::from_string(load.payload.clone()).map_err(|_| "invalid_input".to_owned())?;
+        let payload =
+            RawValue::from_string(load.payload.clone()).map_err(|_| "invalid_input".to_owned())?;
         let envelope = Envelope::new(load.subject.clone(), payload);
-        Message::new(load.subject.clone(), Bytes::from(envelope.to_vec())).with_headers(transport_headers(&envelope))
+        Message::new(load.subject.clone(), Bytes::from(envelope.to_vec()))
+            .with_headers(transport_headers(&envelope))
     };
     let reply = bus
         .request(message, load.timeout)
@@ -114,7 +123,9 @@ async fn one(bus: &dyn BodyBus, load: &Load) -> Result<(), String> {
         return Ok(());
     }
     match Envelope::from_slice(&reply.payload) {
-        Ok(env) => env.error.map_or(Ok(()), |e| Err(e.code.as_str().to_owned())),
+        Ok(env) => env
+            .error
+            .map_or(Ok(()), |e| Err(e.code.as_str().to_owned())),
         Err(_) => Err("invalid_reply".to_owned()),
     }
 }
@@ -164,6 +175,9 @@ mod tests {
         assert_eq!(r.requests, 1005);
         assert_eq!(r.errors, 5);
         assert_eq!(r.rps, 500.0);
-        assert_eq!((r.p50_us, r.p90_us, r.p99_us, r.p999_us), (500.0, 900.0, 990.0, 999.0));
+        assert_eq!(
+            (r.p50_us, r.p90_us, r.p99_us, r.p999_us),
+            (500.0, 900.0, 990.0, 999.0)
+        );
     }
 }

@@ -75,6 +75,10 @@ struct RunArgs {
     /// [default: <hostname>-<pid>].
     #[arg(long, env = "CBS_HOST_ID")]
     host_id: Option<String>,
+    /// Send every call between cells over the bus, even when the callee is
+    /// served by this host (by default such calls stay in process).
+    #[arg(long)]
+    calls_via_bus: bool,
     /// Serve over NATS instead of the in-process bus.
     #[command(flatten)]
     nats: NatsArgs,
@@ -157,7 +161,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(options) => Arc::new(NatsBus::connect(&options).await?),
         None => Arc::new(LocalBus::new()),
     };
-    let body = Body::new(bus.clone(), args.engine.runtime()?);
+    let mut body = Body::new(bus.clone(), args.engine.runtime()?);
+    body.set_local_calls(!args.calls_via_bus);
     for dir in &args.cells {
         body.start(dir).await?;
     }

@@ -1,13 +1,17 @@
 //! Calls from a cell to other cells. They go through the host, which checks
 //! the caller's grants, keeps the flow's correlation and trace context, and
-//! never waits past the caller's own deadline.
+//! never waits past the caller's own deadline. A callee served by the same
+//! host is called in process when it has room (local first); otherwise the
+//! call goes over the bus to whichever host serves it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::bus::local::request_timeout;
 use crate::bus::{BodyBus, Headers, Message};
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{subject_of, Manifest};
@@ -15,10 +19,19 @@ use crate::manifest::{subject_of, Manifest};
 /// Timeout of a call when the cell names none.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Cells served by this host, reachable without the bus.
+#[async_trait]
+pub trait LocalCalls: Send + Sync {
+    /// Runs `envelope` on `cell_id` in process and returns its reply, when
+    /// that cell is served here and has room; `None` sends it over the bus.
+    async fn call(&self, cell_id: &str, envelope: &Envelope) -> Option<Envelope>;
+}
+
 /// One cell's way out to the bus.
 pub struct Outbound {
     bus: Arc<dyn BodyBus>,
     manifest: Arc<Manifest>,
+    local: Option<Arc<dyn LocalCalls>>,
 }
 
 /// The message a cell is handling, as outbound calls need it.
@@ -29,8 +42,18 @@ pub struct Flow {
 }
 
 impl Outbound {
-    pub fn new(bus: Arc<dyn BodyBus>, manifest: Arc<Manifest>) -> Self {
-        Self { bus, manifest }
+    /// With `local`, calls to cells of this host skip the bus (no round
+    /// trip, no re-encoding); without it every call goes through the bus.
+    pub fn new(
+        bus: Arc<dyn BodyBus>,
+        manifest: Arc<Manifest>,
+        local: Option<Arc<dyn LocalCalls>>,
+    ) -> Self {
+        Self {
+            bus,
+            manifest,
+            local,
+        }
     }
 
     pub fn cell_id(&self) -> &str {
@@ -65,8 +88,19 @@ impl Outbound {
         let child = flow
             .parent
             .child(subject_of(cell_id), raw_json(payload, "request payload")?);
-        let reply = self.bus.request(to_message(&child), timeout).await?;
-        let reply = Envelope::from_slice(&reply.payload)?;
+        let local = match &self.local {
+            Some(local) => tokio::time::timeout(timeout, local.call(cell_id, &child))
+                .await
+                .map_err(|_| request_timeout(&child.subject, timeout))?,
+            None => None,
+        };
+        let reply = match local {
+            Some(reply) => reply,
+            None => {
+                let reply = self.bus.request(to_message(&child), timeout).await?;
+                Envelope::from_slice(&reply.payload)?
+            }
+        };
         reply
             .into_result()
             .map(|p| String::from(Box::<str>::from(p)))

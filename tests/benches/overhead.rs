@@ -22,8 +22,8 @@ use cbs_tests::nats::NatsServer;
 use cbs_tests::{bin, faulty, greet, repo, TestHost};
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::{json, Value};
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 const DURATION: Duration = Duration::from_secs(2);
 const WARMUP: Duration = Duration::from_millis(300);
@@ -80,7 +80,10 @@ fn chain(root: &Path) -> Vec<PathBuf> {
             ),
         )
     };
-    vec![hop("bench.hop1", "bench.hop2"), hop("bench.hop2", "logic.greet")]
+    vec![
+        hop("bench.hop1", "bench.hop2"),
+        hop("bench.hop2", "logic.greet"),
+    ]
 }
 
 fn chain_payload() -> String {
@@ -91,17 +94,27 @@ fn chain_payload() -> String {
 
 /// The same work as `logic.greet`, written directly against the bus.
 async fn native_greeter(bus: Arc<dyn BodyBus>) {
-    let mut sub = bus.subscribe("bench.native", Some("bench.native")).await.unwrap();
+    let mut sub = bus
+        .subscribe("bench.native", Some("bench.native"))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let bus = bus.clone();
             tokio::spawn(async move {
                 let env = Envelope::from_slice(&msg.payload).unwrap();
                 let input: Value = serde_json::from_str(env.payload.get()).unwrap();
-                let greeting = json!({"greeting": format!("Hello, {}!", input["name"].as_str().unwrap())});
+                let greeting =
+                    json!({"greeting": format!("Hello, {}!", input["name"].as_str().unwrap())});
                 let reply = env.reply(None, RawValue::from_string(greeting.to_string()).unwrap());
                 let headers = outbound::transport_headers(&reply);
-                bus.reply(msg.reply.as_deref().unwrap(), headers, reply.to_vec().into()).await.unwrap();
+                bus.reply(
+                    msg.reply.as_deref().unwrap(),
+                    headers,
+                    reply.to_vec().into(),
+                )
+                .await
+                .unwrap();
             });
         }
     });
@@ -109,7 +122,10 @@ async fn native_greeter(bus: Arc<dyn BodyBus>) {
 
 /// Echoes every request's bytes back: what NATS itself costs.
 async fn raw_echo(client: async_nats::Client) {
-    let mut sub = client.queue_subscribe("bench.echo", "bench.echo".into()).await.unwrap();
+    let mut sub = client
+        .queue_subscribe("bench.echo", "bench.echo".into())
+        .await
+        .unwrap();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             if let Some(reply) = msg.reply {
@@ -119,7 +135,12 @@ async fn raw_echo(client: async_nats::Client) {
     });
 }
 
-async fn measure(bus: &Arc<dyn BodyBus>, subject: &str, payload: &str, concurrency: usize) -> Report {
+async fn measure(
+    bus: &Arc<dyn BodyBus>,
+    subject: &str,
+    payload: &str,
+    concurrency: usize,
+) -> Report {
     let load = Load {
         subject: subject.to_owned(),
         payload: payload.to_owned(),
@@ -130,12 +151,19 @@ async fn measure(bus: &Arc<dyn BodyBus>, subject: &str, payload: &str, concurren
         raw: false,
     };
     let report = loadgen::run(bus.clone(), &load, Arc::new(Progress::default())).await;
-    eprintln!("  {subject:<24} c={concurrency:<3} {:>9.0} req/s  p50 {:>7.1} µs  errors {}", report.rps, report.p50_us, report.errors);
+    eprintln!(
+        "  {subject:<24} c={concurrency:<3} {:>9.0} req/s  p50 {:>7.1} µs  errors {}",
+        report.rps, report.p50_us, report.errors
+    );
     report
 }
 
 /// Every case at every concurrency; ratios against the first case.
-async fn table(bus: Arc<dyn BodyBus>, label: &'static str, cases: &[(&str, &str, String)]) -> Vec<Row> {
+async fn table(
+    bus: Arc<dyn BodyBus>,
+    label: &'static str,
+    cases: &[(&str, &str, String)],
+) -> Vec<Row> {
     let mut rows = Vec::new();
     for concurrency in CONCURRENCY {
         let mut floor = None;
@@ -190,9 +218,16 @@ fn start_host(cells: &[PathBuf], cache: &Path) -> (Duration, u64) {
 
 fn machine(nats_version: &str) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned());
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned());
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kb: u64 = mem.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let mem_kb: u64 = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     json!({
         "cpu": cpu,
@@ -204,7 +239,9 @@ fn machine(nats_version: &str) -> Value {
 }
 
 fn find<'a>(rows: &'a [Row], bus: &str, name: &str, concurrency: usize) -> &'a Row {
-    rows.iter().find(|r| r.bus == bus && r.name == name && r.concurrency == concurrency).unwrap()
+    rows.iter()
+        .find(|r| r.bus == bus && r.name == name && r.concurrency == concurrency)
+        .unwrap()
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -220,10 +257,22 @@ async fn main() {
         vec![
             (floor.0, floor.1, greet_payload.clone()),
             ("rust-native", "bench.native", greet_payload.clone()),
-            ("greet-wasm-pooled", "cbs.logic.greet", greet_payload.clone()),
-            ("greet-wasm-fresh", "cbs.logic.greet_fresh", greet_payload.clone()),
+            (
+                "greet-wasm-pooled",
+                "cbs.logic.greet",
+                greet_payload.clone(),
+            ),
+            (
+                "greet-wasm-fresh",
+                "cbs.logic.greet_fresh",
+                greet_payload.clone(),
+            ),
             ("chain-3hop", "cbs.bench.hop1", chain_payload()),
-            ("sidecar", "cbs.test.reference", json!({"action": "echo", "value": "Ada Lovelace"}).to_string()),
+            (
+                "sidecar",
+                "cbs.test.reference",
+                json!({"action": "echo", "value": "Ada Lovelace"}).to_string(),
+            ),
         ]
     };
 
@@ -245,27 +294,57 @@ async fn main() {
     rows.extend(table(local, "local", &local_cases).await);
 
     eprintln!("start-up and memory");
-    let ten: Vec<PathBuf> = (0..10).map(|i| greet_copy(root, &format!("bench.c{i}"), "pooled")).collect();
+    let ten: Vec<PathBuf> = (0..10)
+        .map(|i| greet_copy(root, &format!("bench.c{i}"), "pooled"))
+        .collect();
     let cache = root.join("cache");
     let (cold, _) = start_host(&ten, &cache);
     let (warm, rss10) = start_host(&ten, &cache);
     let (_, rss1) = start_host(&ten[..1], &cache);
     let per_cell_kib = (rss10.saturating_sub(rss1)) / 9;
 
-    let nats_version = Command::new("nats-server").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let nats_version = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let pooled64 = find(&rows, "nats", "greet-wasm-pooled", 64);
     let pooled1 = find(&rows, "nats", "greet-wasm-pooled", 1);
     let raw1 = find(&rows, "nats", "raw-nats", 1);
     let chain64 = find(&rows, "nats", "chain-3hop", 64);
     let targets = vec![
-        ("wasm logic.greet (pooled) ≥ 0.8× raw NATS req/s at 64 in flight", format!("{:.2}×", pooled64.ratio_to_raw), pooled64.ratio_to_raw >= 0.8),
-        ("p50 at 1 in flight within +25 µs of raw NATS", format!("+{:.1} µs", pooled1.p50_us - raw1.p50_us), pooled1.p50_us - raw1.p50_us <= 25.0),
-        ("3-hop chain ≥ 0.3× raw NATS req/s at 64 in flight", format!("{:.2}×", chain64.ratio_to_raw), chain64.ratio_to_raw >= 0.3),
-        ("host ready with 10 cached Rust cells ≤ 100 ms", format!("{} ms", warm.as_millis()), warm <= Duration::from_millis(100)),
-        ("idle RSS per additional Rust cell ≤ 2 MB", format!("{:.2} MiB", per_cell_kib as f64 / 1024.0), per_cell_kib <= 2048),
+        (
+            "wasm logic.greet (pooled) ≥ 0.8× raw NATS req/s at 64 in flight",
+            format!("{:.2}×", pooled64.ratio_to_raw),
+            pooled64.ratio_to_raw >= 0.8,
+        ),
+        (
+            "p50 at 1 in flight within +25 µs of raw NATS",
+            format!("+{:.1} µs", pooled1.p50_us - raw1.p50_us),
+            pooled1.p50_us - raw1.p50_us <= 25.0,
+        ),
+        (
+            "3-hop chain ≥ 0.3× raw NATS req/s at 64 in flight",
+            format!("{:.2}×", chain64.ratio_to_raw),
+            chain64.ratio_to_raw >= 0.3,
+        ),
+        (
+            "host ready with 10 cached Rust cells ≤ 100 ms",
+            format!("{} ms", warm.as_millis()),
+            warm <= Duration::from_millis(100),
+        ),
+        (
+            "idle RSS per additional Rust cell ≤ 2 MB",
+            format!("{:.2} MiB", per_cell_kib as f64 / 1024.0),
+            per_cell_kib <= 2048,
+        ),
     ];
 
-    let date = Command::new("date").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap();
     let report = json!({
         "date": date,
         "machine": machine(&nats_version),
@@ -278,20 +357,36 @@ async fn main() {
     });
 
     let mut md = format!("# CBS benchmark, {date}\n\nMachine: {}\n\nEvery request is a full envelope (payload `{PAYLOAD}`), sent by the same closed-loop client; {} s measured per row after {} ms warm-up. All responders run in the benchmark process.\n\n", report["machine"], DURATION.as_secs(), WARMUP.as_millis());
-    for (bus, title) in [("nats", "Over nats-server on loopback (ratio to raw NATS)"), ("local", "In-process bus (ratio to a native Rust handler on the same bus)")] {
+    for (bus, title) in [
+        ("nats", "Over nats-server on loopback (ratio to raw NATS)"),
+        (
+            "local",
+            "In-process bus (ratio to a native Rust handler on the same bus)",
+        ),
+    ] {
         md.push_str(&format!("## {title}\n\n| name | in flight | req/s | p50 µs | p99 µs | errors | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n"));
         for r in rows.iter().filter(|r| r.bus == bus) {
-            md.push_str(&format!("| {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} |\n", r.name, r.concurrency, r.rps, r.p50_us, r.p99_us, r.errors, r.ratio_to_raw));
+            md.push_str(&format!(
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} |\n",
+                r.name, r.concurrency, r.rps, r.p50_us, r.p99_us, r.errors, r.ratio_to_raw
+            ));
         }
         md.push('\n');
     }
     md.push_str(&format!("## Start-up and memory\n\n- `cbs-host run` to ready with 10 Rust cells: cold cache {} ms, warm cache {} ms\n- idle RSS: 1 cell {:.1} MiB, 10 cells {:.1} MiB, {:.2} MiB per additional cell\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n", cold.as_millis(), warm.as_millis(), rss1 as f64 / 1024.0, rss10 as f64 / 1024.0, per_cell_kib as f64 / 1024.0));
     for (t, v, ok) in &targets {
-        md.push_str(&format!("| {t} | {v} | {} |\n", if *ok { "yes" } else { "**no**" }));
+        md.push_str(&format!(
+            "| {t} | {v} | {} |\n",
+            if *ok { "yes" } else { "**no**" }
+        ));
     }
     let dir = repo().join("bench/results");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("{date}.json")), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("{date}.json")),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
     std::fs::write(dir.join(format!("{date}.md")), &md).unwrap();
     println!("{md}");
     println!("written: bench/results/{date}.md and .json");

@@ -43,7 +43,7 @@ async fn greet_ok(bus: &dyn BodyBus) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Requests served per host for one cell, from `$SRV.STATS`.
+/// Requests that reached one cell over the bus, per host, from `$SRV.STATS`.
 async fn served_by_host(bus: &NatsBus, cell_id: &str) -> Vec<(String, u64)> {
     let hosts = discovery::list(
         bus.client(),
@@ -55,7 +55,7 @@ async fn served_by_host(bus: &NatsBus, cell_id: &str) -> Vec<(String, u64)> {
     hosts
         .into_iter()
         .filter_map(|h| {
-            let n = h.cells.iter().find(|c| c.id == cell_id)?.requests;
+            let n = h.cells.iter().find(|c| c.id == cell_id)?.bus_requests;
             Some((h.host, n))
         })
         .collect()
@@ -451,4 +451,34 @@ async fn bad_input_over_nats_gets_the_same_typed_replies() {
         host.cell("logic.greet").stats.to_json()["errors_by_code"]["contract_violation"],
         2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_between_cells_of_one_host_stay_in_process_unless_told_otherwise() {
+    for via_bus in [false, true] {
+        let server = NatsServer::start();
+        let mut body = cbs_host::body::Body::new(
+            Arc::new(server.bus().await),
+            cbs_tests::runtime(Some(shared_cache())),
+        );
+        body.set_local_calls(!via_bus);
+        body.start(&greet()).await.unwrap();
+        body.start(&faulty()).await.unwrap();
+        let client = server.bus().await;
+        let request = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Ada"}});
+        let reply = call(&client, "test.faulty", request, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(reply["value"]["greeting"], "Hello, Ada!");
+        // CBS counts the call either way; the NATS endpoint only sees it
+        // when it went over the bus.
+        let greet_cell = body.cell("logic.greet").unwrap();
+        assert_eq!(greet_cell.stats.to_json()["requests"], 1);
+        let over_nats = served_by_host(&server.bus().await, "logic.greet").await;
+        assert_eq!(
+            over_nats,
+            vec![("cbs-test".to_owned(), u64::from(via_bus))],
+            "via_bus = {via_bus}"
+        );
+    }
 }

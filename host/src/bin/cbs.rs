@@ -8,8 +8,8 @@ use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
 use cbs_host::cli::NatsArgs;
 use cbs_host::discovery;
-use cbs_host::loadgen;
 use cbs_host::envelope::{Envelope, ErrorCode};
+use cbs_host::loadgen;
 use cbs_host::manifest::{check_cell_id, subject_of};
 use cbs_host::outbound::to_message;
 use clap::{Args, Parser, Subcommand};
@@ -192,7 +192,8 @@ async fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     check_cell_id(&args.cell_id)?;
     let payload = match &args.payload {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
         None => "{}".to_owned(),
     };
     RawValue::from_string(payload.clone()).with_context(|| "the payload is not JSON")?;
@@ -220,7 +221,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("cell         {} ({})", args.cell_id, load.subject);
-        println!("load         {} in flight, {:.1} s measured", args.concurrency, report.seconds);
+        println!(
+            "load         {} in flight, {:.1} s measured",
+            args.concurrency, report.seconds
+        );
         println!("requests     {} ({:.0} req/s)", report.requests, report.rps);
         println!("errors       {} {:?}", report.errors, report.errors_by_code);
         println!(
@@ -228,11 +232,19 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             report.p50_us, report.p90_us, report.p99_us, report.p999_us
         );
     }
-    Ok(if report.errors == 0 && report.requests > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.errors == 0 && report.requests > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// A progress line on stderr while the load runs.
-async fn show_progress(progress: std::sync::Arc<loadgen::Progress>, warmup: Duration, duration: Duration) {
+async fn show_progress(
+    progress: std::sync::Arc<loadgen::Progress>,
+    warmup: Duration,
+    duration: Duration,
+) {
     use std::io::{IsTerminal, Write};
     use std::sync::atomic::Ordering;
     let tty = std::io::stderr().is_terminal();
@@ -242,7 +254,11 @@ async fn show_progress(progress: std::sync::Arc<loadgen::Progress>, warmup: Dura
         tick.tick().await;
         let elapsed = start.elapsed();
         let line = if elapsed < warmup {
-            format!("warming up {:.1}/{:.1} s", elapsed.as_secs_f64(), warmup.as_secs_f64())
+            format!(
+                "warming up {:.1}/{:.1} s",
+                elapsed.as_secs_f64(),
+                warmup.as_secs_f64()
+            )
         } else {
             let measured = (elapsed - warmup).as_secs_f64().max(1e-3);
             let done = progress.done.load(Ordering::Relaxed);
@@ -255,7 +271,11 @@ async fn show_progress(progress: std::sync::Arc<loadgen::Progress>, warmup: Dura
             )
         };
         let mut err = std::io::stderr();
-        let _ = if tty { write!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
+        let _ = if tty {
+            write!(err, "\r\x1b[2K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
         let _ = err.flush();
     }
 }
