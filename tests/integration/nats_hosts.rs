@@ -482,3 +482,59 @@ async fn calls_between_cells_of_one_host_stay_in_process_unless_told_otherwise()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbs_bench_reports_throughput_latency_and_errors() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _host = HostProcess::serve(&url, "host-bench", &[greet()], &[]);
+    let payload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(payload.path(), r#"{"name":"Ada"}"#).unwrap();
+    let args = [
+        "bench",
+        "logic.greet",
+        "--payload",
+        payload.path().to_str().unwrap(),
+    ];
+    let out = cbs(&[
+        &args[..],
+        &[
+            "-c", "4", "-d", "0.5", "--warmup", "0.1", "--json", "--nats", &url,
+        ],
+    ]
+    .concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["concurrency"], 4);
+    let r = &report["report"];
+    assert!(r["requests"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(r["errors"], 0);
+    assert!(r["p50_us"].as_f64().unwrap() > 0.0 && r["p50_us"].as_f64() <= r["p99_us"].as_f64());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("req/s"),
+        "progress is shown"
+    );
+
+    // A payload that breaks the contract: every request fails, typed, exit 1.
+    std::fs::write(payload.path(), r#"{"name":5}"#).unwrap();
+    let out = cbs(&[
+        &args[..],
+        &[
+            "-c", "2", "-d", "0.3", "--warmup", "0", "--json", "--nats", &url,
+        ],
+    ]
+    .concat());
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["report"]["errors_by_code"]["contract_violation"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{report}"
+    );
+}

@@ -211,7 +211,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let ticker = tokio::spawn(show_progress(progress.clone(), load.warmup, load.duration));
     let report = loadgen::run(bus, &load, progress).await;
     ticker.abort();
-    eprintln!();
+    // The last progress line: totals, whatever the ticks showed.
+    let clear = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        "\r\x1b[2K"
+    } else {
+        ""
+    };
+    eprintln!(
+        "{clear}done: {} requests in {:.1} s, {:.0} req/s, {} errors",
+        report.requests, report.seconds, report.rps, report.errors
+    );
     if args.json {
         let json = serde_json::json!({
             "cell": args.cell_id,
