@@ -247,28 +247,11 @@ impl Conn {
                 payload,
                 timeout_ms,
             } => {
-                let conn = self.clone();
                 let outbound = outbound.clone();
-                tokio::spawn(async move {
-                    let result = match conn.flow(parent) {
-                        Ok(flow) => {
-                            let timeout = timeout_ms.map(Duration::from_millis);
-                            outbound
-                                .request(&flow, &cell, payload.get().to_owned(), timeout)
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let (payload, error) = match result {
-                        Ok(text) => (RawValue::from_string(text).ok(), None),
-                        Err(e) => (None, Some(e)),
-                    };
-                    conn.send(&ToSidecar::Response {
-                        id,
-                        payload: payload.as_deref(),
-                        error: error.as_ref(),
-                    })
-                    .await;
+                self.answer(id, parent, move |flow| async move {
+                    let timeout = timeout_ms.map(Duration::from_millis);
+                    let reply = outbound.request(&flow, &cell, payload.get().to_owned(), timeout);
+                    reply.await.map(Some)
                 });
             }
             FromSidecar::Publish {
@@ -277,23 +260,10 @@ impl Conn {
                 subject,
                 payload,
             } => {
-                let conn = self.clone();
                 let outbound = outbound.clone();
-                tokio::spawn(async move {
-                    let result = match conn.flow(parent) {
-                        Ok(flow) => {
-                            outbound
-                                .publish(&flow, &subject, payload.get().to_owned())
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    conn.send(&ToSidecar::Response {
-                        id,
-                        payload: None,
-                        error: result.err().as_ref(),
-                    })
-                    .await;
+                self.answer(id, parent, move |flow| async move {
+                    let published = outbound.publish(&flow, &subject, payload.get().to_owned());
+                    published.await.map(|()| None)
                 });
             }
             FromSidecar::Pong { id } => {
@@ -321,6 +291,32 @@ impl Conn {
             }
             FromSidecar::Describe { .. } | FromSidecar::Unknown => {}
         }
+    }
+
+    /// Runs a sidecar's outbound call in its own task, in the context of
+    /// its parent message, and answers it with a `response` frame.
+    fn answer<F, Fut>(self: &Arc<Self>, id: u64, parent: u64, call: F)
+    where
+        F: FnOnce(Flow) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Option<String>, BusError>> + Send,
+    {
+        let conn = self.clone();
+        tokio::spawn(async move {
+            let result = match conn.flow(parent) {
+                Ok(flow) => call(flow).await,
+                Err(e) => Err(e),
+            };
+            let (payload, error) = match result {
+                Ok(text) => (text.and_then(|t| RawValue::from_string(t).ok()), None),
+                Err(e) => (None, Some(e)),
+            };
+            let response = ToSidecar::Response {
+                id,
+                payload: payload.as_deref(),
+                error: error.as_ref(),
+            };
+            conn.send(&response).await;
+        });
     }
 
     fn flow(&self, parent: u64) -> Result<Flow, BusError> {
