@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::bus::{BodyBus, Endpoint, Message};
+use crate::chaos::{Chaos, ChaosSpec, Fault};
 use crate::contract::Contract;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, Manifest, RuntimeKind};
@@ -36,6 +37,8 @@ pub struct LoadedCell {
     admitted: Arc<Semaphore>,
     /// Messages running: `concurrency`.
     running: Semaphore,
+    /// Fault injection, when configured.
+    chaos: Option<Chaos>,
     pub stats: CellStats,
 }
 
@@ -74,6 +77,12 @@ impl CellStats {
 impl LoadedCell {
     pub fn info(&self) -> &CellInfo {
         self.runner.info()
+    }
+
+    /// Messages admitted and not finished (running or queued).
+    pub fn in_flight(&self) -> usize {
+        let total = (self.manifest.limits.concurrency + self.manifest.limits.queue) as usize;
+        total - self.admitted.available_permits()
     }
 
     /// One message through the cell: input contract, cell, output contract,
@@ -134,6 +143,8 @@ pub struct Body {
     cells: RwLock<BTreeMap<String, Served>>,
     directory: Arc<Directory>,
     local_calls: bool,
+    /// Chaos settings by cell id, over those of `cell.toml`.
+    chaos: HashMap<String, ChaosSpec>,
 }
 
 /// A cell being served, with the task that takes its messages.
@@ -150,7 +161,14 @@ impl Body {
             cells: RwLock::default(),
             directory: Arc::default(),
             local_calls: true,
+            chaos: HashMap::new(),
         }
+    }
+
+    /// Fault injection by cell id (`cbs-host run --chaos FILE`); applies to
+    /// cells loaded after, over their `[chaos]`.
+    pub fn set_chaos(&mut self, chaos: HashMap<String, ChaosSpec>) {
+        self.chaos = chaos;
     }
 
     /// Whether calls between cells of this host stay in process (the
@@ -196,6 +214,12 @@ impl Body {
         Ok(Arc::new(LoadedCell {
             admitted: Arc::new(Semaphore::new((limits.concurrency + limits.queue) as usize)),
             running: Semaphore::new(limits.concurrency as usize),
+            chaos: self
+                .chaos
+                .get(&manifest.id)
+                .or(manifest.chaos.as_ref())
+                .cloned()
+                .map(Chaos::new),
             spec,
             manifest,
             contract,
@@ -386,13 +410,23 @@ async fn run(
     envelope: Arc<Envelope>,
     arrived: Instant,
 ) -> Result<Envelope, BusError> {
-    let deadline = arrived + Duration::from_millis(cell.manifest.limits.timeout_ms);
+    // The cell's own limit, or the caller's remaining budget if shorter.
+    let limit = Duration::from_millis(cell.manifest.limits.timeout_ms);
+    let budget = envelope
+        .headers
+        .get(header::BUDGET_MS)
+        .and_then(|b| b.parse().ok())
+        .map(Duration::from_millis);
+    let deadline = arrived + budget.map_or(limit, |b| b.min(limit));
     let _running = cell
         .running
         .acquire()
         .await
         .map_err(|_| BusError::internal("cell is shutting down"))?;
     cell.contract.check_input(envelope.payload.get())?;
+    if let Some(chaos) = &cell.chaos {
+        inject(chaos, &cell.manifest.id, deadline).await?;
+    }
     let reply = cell.runner.handle(envelope.clone(), deadline).await?;
     cell.contract.check_output(&reply.payload)?;
     let payload = RawValue::from_string(reply.payload).map_err(|e| {
@@ -407,6 +441,29 @@ async fn run(
     let mut out = envelope.reply(schema, payload);
     out.headers.extend(reply.headers);
     Ok(out)
+}
+
+/// Applies the next seeded fault: latency, an injected error, or a reply
+/// that never comes (the caller times out).
+async fn inject(chaos: &Chaos, cell_id: &str, deadline: Instant) -> Result<(), BusError> {
+    let latency = chaos.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep_until((Instant::now() + latency).min(deadline).into()).await;
+    }
+    match chaos.draw() {
+        Fault::Pass => Ok(()),
+        Fault::Error => Err(BusError::new(
+            ErrorCode::Unavailable,
+            format!("chaos: injected failure in cell {cell_id}"),
+        )),
+        Fault::Drop => {
+            tokio::time::sleep_until(deadline.into()).await;
+            Err(BusError::new(
+                ErrorCode::Timeout,
+                format!("chaos: cell {cell_id} dropped the reply"),
+            ))
+        }
+    }
 }
 
 async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, error: BusError) {

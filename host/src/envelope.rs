@@ -16,6 +16,9 @@ pub const ENVELOPE_VERSION: u32 = 1;
 pub mod header {
     pub const CORRELATION_ID: &str = "cbs-correlation-id";
     pub const TRACEPARENT: &str = "traceparent";
+    /// Time left for the whole flow, in milliseconds, when the message was
+    /// sent: a callee never works past its caller's deadline.
+    pub const BUDGET_MS: &str = "cbs-budget-ms";
     /// NATS micro-service error headers, set on failure replies.
     pub const SERVICE_ERROR: &str = "Nats-Service-Error";
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";

@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod bus;
+pub mod chaos;
 pub mod cli;
 pub mod contract;
 pub mod discovery;
@@ -18,5 +19,6 @@ pub mod envelope;
 pub mod loadgen;
 pub mod manifest;
 pub mod outbound;
+pub mod resilience;
 pub mod runtime;
 pub mod telemetry;

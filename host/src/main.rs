@@ -79,6 +79,10 @@ struct RunArgs {
     /// served by this host (by default such calls stay in process).
     #[arg(long)]
     calls_via_bus: bool,
+    /// Fault injection for resilience testing: a TOML file of
+    /// `["<cell-id>"]` tables with latency_ms, error_rate, drop_rate, seed.
+    #[arg(long, value_name = "FILE")]
+    chaos: Option<PathBuf>,
     /// Serve over NATS instead of the in-process bus.
     #[command(flatten)]
     nats: NatsArgs,
@@ -163,6 +167,19 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut body = Body::new(bus.clone(), args.engine.runtime()?);
     body.set_local_calls(!args.calls_via_bus);
+    if let Some(path) = &args.chaos {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --chaos {}", path.display()))?;
+        let chaos: std::collections::HashMap<String, cbs_host::chaos::ChaosSpec> =
+            toml::from_str(&text).with_context(|| format!("in --chaos {}", path.display()))?;
+        for (cell, spec) in &chaos {
+            spec.validate()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("chaos for {cell}"))?;
+            tracing::warn!(cell, ?spec, "chaos: injecting faults");
+        }
+        body.set_chaos(chaos);
+    }
     for dir in &args.cells {
         body.start(dir).await?;
     }

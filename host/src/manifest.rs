@@ -33,6 +33,11 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default)]
     pub instances: Instances,
+    /// Call policies per target cell: `[policy."logic.greet"]`.
+    #[serde(default)]
+    pub policy: std::collections::BTreeMap<String, crate::resilience::CallPolicy>,
+    /// Fault injection (testing only).
+    pub chaos: Option<crate::chaos::ChaosSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +221,14 @@ impl Manifest {
                 }
                 Some(_) => {}
             }
+        }
+        for target in self.policy.keys() {
+            if !self.may_call(target) {
+                bail!("[policy.\"{target}\"] is for a cell this one may not call: add it to `calls` under [capabilities]");
+            }
+        }
+        if let Some(chaos) = &self.chaos {
+            chaos.validate().map_err(anyhow::Error::msg)?;
         }
         if self.instances.max_messages == 0 {
             bail!("[instances] max_messages must be greater than 0");

@@ -4,6 +4,7 @@
 //! host is called in process when it has room (local first); otherwise the
 //! call goes over the bus to whichever host serves it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,7 @@ use crate::bus::local::request_timeout;
 use crate::bus::{BodyBus, Headers, Message};
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{subject_of, Manifest};
-
-/// Timeout of a call when the cell names none.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::resilience::{is_failure, is_retryable, splitmix, Breaker, BreakerState, CallPolicy};
 
 /// Cells served by this host, reachable without the bus.
 #[async_trait]
@@ -32,6 +31,13 @@ pub struct Outbound {
     bus: Arc<dyn BodyBus>,
     manifest: Arc<Manifest>,
     local: Option<Arc<dyn LocalCalls>>,
+    /// Policy and breaker per granted target.
+    targets: HashMap<String, Target>,
+}
+
+struct Target {
+    policy: CallPolicy,
+    breaker: Breaker,
 }
 
 /// The message a cell is handling, as outbound calls need it.
@@ -49,10 +55,21 @@ impl Outbound {
         manifest: Arc<Manifest>,
         local: Option<Arc<dyn LocalCalls>>,
     ) -> Self {
+        let targets = manifest
+            .capabilities
+            .calls
+            .iter()
+            .map(|id| {
+                let policy = manifest.policy.get(id).cloned().unwrap_or_default();
+                let breaker = Breaker::new(policy.breaker.clone());
+                (id.clone(), Target { policy, breaker })
+            })
+            .collect();
         Self {
             bus,
             manifest,
             local,
+            targets,
         }
     }
 
@@ -60,7 +77,10 @@ impl Outbound {
         &self.manifest.id
     }
 
-    /// Request/reply to another cell; returns the reply payload (JSON text).
+    /// Request/reply to another cell; returns the reply payload (JSON
+    /// text). Applies the target's policy: its circuit breaker, a timeout per
+    /// attempt (`timeout` overrides the policy's), and retries with backoff
+    /// for idempotent calls — all within the caller's deadline.
     pub async fn request(
         &self,
         flow: &Flow,
@@ -68,7 +88,7 @@ impl Outbound {
         payload: String,
         timeout: Option<Duration>,
     ) -> Result<String, BusError> {
-        if !self.manifest.may_call(cell_id) {
+        let Some(target) = self.targets.get(cell_id) else {
             return Err(BusError::new(
                 ErrorCode::ContractViolation,
                 format!(
@@ -76,18 +96,59 @@ impl Outbound {
                     self.manifest.id
                 ),
             ));
+        };
+        let payload = raw_json(payload, "request payload")?;
+        let per_attempt = timeout.unwrap_or(Duration::from_millis(target.policy.timeout_ms));
+        let mut attempt = 0;
+        loop {
+            target.breaker.admit(cell_id)?;
+            let remaining = flow.deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(BusError::new(
+                    ErrorCode::Timeout,
+                    format!("no time left to call {cell_id}: the message's deadline has passed"),
+                ));
+            }
+            let result = self
+                .once(flow, cell_id, payload.clone(), per_attempt.min(remaining))
+                .await;
+            target.breaker.record(
+                result
+                    .as_ref()
+                    .map_or_else(|e| !is_failure(e.code), |_| true),
+            );
+            let error = match result {
+                Ok(reply) => return Ok(reply),
+                Err(e) => e,
+            };
+            let policy = &target.policy;
+            if !(policy.idempotent && attempt < policy.retries && is_retryable(error.code)) {
+                return Err(error);
+            }
+            let delay = policy.backoff(attempt, jitter_seed());
+            if Instant::now() + delay >= flow.deadline {
+                return Err(error);
+            }
+            tracing::debug!(target = cell_id, attempt, delay_ms = delay.as_millis() as u64, error = %error, "retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
-        let remaining = flow.deadline.saturating_duration_since(Instant::now());
-        let timeout = timeout.unwrap_or(DEFAULT_CALL_TIMEOUT).min(remaining);
-        if timeout.is_zero() {
-            return Err(BusError::new(
-                ErrorCode::Timeout,
-                format!("no time left to call {cell_id}: the message's deadline has passed"),
-            ));
-        }
-        let child = flow
-            .parent
-            .child(subject_of(cell_id), raw_json(payload, "request payload")?);
+    }
+
+    /// One attempt: in process when the target is served here, else over
+    /// the bus. The child envelope carries the flow's remaining budget.
+    async fn once(
+        &self,
+        flow: &Flow,
+        cell_id: &str,
+        payload: Box<RawValue>,
+        timeout: Duration,
+    ) -> Result<String, BusError> {
+        let mut child = flow.parent.child(subject_of(cell_id), payload);
+        child.headers.insert(
+            header::BUDGET_MS.to_owned(),
+            timeout.as_millis().to_string(),
+        );
         let local = match &self.local {
             Some(local) => tokio::time::timeout(timeout, local.call(cell_id, &child))
                 .await
@@ -104,6 +165,14 @@ impl Outbound {
         reply
             .into_result()
             .map(|p| String::from(Box::<str>::from(p)))
+    }
+
+    /// The breaker state of each target, for metrics and tests.
+    pub fn breakers(&self) -> Vec<(String, BreakerState)> {
+        self.targets
+            .iter()
+            .map(|(id, t)| (id.clone(), t.breaker.state()))
+            .collect()
     }
 
     /// Fire-and-forget publish to a granted subject.
@@ -165,4 +234,12 @@ fn first_line(text: &str) -> &str {
 fn raw_json(text: String, what: &str) -> Result<Box<RawValue>, BusError> {
     RawValue::from_string(text)
         .map_err(|e| BusError::new(ErrorCode::InvalidInput, format!("{what} is not JSON: {e}")))
+}
+
+/// Seed for retry jitter: differs per call and per host.
+fn jitter_seed() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    splitmix(now.as_nanos() as u64 ^ u64::from(std::process::id()))
 }

@@ -284,3 +284,18 @@ async fn shutdown_asks_the_sidecar_to_exit_and_it_is_not_restarted() {
     )
     .await;
 }
+
+/// Regression: the first process is servable as soon as the cell is
+/// started, before any supervisor task has run (a current-thread runtime
+/// runs none until this test yields).
+#[tokio::test]
+async fn a_started_sidecar_is_servable_at_once() {
+    let spec = cbs_host::manifest::CellSpec::from_dir(&reference()).unwrap();
+    let manifest = Arc::new(spec.manifest.clone());
+    let bus = Arc::new(cbs_host::bus::local::LocalBus::new());
+    let outbound = Arc::new(cbs_host::outbound::Outbound::new(bus, manifest, None));
+    let cell = cbs_host::runtime::process::SidecarCell::start(&spec, outbound)
+        .await
+        .unwrap();
+    assert_eq!(cell.live_processes(), 1);
+}

@@ -95,6 +95,8 @@ impl TestHost {
     }
 
     pub async fn on(bus: Arc<dyn BodyBus>, cells: &[PathBuf]) -> Self {
+        // Warnings (restarts, retired instances) show up with a failing test.
+        cbs_host::telemetry::init(cbs_host::telemetry::LogFormat::Text, "warn");
         let body = Body::new(bus, runtime(Some(shared_cache())));
         for dir in cells {
             body.start(dir)

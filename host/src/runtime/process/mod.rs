@@ -52,7 +52,7 @@ impl SidecarCell {
                 input_schema: described.input_schema,
                 output_schema: described.output_schema,
             });
-            let slot = Arc::new(Slot::new(launch.clone()));
+            let slot = Arc::new(Slot::new(launch.clone(), conn.clone()));
             supervisors.push(tokio::spawn(supervise(slot.clone(), conn, child)));
             slots.push(slot);
         }

@@ -158,10 +158,12 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(launch: Arc<Launch>) -> Self {
+    /// A slot serving `conn` from now on: published before any supervisor
+    /// task runs, so the first message cannot find the slot empty.
+    pub fn new(launch: Arc<Launch>, conn: Arc<Conn>) -> Self {
         Self {
             launch,
-            current: RwLock::default(),
+            current: RwLock::new(Some(conn)),
             last_failure: Mutex::default(),
             closing: AtomicBool::new(false),
         }

@@ -1,0 +1,231 @@
+//! Calls between cells under policy: circuit breakers, deadlines that travel
+//! with the flow, retries only for idempotent calls, and seeded chaos.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cbs_host::body::Body;
+use cbs_host::bus::local::LocalBus;
+use cbs_host::envelope::{header, Envelope, ErrorCode};
+use cbs_host::outbound::to_message;
+use cbs_tests::{greet, shared_cache, temp_cell, wait_until, TestHost};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+/// A test.faulty instance under another id, with extra manifest lines.
+fn faulty_as(id: &str, extra: &str) -> tempfile::TempDir {
+    temp_cell(&format!(
+        "id = \"{id}\"\nversion = \"0.1.0\"\ncomponent = \"{{faulty}}/test_faulty.wasm\"\n{extra}\n"
+    ))
+}
+
+fn call_through(target: &str, payload: Value) -> Value {
+    json!({"action": "call", "cell": target, "payload": payload})
+}
+
+fn requests(host: &TestHost, id: &str) -> u64 {
+    host.cell(id).stats.requests.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_failing_target_opens_the_breaker_which_probes_and_closes() {
+    let caller = faulty_as(
+        "test.caller",
+        "[capabilities]\ncalls = [\"test.flaky\"]\n[policy.\"test.flaky\".breaker]\nfailures = 3\ncooldown_ms = 300",
+    );
+    let flaky = faulty_as("test.flaky", "");
+    let host = TestHost::local(&[caller.path().to_path_buf(), flaky.path().to_path_buf()]).await;
+    let panic = call_through("test.flaky", json!({"action": "panic"}));
+    for _ in 0..3 {
+        let err = host.call("test.caller", panic.clone()).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+    }
+    // Open: fails at once, without reaching the target.
+    let echo = call_through("test.flaky", json!({"action": "echo", "value": 1}));
+    let err = host.call("test.caller", echo.clone()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::CircuitOpen, "{err}");
+    assert!(
+        err.message.contains("circuit to test.flaky is open"),
+        "{err}"
+    );
+    assert_eq!(
+        requests(&host, "test.flaky"),
+        3,
+        "the open breaker kept the call away"
+    );
+
+    // After the cool-down one probe goes through; its success closes it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match host.call("test.caller", echo.clone()).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                e.code == ErrorCode::CircuitOpen && Instant::now() < deadline,
+                "{e}"
+            ),
+        }
+        tokio::time::sleep(cbs_tests::POLL).await;
+    }
+    assert_eq!(requests(&host, "test.flaky"), 4);
+    // Closed again: one failure is a plain failure, not an open circuit.
+    let err = host.call("test.caller", panic).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+}
+
+/// edge → test.d1 → test.d2 → test.d3 (sleeps 2 s), with a 50 ms budget.
+async fn deadline_case(calls_via_bus: bool) {
+    let hop = |id: &str, next: &str| {
+        faulty_as(
+            id,
+            &format!("[capabilities]\ncalls = [\"{next}\"]\n[limits]\ntimeout_ms = 5000"),
+        )
+    };
+    let d1 = hop("test.d1", "test.d2");
+    let d2 = hop("test.d2", "test.d3");
+    let d3 = faulty_as("test.d3", "[limits]\ntimeout_ms = 5000");
+    let mut body = Body::new(
+        Arc::new(LocalBus::new()),
+        cbs_tests::runtime(Some(shared_cache())),
+    );
+    body.set_local_calls(!calls_via_bus);
+    for dir in [&d1, &d2, &d3] {
+        body.start(dir.path()).await.unwrap();
+    }
+    let payload = call_through(
+        "test.d2",
+        call_through("test.d3", json!({"action": "sleep", "ms": 2000})),
+    );
+    let mut envelope = Envelope::new(
+        "cbs.test.d1",
+        RawValue::from_string(payload.to_string()).unwrap(),
+    );
+    envelope
+        .headers
+        .insert(header::BUDGET_MS.into(), "50".into());
+    let started = Instant::now();
+    let reply = body
+        .bus()
+        .request(to_message(&envelope), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let err = Envelope::from_slice(&reply.payload)
+        .unwrap()
+        .error
+        .expect("a timeout");
+    assert_eq!(err.code, ErrorCode::Timeout, "{err}");
+    // About 50 ms, certainly not the hops' own 5 s limits or the 2 s sleep.
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    // Hop 3's work was cancelled, not left running for the rest of its 2 s.
+    let d3 = body.cell("test.d3").unwrap();
+    wait_until(Duration::from_millis(500), "hop 3 to stop", || {
+        d3.in_flight() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_travels_with_the_flow_and_cancels_the_last_hop() {
+    deadline_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_travels_over_the_bus_too() {
+    deadline_case(true).await;
+}
+
+#[tokio::test]
+async fn only_idempotent_calls_are_retried_with_backoff_and_a_bound() {
+    let retrying = faulty_as(
+        "test.retrying",
+        "[capabilities]\ncalls = [\"test.down\"]\n[policy.\"test.down\"]\nidempotent = true\nretries = 3\nbackoff_ms = 20",
+    );
+    let plain = faulty_as(
+        "test.plain",
+        "[capabilities]\ncalls = [\"test.down\"]\n[policy.\"test.down\"]\nretries = 3",
+    );
+    let down = faulty_as("test.down", "[chaos]\nerror_rate = 1.0\nseed = 1");
+    let host = TestHost::local(&[
+        retrying.path().into(),
+        plain.path().into(),
+        down.path().into(),
+    ])
+    .await;
+    let echo = call_through("test.down", json!({"action": "echo", "value": 1}));
+
+    let started = Instant::now();
+    let err = host.call("test.retrying", echo.clone()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+    assert!(err.message.contains("chaos"), "{err}");
+    assert_eq!(
+        requests(&host, "test.down"),
+        4,
+        "one attempt and exactly 3 retries"
+    );
+    // Backoff 20 ms doubling, jitter ≥ 0.5×: at least 10 + 20 + 40 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(70),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let err = host.call("test.plain", echo).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert_eq!(
+        requests(&host, "test.down"),
+        5,
+        "a call not marked idempotent is not retried"
+    );
+}
+
+#[tokio::test]
+async fn with_30_percent_injected_errors_and_retries_99_percent_succeed() {
+    let caller = faulty_as(
+        "test.edge",
+        "[capabilities]\ncalls = [\"logic.greet\"]\n[policy.\"logic.greet\"]\nidempotent = true\nretries = 4\nbackoff_ms = 0\n\
+         [policy.\"logic.greet\".breaker]\nfailures = 50\nratio = 0.95",
+    );
+    let chaos_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        chaos_file.path(),
+        "[\"logic.greet\"]\nerror_rate = 0.3\nseed = 42\n",
+    )
+    .unwrap();
+    let chaos: std::collections::HashMap<String, cbs_host::chaos::ChaosSpec> =
+        toml::from_str(&std::fs::read_to_string(chaos_file.path()).unwrap()).unwrap();
+    let mut body = Body::new(
+        Arc::new(LocalBus::new()),
+        cbs_tests::runtime(Some(shared_cache())),
+    );
+    body.set_chaos(chaos);
+    body.start(&greet()).await.unwrap();
+    body.start(caller.path()).await.unwrap();
+    let host = TestHost { body };
+    let request = call_through("logic.greet", json!({"name": "Ada"}));
+    let mut ok = 0;
+    for _ in 0..1000 {
+        if host.call("test.edge", request.clone()).await.is_ok() {
+            ok += 1;
+        }
+    }
+    let greet_errors = host.cell("logic.greet").stats.to_json()["errors_by_code"]["unavailable"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        greet_errors > 250,
+        "chaos injected about 30% errors: {greet_errors}"
+    );
+    assert!(ok >= 990, "only {ok} of 1000 succeeded");
+}
+
+#[tokio::test]
+async fn policies_and_chaos_are_checked_at_load() {
+    let body = Body::new(Arc::new(LocalBus::new()), cbs_tests::runtime(None));
+    let dir = faulty_as("test.bad", "[policy.\"logic.greet\"]\nretries = 1");
+    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    assert!(err.contains("may not call"), "{err}");
+    let dir = faulty_as("test.bad", "[chaos]\nerror_rate = 1.5");
+    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    assert!(err.contains("error_rate"), "{err}");
+}
