@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -20,6 +21,7 @@ use crate::chaos::{Chaos, ChaosSpec, Fault};
 use crate::contract::Contract;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, Manifest, RuntimeKind};
+use crate::metrics::{self, CellLabel, LatencyFamily};
 use crate::outbound::{self, LocalCalls, Outbound};
 use crate::runtime::process::SidecarCell;
 use crate::runtime::wasm::{CacheOutcome, WasmRuntime};
@@ -39,6 +41,9 @@ pub struct LoadedCell {
     running: Semaphore,
     /// Fault injection, when configured.
     chaos: Option<Chaos>,
+    /// The cell's calls out (policies and breakers).
+    outbound: Arc<Outbound>,
+    latency: Histogram,
     pub stats: CellStats,
 }
 
@@ -79,6 +84,11 @@ impl LoadedCell {
         self.runner.info()
     }
 
+    /// The breaker state of each call target.
+    pub fn breakers(&self) -> Vec<(String, crate::resilience::BreakerState)> {
+        self.outbound.breakers()
+    }
+
     /// Messages admitted and not finished (running or queued).
     pub fn in_flight(&self) -> usize {
         let total = (self.manifest.limits.concurrency + self.manifest.limits.queue) as usize;
@@ -98,7 +108,9 @@ impl LoadedCell {
         );
         async {
             let outcome = run(self, envelope.clone(), arrived).await;
-            let elapsed_us = arrived.elapsed().as_micros() as u64;
+            let elapsed = arrived.elapsed();
+            self.latency.observe(elapsed.as_secs_f64());
+            let elapsed_us = elapsed.as_micros() as u64;
             match outcome {
                 Ok(reply) => {
                     tracing::debug!(elapsed_us, "handled");
@@ -143,6 +155,8 @@ pub struct Body {
     cells: RwLock<BTreeMap<String, Served>>,
     directory: Arc<Directory>,
     local_calls: bool,
+    latency: LatencyFamily,
+    ready: AtomicBool,
     /// Chaos settings by cell id, over those of `cell.toml`.
     chaos: HashMap<String, ChaosSpec>,
 }
@@ -161,6 +175,8 @@ impl Body {
             cells: RwLock::default(),
             directory: Arc::default(),
             local_calls: true,
+            latency: metrics::latency_family(),
+            ready: AtomicBool::new(false),
             chaos: HashMap::new(),
         }
     }
@@ -193,14 +209,14 @@ impl Body {
             RuntimeKind::Wasm => {
                 let cell = self
                     .wasm
-                    .load(manifest.clone(), &spec.component_path()?, outbound)
+                    .load(manifest.clone(), &spec.component_path()?, outbound.clone())
                     .await
                     .with_context(|| format!("cannot load cell {}", manifest.id))?;
                 let cache = cell.cache_outcome();
                 (Arc::new(cell), Some(cache))
             }
             RuntimeKind::Sidecar => {
-                let cell = SidecarCell::start(&spec, outbound)
+                let cell = SidecarCell::start(&spec, outbound.clone())
                     .await
                     .with_context(|| format!("cannot load cell {}", manifest.id))?;
                 (Arc::new(cell), None)
@@ -220,6 +236,13 @@ impl Body {
                 .or(manifest.chaos.as_ref())
                 .cloned()
                 .map(Chaos::new),
+            latency: self
+                .latency
+                .get_or_create(&CellLabel {
+                    cell: manifest.id.clone(),
+                })
+                .clone(),
+            outbound: outbound.clone(),
             spec,
             manifest,
             contract,
@@ -261,6 +284,20 @@ impl Body {
             .unwrap()
             .insert(id, Served { cell, dispatcher });
         Ok(())
+    }
+
+    /// Per-cell latency histograms, for `/metrics`.
+    pub fn latency(&self) -> &LatencyFamily {
+        &self.latency
+    }
+
+    /// Marks every cell loaded: `/readyz` answers ready while the bus is up.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.bus.is_connected()
     }
 
     pub fn cell(&self, id: &str) -> Option<Arc<LoadedCell>> {

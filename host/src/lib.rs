@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod envelope;
 pub mod loadgen;
 pub mod manifest;
+pub mod metrics;
 pub mod outbound;
 pub mod resilience;
 pub mod runtime;

@@ -79,6 +79,10 @@ struct RunArgs {
     /// served by this host (by default such calls stay in process).
     #[arg(long)]
     calls_via_bus: bool,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address
+    /// (e.g. 127.0.0.1:9090; port 0 picks a free one, logged at start).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Fault injection for resilience testing: a TOML file of
     /// `["<cell-id>"]` tables with latency_ms, error_rate, drop_rate, seed.
     #[arg(long, value_name = "FILE")]
@@ -180,9 +184,17 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         body.set_chaos(chaos);
     }
+    let body = Arc::new(body);
+    if let Some(addr) = args.metrics {
+        let bound = cbs_host::metrics::serve(addr, body.clone())
+            .await
+            .with_context(|| format!("cannot listen on --metrics {addr}"))?;
+        tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz on http://{bound}");
+    }
     for dir in &args.cells {
         body.start(dir).await?;
     }
+    body.set_ready();
     let Some(start) = args.start else {
         tracing::info!(host = %host_id, cells = args.cells.len(), bus = bus.kind(), "ready; Ctrl-C or SIGTERM drains and stops");
         let signal = shutdown_signal().await?;

@@ -18,6 +18,13 @@ impl HostProcess {
     /// `cbs-host run --nats URL --host-id ID <extra> <cells>`, ready when it
     /// logs "ready".
     pub fn serve(url: &str, host_id: &str, cells: &[PathBuf], extra: &[&str]) -> Self {
+        let host = Self::spawn(url, host_id, cells, extra);
+        host.wait_for_log("ready;", Duration::from_secs(30));
+        host
+    }
+
+    /// As [`HostProcess::serve`], without waiting for it to be ready.
+    pub fn spawn(url: &str, host_id: &str, cells: &[PathBuf], extra: &[&str]) -> Self {
         let mut child = Command::new(bin("cbs-host"))
             .args([
                 "run",
@@ -48,9 +55,7 @@ impl HostProcess {
                 log.push('\n');
             }
         });
-        let host = Self { child, log };
-        host.wait_for_log("ready;", Duration::from_secs(30));
-        host
+        Self { child, log }
     }
 
     pub fn log(&self) -> String {
@@ -116,6 +121,29 @@ impl Drop for HostProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Runs the `cbs` CLI to completion.

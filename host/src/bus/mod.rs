@@ -130,6 +130,16 @@ pub trait BodyBus: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Times the connection was re-established (0 in process).
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
+    /// Whether the bus can carry messages now.
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     /// Short name for logs: `local` or `nats`.
     fn kind(&self) -> &'static str;
 }

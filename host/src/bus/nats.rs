@@ -370,6 +370,14 @@ impl BodyBus for NatsBus {
         self.client.flush().await.map_err(unavailable)
     }
 
+    fn reconnects(&self) -> u64 {
+        NatsBus::reconnects(self)
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn kind(&self) -> &'static str {
         "nats"
     }

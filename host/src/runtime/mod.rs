@@ -39,6 +39,11 @@ pub trait CellRunner: Send + Sync {
     /// What the cell reported at load.
     fn info(&self) -> &CellInfo;
 
+    /// Warm instances (wasm) or live processes (process runtimes).
+    fn instances(&self) -> usize {
+        0
+    }
+
     /// Stops the cell's runtime resources (processes), after the body has
     /// drained its messages.
     async fn shutdown(&self, _grace: Duration) {}

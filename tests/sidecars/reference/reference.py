@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 import threading
+import time
 
 PROTOCOL = (1, 1)
 lock = threading.Lock()          # one writer at a time on stdout
@@ -146,6 +147,8 @@ def speaks():
 
 
 def main():
+    # REF_SLOW_START_MS: a slow start, for readiness tests.
+    time.sleep(int(os.environ.get("REF_SLOW_START_MS", "0")) / 1000)
     hello = read()
     if not hello or hello.get("type") != "hello":
         log("expected hello, got", hello)

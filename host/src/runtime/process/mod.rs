@@ -111,6 +111,10 @@ impl CellRunner for SidecarCell {
         &self.info
     }
 
+    fn instances(&self) -> usize {
+        self.live_processes()
+    }
+
     async fn shutdown(&self, grace: Duration) {
         for slot in &self.slots {
             slot.close(grace).await;

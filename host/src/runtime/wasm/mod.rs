@@ -269,4 +269,8 @@ impl CellRunner for WasmCell {
     fn info(&self) -> &CellInfo {
         &self.info
     }
+
+    fn instances(&self) -> usize {
+        self.pool.idle()
+    }
 }
