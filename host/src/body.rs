@@ -106,6 +106,7 @@ impl LoadedCell {
             correlation_id = %envelope.correlation_id,
             message_id = %envelope.id,
         );
+        crate::telemetry::link_parent(&span, &envelope.headers);
         async {
             let outcome = run(self, envelope.clone(), arrived).await;
             let elapsed = arrived.elapsed();

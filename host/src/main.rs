@@ -79,6 +79,10 @@ struct RunArgs {
     /// served by this host (by default such calls stay in process).
     #[arg(long)]
     calls_via_bus: bool,
+    /// Export trace spans over OTLP/HTTP (JSON) to this base URL, e.g.
+    /// http://127.0.0.1:4318 [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address
     /// (e.g. 127.0.0.1:9090; port 0 picks a free one, logged at start).
     #[arg(long, value_name = "ADDR")]
@@ -140,7 +144,17 @@ impl EngineArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, &cli.log_level);
+    let otlp = match &cli.command {
+        Command::Run(args) => args.otlp.clone(),
+        Command::Load(_) => None,
+    };
+    let telemetry = match telemetry::init_with_otlp(cli.log_format, &cli.log_level, otlp) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -154,6 +168,8 @@ fn main() -> ExitCode {
             Command::Load(args) => load(args).await,
         }
     });
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {

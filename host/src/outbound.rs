@@ -149,6 +149,7 @@ impl Outbound {
             header::BUDGET_MS.to_owned(),
             timeout.as_millis().to_string(),
         );
+        crate::telemetry::inject_current(&mut child.headers);
         let local = match &self.local {
             Some(local) => tokio::time::timeout(timeout, local.call(cell_id, &child))
                 .await
