@@ -105,5 +105,31 @@ fn local_bus(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec, cells, local_bus);
+/// What the call policy layer adds to each call between cells: the
+/// breaker's admit + record, and the budget header on the child envelope.
+fn policy(c: &mut Criterion) {
+    use cbs_host::envelope::header;
+    use cbs_host::resilience::{Breaker, BreakerPolicy};
+    let breaker = Breaker::new(BreakerPolicy::default());
+    c.bench_function("policy/breaker admit+record", |b| {
+        b.iter(|| {
+            breaker.admit("logic.greet").unwrap();
+            breaker.record(true);
+        })
+    });
+    let parent = envelope();
+    let payload = RawValue::from_string(r#"{"name":"Ada"}"#.into()).unwrap();
+    c.bench_function("policy/child envelope (no policy)", |b| {
+        b.iter(|| parent.child("cbs.logic.greet", payload.clone()))
+    });
+    c.bench_function("policy/child envelope + budget header", |b| {
+        b.iter(|| {
+            let mut child = parent.child("cbs.logic.greet", payload.clone());
+            child.headers.insert(header::BUDGET_MS.to_owned(), 4_999.to_string());
+            child
+        })
+    });
+}
+
+criterion_group!(benches, codec, cells, local_bus, policy);
 criterion_main!(benches);
