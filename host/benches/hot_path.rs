@@ -125,7 +125,9 @@ fn policy(c: &mut Criterion) {
     c.bench_function("policy/child envelope + budget header", |b| {
         b.iter(|| {
             let mut child = parent.child("cbs.logic.greet", payload.clone());
-            child.headers.insert(header::BUDGET_MS.to_owned(), 4_999.to_string());
+            child
+                .headers
+                .insert(header::BUDGET_MS.to_owned(), 4_999.to_string());
             child
         })
     });
