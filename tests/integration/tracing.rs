@@ -7,14 +7,12 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cbs_host::bus::BodyBus;
-use cbs_host::envelope::Envelope;
-use cbs_host::outbound::to_message;
+use std::process::{Command, Stdio};
+
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::HostProcess;
-use cbs_tests::{faulty, greet};
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use cbs_tests::{bin, cell, greet, shared_cache};
+use serde_json::Value;
 
 /// A minimal OTLP/HTTP receiver: keeps every request body (JSON).
 fn otlp_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -87,36 +85,45 @@ fn spans(bodies: &[Value]) -> Vec<(String, String, String, String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flow_across_two_hosts_is_one_trace_with_parent_links() {
+async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
     let (otlp, bodies) = otlp_receiver();
     let server = NatsServer::start();
-    let extra = ["--otlp", otlp.as_str()];
-    let mut a = HostProcess::serve(&server.url(), "host-trace-a", &[faulty()], &extra);
-    let mut b = HostProcess::serve(&server.url(), "host-trace-b", &[greet()], &extra);
-    let client = server.bus().await;
-    let payload = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Ada"}});
-    let envelope = Envelope::new(
-        "cbs.test.faulty",
-        RawValue::from_string(payload.to_string()).unwrap(),
-    );
-    let reply = client
-        .request(to_message(&envelope), Duration::from_secs(10))
-        .await
+    let cells_b = [greet(), cell("cells/io.print_greeting")];
+    let mut b = HostProcess::serve(&server.url(), "host-trace-b", &cells_b, &["--otlp", &otlp]);
+    // Host A runs the edge cell once and exits, flushing its spans.
+    let out = Command::new(bin("cbs-host"))
+        .args([
+            "run",
+            "--nats",
+            &server.url(),
+            "--otlp",
+            &otlp,
+            "--start",
+            "io.prompt_name",
+        ])
+        .arg(cell("cells/io.prompt_name"))
+        .env("CBS_CACHE_DIR", shared_cache())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"Ada\n")?;
+            child.wait_with_output()
+        })
         .unwrap();
-    assert!(Envelope::from_slice(&reply.payload)
-        .unwrap()
-        .error
-        .is_none());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.terminate();
+    assert!(
+        b.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        b.log()
+    );
 
-    // SIGTERM drains and flushes the exporters.
-    for host in [&mut a, &mut b] {
-        host.terminate();
-        assert!(
-            host.wait_exit(Duration::from_secs(15)).success(),
-            "{}",
-            host.log()
-        );
-    }
     let spans = spans(&bodies.lock().unwrap());
     let cell_span = |cell: &str| {
         spans
@@ -125,21 +132,20 @@ async fn a_flow_across_two_hosts_is_one_trace_with_parent_links() {
             .unwrap_or_else(|| panic!("no span of cell {cell} in {spans:#?}"))
             .clone()
     };
-    let caller = cell_span("test.faulty");
-    let callee = cell_span("logic.greet");
-    assert!(!caller.0.is_empty());
-    assert_eq!(caller.0, callee.0, "one trace id across both hosts");
-    // The callee's parent is the caller's outbound span, itself a child of
-    // the caller's cell span, all in host A's export.
-    let outbound = spans.iter().find(|s| s.1 == callee.2).unwrap_or_else(|| {
-        panic!(
-            "the callee's parent {} was not exported: {spans:#?}",
-            callee.2
-        )
-    });
-    assert_eq!(outbound.3, "outbound");
-    assert_eq!(
-        outbound.2, caller.1,
-        "outbound is a child of the caller's cell span"
-    );
+    let edge = cell_span("io.prompt_name");
+    assert!(!edge.0.is_empty());
+    for callee in ["logic.greet", "io.print_greeting"] {
+        let span = cell_span(callee);
+        assert_eq!(span.0, edge.0, "{callee}: one trace id across both hosts");
+        // Its parent is an outbound span of host A, child of the edge span.
+        let outbound = spans
+            .iter()
+            .find(|s| s.1 == span.2)
+            .unwrap_or_else(|| panic!("{callee}'s parent {} was not exported: {spans:#?}", span.2));
+        assert_eq!(outbound.3, "outbound");
+        assert_eq!(
+            outbound.2, edge.1,
+            "the outbound span is a child of the edge cell's span"
+        );
+    }
 }
