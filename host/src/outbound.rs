@@ -97,7 +97,7 @@ impl Outbound {
                 ),
             ));
         };
-        let payload = raw_json(payload, "request payload")?;
+        let mut payload = Some(raw_json(payload, "request payload")?);
         let per_attempt = timeout.unwrap_or(Duration::from_millis(target.policy.timeout_ms));
         let mut attempt = 0;
         loop {
@@ -109,8 +109,16 @@ impl Outbound {
                     format!("no time left to call {cell_id}: the message's deadline has passed"),
                 ));
             }
+            // Keep a copy only while another attempt may follow.
+            let may_retry = target.policy.idempotent && attempt < target.policy.retries;
+            let body = if may_retry {
+                payload.clone()
+            } else {
+                payload.take()
+            };
+            let body = body.expect("the payload is kept for every attempt");
             let result = self
-                .once(flow, cell_id, payload.clone(), per_attempt.min(remaining))
+                .once(flow, cell_id, body, per_attempt.min(remaining))
                 .await;
             target.breaker.record(
                 result

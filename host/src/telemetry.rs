@@ -9,12 +9,17 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::envelope::header;
+
+/// Set once spans are exported: trace context work is skipped otherwise
+/// (it runs on every message and every call).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -75,12 +80,17 @@ pub fn init_with_otlp(
             .with_tracer(p.tracer("cbs-host"))
             .with_filter(EnvFilter::new("cbs_host=debug"))
     });
+    let exporting = otel.is_some();
     // A second init (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(text)
         .with(json)
         .with(otel)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed && exporting {
+        EXPORTING.store(true, Ordering::Relaxed);
+    }
     Ok(Telemetry { provider })
 }
 
@@ -104,7 +114,7 @@ fn exporter(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
 
 /// Makes `span` a child of the `traceparent` in `headers`, if any.
 pub fn link_parent(span: &tracing::Span, headers: &BTreeMap<String, String>) {
-    if headers.contains_key(header::TRACEPARENT) {
+    if EXPORTING.load(Ordering::Relaxed) && headers.contains_key(header::TRACEPARENT) {
         let cx = TraceContextPropagator::new().extract(&Headers(headers));
         let _ = span.set_parent(cx);
     }
@@ -113,6 +123,9 @@ pub fn link_parent(span: &tracing::Span, headers: &BTreeMap<String, String>) {
 /// Writes the current span's context as `traceparent` into `headers`
 /// (nothing when no span is being exported).
 pub fn inject_current(headers: &mut BTreeMap<String, String>) {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return;
+    }
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(headers));
 }
