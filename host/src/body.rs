@@ -461,12 +461,19 @@ async fn run(
         .acquire()
         .await
         .map_err(|_| BusError::internal("cell is shutting down"))?;
-    cell.contract.check_input(envelope.payload.get())?;
+    // Each step is a span of its own under the hop's `cell` span.
+    tracing::debug_span!("contract.input")
+        .in_scope(|| cell.contract.check_input(envelope.payload.get()))?;
     if let Some(chaos) = &cell.chaos {
         inject(chaos, &cell.manifest.id, deadline).await?;
     }
-    let reply = cell.runner.handle(envelope.clone(), deadline).await?;
-    cell.contract.check_output(&reply.payload)?;
+    let reply = cell
+        .runner
+        .handle(envelope.clone(), deadline)
+        .instrument(tracing::debug_span!("run"))
+        .await?;
+    tracing::debug_span!("contract.output")
+        .in_scope(|| cell.contract.check_output(&reply.payload))?;
     let payload = RawValue::from_string(reply.payload).map_err(|e| {
         BusError::new(
             ErrorCode::ContractViolation,

@@ -134,18 +134,31 @@ async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
     };
     let edge = cell_span("io.prompt_name");
     assert!(!edge.0.is_empty());
+    // Each step of a hop is a child span of the hop.
+    for step in ["contract.input", "run", "contract.output"] {
+        assert!(
+            spans.iter().any(|s| s.3 == step && s.2 == edge.1),
+            "no {step} span under the edge hop: {spans:#?}"
+        );
+    }
     for callee in ["logic.greet", "io.print_greeting"] {
         let span = cell_span(callee);
         assert_eq!(span.0, edge.0, "{callee}: one trace id across both hosts");
-        // Its parent is an outbound span of host A, child of the edge span.
+        // Its parent is an outbound span of host A, inside the edge hop.
         let outbound = spans
             .iter()
             .find(|s| s.1 == span.2)
             .unwrap_or_else(|| panic!("{callee}'s parent {} was not exported: {spans:#?}", span.2));
         assert_eq!(outbound.3, "outbound");
+        // outbound → the edge hop's `run` span → the edge hop's `cell` span.
+        let run = spans
+            .iter()
+            .find(|s| s.1 == outbound.2)
+            .expect("the outbound span's parent");
+        assert_eq!(run.3, "run");
         assert_eq!(
-            outbound.2, edge.1,
-            "the outbound span is a child of the edge cell's span"
+            run.2, edge.1,
+            "the run span is a child of the edge cell's span"
         );
     }
 }
