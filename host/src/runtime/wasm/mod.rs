@@ -247,6 +247,7 @@ impl CellRunner for WasmCell {
         let outcome = tokio::time::timeout(remaining, self.call(&mut instance, &envelope)).await;
         match outcome {
             Ok(Ok(result)) => {
+                instance.count_message();
                 self.pool.checkin(instance);
                 match result {
                     Ok(out) => Ok(Reply {

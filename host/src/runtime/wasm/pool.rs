@@ -23,6 +23,13 @@ pub struct Instance {
     handled: u64,
 }
 
+impl Instance {
+    /// Counts one handled message (for retirement after `max_messages`).
+    pub fn count_message(&mut self) {
+        self.handled += 1;
+    }
+}
+
 pub struct InstancePool {
     engine: Engine,
     pre: CellPre<Sandbox>,
@@ -62,10 +69,10 @@ impl InstancePool {
         self.instantiate(deadline).await
     }
 
-    /// Returns a healthy instance after a message. Instances that trapped
-    /// must be dropped instead, never returned.
+    /// Returns a healthy instance after a call. Instances that trapped
+    /// must be dropped instead, never returned. Only messages count towards
+    /// `max_messages` (see [`Instance::count_message`]), not `describe()`.
     pub fn checkin(&self, mut instance: Instance) {
-        instance.handled += 1;
         let sandbox = instance.store.data_mut();
         sandbox.flow = None;
         if self.manifest.instances.policy == Policy::Fresh
