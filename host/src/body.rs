@@ -63,13 +63,20 @@ impl CellStats {
         self.by_code[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Non-zero error counts, by code.
+    pub fn errors_by_code(&self) -> impl Iterator<Item = (ErrorCode, u64)> + '_ {
+        ErrorCode::ALL
+            .into_iter()
+            .zip(&self.by_code)
+            .map(|(c, n)| (c, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+    }
+
     /// `{"requests", "errors", "errors_by_code": {code: n}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        let by_code: serde_json::Map<String, serde_json::Value> = ErrorCode::ALL
-            .iter()
-            .zip(&self.by_code)
-            .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
-            .map(|(c, n)| (c.as_str().to_owned(), n.load(Ordering::Relaxed).into()))
+        let by_code: serde_json::Map<String, serde_json::Value> = self
+            .errors_by_code()
+            .map(|(c, n)| (c.as_str().to_owned(), n.into()))
             .collect();
         serde_json::json!({
             "requests": self.requests.load(Ordering::Relaxed),

@@ -6,6 +6,7 @@
 //! Only the latency histogram is updated per message.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +22,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::body::Body;
-use crate::envelope::ErrorCode;
 use crate::resilience::BreakerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,18 +61,16 @@ pub fn render(body: &Body) -> String {
         let label = CellLabel {
             cell: cell.manifest.id.clone(),
         };
-        let stats = cell.stats.to_json();
+        let stats = &cell.stats;
         requests
             .get_or_create(&label)
-            .inc_by(stats["requests"].as_u64().unwrap_or(0));
-        for code in ErrorCode::ALL {
-            if let Some(n) = stats["errors_by_code"][code.as_str()].as_u64() {
-                let label = CodeLabel {
-                    cell: label.cell.clone(),
-                    code: code.as_str().to_owned(),
-                };
-                errors.get_or_create(&label).inc_by(n);
-            }
+            .inc_by(stats.requests.load(Ordering::Relaxed));
+        for (code, n) in stats.errors_by_code() {
+            let label = CodeLabel {
+                cell: label.cell.clone(),
+                code: code.as_str().to_owned(),
+            };
+            errors.get_or_create(&label).inc_by(n);
         }
         in_flight.get_or_create(&label).set(cell.in_flight() as i64);
         instances

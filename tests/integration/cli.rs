@@ -1,10 +1,9 @@
 //! End to end through the `cbs-host` binary, as a user runs it.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 
-use cbs_tests::{bin, cell, shared_cache};
+use cbs_tests::cell;
+use cbs_tests::process::cbs_host;
 use serde_json::Value;
 
 const DEMO: [&str; 3] = [
@@ -12,25 +11,6 @@ const DEMO: [&str; 3] = [
     "cells/logic.greet",
     "cells/io.print_greeting",
 ];
-
-fn cbs_host(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(bin("cbs-host"))
-        .args(args)
-        .env("CBS_CACHE_DIR", shared_cache())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cbs-host runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn demo_args<'a>(extra: &[&'a str], dirs: &'a [String]) -> Vec<&'a str> {
     let mut args = extra.to_vec();

@@ -1,6 +1,5 @@
 //! Many `cbs-host` processes serving as one over a real nats-server.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +10,8 @@ use cbs_host::discovery;
 use cbs_host::envelope::{BusError, Envelope, ErrorCode};
 use cbs_host::outbound::to_message;
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::{cbs, HostProcess};
-use cbs_tests::{bin, cell, faulty, greet, shared_cache, temp_cell, POLL};
+use cbs_tests::process::{cbs, cbs_host, HostProcess};
+use cbs_tests::{cell, faulty, greet, shared_cache, temp_cell, POLL};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -201,23 +200,18 @@ async fn the_greeting_chain_runs_across_a_cluster_of_two_servers() {
         );
         tokio::time::sleep(POLL).await;
     }
-    let out = Command::new(bin("cbs-host"))
-        .args(["run", "--nats", &a.url(), "--start", "io.prompt_name"])
-        .args([
-            cell("cells/io.prompt_name"),
-            cell("cells/io.print_greeting"),
-        ])
-        .env("CBS_CACHE_DIR", shared_cache())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(b"Ada\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
+    let prompt = cell("cells/io.prompt_name").display().to_string();
+    let print = cell("cells/io.print_greeting").display().to_string();
+    let args = [
+        "run",
+        "--nats",
+        &a.url(),
+        "--start",
+        "io.prompt_name",
+        &prompt,
+        &print,
+    ];
+    let out = cbs_host(&args, "Ada\n");
     assert!(
         out.status.success(),
         "{}",
@@ -349,21 +343,17 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
 }
 
 fn host_with(url: &str, auth: &[&str]) -> std::process::Output {
-    Command::new(bin("cbs-host"))
-        .args([
-            "run",
-            "--nats",
-            url,
-            "--start",
-            "logic.greet",
-            "--input",
-            r#"{"name":"Ada"}"#,
-        ])
-        .args(auth)
-        .arg(greet())
-        .env("CBS_CACHE_DIR", shared_cache())
-        .output()
-        .unwrap()
+    let greet = greet().display().to_string();
+    let start = [
+        "run",
+        "--nats",
+        url,
+        "--start",
+        "logic.greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+    ];
+    cbs_host(&[&start[..], auth, &[greet.as_str()]].concat(), "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,9 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::process::{Command, Stdio};
-
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::HostProcess;
-use cbs_tests::{bin, cell, greet, shared_cache};
+use cbs_tests::process::{cbs_host, HostProcess};
+use cbs_tests::{cell, greet};
 use serde_json::Value;
 
 /// A minimal OTLP/HTTP receiver: keeps every request body (JSON).
@@ -91,27 +89,18 @@ async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
     let cells_b = [greet(), cell("cells/io.print_greeting")];
     let mut b = HostProcess::serve(&server.url(), "host-trace-b", &cells_b, &["--otlp", &otlp]);
     // Host A runs the edge cell once and exits, flushing its spans.
-    let out = Command::new(bin("cbs-host"))
-        .args([
-            "run",
-            "--nats",
-            &server.url(),
-            "--otlp",
-            &otlp,
-            "--start",
-            "io.prompt_name",
-        ])
-        .arg(cell("cells/io.prompt_name"))
-        .env("CBS_CACHE_DIR", shared_cache())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(b"Ada\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
+    let prompt = cell("cells/io.prompt_name").display().to_string();
+    let args = [
+        "run",
+        "--nats",
+        &server.url(),
+        "--otlp",
+        &otlp,
+        "--start",
+        "io.prompt_name",
+        &prompt,
+    ];
+    let out = cbs_host(&args, "Ada\n");
     assert!(
         out.status.success(),
         "{}",

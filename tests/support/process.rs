@@ -146,6 +146,28 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Runs `cbs-host` to completion with `stdin` as its standard input, as a
+/// user's shell would (shared component cache, no RUST_LOG).
+pub fn cbs_host<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("cbs-host"))
+        .args(args)
+        .env("CBS_CACHE_DIR", shared_cache())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cbs-host runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Runs the `cbs` CLI to completion.
 pub fn cbs(args: &[&str]) -> Output {
     Command::new(bin("cbs"))
