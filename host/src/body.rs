@@ -3,7 +3,7 @@
 //! every failure into a typed reply while the other cells keep serving.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::bundle::{Bundle, Trust};
 use crate::bus::{BodyBus, Endpoint, Message};
 use crate::chaos::{Chaos, ChaosSpec, Fault};
 use crate::contract::Contract;
@@ -167,13 +168,36 @@ pub struct Body {
     ready: AtomicBool,
     /// Chaos settings by cell id, over those of `cell.toml`.
     chaos: HashMap<String, ChaosSpec>,
+    sources: Sources,
 }
 
-/// A cell being served, with the task that takes its messages.
+/// Where cells come from: trust for bundles, and where they unpack.
+#[derive(Clone)]
+pub struct Sources {
+    /// Public keys bundles must be signed by; empty accepts unsigned cells.
+    pub trust: Trust,
+    /// Verified bundles unpack here, one folder per digest.
+    pub unpack_dir: PathBuf,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self {
+            trust: Trust::default(),
+            unpack_dir: Bundle::default_unpack_dir(),
+        }
+    }
+}
+
+/// A cell being served, with the task that takes its messages. The slot
+/// holds the version that takes new messages; a hot swap replaces it while
+/// the subscription stays, so no message falls between two versions.
 struct Served {
-    cell: Arc<LoadedCell>,
+    slot: Slot,
     dispatcher: JoinHandle<()>,
 }
+
+type Slot = Arc<RwLock<Arc<LoadedCell>>>;
 
 impl Body {
     pub fn new(bus: Arc<dyn BodyBus>, wasm: Arc<WasmRuntime>) -> Self {
@@ -186,7 +210,13 @@ impl Body {
             latency: metrics::latency_family(),
             ready: AtomicBool::new(false),
             chaos: HashMap::new(),
+            sources: Sources::default(),
         }
+    }
+
+    /// Which keys bundles must be signed by, and where bundles unpack.
+    pub fn set_sources(&mut self, sources: Sources) {
+        self.sources = sources;
     }
 
     /// Fault injection by cell id (`cbs-host run --chaos FILE`); applies to
@@ -260,11 +290,95 @@ impl Body {
         }))
     }
 
-    /// Loads a cell folder and serves it.
-    pub async fn start(&self, dir: &Path) -> anyhow::Result<Arc<LoadedCell>> {
-        let cell = self.load(dir).await?;
+    /// Loads a cell folder, a bundle (`.cbs`) or a bare component (`.wasm`).
+    /// With a trust list, only bundles signed by a trusted key load.
+    pub async fn load_path(&self, path: &Path) -> anyhow::Result<Arc<LoadedCell>> {
+        let is = |ext: &str| path.extension().is_some_and(|e| e == ext) && path.is_file();
+        if is(crate::bundle::EXTENSION) {
+            let bundle = Bundle::read(path)?;
+            return self.load_bundle(&bundle).await;
+        }
+        if !self.sources.trust.is_empty() {
+            bail!(
+                "{} is not a bundle, and this host only runs bundles signed by a --trust key: \
+                 build one with `cbs build --sign KEY {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        if is("wasm") {
+            return self.load_component(path).await;
+        }
+        self.load(path).await
+    }
+
+    /// Verifies a bundle against the trust list, unpacks and loads it.
+    pub async fn load_bundle(&self, bundle: &Bundle) -> anyhow::Result<Arc<LoadedCell>> {
+        bundle.verify(&self.sources.trust)?;
+        bundle.cell_manifest()?;
+        let spec = bundle.unpack(&self.sources.unpack_dir)?;
+        self.load(&spec.dir).await
+    }
+
+    /// A bare component: its `describe()` names it; default limits, and no
+    /// schemas to check (a component gives only their ids).
+    async fn load_component(&self, path: &Path) -> anyhow::Result<Arc<LoadedCell>> {
+        let path = std::fs::canonicalize(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let probe = crate::manifest::Manifest::bare("wasm.unnamed", "0.0.0", &path);
+        let dir = self.sources.unpack_dir.join(format!(
+            "wasm-{}",
+            crate::bundle::sha256_hex(path.as_os_str().as_encoded_bytes())
+        ));
+        std::fs::create_dir_all(&dir)?;
+        probe.write(&dir)?;
+        let info = self.load(&dir).await?.info().clone();
+        tracing::info!(cell = %info.id, version = %info.version, component = %path.display(), "bare component: id and version from its describe(), default limits, payloads unchecked");
+        crate::manifest::Manifest::bare(&info.id, &info.version, &path)
+            .write(&dir)
+            .with_context(|| format!("{} describes itself as {:?}", path.display(), info.id))?;
+        self.load(&dir).await
+    }
+
+    /// Loads a cell (folder, bundle or component) and serves it.
+    pub async fn start(&self, path: &Path) -> anyhow::Result<Arc<LoadedCell>> {
+        let cell = self.load_path(path).await?;
         self.serve(cell.clone()).await?;
         Ok(cell)
+    }
+
+    /// Serves `cell` in place of the version served now (if any): new
+    /// messages go to `cell` from this instant, and the old version is
+    /// returned so the caller can let its in-flight messages finish
+    /// ([`Body::retire`]).
+    pub async fn replace(&self, cell: Arc<LoadedCell>) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        let id = cell.manifest.id.clone();
+        let slot = self.cells.read().unwrap().get(&id).map(|s| s.slot.clone());
+        let Some(slot) = slot else {
+            self.serve(cell).await?;
+            return Ok(None);
+        };
+        let old = std::mem::replace(&mut *slot.write().unwrap(), cell.clone());
+        self.directory
+            .cells
+            .write()
+            .unwrap()
+            .insert(id.clone(), Arc::downgrade(&cell));
+        tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped");
+        Ok(Some(old))
+    }
+
+    /// Stops serving a cell: no new messages; the in-flight ones finish
+    /// (up to `grace`).
+    pub async fn remove(&self, id: &str, grace: Duration) -> bool {
+        self.directory.cells.write().unwrap().remove(id);
+        let Some(served) = self.cells.write().unwrap().remove(id) else {
+            return true;
+        };
+        served.dispatcher.abort();
+        let cell = served.slot.read().unwrap().clone();
+        tracing::info!(cell = %id, "removed");
+        retire(cell, grace).await
     }
 
     /// Subscribes a loaded cell on its subject and queue group.
@@ -274,13 +388,14 @@ impl Body {
             bail!("cell {id} is already served by this host");
         }
         let subject = cell.manifest.subject();
+        let slot: Slot = Arc::new(RwLock::new(cell.clone()));
         let subscription = self
             .bus
-            .serve(endpoint(&cell))
+            .serve(endpoint(&cell, &slot))
             .await
             .with_context(|| format!("cannot serve cell {id} on {subject}"))?;
         self.bus.flush().await?;
-        let dispatcher = tokio::spawn(dispatch(self.bus.clone(), cell.clone(), subscription));
+        let dispatcher = tokio::spawn(dispatch(self.bus.clone(), slot.clone(), subscription));
         tracing::info!(cell = %id, %subject, "serving");
         self.directory
             .cells
@@ -290,7 +405,7 @@ impl Body {
         self.cells
             .write()
             .unwrap()
-            .insert(id, Served { cell, dispatcher });
+            .insert(id, Served { slot, dispatcher });
         Ok(())
     }
 
@@ -309,7 +424,11 @@ impl Body {
     }
 
     pub fn cell(&self, id: &str) -> Option<Arc<LoadedCell>> {
-        self.cells.read().unwrap().get(id).map(|s| s.cell.clone())
+        self.cells
+            .read()
+            .unwrap()
+            .get(id)
+            .map(|s| s.slot.read().unwrap().clone())
     }
 
     pub fn cells(&self) -> Vec<Arc<LoadedCell>> {
@@ -317,7 +436,7 @@ impl Body {
             .read()
             .unwrap()
             .values()
-            .map(|s| s.cell.clone())
+            .map(|s| s.slot.read().unwrap().clone())
             .collect()
     }
 
@@ -348,7 +467,10 @@ impl Body {
             for s in served.values() {
                 s.dispatcher.abort();
             }
-            served.values().map(|s| s.cell.clone()).collect()
+            served
+                .values()
+                .map(|s| s.slot.read().unwrap().clone())
+                .collect()
         };
         let all_done = async {
             for cell in &cells {
@@ -376,8 +498,21 @@ impl Drop for Body {
     }
 }
 
-/// How the bus presents a cell to discovery tools.
-fn endpoint(cell: &Arc<LoadedCell>) -> Endpoint {
+/// Lets a replaced or removed version finish its admitted messages (up to
+/// `grace`), then stops its runtime. Returns whether all finished in time.
+pub async fn retire(cell: Arc<LoadedCell>, grace: Duration) -> bool {
+    let total = cell.manifest.limits.concurrency + cell.manifest.limits.queue;
+    // Every permit back means nothing is running or queued.
+    let finished = tokio::time::timeout(grace, cell.admitted.acquire_many(total))
+        .await
+        .is_ok();
+    cell.runner.shutdown(grace).await;
+    finished
+}
+
+/// How the bus presents a cell to discovery tools. The stats follow the
+/// slot, so they describe whichever version serves now.
+fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
     let m = &cell.manifest;
     let mut metadata = HashMap::from([
         ("cell".to_owned(), m.id.clone()),
@@ -392,26 +527,26 @@ fn endpoint(cell: &Arc<LoadedCell>) -> Endpoint {
             metadata.insert(key.to_owned(), s.id.clone());
         }
     }
-    let stats_of = Arc::downgrade(cell);
+    let stats_of = Arc::downgrade(slot);
     Endpoint {
         subject: m.subject(),
         metadata,
         stats: Arc::new(move || {
-            stats_of
-                .upgrade()
-                .map_or(serde_json::Value::Null, |c| c.stats.to_json())
+            stats_of.upgrade().map_or(serde_json::Value::Null, |slot| {
+                let cell = slot.read().unwrap().clone();
+                let mut stats = cell.stats.to_json();
+                stats["version"] = cell.manifest.version.clone().into();
+                stats
+            })
         }),
     }
 }
 
 /// Takes messages off a cell's subscription and admits them, or answers
 /// `capacity` at once when the cell's queue is full.
-async fn dispatch(
-    bus: Arc<dyn BodyBus>,
-    cell: Arc<LoadedCell>,
-    mut subscription: crate::bus::Subscription,
-) {
+async fn dispatch(bus: Arc<dyn BodyBus>, slot: Slot, mut subscription: crate::bus::Subscription) {
     while let Some(message) = subscription.next().await {
+        let cell = slot.read().unwrap().clone();
         match cell.admitted.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (bus, cell) = (bus.clone(), cell.clone());
@@ -434,7 +569,7 @@ async fn dispatch(
             }
         }
     }
-    tracing::debug!(cell = %cell.manifest.id, "subscription closed");
+    tracing::debug!(cell = %slot.read().unwrap().manifest.id, "subscription closed");
 }
 
 async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) {

@@ -19,6 +19,8 @@ pub struct HostView {
     /// The micro service instance id.
     pub service_id: String,
     pub version: String,
+    /// Whether the host follows deployments (`cbs-host run --watch`).
+    pub watching: bool,
     pub cells: Vec<CellView>,
 }
 
@@ -68,6 +70,7 @@ pub async fn list(
                     .get("host")
                     .cloned()
                     .unwrap_or_else(|| info.id.clone()),
+                watching: info.metadata.get("watch").is_some_and(|w| w == "true"),
                 service_id: info.id,
                 version: info.version,
                 cells,
@@ -88,7 +91,13 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
             .get("cell")
             .cloned()
             .unwrap_or_else(|| endpoint.subject.trim_start_matches("cbs.").to_owned()),
-        version: meta.get("version").cloned().unwrap_or_default(),
+        // The version serving now (stats follow hot swaps; metadata is
+        // fixed when the endpoint is added).
+        version: data["version"]
+            .as_str()
+            .or(meta.get("version").map(String::as_str))
+            .unwrap_or_default()
+            .to_owned(),
         subject: endpoint.subject.clone(),
         requests: data["requests"]
             .as_u64()

@@ -10,10 +10,13 @@
 //! binaries share.
 
 pub mod body;
+pub mod build;
+pub mod bundle;
 pub mod bus;
 pub mod chaos;
 pub mod cli;
 pub mod contract;
+pub mod deploy;
 pub mod discovery;
 pub mod envelope;
 pub mod loadgen;
@@ -22,4 +25,5 @@ pub mod metrics;
 pub mod outbound;
 pub mod resilience;
 pub mod runtime;
+pub mod scaffold;
 pub mod telemetry;

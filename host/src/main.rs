@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cbs_host::body::{Body, LoadedCell};
+use cbs_host::body::{Body, LoadedCell, Sources};
+use cbs_host::bundle::{Bundle, PublicKey, Trust};
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
 use cbs_host::cli::{default_host_id, NatsArgs};
+use cbs_host::deploy::{watcher::Watcher, Store};
 use cbs_host::envelope::Envelope;
 use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
 use cbs_host::telemetry::{self, LogFormat};
@@ -55,9 +57,19 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Cell folders (each with a cell.toml).
-    #[arg(required = true, value_name = "CELL_DIR")]
+    /// Cells: folders (with a cell.toml), bundles (.cbs, from `cbs build`)
+    /// or bare components (.wasm).
+    #[arg(required_unless_present = "watch", value_name = "CELL")]
     cells: Vec<PathBuf>,
+    /// Follow deployments: serve the cells `cbs deploy` put in the NATS
+    /// cluster's desired state, and swap them as it changes (needs --nats
+    /// and JetStream).
+    #[arg(long, requires = "url")]
+    watch: bool,
+    /// Only run bundles signed by this key (a .pub file from `cbs keygen`,
+    /// or its hex); repeatable. Folders and bare components are refused.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
     /// Send one message to this cell once all cells are served, print the
     /// outcome, and exit (0 on success).
     #[arg(long, value_name = "CELL_ID")]
@@ -100,9 +112,13 @@ struct RunArgs {
 
 #[derive(Args)]
 struct LoadArgs {
-    /// A cell folder (with a cell.toml).
-    #[arg(value_name = "CELL_DIR")]
+    /// A cell folder (with a cell.toml), a bundle (.cbs) or a bare
+    /// component (.wasm, loaded with default limits and its describe()).
+    #[arg(value_name = "CELL")]
     cell: PathBuf,
+    /// Refuse bundles not signed by this key (repeatable), as `run` does.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -128,6 +144,25 @@ struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// Where verified bundles unpack: next to the component cache.
+    fn sources(&self, trust: &[String]) -> anyhow::Result<Sources> {
+        let keys = trust
+            .iter()
+            .map(|t| PublicKey::parse_arg(t))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let unpack_dir = match (&self.cache_dir, self.no_cache) {
+            (Some(dir), _) => dir.join("bundles"),
+            (None, true) => {
+                std::env::temp_dir().join(format!("cbs-bundles-{}", std::process::id()))
+            }
+            (None, false) => Bundle::default_unpack_dir(),
+        };
+        Ok(Sources {
+            trust: Trust::new(keys),
+            unpack_dir,
+        })
+    }
+
     fn runtime(&self) -> anyhow::Result<Arc<WasmRuntime>> {
         let options = EngineOptions {
             max_instances: self.max_instances,
@@ -181,11 +216,21 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let host_id = args.host_id.clone().unwrap_or_else(default_host_id);
+    let mut client = None;
     let bus: Arc<dyn BodyBus> = match args.nats.options(&host_id) {
-        Some(options) => Arc::new(NatsBus::connect(&options).await?),
+        Some(options) => {
+            let mut nats = NatsBus::connect(&options).await?;
+            if args.watch {
+                nats = nats.with_metadata("watch", "true");
+                nats.register().await?;
+            }
+            client = Some(nats.client().clone());
+            Arc::new(nats)
+        }
         None => Arc::new(LocalBus::new()),
     };
     let mut body = Body::new(bus.clone(), args.engine.runtime()?);
+    body.set_sources(args.engine.sources(&args.trust)?);
     body.set_local_calls(!args.calls_via_bus);
     if let Some(path) = &args.chaos {
         let text = std::fs::read_to_string(path)
@@ -210,6 +255,15 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for dir in &args.cells {
         body.start(dir).await?;
     }
+    let grace = Duration::from_millis(args.drain_timeout_ms);
+    let watcher = match (args.watch, client) {
+        (true, Some(client)) => {
+            let store = Store::open(&client).await?;
+            let watcher = Arc::new(Watcher::new(body.clone(), store, host_id.clone(), grace));
+            Some((watcher.clone(), tokio::spawn(watcher.run())))
+        }
+        _ => None,
+    };
     body.set_ready();
     let Some(start) = args.start else {
         tracing::info!(host = %host_id, cells = args.cells.len(), bus = bus.kind(), "ready; Ctrl-C or SIGTERM drains and stops");
@@ -218,7 +272,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             signal,
             "draining: no new messages, finishing in-flight ones"
         );
-        let grace = Duration::from_millis(args.drain_timeout_ms);
+        if let Some((watcher, task)) = watcher {
+            task.abort();
+            watcher.clear().await;
+        }
         if body.shutdown(grace).await {
             tracing::info!("drained; bye");
             return Ok(ExitCode::SUCCESS);
@@ -256,8 +313,9 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let body = Body::new(Arc::new(LocalBus::new()), args.engine.runtime()?);
-    let cell = body.load(&args.cell).await?;
+    let mut body = Body::new(Arc::new(LocalBus::new()), args.engine.runtime()?);
+    body.set_sources(args.engine.sources(&args.trust)?);
+    let cell = body.load_path(&args.cell).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&describe_json(&cell))?);
     } else {

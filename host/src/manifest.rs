@@ -191,6 +191,32 @@ impl CellSpec {
 }
 
 impl Manifest {
+    /// The manifest of a bare component: default limits, no schemas, no grants.
+    pub fn bare(id: &str, version: &str, component: &Path) -> Self {
+        Self {
+            id: id.to_owned(),
+            version: version.to_owned(),
+            runtime: RuntimeKind::Wasm,
+            component: Some(component.to_path_buf()),
+            sidecar: None,
+            input: None,
+            output: None,
+            capabilities: Capabilities::default(),
+            limits: Limits::default(),
+            instances: Instances::default(),
+            policy: Default::default(),
+            chaos: None,
+        }
+    }
+
+    /// Writes `<dir>/cell.toml`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        self.validate()?;
+        let text = toml::to_string(self).context("cannot write cell.toml")?;
+        std::fs::write(dir.join(FILE_NAME), text)
+            .with_context(|| format!("cannot write {}", dir.join(FILE_NAME).display()))
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let manifest: Manifest = toml::from_str(text)?;
         manifest.validate()?;

@@ -19,6 +19,22 @@ impl Context {
         Self { envelope }
     }
 
+    /// A context for unit tests of a handler, outside any host: ids are
+    /// fixed, there are no headers, and `request`, `publish` and `log` must
+    /// not be called (they exist only inside a host).
+    pub fn for_test() -> Self {
+        Self::from_envelope(wit::Envelope {
+            v: 1,
+            id: "test-message".to_owned(),
+            correlation_id: "test-correlation".to_owned(),
+            causation_id: None,
+            subject: String::new(),
+            schema: None,
+            headers: Vec::new(),
+            payload: "null".to_owned(),
+        })
+    }
+
     /// Shared by every message of this flow.
     pub fn correlation_id(&self) -> &str {
         &self.envelope.correlation_id

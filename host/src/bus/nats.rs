@@ -52,6 +52,8 @@ pub struct NatsOptions {
 pub struct NatsBus {
     client: async_nats::Client,
     host_id: String,
+    /// Added to the micro service's metadata (next to `host`).
+    metadata: HashMap<String, String>,
     service: OnceCell<service::Service>,
     /// Requests of served endpoints awaiting their reply, by reply subject:
     /// replying through the request keeps the micro service's stats right.
@@ -84,11 +86,25 @@ impl NatsBus {
         Ok(Self {
             client,
             host_id: options.name.clone(),
+            metadata: HashMap::new(),
             service: OnceCell::new(),
             pending: Arc::default(),
             extra_stats: Arc::default(),
             reconnects,
         })
+    }
+
+    /// Adds `key = value` to the service metadata hosts announce; set it
+    /// before the first cell is served (or [`NatsBus::register`]).
+    pub fn with_metadata(mut self, key: &str, value: &str) -> Self {
+        self.metadata.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Registers the host's micro service now, so discovery lists the host
+    /// even before it serves a cell.
+    pub async fn register(&self) -> Result<(), BusError> {
+        self.service().await.map(|_| ())
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -109,7 +125,8 @@ impl NatsBus {
         self.service
             .get_or_try_init(|| async {
                 let extra = self.extra_stats.clone();
-                let metadata = HashMap::from([("host".to_owned(), self.host_id.clone())]);
+                let mut metadata = self.metadata.clone();
+                metadata.insert("host".to_owned(), self.host_id.clone());
                 self.client
                     .service_builder()
                     .description("CBS host: cells served as endpoints")

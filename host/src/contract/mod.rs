@@ -1,6 +1,8 @@
 //! Contracts: each cell's input and output JSON Schemas, compiled once at
 //! load and checked on every message in and out.
 
+pub mod compat;
+
 use std::path::Path;
 
 use anyhow::Context as _;

@@ -1,0 +1,347 @@
+//! Deployments over NATS JetStream (docs/adr/0008-bundles.md):
+//!
+//! - bucket `cbs-bundles` (object store): bundles, named by digest;
+//! - bucket `cbs-desired` (key-value): cell id → the release every host
+//!   should serve, with the releases before it (for `cbs rollback`);
+//! - bucket `cbs-status` (key-value): `<cell>/<host>` → what that host
+//!   serves, or why it could not load the desired release.
+//!
+//! `cbs deploy` writes the first two and waits on the third; hosts run with
+//! `--watch` follow the second ([`watcher`]) and write the third.
+
+pub mod rollout;
+pub mod watcher;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, kv, object_store};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::bundle::Bundle;
+
+pub const BUNDLES: &str = "cbs-bundles";
+pub const DESIRED: &str = "cbs-desired";
+pub const STATUS: &str = "cbs-status";
+/// Releases kept per cell for rollback.
+const HISTORY: usize = 10;
+
+/// One version of a cell, as deployed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Release {
+    pub version: String,
+    /// `sha256:<hex>` of the bundle manifest.
+    pub digest: String,
+    /// Object name in `cbs-bundles`.
+    pub object: String,
+    /// How many hosts should serve it (a hint for schedulers; every
+    /// watching host serves it today).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// The signing key, when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub deployed_at_ms: u64,
+}
+
+/// The desired state of one cell: the current release and earlier ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Desired {
+    pub cell: String,
+    pub current: Release,
+    /// Most recent first.
+    #[serde(default)]
+    pub history: Vec<Release>,
+}
+
+impl Desired {
+    /// `release` becomes current; the current one goes first in history.
+    pub fn advance(previous: Option<Desired>, cell: &str, release: Release) -> Self {
+        let history = previous
+            .map(|p| {
+                std::iter::once(p.current)
+                    .chain(p.history)
+                    .take(HISTORY)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            cell: cell.to_owned(),
+            current: release,
+            history,
+        }
+    }
+
+    /// The previous release becomes current again.
+    pub fn rolled_back(self) -> anyhow::Result<Self> {
+        let mut history = self.history.into_iter();
+        let Some(previous) = history.next() else {
+            bail!(
+                "cell {} has no earlier release to roll back to (only {} was deployed)",
+                self.cell,
+                self.current.version
+            );
+        };
+        Ok(Self {
+            cell: self.cell,
+            current: Release {
+                deployed_at_ms: now_ms(),
+                ..previous
+            },
+            history: history.collect(),
+        })
+    }
+}
+
+/// What one host reports about one cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub host: String,
+    pub cell: String,
+    pub state: State,
+    /// The release this report is about (the one served, or the one that
+    /// failed to load).
+    pub version: String,
+    pub digest: String,
+    /// Why the release could not be loaded (state `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The release still served after a failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Serving,
+    Failed,
+}
+
+/// The three buckets, created on first use.
+pub struct Store {
+    desired: kv::Store,
+    status: kv::Store,
+    bundles: object_store::ObjectStore,
+}
+
+impl Store {
+    /// Opens (creating when missing) the buckets. Needs JetStream on the
+    /// server (`nats-server -js`).
+    pub async fn open(client: &async_nats::Client) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        let kv_config = |bucket: &str, history| kv::Config {
+            bucket: bucket.to_owned(),
+            history,
+            ..Default::default()
+        };
+        let desired = open_kv(&js, kv_config(DESIRED, 5)).await?;
+        let status = open_kv(&js, kv_config(STATUS, 1)).await?;
+        let bundles = open_objects(&js).await?;
+        Ok(Self {
+            desired,
+            status,
+            bundles,
+        })
+    }
+
+    /// Stores a bundle (once per digest) and returns its object name.
+    pub async fn put_bundle(&self, bundle: &Bundle, bytes: &[u8]) -> anyhow::Result<String> {
+        let name = bundle.digest().replace(':', "-");
+        if self.bundles.info(&name).await.is_ok() {
+            return Ok(name);
+        }
+        let meta = object_store::ObjectMetadata {
+            name: name.clone(),
+            description: Some(format!(
+                "{} {}",
+                bundle.manifest.cell, bundle.manifest.version
+            )),
+            ..Default::default()
+        };
+        self.bundles
+            .put(meta, &mut &bytes[..])
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot store the bundle in {BUNDLES}: {e}"))?;
+        Ok(name)
+    }
+
+    /// Fetches a release's bundle and checks it is the one the release names.
+    pub async fn get_bundle(&self, release: &Release) -> anyhow::Result<Bundle> {
+        let mut object =
+            self.bundles.get(&release.object).await.map_err(|e| {
+                anyhow::anyhow!("cannot fetch {} from {BUNDLES}: {e}", release.object)
+            })?;
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .with_context(|| format!("cannot read {} from {BUNDLES}", release.object))?;
+        let bundle = Bundle::from_bytes(&bytes)?;
+        if bundle.digest() != release.digest {
+            bail!(
+                "the bundle fetched has digest {} but the release names {}",
+                bundle.digest(),
+                release.digest
+            );
+        }
+        Ok(bundle)
+    }
+
+    pub async fn desired(&self, cell: &str) -> anyhow::Result<Option<Desired>> {
+        let value = self
+            .desired
+            .get(cell)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {DESIRED}/{cell}: {e}"))?;
+        value
+            .map(|v| {
+                serde_json::from_slice(&v).with_context(|| format!("{DESIRED}/{cell} is not valid"))
+            })
+            .transpose()
+    }
+
+    pub async fn set_desired(&self, desired: &Desired) -> anyhow::Result<()> {
+        self.desired
+            .put(&desired.cell, serde_json::to_vec(desired)?.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot write {DESIRED}/{}: {e}", desired.cell))?;
+        Ok(())
+    }
+
+    pub async fn remove_desired(&self, cell: &str) -> anyhow::Result<()> {
+        self.desired
+            .delete(cell)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot delete {DESIRED}/{cell}: {e}"))
+    }
+
+    /// Every cell's desired state.
+    pub async fn all_desired(&self) -> anyhow::Result<Vec<Desired>> {
+        values(&self.desired).await
+    }
+
+    /// The desired state as it changes: current values first, then every
+    /// put and delete.
+    pub async fn watch_desired(&self) -> anyhow::Result<kv::Watch> {
+        self.desired
+            .watch_with_history(">")
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot watch {DESIRED}: {e}"))
+    }
+
+    pub async fn report(&self, status: &Status) -> anyhow::Result<()> {
+        self.status
+            .put(
+                status_key(&status.cell, &status.host),
+                serde_json::to_vec(status)?.into(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot write to {STATUS}: {e}"))?;
+        Ok(())
+    }
+
+    pub async fn clear_status(&self, cell: &str, host: &str) -> anyhow::Result<()> {
+        self.status
+            .delete(status_key(cell, host))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot delete from {STATUS}: {e}"))
+    }
+
+    pub async fn statuses(&self) -> anyhow::Result<Vec<Status>> {
+        values(&self.status).await
+    }
+
+    /// Status reports as they come (current ones first).
+    pub async fn watch_status(&self) -> anyhow::Result<kv::Watch> {
+        self.status
+            .watch_with_history(">")
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot watch {STATUS}: {e}"))
+    }
+}
+
+async fn open_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    let bucket = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another client created it first.
+        Err(e) => js.get_key_value(&bucket).await.map_err(|_| {
+            anyhow::anyhow!(
+                "cannot open the JetStream key-value bucket {bucket}: {e}; is JetStream enabled on the server (`nats-server -js`)?"
+            )
+        }),
+    }
+}
+
+async fn open_objects(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {
+    if let Ok(store) = js.get_object_store(BUNDLES).await {
+        return Ok(store);
+    }
+    let config = object_store::Config {
+        bucket: BUNDLES.to_owned(),
+        ..Default::default()
+    };
+    match js.create_object_store(config).await {
+        Ok(store) => Ok(store),
+        // Another client created it first.
+        Err(e) => js.get_object_store(BUNDLES).await.map_err(|_| {
+            anyhow::anyhow!(
+                "cannot open the JetStream object store {BUNDLES}: {e}; is JetStream enabled on the server (`nats-server -js`)?"
+            )
+        }),
+    }
+}
+
+async fn values<T: for<'de> Deserialize<'de>>(store: &kv::Store) -> anyhow::Result<Vec<T>> {
+    let mut keys = store
+        .keys()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list keys: {e}"))?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| anyhow::anyhow!("cannot list keys: {e}"))?;
+        if let Some(value) = store
+            .get(&key)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?
+        {
+            match serde_json::from_slice(&value) {
+                Ok(v) => out.push(v),
+                Err(e) => tracing::warn!(key, error = %e, "ignoring an invalid entry"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `<cell>/<host>`, the host id reduced to the characters keys allow.
+pub fn status_key(cell: &str, host: &str) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_=.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{cell}/{host}")
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long `cbs deploy` waits for hosts by default.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);

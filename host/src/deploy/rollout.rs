@@ -1,0 +1,308 @@
+//! The client side of deployments: `cbs deploy`, `cbs rollback`,
+//! `cbs undeploy` and `cbs ls`. A rollout is health-confirmed: `cbs deploy`
+//! waits until every watching host reports the new release serving; if any
+//! host fails to load it, the desired state goes back to the release
+//! before, and the command fails with each host's reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::kv::Operation;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::{now_ms, Desired, Release, State, Status, Store};
+use crate::bundle::Bundle;
+use crate::contract::compat::{self, Break, Direction};
+
+/// How a rollout ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every watching host serves the release (possibly none watch).
+    Serving { hosts: usize, elapsed: Duration },
+    /// At least one host could not load it; the desired state was restored.
+    Failed(Vec<Status>),
+    /// Some hosts did not report in time.
+    TimedOut { missing: Vec<String> },
+}
+
+/// Publishes `bundle` as the desired release of its cell and waits for the
+/// watching hosts (up to `wait`; `None` does not wait).
+pub async fn deploy(
+    client: &async_nats::Client,
+    store: &Store,
+    bundle: &Bundle,
+    bytes: &[u8],
+    replicas: Option<u32>,
+    force: bool,
+    wait: Option<Duration>,
+) -> anyhow::Result<Outcome> {
+    let manifest = bundle.cell_manifest()?;
+    let cell = manifest.id.clone();
+    let previous = store.desired(&cell).await?;
+    if let Some(previous) = &previous {
+        gate(store, previous, bundle, force).await?;
+    }
+    let object = store.put_bundle(bundle, bytes).await?;
+    let release = Release {
+        version: manifest.version.clone(),
+        digest: bundle.digest(),
+        object,
+        replicas,
+        signer: bundle.signer().map(str::to_owned),
+        deployed_at_ms: now_ms(),
+    };
+    let desired = Desired::advance(previous.clone(), &cell, release);
+    set_and_confirm(client, store, desired, previous, wait).await
+}
+
+/// Makes the previous release of `cell` current again, and waits as deploy does.
+pub async fn rollback(
+    client: &async_nats::Client,
+    store: &Store,
+    cell: &str,
+    wait: Option<Duration>,
+) -> anyhow::Result<(Release, Outcome)> {
+    let Some(current) = store.desired(cell).await? else {
+        bail!("cell {cell} is not deployed (see `cbs ls`)");
+    };
+    let desired = current.clone().rolled_back()?;
+    let release = desired.current.clone();
+    let outcome = set_and_confirm(client, store, desired, Some(current), wait).await?;
+    Ok((release, outcome))
+}
+
+/// Refuses a breaking contract change within one major version.
+async fn gate(
+    store: &Store,
+    previous: &Desired,
+    bundle: &Bundle,
+    force: bool,
+) -> anyhow::Result<()> {
+    let old = store
+        .get_bundle(&previous.current)
+        .await
+        .context("cannot fetch the deployed bundle to compare contracts")?;
+    let breaks = contract_breaks(&old, bundle)?;
+    if breaks.is_empty() {
+        return Ok(());
+    }
+    let new_version = &bundle.manifest.version;
+    let old_version = &previous.current.version;
+    let list: Vec<String> = breaks
+        .iter()
+        .map(|(d, b)| format!("  {} {b}", direction_name(*d)))
+        .collect();
+    let same_line = compat_line(old_version) == compat_line(new_version);
+    if same_line && !force {
+        bail!(
+            "{} {new_version} breaks the contract of the deployed {old_version}:\n{}\n\
+             bump the major version for a breaking change, or pass --force",
+            bundle.manifest.cell,
+            list.join("\n")
+        );
+    }
+    eprintln!(
+        "warning: {} {new_version} breaks the contract of {old_version} ({}):\n{}",
+        bundle.manifest.cell,
+        if same_line {
+            "--force"
+        } else {
+            "new major version"
+        },
+        list.join("\n")
+    );
+    Ok(())
+}
+
+/// Breaking changes between two bundles' contracts, input and output.
+pub fn contract_breaks(old: &Bundle, new: &Bundle) -> anyhow::Result<Vec<(Direction, Break)>> {
+    let (old_in, old_out) = old.schemas()?;
+    let (new_in, new_out) = new.schemas()?;
+    let absent = serde_json::Value::Bool(true);
+    let mut out = Vec::new();
+    for (direction, old, new) in [
+        (Direction::Input, old_in, new_in),
+        (Direction::Output, old_out, new_out),
+    ] {
+        let (old, new) = (old.unwrap_or(absent.clone()), new.unwrap_or(absent.clone()));
+        out.extend(
+            compat::check(&old, &new, direction)
+                .into_iter()
+                .map(|b| (direction, b)),
+        );
+    }
+    Ok(out)
+}
+
+pub fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Input => "input ",
+        Direction::Output => "output",
+    }
+}
+
+/// Versions that must stay compatible share this: the major number, or
+/// `0.<minor>` before 1.0 (semver).
+fn compat_line(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("0"), Some(minor)) => format!("0.{minor}"),
+        (Some(major), _) => major.to_owned(),
+        _ => version.to_owned(),
+    }
+}
+
+async fn set_and_confirm(
+    client: &async_nats::Client,
+    store: &Store,
+    desired: Desired,
+    previous: Option<Desired>,
+    wait: Option<Duration>,
+) -> anyhow::Result<Outcome> {
+    let hosts = watching_hosts(client).await?;
+    let started = Instant::now();
+    store.set_desired(&desired).await?;
+    let Some(wait) = wait else {
+        return Ok(Outcome::Serving {
+            hosts: 0,
+            elapsed: started.elapsed(),
+        });
+    };
+    let outcome = confirm(store, &desired, &hosts, wait, started).await?;
+    if let Outcome::Failed(_) = &outcome {
+        // Health-confirmed: the fleet goes back to what it served.
+        match previous {
+            Some(previous) => store.set_desired(&previous).await?,
+            None => store.remove_desired(&desired.cell).await?,
+        }
+    }
+    Ok(outcome)
+}
+
+/// Hosts that follow deployments (`cbs-host run --watch`), by host id.
+pub async fn watching_hosts(client: &async_nats::Client) -> anyhow::Result<BTreeSet<String>> {
+    let quiet = Duration::from_millis(250);
+    let hosts = crate::discovery::list(client, quiet, quiet * 8).await?;
+    Ok(hosts
+        .into_iter()
+        .filter(|h| h.watching)
+        .map(|h| h.host)
+        .collect())
+}
+
+/// Waits until each of `hosts` reports on the desired release.
+async fn confirm(
+    store: &Store,
+    desired: &Desired,
+    hosts: &BTreeSet<String>,
+    wait: Duration,
+    started: Instant,
+) -> anyhow::Result<Outcome> {
+    let release = &desired.current;
+    let mut reports: BTreeMap<String, Status> = BTreeMap::new();
+    let mut watch = store.watch_status().await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while reports.len() < hosts.len() {
+        let entry = match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(entry))) => entry,
+            Ok(Some(Err(e))) => bail!("lost the status watch: {e}"),
+            Ok(None) => bail!("the status watch ended"),
+            Err(_) => {
+                let missing = hosts
+                    .iter()
+                    .filter(|h| !reports.contains_key(*h))
+                    .cloned()
+                    .collect();
+                return Ok(Outcome::TimedOut { missing });
+            }
+        };
+        if entry.operation != Operation::Put {
+            continue;
+        }
+        let Ok(status) = serde_json::from_slice::<Status>(&entry.value) else {
+            continue;
+        };
+        if status.cell == desired.cell
+            && status.digest == release.digest
+            && hosts.contains(&status.host)
+        {
+            reports.insert(status.host.clone(), status);
+        }
+    }
+    let failed: Vec<Status> = reports
+        .into_values()
+        .filter(|s| s.state == State::Failed)
+        .collect();
+    Ok(if failed.is_empty() {
+        Outcome::Serving {
+            hosts: hosts.len(),
+            elapsed: started.elapsed(),
+        }
+    } else {
+        Outcome::Failed(failed)
+    })
+}
+
+/// One row of `cbs ls`: a cell's desired release and what each host reports.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub cell: String,
+    pub desired: Option<String>,
+    pub digest: Option<String>,
+    pub hosts: Vec<HostReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub state: State,
+    pub version: String,
+    pub serving: Option<String>,
+    pub error: Option<String>,
+    /// Whether the host answered discovery just now.
+    pub online: bool,
+    pub in_sync: bool,
+}
+
+/// Desired vs running, per cell and host.
+pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<Listing>> {
+    let online: BTreeSet<String> =
+        crate::discovery::list(client, Duration::from_millis(250), Duration::from_secs(2))
+            .await?
+            .into_iter()
+            .map(|h| h.host)
+            .collect();
+    let mut cells: BTreeMap<String, Listing> = BTreeMap::new();
+    for d in store.all_desired().await? {
+        cells.insert(
+            d.cell.clone(),
+            Listing {
+                cell: d.cell,
+                desired: Some(d.current.version),
+                digest: Some(d.current.digest),
+                hosts: Vec::new(),
+            },
+        );
+    }
+    for s in store.statuses().await? {
+        let listing = cells.entry(s.cell.clone()).or_insert_with(|| Listing {
+            cell: s.cell.clone(),
+            desired: None,
+            digest: None,
+            hosts: Vec::new(),
+        });
+        let in_sync = s.state == State::Serving && listing.digest.as_deref() == Some(&s.digest);
+        listing.hosts.push(HostReport {
+            online: online.contains(&s.host),
+            in_sync,
+            host: s.host,
+            state: s.state,
+            version: s.version,
+            serving: s.serving,
+            error: s.error,
+        });
+    }
+    Ok(cells.into_values().collect())
+}

@@ -1,0 +1,141 @@
+//! A host following the desired state (`cbs-host run --watch`): on each
+//! change it fetches the bundle, verifies it (digest, signature when the
+//! host requires one), loads it (compile from cache, `describe()` as a
+//! smoke call) and swaps it in — the new version takes new messages from
+//! that instant, the old one finishes what it has. A release that fails to
+//! load leaves the old version serving and is reported as `failed`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{Entry, Operation};
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+
+use super::{now_ms, Desired, Release, State, Status, Store};
+use crate::body::{retire, Body, LoadedCell};
+
+pub struct Watcher {
+    body: Arc<Body>,
+    store: Store,
+    host: String,
+    /// How long a replaced version may take to finish its messages.
+    grace: Duration,
+    /// Cells this watcher installed: id → digest served.
+    installed: Mutex<HashMap<String, String>>,
+}
+
+impl Watcher {
+    pub fn new(body: Arc<Body>, store: Store, host: String, grace: Duration) -> Self {
+        Self {
+            body,
+            store,
+            host,
+            grace,
+            installed: Mutex::default(),
+        }
+    }
+
+    /// Follows the desired state until the task is dropped; re-watches
+    /// after a lost watch.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.store.watch_desired().await {
+                Ok(mut watch) => {
+                    tracing::info!(host = %self.host, "watching the desired state ({})", super::DESIRED);
+                    while let Some(entry) = watch.next().await {
+                        match entry {
+                            Ok(entry) => self.apply(entry).await,
+                            Err(e) => tracing::warn!(error = %e, "desired-state watch error"),
+                        }
+                    }
+                    tracing::warn!("desired-state watch ended; watching again");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch the desired state; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn apply(&self, entry: Entry) {
+        match entry.operation {
+            Operation::Put => match serde_json::from_slice::<Desired>(&entry.value) {
+                Ok(desired) => self.install(desired).await,
+                Err(e) => {
+                    tracing::warn!(key = %entry.key, error = %e, "ignoring an invalid desired state")
+                }
+            },
+            Operation::Delete | Operation::Purge => self.uninstall(&entry.key).await,
+        }
+    }
+
+    async fn install(&self, desired: Desired) {
+        let release = &desired.current;
+        let mut installed = self.installed.lock().await;
+        if installed.get(&desired.cell) == Some(&release.digest) {
+            return;
+        }
+        let started = Instant::now();
+        let outcome = match self.load(&desired.cell, release).await {
+            Ok(cell) => self.body.replace(cell).await,
+            Err(e) => Err(e),
+        };
+        let status = match outcome {
+            Ok(old) => {
+                installed.insert(desired.cell.clone(), release.digest.clone());
+                tracing::info!(cell = %desired.cell, version = %release.version, digest = %release.digest, elapsed_ms = started.elapsed().as_millis() as u64, "deployed: serving");
+                if let Some(old) = old {
+                    tokio::spawn(retire(old, self.grace));
+                }
+                self.status(release, &desired.cell, State::Serving, None)
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::error!(cell = %desired.cell, version = %release.version, %error, "cannot deploy; the version served before (if any) keeps serving");
+                self.status(release, &desired.cell, State::Failed, Some(error))
+            }
+        };
+        if let Err(e) = self.store.report(&status).await {
+            tracing::warn!(error = %e, "cannot report the deployment status");
+        }
+    }
+
+    async fn load(&self, cell: &str, release: &Release) -> anyhow::Result<Arc<LoadedCell>> {
+        let bundle = self.store.get_bundle(release).await?;
+        if bundle.manifest.cell != cell {
+            anyhow::bail!("the bundle is cell {}, not {cell}", bundle.manifest.cell);
+        }
+        self.body.load_bundle(&bundle).await
+    }
+
+    fn status(&self, release: &Release, cell: &str, state: State, error: Option<String>) -> Status {
+        Status {
+            host: self.host.clone(),
+            cell: cell.to_owned(),
+            state,
+            version: release.version.clone(),
+            digest: release.digest.clone(),
+            error,
+            serving: self.body.cell(cell).map(|c| c.manifest.version.clone()),
+            at_ms: now_ms(),
+        }
+    }
+
+    async fn uninstall(&self, cell: &str) {
+        if self.installed.lock().await.remove(cell).is_none() {
+            return;
+        }
+        self.body.remove(cell, self.grace).await;
+        if let Err(e) = self.store.clear_status(cell, &self.host).await {
+            tracing::warn!(error = %e, "cannot clear the deployment status");
+        }
+    }
+
+    /// Withdraws this host's status reports (at shutdown).
+    pub async fn clear(&self) {
+        for cell in self.installed.lock().await.keys() {
+            let _ = self.store.clear_status(cell, &self.host).await;
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `cbs new`: a cell folder that builds, tests and loads unchanged — a Cargo
+//! project on the Rust guest SDK, `cell.toml`, input and output schemas,
+//! and a unit test of the handler.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+use crate::manifest::check_cell_id;
+
+/// Languages `cbs new` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Dart,
+}
+
+/// The Rust guest SDK of this source tree, when `cbs` runs from one.
+pub fn default_sdk() -> Option<PathBuf> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk/rust");
+    sdk.join("Cargo.toml")
+        .is_file()
+        .then(|| sdk.canonicalize().ok())
+        .flatten()
+}
+
+/// Writes a new cell `id` into `dir` (which must not exist) and returns the
+/// files written.
+pub fn new_cell(
+    id: &str,
+    lang: Lang,
+    dir: &Path,
+    sdk: Option<&Path>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    check_cell_id(id)?;
+    match lang {
+        Lang::Rust => {}
+        Lang::Python | Lang::Dart => bail!(
+            "`cbs new --lang {}` is not available yet; --lang rust is. For a Dart cell, start from cells/logic.shout",
+            format!("{lang:?}").to_lowercase()
+        ),
+    }
+    let sdk = match sdk.map(Path::to_path_buf).or_else(default_sdk) {
+        Some(sdk) => sdk,
+        None => bail!(
+            "cannot find the CBS Rust SDK (guest-sdk/rust of the CBS source tree): pass --sdk PATH"
+        ),
+    };
+    if dir.exists() {
+        bail!(
+            "{} already exists: pick another folder with --dir",
+            dir.display()
+        );
+    }
+    let crate_name = id.replace(['.', '_'], "-");
+    let files = rust_files(id, &crate_name, &sdk);
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
+    let wasm = format!("{}.wasm", crate_name.replace('-', "_"));
+    let struct_name: String = id
+        .split(['.', '_', '-'])
+        .map(|t| {
+            let mut c = t.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let fill = |template: &str| {
+        template
+            .replace("{id}", id)
+            .replace("{crate}", crate_name)
+            .replace("{wasm}", &wasm)
+            .replace("{Struct}", &struct_name)
+            .replace("{sdk}", &sdk.display().to_string())
+    };
+    vec![
+        ("Cargo.toml", fill(CARGO_TOML)),
+        ("src/lib.rs", fill(LIB_RS)),
+        ("cell.toml", fill(CELL_TOML)),
+        ("schemas/input.json", fill(INPUT_SCHEMA)),
+        ("schemas/output.json", fill(OUTPUT_SCHEMA)),
+        (".gitignore", "/target\n*.wasm\n*.cbs\n".to_owned()),
+        ("README.md", fill(README)),
+    ]
+}
+
+const CARGO_TOML: &str = r#"[package]
+name = "{crate}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+cbs-cell = { path = "{sdk}" }
+serde = { version = "1", features = ["derive"] }
+
+# Its own workspace, wherever the folder is.
+[workspace]
+
+# Components are shipped: small and stripped.
+[profile.release]
+opt-level = "s"
+strip = true
+"#;
+
+const LIB_RS: &str = r#"//! `{id}`: replies to `{"text": "..."}` with the text in upper case and its length.
+
+use cbs_cell::{Cell, CellError, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+pub struct Input {
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Output {
+    pub text: String,
+    pub length: usize,
+}
+
+pub struct {Struct};
+
+impl Cell for {Struct} {
+    const ID: &'static str = "{id}";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const INPUT_SCHEMA: Option<&'static str> = Some("{id}/request@1");
+    const OUTPUT_SCHEMA: Option<&'static str> = Some("{id}/reply@1");
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(input: Input, _ctx: &Context) -> Result<Output, CellError> {
+        if input.text.trim().is_empty() {
+            return Err(CellError::invalid_input("`text` is blank"));
+        }
+        Ok(Output {
+            length: input.text.chars().count(),
+            text: input.text.to_uppercase(),
+        })
+    }
+}
+
+cbs_cell::export_cell!({Struct});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_in_upper_case() {
+        let input = Input { text: "hello".into() };
+        let output = {Struct}::handle(input, &Context::for_test()).unwrap();
+        assert_eq!(output, Output { text: "HELLO".into(), length: 5 });
+    }
+
+    #[test]
+    fn blank_text_is_invalid_input() {
+        let input = Input { text: " ".into() };
+        assert!({Struct}::handle(input, &Context::for_test()).is_err());
+    }
+}
+"#;
+
+const CELL_TOML: &str = r#"# {id}: a CBS cell. Every field is described in the CBS README ("Writing a cell").
+id = "{id}"
+version = "0.1.0"
+runtime = "wasm"
+# Written by `cbs build` (cargo build --release --target wasm32-wasip2).
+component = "{wasm}"
+
+[input]
+id = "{id}/request@1"
+schema = "schemas/input.json"
+
+[output]
+id = "{id}/reply@1"
+schema = "schemas/output.json"
+
+[limits]
+memory_mb = 16
+timeout_ms = 1000
+concurrency = 16
+
+[instances]
+policy = "pooled"
+"#;
+
+const INPUT_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "{id} request",
+  "type": "object",
+  "required": ["text"],
+  "properties": {
+    "text": { "type": "string", "maxLength": 10000 }
+  },
+  "additionalProperties": false
+}
+"#;
+
+const OUTPUT_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "{id} reply",
+  "type": "object",
+  "required": ["text", "length"],
+  "properties": {
+    "text": { "type": "string" },
+    "length": { "type": "integer", "minimum": 0 }
+  },
+  "additionalProperties": false
+}
+"#;
+
+const README: &str = r#"# {id}
+
+A CBS cell. `{"text": "hi"}` → `{"text": "HI", "length": 2}`.
+
+    cargo test                       # the handler's unit tests
+    cbs build . -o {id}.cbs          # component + bundle
+    cbs-host load {id}.cbs           # check it loads
+    cbs-host run --start {id} --input '{"text":"hi"}' {id}.cbs
+"#;
