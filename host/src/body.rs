@@ -325,7 +325,7 @@ impl Body {
     async fn load_component(&self, path: &Path) -> anyhow::Result<Arc<LoadedCell>> {
         let path = std::fs::canonicalize(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let probe = crate::manifest::Manifest::bare("wasm.unnamed", "0.0.0", &path);
+        let probe = crate::manifest::Manifest::bare(crate::manifest::PROBE_ID, "0.0.0", &path);
         let dir = self.sources.unpack_dir.join(format!(
             "wasm-{}",
             crate::bundle::sha256_hex(path.as_os_str().as_encoded_bytes())

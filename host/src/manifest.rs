@@ -9,6 +9,8 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 pub const FILE_NAME: &str = "cell.toml";
+/// The id a bare component is loaded under until its `describe()` names it.
+pub const PROBE_ID: &str = "cbs.probe";
 
 /// A parsed `cell.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -134,13 +134,8 @@ impl Store {
     /// server (`nats-server -js`).
     pub async fn open(client: &async_nats::Client) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
-        let kv_config = |bucket: &str, history| kv::Config {
-            bucket: bucket.to_owned(),
-            history,
-            ..Default::default()
-        };
-        let desired = open_kv(&js, kv_config(DESIRED, 5)).await?;
-        let status = open_kv(&js, kv_config(STATUS, 1)).await?;
+        let desired = open_kv(&js, DESIRED, 5).await?;
+        let status = open_kv(&js, STATUS, 1).await?;
         let bundles = open_objects(&js).await?;
         Ok(Self {
             desired,
@@ -265,20 +260,33 @@ impl Store {
     }
 }
 
-async fn open_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(&config.bucket).await {
+/// Opens a key-value bucket, creating its stream when missing. The stream
+/// is made here, with the settings `async-nats` uses for buckets, because
+/// its `create_key_value` first reads the account info, which it cannot
+/// parse from nats-server 2.9 (no `reserved_memory` field).
+async fn open_kv(js: &jetstream::Context, bucket: &str, history: i64) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    let bucket = config.bucket.clone();
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another client created it first.
-        Err(e) => js.get_key_value(&bucket).await.map_err(|_| {
-            anyhow::anyhow!(
-                "cannot open the JetStream key-value bucket {bucket}: {e}; is JetStream enabled on the server (`nats-server -js`)?"
-            )
-        }),
-    }
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: history,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let created = js.create_stream(config).await;
+    // Whoever created it (this client or another), it must open now.
+    js.get_key_value(bucket).await.map_err(|e| {
+        let cause = created.err().map_or_else(|| e.to_string(), |c| c.to_string());
+        anyhow::anyhow!(
+            "cannot open the JetStream key-value bucket {bucket}: {cause}; is JetStream enabled on the server (`nats-server -js`)?"
+        )
+    })
 }
 
 async fn open_objects(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {

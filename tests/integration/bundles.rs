@@ -1,0 +1,332 @@
+//! Bundles end to end, as a user drives them: `cbs new` → `cargo test` →
+//! `cbs build` → `cbs-host load/run`; signatures and tampering; bare
+//! components; `cbs contract check`.
+
+use std::path::Path;
+
+use cbs_host::bundle::{Bundle, KeyPair};
+use cbs_host::manifest::CellSpec;
+use cbs_tests::bundles::{assert_ok, cargo_test, cbs_in, releases, UPPER};
+use cbs_tests::greet;
+use cbs_tests::process::{cbs, cbs_host};
+use serde_json::{json, Value};
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn new_cell_tests_builds_and_loads() {
+    let releases = releases();
+    // `releases()` ran the new cell's tests as made; v2 changed the reply
+    // and its test together.
+    assert_ok("cargo test in the edited cell", &cargo_test(&releases.dir));
+
+    let load = cbs_host(&["load", "--json", releases.v1.to_str().unwrap()], "");
+    assert_ok("cbs-host load v1.cbs", &load);
+    let info: Value = serde_json::from_slice(&load.stdout).unwrap();
+    assert_eq!(info["id"], UPPER);
+    assert_eq!(info["describe"]["version"], "0.1.0");
+    assert_eq!(info["input"]["id"], "text.upper/request@1");
+
+    let run = cbs_host(
+        &[
+            "run",
+            "--log-level",
+            "info",
+            "--start",
+            UPPER,
+            "--input",
+            r#"{"text":"hi"}"#,
+            releases.v2.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_ok("cbs-host run v2.cbs", &run);
+    assert!(
+        stderr(&run).contains(r#"{"text":"HI!","length":2}"#),
+        "{}",
+        stderr(&run)
+    );
+
+    // The bundle's schema is enforced like a folder's.
+    let bad = cbs_host(
+        &[
+            "run",
+            "--start",
+            UPPER,
+            "--input",
+            r#"{"txt":"hi"}"#,
+            releases.v1.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("contract_violation"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn new_refuses_what_it_cannot_make() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cbs_in(tmp.path(), &["new", "Bad.Id"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid cell id"), "{}", stderr(&out));
+    let out = cbs_in(tmp.path(), &["new", "x.y", "--lang", "dart"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not available yet"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::create_dir(tmp.path().join("x.y")).unwrap();
+    let out = cbs_in(tmp.path(), &["new", "x.y"]);
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+/// A copy of the greet cell without its crate: `cbs build` bundles the
+/// component as it is (no compile).
+fn prebuilt_greet(dir: &Path) {
+    let src = greet();
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    for file in [
+        "cell.toml",
+        "logic_greet.wasm",
+        "schemas/input.json",
+        "schemas/output.json",
+    ] {
+        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    }
+}
+
+#[test]
+fn signed_bundles_only_under_trust() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    prebuilt_greet(&tmp.path().join("greet"));
+    assert_ok("cbs keygen", &cbs(&["keygen", &t("key")]));
+    assert_ok("cbs keygen other", &cbs(&["keygen", &t("other")]));
+    assert_ok(
+        "cbs build --sign",
+        &cbs_in(
+            tmp.path(),
+            &[
+                "build",
+                &t("greet"),
+                "-o",
+                &t("signed.cbs"),
+                "--sign",
+                &t("key"),
+            ],
+        ),
+    );
+    assert_ok(
+        "cbs build unsigned",
+        &cbs_in(
+            tmp.path(),
+            &["build", &t("greet"), "-o", &t("unsigned.cbs")],
+        ),
+    );
+    assert_ok(
+        "cbs build --sign other",
+        &cbs_in(
+            tmp.path(),
+            &[
+                "build",
+                &t("greet"),
+                "-o",
+                &t("other.cbs"),
+                "--sign",
+                &t("other"),
+            ],
+        ),
+    );
+    let trust = t("key.pub");
+    let load = |bundle: &str| cbs_host(&["load", "--trust", &trust, bundle], "");
+
+    assert_ok("load the signed bundle", &load(&t("signed.cbs")));
+    let refused = [
+        (t("unsigned.cbs"), "is not signed"),
+        (t("other.cbs"), "not one this host trusts"),
+        (t("greet"), "is not a bundle"),
+    ];
+    for (path, why) in refused {
+        let out = load(&path);
+        assert_eq!(out.status.code(), Some(2), "{path} must be refused");
+        assert!(stderr(&out).contains(why), "{path}: {}", stderr(&out));
+    }
+    // A signature of the right key over other content does not verify.
+    let mut bundle = Bundle::read(&tmp.path().join("signed.cbs")).unwrap();
+    let manifest = std::fs::read_to_string(tmp.path().join("greet/cell.toml")).unwrap();
+    std::fs::write(
+        tmp.path().join("greet/cell.toml"),
+        manifest.replace("version = \"0.1.0\"", "version = \"0.1.1\""),
+    )
+    .unwrap();
+    let changed = Bundle::pack(&CellSpec::from_dir(&tmp.path().join("greet")).unwrap()).unwrap();
+    assert_ne!(changed.digest(), bundle.digest());
+    let key = KeyPair::read(&tmp.path().join("key")).unwrap();
+    bundle.sign(&key);
+    let forged = forge(&changed, &bundle);
+    std::fs::write(tmp.path().join("forged.cbs"), forged).unwrap();
+    let out = load(&t("forged.cbs"));
+    assert!(
+        stderr(&out).contains("does not match its digest"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `content`'s files with `signed`'s signature (an attacker's splice).
+fn forge(content: &Bundle, signed: &Bundle) -> Vec<u8> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut archive = tar::Archive::new(std::io::Cursor::new(content.to_bytes().unwrap()));
+    let signed_bytes = signed.to_bytes().unwrap();
+    let mut signed_archive = tar::Archive::new(std::io::Cursor::new(signed_bytes));
+    let signature = signed_archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().to_str() == Some("SIGNATURE.json"))
+        .map(|mut e| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            v
+        })
+        .unwrap();
+    let mut add = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        out.append_data(&mut header, name, data).unwrap();
+    };
+    add("SIGNATURE.json", &signature);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        add(&name, &data);
+    }
+    out.into_inner().unwrap()
+}
+
+#[test]
+fn tampered_and_corrupt_bundles_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = Bundle::pack(&CellSpec::from_dir(&greet()).unwrap()).unwrap();
+    let bytes = bundle.to_bytes().unwrap();
+    // One byte changed in the middle of the component.
+    let wasm = std::fs::read(greet().join("logic_greet.wasm")).unwrap();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &wasm[wasm.len() / 2..wasm.len() / 2 + 64])
+        .expect("the component is stored as is");
+    let mut tampered = bytes.clone();
+    tampered[at + 10] ^= 0x01;
+    let path = tmp.path().join("tampered.cbs");
+    std::fs::write(&path, &tampered).unwrap();
+    let out = cbs_host(&["load", path.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("logic_greet.wasm has sha256"),
+        "{}",
+        stderr(&out)
+    );
+
+    let path = tmp.path().join("garbage.cbs");
+    std::fs::write(&path, b"this is not a tar archive at all, just text.......").unwrap();
+    let out = cbs_host(&["load", path.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("corrupt or not a CBS bundle"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_bare_component_loads_with_its_describe() {
+    let wasm = greet().join("logic_greet.wasm");
+    let out = cbs_host(&["load", "--json", wasm.to_str().unwrap()], "");
+    assert_ok("cbs-host load logic_greet.wasm", &out);
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["id"], "logic.greet");
+    assert_eq!(info["version"], "0.1.0");
+    assert_eq!(info["input"], Value::Null, "no schema to check");
+    let run = cbs_host(
+        &[
+            "run",
+            "--log-level",
+            "info",
+            "--start",
+            "logic.greet",
+            "--input",
+            r#"{"name":"Ada"}"#,
+            wasm.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_ok("cbs-host run logic_greet.wasm", &run);
+    assert!(stderr(&run).contains("Hello, Ada!"), "{}", stderr(&run));
+}
+
+fn check(old: &Value, new: &Value) -> (bool, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("old.json"), tmp.path().join("new.json"));
+    std::fs::write(&a, old.to_string()).unwrap();
+    std::fs::write(&b, new.to_string()).unwrap();
+    let out = cbs(&[
+        "contract",
+        "check",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn contract_check_names_each_breaking_change() {
+    let old = json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "number"},
+            "mood": {"enum": ["happy", "sad"]}
+        }
+    });
+    let mut optional = old.clone();
+    optional["properties"]["email"] = json!({"type": "string"});
+    let (ok, out) = check(&old, &optional);
+    assert!(ok, "an added optional field is compatible: {out}");
+
+    let mut required = optional.clone();
+    required["required"] = json!(["name", "email"]);
+    let (ok, out) = check(&old, &required);
+    assert!(!ok);
+    assert!(
+        out.contains("/email") && out.contains("(required)"),
+        "{out}"
+    );
+
+    let mut narrowed = old.clone();
+    narrowed["properties"]["age"]["type"] = json!("integer");
+    let (ok, out) = check(&old, &narrowed);
+    assert!(!ok);
+    assert!(out.contains("/age") && out.contains("(type)"), "{out}");
+
+    let mut removed = old.clone();
+    removed["properties"]["mood"]["enum"] = json!(["happy"]);
+    let (ok, out) = check(&old, &removed);
+    assert!(!ok);
+    assert!(out.contains("/mood") && out.contains("\"sad\""), "{out}");
+    assert!(out.starts_with("1 breaking change"), "{out}");
+}

@@ -1,0 +1,281 @@
+//! `cbs deploy` to hosts that follow a real nats-server with JetStream:
+//! hot swap under load, rollback, health-confirmed rollout, the contract
+//! gate, late hosts and undeploy.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cbs_host::bundle::Bundle;
+use cbs_host::bus::BodyBus;
+use cbs_host::envelope::{BusError, Envelope, ErrorCode};
+use cbs_host::manifest::CellSpec;
+use cbs_host::outbound::to_message;
+use cbs_tests::bundles::{edit, releases, UPPER};
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs, HostProcess};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+const WATCH: &[&str] = &["--watch", "--drain-timeout-ms", "5000"];
+
+/// `text.upper` on "hi": `HI` from v1, `HI!` from v2.
+async fn upper(bus: &dyn BodyBus) -> Result<String, BusError> {
+    let envelope = Envelope::new(
+        format!("cbs.{UPPER}"),
+        RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap(),
+    );
+    let reply = bus
+        .request(to_message(&envelope), Duration::from_secs(5))
+        .await?;
+    let payload = Envelope::from_slice(&reply.payload)?.into_result()?;
+    let value: Value = serde_json::from_str(payload.get()).unwrap();
+    Ok(value["text"].as_str().unwrap().to_owned())
+}
+
+fn run_cbs(args: &[&str]) -> (bool, String, String) {
+    let out = cbs(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Each reply, with when its request was sent.
+type Log = Arc<Mutex<Vec<(Instant, Result<String, BusError>)>>>;
+
+/// Closed-loop load from `workers` tasks until `stop`.
+fn load(
+    bus: Arc<dyn BodyBus>,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    log: Log,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|_| {
+            let (bus, stop, log) = (bus.clone(), stop.clone(), log.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let reply = upper(bus.as_ref()).await;
+                    log.lock().unwrap().push((sent, reply));
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_for_replies(log: &Log, after: Instant, text: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(sent, r)| *sent > after && r.as_deref().ok() == Some(text))
+            .count();
+        if seen >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} replies {text:?}"
+        );
+        tokio::time::sleep(cbs_tests::POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_and_rollback_under_load_lose_nothing() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let a = HostProcess::serve(&url, "host-a", &[], WATCH);
+    let b = HostProcess::serve(&url, "host-b", &[], WATCH);
+
+    let (ok, out, err) = run_cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "deploy v1: {out}{err}");
+    assert!(out.contains("serving on 2 host(s)"), "{out}");
+
+    let bus: Arc<dyn BodyBus> = Arc::new(server.bus().await);
+    let (stop, log): (Arc<AtomicBool>, Log) = Default::default();
+    let workers = load(bus.clone(), 8, stop.clone(), log.clone());
+    let start = Instant::now();
+    wait_for_replies(&log, start, "HI", 200).await;
+
+    let (ok, out, err) = run_cbs(&["deploy", releases.v2.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "deploy v2: {out}{err}");
+    let deployed = Instant::now();
+    wait_for_replies(&log, deployed, "HI!", 200).await;
+
+    let rolling_back = Instant::now();
+    let (ok, out, err) = run_cbs(&["rollback", UPPER, "--nats", &url]);
+    assert!(ok, "rollback: {out}{err}");
+    assert!(err.contains("back to 0.1.0"), "{err}");
+    let rolled_back = Instant::now();
+    wait_for_replies(&log, rolled_back, "HI", 200).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let log = log.lock().unwrap();
+    let failures: Vec<_> = log.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failures.len(),
+        log.len(),
+        failures[0].1
+    );
+    // Once deploy (or rollback) returned, every host served the new
+    // release: no request sent after that got the old one.
+    let stale_after = |from: Instant, to: Instant, old: &str| {
+        log.iter()
+            .filter(|(sent, r)| *sent > from && *sent < to && r.as_deref().ok() == Some(old))
+            .count()
+    };
+    assert_eq!(
+        stale_after(deployed, rolling_back, "HI"),
+        0,
+        "v1 replies after v2 was deployed"
+    );
+    assert_eq!(
+        stale_after(rolled_back, Instant::now(), "HI!"),
+        0,
+        "v2 replies after the rollback"
+    );
+    let swapped =
+        a.log().matches("deployed: serving").count() + b.log().matches("deployed: serving").count();
+    assert_eq!(swapped, 6, "each host loaded v1, v2, v1");
+
+    let (ok, out, _) = run_cbs(&["ls", "--json", "--nats", &url]);
+    assert!(ok);
+    let listing: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listing[0]["cell"], UPPER);
+    assert_eq!(listing[0]["desired"], "0.1.0");
+    let hosts = listing[0]["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2);
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h["in_sync"] == true && h["serving"] == "0.1.0"),
+        "{hosts:?}"
+    );
+}
+
+/// A release whose component does not compile: same cell, same contract.
+fn broken_release(tmp: &std::path::Path) -> std::path::PathBuf {
+    let dir = tmp.join("broken");
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    let src = &releases().dir;
+    for file in ["cell.toml", "schemas/input.json", "schemas/output.json"] {
+        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    }
+    edit(
+        &dir.join("cell.toml"),
+        "version = \"0.2.0\"",
+        "version = \"0.2.1\"",
+    );
+    // A component header, then garbage: it fails to compile on the host.
+    std::fs::write(dir.join("text_upper.wasm"), b"\0asm\x0d\x00\x01\x00garbage").unwrap();
+    let bundle = Bundle::pack(&CellSpec::from_dir(&dir).unwrap()).unwrap();
+    let path = tmp.join("broken.cbs");
+    std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_release_keeps_the_old_one_serving() {
+    let releases = releases();
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = broken_release(tmp.path());
+    let server = NatsServer::start();
+    let url = server.url();
+    let _a = HostProcess::serve(&url, "host-a", &[], WATCH);
+    let (ok, out, err) = run_cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "{out}{err}");
+
+    let (ok, out, err) = run_cbs(&["deploy", broken.to_str().unwrap(), "--nats", &url]);
+    assert!(!ok, "deploying a broken bundle must fail: {out}{err}");
+    assert!(err.contains("0.2.1 failed to load"), "{err}");
+    assert!(err.contains("host-a: cannot load cell text.upper"), "{err}");
+    assert!(err.contains("still serving: 0.1.0"), "{err}");
+
+    let bus = server.bus().await;
+    assert_eq!(upper(&bus).await.unwrap(), "HI", "v1 still serves");
+    let (_, out, _) = run_cbs(&["ls", "--json", "--nats", &url]);
+    let listing: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listing[0]["desired"], "0.1.0",
+        "the desired state went back: {listing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_breaking_contract_needs_a_new_major_or_force() {
+    let releases = releases();
+    let tmp = tempfile::tempdir().unwrap();
+    // v1's component with a new required input field, still 0.1.x.
+    let dir = tmp.path().join("breaking");
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    for file in ["cell.toml", "schemas/input.json", "schemas/output.json"] {
+        std::fs::copy(releases.dir.join(file), dir.join(file)).unwrap();
+    }
+    std::fs::copy(
+        releases.dir.join("text_upper.wasm"),
+        dir.join("text_upper.wasm"),
+    )
+    .unwrap();
+    edit(
+        &dir.join("cell.toml"),
+        "version = \"0.2.0\"",
+        "version = \"0.1.1\"",
+    );
+    edit(
+        &dir.join("schemas/input.json"),
+        "\"required\": [\"text\"]",
+        "\"required\": [\"text\", \"lang\"]",
+    );
+    let bundle = Bundle::pack(&CellSpec::from_dir(&dir).unwrap()).unwrap();
+    let path = tmp.path().join("breaking.cbs");
+    std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
+
+    let server = NatsServer::start();
+    let url = server.url();
+    let (ok, _, err) = run_cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_cbs(&["deploy", path.to_str().unwrap(), "--nats", &url]);
+    assert!(!ok);
+    assert!(err.contains("breaks the contract"), "{err}");
+    assert!(
+        err.contains("input  /lang") && err.contains("(required)"),
+        "{err}"
+    );
+    let (ok, _, err) = run_cbs(&["deploy", path.to_str().unwrap(), "--nats", &url, "--force"]);
+    assert!(ok, "--force deploys: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_host_picks_up_the_desired_cells_and_undeploy_removes_them() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let (ok, out, err) = run_cbs(&["deploy", releases.v2.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "{err}");
+    assert!(out.contains("no host is watching"), "{out}");
+
+    let late = HostProcess::serve(&url, "late", &[], WATCH);
+    late.wait_for_log("deployed: serving", Duration::from_secs(30));
+    let bus = server.bus().await;
+    assert_eq!(upper(&bus).await.unwrap(), "HI!");
+
+    let (ok, _, err) = run_cbs(&["undeploy", UPPER, "--nats", &url]);
+    assert!(ok, "{err}");
+    late.wait_for_log("removed", Duration::from_secs(10));
+    let err = upper(&bus).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "{err:?}");
+    let (_, out, _) = run_cbs(&["ls", "--nats", &url]);
+    assert!(out.contains("nothing deployed"), "{out}");
+}

@@ -1,0 +1,122 @@
+//! Bundles made the way a user makes them: `cbs new` a Rust cell, `cbs
+//! build` it (cargo, wasm32-wasip2), edit it, build again. Built once per
+//! test process; cargo's output is cached in the target dir across runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use crate::{bin, shared_cache};
+
+/// The scaffolded cell's id; `{"text": "hi"}` → v1 `"HI"`, v2 `"HI!"`.
+pub const UPPER: &str = "text.upper";
+
+/// Two releases of one cell, same contract, different replies.
+pub struct Releases {
+    /// The scaffolded folder (as built for v2).
+    pub dir: PathBuf,
+    pub v1: PathBuf,
+    pub v2: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// Where the scaffolded cells' cargo builds go: kept between runs.
+pub fn scaffold_target() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("scaffold-target")
+}
+
+/// `cbs` with the scaffold's cargo target dir and the shared component cache.
+pub fn cbs_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("cbs"))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", scaffold_target())
+        .env("CBS_CACHE_DIR", shared_cache())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cbs runs")
+}
+
+/// Panics with the command's output unless it succeeded.
+pub fn assert_ok(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// v1 and v2 of `text.upper`, built once per process.
+pub fn releases() -> &'static Releases {
+    static RELEASES: OnceLock<Releases> = OnceLock::new();
+    RELEASES.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(UPPER);
+        assert_ok(
+            "cbs new",
+            &cbs_in(tmp.path(), &["new", UPPER, "--dir", dir.to_str().unwrap()]),
+        );
+        // As made, the cell's unit tests pass.
+        assert_ok("cargo test in the new cell", &cargo_test(&dir));
+        let v1 = tmp.path().join("v1.cbs");
+        assert_ok(
+            "cbs build v1",
+            &cbs_in(&dir, &["build", ".", "-o", v1.to_str().unwrap()]),
+        );
+        edit(
+            &dir.join("src/lib.rs"),
+            "text: \"HELLO\".into()",
+            "text: \"HELLO!\".into()",
+        );
+        edit(
+            &dir.join("src/lib.rs"),
+            "text: input.text.to_uppercase(),",
+            "text: format!(\"{}!\", input.text.to_uppercase()),",
+        );
+        edit(
+            &dir.join("Cargo.toml"),
+            "version = \"0.1.0\"",
+            "version = \"0.2.0\"",
+        );
+        edit(
+            &dir.join("cell.toml"),
+            "version = \"0.1.0\"",
+            "version = \"0.2.0\"",
+        );
+        let v2 = tmp.path().join("v2.cbs");
+        assert_ok(
+            "cbs build v2",
+            &cbs_in(&dir, &["build", ".", "-o", v2.to_str().unwrap()]),
+        );
+        Releases {
+            dir,
+            v1,
+            v2,
+            _tmp: tmp,
+        }
+    })
+}
+
+/// Replaces `from` (which must be there) by `to` in a file.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// `cargo test` in a scaffolded cell (host target, shared target dir).
+pub fn cargo_test(dir: &Path) -> Output {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", scaffold_target())
+        .output()
+        .unwrap()
+}
