@@ -279,3 +279,34 @@ async fn a_late_host_picks_up_the_desired_cells_and_undeploy_removes_them() {
     let (_, out, _) = run_cbs(&["ls", "--nats", &url]);
     assert!(out.contains("nothing deployed"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_requires_signatures_refuses_an_unsigned_release() {
+    let releases = releases();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    assert!(cbs(&["keygen", key.to_str().unwrap()]).status.success());
+    let trust = format!("{}.pub", key.display());
+    let server = NatsServer::start();
+    let url = server.url();
+    let _strict = HostProcess::serve(&url, "strict", &[], &["--watch", "--trust", &trust]);
+
+    let (ok, _, err) = run_cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
+    assert!(
+        !ok,
+        "an unsigned release must not deploy to a host that requires signatures"
+    );
+    assert!(
+        err.contains("strict:") && err.contains("is not signed"),
+        "{err}"
+    );
+
+    // The same cell, signed with the trusted key, deploys.
+    let mut bundle = Bundle::read(&releases.v1).unwrap();
+    bundle.sign(&cbs_host::bundle::KeyPair::read(&key).unwrap());
+    let signed = tmp.path().join("signed.cbs");
+    std::fs::write(&signed, bundle.to_bytes().unwrap()).unwrap();
+    let (ok, out, err) = run_cbs(&["deploy", signed.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(upper(&server.bus().await).await.unwrap(), "HI");
+}

@@ -31,6 +31,9 @@ const HISTORY: usize = 10;
 /// One version of a cell, as deployed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Release {
+    /// Unique per deploy or rollback (UUIDv7): status reports name it, so
+    /// a report about an earlier attempt is never taken for this one.
+    pub id: String,
     pub version: String,
     /// `sha256:<hex>` of the bundle manifest.
     pub digest: String,
@@ -88,6 +91,7 @@ impl Desired {
         Ok(Self {
             cell: self.cell,
             current: Release {
+                id: uuid::Uuid::now_v7().to_string(),
                 deployed_at_ms: now_ms(),
                 ..previous
             },
@@ -102,6 +106,8 @@ pub struct Status {
     pub host: String,
     pub cell: String,
     pub state: State,
+    /// [`Release::id`] of the release this report is about.
+    pub release: String,
     /// The release this report is about (the one served, or the one that
     /// failed to load).
     pub version: String,
@@ -144,9 +150,11 @@ impl Store {
         })
     }
 
-    /// Stores a bundle (once per digest) and returns its object name.
+    /// Stores a bundle file and returns its object name: the sha256 of the
+    /// file itself, so a signed and an unsigned copy of one bundle (same
+    /// digest) are two objects, and each is stored once.
     pub async fn put_bundle(&self, bundle: &Bundle, bytes: &[u8]) -> anyhow::Result<String> {
-        let name = bundle.digest().replace(':', "-");
+        let name = format!("sha256-{}", crate::bundle::sha256_hex(bytes));
         if self.bundles.info(&name).await.is_ok() {
             return Ok(name);
         }

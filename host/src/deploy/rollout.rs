@@ -46,6 +46,7 @@ pub async fn deploy(
     }
     let object = store.put_bundle(bundle, bytes).await?;
     let release = Release {
+        id: uuid::Uuid::now_v7().to_string(),
         version: manifest.version.clone(),
         digest: bundle.digest(),
         object,
@@ -224,10 +225,7 @@ async fn confirm(
         let Ok(status) = serde_json::from_slice::<Status>(&entry.value) else {
             continue;
         };
-        if status.cell == desired.cell
-            && status.digest == release.digest
-            && hosts.contains(&status.host)
-        {
+        if status.release == release.id && hosts.contains(&status.host) {
             reports.insert(status.host.clone(), status);
         }
     }

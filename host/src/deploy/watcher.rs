@@ -73,10 +73,12 @@ impl Watcher {
     async fn install(&self, desired: Desired) {
         let release = &desired.current;
         let mut installed = self.installed.lock().await;
-        if installed.get(&desired.cell) == Some(&release.digest) {
-            return;
-        }
         let started = Instant::now();
+        if installed.get(&desired.cell) == Some(&release.digest) {
+            // Already serving these bytes (a redeploy): confirm only.
+            let status = self.status(release, &desired.cell, State::Serving, None);
+            return self.publish(&status).await;
+        }
         let outcome = match self.load(&desired.cell, release).await {
             Ok(cell) => self.body.replace(cell).await,
             Err(e) => Err(e),
@@ -96,7 +98,11 @@ impl Watcher {
                 self.status(release, &desired.cell, State::Failed, Some(error))
             }
         };
-        if let Err(e) = self.store.report(&status).await {
+        self.publish(&status).await;
+    }
+
+    async fn publish(&self, status: &Status) {
+        if let Err(e) = self.store.report(status).await {
             tracing::warn!(error = %e, "cannot report the deployment status");
         }
     }
@@ -114,6 +120,7 @@ impl Watcher {
             host: self.host.clone(),
             cell: cell.to_owned(),
             state,
+            release: release.id.clone(),
             version: release.version.clone(),
             digest: release.digest.clone(),
             error,
