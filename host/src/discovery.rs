@@ -81,6 +81,26 @@ pub async fn list(
     Ok(hosts)
 }
 
+/// The host ids answering `$SRV.INFO`, with whether each follows
+/// deployments (`--watch`): one round of replies, no stats.
+pub async fn hosts(
+    client: &async_nats::Client,
+    quiet: Duration,
+    limit: Duration,
+) -> Result<Vec<(String, bool)>, BusError> {
+    let infos: Vec<Info> = gather(client, "INFO", quiet, limit).await?;
+    Ok(infos
+        .into_iter()
+        .map(|info| {
+            let watching = info.metadata.get("watch").is_some_and(|w| w == "true");
+            (
+                info.metadata.get("host").cloned().unwrap_or(info.id),
+                watching,
+            )
+        })
+        .collect())
+}
+
 fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellView {
     let meta = &endpoint.metadata;
     // CBS's own counters (in `data`) count every failure reply; the micro

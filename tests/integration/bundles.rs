@@ -330,3 +330,30 @@ fn contract_check_names_each_breaking_change() {
     assert!(out.contains("/mood") && out.contains("\"sad\""), "{out}");
     assert!(out.starts_with("1 breaking change"), "{out}");
 }
+
+#[test]
+fn build_refuses_a_component_or_schema_that_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("greet");
+    prebuilt_greet(&dir);
+    let not_a_cell = cbs_tests::repo().join("tests/cells/not-a-cell/not_a_cell.wasm");
+    std::fs::copy(&not_a_cell, dir.join("logic_greet.wasm")).unwrap();
+    let out = cbs_in(tmp.path(), &["build", dir.to_str().unwrap(), "-o", "x.cbs"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not implement the cbs:cell world"),
+        "{}",
+        stderr(&out)
+    );
+
+    prebuilt_greet(&dir);
+    std::fs::write(dir.join("schemas/input.json"), r#"{"type": 12}"#).unwrap();
+    let out = cbs_in(tmp.path(), &["build", dir.to_str().unwrap(), "-o", "x.cbs"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not compile"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!tmp.path().join("x.cbs").exists(), "no bundle is written");
+}

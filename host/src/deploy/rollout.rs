@@ -185,11 +185,11 @@ async fn set_and_confirm(
 /// Hosts that follow deployments (`cbs-host run --watch`), by host id.
 pub async fn watching_hosts(client: &async_nats::Client) -> anyhow::Result<BTreeSet<String>> {
     let quiet = Duration::from_millis(250);
-    let hosts = crate::discovery::list(client, quiet, quiet * 8).await?;
+    let hosts = crate::discovery::hosts(client, quiet, quiet * 8).await?;
     Ok(hosts
         .into_iter()
-        .filter(|h| h.watching)
-        .map(|h| h.host)
+        .filter(|(_, watching)| *watching)
+        .map(|(host, _)| host)
         .collect())
 }
 
@@ -267,10 +267,10 @@ pub struct HostReport {
 /// Desired vs running, per cell and host.
 pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<Listing>> {
     let online: BTreeSet<String> =
-        crate::discovery::list(client, Duration::from_millis(250), Duration::from_secs(2))
+        crate::discovery::hosts(client, Duration::from_millis(250), Duration::from_secs(2))
             .await?
             .into_iter()
-            .map(|h| h.host)
+            .map(|(host, _)| host)
             .collect();
     let mut cells: BTreeMap<String, Listing> = BTreeMap::new();
     for d in store.all_desired().await? {
@@ -302,5 +302,9 @@ pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<
             error: s.error,
         });
     }
-    Ok(cells.into_values().collect())
+    let mut cells: Vec<Listing> = cells.into_values().collect();
+    for cell in &mut cells {
+        cell.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    }
+    Ok(cells)
 }
