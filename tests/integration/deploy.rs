@@ -2,6 +2,7 @@
 //! hot swap under load, rollback, health-confirmed rollout, the contract
 //! gate, late hosts and undeploy.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,25 +166,40 @@ async fn hot_swap_and_rollback_under_load_lose_nothing() {
     );
 }
 
-/// A release whose component does not compile: same cell, same contract.
-fn broken_release(tmp: &std::path::Path) -> std::path::PathBuf {
-    let dir = tmp.join("broken");
+/// A variant of the built cell in `<tmp>/<name>`: its cell.toml (as
+/// `version`), schemas and component (or `component` bytes instead).
+fn variant(tmp: &Path, name: &str, version: &str, component: Option<&[u8]>) -> PathBuf {
+    let dir = tmp.join(name);
     std::fs::create_dir_all(dir.join("schemas")).unwrap();
-    let src = &releases().dir;
-    for file in ["cell.toml", "schemas/input.json", "schemas/output.json"] {
-        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    for file in [
+        "cell.toml",
+        "schemas/input.json",
+        "schemas/output.json",
+        "text_upper.wasm",
+    ] {
+        std::fs::copy(releases().dir.join(file), dir.join(file)).unwrap();
     }
-    edit(
-        &dir.join("cell.toml"),
-        "version = \"0.2.0\"",
-        "version = \"0.2.1\"",
-    );
-    // A component header, then garbage: it fails to compile on the host.
-    std::fs::write(dir.join("text_upper.wasm"), b"\0asm\x0d\x00\x01\x00garbage").unwrap();
-    let bundle = Bundle::pack(&CellSpec::from_dir(&dir).unwrap()).unwrap();
-    let path = tmp.join("broken.cbs");
+    if let Some(bytes) = component {
+        std::fs::write(dir.join("text_upper.wasm"), bytes).unwrap();
+    }
+    let version = format!("version = \"{version}\"");
+    edit(&dir.join("cell.toml"), "version = \"0.2.0\"", &version);
+    dir
+}
+
+/// Packs a cell folder into `<folder>.cbs`.
+fn pack(dir: &Path) -> PathBuf {
+    let bundle = Bundle::pack(&CellSpec::from_dir(dir).unwrap()).unwrap();
+    let path = dir.with_extension("cbs");
     std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
     path
+}
+
+/// A release whose component does not compile: same cell, same contract.
+fn broken_release(tmp: &Path) -> PathBuf {
+    // A component header, then garbage: it fails to compile on the host.
+    let garbage: &[u8] = b"\0asm\x0d\x00\x01\x00garbage";
+    pack(&variant(tmp, "broken", "0.2.1", Some(garbage)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -218,29 +234,13 @@ async fn a_breaking_contract_needs_a_new_major_or_force() {
     let releases = releases();
     let tmp = tempfile::tempdir().unwrap();
     // v1's component with a new required input field, still 0.1.x.
-    let dir = tmp.path().join("breaking");
-    std::fs::create_dir_all(dir.join("schemas")).unwrap();
-    for file in ["cell.toml", "schemas/input.json", "schemas/output.json"] {
-        std::fs::copy(releases.dir.join(file), dir.join(file)).unwrap();
-    }
-    std::fs::copy(
-        releases.dir.join("text_upper.wasm"),
-        dir.join("text_upper.wasm"),
-    )
-    .unwrap();
-    edit(
-        &dir.join("cell.toml"),
-        "version = \"0.2.0\"",
-        "version = \"0.1.1\"",
-    );
+    let dir = variant(tmp.path(), "breaking", "0.1.1", None);
     edit(
         &dir.join("schemas/input.json"),
         "\"required\": [\"text\"]",
         "\"required\": [\"text\", \"lang\"]",
     );
-    let bundle = Bundle::pack(&CellSpec::from_dir(&dir).unwrap()).unwrap();
-    let path = tmp.path().join("breaking.cbs");
-    std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
+    let path = pack(&dir);
 
     let server = NatsServer::start();
     let url = server.url();
