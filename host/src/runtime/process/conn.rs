@@ -26,6 +26,8 @@ type Pending = oneshot::Sender<Result<Reply, BusError>>;
 
 pub struct Conn {
     pub cell_id: String,
+    /// What the process is, in messages: "sidecar" or "python worker".
+    pub kind: &'static str,
     pub pid: u32,
     writer: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -42,8 +44,10 @@ pub struct Conn {
 
 impl Conn {
     /// Starts the IO tasks of a process that has completed its handshake.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cell_id: String,
+        kind: &'static str,
         pid: u32,
         stdin: ChildStdin,
         stdout: ChildStdout,
@@ -54,6 +58,7 @@ impl Conn {
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
         let conn = Arc::new(Self {
             cell_id,
+            kind,
             pid,
             writer,
             pending: Mutex::default(),
@@ -111,7 +116,8 @@ impl Conn {
                 Err(BusError::new(
                     ErrorCode::Timeout,
                     format!(
-                        "sidecar {} did not reply within {} ms; its process was killed and is being restarted",
+                        "{} {} did not reply within {} ms; its process was killed and is being restarted",
+                        self.kind,
                         self.cell_id,
                         remaining.as_millis()
                     ),
@@ -166,7 +172,7 @@ impl Conn {
         let mut slot = self.reason.lock().unwrap();
         if slot.is_none() {
             *slot = Some(reason.into());
-            tracing::warn!(cell = %self.cell_id, pid = self.pid, reason = slot.as_deref(), "ending sidecar process");
+            tracing::warn!(cell = %self.cell_id, pid = self.pid, reason = slot.as_deref(), "ending {} process", self.kind);
         }
         drop(slot);
         self.death.notify_one();
@@ -201,8 +207,8 @@ impl Conn {
         BusError::new(
             ErrorCode::CellFailed,
             format!(
-                "sidecar {} (pid {}) {why} while handling this message; it is being restarted",
-                self.cell_id, self.pid
+                "{} {} (pid {}) {why} while handling this message; it is being restarted",
+                self.kind, self.cell_id, self.pid
             ),
         )
     }
@@ -233,8 +239,8 @@ impl Conn {
                     (None, None) => Err(BusError::new(
                         ErrorCode::ContractViolation,
                         format!(
-                            "sidecar {} sent a reply with neither payload nor error",
-                            self.cell_id
+                            "{} {} sent a reply with neither payload nor error",
+                            self.kind, self.cell_id
                         ),
                     )),
                 };

@@ -1,0 +1,230 @@
+"""The native runtime: serves one cell over the CBS process protocol
+(docs/sidecar-protocol.md) on a pair of file descriptors.
+
+The host's native Python pool runs this inside ``cbs-host python-worker``
+(CPython embedded through pyo3, with the cell's venv); it also runs as a
+plain sidecar: ``python -m cbs_cell.worker --module greet``.
+
+One reader (the calling thread) takes frames off the input: ``handle``s go
+to a queue served by ``threads`` handler threads, ``response``s wake the
+handler waiting for them, ``ping``s are answered at once, even while a
+handler runs. Output frames are written whole under a lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import itertools
+import json
+import os
+import queue
+import struct
+import sys
+import threading
+from typing import Any, BinaryIO, Optional
+
+from .cell import Handler, load, run
+from .context import Context, Json
+from .errors import CellError
+
+#: Protocol versions this runtime speaks.
+PROTOCOL = 1
+DEFAULT_MAX_FRAME = 1 << 20
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; the stream cannot be trusted after it."""
+
+
+class Channel:
+    """Length-prefixed JSON frames: a 4-byte big-endian length, then JSON."""
+
+    def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._lock = threading.Lock()
+        self.max_frame = DEFAULT_MAX_FRAME
+
+    def read(self) -> Optional[dict[str, Any]]:
+        """The next frame, or None at the end of the stream."""
+        head = self._reader.read(4)
+        if len(head) < 4:
+            return None
+        (n,) = struct.unpack(">I", head)
+        if n > self.max_frame:
+            raise ProtocolError(f"oversize frame: {n} bytes, at most {self.max_frame}")
+        body = self._reader.read(n)
+        if len(body) < n:
+            raise ProtocolError("the stream ended inside a frame")
+        frame = json.loads(body)
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            raise ProtocolError("a frame is not a JSON object with a string `type`")
+        return frame
+
+    def write(self, frame: dict[str, Any]) -> None:
+        self.write_raw(json.dumps(frame).encode())
+
+    def write_raw(self, body: bytes) -> None:
+        with self._lock:
+            self._writer.write(struct.pack(">I", len(body)) + body)
+            self._writer.flush()
+
+
+class NativeContext(Context):
+    """A message's context in a worker: calls go to the host as frames."""
+
+    def __init__(self, worker: "Worker", parent: int, envelope: dict[str, Any]) -> None:
+        super().__init__(worker.cell_id, envelope)
+        self._worker = worker
+        self._parent = parent
+
+    def _request(self, cell_id: str, payload: Json, timeout_ms: Optional[int]) -> Json:
+        frame = {"type": "request", "parent": self._parent, "cell": cell_id, "payload": payload}
+        if timeout_ms is not None:
+            frame["timeout_ms"] = int(timeout_ms)
+        return self._worker.call_host(frame)
+
+    def _publish(self, subject: str, payload: Json) -> None:
+        self._worker.call_host(
+            {"type": "publish", "parent": self._parent, "subject": subject, "payload": payload}
+        )
+
+    def _log(self, level: str, message: str) -> None:
+        self._worker.channel.write(
+            {"type": "log", "level": level, "message": message, "parent": self._parent}
+        )
+
+
+class Worker:
+    """Serves `handle` frames with a handler, on `threads` threads."""
+
+    def __init__(self, channel: Channel, handler: Handler, cell_id: str, threads: int = 1) -> None:
+        self.channel = channel
+        self.handler = handler
+        self.cell_id = cell_id
+        self.threads = max(1, threads)
+        self._jobs: "queue.Queue[Optional[dict[str, Any]]]" = queue.Queue()
+        self._pending: dict[int, list[Any]] = {}
+        self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
+
+    def serve(self) -> None:
+        """Reads frames until `shutdown` or the end of input; returns once
+        the messages already taken are answered."""
+        pool = [threading.Thread(target=self._work, daemon=True) for _ in range(self.threads)]
+        for t in pool:
+            t.start()
+        try:
+            while (frame := self.channel.read()) is not None:
+                if not self._dispatch(frame):
+                    break
+        finally:
+            for _ in pool:
+                self._jobs.put(None)
+            for t in pool:
+                t.join()
+
+    def _dispatch(self, frame: dict[str, Any]) -> bool:
+        kind = frame["type"]
+        if kind == "handle":
+            self._jobs.put(frame)
+        elif kind == "response":
+            slot = self._pending.get(frame.get("id", -1))
+            if slot is not None:
+                slot[1] = frame
+                slot[0].set()
+        elif kind == "ping":
+            self.channel.write({"type": "pong", "id": frame.get("id")})
+        elif kind == "shutdown":
+            return False
+        return True  # unknown types are ignored (forward compatibility)
+
+    def _work(self) -> None:
+        while (frame := self._jobs.get()) is not None:
+            self._handle(frame)
+
+    def _handle(self, frame: dict[str, Any]) -> None:
+        hid = frame["id"]
+        envelope = frame.get("envelope") or {}
+        ctx = NativeContext(self, hid, envelope)
+        text, error = run(self.handler, envelope.get("payload"), ctx)
+        if error is not None:
+            self.channel.write({"type": "reply", "id": hid, "error": error})
+        else:
+            # The reply payload is already JSON text: splice it in, not re-encode.
+            self.channel.write_raw(b'{"type":"reply","id":%d,"payload":%s}' % (hid, text.encode()))
+
+    def call_host(self, frame: dict[str, Any]) -> Json:
+        """Sends a request or publish frame and waits for its response."""
+        with self._ids_lock:
+            rid = next(self._ids)
+        slot: list[Any] = [threading.Event(), None]
+        self._pending[rid] = slot
+        frame["id"] = rid
+        try:
+            self.channel.write(frame)
+            slot[0].wait()
+        finally:
+            self._pending.pop(rid, None)
+        response = slot[1]
+        if "error" in response:
+            raise CellError.from_wire(response["error"])
+        return response.get("payload")
+
+
+def handshake(channel: Channel, describe: dict[str, Any]) -> Optional[str]:
+    """Answers the host's `hello`; returns the cell id it names."""
+    hello = channel.read()
+    if hello is None:
+        return None
+    if hello["type"] != "hello":
+        raise ProtocolError(f"expected `hello`, got `{hello['type']}`")
+    versions = hello.get("protocol") or {}
+    channel.max_frame = int(hello.get("max_frame_bytes", DEFAULT_MAX_FRAME))
+    cell = hello.get("cell") or {}
+    described = {"id": cell.get("id", ""), "version": cell.get("version", "")}
+    described.update({k: v for k, v in describe.items() if v is not None})
+    # We speak only PROTOCOL: a host that cannot will say so and stop us.
+    ok = versions.get("min", 1) <= PROTOCOL <= versions.get("max", 1)
+    channel.write({"type": "describe", "protocol": PROTOCOL if ok else PROTOCOL, "cell": described})
+    return str(described["id"])
+
+
+def serve_fds(handler: Handler, in_fd: int, out_fd: int, threads: int = 1) -> None:
+    """Serves one cell on raw file descriptors until shutdown."""
+    channel = Channel(os.fdopen(in_fd, "rb"), os.fdopen(out_fd, "wb"))
+    cell_id = handshake(channel, {})
+    if cell_id is None:
+        return
+    Worker(channel, handler, cell_id, threads).serve()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m cbs_cell.worker --module M [--handler H] [--path DIR] [--threads N]``."""
+    parser = argparse.ArgumentParser(prog="cbs_cell.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--module", required=True, help="the cell's module, e.g. `stats`")
+    parser.add_argument("--handler", default="handle", help="function or class in it")
+    parser.add_argument("--path", default=".", help="folder the module is in")
+    parser.add_argument("--threads", type=int, default=1, help="messages handled at once")
+    args = parser.parse_args(argv)
+    # Frames own the original stdin/stdout; the cell's own prints and reads
+    # must not corrupt them: stdout goes to stderr (the host log), stdin is empty.
+    in_fd, out_fd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    faulthandler.enable()  # a segfault leaves a Python traceback in the host log
+    sys.path.insert(0, os.path.abspath(args.path))
+    try:
+        handler = load(args.module, args.handler)
+    except Exception as e:  # noqa: BLE001 - reported to the host log, then exit
+        print(f"cbs_cell: cannot load the cell: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    serve_fds(handler, in_fd, out_fd, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
