@@ -390,9 +390,13 @@ mod tests {
         )
         .unwrap();
         let py = native.python.unwrap();
-        assert_eq!((py.handler.as_str(), py.workers, py.max_concurrency), ("handle", 3, 1));
+        assert_eq!(
+            (py.handler.as_str(), py.workers, py.max_concurrency),
+            ("handle", 3, 1)
+        );
         assert_eq!(py.venv, PathBuf::from(".venv"));
-        let err = Manifest::parse("id = \"a.b\"\nversion = \"1\"\nruntime = \"python\"").unwrap_err();
+        let err =
+            Manifest::parse("id = \"a.b\"\nversion = \"1\"\nruntime = \"python\"").unwrap_err();
         assert!(format!("{err:#}").contains("[python] table"), "{err:#}");
         let component = Manifest::parse(&format!(
             "{MINIMAL}\nlang = \"python\"\n[python]\nmodule = \"m\""

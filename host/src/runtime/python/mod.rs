@@ -49,10 +49,7 @@ impl PythonCell {
     pub async fn start(spec: &CellSpec, outbound: Arc<Outbound>) -> anyhow::Result<Self> {
         let m = &spec.manifest;
         let python = m.python.as_ref().with_context(|| {
-            format!(
-                "cell {} has runtime \"python\" but no [python] table",
-                m.id
-            )
+            format!("cell {} has runtime \"python\" but no [python] table", m.id)
         })?;
         let venv = Venv::open(&spec.resolve(&python.venv))?;
         let command = worker_command(&worker_binary()?, spec, python, &venv);

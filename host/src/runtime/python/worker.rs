@@ -83,7 +83,9 @@ fn serve(args: &WorkerArgs) -> anyhow::Result<i32> {
     .map(str::to_owned);
     let code = Python::attach(|py| -> PyResult<i32> {
         let worker = py.import("cbs_cell.worker")?;
-        worker.call_method1("main", (PyList::new(py, argv)?,))?.extract()
+        worker
+            .call_method1("main", (PyList::new(py, argv)?,))?
+            .extract()
     });
     match code {
         Ok(code) => Ok(code),
@@ -115,11 +117,8 @@ fn initialize(venv: &Venv) -> anyhow::Result<()> {
         let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
         ffi::PyConfig_InitIsolatedConfig(config.as_mut_ptr());
         let mut config = config.assume_init();
-        let set = ffi::PyConfig_SetBytesString(
-            &mut config,
-            &mut config.executable,
-            executable.as_ptr(),
-        );
+        let set =
+            ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, executable.as_ptr());
         let status = if ffi::PyStatus_Exception(set) != 0 {
             set
         } else {
@@ -132,7 +131,10 @@ fn initialize(venv: &Venv) -> anyhow::Result<()> {
             } else {
                 CStr::from_ptr(status.err_msg).to_string_lossy()
             };
-            bail!("cannot initialize Python from {}: {why}", venv.dir.display());
+            bail!(
+                "cannot initialize Python from {}: {why}",
+                venv.dir.display()
+            );
         }
         // The main thread holds the GIL after initialization; release it
         // so that pyo3 (and the cell's threads) can take it.
