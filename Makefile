@@ -44,7 +44,7 @@ run-polyglot: build ## Rust → Python (component) → Python (native, numpy) �
 
 build: host cells python-cells ## Build the host (release) and every cell
 
-host: setup-rust
+host: setup-rust setup-python
 	$(CARGO) build --release -p cbs-host
 
 cells: setup-rust ## Build the cells into components, next to their cell.toml
@@ -97,11 +97,17 @@ setup-nats:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server >/dev/null; }
 
+# What the host's pyo3 build and the venvs need of $(PYTHON).
+PY_OK = $(PYTHON) -c 'import ensurepip, os, sys, sysconfig as c; assert sys.version_info >= (3, 11) and c.get_config_var("Py_ENABLE_SHARED") and os.path.isfile(c.get_config_var("INCLUDEPY") + "/Python.h")' 2>/dev/null
+
 # The project venv, from PyPI; redone only when its requirements change.
 setup-python: $(VENV)/.cbs-setup
 $(VENV)/.cbs-setup: guest-sdk/python/requirements-dev.txt
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { \
-		echo "Python cells need python3 >= 3.11 with venv and headers (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
+	@$(PY_OK) || { \
+		echo "installing python3-venv and python3-dev from Debian's packages..." >&2; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv python3-dev >/dev/null; }
+	@$(PY_OK) || { echo "Python cells need $(PYTHON) >= 3.11 with venv, headers and a shared libpython" >&2; exit 1; }
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing componentize-py and nats-py into $(VENV)..." >&2
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r $<

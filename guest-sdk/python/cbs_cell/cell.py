@@ -29,12 +29,12 @@ def resolve(obj: Union[Handler, type, CellClass], name: str = "handle") -> Handl
     if isinstance(obj, type):
         obj = obj()
     if inspect.isfunction(obj) or inspect.ismethod(obj):
-        return obj  # type: ignore[return-value]
+        return obj
     method = getattr(obj, "handle", None)
     if callable(method):
         return method  # type: ignore[no-any-return]
     if callable(obj):
-        return obj  # type: ignore[return-value]
+        return obj
     raise TypeError(f"{name} is neither a function nor a class with a handle(payload, ctx) method")
 
 

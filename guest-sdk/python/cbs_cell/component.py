@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 from componentize_py_types import Err  # type: ignore[import-not-found]
 from wit_world.imports import bus, types  # type: ignore[import-not-found]
-from wit_world.imports import log as wit_log  # type: ignore[import-not-found]
+from wit_world.imports import log as wit_log  # type: ignore[import-not-found,unused-ignore]
 
 from .cell import CellClass, Handler, resolve, run
 from .context import Context, Json

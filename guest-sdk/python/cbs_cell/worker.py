@@ -149,7 +149,7 @@ class Worker:
         envelope = frame.get("envelope") or {}
         ctx = NativeContext(self, hid, envelope)
         text, error = run(self.handler, envelope.get("payload"), ctx)
-        if error is not None:
+        if error is not None or text is None:
             self.channel.write({"type": "reply", "id": hid, "error": error})
         else:
             # The reply payload is already JSON text: splice it in, not re-encode.
