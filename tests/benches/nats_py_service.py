@@ -4,25 +4,36 @@ without CBS. Usage: nats_py_service.py NATS_URL SUBJECT; prints "ready"."""
 
 import asyncio
 import json
+import logging
 import sys
 import uuid
 from pathlib import Path
 
 import nats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cells" / "py-faulty"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "guest-sdk" / "python"), str(ROOT / "tests" / "cells" / "py-faulty")]
+from cbs_cell import CellError  # noqa: E402
 from faulty import Faulty  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "guest-sdk" / "python"))
-from cbs_cell import CellError  # noqa: E402
-
 cell = Faulty()
+
+
+class Log:
+    """Where a plain service's logs go: Python's logging, below its level."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("bench.natspy")
+
+    def info(self, message, *args):
+        self._log.info(message, *args)
 
 
 class NoContext:
     """The handler's context: only what the benchmarked action uses."""
 
     cell_id = "bench.natspy"
+    log = Log()
 
 
 async def main(url: str, subject: str) -> None:

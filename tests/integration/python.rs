@@ -235,6 +235,31 @@ async fn a_stuck_worker_is_killed_and_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_does_not_slow_wasm_cells() {
+    let host = Arc::new(host().await);
+    let watchdog = Watchdog::start(&host);
+    // Both workers spin and twenty more messages wait for them: all end
+    // typed (`timeout`, or `cell_failed` for one queued on a killed worker).
+    let flood: Vec<_> = (0..22)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { act(&host, NATIVE, json!({"action": "hang"})).await })
+        })
+        .collect();
+    for task in flood {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err.code, ErrorCode::Timeout | ErrorCode::CellFailed),
+            "{err}"
+        );
+    }
+    let answered = watchdog.finish().await;
+    assert!(answered >= 10, "logic.greet answered only {answered} times");
+    wait_for_workers(&host, 2).await;
+    assert_restarted(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segfaulting_worker_fails_its_message_and_is_restarted() {
     let host = Arc::new(host().await);
     let watchdog = Watchdog::start(&host);

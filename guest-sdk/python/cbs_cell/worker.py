@@ -180,14 +180,13 @@ def handshake(channel: Channel, describe: dict[str, Any]) -> Optional[str]:
         return None
     if hello["type"] != "hello":
         raise ProtocolError(f"expected `hello`, got `{hello['type']}`")
-    versions = hello.get("protocol") or {}
     channel.max_frame = int(hello.get("max_frame_bytes", DEFAULT_MAX_FRAME))
     cell = hello.get("cell") or {}
     described = {"id": cell.get("id", ""), "version": cell.get("version", "")}
     described.update({k: v for k, v in describe.items() if v is not None})
-    # We speak only PROTOCOL: a host that cannot will say so and stop us.
-    ok = versions.get("min", 1) <= PROTOCOL <= versions.get("max", 1)
-    channel.write({"type": "describe", "protocol": PROTOCOL if ok else PROTOCOL, "cell": described})
+    # We speak only PROTOCOL; a host that does not refuses it (with a
+    # typed error naming both versions) and ends this process.
+    channel.write({"type": "describe", "protocol": PROTOCOL, "cell": described})
     return str(described["id"])
 
 
