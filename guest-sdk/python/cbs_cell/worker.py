@@ -5,15 +5,23 @@ The host's native Python pool runs this inside ``cbs-host python-worker``
 (CPython embedded through pyo3, with the cell's venv); it also runs as a
 plain sidecar: ``python -m cbs_cell.worker --module greet``.
 
-One reader (the calling thread) takes frames off the input: ``handle``s go
-to a queue served by ``threads`` handler threads, ``response``s wake the
-handler waiting for them, ``ping``s are answered at once, even while a
-handler runs. Output frames are written whole under a lock.
+With one handler thread (``--threads 1``, the default) everything happens
+on the calling thread, in order: no thread hand-offs, no GIL contention.
+Frames are read in large chunks and replies are written in batches, flushed
+before the worker would wait for input or once a reply is older than
+``FLUSH_AFTER``: at many messages in flight, one system call carries many
+frames. A handler's call to another cell reads on until its response comes,
+keeping the ``handle``s that arrive meanwhile for later.
+
+With more threads, the calling thread only reads: ``handle``s go to a queue
+served by the handler threads, ``response``s wake the handler waiting for
+them, and every frame is written at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import faulthandler
 import itertools
 import json
@@ -22,15 +30,20 @@ import queue
 import struct
 import sys
 import threading
-from typing import Any, BinaryIO, Optional
+import time
+from typing import Any, Optional
 
 from .cell import Handler, load, run
 from .context import Context, Json
-from .errors import CellError
+from .errors import CellError, Unavailable
 
 #: Protocol versions this runtime speaks.
 PROTOCOL = 1
 DEFAULT_MAX_FRAME = 1 << 20
+#: Longest a written reply waits in the output batch, in seconds.
+FLUSH_AFTER = 0.0005
+READ_CHUNK = 1 << 16
+_HEAD = struct.Struct(">I")
 
 
 class ProtocolError(Exception):
@@ -38,26 +51,49 @@ class ProtocolError(Exception):
 
 
 class Channel:
-    """Length-prefixed JSON frames: a 4-byte big-endian length, then JSON."""
+    """Length-prefixed JSON frames (a 4-byte big-endian length, then JSON)
+    on two file descriptors, read in chunks and, when ``batch`` is on,
+    written in batches."""
 
-    def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, in_fd: int, out_fd: int, batch: bool = False) -> None:
+        self._in = in_fd
+        self._out = out_fd
+        self._buf = bytearray()
+        self._pos = 0
+        self._pending = bytearray()
+        self._pending_since = 0.0
         self._lock = threading.Lock()
+        self.batch = batch
         self.max_frame = DEFAULT_MAX_FRAME
 
     def read(self) -> Optional[dict[str, Any]]:
-        """The next frame, or None at the end of the stream."""
-        head = self._reader.read(4)
-        if len(head) < 4:
+        """The next frame, or None at the end of the stream. Flushes the
+        output batch before waiting for input."""
+        while (frame := self._take()) is None:
+            self.flush()
+            chunk = os.read(self._in, READ_CHUNK)
+            if not chunk:
+                if len(self._buf) > self._pos:
+                    raise ProtocolError("the stream ended inside a frame")
+                return None
+            if self._pos:
+                del self._buf[: self._pos]
+                self._pos = 0
+            self._buf += chunk
+        return frame
+
+    def _take(self) -> Optional[dict[str, Any]]:
+        """A whole frame from the input buffer, if one is there."""
+        start = self._pos + 4
+        if len(self._buf) < start:
             return None
-        (n,) = struct.unpack(">I", head)
+        (n,) = _HEAD.unpack_from(self._buf, self._pos)
         if n > self.max_frame:
             raise ProtocolError(f"oversize frame: {n} bytes, at most {self.max_frame}")
-        body = self._reader.read(n)
-        if len(body) < n:
-            raise ProtocolError("the stream ended inside a frame")
-        frame = json.loads(body)
+        if len(self._buf) < start + n:
+            return None
+        self._pos = start + n
+        frame = json.loads(self._buf[start : start + n])
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             raise ProtocolError("a frame is not a JSON object with a string `type`")
         return frame
@@ -67,8 +103,29 @@ class Channel:
 
     def write_raw(self, body: bytes) -> None:
         with self._lock:
-            self._writer.write(struct.pack(">I", len(body)) + body)
-            self._writer.flush()
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending += _HEAD.pack(len(body))
+            self._pending += body
+            if not self.batch:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def flush_if_stale(self) -> None:
+        """Flushes a batch whose first frame waited longer than FLUSH_AFTER."""
+        if self._pending and time.monotonic() - self._pending_since > FLUSH_AFTER:
+            self.flush()
+
+    def _flush_locked(self) -> None:
+        view = memoryview(self._pending)
+        while view:
+            written = os.write(self._out, view)
+            view = view[written:]
+        view.release()
+        self._pending.clear()
 
 
 class NativeContext(Context):
@@ -104,6 +161,12 @@ class Worker:
         self.handler = handler
         self.cell_id = cell_id
         self.threads = max(1, threads)
+        self.inline = self.threads == 1
+        channel.batch = self.inline
+        # Inline: handles that arrived while a handler waited for a response.
+        self._backlog: collections.deque[dict[str, Any]] = collections.deque()
+        self._stopping = False
+        # Threaded: the handler threads' work and their waiting calls.
         self._jobs: "queue.Queue[Optional[dict[str, Any]]]" = queue.Queue()
         self._pending: dict[int, list[Any]] = {}
         self._ids = itertools.count(1)
@@ -112,12 +175,36 @@ class Worker:
     def serve(self) -> None:
         """Reads frames until `shutdown` or the end of input; returns once
         the messages already taken are answered."""
+        if self.inline:
+            self._serve_inline()
+        else:
+            self._serve_threaded()
+
+    def _serve_inline(self) -> None:
+        while not self._stopping:
+            frame = self._backlog.popleft() if self._backlog else self.channel.read()
+            if frame is None:
+                break
+            if frame["type"] == "handle":
+                self._handle(frame)
+                self.channel.flush_if_stale()
+            elif not self._control(frame):
+                break
+        while self._backlog:  # taken before shutdown: still answered
+            self._handle(self._backlog.popleft())
+        self.channel.flush()
+
+    def _serve_threaded(self) -> None:
         pool = [threading.Thread(target=self._work, daemon=True) for _ in range(self.threads)]
         for t in pool:
             t.start()
         try:
             while (frame := self.channel.read()) is not None:
-                if not self._dispatch(frame):
+                if frame["type"] == "handle":
+                    self._jobs.put(frame)
+                elif frame["type"] == "response":
+                    self._wake(frame)
+                elif not self._control(frame):
                     break
         finally:
             for _ in pool:
@@ -125,20 +212,22 @@ class Worker:
             for t in pool:
                 t.join()
 
-    def _dispatch(self, frame: dict[str, Any]) -> bool:
+    def _control(self, frame: dict[str, Any]) -> bool:
+        """Pings and shutdown; False to stop. Unknown types are ignored
+        (forward compatibility)."""
         kind = frame["type"]
-        if kind == "handle":
-            self._jobs.put(frame)
-        elif kind == "response":
-            slot = self._pending.get(frame.get("id", -1))
-            if slot is not None:
-                slot[1] = frame
-                slot[0].set()
-        elif kind == "ping":
+        if kind == "ping":
             self.channel.write({"type": "pong", "id": frame.get("id")})
         elif kind == "shutdown":
+            self._stopping = True
             return False
-        return True  # unknown types are ignored (forward compatibility)
+        return True
+
+    def _wake(self, frame: dict[str, Any]) -> None:
+        slot = self._pending.get(frame.get("id", -1))
+        if slot is not None:
+            slot[1] = frame
+            slot[0].set()
 
     def _work(self) -> None:
         while (frame := self._jobs.get()) is not None:
@@ -159,18 +248,38 @@ class Worker:
         """Sends a request or publish frame and waits for its response."""
         with self._ids_lock:
             rid = next(self._ids)
+        frame["id"] = rid
+        response = self._await_inline(frame, rid) if self.inline else self._await_threaded(frame, rid)
+        if "error" in response:
+            raise CellError.from_wire(response["error"])
+        return response.get("payload")
+
+    def _await_inline(self, frame: dict[str, Any], rid: int) -> dict[str, Any]:
+        """Reads on (reading flushes the request) until the response comes;
+        keeps the handles that arrive meanwhile, answers pings."""
+        self.channel.write(frame)
+        while True:
+            got = self.channel.read()
+            if got is None:
+                raise Unavailable("the host closed the connection during a call")
+            kind = got["type"]
+            if kind == "response" and got.get("id") == rid:
+                return got
+            if kind == "handle":
+                self._backlog.append(got)
+            elif kind != "response":
+                self._control(got)  # a shutdown takes effect after this message
+
+    def _await_threaded(self, frame: dict[str, Any], rid: int) -> dict[str, Any]:
         slot: list[Any] = [threading.Event(), None]
         self._pending[rid] = slot
-        frame["id"] = rid
         try:
             self.channel.write(frame)
             slot[0].wait()
         finally:
             self._pending.pop(rid, None)
-        response = slot[1]
-        if "error" in response:
-            raise CellError.from_wire(response["error"])
-        return response.get("payload")
+        response: dict[str, Any] = slot[1]
+        return response
 
 
 def handshake(channel: Channel, describe: dict[str, Any]) -> Optional[str]:
@@ -192,7 +301,7 @@ def handshake(channel: Channel, describe: dict[str, Any]) -> Optional[str]:
 
 def serve_fds(handler: Handler, in_fd: int, out_fd: int, threads: int = 1) -> None:
     """Serves one cell on raw file descriptors until shutdown."""
-    channel = Channel(os.fdopen(in_fd, "rb"), os.fdopen(out_fd, "wb"))
+    channel = Channel(in_fd, out_fd)
     cell_id = handshake(channel, {})
     if cell_id is None:
         return

@@ -42,7 +42,7 @@ class Host:
         self.from_worker_r, from_worker_w = os.pipe()
         self.w = os.fdopen(self.to_worker_w, "wb")
         self.r = os.fdopen(self.from_worker_r, "rb")
-        channel = Channel(os.fdopen(to_worker_r, "rb"), os.fdopen(from_worker_w, "wb"))
+        channel = Channel(to_worker_r, from_worker_w)
         self.send({"type": "hello", "protocol": {"min": 1, "max": 1}, "max_frame_bytes": 65536,
                    "cell": {"id": "test.cell", "version": "1.0"}})
         self.described = None
@@ -50,7 +50,7 @@ class Host:
         def worker():
             handshake(channel, {})
             Worker(channel, resolve(handler), "test.cell", threads).serve()
-            channel._writer.close()
+            os.close(from_worker_w)
 
         self.thread = threading.Thread(target=worker, daemon=True)
         self.thread.start()
@@ -84,6 +84,8 @@ class Host:
     def close(self):
         self.send({"type": "shutdown", "grace_ms": 1000})
         self.thread.join(5)
+        self.w.close()
+        self.r.close()
 
 
 class WorkerTest(unittest.TestCase):
@@ -128,6 +130,30 @@ class WorkerTest(unittest.TestCase):
                    "error": {"code": "not_found", "message": "nobody serves logic.greet"}})
         # An uncaught typed error of a call passes through as it is.
         self.assertEqual(host.reply(8)["error"]["code"], "not_found")
+        host.close()
+
+    def test_many_handler_threads(self):
+        host = Host(greet, threads=3)
+        host.others = []
+        host.handle(1, {"call": "Eve"})
+        request = host.recv()
+        host.handle(2, {"name": "Ada"})  # served while 1 waits for its call
+        self.assertEqual(host.reply(2)["payload"], {"greeting": "Hello, Ada!"})
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hi Eve"}})
+        self.assertEqual(host.reply(1)["payload"], {"via": {"greeting": "Hi Eve"}})
+        host.close()
+
+    def test_handles_during_a_call_wait_and_batches_flow(self):
+        host = Host(greet)
+        host.others = []
+        host.handle(1, {"call": "Eve"})
+        request = host.recv()
+        for i in range(2, 52):  # arrive while 1 waits: kept, answered after
+            host.handle(i, {"name": str(i)})
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hi Eve"}})
+        self.assertEqual(host.reply(1)["payload"], {"via": {"greeting": "Hi Eve"}})
+        for i in range(2, 52):
+            self.assertEqual(host.reply(i)["payload"], {"greeting": f"Hello, {i}!"})
         host.close()
 
     def test_a_class_handler_is_made_once(self):

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::frame::{read_frame, write_frame};
+use super::frame::{push_frame, read_frame};
 use super::protocol::{encode, FromSidecar, ToSidecar};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::outbound::{Flow, Outbound};
@@ -19,6 +19,9 @@ use crate::runtime::Reply;
 
 /// Frames queued for one process before senders wait.
 const WRITE_QUEUE: usize = 1024;
+/// Queued frames are written together up to about this many bytes: at many
+/// messages in flight one system call carries many frames.
+const WRITE_BATCH: usize = 64 << 10;
 /// How long a process has to answer a ping.
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -341,11 +344,23 @@ impl Conn {
 }
 
 async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {
+    use tokio::io::AsyncWriteExt;
     // Hold only a weak link so that the queue closes when the process is gone.
     let weak = Arc::downgrade(&conn);
     drop(conn);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(frame) = rx.recv().await {
-        if let Err(e) = write_frame(&mut stdin, &frame).await {
+        batch.clear();
+        let mut pushed = push_frame(&mut batch, &frame);
+        while pushed.is_ok() && batch.len() < WRITE_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            pushed = push_frame(&mut batch, &more);
+        }
+        let written = match pushed {
+            Ok(()) => stdin.write_all(&batch).await.and(stdin.flush().await),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             if let Some(conn) = weak.upgrade() {
                 conn.die(format!("closed its stdin ({e})"));
             }
@@ -356,10 +371,12 @@ async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiv
 
 async fn read_loop(
     conn: Arc<Conn>,
-    mut stdout: ChildStdout,
+    stdout: ChildStdout,
     max_frame: usize,
     outbound: Arc<Outbound>,
 ) {
+    // Buffered: a process that writes many frames at once is read in few calls.
+    let mut stdout = BufReader::with_capacity(64 << 10, stdout);
     loop {
         match read_frame(&mut stdout, max_frame).await {
             Ok(Some(body)) => match FromSidecar::parse(&body) {

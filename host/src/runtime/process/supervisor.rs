@@ -254,7 +254,11 @@ async fn run_until_death(conn: &Arc<Conn>, child: &mut Child) -> String {
                 let _ = child.kill().await;
                 return conn.reason().unwrap_or_else(|| "was ended".to_owned());
             }
-            _ = ping.tick() => {
+            // A process with messages in flight is watched by their
+            // deadlines; pings find the idle ones that are wedged. (A
+            // worker that handles messages in order answers a ping only
+            // between them.)
+            _ = ping.tick() => if conn.in_flight() == 0 {
                 tokio::spawn(conn.clone().ping());
             }
         }

@@ -31,14 +31,18 @@ use crate::outbound::Outbound;
 
 /// The hidden subcommand of `cbs-host` that runs one worker.
 pub const WORKER_COMMAND: &str = "python-worker";
+/// Messages sent ahead to a worker per handler thread, so that it never
+/// waits for the host between messages (and reads and answers them in
+/// batches). A message queued behind a stuck one fails with it.
+pub const READ_AHEAD: u32 = 8;
 
 /// A native Python cell: `[python] workers` processes, each handling up to
 /// `max_concurrency` messages at once.
 pub struct PythonCell {
     workers: SidecarCell,
-    /// Messages on the workers: `workers × max_concurrency`. More wait
-    /// here, in the host, where their deadline still applies, rather than
-    /// in a worker's pipe behind a message that may be stuck.
+    /// Messages on the workers: `workers × max_concurrency × READ_AHEAD`.
+    /// More wait here, in the host, where their deadline still applies,
+    /// rather than in a worker's pipe.
     slots: Semaphore,
     id: String,
 }
@@ -62,7 +66,7 @@ impl PythonCell {
         let workers = SidecarCell::start_with(spec, &sidecar, outbound, "python worker").await?;
         Ok(Self {
             workers,
-            slots: Semaphore::new((python.workers * python.max_concurrency) as usize),
+            slots: Semaphore::new((python.workers * python.max_concurrency * READ_AHEAD) as usize),
             id: m.id.clone(),
         })
     }
