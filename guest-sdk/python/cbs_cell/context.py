@@ -20,6 +20,8 @@ class Logger:
         self._sink = sink
 
     def _log(self, level: str, message: str, args: tuple[Any, ...]) -> None:
+        if not self._sink._enabled(level):
+            return  # below the host's level: not even formatted
         if args:
             message = message % args
         self._sink._log(level, message)
@@ -75,3 +77,7 @@ class Context(ABC):
 
     @abstractmethod
     def _log(self, level: str, message: str) -> None: ...
+
+    def _enabled(self, level: str) -> bool:
+        """Whether the host logs lines of `level`."""
+        return True

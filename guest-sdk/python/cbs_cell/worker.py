@@ -44,6 +44,8 @@ DEFAULT_MAX_FRAME = 1 << 20
 FLUSH_AFTER = 0.0005
 READ_CHUNK = 1 << 16
 _HEAD = struct.Struct(">I")
+#: Log levels by severity; `off` is above all.
+_RANK = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "error": 4, "off": 5}
 
 
 class ProtocolError(Exception):
@@ -152,6 +154,9 @@ class NativeContext(Context):
             {"type": "log", "level": level, "message": message, "parent": self._parent}
         )
 
+    def _enabled(self, level: str) -> bool:
+        return _RANK.get(level, 2) >= self._worker.log_rank
+
 
 class Worker:
     """Serves `handle` frames with a handler, on `threads` threads."""
@@ -162,6 +167,8 @@ class Worker:
         self.cell_id = cell_id
         self.threads = max(1, threads)
         self.inline = self.threads == 1
+        #: Lines below the host's log level are dropped here.
+        self.log_rank = 0
         channel.batch = self.inline
         # Inline: handles that arrived while a handler waited for a response.
         self._backlog: collections.deque[dict[str, Any]] = collections.deque()
@@ -171,6 +178,15 @@ class Worker:
         self._pending: dict[int, list[Any]] = {}
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
+
+    @classmethod
+    def for_hello(
+        cls, channel: Channel, handler: Handler, hello: dict[str, Any], threads: int = 1
+    ) -> "Worker":
+        """A worker for the cell and log level the host's `hello` names."""
+        worker = cls(channel, handler, str((hello.get("cell") or {}).get("id", "")), threads)
+        worker.log_rank = _RANK.get(str(hello.get("log_level", "trace")), 0)
+        return worker
 
     def serve(self) -> None:
         """Reads frames until `shutdown` or the end of input; returns once
@@ -282,8 +298,8 @@ class Worker:
         return response
 
 
-def handshake(channel: Channel, describe: dict[str, Any]) -> Optional[str]:
-    """Answers the host's `hello`; returns the cell id it names."""
+def handshake(channel: Channel, describe: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Answers the host's `hello`; returns it."""
     hello = channel.read()
     if hello is None:
         return None
@@ -296,16 +312,16 @@ def handshake(channel: Channel, describe: dict[str, Any]) -> Optional[str]:
     # We speak only PROTOCOL; a host that does not refuses it (with a
     # typed error naming both versions) and ends this process.
     channel.write({"type": "describe", "protocol": PROTOCOL, "cell": described})
-    return str(described["id"])
+    return hello
 
 
 def serve_fds(handler: Handler, in_fd: int, out_fd: int, threads: int = 1) -> None:
     """Serves one cell on raw file descriptors until shutdown."""
     channel = Channel(in_fd, out_fd)
-    cell_id = handshake(channel, {})
-    if cell_id is None:
+    hello = handshake(channel, {})
+    if hello is None:
         return
-    Worker(channel, handler, cell_id, threads).serve()
+    Worker.for_hello(channel, handler, hello, threads).serve()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

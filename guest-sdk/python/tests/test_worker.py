@@ -37,19 +37,19 @@ class Counter:
 class Host:
     """The host's end of the pipes: writes frames, reads frames."""
 
-    def __init__(self, handler, threads=1):
+    def __init__(self, handler, threads=1, log_level="trace"):
         to_worker_r, self.to_worker_w = os.pipe()
         self.from_worker_r, from_worker_w = os.pipe()
         self.w = os.fdopen(self.to_worker_w, "wb")
         self.r = os.fdopen(self.from_worker_r, "rb")
         channel = Channel(to_worker_r, from_worker_w)
         self.send({"type": "hello", "protocol": {"min": 1, "max": 1}, "max_frame_bytes": 65536,
-                   "cell": {"id": "test.cell", "version": "1.0"}})
+                   "cell": {"id": "test.cell", "version": "1.0"}, "log_level": log_level})
         self.described = None
 
         def worker():
-            handshake(channel, {})
-            Worker(channel, resolve(handler), "test.cell", threads).serve()
+            hello = handshake(channel, {})
+            Worker.for_hello(channel, resolve(handler), hello, threads).serve()
             os.close(from_worker_w)
 
         self.thread = threading.Thread(target=worker, daemon=True)
@@ -130,6 +130,17 @@ class WorkerTest(unittest.TestCase):
                    "error": {"code": "not_found", "message": "nobody serves logic.greet"}})
         # An uncaught typed error of a call passes through as it is.
         self.assertEqual(host.reply(8)["error"]["code"], "not_found")
+        host.close()
+
+    def test_logs_below_the_hosts_level_are_not_sent(self):
+        host = Host(greet, log_level="warn")
+        host.others = []
+        host.handle(1, {"name": "x", "boom": True})  # an error line: sent
+        host.reply(1)
+        host.handle(2, {"name": "Ada"})  # an info line: dropped
+        host.reply(2)
+        levels = [f["level"] for f in host.others if f["type"] == "log"]
+        self.assertEqual(levels, ["error"])
         host.close()
 
     def test_many_handler_threads(self):

@@ -350,6 +350,9 @@ async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiv
     drop(conn);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(frame) = rx.recv().await {
+        // Let the other tasks that are ready queue their frames first: under
+        // load one write (and one wake-up of the process) carries many.
+        tokio::task::yield_now().await;
         batch.clear();
         let mut pushed = push_frame(&mut batch, &frame);
         while pushed.is_ok() && batch.len() < WRITE_BATCH {

@@ -14,7 +14,8 @@ use tokio::process::{Child, Command};
 use super::conn::Conn;
 use super::frame::{read_frame, write_frame};
 use super::protocol::{
-    encode, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX, PROTOCOL_MIN,
+    encode, host_log_level, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX,
+    PROTOCOL_MIN,
 };
 use crate::manifest::{Manifest, SidecarSpec};
 use crate::outbound::Outbound;
@@ -111,6 +112,7 @@ impl Launch {
                 id,
                 version: &self.manifest.version,
             },
+            log_level: host_log_level(),
         });
         let handshake = async {
             write_frame(&mut stdin, &hello)

@@ -34,7 +34,7 @@ pub const WORKER_COMMAND: &str = "python-worker";
 /// Messages sent ahead to a worker per handler thread, so that it never
 /// waits for the host between messages (and reads and answers them in
 /// batches). A message queued behind a stuck one fails with it.
-pub const READ_AHEAD: u32 = 8;
+pub const READ_AHEAD: u32 = 32;
 
 /// A native Python cell: `[python] workers` processes, each handling up to
 /// `max_concurrency` messages at once.
