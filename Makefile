@@ -12,13 +12,24 @@ CELLS := \
 	cells/io.prompt_name:io-prompt-name \
 	cells/logic.greet:logic-greet \
 	cells/io.print_greeting:io-print-greeting \
+	cells/io.polyglot:io-polyglot \
 	tests/cells/faulty:test-faulty
 # Test-only: a WASI command component, which is not a cell.
 NOT_A_CELL := tests/cells/not-a-cell:test-not-a-cell
 
 DEMO := cells/io.prompt_name cells/logic.greet cells/io.print_greeting
 
-.PHONY: help run build host cells test test-dart dart-cells lint fmt bench setup setup-rust setup-nats clean
+# Python: the project venv holds componentize-py and nats-py; each native
+# cell gets its own venv. PYTHON is the interpreter the host embeds (pyo3
+# builds against `python3` on PATH), so keep them the same.
+PYTHON ?= python3
+VENV := .venv
+# Python cells: components (componentize-py) and native-pool cells (a venv each).
+PY_CELLS := cells/logic.describe cells/logic.stats \
+	tests/cells/py-faulty tests/cells/py-faulty-wasm
+POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats
+
+.PHONY: help run run-polyglot build host cells python-cells test test-dart test-python dart-cells lint fmt bench setup setup-rust setup-nats setup-python clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,9 +38,13 @@ run: build ## Run the greeting demo: `echo Ada | make run`
 	@[ -t 0 ] && echo "What is your name? (type it and press Enter)" >&2 || true
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.prompt_name $(DEMO)
 
-build: host cells ## Build the host (release) and every cell component
+run-polyglot: build ## Rust → Python (component) → Python (native, numpy) → Rust
+	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.polyglot \
+		--input '{"numbers": [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]}' $(POLYGLOT)
 
-host: setup-rust
+build: host cells python-cells ## Build the host (release) and every cell
+
+host: setup-rust setup-python
 	$(CARGO) build --release -p cbs-host
 
 cells: setup-rust ## Build the cells into components, next to their cell.toml
@@ -41,10 +56,16 @@ cells: setup-rust ## Build the cells into components, next to their cell.toml
 	done
 	@cp -f "$(WASM_OUT)/test-not-a-cell.wasm" tests/cells/not-a-cell/not_a_cell.wasm
 
-test: setup-rust setup-nats cells ## Run every test (unit, component, bus conformance, end to end)
+python-cells: setup-python ## Build the Python cells: components, and the native cells' venvs
+	@$(VENV)/bin/python scripts/build-python-cell $(PY_CELLS)
+
+test: setup-rust setup-nats cells python-cells ## Run every test (unit, component, bus conformance, end to end)
 	$(CARGO) build -p cbs-host
 	$(CARGO) test -p cbs-host -p cbs-cell -p cbs-tests
-	@$(MAKE) --no-print-directory test-dart
+	@$(MAKE) --no-print-directory test-python test-dart
+
+test-python: setup-python ## The Python SDK's own tests (unittest, in the project venv)
+	cd guest-sdk/python && ../../$(VENV)/bin/python -m unittest discover -s tests
 
 test-dart: ## The Dart SDK's tests, where `dart` is installed
 	@if command -v dart >/dev/null; then \
@@ -63,7 +84,7 @@ lint: setup-rust ## rustfmt and clippy, warnings are errors
 fmt:
 	$(CARGO) fmt --all
 
-setup: setup-rust setup-nats ## Install the toolchain pieces and nats-server
+setup: setup-rust setup-nats setup-python ## Install the toolchain pieces, nats-server and the Python venv
 
 setup-rust:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || { \
@@ -76,11 +97,29 @@ setup-nats:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server >/dev/null; }
 
+# What the host's pyo3 build and the venvs need of $(PYTHON).
+PY_OK = $(PYTHON) -c 'import ensurepip, os, sys, sysconfig as c; assert sys.version_info >= (3, 11) and c.get_config_var("Py_ENABLE_SHARED") and os.path.isfile(c.get_config_var("INCLUDEPY") + "/Python.h")' 2>/dev/null
+
+# The project venv, from PyPI; redone only when its requirements change.
+setup-python: $(VENV)/.cbs-setup
+$(VENV)/.cbs-setup: guest-sdk/python/requirements-dev.txt
+	@$(PY_OK) || { \
+		echo "installing python3-venv and python3-dev from Debian's packages..." >&2; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv python3-dev >/dev/null; }
+	@$(PY_OK) || { echo "Python cells need $(PYTHON) >= 3.11 with venv, headers and a shared libpython" >&2; exit 1; }
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	@echo "installing componentize-py and nats-py into $(VENV)..." >&2
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r $<
+	@touch $@
+
 clean:
 	$(CARGO) clean
 	rm -f $(foreach c,$(CELLS),$(word 1,$(subst :, ,$(c)))/*.wasm) tests/cells/not-a-cell/*.wasm
+	rm -f cells/logic.describe/*.wasm tests/cells/py-faulty-wasm/*.wasm
+	rm -rf $(foreach c,$(PY_CELLS),$(c)/.venv)
 
-bench: setup-rust setup-nats cells ## Benchmarks next to raw NATS; writes bench/results/<date>.md/.json
+bench: setup-rust setup-nats cells python-cells ## Benchmarks next to raw NATS; writes bench/results/<date>.md/.json
 	$(CARGO) build --release -p cbs-host
 	$(CARGO) bench -p cbs-tests --bench overhead
 	$(CARGO) bench -p cbs-host --bench hot_path -- --quick

@@ -25,6 +25,7 @@ use crate::manifest::{CellSpec, Manifest, RuntimeKind};
 use crate::metrics::{self, CellLabel, LatencyFamily};
 use crate::outbound::{self, LocalCalls, Outbound};
 use crate::runtime::process::SidecarCell;
+use crate::runtime::python::PythonCell;
 use crate::runtime::wasm::{CacheOutcome, WasmRuntime};
 use crate::runtime::{CellInfo, CellRunner};
 
@@ -259,10 +260,12 @@ impl Body {
                     .with_context(|| format!("cannot load cell {}", manifest.id))?;
                 (Arc::new(cell), None)
             }
-            other => bail!(
-                "cell {}: runtime {other:?} is not available in this host yet",
-                manifest.id
-            ),
+            RuntimeKind::Python => {
+                let cell = PythonCell::start(&spec, outbound.clone())
+                    .await
+                    .with_context(|| format!("cannot load cell {}", manifest.id))?;
+                (Arc::new(cell), None)
+            }
         };
         let limits = &manifest.limits;
         Ok(Arc::new(LoadedCell {

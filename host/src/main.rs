@@ -19,6 +19,12 @@ use cbs_host::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
 use serde_json::value::RawValue;
 
+// The native Python pool's worker embeds CPython: compiled into this binary
+// only, so the library and the tests do not link libpython.
+#[cfg(feature = "python")]
+#[path = "runtime/python/worker.rs"]
+mod python_worker;
+
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
 /// bridges their envelopes to a bus (in process unless told otherwise).
 #[derive(Parser)]
@@ -53,6 +59,10 @@ enum Command {
     ///
     /// Example: `cbs-host load cells/logic.greet`
     Load(LoadArgs),
+    /// One worker process of the native Python pool (started by the host).
+    #[cfg(feature = "python")]
+    #[command(name = "python-worker", hide = true)]
+    PythonWorker(python_worker::WorkerArgs),
 }
 
 #[derive(Args)]
@@ -179,9 +189,12 @@ impl EngineArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let otlp = match &cli.command {
-        Command::Run(args) => args.otlp.clone(),
+    let otlp = match cli.command {
+        Command::Run(ref args) => args.otlp.clone(),
         Command::Load(_) => None,
+        // A worker logs nothing itself: its stderr is the host's log.
+        #[cfg(feature = "python")]
+        Command::PythonWorker(args) => return python_worker::run(args),
     };
     let telemetry = match telemetry::init_with_otlp(cli.log_format, &cli.log_level, otlp) {
         Ok(t) => t,
@@ -201,6 +214,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(*args).await,
             Command::Load(args) => load(args).await,
+            #[cfg(feature = "python")]
+            Command::PythonWorker(_) => unreachable!("handled before the async runtime"),
         }
     });
     drop(runtime);

@@ -25,6 +25,11 @@ pub struct Manifest {
     pub component: Option<PathBuf>,
     /// The process to run, for `runtime = "sidecar"`.
     pub sidecar: Option<SidecarSpec>,
+    /// The source language, for the tools that build components
+    /// (`python` components are built by `scripts/build-python-cell`).
+    pub lang: Option<Lang>,
+    /// A Python cell's handler, and for `runtime = "python"` its venv and pool.
+    pub python: Option<PythonSpec>,
     /// Contract of the request payload.
     pub input: Option<SchemaRef>,
     /// Contract of the reply payload.
@@ -49,6 +54,53 @@ pub enum RuntimeKind {
     Wasm,
     Python,
     Sidecar,
+}
+
+/// Languages cells are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lang {
+    Rust,
+    Python,
+    Dart,
+}
+
+/// A Python cell: where its handler is and, in the native pool
+/// (`runtime = "python"`), which venv runs it on how many workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonSpec {
+    /// The module holding the handler (`stats` for `stats.py`).
+    pub module: String,
+    /// A function `handle(payload, ctx)` or a class with such a method.
+    #[serde(default = "default_handler")]
+    pub handler: String,
+    /// The folder the module is in, relative to the cell folder.
+    #[serde(default = "dot")]
+    pub path: PathBuf,
+    /// pip requirements installed into the venv (by `make`).
+    pub requirements: Option<PathBuf>,
+    /// The venv whose interpreter and packages run the cell.
+    #[serde(default = "default_venv")]
+    pub venv: PathBuf,
+    /// Worker processes.
+    #[serde(default = "one")]
+    pub workers: u32,
+    /// Messages one worker handles at once (its handler threads).
+    #[serde(default = "one")]
+    pub max_concurrency: u32,
+}
+
+fn default_handler() -> String {
+    "handle".to_owned()
+}
+
+fn dot() -> PathBuf {
+    PathBuf::from(".")
+}
+
+fn default_venv() -> PathBuf {
+    PathBuf::from(".venv")
 }
 
 /// How to run a sidecar (docs/sidecar-protocol.md).
@@ -201,6 +253,8 @@ impl Manifest {
             runtime: RuntimeKind::Wasm,
             component: Some(component.to_path_buf()),
             sidecar: None,
+            lang: None,
+            python: None,
             input: None,
             output: None,
             capabilities: Capabilities::default(),
@@ -249,6 +303,20 @@ impl Manifest {
                 }
                 Some(_) => {}
             }
+        }
+        if self.runtime == RuntimeKind::Python {
+            match &self.python {
+                None => bail!(
+                    "runtime \"python\" needs a [python] table with `module = \"...\"` (the handler's module)"
+                ),
+                Some(p) if p.workers == 0 || p.max_concurrency == 0 => {
+                    bail!("[python] workers and max_concurrency must be greater than 0")
+                }
+                Some(_) => {}
+            }
+        }
+        if self.lang == Some(Lang::Python) && self.python.is_none() {
+            bail!("lang \"python\" needs a [python] table with `module = \"...\"`");
         }
         for target in self.policy.keys() {
             if !self.may_call(target) {
@@ -343,6 +411,28 @@ mod tests {
         assert!(Manifest::parse(&MINIMAL.replace("logic.greet", "Logic.Greet")).is_err());
         assert!(Manifest::parse(&MINIMAL.replace("logic.greet", "a..b")).is_err());
         assert!(Manifest::parse(&format!("{MINIMAL}\n[limits]\nconcurrency = 0")).is_err());
+    }
+
+    #[test]
+    fn python_cells() {
+        let native = Manifest::parse(
+            "id = \"a.b\"\nversion = \"1\"\nruntime = \"python\"\n[python]\nmodule = \"m\"\nworkers = 3",
+        )
+        .unwrap();
+        let py = native.python.unwrap();
+        assert_eq!(
+            (py.handler.as_str(), py.workers, py.max_concurrency),
+            ("handle", 3, 1)
+        );
+        assert_eq!(py.venv, PathBuf::from(".venv"));
+        let err =
+            Manifest::parse("id = \"a.b\"\nversion = \"1\"\nruntime = \"python\"").unwrap_err();
+        assert!(format!("{err:#}").contains("[python] table"), "{err:#}");
+        let component = Manifest::parse(&format!(
+            "{MINIMAL}\nlang = \"python\"\n[python]\nmodule = \"m\""
+        ))
+        .unwrap();
+        assert_eq!(component.lang, Some(Lang::Python));
     }
 
     #[test]

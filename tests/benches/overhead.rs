@@ -3,9 +3,12 @@
 //! Over a nats-server it starts itself, with the same ~200 B request, at 1
 //! and 64 requests in flight: a raw async-nats echo responder (the floor), a
 //! native Rust NATS service doing `logic.greet`'s work, `logic.greet` as a
-//! wasm cell (`pooled`, `fresh`), a 3-hop chain of cells, and the Python
-//! reference sidecar. The same cells on the in-process bus. Then start-up
-//! (cold and warm component cache) and idle memory. Writes
+//! wasm cell (`pooled`, `fresh`), a 3-hop chain of cells, the Python
+//! reference sidecar, and one Python handler three ways: as a component, in
+//! the native pool, and as a hand-written nats-py service (2 processes, like
+//! the pool's 2 workers). The same cells on the in-process bus. Then
+//! start-up (cold and warm component cache), the Python component's first
+//! and cached load, and idle memory. Writes
 //! `bench/results/<date>.md` and `.json`. Compare ratios, not absolutes.
 
 use std::path::{Path, PathBuf};
@@ -118,6 +121,72 @@ async fn native_greeter(bus: Arc<dyn BodyBus>) {
             });
         }
     });
+}
+
+/// The Python test cell's folders: native pool and component.
+fn python_cells() -> Vec<PathBuf> {
+    vec![
+        repo().join("tests/cells/py-faulty"),
+        cbs_tests::cell("tests/cells/py-faulty-wasm"),
+    ]
+}
+
+/// The same Python handler as a hand-written nats-py service: `n`
+/// processes in one queue group, killed when dropped.
+struct NatsPy(Vec<std::process::Child>);
+
+impl NatsPy {
+    fn start(url: &str, n: usize) -> Self {
+        use std::io::{BufRead, BufReader};
+        let python = repo().join(".venv/bin/python");
+        let script = repo().join("tests/benches/nats_py_service.py");
+        let children = (0..n)
+            .map(|_| {
+                let mut child = Command::new(&python)
+                    .arg(&script)
+                    .args([url, "bench.natspy"])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("the project venv (make setup-python) runs the nats-py service");
+                let mut line = String::new();
+                BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                assert_eq!(line.trim(), "ready", "nats-py service did not start");
+                child
+            })
+            .collect();
+        Self(children)
+    }
+}
+
+impl Drop for NatsPy {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Loads the Python component twice with an empty cache: (first, cached).
+async fn python_component_loads(cache: &Path) -> (Duration, Duration) {
+    let mut times = Vec::new();
+    for _ in 0..2 {
+        let body = cbs_host::body::Body::new(
+            Arc::new(LocalBus::new()),
+            cbs_tests::runtime(Some(cache.to_path_buf())),
+        );
+        let started = Instant::now();
+        let cell = body.load(&python_cells()[1]).await.unwrap();
+        times.push(started.elapsed());
+        eprintln!(
+            "  python component load: {:?} ({:?})",
+            times.last().unwrap(),
+            cell.cache
+        );
+    }
+    (times[0], times[1])
 }
 
 /// Echoes every request's bytes back: what NATS itself costs.
@@ -252,7 +321,9 @@ async fn main() {
     let mut cells = vec![greet(), fresh];
     cells.extend(chain(root));
     cells.push(repo().join("tests/sidecars/reference"));
+    cells.extend(python_cells());
     let greet_payload = PAYLOAD.to_owned();
+    let shout = json!({"action": "shout", "text": "Ada Lovelace"}).to_string();
     let cases = |floor: (&'static str, &'static str)| {
         vec![
             (floor.0, floor.1, greet_payload.clone()),
@@ -273,6 +344,9 @@ async fn main() {
                 "cbs.test.reference",
                 json!({"action": "echo", "value": "Ada Lovelace"}).to_string(),
             ),
+            ("python-wasm", "cbs.test.py_faulty_wasm", shout.clone()),
+            ("python-native", "cbs.test.py_faulty", shout.clone()),
+            ("nats-py", "bench.natspy", shout.clone()),
         ]
     };
 
@@ -282,6 +356,7 @@ async fn main() {
     let _nats_host = TestHost::on(served.clone(), &cells).await;
     native_greeter(served.clone()).await;
     raw_echo(server.bus().await.client().clone()).await;
+    let _nats_py = NatsPy::start(&server.url(), 2);
     let client: Arc<dyn BodyBus> = Arc::new(server.bus().await);
     let mut rows = table(client, "nats", &cases(("raw-nats", "bench.echo"))).await;
 
@@ -291,6 +366,7 @@ async fn main() {
     native_greeter(local.clone()).await;
     let mut local_cases = cases(("rust-native", "bench.native"));
     local_cases.remove(1);
+    local_cases.retain(|(name, ..)| *name != "nats-py");
     rows.extend(table(local, "local", &local_cases).await);
 
     eprintln!("start-up and memory");
@@ -302,6 +378,7 @@ async fn main() {
     let (warm, rss10) = start_host(&ten, &cache);
     let (_, rss1) = start_host(&ten[..1], &cache);
     let per_cell_kib = (rss10.saturating_sub(rss1)) / 9;
+    let (py_first, py_cached) = python_component_loads(&root.join("py-cache")).await;
 
     let nats_version = Command::new("nats-server")
         .arg("--version")
@@ -312,6 +389,8 @@ async fn main() {
     let pooled1 = find(&rows, "nats", "greet-wasm-pooled", 1);
     let raw1 = find(&rows, "nats", "raw-nats", 1);
     let chain64 = find(&rows, "nats", "chain-3hop", 64);
+    let native64 = find(&rows, "nats", "python-native", 64);
+    let natspy64 = find(&rows, "nats", "nats-py", 64);
     let targets = vec![
         (
             "wasm logic.greet (pooled) ≥ 0.8× raw NATS req/s at 64 in flight",
@@ -334,6 +413,16 @@ async fn main() {
             warm <= Duration::from_millis(100),
         ),
         (
+            "a cached Python component loads in ≤ 10 ms",
+            format!("{:.1} ms", py_cached.as_secs_f64() * 1e3),
+            py_cached <= Duration::from_millis(10),
+        ),
+        (
+            "native Python pool ≥ nats-py service req/s at 64 in flight",
+            format!("{:.2}×", native64.rps / natspy64.rps),
+            native64.rps >= natspy64.rps,
+        ),
+        (
             "idle RSS per additional Rust cell ≤ 2 MB",
             format!("{:.2} MiB", per_cell_kib as f64 / 1024.0),
             per_cell_kib <= 2048,
@@ -352,6 +441,7 @@ async fn main() {
         "duration_s": DURATION.as_secs_f64(),
         "rows": rows,
         "startup": {"cells": 10, "cold_ms": cold.as_millis(), "warm_ms": warm.as_millis()},
+        "python_component_load": {"first_ms": py_first.as_secs_f64() * 1e3, "cached_ms": py_cached.as_secs_f64() * 1e3},
         "memory": {"rss_1_cell_kib": rss1, "rss_10_cells_kib": rss10, "per_additional_cell_kib": per_cell_kib},
         "targets": targets.iter().map(|(t, v, ok)| json!({"target": t, "measured": v, "met": ok})).collect::<Vec<_>>(),
     });
@@ -373,7 +463,7 @@ async fn main() {
         }
         md.push('\n');
     }
-    md.push_str(&format!("## Start-up and memory\n\n- `cbs-host run` to ready with 10 Rust cells: cold cache {} ms, warm cache {} ms\n- idle RSS: 1 cell {:.1} MiB, 10 cells {:.1} MiB, {:.2} MiB per additional cell\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n", cold.as_millis(), warm.as_millis(), rss1 as f64 / 1024.0, rss10 as f64 / 1024.0, per_cell_kib as f64 / 1024.0));
+    md.push_str(&format!("## Start-up and memory\n\n- `cbs-host run` to ready with 10 Rust cells: cold cache {} ms, warm cache {} ms\n- Python component (tests/cells/py-faulty-wasm): first load {:.0} ms (compile), cached load {:.1} ms\n- idle RSS: 1 cell {:.1} MiB, 10 cells {:.1} MiB, {:.2} MiB per additional cell\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n", cold.as_millis(), warm.as_millis(), py_first.as_secs_f64() * 1e3, py_cached.as_secs_f64() * 1e3, rss1 as f64 / 1024.0, rss10 as f64 / 1024.0, per_cell_kib as f64 / 1024.0));
     for (t, v, ok) in &targets {
         md.push_str(&format!(
             "| {t} | {v} | {} |\n",

@@ -73,7 +73,10 @@ async fn second_load_comes_from_the_precompiled_cache() {
     };
     assert_eq!(load().await, Some(CacheOutcome::Compiled));
     assert_eq!(load().await, Some(CacheOutcome::Hit));
-    let entries = std::fs::read_dir(cache.path()).unwrap().count();
+    let entries = std::fs::read_dir(cache.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("cwasm".as_ref()))
+        .count();
     assert_eq!(entries, 1, "one entry per component and engine");
 }
 
@@ -87,9 +90,42 @@ async fn a_corrupt_cache_entry_is_recompiled() {
         .await
         .unwrap();
     for entry in std::fs::read_dir(cache.path()).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+        let path = entry.unwrap().path();
+        if path.extension() == Some("cwasm".as_ref()) {
+            std::fs::write(path, b"garbage").unwrap();
+        }
     }
     let body = cbs_host::body::Body::new(bus(), runtime());
     let cell = body.load(&greet()).await.unwrap();
     assert_eq!(cell.cache, Some(CacheOutcome::Compiled));
+}
+
+/// The cache remembers each component file's digest by the file's identity;
+/// a file replaced in place must not be served from the old entry.
+#[tokio::test]
+async fn a_changed_component_file_is_not_served_from_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let cell = tempfile::tempdir().unwrap();
+    let wasm = cell.path().join("cell.wasm");
+    std::fs::write(
+        cell.path().join("cell.toml"),
+        "id = \"logic.greet\"\nversion = \"0.1.0\"\ncomponent = \"cell.wasm\"\n",
+    )
+    .unwrap();
+    let load = || async {
+        let body = cbs_host::body::Body::new(
+            std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()),
+            cbs_tests::runtime(Some(cache.path().to_path_buf())),
+        );
+        let loaded = body.load(cell.path()).await.unwrap();
+        (loaded.cache, loaded.info().id.clone())
+    };
+    std::fs::copy(greet().join("logic_greet.wasm"), &wasm).unwrap();
+    assert_eq!(load().await.0, Some(CacheOutcome::Compiled));
+    assert_eq!(load().await.0, Some(CacheOutcome::Hit));
+    std::fs::copy(faulty().join("test_faulty.wasm"), &wasm).unwrap();
+    let (outcome, described) = load().await;
+    assert_eq!(outcome, Some(CacheOutcome::Compiled));
+    assert_eq!(described, "test.faulty", "the new component runs");
+    assert_eq!(load().await.0, Some(CacheOutcome::Hit));
 }

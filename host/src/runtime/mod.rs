@@ -1,7 +1,9 @@
-//! Runtimes run cells: `wasm` (components in wasmtime) and `process`
-//! (supervised sidecar processes); all behind one trait.
+//! Runtimes run cells: `wasm` (components in wasmtime), `process`
+//! (supervised sidecar processes) and `python` (the native CPython pool,
+//! built on `process`); all behind one trait.
 
 pub mod process;
+pub mod python;
 pub mod wasm;
 
 use std::sync::Arc;

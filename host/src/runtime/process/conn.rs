@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::frame::{read_frame, write_frame};
+use super::frame::{push_frame, read_frame};
 use super::protocol::{encode, FromSidecar, ToSidecar};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::outbound::{Flow, Outbound};
@@ -19,6 +19,9 @@ use crate::runtime::Reply;
 
 /// Frames queued for one process before senders wait.
 const WRITE_QUEUE: usize = 1024;
+/// Queued frames are written together up to about this many bytes: at many
+/// messages in flight one system call carries many frames.
+const WRITE_BATCH: usize = 64 << 10;
 /// How long a process has to answer a ping.
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,6 +29,8 @@ type Pending = oneshot::Sender<Result<Reply, BusError>>;
 
 pub struct Conn {
     pub cell_id: String,
+    /// What the process is, in messages: "sidecar" or "python worker".
+    pub kind: &'static str,
     pub pid: u32,
     writer: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -42,8 +47,10 @@ pub struct Conn {
 
 impl Conn {
     /// Starts the IO tasks of a process that has completed its handshake.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cell_id: String,
+        kind: &'static str,
         pid: u32,
         stdin: ChildStdin,
         stdout: ChildStdout,
@@ -54,6 +61,7 @@ impl Conn {
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
         let conn = Arc::new(Self {
             cell_id,
+            kind,
             pid,
             writer,
             pending: Mutex::default(),
@@ -111,7 +119,8 @@ impl Conn {
                 Err(BusError::new(
                     ErrorCode::Timeout,
                     format!(
-                        "sidecar {} did not reply within {} ms; its process was killed and is being restarted",
+                        "{} {} did not reply within {} ms; its process was killed and is being restarted",
+                        self.kind,
                         self.cell_id,
                         remaining.as_millis()
                     ),
@@ -166,7 +175,7 @@ impl Conn {
         let mut slot = self.reason.lock().unwrap();
         if slot.is_none() {
             *slot = Some(reason.into());
-            tracing::warn!(cell = %self.cell_id, pid = self.pid, reason = slot.as_deref(), "ending sidecar process");
+            tracing::warn!(cell = %self.cell_id, pid = self.pid, reason = slot.as_deref(), "ending {} process", self.kind);
         }
         drop(slot);
         self.death.notify_one();
@@ -201,8 +210,8 @@ impl Conn {
         BusError::new(
             ErrorCode::CellFailed,
             format!(
-                "sidecar {} (pid {}) {why} while handling this message; it is being restarted",
-                self.cell_id, self.pid
+                "{} {} (pid {}) {why} while handling this message; it is being restarted",
+                self.kind, self.cell_id, self.pid
             ),
         )
     }
@@ -233,8 +242,8 @@ impl Conn {
                     (None, None) => Err(BusError::new(
                         ErrorCode::ContractViolation,
                         format!(
-                            "sidecar {} sent a reply with neither payload nor error",
-                            self.cell_id
+                            "{} {} sent a reply with neither payload nor error",
+                            self.kind, self.cell_id
                         ),
                     )),
                 };
@@ -335,11 +344,26 @@ impl Conn {
 }
 
 async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {
+    use tokio::io::AsyncWriteExt;
     // Hold only a weak link so that the queue closes when the process is gone.
     let weak = Arc::downgrade(&conn);
     drop(conn);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(frame) = rx.recv().await {
-        if let Err(e) = write_frame(&mut stdin, &frame).await {
+        // Let the other tasks that are ready queue their frames first: under
+        // load one write (and one wake-up of the process) carries many.
+        tokio::task::yield_now().await;
+        batch.clear();
+        let mut pushed = push_frame(&mut batch, &frame);
+        while pushed.is_ok() && batch.len() < WRITE_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            pushed = push_frame(&mut batch, &more);
+        }
+        let written = match pushed {
+            Ok(()) => stdin.write_all(&batch).await.and(stdin.flush().await),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             if let Some(conn) = weak.upgrade() {
                 conn.die(format!("closed its stdin ({e})"));
             }
@@ -350,10 +374,12 @@ async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiv
 
 async fn read_loop(
     conn: Arc<Conn>,
-    mut stdout: ChildStdout,
+    stdout: ChildStdout,
     max_frame: usize,
     outbound: Arc<Outbound>,
 ) {
+    // Buffered: a process that writes many frames at once is read in few calls.
+    let mut stdout = BufReader::with_capacity(64 << 10, stdout);
     loop {
         match read_frame(&mut stdout, max_frame).await {
             Ok(Some(body)) => match FromSidecar::parse(&body) {

@@ -40,6 +40,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(body))
 }
 
+/// Appends one frame (length prefix and body) to `buf`, for writing many
+/// frames in one system call.
+pub fn push_frame(buf: &mut Vec<u8>, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(body);
+    Ok(())
+}
+
 /// Writes one frame and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
@@ -75,6 +84,11 @@ mod tests {
             read_frame(&mut r, 4).await,
             Err(FrameError::Oversize { len: 22, max: 4 })
         ));
+        let mut pushed = Vec::new();
+        push_frame(&mut pushed, br#"{"type":"ping","id":1}"#).unwrap();
+        push_frame(&mut pushed, b"{}").unwrap();
+        assert_eq!(pushed, buf, "push_frame writes what write_frame writes");
+
         let mut r = &buf[..10];
         assert!(matches!(
             read_frame(&mut r, 64).await,

@@ -19,12 +19,13 @@ use tokio::task::JoinHandle;
 use self::supervisor::{supervise, Launch, Slot};
 use super::{CellInfo, CellRunner, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
-use crate::manifest::CellSpec;
+use crate::manifest::{CellSpec, SidecarSpec};
 use crate::outbound::Outbound;
 
 /// A sidecar cell: `[sidecar] processes` supervised processes.
 pub struct SidecarCell {
     id: String,
+    kind: &'static str,
     info: CellInfo,
     slots: Vec<Arc<Slot>>,
     next: AtomicUsize,
@@ -35,14 +36,32 @@ impl SidecarCell {
     /// Starts every process and completes its handshake: a sidecar that
     /// cannot start fails the load with the reason.
     pub async fn start(spec: &CellSpec, outbound: Arc<Outbound>) -> anyhow::Result<Self> {
-        let manifest = Arc::new(spec.manifest.clone());
-        let sidecar = manifest.sidecar.as_ref().with_context(|| {
+        let sidecar = spec.manifest.sidecar.as_ref().with_context(|| {
             format!(
                 "cell {} has runtime \"sidecar\" but no [sidecar] table",
-                manifest.id
+                spec.manifest.id
             )
         })?;
-        let launch = Arc::new(Launch::new(&spec.dir, manifest.clone(), sidecar, outbound)?);
+        Self::start_with(spec, sidecar, outbound, "sidecar").await
+    }
+
+    /// Starts the processes `sidecar` describes (for runtimes that run
+    /// processes of their own making, such as the native Python pool);
+    /// `kind` names them in messages.
+    pub async fn start_with(
+        spec: &CellSpec,
+        sidecar: &SidecarSpec,
+        outbound: Arc<Outbound>,
+        kind: &'static str,
+    ) -> anyhow::Result<Self> {
+        let manifest = Arc::new(spec.manifest.clone());
+        let launch = Arc::new(Launch::new(
+            &spec.dir,
+            manifest.clone(),
+            sidecar,
+            outbound,
+            kind,
+        )?);
         let (mut slots, mut supervisors, mut info) = (Vec::new(), Vec::new(), None);
         for _ in 0..sidecar.processes {
             let (conn, child, described) = launch.start().await?;
@@ -58,6 +77,7 @@ impl SidecarCell {
         }
         Ok(Self {
             id: manifest.id.clone(),
+            kind,
             info: info.expect("processes >= 1"),
             slots,
             next: AtomicUsize::new(0),
@@ -81,8 +101,8 @@ impl SidecarCell {
     fn unavailable(&self) -> BusError {
         let last = self.slots.iter().find_map(|s| s.last_failure());
         let mut message = format!(
-            "sidecar {} has no running process; it is being restarted",
-            self.id
+            "{} {} has no running process; it is being restarted",
+            self.kind, self.id
         );
         if let Some(why) = last {
             message.push_str(&format!(" (last start failed: {why})"));

@@ -19,6 +19,9 @@ pub enum ToSidecar<'a> {
         protocol: Versions,
         max_frame_bytes: usize,
         cell: CellRef<'a>,
+        /// The least severe level the host logs: a process may drop `log`
+        /// frames below it instead of sending them.
+        log_level: &'static str,
     },
     Handle {
         id: u64,
@@ -199,6 +202,19 @@ impl From<WireError> for BusError {
             message: e.message,
             details: e.details,
         }
+    }
+}
+
+/// The least severe level the host's log shows now (`off` when none).
+pub fn host_log_level() -> &'static str {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => "trace",
+        LevelFilter::DEBUG => "debug",
+        LevelFilter::INFO => "info",
+        LevelFilter::WARN => "warn",
+        LevelFilter::ERROR => "error",
+        _ => "off",
     }
 }
 

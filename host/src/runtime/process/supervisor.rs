@@ -14,7 +14,8 @@ use tokio::process::{Child, Command};
 use super::conn::Conn;
 use super::frame::{read_frame, write_frame};
 use super::protocol::{
-    encode, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX, PROTOCOL_MIN,
+    encode, host_log_level, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX,
+    PROTOCOL_MIN,
 };
 use crate::manifest::{Manifest, SidecarSpec};
 use crate::outbound::Outbound;
@@ -31,6 +32,8 @@ const PASS_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM"]
 /// Everything needed to start a process of one sidecar cell.
 pub struct Launch {
     pub manifest: Arc<Manifest>,
+    /// What the process is, in messages: "sidecar" or "python worker".
+    pub kind: &'static str,
     program: PathBuf,
     args: Vec<String>,
     dir: PathBuf,
@@ -45,6 +48,7 @@ impl Launch {
         manifest: Arc<Manifest>,
         spec: &SidecarSpec,
         outbound: Arc<Outbound>,
+        kind: &'static str,
     ) -> anyhow::Result<Self> {
         let Some((program, args)) = spec.command.split_first() else {
             bail!("[sidecar] command is empty");
@@ -57,6 +61,7 @@ impl Launch {
         };
         Ok(Self {
             manifest,
+            kind,
             program,
             args: args.to_vec(),
             dir: dir.to_path_buf(),
@@ -89,7 +94,8 @@ impl Launch {
             .kill_on_drop(true);
         let mut child = command.spawn().with_context(|| {
             format!(
-                "cannot start sidecar {id}: {} {:?}",
+                "cannot start {} {id}: {} {:?}",
+                self.kind,
                 self.program.display(),
                 self.args
             )
@@ -106,6 +112,7 @@ impl Launch {
                 id,
                 version: &self.manifest.version,
             },
+            log_level: host_log_level(),
         });
         let handshake = async {
             write_frame(&mut stdin, &hello)
@@ -122,14 +129,15 @@ impl Launch {
         };
         let (protocol, described) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(done)) => done,
-            Ok(Err(e)) => bail!("sidecar {id} failed its handshake: {e:#}"),
+            Ok(Err(e)) => bail!("{} {id} failed its handshake: {e:#}", self.kind),
             Err(_) => bail!(
-                "sidecar {id} did not answer hello within {} s",
+                "{} {id} did not answer hello within {} s",
+                self.kind,
                 HANDSHAKE_TIMEOUT.as_secs()
             ),
         };
         if !(PROTOCOL_MIN..=PROTOCOL_MAX).contains(&protocol) {
-            bail!("sidecar {id} speaks protocol {protocol}, this host speaks {PROTOCOL_MIN}..{PROTOCOL_MAX}");
+            bail!("{} {id} speaks protocol {protocol}, this host speaks {PROTOCOL_MIN}..{PROTOCOL_MAX}", self.kind);
         }
         if described.id != *id {
             tracing::warn!(manifest = %id, sidecar = %described.id, "the sidecar describes itself with another id; cell.toml wins");
@@ -137,6 +145,7 @@ impl Launch {
         let stderr = child.stderr.take().unwrap();
         let conn = Conn::start(
             id.clone(),
+            self.kind,
             pid,
             stdin,
             stdout,
@@ -144,7 +153,7 @@ impl Launch {
             self.max_frame,
             self.outbound.clone(),
         );
-        tracing::info!(cell = %id, pid, protocol, "sidecar process up");
+        tracing::info!(cell = %id, pid, protocol, "{} process up", self.kind);
         Ok((conn, child, described))
     }
 }
@@ -205,7 +214,7 @@ pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
         if slot.closing.load(Ordering::Relaxed) {
             return;
         }
-        tracing::warn!(cell = %conn.cell_id, pid = conn.pid, reason = %why, "sidecar process ended; restarting");
+        tracing::warn!(cell = %conn.cell_id, pid = conn.pid, reason = %why, "{} process ended; restarting", conn.kind);
         if started.elapsed() > HEALTHY_AFTER {
             attempt = 0;
         }
@@ -221,7 +230,7 @@ pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "sidecar restart failed");
+                    tracing::warn!(error = %format!("{e:#}"), "{} restart failed", slot.launch.kind);
                     *slot.last_failure.lock().unwrap() = Some(format!("{e:#}"));
                 }
             }
@@ -247,7 +256,11 @@ async fn run_until_death(conn: &Arc<Conn>, child: &mut Child) -> String {
                 let _ = child.kill().await;
                 return conn.reason().unwrap_or_else(|| "was ended".to_owned());
             }
-            _ = ping.tick() => {
+            // A process with messages in flight is watched by their
+            // deadlines; pings find the idle ones that are wedged. (A
+            // worker that handles messages in order answers a ping only
+            // between them.)
+            _ = ping.tick() => if conn.in_flight() == 0 {
                 tokio::spawn(conn.clone().ping());
             }
         }

@@ -74,18 +74,19 @@ impl WasmRuntime {
         path: &Path,
         outbound: Arc<Outbound>,
     ) -> anyhow::Result<WasmCell> {
-        let bytes = std::fs::read(path).with_context(|| {
-            format!(
+        if !path.is_file() {
+            bail!(
                 "cannot read component {} of cell {}: run `make build` (or build the cell) first",
                 path.display(),
                 manifest.id
-            )
-        })?;
-        check_component_header(&bytes, path)?;
+            );
+        }
         let (component, cache) = self
             .cache
-            .load(&self.engine, &bytes)
-            .with_context(|| format!("cannot compile {}", path.display()))?;
+            .load_file(&self.engine, path, |bytes| {
+                check_component_header(bytes, path)
+            })
+            .with_context(|| format!("cannot load {}", path.display()))?;
         let pre = self
             .linker
             .instantiate_pre(&component)

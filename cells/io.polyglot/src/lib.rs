@@ -1,0 +1,46 @@
+//! `io.polyglot`: the edge of the polyglot flow (`make run-polyglot`).
+//! Rust hands a list of numbers to `logic.describe` (Python, a component),
+//! which asks `logic.stats` (Python with numpy, the native pool); the
+//! description comes back here and is printed (it is granted stdio).
+
+use std::io::Write;
+
+use cbs_cell::{Cell, CellError, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+pub struct Numbers {
+    numbers: Vec<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Described {
+    summary: String,
+    stats: serde_json::Value,
+}
+
+struct Polyglot;
+
+impl Cell for Polyglot {
+    const ID: &'static str = "io.polyglot";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const INPUT_SCHEMA: Option<&'static str> = Some("io.polyglot/numbers@1");
+    const OUTPUT_SCHEMA: Option<&'static str> = Some("io.polyglot/described@1");
+    type Input = Numbers;
+    type Output = Described;
+
+    fn handle(input: Numbers, ctx: &Context) -> Result<Described, CellError> {
+        ctx.info(&format!(
+            "describing {} numbers in Python",
+            input.numbers.len()
+        ));
+        let described: Described = ctx.request("logic.describe", &input)?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", described.summary)
+            .and_then(|()| out.flush())
+            .map_err(|e| CellError::unavailable(format!("cannot write stdout: {e}")))?;
+        Ok(described)
+    }
+}
+
+cbs_cell::export_cell!(Polyglot);

@@ -1,0 +1,72 @@
+"""Finding the handler in a cell's module and running it on one message.
+
+A handler is either a function ``handle(payload, ctx) -> dict`` or a class
+whose instances have such a ``handle`` method (made once per process or
+component instance, so ``__init__`` can load models or tables). Both
+runtimes use this module, so a cell behaves the same in each.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import traceback
+from typing import Any, Callable, Protocol, Union
+
+from .context import Context, Json
+from .errors import CellError, ContractViolation
+
+Handler = Callable[[Json, Context], Json]
+
+
+class CellClass(Protocol):
+    def handle(self, payload: Json, ctx: Context) -> Json: ...
+
+
+def resolve(obj: Union[Handler, type, CellClass], name: str = "handle") -> Handler:
+    """A callable ``(payload, ctx)`` from a function, a class or an instance."""
+    if isinstance(obj, type):
+        obj = obj()
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return obj
+    method = getattr(obj, "handle", None)
+    if callable(method):
+        return method  # type: ignore[no-any-return]
+    if callable(obj):
+        return obj
+    raise TypeError(f"{name} is neither a function nor a class with a handle(payload, ctx) method")
+
+
+def load(module: str, attribute: str = "handle") -> Handler:
+    """Imports ``module`` and resolves its handler ``attribute``."""
+    mod = importlib.import_module(module)
+    try:
+        obj = getattr(mod, attribute)
+    except AttributeError:
+        raise LookupError(
+            f"module {module} has no {attribute!r}: define `def {attribute}(payload, ctx)` "
+            f"or a class with a handle method, or set [python] handler in cell.toml"
+        ) from None
+    return resolve(obj, f"{module}.{attribute}")
+
+
+def run(handler: Handler, payload: Json, ctx: Context) -> tuple[str | None, dict[str, Any] | None]:
+    """Runs the handler on one (parsed) payload: ``(reply JSON text, None)`` or
+    ``(None, error)``. A typed ``CellError`` is passed on as it is; any other
+    exception becomes ``cell_failed`` with its traceback in the host log,
+    never in the reply."""
+    try:
+        result = handler(payload, ctx)
+    except CellError as e:
+        return None, e.to_wire()
+    except Exception as e:  # noqa: BLE001 - every failure becomes a typed reply
+        ctx._log("error", f"handler raised {type(e).__name__}:\n{traceback.format_exc()}")
+        message = f"cell {ctx.cell_id} raised {type(e).__name__}: {e}"
+        return None, {"code": "cell_failed", "message": message}
+    try:
+        return json.dumps(result), None
+    except (TypeError, ValueError) as e:
+        return None, ContractViolation(
+            f"cell {ctx.cell_id} returned a value that is not JSON ({e})"
+        ).to_wire()

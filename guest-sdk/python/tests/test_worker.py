@@ -1,0 +1,196 @@
+"""The SDK's native runtime over real pipes, and its error mapping."""
+
+import json
+import os
+import struct
+import sys
+import threading
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cbs_cell import CellError, Context, InvalidInput, NotFound, resolve  # noqa: E402
+from cbs_cell.worker import Channel, Worker, handshake  # noqa: E402
+
+
+def greet(payload, ctx):
+    if payload.get("name") == "":
+        raise InvalidInput("name is empty", {"field": "name"})
+    if payload.get("boom"):
+        raise RuntimeError("boom")
+    if payload.get("call"):
+        return {"via": ctx.request("logic.greet", {"name": payload["call"]})}
+    ctx.log.info("greeting %s", payload["name"])
+    return {"greeting": f"Hello, {payload['name']}!"}
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def handle(self, payload, ctx):
+        self.n += 1
+        return {"n": self.n}
+
+
+class Host:
+    """The host's end of the pipes: writes frames, reads frames."""
+
+    def __init__(self, handler, threads=1, log_level="trace"):
+        to_worker_r, self.to_worker_w = os.pipe()
+        self.from_worker_r, from_worker_w = os.pipe()
+        self.w = os.fdopen(self.to_worker_w, "wb")
+        self.r = os.fdopen(self.from_worker_r, "rb")
+        channel = Channel(to_worker_r, from_worker_w)
+        self.send({"type": "hello", "protocol": {"min": 1, "max": 1}, "max_frame_bytes": 65536,
+                   "cell": {"id": "test.cell", "version": "1.0"}, "log_level": log_level})
+        self.described = None
+
+        def worker():
+            hello = handshake(channel, {})
+            Worker.for_hello(channel, resolve(handler), hello, threads).serve()
+            os.close(from_worker_w)
+
+        self.thread = threading.Thread(target=worker, daemon=True)
+        self.thread.start()
+        self.described = self.recv()
+
+    def send(self, frame):
+        body = json.dumps(frame).encode()
+        self.w.write(struct.pack(">I", len(body)) + body)
+        self.w.flush()
+
+    def recv(self):
+        head = self.r.read(4)
+        if len(head) < 4:
+            return None
+        (n,) = struct.unpack(">I", head)
+        return json.loads(self.r.read(n))
+
+    def handle(self, hid, payload):
+        self.send({"type": "handle", "id": hid, "deadline_ms": 1000,
+                   "envelope": {"id": "m", "correlation_id": "c1", "payload": payload}})
+
+    def reply(self, hid):
+        while True:
+            frame = self.recv()
+            if frame["type"] == "reply" and frame["id"] == hid:
+                return frame
+            self.others.append(frame)
+
+    others: list = []
+
+    def close(self):
+        self.send({"type": "shutdown", "grace_ms": 1000})
+        self.thread.join(5)
+        self.w.close()
+        self.r.close()
+
+
+class WorkerTest(unittest.TestCase):
+    def test_handshake_names_the_cell(self):
+        host = Host(greet)
+        self.assertEqual(host.described["type"], "describe")
+        self.assertEqual(host.described["protocol"], 1)
+        self.assertEqual(host.described["cell"], {"id": "test.cell", "version": "1.0"})
+        host.close()
+
+    def test_replies_typed_errors_and_exceptions(self):
+        host = Host(greet)
+        host.others = []
+        host.handle(1, {"name": "Ada"})
+        self.assertEqual(host.reply(1)["payload"], {"greeting": "Hello, Ada!"})
+        host.handle(2, {"name": ""})
+        self.assertEqual(host.reply(2)["error"],
+                         {"code": "invalid_input", "message": "name is empty", "details": {"field": "name"}})
+        host.handle(3, {"name": "x", "boom": True})
+        error = host.reply(3)["error"]
+        self.assertEqual(error["code"], "cell_failed")
+        self.assertNotIn("Traceback", error["message"])
+        logs = [f for f in host.others if f["type"] == "log"]
+        self.assertTrue(any("Traceback" in f["message"] and f["parent"] == 3 for f in logs), logs)
+        self.assertTrue(any(f["message"] == "greeting Ada" for f in logs), logs)
+        host.close()
+
+    def test_calls_go_through_the_host_and_pings_are_answered(self):
+        host = Host(greet)
+        host.others = []
+        host.handle(7, {"call": "Bob"})
+        request = host.recv()
+        self.assertEqual(request["type"], "request")
+        self.assertEqual((request["parent"], request["cell"]), (7, "logic.greet"))
+        host.send({"type": "ping", "id": 99})
+        self.assertEqual(host.recv(), {"type": "pong", "id": 99})
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hello, Bob!"}})
+        self.assertEqual(host.reply(7)["payload"], {"via": {"greeting": "Hello, Bob!"}})
+        host.handle(8, {"call": "Nobody"})
+        request = host.recv()
+        host.send({"type": "response", "id": request["id"],
+                   "error": {"code": "not_found", "message": "nobody serves logic.greet"}})
+        # An uncaught typed error of a call passes through as it is.
+        self.assertEqual(host.reply(8)["error"]["code"], "not_found")
+        host.close()
+
+    def test_logs_below_the_hosts_level_are_not_sent(self):
+        host = Host(greet, log_level="warn")
+        host.others = []
+        host.handle(1, {"name": "x", "boom": True})  # an error line: sent
+        host.reply(1)
+        host.handle(2, {"name": "Ada"})  # an info line: dropped
+        host.reply(2)
+        levels = [f["level"] for f in host.others if f["type"] == "log"]
+        self.assertEqual(levels, ["error"])
+        host.close()
+
+    def test_many_handler_threads(self):
+        host = Host(greet, threads=3)
+        host.others = []
+        host.handle(1, {"call": "Eve"})
+        request = host.recv()
+        host.handle(2, {"name": "Ada"})  # served while 1 waits for its call
+        self.assertEqual(host.reply(2)["payload"], {"greeting": "Hello, Ada!"})
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hi Eve"}})
+        self.assertEqual(host.reply(1)["payload"], {"via": {"greeting": "Hi Eve"}})
+        host.close()
+
+    def test_handles_during_a_call_wait_and_batches_flow(self):
+        host = Host(greet)
+        host.others = []
+        host.handle(1, {"call": "Eve"})
+        request = host.recv()
+        for i in range(2, 52):  # arrive while 1 waits: kept, answered after
+            host.handle(i, {"name": str(i)})
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hi Eve"}})
+        self.assertEqual(host.reply(1)["payload"], {"via": {"greeting": "Hi Eve"}})
+        for i in range(2, 52):
+            self.assertEqual(host.reply(i)["payload"], {"greeting": f"Hello, {i}!"})
+        host.close()
+
+    def test_a_class_handler_is_made_once(self):
+        host = Host(Counter)
+        host.others = []
+        for i in (1, 2, 3):
+            host.handle(i, {})
+            self.assertEqual(host.reply(i)["payload"], {"n": i})
+        host.close()
+
+
+class ErrorsTest(unittest.TestCase):
+    def test_wire_round_trip(self):
+        e = CellError.from_wire({"code": "not_found", "message": "m", "details": '{"a": 1}'})
+        self.assertIsInstance(e, NotFound)
+        self.assertEqual(e.details, {"a": 1})
+        self.assertEqual(e.to_wire(), {"code": "not_found", "message": "m", "details": {"a": 1}})
+        self.assertEqual(CellError.from_wire({"code": "weird", "message": "m"}).code, "internal")
+        self.assertEqual(CellError("m", code="capacity").code, "capacity")
+        with self.assertRaises(ValueError):
+            CellError("m", code="nope")
+
+    def test_context_is_abstract(self):
+        with self.assertRaises(TypeError):
+            Context("x", {})  # type: ignore[abstract]
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,420 @@
+//! Python cells, both runtimes: one source (`tests/cells/py-faulty`) built
+//! into a component by componentize-py and served in the native pool by
+//! `cbs-host python-worker` processes embedding CPython. Real components,
+//! real processes, real venvs (made by `make python-cells`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cbs_host::envelope::{BusError, ErrorCode};
+use cbs_host::manifest::{CellSpec, Policy};
+use cbs_host::runtime::python::venv::Venv;
+use cbs_host::runtime::wasm::CacheOutcome;
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::HostProcess;
+use cbs_tests::{greet, repo, TestHost, POLL};
+use serde_json::{json, Value};
+
+const NATIVE: &str = "test.py_faulty";
+const WASM: &str = "test.py_faulty_wasm";
+
+/// A native Python cell folder, checked to have its venv.
+fn native_cell(rel: &str) -> PathBuf {
+    let dir = repo().join(rel);
+    let spec = CellSpec::from_dir(&dir).unwrap();
+    let venv = dir.join(&spec.manifest.python.as_ref().unwrap().venv);
+    assert!(
+        venv.join("pyvenv.cfg").is_file(),
+        "{} is missing: run `make python-cells` first (make test does)",
+        venv.display()
+    );
+    dir
+}
+
+fn py_native() -> PathBuf {
+    native_cell("tests/cells/py-faulty")
+}
+
+fn py_wasm() -> PathBuf {
+    cbs_tests::cell("tests/cells/py-faulty-wasm")
+}
+
+async fn host() -> TestHost {
+    TestHost::local(&[greet(), py_native(), py_wasm()]).await
+}
+
+async fn act(host: &TestHost, cell: &str, payload: Value) -> Result<Value, BusError> {
+    host.call(cell, payload).await
+}
+
+/// Calls `logic.greet` (a wasm cell of the same host) in a loop until
+/// stopped; every call must succeed, within a second.
+struct Watchdog {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn start(host: &Arc<TestHost>) -> Self {
+        let (stop, answered) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let task = tokio::spawn({
+            let (host, stop, answered) = (host.clone(), stop.clone(), answered.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let reply = host.call("logic.greet", json!({"name": "Ada"})).await;
+                    assert_eq!(reply.unwrap()["greeting"], "Hello, Ada!");
+                    let took = started.elapsed();
+                    assert!(took < Duration::from_secs(1), "logic.greet took {took:?}");
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        });
+        Self {
+            stop,
+            answered,
+            task,
+        }
+    }
+
+    /// Stops; panics if a call failed or none was answered.
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the wasm cell kept answering");
+        let n = self.answered.load(Ordering::Relaxed);
+        assert!(n > 0, "the wasm cell was never asked");
+        n
+    }
+}
+
+/// The native pool serves again (both workers answer).
+async fn assert_restarted(host: &TestHost) {
+    for _ in 0..4 {
+        let reply = act(host, NATIVE, json!({"action": "shout", "text": "back"})).await;
+        assert_eq!(reply.unwrap()["text"], "BACK!");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_gives_the_same_replies_in_both_runtimes() {
+    let host = host().await;
+    let cases = [
+        json!({"action": "shout", "text": "hi"}),
+        json!({"action": "stats", "values": [1, 2, 3.5]}),
+        json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Py"}}),
+        // The callee's contract applies, and its typed error passes through.
+        json!({"action": "call", "cell": "logic.greet", "payload": {"name": 3}}),
+        json!({"action": "fail", "message": "no such thing"}),
+        json!({"action": "stats", "values": []}),
+        json!({"action": "bad_output"}),
+        json!({"action": "nope"}),
+    ];
+    for payload in cases {
+        let native = act(&host, NATIVE, payload.clone()).await;
+        let wasm = act(&host, WASM, payload.clone()).await;
+        let outcome = |r: Result<Value, BusError>| match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err((e.code, e.details)),
+        };
+        assert_eq!(outcome(native), outcome(wasm), "for {payload}");
+    }
+    let reply = act(&host, NATIVE, json!({"action": "shout", "text": "hi"})).await;
+    assert_eq!(reply.unwrap(), json!({"text": "HI!"}));
+    let err = act(&host, WASM, json!({"action": "fail", "message": "m"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (ErrorCode::InvalidInput, "m")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_publishes_carry_the_flow_in_both_runtimes() {
+    let host = host().await;
+    for cell in [NATIVE, WASM] {
+        let mut events = host.bus().subscribe("events.>", None).await.unwrap();
+        let payload =
+            json!({"action": "publish", "subject": "events.py", "payload": {"from": cell}});
+        let envelope = host.envelope(cell, payload).await;
+        assert!(envelope.error.is_none(), "{cell}: {:?}", envelope.error);
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let event = cbs_host::envelope::Envelope::from_slice(&event.payload).unwrap();
+        assert_eq!(event.correlation_id, envelope.correlation_id, "{cell}");
+        // Not granted: refused by the host, typed.
+        let payload = json!({"action": "call", "cell": "io.print_greeting", "payload": {}});
+        let err = act(&host, cell, payload).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ContractViolation, "{cell}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gives_typed_errors_in_both_runtimes_and_wasm_cells_keep_answering() {
+    let host = Arc::new(host().await);
+    let watchdog = Watchdog::start(&host);
+    for cell in [NATIVE, WASM] {
+        // Schema violation: the cell never runs.
+        let err = act(&host, cell, json!({"text": "no action"}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::ContractViolation, "{cell}: {err}");
+        assert!(err.message.contains("action"), "{cell}: {err}");
+
+        // An exception: typed, without the traceback.
+        let err = act(
+            &host,
+            cell,
+            json!({"action": "raise", "message": "bad luck"}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::CellFailed, "{cell}: {err}");
+        assert!(
+            err.message.contains("ValueError: bad luck"),
+            "{cell}: {err}"
+        );
+        assert!(!err.message.contains("Traceback"), "{cell}: {err}");
+
+        // A handler that never returns: the deadline stops it.
+        let started = Instant::now();
+        let err = act(&host, cell, json!({"action": "hang"}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Timeout, "{cell}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{cell}");
+
+        // And the cell serves the next message.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match act(&host, cell, json!({"action": "shout", "text": "ok"})).await {
+                Ok(v) => break assert_eq!(v["text"], "OK!"),
+                Err(e) => assert!(
+                    e.code == ErrorCode::Unavailable && Instant::now() < deadline,
+                    "{cell} after a timeout: {e}"
+                ),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    let answered = watchdog.finish().await;
+    eprintln!("logic.greet answered {answered} times meanwhile");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_worker_is_killed_and_replaced() {
+    let host = host().await;
+    let hung = act(&host, NATIVE, json!({"action": "hang"}));
+    // While one worker spins, the other keeps serving.
+    let (hung, other) = tokio::join!(hung, async {
+        act(
+            &host,
+            NATIVE,
+            json!({"action": "shout", "text": "meanwhile"}),
+        )
+        .await
+    });
+    assert_eq!(other.unwrap()["text"], "MEANWHILE!");
+    let err = hung.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Timeout, "{err}");
+    assert!(err.message.contains("killed"), "{err}");
+    // Ended before the reply was sent; replaced with backoff.
+    let cell = host.cell(NATIVE);
+    assert_eq!(cell.runner.instances(), 1, "the stuck worker is gone");
+    wait_for_workers(&host, 2).await;
+    assert_restarted(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_does_not_slow_wasm_cells() {
+    let host = Arc::new(host().await);
+    let watchdog = Watchdog::start(&host);
+    // Both workers spin and twenty more messages wait for them: all end
+    // typed (`timeout`; `cell_failed` for one queued on a killed worker;
+    // `unavailable` for one that found both workers restarting).
+    let flood: Vec<_> = (0..22)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { act(&host, NATIVE, json!({"action": "hang"})).await })
+        })
+        .collect();
+    for task in flood {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err.code,
+                ErrorCode::Timeout | ErrorCode::CellFailed | ErrorCode::Unavailable
+            ),
+            "{err}"
+        );
+    }
+    let answered = watchdog.finish().await;
+    assert!(answered >= 10, "logic.greet answered only {answered} times");
+    wait_for_workers(&host, 2).await;
+    assert_restarted(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segfaulting_worker_fails_its_message_and_is_restarted() {
+    let host = Arc::new(host().await);
+    let watchdog = Watchdog::start(&host);
+    let err = act(&host, NATIVE, json!({"action": "segfault"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+    assert!(err.message.contains("killed by signal 11"), "{err}");
+    // "python worker test.py_faulty (pid N) was killed by signal 11 ..."
+    let pid: u32 = err
+        .message
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {err}"));
+    assert!(!Path::new(&format!("/proc/{pid}/cmdline")).exists() || is_zombie(pid));
+    wait_for_workers(&host, 2).await;
+    assert_restarted(&host).await;
+    watchdog.finish().await;
+}
+
+/// A process that has exited but was not reaped yet.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+async fn wait_for_workers(host: &TestHost, n: usize) {
+    let cell = host.cell(NATIVE);
+    cbs_tests::wait_until(Duration::from_secs(10), "the workers to be up", || {
+        cell.runner.instances() == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_worker_runs_the_cells_venv_and_numpy_imports_from_it() {
+    let stats = native_cell("cells/logic.stats");
+    let host = TestHost::local(&[py_native(), stats.clone()]).await;
+    // numpy is installed only in logic.stats's venv, and imports there.
+    let reply = host
+        .call("logic.stats", json!({"numbers": [2, 4, 4, 4, 5, 5, 7, 9]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        json!({"count": 8, "mean": 5.0, "median": 4.5, "std": 2.0, "min": 2.0, "max": 9.0})
+    );
+    let err = host
+        .call("logic.stats", json!({"numbers": []}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ContractViolation);
+
+    // The interpreter is the venv's: its prefix, its base version, and
+    // none of another cell's packages.
+    let dir = py_native();
+    let venv = Venv::open(&dir.join(".venv")).unwrap();
+    let reply = act(&host, NATIVE, json!({"action": "where"}))
+        .await
+        .unwrap();
+    let value = &reply["value"];
+    assert_eq!(
+        Path::new(value["prefix"].as_str().unwrap()),
+        venv.dir.canonicalize().unwrap()
+    );
+    assert_eq!(value["version"], venv.version.as_str());
+    assert_eq!(value["numpy"], Value::Null, "numpy is not in this venv");
+}
+
+#[tokio::test]
+async fn the_pool_is_sized_from_cell_toml() {
+    let host = TestHost::local(&[py_native()]).await;
+    let cell = host.cell(NATIVE);
+    assert_eq!(cell.runner.instances(), 2, "[python] workers = 2");
+    assert_eq!(cell.info().id, NATIVE);
+    assert_eq!(cell.info().version, "0.1.0");
+    // A class handler is made once per worker: its count goes up.
+    let handled = |v: Value| v["value"]["handled"].as_u64().unwrap();
+    let first = handled(
+        act(&host, NATIVE, json!({"action": "where"}))
+            .await
+            .unwrap(),
+    );
+    let mut later = first;
+    for _ in 0..4 {
+        later = later.max(handled(
+            act(&host, NATIVE, json!({"action": "where"}))
+                .await
+                .unwrap(),
+        ));
+    }
+    assert!(later > first, "the handler instance lives across messages");
+}
+
+#[tokio::test]
+async fn a_native_cell_without_its_venv_fails_the_load_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cell.toml"),
+        "id = \"x.y\"\nversion = \"1\"\nruntime = \"python\"\n[python]\nmodule = \"m\"\n",
+    )
+    .unwrap();
+    let body = cbs_host::body::Body::new(
+        Arc::new(cbs_host::bus::local::LocalBus::new()),
+        cbs_tests::runtime(None),
+    );
+    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    assert!(err.contains("no Python venv"), "{err}");
+    assert!(err.contains("make python-cells"), "{err}");
+}
+
+#[tokio::test]
+async fn the_python_component_loads_from_the_cache_the_second_time_and_is_pooled() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let body = cbs_host::body::Body::new(
+            Arc::new(cbs_host::bus::local::LocalBus::new()),
+            cbs_tests::runtime(Some(cache.path().to_path_buf())),
+        );
+        let cell = body.load(&py_wasm()).await.unwrap();
+        assert_eq!(cell.manifest.instances.policy, Policy::Pooled);
+        outcomes.push(cell.cache);
+    }
+    assert_eq!(
+        outcomes,
+        [Some(CacheOutcome::Compiled), Some(CacheOutcome::Hit)]
+    );
+}
+
+/// End to end: `cbs-host` over NATS runs its own binary as the workers; an
+/// exception's traceback is in the host log, never in the reply.
+#[test]
+fn tracebacks_go_to_the_host_log_not_the_reply() {
+    let server = NatsServer::start();
+    let host = HostProcess::serve(&server.url(), "py", &[py_native()], &[]);
+    let out = cbs_tests::process::cbs(&[
+        "call",
+        NATIVE,
+        r#"{"action":"raise","message":"secret detail"}"#,
+        "--nats",
+        &server.url(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let reply = format!("{stdout}{stderr}");
+    assert!(reply.contains("cell_failed"), "{reply}");
+    assert!(!reply.contains("Traceback"), "{reply}");
+    host.wait_for_log("Traceback (most recent call last)", Duration::from_secs(10));
+    assert!(host.log().contains("ValueError: secret detail"));
+}
