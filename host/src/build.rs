@@ -2,7 +2,9 @@
 //!
 //! A Rust cell (a `Cargo.toml` next to `cell.toml`) is compiled with
 //! `cargo build --release --target wasm32-wasip2`, cargo's own progress on
-//! stderr; a cell without one ships the component it names. The component
+//! stderr; a Python cell (`lang = "python"`) with componentize-py through
+//! `scripts/build-python-cell`; a cell without either ships the component
+//! it names. The component
 //! is then loaded the way a host loads it — it must implement the cell
 //! world of `wit/`, its schemas must compile and `describe()` must answer —
 //! before the bundle is written.
@@ -17,7 +19,7 @@ use anyhow::{bail, Context as _};
 use crate::body::Body;
 use crate::bundle::{Bundle, KeyPair};
 use crate::bus::local::LocalBus;
-use crate::manifest::{CellSpec, RuntimeKind};
+use crate::manifest::{CellSpec, Lang, RuntimeKind};
 use crate::runtime::wasm::WasmRuntime;
 
 /// What `cbs build` produced.
@@ -46,7 +48,9 @@ pub async fn build(
         );
     }
     step(1, &format!("compiling {} {}", m.id, m.version));
-    if dir.join("Cargo.toml").is_file() {
+    if m.lang == Some(Lang::Python) {
+        componentize_py(dir)?;
+    } else if dir.join("Cargo.toml").is_file() {
         let wasm = cargo_build(dir)?;
         let target = spec.component_path()?;
         std::fs::copy(&wasm, &target)
@@ -145,4 +149,31 @@ fn cargo_build(dir: &Path) -> anyhow::Result<PathBuf> {
             manifest.display()
         )
     })
+}
+
+/// Builds a Python component with the source tree's `scripts/build-python-cell`
+/// and the project venv (`make setup-python`) that holds componentize-py.
+fn componentize_py(dir: &Path) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("scripts/build-python-cell");
+    let python = root.join(".venv/bin/python");
+    if !script.is_file() || !python.is_file() {
+        bail!(
+            "building a Python component needs componentize-py from the CBS source tree's venv: \
+             run `make setup-python` in {}",
+            root.display()
+        );
+    }
+    let status = Command::new(&python)
+        .arg(&script)
+        .arg(dir)
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !status.success() {
+        bail!(
+            "componentize-py failed for {} (see its output above)",
+            dir.display()
+        );
+    }
+    Ok(())
 }

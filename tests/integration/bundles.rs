@@ -357,3 +357,25 @@ fn build_refuses_a_component_or_schema_that_does_not_fit() {
     );
     assert!(!tmp.path().join("x.cbs").exists(), "no bundle is written");
 }
+
+#[test]
+fn a_python_component_bundles_and_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = cbs_tests::repo().join("cells/logic.describe");
+    let out = tmp.path().join("describe.cbs");
+    assert_ok(
+        "cbs build cells/logic.describe",
+        &cbs_in(
+            tmp.path(),
+            &["build", dir.to_str().unwrap(), "-o", out.to_str().unwrap()],
+        ),
+    );
+    let load = cbs_host(&["load", "--json", out.to_str().unwrap()], "");
+    assert_ok("cbs-host load describe.cbs", &load);
+    let info: Value = serde_json::from_slice(&load.stdout).unwrap();
+    assert_eq!(info["id"], "logic.describe");
+    assert_eq!(
+        info["describe"]["id"], "logic.describe",
+        "describe() of the Python component"
+    );
+}
