@@ -77,7 +77,7 @@ test-dart: ## The Dart SDK's tests, where `dart` is installed
 dart-cells: ## Fetch the Dart cells' packages (needs dart on PATH)
 	cd cells/logic.shout && dart pub get
 
-lint: setup-rust ## rustfmt and clippy, warnings are errors
+lint: setup-rust setup-python ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy -p cbs-host -p cbs-cell -p cbs-tests --all-targets -- -D warnings
 

@@ -379,9 +379,27 @@ fn describe_text(cell: &LoadedCell) -> String {
         .component
         .as_ref()
         .map_or("-".into(), |c| cell.spec.resolve(c).display().to_string());
+    let python = m.python.as_ref().map_or(String::new(), |py| {
+        let pool = match m.runtime {
+            cbs_host::manifest::RuntimeKind::Python => format!(
+                "; {} workers × {} at once; venv {}",
+                py.workers,
+                py.max_concurrency,
+                py.venv.display()
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "python        {}.{} in {}{pool}\n",
+            py.module,
+            py.handler,
+            py.path.display()
+        )
+    });
     format!(
         "cell          {} {} (runtime {})\n\
          component     {component} [{cache}]\n\
+         {python}\
          describe()    {} {}\n\
          input         {}\n\
          output        {}\n\

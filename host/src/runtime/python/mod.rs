@@ -70,11 +70,6 @@ impl PythonCell {
             id: m.id.clone(),
         })
     }
-
-    /// Process ids of the live workers.
-    pub fn pids(&self) -> Vec<u32> {
-        self.workers.pids()
-    }
 }
 
 /// argv of one worker.
@@ -125,7 +120,11 @@ pub fn worker_binary() -> anyhow::Result<PathBuf> {
 #[async_trait]
 impl CellRunner for PythonCell {
     async fn handle(&self, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError> {
-        let slot = tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await;
+        // A free slot is taken at once; only a full pool arms a timer.
+        let slot = match self.slots.try_acquire() {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(_) => tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await,
+        };
         let Ok(Ok(_slot)) = slot else {
             return Err(BusError::new(
                 ErrorCode::Timeout,
