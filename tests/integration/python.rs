@@ -378,6 +378,31 @@ async fn a_native_cell_without_its_venv_fails_the_load_clearly() {
 }
 
 #[tokio::test]
+async fn a_native_cell_that_cannot_import_fails_the_load_with_pythons_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = py_native().join(".venv");
+    std::fs::write(
+        dir.path().join("cell.toml"),
+        format!(
+            "id = \"x.y\"\nversion = \"1\"\nruntime = \"python\"\n[python]\nmodule = \"no_such_module\"\nvenv = {:?}\n",
+            venv.display().to_string()
+        ),
+    )
+    .unwrap();
+    let body = cbs_host::body::Body::new(
+        Arc::new(cbs_host::bus::local::LocalBus::new()),
+        cbs_tests::runtime(None),
+    );
+    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    assert!(
+        err.contains("python worker x.y failed its handshake"),
+        "{err}"
+    );
+    assert!(err.contains("ModuleNotFoundError"), "{err}");
+    assert!(err.contains("no_such_module"), "{err}");
+}
+
+#[tokio::test]
 async fn the_python_component_loads_from_the_cache_the_second_time_and_is_pooled() {
     let cache = tempfile::tempdir().unwrap();
     let mut outcomes = Vec::new();

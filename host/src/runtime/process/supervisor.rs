@@ -129,7 +129,10 @@ impl Launch {
         };
         let (protocol, described) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(done)) => done,
-            Ok(Err(e)) => bail!("{} {id} failed its handshake: {e:#}", self.kind),
+            Ok(Err(e)) => {
+                let said = last_words(&mut child).await;
+                bail!("{} {id} failed its handshake: {e:#}{said}", self.kind)
+            }
             Err(_) => bail!(
                 "{} {id} did not answer hello within {} s",
                 self.kind,
@@ -156,6 +159,27 @@ impl Launch {
         tracing::info!(cell = %id, pid, protocol, "{} process up", self.kind);
         Ok((conn, child, described))
     }
+}
+
+/// What a process that failed its handshake wrote to stderr (its last
+/// lines, e.g. a Python import error), as "; it wrote: ..." or nothing.
+async fn last_words(child: &mut Child) -> String {
+    use tokio::io::AsyncReadExt;
+    const KEEP: usize = 4096;
+    let Some(mut stderr) = child.stderr.take() else {
+        return String::new();
+    };
+    let mut text = Vec::new();
+    // A process that is still running may never close stderr: bounded wait.
+    let read = stderr.read_to_end(&mut text);
+    let _ = tokio::time::timeout(Duration::from_millis(500), read).await;
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(KEEP)..]).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    format!("; it wrote: {}", tail.join(" | "))
 }
 
 /// One process slot: the live process, if any, and why the last start failed.
