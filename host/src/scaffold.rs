@@ -36,9 +36,13 @@ pub fn new_cell(
     check_cell_id(id)?;
     match lang {
         Lang::Rust => {}
-        Lang::Python | Lang::Dart => bail!(
-            "`cbs new --lang {}` is not available yet; --lang rust is. For a Dart cell, start from cells/logic.shout",
-            format!("{lang:?}").to_lowercase()
+        Lang::Python => bail!(
+            "`cbs new --lang python` is not available yet; --lang rust is. Start from cells/logic.describe \
+             (a Python component) or cells/logic.stats (the native pool, numpy): see the README, \"Python cells\""
+        ),
+        Lang::Dart => bail!(
+            "`cbs new --lang dart` is not available yet; --lang rust is. Start from cells/logic.shout \
+             (a Dart sidecar): see the README, \"Cells in any language\""
         ),
     }
     let sdk = match sdk.map(Path::to_path_buf).or_else(default_sdk) {
