@@ -70,7 +70,7 @@ pub async fn list(
                     .get("host")
                     .cloned()
                     .unwrap_or_else(|| info.id.clone()),
-                watching: info.metadata.get("watch").is_some_and(|w| w == "true"),
+                watching: is_watching(&info),
                 service_id: info.id,
                 version: info.version,
                 cells,
@@ -92,13 +92,18 @@ pub async fn hosts(
     Ok(infos
         .into_iter()
         .map(|info| {
-            let watching = info.metadata.get("watch").is_some_and(|w| w == "true");
+            let watching = is_watching(&info);
             (
                 info.metadata.get("host").cloned().unwrap_or(info.id),
                 watching,
             )
         })
         .collect())
+}
+
+/// Whether a host follows deployments (`cbs-host run --watch`).
+fn is_watching(info: &Info) -> bool {
+    info.metadata.get("watch").is_some_and(|w| w == "true")
 }
 
 fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellView {

@@ -557,7 +557,7 @@ fn report(cell: &str, version: &str, outcome: Outcome) -> ExitCode {
         }
         Outcome::Failed(failures) => {
             eprintln!(
-                "error: {cell} {version} failed to load; the release before it is desired again:"
+                "error: {cell} {version} failed to load; the desired state is back to what it was before the deploy:"
             );
             for f in failures {
                 eprintln!(

@@ -167,6 +167,7 @@ impl Bundle {
     /// manifest gives, nothing unlisted. (Signatures: [`Bundle::verify`].)
     pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
         let corrupt = "the bundle is corrupt or not a CBS bundle";
+        check_size(bytes.len() as u64)?;
         let mut entries = BTreeMap::new();
         let mut archive = tar::Archive::new(bytes);
         for entry in archive.entries().context(corrupt)? {
@@ -177,12 +178,10 @@ impl Bundle {
                 .to_string_lossy()
                 .into_owned();
             inner_path(Path::new(&name)).context(corrupt)?;
-            let mut data = Vec::with_capacity(entry.size() as usize);
-            entry
-                .by_ref()
-                .take(MAX_BYTES)
-                .read_to_end(&mut data)
-                .context(corrupt)?;
+            // The header's size is untrusted: never reserve more than the
+            // archive itself holds.
+            let mut data = Vec::with_capacity((entry.size() as usize).min(bytes.len()));
+            entry.read_to_end(&mut data).context(corrupt)?;
             entries.insert(name, data);
         }
         let manifest_bytes = entries
@@ -213,6 +212,10 @@ impl Bundle {
     }
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read bundle {}", path.display()))?
+            .len();
+        check_size(size).with_context(|| format!("in {}", path.display()))?;
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read bundle {}", path.display()))?;
         Self::from_bytes(&bytes).with_context(|| format!("in {}", path.display()))
@@ -282,6 +285,17 @@ impl Bundle {
             .and_then(|d| d.parent().map(|p| p.join("bundles")))
             .unwrap_or_else(|| std::env::temp_dir().join("cbs-bundles"))
     }
+}
+
+fn check_size(size: u64) -> anyhow::Result<()> {
+    if size > MAX_BYTES {
+        bail!(
+            "the bundle is {} MiB, more than the {} MiB a host reads",
+            size >> 20,
+            MAX_BYTES >> 20
+        );
+    }
+    Ok(())
 }
 
 fn check_files(
@@ -387,6 +401,17 @@ mod tests {
         let back = Bundle::from_bytes(&bundle.to_bytes().unwrap()).unwrap();
         back.verify(&trust).unwrap();
         back.verify(&Trust::default()).unwrap();
+    }
+
+    #[test]
+    fn a_lying_size_header_is_an_error_not_an_allocation() {
+        let mut bytes = sample().to_bytes().unwrap();
+        // The first header claims an entry of isize::MAX bytes, checksum right.
+        let mut header = tar::Header::from_byte_slice(&bytes[..512]).clone();
+        header.set_size(isize::MAX as u64);
+        header.set_cksum();
+        bytes[..512].copy_from_slice(header.as_bytes());
+        assert!(Bundle::from_bytes(&bytes).is_err());
     }
 
     #[test]
