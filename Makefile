@@ -5,19 +5,33 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 WASM_OUT := $(CARGO_TARGET_DIR)/wasm32-wasip2/cell
-HOST_BIN := $(CARGO_TARGET_DIR)/release/cbs-host
+# One build of the host serves `make run` and `make test`: the dev profile,
+# with dependencies optimized (see Cargo.toml). `make bench` uses release.
+HOST_BIN := $(CARGO_TARGET_DIR)/debug/cbs-host
 
-# Cell crates built into components: <folder>:<crate>.
-CELLS := \
+# Cell crates built into components: <folder>:<crate>. The demo's first:
+# `make run` builds only those.
+DEMO_CELLS := \
 	cells/io.prompt_name:io-prompt-name \
 	cells/logic.greet:logic-greet \
-	cells/io.print_greeting:io-print-greeting \
+	cells/io.print_greeting:io-print-greeting
+CELLS := $(DEMO_CELLS) \
 	cells/io.polyglot:io-polyglot \
 	tests/cells/faulty:test-faulty
 # Test-only: a WASI command component, which is not a cell.
 NOT_A_CELL := tests/cells/not-a-cell:test-not-a-cell
 
-DEMO := cells/io.prompt_name cells/logic.greet cells/io.print_greeting
+DEMO := $(foreach c,$(DEMO_CELLS),$(word 1,$(subst :, ,$(c))))
+
+# Builds <folder>:<crate> pairs (and the extra crates in $(2)) into
+# components, and copies each cell's next to its cell.toml.
+define build_components
+	$(CARGO) build --profile cell --target wasm32-wasip2 $(foreach c,$(1) $(2),-p $(word 2,$(subst :, ,$(c))))
+	@for c in $(1); do \
+		dir=$${c%%:*}; crate=$${c##*:}; \
+		cp -f "$(WASM_OUT)/$${crate//-/_}.wasm" "$$dir/$${crate//-/_}.wasm"; \
+	done
+endef
 
 # Python: the project venv holds componentize-py and nats-py; each native
 # cell gets its own venv. PYTHON is the interpreter the host embeds (pyo3
@@ -29,39 +43,39 @@ PY_CELLS := cells/logic.describe cells/logic.stats \
 	tests/cells/py-faulty tests/cells/py-faulty-wasm
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats
 
-.PHONY: help run run-polyglot build host cells python-cells test test-dart test-python dart-cells lint fmt bench setup setup-rust setup-nats setup-python clean
+.PHONY: help run run-polyglot build host demo-cells cells python-cells test test-dart test-python dart-cells lint fmt bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-run: build ## Run the greeting demo: `echo Ada | make run`
+run: host demo-cells ## Run the greeting demo: `echo Ada | make run`
 	@[ -t 0 ] && echo "What is your name? (type it and press Enter)" >&2 || true
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.prompt_name $(DEMO)
 
-run-polyglot: build ## Rust → Python (component) → Python (native, numpy) → Rust
+run-polyglot: host cells python-cells ## Rust → Python (component) → Python (native, numpy) → Rust
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.polyglot \
 		--input '{"numbers": [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]}' $(POLYGLOT)
 
-build: host cells python-cells ## Build the host (release) and every cell
+build: host cells python-cells ## Build the host and every cell
 
-host: setup-rust setup-python
-	$(CARGO) build --release -p cbs-host
+host: setup-rust setup-pyo3 ## Build cbs-host and cbs (target/debug)
+	@echo "building cbs-host and cbs (the first build compiles wasmtime: several minutes)..." >&2
+	$(CARGO) build -p cbs-cli
 
-cells: setup-rust ## Build the cells into components, next to their cell.toml
+demo-cells: setup-rust ## Build the demo's cells into components
+	@echo "building the demo cells (wasm32-wasip2)..." >&2
+	$(call build_components,$(DEMO_CELLS))
+
+cells: setup-rust ## Build every Rust cell into a component, next to its cell.toml
 	@echo "building cell components (wasm32-wasip2)..." >&2
-	$(CARGO) build --profile cell --target wasm32-wasip2 $(foreach c,$(CELLS) $(NOT_A_CELL),-p $(word 2,$(subst :, ,$(c))))
-	@for c in $(CELLS); do \
-		dir=$${c%%:*}; crate=$${c##*:}; \
-		cp -f "$(WASM_OUT)/$${crate//-/_}.wasm" "$$dir/$${crate//-/_}.wasm"; \
-	done
+	$(call build_components,$(CELLS),$(NOT_A_CELL))
 	@cp -f "$(WASM_OUT)/test-not-a-cell.wasm" tests/cells/not-a-cell/not_a_cell.wasm
 
 python-cells: setup-python ## Build the Python cells: components, and the native cells' venvs
 	@$(VENV)/bin/python scripts/build-python-cell $(PY_CELLS)
 
-test: setup-rust setup-nats cells python-cells ## Run every test (unit, component, bus conformance, end to end)
-	$(CARGO) build -p cbs-host
-	$(CARGO) test -p cbs-host -p cbs-cell -p cbs-tests
+test: setup-rust setup-nats host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
+	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests
 	@$(MAKE) --no-print-directory test-python test-dart
 
 test-python: setup-python ## The Python SDK's own tests (unittest, in the project venv)
@@ -77,9 +91,10 @@ test-dart: ## The Dart SDK's tests, where `dart` is installed
 dart-cells: ## Fetch the Dart cells' packages (needs dart on PATH)
 	cd cells/logic.shout && dart pub get
 
-lint: setup-rust setup-python ## rustfmt and clippy, warnings are errors
+lint: setup-rust setup-pyo3 ## rustfmt, clippy (warnings are errors), the architecture doc
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy -p cbs-host -p cbs-cell -p cbs-tests --all-targets -- -D warnings
+	$(CARGO) clippy -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests --all-targets -- -D warnings
+	@python3 scripts/check-architecture
 
 fmt:
 	$(CARGO) fmt --all
@@ -100,14 +115,18 @@ setup-nats:
 # What the host's pyo3 build and the venvs need of $(PYTHON).
 PY_OK = $(PYTHON) -c 'import ensurepip, os, sys, sysconfig as c; assert sys.version_info >= (3, 11) and c.get_config_var("Py_ENABLE_SHARED") and os.path.isfile(c.get_config_var("INCLUDEPY") + "/Python.h")' 2>/dev/null
 
-# The project venv, from PyPI; redone only when its requirements change.
-setup-python: $(VENV)/.cbs-setup
-$(VENV)/.cbs-setup: guest-sdk/python/requirements-dev.txt
+# The host embeds CPython (the native Python pool): its build needs the
+# interpreter's headers and shared libpython.
+setup-pyo3:
 	@$(PY_OK) || { \
 		echo "installing python3-venv and python3-dev from Debian's packages..." >&2; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv python3-dev >/dev/null; }
-	@$(PY_OK) || { echo "Python cells need $(PYTHON) >= 3.11 with venv, headers and a shared libpython" >&2; exit 1; }
+	@$(PY_OK) || { echo "the host needs $(PYTHON) >= 3.11 with venv, headers and a shared libpython" >&2; exit 1; }
+
+# The project venv, from PyPI; redone only when its requirements change.
+setup-python: $(VENV)/.cbs-setup
+$(VENV)/.cbs-setup: guest-sdk/python/requirements-dev.txt | setup-pyo3
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing componentize-py and nats-py into $(VENV)..." >&2
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r $<
@@ -120,6 +139,6 @@ clean:
 	rm -rf $(foreach c,$(PY_CELLS),$(c)/.venv)
 
 bench: setup-rust setup-nats cells python-cells ## Benchmarks next to raw NATS; writes bench/results/<date>.md/.json
-	$(CARGO) build --release -p cbs-host
+	$(CARGO) build --release -p cbs-cli
 	$(CARGO) bench -p cbs-tests --bench overhead
 	$(CARGO) bench -p cbs-host --bench hot_path -- --quick

@@ -13,6 +13,7 @@ use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::{BodyBus, Message};
 use cbs_host::envelope::Envelope;
 use cbs_host::runtime::wasm::{EngineOptions, WasmRuntime};
+use cbs_host::runtime::Deadline;
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::value::RawValue;
 
@@ -65,7 +66,7 @@ fn cells(c: &mut Criterion) {
     let fresh = rt.block_on(body.load(fresh_dir.path())).unwrap();
 
     let env = Arc::new(envelope());
-    let deadline = || Instant::now() + Duration::from_secs(5);
+    let deadline = || Deadline::of_cell(Instant::now() + Duration::from_secs(5));
     c.bench_function("wasm/call pooled", |b| {
         b.to_async(&rt)
             .iter(|| pooled.runner.handle(env.clone(), deadline()))

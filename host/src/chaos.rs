@@ -3,12 +3,11 @@
 //! unless `[chaos]` is in `cell.toml` or `cbs-host run --chaos FILE` names
 //! the cell.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resilience::splitmix;
+use crate::random::Seeded;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,14 +33,14 @@ pub enum Fault {
 /// A cell's fault injector.
 pub struct Chaos {
     spec: ChaosSpec,
-    drawn: AtomicU64,
+    draws: Seeded,
 }
 
 impl Chaos {
     pub fn new(spec: ChaosSpec) -> Self {
         Self {
+            draws: Seeded::new(spec.seed),
             spec,
-            drawn: AtomicU64::new(0),
         }
     }
 
@@ -51,8 +50,7 @@ impl Chaos {
 
     /// The next fault of the seeded sequence.
     pub fn draw(&self) -> Fault {
-        let n = self.drawn.fetch_add(1, Ordering::Relaxed);
-        let x = (splitmix(self.spec.seed ^ splitmix(n)) >> 11) as f64 / (1u64 << 53) as f64;
+        let x = self.draws.next_unit();
         if x < self.spec.error_rate {
             Fault::Error
         } else if x < self.spec.error_rate + self.spec.drop_rate {

@@ -1,29 +1,31 @@
-//! `cbs-host`: runs CBS cells (WebAssembly components) and bridges their
-//! envelopes to a bus — in process by default, NATS across machines.
+//! `cbs-host`, the library: runs CBS cells (WebAssembly components, Python
+//! and sidecar processes) and bridges their envelopes to a bus — in process
+//! by default, NATS across machines. The command lines are in `host/cli`.
 //!
-//! One module per concept: [`envelope`] (the wire format and `BusError`),
-//! [`bus`] (the `BodyBus` trait and its implementations), [`manifest`]
-//! (`cell.toml`), [`contract`] (JSON Schema), [`runtime`] (wasm),
-//! [`outbound`] (calls between cells), [`body`] (serving cells) and
-//! [`telemetry`] (logs and spans); [`discovery`] lists hosts and cells over
-//! NATS, [`loadgen`] drives benchmarks, and [`cli`] holds flags both
-//! binaries share.
+//! One module per concept: [`envelope`] (the wire format) and [`error`]
+//! (`BusError`); [`bus`] (the `BodyBus` trait, in process and NATS) and
+//! [`call`] (one request/reply); [`manifest`] (`cell.toml`); [`contract`]
+//! (JSON Schema); [`runtime`] (wasm, processes, Python); [`outbound`] (calls
+//! between cells) with [`resilience`], [`backoff`] and [`chaos`]; [`body`]
+//! (serving cells); [`bundle`] and [`deploy`] (signed bundles, desired
+//! state); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
+//! [`random`] (jitter and seeded faults).
 
+pub mod backoff;
 pub mod body;
-pub mod build;
 pub mod bundle;
 pub mod bus;
+pub mod call;
 pub mod chaos;
-pub mod cli;
 pub mod contract;
 pub mod deploy;
 pub mod discovery;
 pub mod envelope;
-pub mod loadgen;
+pub mod error;
 pub mod manifest;
 pub mod metrics;
 pub mod outbound;
+pub mod random;
 pub mod resilience;
 pub mod runtime;
-pub mod scaffold;
 pub mod telemetry;

@@ -47,8 +47,9 @@ pub struct Manifest {
     pub chaos: Option<crate::chaos::ChaosSpec>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RuntimeKind {
     #[default]
     Wasm,
@@ -56,9 +57,21 @@ pub enum RuntimeKind {
     Sidecar,
 }
 
-/// Languages cells are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Languages cells are written in (`lang` in `cell.toml`, `cbs new --lang`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Lang {
     Rust,
     Python,
@@ -244,6 +257,29 @@ impl CellSpec {
     }
 }
 
+/// Upper bounds of the manifest's numbers. A manifest comes from outside
+/// (a bundle, a deploy) and each of these sizes something the host
+/// allocates or waits for; every sum and product of them fits in a u32.
+pub mod bounds {
+    /// wasm32 memories end at 4 GiB.
+    pub const MEMORY_MB: u32 = 4_096;
+    /// One hour.
+    pub const TIMEOUT_MS: u64 = 3_600_000;
+    pub const CONCURRENCY: u32 = 10_000;
+    pub const QUEUE: u32 = 1_000_000;
+    /// Sidecar processes or Python workers of one cell.
+    pub const PROCESSES: u32 = 256;
+    /// 64 MiB.
+    pub const FRAME_KB: u32 = 65_536;
+}
+
+fn within(name: &str, value: u64, max: u64) -> anyhow::Result<()> {
+    if value > max {
+        bail!("{name} = {value} is above the largest this host accepts, {max}");
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// The manifest of a bare component: default limits, no schemas, no grants.
     pub fn bare(id: &str, version: &str, component: &Path) -> Self {
@@ -294,6 +330,21 @@ impl Manifest {
         if l.memory_mb == 0 || l.timeout_ms == 0 || l.concurrency == 0 {
             bail!("[limits] memory_mb, timeout_ms and concurrency must be greater than 0");
         }
+        within(
+            "[limits] memory_mb",
+            l.memory_mb.into(),
+            bounds::MEMORY_MB.into(),
+        )?;
+        within("[limits] timeout_ms", l.timeout_ms, bounds::TIMEOUT_MS)?;
+        within(
+            "[limits] concurrency",
+            l.concurrency.into(),
+            bounds::CONCURRENCY.into(),
+        )?;
+        within("[limits] queue", l.queue.into(), bounds::QUEUE.into())?;
+        if self.instances.max_messages == 0 {
+            bail!("[instances] max_messages must be greater than 0");
+        }
         if self.runtime == RuntimeKind::Sidecar {
             match &self.sidecar {
                 None => bail!("runtime \"sidecar\" needs a [sidecar] table with `command = [...]`"),
@@ -301,7 +352,18 @@ impl Manifest {
                 Some(s) if s.processes == 0 || s.max_frame_kb == 0 => {
                     bail!("[sidecar] processes and max_frame_kb must be greater than 0")
                 }
-                Some(_) => {}
+                Some(s) => {
+                    within(
+                        "[sidecar] processes",
+                        s.processes.into(),
+                        bounds::PROCESSES.into(),
+                    )?;
+                    within(
+                        "[sidecar] max_frame_kb",
+                        s.max_frame_kb.into(),
+                        bounds::FRAME_KB.into(),
+                    )?;
+                }
             }
         }
         if self.runtime == RuntimeKind::Python {
@@ -312,7 +374,14 @@ impl Manifest {
                 Some(p) if p.workers == 0 || p.max_concurrency == 0 => {
                     bail!("[python] workers and max_concurrency must be greater than 0")
                 }
-                Some(_) => {}
+                Some(p) => {
+                    within("[python] workers", p.workers.into(), bounds::PROCESSES.into())?;
+                    within(
+                        "[python] max_concurrency",
+                        p.max_concurrency.into(),
+                        bounds::CONCURRENCY.into(),
+                    )?;
+                }
             }
         }
         if self.lang == Some(Lang::Python) && self.python.is_none() {
@@ -382,6 +451,33 @@ mod tests {
         version = "0.1.0"
         component = "greet.wasm"
     "#;
+
+    #[test]
+    fn numbers_above_their_bounds_are_refused_by_name() {
+        for (section, line, name) in [
+            ("limits", "concurrency = 4294967295", "[limits] concurrency"),
+            ("limits", "queue = 4294967295", "[limits] queue"),
+            ("limits", "memory_mb = 5000", "[limits] memory_mb"),
+            (
+                "limits",
+                "timeout_ms = 18446744073709551615",
+                "[limits] timeout_ms",
+            ),
+            ("instances", "max_messages = 0", "[instances] max_messages"),
+        ] {
+            let text = format!(
+                "id = \"a.b\"\nversion = \"1\"\ncomponent = \"c.wasm\"\n[{section}]\n{line}\n"
+            );
+            let err = format!("{:#}", Manifest::parse(&text).unwrap_err());
+            assert!(err.contains(name), "{line}: {err}");
+        }
+        let sidecar = "id = \"a.b\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"x\"]\nprocesses = 100000\n";
+        let err = format!("{:#}", Manifest::parse(sidecar).unwrap_err());
+        assert!(err.contains("[sidecar] processes"), "{err}");
+        let python = "id = \"a.b\"\nversion = \"1\"\nruntime = \"python\"\n[python]\nmodule = \"m\"\nworkers = 4294967295\n";
+        let err = format!("{:#}", Manifest::parse(python).unwrap_err());
+        assert!(err.contains("[python] workers"), "{err}");
+    }
 
     #[test]
     fn defaults() {

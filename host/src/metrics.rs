@@ -6,7 +6,6 @@
 //! Only the latency histogram is updated per message.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,8 +20,34 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::body::Body;
+use crate::error::ErrorCode;
 use crate::resilience::BreakerState;
+
+/// What a host shows to `/metrics` and `/readyz`: implemented by the body,
+/// which owns the counters.
+pub trait Source: Send + Sync + 'static {
+    /// The cells served now.
+    fn snapshots(&self) -> Vec<CellSnapshot>;
+    /// Per-cell latency histograms, updated per message.
+    fn latency(&self) -> &LatencyFamily;
+    /// Times the bus connection was re-established.
+    fn reconnects(&self) -> u64;
+    /// Every cell loaded and the bus connected.
+    fn is_ready(&self) -> bool;
+}
+
+/// One served cell's counters at the time of a scrape.
+#[derive(Debug, Clone)]
+pub struct CellSnapshot {
+    pub cell: String,
+    pub requests: u64,
+    /// Non-zero error counts.
+    pub errors_by_code: Vec<(ErrorCode, u64)>,
+    pub in_flight: usize,
+    /// Warm wasm instances, or live processes of a process runtime.
+    pub instances: usize,
+    pub breakers: Vec<(String, BreakerState)>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CellLabel {
@@ -49,7 +74,7 @@ pub fn latency_family() -> LatencyFamily {
 }
 
 /// The Prometheus text exposition of a host.
-pub fn render(body: &Body) -> String {
+pub fn render(source: &dyn Source) -> String {
     let mut registry = Registry::with_prefix("cbs");
     let requests = Family::<CellLabel, Counter>::default();
     let errors = Family::<CodeLabel, Counter>::default();
@@ -57,26 +82,19 @@ pub fn render(body: &Body) -> String {
     let instances = Family::<CellLabel, Gauge>::default();
     let breakers = Family::<TargetLabel, Gauge>::default();
     let reconnects = Counter::<u64>::default();
-    for cell in body.cells() {
-        let label = CellLabel {
-            cell: cell.manifest.id.clone(),
-        };
-        let stats = &cell.stats;
-        requests
-            .get_or_create(&label)
-            .inc_by(stats.requests.load(Ordering::Relaxed));
-        for (code, n) in stats.errors_by_code() {
+    for cell in source.snapshots() {
+        let label = CellLabel { cell: cell.cell };
+        requests.get_or_create(&label).inc_by(cell.requests);
+        for (code, n) in cell.errors_by_code {
             let label = CodeLabel {
                 cell: label.cell.clone(),
                 code: code.as_str().to_owned(),
             };
             errors.get_or_create(&label).inc_by(n);
         }
-        in_flight.get_or_create(&label).set(cell.in_flight() as i64);
-        instances
-            .get_or_create(&label)
-            .set(cell.runner.instances() as i64);
-        for (target, state) in cell.breakers() {
+        in_flight.get_or_create(&label).set(cell.in_flight as i64);
+        instances.get_or_create(&label).set(cell.instances as i64);
+        for (target, state) in cell.breakers {
             let value = match state {
                 BreakerState::Closed => 0,
                 BreakerState::HalfOpen => 1,
@@ -90,7 +108,7 @@ pub fn render(body: &Body) -> String {
                 .set(value);
         }
     }
-    reconnects.inc_by(body.bus().reconnects());
+    reconnects.inc_by(source.reconnects());
     registry.register(
         "cell_requests",
         "Messages handled, from the bus or from cells of this host",
@@ -100,7 +118,7 @@ pub fn render(body: &Body) -> String {
     registry.register(
         "cell_latency_seconds",
         "Time from arrival to reply",
-        body.latency().clone(),
+        source.latency().clone(),
     );
     registry.register("cell_in_flight", "Messages running or queued", in_flight);
     registry.register(
@@ -125,7 +143,7 @@ pub fn render(body: &Body) -> String {
 }
 
 /// Serves the endpoints on `addr`; returns the bound address (port 0 picks one).
-pub async fn serve(addr: SocketAddr, body: Arc<Body>) -> std::io::Result<SocketAddr> {
+pub async fn serve(addr: SocketAddr, source: Arc<dyn Source>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -133,9 +151,9 @@ pub async fn serve(addr: SocketAddr, body: Arc<Body>) -> std::io::Result<SocketA
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let body = body.clone();
+            let source = source.clone();
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = respond(&body, request.uri().path());
+                let response = respond(&*source, request.uri().path());
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             tokio::spawn(async move {
@@ -148,15 +166,15 @@ pub async fn serve(addr: SocketAddr, body: Arc<Body>) -> std::io::Result<SocketA
     Ok(bound)
 }
 
-fn respond(body: &Body, path: &str) -> Response<Full<Bytes>> {
+fn respond(source: &dyn Source, path: &str) -> Response<Full<Bytes>> {
     let (status, content_type, text) = match path {
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(body),
+            render(source),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if body.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/readyz" if source.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

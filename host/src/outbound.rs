@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::bus::local::request_timeout;
-use crate::bus::{BodyBus, Headers, Message};
+use crate::bus::{request_timeout, BodyBus};
+use crate::envelope::codec::to_message;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{subject_of, Manifest};
-use crate::resilience::{is_failure, is_retryable, splitmix, Breaker, BreakerState, CallPolicy};
+use crate::random::fresh_seed;
+use crate::resilience::{is_failure, is_retryable, Breaker, BreakerState, CallPolicy};
 
 /// Cells served by this host, reachable without the bus.
 #[async_trait]
@@ -133,7 +133,7 @@ impl Outbound {
             if !(policy.idempotent && attempt < policy.retries && is_retryable(error.code)) {
                 return Err(error);
             }
-            let delay = policy.backoff(attempt, jitter_seed());
+            let delay = policy.backoff(attempt, fresh_seed());
             if Instant::now() + delay >= flow.deadline {
                 return Err(error);
             }
@@ -166,10 +166,7 @@ impl Outbound {
         };
         let reply = match local {
             Some(reply) => reply,
-            None => {
-                let reply = self.bus.request(to_message(&child), timeout).await?;
-                Envelope::from_slice(&reply.payload)?
-            }
+            None => crate::call::request(&*self.bus, &child, timeout).await?,
         };
         reply
             .into_result()
@@ -207,48 +204,7 @@ impl Outbound {
     }
 }
 
-/// Envelope → bus message, mirroring correlation and trace ids into headers.
-pub fn to_message(envelope: &Envelope) -> Message {
-    Message::new(envelope.subject.clone(), Bytes::from(envelope.to_vec()))
-        .with_headers(transport_headers(envelope))
-}
-
-/// Failure replies also carry the NATS micro-service error headers, so
-/// generic NATS tools see them as errors without parsing the envelope.
-pub fn transport_headers(envelope: &Envelope) -> Headers {
-    let mut headers = vec![(
-        header::CORRELATION_ID.to_owned(),
-        envelope.correlation_id.clone(),
-    )];
-    if let Some(tp) = envelope.headers.get(header::TRACEPARENT) {
-        headers.push((header::TRACEPARENT.to_owned(), tp.clone()));
-    }
-    if let Some(error) = &envelope.error {
-        headers.push((
-            header::SERVICE_ERROR.to_owned(),
-            format!("{}: {}", error.code, first_line(&error.message)),
-        ));
-        headers.push((
-            header::SERVICE_ERROR_CODE.to_owned(),
-            error.code.status().to_string(),
-        ));
-    }
-    headers
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
-}
-
 fn raw_json(text: String, what: &str) -> Result<Box<RawValue>, BusError> {
     RawValue::from_string(text)
         .map_err(|e| BusError::new(ErrorCode::InvalidInput, format!("{what} is not JSON: {e}")))
-}
-
-/// Seed for retry jitter: differs per call and per host.
-fn jitter_seed() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    splitmix(now.as_nanos() as u64 ^ u64::from(std::process::id()))
 }

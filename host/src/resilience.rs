@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{BusError, ErrorCode};
+use crate::backoff::Backoff;
+use crate::error::{BusError, ErrorCode};
 
 /// `[policy."<target-cell-id>"]` in `cell.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,9 +66,13 @@ impl Default for BreakerPolicy {
 impl CallPolicy {
     /// Delay before retry number `attempt` (0-based), with jitter from `seed`.
     pub fn backoff(&self, attempt: u32, seed: u64) -> Duration {
-        let base = self.backoff_ms.saturating_mul(1 << attempt.min(10)) as f64;
-        let jitter = 0.5 + (splitmix(seed) % 1_000) as f64 / 1_000.0; // 0.5 ..< 1.5
-        Duration::from_millis((base * jitter) as u64)
+        let first = Duration::from_millis(self.backoff_ms);
+        Backoff {
+            first,
+            max: first.saturating_mul(1 << 10),
+            jitter: 0.5,
+        }
+        .delay(attempt, seed)
     }
 }
 
@@ -89,14 +94,6 @@ pub fn is_retryable(code: ErrorCode) -> bool {
         code,
         ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::CellFailed | ErrorCode::Capacity
     )
-}
-
-/// A well-mixed 64-bit value from `x` (splitmix64): seeded jitter and chaos.
-pub fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -3,7 +3,6 @@
 //! in a span carrying the flow's `correlation_id`; W3C `traceparent` in the
 //! envelope links the spans of one flow across hosts.
 
-use clap::ValueEnum;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -21,7 +20,18 @@ use crate::envelope::header;
 /// (it runs on every message and every call).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantNames,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum LogFormat {
     #[default]
     Text,

@@ -16,11 +16,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cbs_cli::loadgen::{self, Load, Progress, Report};
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::BodyBus;
+use cbs_host::envelope::codec::transport_headers;
 use cbs_host::envelope::Envelope;
-use cbs_host::loadgen::{self, Load, Progress, Report};
-use cbs_host::outbound;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::{bin, faulty, greet, repo, TestHost};
 use futures_util::StreamExt;
@@ -110,7 +110,7 @@ async fn native_greeter(bus: Arc<dyn BodyBus>) {
                 let greeting =
                     json!({"greeting": format!("Hello, {}!", input["name"].as_str().unwrap())});
                 let reply = env.reply(None, RawValue::from_string(greeting.to_string()).unwrap());
-                let headers = outbound::transport_headers(&reply);
+                let headers = transport_headers(&reply);
                 bus.reply(
                     msg.reply.as_deref().unwrap(),
                     headers,

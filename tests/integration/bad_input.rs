@@ -1,12 +1,13 @@
 //! Bad input of every kind gets a precise, typed error — and the host keeps
 //! serving its other cells afterwards.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use cbs_host::body::Body;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::envelope::ErrorCode;
-use cbs_tests::{faulty, greet, request_raw, temp_cell, TestHost};
+use cbs_tests::{faulty, greet, literal_cell, request_raw, CellToml, TestHost};
 use serde_json::json;
 
 async fn host() -> TestHost {
@@ -189,17 +190,13 @@ async fn a_request_to_a_missing_cell_is_not_found() {
 
 #[tokio::test]
 async fn a_full_queue_answers_capacity() {
-    let dir = temp_cell(
-        r#"
-        id = "test.narrow"
-        version = "0.1.0"
-        component = "{faulty}/test_faulty.wasm"
-        [limits]
-        timeout_ms = 2000
-        concurrency = 1
-        queue = 0
-        "#,
-    );
+    let dir = CellToml::faulty("test.narrow")
+        .limits(|l| {
+            l.timeout_ms = 2000;
+            l.concurrency = 1;
+            l.queue = 0;
+        })
+        .write();
     let host = Arc::new(TestHost::local(&[greet(), dir.path().to_path_buf()]).await);
     let busy = {
         let host = host.clone();
@@ -208,13 +205,7 @@ async fn a_full_queue_answers_capacity() {
     cbs_tests::wait_until(
         std::time::Duration::from_secs(5),
         "the loop to start",
-        || {
-            host.cell("test.narrow")
-                .stats
-                .requests
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 1
-        },
+        || host.cell("test.narrow").stats.requests() == 1,
     )
     .await;
     let err = host
@@ -229,23 +220,31 @@ async fn a_full_queue_answers_capacity() {
         .unwrap();
 }
 
-async fn load_error(manifest: &str) -> String {
-    let dir = temp_cell(manifest);
+/// Why the cell folder `dir` does not load.
+async fn load_error(dir: &Path) -> String {
     let body = Body::new(Arc::new(LocalBus::new()), cbs_tests::runtime(None));
-    match body.load(dir.path()).await {
-        Ok(_) => panic!("{manifest} should not load"),
+    match body.load(dir).await {
+        Ok(_) => panic!("{} should not load", dir.display()),
         Err(e) => format!("{e:#}"),
     }
 }
 
+/// Why `cell.toml` text does not load.
+async fn text_load_error(manifest: &str) -> String {
+    load_error(literal_cell(manifest).path()).await
+}
+
+/// These manifests are text on purpose: a typed builder cannot write an
+/// unknown field or leave out a required one, and the parser is under test.
 #[tokio::test]
 async fn cell_toml_with_an_unknown_or_missing_field() {
     let err =
-        load_error("id = \"a.b\"\nversion = \"1\"\ncomponent = \"x.wasm\"\nmemory = 3\n").await;
+        text_load_error("id = \"a.b\"\nversion = \"1\"\ncomponent = \"x.wasm\"\nmemory = 3\n")
+            .await;
     assert!(err.contains("unknown field `memory`"), "{err}");
-    let err = load_error("id = \"a.b\"\ncomponent = \"x.wasm\"\n").await;
+    let err = text_load_error("id = \"a.b\"\ncomponent = \"x.wasm\"\n").await;
     assert!(err.contains("missing field `version`"), "{err}");
-    let err = load_error(
+    let err = text_load_error(
         "id = \"a.b\"\nversion = \"1\"\ncomponent = \"x.wasm\"\n[limits]\ntimeout = 1\n",
     )
     .await;
@@ -254,10 +253,9 @@ async fn cell_toml_with_an_unknown_or_missing_field() {
 
 #[tokio::test]
 async fn a_core_module_is_not_a_component() {
-    let dir = temp_cell("id = \"a.b\"\nversion = \"1\"\ncomponent = \"core.wasm\"\n");
+    let dir = CellToml::wasm("a.b", "core.wasm").write();
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
-    let body = Body::new(Arc::new(LocalBus::new()), cbs_tests::runtime(None));
-    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    let err = load_error(dir.path()).await;
     assert!(
         err.contains("core WebAssembly module, not a component"),
         "{err}"
@@ -272,11 +270,7 @@ async fn a_core_module_is_not_a_component() {
 async fn a_component_of_another_world_is_refused() {
     let wasm = cbs_tests::repo().join("tests/cells/not-a-cell/not_a_cell.wasm");
     assert!(wasm.is_file(), "run `make cells` first");
-    let err = load_error(&format!(
-        "id = \"a.b\"\nversion = \"1\"\ncomponent = \"{}\"\n",
-        wasm.display()
-    ))
-    .await;
+    let err = load_error(CellToml::wasm("a.b", wasm).write().path()).await;
     assert!(
         err.contains("does not implement the cbs:cell world"),
         "{err}"
@@ -285,6 +279,6 @@ async fn a_component_of_another_world_is_refused() {
 
 #[tokio::test]
 async fn a_missing_component_says_how_to_build_it() {
-    let err = load_error("id = \"a.b\"\nversion = \"1\"\ncomponent = \"nowhere.wasm\"\n").await;
+    let err = load_error(CellToml::wasm("a.b", "nowhere.wasm").write().path()).await;
     assert!(err.contains("make build"), "{err}");
 }

@@ -173,6 +173,11 @@ fn signed_bundles_only_under_trust() {
     let forged = forge(&changed, &bundle);
     std::fs::write(tmp.path().join("forged.cbs"), forged).unwrap();
     let out = load(&t("forged.cbs"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a forged bundle must be refused"
+    );
     assert!(
         stderr(&out).contains("does not match its digest"),
         "{}",

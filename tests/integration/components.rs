@@ -3,7 +3,7 @@
 
 use cbs_host::envelope::ErrorCode;
 use cbs_host::runtime::wasm::CacheOutcome;
-use cbs_tests::{faulty, greet, TestHost};
+use cbs_tests::{faulty, greet, CellToml, TestHost};
 use serde_json::json;
 
 #[tokio::test]
@@ -107,11 +107,7 @@ async fn a_changed_component_file_is_not_served_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let cell = tempfile::tempdir().unwrap();
     let wasm = cell.path().join("cell.wasm");
-    std::fs::write(
-        cell.path().join("cell.toml"),
-        "id = \"logic.greet\"\nversion = \"0.1.0\"\ncomponent = \"cell.wasm\"\n",
-    )
-    .unwrap();
+    CellToml::wasm("logic.greet", "cell.wasm").write_to(cell.path());
     let load = || async {
         let body = cbs_host::body::Body::new(
             std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()),

@@ -9,28 +9,19 @@ use std::time::{Duration, Instant};
 
 use cbs_host::bundle::Bundle;
 use cbs_host::bus::BodyBus;
-use cbs_host::envelope::{BusError, Envelope, ErrorCode};
+use cbs_host::envelope::{BusError, ErrorCode};
 use cbs_host::manifest::CellSpec;
-use cbs_host::outbound::to_message;
 use cbs_tests::bundles::{edit, releases, UPPER};
+use cbs_tests::call_json;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
-use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const WATCH: &[&str] = &["--watch", "--drain-timeout-ms", "5000"];
 
 /// `text.upper` on "hi": `HI` from v1, `HI!` from v2.
 async fn upper(bus: &dyn BodyBus) -> Result<String, BusError> {
-    let envelope = Envelope::new(
-        format!("cbs.{UPPER}"),
-        RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap(),
-    );
-    let reply = bus
-        .request(to_message(&envelope), Duration::from_secs(5))
-        .await?;
-    let payload = Envelope::from_slice(&reply.payload)?.into_result()?;
-    let value: Value = serde_json::from_str(payload.get()).unwrap();
+    let value = call_json(bus, UPPER, json!({"text": "hi"}), Duration::from_secs(5)).await?;
     Ok(value["text"].as_str().unwrap().to_owned())
 }
 
@@ -229,19 +220,22 @@ async fn a_broken_release_keeps_the_old_one_serving() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_breaking_contract_needs_a_new_major_or_force() {
-    let releases = releases();
-    let tmp = tempfile::tempdir().unwrap();
-    // v1's component with a new required input field, still 0.1.x.
-    let dir = variant(tmp.path(), "breaking", "0.1.1", None);
+/// v1's component with a new required input field, as `version`.
+fn breaking_release(tmp: &Path, version: &str) -> PathBuf {
+    let dir = variant(tmp, &format!("breaking-{version}"), version, None);
     edit(
         &dir.join("schemas/input.json"),
         "\"required\": [\"text\"]",
         "\"required\": [\"text\", \"lang\"]",
     );
-    let path = pack(&dir);
+    pack(&dir)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_breaking_contract_within_a_major_needs_force() {
+    let releases = releases();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = breaking_release(tmp.path(), "0.1.1");
     let server = NatsServer::start();
     let url = server.url();
     let (ok, _, err) = run_cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
@@ -257,40 +251,115 @@ async fn a_breaking_contract_needs_a_new_major_or_force() {
     assert!(ok, "--force deploys: {err}");
 }
 
+/// The same breaking change under a new major version (before 1.0 the minor
+/// counts as the major: 0.2 after 0.1) is a deliberate break: it deploys
+/// without --force.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_late_host_picks_up_the_desired_cells_and_undeploy_removes_them() {
+async fn a_breaking_contract_passes_with_a_new_major() {
+    let releases = releases();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = NatsServer::start();
+    let url = server.url();
+    let (ok, _, err) = run_cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "{err}");
+    let minor = breaking_release(tmp.path(), "0.2.0");
+    let (ok, out, err) = run_cbs(&["deploy", minor.to_str().unwrap(), "--nats", &url]);
+    assert!(ok, "0.2.0 is a new major before 1.0: {out}{err}");
+    let listing: Value =
+        serde_json::from_str(&run_cbs(&["ls", "--json", "--nats", &url]).1).unwrap();
+    assert_eq!(listing[0]["desired"], "0.2.0", "{listing}");
+}
+
+/// `cbs deploy BUNDLE --nats URL`, which must succeed; its stdout.
+fn deploy(url: &str, bundle: &Path) -> String {
+    let (ok, out, err) = run_cbs(&["deploy", bundle.to_str().unwrap(), "--nats", url]);
+    assert!(ok, "deploy {}: {out}{err}", bundle.display());
+    out
+}
+
+/// `cbs ls --json`.
+fn listing(url: &str) -> Value {
+    let (ok, out, err) = run_cbs(&["ls", "--json", "--nats", url]);
+    assert!(ok, "cbs ls: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_host_picks_up_the_desired_cells() {
     let releases = releases();
     let server = NatsServer::start();
     let url = server.url();
-    let (ok, out, err) = run_cbs(&["deploy", releases.v2.to_str().unwrap(), "--nats", &url]);
-    assert!(ok, "{err}");
+    let out = deploy(&url, &releases.v2);
     assert!(out.contains("no host is watching"), "{out}");
 
     let late = HostProcess::serve(&url, "late", &[], WATCH);
     late.wait_for_log("deployed: serving", Duration::from_secs(30));
     let bus = server.bus().await;
     assert_eq!(upper(&bus).await.unwrap(), "HI!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undeploy_removes_the_cell_from_watching_hosts() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let host = HostProcess::serve(&url, "host-u", &[], WATCH);
+    deploy(&url, &releases.v2);
+    let bus = server.bus().await;
+    assert_eq!(upper(&bus).await.unwrap(), "HI!");
 
     let (ok, _, err) = run_cbs(&["undeploy", UPPER, "--nats", &url]);
     assert!(ok, "{err}");
-    late.wait_for_log("removed", Duration::from_secs(10));
+    host.wait_for_log("removed", Duration::from_secs(10));
     let err = upper(&bus).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err:?}");
     let (_, out, _) = run_cbs(&["ls", "--nats", &url]);
     assert!(out.contains("nothing deployed"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_host_that_requires_signatures_refuses_an_unsigned_release() {
+/// A host stopped by SIGTERM withdraws its status report: `cbs ls` no
+/// longer lists it for the cell (a host that just vanished would stay
+/// listed, as offline).
+#[test]
+fn a_host_withdraws_its_status_reports_when_it_stops() {
     let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut host = HostProcess::serve(&url, "leaving", &[], WATCH);
+    deploy(&url, &releases.v1);
+    let hosts = |listing: &Value| listing[0]["hosts"].as_array().unwrap().clone();
+    let before = listing(&url);
+    assert_eq!(before[0]["cell"], UPPER, "{before}");
+    let reported = hosts(&before);
+    assert_eq!(reported.len(), 1, "{before}");
+    assert_eq!(reported[0]["host"], "leaving");
+    assert_eq!(reported[0]["serving"], "0.1.0");
+
+    host.terminate();
+    let status = host.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit {status:?}\n{}", host.log());
+    let after = listing(&url);
+    assert_eq!(after[0]["desired"], "0.1.0", "still desired: {after}");
+    assert_eq!(hosts(&after), Vec::<Value>::new(), "{after}");
+}
+
+/// A scratch folder with a key pair, and a watching host that only runs
+/// bundles signed by its key.
+fn strict_host(url: &str) -> (tempfile::TempDir, HostProcess) {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("key");
     assert!(cbs(&["keygen", key.to_str().unwrap()]).status.success());
     let trust = format!("{}.pub", key.display());
+    let host = HostProcess::serve(url, "strict", &[], &["--watch", "--trust", &trust]);
+    (tmp, host)
+}
+
+#[test]
+fn a_host_that_requires_signatures_refuses_an_unsigned_release() {
+    let releases = releases();
     let server = NatsServer::start();
     let url = server.url();
-    let _strict = HostProcess::serve(&url, "strict", &[], &["--watch", "--trust", &trust]);
-
+    let _strict = strict_host(&url);
     let (ok, _, err) = run_cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
     assert!(
         !ok,
@@ -300,13 +369,18 @@ async fn a_host_that_requires_signatures_refuses_an_unsigned_release() {
         err.contains("strict:") && err.contains("is not signed"),
         "{err}"
     );
+}
 
-    // The same cell, signed with the trusted key, deploys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_requires_signatures_serves_a_release_signed_with_its_key() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let (tmp, _strict) = strict_host(&url);
     let mut bundle = Bundle::read(&releases.v1).unwrap();
-    bundle.sign(&cbs_host::bundle::KeyPair::read(&key).unwrap());
+    bundle.sign(&cbs_host::bundle::KeyPair::read(&tmp.path().join("key")).unwrap());
     let signed = tmp.path().join("signed.cbs");
     std::fs::write(&signed, bundle.to_bytes().unwrap()).unwrap();
-    let (ok, out, err) = run_cbs(&["deploy", signed.to_str().unwrap(), "--nats", &url]);
-    assert!(ok, "{out}{err}");
+    deploy(&url, &signed);
     assert_eq!(upper(&server.bus().await).await.unwrap(), "HI");
 }

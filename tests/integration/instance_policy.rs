@@ -1,7 +1,8 @@
 //! `pooled` reuses warm instances and retires them after a trap or N
 //! messages; `fresh` gives every message a new instance.
 
-use cbs_tests::{faulty, faulty_fresh, temp_cell, TestHost};
+use cbs_host::manifest::Policy;
+use cbs_tests::{faulty, faulty_fresh, CellToml, TestHost};
 use serde_json::json;
 
 async fn count(host: &TestHost, cell: &str) -> u64 {
@@ -31,16 +32,9 @@ async fn pooled_reuses_a_warm_instance_and_discards_it_after_a_trap() {
 
 #[tokio::test]
 async fn pooled_retires_after_max_messages() {
-    let dir = temp_cell(
-        r#"
-        id = "test.short_lived"
-        version = "0.1.0"
-        component = "{faulty}/test_faulty.wasm"
-        [instances]
-        policy = "pooled"
-        max_messages = 2
-        "#,
-    );
+    let dir = CellToml::faulty("test.short_lived")
+        .instances(Policy::Pooled, 2)
+        .write();
     let host = TestHost::local(&[dir.path().to_path_buf()]).await;
     // describe() at load is not a message: each instance handles exactly 2.
     assert_eq!(count(&host, "test.short_lived").await, 1);

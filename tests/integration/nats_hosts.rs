@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use cbs_host::bus::nats::{NatsBus, NatsOptions};
 use cbs_host::bus::BodyBus;
 use cbs_host::discovery;
+use cbs_host::envelope::codec::to_message;
 use cbs_host::envelope::{BusError, Envelope, ErrorCode};
-use cbs_host::outbound::to_message;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, cbs_host, HostProcess};
-use cbs_tests::{cell, faulty, greet, shared_cache, temp_cell, POLL};
+use cbs_tests::{cell, faulty, greet, shared_cache, CellToml, POLL};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -21,13 +21,7 @@ async fn call(
     payload: Value,
     timeout: Duration,
 ) -> Result<Value, BusError> {
-    let envelope = Envelope::new(
-        format!("cbs.{cell_id}"),
-        RawValue::from_string(payload.to_string()).unwrap(),
-    );
-    let reply = bus.request(to_message(&envelope), timeout).await?;
-    let payload = Envelope::from_slice(&reply.payload)?.into_result()?;
-    Ok(serde_json::from_str(payload.get()).unwrap())
+    cbs_tests::call_json(bus, cell_id, payload, timeout).await
 }
 
 async fn greet_ok(bus: &dyn BodyBus) -> Result<(), BusError> {
@@ -60,14 +54,18 @@ async fn served_by_host(bus: &NatsBus, cell_id: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Host A serves logic.greet and test.faulty, host B only logic.greet: when
+/// test.faulty has no responders, the server has dropped host A.
+fn two_hosts(url: &str) -> (HostProcess, HostProcess) {
+    let a = HostProcess::serve(url, "host-a", &[greet(), faulty()], &[]);
+    let b = HostProcess::serve(url, "host-b", &[greet()], &[]);
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hosts_share_the_load_and_survive_a_sigkill() {
+async fn two_hosts_share_the_load() {
     let server = NatsServer::start();
-    let url = server.url();
-    // Only host A serves test.faulty: when that subject has no responders,
-    // the server has dropped host A.
-    let mut a = HostProcess::serve(&url, "host-a", &[greet(), faulty()], &[]);
-    let _b = HostProcess::serve(&url, "host-b", &[greet()], &[]);
+    let _hosts = two_hosts(&server.url());
     let bus = Arc::new(server.bus().await);
 
     // 1,000 requests, 16 in flight: all answered, both hosts served a share.
@@ -98,6 +96,13 @@ async fn two_hosts_share_the_load_and_survive_a_sigkill() {
         shares.iter().map(|(_, n)| n).sum::<u64>() as usize,
         answered
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_under_load_fails_only_in_flight_requests_and_the_other_host_takes_over() {
+    let server = NatsServer::start();
+    let (mut a, _b) = two_hosts(&server.url());
+    let bus = Arc::new(server.bus().await);
 
     // Under load, kill host A.
     let done = Arc::new(AtomicUsize::new(0));
@@ -220,40 +225,63 @@ async fn the_greeting_chain_runs_across_a_cluster_of_two_servers() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, Ada!\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cbs_ps_lists_hosts_and_cbs_call_names_a_missing_cell() {
+/// `cbs call CELL PAYLOAD --nats URL`: (exit code, stdout, stderr).
+fn cbs_call(url: &str, cell_id: &str, payload: &str) -> (Option<i32>, String, String) {
+    let out = cbs(&["call", cell_id, payload, "--nats", url]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cbs_call_prints_the_reply_payload() {
     let server = NatsServer::start();
-    let url = server.url();
-    let _a = HostProcess::serve(&url, "host-ps-a", &[greet()], &[]);
-    let _b = HostProcess::serve(&url, "host-ps-b", &[greet(), faulty()], &[]);
+    let _host = HostProcess::serve(&server.url(), "host-call", &[greet()], &[]);
+    let (code, stdout, stderr) = cbs_call(&server.url(), "logic.greet", r#"{"name":"Ada"}"#);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"greeting":"Hello, Ada!"}"#);
+}
 
-    let out = cbs(&["call", "logic.greet", r#"{"name":"Ada"}"#, "--nats", &url]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        r#"{"greeting":"Hello, Ada!"}"#
-    );
-
-    let out = cbs(&["call", "logic.greet", r#"{"name":5}"#, "--nats", &url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+#[test]
+fn cbs_call_exits_1_with_the_contract_violation() {
+    let server = NatsServer::start();
+    let _host = HostProcess::serve(&server.url(), "host-call", &[greet()], &[]);
+    let (code, _, stderr) = cbs_call(&server.url(), "logic.greet", r#"{"name":5}"#);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("contract_violation") && stderr.contains("/name"),
         "{stderr}"
     );
+}
 
-    let out = cbs(&["call", "logic.missing", "{}", "--nats", &url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+#[test]
+fn cbs_call_names_a_missing_cell() {
+    let server = NatsServer::start();
+    let _host = HostProcess::serve(&server.url(), "host-call", &[greet()], &[]);
+    let (code, _, stderr) = cbs_call(&server.url(), "logic.missing", "{}");
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("nothing serves cell logic.missing"),
         "{stderr}"
     );
+}
 
+/// Two hosts for `cbs ps`: host-ps-a serves logic.greet, host-ps-b
+/// logic.greet and test.faulty.
+fn ps_hosts(url: &str) -> [HostProcess; 2] {
+    [
+        HostProcess::serve(url, "host-ps-a", &[greet()], &[]),
+        HostProcess::serve(url, "host-ps-b", &[greet(), faulty()], &[]),
+    ]
+}
+
+#[test]
+fn cbs_ps_lists_hosts_cells_and_versions() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _hosts = ps_hosts(&url);
     let out = cbs(&["ps", "--nats", &url]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -273,6 +301,25 @@ async fn cbs_ps_lists_hosts_and_cbs_call_names_a_missing_cell() {
             "{expected:?} missing from\n{table}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbs_ps_json_shows_schemas_and_counts_requests() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _hosts = ps_hosts(&url);
+    // Two requests: one answered, one refused by the contract.
+    let client = server.bus().await;
+    greet_ok(&client).await.unwrap();
+    let refused = call(
+        &client,
+        "logic.greet",
+        json!({"name": 5}),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(refused.unwrap_err().code, ErrorCode::ContractViolation);
+
     let out = cbs(&["ps", "--json", "--nats", &url]);
     let hosts: Value = serde_json::from_slice(&out.stdout).unwrap();
     let hosts = hosts.as_array().unwrap();
@@ -291,22 +338,18 @@ async fn cbs_ps_lists_hosts_and_cbs_call_names_a_missing_cell() {
         .filter(|c| c["id"] == "logic.greet")
         .map(|c| c["requests"].as_u64().unwrap())
         .sum();
-    assert_eq!(requests, 2, "the two calls above were counted");
+    assert_eq!(requests, 2, "the two requests above were counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     let server = NatsServer::start();
-    let slow = temp_cell(
-        r#"
-        id = "test.slow"
-        version = "0.1.0"
-        component = "{faulty}/test_faulty.wasm"
-        [limits]
-        timeout_ms = 10000
-        concurrency = 8
-        "#,
-    );
+    let slow = CellToml::faulty("test.slow")
+        .limits(|l| {
+            l.timeout_ms = 10_000;
+            l.concurrency = 8;
+        })
+        .write();
     let mut host = HostProcess::serve(
         &server.url(),
         "host-drain",
@@ -356,8 +399,8 @@ fn host_with(url: &str, auth: &[&str]) -> std::process::Output {
     cbs_host(&[&start[..], auth, &[greet.as_str()]].concat(), "")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_password_and_token_auth() {
+#[test]
+fn user_and_password_auth_lets_the_right_password_in_and_refuses_others_fast() {
     let server = NatsServer::with_args(&["--user", "cbs", "--pass", "s3cret"]);
     let ok = host_with(
         &server.url(),
@@ -382,7 +425,10 @@ async fn user_password_and_token_auth() {
     );
     let none = host_with(&server.url(), &[]);
     assert_eq!(none.status.code(), Some(2));
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_lets_the_right_token_in_and_refuses_others_clearly() {
     let server = NatsServer::with_args(&["--auth", "t0ken"]);
     let ok = host_with(&server.url(), &["--nats-token", "t0ken"]);
     assert!(
@@ -443,56 +489,73 @@ async fn bad_input_over_nats_gets_the_same_typed_replies() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_between_cells_of_one_host_stay_in_process_unless_told_otherwise() {
-    for via_bus in [false, true] {
-        let server = NatsServer::start();
-        let mut body = cbs_host::body::Body::new(
-            Arc::new(server.bus().await),
-            cbs_tests::runtime(Some(shared_cache())),
-        );
-        body.set_local_calls(!via_bus);
-        body.start(&greet()).await.unwrap();
-        body.start(&faulty()).await.unwrap();
-        let client = server.bus().await;
-        let request = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Ada"}});
-        let reply = call(&client, "test.faulty", request, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(reply["value"]["greeting"], "Hello, Ada!");
-        // CBS counts the call either way; the NATS endpoint only sees it
-        // when it went over the bus.
-        let greet_cell = body.cell("logic.greet").unwrap();
-        assert_eq!(greet_cell.stats.to_json()["requests"], 1);
-        let over_nats = served_by_host(&server.bus().await, "logic.greet").await;
-        assert_eq!(
-            over_nats,
-            vec![("cbs-test".to_owned(), u64::from(via_bus))],
-            "via_bus = {via_bus}"
-        );
-    }
+/// test.faulty calls logic.greet on the same host, in process or (with
+/// `via_bus`) over NATS.
+async fn call_within_one_host(via_bus: bool) {
+    let server = NatsServer::start();
+    let mut body = cbs_host::body::Body::new(
+        Arc::new(server.bus().await),
+        cbs_tests::runtime(Some(shared_cache())),
+    );
+    body.set_local_calls(!via_bus);
+    body.start(&greet()).await.unwrap();
+    body.start(&faulty()).await.unwrap();
+    let client = server.bus().await;
+    let request = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Ada"}});
+    let reply = call(&client, "test.faulty", request, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply["value"]["greeting"], "Hello, Ada!");
+    // CBS counts the call either way; the NATS endpoint only sees it
+    // when it went over the bus.
+    let greet_cell = body.cell("logic.greet").unwrap();
+    assert_eq!(greet_cell.stats.to_json()["requests"], 1);
+    let over_nats = served_by_host(&server.bus().await, "logic.greet").await;
+    assert_eq!(
+        over_nats,
+        vec![("cbs-test".to_owned(), u64::from(via_bus))],
+        "via_bus = {via_bus}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cbs_bench_reports_throughput_latency_and_errors() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let _host = HostProcess::serve(&url, "host-bench", &[greet()], &[]);
-    let payload = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(payload.path(), r#"{"name":"Ada"}"#).unwrap();
-    let args = [
+async fn calls_between_cells_of_one_host_stay_in_process() {
+    call_within_one_host(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_calls_via_bus_calls_between_cells_of_one_host_go_over_nats() {
+    call_within_one_host(true).await;
+}
+
+/// `cbs bench logic.greet` with `payload` at concurrency `c` for `secs`
+/// seconds, JSON report.
+fn bench(url: &str, payload: &str, c: &str, secs: &str, warmup: &str) -> std::process::Output {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), payload).unwrap();
+    cbs(&[
         "bench",
         "logic.greet",
         "--payload",
-        payload.path().to_str().unwrap(),
-    ];
-    let out = cbs(&[
-        &args[..],
-        &[
-            "-c", "4", "-d", "0.5", "--warmup", "0.1", "--json", "--nats", &url,
-        ],
-    ]
-    .concat());
+        file.path().to_str().unwrap(),
+        "-c",
+        c,
+        "-d",
+        secs,
+        "--warmup",
+        warmup,
+        "--json",
+        "--nats",
+        url,
+    ])
+}
+
+#[test]
+fn cbs_bench_reports_throughput_and_latency() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _host = HostProcess::serve(&url, "host-bench", &[greet()], &[]);
+    let out = bench(&url, r#"{"name":"Ada"}"#, "4", "0.5", "0.1");
     assert!(
         out.status.success(),
         "{}",
@@ -508,16 +571,15 @@ async fn cbs_bench_reports_throughput_latency_and_errors() {
         String::from_utf8_lossy(&out.stderr).contains("req/s"),
         "progress is shown"
     );
+}
 
-    // A payload that breaks the contract: every request fails, typed, exit 1.
-    std::fs::write(payload.path(), r#"{"name":5}"#).unwrap();
-    let out = cbs(&[
-        &args[..],
-        &[
-            "-c", "2", "-d", "0.3", "--warmup", "0", "--json", "--nats", &url,
-        ],
-    ]
-    .concat());
+#[test]
+fn cbs_bench_with_a_payload_breaking_the_contract_counts_the_errors_and_exits_1() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _host = HostProcess::serve(&url, "host-bench", &[greet()], &[]);
+    // Every request fails, typed.
+    let out = bench(&url, r#"{"name":5}"#, "2", "0.3", "0");
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(

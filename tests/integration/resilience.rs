@@ -1,40 +1,38 @@
 //! Calls between cells under policy: circuit breakers, deadlines that travel
-//! with the flow, retries only for idempotent calls, and seeded chaos.
+//! with the flow, retries only for idempotent calls, and seeded chaos (in
+//! `cell.toml`, and from `cbs-host run --chaos FILE`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cbs_host::body::Body;
 use cbs_host::bus::local::LocalBus;
+use cbs_host::chaos::ChaosSpec;
 use cbs_host::envelope::{header, Envelope, ErrorCode};
-use cbs_host::outbound::to_message;
-use cbs_tests::{greet, shared_cache, temp_cell, wait_until, TestHost};
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs_host, HostProcess};
+use cbs_tests::{call_json, faulty, greet, shared_cache, wait_until, CellToml, TestHost};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-
-/// A test.faulty instance under another id, with extra manifest lines.
-fn faulty_as(id: &str, extra: &str) -> tempfile::TempDir {
-    temp_cell(&format!(
-        "id = \"{id}\"\nversion = \"0.1.0\"\ncomponent = \"{{faulty}}/test_faulty.wasm\"\n{extra}\n"
-    ))
-}
 
 fn call_through(target: &str, payload: Value) -> Value {
     json!({"action": "call", "cell": target, "payload": payload})
 }
 
 fn requests(host: &TestHost, id: &str) -> u64 {
-    host.cell(id).stats.requests.load(Ordering::Relaxed)
+    host.cell(id).stats.requests()
 }
 
 #[tokio::test]
 async fn a_failing_target_opens_the_breaker_which_probes_and_closes() {
-    let caller = faulty_as(
-        "test.caller",
-        "[capabilities]\ncalls = [\"test.flaky\"]\n[policy.\"test.flaky\".breaker]\nfailures = 3\ncooldown_ms = 300",
-    );
-    let flaky = faulty_as("test.flaky", "");
+    let caller = CellToml::faulty("test.caller")
+        .calls(&["test.flaky"])
+        .policy("test.flaky", |p| {
+            p.breaker.failures = 3;
+            p.breaker.cooldown_ms = 300;
+        })
+        .write();
+    let flaky = CellToml::faulty("test.flaky").write();
     let host = TestHost::local(&[caller.path().to_path_buf(), flaky.path().to_path_buf()]).await;
     let panic = call_through("test.flaky", json!({"action": "panic"}));
     for _ in 0..3 {
@@ -75,15 +73,15 @@ async fn a_failing_target_opens_the_breaker_which_probes_and_closes() {
 
 /// edge → test.d1 → test.d2 → test.d3 (sleeps 2 s), with a 50 ms budget.
 async fn deadline_case(calls_via_bus: bool) {
-    let hop = |id: &str, next: &str| {
-        faulty_as(
-            id,
-            &format!("[capabilities]\ncalls = [\"{next}\"]\n[limits]\ntimeout_ms = 5000"),
-        )
+    let hop = |id: &str, next: &[&str]| {
+        CellToml::faulty(id)
+            .calls(next)
+            .limits(|l| l.timeout_ms = 5000)
+            .write()
     };
-    let d1 = hop("test.d1", "test.d2");
-    let d2 = hop("test.d2", "test.d3");
-    let d3 = faulty_as("test.d3", "[limits]\ntimeout_ms = 5000");
+    let d1 = hop("test.d1", &["test.d2"]);
+    let d2 = hop("test.d2", &["test.d3"]);
+    let d3 = hop("test.d3", &[]);
     let mut body = Body::new(
         Arc::new(LocalBus::new()),
         cbs_tests::runtime(Some(shared_cache())),
@@ -104,16 +102,11 @@ async fn deadline_case(calls_via_bus: bool) {
         .headers
         .insert(header::BUDGET_MS.into(), "50".into());
     let started = Instant::now();
-    let reply = body
-        .bus()
-        .request(to_message(&envelope), Duration::from_secs(10))
+    let reply = cbs_host::call::request(body.bus().as_ref(), &envelope, Duration::from_secs(10))
         .await
         .unwrap();
     let elapsed = started.elapsed();
-    let err = Envelope::from_slice(&reply.payload)
-        .unwrap()
-        .error
-        .expect("a timeout");
+    let err = reply.error.expect("a timeout");
     assert_eq!(err.code, ErrorCode::Timeout, "{err}");
     // About 50 ms, certainly not the hops' own 5 s limits or the 2 s sleep.
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
@@ -137,15 +130,25 @@ async fn a_deadline_travels_over_the_bus_too() {
 
 #[tokio::test]
 async fn only_idempotent_calls_are_retried_with_backoff_and_a_bound() {
-    let retrying = faulty_as(
-        "test.retrying",
-        "[capabilities]\ncalls = [\"test.down\"]\n[policy.\"test.down\"]\nidempotent = true\nretries = 3\nbackoff_ms = 20",
-    );
-    let plain = faulty_as(
-        "test.plain",
-        "[capabilities]\ncalls = [\"test.down\"]\n[policy.\"test.down\"]\nretries = 3",
-    );
-    let down = faulty_as("test.down", "[chaos]\nerror_rate = 1.0\nseed = 1");
+    let retrying = CellToml::faulty("test.retrying")
+        .calls(&["test.down"])
+        .policy("test.down", |p| {
+            p.idempotent = true;
+            p.retries = 3;
+            p.backoff_ms = 20;
+        })
+        .write();
+    let plain = CellToml::faulty("test.plain")
+        .calls(&["test.down"])
+        .policy("test.down", |p| p.retries = 3)
+        .write();
+    let down = CellToml::faulty("test.down")
+        .chaos(ChaosSpec {
+            error_rate: 1.0,
+            seed: 1,
+            ..ChaosSpec::default()
+        })
+        .write();
     let host = TestHost::local(&[
         retrying.path().into(),
         plain.path().into(),
@@ -181,11 +184,16 @@ async fn only_idempotent_calls_are_retried_with_backoff_and_a_bound() {
 
 #[tokio::test]
 async fn with_30_percent_injected_errors_and_retries_99_percent_succeed() {
-    let caller = faulty_as(
-        "test.edge",
-        "[capabilities]\ncalls = [\"logic.greet\"]\n[policy.\"logic.greet\"]\nidempotent = true\nretries = 4\nbackoff_ms = 0\n\
-         [policy.\"logic.greet\".breaker]\nfailures = 50\nratio = 0.95",
-    );
+    let caller = CellToml::faulty("test.edge")
+        .calls(&["logic.greet"])
+        .policy("logic.greet", |p| {
+            p.idempotent = true;
+            p.retries = 4;
+            p.backoff_ms = 0;
+            p.breaker.failures = 50;
+            p.breaker.ratio = 0.95;
+        })
+        .write();
     let chaos_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         chaos_file.path(),
@@ -222,10 +230,81 @@ async fn with_30_percent_injected_errors_and_retries_99_percent_succeed() {
 #[tokio::test]
 async fn policies_and_chaos_are_checked_at_load() {
     let body = Body::new(Arc::new(LocalBus::new()), cbs_tests::runtime(None));
-    let dir = faulty_as("test.bad", "[policy.\"logic.greet\"]\nretries = 1");
+    let dir = CellToml::faulty("test.bad")
+        .policy("logic.greet", |p| p.retries = 1)
+        .write();
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
     assert!(err.contains("may not call"), "{err}");
-    let dir = faulty_as("test.bad", "[chaos]\nerror_rate = 1.5");
+    let dir = CellToml::faulty("test.bad")
+        .chaos(ChaosSpec {
+            error_rate: 1.5,
+            ..ChaosSpec::default()
+        })
+        .write();
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
     assert!(err.contains("error_rate"), "{err}");
+}
+
+/// A `--chaos FILE` for `cbs-host run`.
+fn chaos_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbs_host_run_chaos_file_fails_every_message_of_the_cell_it_names() {
+    let chaos = chaos_file("[\"logic.greet\"]\nerror_rate = 1.0\nseed = 7\n");
+    let server = NatsServer::start();
+    let chaos_arg = chaos.path().to_str().unwrap();
+    let host = HostProcess::serve(
+        &server.url(),
+        "host-chaos",
+        &[greet(), faulty()],
+        &["--chaos", chaos_arg],
+    );
+    let client = server.bus().await;
+    let timeout = Duration::from_secs(5);
+    for _ in 0..20 {
+        let err = call_json(&client, "logic.greet", json!({"name": "Ada"}), timeout)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+        assert!(
+            err.message.contains("chaos: injected failure"),
+            "{err}\n{}",
+            host.log()
+        );
+    }
+    // A cell the file does not name is untouched.
+    let echo = call_json(
+        &client,
+        "test.faulty",
+        json!({"action": "echo", "value": 1}),
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert_eq!(echo["value"], 1);
+}
+
+#[test]
+fn cbs_host_run_refuses_a_chaos_file_with_a_rate_above_1_naming_the_cell_and_rule() {
+    let chaos = chaos_file("[\"logic.greet\"]\nerror_rate = 1.5\n");
+    let greet = greet().display().to_string();
+    let args = [
+        "run",
+        "--chaos",
+        chaos.path().to_str().unwrap(),
+        "--start",
+        "logic.greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        &greet,
+    ];
+    let out = cbs_host(&args, "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("chaos for logic.greet"), "{stderr}");
+    assert!(stderr.contains("error_rate"), "{stderr}");
 }

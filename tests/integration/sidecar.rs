@@ -6,27 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cbs_host::envelope::{BusError, Envelope, ErrorCode};
-use cbs_tests::{greet, repo, TestHost, POLL};
+use cbs_host::manifest::RuntimeKind;
+use cbs_host::runtime::CellRunner;
+use cbs_tests::cell_toml::reference_dir;
+use cbs_tests::{greet, CellToml, TestHost, POLL};
 use serde_json::{json, Value};
 
 fn reference() -> PathBuf {
-    repo().join("tests/sidecars/reference")
+    reference_dir()
 }
 
-/// A copy of the reference cell with extra manifest lines (e.g. env).
-fn reference_with(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let src = reference();
-    let manifest = std::fs::read_to_string(src.join("cell.toml"))
-        .unwrap()
-        .replace(
-            "\"reference.py\"",
-            &format!("{:?}", src.join("reference.py")),
-        )
-        .replace("schemas/", &format!("{}/schemas/", src.display()))
-        .replace("[sidecar]\n", &format!("[sidecar]\n{extra}\n"));
-    std::fs::write(dir.path().join("cell.toml"), manifest).unwrap();
-    dir
+/// The reference cell, written elsewhere with one more `[sidecar] env` entry.
+fn reference_with_env(key: &str, value: &str) -> tempfile::TempDir {
+    CellToml::reference().env(key, value).write()
 }
 
 async fn host() -> TestHost {
@@ -212,7 +204,7 @@ async fn garbage_and_oversize_frames_end_the_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_negotiated_and_a_newer_only_sidecar_is_refused() {
     // A sidecar speaking 1..2 settles on 1 with this host.
-    let both = reference_with(r#"env = { REF_PROTOCOL = "1-2" }"#);
+    let both = reference_with_env("REF_PROTOCOL", "1-2");
     let host = TestHost::local(&[both.path().to_path_buf()]).await;
     assert_eq!(
         act(&host, json!({"text": "v"})).await.unwrap()["text"],
@@ -222,10 +214,10 @@ async fn versions_are_negotiated_and_a_newer_only_sidecar_is_refused() {
     // A restart that comes back speaking only 2 is refused, typed, until a
     // later restart speaks 1 again.
     let counter = tempfile::tempdir().unwrap();
-    let newer = reference_with(&format!(
-        "env = {{ REF_NEWER_AT = {:?} }}",
-        counter.path().join("starts").display().to_string()
-    ));
+    let newer = reference_with_env(
+        "REF_NEWER_AT",
+        &counter.path().join("starts").display().to_string(),
+    );
     let host = TestHost::local(&[greet(), newer.path().to_path_buf()]).await;
     let before = pid(&host).await;
     act(&host, json!({"action": "crash"})).await.unwrap_err();
@@ -247,12 +239,7 @@ async fn versions_are_negotiated_and_a_newer_only_sidecar_is_refused() {
 
 #[tokio::test]
 async fn a_sidecar_that_cannot_start_fails_the_load_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("cell.toml"),
-        "id = \"x.y\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"./no-such-program\"]\n",
-    )
-    .unwrap();
+    let dir = CellToml::sidecar("x.y", &["./no-such-program"]).write();
     let body = cbs_host::body::Body::new(
         Arc::new(cbs_host::bus::local::LocalBus::new()),
         cbs_tests::runtime(None),
@@ -260,29 +247,46 @@ async fn a_sidecar_that_cannot_start_fails_the_load_clearly() {
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
     assert!(err.contains("cannot start sidecar x.y"), "{err}");
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("cell.toml"),
-        "id = \"x.y\"\nversion = \"1\"\nruntime = \"sidecar\"\n",
-    )
-    .unwrap();
+    let dir = CellToml::new("x.y").runtime(RuntimeKind::Sidecar).write();
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
     assert!(err.contains("needs a [sidecar] table"), "{err}");
 }
 
+/// Shutdown sends the process its `shutdown` frame, the process exits, and
+/// the supervisor ends instead of starting another one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_asks_the_sidecar_to_exit_and_it_is_not_restarted() {
-    let host = host().await;
-    let pid = pid(&host).await;
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    assert!(proc_dir.exists());
-    assert!(host.body.shutdown(Duration::from_secs(5)).await);
-    cbs_tests::wait_until(
-        Duration::from_secs(5),
-        "the sidecar process to exit",
-        || !proc_dir.exists(),
-    )
+    let events = tempfile::NamedTempFile::new().unwrap();
+    let dir = reference_with_env("REF_EVENTS", &events.path().display().to_string());
+    let cell = sidecar(dir.path()).await;
+    let pid = cell.pids()[0];
+    cell.shutdown(Duration::from_secs(5)).await;
+    cbs_tests::wait_until(Duration::from_secs(5), "the supervisor to stop", || {
+        cell.supervising() == 0
+    })
     .await;
+    assert!(
+        !PathBuf::from(format!("/proc/{pid}")).exists(),
+        "{pid} still runs"
+    );
+    assert_eq!(cell.live_processes(), 0);
+    let log = std::fs::read_to_string(events.path()).unwrap();
+    assert_eq!(
+        log,
+        format!("start {pid}\nshutdown {pid}\n"),
+        "one process, asked to stop"
+    );
+}
+
+/// The reference sidecar started as a bare runner, outside a body.
+async fn sidecar(dir: &std::path::Path) -> cbs_host::runtime::process::SidecarCell {
+    let spec = cbs_host::manifest::CellSpec::from_dir(dir).unwrap();
+    let manifest = Arc::new(spec.manifest.clone());
+    let bus = Arc::new(cbs_host::bus::local::LocalBus::new());
+    let outbound = Arc::new(cbs_host::outbound::Outbound::new(bus, manifest, None));
+    cbs_host::runtime::process::SidecarCell::start(&spec, outbound)
+        .await
+        .unwrap()
 }
 
 /// Regression: the first process is servable as soon as the cell is
@@ -290,12 +294,6 @@ async fn shutdown_asks_the_sidecar_to_exit_and_it_is_not_restarted() {
 /// runs none until this test yields).
 #[tokio::test]
 async fn a_started_sidecar_is_servable_at_once() {
-    let spec = cbs_host::manifest::CellSpec::from_dir(&reference()).unwrap();
-    let manifest = Arc::new(spec.manifest.clone());
-    let bus = Arc::new(cbs_host::bus::local::LocalBus::new());
-    let outbound = Arc::new(cbs_host::outbound::Outbound::new(bus, manifest, None));
-    let cell = cbs_host::runtime::process::SidecarCell::start(&spec, outbound)
-        .await
-        .unwrap();
+    let cell = sidecar(&reference()).await;
     assert_eq!(cell.live_processes(), 1);
 }

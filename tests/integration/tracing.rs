@@ -5,10 +5,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::{cbs_host, HostProcess};
+use cbs_tests::process::{cbs_host, cbs_host_with_env, HostProcess};
 use cbs_tests::{cell, greet};
 use serde_json::Value;
 
@@ -149,5 +149,47 @@ async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
             run.2, edge.1,
             "the run span is a child of the edge cell's span"
         );
+    }
+}
+
+/// `cbs-host run --start logic.greet` with this environment, to completion
+/// (which flushes its spans); panics unless it succeeds.
+fn greet_flow(env: &[(&str, Option<&str>)]) {
+    let greet = greet().display().to_string();
+    let args = [
+        "run",
+        "--start",
+        "logic.greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        &greet,
+    ];
+    let out = cbs_host_with_env(&args, "", env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Without `--otlp`, `OTEL_EXPORTER_OTLP_ENDPOINT` names where spans go.
+#[test]
+fn without_otlp_a_host_exports_to_otel_exporter_otlp_endpoint() {
+    let (otlp, bodies) = otlp_receiver();
+    let greet_spans = || {
+        spans(&bodies.lock().unwrap())
+            .into_iter()
+            .filter(|s| s.3 == "cell" && s.4 == "logic.greet")
+            .count()
+    };
+    greet_flow(&[("OTEL_EXPORTER_OTLP_ENDPOINT", Some(otlp.as_str()))]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while greet_spans() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no span of logic.greet reached {otlp}: {:#?}",
+            spans(&bodies.lock().unwrap())
+        );
+        std::thread::sleep(cbs_tests::POLL);
     }
 }

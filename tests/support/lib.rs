@@ -3,6 +3,7 @@
 //! real bus, and waiting on conditions with deadlines (never fixed sleeps).
 
 pub mod bundles;
+pub mod cell_toml;
 pub mod nats;
 pub mod process;
 
@@ -15,10 +16,11 @@ use cbs_host::body::{Body, LoadedCell};
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::{BodyBus, Message};
 use cbs_host::envelope::{BusError, Envelope};
-use cbs_host::outbound;
 use cbs_host::runtime::wasm::{EngineOptions, WasmRuntime};
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+pub use cell_toml::CellToml;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -58,7 +60,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = exe.parent().unwrap().parent().unwrap().join(name);
     assert!(
         path.is_file(),
-        "{} is missing: run `cargo build -p cbs-host` first (make test does)",
+        "{} is missing: run `cargo build -p cbs-cli` first (make test does)",
         path.display()
     );
     path
@@ -129,15 +131,31 @@ impl TestHost {
     }
 }
 
-/// One request through any bus, as an edge client sends it.
-pub async fn request_envelope(bus: &dyn BodyBus, cell_id: &str, payload: Value) -> Envelope {
+/// The first envelope of a flow to `cell_id`.
+pub fn envelope_to(cell_id: &str, payload: &Value) -> Envelope {
     let payload = RawValue::from_string(payload.to_string()).unwrap();
-    let envelope = Envelope::new(format!("cbs.{cell_id}"), payload);
-    let reply = bus
-        .request(outbound::to_message(&envelope), Duration::from_secs(10))
+    Envelope::new(format!("cbs.{cell_id}"), payload)
+}
+
+/// One request through any bus, as an edge client sends it: the reply
+/// payload as JSON, or the typed error of the reply or of the bus.
+pub async fn call_json(
+    bus: &dyn BodyBus,
+    cell_id: &str,
+    payload: Value,
+    timeout: Duration,
+) -> Result<Value, BusError> {
+    let reply = cbs_host::call::call(bus, &envelope_to(cell_id, &payload), timeout).await?;
+    Ok(serde_json::from_str(reply.get()).expect("a reply payload is JSON"))
+}
+
+/// One request through any bus; the whole reply envelope, checked to keep
+/// the flow's correlation id.
+pub async fn request_envelope(bus: &dyn BodyBus, cell_id: &str, payload: Value) -> Envelope {
+    let envelope = envelope_to(cell_id, &payload);
+    let reply = cbs_host::call::request(bus, &envelope, Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| panic!("request to {cell_id}: {e}"));
-    let reply = Envelope::from_slice(&reply.payload).expect("reply is an envelope");
     assert_eq!(
         reply.correlation_id, envelope.correlation_id,
         "reply keeps the flow"
@@ -169,15 +187,20 @@ pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut
     }
 }
 
-/// Writes a cell folder in a temp dir: `cell.toml` as given, with
-/// `{faulty}` replaced by the test cell's folder (for its component and schemas).
-pub fn temp_cell(manifest: &str) -> tempfile::TempDir {
+/// A temporary cell folder whose `cell.toml` is exactly `text`: only for
+/// manifests that exist to be broken, which test the parser on text.
+/// Every other test cell is built with [`CellToml`].
+pub fn literal_cell(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let faulty = faulty().display().to_string();
-    std::fs::write(
-        dir.path().join("cell.toml"),
-        manifest.replace("{faulty}", &faulty),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(cbs_host::manifest::FILE_NAME), text).unwrap();
     dir
+}
+
+/// Writes a cell folder in a temp dir: `cell.toml` as given, with
+/// `{faulty}` replaced by the test cell's folder (for its component and
+/// schemas). Prefer [`CellToml`]; this remains for manifests not yet moved
+/// to it.
+pub fn temp_cell(manifest: &str) -> tempfile::TempDir {
+    let faulty = faulty().display().to_string();
+    literal_cell(&manifest.replace("{faulty}", &faulty))
 }

@@ -149,11 +149,29 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// Runs `cbs-host` to completion with `stdin` as its standard input, as a
 /// user's shell would (shared component cache, no RUST_LOG).
 pub fn cbs_host<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &str) -> Output {
+    cbs_host_with_env(args, stdin, &[])
+}
+
+/// As [`cbs_host`], with environment variables set (`Some`) or removed
+/// (`None`).
+pub fn cbs_host_with_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    stdin: &str,
+    env: &[(&str, Option<&str>)],
+) -> Output {
     use std::io::Write;
-    let mut child = Command::new(bin("cbs-host"))
+    let mut command = Command::new(bin("cbs-host"));
+    command
         .args(args)
         .env("CBS_CACHE_DIR", shared_cache())
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

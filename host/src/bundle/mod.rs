@@ -1,6 +1,6 @@
 //! Bundles: one file holding a cell — `cell.toml`, its component and its
 //! schemas — with a manifest of sha256 digests and an optional ed25519
-//! signature over the bundle digest (docs/adr/0008-bundles.md).
+//! signature over the bundle digest (docs/adr/0008-bundles-and-deploy.md).
 //!
 //! The container is a plain (uncompressed) tar, so a changed byte in any
 //! file is caught by that file's digest and named in the error. Layout:
@@ -33,7 +33,7 @@ const MANIFEST: &str = "MANIFEST.json";
 const SIGNATURE: &str = "SIGNATURE.json";
 const FORMAT: u32 = 1;
 /// Refuse bundles larger than this when reading (a Python component is ~32 MB).
-const MAX_BYTES: u64 = 512 << 20;
+pub const MAX_BYTES: u64 = 512 << 20;
 
 /// What `MANIFEST.json` says: the cell and the digest of each file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -223,7 +223,11 @@ impl Bundle {
 
     /// The bundle's `cell.toml`.
     pub fn cell_manifest(&self) -> anyhow::Result<Manifest> {
-        let text = std::str::from_utf8(&self.files[FILE_NAME]).context("cell.toml is not UTF-8")?;
+        let bytes = self
+            .files
+            .get(FILE_NAME)
+            .with_context(|| format!("the bundle has no {FILE_NAME}"))?;
+        let text = std::str::from_utf8(bytes).context("cell.toml is not UTF-8")?;
         let manifest = Manifest::parse(text).context("in the bundle's cell.toml")?;
         if manifest.id != self.manifest.cell || manifest.version != self.manifest.version {
             bail!(
@@ -234,7 +238,30 @@ impl Bundle {
                 manifest.version
             );
         }
+        self.check_confined(&manifest)?;
         Ok(manifest)
+    }
+
+    /// Every file the bundled `cell.toml` names is one of the bundle's own
+    /// (signed) files: an absolute or `..` path would load something from
+    /// outside it.
+    fn check_confined(&self, m: &Manifest) -> anyhow::Result<()> {
+        let schemas = m.input.iter().chain(&m.output).map(|s| &s.schema);
+        for path in m.component.iter().chain(schemas) {
+            let name = inner_path(path).context("in the bundle's cell.toml")?;
+            if !self.files.contains_key(&name) {
+                bail!("the bundle's cell.toml names {name}, which the bundle does not hold");
+            }
+        }
+        if let Some(python) = &m.python {
+            for (what, path) in [("path", &python.path), ("venv", &python.venv)] {
+                if path != Path::new(".") {
+                    inner_path(path)
+                        .with_context(|| format!("in the bundle's cell.toml [python] {what}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The input and output JSON Schemas the bundle's cell.toml names.
@@ -258,8 +285,18 @@ impl Bundle {
 
     /// Writes the files into `<root>/<digest hex>/` (once: the folder is
     /// content-addressed) and returns the cell folder.
+    ///
+    /// `root` is made private to this user (0700). A folder already there
+    /// for this digest is used only when its files are the bundle's, byte
+    /// for byte; otherwise it is unpacked anew.
     pub fn unpack(&self, root: &Path) -> anyhow::Result<CellSpec> {
+        private_dir(root)?;
         let dir = root.join(self.digest().trim_start_matches("sha256:"));
+        if dir.exists() && !self.unpacked_in(&dir) {
+            tracing::warn!(dir = %dir.display(), "an unpacked bundle differs from its bundle; unpacking it again");
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
         if !dir.join(FILE_NAME).is_file() {
             let tmp = root.join(format!(".unpack-{}", uuid::Uuid::now_v7()));
             for (name, bytes) in &self.files {
@@ -279,12 +316,67 @@ impl Bundle {
         CellSpec::from_dir(&dir)
     }
 
-    /// `~/.cache/cbs/bundles` (or `$CBS_CACHE_DIR/../bundles`).
+    /// Whether `dir` holds exactly this bundle's files.
+    fn unpacked_in(&self, dir: &Path) -> bool {
+        let same = |name: &String, bytes: &Vec<u8>| {
+            std::fs::read(dir.join(name)).is_ok_and(|on_disk| on_disk == *bytes)
+        };
+        walk_files(dir).is_ok_and(|n| n == self.files.len())
+            && self.files.iter().all(|(n, b)| same(n, b))
+    }
+
+    /// `~/.cache/cbs/bundles` (or `$CBS_CACHE_DIR/../bundles`); without a
+    /// home, a folder of this user's in the temp folder.
     pub fn default_unpack_dir() -> PathBuf {
         crate::runtime::wasm::ComponentCache::default_dir()
             .and_then(|d| d.parent().map(|p| p.join("bundles")))
-            .unwrap_or_else(|| std::env::temp_dir().join("cbs-bundles"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("cbs-bundles-{}", euid())))
     }
+}
+
+/// This process's effective user id.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Creates `dir` (mode 0700) or checks that it is this user's alone: a
+/// folder others can write to could be planted with a bundle's contents.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != euid() {
+        bail!(
+            "{} must be a folder owned by this user (uid {}) to unpack bundles in",
+            dir.display(),
+            euid()
+        );
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// How many files are under `dir`, recursively.
+fn walk_files(dir: &Path) -> std::io::Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        count += if entry.file_type()?.is_dir() {
+            walk_files(&entry.path())?
+        } else {
+            1
+        };
+    }
+    Ok(count)
 }
 
 fn check_size(size: u64) -> anyhow::Result<()> {
@@ -422,5 +514,83 @@ mod tests {
             inner_path(Path::new("./schemas/a.json")).unwrap(),
             "schemas/a.json"
         );
+    }
+
+    /// `sample()` with its cell.toml replaced (digests and manifest redone):
+    /// a bundle an attacker packed by hand and signed.
+    fn with_cell_toml(text: &str) -> Bundle {
+        let mut files = sample().files;
+        files.insert(FILE_NAME.to_owned(), text.as_bytes().to_vec());
+        let manifest = BundleManifest {
+            format: FORMAT,
+            cell: "a.b".into(),
+            version: "1.0.0".into(),
+            files: files
+                .iter()
+                .map(|(k, v)| (k.clone(), sha256_hex(v)))
+                .collect(),
+        };
+        Bundle {
+            manifest_bytes: serde_json::to_vec(&manifest).unwrap(),
+            manifest,
+            files,
+            signature: None,
+        }
+    }
+
+    /// Regression: a bundled cell.toml could name a component or schema
+    /// outside the bundle (absolute or `..`), which the host then loaded.
+    #[test]
+    fn a_bundled_manifest_cannot_name_files_outside_the_bundle() {
+        let base = "id = \"a.b\"\nversion = \"1.0.0\"\n";
+        for (line, why) in [
+            ("component = \"/etc/passwd\"", "inside the cell folder"),
+            ("component = \"../../a.wasm\"", "inside the cell folder"),
+            ("component = \"other.wasm\"", "does not hold"),
+            (
+                "component = \"a.wasm\"\n[input]\nid = \"a.b/in@1\"\nschema = \"/tmp/x.json\"",
+                "inside the cell folder",
+            ),
+        ] {
+            let bundle = with_cell_toml(&format!("{base}{line}\n"));
+            let err = format!("{:#}", bundle.cell_manifest().unwrap_err());
+            assert!(err.contains(why), "{line}: {err}");
+        }
+        let fine = with_cell_toml(&format!("{base}component = \"./a.wasm\"\n"));
+        fine.cell_manifest().unwrap();
+    }
+
+    /// Regression: a folder planted (or changed) where a bundle unpacks was
+    /// used as if it were the signed bundle's contents.
+    #[test]
+    fn a_planted_unpack_folder_is_replaced_by_the_bundles_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().join("bundles");
+        let bundle = sample();
+        let spec = bundle.unpack(&root).unwrap();
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the unpack folder is private");
+        std::fs::write(spec.dir.join("a.wasm"), b"planted").unwrap();
+        std::fs::write(spec.dir.join("extra"), b"planted").unwrap();
+        let again = bundle.unpack(&root).unwrap();
+        assert_eq!(
+            std::fs::read(again.dir.join("a.wasm")).unwrap(),
+            b"\0asm fake"
+        );
+        assert!(!again.dir.join("extra").exists());
+        // An unchanged folder is reused as it is.
+        let third = bundle.unpack(&root).unwrap();
+        assert_eq!(third.dir, again.dir);
+    }
+
+    #[test]
+    fn an_unpack_root_open_to_others_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        sample().unpack(root.path()).unwrap();
+        let mode = std::fs::metadata(root.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -17,12 +17,11 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::subject::{self, Pattern};
-use super::{BodyBus, Message, Subscription};
-use crate::envelope::{BusError, ErrorCode};
+use super::{no_responders, request_timeout, BodyBus, Message, Subscription, INBOX_PREFIX};
+use crate::error::{BusError, ErrorCode};
 
 /// Messages a subscriber may have pending before new ones are dropped.
 const PENDING_LIMIT: usize = 65_536;
-const INBOX_PREFIX: &str = "_INBOX.";
 
 /// The in-process [`BodyBus`]. Cheap to clone; clones share one bus.
 #[derive(Clone, Default)]
@@ -177,21 +176,6 @@ impl BodyBus for LocalBus {
     }
 }
 
-/// Shared wording of the two request failures every bus reports.
-pub fn no_responders(subject: &str) -> BusError {
-    BusError::new(
-        ErrorCode::NotFound,
-        format!("nothing serves {subject}: no cell or host is subscribed to it"),
-    )
-}
-
-pub fn request_timeout(subject: &str, timeout: Duration) -> BusError {
-    BusError::new(
-        ErrorCode::Timeout,
-        format!("no reply from {subject} within {} ms", timeout.as_millis()),
-    )
-}
-
 struct LocalSubscription {
     rx: mpsc::Receiver<Message>,
     id: u64,
@@ -203,6 +187,15 @@ impl Stream for LocalSubscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         self.rx.poll_recv(cx)
+    }
+}
+
+#[async_trait]
+impl super::Source for LocalSubscription {
+    async fn unsubscribe(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.unsubscribe(self.id);
+        }
     }
 }
 

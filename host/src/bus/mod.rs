@@ -4,7 +4,7 @@
 //! queue groups, request/reply with "no responders" — and carries the same
 //! bytes and headers NATS would. [`local::LocalBus`] is the in-process
 //! implementation used when no NATS URL is given; both pass one conformance
-//! suite (`host/tests/bus_conformance.rs`).
+//! suite (`tests/integration/bus_conformance.rs`).
 
 pub mod local;
 pub mod nats;
@@ -19,7 +19,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::envelope::BusError;
+use crate::error::{BusError, ErrorCode};
+
+/// Where requesters wait for replies: NATS clients' default inbox prefix.
+pub const INBOX_PREFIX: &str = "_INBOX.";
+
+/// Whether `subject` is a request's inbox (the only place a host replies).
+pub fn is_inbox(subject: &str) -> bool {
+    subject.len() > INBOX_PREFIX.len()
+        && subject.starts_with(INBOX_PREFIX)
+        && subject::check(subject, false).is_ok()
+}
 
 /// Transport headers (NATS headers on the wire). Few and small: a vector.
 pub type Headers = Vec<(String, String)>;
@@ -57,21 +67,37 @@ impl Message {
     }
 }
 
-/// A stream of messages for one subscription; dropping it unsubscribes.
+/// Where a subscription's messages come from.
+#[async_trait]
+pub trait Source: Stream<Item = Message> + Send + Unpin {
+    /// Stops new messages at the bus; the ones already delivered are still
+    /// yielded, then the stream ends.
+    async fn unsubscribe(&mut self);
+}
+
+/// A stream of messages for one subscription; dropping it unsubscribes (and
+/// drops what was delivered but not taken: [`Subscription::unsubscribe`]
+/// first to drain).
 pub struct Subscription {
-    inner: Pin<Box<dyn Stream<Item = Message> + Send>>,
+    inner: Box<dyn Source>,
 }
 
 impl Subscription {
-    pub fn new(stream: impl Stream<Item = Message> + Send + 'static) -> Self {
+    pub fn new(source: impl Source + 'static) -> Self {
         Self {
-            inner: Box::pin(stream),
+            inner: Box::new(source),
         }
     }
 
-    /// The next message, or `None` once the bus closed the subscription.
+    /// The next message, or `None` once the subscription ended.
     pub async fn next(&mut self) -> Option<Message> {
         futures_util::StreamExt::next(self).await
+    }
+
+    /// Stops new messages; [`Subscription::next`] then yields those already
+    /// delivered and ends.
+    pub async fn unsubscribe(&mut self) {
+        self.inner.unsubscribe().await;
     }
 }
 
@@ -79,7 +105,7 @@ impl Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.inner.as_mut().poll_next(cx)
+        Pin::new(&mut *self.inner).poll_next(cx)
     }
 }
 
@@ -130,6 +156,12 @@ pub trait BodyBus: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The largest message the bus carries, in bytes (NATS `max_payload`);
+    /// `None` in process.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
+
     /// Times the connection was re-established (0 in process).
     fn reconnects(&self) -> u64 {
         0
@@ -142,4 +174,44 @@ pub trait BodyBus: Send + Sync + 'static {
 
     /// Short name for logs: `local` or `nats`.
     fn kind(&self) -> &'static str;
+}
+
+/// Shared wording of the two request failures every bus reports.
+/// Nothing subscribes to `subject` (NATS "no responders").
+pub fn no_responders(subject: &str) -> BusError {
+    BusError::new(
+        ErrorCode::NotFound,
+        format!("nothing serves {subject}: no cell or host is subscribed to it"),
+    )
+}
+
+/// No reply from `subject` within `timeout`.
+pub fn request_timeout(subject: &str, timeout: Duration) -> BusError {
+    BusError::new(
+        ErrorCode::Timeout,
+        format!("no reply from {subject} within {} ms", timeout.as_millis()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_inboxes_take_replies() {
+        for ok in ["_INBOX.abc", "_INBOX.abc.def"] {
+            assert!(is_inbox(ok), "{ok}");
+        }
+        for refused in [
+            "$KV.cbs-desired.x",
+            "$JS.API.STREAM.PURGE.KV_cbs-desired",
+            "cbs.logic.greet",
+            "_INBOX.",
+            "_INBOX.a b",
+            "_INBOX.*",
+            "x._INBOX.a",
+        ] {
+            assert!(!is_inbox(refused), "{refused}");
+        }
+    }
 }

@@ -7,10 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::service::{self, ServiceExt};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use async_trait::async_trait;
@@ -18,9 +21,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::local::{no_responders, request_timeout};
-use super::{subject, BodyBus, Endpoint, Headers, Message, Subscription};
-use crate::envelope::{BusError, ErrorCode};
+use super::{
+    no_responders, request_timeout, subject, BodyBus, Endpoint, Headers, Message, Source,
+    Subscription,
+};
+use crate::backoff::Backoff;
+use crate::error::{BusError, ErrorCode};
 
 /// Name of the micro service every host registers.
 pub const SERVICE_NAME: &str = "cbs";
@@ -198,10 +204,14 @@ async fn connect_options(
 
 /// Exponential backoff from 100 ms to 5 s, with jitter so that many hosts
 /// do not reconnect in lockstep.
+const RECONNECT: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    jitter: 0.25,
+};
+
 fn backoff(attempts: usize) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempts.min(6)).min(5_000);
-    let jitter = uuid::Uuid::now_v7().as_u128() as u64 % (base / 4 + 1);
-    Duration::from_millis(base + jitter)
+    RECONNECT.next(u32::try_from(attempts).unwrap_or(u32::MAX))
 }
 
 /// `connections` counts every (re)connection; the first is not a reconnect.
@@ -253,10 +263,16 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::new(ErrorCode::Unavailable, format!("NATS: {e}"))
 }
 
+/// NATS headers from ours. A name or value NATS cannot carry (a CR or LF
+/// would split the header block) is left out with a warning: async-nats
+/// panics on them, and they can come from outside (a cell's error message).
 fn to_header_map(headers: &Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
-        map.insert(k.as_str(), v.as_str());
+        match (k.parse::<HeaderName>(), v.parse::<HeaderValue>()) {
+            (Ok(name), Ok(value)) => map.insert(name, value),
+            _ => tracing::warn!(header = %k.escape_debug(), "left out a header NATS cannot carry"),
+        }
     }
     map
 }
@@ -276,6 +292,59 @@ fn from_nats(message: async_nats::Message) -> Message {
         reply: message.reply.map(|r| r.to_string()),
         headers,
         payload: message.payload,
+    }
+}
+
+/// A plain NATS subscription.
+struct Subscribed(async_nats::Subscriber);
+
+impl futures_util::Stream for Subscribed {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Message>> {
+        self.0.poll_next_unpin(cx).map(|m| m.map(from_nats))
+    }
+}
+
+#[async_trait]
+impl Source for Subscribed {
+    async fn unsubscribe(&mut self) {
+        if let Err(e) = self.0.unsubscribe().await {
+            tracing::debug!(error = %e, "cannot unsubscribe");
+        }
+    }
+}
+
+/// A served endpoint's requests. Each request with an inbox to reply to is
+/// kept until its reply (replying through it keeps the micro stats right).
+struct Served {
+    requests: service::endpoint::Endpoint,
+    pending: Arc<Mutex<HashMap<String, service::Request>>>,
+}
+
+impl futures_util::Stream for Served {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Message>> {
+        self.requests.poll_next_unpin(cx).map(|request| {
+            let request = request?;
+            let message = from_nats(request.message.clone());
+            // Only inboxes get replies (see body's dispatch): keep nothing
+            // for a reply that will never be sent.
+            if let Some(reply) = message.reply.as_ref().filter(|r| super::is_inbox(r)) {
+                self.pending.lock().unwrap().insert(reply.clone(), request);
+            }
+            Some(message)
+        })
+    }
+}
+
+#[async_trait]
+impl Source for Served {
+    async fn unsubscribe(&mut self) {
+        if let Err(e) = self.requests.stop().await {
+            tracing::debug!(error = %e, "cannot stop an endpoint");
+        }
     }
 }
 
@@ -341,7 +410,7 @@ impl BodyBus for NatsBus {
             None => self.client.subscribe(subject.to_owned()).await,
         }
         .map_err(unavailable)?;
-        Ok(Subscription::new(subscriber.map(from_nats)))
+        Ok(Subscription::new(Subscribed(subscriber)))
     }
 
     async fn serve(&self, endpoint: Endpoint) -> Result<Subscription, BusError> {
@@ -359,14 +428,10 @@ impl BodyBus for NatsBus {
             .add(&endpoint.subject)
             .await
             .map_err(unavailable)?;
-        let pending = self.pending.clone();
-        Ok(Subscription::new(requests.map(move |request| {
-            let message = from_nats(request.message.clone());
-            if let Some(reply) = &message.reply {
-                pending.lock().unwrap().insert(reply.clone(), request);
-            }
-            message
-        })))
+        Ok(Subscription::new(Served {
+            requests,
+            pending: self.pending.clone(),
+        }))
     }
 
     async fn reply(&self, to: &str, headers: Headers, payload: Bytes) -> Result<(), BusError> {
@@ -389,6 +454,10 @@ impl BodyBus for NatsBus {
 
     fn reconnects(&self) -> u64 {
         NatsBus::reconnects(self)
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload)
     }
 
     fn is_connected(&self) -> bool {

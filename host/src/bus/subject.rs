@@ -1,7 +1,7 @@
 //! NATS subject syntax: dot-separated tokens; in subscriptions `*` matches
 //! one token and `>` (last) matches one or more.
 
-use crate::envelope::{BusError, ErrorCode};
+use crate::error::{BusError, ErrorCode};
 
 /// A parsed subscription subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,4 +1,4 @@
-//! Deployments over NATS JetStream (docs/adr/0008-bundles.md):
+//! Deployments over NATS JetStream (docs/adr/0008-bundles-and-deploy.md):
 //!
 //! - bucket `cbs-bundles` (object store): bundles, named by digest;
 //! - bucket `cbs-desired` (key-value): cell id → the release every host
@@ -6,10 +6,10 @@
 //! - bucket `cbs-status` (key-value): `<cell>/<host>` → what that host
 //!   serves, or why it could not load the desired release.
 //!
-//! `cbs deploy` writes the first two and waits on the third; hosts run with
-//! `--watch` follow the second ([`watcher`]) and write the third.
+//! `cbs deploy` (the rollout in `host/cli`) writes the first two and waits
+//! on the third; hosts run with `--watch` follow the second ([`watcher`])
+//! and write the third.
 
-pub mod rollout;
 pub mod watcher;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -179,8 +179,20 @@ impl Store {
             self.bundles.get(&release.object).await.map_err(|e| {
                 anyhow::anyhow!("cannot fetch {} from {BUNDLES}: {e}", release.object)
             })?;
+        // The bucket is outside input: read no more than a bundle may hold,
+        // whatever size the object claims or has.
+        let limit = crate::bundle::MAX_BYTES;
+        if object.info().size as u64 > limit {
+            bail!(
+                "{} in {BUNDLES} is {} MiB, more than the {} MiB a bundle may be",
+                release.object,
+                object.info().size >> 20,
+                limit >> 20
+            );
+        }
         let mut bytes = Vec::new();
-        object
+        (&mut object)
+            .take(limit + 1)
             .read_to_end(&mut bytes)
             .await
             .with_context(|| format!("cannot read {} from {BUNDLES}", release.object))?;

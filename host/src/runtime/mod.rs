@@ -32,11 +32,33 @@ pub struct CellInfo {
     pub output_schema: Option<String>,
 }
 
+/// When one message must be done.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// The caller stops waiting: its remaining budget or the cell's limit,
+    /// whichever ends first.
+    pub reply_by: Instant,
+    /// The cell's own limit (`timeout_ms` from arrival). A process still
+    /// busy with the message then is stuck and is killed; a caller's
+    /// shorter budget only abandons the message.
+    pub cell_limit: Instant,
+}
+
+impl Deadline {
+    /// The cell's own limit, and no caller budget shorter than it.
+    pub fn of_cell(limit: Instant) -> Self {
+        Self {
+            reply_by: limit,
+            cell_limit: limit,
+        }
+    }
+}
+
 /// A loaded cell, ready to handle messages.
 #[async_trait]
 pub trait CellRunner: Send + Sync {
-    /// Runs the cell on one message; never past `deadline`.
-    async fn handle(&self, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError>;
+    /// Runs the cell on one message; never past `deadline.reply_by`.
+    async fn handle(&self, envelope: Arc<Envelope>, deadline: Deadline) -> Result<Reply, BusError>;
 
     /// What the cell reported at load.
     fn info(&self) -> &CellInfo;

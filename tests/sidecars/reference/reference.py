@@ -9,6 +9,9 @@ host's failure tests. Actions (the payload's "action"):
   shout {text}         -> {"text": TEXT + "!"}
   echo {value}         -> {"value": value}
   pid                  -> {"pid": this process id}
+  env                  -> {"env": this process's environment}
+  stderr {hex}         -> writes those bytes to stderr
+  stderr_flood {mb}    -> writes mb MiB to stderr without a line break
   gather {n}           -> waits until n messages are in flight at once
   call {cell, payload} -> requests another cell through the host
   publish {subject, payload}
@@ -20,7 +23,9 @@ host's failure tests. Actions (the payload's "action"):
 
 Environment: REF_PROTOCOL="min-max" (default "1-1") sets the versions it
 speaks; REF_NEWER_AT=<file> counts starts in <file> and makes the second
-start speak only version 2 (a restart that comes back newer, once).
+start speak only version 2 (a restart that comes back newer, once);
+REF_EVENTS=<file> gets a line "start PID" when it starts and "shutdown PID"
+when the host's shutdown frame arrives.
 """
 
 import json
@@ -94,6 +99,15 @@ def handle(frame):
             result = {"text": payload["text"].upper() + "!"}
         elif action == "echo":
             result = {"value": payload.get("value")}
+        elif action == "stderr_flood":
+            chunk = b"x" * (1 << 20)
+            for _ in range(payload["mb"]):
+                os.write(2, chunk)
+            result = {"written": os.write(2, b"\n")}
+        elif action == "stderr":
+            result = {"written": os.write(2, bytes.fromhex(payload["hex"]))}
+        elif action == "env":
+            result = {"env": dict(os.environ)}
         elif action == "pid":
             result = {"pid": os.getpid()}
         elif action == "gather":
@@ -146,7 +160,15 @@ def speaks():
     return (lo, hi)
 
 
+def event(what):
+    path = os.environ.get("REF_EVENTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{what} {os.getpid()}\n")
+
+
 def main():
+    event("start")
     # REF_SLOW_START_MS: a slow start, for readiness tests.
     time.sleep(int(os.environ.get("REF_SLOW_START_MS", "0")) / 1000)
     hello = read()
@@ -176,6 +198,7 @@ def main():
         elif kind == "ping":
             write({"type": "pong", "id": frame["id"]})
         elif kind == "shutdown":
+            event("shutdown")
             return 0
 
 

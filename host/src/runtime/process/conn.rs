@@ -6,16 +6,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::Encoder;
 
-use super::frame::{push_frame, read_frame};
+use super::frame::{FrameCodec, FrameError, FrameReader};
 use super::protocol::{encode, FromSidecar, ToSidecar};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::outbound::{Flow, Outbound};
-use crate::runtime::Reply;
+use crate::runtime::{Deadline, Reply};
 
 /// Frames queued for one process before senders wait.
 const WRITE_QUEUE: usize = 1024;
@@ -32,6 +35,9 @@ pub struct Conn {
     /// What the process is, in messages: "sidecar" or "python worker".
     pub kind: &'static str,
     pub pid: u32,
+    /// The cell's own time per message (`timeout_ms`): a process is killed
+    /// only for missing this, never for a caller's shorter budget.
+    timeout: Duration,
     writer: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, Pending>>,
     /// Envelopes of in-flight messages, for the sidecar's outbound calls.
@@ -52,10 +58,10 @@ impl Conn {
         cell_id: String,
         kind: &'static str,
         pid: u32,
+        timeout: Duration,
         stdin: ChildStdin,
-        stdout: ChildStdout,
+        stdout: FrameReader<ChildStdout>,
         stderr: ChildStderr,
-        max_frame: usize,
         outbound: Arc<Outbound>,
     ) -> Arc<Self> {
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
@@ -63,6 +69,7 @@ impl Conn {
             cell_id,
             kind,
             pid,
+            timeout,
             writer,
             pending: Mutex::default(),
             parents: Mutex::default(),
@@ -73,7 +80,7 @@ impl Conn {
             death: Notify::new(),
         });
         tokio::spawn(write_loop(conn.clone(), stdin, rx));
-        tokio::spawn(read_loop(conn.clone(), stdout, max_frame, outbound));
+        tokio::spawn(read_loop(conn.clone(), stdout, outbound));
         tokio::spawn(log_stderr(conn.cell_id.clone(), pid, stderr));
         conn
     }
@@ -83,16 +90,30 @@ impl Conn {
     pub async fn handle(
         self: &Arc<Self>,
         envelope: Arc<Envelope>,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Reply, BusError> {
+        let Deadline {
+            reply_by: deadline,
+            cell_limit: kill_at,
+        } = deadline;
+        let sent = Instant::now();
+        let remaining = deadline.saturating_duration_since(sent);
+        if remaining.is_zero() {
+            return Err(BusError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the message's deadline passed before it reached {} {}",
+                    self.kind, self.cell_id
+                ),
+            ));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let frame = encode(&ToSidecar::Handle {
             id,
             deadline_ms: remaining.as_millis() as u64,
             envelope: &envelope,
         });
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
         self.parents.lock().unwrap().insert(
             id,
@@ -105,28 +126,56 @@ impl Conn {
             self.forget(id);
             return Err(self.failed("is gone"));
         }
-        let outcome = tokio::time::timeout(remaining, rx).await;
+        let outcome = tokio::time::timeout_at(deadline.min(kill_at).into(), &mut rx).await;
         self.parents.lock().unwrap().remove(&id);
         match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.failed("ended")),
-            Err(_) => {
-                self.forget(id);
-                self.die(format!(
-                    "did not reply within its deadline ({} ms) and was killed",
-                    remaining.as_millis()
-                ));
+            // Only the caller's budget ran out: abandon this message and
+            // keep the process, unless it overruns the cell's own limit.
+            Err(_) if deadline < kill_at => {
+                tokio::spawn(self.clone().watch(id, rx, kill_at));
                 Err(BusError::new(
                     ErrorCode::Timeout,
                     format!(
-                        "{} {} did not reply within {} ms; its process was killed and is being restarted",
+                        "no reply from {} {} within the caller's budget of {} ms; the message was abandoned",
                         self.kind,
                         self.cell_id,
                         remaining.as_millis()
                     ),
                 ))
             }
+            Err(_) => Err(self.overran(id)),
         }
+    }
+
+    /// Waits for an abandoned message's reply until the cell's own limit,
+    /// then kills the process: it may be stuck.
+    async fn watch(
+        self: Arc<Self>,
+        id: u64,
+        rx: oneshot::Receiver<Result<Reply, BusError>>,
+        kill_at: Instant,
+    ) {
+        if tokio::time::timeout_at(kill_at.into(), rx).await.is_err() {
+            self.overran(id);
+        }
+    }
+
+    /// Kills the process for missing the cell's own time per message.
+    fn overran(&self, id: u64) -> BusError {
+        self.forget(id);
+        let limit = self.timeout.as_millis();
+        self.die(format!(
+            "did not reply within the cell's timeout ({limit} ms) and was killed"
+        ));
+        BusError::new(
+            ErrorCode::Timeout,
+            format!(
+                "{} {} did not reply within {limit} ms; its process was killed and is being restarted",
+                self.kind, self.cell_id
+            ),
+        )
     }
 
     /// Pings the process; ends it when no pong comes in time.
@@ -348,19 +397,24 @@ async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiv
     // Hold only a weak link so that the queue closes when the process is gone.
     let weak = Arc::downgrade(&conn);
     drop(conn);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut codec = FrameCodec::new(usize::MAX);
+    let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     while let Some(frame) = rx.recv().await {
         // Let the other tasks that are ready queue their frames first: under
         // load one write (and one wake-up of the process) carries many.
         tokio::task::yield_now().await;
         batch.clear();
-        let mut pushed = push_frame(&mut batch, &frame);
+        let mut pushed = codec.encode(Bytes::from(frame), &mut batch);
         while pushed.is_ok() && batch.len() < WRITE_BATCH {
             let Ok(more) = rx.try_recv() else { break };
-            pushed = push_frame(&mut batch, &more);
+            pushed = codec.encode(Bytes::from(more), &mut batch);
         }
         let written = match pushed {
-            Ok(()) => stdin.write_all(&batch).await.and(stdin.flush().await),
+            Ok(()) => stdin
+                .write_all(&batch)
+                .await
+                .and(stdin.flush().await)
+                .map_err(FrameError::from),
             Err(e) => Err(e),
         };
         if let Err(e) = written {
@@ -372,30 +426,43 @@ async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiv
     }
 }
 
-async fn read_loop(
-    conn: Arc<Conn>,
-    stdout: ChildStdout,
-    max_frame: usize,
-    outbound: Arc<Outbound>,
-) {
-    // Buffered: a process that writes many frames at once is read in few calls.
-    let mut stdout = BufReader::with_capacity(64 << 10, stdout);
+async fn read_loop(conn: Arc<Conn>, mut stdout: FrameReader<ChildStdout>, outbound: Arc<Outbound>) {
     loop {
-        match read_frame(&mut stdout, max_frame).await {
-            Ok(Some(body)) => match FromSidecar::parse(&body) {
+        match stdout.next().await {
+            Some(Ok(body)) => match FromSidecar::parse(&body) {
                 Ok(frame) => conn.dispatch(frame, &outbound),
                 Err(e) => return conn.die(format!("sent a malformed frame ({e})")),
             },
             // The supervisor sees the exit and reports its status.
-            Ok(None) => return,
-            Err(e) => return conn.die(format!("sent a malformed frame: {e}")),
+            None => return,
+            Some(Err(e)) => return conn.die(format!("sent a malformed frame: {e}")),
         }
     }
 }
 
+/// The longest stderr line logged as one; longer ones are logged in pieces.
+const MAX_LOG_LINE: u64 = 16 << 10;
+
+/// Logs a process's stderr line by line, whatever it writes: memory is
+/// bounded by [`MAX_LOG_LINE`], and bytes that are not UTF-8 are shown as
+/// replacement characters (the pipe stays open, so the process never gets
+/// EPIPE for writing them).
 async fn log_stderr(cell: String, pid: u32, stderr: ChildStderr) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(cell = %cell, pid, stream = "stderr", "{line}");
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LOG_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                tracing::info!(cell = %cell, pid, stream = "stderr", "{text}");
+            }
+        }
     }
 }

@@ -1,98 +1,135 @@
 //! Length-prefixed JSON frames: a 4-byte big-endian length, then that many
 //! bytes of JSON. Shared by every process runtime (sidecars, the native
-//! Python pool).
+//! Python pool). Built on tokio-util's `LengthDelimitedCodec`, which refuses
+//! an oversize frame from its announced length, before buffering its body.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder, FramedRead, LengthDelimitedCodec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("oversize frame: {len} bytes announced, at most {max} allowed")]
-    Oversize { len: usize, max: usize },
+    #[error("oversize frame: more than {max} bytes announced")]
+    Oversize { max: usize },
     #[error("the stream ended inside a frame")]
     Truncated,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Reads one frame body; `None` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max: usize,
-) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut head = [0u8; 4];
-    match reader.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(head) as usize;
-    if len > max {
-        return Err(FrameError::Oversize { len, max });
-    }
-    let mut body = vec![0u8; len];
-    reader
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-            _ => FrameError::Io(e),
-        })?;
-    Ok(Some(body))
+/// Frames read from a process's stdout.
+pub type FrameReader<R> = FramedRead<R, FrameCodec>;
+
+/// Reads frames of at most `max` bytes from `reader`, buffered: a process
+/// that writes many frames at once is read in few system calls.
+pub fn reader<R: AsyncRead>(reader: R, max: usize) -> FrameReader<R> {
+    FramedRead::with_capacity(reader, FrameCodec::new(max), 64 << 10)
 }
 
-/// Appends one frame (length prefix and body) to `buf`, for writing many
-/// frames in one system call.
-pub fn push_frame(buf: &mut Vec<u8>, body: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(body);
-    Ok(())
+/// The frame codec, reading frames of at most `max` bytes.
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    max: usize,
+}
+
+impl FrameCodec {
+    pub fn new(max: usize) -> Self {
+        let inner = LengthDelimitedCodec::builder()
+            .big_endian()
+            .length_field_length(4)
+            .max_frame_length(max.min(u32::MAX as usize))
+            .new_codec();
+        Self { inner, max }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        self.inner.decode(src).map_err(|e| match e.kind() {
+            // The codec's only InvalidData error: "frame size too big".
+            std::io::ErrorKind::InvalidData => FrameError::Oversize { max: self.max },
+            _ => FrameError::Io(e),
+        })
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        match self.decode(src)? {
+            None if !src.is_empty() => Err(FrameError::Truncated),
+            frame => Ok(frame),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, body: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        Ok(self.inner.encode(body, dst)?)
+    }
 }
 
 /// Writes one frame and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    writer.write_all(&len.to_be_bytes()).await?;
-    writer.write_all(body).await?;
-    writer.flush().await
+    body: Bytes,
+) -> Result<(), FrameError> {
+    let mut buf = BytesMut::with_capacity(body.len() + 4);
+    FrameCodec::new(usize::MAX).encode(body, &mut buf)?;
+    writer.write_all(&buf).await?;
+    Ok(writer.flush().await?)
 }
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
 
+    const PING: &[u8] = br#"{"type":"ping","id":1}"#;
+
+    async fn frames(bytes: &[u8], max: usize) -> Vec<Result<BytesMut, FrameError>> {
+        reader(bytes, max).collect().await
+    }
+
     #[tokio::test]
-    async fn round_trip_and_limits() {
+    async fn round_trip() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, br#"{"type":"ping","id":1}"#)
+        write_frame(&mut buf, Bytes::from_static(PING))
             .await
             .unwrap();
-        write_frame(&mut buf, b"{}").await.unwrap();
-        let mut r = &buf[..];
-        assert_eq!(
-            read_frame(&mut r, 64).await.unwrap().unwrap(),
-            br#"{"type":"ping","id":1}"#
-        );
-        assert_eq!(read_frame(&mut r, 64).await.unwrap().unwrap(), b"{}");
-        assert!(read_frame(&mut r, 64).await.unwrap().is_none(), "clean end");
+        write_frame(&mut buf, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..4], &(PING.len() as u32).to_be_bytes());
+        let read = frames(&buf, 64).await;
+        assert_eq!(read.len(), 2, "two frames, then a clean end");
+        assert_eq!(&read[0].as_ref().unwrap()[..], PING);
+        assert_eq!(&read[1].as_ref().unwrap()[..], b"{}");
+    }
 
-        let mut r = &buf[..];
-        assert!(matches!(
-            read_frame(&mut r, 4).await,
-            Err(FrameError::Oversize { len: 22, max: 4 })
-        ));
-        let mut pushed = Vec::new();
-        push_frame(&mut pushed, br#"{"type":"ping","id":1}"#).unwrap();
-        push_frame(&mut pushed, b"{}").unwrap();
-        assert_eq!(pushed, buf, "push_frame writes what write_frame writes");
+    #[tokio::test]
+    async fn oversize_frames_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Bytes::from_static(PING))
+            .await
+            .unwrap();
+        let read = frames(&buf, 4).await;
+        assert!(matches!(read[0], Err(FrameError::Oversize { max: 4 })));
+        // Refused from the length alone, before the body arrived.
+        let read = frames(&buf[..4], 4).await;
+        assert!(matches!(read[0], Err(FrameError::Oversize { .. })));
+    }
 
-        let mut r = &buf[..10];
-        assert!(matches!(
-            read_frame(&mut r, 64).await,
-            Err(FrameError::Truncated)
-        ));
+    #[tokio::test]
+    async fn a_stream_ending_inside_a_frame_is_truncated() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Bytes::from_static(PING))
+            .await
+            .unwrap();
+        let read = frames(&buf[..10], 64).await;
+        assert!(matches!(read[0], Err(FrameError::Truncated)), "{read:?}");
     }
 }

@@ -10,14 +10,14 @@ mod supervisor;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
 use self::supervisor::{supervise, Launch, Slot};
-use super::{CellInfo, CellRunner, Reply};
+use super::{CellInfo, CellRunner, Deadline, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, SidecarSpec};
 use crate::outbound::Outbound;
@@ -62,9 +62,19 @@ impl SidecarCell {
             outbound,
             kind,
         )?);
-        let (mut slots, mut supervisors, mut info) = (Vec::new(), Vec::new(), None);
+        let (mut slots, mut supervisors, mut info) =
+            (Vec::new(), Vec::<JoinHandle<()>>::new(), None);
         for _ in 0..sidecar.processes {
-            let (conn, child, described) = launch.start().await?;
+            let (conn, child, described) = match launch.start().await {
+                Ok(started) => started,
+                Err(e) => {
+                    // The cell does not load: stop the processes it started.
+                    for task in &supervisors {
+                        task.abort();
+                    }
+                    return Err(e);
+                }
+            };
             info.get_or_insert(CellInfo {
                 id: described.id,
                 version: described.version,
@@ -90,6 +100,12 @@ impl SidecarCell {
         self.slots.iter().filter(|s| s.conn().is_some()).count()
     }
 
+    /// Supervisors still running: each restarts its process when it dies,
+    /// until the cell shuts down.
+    pub fn supervising(&self) -> usize {
+        self.supervisors.iter().filter(|t| !t.is_finished()).count()
+    }
+
     /// Process ids of the live processes.
     pub fn pids(&self) -> Vec<u32> {
         self.slots
@@ -113,7 +129,7 @@ impl SidecarCell {
 
 #[async_trait]
 impl CellRunner for SidecarCell {
-    async fn handle(&self, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError> {
+    async fn handle(&self, envelope: Arc<Envelope>, deadline: Deadline) -> Result<Reply, BusError> {
         // Round-robin over live processes, preferring the least busy of two.
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);

@@ -193,10 +193,7 @@ pub struct WireError {
 
 impl From<WireError> for BusError {
     fn from(e: WireError) -> Self {
-        let code = ErrorCode::ALL
-            .into_iter()
-            .find(|c| c.as_str() == e.code)
-            .unwrap_or(ErrorCode::Internal);
+        let code = ErrorCode::parse(&e.code).unwrap_or(ErrorCode::Internal);
         BusError {
             code,
             message: e.message,

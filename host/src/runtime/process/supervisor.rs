@@ -9,14 +9,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use futures_util::StreamExt;
 use tokio::process::{Child, Command};
 
 use super::conn::Conn;
-use super::frame::{read_frame, write_frame};
+use super::frame::{self, write_frame};
 use super::protocol::{
     encode, host_log_level, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX,
     PROTOCOL_MIN,
 };
+use crate::backoff::Backoff;
 use crate::manifest::{Manifest, SidecarSpec};
 use crate::outbound::Outbound;
 
@@ -26,7 +28,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// A process that lived this long resets the restart backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// Environment variables passed through to sidecars; all others are cleared.
+/// The host's variables a process gets; nothing else of the host's
+/// environment (its NATS credentials are in `CBS_*` variables) reaches a
+/// cell. The manifest's `env` and `CBS_CELL_ID`/`CBS_PROTOCOL` are added.
 const PASS_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM"];
 
 /// Everything needed to start a process of one sidecar cell.
@@ -84,13 +88,15 @@ impl Launch {
                     .iter()
                     .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
             )
-            .envs(std::env::vars().filter(|(k, _)| k.starts_with("CBS_")))
             .envs(&self.env)
             .env("CBS_CELL_ID", id)
             .env("CBS_PROTOCOL", PROTOCOL_MAX.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: ending the process ends whatever it
+            // forked too, and a Ctrl-C in the host's terminal is the host's.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn().with_context(|| {
             format!(
@@ -101,7 +107,8 @@ impl Launch {
             )
         })?;
         let pid = child.id().unwrap_or_default();
-        let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        let (mut stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        let mut stdout = frame::reader(stdout, self.max_frame);
         let hello = encode(&ToSidecar::Hello {
             protocol: Versions {
                 min: PROTOCOL_MIN,
@@ -115,12 +122,13 @@ impl Launch {
             log_level: host_log_level(),
         });
         let handshake = async {
-            write_frame(&mut stdin, &hello)
+            write_frame(&mut stdin, hello.into())
                 .await
                 .context("cannot send hello")?;
-            let body = read_frame(&mut stdout, self.max_frame)
-                .await?
-                .context("it exited before answering hello")?;
+            let body = stdout
+                .next()
+                .await
+                .context("it exited before answering hello")??;
             match FromSidecar::parse(&body) {
                 Ok(FromSidecar::Describe { protocol, cell }) => Ok((protocol, cell)),
                 Ok(_) => bail!("its first frame was not `describe`"),
@@ -150,10 +158,10 @@ impl Launch {
             id.clone(),
             self.kind,
             pid,
+            Duration::from_millis(self.manifest.limits.timeout_ms),
             stdin,
             stdout,
             stderr,
-            self.max_frame,
             self.outbound.clone(),
         );
         tracing::info!(cell = %id, pid, protocol, "{} process up", self.kind);
@@ -232,7 +240,11 @@ pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
         *slot.current.write().unwrap() = Some(conn.clone());
         *slot.last_failure.lock().unwrap() = None;
         let started = Instant::now();
+        // Ends what the process forked once it is gone, also when this task
+        // is aborted (the cell dropped).
+        let group = ProcessGroup(conn.pid);
         let why = run_until_death(&conn, &mut child).await;
+        drop(group);
         *slot.current.write().unwrap() = None;
         conn.fail_all(&why);
         if slot.closing.load(Ordering::Relaxed) {
@@ -243,7 +255,7 @@ pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
             attempt = 0;
         }
         loop {
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(RESTART.next(attempt)).await;
             attempt = attempt.saturating_add(1);
             if slot.closing.load(Ordering::Relaxed) {
                 return;
@@ -262,10 +274,27 @@ pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
     }
 }
 
-/// 100 ms doubling to 5 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+/// A process group, killed (SIGKILL) when dropped: what a process forked
+/// does not outlive it.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = libc::pid_t::try_from(self.0) {
+            // SAFETY: killpg only sends a signal; a group that is gone
+            // makes it fail with ESRCH, which is fine.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+    }
 }
+
+/// 100 ms doubling to 5 s, jittered so that the processes of many cells
+/// do not restart in lockstep.
+const RESTART: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    jitter: 0.2,
+};
 
 /// Waits until the process exits or the host ends it; returns why.
 async fn run_until_death(conn: &Arc<Conn>, child: &mut Child) -> String {

@@ -3,8 +3,8 @@
 //! itself (numpy, C extensions).
 //!
 //! A worker is the `cbs-host` binary in its hidden `python-worker` mode
-//! (`worker.rs`, compiled into the binary only, so the library and the
-//! tests do not link libpython). It runs the cell's venv's interpreter and
+//! (`host/cli/src/python_worker.rs`: in the command-line crate, so this
+//! library and its tests do not link libpython). It runs the cell's venv's interpreter and
 //! packages and speaks the process protocol (docs/sidecar-protocol.md) on
 //! its stdin/stdout, so the pool reuses `runtime::process` whole: the
 //! supervisor restarts a crashed worker with backoff and fails its
@@ -16,7 +16,7 @@ pub mod venv;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use self::venv::Venv;
 use super::process::SidecarCell;
-use super::{CellInfo, CellRunner, Reply};
+use super::{CellInfo, CellRunner, Deadline, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, PythonSpec, SidecarSpec};
 use crate::outbound::Outbound;
@@ -66,6 +66,7 @@ impl PythonCell {
         let workers = SidecarCell::start_with(spec, &sidecar, outbound, "python worker").await?;
         Ok(Self {
             workers,
+            // Within bounds: manifest::bounds keeps the product far below u32::MAX.
             slots: Semaphore::new((python.workers * python.max_concurrency * READ_AHEAD) as usize),
             id: m.id.clone(),
         })
@@ -113,17 +114,17 @@ pub fn worker_binary() -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "cannot find the cbs-host binary that runs Python workers: set CBS_HOST_BIN (or `cargo build -p cbs-host`)"
+        "cannot find the cbs-host binary that runs Python workers: set CBS_HOST_BIN (or `cargo build -p cbs-cli`)"
     )
 }
 
 #[async_trait]
 impl CellRunner for PythonCell {
-    async fn handle(&self, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError> {
+    async fn handle(&self, envelope: Arc<Envelope>, deadline: Deadline) -> Result<Reply, BusError> {
         // A free slot is taken at once; only a full pool arms a timer.
         let slot = match self.slots.try_acquire() {
             Ok(permit) => Ok(Ok(permit)),
-            Err(_) => tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await,
+            Err(_) => tokio::time::timeout_at(deadline.reply_by.into(), self.slots.acquire()).await,
         };
         let Ok(Ok(_slot)) = slot else {
             return Err(BusError::new(

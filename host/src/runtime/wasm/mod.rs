@@ -23,7 +23,7 @@ use wasmtime::{Engine, Trap};
 use self::bindings::cbs::cell::types as wit;
 use self::pool::{Instance, InstancePool};
 use self::sandbox::Sandbox;
-use super::{CellInfo, CellRunner, Reply};
+use super::{CellInfo, CellRunner, Deadline, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::manifest::{Manifest, Policy};
 use crate::outbound::{Flow, Outbound};
@@ -41,6 +41,8 @@ pub(crate) mod bindings {
 /// The wasm runtime of a host: engine, linker and component cache.
 pub struct WasmRuntime {
     engine: Engine,
+    /// The most memory a cell may be granted, in MiB.
+    max_memory_mb: u32,
     linker: Linker<Sandbox>,
     cache: ComponentCache,
     allocator: Allocator,
@@ -56,6 +58,7 @@ impl WasmRuntime {
         let cache = ComponentCache::new(&engine, cache_dir);
         Ok(Self {
             engine,
+            max_memory_mb: options.max_memory_mb,
             linker,
             cache,
             allocator,
@@ -74,6 +77,15 @@ impl WasmRuntime {
         path: &Path,
         outbound: Arc<Outbound>,
     ) -> anyhow::Result<WasmCell> {
+        if manifest.limits.memory_mb > self.max_memory_mb {
+            bail!(
+                "cell {} asks for memory_mb = {} and this host grants at most {} MiB \
+                 (cbs-host --max-memory-mb)",
+                manifest.id,
+                manifest.limits.memory_mb,
+                self.max_memory_mb
+            );
+        }
         if !path.is_file() {
             bail!(
                 "cannot read component {} of cell {}: run `make build` (or build the cell) first",
@@ -229,7 +241,8 @@ impl WasmCell {
 
 #[async_trait]
 impl CellRunner for WasmCell {
-    async fn handle(&self, envelope: Arc<Envelope>, deadline: Instant) -> Result<Reply, BusError> {
+    async fn handle(&self, envelope: Arc<Envelope>, deadline: Deadline) -> Result<Reply, BusError> {
+        let deadline = deadline.reply_by;
         let mut instance = self.pool.checkout(deadline).await.map_err(|e| {
             BusError::new(
                 ErrorCode::Capacity,

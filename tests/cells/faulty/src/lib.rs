@@ -28,6 +28,8 @@ pub enum Action {
     Sleep { ms: u64 },
     /// Request another cell and return its reply.
     Call { cell: String, payload: Value },
+    /// Reply with a string of `bytes` bytes: a small request, a big reply.
+    Big { bytes: usize },
 }
 
 #[derive(Serialize)]
@@ -86,6 +88,7 @@ impl Cell for Faulty {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 Ok(reply(Some(Value::from(ms))))
             }
+            Action::Big { bytes } => Ok(reply(Some(Value::from("x".repeat(bytes))))),
             Action::Call { cell, payload } => {
                 let value: Value = ctx.request(&cell, &payload)?;
                 Ok(reply(Some(value)))

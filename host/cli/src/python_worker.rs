@@ -1,7 +1,7 @@
 //! `cbs-host python-worker`: one worker process of the native Python pool.
 //!
-//! Compiled into the `cbs-host` binary only (main.rs includes this file),
-//! so that the library and the test executables do not link libpython.
+//! In the command-line crate behind its `python` feature, so that the
+//! `cbs-host` library and its tests do not link libpython.
 //!
 //! Which interpreter runs matters: a binary linked against one Python may
 //! load another `libpython` of the same soname at run time (Debian's in

@@ -1,27 +1,27 @@
 //! The envelope: one JSON object per message, the same in every language and
-//! on every transport, and `BusError`, the closed set of failures a caller
-//! can see.
+//! on every transport; [`codec`] maps it to and from bus messages.
+
+pub mod codec;
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use crate::error::{BusError, ErrorCode};
+
 /// Envelope format version this host speaks.
 pub const ENVELOPE_VERSION: u32 = 1;
 
-/// Envelope headers mirrored into transport headers (e.g. NATS) so that
-/// tools show them without parsing the body.
+/// Envelope header names. The correlation id and trace context are also
+/// mirrored into transport headers ([`codec`]), so that tools show them
+/// without parsing the body; the budget travels in the envelope only.
 pub mod header {
     pub const CORRELATION_ID: &str = "cbs-correlation-id";
     pub const TRACEPARENT: &str = "traceparent";
     /// Time left for the whole flow, in milliseconds, when the message was
     /// sent: a callee never works past its caller's deadline.
     pub const BUDGET_MS: &str = "cbs-budget-ms";
-    /// NATS micro-service error headers, set on failure replies.
-    pub const SERVICE_ERROR: &str = "Nats-Service-Error";
-    pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 }
 
 /// One message. `payload` is kept as raw JSON text: the host validates it
@@ -125,6 +125,7 @@ impl Envelope {
                 ),
             )
         })?;
+        env.check_text()?;
         if env.v != ENVELOPE_VERSION {
             return Err(BusError::new(
                 ErrorCode::InvalidInput,
@@ -137,6 +138,34 @@ impl Envelope {
         Ok(env)
     }
 
+    /// Ids and headers are single-line text: they travel in transport
+    /// headers too, where a CR or LF would forge or break the header block.
+    fn check_text(&self) -> Result<(), BusError> {
+        let fields = [
+            ("id", Some(self.id.as_str())),
+            ("correlation_id", Some(self.correlation_id.as_str())),
+            ("causation_id", self.causation_id.as_deref()),
+        ];
+        let headers = self.headers.iter().flat_map(|(k, v)| {
+            [
+                ("header name", Some(k.as_str())),
+                ("header value", Some(v.as_str())),
+            ]
+        });
+        for (field, text) in fields.into_iter().chain(headers) {
+            let Some(c) = text.and_then(|t| t.chars().find(|c| c.is_control())) else {
+                continue;
+            };
+            return Err(BusError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "envelope {field} contains the control character {c:?}; ids and headers are single-line text"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn to_vec(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an envelope always serializes")
     }
@@ -147,107 +176,6 @@ impl Envelope {
             Some(e) => Err(e),
             None => Ok(self.payload),
         }
-    }
-}
-
-/// The closed set of failure codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The message itself is malformed or unreadable.
-    InvalidInput,
-    /// A payload breaks its JSON Schema, or a cell broke its manifest.
-    ContractViolation,
-    /// Nothing serves the addressed subject.
-    NotFound,
-    /// No reply within the deadline.
-    Timeout,
-    /// The bus or a dependency is down.
-    Unavailable,
-    /// The target's circuit breaker is open.
-    CircuitOpen,
-    /// The target is at its concurrency and queue limits.
-    Capacity,
-    /// The cell trapped, panicked, crashed or hit a resource limit.
-    CellFailed,
-    /// A bug in the host.
-    Internal,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
-        Self::InvalidInput,
-        Self::ContractViolation,
-        Self::NotFound,
-        Self::Timeout,
-        Self::Unavailable,
-        Self::CircuitOpen,
-        Self::Capacity,
-        Self::CellFailed,
-        Self::Internal,
-    ];
-
-    /// The HTTP-like status of the NATS micro-service error convention.
-    pub fn status(self) -> u16 {
-        match self {
-            Self::InvalidInput => 400,
-            Self::NotFound => 404,
-            Self::ContractViolation => 422,
-            Self::Capacity => 429,
-            Self::CellFailed | Self::Internal => 500,
-            Self::Unavailable | Self::CircuitOpen => 503,
-            Self::Timeout => 504,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidInput => "invalid_input",
-            Self::ContractViolation => "contract_violation",
-            Self::NotFound => "not_found",
-            Self::Timeout => "timeout",
-            Self::Unavailable => "unavailable",
-            Self::CircuitOpen => "circuit_open",
-            Self::Capacity => "capacity",
-            Self::CellFailed => "cell_failed",
-            Self::Internal => "internal",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A failure a caller can see: a code from the closed set, a message a
-/// person can act on, and optional machine-readable details.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct BusError {
-    pub code: ErrorCode,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
-}
-
-impl BusError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
-        self
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Internal, message)
     }
 }
 
@@ -289,6 +217,25 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_in_ids_and_headers_are_invalid_input() {
+        let env = |cid: &str, header: &str| {
+            serde_json::json!({"v": 1, "id": "a", "correlation_id": cid, "subject": "cbs.x",
+                "headers": {"traceparent": header}, "payload": 1})
+            .to_string()
+        };
+        for bad in [
+            env("a\r\nEvil: 1", "ok"),
+            env("a", "00-x\n"),
+            env("a\u{0}", "ok"),
+        ] {
+            let err = Envelope::from_slice(bad.as_bytes()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidInput, "{bad}");
+            assert!(err.message.contains("control character"), "{err}");
+        }
+        assert!(Envelope::from_slice(env("a", "00-x").as_bytes()).is_ok());
+    }
+
+    #[test]
     fn malformed_and_wrong_version_are_invalid_input() {
         for bad in [
             &b"not json"[..],
@@ -300,13 +247,5 @@ mod tests {
         }
         let err = Envelope::from_slice(br#"{"v":1}"#).unwrap_err();
         assert!(err.message.contains("missing field"), "{}", err.message);
-    }
-
-    #[test]
-    fn error_codes_serialize_as_documented() {
-        for code in ErrorCode::ALL {
-            let json = serde_json::to_string(&code).unwrap();
-            assert_eq!(json, format!("\"{}\"", code.as_str()));
-        }
     }
 }

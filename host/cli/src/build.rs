@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 
-use crate::body::Body;
-use crate::bundle::{Bundle, KeyPair};
-use crate::bus::local::LocalBus;
-use crate::manifest::{CellSpec, Lang, RuntimeKind};
-use crate::runtime::wasm::WasmRuntime;
+use cbs_host::body::Body;
+use cbs_host::bundle::{Bundle, KeyPair};
+use cbs_host::bus::local::LocalBus;
+use cbs_host::manifest::{CellSpec, Lang, RuntimeKind};
+use cbs_host::runtime::wasm::WasmRuntime;
 
 /// What `cbs build` produced.
 pub struct Built {
@@ -79,7 +79,7 @@ pub async fn build(
                 "{}-{}.{}",
                 m.id,
                 m.version,
-                crate::bundle::EXTENSION
+                cbs_host::bundle::EXTENSION
             ))
         },
         Path::to_path_buf,
@@ -154,7 +154,7 @@ fn cargo_build(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Builds a Python component with the source tree's `scripts/build-python-cell`
 /// and the project venv (`make setup-python`) that holds componentize-py.
 fn componentize_py(dir: &Path) -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let script = root.join("scripts/build-python-cell");
     let python = root.join(".venv/bin/python");
     if !script.is_file() || !python.is_file() {

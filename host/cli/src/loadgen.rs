@@ -11,9 +11,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::bus::{BodyBus, Message};
-use crate::envelope::Envelope;
-use crate::outbound::transport_headers;
+use cbs_host::bus::{BodyBus, Message};
+use cbs_host::call::call;
+use cbs_host::envelope::{BusError, Envelope};
 
 /// What to send, how hard, and for how long.
 #[derive(Debug, Clone)]
@@ -106,28 +106,22 @@ async fn workers(
 
 /// One request; `Err(code)` on failure.
 async fn one(bus: &dyn BodyBus, load: &Load) -> Result<(), String> {
-    let message = if load.raw {
-        Message::new(load.subject.clone(), Bytes::from(load.payload.clone()))
-    } else {
-        let payload =
-            RawValue::from_string(load.payload.clone()).map_err(|_| "invalid_input".to_owned())?;
-        let envelope = Envelope::new(load.subject.clone(), payload);
-        Message::new(load.subject.clone(), Bytes::from(envelope.to_vec()))
-            .with_headers(transport_headers(&envelope))
-    };
-    let reply = bus
-        .request(message, load.timeout)
-        .await
-        .map_err(|e| e.code.as_str().to_owned())?;
+    let code = |e: BusError| e.code.as_str().to_owned();
     if load.raw {
-        return Ok(());
+        let message = Message::new(load.subject.clone(), Bytes::from(load.payload.clone()));
+        return bus
+            .request(message, load.timeout)
+            .await
+            .map(drop)
+            .map_err(code);
     }
-    match Envelope::from_slice(&reply.payload) {
-        Ok(env) => env
-            .error
-            .map_or(Ok(()), |e| Err(e.code.as_str().to_owned())),
-        Err(_) => Err("invalid_reply".to_owned()),
-    }
+    let payload =
+        RawValue::from_string(load.payload.clone()).map_err(|_| "invalid_input".to_owned())?;
+    let envelope = Envelope::new(load.subject.clone(), payload);
+    call(bus, &envelope, load.timeout)
+        .await
+        .map(drop)
+        .map_err(code)
 }
 
 fn summarize(results: Vec<Outcome>, seconds: f64) -> Report {

@@ -5,20 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-
-use crate::manifest::check_cell_id;
-
-/// Languages `cbs new` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Lang {
-    Rust,
-    Python,
-    Dart,
-}
+use cbs_host::manifest::{check_cell_id, Lang};
 
 /// The Rust guest SDK of this source tree, when `cbs` runs from one.
 pub fn default_sdk() -> Option<PathBuf> {
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk/rust");
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-sdk/rust");
     sdk.join("Cargo.toml")
         .is_file()
         .then(|| sdk.canonicalize().ok())

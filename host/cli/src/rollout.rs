@@ -12,9 +12,9 @@ use async_nats::jetstream::kv::Operation;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::{now_ms, Desired, Release, State, Status, Store};
-use crate::bundle::Bundle;
-use crate::contract::compat::{self, Break, Direction};
+use cbs_host::bundle::Bundle;
+use cbs_host::contract::compat::{self, Break, Direction};
+use cbs_host::deploy::{now_ms, Desired, Release, State, Status, Store};
 
 /// How a rollout ended.
 #[derive(Debug)]
@@ -46,7 +46,7 @@ pub async fn deploy(
     }
     let object = store.put_bundle(bundle, bytes).await?;
     let release = Release {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: cbs_host::envelope::new_id(),
         version: manifest.version.clone(),
         digest: bundle.digest(),
         object,
@@ -185,7 +185,7 @@ async fn set_and_confirm(
 /// Hosts that follow deployments (`cbs-host run --watch`), by host id.
 pub async fn watching_hosts(client: &async_nats::Client) -> anyhow::Result<BTreeSet<String>> {
     let quiet = Duration::from_millis(250);
-    let hosts = crate::discovery::hosts(client, quiet, quiet * 8).await?;
+    let hosts = cbs_host::discovery::hosts(client, quiet, quiet * 8).await?;
     Ok(hosts
         .into_iter()
         .filter(|(_, watching)| *watching)
@@ -267,7 +267,7 @@ pub struct HostReport {
 /// Desired vs running, per cell and host.
 pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<Listing>> {
     let online: BTreeSet<String> =
-        crate::discovery::hosts(client, Duration::from_millis(250), Duration::from_secs(2))
+        cbs_host::discovery::hosts(client, Duration::from_millis(250), Duration::from_secs(2))
             .await?
             .into_iter()
             .map(|(host, _)| host)

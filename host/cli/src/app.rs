@@ -1,0 +1,122 @@
+//! The two command lines, `cbs-host` and `cbs`, as clap definitions (so
+//! that tests can walk every subcommand) and what each runs.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::args::LogArgs;
+use crate::commands::{
+    bench, build, call, contract, deploy, keygen, load, ls, new, ps, rollback, run, undeploy,
+};
+
+/// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
+/// bridges their envelopes to a bus (in process unless told otherwise).
+#[derive(Parser)]
+#[command(name = "cbs-host", version, propagate_version = true)]
+pub struct HostCli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: HostCommand,
+}
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    Run(Box<run::RunArgs>),
+    Load(load::LoadArgs),
+    /// One worker process of the native Python pool (started by the host).
+    #[cfg(feature = "python")]
+    #[command(name = "python-worker", hide = true)]
+    PythonWorker(crate::python_worker::WorkerArgs),
+}
+
+/// What `cbs-host` does with its parsed command line.
+pub fn run_host(cli: HostCli) -> ExitCode {
+    let otlp = match &cli.command {
+        HostCommand::Run(args) => args.otlp.clone(),
+        HostCommand::Load(_) => None,
+        // A worker logs nothing itself: its stderr is the host's log.
+        #[cfg(feature = "python")]
+        HostCommand::PythonWorker(_) => None,
+    };
+    #[cfg(feature = "python")]
+    if let HostCommand::PythonWorker(args) = cli.command {
+        return crate::python_worker::run(args);
+    }
+    let telemetry = match cli.log.init("info", otlp) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = crate::block_on(tokio::runtime::Runtime::new(), async {
+        match cli.command {
+            HostCommand::Run(args) => run::run(*args).await,
+            HostCommand::Load(args) => load::run(args).await,
+            #[cfg(feature = "python")]
+            HostCommand::PythonWorker(_) => unreachable!("handled before the async runtime"),
+        }
+    });
+    telemetry.shutdown();
+    code
+}
+
+/// Make, build, deploy and operate CBS cells: scaffold and bundle cells,
+/// deploy them to a NATS cluster, call them, list and load-test them.
+#[derive(Parser)]
+#[command(name = "cbs", version, propagate_version = true)]
+pub struct CbsCli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: CbsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum CbsCommand {
+    New(new::NewArgs),
+    Build(build::BuildArgs),
+    Keygen(keygen::KeygenArgs),
+    Deploy(deploy::DeployArgs),
+    Rollback(rollback::RollbackArgs),
+    Undeploy(undeploy::UndeployArgs),
+    Ls(ls::LsArgs),
+    #[command(subcommand)]
+    Contract(contract::ContractCommand),
+    Call(call::CallArgs),
+    Ps(ps::PsArgs),
+    Bench(bench::BenchArgs),
+}
+
+/// What `cbs` does with its parsed command line.
+pub fn run_cbs(cli: CbsCli) -> ExitCode {
+    let telemetry = match cli.log.init("warn", None) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let code = crate::block_on(runtime, async {
+        match cli.command {
+            CbsCommand::New(args) => new::run(args),
+            CbsCommand::Build(args) => build::run(args).await,
+            CbsCommand::Keygen(args) => keygen::run(args),
+            CbsCommand::Deploy(args) => deploy::run(args).await,
+            CbsCommand::Rollback(args) => rollback::run(args).await,
+            CbsCommand::Undeploy(args) => undeploy::run(args).await,
+            CbsCommand::Ls(args) => ls::run(args).await,
+            CbsCommand::Contract(command) => contract::run(command),
+            CbsCommand::Call(args) => call::run(args).await,
+            CbsCommand::Ps(args) => ps::run(args).await,
+            CbsCommand::Bench(args) => bench::run(args).await,
+        }
+    });
+    telemetry.shutdown();
+    code
+}

@@ -1,0 +1,87 @@
+//! `cbs contract check`: does a new contract keep the old one's promises?
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use cbs_host::bundle::Bundle;
+use cbs_host::contract::compat::{self, Direction};
+use cbs_host::manifest::CellSpec;
+use clap::{Args, Subcommand};
+
+use crate::rollout;
+
+/// Contract tools.
+#[derive(Subcommand)]
+pub enum ContractCommand {
+    /// Does NEW keep the promises of OLD? Lists each breaking change by JSON
+    /// pointer; exits 1 if there is one.
+    ///
+    /// Schema files (.json) are compared as input schemas (the new one must
+    /// accept all the old one did) unless --output is given (the new one
+    /// must allow nothing the old one forbade). Cell folders or bundles are
+    /// compared on both.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The contract in force: a schema (.json), a cell folder or a bundle.
+    old: PathBuf,
+    /// The contract to check against it, of the same kind.
+    new: PathBuf,
+    /// Compare two schema files as output schemas.
+    #[arg(long)]
+    output: bool,
+}
+
+pub fn run(command: ContractCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ContractCommand::Check(args) => check(args),
+    }
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let is_schema = |p: &PathBuf| p.extension().is_some_and(|e| e == "json") && p.is_file();
+    let breaks: Vec<(Direction, compat::Break)> = if is_schema(&args.old) && is_schema(&args.new) {
+        let direction = if args.output {
+            Direction::Output
+        } else {
+            Direction::Input
+        };
+        compat::check(&read_json(&args.old)?, &read_json(&args.new)?, direction)
+            .into_iter()
+            .map(|b| (direction, b))
+            .collect()
+    } else {
+        rollout::contract_breaks(&bundle_of(&args.old)?, &bundle_of(&args.new)?)?
+    };
+    if breaks.is_empty() {
+        println!(
+            "compatible: {} keeps the contract of {}",
+            args.new.display(),
+            args.old.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} breaking change(s):", breaks.len());
+    for (direction, b) in &breaks {
+        println!("  {} {b}", rollout::direction_name(*direction));
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// A bundle file, or a cell folder packed in memory.
+fn bundle_of(path: &Path) -> anyhow::Result<Bundle> {
+    if path.is_dir() {
+        Bundle::pack_contract(&CellSpec::from_dir(path)?)
+    } else {
+        Bundle::read(path)
+    }
+}

@@ -1,0 +1,108 @@
+//! `cbs deploy`: a bundle to every watching host, health-confirmed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cbs_host::bundle::Bundle;
+use clap::Args;
+
+use crate::args::NatsArgs;
+use crate::rollout::{self, Outcome};
+
+/// Deploy a bundle to every host of a NATS cluster that runs with --watch,
+/// and wait until they serve it.
+///
+/// The bundle goes into the JetStream object store `cbs-bundles`, the
+/// desired release into the key-value bucket `cbs-desired`. Exits 1 if a
+/// host cannot load it (the previous release then stays desired) or if the
+/// new contract breaks the deployed one within a major version.
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The bundle (.cbs) to deploy.
+    bundle: PathBuf,
+    /// How many hosts should serve it (recorded as a hint; every watching
+    /// host serves it).
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Deploy even if the contract breaks the deployed one.
+    #[arg(long)]
+    force: bool,
+    /// How long to wait for the hosts, in ms.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    wait_ms: u64,
+    /// Record the desired release and return without waiting.
+    #[arg(long, conflicts_with = "wait_ms")]
+    no_wait: bool,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| format!("cannot read {}", args.bundle.display()))?;
+    let bundle =
+        Bundle::from_bytes(&bytes).with_context(|| format!("in {}", args.bundle.display()))?;
+    let (bus, store) = args.nats.open_store().await?;
+    let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
+    eprintln!(
+        "deploying {} {} ({})",
+        bundle.manifest.cell,
+        bundle.manifest.version,
+        bundle.digest()
+    );
+    let outcome = rollout::deploy(
+        bus.client(),
+        &store,
+        &bundle,
+        &bytes,
+        args.replicas,
+        args.force,
+        wait,
+    )
+    .await?;
+    Ok(report(
+        &bundle.manifest.cell,
+        &bundle.manifest.version,
+        outcome,
+    ))
+}
+
+/// Prints how a rollout went; the exit code says it.
+pub fn report(cell: &str, version: &str, outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Serving { hosts: 0, .. } => {
+            println!("{cell} {version} is the desired release; no host is watching now (hosts started with `cbs-host run --watch` will serve it)");
+            ExitCode::SUCCESS
+        }
+        Outcome::Serving { hosts, elapsed } => {
+            println!(
+                "{cell} {version} serving on {hosts} host(s) after {} ms",
+                elapsed.as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Failed(failures) => {
+            eprintln!(
+                "error: {cell} {version} failed to load; the desired state is back to what it was before the deploy:"
+            );
+            for f in failures {
+                eprintln!(
+                    "  {}: {} (still serving: {})",
+                    f.host,
+                    f.error.unwrap_or_default(),
+                    f.serving.as_deref().unwrap_or("nothing")
+                );
+            }
+            ExitCode::FAILURE
+        }
+        Outcome::TimedOut { missing } => {
+            eprintln!(
+                "error: {cell} {version} is desired, but these hosts did not report in time: {} (see `cbs ls`)",
+                missing.join(", ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

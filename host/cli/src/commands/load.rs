@@ -1,0 +1,147 @@
+//! `cbs-host load`: load one cell, check it, and show what it exports and
+//! needs, without serving it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cbs_host::body::{Body, LoadedCell};
+use cbs_host::bus::local::LocalBus;
+use cbs_host::manifest::{RuntimeKind, SchemaRef};
+use clap::Args;
+
+use crate::args::EngineArgs;
+
+/// Load one cell, check it, and print what it exports and needs, without
+/// serving it.
+///
+/// Example: `cbs-host load cells/logic.greet`
+#[derive(Args)]
+pub struct LoadArgs {
+    /// A cell folder (with a cell.toml), a bundle (.cbs) or a bare
+    /// component (.wasm, loaded with default limits and its describe()).
+    #[arg(value_name = "CELL")]
+    cell: PathBuf,
+    /// Refuse bundles not signed by this key (repeatable), as `run` does.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
+    /// Let a bundle start its native process (runtime = "sidecar" or
+    /// "python"), as `run --allow-process-bundles` does.
+    #[arg(long)]
+    allow_process_bundles: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let mut body = Body::new(Arc::new(LocalBus::new()), args.engine.runtime()?);
+    body.set_sources(
+        args.engine
+            .sources(&args.trust, args.allow_process_bundles)?,
+    );
+    let cell = body.load_path(&args.cell).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&describe_json(&cell))?);
+    } else {
+        print!("{}", describe_text(&cell));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_json(cell: &LoadedCell) -> serde_json::Value {
+    let m = &cell.manifest;
+    serde_json::json!({
+        "id": m.id,
+        "version": m.version,
+        "runtime": m.runtime,
+        "subject": m.subject(),
+        "component": m.component.as_ref().map(|c| cell.spec.resolve(c)),
+        "cache": cell.cache,
+        "describe": cell.info(),
+        "input": m.input,
+        "output": m.output,
+        "capabilities": m.capabilities,
+        "limits": m.limits,
+        "instances": m.instances,
+    })
+}
+
+fn describe_text(cell: &LoadedCell) -> String {
+    let m = &cell.manifest;
+    let info = cell.info();
+    let schema = |s: &Option<SchemaRef>| {
+        s.as_ref().map_or_else(
+            || "none (payloads are not checked)".to_owned(),
+            |s| format!("{}  ({})", s.id, s.schema.display()),
+        )
+    };
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "none".to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
+    let cache = cell.cache.map_or("-".into(), lower);
+    let subject = m.subject();
+    let component = m
+        .component
+        .as_ref()
+        .map_or("-".into(), |c| cell.spec.resolve(c).display().to_string());
+    let python = m.python.as_ref().map_or(String::new(), |py| {
+        let pool = match m.runtime {
+            RuntimeKind::Python => format!(
+                "; {} workers × {} at once; venv {}",
+                py.workers,
+                py.max_concurrency,
+                py.venv.display()
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "python        {}.{} in {}{pool}\n",
+            py.module,
+            py.handler,
+            py.path.display()
+        )
+    });
+    format!(
+        "cell          {} {} (runtime {})\n\
+         component     {component} [{cache}]\n\
+         {python}\
+         describe()    {} {}\n\
+         input         {}\n\
+         output        {}\n\
+         serves        {subject} (queue group {subject})\n\
+         instances     {}, retired after {} messages or any trap\n\
+         limits        memory {} MiB, timeout {} ms, concurrency {}, queue {}\n\
+         capabilities  stdio: {}; calls: {}; publish: {}\n",
+        m.id,
+        m.version,
+        lower(m.runtime),
+        info.id,
+        info.version,
+        schema(&m.input),
+        schema(&m.output),
+        lower(m.instances.policy),
+        m.instances.max_messages,
+        m.limits.memory_mb,
+        m.limits.timeout_ms,
+        m.limits.concurrency,
+        m.limits.queue,
+        if m.capabilities.stdio { "yes" } else { "no" },
+        list(&m.capabilities.calls),
+        list(&m.capabilities.publish),
+    )
+}
+
+/// An enum's serde name (`wasm`, `pooled`, `hit`).
+fn lower(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}

@@ -1,0 +1,16 @@
+//! One module per subcommand: its flags (`Args`) and what it does (`run`).
+//! `cbs-host` has `run` and `load`; `cbs` has the rest.
+
+pub mod bench;
+pub mod build;
+pub mod call;
+pub mod contract;
+pub mod deploy;
+pub mod keygen;
+pub mod load;
+pub mod ls;
+pub mod new;
+pub mod ps;
+pub mod rollback;
+pub mod run;
+pub mod undeploy;

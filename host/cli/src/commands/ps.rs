@@ -1,0 +1,56 @@
+//! `cbs ps`: the hosts on the bus and the cells each serves.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cbs_host::discovery;
+use clap::Args;
+
+use crate::args::NatsArgs;
+use crate::table::Table;
+
+/// List the hosts on the bus and the cells each serves, with counts.
+#[derive(Args)]
+pub struct PsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Stop gathering replies after this long without a new one, in ms.
+    #[arg(long, default_value_t = 300, value_name = "MS")]
+    wait_ms: u64,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
+    let bus = args.nats.connect_client().await?;
+    let quiet = Duration::from_millis(args.wait_ms);
+    let hosts = discovery::list(bus.client(), quiet, quiet * 10).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&hosts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if hosts.is_empty() {
+        println!("no CBS hosts on this bus");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(["HOST", "CELL", "VERSION", "REQUESTS", "ERRORS", "AVG µs"]);
+    table.align_right(&[3, 4, 5]);
+    for host in &hosts {
+        if host.cells.is_empty() {
+            table.row([host.host.as_str(), "(no cells)", "", "", "", ""]);
+        }
+        for cell in &host.cells {
+            table.row([
+                host.host.clone(),
+                cell.id.clone(),
+                cell.version.clone(),
+                cell.requests.to_string(),
+                cell.errors.to_string(),
+                cell.average_processing_us.to_string(),
+            ]);
+        }
+    }
+    print!("{table}");
+    Ok(ExitCode::SUCCESS)
+}

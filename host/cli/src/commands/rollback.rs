@@ -1,0 +1,32 @@
+//! `cbs rollback`: the previous release becomes the desired one again.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cbs_host::manifest::check_cell_id;
+use clap::Args;
+
+use super::deploy::report;
+use crate::args::NatsArgs;
+use crate::rollout;
+
+/// Make the previous release of a cell the desired one again.
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The cell id, e.g. logic.greet.
+    cell_id: String,
+    /// How long to wait for the hosts, in ms.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    wait_ms: u64,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    check_cell_id(&args.cell_id)?;
+    let (bus, store) = args.nats.open_store().await?;
+    let wait = Some(Duration::from_millis(args.wait_ms));
+    let (release, outcome) = rollout::rollback(bus.client(), &store, &args.cell_id, wait).await?;
+    eprintln!("rolling {} back to {}", args.cell_id, release.version);
+    Ok(report(&args.cell_id, &release.version, outcome))
+}

@@ -1,0 +1,227 @@
+//! `cbs-host run`: serve cells until a signal, or run one flow and exit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cbs_host::body::Body;
+use cbs_host::bus::local::LocalBus;
+use cbs_host::bus::nats::NatsBus;
+use cbs_host::bus::BodyBus;
+use cbs_host::chaos::ChaosSpec;
+use cbs_host::deploy::{watcher::Watcher, Store};
+use cbs_host::envelope::Envelope;
+use clap::Args;
+use serde_json::value::RawValue;
+
+use crate::args::{default_host_id, EngineArgs, NatsArgs};
+
+/// Serve cells: each answers on `cbs.<cell-id>` until Ctrl-C, or, with
+/// --start, until the flow it starts has finished.
+///
+/// Example: `echo Ada | cbs-host run --start io.prompt_name cells/*`
+#[derive(Args)]
+pub struct RunArgs {
+    /// Cells: folders (with a cell.toml), bundles (.cbs, from `cbs build`)
+    /// or bare components (.wasm).
+    #[arg(required_unless_present = "watch", value_name = "CELL")]
+    cells: Vec<PathBuf>,
+    /// Follow deployments: serve the cells `cbs deploy` put in the NATS
+    /// cluster's desired state, and swap them as it changes (needs --nats
+    /// and JetStream).
+    #[arg(long, requires = "url")]
+    watch: bool,
+    /// Only run bundles signed by this key (a .pub file from `cbs keygen`,
+    /// or its hex); repeatable. Folders and bare components are refused.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
+    /// Let bundles start native processes (runtime = "sidecar" or "python"):
+    /// such a cell runs any command it names on this host. Off by default;
+    /// with --trust, only bundles signed by a trusted key.
+    #[arg(long)]
+    allow_process_bundles: bool,
+    /// Send one message to this cell once all cells are served, print the
+    /// outcome, and exit (0 on success).
+    #[arg(long, value_name = "CELL_ID")]
+    start: Option<String>,
+    /// Payload (JSON) of the --start message.
+    #[arg(long, default_value = "{}", value_name = "JSON", requires = "start")]
+    input: String,
+    /// How long to wait for the --start flow, in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_name = "MS", requires = "start")]
+    timeout_ms: u64,
+    /// On SIGINT/SIGTERM, how long in-flight messages may take to finish.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    drain_timeout_ms: u64,
+    /// This host's id: NATS connection name and service metadata
+    /// [default: <hostname>-<pid>].
+    #[arg(long, env = "CBS_HOST_ID")]
+    host_id: Option<String>,
+    /// Send every call between cells over the bus, even when the callee is
+    /// served by this host (by default such calls stay in process).
+    #[arg(long)]
+    calls_via_bus: bool,
+    /// Export trace spans over OTLP/HTTP (JSON) to this base URL, e.g.
+    /// http://127.0.0.1:4318 [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address
+    /// (e.g. 127.0.0.1:9090; port 0 picks a free one, logged at start).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Fault injection for resilience testing: a TOML file of
+    /// `["<cell-id>"]` tables with latency_ms, error_rate, drop_rate, seed.
+    #[arg(long, value_name = "FILE")]
+    chaos: Option<PathBuf>,
+    /// Serve over NATS instead of the in-process bus.
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let host_id = args.host_id.clone().unwrap_or_else(default_host_id);
+    let (bus, client) = connect(&args, &host_id).await?;
+    let body = Arc::new(body(&args, bus.clone())?);
+    if let Some(addr) = args.metrics {
+        let bound = cbs_host::metrics::serve(addr, body.clone() as _)
+            .await
+            .with_context(|| format!("cannot listen on --metrics {addr}"))?;
+        tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz on http://{bound}");
+    }
+    for dir in &args.cells {
+        body.start(dir).await?;
+    }
+    let grace = Duration::from_millis(args.drain_timeout_ms);
+    let watcher = match (args.watch, client) {
+        (true, Some(client)) => {
+            let store = Store::open(&client).await?;
+            let watcher = Arc::new(Watcher::new(body.clone(), store, host_id.clone(), grace));
+            Some((watcher.clone(), tokio::spawn(watcher.run())))
+        }
+        _ => None,
+    };
+    body.set_ready();
+    let Some(start) = &args.start else {
+        tracing::info!(host = %host_id, cells = args.cells.len(), bus = bus.kind(), "ready; Ctrl-C or SIGTERM drains and stops");
+        let signal = shutdown_signal().await?;
+        tracing::info!(
+            signal,
+            "draining: no new messages, finishing in-flight ones (a second signal exits at once)"
+        );
+        let drain = async {
+            if let Some((watcher, task)) = watcher {
+                task.abort();
+                watcher.clear().await;
+            }
+            body.shutdown(grace).await
+        };
+        // Every step is bounded: with the bus gone, withdrawing reports and
+        // flushing replies would otherwise wait for it forever.
+        return tokio::select! {
+            drained = tokio::time::timeout(grace, drain) => Ok(drain_outcome(drained.unwrap_or(false), grace)),
+            second = shutdown_signal() => {
+                tracing::warn!(signal = second?, "second signal: exiting without draining");
+                Ok(ExitCode::from(130))
+            }
+        };
+    };
+    flow(&body, start, &args).await
+}
+
+/// Exit 0 when every in-flight message finished within the drain timeout.
+fn drain_outcome(drained: bool, grace: Duration) -> ExitCode {
+    if drained {
+        tracing::info!("drained; bye");
+        return ExitCode::SUCCESS;
+    }
+    tracing::warn!(
+        grace_ms = grace.as_millis() as u64,
+        "the drain did not finish in time (messages still in flight, or the bus unreachable)"
+    );
+    ExitCode::FAILURE
+}
+
+/// The bus: NATS when a URL is given (announcing `watch` when following
+/// deployments), else in process. Also the NATS client, for the watcher.
+async fn connect(
+    args: &RunArgs,
+    host_id: &str,
+) -> anyhow::Result<(Arc<dyn BodyBus>, Option<async_nats::Client>)> {
+    let Some(options) = args.nats.options(host_id) else {
+        return Ok((Arc::new(LocalBus::new()), None));
+    };
+    let mut nats = NatsBus::connect(&options).await?;
+    if args.watch && args.trust.is_empty() {
+        tracing::warn!(
+            "--watch without --trust: this host runs every bundle that anyone allowed to \
+             write the cbs-desired bucket deploys, unsigned; give it --trust KEY.pub"
+        );
+    }
+    if args.watch {
+        nats = nats.with_metadata("watch", "true");
+        nats.register().await?;
+    }
+    let client = nats.client().clone();
+    Ok((Arc::new(nats), Some(client)))
+}
+
+fn body(args: &RunArgs, bus: Arc<dyn BodyBus>) -> anyhow::Result<Body> {
+    let mut body = Body::new(bus, args.engine.runtime()?);
+    body.set_sources(
+        args.engine
+            .sources(&args.trust, args.allow_process_bundles)?,
+    );
+    body.set_local_calls(!args.calls_via_bus);
+    if let Some(path) = &args.chaos {
+        body.set_chaos(read_chaos(path)?);
+    }
+    Ok(body)
+}
+
+/// `--chaos FILE`: `["<cell-id>"]` tables of fault settings.
+fn read_chaos(path: &Path) -> anyhow::Result<HashMap<String, ChaosSpec>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --chaos {}", path.display()))?;
+    let chaos: HashMap<String, ChaosSpec> =
+        toml::from_str(&text).with_context(|| format!("in --chaos {}", path.display()))?;
+    for (cell, spec) in &chaos {
+        spec.validate()
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("chaos for {cell}"))?;
+        tracing::warn!(cell, ?spec, "chaos: injecting faults");
+    }
+    Ok(chaos)
+}
+
+/// `--start`: one message to `start`, the outcome, the exit code.
+async fn flow(body: &Body, start: &str, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let input = RawValue::from_string(args.input.clone()).context("--input is not JSON")?;
+    let reply = body
+        .start_flow(start, input, Duration::from_millis(args.timeout_ms))
+        .await;
+    match reply.and_then(Envelope::into_result) {
+        Ok(payload) => {
+            tracing::info!(cell = %start, reply = %payload.get(), "flow finished");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {} failed with {}: {}", start, e.code, e.message);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("cannot listen for SIGINT"),
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}

@@ -1,0 +1,35 @@
+//! `cbs undeploy`: watching hosts stop serving a cell.
+
+use std::process::ExitCode;
+
+use cbs_host::manifest::check_cell_id;
+use clap::Args;
+
+use crate::args::NatsArgs;
+
+/// Stop serving a deployed cell on every watching host.
+#[derive(Args)]
+pub struct UndeployArgs {
+    /// The cell id, e.g. logic.greet.
+    cell_id: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+pub async fn run(args: UndeployArgs) -> anyhow::Result<ExitCode> {
+    check_cell_id(&args.cell_id)?;
+    let (_bus, store) = args.nats.open_store().await?;
+    if store.desired(&args.cell_id).await?.is_none() {
+        eprintln!(
+            "error: cell {} is not deployed (see `cbs ls`)",
+            args.cell_id
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    store.remove_desired(&args.cell_id).await?;
+    println!(
+        "{} undeployed: watching hosts stop serving it",
+        args.cell_id
+    );
+    Ok(ExitCode::SUCCESS)
+}

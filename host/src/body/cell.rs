@@ -1,0 +1,84 @@
+//! A loaded cell: manifest, contract and runner, with its admission limits
+//! and counters. One value per served version; a hot swap makes a new one.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::stats::CellStats;
+use crate::chaos::Chaos;
+use crate::contract::Contract;
+use crate::manifest::{CellSpec, Manifest};
+use crate::outbound::Outbound;
+use crate::resilience::BreakerState;
+use crate::runtime::wasm::CacheOutcome;
+use crate::runtime::{CellInfo, CellRunner};
+
+/// Where a served cell's current version sits: read once per message, so a
+/// hot swap takes effect from the next message on.
+pub(super) type Slot = Arc<RwLock<Arc<LoadedCell>>>;
+
+pub struct LoadedCell {
+    pub spec: CellSpec,
+    pub manifest: Arc<Manifest>,
+    pub contract: Contract,
+    pub runner: Arc<dyn CellRunner>,
+    /// Where the compiled component came from (wasm cells).
+    pub cache: Option<CacheOutcome>,
+    pub stats: CellStats,
+    /// Messages admitted (running + queued): `concurrency + queue`.
+    pub(super) admitted: Arc<Semaphore>,
+    /// Messages running: `concurrency`.
+    pub(super) running: Semaphore,
+    /// Fault injection, when configured.
+    pub(super) chaos: Option<Chaos>,
+    /// The cell's calls out (policies and breakers).
+    pub(super) outbound: Arc<Outbound>,
+    pub(super) latency: Histogram,
+}
+
+impl LoadedCell {
+    pub fn info(&self) -> &CellInfo {
+        self.runner.info()
+    }
+
+    /// The breaker state of each call target.
+    pub fn breakers(&self) -> Vec<(String, BreakerState)> {
+        self.outbound.breakers()
+    }
+
+    /// Messages admitted and not finished (running or queued).
+    pub fn in_flight(&self) -> usize {
+        self.admission_limit() as usize - self.admitted.available_permits()
+    }
+
+    /// How many messages may be admitted at once: running plus queued.
+    fn admission_limit(&self) -> u32 {
+        let limits = &self.manifest.limits;
+        limits.concurrency + limits.queue
+    }
+
+    /// Admits one message, or `None` when the cell is at its limits.
+    pub(super) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.admitted.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits until nothing is running or queued, up to `grace`; returns
+    /// whether that happened in time.
+    pub(super) async fn drained(&self, grace: Duration) -> bool {
+        // Every permit back means nothing is running or queued.
+        tokio::time::timeout(grace, self.admitted.acquire_many(self.admission_limit()))
+            .await
+            .is_ok()
+    }
+}
+
+/// Lets a replaced or removed version finish its admitted messages (up to
+/// `grace`), then stops its runtime. Returns whether all finished in time.
+pub async fn retire(cell: Arc<LoadedCell>, grace: Duration) -> bool {
+    let finished = cell.drained(grace).await;
+    cell.runner.shutdown(grace).await;
+    finished
+}

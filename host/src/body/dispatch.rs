@@ -1,0 +1,118 @@
+//! Admission and dispatch: takes messages off a cell's subscription, admits
+//! each within the cell's concurrency and queue limits or answers
+//! `capacity` at once, and sends every reply.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::cell::{LoadedCell, Slot};
+use crate::bus::{is_inbox, BodyBus, Message, Subscription, INBOX_PREFIX};
+use crate::envelope::codec::{from_message, transport_headers};
+use crate::envelope::{header, BusError, Envelope, ErrorCode};
+
+/// Runs until the subscription closes, or until `stop`: then it
+/// unsubscribes and still takes the messages already delivered, so none is
+/// dropped unanswered. The slot is read once per message, so a hot swap
+/// takes effect from the next message on.
+pub(super) async fn dispatch(
+    bus: Arc<dyn BodyBus>,
+    slot: Slot,
+    mut subscription: Subscription,
+    stop: Arc<Notify>,
+) {
+    let mut stopping = false;
+    loop {
+        let message = tokio::select! {
+            message = subscription.next() => message,
+            () = stop.notified(), if !stopping => {
+                stopping = true;
+                subscription.unsubscribe().await;
+                continue;
+            }
+        };
+        let Some(message) = message else { break };
+        let cell = slot.read().unwrap().clone();
+        admit(&bus, cell, message).await;
+    }
+    tracing::debug!(cell = %slot.read().unwrap().manifest.id, "subscription closed");
+}
+
+/// Runs `message` in a task of its own, or answers `capacity` at once when
+/// the cell is at its limits.
+async fn admit(bus: &Arc<dyn BodyBus>, cell: Arc<LoadedCell>, message: Message) {
+    let Some(permit) = cell.try_admit() else {
+        let error = BusError::new(
+            ErrorCode::Capacity,
+            format!(
+                "cell {} is at its limit of {} running and {} queued messages; retry later",
+                cell.manifest.id, cell.manifest.limits.concurrency, cell.manifest.limits.queue
+            ),
+        );
+        return reply_error(&**bus, &cell, &message, error).await;
+    };
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        handle_message(&*bus, &cell, message).await;
+        drop(permit);
+    });
+}
+
+async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) {
+    let arrived = Instant::now();
+    let reply = match from_message(&message) {
+        Ok(envelope) => cell.process(Arc::new(envelope), arrived).await,
+        Err(error) => {
+            cell.stats.request();
+            return reply_error(bus, cell, &message, error).await;
+        }
+    };
+    send_reply(bus, &message, &reply).await;
+}
+
+async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, error: BusError) {
+    cell.stats.error(error.code);
+    tracing::debug!(cell = %cell.manifest.id, code = %error.code, error = %error.message, "rejected");
+    let reply = Envelope::orphan_error(
+        &message.subject,
+        message.header(header::CORRELATION_ID),
+        error,
+    );
+    send_reply(bus, message, &reply).await;
+}
+
+async fn send_reply(bus: &dyn BodyBus, message: &Message, reply: &Envelope) {
+    let Some(to) = &message.reply else {
+        return;
+    };
+    // The host publishes replies with its own credentials: only to a
+    // requester's inbox, never to a subject the message chose (a `$JS.API`
+    // or `$KV` subject would act on the host's behalf).
+    if !is_inbox(to) {
+        tracing::warn!(subject = %message.subject, reply_to = %to.escape_debug(), "refused to reply outside the inbox prefix {INBOX_PREFIX}");
+        return;
+    }
+    let mut bytes = reply.to_vec();
+    let mut headers = transport_headers(reply);
+    // A reply the bus cannot carry would be dropped and the caller left
+    // waiting: it gets a typed error instead.
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    if let Some(max) = bus
+        .max_payload()
+        .filter(|max| bytes.len() + header_bytes + 16 > *max)
+    {
+        let error = BusError::new(
+            ErrorCode::CellFailed,
+            format!(
+                "the reply is {} bytes, more than the bus carries ({max} bytes, NATS max_payload)",
+                bytes.len()
+            ),
+        );
+        let too_big = Envelope::orphan_error(&message.subject, Some(&reply.correlation_id), error);
+        (bytes, headers) = (too_big.to_vec(), transport_headers(&too_big));
+    }
+    if let Err(e) = bus.reply(to, headers, bytes.into()).await {
+        tracing::warn!(error = %e, "cannot send a reply");
+    }
+}

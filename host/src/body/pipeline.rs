@@ -1,0 +1,128 @@
+//! One message through a cell: input contract, fault injection, the cell,
+//! output contract, within the deadline; every failure a typed reply.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use tracing::Instrument;
+
+use super::cell::LoadedCell;
+use crate::chaos::{Chaos, Fault};
+use crate::envelope::{header, BusError, Envelope, ErrorCode};
+use crate::runtime::Deadline;
+
+impl LoadedCell {
+    /// Always a reply envelope (success or typed error). Counted, and traced
+    /// in a span with the correlation id.
+    pub async fn process(&self, envelope: Arc<Envelope>, arrived: Instant) -> Envelope {
+        self.stats.request();
+        let span = tracing::debug_span!(
+            "cell",
+            cell = %self.manifest.id,
+            correlation_id = %envelope.correlation_id,
+            message_id = %envelope.id,
+        );
+        crate::telemetry::link_parent(&span, &envelope.headers);
+        async {
+            let outcome = run(self, envelope.clone(), arrived).await;
+            let elapsed = arrived.elapsed();
+            self.latency.observe(elapsed.as_secs_f64());
+            let elapsed_us = elapsed.as_micros() as u64;
+            match outcome {
+                Ok(reply) => {
+                    tracing::debug!(elapsed_us, "handled");
+                    reply
+                }
+                Err(error) => {
+                    self.stats.error(error.code);
+                    tracing::debug!(elapsed_us, code = %error.code, error = %error.message, "failed");
+                    envelope.error_reply(error)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Input contract → cell → output contract, within the cell's deadline.
+async fn run(
+    cell: &LoadedCell,
+    envelope: Arc<Envelope>,
+    arrived: Instant,
+) -> Result<Envelope, BusError> {
+    // The cell's own limit, or the caller's remaining budget if shorter.
+    let limit = Duration::from_millis(cell.manifest.limits.timeout_ms);
+    let budget = envelope
+        .headers
+        .get(header::BUDGET_MS)
+        .and_then(|b| b.parse().ok())
+        .map(Duration::from_millis);
+    let runner_deadline = Deadline {
+        reply_by: arrived + budget.map_or(limit, |b| b.min(limit)),
+        cell_limit: arrived + limit,
+    };
+    let deadline = runner_deadline.reply_by;
+    // Waiting for a free slot counts against the deadline too.
+    let _running = tokio::time::timeout_at(deadline.into(), cell.running.acquire())
+        .await
+        .map_err(|_| {
+            BusError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "cell {} was busy with {} messages until this message's deadline",
+                    cell.manifest.id, cell.manifest.limits.concurrency
+                ),
+            )
+        })?
+        .map_err(|_| BusError::internal("cell is shutting down"))?;
+    // Each step is a span of its own under the hop's `cell` span.
+    tracing::debug_span!("contract.input")
+        .in_scope(|| cell.contract.check_input(envelope.payload.get()))?;
+    if let Some(chaos) = &cell.chaos {
+        inject(chaos, &cell.manifest.id, deadline).await?;
+    }
+    let reply = cell
+        .runner
+        .handle(envelope.clone(), runner_deadline)
+        .instrument(tracing::debug_span!("run"))
+        .await?;
+    tracing::debug_span!("contract.output")
+        .in_scope(|| cell.contract.check_output(&reply.payload))?;
+    let payload = RawValue::from_string(reply.payload).map_err(|e| {
+        BusError::new(
+            ErrorCode::ContractViolation,
+            format!("cell {} replied with invalid JSON: {e}", cell.manifest.id),
+        )
+    })?;
+    let schema = reply
+        .schema
+        .or_else(|| cell.manifest.output.as_ref().map(|o| o.id.clone()));
+    let mut out = envelope.reply(schema, payload);
+    out.headers.extend(reply.headers);
+    Ok(out)
+}
+
+/// Applies the next seeded fault: latency, an injected error, or a reply
+/// that never comes (the caller times out).
+async fn inject(chaos: &Chaos, cell_id: &str, deadline: Instant) -> Result<(), BusError> {
+    let latency = chaos.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep_until((Instant::now() + latency).min(deadline).into()).await;
+    }
+    match chaos.draw() {
+        Fault::Pass => Ok(()),
+        Fault::Error => Err(BusError::new(
+            ErrorCode::Unavailable,
+            format!("chaos: injected failure in cell {cell_id}"),
+        )),
+        Fault::Drop => {
+            tokio::time::sleep_until(deadline.into()).await;
+            Err(BusError::new(
+                ErrorCode::Timeout,
+                format!("chaos: cell {cell_id} dropped the reply"),
+            ))
+        }
+    }
+}

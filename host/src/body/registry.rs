@@ -1,0 +1,227 @@
+//! The cells this host serves, one slot per cell id. A slot holds the
+//! version that takes new messages; a hot swap replaces what is in it while
+//! the subscription stays, so no message falls between two versions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::cell::{retire, LoadedCell, Slot};
+use super::dispatch::dispatch;
+use crate::bus::{BodyBus, Endpoint};
+use crate::envelope::Envelope;
+use crate::outbound::LocalCalls;
+
+/// A cell being served, with the task that takes its messages and the
+/// signal that stops it.
+struct Served {
+    slot: Slot,
+    dispatcher: JoinHandle<()>,
+    stop: Arc<Notify>,
+}
+
+impl Served {
+    /// Stops taking new messages and lets the dispatcher take those already
+    /// delivered (up to `grace`); returns the version served.
+    async fn stop(self, grace: Duration) -> Arc<LoadedCell> {
+        self.stop.notify_one();
+        let mut dispatcher = self.dispatcher;
+        if tokio::time::timeout(grace, &mut dispatcher).await.is_err() {
+            dispatcher.abort();
+        }
+        let slot = self.slot.read().unwrap();
+        slot.clone()
+    }
+}
+
+pub(super) struct Registry {
+    bus: Arc<dyn BodyBus>,
+    cells: RwLock<BTreeMap<String, Served>>,
+    directory: Arc<Directory>,
+}
+
+impl Registry {
+    pub fn new(bus: Arc<dyn BodyBus>) -> Self {
+        Self {
+            bus,
+            cells: RwLock::default(),
+            directory: Arc::default(),
+        }
+    }
+
+    /// In-process calls to the cells served here.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.clone()
+    }
+
+    /// Subscribes a loaded cell on its subject and queue group.
+    pub async fn serve(&self, cell: Arc<LoadedCell>) -> anyhow::Result<()> {
+        let id = cell.manifest.id.clone();
+        if self.cells.read().unwrap().contains_key(&id) {
+            bail!("cell {id} is already served by this host");
+        }
+        let subject = cell.manifest.subject();
+        let slot: Slot = Arc::new(RwLock::new(cell.clone()));
+        let subscription = self
+            .bus
+            .serve(endpoint(&cell, &slot))
+            .await
+            .with_context(|| format!("cannot serve cell {id} on {subject}"))?;
+        self.bus.flush().await?;
+        let stop = Arc::new(Notify::new());
+        let dispatcher = tokio::spawn(dispatch(
+            self.bus.clone(),
+            slot.clone(),
+            subscription,
+            stop.clone(),
+        ));
+        tracing::info!(cell = %id, %subject, "serving");
+        self.directory.insert(&cell);
+        self.cells.write().unwrap().insert(
+            id,
+            Served {
+                slot,
+                dispatcher,
+                stop,
+            },
+        );
+        Ok(())
+    }
+
+    /// Puts `cell` in the slot of its id and returns the version it
+    /// replaced; serves it anew when nothing has that id.
+    pub async fn replace(&self, cell: Arc<LoadedCell>) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        let id = cell.manifest.id.clone();
+        let slot = self.cells.read().unwrap().get(&id).map(|s| s.slot.clone());
+        let Some(slot) = slot else {
+            self.serve(cell).await?;
+            return Ok(None);
+        };
+        let old = std::mem::replace(&mut *slot.write().unwrap(), cell.clone());
+        self.directory.insert(&cell);
+        tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped");
+        Ok(Some(old))
+    }
+
+    /// Stops serving a cell: no new messages; those delivered and in
+    /// flight finish (up to `grace`).
+    pub async fn remove(&self, id: &str, grace: Duration) -> bool {
+        self.directory.remove(id);
+        let Some(served) = self.cells.write().unwrap().remove(id) else {
+            return true;
+        };
+        let cell = served.stop(grace).await;
+        tracing::info!(cell = %id, "removed");
+        retire(cell, grace).await
+    }
+
+    /// Stops taking messages for every cell, takes those already delivered
+    /// (up to `grace`), and returns the versions served.
+    pub async fn stop_all(&self, grace: Duration) -> Vec<Arc<LoadedCell>> {
+        self.directory.clear();
+        let served: Vec<Served> = std::mem::take(&mut *self.cells.write().unwrap())
+            .into_values()
+            .collect();
+        let stopping = served.into_iter().map(|s| s.stop(grace));
+        futures_util::future::join_all(stopping).await
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<LoadedCell>> {
+        self.cells
+            .read()
+            .unwrap()
+            .get(id)
+            .map(|s| s.slot.read().unwrap().clone())
+    }
+
+    pub fn list(&self) -> Vec<Arc<LoadedCell>> {
+        self.cells
+            .read()
+            .unwrap()
+            .values()
+            .map(|s| s.slot.read().unwrap().clone())
+            .collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for served in self.cells.get_mut().unwrap().values() {
+            served.dispatcher.abort();
+        }
+    }
+}
+
+/// The cells this host serves, for in-process calls between them. Weak
+/// references: cells hold their outbound, which holds this directory.
+#[derive(Default)]
+pub struct Directory {
+    cells: RwLock<HashMap<String, Weak<LoadedCell>>>,
+}
+
+impl Directory {
+    fn insert(&self, cell: &Arc<LoadedCell>) {
+        self.cells
+            .write()
+            .unwrap()
+            .insert(cell.manifest.id.clone(), Arc::downgrade(cell));
+    }
+
+    fn remove(&self, id: &str) {
+        self.cells.write().unwrap().remove(id);
+    }
+
+    fn clear(&self) {
+        self.cells.write().unwrap().clear();
+    }
+}
+
+#[async_trait]
+impl LocalCalls for Directory {
+    async fn call(&self, cell_id: &str, envelope: &Envelope) -> Option<Envelope> {
+        let cell = self.cells.read().unwrap().get(cell_id)?.upgrade()?;
+        // A cell at its limits is left to the bus: another host may have room.
+        let _admitted = cell.try_admit()?;
+        Some(
+            cell.process(Arc::new(envelope.clone()), Instant::now())
+                .await,
+        )
+    }
+}
+
+/// How the bus presents a cell to discovery tools. The stats follow the
+/// slot, so they describe whichever version serves now.
+fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
+    let m = &cell.manifest;
+    let mut metadata = HashMap::from([
+        ("cell".to_owned(), m.id.clone()),
+        ("version".to_owned(), m.version.clone()),
+        (
+            "runtime".to_owned(),
+            format!("{:?}", m.runtime).to_lowercase(),
+        ),
+    ]);
+    for (key, schema) in [("input_schema", &m.input), ("output_schema", &m.output)] {
+        if let Some(s) = schema {
+            metadata.insert(key.to_owned(), s.id.clone());
+        }
+    }
+    let stats_of = Arc::downgrade(slot);
+    Endpoint {
+        subject: m.subject(),
+        metadata,
+        stats: Arc::new(move || {
+            stats_of.upgrade().map_or(serde_json::Value::Null, |slot| {
+                let cell = slot.read().unwrap().clone();
+                let mut stats = cell.stats.to_json();
+                stats["version"] = cell.manifest.version.clone().into();
+                stats
+            })
+        }),
+    }
+}

@@ -1,0 +1,76 @@
+//! Counters per cell, owned here and read by discovery (`$SRV.STATS` data)
+//! and `/metrics` through [`CellStats`]'s accessors.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{EnumCount, ErrorCode};
+
+/// Messages and failure replies of one cell version.
+#[derive(Debug, Default)]
+pub struct CellStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    /// Errors by code, indexed by [`ErrorCode::index`].
+    by_code: [AtomicU64; ErrorCode::COUNT],
+}
+
+impl CellStats {
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn error(&self, code: ErrorCode) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.by_code[code.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages handled, from the bus or from cells of this host.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Failure replies.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Non-zero error counts, by code.
+    pub fn errors_by_code(&self) -> impl Iterator<Item = (ErrorCode, u64)> + '_ {
+        ErrorCode::all()
+            .map(|c| (c, self.by_code[c.index()].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// `{"requests", "errors", "errors_by_code": {code: n}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let by_code: serde_json::Map<String, serde_json::Value> = self
+            .errors_by_code()
+            .map(|(c, n)| (c.as_str().to_owned(), n.into()))
+            .collect();
+        serde_json::json!({
+            "requests": self.requests(),
+            "errors": self.errors(),
+            "errors_by_code": by_code,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_errors_by_code() {
+        let stats = CellStats::default();
+        stats.request();
+        stats.request();
+        stats.error(ErrorCode::Timeout);
+        stats.error(ErrorCode::Internal);
+        stats.error(ErrorCode::Timeout);
+        assert_eq!(stats.requests(), 2);
+        assert_eq!(stats.errors(), 3);
+        let by: Vec<_> = stats.errors_by_code().collect();
+        assert_eq!(by, [(ErrorCode::Timeout, 2), (ErrorCode::Internal, 1)]);
+        assert_eq!(stats.to_json()["errors_by_code"]["timeout"], 2);
+    }
+}
