@@ -9,7 +9,7 @@ use cbs_host::bus::{BodyBus, Message};
 use cbs_host::envelope::{Envelope, ErrorCode};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::HostProcess;
-use cbs_tests::{call_json, faulty, greet};
+use cbs_tests::{call_json, faulty, greet, CellToml};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,10 +104,9 @@ async fn a_line_break_in_a_cells_error_message_reaches_the_caller() {
 /// load, naming the flag; it was silently accepted.
 #[test]
 fn memory_above_the_hosts_limit_is_refused_at_load() {
-    let dir = cbs_tests::temp_cell(
-        "id = \"test.greedy\"\nversion = \"0.1.0\"\ncomponent = \"{faulty}/test_faulty.wasm\"\n\
-         [limits]\nmemory_mb = 512\n",
-    );
+    let dir = CellToml::faulty("test.greedy")
+        .limits(|l| l.memory_mb = 512)
+        .write();
     let out = cbs_tests::process::cbs_host(
         &[
             "load",
@@ -127,10 +126,12 @@ fn memory_above_the_hosts_limit_is_refused_at_load() {
 /// u32::MAX aborted the host) are refused at load with their name.
 #[test]
 fn a_huge_concurrency_is_refused_at_load() {
-    let dir = cbs_tests::temp_cell(
-        "id = \"test.huge\"\nversion = \"0.1.0\"\ncomponent = \"{faulty}/test_faulty.wasm\"\n\
-         [limits]\nconcurrency = 4294967295\nqueue = 1\n",
-    );
+    let dir = CellToml::faulty("test.huge")
+        .limits(|l| {
+            l.concurrency = u32::MAX;
+            l.queue = 1;
+        })
+        .write();
     let out = cbs_tests::process::cbs_host(&["load", dir.path().to_str().unwrap()], "");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

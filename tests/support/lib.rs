@@ -195,12 +195,3 @@ pub fn literal_cell(text: &str) -> tempfile::TempDir {
     std::fs::write(dir.path().join(cbs_host::manifest::FILE_NAME), text).unwrap();
     dir
 }
-
-/// Writes a cell folder in a temp dir: `cell.toml` as given, with
-/// `{faulty}` replaced by the test cell's folder (for its component and
-/// schemas). Prefer [`CellToml`]; this remains for manifests not yet moved
-/// to it.
-pub fn temp_cell(manifest: &str) -> tempfile::TempDir {
-    let faulty = faulty().display().to_string();
-    literal_cell(&manifest.replace("{faulty}", &faulty))
-}

@@ -142,7 +142,9 @@ impl Watcher {
     /// Withdraws this host's status reports (at shutdown).
     pub async fn clear(&self) {
         for cell in self.installed.lock().await.keys() {
-            let _ = self.store.clear_status(cell, &self.host).await;
+            if let Err(e) = self.store.clear_status(cell, &self.host).await {
+                tracing::warn!(%cell, error = %e, "cannot withdraw the deployment status");
+            }
         }
     }
 }
