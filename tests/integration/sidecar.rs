@@ -185,20 +185,25 @@ async fn a_hanging_sidecar_hits_the_deadline_and_is_replaced() {
     assert_recovered(&host, before).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_oversize_frames_end_the_process() {
+/// The sidecar answers `action` with a frame the host cannot take: the
+/// message fails with `cell_failed` saying `why`, and a new process serves.
+async fn a_bad_frame_ends_the_process(action: &str, why: &str) {
     let host = host().await;
     let before = pid(&host).await;
-    let err = act(&host, json!({"action": "garbage"})).await.unwrap_err();
+    let err = act(&host, json!({ "action": action })).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
-    assert!(err.message.contains("malformed frame"), "{err}");
+    assert!(err.message.contains(why), "{err}");
     assert_recovered(&host, before).await;
+}
 
-    let before = pid(&host).await;
-    let err = act(&host, json!({"action": "oversize"})).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
-    assert!(err.message.contains("oversize frame"), "{err}");
-    assert_recovered(&host, before).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_is_not_json_ends_the_process() {
+    a_bad_frame_ends_the_process("garbage", "malformed frame").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_frame_ends_the_process() {
+    a_bad_frame_ends_the_process("oversize", "oversize frame").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
