@@ -97,11 +97,11 @@ async fn send_reply(bus: &dyn BodyBus, message: &Message, reply: &Envelope) {
     let mut headers = transport_headers(reply);
     // A reply the bus cannot carry would be dropped and the caller left
     // waiting: it gets a typed error instead.
-    let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-    if let Some(max) = bus
-        .max_payload()
-        .filter(|max| bytes.len() + header_bytes + 16 > *max)
-    {
+    let fits = |max: usize| {
+        let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        bytes.len() + header_bytes + 16 <= max
+    };
+    if let Some(max) = bus.max_payload().filter(|max| !fits(*max)) {
         let error = BusError::new(
             ErrorCode::CellFailed,
             format!(
