@@ -446,7 +446,10 @@ async fn the_python_component_loads_from_the_cache_the_second_time() {
             Arc::new(cbs_host::bus::local::LocalBus::new()),
             cbs_tests::runtime(Some(cache.path().to_path_buf())),
         );
-        outcomes.push(body.load(&py_wasm()).await.unwrap().cache);
+        match body.load(&py_wasm()).await {
+            Ok(cell) => outcomes.push(cell.cache),
+            Err(e) => panic!("the Python component does not load: {e:#}"),
+        }
     }
     assert_eq!(
         outcomes,

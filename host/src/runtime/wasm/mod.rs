@@ -140,8 +140,15 @@ fn check_component_header(bytes: &[u8], path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The least time `describe()` gets at load, instantiation included. It is
+/// the host's own probe, not a message: on a busy machine (other components
+/// compiling on every core) instantiating a big component can take longer
+/// than a cell's message `timeout_ms`, and a load must not fail for that.
+const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn describe(pool: &InstancePool, manifest: &Manifest) -> anyhow::Result<CellInfo> {
-    let deadline = Instant::now() + std::time::Duration::from_millis(manifest.limits.timeout_ms);
+    let budget = std::time::Duration::from_millis(manifest.limits.timeout_ms).max(DESCRIBE_TIMEOUT);
+    let deadline = Instant::now() + budget;
     let mut instance = pool.checkout(deadline).await?;
     let info = instance.cell.call_describe(&mut instance.store).await?;
     pool.checkin(instance);
