@@ -371,16 +371,78 @@ fn a_host_that_requires_signatures_refuses_an_unsigned_release() {
     );
 }
 
+/// A copy of `bundle` signed with the key in `dir` (see [`strict_host`]).
+fn signed(dir: &Path, bundle: &Path) -> PathBuf {
+    let mut read = Bundle::read(bundle).unwrap();
+    read.sign(&cbs_host::bundle::KeyPair::read(&dir.join("key")).unwrap());
+    let out = dir.join(format!(
+        "signed-{}",
+        bundle.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&out, read.to_bytes().unwrap()).unwrap();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_that_requires_signatures_serves_a_release_signed_with_its_key() {
     let releases = releases();
     let server = NatsServer::start();
     let url = server.url();
     let (tmp, _strict) = strict_host(&url);
-    let mut bundle = Bundle::read(&releases.v1).unwrap();
-    bundle.sign(&cbs_host::bundle::KeyPair::read(&tmp.path().join("key")).unwrap());
-    let signed = tmp.path().join("signed.cbs");
-    std::fs::write(&signed, bundle.to_bytes().unwrap()).unwrap();
-    deploy(&url, &signed);
+    deploy(&url, &signed(tmp.path(), &releases.v1));
     assert_eq!(upper(&server.bus().await).await.unwrap(), "HI");
+}
+
+/// Anyone who can write the desired state could otherwise point hosts back
+/// at an older signed release: an unsigned rollback is exactly that write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_requires_signatures_goes_back_only_with_a_signed_rollback() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let (tmp, _strict) = strict_host(&url);
+    deploy(&url, &signed(tmp.path(), &releases.v1));
+    deploy(&url, &signed(tmp.path(), &releases.v2));
+    let bus = server.bus().await;
+    assert_eq!(upper(&bus).await.unwrap(), "HI!");
+
+    let (ok, _, err) = run_cbs(&["rollback", UPPER, "--nats", &url, "--wait-ms", "20000"]);
+    assert!(!ok, "an unsigned rollback must be refused");
+    assert!(
+        err.contains("strict:")
+            && err.contains("refusing to move cell text.upper from 0.2.0 back to 0.1.0"),
+        "{err}"
+    );
+    assert_eq!(upper(&bus).await.unwrap(), "HI!", "0.2.0 keeps serving");
+
+    // A rollback signed by a key the host does not trust does no better.
+    let stranger = tmp.path().join("stranger");
+    assert!(cbs(&["keygen", stranger.to_str().unwrap()])
+        .status
+        .success());
+    let (ok, _, err) = run_cbs(&[
+        "rollback",
+        UPPER,
+        "--sign",
+        stranger.to_str().unwrap(),
+        "--nats",
+        &url,
+        "--wait-ms",
+        "20000",
+    ]);
+    assert!(!ok, "a rollback signed by an untrusted key must be refused");
+    assert!(err.contains("not one this host trusts"), "{err}");
+    assert_eq!(upper(&bus).await.unwrap(), "HI!", "0.2.0 keeps serving");
+
+    let key = tmp.path().join("key");
+    let (ok, out, err) = run_cbs(&[
+        "rollback",
+        UPPER,
+        "--sign",
+        key.to_str().unwrap(),
+        "--nats",
+        &url,
+    ]);
+    assert!(ok, "a signed rollback: {out}{err}");
+    assert_eq!(upper(&bus).await.unwrap(), "HI", "0.1.0 serves again");
 }

@@ -12,7 +12,7 @@ use async_nats::jetstream::kv::Operation;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use cbs_host::bundle::Bundle;
+use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::contract::compat::{self, Break, Direction};
 use cbs_host::deploy::{now_ms, Desired, Release, State, Status, Store};
 
@@ -53,6 +53,7 @@ pub async fn deploy(
         replicas,
         signer: bundle.signer().map(str::to_owned),
         deployed_at_ms: now_ms(),
+        rollback: None,
     };
     let desired = Desired::advance(previous.clone(), &cell, release);
     set_and_confirm(client, store, desired, previous, wait).await
@@ -63,12 +64,13 @@ pub async fn rollback(
     client: &async_nats::Client,
     store: &Store,
     cell: &str,
+    key: Option<&KeyPair>,
     wait: Option<Duration>,
 ) -> anyhow::Result<(Release, Outcome)> {
     let Some(current) = store.desired(cell).await? else {
         bail!("cell {cell} is not deployed (see `cbs ls`)");
     };
-    let desired = current.clone().rolled_back()?;
+    let desired = current.clone().rolled_back(key)?;
     let release = desired.current.clone();
     let outcome = set_and_confirm(client, store, desired, Some(current), wait).await?;
     Ok((release, outcome))

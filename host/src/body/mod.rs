@@ -28,7 +28,7 @@ pub use self::load::Sources;
 pub use self::registry::Directory;
 use self::registry::Registry;
 pub use self::stats::CellStats;
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, Trust};
 use crate::bus::BodyBus;
 use crate::chaos::ChaosSpec;
 use crate::envelope::{BusError, Envelope};
@@ -75,6 +75,11 @@ impl Body {
     /// default) or always go through the bus. Applies to cells loaded after.
     pub fn set_local_calls(&mut self, on: bool) {
         self.loader.local = on.then(|| self.registry.directory() as _);
+    }
+
+    /// The keys bundles must be signed by; empty accepts unsigned ones.
+    pub fn trust(&self) -> &Trust {
+        &self.loader.sources.trust
     }
 
     pub fn bus(&self) -> &Arc<dyn BodyBus> {

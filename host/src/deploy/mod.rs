@@ -10,6 +10,7 @@
 //! on the third; hosts run with `--watch` follow the second ([`watcher`])
 //! and write the third.
 
+pub mod downgrade;
 pub mod watcher;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, KeyPair};
+use downgrade::RollbackGrant;
 
 pub const BUNDLES: &str = "cbs-bundles";
 pub const DESIRED: &str = "cbs-desired";
@@ -48,6 +50,10 @@ pub struct Release {
     pub signer: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub deployed_at_ms: u64,
+    /// The deployer's signed consent to go back to this release from the
+    /// one before (`cbs rollback --sign`); hosts with `--trust` need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackGrant>,
 }
 
 /// The desired state of one cell: the current release and earlier ones.
@@ -78,8 +84,9 @@ impl Desired {
         }
     }
 
-    /// The previous release becomes current again.
-    pub fn rolled_back(self) -> anyhow::Result<Self> {
+    /// The previous release becomes current again, with a grant signed by
+    /// `key` when given (hosts with `--trust` need one).
+    pub fn rolled_back(self, key: Option<&KeyPair>) -> anyhow::Result<Self> {
         let mut history = self.history.into_iter();
         let Some(previous) = history.next() else {
             bail!(
@@ -88,13 +95,17 @@ impl Desired {
                 self.current.version
             );
         };
+        let rollback = key.map(|key| {
+            RollbackGrant::sign(key, &self.cell, &self.current.digest, &previous.digest)
+        });
         Ok(Self {
-            cell: self.cell,
             current: Release {
                 id: uuid::Uuid::now_v7().to_string(),
                 deployed_at_ms: now_ms(),
+                rollback,
                 ..previous
             },
+            cell: self.cell,
             history: history.collect(),
         })
     }

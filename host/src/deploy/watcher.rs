@@ -13,6 +13,7 @@ use async_nats::jetstream::kv::{Entry, Operation};
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 
+use super::downgrade::{self, Served};
 use super::{now_ms, Desired, Release, State, Status, Store};
 use crate::body::{retire, Body, LoadedCell};
 
@@ -22,8 +23,8 @@ pub struct Watcher {
     host: String,
     /// How long a replaced version may take to finish its messages.
     grace: Duration,
-    /// Cells this watcher installed: id → digest served.
-    installed: Mutex<HashMap<String, String>>,
+    /// Cells this watcher installed, and what it serves of each.
+    installed: Mutex<HashMap<String, Served>>,
 }
 
 impl Watcher {
@@ -74,18 +75,26 @@ impl Watcher {
         let release = &desired.current;
         let mut installed = self.installed.lock().await;
         let started = Instant::now();
-        if installed.get(&desired.cell) == Some(&release.digest) {
+        let served = installed.get(&desired.cell).cloned();
+        if served.as_ref().is_some_and(|s| s.digest == release.digest) {
             // Already serving these bytes (a redeploy): confirm only.
             let status = self.status(release, &desired.cell, State::Serving, None);
             return self.publish(&status).await;
         }
-        let outcome = match self.load(&desired.cell, release).await {
-            Ok(cell) => self.body.replace(cell).await,
+        let outcome = match self.load(&desired.cell, release, served.as_ref()).await {
+            Ok(cell) => {
+                // The bundle's signed version, not the release's copy of it.
+                let now = Served {
+                    version: cell.manifest.version.clone(),
+                    digest: release.digest.clone(),
+                };
+                self.body.replace(cell).await.map(|old| (old, now))
+            }
             Err(e) => Err(e),
         };
         let status = match outcome {
-            Ok(old) => {
-                installed.insert(desired.cell.clone(), release.digest.clone());
+            Ok((old, now)) => {
+                installed.insert(desired.cell.clone(), now);
                 tracing::info!(cell = %desired.cell, version = %release.version, digest = %release.digest, elapsed_ms = started.elapsed().as_millis() as u64, "deployed: serving");
                 if let Some(old) = old {
                     tokio::spawn(retire(old, self.grace));
@@ -107,10 +116,26 @@ impl Watcher {
         }
     }
 
-    async fn load(&self, cell: &str, release: &Release) -> anyhow::Result<Arc<LoadedCell>> {
+    /// Fetches, checks and loads a release; with `--trust`, only a step
+    /// forward from what is `served`, or a signed rollback.
+    async fn load(
+        &self,
+        cell: &str,
+        release: &Release,
+        served: Option<&Served>,
+    ) -> anyhow::Result<Arc<LoadedCell>> {
         let bundle = self.store.get_bundle(release).await?;
         if bundle.manifest.cell != cell {
             anyhow::bail!("the bundle is cell {}, not {cell}", bundle.manifest.cell);
+        }
+        let trust = self.body.trust();
+        if let (Some(served), false) = (served, trust.is_empty()) {
+            // The bundle's own (signed) version, never the release's copy.
+            let to = Served {
+                version: bundle.manifest.version.clone(),
+                digest: bundle.digest(),
+            };
+            downgrade::check(trust, cell, served, &to, release.rollback.as_ref())?;
         }
         self.body.load_bundle(&bundle).await
     }

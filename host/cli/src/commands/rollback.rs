@@ -1,8 +1,10 @@
 //! `cbs rollback`: the previous release becomes the desired one again.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cbs_host::bundle::KeyPair;
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
@@ -15,6 +17,10 @@ use crate::rollout;
 pub struct RollbackArgs {
     /// The cell id, e.g. logic.greet.
     cell_id: String,
+    /// Sign the rollback with this key (as written by `cbs keygen`): hosts
+    /// that require signed releases (`--trust`) go back only with it.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
     /// How long to wait for the hosts, in ms.
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     wait_ms: u64,
@@ -24,9 +30,11 @@ pub struct RollbackArgs {
 
 pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     check_cell_id(&args.cell_id)?;
+    let key = args.sign.as_deref().map(KeyPair::read).transpose()?;
     let (bus, store) = args.nats.open_store().await?;
     let wait = Some(Duration::from_millis(args.wait_ms));
-    let (release, outcome) = rollout::rollback(bus.client(), &store, &args.cell_id, wait).await?;
+    let (release, outcome) =
+        rollout::rollback(bus.client(), &store, &args.cell_id, key.as_ref(), wait).await?;
     eprintln!("rolling {} back to {}", args.cell_id, release.version);
     Ok(report(&args.cell_id, &release.version, outcome))
 }
