@@ -170,6 +170,30 @@ pub async fn dropping_a_subscription_unsubscribes(bus: Arc<dyn BodyBus>) {
     }
 }
 
+/// What undeploy and shutdown rely on to lose nothing: unsubscribing stops
+/// new messages, yet those already delivered still come, then the end.
+pub async fn unsubscribing_yields_what_was_delivered(bus: Arc<dyn BodyBus>) {
+    let mut sub = bus.subscribe("svc.drain", None).await.unwrap();
+    bus.flush().await.unwrap();
+    for i in 0..3 {
+        bus.publish(Message::new("svc.drain", i.to_string()))
+            .await
+            .unwrap();
+    }
+    // The round trip after the publishes brings their deliveries with it.
+    bus.flush().await.unwrap();
+    sub.unsubscribe().await;
+    let mut seen = Vec::new();
+    let deadline = Duration::from_secs(5);
+    while let Some(message) = tokio::time::timeout(deadline, sub.next())
+        .await
+        .expect("the stream ends after what was delivered")
+    {
+        seen.push(String::from_utf8_lossy(&message.payload).into_owned());
+    }
+    assert_eq!(seen, ["0", "1", "2"]);
+}
+
 pub async fn invalid_subjects_are_rejected(bus: Arc<dyn BodyBus>) {
     for subject in ["", "a..b", "a b"] {
         let err = bus.publish(Message::new(subject, "x")).await.unwrap_err();
@@ -192,7 +216,7 @@ macro_rules! conformance_suite {
             $crate::conformance_suite!(@case $make; request_reply, headers_reach_the_subscriber,
                 queue_group_spreads_and_delivers_once, wildcards, request_times_out,
                 no_responders_is_not_found, dropping_a_subscription_unsubscribes,
-                invalid_subjects_are_rejected);
+                unsubscribing_yields_what_was_delivered, invalid_subjects_are_rejected);
         }
     };
     (@case $make:expr; $($case:ident),*) => {

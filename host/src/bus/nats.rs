@@ -309,7 +309,9 @@ impl futures_util::Stream for Subscribed {
 #[async_trait]
 impl Source for Subscribed {
     async fn unsubscribe(&mut self) {
-        if let Err(e) = self.0.unsubscribe().await {
+        // Drain, not unsubscribe: the stream still yields what the server
+        // sent before it saw the UNSUB (async-nats ends it after a PONG).
+        if let Err(e) = self.0.drain().await {
             tracing::debug!(error = %e, "cannot unsubscribe");
         }
     }
@@ -342,6 +344,10 @@ impl futures_util::Stream for Served {
 #[async_trait]
 impl Source for Served {
     async fn unsubscribe(&mut self) {
+        // async-nats 0.51 offers no drain for a service endpoint: `stop`
+        // closes the stream at once, so requests still on the wire to this
+        // host at that instant are lost (their callers time out). Those
+        // already received are yielded.
         if let Err(e) = self.requests.stop().await {
             tracing::debug!(error = %e, "cannot stop an endpoint");
         }
