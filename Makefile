@@ -43,7 +43,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats \
 	tests/cells/py-faulty tests/cells/py-faulty-wasm
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats
 
-.PHONY: help run run-polyglot build host demo-cells cells python-cells test test-dart test-python dart-cells lint fmt bench setup setup-rust setup-nats setup-python setup-pyo3 clean
+.PHONY: help run run-polyglot build host demo-cells cells python-cells test test-dart test-python dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -75,7 +75,7 @@ python-cells: setup-python ## Build the Python cells: components, and the native
 	@$(VENV)/bin/python scripts/build-python-cell $(PY_CELLS)
 
 test: setup-rust setup-nats host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
-	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests
+	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz
 	@$(MAKE) --no-print-directory test-python test-dart
 
 test-python: setup-python ## The Python SDK's own tests (unittest, in the project venv)
@@ -93,11 +93,29 @@ dart-cells: ## Fetch the Dart cells' packages (needs dart on PATH)
 
 lint: setup-rust setup-pyo3 ## rustfmt, clippy (warnings are errors), the architecture doc
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests --all-targets -- -D warnings
+	$(CARGO) clippy -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz --all-targets -- -D warnings
 	@python3 scripts/check-architecture
 
 fmt:
 	$(CARGO) fmt --all
+
+# Fuzzing (nightly Rust and cargo-fuzz; not part of `make test`, which
+# replays the corpora on stable). New inputs go to fuzz/libfuzzer/corpus/;
+# `make fuzz-merge` folds the ones that add coverage into fuzz/corpus/.
+FUZZ_TARGETS := envelope cell_toml bundle frame compat
+FUZZ_RUNS ?= 10000000
+fuzz: ## Run every fuzz target FUZZ_RUNS times (default 10 million) from the committed corpora
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@cd fuzz/libfuzzer && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t && \
+		cargo +nightly fuzz run --sanitizer none $$t corpus/$$t ../corpus/$$t -- \
+			-runs=$(FUZZ_RUNS) -max_len=65536 -print_final_stats=1 || exit 1; \
+	done
+
+fuzz-merge: ## Fold new fuzz inputs that add coverage into the committed corpora
+	@cd fuzz/libfuzzer && for t in $(FUZZ_TARGETS); do \
+		cargo +nightly fuzz cmin --sanitizer none $$t ../corpus/$$t -- corpus/$$t || exit 1; \
+	done
 
 setup: setup-rust setup-nats setup-python ## Install the toolchain pieces, nats-server and the Python venv
 

@@ -168,8 +168,12 @@ pub struct Capabilities {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Linear memory per instance, in MiB.
-    pub memory_mb: u32,
+    /// Memory in MiB: a wasm instance's linear memory, or a sidecar or
+    /// Python worker process's data (heap and private mappings, enforced
+    /// as `RLIMIT_DATA`). Unset: [`WASM_MEMORY_MB`] or
+    /// [`PROCESS_MEMORY_MB`]; see [`Manifest::memory_mb`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
     /// Deadline per message, in milliseconds.
     pub timeout_ms: u64,
     /// Messages handled at once.
@@ -181,7 +185,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            memory_mb: 64,
+            memory_mb: None,
             timeout_ms: 5_000,
             concurrency: 16,
             queue: 256,
@@ -260,6 +264,11 @@ impl CellSpec {
 /// Upper bounds of the manifest's numbers. A manifest comes from outside
 /// (a bundle, a deploy) and each of these sizes something the host
 /// allocates or waits for; every sum and product of them fits in a u32.
+/// Default `[limits] memory_mb` of a wasm cell.
+pub const WASM_MEMORY_MB: u32 = 64;
+/// Default `[limits] memory_mb` of a sidecar or Python-pool process.
+pub const PROCESS_MEMORY_MB: u32 = 1_024;
+
 pub mod bounds {
     /// wasm32 memories end at 4 GiB.
     pub const MEMORY_MB: u32 = 4_096;
@@ -309,6 +318,16 @@ impl Manifest {
             .with_context(|| format!("cannot write {}", dir.join(FILE_NAME).display()))
     }
 
+    /// The memory limit in MiB: `[limits] memory_mb`, else the default of
+    /// the runtime (a process needs more than a component: Python with
+    /// numpy maps ~90 MiB of data before its first message).
+    pub fn memory_mb(&self) -> u32 {
+        self.limits.memory_mb.unwrap_or(match self.runtime {
+            RuntimeKind::Wasm => WASM_MEMORY_MB,
+            RuntimeKind::Sidecar | RuntimeKind::Python => PROCESS_MEMORY_MB,
+        })
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let manifest: Manifest = toml::from_str(text)?;
         manifest.validate()?;
@@ -327,12 +346,12 @@ impl Manifest {
             crate::bus::subject::check(subject, true).context("in [capabilities] publish")?;
         }
         let l = &self.limits;
-        if l.memory_mb == 0 || l.timeout_ms == 0 || l.concurrency == 0 {
+        if l.memory_mb == Some(0) || l.timeout_ms == 0 || l.concurrency == 0 {
             bail!("[limits] memory_mb, timeout_ms and concurrency must be greater than 0");
         }
         within(
             "[limits] memory_mb",
-            l.memory_mb.into(),
+            self.memory_mb().into(),
             bounds::MEMORY_MB.into(),
         )?;
         within("[limits] timeout_ms", l.timeout_ms, bounds::TIMEOUT_MS)?;

@@ -437,6 +437,29 @@ async fn a_native_cell_that_cannot_import_fails_the_load_with_pythons_reason() {
     assert!(err.contains("no_such_module"), "{err}");
 }
 
+/// `[limits] memory_mb` holds in both runtimes: a Python handler that
+/// allocates past it gets `MemoryError` (the worker process's data is
+/// capped; the component's linear memory is), the message fails with
+/// `cell_failed`, and the cell serves the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_handler_cannot_allocate_past_its_memory_limit() {
+    let native = CellToml::from_dir(&py_native())
+        .limits(|l| l.memory_mb = Some(400))
+        .write();
+    let host = TestHost::local(&[greet(), native.path().to_path_buf(), py_wasm()]).await;
+    // The component's limit is its cell.toml's: memory_mb = 128.
+    for (cell, over) in [(NATIVE, 800), (WASM, 256)] {
+        let small = act(&host, cell, json!({"action": "allocate", "mb": 8})).await;
+        assert_eq!(small.unwrap()["value"], 8, "{cell}: 8 MiB fit");
+        let err = act(&host, cell, json!({"action": "allocate", "mb": over}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::CellFailed, "{cell}: {err}");
+        let again = act(&host, cell, json!({"action": "allocate", "mb": 8})).await;
+        assert_eq!(again.unwrap()["value"], 8, "{cell} serves on");
+    }
+}
+
 #[tokio::test]
 async fn the_python_component_loads_from_the_cache_the_second_time() {
     let cache = tempfile::tempdir().unwrap();

@@ -105,7 +105,7 @@ async fn a_line_break_in_a_cells_error_message_reaches_the_caller() {
 #[test]
 fn memory_above_the_hosts_limit_is_refused_at_load() {
     let dir = CellToml::faulty("test.greedy")
-        .limits(|l| l.memory_mb = 512)
+        .limits(|l| l.memory_mb = Some(512))
         .write();
     let out = cbs_tests::process::cbs_host(
         &[

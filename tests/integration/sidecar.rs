@@ -185,6 +185,44 @@ async fn a_hanging_sidecar_hits_the_deadline_and_is_replaced() {
     assert_recovered(&host, before).await;
 }
 
+/// `[limits] memory_mb` caps a process's data: past it the process cannot
+/// allocate (the reference exits, as a process out of memory should), the
+/// message fails with a typed error, a new process serves, and the host
+/// and its other cells never feel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_allocates_past_its_memory_limit_fails_alone() {
+    let dir = CellToml::reference()
+        .limits(|l| l.memory_mb = Some(100))
+        .write();
+    let host = TestHost::local(&[greet(), dir.path().to_path_buf()]).await;
+    let within = act(&host, json!({"action": "allocate", "mb": 20}))
+        .await
+        .unwrap();
+    assert_eq!(within["value"], 20, "20 MiB fit in 100");
+    let before = pid(&host).await;
+    let err = act(&host, json!({"action": "allocate", "mb": 200}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+    assert!(err.message.contains("exited with status 70"), "{err}");
+    assert_recovered(&host, before).await;
+}
+
+/// Without a limit in `cell.toml`, a process gets the default (1 GiB), not
+/// the 100 MiB above: the same allocation succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_without_a_memory_limit_gets_the_default() {
+    let host = host().await;
+    let reply = act(&host, json!({"action": "allocate", "mb": 200}))
+        .await
+        .unwrap();
+    assert_eq!(reply["value"], 200);
+    let err = act(&host, json!({"action": "allocate", "mb": 2048}))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("exited with status 70"), "{err}");
+}
+
 /// The sidecar answers `action` with a frame the host cannot take: the
 /// message fails with `cell_failed` saying `why`, and a new process serves.
 async fn a_bad_frame_ends_the_process(action: &str, why: &str) {

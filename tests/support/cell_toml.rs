@@ -83,15 +83,26 @@ impl CellToml {
     /// The reference sidecar's own `cell.toml` (`tests/sidecars/reference`),
     /// its script and schemas made absolute so that it runs from any folder.
     pub fn reference() -> Self {
-        let dir = reference_dir();
-        let mut manifest = CellSpec::from_dir(&dir)
-            .expect("reference cell.toml")
+        Self::from_dir(&reference_dir())
+    }
+
+    /// The `cell.toml` of the cell folder `dir`, with every path in it
+    /// (sidecar scripts, Python source and venv, schemas) made absolute, so
+    /// that a copy written elsewhere runs the same cell.
+    pub fn from_dir(dir: &Path) -> Self {
+        let mut manifest = CellSpec::from_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
             .manifest;
-        let sidecar = manifest.sidecar.as_mut().expect("a [sidecar] table");
-        for arg in &mut sidecar.command {
-            if dir.join(&*arg).is_file() {
-                *arg = dir.join(&*arg).display().to_string();
+        if let Some(sidecar) = manifest.sidecar.as_mut() {
+            for arg in &mut sidecar.command {
+                if dir.join(&*arg).is_file() {
+                    *arg = dir.join(&*arg).display().to_string();
+                }
             }
+        }
+        if let Some(python) = manifest.python.as_mut() {
+            python.path = dir.join(&python.path);
+            python.venv = dir.join(&python.venv);
         }
         for schema in [&mut manifest.input, &mut manifest.output]
             .into_iter()

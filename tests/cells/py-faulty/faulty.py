@@ -12,6 +12,8 @@ misbehaving on request. Actions (the payload's "action"):
   hang                 -> never returns
   segfault             -> dereferences NULL (native only: no ctypes in wasm)
   where                -> pid, interpreter and whether numpy imports
+  allocate {mb}        -> holds mb MiB for the message (MemoryError past
+                          the cell's memory limit)
 """
 
 import os
@@ -46,6 +48,8 @@ class Faulty:
             raise InvalidInput(payload["message"])
         if action == "raise":
             raise ValueError(payload["message"])
+        if action == "allocate":
+            return {"value": len(bytearray(payload["mb"] << 20)) >> 20}
         if action == "bad_output":
             return {"unexpected": True}
         if action == "hang":

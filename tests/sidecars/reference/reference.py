@@ -12,6 +12,8 @@ host's failure tests. Actions (the payload's "action"):
   env                  -> {"env": this process's environment}
   stderr {hex}         -> writes those bytes to stderr
   stderr_flood {mb}    -> writes mb MiB to stderr without a line break
+  allocate {mb}        -> holds mb MiB for the message; out of memory, it
+                          exits with status 70 (its state is unknown then)
   gather {n}           -> waits until n messages are in flight at once
   call {cell, payload} -> requests another cell through the host
   publish {subject, payload}
@@ -104,6 +106,13 @@ def handle(frame):
             for _ in range(payload["mb"]):
                 os.write(2, chunk)
             result = {"written": os.write(2, b"\n")}
+        elif action == "allocate":
+            try:
+                held = bytearray(payload["mb"] << 20)
+            except MemoryError:
+                log("out of memory")
+                os._exit(70)
+            result = {"value": len(held) >> 20}
         elif action == "stderr":
             result = {"written": os.write(2, bytes.fromhex(payload["hex"]))}
         elif action == "env":

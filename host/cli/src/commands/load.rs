@@ -128,7 +128,7 @@ fn describe_text(cell: &LoadedCell) -> String {
         schema(&m.output),
         lower(m.instances.policy),
         m.instances.max_messages,
-        m.limits.memory_mb,
+        m.memory_mb(),
         m.limits.timeout_ms,
         m.limits.concurrency,
         m.limits.queue,

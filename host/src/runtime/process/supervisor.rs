@@ -98,6 +98,12 @@ impl Launch {
             // forked too, and a Ctrl-C in the host's terminal is the host's.
             .process_group(0)
             .kill_on_drop(true);
+        let data_limit = u64::from(self.manifest.memory_mb()) << 20;
+        // SAFETY: between fork and exec only `setrlimit`, which is
+        // async-signal-safe, runs; it touches no memory of the parent's.
+        unsafe {
+            command.pre_exec(move || limit_data(data_limit));
+        }
         let mut child = command.spawn().with_context(|| {
             format!(
                 "cannot start {} {id}: {} {:?}",
@@ -167,6 +173,24 @@ impl Launch {
         tracing::info!(cell = %id, pid, protocol, "{} process up", self.kind);
         Ok((conn, child, described))
     }
+}
+
+/// Caps the process's data (heap and private writable mappings) at
+/// `bytes`: past it, allocations fail in the process (Python raises
+/// `MemoryError`, C's malloc returns NULL) instead of the host's machine
+/// running out of memory. Only memory is capped: a CPU-time rlimit counts
+/// a process's whole life, which a long-lived worker would reach however
+/// light each message; each message is bounded by `timeout_ms` instead.
+fn limit_data(bytes: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: a plain system call with a valid pointer to a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What a process that failed its handshake wrote to stderr (its last

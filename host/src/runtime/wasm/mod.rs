@@ -77,12 +77,12 @@ impl WasmRuntime {
         path: &Path,
         outbound: Arc<Outbound>,
     ) -> anyhow::Result<WasmCell> {
-        if manifest.limits.memory_mb > self.max_memory_mb {
+        if manifest.memory_mb() > self.max_memory_mb {
             bail!(
                 "cell {} asks for memory_mb = {} and this host grants at most {} MiB \
                  (cbs-host --max-memory-mb)",
                 manifest.id,
-                manifest.limits.memory_mb,
+                manifest.memory_mb(),
                 self.max_memory_mb
             );
         }

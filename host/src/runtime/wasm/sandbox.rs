@@ -51,7 +51,7 @@ impl Sandbox {
         Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            memory: MemoryLimit::new((manifest.limits.memory_mb as usize) << 20),
+            memory: MemoryLimit::new((manifest.memory_mb() as usize) << 20),
             outbound,
             flow: None,
             deadline: Instant::now(),
