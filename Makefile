@@ -101,20 +101,23 @@ fmt:
 
 # Fuzzing (nightly Rust and cargo-fuzz; not part of `make test`, which
 # replays the corpora on stable). New inputs go to fuzz/libfuzzer/corpus/;
-# `make fuzz-merge` folds the ones that add coverage into fuzz/corpus/.
+# `make fuzz-merge` folds those that add coverage into fuzz/corpus/.
 FUZZ_TARGETS := envelope cell_toml bundle frame compat
 FUZZ_RUNS ?= 10000000
+FUZZ := cargo +nightly fuzz
+FUZZ_FLAGS := --fuzz-dir fuzz/libfuzzer --sanitizer none --codegen-units 16
 fuzz: ## Run every fuzz target FUZZ_RUNS times (default 10 million) from the committed corpora
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	@cd fuzz/libfuzzer && for t in $(FUZZ_TARGETS); do \
-		mkdir -p corpus/$$t && \
-		cargo +nightly fuzz run --sanitizer none $$t corpus/$$t ../corpus/$$t -- \
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/libfuzzer/corpus/$$t && \
+		$(FUZZ) run $(FUZZ_FLAGS) $$t fuzz/libfuzzer/corpus/$$t fuzz/corpus/$$t -- \
 			-runs=$(FUZZ_RUNS) -max_len=65536 -print_final_stats=1 || exit 1; \
 	done
 
 fuzz-merge: ## Fold new fuzz inputs that add coverage into the committed corpora
-	@cd fuzz/libfuzzer && for t in $(FUZZ_TARGETS); do \
-		cargo +nightly fuzz cmin --sanitizer none $$t ../corpus/$$t -- corpus/$$t || exit 1; \
+	@for t in $(FUZZ_TARGETS); do \
+		fuzz/libfuzzer/target/x86_64-unknown-linux-gnu/release/$$t -merge=1 \
+			fuzz/corpus/$$t fuzz/libfuzzer/corpus/$$t || exit 1; \
 	done
 
 setup: setup-rust setup-nats setup-python ## Install the toolchain pieces, nats-server and the Python venv

@@ -8,9 +8,10 @@
 //! (JSON Schema); [`runtime`] (wasm, processes, Python); [`outbound`] (calls
 //! between cells) with [`resilience`], [`backoff`] and [`chaos`]; [`body`]
 //! (serving cells); [`bundle`] and [`deploy`] (signed bundles, desired
-//! state); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
+//! state) with [`audit`] (who changed what); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
 //! [`random`] (jitter and seeded faults).
 
+pub mod audit;
 pub mod backoff;
 pub mod body;
 pub mod bundle;

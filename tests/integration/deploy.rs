@@ -446,3 +446,88 @@ async fn a_host_that_requires_signatures_goes_back_only_with_a_signed_rollback()
     assert!(ok, "a signed rollback: {out}{err}");
     assert_eq!(upper(&bus).await.unwrap(), "HI", "0.1.0 serves again");
 }
+
+/// Every change to the desired state is in the audit trail, with who made
+/// it; `cbs audit` filters it; the trail cannot be purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploys_rollbacks_undeploys_and_host_trust_are_audited() {
+    let releases = releases();
+    let server = NatsServer::with_args(&["--user", "deployer", "--pass", "pw"]);
+    let url = server.url();
+    let auth = ["--nats-user", "deployer", "--nats-password", "pw"];
+    let with_auth = |args: &[&str]| -> Vec<String> {
+        let tail = ["--nats", url.as_str()];
+        args.iter()
+            .chain(&auth)
+            .chain(&tail)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let host = HostProcess::serve(&url, "audited", &[], &[WATCH, &auth[..]].concat());
+    for step in [
+        vec!["deploy", releases.v1.to_str().unwrap()],
+        vec!["deploy", releases.v2.to_str().unwrap()],
+        vec!["rollback", UPPER],
+        vec!["undeploy", UPPER],
+    ] {
+        let args = with_auth(&step);
+        let (ok, out, err) = run_cbs(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{step:?}: {out}{err}");
+    }
+    let audit = |filter: &[&str]| -> Vec<Value> {
+        let args = with_auth(&[&["audit", "--json"], filter].concat());
+        let (ok, out, err) = run_cbs(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "cbs audit: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let events = audit(&[]);
+    let steps: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+            (s("action"), s("cell"), s("version"))
+        })
+        .collect();
+    let step = |a: &str, c: &str, v: &str| (a.to_owned(), c.to_owned(), v.to_owned());
+    assert_eq!(
+        steps,
+        [
+            step("trust", "*", ""),
+            step("deploy", UPPER, "0.1.0"),
+            step("deploy", UPPER, "0.2.0"),
+            step("rollback", UPPER, "0.1.0"),
+            step("undeploy", UPPER, "0.1.0"),
+        ],
+        "{events:#?}"
+    );
+    for e in &events {
+        assert_eq!(e["user"], "user deployer", "{e}");
+        assert!(e["client"].as_str().unwrap().contains("@127.0.0.1"), "{e}");
+    }
+    assert!(events[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("host audited: no --trust"));
+    assert!(events[1]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("serving on 1 host(s)"));
+    let v1 = Bundle::read(&releases.v1).unwrap().digest();
+    assert_eq!(events[1]["digest"], v1.as_str());
+
+    let deploys = audit(&["--action", "deploy", "--cell", UPPER]);
+    assert_eq!(deploys.len(), 2, "{deploys:#?}");
+
+    // Append-only: the stream refuses a purge.
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password("deployer".into(), "pw".into())
+        .connect(&url)
+        .await
+        .unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(cbs_host::audit::STREAM)
+        .await
+        .unwrap();
+    assert!(stream.purge().await.is_err(), "the audit trail was purged");
+    drop(host);
+}

@@ -10,7 +10,7 @@ use cbs_host::discovery;
 use cbs_host::envelope::codec::to_message;
 use cbs_host::envelope::{BusError, Envelope, ErrorCode};
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::{cbs, cbs_host, HostProcess};
+use cbs_tests::process::{cbs, cbs_host, greet_flow_via, HostProcess};
 use cbs_tests::{cell, faulty, greet, shared_cache, CellToml, POLL};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -385,24 +385,10 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     assert!(host.log().contains("drained"), "{}", host.log());
 }
 
-fn host_with(url: &str, auth: &[&str]) -> std::process::Output {
-    let greet = greet().display().to_string();
-    let start = [
-        "run",
-        "--nats",
-        url,
-        "--start",
-        "logic.greet",
-        "--input",
-        r#"{"name":"Ada"}"#,
-    ];
-    cbs_host(&[&start[..], auth, &[greet.as_str()]].concat(), "")
-}
-
 #[test]
 fn user_and_password_auth_lets_the_right_password_in_and_refuses_others_fast() {
     let server = NatsServer::with_args(&["--user", "cbs", "--pass", "s3cret"]);
-    let ok = host_with(
+    let ok = greet_flow_via(
         &server.url(),
         &["--nats-user", "cbs", "--nats-password", "s3cret"],
     );
@@ -412,7 +398,7 @@ fn user_and_password_auth_lets_the_right_password_in_and_refuses_others_fast() {
         String::from_utf8_lossy(&ok.stderr)
     );
     let started = Instant::now();
-    let bad = host_with(
+    let bad = greet_flow_via(
         &server.url(),
         &["--nats-user", "cbs", "--nats-password", "wrong"],
     );
@@ -423,20 +409,20 @@ fn user_and_password_auth_lets_the_right_password_in_and_refuses_others_fast() {
         started.elapsed() < Duration::from_secs(10),
         "fails fast, not after retries"
     );
-    let none = host_with(&server.url(), &[]);
+    let none = greet_flow_via(&server.url(), &[]);
     assert_eq!(none.status.code(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_lets_the_right_token_in_and_refuses_others_clearly() {
     let server = NatsServer::with_args(&["--auth", "t0ken"]);
-    let ok = host_with(&server.url(), &["--nats-token", "t0ken"]);
+    let ok = greet_flow_via(&server.url(), &["--nats-token", "t0ken"]);
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let bad = host_with(&server.url(), &["--nats-token", "nope"]);
+    let bad = greet_flow_via(&server.url(), &["--nats-token", "nope"]);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("refused the credentials"), "{stderr}");

@@ -5,6 +5,7 @@
 pub mod bundles;
 pub mod cell_toml;
 pub mod nats;
+pub mod nats_auth;
 pub mod process;
 
 use std::path::{Path, PathBuf};

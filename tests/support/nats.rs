@@ -14,6 +14,7 @@ pub struct NatsServer {
     port: u16,
     cluster_port: Option<u16>,
     args: Vec<String>,
+    jetstream: bool,
     store: tempfile::TempDir,
 }
 
@@ -31,6 +32,25 @@ impl NatsServer {
             port: 0,
             cluster_port: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            jetstream: true,
+            store,
+        };
+        server.spawn("-1");
+        server
+    }
+
+    /// A server started from a configuration file with `config` in it
+    /// (TLS, nkeys, operator mode, accounts), without JetStream.
+    pub fn with_config(config: &str) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let file = store.path().join("nats.conf");
+        std::fs::write(&file, config).unwrap();
+        let mut server = Self {
+            child: None,
+            port: 0,
+            cluster_port: None,
+            args: vec!["-c".into(), file.display().to_string()],
+            jetstream: false,
             store,
         };
         server.spawn("-1");
@@ -61,7 +81,7 @@ impl NatsServer {
         command.args(["-a", "127.0.0.1", "-p", port]);
         // JetStream in a two-node cluster waits for a quorum it cannot
         // have; the cluster tests do not need it.
-        if !self.clustered_args() {
+        if self.jetstream && !self.clustered_args() {
             command.arg("-js").arg("-sd").arg(self.store.path());
         }
         let mut child = command

@@ -146,6 +146,22 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `cbs-host run --nats URL --start logic.greet` with more flags (auth):
+/// connects, runs one flow through NATS and exits.
+pub fn greet_flow_via(url: &str, flags: &[&str]) -> Output {
+    let greet = crate::greet().display().to_string();
+    let start = [
+        "run",
+        "--nats",
+        url,
+        "--start",
+        "logic.greet",
+        "--input",
+        r#"{"name":"Ada"}"#,
+    ];
+    cbs_host(&[&start[..], flags, &[greet.as_str()]].concat(), "")
+}
+
 /// Runs `cbs-host` to completion with `stdin` as its standard input, as a
 /// user's shell would (shared component cache, no RUST_LOG).
 pub fn cbs_host<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &str) -> Output {

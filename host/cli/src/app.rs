@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::args::LogArgs;
 use crate::commands::{
-    bench, build, call, contract, deploy, keygen, load, ls, new, ps, rollback, run, undeploy,
+    audit, bench, build, call, contract, deploy, keygen, load, ls, new, ps, rollback, run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -83,6 +83,7 @@ pub enum CbsCommand {
     Rollback(rollback::RollbackArgs),
     Undeploy(undeploy::UndeployArgs),
     Ls(ls::LsArgs),
+    Audit(audit::AuditArgs),
     #[command(subcommand)]
     Contract(contract::ContractCommand),
     Call(call::CallArgs),
@@ -111,6 +112,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Rollback(args) => rollback::run(args).await,
             CbsCommand::Undeploy(args) => undeploy::run(args).await,
             CbsCommand::Ls(args) => ls::run(args).await,
+            CbsCommand::Audit(args) => audit::run(args).await,
             CbsCommand::Contract(command) => contract::run(command),
             CbsCommand::Call(args) => call::run(args).await,
             CbsCommand::Ps(args) => ps::run(args).await,

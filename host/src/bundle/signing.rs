@@ -111,6 +111,11 @@ impl Trust {
         self.0.is_empty()
     }
 
+    /// The trusted keys, in hex.
+    pub fn keys_hex(&self) -> Vec<String> {
+        self.0.iter().map(PublicKey::to_hex).collect()
+    }
+
     /// Checks that `key` is trusted and signed `message` as `signature`.
     pub fn verify(&self, key: &str, message: &[u8], signature: &str) -> anyhow::Result<()> {
         let signer = PublicKey::from_hex(key).context("its signature names an invalid key")?;

@@ -23,11 +23,17 @@ use crate::error::{BusError, ErrorCode};
 
 /// Where requesters wait for replies: NATS clients' default inbox prefix.
 pub const INBOX_PREFIX: &str = "_INBOX.";
+/// The reply subjects a NATS server makes for a request that crossed
+/// accounts through a service import (a tenant calling another's cell).
+pub const IMPORT_REPLY_PREFIX: &str = "_R_.";
 
-/// Whether `subject` is a request's inbox (the only place a host replies).
+/// Whether `subject` is a request's inbox (the only place a host replies):
+/// a client's `_INBOX.…`, or the `_R_.…` the server maps back to the
+/// importing account. Never a `$`-subject or any other.
 pub fn is_inbox(subject: &str) -> bool {
-    subject.len() > INBOX_PREFIX.len()
-        && subject.starts_with(INBOX_PREFIX)
+    [INBOX_PREFIX, IMPORT_REPLY_PREFIX]
+        .iter()
+        .any(|p| subject.len() > p.len() && subject.starts_with(p))
         && subject::check(subject, false).is_ok()
 }
 
@@ -199,7 +205,7 @@ mod tests {
 
     #[test]
     fn only_inboxes_take_replies() {
-        for ok in ["_INBOX.abc", "_INBOX.abc.def"] {
+        for ok in ["_INBOX.abc", "_INBOX.abc.def", "_R_.Kx9.pQ2"] {
             assert!(is_inbox(ok), "{ok}");
         }
         for refused in [
@@ -207,6 +213,8 @@ mod tests {
             "$JS.API.STREAM.PURGE.KV_cbs-desired",
             "cbs.logic.greet",
             "_INBOX.",
+            "_R_.",
+            "_R_.>",
             "_INBOX.a b",
             "_INBOX.*",
             "x._INBOX.a",

@@ -54,6 +54,52 @@ pub struct NatsOptions {
     pub tls_required: bool,
 }
 
+impl NatsOptions {
+    /// Who these options connect as, for the audit trail: the user name,
+    /// the nkey's or the `.creds` JWT's public key (with its name), a
+    /// token (never its value), or `anonymous`.
+    pub fn identity(&self) -> String {
+        if let Some(user) = &self.user {
+            return format!("user {user}");
+        }
+        if let Some(seed) = &self.nkey_seed {
+            return match nkeys::KeyPair::from_seed(seed) {
+                Ok(key) => format!("nkey {}", key.public_key()),
+                Err(_) => "nkey (invalid seed)".to_owned(),
+            };
+        }
+        if let Some(creds) = &self.creds {
+            return match creds_identity(creds) {
+                Some(who) => format!("jwt {who}"),
+                None => format!("creds {}", creds.display()),
+            };
+        }
+        if self.token.is_some() {
+            return "token".to_owned();
+        }
+        "anonymous".to_owned()
+    }
+}
+
+/// `name (public key)` of the user JWT in a `.creds` file.
+fn creds_identity(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let jwt = text
+        .lines()
+        .skip_while(|l| !l.contains("BEGIN NATS USER JWT"))
+        .nth(1)?;
+    let claims = jwt.trim().split('.').nth(1)?;
+    let claims = data_encoding::BASE64URL_NOPAD
+        .decode(claims.trim_end_matches('=').as_bytes())
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    let sub = claims["sub"].as_str()?;
+    Some(match claims["name"].as_str() {
+        Some(name) => format!("{name} ({sub})"),
+        None => sub.to_owned(),
+    })
+}
+
 /// The [`BodyBus`] on a NATS connection.
 pub struct NatsBus {
     client: async_nats::Client,
@@ -252,6 +298,10 @@ fn explain(error: &str) -> String {
     let lower = error.to_lowercase();
     if lower.contains("authorization") || lower.contains("authentication") {
         format!("{error}: the server refused the credentials; check --nats-user/--nats-password, --nats-token, --nats-nkey or --nats-creds")
+    } else if lower.contains("badcertificate") || lower.contains("certificaterequired") {
+        format!("{error}: the server refused our TLS client certificate (mutual TLS); pass --nats-tls-cert and --nats-tls-key, signed by a CA the server trusts")
+    } else if lower.contains("invalid peer certificate") || lower.contains("unknownissuer") {
+        format!("{error}: the server's TLS certificate is not from a CA this host trusts; pass that CA with --nats-tls-ca")
     } else if lower.contains("refused") || lower.contains("timed out") {
         format!("{error}: is nats-server running and reachable at that address?")
     } else {

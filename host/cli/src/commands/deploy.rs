@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cbs_host::audit::Action;
 use cbs_host::bundle::Bundle;
 use clap::Args;
 
+use super::audit::{self, Change};
 use crate::args::NatsArgs;
 use crate::rollout::{self, Outcome};
 
@@ -62,11 +64,32 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         wait,
     )
     .await?;
+    let change = Change {
+        action: Action::Deploy,
+        cell: &bundle.manifest.cell,
+        version: Some(&bundle.manifest.version),
+        digest: Some(&bundle.digest()),
+        key: bundle.signer(),
+        detail: summary(&outcome),
+    };
+    audit::record(&args.nats, bus.client(), change).await;
     Ok(report(
         &bundle.manifest.cell,
         &bundle.manifest.version,
         outcome,
     ))
+}
+
+/// One line on how a rollout ended, for the audit trail.
+pub fn summary(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Serving { hosts, .. } => format!("serving on {hosts} host(s)"),
+        Outcome::Failed(failures) => {
+            let hosts: Vec<&str> = failures.iter().map(|f| f.host.as_str()).collect();
+            format!("failed on {}; reverted", hosts.join(", "))
+        }
+        Outcome::TimedOut { missing } => format!("not confirmed by {}", missing.join(", ")),
+    }
 }
 
 /// Prints how a rollout went; the exit code says it.

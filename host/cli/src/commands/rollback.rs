@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cbs_host::audit::Action;
 use cbs_host::bundle::KeyPair;
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
-use super::deploy::report;
+use super::audit::{self, Change};
+use super::deploy::{report, summary};
 use crate::args::NatsArgs;
 use crate::rollout;
 
@@ -36,5 +38,15 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let (release, outcome) =
         rollout::rollback(bus.client(), &store, &args.cell_id, key.as_ref(), wait).await?;
     eprintln!("rolling {} back to {}", args.cell_id, release.version);
+    let key = release.rollback.as_ref().map(|g| g.signer.as_str());
+    let change = Change {
+        action: Action::Rollback,
+        cell: &args.cell_id,
+        version: Some(&release.version),
+        digest: Some(&release.digest),
+        key,
+        detail: summary(&outcome),
+    };
+    audit::record(&args.nats, bus.client(), change).await;
     Ok(report(&args.cell_id, &release.version, outcome))
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cbs_host::audit::Action;
 use cbs_host::body::Body;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::nats::NatsBus;
@@ -17,6 +18,7 @@ use cbs_host::envelope::Envelope;
 use clap::Args;
 use serde_json::value::RawValue;
 
+use super::audit;
 use crate::args::{default_host_id, EngineArgs, NatsArgs};
 
 /// Serve cells: each answers on `cbs.<cell-id>` until Ctrl-C, or, with
@@ -100,6 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let watcher = match (args.watch, client) {
         (true, Some(client)) => {
             let store = Store::open(&client).await?;
+            record_trust(&args, &host_id, &client, &body).await;
             let watcher = Arc::new(Watcher::new(body.clone(), store, host_id.clone(), grace));
             Some((watcher.clone(), tokio::spawn(watcher.run())))
         }
@@ -224,4 +227,29 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
         r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("cannot listen for SIGINT"),
         _ = term.recv() => Ok("SIGTERM"),
     }
+}
+
+/// Puts what this watching host will run in the audit trail: its trust
+/// list (or that it has none) and whether bundles may start processes.
+async fn record_trust(args: &RunArgs, host_id: &str, client: &async_nats::Client, body: &Body) {
+    let keys = body.trust().keys_hex();
+    let trusts = if keys.is_empty() {
+        "no --trust: runs any deployer's bundle".to_owned()
+    } else {
+        format!("trusts {}", keys.join(", "))
+    };
+    let processes = if args.allow_process_bundles {
+        "process bundles allowed"
+    } else {
+        "wasm bundles only"
+    };
+    let change = audit::Change {
+        action: Action::Trust,
+        cell: "*",
+        version: None,
+        digest: None,
+        key: None,
+        detail: format!("host {host_id}: {trusts}; {processes}"),
+    };
+    audit::record(&args.nats, client, change).await;
 }

@@ -2,9 +2,11 @@
 
 use std::process::ExitCode;
 
+use cbs_host::audit::Action;
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
+use super::audit::{self, Change};
 use crate::args::NatsArgs;
 
 /// Stop serving a deployed cell on every watching host.
@@ -18,15 +20,24 @@ pub struct UndeployArgs {
 
 pub async fn run(args: UndeployArgs) -> anyhow::Result<ExitCode> {
     check_cell_id(&args.cell_id)?;
-    let (_bus, store) = args.nats.open_store().await?;
-    if store.desired(&args.cell_id).await?.is_none() {
+    let (bus, store) = args.nats.open_store().await?;
+    let Some(desired) = store.desired(&args.cell_id).await? else {
         eprintln!(
             "error: cell {} is not deployed (see `cbs ls`)",
             args.cell_id
         );
         return Ok(ExitCode::FAILURE);
-    }
+    };
     store.remove_desired(&args.cell_id).await?;
+    let change = Change {
+        action: Action::Undeploy,
+        cell: &args.cell_id,
+        version: Some(&desired.current.version),
+        digest: Some(&desired.current.digest),
+        key: None,
+        detail: String::new(),
+    };
+    audit::record(&args.nats, bus.client(), change).await;
     println!(
         "{} undeployed: watching hosts stop serving it",
         args.cell_id
