@@ -3,6 +3,7 @@
 //! Unknown fields are errors (a typo must not silently drop a limit), and
 //! every path is relative to the cell's folder.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -163,6 +164,32 @@ pub struct Capabilities {
     /// Subjects (wildcards allowed) this cell may `publish` to.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Folders a wasm cell may open, each preopened at a guest path;
+    /// read-only unless `write = true`. No other file is reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileGrant>,
+    /// Environment variables a wasm cell sees, with their values: only
+    /// these, never the host's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Clocks at full resolution. By default a wasm cell's wall and
+    /// monotonic clocks move in whole milliseconds, which blunts timing
+    /// side channels between cells.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub precise_clocks: bool,
+}
+
+/// `[[capabilities.files]]`: a host folder a wasm cell may open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileGrant {
+    /// The folder on the host, relative to the cell folder.
+    pub host: PathBuf,
+    /// Where the cell sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the cell may create, change and delete files there.
+    #[serde(default)]
+    pub write: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -280,6 +307,44 @@ pub mod bounds {
     pub const PROCESSES: u32 = 256;
     /// 64 MiB.
     pub const FRAME_KB: u32 = 65_536;
+    /// `[[capabilities.files]]` entries.
+    pub const FILE_GRANTS: usize = 16;
+    /// `[capabilities.env]` entries, and bytes per name or value.
+    pub const ENV_VARS: usize = 64;
+    pub const ENV_BYTES: usize = 4_096;
+}
+
+/// File and environment grants: bounded, and well-formed for WASI.
+fn check_grants(c: &Capabilities) -> anyhow::Result<()> {
+    within(
+        "[[capabilities.files]] entries",
+        c.files.len() as u64,
+        bounds::FILE_GRANTS as u64,
+    )?;
+    for grant in &c.files {
+        if !grant.guest.starts_with('/') || grant.guest.chars().any(char::is_control) {
+            bail!(
+                "[[capabilities.files]] guest = {:?}: give an absolute path such as \"/data\"",
+                grant.guest
+            );
+        }
+    }
+    within(
+        "[capabilities.env] entries",
+        c.env.len() as u64,
+        bounds::ENV_VARS as u64,
+    )?;
+    for (name, value) in &c.env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0') {
+            bail!("[capabilities.env] {name:?}: a name is non-empty without '=' or NUL, a value without NUL");
+        }
+        within(
+            "[capabilities.env] value bytes",
+            value.len().max(name.len()) as u64,
+            bounds::ENV_BYTES as u64,
+        )?;
+    }
+    Ok(())
 }
 
 fn within(name: &str, value: u64, max: u64) -> anyhow::Result<()> {
@@ -345,6 +410,7 @@ impl Manifest {
         for subject in &self.capabilities.publish {
             crate::bus::subject::check(subject, true).context("in [capabilities] publish")?;
         }
+        check_grants(&self.capabilities)?;
         let l = &self.limits;
         if l.memory_mb == Some(0) || l.timeout_ms == 0 || l.concurrency == 0 {
             bail!("[limits] memory_mb, timeout_ms and concurrency must be greater than 0");
@@ -496,6 +562,45 @@ mod tests {
         let python = "id = \"a.b\"\nversion = \"1\"\nruntime = \"python\"\n[python]\nmodule = \"m\"\nworkers = 4294967295\n";
         let err = format!("{:#}", Manifest::parse(python).unwrap_err());
         assert!(err.contains("[python] workers"), "{err}");
+    }
+
+    #[test]
+    fn grants_are_bounded_and_well_formed() {
+        let base = "id = \"a.b\"\nversion = \"1\"\ncomponent = \"c.wasm\"\n";
+        let many_files: String = (0..17)
+            .map(|i| format!("[[capabilities.files]]\nhost = \"d{i}\"\nguest = \"/d{i}\"\n"))
+            .collect();
+        let many_vars: String = (0..65).map(|i| format!("V{i} = \"x\"\n")).collect();
+        let long = "x".repeat(5000);
+        for (extra, says) in [
+            (many_files, "[[capabilities.files]] entries"),
+            (
+                "[[capabilities.files]]\nhost = \"d\"\nguest = \"data\"\n".into(),
+                "absolute path",
+            ),
+            (
+                format!("[capabilities.env]\n{many_vars}"),
+                "[capabilities.env] entries",
+            ),
+            (
+                format!("[capabilities.env]\nV = \"{long}\"\n"),
+                "value bytes",
+            ),
+            (
+                "[capabilities.env]\n\"A=B\" = \"x\"\n".into(),
+                "without '='",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                Manifest::parse(&format!("{base}{extra}")).unwrap_err()
+            );
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        let ok = "[[capabilities.files]]\nhost = \"d\"\nguest = \"/data\"\nwrite = true\n[capabilities.env]\nA = \"b\"\n";
+        let m = Manifest::parse(&format!("{base}{ok}")).unwrap();
+        assert!(m.capabilities.files[0].write);
+        assert_eq!(m.capabilities.env["A"], "b");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use cbs_host::chaos::ChaosSpec;
 use cbs_host::manifest::{
-    CellSpec, Limits, Manifest, Policy, PythonSpec, RuntimeKind, SidecarSpec,
+    Capabilities, CellSpec, Limits, Manifest, Policy, PythonSpec, RuntimeKind, SidecarSpec,
 };
 use cbs_host::resilience::CallPolicy;
 
@@ -126,6 +126,12 @@ impl CellToml {
     /// `[capabilities] calls`.
     pub fn calls(mut self, targets: &[&str]) -> Self {
         self.manifest.capabilities.calls = targets.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// `[capabilities]`, from what is set so far.
+    pub fn capabilities(mut self, set: impl FnOnce(&mut Capabilities)) -> Self {
+        set(&mut self.manifest.capabilities);
         self
     }
 

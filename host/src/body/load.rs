@@ -63,7 +63,7 @@ impl Loader {
     /// Loads a cell folder (manifest, schemas, component) without serving it.
     pub async fn load(&self, dir: &Path) -> anyhow::Result<Arc<LoadedCell>> {
         let spec = CellSpec::from_dir(dir)?;
-        let manifest = Arc::new(spec.manifest.clone());
+        let manifest = Arc::new(with_grants_resolved(&spec)?);
         let contract = Contract::load(&spec)?;
         let outbound = Arc::new(Outbound::new(
             self.bus.clone(),
@@ -177,4 +177,32 @@ impl Loader {
             .with_context(|| format!("{} describes itself as {:?}", path.display(), info.id))?;
         self.load(&dir).await
     }
+}
+
+/// The manifest with its file grants made absolute (relative to the cell
+/// folder) and checked to be folders. Grants are for wasm cells: a process
+/// already sees the machine, and gets variables through `[sidecar] env`.
+fn with_grants_resolved(spec: &CellSpec) -> anyhow::Result<Manifest> {
+    let mut manifest = spec.manifest.clone();
+    let grants = &mut manifest.capabilities;
+    if manifest.runtime != RuntimeKind::Wasm && (!grants.files.is_empty() || !grants.env.is_empty())
+    {
+        bail!(
+            "cell {}: [capabilities] files and env are for wasm cells; a {} cell sees the \
+             machine's files and takes variables from [sidecar] env",
+            manifest.id,
+            manifest.runtime
+        );
+    }
+    for grant in &mut grants.files {
+        grant.host = spec.resolve(&grant.host);
+        if !grant.host.is_dir() {
+            bail!(
+                "cell {}: [[capabilities.files]] host = {} is not a folder",
+                manifest.id,
+                grant.host.display()
+            );
+        }
+    }
+    Ok(manifest)
 }

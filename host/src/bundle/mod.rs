@@ -246,6 +246,12 @@ impl Bundle {
     /// (signed) files: an absolute or `..` path would load something from
     /// outside it.
     fn check_confined(&self, m: &Manifest) -> anyhow::Result<()> {
+        if !m.capabilities.files.is_empty() {
+            bail!(
+                "the bundle's cell.toml grants host folders ([[capabilities.files]]): a bundle \
+                 runs on machines it cannot name folders of; load such a cell from its folder"
+            );
+        }
         let schemas = m.input.iter().chain(&m.output).map(|s| &s.schema);
         for path in m.component.iter().chain(schemas) {
             let name = inner_path(path).context("in the bundle's cell.toml")?;
@@ -550,6 +556,10 @@ mod tests {
             (
                 "component = \"a.wasm\"\n[input]\nid = \"a.b/in@1\"\nschema = \"/tmp/x.json\"",
                 "inside the cell folder",
+            ),
+            (
+                "component = \"a.wasm\"\n[[capabilities.files]]\nhost = \"/\"\nguest = \"/host\"",
+                "grants host folders",
             ),
         ] {
             let bundle = with_cell_toml(&format!("{base}{line}\n"));

@@ -4,6 +4,7 @@
 //! an `InstancePre` per cell, so each instantiation only allocates and links.
 
 mod cache;
+mod clocks;
 mod engine;
 mod pool;
 mod sandbox;

@@ -92,7 +92,7 @@ impl InstancePool {
     }
 
     async fn instantiate(&self, deadline: Instant) -> wasmtime::Result<Instance> {
-        let mut sandbox = Sandbox::new(&self.manifest, self.outbound.clone());
+        let mut sandbox = Sandbox::new(&self.manifest, self.outbound.clone())?;
         sandbox.deadline = deadline;
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|s| &mut s.memory);

@@ -14,7 +14,9 @@ use tracing::Instrument;
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::clocks::{CoarseMonotonic, CoarseWall};
 
 use super::bindings::cbs::cell::{bus, log, types};
 use crate::envelope::{BusError, ErrorCode};
@@ -37,18 +39,41 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub fn new(manifest: &Manifest, outbound: Arc<Outbound>) -> Self {
+    /// A new sandbox for one instance: WASI with nothing the manifest does
+    /// not grant (no sockets; only granted folders and variables; coarse
+    /// clocks). File grants must already be absolute (see `body::load`).
+    pub fn new(manifest: &Manifest, outbound: Arc<Outbound>) -> wasmtime::Result<Self> {
         let cell: Arc<str> = manifest.id.as_str().into();
         let stderr = GuestOutput::new(cell.clone(), "stderr");
+        let grants = &manifest.capabilities;
         let mut wasi = WasiCtxBuilder::new();
-        wasi.allow_tcp(false).allow_udp(false);
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         if manifest.capabilities.stdio {
             wasi.inherit_stdin().inherit_stdout().inherit_stderr();
         } else {
             wasi.stdout(GuestOutput::new(cell, "stdout"))
                 .stderr(stderr.clone());
         }
-        Self {
+        for grant in &grants.files {
+            let perms = if grant.write {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            if let Err(e) = wasi.preopened_dir(&grant.host, &grant.guest, perms) {
+                wasmtime::bail!("cannot open {} for the cell: {e}", grant.host.display());
+            }
+        }
+        for (name, value) in &grants.env {
+            wasi.env(name, value);
+        }
+        if !grants.precise_clocks {
+            wasi.wall_clock(CoarseWall)
+                .monotonic_clock(CoarseMonotonic::new());
+        }
+        Ok(Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             memory: MemoryLimit::new((manifest.memory_mb() as usize) << 20),
@@ -56,7 +81,7 @@ impl Sandbox {
             flow: None,
             deadline: Instant::now(),
             stderr,
-        }
+        })
     }
 
     fn correlation_id(&self) -> &str {

@@ -30,6 +30,17 @@ pub enum Action {
     Call { cell: String, payload: Value },
     /// Reply with a string of `bytes` bytes: a small request, a big reply.
     Big { bytes: usize },
+    /// Read a file: its text, or `{"denied": why}`.
+    ReadFile { path: String },
+    /// Write "x" to a file: `true`, or `{"denied": why}`.
+    WriteFile { path: String },
+    /// An environment variable's value, or null.
+    Env { name: String },
+    /// Open a TCP connection: `true`, or `{"denied": why}`.
+    Connect { addr: String },
+    /// Ten readings of each clock: the wall clock's sub-second nanoseconds
+    /// and the monotonic clock's step between two readings.
+    Clocks,
 }
 
 #[derive(Serialize)]
@@ -89,12 +100,50 @@ impl Cell for Faulty {
                 Ok(reply(Some(Value::from(ms))))
             }
             Action::Big { bytes } => Ok(reply(Some(Value::from("x".repeat(bytes))))),
+            Action::ReadFile { path } => Ok(reply(Some(outcome(std::fs::read_to_string(path))))),
+            Action::WriteFile { path } => Ok(reply(Some(outcome(
+                std::fs::write(path, "x").map(|()| true),
+            )))),
+            Action::Env { name } => Ok(reply(Some(Value::from(std::env::var(name).ok())))),
+            Action::Connect { addr } => {
+                let connected = std::net::TcpStream::connect(addr).map(|_| true);
+                Ok(reply(Some(outcome(connected))))
+            }
+            Action::Clocks => Ok(reply(Some(clocks()))),
             Action::Call { cell, payload } => {
                 let value: Value = ctx.request(&cell, &payload)?;
                 Ok(reply(Some(value)))
             }
         }
     }
+}
+
+/// A value, or `{"denied": why}`.
+fn outcome<T: Into<Value>>(result: std::io::Result<T>) -> Value {
+    match result {
+        Ok(v) => v.into(),
+        Err(e) => serde_json::json!({ "denied": e.to_string() }),
+    }
+}
+
+fn clocks() -> Value {
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    let wall: Vec<u32> = (0..10)
+        .map(|_| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            now.subsec_nanos()
+        })
+        .collect();
+    let steps: Vec<u64> = (0..10)
+        .map(|_| {
+            let a = Instant::now();
+            let b = Instant::now();
+            b.duration_since(a).as_nanos() as u64
+        })
+        .collect();
+    serde_json::json!({ "wall_subsec_ns": wall, "monotonic_steps_ns": steps })
 }
 
 cbs_cell::export_cell!(Faulty);
