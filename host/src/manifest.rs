@@ -201,6 +201,12 @@ pub struct Limits {
     /// [`PROCESS_MEMORY_MB`]; see [`Manifest::memory_mb`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    /// CPU seconds a sidecar or Python worker process may use in its life
+    /// (`RLIMIT_CPU`): past them it is ended and a new one started, so a
+    /// process that spins between messages cannot hold a core. Unset: no
+    /// limit beyond `timeout_ms` per message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
     /// Deadline per message, in milliseconds.
     pub timeout_ms: u64,
     /// Messages handled at once.
@@ -213,6 +219,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             memory_mb: None,
+            cpu_seconds: None,
             timeout_ms: 5_000,
             concurrency: 16,
             queue: 256,
@@ -307,6 +314,8 @@ pub mod bounds {
     pub const PROCESSES: u32 = 256;
     /// 64 MiB.
     pub const FRAME_KB: u32 = 65_536;
+    /// A year of CPU time.
+    pub const CPU_SECONDS: u64 = 31_536_000;
     /// `[[capabilities.files]]` entries.
     pub const FILE_GRANTS: usize = 16;
     /// `[capabilities.env]` entries, and bytes per name or value.
@@ -421,6 +430,15 @@ impl Manifest {
             bounds::MEMORY_MB.into(),
         )?;
         within("[limits] timeout_ms", l.timeout_ms, bounds::TIMEOUT_MS)?;
+        if let Some(cpu) = l.cpu_seconds {
+            if self.runtime == RuntimeKind::Wasm {
+                bail!("[limits] cpu_seconds is for process cells; a wasm cell is bounded by timeout_ms per message");
+            }
+            if cpu == 0 {
+                bail!("[limits] cpu_seconds must be greater than 0");
+            }
+            within("[limits] cpu_seconds", cpu, bounds::CPU_SECONDS)?;
+        }
         within(
             "[limits] concurrency",
             l.concurrency.into(),
@@ -559,6 +577,13 @@ mod tests {
         let sidecar = "id = \"a.b\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"x\"]\nprocesses = 100000\n";
         let err = format!("{:#}", Manifest::parse(sidecar).unwrap_err());
         assert!(err.contains("[sidecar] processes"), "{err}");
+        let cpu = "id = \"a.b\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"x\"]\n[limits]\ncpu_seconds = 99999999999\n";
+        let err = format!("{:#}", Manifest::parse(cpu).unwrap_err());
+        assert!(err.contains("[limits] cpu_seconds"), "{err}");
+        let wasm_cpu =
+            "id = \"a.b\"\nversion = \"1\"\ncomponent = \"c.wasm\"\n[limits]\ncpu_seconds = 5\n";
+        let err = format!("{:#}", Manifest::parse(wasm_cpu).unwrap_err());
+        assert!(err.contains("is for process cells"), "{err}");
         let python = "id = \"a.b\"\nversion = \"1\"\nruntime = \"python\"\n[python]\nmodule = \"m\"\nworkers = 4294967295\n";
         let err = format!("{:#}", Manifest::parse(python).unwrap_err());
         assert!(err.contains("[python] workers"), "{err}");

@@ -569,3 +569,63 @@ async fn a_stopping_host_answers_what_was_already_delivered() {
     }
     assert_eq!(answered, 50, "every delivered message got its reply");
 }
+
+/// A process that writes its stderr in a loop gets its log budget (a burst
+/// of 1000 lines, then 100 a second), not the host's disk: the rest are
+/// counted, and each count is logged once its lines flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_floods_the_log_is_held_to_its_budget() {
+    let server = NatsServer::start();
+    let host = HostProcess::serve(
+        &server.url(),
+        "host-log",
+        &[cbs_tests::cell_toml::reference_dir()],
+        &[],
+    );
+    let bus = server.bus().await;
+    let lines = |n: u64| json!({"action": "log_lines", "n": n});
+    let started = std::time::Instant::now();
+    call_json(&bus, "test.reference", lines(5_000), TIMEOUT)
+        .await
+        .unwrap();
+    // Every line of the flood is either logged or in a "dropped" count;
+    // the last count is logged when lines flow again (a poll's own line
+    // may be dropped too).
+    let deadline = started + Duration::from_secs(20);
+    let mut polls = 0;
+    let (logged, dropped) = loop {
+        let log = host.log();
+        let logged = log.lines().filter(|l| l.contains("of 5000")).count() as u64;
+        let dropped: u64 = log
+            .lines()
+            .filter(|l| l.contains("dropped log lines"))
+            .filter_map(|l| {
+                l.split("dropped=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        if logged + dropped >= 5_000 {
+            break (logged, dropped);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{logged} logged, {dropped} dropped"
+        );
+        call_json(&bus, "test.reference", lines(1), TIMEOUT)
+            .await
+            .unwrap();
+        polls += 1;
+        tokio::time::sleep(cbs_tests::POLL).await;
+    };
+    assert!(logged + dropped <= 5_000 + polls, "{logged} + {dropped}");
+    let refilled = (started.elapsed().as_secs_f64() * 100.0) as u64;
+    assert!(
+        (1_000..=1_000 + refilled + 10).contains(&logged),
+        "{logged} lines logged in {:?}",
+        started.elapsed()
+    );
+}

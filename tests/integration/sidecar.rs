@@ -208,6 +208,27 @@ async fn a_process_that_allocates_past_its_memory_limit_fails_alone() {
     assert_recovered(&host, before).await;
 }
 
+/// `[limits] cpu_seconds` ends a process that used its CPU time (SIGXCPU):
+/// the message fails with a typed error naming the limit, a new process
+/// serves, and the other cells never feel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_past_its_cpu_seconds_is_ended_and_replaced() {
+    let dir = CellToml::reference()
+        .limits(|l| {
+            l.cpu_seconds = Some(1);
+            l.timeout_ms = 30_000;
+        })
+        .write();
+    let host = TestHost::local(&[greet(), dir.path().to_path_buf()]).await;
+    let before = pid(&host).await;
+    let err = act(&host, json!({"action": "spin", "seconds": 5}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::CellFailed, "{err}");
+    assert!(err.message.contains("used up its CPU time"), "{err}");
+    assert_recovered(&host, before).await;
+}
+
 /// Without a limit in `cell.toml`, a process gets the default (1 GiB), not
 /// the 100 MiB above: the same allocation succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ host's failure tests. Actions (the payload's "action"):
   env                  -> {"env": this process's environment}
   stderr {hex}         -> writes those bytes to stderr
   stderr_flood {mb}    -> writes mb MiB to stderr without a line break
+  log_lines {n}        -> writes n lines to stderr
+  spin {seconds}       -> burns that much CPU time, then replies
   allocate {mb}        -> holds mb MiB for the message; out of memory, it
                           exits with status 70 (its state is unknown then)
   gather {n}           -> waits until n messages are in flight at once
@@ -106,6 +108,15 @@ def handle(frame):
             for _ in range(payload["mb"]):
                 os.write(2, chunk)
             result = {"written": os.write(2, b"\n")}
+        elif action == "log_lines":
+            for i in range(payload["n"]):
+                log(f"line {i} of {payload['n']}")
+            result = {"value": payload["n"]}
+        elif action == "spin":
+            until = time.process_time() + payload["seconds"]
+            while time.process_time() < until:
+                pass
+            result = {"value": payload["seconds"]}
         elif action == "allocate":
             try:
                 held = bytearray(payload["mb"] << 20)

@@ -18,6 +18,7 @@ use super::frame::{FrameCodec, FrameError, FrameReader};
 use super::protocol::{encode, FromSidecar, ToSidecar};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::outbound::{Flow, Outbound};
+use crate::runtime::log_budget::LogBudget;
 use crate::runtime::{Deadline, Reply};
 
 /// Frames queued for one process before senders wait.
@@ -52,8 +53,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Starts the IO tasks of a process that has completed its handshake.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts the IO tasks of a process that has completed its handshake
+    /// (its stderr is read by [`log_stderr`]).
     pub fn start(
         cell_id: String,
         kind: &'static str,
@@ -61,7 +62,6 @@ impl Conn {
         timeout: Duration,
         stdin: ChildStdin,
         stdout: FrameReader<ChildStdout>,
-        stderr: ChildStderr,
         outbound: Arc<Outbound>,
     ) -> Arc<Self> {
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
@@ -81,7 +81,6 @@ impl Conn {
         });
         tokio::spawn(write_loop(conn.clone(), stdin, rx));
         tokio::spawn(read_loop(conn.clone(), stdout, outbound));
-        tokio::spawn(log_stderr(conn.cell_id.clone(), pid, stderr));
         conn
     }
 
@@ -447,7 +446,8 @@ const MAX_LOG_LINE: u64 = 16 << 10;
 /// bounded by [`MAX_LOG_LINE`], and bytes that are not UTF-8 are shown as
 /// replacement characters (the pipe stays open, so the process never gets
 /// EPIPE for writing them).
-async fn log_stderr(cell: String, pid: u32, stderr: ChildStderr) {
+/// Lines past the cell's `budget` are counted, not logged.
+pub async fn log_stderr(cell: String, pid: u32, stderr: ChildStderr, budget: Arc<LogBudget>) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     loop {
@@ -461,7 +461,9 @@ async fn log_stderr(cell: String, pid: u32, stderr: ChildStderr) {
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
-                tracing::info!(cell = %cell, pid, stream = "stderr", "{text}");
+                if budget.admit() {
+                    tracing::info!(cell = %cell, pid, stream = "stderr", "{text}");
+                }
             }
         }
     }

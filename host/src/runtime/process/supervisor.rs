@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use futures_util::StreamExt;
 use tokio::process::{Child, Command};
 
-use super::conn::Conn;
+use super::conn::{log_stderr, Conn};
 use super::frame::{self, write_frame};
 use super::protocol::{
     encode, host_log_level, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX,
@@ -21,6 +21,7 @@ use super::protocol::{
 use crate::backoff::Backoff;
 use crate::manifest::{Manifest, SidecarSpec};
 use crate::outbound::Outbound;
+use crate::runtime::log_budget::LogBudget;
 
 /// How long a new process has to answer `hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +45,8 @@ pub struct Launch {
     env: BTreeMap<String, String>,
     pub max_frame: usize,
     outbound: Arc<Outbound>,
+    /// The cell's share of the host log, across its processes.
+    log: Arc<LogBudget>,
 }
 
 impl Launch {
@@ -64,6 +67,7 @@ impl Launch {
             PathBuf::from(program)
         };
         Ok(Self {
+            log: LogBudget::new(&manifest.id),
             manifest,
             kind,
             program,
@@ -98,11 +102,12 @@ impl Launch {
             // forked too, and a Ctrl-C in the host's terminal is the host's.
             .process_group(0)
             .kill_on_drop(true);
-        let data_limit = u64::from(self.manifest.memory_mb()) << 20;
+        let data = u64::from(self.manifest.memory_mb()) << 20;
+        let cpu = self.manifest.limits.cpu_seconds;
         // SAFETY: between fork and exec only `setrlimit`, which is
         // async-signal-safe, runs; it touches no memory of the parent's.
         unsafe {
-            command.pre_exec(move || limit_data(data_limit));
+            command.pre_exec(move || apply_limits(data, cpu));
         }
         let mut child = command.spawn().with_context(|| {
             format!(
@@ -167,27 +172,35 @@ impl Launch {
             Duration::from_millis(self.manifest.limits.timeout_ms),
             stdin,
             stdout,
-            stderr,
             self.outbound.clone(),
         );
+        tokio::spawn(log_stderr(id.clone(), pid, stderr, self.log.clone()));
         tracing::info!(cell = %id, pid, protocol, "{} process up", self.kind);
         Ok((conn, child, described))
     }
 }
 
 /// Caps the process's data (heap and private writable mappings) at
-/// `bytes`: past it, allocations fail in the process (Python raises
+/// `data` bytes: past it, allocations fail in the process (Python raises
 /// `MemoryError`, C's malloc returns NULL) instead of the host's machine
-/// running out of memory. Only memory is capped: a CPU-time rlimit counts
-/// a process's whole life, which a long-lived worker would reach however
-/// light each message; each message is bounded by `timeout_ms` instead.
-fn limit_data(bytes: u64) -> std::io::Result<()> {
+/// running out of memory. With `cpu` seconds, the kernel sends SIGXCPU
+/// when the process has used them (SIGKILL a second later); the
+/// supervisor then starts a new one.
+fn apply_limits(data: u64, cpu: Option<u64>) -> std::io::Result<()> {
+    set_limit(libc::RLIMIT_DATA, data, data)?;
+    if let Some(cpu) = cpu {
+        set_limit(libc::RLIMIT_CPU, cpu, cpu.saturating_add(1))?;
+    }
+    Ok(())
+}
+
+fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Result<()> {
     let limit = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
+        rlim_cur: soft,
+        rlim_max: hard,
     };
     // SAFETY: a plain system call with a valid pointer to a local.
-    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } != 0 {
+    if unsafe { libc::setrlimit(resource, &limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -346,6 +359,9 @@ async fn run_until_death(conn: &Arc<Conn>, child: &mut Child) -> String {
 
 fn exited(status: Option<ExitStatus>) -> String {
     match status {
+        Some(s) if s.signal() == Some(libc::SIGXCPU) => {
+            "used up its CPU time ([limits] cpu_seconds) and was ended".to_owned()
+        }
         Some(s) if s.signal().is_some() => format!("was killed by signal {}", s.signal().unwrap()),
         Some(s) => format!("exited with status {}", s.code().unwrap_or(-1)),
         None => "exited".to_owned(),

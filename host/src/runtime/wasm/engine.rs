@@ -9,6 +9,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// Epoch tick: deadline resolution, and how often a running guest yields to
 /// the scheduler so that a busy cell cannot starve the others.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Elements per wasm table, in the pooling allocator and the store limiter
+/// alike: far above what the components here use.
+pub const TABLE_ELEMENTS: usize = 100_000;
 
 /// Upper bounds the engine is built for.
 #[derive(Debug, Clone)]
@@ -83,7 +86,7 @@ fn pooling(options: &EngineOptions) -> PoolingAllocationConfig {
         .max_core_instances_per_component(64)
         .max_memories_per_component(4)
         .max_tables_per_component(64)
-        .table_elements(100_000)
+        .table_elements(TABLE_ELEMENTS)
         .max_memory_size((options.max_memory_mb as usize) << 20)
         // Keep a few warm slots resident so reuse avoids page faults.
         .max_unused_warm_slots(n.min(100));

@@ -15,6 +15,7 @@ use super::bindings::{Cell, CellPre};
 use super::sandbox::Sandbox;
 use crate::manifest::{Manifest, Policy};
 use crate::outbound::Outbound;
+use crate::runtime::log_budget::LogBudget;
 
 /// A live instance with its store.
 pub struct Instance {
@@ -35,6 +36,8 @@ pub struct InstancePool {
     pre: CellPre<Sandbox>,
     manifest: Arc<Manifest>,
     outbound: Arc<Outbound>,
+    /// The cell's share of the host log, across its instances.
+    log: Arc<LogBudget>,
     idle: Mutex<Vec<Instance>>,
     /// Warm instances kept: one per concurrent message at most.
     keep: usize,
@@ -51,6 +54,7 @@ impl InstancePool {
         Self {
             engine,
             pre,
+            log: LogBudget::new(&manifest.id),
             manifest,
             outbound,
             idle: Mutex::new(Vec::with_capacity(keep)),
@@ -92,7 +96,7 @@ impl InstancePool {
     }
 
     async fn instantiate(&self, deadline: Instant) -> wasmtime::Result<Instance> {
-        let mut sandbox = Sandbox::new(&self.manifest, self.outbound.clone())?;
+        let mut sandbox = Sandbox::new(&self.manifest, self.outbound.clone(), self.log.clone())?;
         sandbox.deadline = deadline;
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|s| &mut s.memory);

@@ -17,6 +17,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::clocks::{CoarseMonotonic, CoarseWall};
+use crate::runtime::log_budget::LogBudget;
 
 use super::bindings::cbs::cell::{bus, log, types};
 use crate::envelope::{BusError, ErrorCode};
@@ -42,9 +43,13 @@ impl Sandbox {
     /// A new sandbox for one instance: WASI with nothing the manifest does
     /// not grant (no sockets; only granted folders and variables; coarse
     /// clocks). File grants must already be absolute (see `body::load`).
-    pub fn new(manifest: &Manifest, outbound: Arc<Outbound>) -> wasmtime::Result<Self> {
+    pub fn new(
+        manifest: &Manifest,
+        outbound: Arc<Outbound>,
+        log: Arc<LogBudget>,
+    ) -> wasmtime::Result<Self> {
         let cell: Arc<str> = manifest.id.as_str().into();
-        let stderr = GuestOutput::new(cell.clone(), "stderr");
+        let stderr = GuestOutput::new(cell.clone(), "stderr", log.clone());
         let grants = &manifest.capabilities;
         let mut wasi = WasiCtxBuilder::new();
         wasi.allow_tcp(false)
@@ -53,7 +58,7 @@ impl Sandbox {
         if manifest.capabilities.stdio {
             wasi.inherit_stdin().inherit_stdout().inherit_stderr();
         } else {
-            wasi.stdout(GuestOutput::new(cell, "stdout"))
+            wasi.stdout(GuestOutput::new(cell, "stdout", log))
                 .stderr(stderr.clone());
         }
         for grant in &grants.files {
@@ -232,13 +237,16 @@ impl ResourceLimiter for MemoryLimit {
         Ok(true)
     }
 
+    /// Tables are bounded as in the pooling allocator, whichever allocator
+    /// runs: a guest growing a table in a loop would otherwise take host
+    /// memory without limit.
     fn table_growing(
         &mut self,
         _current: usize,
-        _desired: usize,
+        desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(true)
+        Ok(desired <= super::engine::TABLE_ELEMENTS)
     }
 }
 
@@ -249,6 +257,7 @@ impl ResourceLimiter for MemoryLimit {
 pub struct GuestOutput {
     cell: Arc<str>,
     stream: &'static str,
+    log: Arc<LogBudget>,
     state: Arc<Mutex<OutputState>>,
 }
 
@@ -262,10 +271,11 @@ const KEPT_LINES: usize = 4;
 const MAX_LINE: usize = 4096;
 
 impl GuestOutput {
-    fn new(cell: Arc<str>, stream: &'static str) -> Self {
+    fn new(cell: Arc<str>, stream: &'static str, log: Arc<LogBudget>) -> Self {
         Self {
             cell,
             stream,
+            log,
             state: Arc::default(),
         }
     }
@@ -299,7 +309,9 @@ impl GuestOutput {
             if b != b'\n' {
                 state.partial.push(b);
             }
-            tracing::info!(cell = %self.cell, stream = self.stream, "{line}");
+            if self.log.admit() {
+                tracing::info!(cell = %self.cell, stream = self.stream, "{line}");
+            }
             if state.last.len() == KEPT_LINES {
                 state.last.pop_front();
             }
