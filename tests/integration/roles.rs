@@ -1,0 +1,138 @@
+//! The permission set of each role in docs/security.md, as NATS users of
+//! one real server with JetStream: each role does its job with its own
+//! credentials, and the server refuses it one thing outside that job.
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event};
+use cbs_tests::bundles::{releases, UPPER};
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs, HostProcess};
+use tokio::sync::mpsc;
+
+/// The roles of docs/security.md, as a server configuration.
+fn config(store: &std::path::Path) -> String {
+    format!(
+        r#"
+jetstream {{ store_dir: {store:?} }}
+authorization {{
+  users = [
+    {{ user: host, password: h, permissions: {{
+        publish: ["cbs.>", "$SRV.>", "$JS.API.>", "$KV.cbs-status.>", "cbs-audit.>"]
+        subscribe: ["cbs.>", "$SRV.>", "_INBOX.>"]
+        allow_responses: true }} }}
+    {{ user: deployer, password: d, permissions: {{
+        publish: ["$JS.API.>", "$KV.cbs-desired.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>"]
+        subscribe: ["_INBOX.>"] }} }}
+    {{ user: caller, password: c, permissions: {{
+        publish: ["cbs.>"]
+        subscribe: ["_INBOX.>"] }} }}
+    {{ user: observer, password: o, permissions: {{
+        publish: ["$SRV.>"]
+        subscribe: ["_INBOX.>"] }} }}
+  ]
+}}
+"#
+    )
+}
+
+fn login(user: &str) -> Vec<String> {
+    let password = &user[..1];
+    ["--nats-user", user, "--nats-password", password]
+        .map(String::from)
+        .to_vec()
+}
+
+fn run(args: &[&str], user: &str, url: &str) -> (bool, String) {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(login(user));
+    all.extend(["--nats".to_owned(), url.to_owned()]);
+    let out = cbs(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A raw client of `user` and the permission violations the server sends it.
+async fn client(url: &str, user: &str) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = ConnectOptions::new()
+        .user_and_password(user.into(), user[..1].into())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+async fn assert_violation(rx: &mut mpsc::UnboundedReceiver<String>, what: &str) {
+    let error = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the server allowed: {what}"))
+        .unwrap();
+    assert!(
+        error.to_lowercase().contains("permissions violation"),
+        "{what}: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_role_does_its_job_and_is_refused_outside_it() {
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::with_config(&config(store.path()));
+    let url = server.url();
+    let releases = releases();
+
+    // host: serves and follows the desired state.
+    let host_login = login("host");
+    let host_args: Vec<&str> = ["--watch"]
+        .into_iter()
+        .chain(host_login.iter().map(String::as_str))
+        .collect();
+    let _host = HostProcess::serve(&url, "role-host", &[], &host_args);
+    // deployer: deploys, and the host serves what it deployed.
+    let (ok, out) = run(&["deploy", releases.v1.to_str().unwrap()], "deployer", &url);
+    assert!(ok, "deployer deploys: {out}");
+    assert!(out.contains("serving on 1 host(s)"), "{out}");
+    // caller: calls the deployed cell.
+    let (ok, out) = run(&["call", UPPER, r#"{"text":"hi"}"#], "caller", &url);
+    assert!(ok && out.contains("HI"), "caller calls: {out}");
+    // observer: sees hosts and cells.
+    let (ok, out) = run(&["ps", "--json"], "observer", &url);
+    assert!(ok && out.contains("role-host"), "observer lists: {out}");
+
+    // ... and nothing more.
+    let (host, mut refused) = client(&url, "host").await;
+    host.publish("$KV.cbs-desired.text.upper", "{}".into())
+        .await
+        .unwrap();
+    assert_violation(&mut refused, "a host writing the desired state").await;
+
+    let (deployer, mut refused) = client(&url, "deployer").await;
+    let _stolen = deployer.subscribe("cbs.text.upper").await.unwrap();
+    assert_violation(&mut refused, "a deployer taking a cell's requests").await;
+
+    let (caller, mut refused) = client(&url, "caller").await;
+    caller
+        .publish("$JS.API.STREAM.PURGE.CBS_AUDIT", "".into())
+        .await
+        .unwrap();
+    assert_violation(&mut refused, "a caller using the JetStream API").await;
+
+    let (observer, mut refused) = client(&url, "observer").await;
+    observer
+        .publish("cbs.text.upper", "{}".into())
+        .await
+        .unwrap();
+    assert_violation(&mut refused, "an observer calling a cell").await;
+}
