@@ -531,3 +531,37 @@ async fn deploys_rollbacks_undeploys_and_host_trust_are_audited() {
     assert!(stream.purge().await.is_err(), "the audit trail was purged");
     drop(host);
 }
+
+/// The bundles bucket is outside input: an object larger than a bundle may
+/// be is refused from its size, before it is read into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_object_over_the_size_limit_is_refused_before_it_is_read() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let bus = server.bus().await;
+    let bytes = std::fs::read(&releases.v1).unwrap();
+    let bundle = Bundle::from_bytes(&bytes).unwrap();
+    let store = cbs_host::deploy::Store::open(bus.client()).await.unwrap();
+    let object = store.put_bundle(&bundle, &bytes).await.unwrap();
+    let release = cbs_host::deploy::Release {
+        id: "r1".into(),
+        version: "0.1.0".into(),
+        digest: bundle.digest(),
+        object,
+        replicas: None,
+        signer: None,
+        deployed_at_ms: 0,
+        rollback: None,
+    };
+    store.get_bundle(&release).await.expect("within the limit");
+    let small = store.with_max_bundle_bytes(bytes.len() as u64 - 1);
+    let err = format!("{:#}", small.get_bundle(&release).await.unwrap_err());
+    assert!(
+        err.contains(&format!(
+            "is {} bytes, more than the {}",
+            bytes.len(),
+            bytes.len() - 1
+        )),
+        "{err}"
+    );
+}

@@ -144,6 +144,8 @@ pub struct Store {
     desired: kv::Store,
     status: kv::Store,
     bundles: object_store::ObjectStore,
+    /// The largest bundle fetched ([`crate::bundle::MAX_BYTES`]).
+    max_bundle_bytes: u64,
 }
 
 impl Store {
@@ -158,7 +160,14 @@ impl Store {
             desired,
             status,
             bundles,
+            max_bundle_bytes: crate::bundle::MAX_BYTES,
         })
+    }
+
+    /// Fetches no bundle larger than `bytes` (at most the default).
+    pub fn with_max_bundle_bytes(mut self, bytes: u64) -> Self {
+        self.max_bundle_bytes = bytes.min(crate::bundle::MAX_BYTES);
+        self
     }
 
     /// Stores a bundle file and returns its object name: the sha256 of the
@@ -192,13 +201,12 @@ impl Store {
             })?;
         // The bucket is outside input: read no more than a bundle may hold,
         // whatever size the object claims or has.
-        let limit = crate::bundle::MAX_BYTES;
+        let limit = self.max_bundle_bytes;
         if object.info().size as u64 > limit {
             bail!(
-                "{} in {BUNDLES} is {} MiB, more than the {} MiB a bundle may be",
+                "{} in {BUNDLES} is {} bytes, more than the {limit} a bundle may be",
                 release.object,
-                object.info().size >> 20,
-                limit >> 20
+                object.info().size,
             );
         }
         let mut bytes = Vec::new();
@@ -207,6 +215,12 @@ impl Store {
             .read_to_end(&mut bytes)
             .await
             .with_context(|| format!("cannot read {} from {BUNDLES}", release.object))?;
+        if bytes.len() as u64 > limit {
+            bail!(
+                "{} in {BUNDLES} holds more than the {limit} bytes a bundle may be",
+                release.object
+            );
+        }
         let bundle = Bundle::from_bytes(&bytes)?;
         if bundle.digest() != release.digest {
             bail!(
