@@ -350,3 +350,26 @@ impl StdoutStream for GuestOutput {
         Box::new(self.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_grow_only_to_the_pooling_bound() {
+        let mut limit = MemoryLimit::new(1 << 20);
+        let bound = super::super::engine::TABLE_ELEMENTS;
+        assert!(limit.table_growing(0, bound, None).unwrap());
+        assert!(!limit.table_growing(0, bound + 1, None).unwrap());
+    }
+
+    #[test]
+    fn guest_output_past_the_cells_log_budget_is_counted_not_logged() {
+        let budget = LogBudget::new("a.b");
+        let out = GuestOutput::new("a.b".into(), "stdout", budget.clone());
+        out.write_bytes("a line\n".repeat(5_000).as_bytes());
+        assert!(budget.dropped() >= 3_800, "{} dropped", budget.dropped());
+        // The last lines are kept for error reports all the same.
+        assert_eq!(out.take_tail(), vec!["a line"; KEPT_LINES]);
+    }
+}
