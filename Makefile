@@ -116,7 +116,7 @@ fuzz: ## Run every fuzz target FUZZ_RUNS times (default 10 million) from the com
 
 fuzz-merge: ## Fold new fuzz inputs that add coverage into the committed corpora
 	@for t in $(FUZZ_TARGETS); do \
-		fuzz/libfuzzer/target/x86_64-unknown-linux-gnu/release/$$t -merge=1 \
+		fuzz/libfuzzer/target/x86_64-unknown-linux-gnu/release/$$t -set_cover_merge=1 \
 			fuzz/corpus/$$t fuzz/libfuzzer/corpus/$$t || exit 1; \
 	done
 
