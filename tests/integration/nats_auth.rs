@@ -48,43 +48,33 @@ fn tls_connects_to_a_server_the_ca_vouches_for_and_to_no_other() {
 fn mutual_tls_admits_only_a_client_with_a_certificate_of_the_ca() {
     let pki = Pki::new();
     let server = NatsServer::with_config(&pki.server_tls(true));
-    let (ca, cert, key) = (
-        pki.path("ca.pem"),
-        pki.path("client.pem"),
-        pki.path("client-key.pem"),
-    );
-    let with_cert = [
-        "--nats-tls-ca",
-        &ca,
-        "--nats-tls-cert",
-        &cert,
-        "--nats-tls-key",
-        &key,
-    ];
-    assert_served(
-        "with a client certificate",
-        &greet_flow_via(&server.url(), &with_cert),
-    );
-    let out = greet_flow_via(&server.url(), &["--nats-tls-ca", &ca]);
-    assert_refused(
-        "without a client certificate",
-        &out,
-        &["refused our TLS client certificate"],
-    );
-    // A certificate from another CA is no better.
-    let other = Pki::new();
-    let (cert, key) = (other.path("client.pem"), other.path("client-key.pem"));
-    let out = greet_flow_via(
-        &server.url(),
-        &[
+    let ca = pki.path("ca.pem");
+    // Trusting our CA, presenting the client certificate of `client`.
+    let flags = |client: &Pki| {
+        let (cert, key) = (client.path("client.pem"), client.path("client-key.pem"));
+        [
             "--nats-tls-ca",
             &ca,
             "--nats-tls-cert",
             &cert,
             "--nats-tls-key",
             &key,
-        ],
+        ]
+        .map(String::from)
+    };
+    let run = |flags: &[String]| {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        greet_flow_via(&server.url(), &flags)
+    };
+    assert_served("with a client certificate", &run(&flags(&pki)));
+    let out = run(&flags(&pki)[..2]);
+    assert_refused(
+        "without a client certificate",
+        &out,
+        &["refused our TLS client certificate"],
     );
+    // A certificate from another CA is no better.
+    let out = run(&flags(&Pki::new()));
     assert_refused(
         "with another CA's certificate",
         &out,
