@@ -116,3 +116,53 @@ async fn another_tenant_sees_none_of_a_tenants_traffic() {
         first.subject
     );
 }
+
+/// Buckets live in their account too: tenant A's desired state (written
+/// the way `cbs deploy` writes it) is not in tenant C's bucket of the same
+/// name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_cannot_read_a_tenants_buckets() {
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "jetstream {{ store_dir: {:?} }}\n{}",
+        store.path(),
+        ACCOUNTS
+            .replace("exports:", "jetstream: enabled\n    exports:")
+            .replace(
+                "users: [ {user: c-client",
+                "jetstream: enabled\n    users: [ {user: c-client"
+            )
+    );
+    let server = NatsServer::with_config(&config);
+    let a = client(&server, "a-client", "a").await;
+    let deploys = cbs_host::deploy::Store::open(a.client()).await.unwrap();
+    let desired = cbs_host::deploy::Desired {
+        cell: "logic.greet".into(),
+        current: cbs_host::deploy::Release {
+            id: "r1".into(),
+            version: "1.0.0".into(),
+            digest: "sha256:00".into(),
+            object: "o".into(),
+            replicas: None,
+            signer: None,
+            deployed_at_ms: 0,
+            rollback: None,
+        },
+        history: vec![],
+    };
+    deploys.set_desired(&desired).await.unwrap();
+    assert!(
+        deploys.desired("logic.greet").await.unwrap().is_some(),
+        "A reads its own"
+    );
+
+    // C has JetStream of its own: the same bucket name is C's own bucket,
+    // and A's entry is not in it.
+    let c = client(&server, "c-client", "c").await;
+    let own = cbs_host::deploy::Store::open(c.client()).await.unwrap();
+    assert!(
+        own.desired("logic.greet").await.unwrap().is_none(),
+        "C reads A's desired state"
+    );
+    assert!(own.all_desired().await.unwrap().is_empty());
+}
