@@ -21,6 +21,7 @@ pub mod chaos;
 pub mod contract;
 pub mod deploy;
 pub mod discovery;
+pub mod durable;
 pub mod envelope;
 pub mod error;
 pub mod manifest;

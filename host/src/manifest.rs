@@ -46,6 +46,122 @@ pub struct Manifest {
     pub policy: std::collections::BTreeMap<String, crate::resilience::CallPolicy>,
     /// Fault injection (testing only).
     pub chaos: Option<crate::chaos::ChaosSpec>,
+    /// Served from a JetStream stream as well (`[durable]`): nothing is
+    /// lost when a host dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<DurableSpec>,
+}
+
+/// `[durable]`: a cell fed by a JetStream stream through one durable pull
+/// consumer that every host serving it shares (each message handled once,
+/// acknowledged only after the cell succeeded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurableSpec {
+    /// The stream; default `CBS_DURABLE_<ID>` (see [`DurableSpec::stream_name`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Subjects the stream takes; default `cbs-durable.<cell id>`.
+    pub subjects: Vec<String>,
+    /// Deliveries before a message goes to the dead-letter stream.
+    pub max_deliver: u32,
+    /// How long a host may hold a message before it is redelivered.
+    pub ack_wait_ms: u64,
+    /// Delay before each redelivery after a retryable failure; the last
+    /// one repeats.
+    pub backoff_ms: Vec<u64>,
+    /// A message published again with the same envelope id within this
+    /// window is stored once.
+    pub dedup_window_ms: u64,
+}
+
+impl Default for DurableSpec {
+    fn default() -> Self {
+        Self {
+            stream: None,
+            subjects: Vec::new(),
+            max_deliver: 5,
+            ack_wait_ms: 30_000,
+            backoff_ms: vec![100, 1_000, 5_000],
+            dedup_window_ms: 120_000,
+        }
+    }
+}
+
+impl DurableSpec {
+    /// The stream of cell `id`: the name given, or `CBS_DURABLE_<ID>`.
+    pub fn stream_name(&self, id: &str) -> String {
+        self.stream.clone().unwrap_or_else(|| {
+            let id: String = id
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("CBS_DURABLE_{id}")
+        })
+    }
+
+    /// The subjects of cell `id`'s stream.
+    pub fn subjects_of(&self, id: &str) -> Vec<String> {
+        if self.subjects.is_empty() {
+            vec![format!("cbs-durable.{id}")]
+        } else {
+            self.subjects.clone()
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(stream) = &self.stream {
+            let ok = !stream.is_empty()
+                && stream.len() <= 64
+                && stream
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                bail!("[durable] stream = {stream:?}: use up to 64 letters, digits, '_' and '-'");
+            }
+        }
+        for subject in &self.subjects {
+            crate::bus::subject::check(subject, true).context("in [durable] subjects")?;
+            if subject.starts_with("cbs.") || subject.starts_with('$') || subject.starts_with('_') {
+                bail!(
+                    "[durable] subjects: {subject:?} would capture requests or system traffic; \
+                     use a subject of its own, such as \"orders.>\""
+                );
+            }
+        }
+        if self.max_deliver == 0 {
+            bail!("[durable] max_deliver must be at least 1");
+        }
+        within(
+            "[durable] max_deliver",
+            self.max_deliver.into(),
+            bounds::MAX_DELIVER,
+        )?;
+        within(
+            "[durable] ack_wait_ms",
+            self.ack_wait_ms,
+            bounds::TIMEOUT_MS,
+        )?;
+        within(
+            "[durable] backoff_ms entries",
+            self.backoff_ms.len() as u64,
+            16,
+        )?;
+        for delay in &self.backoff_ms {
+            within("[durable] backoff_ms", *delay, bounds::TIMEOUT_MS)?;
+        }
+        within(
+            "[durable] dedup_window_ms",
+            self.dedup_window_ms,
+            bounds::DEDUP_WINDOW_MS,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
@@ -314,6 +430,10 @@ pub mod bounds {
     pub const PROCESSES: u32 = 256;
     /// 64 MiB.
     pub const FRAME_KB: u32 = 65_536;
+    /// Deliveries of one durable message.
+    pub const MAX_DELIVER: u64 = 1_000;
+    /// A day.
+    pub const DEDUP_WINDOW_MS: u64 = 86_400_000;
     /// A year of CPU time.
     pub const CPU_SECONDS: u64 = 31_536_000;
     /// `[[capabilities.files]]` entries.
@@ -381,6 +501,7 @@ impl Manifest {
             instances: Instances::default(),
             policy: Default::default(),
             chaos: None,
+            durable: None,
         }
     }
 
@@ -420,6 +541,9 @@ impl Manifest {
             crate::bus::subject::check(subject, true).context("in [capabilities] publish")?;
         }
         check_grants(&self.capabilities)?;
+        if let Some(durable) = &self.durable {
+            durable.validate()?;
+        }
         let l = &self.limits;
         if l.memory_mb == Some(0) || l.timeout_ms == 0 || l.concurrency == 0 {
             bail!("[limits] memory_mb, timeout_ms and concurrency must be greater than 0");

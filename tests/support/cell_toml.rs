@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use cbs_host::chaos::ChaosSpec;
 use cbs_host::manifest::{
-    Capabilities, CellSpec, Limits, Manifest, Policy, PythonSpec, RuntimeKind, SidecarSpec,
+    Capabilities, CellSpec, DurableSpec, Limits, Manifest, Policy, PythonSpec, RuntimeKind,
+    SidecarSpec,
 };
 use cbs_host::resilience::CallPolicy;
 
@@ -126,6 +127,12 @@ impl CellToml {
     /// `[capabilities] calls`.
     pub fn calls(mut self, targets: &[&str]) -> Self {
         self.manifest.capabilities.calls = targets.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// `[durable]`.
+    pub fn durable(mut self, spec: DurableSpec) -> Self {
+        self.manifest.durable = Some(spec);
         self
     }
 

@@ -60,6 +60,19 @@ impl LoadedCell {
         limits.concurrency + limits.queue
     }
 
+    /// Waits until the cell can admit one more message (durable pulls);
+    /// `None` only if admission was closed.
+    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.admitted.clone().acquire_owned().await.ok()
+    }
+
+    /// How many more messages could run now, without waiting: what a
+    /// durable pull may take (queued ones would wait past their ack time).
+    pub fn admission_room(&self) -> usize {
+        let free = self.admitted.available_permits();
+        free.min(self.manifest.limits.concurrency as usize)
+    }
+
     /// Admits one message, or `None` when the cell is at its limits.
     pub(super) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
         self.admitted.clone().try_acquire_owned().ok()

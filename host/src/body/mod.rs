@@ -11,6 +11,7 @@ mod cell;
 mod dispatch;
 mod load;
 mod pipeline;
+mod pull;
 mod registry;
 mod stats;
 

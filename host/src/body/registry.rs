@@ -7,13 +7,17 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use async_nats::jetstream;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::cell::{retire, LoadedCell, Slot};
 use super::dispatch::dispatch;
+use super::pull;
 use crate::bus::{BodyBus, Endpoint};
+use crate::durable::{self, DurableConsumer};
 use crate::envelope::Envelope;
 use crate::outbound::LocalCalls;
 
@@ -23,12 +27,19 @@ struct Served {
     slot: Slot,
     dispatcher: JoinHandle<()>,
     stop: Arc<Notify>,
+    /// The durable consumer's pull loop (`[durable]` cells on JetStream).
+    durable: Option<(JoinHandle<()>, CancellationToken)>,
 }
 
 impl Served {
     /// Stops taking new messages and lets the dispatcher take those already
-    /// delivered (up to `grace`); returns the version served.
+    /// delivered (up to `grace`); returns the version served. Durable
+    /// messages pulled and not yet acknowledged are delivered again.
     async fn stop(self, grace: Duration) -> Arc<LoadedCell> {
+        if let Some((task, token)) = self.durable {
+            token.cancel();
+            let _ = tokio::time::timeout(grace, task).await;
+        }
         self.stop.notify_one();
         let mut dispatcher = self.dispatcher;
         if tokio::time::timeout(grace, &mut dispatcher).await.is_err() {
@@ -67,6 +78,7 @@ impl Registry {
         }
         let subject = cell.manifest.subject();
         let slot: Slot = Arc::new(RwLock::new(cell.clone()));
+        let consumer = self.durable_consumer(&cell).await?;
         let subscription = self
             .bus
             .serve(endpoint(&cell, &slot))
@@ -80,7 +92,12 @@ impl Registry {
             subscription,
             stop.clone(),
         ));
-        tracing::info!(cell = %id, %subject, "serving");
+        let durable = consumer.map(|(js, consumer)| {
+            let token = CancellationToken::new();
+            let task = tokio::spawn(pull::consume(js, consumer, slot.clone(), token.clone()));
+            (task, token)
+        });
+        tracing::info!(cell = %id, %subject, durable = durable.is_some(), "serving");
         self.directory.insert(&cell);
         self.cells.write().unwrap().insert(
             id,
@@ -88,9 +105,27 @@ impl Registry {
                 slot,
                 dispatcher,
                 stop,
+                durable,
             },
         );
         Ok(())
+    }
+
+    /// The stream and shared consumer of a `[durable]` cell, when the bus
+    /// has JetStream; in process the cell answers requests only.
+    async fn durable_consumer(
+        &self,
+        cell: &LoadedCell,
+    ) -> anyhow::Result<Option<(jetstream::Context, DurableConsumer)>> {
+        let Some(spec) = &cell.manifest.durable else {
+            return Ok(None);
+        };
+        let Some(js) = self.bus.jetstream() else {
+            tracing::warn!(cell = %cell.manifest.id, "[durable] needs NATS JetStream (cbs-host run --nats URL); on the in-process bus the cell answers requests only");
+            return Ok(None);
+        };
+        let consumer = durable::ensure(&js, &cell.manifest, spec).await?;
+        Ok(Some((js, consumer)))
     }
 
     /// Puts `cell` in the slot of its id and returns the version it
@@ -153,6 +188,9 @@ impl Drop for Registry {
     fn drop(&mut self) {
         for served in self.cells.get_mut().unwrap().values() {
             served.dispatcher.abort();
+            if let Some((task, _)) = &served.durable {
+                task.abort();
+            }
         }
     }
 }

@@ -168,6 +168,12 @@ pub trait BodyBus: Send + Sync + 'static {
         None
     }
 
+    /// JetStream, for durable cells; `None` on a bus without it (in
+    /// process).
+    fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        None
+    }
+
     /// Times the connection was re-established (0 in process).
     fn reconnects(&self) -> u64 {
         0

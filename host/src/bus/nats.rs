@@ -512,6 +512,10 @@ impl BodyBus for NatsBus {
         NatsBus::reconnects(self)
     }
 
+    fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        Some(async_nats::jetstream::new(self.client.clone()))
+    }
+
     fn max_payload(&self) -> Option<usize> {
         Some(self.client.server_info().max_payload)
     }

@@ -1,0 +1,150 @@
+//! Durable cells on a real nats-server with JetStream: messages published
+//! to a `[durable]` cell's stream are handled and acknowledged; a publish
+//! retried with the same envelope id is stored once; a final error, a
+//! message that is not an envelope, and a retryable failure past
+//! `max_deliver` go to the dead-letter stream with their error.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use cbs_host::durable::{self, DeadLetter, DLQ_STREAM};
+use cbs_host::envelope::ErrorCode;
+use cbs_host::manifest::DurableSpec;
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::HostProcess;
+use cbs_tests::{envelope_to, CellToml, POLL};
+use serde_json::{json, Value};
+
+const CELL: &str = "test.durable";
+const SUBJECT: &str = "cbs-durable.test.durable";
+
+struct Setup {
+    server: NatsServer,
+    _cell: tempfile::TempDir,
+    _host: HostProcess,
+    js: jetstream::Context,
+}
+
+async fn setup() -> Setup {
+    let server = NatsServer::start();
+    let cell = CellToml::faulty(CELL)
+        .durable(DurableSpec {
+            max_deliver: 3,
+            backoff_ms: vec![50],
+            ack_wait_ms: 5_000,
+            ..DurableSpec::default()
+        })
+        .write();
+    let host = HostProcess::serve(
+        &server.url(),
+        "durable-host",
+        &[cell.path().to_path_buf()],
+        &[],
+    );
+    let client = async_nats::connect(server.url()).await.unwrap();
+    Setup {
+        js: jetstream::new(client),
+        server,
+        _cell: cell,
+        _host: host,
+    }
+}
+
+async fn publish(js: &jetstream::Context, payload: Value) -> jetstream::publish::PublishAck {
+    durable::publish(js, SUBJECT, &envelope_to(CELL, &payload))
+        .await
+        .unwrap()
+}
+
+/// Waits until the cell's stream is empty: every message acknowledged
+/// (work-queue retention) or terminated.
+async fn drained(js: &jetstream::Context) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut stream = js.get_stream("CBS_DURABLE_TEST_DURABLE").await.unwrap();
+        let messages = stream.info().await.unwrap().state.messages;
+        if messages == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{messages} messages still in the stream"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Every dead letter so far.
+async fn dead_letters(js: &jetstream::Context) -> Vec<DeadLetter> {
+    let mut stream = js.get_stream(DLQ_STREAM).await.unwrap();
+    let count = stream.info().await.unwrap().state.messages;
+    let mut out = Vec::new();
+    for seq in 1..=count {
+        let raw = stream.get_raw_message(seq).await.unwrap();
+        out.push(serde_json::from_slice(&raw.payload).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_messages_are_handled_and_acknowledged() {
+    let s = setup().await;
+    for _ in 0..50 {
+        publish(&s.js, json!({"action": "count"})).await;
+    }
+    drained(&s.js).await;
+    let consumer_info =
+        s.js.get_stream("CBS_DURABLE_TEST_DURABLE")
+            .await
+            .unwrap()
+            .consumer_info(durable::consumer_name(CELL))
+            .await
+            .unwrap();
+    assert_eq!(consumer_info.num_ack_pending, 0);
+    assert_eq!(consumer_info.delivered.stream_sequence, 50);
+    assert!(dead_letters(&s.js).await.is_empty());
+    drop(s.server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_with_the_same_envelope_id_is_stored_once() {
+    let s = setup().await;
+    let envelope = envelope_to(CELL, &json!({"action": "count"}));
+    let first = durable::publish(&s.js, SUBJECT, &envelope).await.unwrap();
+    let again = durable::publish(&s.js, SUBJECT, &envelope).await.unwrap();
+    assert!(!first.duplicate && again.duplicate, "{first:?} {again:?}");
+    assert_eq!(first.sequence, again.sequence);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_errors_and_exhausted_retries_go_to_the_dead_letter_stream() {
+    let s = setup().await;
+    publish(&s.js, json!({"action": "fail", "message": "no such order"})).await;
+    publish(&s.js, json!({"action": "panic"})).await;
+    let raw =
+        s.js.publish(SUBJECT, "not an envelope".into())
+            .await
+            .unwrap();
+    raw.await.unwrap();
+    drained(&s.js).await;
+
+    let letters = dead_letters(&s.js).await;
+    let by_code = |code: ErrorCode| {
+        letters
+            .iter()
+            .find(|l| l.error.code == code)
+            .unwrap_or_else(|| panic!("no {code} letter in {letters:#?}"))
+    };
+    let failed = by_code(ErrorCode::CellFailed);
+    assert_eq!(failed.delivered, 3, "retried up to max_deliver");
+    assert_eq!(failed.message["payload"]["action"], "panic");
+    let invalid: Vec<&DeadLetter> = letters
+        .iter()
+        .filter(|l| l.error.code == ErrorCode::InvalidInput)
+        .collect();
+    assert_eq!(invalid.len(), 2, "{letters:#?}");
+    assert!(invalid.iter().all(|l| l.delivered == 1), "final at once");
+    assert!(invalid.iter().any(|l| l.message == "not an envelope"));
+    assert!(invalid.iter().any(|l| l.error.message == "no such order"));
+    assert_eq!(letters.len(), 3);
+}
