@@ -148,3 +148,53 @@ async fn final_errors_and_exhausted_retries_go_to_the_dead_letter_stream() {
     assert!(invalid.iter().any(|l| l.error.message == "no such order"));
     assert_eq!(letters.len(), 3);
 }
+
+/// Two hosts share the consumer; one is killed (SIGKILL) while it holds
+/// messages: they are delivered again (to the other), and every message
+/// is acknowledged in the end — none lost, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_by_a_killed_host_are_handled_by_the_other() {
+    let server = NatsServer::start();
+    let cell = CellToml::faulty(CELL)
+        .durable(DurableSpec {
+            ack_wait_ms: 1_000,
+            ..DurableSpec::default()
+        })
+        .write();
+    let cells = [cell.path().to_path_buf()];
+    let mut doomed = HostProcess::serve(&server.url(), "doomed", &cells, &[]);
+    let _survivor = HostProcess::serve(&server.url(), "survivor", &cells, &[]);
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    const SENT: u64 = 400;
+    for _ in 0..SENT {
+        publish(&js, json!({"action": "sleep", "ms": 200})).await;
+    }
+    let consumer = |js: jetstream::Context| async move {
+        js.get_stream("CBS_DURABLE_TEST_DURABLE")
+            .await
+            .unwrap()
+            .consumer_info(durable::consumer_name(CELL))
+            .await
+            .unwrap()
+    };
+    // Kill one host while it holds messages (each sleeps 200 ms; it logs
+    // "sleeping" as it starts one).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !doomed.log().contains("sleeping") {
+        assert!(
+            Instant::now() < deadline,
+            "the doomed host never took a message"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    doomed.kill();
+    drained(&js).await;
+    let info = consumer(js.clone()).await;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(
+        info.delivered.stream_sequence, SENT,
+        "every message was delivered"
+    );
+    eprintln!("redelivered after the kill: {}", info.num_redelivered);
+    assert!(dead_letters(&js).await.is_empty(), "nothing dead-lettered");
+}
