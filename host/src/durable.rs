@@ -42,6 +42,8 @@ pub fn consumer_name(cell: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub cell: String,
+    /// The subject it was published to (where a replay sends it).
+    pub subject: String,
     pub stream: String,
     pub stream_seq: u64,
     /// Deliveries it had, the last one included.
@@ -125,13 +127,7 @@ pub async fn ensure(
         .map_err(|e| {
             anyhow::anyhow!("cannot open the stream {name} of cell {}: {e}", manifest.id)
         })?;
-    js.get_or_create_stream(stream::Config {
-        name: DLQ_STREAM.to_owned(),
-        subjects: vec!["cbs-dlq.>".to_owned()],
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot open the dead-letter stream {DLQ_STREAM}: {e}"))?;
+    dlq(js).await?;
     let durable = consumer_name(&manifest.id);
     stream
         .get_or_create_consumer(
@@ -161,6 +157,88 @@ pub async fn store_dead_letter(js: &jetstream::Context, letter: &DeadLetter) -> 
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     ack.await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// The dead-letter stream, created when missing.
+async fn dlq(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    js.get_or_create_stream(stream::Config {
+        name: DLQ_STREAM.to_owned(),
+        subjects: vec!["cbs-dlq.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot open the dead-letter stream {DLQ_STREAM}: {e}"))
+}
+
+/// At most this many dead letters are looked at per listing.
+const MAX_SCAN: u64 = 100_000;
+
+/// The dead letters of `cell`, oldest first, with their sequence in
+/// [`DLQ_STREAM`].
+pub async fn dead_letters(
+    js: &jetstream::Context,
+    cell: &str,
+) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
+    let mut stream = dlq(js).await?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .state
+        .clone();
+    let subject = dlq_subject(cell);
+    let first = state
+        .first_sequence
+        .max(state.last_sequence.saturating_sub(MAX_SCAN));
+    let mut out = Vec::new();
+    for seq in first..=state.last_sequence {
+        // Replayed letters are deleted: gaps are expected.
+        let Ok(raw) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if raw.subject.as_str() != subject {
+            continue;
+        }
+        match serde_json::from_slice(&raw.payload) {
+            Ok(letter) => out.push((seq, letter)),
+            Err(e) => tracing::warn!(seq, error = %e, "ignoring an invalid dead letter"),
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes dead letter `seq` of `cell` again to the subject it came from
+/// and removes it from [`DLQ_STREAM`]. The replay's `Nats-Msg-Id` is new
+/// (`<id>.replay.<seq>`), so the dedup window of the first publish does
+/// not swallow it, while a replay retried is stored once.
+pub async fn replay(js: &jetstream::Context, cell: &str, seq: u64) -> anyhow::Result<DeadLetter> {
+    let stream = dlq(js).await?;
+    let raw = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| anyhow::anyhow!("no dead letter {seq}: {e}"))?;
+    if raw.subject.as_str() != dlq_subject(cell) {
+        anyhow::bail!("dead letter {seq} is not one of cell {cell}'s");
+    }
+    let letter: DeadLetter = serde_json::from_slice(&raw.payload)?;
+    let bytes = match &letter.message {
+        serde_json::Value::String(text) => text.clone().into_bytes(),
+        other => serde_json::to_vec(other)?,
+    };
+    let id = letter.message["id"].as_str().unwrap_or("message");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("{id}.replay.{seq}").as_str());
+    let ack = js
+        .publish_with_headers(letter.subject.clone(), headers, bytes.into())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot replay to {}: {e}", letter.subject))?;
+    ack.await
+        .map_err(|e| anyhow::anyhow!("cannot replay to {}: {e}", letter.subject))?;
+    stream
+        .delete_message(seq)
+        .await
+        .map_err(|e| anyhow::anyhow!("replayed, but cannot remove dead letter {seq}: {e}"))?;
+    Ok(letter)
 }
 
 #[cfg(test)]

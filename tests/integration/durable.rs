@@ -198,3 +198,57 @@ async fn messages_held_by_a_killed_host_are_handled_by_the_other() {
     eprintln!("redelivered after the kill: {}", info.num_redelivered);
     assert!(dead_letters(&js).await.is_empty(), "nothing dead-lettered");
 }
+
+/// `cbs dlq`: a message the deployed version refuses lands in the
+/// dead-letter stream; after a fixed version is deployed, `cbs dlq replay`
+/// sends it again and it is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replayed_after_a_fix_is_processed() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let schemas = tempfile::tempdir().unwrap();
+    let strict = schemas.path().join("only-count.json");
+    std::fs::write(
+        &strict,
+        r#"{"type": "object", "properties": {"action": {"const": "count"}}}"#,
+    )
+    .unwrap();
+    let spec = DurableSpec::default();
+    let broken = CellToml::faulty(CELL)
+        .durable(spec.clone())
+        .input("test.durable/action@1", &strict)
+        .write();
+    let mut host = HostProcess::serve(&url, "v1", &[broken.path().to_path_buf()], &[]);
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    publish(&js, json!({"action": "echo", "value": 7})).await;
+    drained(&js).await;
+
+    let cbs = |args: &[&str]| {
+        let out = cbs_tests::process::cbs(&[args, &["--nats", &url]].concat());
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed: Value = serde_json::from_str(&cbs(&["dlq", "ls", CELL, "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["letter"]["error"]["code"], "contract_violation");
+    let seq = listed[0]["seq"].as_u64().unwrap().to_string();
+    let shown: Value = serde_json::from_str(&cbs(&["dlq", "show", CELL, &seq])).unwrap();
+    assert_eq!(shown["message"]["payload"]["value"], 7);
+
+    // The fix: the same cell without the over-strict schema.
+    host.kill();
+    let fixed = CellToml::faulty(CELL).durable(spec).write();
+    let _host = HostProcess::serve(&url, "v2", &[fixed.path().to_path_buf()], &[]);
+    assert!(cbs(&["dlq", "replay", CELL, "--all"]).contains(&format!("replayed {seq}")));
+    drained(&js).await;
+    let left: Value = serde_json::from_str(&cbs(&["dlq", "ls", CELL, "--json"])).unwrap();
+    assert_eq!(
+        left,
+        json!([]),
+        "the replayed letter is gone and none is new"
+    );
+}

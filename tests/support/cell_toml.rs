@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use cbs_host::chaos::ChaosSpec;
 use cbs_host::manifest::{
     Capabilities, CellSpec, DurableSpec, Limits, Manifest, Policy, PythonSpec, RuntimeKind,
-    SidecarSpec,
+    SchemaRef, SidecarSpec,
 };
 use cbs_host::resilience::CallPolicy;
 
@@ -127,6 +127,15 @@ impl CellToml {
     /// `[capabilities] calls`.
     pub fn calls(mut self, targets: &[&str]) -> Self {
         self.manifest.capabilities.calls = targets.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// `[input]`: contract `id`, checked against the schema file `schema`.
+    pub fn input(mut self, id: &str, schema: &Path) -> Self {
+        self.manifest.input = Some(SchemaRef {
+            id: id.to_owned(),
+            schema: schema.to_path_buf(),
+        });
         self
     }
 

@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::args::LogArgs;
 use crate::commands::{
-    audit, bench, build, call, contract, deploy, keygen, load, ls, new, ps, rollback, run, undeploy,
+    audit, bench, build, call, contract, deploy, dlq, keygen, load, ls, new, ps, rollback, run,
+    undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -85,6 +86,8 @@ pub enum CbsCommand {
     Ls(ls::LsArgs),
     Audit(audit::AuditArgs),
     #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    #[command(subcommand)]
     Contract(contract::ContractCommand),
     Call(call::CallArgs),
     Ps(ps::PsArgs),
@@ -113,6 +116,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Undeploy(args) => undeploy::run(args).await,
             CbsCommand::Ls(args) => ls::run(args).await,
             CbsCommand::Audit(args) => audit::run(args).await,
+            CbsCommand::Dlq(command) => dlq::run(command).await,
             CbsCommand::Contract(command) => contract::run(command),
             CbsCommand::Call(args) => call::run(args).await,
             CbsCommand::Ps(args) => ps::run(args).await,

@@ -107,6 +107,7 @@ async fn dead_letter(
     let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
     let letter = DeadLetter {
         cell: cell.manifest.id.clone(),
+        subject: message.subject.to_string(),
         stream: info.stream.to_owned(),
         stream_seq: info.stream_sequence,
         delivered,

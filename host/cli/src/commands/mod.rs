@@ -7,6 +7,7 @@ pub mod build;
 pub mod call;
 pub mod contract;
 pub mod deploy;
+pub mod dlq;
 pub mod keygen;
 pub mod load;
 pub mod ls;
