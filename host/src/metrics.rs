@@ -47,6 +47,8 @@ pub struct CellSnapshot {
     /// Warm wasm instances, or live processes of a process runtime.
     pub instances: usize,
     pub breakers: Vec<(String, BreakerState)>,
+    /// Its durable consumer, for a `[durable]` cell on JetStream.
+    pub durable: Option<crate::body::DurableCounts>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,8 +84,20 @@ pub fn render(source: &dyn Source) -> String {
     let instances = Family::<CellLabel, Gauge>::default();
     let breakers = Family::<TargetLabel, Gauge>::default();
     let reconnects = Counter::<u64>::default();
+    let lag = Family::<CellLabel, Gauge>::default();
+    let redelivered = Family::<CellLabel, Counter>::default();
+    let dead_lettered = Family::<CellLabel, Counter>::default();
     for cell in source.snapshots() {
         let label = CellLabel { cell: cell.cell };
+        if let Some(durable) = cell.durable {
+            lag.get_or_create(&label).set(durable.lag as i64);
+            redelivered
+                .get_or_create(&label)
+                .inc_by(durable.redelivered);
+            dead_lettered
+                .get_or_create(&label)
+                .inc_by(durable.dead_lettered);
+        }
         requests.get_or_create(&label).inc_by(cell.requests);
         for (code, n) in cell.errors_by_code {
             let label = CodeLabel {
@@ -109,6 +123,21 @@ pub fn render(source: &dyn Source) -> String {
         }
     }
     reconnects.inc_by(source.reconnects());
+    registry.register(
+        "durable_lag",
+        "Messages waiting in a durable cell's consumer, as of this host's last pull",
+        lag,
+    );
+    registry.register(
+        "durable_redelivered",
+        "Durable messages this host got more than once",
+        redelivered,
+    );
+    registry.register(
+        "durable_dead_lettered",
+        "Durable messages this host sent to the dead-letter stream",
+        dead_lettered,
+    );
     registry.register(
         "cell_requests",
         "Messages handled, from the bus or from cells of this host",

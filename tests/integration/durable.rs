@@ -21,7 +21,7 @@ const SUBJECT: &str = "cbs-durable.test.durable";
 struct Setup {
     server: NatsServer,
     _cell: tempfile::TempDir,
-    _host: HostProcess,
+    host: HostProcess,
     js: jetstream::Context,
 }
 
@@ -39,14 +39,14 @@ async fn setup() -> Setup {
         &server.url(),
         "durable-host",
         &[cell.path().to_path_buf()],
-        &[],
+        &["--metrics", "127.0.0.1:0"],
     );
     let client = async_nats::connect(server.url()).await.unwrap();
     Setup {
         js: jetstream::new(client),
         server,
         _cell: cell,
-        _host: host,
+        host,
     }
 }
 
@@ -147,6 +147,34 @@ async fn final_errors_and_exhausted_retries_go_to_the_dead_letter_stream() {
     assert!(invalid.iter().any(|l| l.message == "not an envelope"));
     assert!(invalid.iter().any(|l| l.error.message == "no such order"));
     assert_eq!(letters.len(), 3);
+
+    // What the host counted, as `cbs ps` shows it: the panicking message
+    // came twice more, three went to the dead-letter stream, none waits.
+    let out = cbs_tests::process::cbs(&["ps", "--json", "--nats", &s.server.url()]);
+    let hosts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cell = hosts[0]["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == CELL)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        cell["durable"],
+        json!({"lag": 0, "redelivered": 2, "dead_lettered": 3}),
+        "{cell}"
+    );
+    // And as /metrics shows it.
+    let addr = s.host.metrics_addr();
+    let (status, metrics) = cbs_tests::process::http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "cbs_durable_dead_lettered_total{cell=\"test.durable\"} 3",
+        "cbs_durable_redelivered_total{cell=\"test.durable\"} 2",
+        "cbs_durable_lag{cell=\"test.durable\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }
 
 /// Two hosts share the consumer; one is killed (SIGKILL) while it holds

@@ -44,16 +44,7 @@ async fn send(bus: &dyn BodyBus, cell: &str, payload: serde_json::Value) -> Enve
 /// still be starting.
 fn metrics_host(server: &NatsServer, host_id: &str, cells: &[PathBuf]) -> (HostProcess, String) {
     let host = HostProcess::spawn(&server.url(), host_id, cells, &["--metrics", "127.0.0.1:0"]);
-    host.wait_for_log("serving /metrics", Duration::from_secs(30));
-    let addr = host
-        .log()
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = host.metrics_addr();
     (host, addr)
 }
 

@@ -58,6 +58,18 @@ impl HostProcess {
         Self { child, log }
     }
 
+    /// The address of `--metrics 127.0.0.1:0`, from the host's log.
+    pub fn metrics_addr(&self) -> String {
+        self.wait_for_log("serving /metrics", Duration::from_secs(30));
+        let log = self.log();
+        let after = log.split("http://").nth(1).expect("the metrics address");
+        after
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }

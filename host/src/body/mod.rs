@@ -28,7 +28,7 @@ use self::load::Loader;
 pub use self::load::Sources;
 pub use self::registry::Directory;
 use self::registry::Registry;
-pub use self::stats::CellStats;
+pub use self::stats::{CellStats, DurableCounts};
 use crate::bundle::{Bundle, Trust};
 use crate::bus::BodyBus;
 use crate::chaos::ChaosSpec;
@@ -190,6 +190,7 @@ impl metrics::Source for Body {
                 in_flight: cell.in_flight(),
                 instances: cell.runner.instances(),
                 breakers: cell.breakers(),
+                durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
             })
             .collect()
     }

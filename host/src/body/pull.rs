@@ -73,7 +73,10 @@ pub async fn consume(
 
 async fn handle(js: &jetstream::Context, cell: &LoadedCell, message: jetstream::Message) {
     let spec = cell.manifest.durable.clone().unwrap_or_default();
-    let delivered = message.info().map_or(1, |i| i.delivered.max(1) as u64);
+    let (delivered, pending) = message
+        .info()
+        .map_or((1, 0), |i| (i.delivered.max(1) as u64, i.pending));
+    cell.stats.durable_delivery(delivered, pending);
     let outcome = match Envelope::from_slice(&message.payload) {
         Ok(envelope) => cell.process(Arc::new(envelope), Instant::now()).await.error,
         Err(error) => Some(error),
@@ -83,7 +86,10 @@ async fn handle(js: &jetstream::Context, cell: &LoadedCell, message: jetstream::
         Verdict::Ack => message.ack().await,
         Verdict::Retry(delay) => message.ack_with(AckKind::Nak(Some(*delay))).await,
         Verdict::DeadLetter => match dead_letter(js, cell, &message, delivered, outcome).await {
-            Ok(()) => message.ack_with(AckKind::Term).await,
+            Ok(()) => {
+                cell.stats.dead_lettered();
+                message.ack_with(AckKind::Term).await
+            }
             Err(e) => {
                 tracing::warn!(cell = %cell.manifest.id, error = %e, "cannot store a dead letter; it will be delivered again");
                 message

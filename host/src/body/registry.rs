@@ -258,6 +258,9 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
                 let cell = slot.read().unwrap().clone();
                 let mut stats = cell.stats.to_json();
                 stats["version"] = cell.manifest.version.clone().into();
+                if cell.manifest.durable.is_some() {
+                    stats["durable"] = serde_json::json!(cell.stats.durable());
+                }
                 stats
             })
         }),

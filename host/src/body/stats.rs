@@ -12,6 +12,20 @@ pub struct CellStats {
     errors: AtomicU64,
     /// Errors by code, indexed by [`ErrorCode::index`].
     by_code: [AtomicU64; ErrorCode::COUNT],
+    /// Messages left in the durable consumer, as of the last pull.
+    durable_lag: AtomicU64,
+    /// Durable messages delivered more than once.
+    redelivered: AtomicU64,
+    /// Durable messages sent to the dead-letter stream.
+    dead_lettered: AtomicU64,
+}
+
+/// A durable cell's consumer, as this host saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DurableCounts {
+    pub lag: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
 }
 
 impl CellStats {
@@ -22,6 +36,27 @@ impl CellStats {
     pub(crate) fn error(&self, code: ErrorCode) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.by_code[code.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One durable delivery: its count (from 1) and the messages pending
+    /// behind it in the consumer.
+    pub(crate) fn durable_delivery(&self, delivered: u64, pending: u64) {
+        self.durable_lag.store(pending, Ordering::Relaxed);
+        if delivered > 1 {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn durable(&self) -> DurableCounts {
+        DurableCounts {
+            lag: self.durable_lag.load(Ordering::Relaxed),
+            redelivered: self.redelivered.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
     }
 
     /// Messages handled, from the bus or from cells of this host.

@@ -34,13 +34,21 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         println!("no CBS hosts on this bus");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(["HOST", "CELL", "VERSION", "REQUESTS", "ERRORS", "AVG µs"]);
+    let mut table = Table::new([
+        "HOST", "CELL", "VERSION", "REQUESTS", "ERRORS", "AVG µs", "DURABLE",
+    ]);
     table.align_right(&[3, 4, 5]);
     for host in &hosts {
         if host.cells.is_empty() {
-            table.row([host.host.as_str(), "(no cells)", "", "", "", ""]);
+            table.row([host.host.as_str(), "(no cells)", "", "", "", "", ""]);
         }
         for cell in &host.cells {
+            let durable = cell.durable.map_or(String::new(), |d| {
+                format!(
+                    "lag {}, redelivered {}, dead {}",
+                    d.lag, d.redelivered, d.dead_lettered
+                )
+            });
             table.row([
                 host.host.clone(),
                 cell.id.clone(),
@@ -48,6 +56,7 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
                 cell.requests.to_string(),
                 cell.errors.to_string(),
                 cell.average_processing_us.to_string(),
+                durable,
             ]);
         }
     }
