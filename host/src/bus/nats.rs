@@ -359,8 +359,10 @@ impl futures_util::Stream for Subscribed {
 #[async_trait]
 impl Source for Subscribed {
     async fn unsubscribe(&mut self) {
-        // Drain, not unsubscribe: the stream still yields what the server
-        // sent before it saw the UNSUB (async-nats ends it after a PONG).
+        // Drain, not unsubscribe: the stream still yields what this client
+        // received. (async-nats 0.51 ends the subscription on its next poll,
+        // without waiting for the server: messages still on the wire are
+        // dropped.)
         if let Err(e) = self.0.drain().await {
             tracing::debug!(error = %e, "cannot unsubscribe");
         }
