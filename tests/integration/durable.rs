@@ -280,3 +280,26 @@ async fn a_dead_letter_replayed_after_a_fix_is_processed() {
         "the replayed letter is gone and none is new"
     );
 }
+
+/// `cbs-host load` shows what a durable cell will use: stream, subjects,
+/// consumer, settings and where its dead letters go.
+#[test]
+fn load_shows_the_durable_settings() {
+    let cell = CellToml::faulty(CELL)
+        .durable(DurableSpec::default())
+        .write();
+    let dir = cell.path().to_str().unwrap();
+    let out = cbs_tests::process::cbs_host(&["load", dir], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "durable       stream CBS_DURABLE_TEST_DURABLE on cbs-durable.test.durable \
+             (consumer cbs-test_durable); max_deliver 5"
+        ) && text.contains("dead letters to cbs-dlq.test.durable"),
+        "{text}"
+    );
+    let out = cbs_tests::process::cbs_host(&["load", "--json", dir], "");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["durable"]["backoff_ms"], json!([100, 1000, 5000]));
+    assert_eq!(json["durable"]["consumer"], "cbs-test_durable");
+}

@@ -66,6 +66,15 @@ fn describe_json(cell: &LoadedCell) -> serde_json::Value {
         "capabilities": m.capabilities,
         "limits": m.limits,
         "instances": m.instances,
+        "durable": m.durable.as_ref().map(|d| serde_json::json!({
+            "stream": d.stream_name(&m.id),
+            "subjects": d.subjects_of(&m.id),
+            "consumer": cbs_host::durable::consumer_name(&m.id),
+            "max_deliver": d.max_deliver,
+            "ack_wait_ms": d.ack_wait_ms,
+            "backoff_ms": d.backoff_ms,
+            "dedup_window_ms": d.dedup_window_ms,
+        })),
     })
 }
 
@@ -108,6 +117,20 @@ fn describe_text(cell: &LoadedCell) -> String {
             py.path.display()
         )
     });
+    let durable = m.durable.as_ref().map_or(String::new(), |d| {
+        format!(
+            "durable       stream {} on {} (consumer {}); max_deliver {}, ack_wait {} ms, \
+             backoff {:?} ms, dedup {} ms; dead letters to {}\n",
+            d.stream_name(&m.id),
+            d.subjects_of(&m.id).join(", "),
+            cbs_host::durable::consumer_name(&m.id),
+            d.max_deliver,
+            d.ack_wait_ms,
+            d.backoff_ms,
+            d.dedup_window_ms,
+            cbs_host::durable::dlq_subject(&m.id),
+        )
+    });
     format!(
         "cell          {} {} (runtime {})\n\
          component     {component} [{cache}]\n\
@@ -116,6 +139,7 @@ fn describe_text(cell: &LoadedCell) -> String {
          input         {}\n\
          output        {}\n\
          serves        {subject} (queue group {subject})\n\
+         {durable}\
          instances     {}, retired after {} messages or any trap\n\
          limits        memory {} MiB, timeout {} ms, concurrency {}, queue {}\n\
          capabilities  stdio: {}; calls: {}; publish: {}\n",
