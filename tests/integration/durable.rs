@@ -303,3 +303,42 @@ fn load_shows_the_durable_settings() {
     assert_eq!(json["durable"]["backoff_ms"], json!([100, 1000, 5000]));
     assert_eq!(json["durable"]["consumer"], "cbs-test_durable");
 }
+
+/// nats-server restarts (same store) while a durable cell works through
+/// its stream: the host resumes pulling without a restart of its own, and
+/// every message is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_loses_nothing_and_the_host_resumes() {
+    let mut s = setup().await;
+    const SENT: u64 = 200;
+    for _ in 0..SENT {
+        publish(&s.js, json!({"action": "sleep", "ms": 100})).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.host.log().contains("sleeping") {
+        assert!(Instant::now() < deadline, "the host never took a message");
+        tokio::time::sleep(POLL).await;
+    }
+    s.server.restart();
+    // A new client: the old one may still be reconnecting.
+    let js = jetstream::new(async_nats::connect(s.server.url()).await.unwrap());
+    drained(&js).await;
+    let info = js
+        .get_stream("CBS_DURABLE_TEST_DURABLE")
+        .await
+        .unwrap()
+        .consumer_info(durable::consumer_name(CELL))
+        .await
+        .unwrap();
+    assert_eq!(
+        info.delivered.stream_sequence, SENT,
+        "every message was delivered"
+    );
+    assert_eq!(info.num_ack_pending, 0);
+    assert!(dead_letters(&js).await.is_empty());
+    assert!(
+        s.host.log().contains("reconnected to NATS"),
+        "{}",
+        s.host.log()
+    );
+}
