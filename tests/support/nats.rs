@@ -145,6 +145,22 @@ impl NatsServer {
         }
     }
 
+    /// Stops it as an operator would (SIGTERM: JetStream writes its store
+    /// out) and starts it again on the same port and store. [`restart`]
+    /// kills it instead, which may lose what JetStream had not yet written.
+    ///
+    /// [`restart`]: NatsServer::restart
+    pub fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        let port = self.port.to_string();
+        self.spawn(&port);
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
