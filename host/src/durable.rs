@@ -216,9 +216,9 @@ pub async fn replay(js: &jetstream::Context, cell: &str, seq: u64) -> anyhow::Re
     let raw = stream
         .get_raw_message(seq)
         .await
-        .map_err(|e| anyhow::anyhow!("no dead letter {seq}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("no dead letter {seq} ({e}): see `cbs dlq ls {cell}`"))?;
     if raw.subject.as_str() != dlq_subject(cell) {
-        anyhow::bail!("dead letter {seq} is not one of cell {cell}'s");
+        anyhow::bail!("dead letter {seq} is not one of cell {cell}'s: see `cbs dlq ls {cell}`");
     }
     let letter: DeadLetter = serde_json::from_slice(&raw.payload)?;
     let bytes = match &letter.message {

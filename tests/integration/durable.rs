@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use cbs_host::durable::{self, DeadLetter, DLQ_STREAM};
+use cbs_host::durable::{self, DeadLetter};
 use cbs_host::envelope::ErrorCode;
 use cbs_host::manifest::DurableSpec;
 use cbs_tests::nats::NatsServer;
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 const CELL: &str = "test.durable";
 const SUBJECT: &str = "cbs-durable.test.durable";
+const STREAM: &str = "CBS_DURABLE_TEST_DURABLE";
 
 struct Setup {
     server: NatsServer,
@@ -61,7 +62,7 @@ async fn publish(js: &jetstream::Context, payload: Value) -> jetstream::publish:
 async fn drained(js: &jetstream::Context) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut stream = js.get_stream("CBS_DURABLE_TEST_DURABLE").await.unwrap();
+        let mut stream = js.get_stream(STREAM).await.unwrap();
         let messages = stream.info().await.unwrap().state.messages;
         if messages == 0 {
             return;
@@ -74,16 +75,24 @@ async fn drained(js: &jetstream::Context) {
     }
 }
 
-/// Every dead letter so far.
+/// The shared consumer, as the server reports it.
+async fn consumer(js: &jetstream::Context) -> jetstream::consumer::Info {
+    js.get_stream(STREAM)
+        .await
+        .unwrap()
+        .consumer_info(durable::consumer_name(CELL))
+        .await
+        .unwrap()
+}
+
+/// The cell's dead letters so far (the library's own reader).
 async fn dead_letters(js: &jetstream::Context) -> Vec<DeadLetter> {
-    let mut stream = js.get_stream(DLQ_STREAM).await.unwrap();
-    let count = stream.info().await.unwrap().state.messages;
-    let mut out = Vec::new();
-    for seq in 1..=count {
-        let raw = stream.get_raw_message(seq).await.unwrap();
-        out.push(serde_json::from_slice(&raw.payload).unwrap());
-    }
-    out
+    durable::dead_letters(js, CELL)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, letter)| letter)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,13 +102,7 @@ async fn durable_messages_are_handled_and_acknowledged() {
         publish(&s.js, json!({"action": "count"})).await;
     }
     drained(&s.js).await;
-    let consumer_info =
-        s.js.get_stream("CBS_DURABLE_TEST_DURABLE")
-            .await
-            .unwrap()
-            .consumer_info(durable::consumer_name(CELL))
-            .await
-            .unwrap();
+    let consumer_info = consumer(&s.js).await;
     assert_eq!(consumer_info.num_ack_pending, 0);
     assert_eq!(consumer_info.delivered.stream_sequence, 50);
     assert!(dead_letters(&s.js).await.is_empty());
@@ -197,14 +200,7 @@ async fn messages_held_by_a_killed_host_are_handled_by_the_other() {
     for _ in 0..SENT {
         publish(&js, json!({"action": "sleep", "ms": 200})).await;
     }
-    let consumer = |js: jetstream::Context| async move {
-        js.get_stream("CBS_DURABLE_TEST_DURABLE")
-            .await
-            .unwrap()
-            .consumer_info(durable::consumer_name(CELL))
-            .await
-            .unwrap()
-    };
+
     // Kill one host while it holds messages (each sleeps 200 ms; it logs
     // "sleeping" as it starts one).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -217,7 +213,7 @@ async fn messages_held_by_a_killed_host_are_handled_by_the_other() {
     }
     doomed.kill();
     drained(&js).await;
-    let info = consumer(js.clone()).await;
+    let info = consumer(&js).await;
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(
         info.delivered.stream_sequence, SENT,
@@ -324,13 +320,7 @@ async fn a_restarted_server_loses_nothing_and_the_host_resumes() {
     // A new client: the old one may still be reconnecting.
     let js = jetstream::new(async_nats::connect(s.server.url()).await.unwrap());
     drained(&js).await;
-    let info = js
-        .get_stream("CBS_DURABLE_TEST_DURABLE")
-        .await
-        .unwrap()
-        .consumer_info(durable::consumer_name(CELL))
-        .await
-        .unwrap();
+    let info = consumer(&js).await;
     assert_eq!(
         info.delivered.stream_sequence, SENT,
         "every message was delivered"

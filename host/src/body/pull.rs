@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::cell::{LoadedCell, Slot};
 use crate::durable::{store_dead_letter, verdict, DeadLetter, DurableConsumer, Verdict};
 use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::manifest::DurableSpec;
 
 /// Pulls messages for the cell in `slot` until `stop`: no more at a time
 /// than the cell can admit, each handled in a task of its own.
@@ -72,7 +73,15 @@ pub async fn consume(
 }
 
 async fn handle(js: &jetstream::Context, cell: &LoadedCell, message: jetstream::Message) {
-    let spec = cell.manifest.durable.clone().unwrap_or_default();
+    // A hot swap to a version without [durable] still settles what was pulled.
+    let fallback;
+    let spec = match &cell.manifest.durable {
+        Some(spec) => spec,
+        None => {
+            fallback = DurableSpec::default();
+            &fallback
+        }
+    };
     let (delivered, pending) = message
         .info()
         .map_or((1, 0), |i| (i.delivered.max(1) as u64, i.pending));
@@ -81,7 +90,7 @@ async fn handle(js: &jetstream::Context, cell: &LoadedCell, message: jetstream::
         Ok(envelope) => cell.process(Arc::new(envelope), Instant::now()).await.error,
         Err(error) => Some(error),
     };
-    let verdict = verdict(&spec, outcome.as_ref(), delivered);
+    let verdict = verdict(spec, outcome.as_ref(), delivered);
     let acked = match &verdict {
         Verdict::Ack => message.ack().await,
         Verdict::Retry(delay) => message.ack_with(AckKind::Nak(Some(*delay))).await,

@@ -358,12 +358,14 @@ async fn run_until_death(conn: &Arc<Conn>, child: &mut Child) -> String {
 }
 
 fn exited(status: Option<ExitStatus>) -> String {
-    match status {
-        Some(s) if s.signal() == Some(libc::SIGXCPU) => {
+    let Some(status) = status else {
+        return "exited".to_owned();
+    };
+    match status.signal() {
+        Some(libc::SIGXCPU) => {
             "used up its CPU time ([limits] cpu_seconds) and was ended".to_owned()
         }
-        Some(s) if s.signal().is_some() => format!("was killed by signal {}", s.signal().unwrap()),
-        Some(s) => format!("exited with status {}", s.code().unwrap_or(-1)),
-        None => "exited".to_owned(),
+        Some(signal) => format!("was killed by signal {signal}"),
+        None => format!("exited with status {}", status.code().unwrap_or(-1)),
     }
 }
