@@ -30,4 +30,5 @@ pub mod outbound;
 pub mod random;
 pub mod resilience;
 pub mod runtime;
+pub mod state;
 pub mod telemetry;

@@ -293,6 +293,30 @@ pub struct Capabilities {
     /// side channels between cells.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub precise_clocks: bool,
+    /// The cell's own key-value state (`wasi:keyvalue`), with its limits.
+    /// No other cell can reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateGrant>,
+}
+
+/// `[capabilities.state]`: a key-value bucket of the cell's own, on
+/// JetStream (NATS) or in the host's data folder (in process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateGrant {
+    /// The largest value, in bytes.
+    pub max_value_bytes: u32,
+    /// All keys and values of the cell together, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for StateGrant {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: 64 * 1024,
+            max_bytes: 16 << 20,
+        }
+    }
 }
 
 /// `[[capabilities.files]]`: a host folder a wasm cell may open.
@@ -441,6 +465,10 @@ pub mod bounds {
     /// `[capabilities.env]` entries, and bytes per name or value.
     pub const ENV_VARS: usize = 64;
     pub const ENV_BYTES: usize = 4_096;
+    /// 1 MiB, NATS's default `max_payload`.
+    pub const STATE_VALUE_BYTES: u64 = 1 << 20;
+    /// 1 GiB.
+    pub const STATE_BYTES: u64 = 1 << 30;
 }
 
 /// File and environment grants: bounded, and well-formed for WASI.
@@ -472,6 +500,22 @@ fn check_grants(c: &Capabilities) -> anyhow::Result<()> {
             value.len().max(name.len()) as u64,
             bounds::ENV_BYTES as u64,
         )?;
+    }
+    if let Some(state) = &c.state {
+        let value = u64::from(state.max_value_bytes);
+        within(
+            "[capabilities.state] max_value_bytes",
+            value,
+            bounds::STATE_VALUE_BYTES,
+        )?;
+        within(
+            "[capabilities.state] max_bytes",
+            state.max_bytes,
+            bounds::STATE_BYTES,
+        )?;
+        if value == 0 || state.max_bytes < value {
+            bail!("[capabilities.state]: max_value_bytes must be at least 1 and at most max_bytes");
+        }
     }
     Ok(())
 }

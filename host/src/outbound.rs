@@ -17,6 +17,7 @@ use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{subject_of, Manifest};
 use crate::random::fresh_seed;
 use crate::resilience::{is_failure, is_retryable, Breaker, BreakerState, CallPolicy};
+use crate::state::CellState;
 
 /// Cells served by this host, reachable without the bus.
 #[async_trait]
@@ -33,6 +34,8 @@ pub struct Outbound {
     local: Option<Arc<dyn LocalCalls>>,
     /// Policy and breaker per granted target.
     targets: HashMap<String, Target>,
+    /// The cell's key-value state, when granted.
+    state: Option<Arc<CellState>>,
 }
 
 struct Target {
@@ -70,11 +73,31 @@ impl Outbound {
             manifest,
             local,
             targets,
+            state: None,
         }
+    }
+
+    /// Gives the cell its state (see [`CellState::for_cell`]).
+    pub fn with_state(mut self, state: Option<Arc<CellState>>) -> Self {
+        self.state = state;
+        self
     }
 
     pub fn cell_id(&self) -> &str {
         &self.manifest.id
+    }
+
+    /// The cell's key-value state, or why it has none.
+    pub fn state(&self) -> Result<&CellState, BusError> {
+        self.state.as_deref().ok_or_else(|| {
+            BusError::new(
+                ErrorCode::ContractViolation,
+                format!(
+                    "cell {} has no state: add [capabilities.state] to its cell.toml",
+                    self.manifest.id
+                ),
+            )
+        })
     }
 
     /// Request/reply to another cell; returns the reply payload (JSON

@@ -566,3 +566,28 @@ fn the_polyglot_flow_of_make_run_polyglot_prints_the_numbers_described() {
         "std: {reply}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cells_keep_state_in_both_runtimes() {
+    let data = tempfile::tempdir().unwrap();
+    let bus = Arc::new(cbs_host::bus::local::LocalBus::new());
+    let host = TestHost::with_data(bus, Some(data.path()), &[py_native(), py_wasm()]).await;
+    for cell in [NATIVE, WASM] {
+        let set = json!({"action": "state_set", "key": "name", "value": cell});
+        act(&host, cell, set)
+            .await
+            .unwrap_or_else(|e| panic!("{cell}: {e}"));
+        let got = act(&host, cell, json!({"action": "state_get", "key": "name"})).await;
+        assert_eq!(got.unwrap()["value"], cell, "{cell} reads its own value");
+        for expected in [1, 2] {
+            let n = act(&host, cell, json!({"action": "state_incr", "key": "n"})).await;
+            assert_eq!(n.unwrap()["value"], expected, "{cell}");
+        }
+        // Over max_value_bytes (1024 in cell.toml): a typed error, raised
+        // in the handler as InvalidInput and answered as such.
+        let big = json!({"action": "state_set", "key": "big", "value": "x".repeat(1_025)});
+        let err = act(&host, cell, big).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidInput, "{cell}: {err}");
+        assert!(err.message.contains("max_value_bytes"), "{cell}: {err}");
+    }
+}

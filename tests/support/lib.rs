@@ -99,9 +99,22 @@ impl TestHost {
     }
 
     pub async fn on(bus: Arc<dyn BodyBus>, cells: &[PathBuf]) -> Self {
+        Self::with_data(bus, None, cells).await
+    }
+
+    /// Serves `cells` on `bus`; cells granted state on the in-process bus
+    /// keep it in `data_dir`.
+    pub async fn with_data(
+        bus: Arc<dyn BodyBus>,
+        data_dir: Option<&Path>,
+        cells: &[PathBuf],
+    ) -> Self {
         // Warnings (restarts, retired instances) show up with a failing test.
         cbs_host::telemetry::init(cbs_host::telemetry::LogFormat::Text, "warn");
-        let body = Body::new(bus, runtime(Some(shared_cache())));
+        let mut body = Body::new(bus, runtime(Some(shared_cache())));
+        if let Some(dir) = data_dir {
+            body.set_data_dir(dir);
+        }
         for dir in cells {
             body.start(dir)
                 .await

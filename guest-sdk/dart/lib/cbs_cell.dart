@@ -30,3 +30,4 @@ export 'src/context.dart';
 export 'src/errors.dart';
 export 'src/frame.dart' show encodeFrame, FrameDecoder, FrameException;
 export 'src/runner.dart' show runCell, protocolMin, protocolMax;
+export 'src/state.dart';

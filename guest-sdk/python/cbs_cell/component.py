@@ -10,12 +10,14 @@ only there). ``scripts/build-python-cell`` generates the app module::
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Optional, Union
 
 from componentize_py_types import Err  # type: ignore[import-not-found]
 from wit_world.imports import bus, types  # type: ignore[import-not-found]
 from wit_world.imports import log as wit_log  # type: ignore[import-not-found,unused-ignore]
+from wit_world.imports import atomics, store  # type: ignore[import-not-found,unused-ignore]
 
 from .cell import CellClass, Handler, resolve, run
 from .context import Context, Json
@@ -47,6 +49,45 @@ class ComponentContext(Context):
 
     def _log(self, level: str, message: str) -> None:
         wit_log.log(_LEVELS.get(level, wit_log.Level.INFO), message)
+
+    def _state(self, op: dict[str, Any]) -> dict[str, Any]:
+        """A ``state`` operation through ``wasi:keyvalue``, answered in the
+        shape of the native runtime's ``state`` frames."""
+        try:
+            bucket = store.open("default")
+            kind, key = op["op"], op.get("key", "")
+            if kind == "get":
+                value = bucket.get(key)
+                return {"value": None if value is None else base64.b64encode(value).decode()}
+            if kind == "set":
+                bucket.set(key, base64.b64decode(op["value"]))
+                return {}
+            if kind == "delete":
+                bucket.delete(key)
+                return {}
+            if kind == "exists":
+                return {"exists": bucket.exists(key)}
+            if kind == "keys":
+                page = bucket.list_keys(op.get("cursor"))
+                return {"keys": list(page.keys), "cursor": page.cursor}
+            if kind == "increment":
+                return {"value": atomics.increment(bucket, key, op.get("delta", 1))}
+            raise CellError.from_wire({"code": "internal", "message": f"unknown state op {kind!r}"})
+        except Err as e:
+            raise _from_keyvalue(e.value) from None
+
+
+def _from_keyvalue(error: Any) -> CellError:
+    """A ``wasi:keyvalue`` error: the host writes ``"<code>: <message>"``."""
+    text = getattr(error, "value", None)
+    if isinstance(text, str):
+        code, _, message = text.partition(": ")
+        return CellError.from_wire({"code": code, "message": message or text})
+    if type(error).__name__.endswith("AccessDenied"):
+        return CellError.from_wire(
+            {"code": "contract_violation", "message": "this cell has no state: add [capabilities.state] to its cell.toml"}
+        )
+    return CellError.from_wire({"code": "not_found", "message": "no such state store"})
 
 
 def _from_wit(error: Any) -> CellError:

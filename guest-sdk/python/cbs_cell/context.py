@@ -4,7 +4,9 @@ logger, and calls to other cells through the host."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Optional
+import base64
+import json
+from typing import Any, Mapping, Optional, Union
 
 #: JSON values as Python sees them.
 Json = Any
@@ -44,6 +46,55 @@ class Logger:
         self._log("error", message, args)
 
 
+class State:
+    """The cell's own key-value state (``[capabilities.state]`` in
+    cell.toml): private to the cell, kept across messages and restarts.
+    Values are bytes; ``get_json``/``set_json`` store JSON. Failures raise
+    typed errors: ``InvalidInput`` (bad key, value over
+    ``max_value_bytes``), ``Capacity`` (past ``max_bytes``),
+    ``Unavailable``, ``ContractViolation`` (state not granted)."""
+
+    def __init__(self, sink: "Context") -> None:
+        self._sink = sink
+
+    def get(self, key: str) -> Optional[bytes]:
+        value = self._sink._state({"op": "get", "key": key})["value"]
+        return None if value is None else base64.b64decode(value)
+
+    def set(self, key: str, value: Union[bytes, str]) -> None:
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        self._sink._state({"op": "set", "key": key, "value": base64.b64encode(raw).decode()})
+
+    def get_json(self, key: str) -> Json:
+        raw = self.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def set_json(self, key: str, value: Json) -> None:
+        self.set(key, json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self._sink._state({"op": "delete", "key": key})
+
+    def exists(self, key: str) -> bool:
+        return bool(self._sink._state({"op": "exists", "key": key})["exists"])
+
+    def keys(self) -> list[str]:
+        """Every key, in order."""
+        keys: list[str] = []
+        cursor: Optional[int] = None
+        while True:
+            page = self._sink._state({"op": "keys", "cursor": cursor})
+            keys.extend(page["keys"])
+            cursor = page.get("cursor")
+            if cursor is None:
+                return keys
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        """Adds ``delta`` to the counter at ``key`` (0 when absent),
+        atomically, and returns the sum."""
+        return int(self._sink._state({"op": "increment", "key": key, "delta": int(delta)})["value"])
+
+
 class Context(ABC):
     """One message's context. The same API in both runtimes (component and
     native pool); each runtime supplies its own transport."""
@@ -58,6 +109,8 @@ class Context(ABC):
         self.schema: Optional[str] = envelope.get("schema")
         self.headers: dict[str, str] = dict(envelope.get("headers") or {})
         self.log = Logger(self)
+        #: The cell's key-value state.
+        self.state = State(self)
 
     def request(self, cell_id: str, payload: Json, timeout_ms: Optional[int] = None) -> Json:
         """Requests another cell (granted in ``[capabilities] calls``) and
@@ -77,6 +130,11 @@ class Context(ABC):
 
     @abstractmethod
     def _log(self, level: str, message: str) -> None: ...
+
+    @abstractmethod
+    def _state(self, op: dict[str, Any]) -> dict[str, Any]:
+        """Runs one state operation (the fields of a ``state`` frame, see
+        docs/sidecar-protocol.md) and returns its result."""
 
     def _enabled(self, level: str) -> bool:
         """Whether the host logs lines of `level`."""

@@ -149,6 +149,10 @@ class NativeContext(Context):
             {"type": "publish", "parent": self._parent, "subject": subject, "payload": payload}
         )
 
+    def _state(self, op: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._worker.call_host({"type": "state", "parent": self._parent, **op})
+        return result
+
     def _log(self, level: str, message: str) -> None:
         self._worker.channel.write(
             {"type": "log", "level": level, "message": message, "parent": self._parent}
@@ -261,7 +265,7 @@ class Worker:
             self.channel.write_raw(b'{"type":"reply","id":%d,"payload":%s}' % (hid, text.encode()))
 
     def call_host(self, frame: dict[str, Any]) -> Json:
-        """Sends a request or publish frame and waits for its response."""
+        """Sends a request, publish or state frame and waits for its response."""
         with self._ids_lock:
             rid = next(self._ids)
         frame["id"] = rid

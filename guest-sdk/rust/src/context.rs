@@ -45,6 +45,12 @@ impl Context {
         &self.envelope.id
     }
 
+    /// The cell's own key-value state (`[capabilities.state]` in
+    /// `cell.toml`); `contract_violation` when not granted.
+    pub fn state(&self) -> Result<crate::State, CellError> {
+        crate::State::open()
+    }
+
     /// A header of the incoming envelope (`traceparent`, tenant, ...).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.envelope

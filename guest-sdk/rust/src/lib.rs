@@ -39,15 +39,18 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_cell_world",
         default_bindings_module: "cbs_cell::bindings",
+        generate_all,
     });
 }
 
 mod context;
 mod error;
+mod state;
 
 pub use context::{Context, Level};
 pub use error::{CellError, ErrorCode};
 pub use serde_json;
+pub use state::State;
 
 use bindings::cbs::cell::types as wit;
 

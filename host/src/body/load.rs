@@ -22,6 +22,7 @@ use crate::runtime::process::SidecarCell;
 use crate::runtime::python::PythonCell;
 use crate::runtime::wasm::WasmRuntime;
 use crate::runtime::CellRunner;
+use crate::state::{CellState, StateBackend};
 
 /// Where cells come from: trust for bundles, and where they unpack.
 #[derive(Clone)]
@@ -57,6 +58,8 @@ pub(super) struct Loader {
     /// through the bus.
     pub local: Option<Arc<dyn LocalCalls>>,
     pub latency: LatencyFamily,
+    /// Where cells granted state keep it.
+    pub state: Arc<dyn StateBackend>,
 }
 
 impl Loader {
@@ -65,11 +68,10 @@ impl Loader {
         let spec = CellSpec::from_dir(dir)?;
         let manifest = Arc::new(with_grants_resolved(&spec)?);
         let contract = Contract::load(&spec)?;
-        let outbound = Arc::new(Outbound::new(
-            self.bus.clone(),
-            manifest.clone(),
-            self.local.clone(),
-        ));
+        let state = CellState::for_cell(&manifest, &self.state);
+        let outbound = Arc::new(
+            Outbound::new(self.bus.clone(), manifest.clone(), self.local.clone()).with_state(state),
+        );
         let (runner, cache): (Arc<dyn CellRunner>, _) = match manifest.runtime {
             RuntimeKind::Wasm => {
                 let cell = self

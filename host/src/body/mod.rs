@@ -46,6 +46,7 @@ pub struct Body {
 impl Body {
     pub fn new(bus: Arc<dyn BodyBus>, wasm: Arc<WasmRuntime>) -> Self {
         let registry = Registry::new(bus.clone());
+        let state = crate::state::default_backend(bus.as_ref(), &crate::state::default_data_dir());
         let loader = Loader {
             bus,
             wasm,
@@ -53,6 +54,7 @@ impl Body {
             chaos: HashMap::new(),
             local: Some(registry.directory()),
             latency: metrics::latency_family(),
+            state,
         };
         Self {
             loader,
@@ -64,6 +66,12 @@ impl Body {
     /// Which keys bundles must be signed by, and where bundles unpack.
     pub fn set_sources(&mut self, sources: Sources) {
         self.loader.sources = sources;
+    }
+
+    /// Where cells granted state keep it (applies to cells loaded after):
+    /// JetStream on NATS, `data_dir` in process.
+    pub fn set_data_dir(&mut self, data_dir: &Path) {
+        self.loader.state = crate::state::default_backend(self.bus().as_ref(), data_dir);
     }
 
     /// Fault injection by cell id (`cbs-host run --chaos FILE`); applies to

@@ -6,6 +6,7 @@
 //! implementation used when no NATS URL is given; both pass one conformance
 //! suite (`tests/integration/bus_conformance.rs`).
 
+pub(crate) mod kv;
 pub mod local;
 pub mod nats;
 pub mod subject;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::bundle::{Bundle, KeyPair};
+use crate::bus::kv::{self as bucket, Limits};
 use downgrade::RollbackGrant;
 
 pub const BUNDLES: &str = "cbs-bundles";
@@ -153,8 +154,8 @@ impl Store {
     /// server (`nats-server -js`).
     pub async fn open(client: &async_nats::Client) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
-        let desired = open_kv(&js, DESIRED, 5).await?;
-        let status = open_kv(&js, STATUS, 1).await?;
+        let desired = bucket::open(&js, DESIRED, Limits::history(5)).await?;
+        let status = bucket::open(&js, STATUS, Limits::history(1)).await?;
         let bundles = open_objects(&js).await?;
         Ok(Self {
             desired,
@@ -303,35 +304,6 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("cannot watch {STATUS}: {e}"))
     }
-}
-
-/// Opens a key-value bucket, creating its stream when missing. The stream
-/// is made here, with the settings `async-nats` uses for buckets, because
-/// its `create_key_value` first reads the account info, which it cannot
-/// parse from nats-server 2.9 (no `reserved_memory` field).
-async fn open_kv(js: &jetstream::Context, bucket: &str, history: i64) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let config = jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: history,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
-    };
-    let created = js.create_stream(config).await;
-    // Whoever created it (this client or another), it must open now.
-    js.get_key_value(bucket).await.map_err(|e| {
-        let cause = created.err().map_or_else(|| e.to_string(), |c| c.to_string());
-        anyhow::anyhow!(
-            "cannot open the JetStream key-value bucket {bucket}: {cause}; is JetStream enabled on the server (`nats-server -js`)?"
-        )
-    })
 }
 
 async fn open_objects(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {

@@ -14,6 +14,8 @@ misbehaving on request. Actions (the payload's "action"):
   where                -> pid, interpreter and whether numpy imports
   allocate {mb}        -> holds mb MiB for the message (MemoryError past
                           the cell's memory limit)
+  state_set {key, value}, state_get {key}, state_incr {key}
+                       -> the cell's key-value state
 """
 
 import os
@@ -50,6 +52,14 @@ class Faulty:
             raise ValueError(payload["message"])
         if action == "allocate":
             return {"value": len(bytearray(payload["mb"] << 20)) >> 20}
+        if action == "state_set":
+            ctx.state.set(payload["key"], payload["value"])
+            return {"value": True}
+        if action == "state_get":
+            value = ctx.state.get(payload["key"])
+            return {"value": None if value is None else value.decode()}
+        if action == "state_incr":
+            return {"value": ctx.state.increment(payload["key"])}
         if action == "bad_output":
             return {"unexpected": True}
         if action == "hang":

@@ -1,3 +1,6 @@
+import 'errors.dart';
+import 'state.dart';
+
 /// What a handler knows about its message, and its way to other cells.
 class Context {
   Context({
@@ -7,7 +10,9 @@ class Context {
     required Future<Object?> Function(String cellId, Object? payload, Duration? timeout) request,
     required Future<void> Function(String subject, Object? payload) publish,
     required void Function(String level, String message) log,
-  })  : _headers = headers,
+    Future<Object?> Function(Map<String, Object?> op)? state,
+  })  : state = State(state ?? _noState),
+        _headers = headers,
         _request = request,
         _publish = publish,
         _log = log;
@@ -17,6 +22,9 @@ class Context {
 
   /// Id of the message being handled.
   final String messageId;
+
+  /// The cell's own key-value state.
+  final State state;
 
   final Map<String, String> _headers;
   final Future<Object?> Function(String, Object?, Duration?) _request;
@@ -45,3 +53,6 @@ class Context {
   void info(String message) => _log('info', message);
   void warn(String message) => _log('warn', message);
 }
+
+Future<Object?> _noState(Map<String, Object?> op) async =>
+    throw CellError.fromWire({'code': 'contract_violation', 'message': 'no state outside a host'});

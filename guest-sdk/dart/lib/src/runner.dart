@@ -148,6 +148,7 @@ class _Session {
       publish: (subject, payload) =>
           call({'type': 'publish', 'parent': id, 'subject': subject, 'payload': payload}),
       log: (level, message) => send({'type': 'log', 'level': level, 'message': message, 'parent': id}),
+      state: (op) => call({'type': 'state', 'parent': id, ...op}),
     );
     try {
       final payload = envelope['payload'];

@@ -131,6 +131,12 @@ fn describe_text(cell: &LoadedCell) -> String {
             cbs_host::durable::dlq_subject(&m.id),
         )
     });
+    let state = m.capabilities.state.map_or_else(String::new, |s| {
+        format!(
+            "state         own key-value bucket: values up to {} bytes, {} bytes in all\n",
+            s.max_value_bytes, s.max_bytes
+        )
+    });
     format!(
         "cell          {} {} (runtime {})\n\
          component     {component} [{cache}]\n\
@@ -142,7 +148,8 @@ fn describe_text(cell: &LoadedCell) -> String {
          {durable}\
          instances     {}, retired after {} messages or any trap\n\
          limits        memory {} MiB, timeout {} ms, concurrency {}, queue {}\n\
-         capabilities  stdio: {}; calls: {}; publish: {}\n",
+         capabilities  stdio: {}; calls: {}; publish: {}\n\
+         {state}",
         m.id,
         m.version,
         lower(m.runtime),

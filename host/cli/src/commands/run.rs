@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// `["<cell-id>"]` tables with latency_ms, error_rate, drop_rate, seed.
     #[arg(long, value_name = "FILE")]
     chaos: Option<PathBuf>,
+    /// Where cells granted `[capabilities.state]` keep it on the in-process
+    /// bus (on NATS it is in JetStream) [default: $CBS_DATA_DIR, else
+    /// $XDG_DATA_HOME/cbs, else ~/.local/share/cbs].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Serve over NATS instead of the in-process bus.
     #[command(flatten)]
     nats: NatsArgs,
@@ -180,6 +185,9 @@ fn body(args: &RunArgs, bus: Arc<dyn BodyBus>) -> anyhow::Result<Body> {
             .sources(&args.trust, args.allow_process_bundles)?,
     );
     body.set_local_calls(!args.calls_via_bus);
+    if let Some(dir) = &args.data_dir {
+        body.set_data_dir(dir);
+    }
     if let Some(path) = &args.chaos {
         body.set_chaos(read_chaos(path)?);
     }

@@ -15,11 +15,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::Encoder;
 
 use super::frame::{FrameCodec, FrameError, FrameReader};
-use super::protocol::{encode, FromSidecar, ToSidecar};
+use super::protocol::{encode, FromSidecar, StateOp, ToSidecar};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::outbound::{Flow, Outbound};
 use crate::runtime::log_budget::LogBudget;
 use crate::runtime::{Deadline, Reply};
+use crate::state::CellState;
 
 /// Frames queued for one process before senders wait.
 const WRITE_QUEUE: usize = 1024;
@@ -323,6 +324,22 @@ impl Conn {
                     published.await.map(|()| None)
                 });
             }
+            FromSidecar::State { id, parent, op } => {
+                let outbound = outbound.clone();
+                self.answer(id, parent, move |flow| async move {
+                    let state = outbound.state()?;
+                    let left = flow.deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, run_state(state, op))
+                        .await
+                        .map_err(|_| {
+                            BusError::new(
+                                ErrorCode::Timeout,
+                                "the message's deadline passed during a state operation",
+                            )
+                        })?
+                        .map(Some)
+                });
+            }
             FromSidecar::Pong { id } => {
                 if let Some(tx) = self.pongs.lock().unwrap().remove(&id) {
                     let _ = tx.send(());
@@ -389,6 +406,38 @@ impl Conn {
                 )
             })
     }
+}
+
+/// Runs a `state` frame's operation; the response payload is JSON text.
+async fn run_state(state: &CellState, op: StateOp) -> Result<String, BusError> {
+    use serde_json::json;
+    let payload = match op {
+        StateOp::Get { key } => {
+            let value = state.get(&key).await?;
+            json!({ "value": value.map(|v| data_encoding::BASE64.encode(&v)) })
+        }
+        StateOp::Set { key, value } => {
+            state.set(&key, value).await?;
+            json!({})
+        }
+        StateOp::Delete { key } => {
+            state.delete(&key).await?;
+            json!({})
+        }
+        StateOp::Exists { key } => json!({ "exists": state.exists(&key).await? }),
+        StateOp::Keys { cursor } => {
+            let (keys, cursor) = state.keys(cursor).await?;
+            json!({ "keys": keys, "cursor": cursor })
+        }
+        StateOp::Increment { key, delta } => json!({ "value": state.increment(&key, delta).await? }),
+        StateOp::Unknown(op) => {
+            return Err(BusError::new(
+                ErrorCode::InvalidInput,
+                format!("unknown state op {op:?}: this host knows get, set, delete, exists, keys and increment"),
+            ))
+        }
+    };
+    Ok(payload.to_string())
 }
 
 async fn write_loop(conn: Arc<Conn>, mut stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {

@@ -81,6 +81,12 @@ pub enum FromSidecar {
         subject: String,
         payload: Box<RawValue>,
     },
+    /// An operation on the cell's key-value state.
+    State {
+        id: u64,
+        parent: u64,
+        op: StateOp,
+    },
     Pong {
         id: u64,
     },
@@ -123,6 +129,81 @@ struct Wire {
     level: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    /// A state value, base64.
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    delta: Option<u64>,
+    #[serde(default)]
+    cursor: Option<u64>,
+}
+
+/// The fields of a `state` frame.
+struct StateFields {
+    op: Option<String>,
+    key: Option<String>,
+    value: Option<String>,
+    delta: Option<u64>,
+    cursor: Option<u64>,
+}
+
+/// A `state` frame's operation (docs/sidecar-protocol.md, section 5).
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateOp {
+    Get {
+        key: String,
+    },
+    Set {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    Exists {
+        key: String,
+    },
+    Keys {
+        cursor: Option<u64>,
+    },
+    Increment {
+        key: String,
+        delta: u64,
+    },
+    /// An op this host does not know: answered with `invalid_input`, so a
+    /// newer SDK fails one call, not its process.
+    Unknown(String),
+}
+
+impl StateOp {
+    fn parse(w: StateFields) -> Result<Self, String> {
+        let op = w.op.ok_or("a `state` frame without `op`")?;
+        let missing = format!("a `state` `{op}` frame without `key`");
+        let key = || w.key.clone().ok_or(missing.clone());
+        Ok(match op.as_str() {
+            "get" => Self::Get { key: key()? },
+            "delete" => Self::Delete { key: key()? },
+            "exists" => Self::Exists { key: key()? },
+            "keys" => Self::Keys { cursor: w.cursor },
+            "increment" => Self::Increment {
+                key: key()?,
+                delta: w.delta.unwrap_or(1),
+            },
+            "set" => {
+                let key = key()?;
+                let value = w.value.ok_or("a `state` `set` frame without `value`")?;
+                let value = data_encoding::BASE64
+                    .decode(value.as_bytes())
+                    .map_err(|e| format!("a `state` `set` value is not base64: {e}"))?;
+                Self::Set { key, value }
+            }
+            _ => Self::Unknown(op),
+        })
+    }
 }
 
 impl FromSidecar {
@@ -160,6 +241,17 @@ impl FromSidecar {
                 parent: w.parent.ok_or_else(|| need("parent"))?,
                 subject: w.subject.ok_or_else(|| need("subject"))?,
                 payload: w.payload.ok_or_else(|| need("payload"))?,
+            },
+            "state" => Self::State {
+                id: id()?,
+                parent: w.parent.ok_or_else(|| need("parent"))?,
+                op: StateOp::parse(StateFields {
+                    op: w.op,
+                    key: w.key,
+                    value: w.value,
+                    delta: w.delta,
+                    cursor: w.cursor,
+                })?,
             },
             "pong" => Self::Pong { id: id()? },
             "log" => Self::Log {
@@ -244,6 +336,34 @@ mod tests {
         let err = FromSidecar::parse(br#"{"type":"reply"}"#).err().unwrap();
         assert!(err.contains("without `id`"), "{err}");
         assert!(FromSidecar::parse(b"[1]").is_err());
+    }
+
+    #[test]
+    fn state_frames_parse_and_refuse_what_is_missing() {
+        let set = FromSidecar::parse(
+            br#"{"type":"state","id":1,"parent":2,"op":"set","key":"k","value":"aGk="}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            set,
+            FromSidecar::State { op: StateOp::Set { ref key, ref value }, .. } if key == "k" && value == b"hi"
+        ));
+        let unknown = br#"{"type":"state","id":1,"parent":2,"op":"drop_all"}"#;
+        assert!(matches!(
+            FromSidecar::parse(unknown).unwrap(),
+            FromSidecar::State { op: StateOp::Unknown(ref op), .. } if op == "drop_all"
+        ));
+        for bad in [
+            &br#"{"type":"state","id":1,"parent":2,"op":"get"}"#[..],
+            br#"{"type":"state","id":1,"parent":2,"op":"set","key":"k","value":"!"}"#,
+            br#"{"type":"state","id":1,"op":"keys"}"#,
+        ] {
+            assert!(
+                FromSidecar::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

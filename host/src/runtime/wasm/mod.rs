@@ -6,6 +6,7 @@
 mod cache;
 mod clocks;
 mod engine;
+mod keyvalue;
 mod pool;
 mod sandbox;
 

@@ -29,7 +29,7 @@ pub struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) memory: MemoryLimit,
-    outbound: Arc<Outbound>,
+    pub(super) outbound: Arc<Outbound>,
     /// The message being handled (none between messages).
     pub(super) flow: Option<Flow>,
     /// When the current call must end; read by the epoch callback.

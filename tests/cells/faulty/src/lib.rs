@@ -41,6 +41,20 @@ pub enum Action {
     /// Ten readings of each clock: the wall clock's sub-second nanoseconds
     /// and the monotonic clock's step between two readings.
     Clocks,
+    /// Set a state key to a text value.
+    StateSet { key: String, value: String },
+    /// A state key's text value, or null.
+    StateGet { key: String },
+    /// Delete a state key.
+    StateDelete { key: String },
+    /// Open the `wasi:keyvalue` store `store` and read `key` from it:
+    /// the value, or `{"denied": why}`.
+    StateOpen { store: String, key: String },
+    /// Every state key.
+    StateKeys,
+    /// Record the message id in state (a sink that dedups on envelope id):
+    /// counts `#handled` always, `#unique` once per id.
+    Record,
 }
 
 #[derive(Serialize)]
@@ -110,11 +124,48 @@ impl Cell for Faulty {
                 Ok(reply(Some(outcome(connected))))
             }
             Action::Clocks => Ok(reply(Some(clocks()))),
+            Action::StateSet { key, value } => {
+                ctx.state()?.set(&key, value.as_bytes())?;
+                Ok(reply(None))
+            }
+            Action::StateGet { key } => {
+                let value = ctx.state()?.get(&key)?;
+                let text = value.map(|v| String::from_utf8_lossy(&v).into_owned());
+                Ok(reply(Some(Value::from(text))))
+            }
+            Action::StateDelete { key } => {
+                ctx.state()?.delete(&key)?;
+                Ok(reply(None))
+            }
+            Action::StateOpen { store, key } => Ok(reply(Some(open_store(&store, &key)))),
+            Action::StateKeys => Ok(reply(Some(Value::from(ctx.state()?.keys()?)))),
+            Action::Record => {
+                let state = ctx.state()?;
+                state.increment("#handled", 1)?;
+                if !state.exists(ctx.message_id())? {
+                    state.set(ctx.message_id(), b"1")?;
+                    state.increment("#unique", 1)?;
+                }
+                Ok(reply(None))
+            }
             Action::Call { cell, payload } => {
                 let value: Value = ctx.request(&cell, &payload)?;
                 Ok(reply(Some(value)))
             }
         }
+    }
+}
+
+/// Opens a store by name, bypassing the SDK, as a guessing cell would.
+fn open_store(name: &str, key: &str) -> Value {
+    use cbs_cell::bindings::wasi::keyvalue::store;
+    let denied = |e: store::Error| serde_json::json!({ "denied": format!("{e:?}") });
+    match store::open(name) {
+        Ok(bucket) => match bucket.get(key) {
+            Ok(value) => Value::from(value.map(|v| String::from_utf8_lossy(&v).into_owned())),
+            Err(e) => denied(e),
+        },
+        Err(e) => denied(e),
     }
 }
 

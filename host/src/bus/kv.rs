@@ -1,0 +1,61 @@
+//! Opening JetStream key-value buckets.
+//!
+//! The bucket's stream is made here, with the settings `async-nats` uses
+//! for buckets, because its `create_key_value` first reads the account
+//! info, which it cannot parse from nats-server 2.9 (no `reserved_memory`
+//! field).
+
+use async_nats::jetstream::{self, kv, stream};
+
+/// Limits of a bucket; `None` leaves the server's default.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Values kept per key.
+    pub history: i64,
+    /// All the bucket's messages together, in bytes.
+    pub max_bytes: Option<i64>,
+    /// The largest message, in bytes.
+    pub max_value_bytes: Option<i32>,
+}
+
+impl Limits {
+    pub fn history(history: i64) -> Self {
+        Self {
+            history,
+            max_bytes: None,
+            max_value_bytes: None,
+        }
+    }
+}
+
+/// Opens bucket `bucket`, creating its stream when missing.
+pub async fn open(
+    js: &jetstream::Context,
+    bucket: &str,
+    limits: Limits,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: limits.history,
+        max_bytes: limits.max_bytes.unwrap_or(-1),
+        max_message_size: limits.max_value_bytes.unwrap_or(-1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let created = js.create_stream(config).await;
+    // Whoever created it (this client or another), it must open now.
+    js.get_key_value(bucket).await.map_err(|e| {
+        let cause = created.err().map_or_else(|| e.to_string(), |c| c.to_string());
+        anyhow::anyhow!(
+            "cannot open the JetStream key-value bucket {bucket}: {cause}; is JetStream enabled on the server (`nats-server -js`)?"
+        )
+    })
+}
