@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +98,16 @@ pub async fn publish(
         .publish_with_headers(subject.to_owned(), headers, envelope.to_vec().into())
         .await
         .map_err(|e| unavailable(subject, e))?;
-    ack.await.map_err(|e| unavailable(subject, e))
+    ack.await.map_err(|e| match e.kind() {
+        PublishErrorKind::StreamNotFound => BusError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "no JetStream stream takes {subject}, so it cannot be stored: \
+                 deploy a cell that subscribes to it durably, or create a stream for it"
+            ),
+        ),
+        _ => unavailable(subject, e),
+    })
 }
 
 fn unavailable(subject: &str, e: impl std::fmt::Display) -> BusError {
@@ -157,6 +167,11 @@ pub async fn store_dead_letter(js: &jetstream::Context, letter: &DeadLetter) -> 
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     ack.await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// Creates the dead-letter stream when missing.
+pub(crate) async fn ensure_dlq(js: &jetstream::Context) -> anyhow::Result<()> {
+    dlq(js).await.map(drop)
 }
 
 /// The dead-letter stream, created when missing.

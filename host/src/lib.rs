@@ -24,6 +24,7 @@ pub mod discovery;
 pub mod durable;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod manifest;
 pub mod metrics;
 pub mod outbound;

@@ -50,6 +50,9 @@ pub struct Manifest {
     /// lost when a host dies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durable: Option<DurableSpec>,
+    /// Event subjects the cell handles besides its requests (`[[subscribe]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<crate::events::Subscribe>,
 }
 
 /// `[durable]`: a cell fed by a JetStream stream through one durable pull
@@ -117,23 +120,10 @@ impl DurableSpec {
 
     fn validate(&self) -> anyhow::Result<()> {
         if let Some(stream) = &self.stream {
-            let ok = !stream.is_empty()
-                && stream.len() <= 64
-                && stream
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !ok {
-                bail!("[durable] stream = {stream:?}: use up to 64 letters, digits, '_' and '-'");
-            }
+            check_stream_name("[durable] stream", stream)?;
         }
         for subject in &self.subjects {
-            crate::bus::subject::check(subject, true).context("in [durable] subjects")?;
-            if subject.starts_with("cbs.") || subject.starts_with('$') || subject.starts_with('_') {
-                bail!(
-                    "[durable] subjects: {subject:?} would capture requests or system traffic; \
-                     use a subject of its own, such as \"orders.>\""
-                );
-            }
+            check_own_subject("[durable] subjects", subject)?;
         }
         if self.max_deliver == 0 {
             bail!("[durable] max_deliver must be at least 1");
@@ -280,6 +270,11 @@ pub struct Capabilities {
     /// Subjects (wildcards allowed) this cell may `publish` to.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Subjects this cell publishes durably: a `publish` there returns only
+    /// once JetStream stored the event, and fails with `unavailable` when
+    /// no stream takes it. Granted for `publish` too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish_durable: Vec<String>,
     /// Folders a wasm cell may open, each preopened at a guest path;
     /// read-only unless `write = true`. No other file is reachable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -465,6 +460,8 @@ pub mod bounds {
     /// `[capabilities.env]` entries, and bytes per name or value.
     pub const ENV_VARS: usize = 64;
     pub const ENV_BYTES: usize = 4_096;
+    /// `[[subscribe]]` entries.
+    pub const SUBSCRIPTIONS: usize = 16;
     /// 1 MiB, NATS's default `max_payload`.
     pub const STATE_VALUE_BYTES: u64 = 1 << 20;
     /// 1 GiB.
@@ -520,6 +517,32 @@ fn check_grants(c: &Capabilities) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A JetStream stream name a manifest gives.
+pub(crate) fn check_stream_name(what: &str, stream: &str) -> anyhow::Result<()> {
+    let ok = !stream.is_empty()
+        && stream.len() <= 64
+        && stream
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        bail!("{what} = {stream:?}: use up to 64 letters, digits, '_' and '-'");
+    }
+    Ok(())
+}
+
+/// A subject (wildcards allowed) a stream or subscription may take: never
+/// one of the requests to cells (`cbs.`) or system traffic (`$`, `_`).
+pub(crate) fn check_own_subject(what: &str, subject: &str) -> anyhow::Result<()> {
+    crate::bus::subject::check(subject, true).with_context(|| format!("in {what}"))?;
+    if subject.starts_with("cbs.") || subject.starts_with('$') || subject.starts_with('_') {
+        bail!(
+            "{what}: {subject:?} would capture requests or system traffic; \
+             use a subject of its own, such as \"orders.>\""
+        );
+    }
+    Ok(())
+}
+
 fn within(name: &str, value: u64, max: u64) -> anyhow::Result<()> {
     if value > max {
         bail!("{name} = {value} is above the largest this host accepts, {max}");
@@ -546,6 +569,7 @@ impl Manifest {
             policy: Default::default(),
             chaos: None,
             durable: None,
+            subscribe: Vec::new(),
         }
     }
 
@@ -587,6 +611,17 @@ impl Manifest {
         check_grants(&self.capabilities)?;
         if let Some(durable) = &self.durable {
             durable.validate()?;
+        }
+        within(
+            "[[subscribe]] entries",
+            self.subscribe.len() as u64,
+            bounds::SUBSCRIPTIONS as u64,
+        )?;
+        for subscription in &self.subscribe {
+            subscription.validate()?;
+        }
+        for subject in &self.capabilities.publish_durable {
+            check_own_subject("[capabilities] publish_durable", subject)?;
         }
         let l = &self.limits;
         if l.memory_mb == Some(0) || l.timeout_ms == 0 || l.concurrency == 0 {
@@ -684,12 +719,21 @@ impl Manifest {
 
     /// May this cell publish to `subject`?
     pub fn may_publish(&self, subject: &str) -> bool {
-        self.capabilities.publish.iter().any(|p| {
-            crate::bus::subject::Pattern::parse(p)
-                .map(|p| p.matches(subject))
-                .unwrap_or(false)
-        })
+        matches_any(&self.capabilities.publish, subject) || self.publishes_durably(subject)
     }
+
+    /// Does a publish to `subject` wait until JetStream stored it?
+    pub fn publishes_durably(&self, subject: &str) -> bool {
+        matches_any(&self.capabilities.publish_durable, subject)
+    }
+}
+
+fn matches_any(patterns: &[String], subject: &str) -> bool {
+    patterns.iter().any(|p| {
+        crate::bus::subject::Pattern::parse(p)
+            .map(|p| p.matches(subject))
+            .unwrap_or(false)
+    })
 }
 
 /// `cbs.<cell-id>`: where a cell is served.

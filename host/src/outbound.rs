@@ -204,7 +204,11 @@ impl Outbound {
             .collect()
     }
 
-    /// Fire-and-forget publish to a granted subject.
+    /// Publishes an event to a granted subject: a child envelope of the
+    /// flow (correlation id, causation, trace context). Fire-and-forget,
+    /// except on `publish_durable` subjects with JetStream: then it returns
+    /// once the event is stored, and fails with `unavailable` when no
+    /// stream takes it.
     pub async fn publish(
         &self,
         flow: &Flow,
@@ -220,9 +224,17 @@ impl Outbound {
                 ),
             ));
         }
-        let child = flow
+        let mut child = flow
             .parent
             .child(subject, raw_json(payload, "published payload")?);
+        crate::telemetry::inject_current(&mut child.headers);
+        if self.manifest.publishes_durably(subject) {
+            if let Some(js) = self.bus.jetstream() {
+                return crate::durable::publish(&js, subject, &child)
+                    .await
+                    .map(drop);
+            }
+        }
         self.bus.publish(to_message(&child)).await
     }
 }

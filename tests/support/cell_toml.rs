@@ -145,6 +145,12 @@ impl CellToml {
         self
     }
 
+    /// One `[[subscribe]]` entry more.
+    pub fn subscribe(mut self, subscription: cbs_host::events::Subscribe) -> Self {
+        self.manifest.subscribe.push(subscription);
+        self
+    }
+
     /// `[capabilities]`, from what is set so far.
     pub fn capabilities(mut self, set: impl FnOnce(&mut Capabilities)) -> Self {
         set(&mut self.manifest.capabilities);

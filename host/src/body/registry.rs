@@ -16,35 +16,44 @@ use tokio_util::sync::CancellationToken;
 use super::cell::{retire, LoadedCell, Slot};
 use super::dispatch::dispatch;
 use super::pull;
-use crate::bus::{BodyBus, Endpoint};
+use crate::bus::{BodyBus, Endpoint, Subscription};
 use crate::durable::{self, DurableConsumer};
 use crate::envelope::Envelope;
 use crate::outbound::LocalCalls;
 
-/// A cell being served, with the task that takes its messages and the
-/// signal that stops it.
+/// A cell being served, with the tasks that take its messages and the
+/// signals that stop them.
 struct Served {
     slot: Slot,
-    dispatcher: JoinHandle<()>,
-    stop: Arc<Notify>,
-    /// The durable consumer's pull loop (`[durable]` cells on JetStream).
-    durable: Option<(JoinHandle<()>, CancellationToken)>,
+    /// Core subscriptions: the requests on `cbs.<id>` (first), then the
+    /// core `[[subscribe]]` events.
+    dispatchers: Vec<(JoinHandle<()>, Arc<Notify>)>,
+    /// Pull loops: the `[durable]` consumer and durable `[[subscribe]]`
+    /// consumers (on JetStream).
+    pullers: Vec<(JoinHandle<()>, CancellationToken)>,
 }
 
 impl Served {
-    /// Stops taking new messages and lets the dispatcher take those already
-    /// delivered (up to `grace`); returns the version served. Durable
-    /// messages pulled and not yet acknowledged are delivered again.
+    /// Stops taking new messages and lets the dispatchers take those
+    /// already delivered (up to `grace`); returns the version served.
+    /// Durable messages pulled and not yet acknowledged are delivered again.
     async fn stop(self, grace: Duration) -> Arc<LoadedCell> {
-        if let Some((task, token)) = self.durable {
+        let pulls = self.pullers.into_iter().map(|(task, token)| {
             token.cancel();
-            let _ = tokio::time::timeout(grace, task).await;
-        }
-        self.stop.notify_one();
-        let mut dispatcher = self.dispatcher;
-        if tokio::time::timeout(grace, &mut dispatcher).await.is_err() {
-            dispatcher.abort();
-        }
+            async move {
+                let _ = tokio::time::timeout(grace, task).await;
+            }
+        });
+        futures_util::future::join_all(pulls).await;
+        let dispatches = self.dispatchers.into_iter().map(|(mut task, stop)| {
+            stop.notify_one();
+            async move {
+                if tokio::time::timeout(grace, &mut task).await.is_err() {
+                    task.abort();
+                }
+            }
+        });
+        futures_util::future::join_all(dispatches).await;
         let slot = self.slot.read().unwrap();
         slot.clone()
     }
@@ -78,37 +87,85 @@ impl Registry {
         }
         let subject = cell.manifest.subject();
         let slot: Slot = Arc::new(RwLock::new(cell.clone()));
-        let consumer = self.durable_consumer(&cell).await?;
+        let mut consumers = Vec::from_iter(self.durable_consumer(&cell).await?);
+        consumers.extend(self.event_consumers(&cell).await?);
         let subscription = self
             .bus
             .serve(endpoint(&cell, &slot))
             .await
             .with_context(|| format!("cannot serve cell {id} on {subject}"))?;
+        let mut dispatchers = vec![self.dispatch(subscription, &slot)];
+        for event in cell
+            .manifest
+            .subscribe
+            .iter()
+            .filter(|s| !s.durable || !self.has_jetstream())
+        {
+            let queue = event.queue_group(&id);
+            let subscription = self
+                .bus
+                .subscribe(&event.subject, queue.as_deref())
+                .await
+                .with_context(|| format!("cannot subscribe cell {id} to {}", event.subject))?;
+            dispatchers.push(self.dispatch(subscription, &slot));
+        }
         self.bus.flush().await?;
-        let stop = Arc::new(Notify::new());
-        let dispatcher = tokio::spawn(dispatch(
-            self.bus.clone(),
-            slot.clone(),
-            subscription,
-            stop.clone(),
-        ));
-        let durable = consumer.map(|(js, consumer)| {
-            let token = CancellationToken::new();
-            let task = tokio::spawn(pull::consume(js, consumer, slot.clone(), token.clone()));
-            (task, token)
-        });
-        tracing::info!(cell = %id, %subject, durable = durable.is_some(), "serving");
+        let pullers = consumers
+            .into_iter()
+            .map(|(js, consumer)| {
+                let token = CancellationToken::new();
+                let task = tokio::spawn(pull::consume(js, consumer, slot.clone(), token.clone()));
+                (task, token)
+            })
+            .collect::<Vec<_>>();
+        tracing::info!(cell = %id, %subject, events = cell.manifest.subscribe.len(), durable = pullers.len(), "serving");
         self.directory.insert(&cell);
         self.cells.write().unwrap().insert(
             id,
             Served {
                 slot,
-                dispatcher,
-                stop,
-                durable,
+                dispatchers,
+                pullers,
             },
         );
         Ok(())
+    }
+
+    fn dispatch(&self, subscription: Subscription, slot: &Slot) -> (JoinHandle<()>, Arc<Notify>) {
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(dispatch(
+            self.bus.clone(),
+            slot.clone(),
+            subscription,
+            stop.clone(),
+        ));
+        (task, stop)
+    }
+
+    fn has_jetstream(&self) -> bool {
+        self.bus.jetstream().is_some()
+    }
+
+    /// The consumers of the cell's durable `[[subscribe]]` entries. On a
+    /// bus without JetStream they are served as core subscriptions (at
+    /// most once), with a warning.
+    async fn event_consumers(
+        &self,
+        cell: &LoadedCell,
+    ) -> anyhow::Result<Vec<(jetstream::Context, DurableConsumer)>> {
+        let durable = cell.manifest.subscribe.iter().filter(|s| s.durable);
+        let Some(js) = self.bus.jetstream() else {
+            for event in durable {
+                tracing::warn!(cell = %cell.manifest.id, subject = %event.subject, "durable subscriptions need NATS JetStream (cbs-host run --nats URL); on the in-process bus events arrive at most once");
+            }
+            return Ok(Vec::new());
+        };
+        let mut consumers = Vec::new();
+        for event in durable {
+            let consumer = crate::events::ensure(&js, &cell.manifest, event).await?;
+            consumers.push((js.clone(), consumer));
+        }
+        Ok(consumers)
     }
 
     /// The stream and shared consumer of a `[durable]` cell, when the bus
@@ -187,8 +244,10 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         for served in self.cells.get_mut().unwrap().values() {
-            served.dispatcher.abort();
-            if let Some((task, _)) = &served.durable {
+            for (task, _) in &served.dispatchers {
+                task.abort();
+            }
+            for (task, _) in &served.pullers {
                 task.abort();
             }
         }

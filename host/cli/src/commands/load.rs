@@ -131,6 +131,22 @@ fn describe_text(cell: &LoadedCell) -> String {
             cbs_host::durable::dlq_subject(&m.id),
         )
     });
+    let events: String = m
+        .subscribe
+        .iter()
+        .map(|e| {
+            let how = if e.durable {
+                format!(
+                    "durable, stream {}, consumer {}",
+                    e.stream_name(),
+                    e.consumer_name(&m.id)
+                )
+            } else {
+                lower(e.delivery)
+            };
+            format!("subscribes    {} ({how})\n", e.subject)
+        })
+        .collect();
     let state = m.capabilities.state.map_or_else(String::new, |s| {
         format!(
             "state         own key-value bucket: values up to {} bytes, {} bytes in all\n",
@@ -146,6 +162,7 @@ fn describe_text(cell: &LoadedCell) -> String {
          output        {}\n\
          serves        {subject} (queue group {subject})\n\
          {durable}\
+         {events}\
          instances     {}, retired after {} messages or any trap\n\
          limits        memory {} MiB, timeout {} ms, concurrency {}, queue {}\n\
          capabilities  stdio: {}; calls: {}; publish: {}\n\

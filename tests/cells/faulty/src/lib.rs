@@ -56,6 +56,11 @@ pub enum Action {
     /// each message id was handled (one key per id, so hosts never
     /// contend for a key).
     Record,
+    /// As `record`, and keep the message's correlation id and traceparent
+    /// under `ctx/<message id>`.
+    RecordEvent,
+    /// Publish `payload` to `subject`.
+    Publish { subject: String, payload: Value },
 }
 
 #[derive(Serialize)]
@@ -143,6 +148,20 @@ impl Cell for Faulty {
             Action::Record => {
                 let times = ctx.state()?.increment(ctx.message_id(), 1)?;
                 Ok(reply(Some(Value::from(times))))
+            }
+            Action::RecordEvent => {
+                let state = ctx.state()?;
+                let times = state.increment(ctx.message_id(), 1)?;
+                let seen = serde_json::json!({
+                    "correlation_id": ctx.correlation_id(),
+                    "traceparent": ctx.header("traceparent"),
+                });
+                state.set_json(&format!("ctx/{}", ctx.message_id()), &seen)?;
+                Ok(reply(Some(Value::from(times))))
+            }
+            Action::Publish { subject, payload } => {
+                ctx.publish(&subject, &payload)?;
+                Ok(reply(None))
             }
             Action::Call { cell, payload } => {
                 let value: Value = ctx.request(&cell, &payload)?;
