@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{BusError, Envelope, ErrorCode};
-use crate::manifest::{DurableSpec, Manifest};
+use crate::manifest::{DurableSpec, Manifest, Retention};
 
 /// The durable pull consumer of a cell.
 pub type DurableConsumer = jetstream::consumer::Consumer<pull::Config>;
@@ -129,7 +129,11 @@ pub async fn ensure(
         .get_or_create_stream(stream::Config {
             name: name.clone(),
             subjects: spec.subjects_of(&manifest.id),
-            retention: stream::RetentionPolicy::WorkQueue,
+            retention: match spec.retention {
+                Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+                Retention::Limits => stream::RetentionPolicy::Limits,
+            },
+            max_age: Duration::from_millis(spec.max_age_ms),
             duplicate_window: Duration::from_millis(spec.dedup_window_ms),
             ..Default::default()
         })
@@ -254,6 +258,116 @@ pub async fn replay(js: &jetstream::Context, cell: &str, seq: u64) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("replayed, but cannot remove dead letter {seq}: {e}"))?;
     Ok(letter)
+}
+
+/// Where `cbs replay` starts in a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    Sequence(u64),
+    /// The first message stored at or after this time.
+    Time(time::OffsetDateTime),
+}
+
+/// What a replay of a stream range did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Messages published again.
+    pub published: u64,
+    /// The stream range they came from.
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+}
+
+/// Publishes the messages of `stream` from `from` to `to` (default: the
+/// last one stored when the replay starts, so what it publishes is never
+/// read again), at most `limit`, to the subjects they were stored under:
+/// the cell's consumer delivers them once more. Each gets a fresh
+/// `Nats-Msg-Id` (`<id>.replay.<seq>.<run>`), so the dedup window does
+/// not swallow it. Work-queue streams hold only what is not yet
+/// acknowledged; `retention = "limits"` keeps processed messages too.
+pub async fn replay_range(
+    js: &jetstream::Context,
+    stream: &str,
+    from: ReplayFrom,
+    to: Option<u64>,
+    limit: u64,
+    mut progress: impl FnMut(&Replayed),
+) -> anyhow::Result<Replayed> {
+    let mut handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("no stream {stream}: {e}"))?;
+    let state = handle
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .state
+        .clone();
+    let end = to.map_or(state.last_sequence, |t| t.min(state.last_sequence));
+    let start = match from {
+        ReplayFrom::Sequence(seq) => seq.max(state.first_sequence),
+        ReplayFrom::Time(at) => first_at_or_after(&handle, state.first_sequence, end, at).await,
+    };
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut done = Replayed::default();
+    for seq in start..=end {
+        if done.published >= limit {
+            break;
+        }
+        // Acknowledged (work queue), expired or deleted: gaps are expected.
+        let Ok(message) = handle.get_raw_message(seq).await else {
+            continue;
+        };
+        let mut headers = message.headers.clone();
+        let id = headers
+            .get("Nats-Msg-Id")
+            .map_or_else(|| format!("{stream}.{seq}"), |v| v.to_string());
+        headers.insert("Nats-Msg-Id", format!("{id}.replay.{seq}.{run}").as_str());
+        let ack = js
+            .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot publish message {seq} again: {e}"))?;
+        ack.await
+            .map_err(|e| anyhow::anyhow!("cannot publish message {seq} again: {e}"))?;
+        done.published += 1;
+        done.first.get_or_insert(seq);
+        done.last = Some(seq);
+        progress(&done);
+    }
+    Ok(done)
+}
+
+/// The first sequence in `low..=high` stored at or after `at` (messages are
+/// in time order); `high + 1` when none is.
+async fn first_at_or_after(
+    stream: &stream::Stream,
+    mut low: u64,
+    high: u64,
+    at: time::OffsetDateTime,
+) -> u64 {
+    let mut end = high.saturating_add(1);
+    while low < end {
+        let mid = low + (end - low) / 2;
+        // A gap: the next stored message decides (or none: all before).
+        let mut probe = mid;
+        let time = loop {
+            if probe >= end {
+                break None;
+            }
+            match stream.get_raw_message(probe).await {
+                Ok(m) => break Some(m.time),
+                Err(_) => probe += 1,
+            }
+        };
+        match time {
+            Some(t) if t >= at => end = mid,
+            Some(_) => low = probe + 1,
+            None => end = mid,
+        }
+    }
+    low
 }
 
 #[cfg(test)]

@@ -76,6 +76,25 @@ pub struct DurableSpec {
     /// A message published again with the same envelope id within this
     /// window is stored once.
     pub dedup_window_ms: u64,
+    /// What the stream keeps: see [`Retention`].
+    pub retention: Retention,
+    /// With `retention = "limits"`, how long messages are kept (0: no age
+    /// limit).
+    pub max_age_ms: u64,
+}
+
+/// What a durable cell's stream keeps. Fixed when the stream is created
+/// (JetStream cannot change it later).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Retention {
+    /// A message is removed once acknowledged.
+    #[default]
+    WorkQueue,
+    /// Messages stay, processed or not, up to `max_age_ms`: `cbs replay`
+    /// can re-drive any range into the cell.
+    Limits,
 }
 
 impl Default for DurableSpec {
@@ -87,6 +106,8 @@ impl Default for DurableSpec {
             ack_wait_ms: 30_000,
             backoff_ms: vec![100, 1_000, 5_000],
             dedup_window_ms: 120_000,
+            retention: Retention::WorkQueue,
+            max_age_ms: 0,
         }
     }
 }
@@ -150,7 +171,11 @@ impl DurableSpec {
             "[durable] dedup_window_ms",
             self.dedup_window_ms,
             bounds::DEDUP_WINDOW_MS,
-        )
+        )?;
+        if self.max_age_ms > 0 && self.retention == Retention::WorkQueue {
+            bail!("[durable] max_age_ms is for retention = \"limits\": a work queue keeps a message until it is acknowledged");
+        }
+        Ok(())
     }
 }
 

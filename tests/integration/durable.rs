@@ -333,3 +333,90 @@ async fn a_restarted_server_loses_nothing_and_the_host_resumes() {
         s.host.log()
     );
 }
+
+/// `cbs replay`: a stream that keeps processed messages (`retention =
+/// "limits"`) re-drives a range, from a sequence or from a time, into the
+/// cell, which handles exactly those messages once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbs_replay_re_drives_a_stream_range_into_the_cell() {
+    use cbs_host::manifest::{Retention, StateGrant};
+    use cbs_host::state::jetstream::{bucket_name, encode_key};
+
+    let server = NatsServer::start();
+    let url = server.url();
+    let cell = CellToml::faulty(CELL)
+        .durable(DurableSpec {
+            retention: Retention::Limits,
+            ..DurableSpec::default()
+        })
+        .capabilities(|c| c.state = Some(StateGrant::default()))
+        .write();
+    let _host = HostProcess::serve(&url, "replay", &[cell.path().to_path_buf()], &[]);
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let envelope = envelope_to(CELL, &json!({"action": "record"}));
+        durable::publish(&js, SUBJECT, &envelope).await.unwrap();
+        ids.push(envelope.id);
+    }
+    let times = |js: jetstream::Context, ids: Vec<String>| async move {
+        // The bucket is made on the cell's first state operation.
+        let Ok(bucket) = js.get_key_value(bucket_name(CELL)).await else {
+            return vec![0; ids.len()];
+        };
+        let mut out = Vec::new();
+        for id in &ids {
+            let value = bucket.get(encode_key(id)).await.unwrap();
+            out.push(value.map_or(0, |v| {
+                std::str::from_utf8(&v).unwrap().parse::<u64>().unwrap()
+            }));
+        }
+        out
+    };
+    let wait_for = |want: Vec<u64>| {
+        let (js, ids) = (js.clone(), ids.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let got = times(js.clone(), ids.clone()).await;
+                if got == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "handled {got:?}, want {want:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(vec![1; 6]).await;
+
+    let cbs = |args: &[&str]| {
+        let out = cbs_tests::process::cbs(&[args, &["--nats", &url]].concat());
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // From the time the fourth message was stored: the last three again.
+    let stream = js.get_stream(STREAM).await.unwrap();
+    let fourth = stream.get_raw_message(4).await.unwrap().time;
+    let from = fourth
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let said = cbs(&["replay", CELL, "--from", &from]);
+    assert!(
+        said.contains("replayed 3 messages of CBS_DURABLE_TEST_DURABLE (sequences 4 to 6)"),
+        "{said}"
+    );
+    wait_for(vec![1, 1, 1, 2, 2, 2]).await;
+    // A sequence range: only the second (the replays above are 7 to 9).
+    assert!(cbs(&["replay", CELL, "--from", "2", "--to", "2"]).contains("replayed 1 message of"));
+    wait_for(vec![1, 2, 1, 2, 2, 2]).await;
+    assert!(cbs(&["replay", CELL, "--from", "1000"]).contains("nothing to replay"));
+    let out = cbs_tests::process::cbs(&["replay", CELL, "--from", "yesterday"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither a sequence nor an RFC 3339 time")
+    );
+}

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::args::LogArgs;
 use crate::commands::{
-    audit, bench, build, call, contract, deploy, dlq, keygen, load, ls, new, ps, rollback, run,
-    undeploy,
+    audit, bench, build, call, contract, deploy, dlq, keygen, load, ls, new, ps, replay, rollback,
+    run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -87,6 +87,7 @@ pub enum CbsCommand {
     Audit(audit::AuditArgs),
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    Replay(replay::ReplayArgs),
     #[command(subcommand)]
     Contract(contract::ContractCommand),
     Call(call::CallArgs),
@@ -117,6 +118,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Ls(args) => ls::run(args).await,
             CbsCommand::Audit(args) => audit::run(args).await,
             CbsCommand::Dlq(command) => dlq::run(command).await,
+            CbsCommand::Replay(args) => replay::run(args).await,
             CbsCommand::Contract(command) => contract::run(command),
             CbsCommand::Call(args) => call::run(args).await,
             CbsCommand::Ps(args) => ps::run(args).await,
