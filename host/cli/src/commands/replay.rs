@@ -60,7 +60,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let bus = args.nats.connect_client().await?;
     let js = async_nats::jetstream::new(bus.client().clone());
     let progress = |done: &durable::Replayed| {
-        if done.published % 1_000 == 0 {
+        if done.published.is_multiple_of(1_000) {
             eprintln!("replayed {} messages…", done.published);
         }
     };
