@@ -39,7 +39,7 @@ endef
 PYTHON ?= python3
 VENV := .venv
 # Python cells: components (componentize-py) and native-pool cells (a venv each).
-PY_CELLS := cells/logic.describe cells/logic.stats \
+PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 	tests/cells/py-faulty tests/cells/py-faulty-wasm
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats
 

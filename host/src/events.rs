@@ -14,17 +14,13 @@
 //!   after the cell succeeded, with the retries and dead letters of
 //!   [`crate::durable`]. The stream is `stream` (created when missing, with
 //!   interest retention: an event is kept until every subscribing cell took
-//!   it).
+//!   it; see `durable::StreamSpec::of_subscription`), on JetStream or on the
+//!   in-process bus's embedded store.
 
-use std::time::Duration;
-
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::durable::DurableConsumer;
-use crate::manifest::{check_own_subject, check_stream_name, DurableSpec, Manifest};
+use crate::manifest::{check_own_subject, check_stream_name};
 
 /// `[[subscribe]]`: one event subject a cell handles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,62 +110,6 @@ fn short_hash(text: &str) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..4])
 }
 
-/// The stream of a durable subscription (created when missing) and the
-/// cell's consumer on it. The consumer takes events published from now on;
-/// retries and `ack_wait` follow the cell's `[durable]` settings, or their
-/// defaults.
-pub async fn ensure(
-    js: &jetstream::Context,
-    manifest: &Manifest,
-    subscription: &Subscribe,
-) -> anyhow::Result<DurableConsumer> {
-    let name = subscription.stream_name();
-    let stream = match js.get_stream(&name).await {
-        Ok(stream) => stream,
-        Err(_) => js
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subscription.subject.clone()],
-                retention: stream::RetentionPolicy::Interest,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot create the event stream {name} for {} of cell {}: {e} \
-                     (another stream may already take this subject: name it with `stream = ...`)",
-                    subscription.subject,
-                    manifest.id
-                )
-            })?,
-    };
-    crate::durable::ensure_dlq(js).await?;
-    let spec = manifest.durable.clone().unwrap_or_default();
-    let durable = subscription.consumer_name(&manifest.id);
-    stream
-        .get_or_create_consumer(&durable, consumer_config(&durable, subscription, &spec))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the consumer {durable} on {name} for {}: {e}",
-                subscription.subject
-            )
-        })
-}
-
-fn consumer_config(durable: &str, subscription: &Subscribe, spec: &DurableSpec) -> pull::Config {
-    pull::Config {
-        durable_name: Some(durable.to_owned()),
-        filter_subject: subscription.subject.clone(),
-        ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::New,
-        max_deliver: i64::from(spec.max_deliver),
-        ack_wait: Duration::from_millis(spec.ack_wait_ms),
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +129,11 @@ mod tests {
             "subject = \"cbs.logic.greet\"",
             "subject = \"$JS.API.>\"",
             "subject = \"a..b\"",
+            "subject = \">\"",
+            "subject = \"*.created\"",
+            "subject = \"cbs-dlq.>\"",
+            "subject = \"cbs-durable.other.cell\"",
+            "subject = \"_INBOX.x\"",
             "subject = \"x\"\nstream = \"S\"",
             "subject = \"x\"\ndurable = true\ndelivery = \"fanout\"",
             "subject = \"x\"\ndurable = true\nstream = \"a b\"",

@@ -555,13 +555,34 @@ pub(crate) fn check_stream_name(what: &str, stream: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A subject (wildcards allowed) a stream or subscription may take: never
-/// one of the requests to cells (`cbs.`) or system traffic (`$`, `_`).
+/// A subject (wildcards allowed) a stream or subscription may take: its
+/// first token is a name of its own, never a wildcard (`>` would take
+/// everything), the requests to cells (`cbs`), the host's own streams
+/// (`cbs-…`: other cells' durable messages, dead letters) or system
+/// traffic (`$…`, `_…`).
 pub(crate) fn check_own_subject(what: &str, subject: &str) -> anyhow::Result<()> {
+    check_first_token(what, subject, false)
+}
+
+/// A subject a cell may publish to durably: as [`check_own_subject`], and
+/// also a durable cell's stream (`cbs-durable.<cell-id>`), which is how
+/// cells feed one another durably.
+pub(crate) fn check_durable_publish(what: &str, subject: &str) -> anyhow::Result<()> {
+    check_first_token(what, subject, true)
+}
+
+fn check_first_token(what: &str, subject: &str, durable_feeds: bool) -> anyhow::Result<()> {
     crate::bus::subject::check(subject, true).with_context(|| format!("in {what}"))?;
-    if subject.starts_with("cbs.") || subject.starts_with('$') || subject.starts_with('_') {
+    let first = subject.split('.').next().unwrap_or_default();
+    let reserved = first == "*"
+        || first == ">"
+        || first == "cbs"
+        || (first.starts_with("cbs-") && !(durable_feeds && first == "cbs-durable"))
+        || first.starts_with('$')
+        || first.starts_with('_');
+    if reserved {
         bail!(
-            "{what}: {subject:?} would capture requests or system traffic; \
+            "{what}: {subject:?} would take requests, other cells' streams or system traffic; \
              use a subject of its own, such as \"orders.>\""
         );
     }
@@ -646,7 +667,7 @@ impl Manifest {
             subscription.validate()?;
         }
         for subject in &self.capabilities.publish_durable {
-            check_own_subject("[capabilities] publish_durable", subject)?;
+            check_durable_publish("[capabilities] publish_durable", subject)?;
         }
         let l = &self.limits;
         if l.memory_mb == Some(0) || l.timeout_ms == 0 || l.concurrency == 0 {
@@ -927,5 +948,31 @@ mod tests {
         assert!(!m.may_call("io.other"));
         assert!(m.may_publish("events.greeted"));
         assert!(!m.may_publish("cbs.io.print"));
+    }
+
+    #[test]
+    fn durable_publishing_may_feed_durable_cells_but_not_host_streams() {
+        let with = |subjects: &str| {
+            Manifest::parse(&format!(
+                "{MINIMAL}\n[capabilities]\npublish_durable = [{subjects}]"
+            ))
+        };
+        let m = with("\"billing.>\", \"cbs-durable.orders.place\"").unwrap();
+        assert!(m.publishes_durably("billing.invoiced"));
+        assert!(
+            m.may_publish("cbs-durable.orders.place"),
+            "granted for publish too"
+        );
+        assert!(!m.publishes_durably("orders.created"));
+        for bad in ["\">\"", "\"cbs-dlq.>\"", "\"cbs.logic.greet\"", "\"$KV.x\""] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+        let durable = |subjects: &str| {
+            Manifest::parse(&format!("{MINIMAL}\n[durable]\nsubjects = [{subjects}]"))
+        };
+        assert!(durable("\"orders.>\"").is_ok());
+        for bad in ["\"cbs-durable.other\"", "\"*.x\"", "\"_INBOX.>\""] {
+            assert!(durable(bad).is_err(), "{bad}");
+        }
     }
 }

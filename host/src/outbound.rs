@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::bus::{request_timeout, BodyBus};
+use crate::durable::DurableLog;
 use crate::envelope::codec::to_message;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::{subject_of, Manifest};
@@ -36,6 +37,8 @@ pub struct Outbound {
     targets: HashMap<String, Target>,
     /// The cell's key-value state, when granted.
     state: Option<Arc<CellState>>,
+    /// Where `publish_durable` subjects are stored.
+    durable: Option<Arc<dyn DurableLog>>,
 }
 
 struct Target {
@@ -74,7 +77,14 @@ impl Outbound {
             local,
             targets,
             state: None,
+            durable: None,
         }
+    }
+
+    /// Stores publishes to `publish_durable` subjects in `log`.
+    pub fn with_durable(mut self, log: Arc<dyn DurableLog>) -> Self {
+        self.durable = Some(log);
+        self
     }
 
     /// Gives the cell its state (see [`CellState::for_cell`]).
@@ -206,9 +216,9 @@ impl Outbound {
 
     /// Publishes an event to a granted subject: a child envelope of the
     /// flow (correlation id, causation, trace context). Fire-and-forget,
-    /// except on `publish_durable` subjects with JetStream: then it returns
-    /// once the event is stored, and fails with `unavailable` when no
-    /// stream takes it.
+    /// except on `publish_durable` subjects: then it returns once the event
+    /// is stored (JetStream, or the embedded store in process), and fails
+    /// with `unavailable` when no stream takes it.
     pub async fn publish(
         &self,
         flow: &Flow,
@@ -228,14 +238,19 @@ impl Outbound {
             .parent
             .child(subject, raw_json(payload, "published payload")?);
         crate::telemetry::inject_current(&mut child.headers);
+        let Some(log) = &self.durable else {
+            return self.bus.publish(to_message(&child)).await;
+        };
+        let bytes = child.to_vec().into();
         if self.manifest.publishes_durably(subject) {
-            if let Some(js) = self.bus.jetstream() {
-                return crate::durable::publish(&js, subject, &child)
-                    .await
-                    .map(drop);
+            log.publish(subject, &child.id, bytes).await?;
+            if !log.reaches_core_subscribers() {
+                self.bus.publish(to_message(&child)).await?;
             }
+            return Ok(());
         }
-        self.bus.publish(to_message(&child)).await
+        self.bus.publish(to_message(&child)).await?;
+        log.capture(subject, &child.id, bytes).await
     }
 }
 

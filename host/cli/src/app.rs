@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::args::LogArgs;
 use crate::commands::{
-    audit, bench, build, call, contract, deploy, dlq, keygen, load, ls, new, ps, replay, rollback,
-    run, undeploy,
+    audit, bench, build, call, contract, deploy, dlq, keygen, load, ls, new, ps, publish, replay,
+    rollback, run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -88,6 +88,7 @@ pub enum CbsCommand {
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
     Replay(replay::ReplayArgs),
+    Publish(publish::PublishArgs),
     #[command(subcommand)]
     Contract(contract::ContractCommand),
     Call(call::CallArgs),
@@ -119,6 +120,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Audit(args) => audit::run(args).await,
             CbsCommand::Dlq(command) => dlq::run(command).await,
             CbsCommand::Replay(args) => replay::run(args).await,
+            CbsCommand::Publish(args) => publish::run(args).await,
             CbsCommand::Contract(command) => contract::run(command),
             CbsCommand::Call(args) => call::run(args).await,
             CbsCommand::Ps(args) => ps::run(args).await,

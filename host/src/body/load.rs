@@ -15,6 +15,7 @@ use crate::bundle::{self, Bundle, Trust};
 use crate::bus::BodyBus;
 use crate::chaos::{Chaos, ChaosSpec};
 use crate::contract::Contract;
+use crate::durable::DurableLog;
 use crate::manifest::{CellSpec, Manifest, RuntimeKind, PROBE_ID};
 use crate::metrics::{CellLabel, LatencyFamily};
 use crate::outbound::{LocalCalls, Outbound};
@@ -60,6 +61,8 @@ pub(super) struct Loader {
     pub latency: LatencyFamily,
     /// Where cells granted state keep it.
     pub state: Arc<dyn StateBackend>,
+    /// Where durable publishes are stored.
+    pub durable: Arc<dyn DurableLog>,
 }
 
 impl Loader {
@@ -70,7 +73,9 @@ impl Loader {
         let contract = Contract::load(&spec)?;
         let state = CellState::for_cell(&manifest, &self.state);
         let outbound = Arc::new(
-            Outbound::new(self.bus.clone(), manifest.clone(), self.local.clone()).with_state(state),
+            Outbound::new(self.bus.clone(), manifest.clone(), self.local.clone())
+                .with_state(state)
+                .with_durable(self.durable.clone()),
         );
         let (runner, cache): (Arc<dyn CellRunner>, _) = match manifest.runtime {
             RuntimeKind::Wasm => {

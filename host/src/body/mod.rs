@@ -45,8 +45,10 @@ pub struct Body {
 
 impl Body {
     pub fn new(bus: Arc<dyn BodyBus>, wasm: Arc<WasmRuntime>) -> Self {
-        let registry = Registry::new(bus.clone());
-        let state = crate::state::default_backend(bus.as_ref(), &crate::state::default_data_dir());
+        let data_dir = crate::state::default_data_dir();
+        let durable = crate::durable::default_log(bus.as_ref(), &data_dir);
+        let registry = Registry::new(bus.clone(), durable.clone());
+        let state = crate::state::default_backend(bus.as_ref(), &data_dir);
         let loader = Loader {
             bus,
             wasm,
@@ -55,6 +57,7 @@ impl Body {
             local: Some(registry.directory()),
             latency: metrics::latency_family(),
             state,
+            durable,
         };
         Self {
             loader,
@@ -68,10 +71,19 @@ impl Body {
         self.loader.sources = sources;
     }
 
-    /// Where cells granted state keep it (applies to cells loaded after):
-    /// JetStream on NATS, `data_dir` in process.
+    /// Where cells keep their state and durable streams (applies to cells
+    /// loaded after): JetStream on NATS, files in `data_dir` in process.
     pub fn set_data_dir(&mut self, data_dir: &Path) {
-        self.loader.state = crate::state::default_backend(self.bus().as_ref(), data_dir);
+        let bus = self.bus().clone();
+        self.loader.state = crate::state::default_backend(bus.as_ref(), data_dir);
+        let durable = crate::durable::default_log(bus.as_ref(), data_dir);
+        self.loader.durable = durable.clone();
+        self.registry.durable = durable;
+    }
+
+    /// Where durable cells and events are stored.
+    pub fn durable(&self) -> &Arc<dyn crate::durable::DurableLog> {
+        &self.registry.durable
     }
 
     /// Fault injection by cell id (`cbs-host run --chaos FILE`); applies to

@@ -7,7 +7,6 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -17,7 +16,7 @@ use super::cell::{retire, LoadedCell, Slot};
 use super::dispatch::dispatch;
 use super::pull;
 use crate::bus::{BodyBus, Endpoint, Subscription};
-use crate::durable::{self, DurableConsumer};
+use crate::durable::{Consumer, ConsumerSpec, DurableLog, StreamSpec};
 use crate::envelope::Envelope;
 use crate::outbound::LocalCalls;
 
@@ -61,14 +60,17 @@ impl Served {
 
 pub(super) struct Registry {
     bus: Arc<dyn BodyBus>,
+    /// Where `[durable]` cells and durable subscriptions are fed from.
+    pub(super) durable: Arc<dyn DurableLog>,
     cells: RwLock<BTreeMap<String, Served>>,
     directory: Arc<Directory>,
 }
 
 impl Registry {
-    pub fn new(bus: Arc<dyn BodyBus>) -> Self {
+    pub fn new(bus: Arc<dyn BodyBus>, durable: Arc<dyn DurableLog>) -> Self {
         Self {
             bus,
+            durable,
             cells: RwLock::default(),
             directory: Arc::default(),
         }
@@ -87,20 +89,14 @@ impl Registry {
         }
         let subject = cell.manifest.subject();
         let slot: Slot = Arc::new(RwLock::new(cell.clone()));
-        let mut consumers = Vec::from_iter(self.durable_consumer(&cell).await?);
-        consumers.extend(self.event_consumers(&cell).await?);
+        let consumers = self.consumers(&cell).await?;
         let subscription = self
             .bus
             .serve(endpoint(&cell, &slot))
             .await
             .with_context(|| format!("cannot serve cell {id} on {subject}"))?;
         let mut dispatchers = vec![self.dispatch(subscription, &slot)];
-        for event in cell
-            .manifest
-            .subscribe
-            .iter()
-            .filter(|s| !s.durable || !self.has_jetstream())
-        {
+        for event in cell.manifest.subscribe.iter().filter(|s| !s.durable) {
             let queue = event.queue_group(&id);
             let subscription = self
                 .bus
@@ -112,9 +108,10 @@ impl Registry {
         self.bus.flush().await?;
         let pullers = consumers
             .into_iter()
-            .map(|(js, consumer)| {
+            .map(|consumer| {
                 let token = CancellationToken::new();
-                let task = tokio::spawn(pull::consume(js, consumer, slot.clone(), token.clone()));
+                let log = self.durable.clone();
+                let task = tokio::spawn(pull::consume(log, consumer, slot.clone(), token.clone()));
                 (task, token)
             })
             .collect::<Vec<_>>();
@@ -142,47 +139,34 @@ impl Registry {
         (task, stop)
     }
 
-    fn has_jetstream(&self) -> bool {
-        self.bus.jetstream().is_some()
-    }
-
-    /// The consumers of the cell's durable `[[subscribe]]` entries. On a
-    /// bus without JetStream they are served as core subscriptions (at
-    /// most once), with a warning.
-    async fn event_consumers(
-        &self,
-        cell: &LoadedCell,
-    ) -> anyhow::Result<Vec<(jetstream::Context, DurableConsumer)>> {
-        let durable = cell.manifest.subscribe.iter().filter(|s| s.durable);
-        let Some(js) = self.bus.jetstream() else {
-            for event in durable {
-                tracing::warn!(cell = %cell.manifest.id, subject = %event.subject, "durable subscriptions need NATS JetStream (cbs-host run --nats URL); on the in-process bus events arrive at most once");
-            }
-            return Ok(Vec::new());
-        };
+    /// The consumers feeding the cell: its `[durable]` stream's and its
+    /// durable subscriptions', made when missing.
+    async fn consumers(&self, cell: &LoadedCell) -> anyhow::Result<Vec<Box<dyn Consumer>>> {
+        let m = &cell.manifest;
         let mut consumers = Vec::new();
-        for event in durable {
-            let consumer = crate::events::ensure(&js, &cell.manifest, event).await?;
-            consumers.push((js.clone(), consumer));
+        if let Some(spec) = &m.durable {
+            let (stream, consumer) = (StreamSpec::of_cell(m, spec), ConsumerSpec::of_cell(m, spec));
+            let opened = self.durable.open(&stream, &consumer).await;
+            consumers.push(
+                opened
+                    .with_context(|| format!("cannot open the durable stream of cell {}", m.id))?,
+            );
+        }
+        for event in m.subscribe.iter().filter(|s| s.durable) {
+            let stream = StreamSpec::of_subscription(event);
+            let consumer = ConsumerSpec::of_subscription(m, event);
+            let opened = self.durable.open(&stream, &consumer).await;
+            consumers.push(opened.with_context(|| {
+                format!(
+                    "cannot subscribe cell {} to {} durably",
+                    m.id, event.subject
+                )
+            })?);
+        }
+        if !consumers.is_empty() {
+            tracing::debug!(cell = %m.id, store = self.durable.kind(), "durable consumers open");
         }
         Ok(consumers)
-    }
-
-    /// The stream and shared consumer of a `[durable]` cell, when the bus
-    /// has JetStream; in process the cell answers requests only.
-    async fn durable_consumer(
-        &self,
-        cell: &LoadedCell,
-    ) -> anyhow::Result<Option<(jetstream::Context, DurableConsumer)>> {
-        let Some(spec) = &cell.manifest.durable else {
-            return Ok(None);
-        };
-        let Some(js) = self.bus.jetstream() else {
-            tracing::warn!(cell = %cell.manifest.id, "[durable] needs NATS JetStream (cbs-host run --nats URL); on the in-process bus the cell answers requests only");
-            return Ok(None);
-        };
-        let consumer = durable::ensure(&js, &cell.manifest, spec).await?;
-        Ok(Some((js, consumer)))
     }
 
     /// Puts `cell` in the slot of its id and returns the version it

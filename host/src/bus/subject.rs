@@ -42,6 +42,20 @@ impl Pattern {
         }
         parts.next().is_none()
     }
+
+    /// Whether some subject matches both patterns (NATS refuses streams
+    /// whose subjects overlap; so does the embedded store).
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let (a, b) = (&self.tokens, &other.tokens);
+        for i in 0..a.len().max(b.len()) {
+            match (a.get(i).map(String::as_str), b.get(i).map(String::as_str)) {
+                (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+                (Some(x), Some(y)) if x == "*" || y == "*" || x == y => continue,
+                _ => return false,
+            }
+        }
+        true
+    }
 }
 
 /// Checks a subject: non-empty tokens, no white space, wildcards only where
@@ -84,6 +98,32 @@ mod tests {
 
     fn m(p: &str, s: &str) -> bool {
         Pattern::parse(p).unwrap().matches(s)
+    }
+
+    #[test]
+    fn overlapping_patterns() {
+        let o = |a: &str, b: &str| {
+            Pattern::parse(a)
+                .unwrap()
+                .overlaps(&Pattern::parse(b).unwrap())
+        };
+        for (a, b) in [
+            ("a.>", "a.b"),
+            ("a.*", "a.b"),
+            ("a.*.c", "a.b.*"),
+            ("a.b", "a.b"),
+            ("a.>", "a.*.c"),
+        ] {
+            assert!(o(a, b) && o(b, a), "{a} {b}");
+        }
+        for (a, b) in [
+            ("a.b", "a.c"),
+            ("a.*", "a.b.c"),
+            ("a.>", "a"),
+            ("a.b", "b.>"),
+        ] {
+            assert!(!o(a, b) && !o(b, a), "{a} {b}");
+        }
     }
 
     #[test]

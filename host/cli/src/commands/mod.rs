@@ -13,6 +13,7 @@ pub mod load;
 pub mod ls;
 pub mod new;
 pub mod ps;
+pub mod publish;
 pub mod replay;
 pub mod rollback;
 pub mod run;

@@ -1,89 +1,23 @@
-//! Durable cells (`[durable]` in `cell.toml`): fed by a JetStream stream
-//! through one durable pull consumer that every host serving the cell
-//! shares, so each message is handled by one host and none is lost when a
-//! host dies (an unacknowledged message is delivered again).
-//!
-//! A message is acknowledged only after the cell succeeded (its output
-//! passed the contract). A retryable failure is negatively acknowledged
-//! with the next delay of `backoff_ms`; `invalid_input` and
-//! `contract_violation` are final. A final failure, or a retryable one on
-//! the `max_deliver`-th delivery, goes to the dead-letter stream
-//! `CBS_DLQ` (subject `cbs-dlq.<cell>`) with the error, and is then
-//! removed from the cell's stream. Senders publish envelopes with
-//! [`publish`]: the envelope id is the `Nats-Msg-Id`, so a publish retried
-//! within the dedup window is stored once.
+//! Durable cells on NATS JetStream: streams, the shared pull consumers,
+//! the dead-letter stream `CBS_DLQ`, publishing with the envelope id as
+//! `Nats-Msg-Id`, and replays (`cbs dlq replay`, `cbs replay`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream};
-use serde::{Deserialize, Serialize};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
 
+use super::log::{Keep, Settler};
+use super::{
+    dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Published,
+    Settle, StreamSpec, DLQ_STREAM,
+};
 use crate::envelope::{BusError, Envelope, ErrorCode};
-use crate::manifest::{DurableSpec, Manifest, Retention};
-
-/// The durable pull consumer of a cell.
-pub type DurableConsumer = jetstream::consumer::Consumer<pull::Config>;
-
-/// The dead-letter stream, shared by every durable cell.
-pub const DLQ_STREAM: &str = "CBS_DLQ";
-
-/// `cbs-dlq.<cell>`: where a cell's dead letters go.
-pub fn dlq_subject(cell: &str) -> String {
-    format!("cbs-dlq.{cell}")
-}
-
-/// The durable consumer every host serving `cell` shares.
-pub fn consumer_name(cell: &str) -> String {
-    format!("cbs-{}", cell.replace('.', "_"))
-}
-
-/// A message that could not be processed, as kept in [`DLQ_STREAM`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub cell: String,
-    /// The subject it was published to (where a replay sends it).
-    pub subject: String,
-    pub stream: String,
-    pub stream_seq: u64,
-    /// Deliveries it had, the last one included.
-    pub delivered: u64,
-    /// The message as it was stored: an envelope, or whatever was sent.
-    pub message: serde_json::Value,
-    /// Why the last delivery failed.
-    pub error: BusError,
-}
-
-/// What to do with a delivered message after the cell ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Ack,
-    /// Deliver again after this delay.
-    Retry(Duration),
-    /// Give up: to the dead-letter stream.
-    DeadLetter,
-}
-
-/// The verdict for a delivery (`delivered` counts from 1) that ended with
-/// `error` (`None`: success).
-pub fn verdict(spec: &DurableSpec, error: Option<&BusError>, delivered: u64) -> Verdict {
-    let Some(error) = error else {
-        return Verdict::Ack;
-    };
-    let last = delivered >= u64::from(spec.max_deliver);
-    if last
-        || matches!(
-            error.code,
-            ErrorCode::InvalidInput | ErrorCode::ContractViolation
-        )
-    {
-        return Verdict::DeadLetter;
-    }
-    let step = (delivered.saturating_sub(1) as usize).min(spec.backoff_ms.len().saturating_sub(1));
-    let delay = spec.backoff_ms.get(step).copied().unwrap_or(0);
-    Verdict::Retry(Duration::from_millis(delay))
-}
 
 /// Publishes `envelope` to a durable subject and waits until JetStream
 /// stored it (or found it a duplicate within the dedup window).
@@ -92,10 +26,19 @@ pub async fn publish(
     subject: &str,
     envelope: &Envelope,
 ) -> Result<jetstream::publish::PublishAck, BusError> {
+    publish_bytes(js, subject, &envelope.id, envelope.to_vec().into()).await
+}
+
+async fn publish_bytes(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: Bytes,
+) -> Result<jetstream::publish::PublishAck, BusError> {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", envelope.id.as_str());
+    headers.insert("Nats-Msg-Id", msg_id);
     let ack = js
-        .publish_with_headers(subject.to_owned(), headers, envelope.to_vec().into())
+        .publish_with_headers(subject.to_owned(), headers, payload)
         .await
         .map_err(|e| unavailable(subject, e))?;
     ack.await.map_err(|e| match e.kind() {
@@ -117,51 +60,158 @@ fn unavailable(subject: &str, e: impl std::fmt::Display) -> BusError {
     )
 }
 
-/// Creates (or finds) the cell's stream, the dead-letter stream and the
-/// shared durable consumer.
-pub async fn ensure(
-    js: &jetstream::Context,
-    manifest: &Manifest,
-    spec: &DurableSpec,
-) -> anyhow::Result<DurableConsumer> {
-    let name = spec.stream_name(&manifest.id);
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: name.clone(),
-            subjects: spec.subjects_of(&manifest.id),
-            retention: match spec.retention {
-                Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
-                Retention::Limits => stream::RetentionPolicy::Limits,
-            },
-            max_age: Duration::from_millis(spec.max_age_ms),
-            duplicate_window: Duration::from_millis(spec.dedup_window_ms),
-            ..Default::default()
+/// Durable streams on JetStream.
+pub struct JetStreamLog {
+    js: jetstream::Context,
+}
+
+impl JetStreamLog {
+    pub fn new(js: jetstream::Context) -> Self {
+        Self { js }
+    }
+}
+
+#[async_trait]
+impl DurableLog for JetStreamLog {
+    async fn open(
+        &self,
+        spec: &StreamSpec,
+        consumer: &ConsumerSpec,
+    ) -> anyhow::Result<Box<dyn Consumer>> {
+        let name = &spec.name;
+        let stream = match self.js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(_) => self
+                .js
+                .get_or_create_stream(stream_config(spec))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create the stream {name} for {}: {e} (another stream may already \
+                     take these subjects: name that one in cell.toml)",
+                        spec.subjects.join(", ")
+                    )
+                })?,
+        };
+        dlq(&self.js).await?;
+        let durable = &consumer.name;
+        let consumer = stream
+            .get_or_create_consumer(durable, consumer_config(consumer))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the consumer {durable} on {name}: {e}"))?;
+        Ok(Box::new(JetStreamConsumer(consumer)))
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<Published, BusError> {
+        let ack = publish_bytes(&self.js, subject, msg_id, payload).await?;
+        Ok(Published {
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
         })
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot open the stream {name} of cell {}: {e}", manifest.id)
-        })?;
-    dlq(js).await?;
-    let durable = consumer_name(&manifest.id);
-    stream
-        .get_or_create_consumer(
-            &durable,
-            pull::Config {
-                durable_name: Some(durable.clone()),
-                ack_policy: AckPolicy::Explicit,
-                deliver_policy: DeliverPolicy::All,
-                max_deliver: i64::from(spec.max_deliver),
-                ack_wait: Duration::from_millis(spec.ack_wait_ms),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the consumer {durable} on {name}: {e}"))
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()> {
+        // Rare: making sure the stream exists costs one lookup.
+        dlq(&self.js).await?;
+        store_dead_letter(&self.js, letter).await
+    }
+
+    async fn dead_letters(&self, cell: &str) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
+        dead_letters(&self.js, cell).await
+    }
+
+    fn reaches_core_subscribers(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &'static str {
+        "jetstream"
+    }
+}
+
+fn stream_config(spec: &StreamSpec) -> stream::Config {
+    stream::Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.clone(),
+        retention: match spec.retention {
+            Keep::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            Keep::Interest => stream::RetentionPolicy::Interest,
+            Keep::Limits => stream::RetentionPolicy::Limits,
+        },
+        max_age: spec.max_age,
+        duplicate_window: spec.dedup_window,
+        ..Default::default()
+    }
+}
+
+fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
+    pull::Config {
+        durable_name: Some(spec.name.clone()),
+        filter_subject: spec.filter.clone().unwrap_or_default(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: if spec.only_new {
+            DeliverPolicy::New
+        } else {
+            DeliverPolicy::All
+        },
+        max_deliver: i64::from(spec.max_deliver),
+        ack_wait: spec.ack_wait,
+        ..Default::default()
+    }
+}
+
+/// One host's handle on a JetStream pull consumer.
+struct JetStreamConsumer(jetstream::consumer::Consumer<pull::Config>);
+
+#[async_trait]
+impl Consumer for JetStreamConsumer {
+    async fn fetch(&self, max: usize, wait: Duration) -> anyhow::Result<Deliveries> {
+        let messages = self
+            .0
+            .fetch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let deliveries = messages.map(|message| {
+            let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let position = (info.stream.to_owned(), info.stream_sequence);
+            let counts = (info.delivered.max(1) as u64, info.pending);
+            let subject = message.subject.to_string();
+            let payload = message.payload.clone();
+            let settler = Box::new(JetStreamSettler(message));
+            Ok(Delivery::new(subject, payload, position, counts, settler))
+        });
+        Ok(Box::pin(deliveries))
+    }
+}
+
+struct JetStreamSettler(jetstream::Message);
+
+#[async_trait]
+impl Settler for JetStreamSettler {
+    async fn settle(self: Box<Self>, how: Settle) -> anyhow::Result<()> {
+        let kind = match how {
+            Settle::Ack => AckKind::Ack,
+            Settle::Retry(delay) => AckKind::Nak(Some(delay)),
+            Settle::Term => AckKind::Term,
+        };
+        self.0
+            .ack_with(kind)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 /// Publishes a dead letter and waits until it is stored.
-pub async fn store_dead_letter(js: &jetstream::Context, letter: &DeadLetter) -> anyhow::Result<()> {
-    tracing::warn!(cell = %letter.cell, seq = letter.stream_seq, delivered = letter.delivered, code = %letter.error.code, "durable message dead-lettered");
+async fn store_dead_letter(js: &jetstream::Context, letter: &DeadLetter) -> anyhow::Result<()> {
     let ack = js
         .publish(
             dlq_subject(&letter.cell),
@@ -171,11 +221,6 @@ pub async fn store_dead_letter(js: &jetstream::Context, letter: &DeadLetter) -> 
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     ack.await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
-}
-
-/// Creates the dead-letter stream when missing.
-pub(crate) async fn ensure_dlq(js: &jetstream::Context) -> anyhow::Result<()> {
-    dlq(js).await.map(drop)
 }
 
 /// The dead-letter stream, created when missing.
@@ -368,59 +413,4 @@ async fn first_at_or_after(
         }
     }
     low
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn error(code: ErrorCode) -> BusError {
-        BusError::new(code, "x")
-    }
-
-    #[test]
-    fn retryable_failures_back_off_then_dead_letter_at_max_deliver() {
-        let spec = DurableSpec {
-            max_deliver: 4,
-            backoff_ms: vec![10, 100],
-            ..DurableSpec::default()
-        };
-        let failed = error(ErrorCode::CellFailed);
-        assert_eq!(verdict(&spec, None, 1), Verdict::Ack);
-        assert_eq!(
-            verdict(&spec, Some(&failed), 1),
-            Verdict::Retry(Duration::from_millis(10))
-        );
-        assert_eq!(
-            verdict(&spec, Some(&failed), 2),
-            Verdict::Retry(Duration::from_millis(100))
-        );
-        assert_eq!(
-            verdict(&spec, Some(&failed), 3),
-            Verdict::Retry(Duration::from_millis(100))
-        );
-        assert_eq!(verdict(&spec, Some(&failed), 4), Verdict::DeadLetter);
-    }
-
-    #[test]
-    fn bad_input_and_broken_contracts_are_final() {
-        let spec = DurableSpec::default();
-        for code in [ErrorCode::InvalidInput, ErrorCode::ContractViolation] {
-            assert_eq!(
-                verdict(&spec, Some(&error(code)), 1),
-                Verdict::DeadLetter,
-                "{code}"
-            );
-        }
-        for code in [
-            ErrorCode::Timeout,
-            ErrorCode::Unavailable,
-            ErrorCode::Capacity,
-        ] {
-            assert!(
-                matches!(verdict(&spec, Some(&error(code)), 1), Verdict::Retry(_)),
-                "{code}"
-            );
-        }
-    }
 }

@@ -1,0 +1,134 @@
+//! Durable cells on the in-process bus, served from the embedded store in
+//! the host's data folder: handled and acknowledged, deduplicated by
+//! envelope id, a final failure dead-lettered with its error, and messages
+//! stored while no host runs are handled by the next one.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cbs_host::bus::local::LocalBus;
+use cbs_host::durable::embedded::EmbeddedLog;
+use cbs_host::durable::DurableLog;
+use cbs_host::envelope::{Envelope, ErrorCode};
+use cbs_host::manifest::{DurableSpec, StateGrant};
+use cbs_tests::{envelope_to, CellToml, TestHost};
+use serde_json::{json, Value};
+
+const CELL: &str = "test.durable";
+const SUBJECT: &str = "cbs-durable.test.durable";
+
+fn cell() -> tempfile::TempDir {
+    CellToml::faulty(CELL)
+        .durable(DurableSpec {
+            max_deliver: 2,
+            backoff_ms: vec![10],
+            ..DurableSpec::default()
+        })
+        .capabilities(|c| c.state = Some(StateGrant::default()))
+        .write()
+}
+
+async fn host(data: &Path, cell: &tempfile::TempDir) -> TestHost {
+    let bus = Arc::new(LocalBus::new());
+    TestHost::with_data(bus, Some(data), &[cell.path().to_path_buf()]).await
+}
+
+async fn publish(log: &dyn DurableLog, envelope: &Envelope) -> bool {
+    let stored = log
+        .publish(SUBJECT, &envelope.id, envelope.to_vec().into())
+        .await;
+    !stored.unwrap().duplicate
+}
+
+/// Times the sink handled `id` (its state), waiting up to 10 s for `want`.
+async fn wait_handled(host: &TestHost, id: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = host
+            .call(CELL, json!({"action": "state_get", "key": id}))
+            .await
+            .unwrap();
+        let times = got["value"]
+            .as_str()
+            .map_or(0, |v| v.parse::<u64>().unwrap());
+        if times == want {
+            return;
+        }
+        assert!(times < want, "{id} handled {times} times, want {want}");
+        assert!(
+            Instant::now() < deadline,
+            "{id} handled {times} times, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn record() -> Envelope {
+    envelope_to(CELL, &json!({"action": "record"}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_cell_in_process_acks_dedups_and_dead_letters() {
+    let data = tempfile::tempdir().unwrap();
+    let cell = cell();
+    let host = host(data.path(), &cell).await;
+    let log = host.body.durable().clone();
+    assert_eq!(log.kind(), "embedded");
+
+    let once = record();
+    assert!(publish(&*log, &once).await);
+    assert!(
+        !publish(&*log, &once).await,
+        "the same envelope id is stored once"
+    );
+    let others: Vec<Envelope> = (0..5).map(|_| record()).collect();
+    for e in &others {
+        assert!(publish(&*log, e).await);
+    }
+    for e in others.iter().chain([&once]) {
+        wait_handled(&host, &e.id, 1).await;
+    }
+
+    let poison = envelope_to(CELL, &json!({"action": "fail", "message": "never"}));
+    publish(&*log, &poison).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let letters = log.dead_letters(CELL).await.unwrap();
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (_, letter) = &letters[0];
+    assert_eq!(letter.error.code, ErrorCode::InvalidInput, "final at once");
+    assert_eq!((letter.delivered, letter.subject.as_str()), (1, SUBJECT));
+    assert_eq!(letter.message["id"], Value::from(poison.id.as_str()));
+    // The cell kept serving the rest.
+    let after = record();
+    publish(&*log, &after).await;
+    wait_handled(&host, &after.id, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stored_while_no_host_runs_are_handled_by_the_next() {
+    let data = tempfile::tempdir().unwrap();
+    let cell = cell();
+    {
+        // The first run makes the stream and consumer, then stops.
+        let host = host(data.path(), &cell).await;
+        assert!(host.body.shutdown(Duration::from_secs(5)).await);
+    }
+    let stored: Vec<Envelope> = (0..3).map(|_| record()).collect();
+    {
+        let log = EmbeddedLog::new(data.path());
+        for e in &stored {
+            assert!(publish(&log, e).await);
+        }
+    }
+    let host = host(data.path(), &cell).await;
+    for e in &stored {
+        wait_handled(&host, &e.id, 1).await;
+    }
+}
