@@ -8,7 +8,9 @@
 //! the native pool, and as a hand-written nats-py service (2 processes, like
 //! the pool's 2 workers). The same cells on the in-process bus. Then
 //! start-up (cold and warm component cache), the Python component's first
-//! and cached load, and idle memory. Writes
+//! and cached load, and idle memory. Then a durable cell next to a
+//! hand-written JetStream publish + pull-consume + ack loop doing the same
+//! work (`CBS_BENCH_ONLY=durable` runs only those). Writes
 //! `bench/results/<date>.md` and `.json`. Compare ratios, not absolutes.
 
 use std::path::{Path, PathBuf};
@@ -121,6 +123,156 @@ async fn native_greeter(bus: Arc<dyn BodyBus>) {
             });
         }
     });
+}
+
+/// Durable messages per run of a durable row.
+const DURABLE_MESSAGES: u64 = 5_000;
+/// Publishes awaiting their JetStream ack at once.
+const DURABLE_IN_FLIGHT: usize = 64;
+
+/// A durable cell (the test component, wasm, pooled) that, for each
+/// message, publishes a `bench.done.cbs` event carrying the message's
+/// payload back: the bench reads the send time from it.
+fn durable_cell(root: &Path) -> PathBuf {
+    temp_cell(
+        root,
+        "bench.durable",
+        "id = \"bench.durable\"\nversion = \"0.1.0\"\ncomponent = \"{faulty}/test_faulty.wasm\"\n\
+         [capabilities]\npublish = [\"bench.done.>\"]\n[limits]\nconcurrency = 64\ntimeout_ms = 5000\n\
+         [durable]\nack_wait_ms = 30000\n",
+    )
+}
+
+/// The hand-written baseline: a JetStream work-queue stream and a pull
+/// consumer loop doing the same work as the durable cell — decode the
+/// envelope, publish a child event with its payload, acknowledge.
+async fn raw_durable_consumer(client: async_nats::Client) {
+    use async_nats::jetstream::{self, consumer, stream};
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench-raw.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            "raw",
+            consumer::pull::Config {
+                durable_name: Some("raw".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(DURABLE_IN_FLIGHT)
+        .messages()
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let env = Envelope::from_slice(&message.payload).unwrap();
+            let inner: Value = serde_json::from_str(env.payload.get()).unwrap();
+            let event = env.child(
+                "bench.done.raw",
+                RawValue::from_string(inner["payload"].to_string()).unwrap(),
+            );
+            client
+                .publish("bench.done.raw", event.to_vec().into())
+                .await
+                .unwrap();
+            message.ack().await.unwrap();
+        }
+    });
+}
+
+/// Publishes `DURABLE_MESSAGES` envelopes to `subject` (64 awaiting their
+/// ack at once) and waits for each one's `bench.done.<tag>` event: req/s
+/// from the first publish to the last event, latency from publish to event.
+async fn durable_row(client: &async_nats::Client, subject: &str, tag: &str) -> Row {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut done = client.subscribe(format!("bench.done.{tag}")).await.unwrap();
+    client.flush().await.unwrap();
+    let base = Instant::now();
+    let publisher = {
+        let (js, subject) = (js.clone(), subject.to_owned());
+        tokio::spawn(async move {
+            futures_util::stream::iter(0..DURABLE_MESSAGES)
+                .map(|_| {
+                    let sent = base.elapsed().as_nanos() as u64;
+                    let payload = json!({"action": "publish", "subject": "bench.done.cbs", "payload": {"sent": sent}});
+                    let env = Envelope::new(
+                        subject.clone(),
+                        RawValue::from_string(payload.to_string()).unwrap(),
+                    );
+                    let js = js.clone();
+                    let subject = subject.clone();
+                    async move { cbs_host::durable::publish(&js, &subject, &env).await.unwrap() }
+                })
+                .buffer_unordered(DURABLE_IN_FLIGHT)
+                .for_each(|_| async {})
+                .await;
+        })
+    };
+    let mut latencies = Vec::with_capacity(DURABLE_MESSAGES as usize);
+    while (latencies.len() as u64) < DURABLE_MESSAGES {
+        let message = tokio::time::timeout(Duration::from_secs(60), done.next())
+            .await
+            .expect("durable events keep coming")
+            .unwrap();
+        let env = Envelope::from_slice(&message.payload).unwrap();
+        let sent: Value = serde_json::from_str(env.payload.get()).unwrap();
+        let sent = sent["sent"].as_u64().unwrap();
+        latencies.push(base.elapsed().as_nanos() as u64 - sent);
+    }
+    let elapsed = base.elapsed();
+    publisher.await.unwrap();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    let row = Row {
+        name: tag.to_owned(),
+        bus: "durable",
+        concurrency: DURABLE_IN_FLIGHT,
+        rps: DURABLE_MESSAGES as f64 / elapsed.as_secs_f64(),
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        errors: 0,
+        ratio_to_raw: 0.0,
+    };
+    eprintln!(
+        "  {subject:<24} c={:<3} {:>9.0} msg/s  p50 {:>9.1} µs  p99 {:>9.1} µs",
+        DURABLE_IN_FLIGHT, row.rps, row.p50_us, row.p99_us
+    );
+    row
+}
+
+/// The durable cell next to the hand-written JetStream loop, in one run.
+async fn durable_rows(server: &NatsServer, root: &Path) -> Vec<Row> {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    raw_durable_consumer(client.clone()).await;
+    let bus: Arc<dyn BodyBus> = Arc::new(server.bus().await);
+    let _host = TestHost::on(bus, &[durable_cell(root)]).await;
+    let raw = durable_row(&client, "bench-raw.x", "raw").await;
+    let cbs = durable_row(&client, "cbs-durable.bench.durable", "cbs").await;
+    let ratio = cbs.rps / raw.rps;
+    vec![
+        Row {
+            name: "raw-jetstream".into(),
+            ratio_to_raw: 1.0,
+            ..raw
+        },
+        Row {
+            name: "durable-cell".into(),
+            ratio_to_raw: ratio,
+            ..cbs
+        },
+    ]
 }
 
 /// The Python test cell's folders: native pool and component.
@@ -352,6 +504,17 @@ async fn main() {
 
     eprintln!("nats-server on loopback");
     let server = NatsServer::start();
+    // `CBS_BENCH_ONLY=durable make bench`: the durable rows alone, printed,
+    // no report written (for working on them).
+    if std::env::var("CBS_BENCH_ONLY").as_deref() == Ok("durable") {
+        for r in durable_rows(&server, root).await {
+            println!(
+                "{}: {:.0} msg/s, p50 {:.0} µs, p99 {:.0} µs, ratio {:.2}",
+                r.name, r.rps, r.p50_us, r.p99_us, r.ratio_to_raw
+            );
+        }
+        return;
+    }
     let served: Arc<dyn BodyBus> = Arc::new(server.bus().await);
     let _nats_host = TestHost::on(served.clone(), &cells).await;
     native_greeter(served.clone()).await;
@@ -368,6 +531,9 @@ async fn main() {
     local_cases.remove(1);
     local_cases.retain(|(name, ..)| *name != "nats-py");
     rows.extend(table(local, "local", &local_cases).await);
+
+    eprintln!("durable: JetStream publish, pull, handle, ack");
+    rows.extend(durable_rows(&server, root).await);
 
     eprintln!("start-up and memory");
     let ten: Vec<PathBuf> = (0..10)
@@ -391,6 +557,7 @@ async fn main() {
     let chain64 = find(&rows, "nats", "chain-3hop", 64);
     let native64 = find(&rows, "nats", "python-native", 64);
     let natspy64 = find(&rows, "nats", "nats-py", 64);
+    let durable = find(&rows, "durable", "durable-cell", DURABLE_IN_FLIGHT);
     let targets = vec![
         (
             "wasm logic.greet (pooled) ≥ 0.8× raw NATS req/s at 64 in flight",
@@ -423,6 +590,11 @@ async fn main() {
             native64.rps >= natspy64.rps,
         ),
         (
+            "durable cell ≥ 0.7× a raw JetStream publish + pull + ack loop, msg/s",
+            format!("{:.2}×", durable.ratio_to_raw),
+            durable.ratio_to_raw >= 0.7,
+        ),
+        (
             "idle RSS per additional Rust cell ≤ 2 MB",
             format!("{:.2} MiB", per_cell_kib as f64 / 1024.0),
             per_cell_kib <= 2048,
@@ -452,6 +624,10 @@ async fn main() {
         (
             "local",
             "In-process bus (ratio to a native Rust handler on the same bus)",
+        ),
+        (
+            "durable",
+            "Durable: 5000 envelopes published to JetStream (64 awaiting their ack), each handled and acknowledged; latency from publish to the handler's event (ratio to a hand-written pull-consume-ack loop doing the same work)",
         ),
     ] {
         md.push_str(&format!("## {title}\n\n| name | in flight | req/s | p50 µs | p99 µs | errors | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n"));
