@@ -2,11 +2,9 @@
 //! `cbs build` → `cbs-host load/run`; signatures and tampering; bare
 //! components; `cbs contract check`.
 
-use std::path::Path;
-
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::manifest::CellSpec;
-use cbs_tests::bundles::{assert_ok, cargo_test, cbs_in, releases, UPPER};
+use cbs_tests::bundles::{assert_ok, cargo_test, cbs_in, prebuilt_greet, releases, UPPER};
 use cbs_tests::greet;
 use cbs_tests::process::{cbs, cbs_host};
 use serde_json::{json, Value};
@@ -85,21 +83,6 @@ fn new_refuses_what_it_cannot_make() {
     std::fs::create_dir(tmp.path().join("x.y")).unwrap();
     let out = cbs_in(tmp.path(), &["new", "x.y"]);
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
-}
-
-/// A copy of the greet cell without its crate: `cbs build` bundles the
-/// component as it is (no compile).
-fn prebuilt_greet(dir: &Path) {
-    let src = greet();
-    std::fs::create_dir_all(dir.join("schemas")).unwrap();
-    for file in [
-        "cell.toml",
-        "logic_greet.wasm",
-        "schemas/input.json",
-        "schemas/output.json",
-    ] {
-        std::fs::copy(src.join(file), dir.join(file)).unwrap();
-    }
 }
 
 #[test]

@@ -548,10 +548,7 @@ async fn a_bundle_object_over_the_size_limit_is_refused_before_it_is_read() {
         version: "0.1.0".into(),
         digest: bundle.digest(),
         object,
-        replicas: None,
-        signer: None,
-        deployed_at_ms: 0,
-        rollback: None,
+        ..Default::default()
     };
     store.get_bundle(&release).await.expect("within the limit");
     let small = store.with_max_bundle_bytes(bytes.len() as u64 - 1);

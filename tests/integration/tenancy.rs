@@ -143,10 +143,7 @@ async fn another_tenant_cannot_read_a_tenants_buckets() {
             version: "1.0.0".into(),
             digest: "sha256:00".into(),
             object: "o".into(),
-            replicas: None,
-            signer: None,
-            deployed_at_ms: 0,
-            rollback: None,
+            ..Default::default()
         },
         history: vec![],
     };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use crate::{bin, shared_cache};
+use crate::{bin, greet, shared_cache};
 
 /// The scaffolded cell's id; `{"text": "hi"}` → v1 `"HI"`, v2 `"HI!"`.
 pub const UPPER: &str = "text.upper";
@@ -119,4 +119,19 @@ pub fn cargo_test(dir: &Path) -> Output {
         .env("CARGO_TARGET_DIR", scaffold_target())
         .output()
         .unwrap()
+}
+
+/// A copy of the greet cell without its crate: `cbs build` bundles the
+/// component as it is (no compile).
+pub fn prebuilt_greet(dir: &Path) {
+    let src = greet();
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    for file in [
+        "cell.toml",
+        "logic_greet.wasm",
+        "schemas/input.json",
+        "schemas/output.json",
+    ] {
+        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    }
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::contract::compat::{self, Break, Direction};
+use cbs_host::deploy::placement::Placement;
 use cbs_host::deploy::{now_ms, Desired, Release, State, Status, Store};
 
 /// How a rollout ended.
@@ -25,6 +26,18 @@ pub enum Outcome {
     Failed(Vec<Status>),
     /// Some hosts did not report in time.
     TimedOut { missing: Vec<String> },
+    /// No host could take a replica (the placer's reason).
+    Unplaced(String),
+}
+
+/// Where a release's replicas may go (`cbs deploy --replicas --label
+/// --spread`).
+#[derive(Debug, Clone, Default)]
+pub struct Scale {
+    /// None: every watching host.
+    pub replicas: Option<u32>,
+    pub constraints: BTreeMap<String, String>,
+    pub spread: Option<String>,
 }
 
 /// Publishes `bundle` as the desired release of its cell and waits for the
@@ -34,7 +47,7 @@ pub async fn deploy(
     store: &Store,
     bundle: &Bundle,
     bytes: &[u8],
-    replicas: Option<u32>,
+    scale: Scale,
     force: bool,
     wait: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
@@ -50,7 +63,10 @@ pub async fn deploy(
         version: manifest.version.clone(),
         digest: bundle.digest(),
         object,
-        replicas,
+        replicas: scale.replicas,
+        constraints: scale.constraints,
+        spread: scale.spread,
+        memory_mb: Some(manifest.memory_mb()),
         signer: bundle.signer().map(str::to_owned),
         deployed_at_ms: now_ms(),
         rollback: None,
@@ -164,7 +180,7 @@ async fn set_and_confirm(
     previous: Option<Desired>,
     wait: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
-    let hosts = watching_hosts(client).await?;
+    let mut hosts = watching_hosts(client).await?;
     let started = Instant::now();
     store.set_desired(&desired).await?;
     let Some(wait) = wait else {
@@ -173,6 +189,16 @@ async fn set_and_confirm(
             elapsed: started.elapsed(),
         });
     };
+    if desired.current.replicas.is_some() && !hosts.is_empty() {
+        let placement = placed(store, &desired.cell, &desired.current.id, wait).await?;
+        if placement.hosts.is_empty() {
+            return Ok(Outcome::Unplaced(placement.unplaced.unwrap_or_default()));
+        }
+        if let Some(why) = &placement.unplaced {
+            eprintln!("warning: {why}");
+        }
+        hosts = placement.hosts.into_iter().collect();
+    }
     let outcome = confirm(store, &desired, &hosts, wait, started).await?;
     if let Outcome::Failed(_) = &outcome {
         // Health-confirmed: the fleet goes back to what it served.
@@ -185,6 +211,27 @@ async fn set_and_confirm(
 }
 
 /// Hosts that follow deployments (`cbs-host run --watch`), by host id.
+/// The placement the placer made for `release` of `cell`.
+async fn placed(
+    store: &Store,
+    cell: &str,
+    release: &str,
+    wait: Duration,
+) -> anyhow::Result<Placement> {
+    let deadline = Instant::now() + wait.min(Duration::from_secs(15));
+    loop {
+        if let Some(p) = store.placement(cell).await? {
+            if p.release == release {
+                return Ok(p);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no placement of {cell} appeared: is a host running with --watch (it places replicas)?");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn watching_hosts(client: &async_nats::Client) -> anyhow::Result<BTreeSet<String>> {
     let quiet = Duration::from_millis(250);
     let hosts = cbs_host::discovery::hosts(client, quiet, quiet * 8).await?;
@@ -251,6 +298,11 @@ pub struct Listing {
     pub cell: String,
     pub desired: Option<String>,
     pub digest: Option<String>,
+    /// Replicas wanted (none: every watching host).
+    pub replicas: Option<u32>,
+    /// Hosts the placer chose, and why some replicas have none.
+    pub placed: Vec<String>,
+    pub unplaced: Option<String>,
     pub hosts: Vec<HostReport>,
 }
 
@@ -264,6 +316,8 @@ pub struct HostReport {
     /// Whether the host answered discovery just now.
     pub online: bool,
     pub in_sync: bool,
+    /// Whether the placer chose this host (always, without replicas).
+    pub placed: bool,
 }
 
 /// Desired vs running, per cell and host.
@@ -282,19 +336,33 @@ pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<
                 cell: d.cell,
                 desired: Some(d.current.version),
                 digest: Some(d.current.digest),
+                replicas: d.current.replicas,
+                placed: Vec::new(),
+                unplaced: None,
                 hosts: Vec::new(),
             },
         );
+    }
+    for p in store.placements().await? {
+        if let Some(listing) = cells.get_mut(&p.cell) {
+            listing.placed = p.hosts;
+            listing.unplaced = p.unplaced;
+        }
     }
     for s in store.statuses().await? {
         let listing = cells.entry(s.cell.clone()).or_insert_with(|| Listing {
             cell: s.cell.clone(),
             desired: None,
             digest: None,
+            replicas: None,
+            placed: Vec::new(),
+            unplaced: None,
             hosts: Vec::new(),
         });
         let in_sync = s.state == State::Serving && listing.digest.as_deref() == Some(&s.digest);
+        let placed = listing.replicas.is_none() || listing.placed.contains(&s.host);
         listing.hosts.push(HostReport {
+            placed,
             online: online.contains(&s.host),
             in_sync,
             host: s.host,

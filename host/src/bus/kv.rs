@@ -16,6 +16,8 @@ pub struct Limits {
     pub max_bytes: Option<i64>,
     /// The largest message, in bytes.
     pub max_value_bytes: Option<i32>,
+    /// Values older than this go (none: kept).
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Limits {
@@ -24,7 +26,13 @@ impl Limits {
             history,
             max_bytes: None,
             max_value_bytes: None,
+            max_age: None,
         }
+    }
+
+    pub fn max_age(mut self, age: std::time::Duration) -> Self {
+        self.max_age = Some(age);
+        self
     }
 }
 
@@ -43,6 +51,7 @@ pub async fn open(
         max_messages_per_subject: limits.history,
         max_bytes: limits.max_bytes.unwrap_or(-1),
         max_message_size: limits.max_value_bytes.unwrap_or(-1),
+        max_age: limits.max_age.unwrap_or_default(),
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,

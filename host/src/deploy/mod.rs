@@ -6,13 +6,23 @@
 //! - bucket `cbs-status` (key-value): `<cell>/<host>` → what that host
 //!   serves, or why it could not load the desired release.
 //!
+//! - bucket `cbs-hosts` (key-value): each watching host's heartbeat (labels,
+//!   memory it offers);
+//! - bucket `cbs-placement` (key-value): cell → the hosts that serve it,
+//!   for cells deployed with `--replicas` ([`placer`], [`placement`]);
+//! - bucket `cbs-placer` (key-value): the lease of the one host that
+//!   places.
+//!
 //! `cbs deploy` (the rollout in `host/cli`) writes the first two and waits
-//! on the third; hosts run with `--watch` follow the second ([`watcher`])
-//! and write the third.
+//! on the third; hosts run with `--watch` follow the second and the
+//! placement ([`watcher`]), write the third, and take turns placing.
 
 pub mod downgrade;
+pub mod placement;
+pub mod placer;
 pub mod watcher;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -28,11 +38,17 @@ use downgrade::RollbackGrant;
 pub const BUNDLES: &str = "cbs-bundles";
 pub const DESIRED: &str = "cbs-desired";
 pub const STATUS: &str = "cbs-status";
+/// Watching hosts' heartbeats: host → [`placement::HostInfo`].
+pub const HOSTS: &str = "cbs-hosts";
+/// Cell → [`placement::Placement`], written by the placer.
+pub const PLACEMENT: &str = "cbs-placement";
+/// The placer's lease: which host places, renewed while it lives.
+pub const PLACER: &str = "cbs-placer";
 /// Releases kept per cell for rollback.
 const HISTORY: usize = 10;
 
 /// One version of a cell, as deployed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Release {
     /// Unique per deploy or rollback (UUIDv7): status reports name it, so
     /// a report about an earlier attempt is never taken for this one.
@@ -42,10 +58,20 @@ pub struct Release {
     pub digest: String,
     /// Object name in `cbs-bundles`.
     pub object: String,
-    /// How many hosts should serve it (a hint for schedulers; every
-    /// watching host serves it today).
+    /// How many hosts serve it (placed by [`placer`]); none: every
+    /// watching host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// Host labels a replica's host must have (`cbs deploy --label k=v`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub constraints: BTreeMap<String, String>,
+    /// Spread replicas over the values of this host label (`--spread`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
+    /// Memory one replica takes on its host, in MiB (the cell's
+    /// `memory_mb`), counted against hosts' `--capacity-memory-mb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
     /// The signing key, when signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
@@ -144,6 +170,9 @@ pub enum State {
 pub struct Store {
     desired: kv::Store,
     status: kv::Store,
+    pub(crate) hosts: kv::Store,
+    pub(crate) placement: kv::Store,
+    pub(crate) placer: kv::Store,
     bundles: object_store::ObjectStore,
     /// The largest bundle fetched ([`crate::bundle::MAX_BYTES`]).
     max_bundle_bytes: u64,
@@ -156,10 +185,17 @@ impl Store {
         let js = jetstream::new(client.clone());
         let desired = bucket::open(&js, DESIRED, Limits::history(5)).await?;
         let status = bucket::open(&js, STATUS, Limits::history(1)).await?;
+        let hosts =
+            bucket::open(&js, HOSTS, Limits::history(1).max_age(HOST_HEARTBEAT_KEPT)).await?;
+        let placement = bucket::open(&js, PLACEMENT, Limits::history(1)).await?;
+        let placer = bucket::open(&js, PLACER, Limits::history(1)).await?;
         let bundles = open_objects(&js).await?;
         Ok(Self {
             desired,
             status,
+            hosts,
+            placement,
+            placer,
             bundles,
             max_bundle_bytes: crate::bundle::MAX_BYTES,
         })
@@ -297,6 +333,28 @@ impl Store {
         values(&self.status).await
     }
 
+    /// The placement of every cell deployed with replicas.
+    pub async fn placements(&self) -> anyhow::Result<Vec<placement::Placement>> {
+        values(&self.placement).await
+    }
+
+    pub async fn placement(&self, cell: &str) -> anyhow::Result<Option<placement::Placement>> {
+        let value = self
+            .placement
+            .get(cell)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {PLACEMENT}/{cell}: {e}"))?;
+        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Placements as they change (current ones first).
+    pub async fn watch_placement(&self) -> anyhow::Result<kv::Watch> {
+        self.placement
+            .watch_with_history(">")
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot watch {PLACEMENT}: {e}"))
+    }
+
     /// Status reports as they come (current ones first).
     pub async fn watch_status(&self) -> anyhow::Result<kv::Watch> {
         self.status
@@ -367,6 +425,10 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Heartbeats older than this leave the `cbs-hosts` bucket (the placer
+/// decides liveness sooner, by its own clock: see [`placer`]).
+const HOST_HEARTBEAT_KEPT: Duration = Duration::from_secs(60);
 
 /// How long `cbs deploy` waits for hosts by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);

@@ -4,6 +4,11 @@
 //! smoke call) and swaps it in — the new version takes new messages from
 //! that instant, the old one finishes what it has. A release that fails to
 //! load leaves the old version serving and is reported as `failed`.
+//!
+//! A release with `replicas` is served only by the hosts its placement
+//! (`cbs-placement`, written by the placer) names: the watcher follows the
+//! placement too, loading the cell when this host is placed and removing
+//! it when it no longer is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 
 use super::downgrade::{self, Served};
+use super::placement::Placement;
 use super::{now_ms, Desired, Release, State, Status, Store};
 use crate::body::{retire, Body, LoadedCell};
 
@@ -25,6 +31,14 @@ pub struct Watcher {
     grace: Duration,
     /// Cells this watcher installed, and what it serves of each.
     installed: Mutex<HashMap<String, Served>>,
+    /// The desired state and placement last seen, per cell.
+    view: Mutex<View>,
+}
+
+#[derive(Default)]
+struct View {
+    desired: HashMap<String, Desired>,
+    placed: HashMap<String, Placement>,
 }
 
 impl Watcher {
@@ -35,39 +49,83 @@ impl Watcher {
             host,
             grace,
             installed: Mutex::default(),
+            view: Mutex::default(),
         }
     }
 
-    /// Follows the desired state until the task is dropped; re-watches
-    /// after a lost watch.
+    /// Follows the desired state and the placement until the task is
+    /// dropped; watches again after a lost watch.
     pub async fn run(self: Arc<Self>) {
         loop {
-            match self.store.watch_desired().await {
-                Ok(mut watch) => {
-                    tracing::info!(host = %self.host, "watching the desired state ({})", super::DESIRED);
-                    while let Some(entry) = watch.next().await {
+            match (
+                self.store.watch_desired().await,
+                self.store.watch_placement().await,
+            ) {
+                (Ok(mut desired), Ok(mut placement)) => {
+                    tracing::info!(host = %self.host, "watching the desired state ({}) and placement ({})", super::DESIRED, super::PLACEMENT);
+                    loop {
+                        let (entry, placed) = tokio::select! {
+                            e = desired.next() => (e, false),
+                            e = placement.next() => (e, true),
+                        };
                         match entry {
-                            Ok(entry) => self.apply(entry).await,
-                            Err(e) => tracing::warn!(error = %e, "desired-state watch error"),
+                            Some(Ok(entry)) => self.apply(entry, placed).await,
+                            Some(Err(e)) => tracing::warn!(error = %e, "watch error"),
+                            None => break,
                         }
                     }
-                    tracing::warn!("desired-state watch ended; watching again");
+                    tracing::warn!("a watch ended; watching again");
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot watch the desired state; retrying"),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot watch the desired state; retrying")
+                }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    async fn apply(&self, entry: Entry) {
-        match entry.operation {
-            Operation::Put => match serde_json::from_slice::<Desired>(&entry.value) {
-                Ok(desired) => self.install(desired).await,
-                Err(e) => {
-                    tracing::warn!(key = %entry.key, error = %e, "ignoring an invalid desired state")
-                }
-            },
-            Operation::Delete | Operation::Purge => self.uninstall(&entry.key).await,
+    /// Records a change of the desired state (or, `placed`, of the
+    /// placement) and brings this host's copy of the cell in line.
+    async fn apply(&self, entry: Entry, placed: bool) {
+        let cell = entry.key.clone();
+        {
+            let mut view = self.view.lock().await;
+            let put = entry.operation == Operation::Put;
+            let invalid = |e: serde_json::Error| {
+                tracing::warn!(key = %entry.key, error = %e, "ignoring an invalid entry");
+            };
+            match (placed, put) {
+                (false, true) => match serde_json::from_slice::<Desired>(&entry.value) {
+                    Ok(d) => drop(view.desired.insert(cell.clone(), d)),
+                    Err(e) => return invalid(e),
+                },
+                (true, true) => match serde_json::from_slice::<Placement>(&entry.value) {
+                    Ok(p) => drop(view.placed.insert(cell.clone(), p)),
+                    Err(e) => return invalid(e),
+                },
+                (false, false) => drop(view.desired.remove(&cell)),
+                (true, false) => drop(view.placed.remove(&cell)),
+            }
+        }
+        self.reconcile(&cell).await;
+    }
+
+    /// Serves `cell` when it is desired and, if it has replicas, placed
+    /// here; removes it otherwise.
+    async fn reconcile(&self, cell: &str) {
+        let wanted = {
+            let view = self.view.lock().await;
+            view.desired.get(cell).cloned().filter(|d| {
+                d.current.replicas.is_none()
+                    || view
+                        .placed
+                        .get(cell)
+                        .is_some_and(|p| p.hosts.contains(&self.host))
+            })
+        };
+        match wanted {
+            Some(desired) => self.install(desired).await,
+            None => self.uninstall(cell).await,
         }
     }
 

@@ -54,6 +54,7 @@ impl StateBackend for JetStreamState {
             // The stream limits whole messages: the value plus the key in
             // the subject, and headers.
             max_value_bytes: i32::try_from(u64::from(grant.max_value_bytes) + 4096).ok(),
+            max_age: None,
         };
         let store = bucket::open(&self.js, &bucket_name(cell_id), limits)
             .await

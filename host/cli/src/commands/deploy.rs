@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::audit::{self, Change};
 use crate::args::NatsArgs;
-use crate::rollout::{self, Outcome};
+use crate::rollout::{self, Outcome, Scale};
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
 /// and wait until they serve it.
@@ -24,10 +24,17 @@ use crate::rollout::{self, Outcome};
 pub struct DeployArgs {
     /// The bundle (.cbs) to deploy.
     bundle: PathBuf,
-    /// How many hosts should serve it (recorded as a hint; every watching
-    /// host serves it).
+    /// How many watching hosts serve it, placed (and re-placed when one
+    /// stops) by the hosts' placer [default: every watching host].
     #[arg(long)]
     replicas: Option<u32>,
+    /// Only on hosts with this label (`cbs-host run --label k=v`);
+    /// repeatable.
+    #[arg(long, value_name = "K=V", value_parser = parse_label, requires = "replicas")]
+    label: Vec<(String, String)>,
+    /// Spread the replicas over the values of this host label (e.g. zone).
+    #[arg(long, value_name = "LABEL", requires = "replicas")]
+    spread: Option<String>,
     /// Deploy even if the contract breaks the deployed one.
     #[arg(long)]
     force: bool,
@@ -59,7 +66,11 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         &store,
         &bundle,
         &bytes,
-        args.replicas,
+        Scale {
+            replicas: args.replicas,
+            constraints: args.label.into_iter().collect(),
+            spread: args.spread,
+        },
         args.force,
         wait,
     )
@@ -89,6 +100,17 @@ pub fn summary(outcome: &Outcome) -> String {
             format!("failed on {}; reverted", hosts.join(", "))
         }
         Outcome::TimedOut { missing } => format!("not confirmed by {}", missing.join(", ")),
+        Outcome::Unplaced(why) => format!("not placed: {why}"),
+    }
+}
+
+/// `k=v`, as `cbs-host run --label` takes it too.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!(
+            "{text:?} is not a label: give KEY=VALUE, e.g. region=eu"
+        )),
     }
 }
 
@@ -118,6 +140,10 @@ pub fn report(cell: &str, version: &str, outcome: Outcome) -> ExitCode {
                     f.serving.as_deref().unwrap_or("nothing")
                 );
             }
+            ExitCode::FAILURE
+        }
+        Outcome::Unplaced(why) => {
+            eprintln!("error: {cell} {version} is desired, but no host can take a replica: {why} (see `cbs ls`)");
             ExitCode::FAILURE
         }
         Outcome::TimedOut { missing } => {

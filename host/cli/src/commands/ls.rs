@@ -29,26 +29,49 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
         println!("nothing deployed (deploy with `cbs deploy BUNDLE`)");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(["CELL", "DESIRED", "HOST", "RUNNING", "STATE", "NOTE"]);
+    let mut table = Table::new([
+        "CELL", "DESIRED", "REPLICAS", "HOST", "RUNNING", "STATE", "NOTE",
+    ]);
     for cell in &listing {
         let desired = cell.desired.as_deref().unwrap_or("(none)");
+        let replicas = match cell.replicas {
+            Some(n) => format!("{}/{n} placed", cell.placed.len()),
+            None => "every host".to_owned(),
+        };
+        let unplaced = cell.unplaced.clone().unwrap_or_default();
         if cell.hosts.is_empty() {
-            table.row([cell.cell.as_str(), desired, "(no host reports)", "", "", ""]);
+            let row = [
+                cell.cell.as_str(),
+                desired,
+                &replicas,
+                "(no host reports)",
+                "",
+                "",
+                &unplaced,
+            ];
+            table.row(row);
         }
-        for h in &cell.hosts {
+        for (i, h) in cell.hosts.iter().enumerate() {
             let running = h.serving.as_deref().unwrap_or("-");
             let state = if h.in_sync { "ok" } else { "behind" };
             let mut note = h.error.clone().unwrap_or_default();
             if !h.online {
                 note = format!("offline {note}");
             }
+            if !h.placed {
+                note = format!("not placed {note}");
+            }
+            if i == 0 && !unplaced.is_empty() {
+                note = format!("{unplaced} {note}");
+            }
             table.row([
                 cell.cell.as_str(),
                 desired,
+                &replicas,
                 h.host.as_str(),
                 running,
                 state,
-                note.as_str(),
+                note.trim(),
             ]);
         }
     }

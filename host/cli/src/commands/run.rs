@@ -13,6 +13,8 @@ use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
 use cbs_host::chaos::ChaosSpec;
+use cbs_host::deploy::placement::HostInfo;
+use cbs_host::deploy::placer::Placer;
 use cbs_host::deploy::{watcher::Watcher, Store};
 use cbs_host::envelope::Envelope;
 use clap::Args;
@@ -36,6 +38,15 @@ pub struct RunArgs {
     /// and JetStream).
     #[arg(long, requires = "url")]
     watch: bool,
+    /// A label of this host, for placing replicas (`cbs deploy --label`,
+    /// `--spread`), e.g. region=eu; repeatable. With --watch.
+    #[arg(long, value_name = "K=V", value_parser = super::deploy::parse_label, requires = "watch")]
+    label: Vec<(String, String)>,
+    /// Memory this host offers to placed replicas, in MiB: the placer
+    /// never puts more than that (by each release's memory_mb) here
+    /// [default: unbounded]. With --watch.
+    #[arg(long, value_name = "MIB", requires = "watch")]
+    capacity_memory_mb: Option<u64>,
     /// Only run bundles signed by this key (a .pub file from `cbs keygen`,
     /// or its hex); repeatable. Folders and bare components are refused.
     #[arg(long, value_name = "PUBKEY")]
@@ -108,8 +119,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (true, Some(client)) => {
             let store = Store::open(&client).await?;
             record_trust(&args, &host_id, &client, &body).await;
+            let me = HostInfo {
+                id: host_id.clone(),
+                labels: args.label.iter().cloned().collect(),
+                memory_mb: args.capacity_memory_mb,
+                at_ms: 0,
+            };
+            let placer = Placer::new(Store::open(&client).await?, me);
             let watcher = Arc::new(Watcher::new(body.clone(), store, host_id.clone(), grace));
-            Some((watcher.clone(), tokio::spawn(watcher.run())))
+            let placing = tokio::spawn(placer.run());
+            let watching = tokio::spawn(watcher.clone().run());
+            Some((watcher, watching, placing))
         }
         _ => None,
     };
@@ -122,8 +142,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "draining: no new messages, finishing in-flight ones (a second signal exits at once)"
         );
         let drain = async {
-            if let Some((watcher, task)) = watcher {
-                task.abort();
+            if let Some((watcher, watching, placing)) = watcher {
+                placing.abort();
+                watching.abort();
                 watcher.clear().await;
             }
             body.shutdown(grace).await

@@ -1,0 +1,325 @@
+//! Where replicas go: the placer's decision, as a pure function of the
+//! desired state, the live hosts (their labels and declared memory) and
+//! the placement so far.
+//!
+//! A cell deployed with `--replicas N` is placed on N live watching hosts
+//! that have every label the release asks for (`--label k=v`) and the
+//! memory its replicas need left (a host's `--capacity-memory-mb`, never
+//! over-committed). Replicas already placed stay where they are while
+//! their host lives and still qualifies, so a re-placement moves only what
+//! it must; new ones go first to the value of the `--spread` label with
+//! the fewest replicas of the cell, then to the host with the fewest
+//! replicas of any cell, then by host id. When fewer than N hosts qualify,
+//! the placement says why. A cell deployed without `--replicas` runs on
+//! every watching host and has no placement.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::Desired;
+
+/// Memory a replica is counted for when its release does not say
+/// (the default `memory_mb` of a wasm cell).
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+
+/// A watching host as its heartbeat describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub id: String,
+    /// `cbs-host run --label k=v`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `--capacity-memory-mb`: what replicas placed here may use in all;
+    /// none means unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// When the heartbeat was written, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Where one cell's replicas are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub cell: String,
+    /// The release it was made for ([`super::Release::id`]).
+    #[serde(default)]
+    pub release: String,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Hosts that serve it, at most `replicas`.
+    pub hosts: Vec<String>,
+    /// Why fewer than `replicas` hosts were found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<String>,
+}
+
+/// The placement of every cell deployed with replicas, given the `live`
+/// hosts and the placement so far (`current`).
+pub fn place(
+    desired: &[Desired],
+    live: &[HostInfo],
+    current: &BTreeMap<String, Placement>,
+) -> BTreeMap<String, Placement> {
+    let hosts: BTreeMap<&str, &HostInfo> = live.iter().map(|h| (h.id.as_str(), h)).collect();
+    let mut cells: Vec<&Desired> = desired
+        .iter()
+        .filter(|d| d.current.replicas.is_some())
+        .collect();
+    cells.sort_by(|a, b| a.cell.cmp(&b.cell));
+    let mut book = Book::default();
+    // Replicas that stay are booked first, for every cell, so a new
+    // replica of one cell never takes the room of a kept one of another.
+    let mut kept: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in &cells {
+        let want = d.current.replicas.unwrap_or(0) as usize;
+        let need = need_mb(d);
+        let stay = current
+            .get(&d.cell)
+            .map(|p| p.hosts.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|h| hosts.get(h.as_str()).is_some_and(|info| qualifies(info, d)))
+            .filter(|h| book.fits(hosts[h.as_str()], need))
+            .take(want)
+            .collect::<Vec<_>>();
+        for h in &stay {
+            book.take(h, need);
+        }
+        kept.insert(&d.cell, stay);
+    }
+    let mut out = BTreeMap::new();
+    for d in cells {
+        let placement = fill(
+            d,
+            kept.remove(d.cell.as_str()).unwrap_or_default(),
+            &hosts,
+            &mut book,
+        );
+        out.insert(d.cell.clone(), placement);
+    }
+    out
+}
+
+/// Adds replicas to `chosen` until the release's count, or says why not.
+fn fill(
+    d: &Desired,
+    mut chosen: Vec<String>,
+    hosts: &BTreeMap<&str, &HostInfo>,
+    book: &mut Book,
+) -> Placement {
+    let want = d.current.replicas.unwrap_or(0) as usize;
+    let need = need_mb(d);
+    let matching: Vec<&HostInfo> = hosts
+        .values()
+        .copied()
+        .filter(|h| qualifies(h, d))
+        .collect();
+    while chosen.len() < want {
+        let taken: BTreeSet<&str> = chosen.iter().map(String::as_str).collect();
+        let next = matching
+            .iter()
+            .filter(|h| !taken.contains(h.id.as_str()) && book.fits(h, need))
+            .min_by_key(|h| {
+                let spread = spread_count(d, h, &chosen, hosts);
+                (spread, book.replicas(&h.id), h.id.clone())
+            });
+        match next {
+            Some(h) => {
+                book.take(&h.id, need);
+                chosen.push(h.id.clone());
+            }
+            None => break,
+        }
+    }
+    let unplaced = (chosen.len() < want).then(|| why(d, want, &chosen, &matching, hosts.len()));
+    Placement {
+        cell: d.cell.clone(),
+        release: d.current.id.clone(),
+        replicas: want as u32,
+        hosts: chosen,
+        unplaced,
+    }
+}
+
+fn why(d: &Desired, want: usize, chosen: &[String], matching: &[&HostInfo], live: usize) -> String {
+    let placed = format!("{} of {want} replicas placed", chosen.len());
+    if live == 0 {
+        return format!("{placed}: no watching host is live");
+    }
+    if matching.len() < want {
+        let labels = &d.current.constraints;
+        return if labels.is_empty() {
+            format!("{placed}: only {} watching hosts are live", matching.len())
+        } else {
+            let asked: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "{placed}: {} live hosts have {} (of {live} live)",
+                matching.len(),
+                asked.join(", ")
+            )
+        };
+    }
+    format!(
+        "{placed}: no other matching host has {} MiB of memory left (--capacity-memory-mb)",
+        need_mb(d)
+    )
+}
+
+/// Has every label the release asks for.
+fn qualifies(host: &HostInfo, d: &Desired) -> bool {
+    d.current
+        .constraints
+        .iter()
+        .all(|(k, v)| host.labels.get(k) == Some(v))
+}
+
+fn need_mb(d: &Desired) -> u64 {
+    d.current.memory_mb.map_or(DEFAULT_MEMORY_MB, u64::from)
+}
+
+/// Replicas of this cell already on hosts with `host`'s value of the
+/// spread label (0 without a spread label).
+fn spread_count(
+    d: &Desired,
+    host: &HostInfo,
+    chosen: &[String],
+    hosts: &BTreeMap<&str, &HostInfo>,
+) -> usize {
+    let Some(key) = &d.current.spread else {
+        return 0;
+    };
+    let value = host.labels.get(key);
+    chosen
+        .iter()
+        .filter(|c| hosts.get(c.as_str()).and_then(|h| h.labels.get(key)) == value)
+        .count()
+}
+
+/// Memory and replicas booked per host while placing.
+#[derive(Default)]
+struct Book {
+    memory: BTreeMap<String, u64>,
+    replicas: BTreeMap<String, usize>,
+}
+
+impl Book {
+    fn fits(&self, host: &HostInfo, need: u64) -> bool {
+        host.memory_mb
+            .is_none_or(|cap| self.memory.get(&host.id).copied().unwrap_or(0) + need <= cap)
+    }
+
+    fn take(&mut self, host: &str, need: u64) {
+        *self.memory.entry(host.to_owned()).or_default() += need;
+        *self.replicas.entry(host.to_owned()).or_default() += 1;
+    }
+
+    fn replicas(&self, host: &str) -> usize {
+        self.replicas.get(host).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::Release;
+
+    fn host(id: &str, labels: &[(&str, &str)], memory_mb: Option<u64>) -> HostInfo {
+        HostInfo {
+            id: id.to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            memory_mb,
+            at_ms: 0,
+        }
+    }
+
+    fn cell(id: &str, replicas: u32, set: impl FnOnce(&mut Release)) -> Desired {
+        let mut release = Release {
+            id: "r".into(),
+            version: "0.1.0".into(),
+            digest: "d".into(),
+            object: "o".into(),
+            replicas: Some(replicas),
+            ..Default::default()
+        };
+        set(&mut release);
+        Desired::advance(None, id, release)
+    }
+
+    #[test]
+    fn replicas_go_to_distinct_hosts_and_stay_put() {
+        let hosts = [
+            host("a", &[], None),
+            host("b", &[], None),
+            host("c", &[], None),
+        ];
+        let desired = [cell("x.y", 2, |_| {})];
+        let first = place(&desired, &hosts, &BTreeMap::new());
+        let x = &first["x.y"];
+        assert_eq!((x.hosts.len(), &x.unplaced), (2, &None));
+        // One host dies: its replica moves, the other stays.
+        let survivor = x.hosts[0].clone();
+        let gone = x.hosts[1].clone();
+        let live: Vec<HostInfo> = hosts.iter().filter(|h| h.id != gone).cloned().collect();
+        let second = place(&desired, &live, &first);
+        assert_eq!(second["x.y"].hosts.len(), 2);
+        assert_eq!(second["x.y"].hosts[0], survivor);
+        assert!(!second["x.y"].hosts.contains(&gone));
+    }
+
+    #[test]
+    fn labels_capacity_and_spread_decide_and_shortfalls_say_why() {
+        let hosts = [
+            host("eu-1", &[("region", "eu"), ("zone", "a")], Some(100)),
+            host("eu-2", &[("region", "eu"), ("zone", "a")], Some(1000)),
+            host("eu-3", &[("region", "eu"), ("zone", "b")], Some(1000)),
+            host("us-1", &[("region", "us")], None),
+        ];
+        let eu = |r: &mut Release| {
+            r.constraints.insert("region".into(), "eu".into());
+        };
+        let desired = [
+            cell("a.spread", 2, |r| {
+                eu(r);
+                r.spread = Some("zone".into());
+                r.memory_mb = Some(500);
+            }),
+            cell("b.nowhere", 1, |r| {
+                r.constraints.insert("region".into(), "ap".into());
+            }),
+            cell("c.big", 2, |r| {
+                eu(r);
+                r.memory_mb = Some(600);
+            }),
+        ];
+        let p = place(&desired, &hosts, &BTreeMap::new());
+        let mut spread = p["a.spread"].hosts.clone();
+        spread.sort();
+        assert_eq!(
+            spread,
+            ["eu-2", "eu-3"],
+            "one per zone, never eu-1 (100 MiB)"
+        );
+        let nowhere = p["b.nowhere"].unplaced.as_deref().unwrap();
+        assert!(
+            nowhere.contains("0 of 1") && nowhere.contains("region=ap"),
+            "{nowhere}"
+        );
+        // eu-2 and eu-3 each have 500 MiB left: no room for 600.
+        let big = &p["c.big"];
+        assert!(big.hosts.is_empty(), "{big:?}");
+        assert!(
+            big.unplaced.as_deref().unwrap().contains("600 MiB"),
+            "{big:?}"
+        );
+        let none = place(&desired, &[], &BTreeMap::new());
+        assert!(none["a.spread"]
+            .unplaced
+            .as_deref()
+            .unwrap()
+            .contains("no watching host is live"));
+    }
+}

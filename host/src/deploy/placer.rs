@@ -1,0 +1,240 @@
+//! Every watching host beats its heart into `cbs-hosts` and takes turns
+//! placing: one host at a time holds the lease in `cbs-placer`, and while
+//! it does it writes `cbs-placement` from the desired state and the live
+//! hosts ([`super::placement::place`]).
+//!
+//! Liveness and the lease are judged by arrivals, not by timestamps: every
+//! host follows the heartbeats as they come, and a host is live while its
+//! beats keep arriving (by the follower's own monotonic clock,
+//! [`DEAD_AFTER`]); the lease lapses when its revision has not changed for
+//! [`LEASE_LAPSES_AFTER`], and another host takes it with a compare-and-set
+//! on that revision, so two hosts never both win. Clocks of different
+//! machines never meet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, Operation};
+use futures_util::StreamExt;
+
+use super::placement::{self, HostInfo, Placement};
+use super::{now_ms, Store, HOSTS, PLACEMENT};
+
+/// How often a watching host beats.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// A host whose heartbeat did not change for this long is dead.
+pub const DEAD_AFTER: Duration = Duration::from_millis(2_500);
+/// The lease lapses when its holder has not renewed it for this long.
+pub const LEASE_LAPSES_AFTER: Duration = Duration::from_millis(2_500);
+/// How often the placer looks again (and the holder renews).
+const TICK: Duration = Duration::from_millis(500);
+const LEASE_KEY: &str = "lease";
+
+pub struct Placer {
+    store: Store,
+    me: HostInfo,
+    /// Heartbeats as they come (every host follows them, so a new lease
+    /// holder already knows who stopped beating): host key → when its
+    /// last beat was seen, and what it said.
+    seen: Arc<Mutex<HashMap<String, (Instant, HostInfo)>>>,
+    /// The lease's revision last seen, and since when.
+    lease_seen: Option<(u64, Instant)>,
+    holding: bool,
+}
+
+impl Placer {
+    /// `me`: this host's id, labels and the memory it offers.
+    pub fn new(store: Store, me: HostInfo) -> Self {
+        Self {
+            store,
+            me,
+            seen: Arc::default(),
+            lease_seen: None,
+            holding: false,
+        }
+    }
+
+    /// Beats and, when holding the lease, places; until the task is dropped.
+    pub async fn run(mut self) {
+        let follow = tokio::spawn(follow_heartbeats(
+            self.store.hosts.clone(),
+            self.seen.clone(),
+        ));
+        let _stop_following = AbortOnDrop(follow);
+        let mut beat_at: Option<Instant> = None;
+        loop {
+            if beat_at.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
+                self.beat().await;
+                beat_at = Some(Instant::now());
+            }
+            let holding = self.hold_lease().await;
+            if holding != self.holding {
+                tracing::info!(host = %self.me.id, holding, "placer lease {}", if holding { "taken" } else { "lost" });
+                self.holding = holding;
+            }
+            if holding {
+                if let Err(e) = self.place().await {
+                    tracing::warn!(error = %e, "cannot place replicas; trying again");
+                }
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    async fn beat(&self) {
+        let info = HostInfo {
+            at_ms: now_ms(),
+            ..self.me.clone()
+        };
+        let bytes = match serde_json::to_vec(&info) {
+            Ok(b) => b,
+            Err(e) => return tracing::warn!(error = %e, "cannot encode the heartbeat"),
+        };
+        if let Err(e) = self
+            .store
+            .hosts
+            .put(host_key(&self.me.id), bytes.into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot write the heartbeat to {HOSTS}");
+        }
+    }
+
+    /// Takes, keeps or observes the lease; true while this host holds it.
+    async fn hold_lease(&mut self) -> bool {
+        let lease = &self.store.placer;
+        let me = self.me.id.clone();
+        let entry = match lease.entry(LEASE_KEY).await {
+            Ok(entry) => entry.filter(|e| e.operation == Operation::Put),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the placer lease");
+                return false;
+            }
+        };
+        let Some(entry) = entry else {
+            return lease
+                .create(LEASE_KEY, me.into_bytes().into())
+                .await
+                .is_ok();
+        };
+        if entry.value == me.as_bytes() {
+            return lease
+                .update(LEASE_KEY, me.into_bytes().into(), entry.revision)
+                .await
+                .is_ok();
+        }
+        // Someone else's: it lapses when its revision stops changing.
+        let since = match self.lease_seen {
+            Some((revision, since)) if revision == entry.revision => since,
+            _ => {
+                self.lease_seen = Some((entry.revision, Instant::now()));
+                return false;
+            }
+        };
+        if since.elapsed() < LEASE_LAPSES_AFTER {
+            return false;
+        }
+        let taken = lease
+            .update(LEASE_KEY, me.into_bytes().into(), entry.revision)
+            .await;
+        taken.is_ok()
+    }
+
+    /// Hosts whose heartbeat came within [`DEAD_AFTER`] (this one always).
+    fn live_hosts(&self) -> Vec<HostInfo> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let others = seen
+            .values()
+            .filter(|(at, info)| at.elapsed() < DEAD_AFTER && info.id != self.me.id)
+            .map(|(_, info)| info.clone());
+        std::iter::once(self.me.clone()).chain(others).collect()
+    }
+
+    async fn place(&mut self) -> anyhow::Result<()> {
+        let desired = self.store.all_desired().await?;
+        let live = self.live_hosts();
+        let current: BTreeMap<String, Placement> = self
+            .store
+            .placements()
+            .await?
+            .into_iter()
+            .map(|p| (p.cell.clone(), p))
+            .collect();
+        let next = placement::place(&desired, &live, &current);
+        for (cell, p) in &next {
+            if current.get(cell) == Some(p) {
+                continue;
+            }
+            match &p.unplaced {
+                Some(why) => tracing::warn!(%cell, hosts = ?p.hosts, "{why}"),
+                None => tracing::info!(%cell, hosts = ?p.hosts, "placed"),
+            }
+            self.store
+                .placement
+                .put(cell, serde_json::to_vec(p)?.into())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot write {PLACEMENT}/{cell}: {e}"))?;
+        }
+        for cell in current.keys().filter(|c| !next.contains_key(*c)) {
+            self.store
+                .placement
+                .delete(cell)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot delete {PLACEMENT}/{cell}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A host id as a key: the characters keys allow.
+pub fn host_key(host: &str) -> String {
+    host.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Records each heartbeat as it comes, by this host's clock; watches
+/// again when the watch ends.
+async fn follow_heartbeats(
+    hosts: kv::Store,
+    seen: Arc<Mutex<HashMap<String, (Instant, HostInfo)>>>,
+) {
+    loop {
+        match hosts.watch_with_history(">").await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    let Ok(entry) = entry else { continue };
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if entry.operation != Operation::Put {
+                        seen.remove(&entry.key);
+                        continue;
+                    }
+                    // The bucket is outside input: a bad heartbeat is skipped.
+                    match serde_json::from_slice::<HostInfo>(&entry.value) {
+                        Ok(info) => drop(seen.insert(entry.key, (Instant::now(), info))),
+                        Err(e) => {
+                            tracing::debug!(key = %entry.key, error = %e, "ignoring an invalid heartbeat")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch {HOSTS}; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,248 @@
+//! Placement on a real nats-server with JetStream: `cbs deploy --replicas
+//! N` is served by exactly N of the watching hosts, chosen by the placer
+//! (one host at a time holds its lease); when one of them is SIGKILLed its
+//! replica moves to another host, and when the placer itself dies another
+//! host takes the lease. Labels restrict where replicas go, and a replica
+//! no host can take is reported with the reason, by `cbs deploy` and
+//! `cbs ls`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cbs_host::deploy::{State, Store, PLACER};
+use cbs_tests::bundles::prebuilt_greet;
+use cbs_tests::call_json;
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs, HostProcess};
+use serde_json::json;
+
+const CELL: &str = "logic.greet";
+
+/// A bundle of `logic.greet` (the prebuilt component, no compile).
+fn greet_bundle(dir: &tempfile::TempDir) -> PathBuf {
+    let cell = dir.path().join("greet");
+    prebuilt_greet(&cell);
+    let bundle = dir.path().join("greet.cbs");
+    let out = cbs(&[
+        "build",
+        cell.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bundle
+}
+
+fn watching(url: &str, id: &str, extra: &[&str]) -> HostProcess {
+    let args = [&["--watch", "--drain-timeout-ms", "2000"], extra].concat();
+    HostProcess::serve(url, id, &[], &args)
+}
+
+/// Runs `cbs` against the server: (success, stdout, stderr).
+fn run(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = cbs(&[args, &["--nats", url]].concat());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Hosts whose latest report says they serve the cell, minus `dead` (a
+/// killed host cannot withdraw its report).
+async fn serving(store: &Store, dead: &BTreeSet<String>) -> BTreeSet<String> {
+    store
+        .statuses()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.cell == CELL && s.state == State::Serving && !dead.contains(&s.host))
+        .map(|s| s.host)
+        .collect()
+}
+
+/// Waits until `want` hosts (none in `dead`) serve the cell; returns them
+/// and how long it took.
+async fn wait_serving(
+    store: &Store,
+    dead: &BTreeSet<String>,
+    want: usize,
+) -> (BTreeSet<String>, Duration) {
+    let started = Instant::now();
+    loop {
+        let hosts = serving(store, dead).await;
+        if hosts.len() == want {
+            return (hosts, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serving on {hosts:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn lease_holder(store_client: &async_nats::Client) -> String {
+    let js = async_nats::jetstream::new(store_client.clone());
+    let lease = js.get_key_value(PLACER).await.unwrap();
+    let value = lease
+        .get("lease")
+        .await
+        .unwrap()
+        .expect("a placer holds the lease");
+    String::from_utf8(value.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_placed_on_that_many_hosts_and_moved_when_one_dies() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = greet_bundle(&dir);
+    let mut hosts: Vec<(String, HostProcess)> = ["a", "b", "c"]
+        .iter()
+        .map(|id| (id.to_string(), watching(&url, id, &[])))
+        .collect();
+    let (ok, stdout, stderr) = run(
+        &url,
+        &["deploy", bundle.to_str().unwrap(), "--replicas", "2"],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("serving on 2 host(s)"), "{stdout}");
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let store = Store::open(&client).await.unwrap();
+    let none = BTreeSet::new();
+    let (placed, _) = wait_serving(&store, &none, 2).await;
+    let spare = hosts
+        .iter()
+        .map(|(id, _)| id.clone())
+        .find(|id| !placed.contains(id))
+        .unwrap();
+    let spare_log = &hosts.iter().find(|(id, _)| *id == spare).unwrap().1;
+    assert!(
+        !spare_log.log().contains("deployed: serving"),
+        "the third host never loaded it"
+    );
+
+    // SIGKILL one of the two: its replica goes to the spare host.
+    let victim = placed.iter().next().unwrap().clone();
+    hosts
+        .iter_mut()
+        .find(|(id, _)| *id == victim)
+        .unwrap()
+        .1
+        .kill();
+    let dead = BTreeSet::from([victim.clone()]);
+    let (now, took) = wait_serving(&store, &dead, 2).await;
+    eprintln!(
+        "re-placed {victim}'s replica on {spare} in {} ms",
+        took.as_millis()
+    );
+    assert!(now.contains(&spare), "{now:?}");
+    let bus = server.bus().await;
+    let reply = call_json(&bus, CELL, json!({"name": "Ada"}), Duration::from_secs(5)).await;
+    assert_eq!(reply.unwrap()["greeting"], "Hello, Ada!");
+
+    let (_, listing, _) = run(&url, &["ls"]);
+    assert!(listing.contains("2/2 placed"), "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_host_takes_the_lease_when_the_placer_dies() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = greet_bundle(&dir);
+    let mut hosts: Vec<(String, HostProcess)> = ["a", "b"]
+        .iter()
+        .map(|id| (id.to_string(), watching(&url, id, &[])))
+        .collect();
+    let client = async_nats::connect(&url).await.unwrap();
+    let store = Store::open(&client).await.unwrap();
+    let (ok, stdout, stderr) = run(
+        &url,
+        &["deploy", bundle.to_str().unwrap(), "--replicas", "1"],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let placer = lease_holder(&client).await;
+    let other = if placer == "a" { "b" } else { "a" }.to_owned();
+    hosts
+        .iter_mut()
+        .find(|(id, _)| *id == placer)
+        .unwrap()
+        .1
+        .kill();
+    // The survivor takes the lease, and the one replica ends up on it.
+    let dead = BTreeSet::from([placer.clone()]);
+    let (serving, _) = wait_serving(&store, &dead, 1).await;
+    assert_eq!(serving, BTreeSet::from([other.clone()]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&client).await != other {
+        assert!(
+            Instant::now() < deadline,
+            "the lease never moved to {other}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_decide_where_replicas_go_and_a_shortfall_says_why() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = greet_bundle(&dir);
+    let _eu = watching(&url, "eu-1", &["--label", "region=eu"]);
+    let _us = watching(
+        &url,
+        "us-1",
+        &["--label", "region=us", "--capacity-memory-mb", "512"],
+    );
+    let client = async_nats::connect(&url).await.unwrap();
+    let store = Store::open(&client).await.unwrap();
+    let b = bundle.to_str().unwrap();
+
+    let (ok, stdout, stderr) = run(
+        &url,
+        &["deploy", b, "--replicas", "1", "--label", "region=us"],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let (on, _) = wait_serving(&store, &BTreeSet::new(), 1).await;
+    assert_eq!(on, BTreeSet::from(["us-1".to_owned()]));
+
+    let (ok, _, stderr) = run(
+        &url,
+        &["deploy", b, "--replicas", "1", "--label", "region=ap"],
+    );
+    assert!(!ok, "no host has region=ap");
+    assert!(
+        stderr.contains("no host can take a replica") && stderr.contains("region=ap"),
+        "{stderr}"
+    );
+    let (_, listing, _) = run(&url, &["ls"]);
+    assert!(
+        listing.contains("0/1 placed") && listing.contains("0 live hosts have region=ap"),
+        "{listing}"
+    );
+    // Placed nowhere: us-1 stops serving it.
+    wait_serving(&store, &BTreeSet::new(), 0).await;
+
+    // Fewer matching hosts than replicas: served where it can be, and said.
+    let (ok, stdout, stderr) = run(
+        &url,
+        &["deploy", b, "--replicas", "2", "--label", "region=eu"],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("warning: 1 of 2 replicas placed"),
+        "{stderr}"
+    );
+    let (on, _) = wait_serving(&store, &BTreeSet::new(), 1).await;
+    assert_eq!(on, BTreeSet::from(["eu-1".to_owned()]));
+}
