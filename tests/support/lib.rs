@@ -7,6 +7,7 @@ pub mod cell_toml;
 pub mod nats;
 pub mod nats_auth;
 pub mod process;
+pub mod topology;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
