@@ -246,3 +246,97 @@ async fn labels_decide_where_replicas_go_and_a_shortfall_says_why() {
     let (on, _) = wait_serving(&store, &BTreeSet::new(), 1).await;
     assert_eq!(on, BTreeSet::from(["eu-1".to_owned()]));
 }
+
+/// A durable cell deployed with `--min-replicas 1 --max-replicas 3`: a
+/// backlog on its consumer scales it to three hosts, and once drained it
+/// goes back to one, a replica at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_cells_consumer_lag_scales_its_replicas_up_and_down() {
+    const SCALED: &str = "test.scaled";
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let cell = dir.path().join("scaled");
+    std::fs::create_dir_all(&cell).unwrap();
+    std::fs::copy(
+        cbs_tests::faulty().join("test_faulty.wasm"),
+        cell.join("test_faulty.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        cell.join("cell.toml"),
+        format!(
+            "id = \"{SCALED}\"\nversion = \"0.1.0\"\ncomponent = \"test_faulty.wasm\"\n\
+             [limits]\nconcurrency = 2\nqueue = 0\ntimeout_ms = 5000\n[durable]\n"
+        ),
+    )
+    .unwrap();
+    let bundle = dir.path().join("scaled.cbs");
+    let out = cbs(&[
+        "build",
+        cell.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _hosts: Vec<HostProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|id| watching(&url, id, &[]))
+        .collect();
+    let b = bundle.to_str().unwrap();
+    let autoscale = [
+        "--min-replicas",
+        "1",
+        "--max-replicas",
+        "3",
+        "--target-lag",
+        "5",
+        "--scale-down-after-ms",
+        "1000",
+    ];
+    let (ok, stdout, stderr) = run(&url, &[&["deploy", b][..], &autoscale].concat());
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("serving on 1 host(s)"), "{stdout}");
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let store = Store::open(&client).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    for _ in 0..60 {
+        let envelope = cbs_tests::envelope_to(SCALED, &json!({"action": "sleep", "ms": 100}));
+        cbs_host::durable::publish(&js, "cbs-durable.test.scaled", &envelope)
+            .await
+            .unwrap();
+    }
+    let placed = |want: u32| {
+        let store = &store;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let p = store.placement(SCALED).await.unwrap();
+                if p.as_ref()
+                    .is_some_and(|p| p.replicas == want && p.hosts.len() == want as usize)
+                {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "placement {p:?}, want {want} replicas"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    placed(3).await;
+    placed(1).await;
+    // Replicas removed while messages were held lose none of them.
+    let mut stream = js.get_stream("CBS_DURABLE_TEST_SCALED").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(Instant::now() < deadline, "messages left in the stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -15,7 +15,8 @@ use serde::Serialize;
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::contract::compat::{self, Break, Direction};
 use cbs_host::deploy::placement::Placement;
-use cbs_host::deploy::{now_ms, Desired, Release, State, Status, Store};
+use cbs_host::deploy::{now_ms, Autoscale, Desired, Release, State, Status, Store};
+use cbs_host::durable::{ConsumerSpec, StreamSpec};
 
 /// How a rollout ended.
 #[derive(Debug)]
@@ -38,6 +39,9 @@ pub struct Scale {
     pub replicas: Option<u32>,
     pub constraints: BTreeMap<String, String>,
     pub spread: Option<String>,
+    /// `--min-replicas`, `--max-replicas`, `--target-lag`,
+    /// `--scale-down-after-ms`.
+    pub autoscale: Option<(u32, u32, u64, u64)>,
 }
 
 /// Publishes `bundle` as the desired release of its cell and waits for the
@@ -57,13 +61,22 @@ pub async fn deploy(
     if let Some(previous) = &previous {
         gate(store, previous, bundle, force).await?;
     }
+    let autoscale = scale
+        .autoscale
+        .map(|(min, max, target_lag, down_ms)| {
+            autoscale_of(&manifest, min, max, target_lag, down_ms)
+        })
+        .transpose()?;
     let object = store.put_bundle(bundle, bytes).await?;
     let release = Release {
         id: cbs_host::envelope::new_id(),
         version: manifest.version.clone(),
         digest: bundle.digest(),
         object,
-        replicas: scale.replicas,
+        replicas: autoscale
+            .as_ref()
+            .map_or(scale.replicas, |a| Some(a.min_replicas)),
+        autoscale,
         constraints: scale.constraints,
         spread: scale.spread,
         memory_mb: Some(manifest.memory_mb()),
@@ -76,6 +89,35 @@ pub async fn deploy(
 }
 
 /// Makes the previous release of `cell` current again, and waits as deploy does.
+/// Autoscaling follows a durable cell's consumer lag; request cells are
+/// not autoscaled yet.
+fn autoscale_of(
+    manifest: &cbs_host::manifest::Manifest,
+    min_replicas: u32,
+    max_replicas: u32,
+    target_lag: u64,
+    scale_down_after_ms: u64,
+) -> anyhow::Result<Autoscale> {
+    let Some(spec) = &manifest.durable else {
+        bail!(
+            "{} has no [durable] table: --min-replicas/--max-replicas follow a durable cell's consumer lag; \
+             give request cells a fixed --replicas",
+            manifest.id
+        );
+    };
+    if min_replicas > max_replicas || max_replicas == 0 {
+        bail!("--min-replicas {min_replicas} must be at most --max-replicas {max_replicas}, which must be at least 1");
+    }
+    Ok(Autoscale {
+        min_replicas,
+        max_replicas,
+        target_lag,
+        stream: StreamSpec::of_cell(manifest, spec).name,
+        consumer: ConsumerSpec::of_cell(manifest, spec).name,
+        scale_down_after_ms,
+    })
+}
+
 pub async fn rollback(
     client: &async_nats::Client,
     store: &Store,

@@ -72,6 +72,10 @@ pub struct Release {
     /// `memory_mb`), counted against hosts' `--capacity-memory-mb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    /// Replicas between a floor and a ceiling, from the load ([`placer`]);
+    /// `replicas` is then the count to start with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
     /// The signing key, when signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
@@ -81,6 +85,31 @@ pub struct Release {
     /// one before (`cbs rollback --sign`); hosts with `--trust` need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackGrant>,
+}
+
+/// `cbs deploy --min-replicas --max-replicas`: the placer sets the replica
+/// count from a durable cell's consumer lag (messages waiting or held).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Autoscale {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Messages waiting per replica the placer aims at.
+    pub target_lag: u64,
+    /// The cell's stream and shared consumer, whose lag drives the count.
+    pub stream: String,
+    pub consumer: String,
+    /// How long the lag must allow fewer replicas before one is removed.
+    pub scale_down_after_ms: u64,
+}
+
+impl Autoscale {
+    /// Replicas for `lag` messages waiting: enough for the target lag
+    /// each, within the floor and the ceiling.
+    pub fn wanted(&self, lag: u64) -> u32 {
+        let target = self.target_lag.max(1);
+        let needed = u32::try_from(lag.div_ceil(target)).unwrap_or(u32::MAX);
+        needed.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+    }
 }
 
 /// The desired state of one cell: the current release and earlier ones.
@@ -168,6 +197,8 @@ pub enum State {
 
 /// The three buckets, created on first use.
 pub struct Store {
+    /// JetStream itself, for the consumer lag autoscaling reads.
+    pub(crate) js: jetstream::Context,
     desired: kv::Store,
     status: kv::Store,
     pub(crate) hosts: kv::Store,
@@ -191,6 +222,7 @@ impl Store {
         let placer = bucket::open(&js, PLACER, Limits::history(1)).await?;
         let bundles = open_objects(&js).await?;
         Ok(Self {
+            js,
             desired,
             status,
             hosts,

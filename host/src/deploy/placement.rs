@@ -322,4 +322,19 @@ mod tests {
             .unwrap()
             .contains("no watching host is live"));
     }
+
+    #[test]
+    fn autoscaling_asks_for_the_lag_over_the_target_within_bounds() {
+        let scale = crate::deploy::Autoscale {
+            min_replicas: 1,
+            max_replicas: 4,
+            target_lag: 10,
+            ..Default::default()
+        };
+        let wanted: Vec<u32> = [0, 10, 11, 35, 1_000_000]
+            .iter()
+            .map(|&lag| scale.wanted(lag))
+            .collect();
+        assert_eq!(wanted, [1, 1, 2, 4, 4]);
+    }
 }

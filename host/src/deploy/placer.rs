@@ -41,6 +41,8 @@ pub struct Placer {
     /// The lease's revision last seen, and since when.
     lease_seen: Option<(u64, Instant)>,
     holding: bool,
+    /// Autoscaled cells: the count set, and when it last changed.
+    scaled: HashMap<String, (u32, Instant)>,
 }
 
 impl Placer {
@@ -52,6 +54,7 @@ impl Placer {
             seen: Arc::default(),
             lease_seen: None,
             holding: false,
+            scaled: HashMap::new(),
         }
     }
 
@@ -152,7 +155,7 @@ impl Placer {
     }
 
     async fn place(&mut self) -> anyhow::Result<()> {
-        let desired = self.store.all_desired().await?;
+        let mut desired = self.store.all_desired().await?;
         let live = self.live_hosts();
         let current: BTreeMap<String, Placement> = self
             .store
@@ -161,6 +164,14 @@ impl Placer {
             .into_iter()
             .map(|p| (p.cell.clone(), p))
             .collect();
+        for d in &mut desired {
+            let placed = current.get(&d.cell).map(|p| p.replicas);
+            if let Some(count) = self.autoscaled(d, placed).await {
+                d.current.replicas = Some(count);
+            }
+        }
+        self.scaled
+            .retain(|cell, _| desired.iter().any(|d| d.cell == *cell));
         let next = placement::place(&desired, &live, &current);
         for (cell, p) in &next {
             if current.get(cell) == Some(p) {
@@ -184,6 +195,59 @@ impl Placer {
                 .map_err(|e| anyhow::anyhow!("cannot delete {PLACEMENT}/{cell}: {e}"))?;
         }
         Ok(())
+    }
+}
+
+impl Placer {
+    /// The replica count of an autoscaled release: up at once to what the
+    /// lag needs, down one replica at a time, each after the lag allowed
+    /// fewer for `scale_down_after_ms`. None for other releases.
+    ///
+    /// `placed`: the count of the placement so far (a new lease holder
+    /// starts from it, not from the floor).
+    async fn autoscaled(&mut self, d: &super::Desired, placed: Option<u32>) -> Option<u32> {
+        let scale = d.current.autoscale.as_ref()?;
+        let start = placed.or(d.current.replicas).unwrap_or(scale.min_replicas);
+        let (now, since) = self
+            .scaled
+            .get(&d.cell)
+            .copied()
+            .unwrap_or((start, Instant::now()));
+        let lag = match self.lag(scale).await {
+            Ok(lag) => lag,
+            Err(e) => {
+                tracing::debug!(cell = %d.cell, error = %e, "cannot read the consumer lag; the count stays");
+                return Some(now);
+            }
+        };
+        let wanted = scale.wanted(lag);
+        let down_after = Duration::from_millis(scale.scale_down_after_ms);
+        // `since`: how long the lag has allowed fewer replicas, unbroken.
+        let (next, since) = if wanted > now {
+            (wanted, Instant::now())
+        } else if wanted == now {
+            (now, Instant::now())
+        } else if since.elapsed() >= down_after {
+            (now - 1, Instant::now())
+        } else {
+            (now, since)
+        };
+        let next = next.clamp(
+            scale.min_replicas,
+            scale.max_replicas.max(scale.min_replicas),
+        );
+        if next != now {
+            tracing::info!(cell = %d.cell, lag, from = now, to = next, "autoscaling");
+        }
+        self.scaled.insert(d.cell.clone(), (next, since));
+        Some(next)
+    }
+
+    /// Messages of the consumer not yet acknowledged: waiting or held.
+    async fn lag(&self, scale: &super::Autoscale) -> anyhow::Result<u64> {
+        let stream = self.store.js.get_stream(&scale.stream).await?;
+        let info = stream.consumer_info(&scale.consumer).await?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
     }
 }
 

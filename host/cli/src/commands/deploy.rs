@@ -30,11 +30,38 @@ pub struct DeployArgs {
     replicas: Option<u32>,
     /// Only on hosts with this label (`cbs-host run --label k=v`);
     /// repeatable.
-    #[arg(long, value_name = "K=V", value_parser = parse_label, requires = "replicas")]
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
     label: Vec<(String, String)>,
     /// Spread the replicas over the values of this host label (e.g. zone).
-    #[arg(long, value_name = "LABEL", requires = "replicas")]
+    #[arg(long, value_name = "LABEL")]
     spread: Option<String>,
+    /// Autoscale a durable cell between this many replicas and
+    /// --max-replicas, from its consumer lag (instead of --replicas).
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "max_replicas",
+        conflicts_with = "replicas"
+    )]
+    min_replicas: Option<u32>,
+    #[arg(long, value_name = "N", requires = "min_replicas")]
+    max_replicas: Option<u32>,
+    /// Messages waiting per replica the autoscaler aims at.
+    #[arg(
+        long,
+        default_value_t = 100,
+        value_name = "N",
+        requires = "min_replicas"
+    )]
+    target_lag: u64,
+    /// How long the lag must allow fewer replicas before one is removed.
+    #[arg(
+        long,
+        default_value_t = 30_000,
+        value_name = "MS",
+        requires = "min_replicas"
+    )]
+    scale_down_after_ms: u64,
     /// Deploy even if the contract breaks the deployed one.
     #[arg(long)]
     force: bool,
@@ -49,6 +76,12 @@ pub struct DeployArgs {
 }
 
 pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    if (!args.label.is_empty() || args.spread.is_some())
+        && args.replicas.is_none()
+        && args.min_replicas.is_none()
+    {
+        anyhow::bail!("--label and --spread place replicas: give --replicas N (or --min-replicas and --max-replicas)");
+    }
     let bytes = std::fs::read(&args.bundle)
         .with_context(|| format!("cannot read {}", args.bundle.display()))?;
     let bundle =
@@ -70,6 +103,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             replicas: args.replicas,
             constraints: args.label.into_iter().collect(),
             spread: args.spread,
+            autoscale: args
+                .min_replicas
+                .zip(args.max_replicas)
+                .map(|(min, max)| (min, max, args.target_lag, args.scale_down_after_ms)),
         },
         args.force,
         wait,
