@@ -38,6 +38,9 @@ pub struct CellView {
     pub average_processing_us: u64,
     pub input_schema: Option<String>,
     pub output_schema: Option<String>,
+    /// Warm wasm instances, or live processes, on that host.
+    #[serde(default)]
+    pub instances: u64,
     /// A durable cell's consumer, as that host saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durable: Option<crate::body::DurableCounts>,
@@ -135,6 +138,7 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         average_processing_us: counts.map_or(0, |c| c.average_processing_time.as_micros() as u64),
         input_schema: meta.get("input_schema").cloned(),
         output_schema: meta.get("output_schema").cloned(),
+        instances: data["instances"].as_u64().unwrap_or(0),
         // Another host's reply: tolerated when malformed, as the rest.
         durable: serde_json::from_value(data["durable"].clone()).ok(),
     }

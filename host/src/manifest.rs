@@ -41,6 +41,9 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default)]
     pub instances: Instances,
+    /// Warm instances between a floor and a ceiling (wasm).
+    #[serde(default)]
+    pub scale: Scale,
     /// Call policies per target cell: `[policy."logic.greet"]`.
     #[serde(default)]
     pub policy: std::collections::BTreeMap<String, crate::resilience::CallPolicy>,
@@ -397,6 +400,32 @@ pub enum Policy {
     Fresh,
 }
 
+/// `[scale]`: how many warm instances a wasm cell keeps.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scale {
+    /// Instances kept warm while idle; 0 scales to zero (the first message
+    /// makes one). Unset: 1 when pooled, 0 when fresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// Warm instances kept at most (more run while messages need them, up
+    /// to `[limits] concurrency`). Unset: `concurrency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// An instance idle this long is retired, down to `min`.
+    pub idle_ms: u64,
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Self {
+            min: None,
+            max: None,
+            idle_ms: 300_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Instances {
@@ -612,6 +641,7 @@ impl Manifest {
             capabilities: Capabilities::default(),
             limits: Limits::default(),
             instances: Instances::default(),
+            scale: Scale::default(),
             policy: Default::default(),
             chaos: None,
             durable: None,
@@ -747,10 +777,46 @@ impl Manifest {
         if let Some(chaos) = &self.chaos {
             chaos.validate().map_err(anyhow::Error::msg)?;
         }
-        if self.instances.max_messages == 0 {
-            bail!("[instances] max_messages must be greater than 0");
+        self.check_scale()?;
+        Ok(())
+    }
+
+    fn check_scale(&self) -> anyhow::Result<()> {
+        let scale = &self.scale;
+        if self.runtime != RuntimeKind::Wasm && *scale != Scale::default() {
+            bail!(
+                "[scale] sizes a wasm cell's warm instances; a sidecar's processes and a Python pool's \
+                 workers are set by [sidecar] processes and [python] workers"
+            );
+        }
+        if self.instances.policy == Policy::Fresh && scale.min.is_some_and(|m| m > 0) {
+            bail!("[scale] min: a `fresh` cell keeps no instance warm; use policy = \"pooled\"");
+        }
+        let max = self.max_warm();
+        if max > self.limits.concurrency || self.min_warm() > max {
+            bail!(
+                "[scale]: min ({}) ≤ max ({max}) ≤ [limits] concurrency ({})",
+                self.min_warm(),
+                self.limits.concurrency
+            );
+        }
+        within("[scale] idle_ms", scale.idle_ms, bounds::DEDUP_WINDOW_MS)?;
+        if scale.idle_ms == 0 {
+            bail!("[scale] idle_ms must be greater than 0");
         }
         Ok(())
+    }
+
+    /// Warm instances kept even when idle: `[scale] min`, else 1 for a
+    /// pooled cell and 0 for a fresh one.
+    pub fn min_warm(&self) -> u32 {
+        let default = u32::from(self.instances.policy == Policy::Pooled);
+        self.scale.min.unwrap_or(default)
+    }
+
+    /// Warm instances kept at most: `[scale] max`, else `concurrency`.
+    pub fn max_warm(&self) -> u32 {
+        self.scale.max.unwrap_or(self.limits.concurrency)
     }
 
     /// The subject the cell answers on (also its queue group).
@@ -974,5 +1040,30 @@ mod tests {
         for bad in ["\"cbs-durable.other\"", "\"*.x\"", "\"_INBOX.>\""] {
             assert!(durable(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn scale_bounds_warm_wasm_instances_only() {
+        let parse = |extra: &str| Manifest::parse(&format!("{MINIMAL}\n{extra}"));
+        let m =
+            parse("[limits]\nconcurrency = 8\n[scale]\nmin = 0\nmax = 4\nidle_ms = 1000").unwrap();
+        assert_eq!((m.min_warm(), m.max_warm()), (0, 4));
+        let defaults = parse("").unwrap();
+        assert_eq!(
+            (defaults.min_warm(), defaults.max_warm()),
+            (1, defaults.limits.concurrency)
+        );
+        for (bad, why) in [
+            ("[scale]\nmin = 5\nmax = 4", "min"),
+            ("[limits]\nconcurrency = 2\n[scale]\nmax = 3", "concurrency"),
+            ("[instances]\npolicy = \"fresh\"\n[scale]\nmin = 1", "fresh"),
+            ("[scale]\nidle_ms = 0", "idle_ms"),
+        ] {
+            let err = format!("{:#}", parse(bad).unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let sidecar = "id = \"a.b\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"x\"]\n[scale]\nmin = 0";
+        let err = format!("{:#}", Manifest::parse(sidecar).unwrap_err());
+        assert!(err.contains("[sidecar] processes"), "{err}");
     }
 }

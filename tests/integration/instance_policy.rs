@@ -1,7 +1,7 @@
 //! `pooled` reuses warm instances and retires them after a trap or N
 //! messages; `fresh` gives every message a new instance.
 
-use cbs_host::manifest::Policy;
+use cbs_host::manifest::{Policy, Scale};
 use cbs_tests::{faulty, faulty_fresh, CellToml, TestHost};
 use serde_json::json;
 
@@ -54,4 +54,86 @@ async fn fresh_never_sees_the_previous_message() {
         assert_eq!(count(&host, "test.faulty_fresh").await, 1);
     }
     assert_eq!(host.cell("test.faulty_fresh").info().id, "test.faulty");
+}
+
+async fn wait_for_instances(host: &TestHost, cell: &str, want: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let live = host.cell(cell).runner.instances();
+        if live == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{cell} has {live} instances, want {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cell_scales_to_zero_and_the_first_message_brings_one_back() {
+    let dir = CellToml::faulty("test.to_zero")
+        .scale(Scale {
+            min: Some(0),
+            max: None,
+            idle_ms: 500,
+        })
+        .write();
+    let host = TestHost::local(&[dir.path().to_path_buf()]).await;
+    wait_for_instances(&host, "test.to_zero", 0).await;
+    assert_eq!(
+        count(&host, "test.to_zero").await,
+        1,
+        "a new instance served it"
+    );
+    assert_eq!(
+        host.cell("test.to_zero").runner.instances(),
+        1,
+        "kept warm for now"
+    );
+    wait_for_instances(&host, "test.to_zero", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instances_stay_between_min_and_max() {
+    let dir = CellToml::faulty("test.scaled")
+        .scale(Scale {
+            min: Some(3),
+            max: Some(4),
+            idle_ms: 100,
+        })
+        .limits(|l| {
+            l.concurrency = 8;
+            l.timeout_ms = 5_000;
+        })
+        .write();
+    let host = std::sync::Arc::new(TestHost::local(&[dir.path().to_path_buf()]).await);
+    assert_eq!(
+        host.cell("test.scaled").runner.instances(),
+        3,
+        "min made at load"
+    );
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                host.call("test.scaled", json!({"action": "sleep", "ms": 200}))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for call in burst {
+        call.await.unwrap();
+    }
+    let after = host.cell("test.scaled").runner.instances();
+    assert!(
+        (3..=4).contains(&after),
+        "{after} warm after the burst: at most max are kept"
+    );
+    // Idle: back down to min, never below.
+    wait_for_instances(&host, "test.scaled", 3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(host.cell("test.scaled").runner.instances(), 3);
 }

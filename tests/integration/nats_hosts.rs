@@ -332,6 +332,8 @@ async fn cbs_ps_json_shows_schemas_and_counts_requests() {
         .find(|c| c["id"] == "logic.greet")
         .unwrap();
     assert_eq!(greet["input_schema"], "logic.greet/request@1");
+    // A pooled cell keeps one warm instance ([scale] min) when idle.
+    assert!(greet["instances"].as_u64().unwrap() >= 1, "{greet}");
     let requests: u64 = hosts
         .iter()
         .flat_map(|h| h["cells"].as_array().unwrap())

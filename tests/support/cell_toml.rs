@@ -163,6 +163,12 @@ impl CellToml {
         self
     }
 
+    /// `[scale]`.
+    pub fn scale(mut self, scale: cbs_host::manifest::Scale) -> Self {
+        self.manifest.scale = scale;
+        self
+    }
+
     /// `[instances]`.
     pub fn instances(mut self, policy: Policy, max_messages: u64) -> Self {
         self.manifest.instances.policy = policy;

@@ -301,6 +301,7 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
                 let cell = slot.read().unwrap().clone();
                 let mut stats = cell.stats.to_json();
                 stats["version"] = cell.manifest.version.clone().into();
+                stats["instances"] = cell.runner.instances().into();
                 if cell.manifest.durable.is_some() {
                     stats["durable"] = serde_json::json!(cell.stats.durable());
                 }

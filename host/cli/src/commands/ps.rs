@@ -35,12 +35,19 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new([
-        "HOST", "CELL", "VERSION", "REQUESTS", "ERRORS", "AVG µs", "DURABLE",
+        "HOST",
+        "CELL",
+        "VERSION",
+        "INSTANCES",
+        "REQUESTS",
+        "ERRORS",
+        "AVG µs",
+        "DURABLE",
     ]);
-    table.align_right(&[3, 4, 5]);
+    table.align_right(&[3, 4, 5, 6]);
     for host in &hosts {
         if host.cells.is_empty() {
-            table.row([host.host.as_str(), "(no cells)", "", "", "", "", ""]);
+            table.row([host.host.as_str(), "(no cells)", "", "", "", "", "", ""]);
         }
         for cell in &host.cells {
             let durable = cell.durable.map_or(String::new(), |d| {
@@ -53,6 +60,7 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
                 host.host.clone(),
                 cell.id.clone(),
                 cell.version.clone(),
+                cell.instances.to_string(),
                 cell.requests.to_string(),
                 cell.errors.to_string(),
                 cell.average_processing_us.to_string(),

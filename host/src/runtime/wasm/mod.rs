@@ -111,10 +111,22 @@ impl WasmRuntime {
                     path.display()
                 )
             })?;
-        let pool = InstancePool::new(self.engine.clone(), pre, manifest.clone(), outbound);
+        let pool = Arc::new(InstancePool::new(
+            self.engine.clone(),
+            pre,
+            manifest.clone(),
+            outbound,
+        ));
         let info = describe(&pool, &manifest)
             .await
             .with_context(|| format!("describe() of {} failed", path.display()))?;
+        pool.prewarm().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot make the [scale] min warm instances of {}: {e:#}",
+                manifest.id
+            )
+        })?;
+        InstancePool::spawn_reaper(&pool);
         Ok(WasmCell {
             manifest,
             pool,
@@ -168,7 +180,7 @@ async fn describe(pool: &InstancePool, manifest: &Manifest) -> anyhow::Result<Ce
 /// A loaded wasm cell.
 pub struct WasmCell {
     manifest: Arc<Manifest>,
-    pool: InstancePool,
+    pool: Arc<InstancePool>,
     info: CellInfo,
     cache: CacheOutcome,
 }
@@ -295,6 +307,6 @@ impl CellRunner for WasmCell {
     }
 
     fn instances(&self) -> usize {
-        self.pool.idle()
+        self.pool.live()
     }
 }
