@@ -44,6 +44,7 @@ pub struct DeployArgs {
         conflicts_with = "replicas"
     )]
     min_replicas: Option<u32>,
+    /// The most replicas the autoscaler places.
     #[arg(long, value_name = "N", requires = "min_replicas")]
     max_replicas: Option<u32>,
     /// Messages waiting per replica the autoscaler aims at.
