@@ -340,3 +340,101 @@ async fn a_durable_cells_consumer_lag_scales_its_replicas_up_and_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A request cell deployed with `--min-replicas 1 --max-replicas 3`: while
+/// its one host answers `capacity` the placer adds replicas up to three;
+/// when the load is gone it goes back to one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cells_capacity_replies_scale_its_replicas_up_and_down() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const BUSY: &str = "test.busy";
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let cell = dir.path().join("busy");
+    std::fs::create_dir_all(&cell).unwrap();
+    std::fs::copy(
+        cbs_tests::faulty().join("test_faulty.wasm"),
+        cell.join("test_faulty.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        cell.join("cell.toml"),
+        format!(
+            "id = \"{BUSY}\"\nversion = \"0.1.0\"\ncomponent = \"test_faulty.wasm\"\n\
+             [limits]\nconcurrency = 1\nqueue = 0\ntimeout_ms = 5000\n"
+        ),
+    )
+    .unwrap();
+    let bundle = dir.path().join("busy.cbs");
+    let out = cbs(&[
+        "build",
+        cell.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _hosts: Vec<HostProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|id| watching(&url, id, &[]))
+        .collect();
+    let autoscale = [
+        "--min-replicas",
+        "1",
+        "--max-replicas",
+        "3",
+        "--scale-down-after-ms",
+        "1000",
+    ];
+    let (ok, stdout, stderr) = run(
+        &url,
+        &[&["deploy", bundle.to_str().unwrap()][..], &autoscale].concat(),
+    );
+    assert!(ok, "{stdout}{stderr}");
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let store = Store::open(&client).await.unwrap();
+    let bus = Arc::new(server.bus().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let payload = json!({"action": "sleep", "ms": 50});
+                    let _ = call_json(bus.as_ref(), BUSY, payload, Duration::from_secs(5)).await;
+                }
+            })
+        })
+        .collect();
+    let placed = |want: u32| {
+        let store = &store;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let p = store.placement(BUSY).await.unwrap();
+                if p.as_ref()
+                    .is_some_and(|p| p.replicas == want && p.hosts.len() == want as usize)
+                {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "placement {p:?}, want {want} replicas"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    placed(3).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    placed(1).await;
+}

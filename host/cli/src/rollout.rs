@@ -89,8 +89,8 @@ pub async fn deploy(
 }
 
 /// Makes the previous release of `cell` current again, and waits as deploy does.
-/// Autoscaling follows a durable cell's consumer lag; request cells are
-/// not autoscaled yet.
+/// Autoscaling follows a durable cell's consumer lag, or a request cell's
+/// hosts' `capacity` replies and busyness.
 fn autoscale_of(
     manifest: &cbs_host::manifest::Manifest,
     min_replicas: u32,
@@ -98,22 +98,22 @@ fn autoscale_of(
     target_lag: u64,
     scale_down_after_ms: u64,
 ) -> anyhow::Result<Autoscale> {
-    let Some(spec) = &manifest.durable else {
-        bail!(
-            "{} has no [durable] table: --min-replicas/--max-replicas follow a durable cell's consumer lag; \
-             give request cells a fixed --replicas",
-            manifest.id
-        );
-    };
     if min_replicas > max_replicas || max_replicas == 0 {
         bail!("--min-replicas {min_replicas} must be at most --max-replicas {max_replicas}, which must be at least 1");
     }
+    let (stream, consumer) = match &manifest.durable {
+        Some(spec) => (
+            Some(StreamSpec::of_cell(manifest, spec).name),
+            Some(ConsumerSpec::of_cell(manifest, spec).name),
+        ),
+        None => (None, None),
+    };
     Ok(Autoscale {
         min_replicas,
         max_replicas,
         target_lag,
-        stream: StreamSpec::of_cell(manifest, spec).name,
-        consumer: ConsumerSpec::of_cell(manifest, spec).name,
+        stream,
+        consumer,
         scale_down_after_ms,
     })
 }

@@ -88,17 +88,22 @@ pub struct Release {
 }
 
 /// `cbs deploy --min-replicas --max-replicas`: the placer sets the replica
-/// count from a durable cell's consumer lag (messages waiting or held).
+/// count from the load: a durable cell's consumer lag (messages waiting or
+/// held), or for a request cell its hosts' `capacity` replies and how busy
+/// they are (from their heartbeats).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Autoscale {
     pub min_replicas: u32,
     pub max_replicas: u32,
-    /// Messages waiting per replica the placer aims at.
+    /// Messages waiting per replica the placer aims at (durable cells).
     pub target_lag: u64,
-    /// The cell's stream and shared consumer, whose lag drives the count.
-    pub stream: String,
-    pub consumer: String,
-    /// How long the lag must allow fewer replicas before one is removed.
+    /// A durable cell's stream and shared consumer, whose lag drives the
+    /// count; none for a request cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// How long the load must allow fewer replicas before one is removed.
     pub scale_down_after_ms: u64,
 }
 
@@ -108,7 +113,25 @@ impl Autoscale {
     pub fn wanted(&self, lag: u64) -> u32 {
         let target = self.target_lag.max(1);
         let needed = u32::try_from(lag.div_ceil(target)).unwrap_or(u32::MAX);
-        needed.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+        self.bound(needed)
+    }
+
+    /// Replicas for a request cell now served by `now` replicas: one more
+    /// when hosts answered `capacity` since the last look or are more than
+    /// 3/4 busy, one fewer when under 1/4 busy.
+    pub fn wanted_for_load(&self, now: u32, refused: bool, busy: f64) -> u32 {
+        let next = if refused || busy > 0.75 {
+            now.saturating_add(1)
+        } else if busy < 0.25 {
+            now.saturating_sub(1)
+        } else {
+            now
+        };
+        self.bound(next)
+    }
+
+    fn bound(&self, n: u32) -> u32 {
+        n.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
     }
 }
 

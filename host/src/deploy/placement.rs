@@ -36,6 +36,20 @@ pub struct HostInfo {
     pub memory_mb: Option<u64>,
     /// When the heartbeat was written, ms since the Unix epoch.
     pub at_ms: u64,
+    /// How loaded each cell served here is, for autoscaling request cells.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load: BTreeMap<String, CellLoad>,
+}
+
+/// One cell's load on one host, as its heartbeat reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellLoad {
+    /// Messages running or queued now.
+    pub in_flight: u32,
+    /// Messages it runs at once (`[limits] concurrency`).
+    pub concurrency: u32,
+    /// `capacity` replies so far (a counter).
+    pub refused: u64,
 }
 
 /// Where one cell's replicas are.
@@ -233,6 +247,7 @@ mod tests {
                 .collect(),
             memory_mb,
             at_ms: 0,
+            load: BTreeMap::new(),
         }
     }
 
@@ -336,5 +351,12 @@ mod tests {
             .map(|&lag| scale.wanted(lag))
             .collect();
         assert_eq!(wanted, [1, 1, 2, 4, 4]);
+        // Request cells: one step at a time, within the bounds.
+        assert_eq!(scale.wanted_for_load(2, true, 0.1), 3, "refused: up");
+        assert_eq!(scale.wanted_for_load(2, false, 0.9), 3, "busy: up");
+        assert_eq!(scale.wanted_for_load(2, false, 0.5), 2);
+        assert_eq!(scale.wanted_for_load(2, false, 0.1), 1, "idle: down");
+        assert_eq!(scale.wanted_for_load(4, true, 1.0), 4, "at the ceiling");
+        assert_eq!(scale.wanted_for_load(1, false, 0.0), 1, "at the floor");
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 
-use super::placement::{self, HostInfo, Placement};
+use super::placement::{self, CellLoad, HostInfo, Placement};
 use super::{now_ms, Store, HOSTS, PLACEMENT};
 
 /// How often a watching host beats.
@@ -43,7 +43,14 @@ pub struct Placer {
     holding: bool,
     /// Autoscaled cells: the count set, and when it last changed.
     scaled: HashMap<String, (u32, Instant)>,
+    /// Request cells: the `capacity` replies their hosts had counted.
+    refused: HashMap<String, u64>,
+    /// This host's load per cell, for its heartbeat.
+    load: Option<LoadFn>,
 }
+
+/// What a host reports of its cells' load in each heartbeat.
+pub type LoadFn = Arc<dyn Fn() -> BTreeMap<String, CellLoad> + Send + Sync>;
 
 impl Placer {
     /// `me`: this host's id, labels and the memory it offers.
@@ -55,7 +62,15 @@ impl Placer {
             lease_seen: None,
             holding: false,
             scaled: HashMap::new(),
+            refused: HashMap::new(),
+            load: None,
         }
+    }
+
+    /// Reports `load` in every heartbeat (request cells autoscale on it).
+    pub fn with_load(mut self, load: LoadFn) -> Self {
+        self.load = Some(load);
+        self
     }
 
     /// Beats and, when holding the lease, places; until the task is dropped.
@@ -88,6 +103,7 @@ impl Placer {
     async fn beat(&self) {
         let info = HostInfo {
             at_ms: now_ms(),
+            load: self.load.as_ref().map(|f| f()).unwrap_or_default(),
             ..self.me.clone()
         };
         let bytes = match serde_json::to_vec(&info) {
@@ -165,7 +181,7 @@ impl Placer {
             .map(|p| (p.cell.clone(), p))
             .collect();
         for d in &mut desired {
-            let placed = current.get(&d.cell).map(|p| p.replicas);
+            let placed = current.get(&d.cell);
             if let Some(count) = self.autoscaled(d, placed).await {
                 d.current.replicas = Some(count);
             }
@@ -200,27 +216,38 @@ impl Placer {
 
 impl Placer {
     /// The replica count of an autoscaled release: up at once to what the
-    /// lag needs, down one replica at a time, each after the lag allowed
-    /// fewer for `scale_down_after_ms`. None for other releases.
+    /// load needs (a durable cell's lag, a request cell's `capacity`
+    /// replies and busyness), down one replica at a time, each after the
+    /// load allowed fewer for `scale_down_after_ms`. None for other
+    /// releases.
     ///
     /// `placed`: the count of the placement so far (a new lease holder
     /// starts from it, not from the floor).
-    async fn autoscaled(&mut self, d: &super::Desired, placed: Option<u32>) -> Option<u32> {
+    async fn autoscaled(&mut self, d: &super::Desired, placed: Option<&Placement>) -> Option<u32> {
         let scale = d.current.autoscale.as_ref()?;
-        let start = placed.or(d.current.replicas).unwrap_or(scale.min_replicas);
+        let start = placed
+            .map(|p| p.replicas)
+            .or(d.current.replicas)
+            .unwrap_or(scale.min_replicas);
         let (now, since) = self
             .scaled
             .get(&d.cell)
             .copied()
             .unwrap_or((start, Instant::now()));
-        let lag = match self.lag(scale).await {
-            Ok(lag) => lag,
-            Err(e) => {
-                tracing::debug!(cell = %d.cell, error = %e, "cannot read the consumer lag; the count stays");
-                return Some(now);
+        let wanted = match (&scale.stream, &scale.consumer) {
+            (Some(stream), Some(consumer)) => match self.lag(stream, consumer).await {
+                Ok(lag) => scale.wanted(lag),
+                Err(e) => {
+                    tracing::debug!(cell = %d.cell, error = %e, "cannot read the consumer lag; the count stays");
+                    return Some(now);
+                }
+            },
+            _ => {
+                let hosts = placed.map_or(&[][..], |p| &p.hosts[..]);
+                let (refused, busy) = self.load_of(&d.cell, hosts);
+                scale.wanted_for_load(now, refused, busy)
             }
         };
-        let wanted = scale.wanted(lag);
         let down_after = Duration::from_millis(scale.scale_down_after_ms);
         // `since`: how long the lag has allowed fewer replicas, unbroken.
         let (next, since) = if wanted > now {
@@ -237,17 +264,41 @@ impl Placer {
             scale.max_replicas.max(scale.min_replicas),
         );
         if next != now {
-            tracing::info!(cell = %d.cell, lag, from = now, to = next, "autoscaling");
+            tracing::info!(cell = %d.cell, from = now, to = next, "autoscaling");
         }
         self.scaled.insert(d.cell.clone(), (next, since));
         Some(next)
     }
 
     /// Messages of the consumer not yet acknowledged: waiting or held.
-    async fn lag(&self, scale: &super::Autoscale) -> anyhow::Result<u64> {
-        let stream = self.store.js.get_stream(&scale.stream).await?;
-        let info = stream.consumer_info(&scale.consumer).await?;
+    async fn lag(&self, stream: &str, consumer: &str) -> anyhow::Result<u64> {
+        let stream = self.store.js.get_stream(stream).await?;
+        let info = stream.consumer_info(consumer).await?;
         Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    /// Whether `hosts` answered `capacity` for `cell` since the last look,
+    /// and how busy they are (running or queued over what they run at
+    /// once), from their latest heartbeats.
+    fn load_of(&mut self, cell: &str, hosts: &[String]) -> (bool, f64) {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let loads: Vec<CellLoad> = seen
+            .values()
+            .filter(|(_, info)| hosts.contains(&info.id))
+            .filter_map(|(_, info)| info.load.get(cell).copied())
+            .collect();
+        drop(seen);
+        let refused: u64 = loads.iter().map(|l| l.refused).sum();
+        let before = self.refused.insert(cell.to_owned(), refused);
+        let more_refused = before.is_some_and(|b| refused > b);
+        let capacity: u64 = loads.iter().map(|l| u64::from(l.concurrency)).sum();
+        let running: u64 = loads.iter().map(|l| u64::from(l.in_flight)).sum();
+        let busy = if capacity == 0 {
+            0.0
+        } else {
+            running as f64 / capacity as f64
+        };
+        (more_refused, busy)
     }
 }
 

@@ -35,8 +35,9 @@ pub struct DeployArgs {
     /// Spread the replicas over the values of this host label (e.g. zone).
     #[arg(long, value_name = "LABEL")]
     spread: Option<String>,
-    /// Autoscale a durable cell between this many replicas and
-    /// --max-replicas, from its consumer lag (instead of --replicas).
+    /// Autoscale between this many replicas and --max-replicas (instead of
+    /// --replicas): a durable cell on its consumer lag, a request cell on
+    /// its hosts' `capacity` replies and how busy they are.
     #[arg(
         long,
         value_name = "N",
@@ -47,7 +48,7 @@ pub struct DeployArgs {
     /// The most replicas the autoscaler places.
     #[arg(long, value_name = "N", requires = "min_replicas")]
     max_replicas: Option<u32>,
-    /// Messages waiting per replica the autoscaler aims at.
+    /// Messages waiting per replica the autoscaler aims at (durable cells).
     #[arg(
         long,
         default_value_t = 100,

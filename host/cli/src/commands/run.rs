@@ -124,8 +124,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 labels: args.label.iter().cloned().collect(),
                 memory_mb: args.capacity_memory_mb,
                 at_ms: 0,
+                load: Default::default(),
             };
-            let placer = Placer::new(Store::open(&client).await?, me);
+            let placer = Placer::new(Store::open(&client).await?, me).with_load(cell_load(&body));
             let watcher = Arc::new(Watcher::new(body.clone(), store, host_id.clone(), grace));
             let placing = tokio::spawn(placer.run());
             let watching = tokio::spawn(watcher.clone().run());
@@ -160,6 +161,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
     };
     flow(&body, start, &args).await
+}
+
+/// Each served cell's load, for the heartbeat (request cells autoscale on
+/// it): messages in flight, concurrency, `capacity` replies so far.
+fn cell_load(body: &Arc<Body>) -> cbs_host::deploy::placer::LoadFn {
+    let body = Arc::downgrade(body);
+    Arc::new(move || {
+        let Some(body) = body.upgrade() else {
+            return Default::default();
+        };
+        body.cells()
+            .iter()
+            .map(|cell| {
+                let refused = cell
+                    .stats
+                    .errors_by_code()
+                    .find(|(code, _)| *code == cbs_host::envelope::ErrorCode::Capacity)
+                    .map_or(0, |(_, n)| n);
+                let load = cbs_host::deploy::placement::CellLoad {
+                    in_flight: cell.in_flight() as u32,
+                    concurrency: cell.manifest.limits.concurrency,
+                    refused,
+                };
+                (cell.manifest.id.clone(), load)
+            })
+            .collect()
+    })
 }
 
 /// Exit 0 when every in-flight message finished within the drain timeout.
