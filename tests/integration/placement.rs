@@ -151,6 +151,18 @@ async fn replicas_are_placed_on_that_many_hosts_and_moved_when_one_dies() {
 
     let (_, listing, _) = run(&url, &["ls"]);
     assert!(listing.contains("2/2 placed"), "{listing}");
+    // The placer withdraws the dead host's report: `cbs ls` shows what runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .statuses()
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.host == victim)
+    {
+        assert!(Instant::now() < deadline, "{victim}'s report stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

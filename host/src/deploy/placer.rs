@@ -188,6 +188,7 @@ impl Placer {
         }
         self.scaled
             .retain(|cell, _| desired.iter().any(|d| d.cell == *cell));
+        self.forget_dead().await?;
         let next = placement::place(&desired, &live, &current);
         for (cell, p) in &next {
             if current.get(cell) == Some(p) {
@@ -268,6 +269,33 @@ impl Placer {
         }
         self.scaled.insert(d.cell.clone(), (next, since));
         Some(next)
+    }
+
+    /// Withdraws the status reports of hosts that stopped beating (a
+    /// killed host cannot withdraw its own), so `cbs ls` shows what runs.
+    async fn forget_dead(&mut self) -> anyhow::Result<()> {
+        let dead: Vec<String> = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let dead: Vec<(String, String)> = seen
+                .iter()
+                .filter(|(_, (at, _))| at.elapsed() >= DEAD_AFTER)
+                .map(|(key, (_, info))| (key.clone(), info.id.clone()))
+                .collect();
+            for (key, _) in &dead {
+                seen.remove(key);
+            }
+            dead.into_iter().map(|(_, id)| id).collect()
+        };
+        if dead.is_empty() {
+            return Ok(());
+        }
+        for status in self.store.statuses().await? {
+            if dead.contains(&status.host) {
+                self.store.clear_status(&status.cell, &status.host).await?;
+            }
+        }
+        tracing::info!(hosts = ?dead, "hosts stopped beating; their status reports withdrawn");
+        Ok(())
     }
 
     /// Messages of the consumer not yet acknowledged: waiting or held.
