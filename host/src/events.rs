@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{check_own_subject, check_stream_name};
+use crate::manifest::{check_own_subject, check_stream_name, stream_token};
 
 /// `[[subscribe]]`: one event subject a cell handles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,18 +79,8 @@ impl Subscribe {
     /// The stream of a durable subscription.
     pub fn stream_name(&self) -> String {
         self.stream.clone().unwrap_or_else(|| {
-            let readable: String = self
-                .subject
-                .chars()
-                .take(32)
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let readable: String = self.subject.chars().take(32).collect();
+            let readable = stream_token(&readable);
             format!("CBS_EVENTS_{readable}_{}", short_hash(&self.subject))
         })
     }

@@ -118,19 +118,9 @@ impl Default for DurableSpec {
 impl DurableSpec {
     /// The stream of cell `id`: the name given, or `CBS_DURABLE_<ID>`.
     pub fn stream_name(&self, id: &str) -> String {
-        self.stream.clone().unwrap_or_else(|| {
-            let id: String = id
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            format!("CBS_DURABLE_{id}")
-        })
+        self.stream
+            .clone()
+            .unwrap_or_else(|| format!("CBS_DURABLE_{}", stream_token(id)))
     }
 
     /// The subjects of cell `id`'s stream.
@@ -569,6 +559,20 @@ fn check_grants(c: &Capabilities) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `text` as part of a stream name: letters and digits upper-cased,
+/// anything else `_`.
+pub(crate) fn stream_token(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A JetStream stream name a manifest gives.

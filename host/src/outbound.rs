@@ -238,19 +238,22 @@ impl Outbound {
             .parent
             .child(subject, raw_json(payload, "published payload")?);
         crate::telemetry::inject_current(&mut child.headers);
-        let Some(log) = &self.durable else {
-            return self.bus.publish(to_message(&child)).await;
-        };
-        let bytes = child.to_vec().into();
-        if self.manifest.publishes_durably(subject) {
-            log.publish(subject, &child.id, bytes).await?;
-            if !log.reaches_core_subscribers() {
-                self.bus.publish(to_message(&child)).await?;
+        let durable = self.manifest.publishes_durably(subject);
+        let log = self.durable.as_ref();
+        if let Some(log) = log.filter(|_| durable) {
+            log.publish(subject, &child.id, child.to_vec().into())
+                .await?;
+            if log.reaches_core_subscribers() {
+                return Ok(());
             }
-            return Ok(());
         }
         self.bus.publish(to_message(&child)).await?;
-        log.capture(subject, &child.id, bytes).await
+        // A store the bus does not feed (in process) takes a copy of what
+        // its streams' subjects get, as a JetStream server does by itself.
+        match log.filter(|l| !durable && !l.reaches_core_subscribers()) {
+            Some(log) => log.capture(subject, &child).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! message that is not an envelope, and a retryable failure past
 //! `max_deliver` go to the dead-letter stream with their error.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use cbs_host::durable::{self, DeadLetter};
@@ -12,7 +12,7 @@ use cbs_host::envelope::ErrorCode;
 use cbs_host::manifest::DurableSpec;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::HostProcess;
-use cbs_tests::{envelope_to, CellToml, POLL};
+use cbs_tests::{envelope_to, eventually, CellToml};
 use serde_json::{json, Value};
 
 const CELL: &str = "test.durable";
@@ -60,19 +60,14 @@ async fn publish(js: &jetstream::Context, payload: Value) -> jetstream::publish:
 /// Waits until the cell's stream is empty: every message acknowledged
 /// (work-queue retention) or terminated.
 async fn drained(js: &jetstream::Context) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), "the stream to drain", || async {
         let mut stream = js.get_stream(STREAM).await.unwrap();
-        let messages = stream.info().await.unwrap().state.messages;
-        if messages == 0 {
-            return;
+        match stream.info().await.unwrap().state.messages {
+            0 => Ok(()),
+            n => Err(format!("{n} messages still in the stream")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{messages} messages still in the stream"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    })
+    .await;
 }
 
 /// The shared consumer, as the server reports it.
@@ -203,14 +198,7 @@ async fn messages_held_by_a_killed_host_are_handled_by_the_other() {
 
     // Kill one host while it holds messages (each sleeps 200 ms; it logs
     // "sleeping" as it starts one).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !doomed.log().contains("sleeping") {
-        assert!(
-            Instant::now() < deadline,
-            "the doomed host never took a message"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    doomed.wait_for_log("sleeping", Duration::from_secs(20));
     doomed.kill();
     drained(&js).await;
     let info = consumer(&js).await;
@@ -247,15 +235,7 @@ async fn a_dead_letter_replayed_after_a_fix_is_processed() {
     publish(&js, json!({"action": "echo", "value": 7})).await;
     drained(&js).await;
 
-    let cbs = |args: &[&str]| {
-        let out = cbs_tests::process::cbs(&[args, &["--nats", &url]].concat());
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cbs = |args: &[&str]| cbs_ok(&url, args);
     let listed: Value = serde_json::from_str(&cbs(&["dlq", "ls", CELL, "--json"])).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["letter"]["error"]["code"], "contract_violation");
@@ -311,11 +291,7 @@ async fn a_restarted_server_loses_nothing_and_the_host_resumes() {
     for _ in 0..SENT {
         publish(&s.js, json!({"action": "sleep", "ms": 100})).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !s.host.log().contains("sleeping") {
-        assert!(Instant::now() < deadline, "the host never took a message");
-        tokio::time::sleep(POLL).await;
-    }
+    s.host.wait_for_log("sleeping", Duration::from_secs(20));
     s.server.restart_gracefully();
     // A new client: the old one may still be reconnecting.
     let js = jetstream::new(async_nats::connect(s.server.url()).await.unwrap());
@@ -340,8 +316,6 @@ async fn a_restarted_server_loses_nothing_and_the_host_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cbs_replay_re_drives_a_stream_range_into_the_cell() {
     use cbs_host::manifest::{Retention, StateGrant};
-    use cbs_host::state::jetstream::{bucket_name, encode_key};
-
     let server = NatsServer::start();
     let url = server.url();
     let cell = CellToml::faulty(CELL)
@@ -359,45 +333,9 @@ async fn cbs_replay_re_drives_a_stream_range_into_the_cell() {
         durable::publish(&js, SUBJECT, &envelope).await.unwrap();
         ids.push(envelope.id);
     }
-    let times = |js: jetstream::Context, ids: Vec<String>| async move {
-        // The bucket is made on the cell's first state operation.
-        let Ok(bucket) = js.get_key_value(bucket_name(CELL)).await else {
-            return vec![0; ids.len()];
-        };
-        let mut out = Vec::new();
-        for id in &ids {
-            let value = bucket.get(encode_key(id)).await.unwrap();
-            out.push(value.map_or(0, |v| {
-                std::str::from_utf8(&v).unwrap().parse::<u64>().unwrap()
-            }));
-        }
-        out
-    };
-    let wait_for = |want: Vec<u64>| {
-        let (js, ids) = (js.clone(), ids.clone());
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let got = times(js.clone(), ids.clone()).await;
-                if got == want {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "handled {got:?}, want {want:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    wait_for(vec![1; 6]).await;
+    wait_handled(&js, &ids, &[1; 6]).await;
 
-    let cbs = |args: &[&str]| {
-        let out = cbs_tests::process::cbs(&[args, &["--nats", &url]].concat());
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cbs = |args: &[&str]| cbs_ok(&url, args);
     // From the time the fourth message was stored: the last three again.
     let stream = js.get_stream(STREAM).await.unwrap();
     let fourth = stream.get_raw_message(4).await.unwrap().time;
@@ -409,14 +347,114 @@ async fn cbs_replay_re_drives_a_stream_range_into_the_cell() {
         said.contains("replayed 3 messages of CBS_DURABLE_TEST_DURABLE (sequences 4 to 6)"),
         "{said}"
     );
-    wait_for(vec![1, 1, 1, 2, 2, 2]).await;
+    wait_handled(&js, &ids, &[1, 1, 1, 2, 2, 2]).await;
     // A sequence range: only the second (the replays above are 7 to 9).
     assert!(cbs(&["replay", CELL, "--from", "2", "--to", "2"]).contains("replayed 1 message of"));
-    wait_for(vec![1, 2, 1, 2, 2, 2]).await;
+    wait_handled(&js, &ids, &[1, 2, 1, 2, 2, 2]).await;
     assert!(cbs(&["replay", CELL, "--from", "1000"]).contains("nothing to replay"));
     let out = cbs_tests::process::cbs(&["replay", CELL, "--from", "yesterday"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("neither a sequence nor an RFC 3339 time")
+    );
+}
+
+/// `cbs ARGS --nats URL`, which must succeed; its stdout.
+fn cbs_ok(url: &str, args: &[&str]) -> String {
+    let out = cbs_tests::process::cbs(&[args, &["--nats", url]].concat());
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Times the sink state of CELL counted each of `ids`.
+async fn handled_times(js: &jetstream::Context, ids: &[String]) -> Vec<u64> {
+    use cbs_host::state::jetstream::{bucket_name, encode_key};
+    // The bucket is made on the cell's first state operation.
+    let Ok(bucket) = js.get_key_value(bucket_name(CELL)).await else {
+        return vec![0; ids.len()];
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let value = bucket.get(encode_key(id)).await.unwrap();
+        out.push(value.map_or(0, |v| {
+            std::str::from_utf8(&v).unwrap().parse::<u64>().unwrap()
+        }));
+    }
+    out
+}
+
+async fn wait_handled(js: &jetstream::Context, ids: &[String], want: &[u64]) {
+    eventually(Duration::from_secs(20), "the sink's counts", || async {
+        let got = handled_times(js, ids).await;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("handled {got:?}, want {want:?}"))
+        }
+    })
+    .await;
+}
+
+/// `cbs publish --durable`: stored once per envelope id; a subject no
+/// stream takes is an error that says so, not a silent loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbs_publish_stores_once_per_id_and_refuses_what_nothing_stores() {
+    let s = setup().await;
+    let url = s.server.url();
+    let payload = r#"{"action": "count"}"#;
+    let first = cbs_ok(
+        &url,
+        &["publish", SUBJECT, payload, "--durable", "--id", "order-7"],
+    );
+    assert!(first.contains("stored order-7 as sequence"), "{first}");
+    let again = cbs_ok(
+        &url,
+        &["publish", SUBJECT, payload, "--durable", "--id", "order-7"],
+    );
+    assert!(again.contains("order-7 was stored before"), "{again}");
+    drained(&s.js).await;
+    assert_eq!(
+        consumer(&s.js).await.delivered.stream_sequence,
+        1,
+        "handled once"
+    );
+    let out = cbs_tests::process::cbs(&["publish", "nowhere.x", "{}", "--durable", "--nats", &url]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unavailable: no JetStream stream takes nowhere.x"),
+        "{err}"
+    );
+}
+
+/// `cbs-host load` also shows a cell's subscriptions and state limits.
+#[test]
+fn load_shows_subscriptions_and_state() {
+    use cbs_host::events::{Delivery, Subscribe};
+    use cbs_host::manifest::StateGrant;
+    let cell = CellToml::faulty(CELL)
+        .subscribe(Subscribe {
+            subject: "orders.created".into(),
+            delivery: Delivery::Queue,
+            durable: true,
+            stream: None,
+        })
+        .capabilities(|c| c.state = Some(StateGrant::default()))
+        .write();
+    let out = cbs_tests::process::cbs_host(&["load", cell.path().to_str().unwrap()], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("subscribes    orders.created (durable, stream CBS_EVENTS_ORDERS_CREATED_"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "state         own key-value bucket: values up to 65536 bytes, 16777216 bytes in all"
+        ),
+        "{text}"
     );
 }

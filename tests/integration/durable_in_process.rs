@@ -5,14 +5,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cbs_host::bus::local::LocalBus;
 use cbs_host::durable::embedded::EmbeddedLog;
 use cbs_host::durable::DurableLog;
 use cbs_host::envelope::{Envelope, ErrorCode};
 use cbs_host::manifest::{DurableSpec, StateGrant};
-use cbs_tests::{envelope_to, CellToml, TestHost};
+use cbs_tests::{envelope_to, eventually, CellToml, TestHost};
 use serde_json::{json, Value};
 
 const CELL: &str = "test.durable";
@@ -43,8 +43,7 @@ async fn publish(log: &dyn DurableLog, envelope: &Envelope) -> bool {
 
 /// Times the sink handled `id` (its state), waiting up to 10 s for `want`.
 async fn wait_handled(host: &TestHost, id: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), "the sink's count", || async {
         let got = host
             .call(CELL, json!({"action": "state_get", "key": id}))
             .await
@@ -52,16 +51,14 @@ async fn wait_handled(host: &TestHost, id: &str, want: u64) {
         let times = got["value"]
             .as_str()
             .map_or(0, |v| v.parse::<u64>().unwrap());
+        assert!(times <= want, "{id} handled {times} times, want {want}");
         if times == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{id} handled {times} times, want {want}"))
         }
-        assert!(times < want, "{id} handled {times} times, want {want}");
-        assert!(
-            Instant::now() < deadline,
-            "{id} handled {times} times, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 }
 
 fn record() -> Envelope {
@@ -92,15 +89,15 @@ async fn a_durable_cell_in_process_acks_dedups_and_dead_letters() {
 
     let poison = envelope_to(CELL, &json!({"action": "fail", "message": "never"}));
     publish(&*log, &poison).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let letters = loop {
+    let letters = eventually(Duration::from_secs(10), "a dead letter", || async {
         let letters = log.dead_letters(CELL).await.unwrap();
-        if !letters.is_empty() {
-            break letters;
+        if letters.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(letters)
         }
-        assert!(Instant::now() < deadline, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     let (_, letter) = &letters[0];
     assert_eq!(letter.error.code, ErrorCode::InvalidInput, "final at once");
     assert_eq!((letter.delivered, letter.subject.as_str()), (1, SUBJECT));

@@ -14,7 +14,7 @@ use cbs_host::manifest::{DurableSpec, StateGrant};
 use cbs_host::state::jetstream::{bucket_name, decode_key};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::HostProcess;
-use cbs_tests::{envelope_to, CellToml};
+use cbs_tests::{envelope_to, eventually, CellToml};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
 
@@ -70,18 +70,15 @@ async fn left(js: &jetstream::Context) -> u64 {
 }
 
 async fn wait_until_left_at_most(js: &jetstream::Context, most: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
+    eventually(timeout, "the sink to work through its stream", || async {
         let n = left(js).await;
         if n <= most {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{n} messages still in the stream"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{n} messages still in the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// The sink's state: times handled, by envelope id.

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use cbs_host::envelope::{header, ErrorCode};
@@ -17,7 +17,7 @@ use cbs_host::manifest::StateGrant;
 use cbs_host::state::jetstream::{bucket_name, decode_key};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::HostProcess;
-use cbs_tests::{envelope_to, CellToml, TestHost};
+use cbs_tests::{envelope_to, eventually, CellToml, TestHost};
 use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 
@@ -103,22 +103,20 @@ async fn wait_for(
     events: usize,
     each: u64,
 ) -> HashMap<String, Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("{cell} to handle {events} events × {each}");
+    eventually(Duration::from_secs(20), &what, || async {
         let (times, context) = seen(js, cell).await;
-        if times.len() == events && times.values().all(|&n| n == each) {
-            return context;
-        }
         assert!(
             times.values().all(|&n| n <= each),
             "{cell} handled an event more than {each} times: {times:?}"
         );
-        assert!(
-            Instant::now() < deadline,
-            "{cell} saw {times:?}, waiting for {events} × {each}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if times.len() == events && times.values().all(|&n| n == each) {
+            Ok(context)
+        } else {
+            Err(format!("{cell} saw {times:?}"))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +232,7 @@ async fn durable_events_wait_for_a_cell_whose_hosts_are_down() {
 async fn events_reach_subscribers_on_the_in_process_bus() {
     let data = tempfile::tempdir().unwrap();
     let audit = subscriber("ev.audit", on(EVENT, Delivery::Queue, false));
-    // Durable needs JetStream: in process it is served at most once, as core.
+    // In process a durable subscription is served by the embedded store.
     let ledger = subscriber("ev.ledger", on("orders.>", Delivery::Queue, true));
     let publisher = publisher();
     let cells = [audit.path(), ledger.path(), publisher.path()].map(|p| p.to_path_buf());
@@ -242,19 +240,19 @@ async fn events_reach_subscribers_on_the_in_process_bus() {
     let host = TestHost::with_data(bus, Some(data.path()), &cells).await;
     let flow = publish(&host, EVENT).await.unwrap();
     for cell in ["ev.audit", "ev.ledger"] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let keys = loop {
+        let keys = eventually(Duration::from_secs(10), "the event in state", || async {
             let keys = host
                 .call(cell, json!({"action": "state_keys"}))
                 .await
                 .unwrap()["value"]
                 .clone();
             if keys.as_array().is_some_and(|k| k.len() == 2) {
-                break keys;
+                Ok(keys)
+            } else {
+                Err(format!("{cell} has {keys}"))
             }
-            assert!(Instant::now() < deadline, "{cell} has {keys}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        })
+        .await;
         let id = keys
             .as_array()
             .unwrap()

@@ -2,7 +2,9 @@
 //! messages; `fresh` gives every message a new instance.
 
 use cbs_host::manifest::{Policy, Scale};
-use cbs_tests::{faulty, faulty_fresh, CellToml, TestHost};
+use std::time::Duration;
+
+use cbs_tests::{eventually, faulty, faulty_fresh, holds_for, CellToml, TestHost};
 use serde_json::json;
 
 async fn count(host: &TestHost, cell: &str) -> u64 {
@@ -57,18 +59,14 @@ async fn fresh_never_sees_the_previous_message() {
 }
 
 async fn wait_for_instances(host: &TestHost, cell: &str, want: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let what = format!("{cell} to have {want} instances");
+    eventually(Duration::from_secs(10), &what, || async {
         let live = host.cell(cell).runner.instances();
-        if live == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{cell} has {live} instances, want {want}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        (live == want)
+            .then_some(())
+            .ok_or(format!("{live} instances"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,6 +132,6 @@ async fn warm_instances_stay_between_min_and_max() {
     );
     // Idle: back down to min, never below.
     wait_for_instances(&host, "test.scaled", 3).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(host.cell("test.scaled").runner.instances(), 3);
+    let min = || host.cell("test.scaled").runner.instances() == 3;
+    holds_for(Duration::from_millis(300), "3 warm instances (min)", min).await;
 }

@@ -8,27 +8,18 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cbs_host::bus::nats::{NatsBus, NatsOptions};
+use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
-use cbs_tests::bundles::prebuilt_greet;
+use cbs_tests::bundles::greet_bundle;
+use cbs_tests::nats::connect;
 use cbs_tests::process::{cbs, HostProcess};
 use cbs_tests::topology::{self, urls};
-use cbs_tests::{call_json, greet};
+use cbs_tests::{call_json, eventually, greet};
 use serde_json::json;
 
 const CELL: &str = "logic.greet";
-
-async fn connect(urls: &str) -> NatsBus {
-    NatsBus::connect(&NatsOptions {
-        urls: urls.to_owned(),
-        name: "cbs-test".into(),
-        ..NatsOptions::default()
-    })
-    .await
-    .expect("connect")
-}
 
 fn serve(url: &str, id: &str) -> HostProcess {
     HostProcess::serve(url, id, &[greet()], &[])
@@ -42,11 +33,13 @@ async fn greet_once(bus: &dyn BodyBus) -> bool {
 
 /// Calls until one succeeds (servers still meeting each other).
 async fn until_served(bus: &dyn BodyBus) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !greet_once(bus).await {
-        assert!(Instant::now() < deadline, "{CELL} never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), "an answer", || async {
+        match greet_once(bus).await {
+            true => Ok(()),
+            false => Err(format!("{CELL} does not answer")),
+        }
+    })
+    .await;
 }
 
 /// Requests each host handled, from discovery (`cbs ps`).
@@ -115,9 +108,24 @@ async fn losing_a_server_of_a_three_server_cluster_costs_almost_nothing() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill after 500 answers; stop once 2000 more came after the kill.
+    let answered = |n: u64| {
+        let ok = ok.clone();
+        move || {
+            let got = ok.load(Ordering::Relaxed);
+            let done = got >= n;
+            async move { done.then_some(()).ok_or(format!("{got} answered")) }
+        }
+    };
+    eventually(Duration::from_secs(30), "load", answered(500)).await;
     servers[victim].stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let at_kill = ok.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(60),
+        "load after the kill",
+        answered(at_kill + 2_000),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
@@ -145,14 +153,18 @@ async fn a_supercluster_serves_from_the_callers_cluster_and_fails_over() {
     let caller = connect(&e.url()).await;
     until_served(&caller).await;
     // Both hosts are known everywhere (discovery crosses the gateways).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while handled(&caller).await.len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the west host is not seen from east"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the west host seen from east",
+        || async {
+            let seen = handled(&caller).await;
+            match seen.len() {
+                2 => Ok(()),
+                _ => Err(format!("{seen:?}")),
+            }
+        },
+    )
+    .await;
     let before = handled(&caller).await;
     calls(&caller, 20).await;
     let after = handled(&caller).await;
@@ -185,20 +197,7 @@ async fn a_deploy_reaches_watching_hosts_in_both_clusters() {
     let _east_host = HostProcess::serve(&e.url(), "east-host", &[], &watch);
     let _west_host = HostProcess::serve(&w.url(), "west-host", &[], &watch);
     let dir = tempfile::tempdir().unwrap();
-    let cell = dir.path().join("greet");
-    prebuilt_greet(&cell);
-    let bundle = dir.path().join("greet.cbs");
-    let out = cbs(&[
-        "build",
-        cell.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bundle = greet_bundle(dir.path());
     let out = cbs(&["deploy", bundle.to_str().unwrap(), "--nats", &e.url()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -215,11 +214,11 @@ async fn a_deploy_reaches_watching_hosts_in_both_clusters() {
 /// meet; hosts need it to open the deploy buckets, so wait until they open.
 async fn wait_for_jetstream(url: &str) {
     let client = async_nats::connect(url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = cbs_host::deploy::Store::open(&client).await {
-        assert!(Instant::now() < deadline, "JetStream never came up: {e:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(30), "JetStream", || async {
+        let opened = cbs_host::deploy::Store::open(&client).await;
+        opened.map(drop).map_err(|e| format!("{e:#}"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

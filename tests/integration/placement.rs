@@ -11,31 +11,25 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cbs_host::deploy::{State, Store, PLACER};
-use cbs_tests::bundles::prebuilt_greet;
-use cbs_tests::call_json;
+use cbs_tests::bundles::{build_bundle, greet_bundle};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::{call_json, eventually};
 use serde_json::json;
 
 const CELL: &str = "logic.greet";
 
-/// A bundle of `logic.greet` (the prebuilt component, no compile).
-fn greet_bundle(dir: &tempfile::TempDir) -> PathBuf {
-    let cell = dir.path().join("greet");
-    prebuilt_greet(&cell);
-    let bundle = dir.path().join("greet.cbs");
-    let out = cbs(&[
-        "build",
-        cell.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bundle
+/// A bundle of the test component as cell `id`, with `limits` (TOML) and
+/// maybe a `[durable]` table.
+fn faulty_bundle(dir: &tempfile::TempDir, id: &str, tables: &str) -> PathBuf {
+    let cell = dir.path().join(id);
+    std::fs::create_dir_all(&cell).unwrap();
+    let wasm = cbs_tests::faulty().join("test_faulty.wasm");
+    std::fs::copy(wasm, cell.join("test_faulty.wasm")).unwrap();
+    let manifest =
+        format!("id = \"{id}\"\nversion = \"0.1.0\"\ncomponent = \"test_faulty.wasm\"\n{tables}");
+    std::fs::write(cell.join("cell.toml"), manifest).unwrap();
+    build_bundle(&cell, &dir.path().join(format!("{id}.cbs")))
 }
 
 fn watching(url: &str, id: &str, extra: &[&str]) -> HostProcess {
@@ -74,17 +68,28 @@ async fn wait_serving(
     want: usize,
 ) -> (BTreeSet<String>, Duration) {
     let started = Instant::now();
-    loop {
+    let hosts = eventually(Duration::from_secs(30), "hosts to serve", || async {
         let hosts = serving(store, dead).await;
         if hosts.len() == want {
-            return (hosts, started.elapsed());
+            Ok(hosts)
+        } else {
+            Err(format!("serving on {hosts:?}, want {want}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "serving on {hosts:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    (hosts, started.elapsed())
+}
+
+/// Waits until `cell` is placed on `want` hosts.
+async fn wait_placed(store: &Store, cell: &str, want: u32) {
+    eventually(Duration::from_secs(30), "the placement", || async {
+        let p = store.placement(cell).await.unwrap();
+        match p {
+            Some(p) if p.replicas == want && p.hosts.len() == want as usize => Ok(()),
+            other => Err(format!("placement {other:?}, want {want} replicas")),
+        }
+    })
+    .await;
 }
 
 async fn lease_holder(store_client: &async_nats::Client) -> String {
@@ -103,7 +108,7 @@ async fn replicas_are_placed_on_that_many_hosts_and_moved_when_one_dies() {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let bundle = greet_bundle(&dir);
+    let bundle = greet_bundle(dir.path());
     let mut hosts: Vec<(String, HostProcess)> = ["a", "b", "c"]
         .iter()
         .map(|id| (id.to_string(), watching(&url, id, &[])))
@@ -152,17 +157,18 @@ async fn replicas_are_placed_on_that_many_hosts_and_moved_when_one_dies() {
     let (_, listing, _) = run(&url, &["ls"]);
     assert!(listing.contains("2/2 placed"), "{listing}");
     // The placer withdraws the dead host's report: `cbs ls` shows what runs.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store
-        .statuses()
-        .await
-        .unwrap()
-        .iter()
-        .any(|s| s.host == victim)
-    {
-        assert!(Instant::now() < deadline, "{victim}'s report stays");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the dead host's report to go",
+        || async {
+            let statuses = store.statuses().await.unwrap();
+            match statuses.iter().any(|s| s.host == victim) {
+                true => Err(format!("{victim}'s report stays")),
+                false => Ok(()),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +176,7 @@ async fn another_host_takes_the_lease_when_the_placer_dies() {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let bundle = greet_bundle(&dir);
+    let bundle = greet_bundle(dir.path());
     let mut hosts: Vec<(String, HostProcess)> = ["a", "b"]
         .iter()
         .map(|id| (id.to_string(), watching(&url, id, &[])))
@@ -194,14 +200,15 @@ async fn another_host_takes_the_lease_when_the_placer_dies() {
     let dead = BTreeSet::from([placer.clone()]);
     let (serving, _) = wait_serving(&store, &dead, 1).await;
     assert_eq!(serving, BTreeSet::from([other.clone()]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lease_holder(&client).await != other {
-        assert!(
-            Instant::now() < deadline,
-            "the lease never moved to {other}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), "the lease to move", || async {
+        let holder = lease_holder(&client).await;
+        if holder == other {
+            Ok(())
+        } else {
+            Err(format!("held by {holder}, not {other}"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +216,7 @@ async fn labels_decide_where_replicas_go_and_a_shortfall_says_why() {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let bundle = greet_bundle(&dir);
+    let bundle = greet_bundle(dir.path());
     let _eu = watching(&url, "eu-1", &["--label", "region=eu"]);
     let _us = watching(
         &url,
@@ -268,32 +275,10 @@ async fn a_durable_cells_consumer_lag_scales_its_replicas_up_and_down() {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let cell = dir.path().join("scaled");
-    std::fs::create_dir_all(&cell).unwrap();
-    std::fs::copy(
-        cbs_tests::faulty().join("test_faulty.wasm"),
-        cell.join("test_faulty.wasm"),
-    )
-    .unwrap();
-    std::fs::write(
-        cell.join("cell.toml"),
-        format!(
-            "id = \"{SCALED}\"\nversion = \"0.1.0\"\ncomponent = \"test_faulty.wasm\"\n\
-             [limits]\nconcurrency = 2\nqueue = 0\ntimeout_ms = 5000\n[durable]\n"
-        ),
-    )
-    .unwrap();
-    let bundle = dir.path().join("scaled.cbs");
-    let out = cbs(&[
-        "build",
-        cell.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let bundle = faulty_bundle(
+        &dir,
+        SCALED,
+        "[limits]\nconcurrency = 2\nqueue = 0\ntimeout_ms = 5000\n[durable]\n",
     );
     let _hosts: Vec<HostProcess> = ["a", "b", "c"]
         .iter()
@@ -323,34 +308,17 @@ async fn a_durable_cells_consumer_lag_scales_its_replicas_up_and_down() {
             .await
             .unwrap();
     }
-    let placed = |want: u32| {
-        let store = &store;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let p = store.placement(SCALED).await.unwrap();
-                if p.as_ref()
-                    .is_some_and(|p| p.replicas == want && p.hosts.len() == want as usize)
-                {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "placement {p:?}, want {want} replicas"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    placed(3).await;
-    placed(1).await;
+    wait_placed(&store, SCALED, 3).await;
+    wait_placed(&store, SCALED, 1).await;
     // Replicas removed while messages were held lose none of them.
-    let mut stream = js.get_stream("CBS_DURABLE_TEST_SCALED").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stream.info().await.unwrap().state.messages > 0 {
-        assert!(Instant::now() < deadline, "messages left in the stream");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(60), "the stream to drain", || async {
+        let mut stream = js.get_stream("CBS_DURABLE_TEST_SCALED").await.unwrap();
+        match stream.info().await.unwrap().state.messages {
+            0 => Ok(()),
+            n => Err(format!("{n} messages left")),
+        }
+    })
+    .await;
 }
 
 /// A request cell deployed with `--min-replicas 1 --max-replicas 3`: while
@@ -364,32 +332,10 @@ async fn a_request_cells_capacity_replies_scale_its_replicas_up_and_down() {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let cell = dir.path().join("busy");
-    std::fs::create_dir_all(&cell).unwrap();
-    std::fs::copy(
-        cbs_tests::faulty().join("test_faulty.wasm"),
-        cell.join("test_faulty.wasm"),
-    )
-    .unwrap();
-    std::fs::write(
-        cell.join("cell.toml"),
-        format!(
-            "id = \"{BUSY}\"\nversion = \"0.1.0\"\ncomponent = \"test_faulty.wasm\"\n\
-             [limits]\nconcurrency = 1\nqueue = 0\ntimeout_ms = 5000\n"
-        ),
-    )
-    .unwrap();
-    let bundle = dir.path().join("busy.cbs");
-    let out = cbs(&[
-        "build",
-        cell.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let bundle = faulty_bundle(
+        &dir,
+        BUSY,
+        "[limits]\nconcurrency = 1\nqueue = 0\ntimeout_ms = 5000\n",
     );
     let _hosts: Vec<HostProcess> = ["a", "b", "c"]
         .iter()
@@ -424,29 +370,10 @@ async fn a_request_cells_capacity_replies_scale_its_replicas_up_and_down() {
             })
         })
         .collect();
-    let placed = |want: u32| {
-        let store = &store;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let p = store.placement(BUSY).await.unwrap();
-                if p.as_ref()
-                    .is_some_and(|p| p.replicas == want && p.hosts.len() == want as usize)
-                {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "placement {p:?}, want {want} replicas"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    placed(3).await;
+    wait_placed(&store, BUSY, 3).await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
     }
-    placed(1).await;
+    wait_placed(&store, BUSY, 1).await;
 }

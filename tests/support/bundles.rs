@@ -135,3 +135,17 @@ pub fn prebuilt_greet(dir: &Path) {
         std::fs::copy(src.join(file), dir.join(file)).unwrap();
     }
 }
+
+/// `cbs build CELL -o OUT`, which must succeed; OUT.
+pub fn build_bundle(cell: &Path, out: &Path) -> PathBuf {
+    let args = ["build", cell.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    assert_ok("cbs build", &cbs_in(cell, &args));
+    out.to_path_buf()
+}
+
+/// A bundle of `logic.greet` in `dir` (the prebuilt component, no compile).
+pub fn greet_bundle(dir: &Path) -> PathBuf {
+    let cell = dir.join("greet");
+    prebuilt_greet(&cell);
+    build_bundle(&cell, &dir.join("greet.cbs"))
+}

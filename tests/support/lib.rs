@@ -193,6 +193,39 @@ pub async fn request_raw(bus: &dyn BodyBus, subject: &str, payload: &'static [u8
 /// How often waits re-check their condition.
 pub const POLL: Duration = Duration::from_millis(5);
 
+/// Waits until `check` is done (`Ok`), polling every [`POLL`], or panics
+/// after `timeout` with `what` and the last state it saw (`Err`): for
+/// conditions that need a bus or a server to look at.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(state) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}: {state}"
+                );
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Checks that `condition` holds throughout `duration`, sampling every
+/// [`POLL`]: for a state that must not change (a floor kept).
+pub async fn holds_for(duration: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        assert!(condition(), "{what} stopped holding");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Waits until `condition` holds, polling, or panics after `timeout`.
 pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -170,14 +170,19 @@ impl NatsServer {
 
     /// A bus connected to this server.
     pub async fn bus(&self) -> NatsBus {
-        NatsBus::connect(&NatsOptions {
-            urls: self.url(),
-            name: "cbs-test".into(),
-            ..NatsOptions::default()
-        })
-        .await
-        .expect("connect to the test nats-server")
+        connect(&self.url()).await
     }
+}
+
+/// A bus connected to `urls` (comma-separated: any server of a cluster).
+pub async fn connect(urls: &str) -> NatsBus {
+    NatsBus::connect(&NatsOptions {
+        urls: urls.to_owned(),
+        name: "cbs-test".into(),
+        ..NatsOptions::default()
+    })
+    .await
+    .expect("connect to the test nats-server")
 }
 
 impl Drop for NatsServer {

@@ -27,7 +27,7 @@ use super::{
     Settle, StreamSpec, DLQ_STREAM,
 };
 use crate::bus::subject::Pattern;
-use crate::envelope::{BusError, ErrorCode};
+use crate::envelope::{BusError, Envelope, ErrorCode};
 
 /// Stream name → its spec (JSON).
 const STREAMS: TableDefinition<&str, &str> = TableDefinition::new("streams");
@@ -477,10 +477,11 @@ impl DurableLog for EmbeddedLog {
         })
     }
 
-    async fn capture(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<(), BusError> {
+    async fn capture(&self, subject: &str, envelope: &Envelope) -> Result<(), BusError> {
         match self.store.get() {
             Some(store) if store.takes(subject) => {
-                self.publish(subject, msg_id, payload).await.map(drop)
+                let bytes = envelope.to_vec().into();
+                self.publish(subject, &envelope.id, bytes).await.map(drop)
             }
             _ => Ok(()),
         }

@@ -12,7 +12,7 @@ use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use super::{consumer_name, DeadLetter};
-use crate::envelope::BusError;
+use crate::envelope::{BusError, Envelope};
 use crate::events::Subscribe;
 use crate::manifest::{DurableSpec, Manifest, Retention};
 
@@ -134,12 +134,7 @@ pub trait DurableLog: Send + Sync {
     /// A plain (core) publish just went out on `subject`: stores it too
     /// when a stream takes that subject, as a JetStream server does by
     /// itself (the default does nothing).
-    async fn capture(
-        &self,
-        _subject: &str,
-        _msg_id: &str,
-        _payload: Bytes,
-    ) -> Result<(), BusError> {
+    async fn capture(&self, _subject: &str, _envelope: &Envelope) -> Result<(), BusError> {
         Ok(())
     }
 
