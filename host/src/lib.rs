@@ -7,7 +7,7 @@
 //! [`call`] (one request/reply); [`manifest`] (`cell.toml`); [`contract`]
 //! (JSON Schema); [`runtime`] (wasm, processes, Python); [`outbound`] (calls
 //! between cells) with [`resilience`], [`backoff`] and [`chaos`]; [`body`]
-//! (serving cells); [`bundle`] and [`deploy`] (signed bundles, desired
+//! (serving cells) with [`routing`] (around full or slow hosts); [`bundle`] and [`deploy`] (signed bundles, desired
 //! state) with [`audit`] (who changed what); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
 //! [`random`] (jitter and seeded faults).
 
@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod random;
 pub mod resilience;
+pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod telemetry;

@@ -49,6 +49,8 @@ pub struct CellSnapshot {
     pub breakers: Vec<(String, BreakerState)>,
     /// Its durable consumer, for a `[durable]` cell on JetStream.
     pub durable: Option<crate::body::DurableCounts>,
+    /// Requests sent to another host (this one was full or slow).
+    pub forwarded: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +89,7 @@ pub fn render(source: &dyn Source) -> String {
     let lag = Family::<CellLabel, Gauge>::default();
     let redelivered = Family::<CellLabel, Counter>::default();
     let dead_lettered = Family::<CellLabel, Counter>::default();
+    let forwarded = Family::<CellLabel, Counter>::default();
     for cell in source.snapshots() {
         let label = CellLabel { cell: cell.cell };
         if let Some(durable) = cell.durable {
@@ -99,6 +102,7 @@ pub fn render(source: &dyn Source) -> String {
                 .inc_by(durable.dead_lettered);
         }
         requests.get_or_create(&label).inc_by(cell.requests);
+        forwarded.get_or_create(&label).inc_by(cell.forwarded);
         for (code, n) in cell.errors_by_code {
             let label = CodeLabel {
                 cell: label.cell.clone(),
@@ -142,6 +146,11 @@ pub fn render(source: &dyn Source) -> String {
         "cell_requests",
         "Messages handled, from the bus or from cells of this host",
         requests,
+    );
+    registry.register(
+        "cell_forwarded",
+        "Requests sent to another host serving the cell, this one being full or far slower",
+        forwarded,
     );
     registry.register("cell_errors", "Failure replies, by BusError code", errors);
     registry.register(

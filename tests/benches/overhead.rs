@@ -10,7 +10,10 @@
 //! start-up (cold and warm component cache), the Python component's first
 //! and cached load, and idle memory. Then a durable cell next to a
 //! hand-written JetStream publish + pull-consume + ack loop doing the same
-//! work (`CBS_BENCH_ONLY=durable` runs only those). Writes
+//! work (`CBS_BENCH_ONLY=durable` runs only those). Then `logic.greet` on
+//! three host processes, one slowed by chaos latency, with plain queue
+//! groups and with routing around the slow host (`CBS_BENCH_ONLY=skewed`).
+//! Writes
 //! `bench/results/<date>.md` and `.json`. Compare ratios, not absolutes.
 
 use std::path::{Path, PathBuf};
@@ -275,6 +278,72 @@ async fn durable_rows(server: &NatsServer, root: &Path) -> Vec<Row> {
     ]
 }
 
+/// Added to one of three hosts in the skewed rows.
+const SKEW_LATENCY_MS: u64 = 20;
+const SKEW_IN_FLIGHT: usize = 16;
+
+/// `logic.greet` on three `cbs-host` processes, one slowed by chaos
+/// latency, at 16 in flight: plain queue groups (`--no-reroute`) next to
+/// routing around the slow host, and none slowed, in one run. p99 is what
+/// differs.
+async fn skewed_rows(server: &NatsServer, root: &Path) -> Vec<Row> {
+    let chaos = root.join("skew.toml");
+    std::fs::write(
+        &chaos,
+        format!("[\"logic.greet\"]\nlatency_ms = {SKEW_LATENCY_MS}\n"),
+    )
+    .unwrap();
+    let chaos = chaos.display().to_string();
+    let client: Arc<dyn BodyBus> = Arc::new(server.bus().await);
+    let mut rows: Vec<Row> = Vec::new();
+    // The first row, no host slowed, is what the other two would ideally reach.
+    for (name, flags, slowed) in [
+        ("healthy-queue-group", &["--no-reroute"][..], false),
+        ("skewed-queue-group", &["--no-reroute"][..], true),
+        ("skewed-routed", &[][..], true),
+    ] {
+        let url = server.url();
+        let host = |id: &str, extra: &[&str]| {
+            let args = [flags, extra].concat();
+            cbs_tests::process::HostProcess::serve(&url, id, &[greet()], &args)
+        };
+        let slow: &[&str] = if slowed { &["--chaos", &chaos] } else { &[] };
+        let hosts = [
+            host("skew-slow", slow),
+            host("skew-a", &[]),
+            host("skew-b", &[]),
+        ];
+        let load = Load {
+            subject: "cbs.logic.greet".to_owned(),
+            payload: PAYLOAD.to_owned(),
+            concurrency: SKEW_IN_FLIGHT,
+            duration: DURATION * 2,
+            // Long enough for every host to have measured itself.
+            warmup: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            raw: false,
+        };
+        let r = loadgen::run(client.clone(), &load, Arc::new(Progress::default())).await;
+        eprintln!(
+            "  {name:<20} c={SKEW_IN_FLIGHT} {:>8.0} req/s  p50 {:>8.1} µs  p99 {:>9.1} µs  errors {}",
+            r.rps, r.p50_us, r.p99_us, r.errors
+        );
+        drop(hosts);
+        let healthy_rps = rows.first().map_or(r.rps, |p| p.rps);
+        rows.push(Row {
+            name: name.into(),
+            bus: "skewed",
+            concurrency: SKEW_IN_FLIGHT,
+            rps: r.rps,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+            errors: r.errors,
+            ratio_to_raw: r.rps / healthy_rps,
+        });
+    }
+    rows
+}
+
 /// The Python test cell's folders: native pool and component.
 fn python_cells() -> Vec<PathBuf> {
     vec![
@@ -504,10 +573,16 @@ async fn main() {
 
     eprintln!("nats-server on loopback");
     let server = NatsServer::start();
-    // `CBS_BENCH_ONLY=durable make bench`: the durable rows alone, printed,
-    // no report written (for working on them).
-    if std::env::var("CBS_BENCH_ONLY").as_deref() == Ok("durable") {
-        for r in durable_rows(&server, root).await {
+    // `CBS_BENCH_ONLY=durable|skewed make bench`: those rows alone,
+    // printed, no report written (for working on them).
+    let only = std::env::var("CBS_BENCH_ONLY").ok();
+    if let Some(only) = only.as_deref() {
+        let rows = match only {
+            "durable" => durable_rows(&server, root).await,
+            "skewed" => skewed_rows(&server, root).await,
+            other => panic!("CBS_BENCH_ONLY={other}: use durable or skewed"),
+        };
+        for r in rows {
             println!(
                 "{}: {:.0} msg/s, p50 {:.0} µs, p99 {:.0} µs, ratio {:.2}",
                 r.name, r.rps, r.p50_us, r.p99_us, r.ratio_to_raw
@@ -535,6 +610,9 @@ async fn main() {
     eprintln!("durable: JetStream publish, pull, handle, ack");
     rows.extend(durable_rows(&server, root).await);
 
+    eprintln!("skewed: three hosts, one {SKEW_LATENCY_MS} ms slower");
+    rows.extend(skewed_rows(&server, root).await);
+
     eprintln!("start-up and memory");
     let ten: Vec<PathBuf> = (0..10)
         .map(|i| greet_copy(root, &format!("bench.c{i}"), "pooled"))
@@ -558,6 +636,8 @@ async fn main() {
     let native64 = find(&rows, "nats", "python-native", 64);
     let natspy64 = find(&rows, "nats", "nats-py", 64);
     let durable = find(&rows, "durable", "durable-cell", DURABLE_IN_FLIGHT);
+    let skew_plain = find(&rows, "skewed", "skewed-queue-group", SKEW_IN_FLIGHT);
+    let skew_routed = find(&rows, "skewed", "skewed-routed", SKEW_IN_FLIGHT);
     let targets = vec![
         (
             "wasm logic.greet (pooled) ≥ 0.8× raw NATS req/s at 64 in flight",
@@ -595,6 +675,16 @@ async fn main() {
             durable.ratio_to_raw >= 0.7,
         ),
         (
+            "one host 20 ms slower: p99 routed ≤ 0.25× p99 of plain queue groups",
+            format!(
+                "{:.1} ms vs {:.1} ms ({:.2}×)",
+                skew_routed.p99_us / 1e3,
+                skew_plain.p99_us / 1e3,
+                skew_routed.p99_us / skew_plain.p99_us
+            ),
+            skew_routed.p99_us <= 0.25 * skew_plain.p99_us,
+        ),
+        (
             "idle RSS per additional Rust cell ≤ 2 MB",
             format!("{:.2} MiB", per_cell_kib as f64 / 1024.0),
             per_cell_kib <= 2048,
@@ -624,6 +714,10 @@ async fn main() {
         (
             "local",
             "In-process bus (ratio to a native Rust handler on the same bus)",
+        ),
+        (
+            "skewed",
+            "Skewed: logic.greet on three cbs-host processes, one with 20 ms of chaos latency (none in the healthy row), 16 in flight (ratio of req/s to the healthy row)",
         ),
         (
             "durable",

@@ -25,7 +25,7 @@ authorization {{
         publish: ["$JS.API.>", "$KV.cbs-desired.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>"]
         subscribe: ["_INBOX.>"] }} }}
     {{ user: caller, password: c, permissions: {{
-        publish: ["cbs.>"]
+        publish: {{ allow: ["cbs.>"], deny: ["cbs.~l.>", "cbs.~h.>"] }}
         subscribe: ["_INBOX.>"] }} }}
     {{ user: observer, password: o, permissions: {{
         publish: ["$SRV.>"]
@@ -128,6 +128,14 @@ async fn each_role_does_its_job_and_is_refused_outside_it() {
         .await
         .unwrap();
     assert_violation(&mut refused, "a caller using the JetStream API").await;
+    caller
+        .publish(
+            "cbs.~l.text.upper",
+            r#"{"host":"x","latency_us":1,"room":9}"#.into(),
+        )
+        .await
+        .unwrap();
+    assert_violation(&mut refused, "a caller forging a host's load report").await;
 
     let (observer, mut refused) = client(&url, "observer").await;
     observer

@@ -103,6 +103,12 @@ impl TestHost {
         Self::with_data(bus, None, cells).await
     }
 
+    /// Serves `cells` on `bus` as host `host_id`, routing requests around
+    /// it when it is full or slow (as `cbs-host run` does on NATS).
+    pub async fn routed(bus: Arc<dyn BodyBus>, host_id: &str, cells: &[PathBuf]) -> Self {
+        Self::made(bus, cells, |body| body.set_routing(host_id)).await
+    }
+
     /// Serves `cells` on `bus`; cells granted state on the in-process bus
     /// keep it in `data_dir`.
     pub async fn with_data(
@@ -110,12 +116,20 @@ impl TestHost {
         data_dir: Option<&Path>,
         cells: &[PathBuf],
     ) -> Self {
+        Self::made(bus, cells, |body| {
+            if let Some(dir) = data_dir {
+                body.set_data_dir(dir);
+            }
+        })
+        .await
+    }
+
+    /// A body on `bus`, set up by `setup`, serving `cells`.
+    async fn made(bus: Arc<dyn BodyBus>, cells: &[PathBuf], setup: impl FnOnce(&mut Body)) -> Self {
         // Warnings (restarts, retired instances) show up with a failing test.
         cbs_host::telemetry::init(cbs_host::telemetry::LogFormat::Text, "warn");
         let mut body = Body::new(bus, runtime(Some(shared_cache())));
-        if let Some(dir) = data_dir {
-            body.set_data_dir(dir);
-        }
+        setup(&mut body);
         for dir in cells {
             body.start(dir)
                 .await

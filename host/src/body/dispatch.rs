@@ -1,16 +1,28 @@
 //! Admission and dispatch: takes messages off a cell's subscription, admits
-//! each within the cell's concurrency and queue limits or answers
+//! each within the cell's concurrency and queue limits — or sends it to a
+//! peer when this host is full or slow ([`super::forward`]) — or answers
 //! `capacity` at once, and sends every reply.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::cell::{LoadedCell, Slot};
-use crate::bus::{is_inbox, BodyBus, Message, Subscription, INBOX_PREFIX};
+use super::forward;
+use crate::bus::{is_inbox, BodyBus, Headers, Message, Subscription, INBOX_PREFIX};
 use crate::envelope::codec::{from_message, transport_headers};
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
+use crate::routing::{CellRoutes, Router};
+
+/// How a subscription's requests may leave this host. Without one (events,
+/// and this host's own direct subject) every message is handled here.
+#[derive(Clone)]
+pub(super) struct Reroute {
+    pub router: Arc<Router>,
+    pub routes: Arc<CellRoutes>,
+}
 
 /// Runs until the subscription closes, or until `stop`: then it
 /// unsubscribes and still takes the messages already delivered, so none is
@@ -21,6 +33,7 @@ pub(super) async fn dispatch(
     slot: Slot,
     mut subscription: Subscription,
     stop: Arc<Notify>,
+    reroute: Option<Reroute>,
 ) {
     let mut stopping = false;
     loop {
@@ -34,15 +47,47 @@ pub(super) async fn dispatch(
         };
         let Some(message) = message else { break };
         let cell = slot.read().unwrap().clone();
-        admit(&bus, cell, message).await;
+        admit(&bus, cell, message, reroute.as_ref()).await;
     }
     tracing::debug!(cell = %slot.read().unwrap().manifest.id, "subscription closed");
 }
 
-/// Runs `message` in a task of its own, or answers `capacity` at once when
-/// the cell is at its limits.
-async fn admit(bus: &Arc<dyn BodyBus>, cell: Arc<LoadedCell>, message: Message) {
+/// Sends a request to a faster peer while this host is slow for the cell;
+/// else admits it here.
+async fn admit(
+    bus: &Arc<dyn BodyBus>,
+    cell: Arc<LoadedCell>,
+    message: Message,
+    reroute: Option<&Reroute>,
+) {
+    // Only requests leave: a message without a reply subject is an event.
+    let reroute = reroute.filter(|_| message.reply.is_some());
+    if let Some(r) = reroute {
+        if let Some(peer) = r.router.around_slowness(&r.routes) {
+            if let Some(relay) = r.router.relay_slot() {
+                return forward::spawn(bus.clone(), cell, message, peer, relay);
+            }
+        }
+    }
+    admit_here(bus, cell, message, reroute).await;
+}
+
+/// Runs `message` in a task of its own; when the cell is at its limits,
+/// sends it to a peer with room, or answers `capacity` at once.
+pub(super) async fn admit_here(
+    bus: &Arc<dyn BodyBus>,
+    cell: Arc<LoadedCell>,
+    message: Message,
+    reroute: Option<&Reroute>,
+) {
     let Some(permit) = cell.try_admit() else {
+        if let Some(r) = reroute {
+            if let Some(peer) = r.router.around_capacity(&r.routes) {
+                if let Some(relay) = r.router.relay_slot() {
+                    return forward::spawn(bus.clone(), cell, message, peer, relay);
+                }
+            }
+        }
         let error = BusError::new(
             ErrorCode::Capacity,
             format!(
@@ -71,7 +116,12 @@ async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) 
     send_reply(bus, &message, &reply).await;
 }
 
-async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, error: BusError) {
+pub(super) async fn reply_error(
+    bus: &dyn BodyBus,
+    cell: &LoadedCell,
+    message: &Message,
+    error: BusError,
+) {
     cell.stats.error(error.code);
     tracing::debug!(cell = %cell.manifest.id, code = %error.code, error = %error.message, "rejected");
     let reply = Envelope::orphan_error(
@@ -82,17 +132,38 @@ async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, er
     send_reply(bus, message, &reply).await;
 }
 
-async fn send_reply(bus: &dyn BodyBus, message: &Message, reply: &Envelope) {
-    let Some(to) = &message.reply else {
-        return;
-    };
-    // The host publishes replies with its own credentials: only to a
-    // requester's inbox, never to a subject the message chose (a `$JS.API`
-    // or `$KV` subject would act on the host's behalf).
+/// Where a reply to `message` may go: its reply subject if that is a
+/// requester's inbox. The host publishes replies with its own credentials,
+/// so never to another subject the message chose (a `$JS.API` or `$KV`
+/// subject would act on the host's behalf).
+fn reply_to(message: &Message) -> Option<&str> {
+    let to = message.reply.as_deref()?;
     if !is_inbox(to) {
         tracing::warn!(subject = %message.subject, reply_to = %to.escape_debug(), "refused to reply outside the inbox prefix {INBOX_PREFIX}");
-        return;
+        return None;
     }
+    Some(to)
+}
+
+/// Passes on a reply as it came (a peer's, to a forwarded request).
+pub(super) async fn relay_reply(
+    bus: &dyn BodyBus,
+    message: &Message,
+    headers: Headers,
+    payload: Bytes,
+) {
+    let Some(to) = reply_to(message) else {
+        return;
+    };
+    if let Err(e) = bus.reply(to, headers, payload).await {
+        tracing::warn!(error = %e, "cannot relay a reply");
+    }
+}
+
+async fn send_reply(bus: &dyn BodyBus, message: &Message, reply: &Envelope) {
+    let Some(to) = reply_to(message) else {
+        return;
+    };
     let mut bytes = reply.to_vec();
     let mut headers = transport_headers(reply);
     // A reply the bus cannot carry would be dropped and the caller left

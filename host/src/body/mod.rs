@@ -5,10 +5,12 @@
 //! [`load`] makes a [`LoadedCell`] from a folder, bundle or component;
 //! [`registry`] holds the served cells and swaps versions; [`dispatch`]
 //! admits messages within each cell's limits; [`pipeline`] takes one message
-//! through contract, cell and contract; [`stats`] counts.
+//! through contract, cell and contract; [`forward`] sends requests to peers
+//! when this host is full or slow; [`stats`] counts.
 
 mod cell;
 mod dispatch;
+mod forward;
 mod load;
 mod pipeline;
 mod pull;
@@ -84,6 +86,22 @@ impl Body {
     /// Where durable cells and events are stored.
     pub fn durable(&self) -> &Arc<dyn crate::durable::DurableLog> {
         &self.registry.durable
+    }
+
+    /// Routes requests around this host when it is full or far slower than
+    /// the other hosts serving a cell (ADR 0015). `host_id` names this host
+    /// to its peers. Applies to cells served after.
+    pub fn set_routing(&mut self, host_id: &str) {
+        self.registry.route(crate::routing::Router::new(host_id));
+    }
+
+    /// The other hosts serving `cell_id` that this host would route to,
+    /// with their last reported load (empty without routing).
+    pub fn routing_peers(&self, cell_id: &str) -> Vec<(String, crate::routing::load::CellLoad)> {
+        self.registry
+            .router()
+            .map(|r| r.peers(cell_id))
+            .unwrap_or_default()
     }
 
     /// Fault injection by cell id (`cbs-host run --chaos FILE`); applies to
@@ -211,6 +229,7 @@ impl metrics::Source for Body {
                 instances: cell.runner.instances(),
                 breakers: cell.breakers(),
                 durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
+                forwarded: cell.stats.forwarded_count(),
             })
             .collect()
     }

@@ -28,6 +28,7 @@ impl LoadedCell {
             let outcome = run(self, envelope.clone(), arrived).await;
             let elapsed = arrived.elapsed();
             self.latency.observe(elapsed.as_secs_f64());
+            self.stats.handled_in(elapsed);
             let elapsed_us = elapsed.as_micros() as u64;
             match outcome {
                 Ok(reply) => {

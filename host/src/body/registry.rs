@@ -13,12 +13,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::cell::{retire, LoadedCell, Slot};
-use super::dispatch::dispatch;
+use super::dispatch::{dispatch, Reroute};
 use super::pull;
 use crate::bus::{BodyBus, Endpoint, Subscription};
 use crate::durable::{Consumer, ConsumerSpec, DurableLog, StreamSpec};
 use crate::envelope::Envelope;
 use crate::outbound::LocalCalls;
+use crate::routing::{self, load::CellLoad, Router};
 
 /// A cell being served, with the tasks that take its messages and the
 /// signals that stop them.
@@ -30,6 +31,8 @@ struct Served {
     /// Pull loops: the `[durable]` consumer and durable `[[subscribe]]`
     /// consumers (on JetStream).
     pullers: Vec<(JoinHandle<()>, CancellationToken)>,
+    /// Sharing the cell's load with its other hosts (when routing).
+    sharing: Option<JoinHandle<()>>,
 }
 
 impl Served {
@@ -37,6 +40,9 @@ impl Served {
     /// already delivered (up to `grace`); returns the version served.
     /// Durable messages pulled and not yet acknowledged are delivered again.
     async fn stop(self, grace: Duration) -> Arc<LoadedCell> {
+        if let Some(sharing) = self.sharing {
+            sharing.abort();
+        }
         let pulls = self.pullers.into_iter().map(|(task, token)| {
             token.cancel();
             async move {
@@ -64,6 +70,8 @@ pub(super) struct Registry {
     pub(super) durable: Arc<dyn DurableLog>,
     cells: RwLock<BTreeMap<String, Served>>,
     directory: Arc<Directory>,
+    /// Routing around full or slow hosts, when on ([`Registry::route`]).
+    router: Option<Arc<Router>>,
 }
 
 impl Registry {
@@ -73,7 +81,17 @@ impl Registry {
             durable,
             cells: RwLock::default(),
             directory: Arc::default(),
+            router: None,
         }
+    }
+
+    pub fn router(&self) -> Option<&Arc<Router>> {
+        self.router.as_ref()
+    }
+
+    /// Routes requests around full or slow hosts (cells served after).
+    pub fn route(&mut self, router: Arc<Router>) {
+        self.router = Some(router);
     }
 
     /// In-process calls to the cells served here.
@@ -95,7 +113,15 @@ impl Registry {
             .serve(endpoint(&cell, &slot))
             .await
             .with_context(|| format!("cannot serve cell {id} on {subject}"))?;
-        let mut dispatchers = vec![self.dispatch(subscription, &slot)];
+        let reroute = self.router.as_ref().map(|router| Reroute {
+            router: router.clone(),
+            routes: router.cell(&id),
+        });
+        let mut dispatchers = vec![self.dispatch(subscription, &slot, reroute)];
+        let sharing = match &self.router {
+            Some(router) => Some(self.share(router, &slot, &mut dispatchers).await?),
+            None => None,
+        };
         for event in cell.manifest.subscribe.iter().filter(|s| !s.durable) {
             let queue = event.queue_group(&id);
             let subscription = self
@@ -103,7 +129,7 @@ impl Registry {
                 .subscribe(&event.subject, queue.as_deref())
                 .await
                 .with_context(|| format!("cannot subscribe cell {id} to {}", event.subject))?;
-            dispatchers.push(self.dispatch(subscription, &slot));
+            dispatchers.push(self.dispatch(subscription, &slot, None));
         }
         self.bus.flush().await?;
         let pullers = consumers
@@ -123,20 +149,65 @@ impl Registry {
                 slot,
                 dispatchers,
                 pullers,
+                sharing,
             },
         );
         Ok(())
     }
 
-    fn dispatch(&self, subscription: Subscription, slot: &Slot) -> (JoinHandle<()>, Arc<Notify>) {
+    fn dispatch(
+        &self,
+        subscription: Subscription,
+        slot: &Slot,
+        reroute: Option<Reroute>,
+    ) -> (JoinHandle<()>, Arc<Notify>) {
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(dispatch(
             self.bus.clone(),
             slot.clone(),
             subscription,
             stop.clone(),
+            reroute,
         ));
         (task, stop)
+    }
+
+    /// Serves the cell on this host's direct subject too (requests there
+    /// are handled here, never forwarded) and shares its load with peers.
+    async fn share(
+        &self,
+        router: &Arc<Router>,
+        slot: &Slot,
+        dispatchers: &mut Vec<(JoinHandle<()>, Arc<Notify>)>,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        let id = slot.read().unwrap().manifest.id.clone();
+        let direct = routing::direct_subject(router.me(), &id);
+        let subscription = self.bus.subscribe(&direct, None).await;
+        dispatchers.push(self.dispatch(
+            subscription.with_context(|| format!("cannot serve cell {id} on {direct}"))?,
+            slot,
+            None,
+        ));
+        let reports = self.bus.subscribe(&routing::load_subject(&id), None).await;
+        let reports = reports.with_context(|| format!("cannot follow the load of cell {id}"))?;
+        let slot = Arc::downgrade(slot);
+        let mine = move || {
+            slot.upgrade().map_or_else(CellLoad::default, |slot| {
+                let cell = slot.read().unwrap().clone();
+                CellLoad {
+                    latency_us: cell.stats.recent_latency_us(),
+                    room: cell.admission_room() as u32,
+                }
+            })
+        };
+        let bus = self.bus.clone();
+        Ok(tokio::spawn(routing::load::share(
+            bus,
+            router.clone(),
+            id,
+            reports,
+            mine,
+        )))
     }
 
     /// The consumers feeding the cell: its `[durable]` stream's and its
@@ -188,6 +259,9 @@ impl Registry {
     /// flight finish (up to `grace`).
     pub async fn remove(&self, id: &str, grace: Duration) -> bool {
         self.directory.remove(id);
+        if let Some(router) = &self.router {
+            router.forget(id);
+        }
         let Some(served) = self.cells.write().unwrap().remove(id) else {
             return true;
         };
@@ -232,6 +306,9 @@ impl Drop for Registry {
                 task.abort();
             }
             for (task, _) in &served.pullers {
+                task.abort();
+            }
+            if let Some(task) = &served.sharing {
                 task.abort();
             }
         }

@@ -18,6 +18,10 @@ pub struct CellStats {
     redelivered: AtomicU64,
     /// Durable messages sent to the dead-letter stream.
     dead_lettered: AtomicU64,
+    /// Recent handling latency, microseconds: a moving average.
+    recent_us: AtomicU64,
+    /// Requests sent to another host serving the cell.
+    forwarded: AtomicU64,
 }
 
 /// A durable cell's consumer, as this host saw it.
@@ -45,6 +49,35 @@ impl CellStats {
         if delivered > 1 {
             self.redelivered.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// One message handled here in `elapsed`: moves the recent latency an
+    /// eighth of the way towards it (racing updates may lose one; it is an
+    /// estimate).
+    pub(crate) fn handled_in(&self, elapsed: std::time::Duration) {
+        let sample = (elapsed.as_micros() as u64).max(1);
+        let old = self.recent_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.recent_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Recent handling latency in microseconds; 0 before the first message.
+    pub fn recent_latency_us(&self) -> u64 {
+        self.recent_us.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn forwarded(&self) {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests sent to another host serving the cell (routing around
+    /// capacity or slowness).
+    pub fn forwarded_count(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
     }
 
     pub(crate) fn dead_lettered(&self) {
@@ -76,7 +109,8 @@ impl CellStats {
             .filter(|(_, n)| *n > 0)
     }
 
-    /// `{"requests", "errors", "errors_by_code": {code: n}}`.
+    /// `{"requests", "errors", "errors_by_code": {code: n}, "forwarded",
+    /// "recent_latency_us"}`.
     pub fn to_json(&self) -> serde_json::Value {
         let by_code: serde_json::Map<String, serde_json::Value> = self
             .errors_by_code()
@@ -86,6 +120,8 @@ impl CellStats {
             "requests": self.requests(),
             "errors": self.errors(),
             "errors_by_code": by_code,
+            "forwarded": self.forwarded_count(),
+            "recent_latency_us": self.recent_latency_us(),
         })
     }
 }
@@ -107,5 +143,18 @@ mod tests {
         let by: Vec<_> = stats.errors_by_code().collect();
         assert_eq!(by, [(ErrorCode::Timeout, 2), (ErrorCode::Internal, 1)]);
         assert_eq!(stats.to_json()["errors_by_code"]["timeout"], 2);
+    }
+
+    #[test]
+    fn recent_latency_follows_the_messages() {
+        let stats = CellStats::default();
+        assert_eq!(stats.recent_latency_us(), 0);
+        stats.handled_in(std::time::Duration::from_micros(800));
+        assert_eq!(stats.recent_latency_us(), 800);
+        for _ in 0..60 {
+            stats.handled_in(std::time::Duration::from_millis(20));
+        }
+        let recent = stats.recent_latency_us();
+        assert!((19_000..=20_000).contains(&recent), "{recent}");
     }
 }

@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// served by this host (by default such calls stay in process).
     #[arg(long)]
     calls_via_bus: bool,
+    /// Do not route requests around this host: by default, on NATS, a
+    /// request this host cannot admit, or receives while far slower than
+    /// the other hosts serving the cell, goes to one of them instead.
+    #[arg(long)]
+    no_reroute: bool,
     /// Export trace spans over OTLP/HTTP (JSON) to this base URL, e.g.
     /// http://127.0.0.1:4318 [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
@@ -104,7 +109,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let host_id = args.host_id.clone().unwrap_or_else(default_host_id);
     let (bus, client) = connect(&args, &host_id).await?;
-    let body = Arc::new(body(&args, bus.clone())?);
+    let body = Arc::new(body(&args, bus.clone(), &host_id)?);
     if let Some(addr) = args.metrics {
         let bound = cbs_host::metrics::serve(addr, body.clone() as _)
             .await
@@ -227,8 +232,12 @@ async fn connect(
     Ok((Arc::new(nats), Some(client)))
 }
 
-fn body(args: &RunArgs, bus: Arc<dyn BodyBus>) -> anyhow::Result<Body> {
+fn body(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Result<Body> {
+    let on_nats = bus.kind() == "nats";
     let mut body = Body::new(bus, args.engine.runtime()?);
+    if on_nats && !args.no_reroute {
+        body.set_routing(host_id);
+    }
     body.set_sources(
         args.engine
             .sources(&args.trust, args.allow_process_bundles)?,
