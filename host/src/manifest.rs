@@ -390,19 +390,23 @@ pub enum Policy {
     Fresh,
 }
 
-/// `[scale]`: how many warm instances a wasm cell keeps.
+/// `[scale]`: how many warm instances a wasm cell keeps, or how many
+/// processes a sidecar or Python cell runs (between `min` and `max`, from
+/// its queue depth).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scale {
     /// Instances kept warm while idle; 0 scales to zero (the first message
-    /// makes one). Unset: 1 when pooled, 0 when fresh.
+    /// makes one). Unset: 1 when pooled, 0 when fresh. Processes: kept
+    /// while idle, at least 1; unset: 1 (with `max`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min: Option<u32>,
     /// Warm instances kept at most (more run while messages need them, up
-    /// to `[limits] concurrency`). Unset: `concurrency`.
+    /// to `[limits] concurrency`). Unset: `concurrency`. Processes: run at
+    /// most, started while every live one is busy; unset: `min`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<u32>,
-    /// An instance idle this long is retired, down to `min`.
+    /// An instance (or process) idle this long is retired, down to `min`.
     pub idle_ms: u64,
 }
 
@@ -787,11 +791,12 @@ impl Manifest {
 
     fn check_scale(&self) -> anyhow::Result<()> {
         let scale = &self.scale;
-        if self.runtime != RuntimeKind::Wasm && *scale != Scale::default() {
-            bail!(
-                "[scale] sizes a wasm cell's warm instances; a sidecar's processes and a Python pool's \
-                 workers are set by [sidecar] processes and [python] workers"
-            );
+        within("[scale] idle_ms", scale.idle_ms, bounds::DEDUP_WINDOW_MS)?;
+        if scale.idle_ms == 0 {
+            bail!("[scale] idle_ms must be greater than 0");
+        }
+        if self.runtime != RuntimeKind::Wasm {
+            return self.check_process_scale();
         }
         if self.instances.policy == Policy::Fresh && scale.min.is_some_and(|m| m > 0) {
             bail!("[scale] min: a `fresh` cell keeps no instance warm; use policy = \"pooled\"");
@@ -804,11 +809,53 @@ impl Manifest {
                 self.limits.concurrency
             );
         }
-        within("[scale] idle_ms", scale.idle_ms, bounds::DEDUP_WINDOW_MS)?;
-        if scale.idle_ms == 0 {
-            bail!("[scale] idle_ms must be greater than 0");
-        }
         Ok(())
+    }
+
+    /// `[scale]` of a sidecar or Python cell: processes, at least one (it
+    /// describes the cell), at most [`bounds::PROCESSES`]; instead of a
+    /// fixed `[sidecar] processes` / `[python] workers`, not with it.
+    fn check_process_scale(&self) -> anyhow::Result<()> {
+        let (Some(fixed), what) = self.fixed_processes() else {
+            return Ok(());
+        };
+        let scale = &self.scale;
+        if scale.min.is_none() && scale.max.is_none() {
+            return Ok(());
+        }
+        if fixed != 1 {
+            bail!("{what} = {fixed} and [scale] min/max both size the processes: keep one of them");
+        }
+        let (min, max) = self.process_bounds().unwrap_or((1, 1));
+        if min == 0 || min > max {
+            bail!("[scale] for processes: 1 ≤ min ({min}) ≤ max ({max})");
+        }
+        within("[scale] max", max.into(), bounds::PROCESSES.into())
+    }
+
+    /// The fixed process count of a process runtime, and its field's name.
+    fn fixed_processes(&self) -> (Option<u32>, &'static str) {
+        match self.runtime {
+            RuntimeKind::Sidecar => (
+                self.sidecar.as_ref().map(|s| s.processes),
+                "[sidecar] processes",
+            ),
+            RuntimeKind::Python => (self.python.as_ref().map(|p| p.workers), "[python] workers"),
+            RuntimeKind::Wasm => (None, ""),
+        }
+    }
+
+    /// The process count a sidecar or Python cell scales between, when its
+    /// `[scale]` sets `min` or `max` (the other defaults to it); `None`:
+    /// a fixed count.
+    pub fn process_bounds(&self) -> Option<(u32, u32)> {
+        let scale = &self.scale;
+        match (scale.min, scale.max) {
+            (None, None) => None,
+            (Some(min), None) => Some((min, min)),
+            (None, Some(max)) => Some((1, max)),
+            (Some(min), Some(max)) => Some((min, max)),
+        }
     }
 
     /// Warm instances kept even when idle: `[scale] min`, else 1 for a
@@ -1066,8 +1113,32 @@ mod tests {
             let err = format!("{:#}", parse(bad).unwrap_err());
             assert!(err.contains(why), "{bad}: {err}");
         }
-        let sidecar = "id = \"a.b\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"x\"]\n[scale]\nmin = 0";
-        let err = format!("{:#}", Manifest::parse(sidecar).unwrap_err());
-        assert!(err.contains("[sidecar] processes"), "{err}");
+    }
+
+    #[test]
+    fn scale_bounds_processes_instead_of_a_fixed_count() {
+        let sidecar = |extra: &str| {
+            Manifest::parse(&format!(
+                "id = \"a.b\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"x\"]\n{extra}"
+            ))
+        };
+        let m = sidecar("[scale]\nmin = 1\nmax = 4\nidle_ms = 500").unwrap();
+        assert_eq!(m.process_bounds(), Some((1, 4)));
+        assert_eq!(sidecar("").unwrap().process_bounds(), None);
+        assert_eq!(
+            sidecar("[scale]\nmax = 3").unwrap().process_bounds(),
+            Some((1, 3))
+        );
+        for (bad, why) in [
+            ("[scale]\nmin = 0", "1 ≤ min"),
+            ("[scale]\nmin = 3\nmax = 2", "1 ≤ min"),
+            ("[scale]\nmax = 100000", "[scale] max"),
+        ] {
+            let err = format!("{:#}", sidecar(bad).unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let both = "id = \"a.b\"\nversion = \"1\"\nruntime = \"sidecar\"\n[sidecar]\ncommand = [\"x\"]\nprocesses = 2\n[scale]\nmax = 4";
+        let err = format!("{:#}", Manifest::parse(both).unwrap_err());
+        assert!(err.contains("[sidecar] processes = 2 and [scale]"), "{err}");
     }
 }

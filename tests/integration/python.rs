@@ -14,7 +14,7 @@ use cbs_host::runtime::python::venv::Venv;
 use cbs_host::runtime::wasm::CacheOutcome;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs_host, HostProcess};
-use cbs_tests::{greet, repo, CellToml, TestHost, POLL};
+use cbs_tests::{eventually, greet, load_until_instances, repo, CellToml, TestHost, POLL};
 use serde_json::{json, Value};
 
 const NATIVE: &str = "test.py_faulty";
@@ -405,6 +405,35 @@ async fn the_pool_is_sized_from_cell_toml() {
         ));
     }
     assert!(later > first, "the handler instance lives across messages");
+}
+
+/// `[scale]` sizes the worker pool by load: while every worker is busy
+/// another starts, up to `max`; idle ones retire, down to `min`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_pool_scales_with_load_between_min_and_max() {
+    let dir = CellToml::from_dir(&py_native())
+        .workers(1)
+        .scale(cbs_host::manifest::Scale {
+            min: Some(1),
+            max: Some(2),
+            // Longer than a round of the load below (a worker started
+            // mid-round gets messages from the next round on).
+            idle_ms: 2_000,
+        })
+        .write();
+    let host = TestHost::local(&[dir.path().to_path_buf()]).await;
+    let cell = host.cell(NATIVE);
+    assert_eq!(cell.runner.instances(), 1, "starts with min");
+    load_until_instances(&host, NATIVE, json!({"action": "sleep", "ms": 200}), 4, 2).await;
+    eventually(Duration::from_secs(10), "idle workers retired", || async {
+        match cell.runner.instances() {
+            1 => Ok(()),
+            n => Err(format!("{n} workers")),
+        }
+    })
+    .await;
+    let reply = act(&host, NATIVE, json!({"action": "shout", "text": "hi"})).await;
+    assert_eq!(reply.unwrap()["text"], "HI!");
 }
 
 #[tokio::test]

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cbs_host::envelope::{BusError, Envelope, ErrorCode};
-use cbs_host::manifest::RuntimeKind;
+use cbs_host::manifest::{RuntimeKind, Scale};
 use cbs_host::runtime::CellRunner;
 use cbs_tests::cell_toml::reference_dir;
-use cbs_tests::{greet, CellToml, TestHost, POLL};
+use cbs_tests::{eventually, greet, load_until_instances, CellToml, TestHost, POLL};
 use serde_json::{json, Value};
 
 fn reference() -> PathBuf {
@@ -360,4 +360,46 @@ async fn sidecar(dir: &std::path::Path) -> cbs_host::runtime::process::SidecarCe
 async fn a_started_sidecar_is_servable_at_once() {
     let cell = sidecar(&reference()).await;
     assert_eq!(cell.live_processes(), 1);
+}
+
+/// `[scale]` sizes a sidecar's processes by load: while every process is
+/// busy another starts, up to `max`; idle ones retire, down to `min`; the
+/// count is the cell's instances (`cbs ps`, `/metrics`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_processes_scale_with_load_between_min_and_max() {
+    let dir = CellToml::reference()
+        .limits(|l| l.concurrency = 3)
+        .scale(Scale {
+            min: Some(1),
+            max: Some(3),
+            idle_ms: 300,
+        })
+        .write();
+    let host = TestHost::local(&[dir.path().to_path_buf()]).await;
+    let cell = host.cell("test.reference");
+    assert_eq!(cell.runner.instances(), 1, "starts with min");
+    // One message per process at once (concurrency 3 over at most 3).
+    load_until_instances(
+        &host,
+        "test.reference",
+        json!({"action": "sleep", "ms": 200}),
+        3,
+        3,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "idle processes retired",
+        || async {
+            match cell.runner.instances() {
+                1 => Ok(()),
+                n => Err(format!("{n} processes")),
+            }
+        },
+    )
+    .await;
+    let reply = act(&host, json!({"action": "echo", "value": 7}))
+        .await
+        .unwrap();
+    assert_eq!(reply["value"], 7, "the process kept serves");
 }

@@ -195,6 +195,17 @@ impl CellToml {
         self
     }
 
+    /// `[python] workers`.
+    pub fn workers(mut self, workers: u32) -> Self {
+        let python = self
+            .manifest
+            .python
+            .as_mut()
+            .expect("workers are for Python cells");
+        python.workers = workers;
+        self
+    }
+
     /// `[python] venv`.
     pub fn venv(mut self, venv: impl Into<PathBuf>) -> Self {
         let python = self

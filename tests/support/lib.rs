@@ -230,6 +230,37 @@ where
     }
 }
 
+/// Keeps `in_flight` requests of `payload` going to `cell_id` until the
+/// cell runs `want` instances (warm instances or processes), checking in
+/// every round that it never runs more; every request must succeed.
+pub async fn load_until_instances(
+    host: &TestHost,
+    cell_id: &str,
+    payload: Value,
+    in_flight: usize,
+    want: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let calls = (0..in_flight).map(|_| host.call(cell_id, payload.clone()));
+        for result in futures_util::future::join_all(calls).await {
+            result.unwrap_or_else(|e| panic!("a request under load failed: {e}"));
+        }
+        let now = host.cell(cell_id).runner.instances();
+        assert!(
+            now <= want,
+            "{cell_id} runs {now} instances, more than {want}"
+        );
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cell_id} stayed at {now} instances under load, not {want}"
+        );
+    }
+}
+
 /// Checks that `condition` holds throughout `duration`, sampling every
 /// [`POLL`]: for a state that must not change (a floor kept).
 pub async fn holds_for(duration: Duration, what: &str, mut condition: impl FnMut() -> bool) {

@@ -16,10 +16,12 @@ misbehaving on request. Actions (the payload's "action"):
                           the cell's memory limit)
   state_set {key, value}, state_get {key}, state_incr {key}
                        -> the cell's key-value state
+  sleep {ms}           -> waits that long, then replies
 """
 
 import os
 import sys
+import time
 
 from cbs_cell import Context, InvalidInput
 
@@ -60,6 +62,9 @@ class Faulty:
             return {"value": None if value is None else value.decode()}
         if action == "state_incr":
             return {"value": ctx.state.increment(payload["key"])}
+        if action == "sleep":
+            time.sleep(payload["ms"] / 1000)
+            return {"value": payload["ms"]}
         if action == "bad_output":
             return {"unexpected": True}
         if action == "hang":

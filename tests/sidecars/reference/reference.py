@@ -14,6 +14,7 @@ host's failure tests. Actions (the payload's "action"):
   stderr_flood {mb}    -> writes mb MiB to stderr without a line break
   log_lines {n}        -> writes n lines to stderr
   spin {seconds}       -> burns that much CPU time, then replies
+  sleep {ms}           -> waits that long, then replies
   allocate {mb}        -> holds mb MiB for the message; out of memory, it
                           exits with status 70 (its state is unknown then)
   gather {n}           -> waits until n messages are in flight at once
@@ -117,6 +118,9 @@ def handle(frame):
             while time.process_time() < until:
                 pass
             result = {"value": payload["seconds"]}
+        elif action == "sleep":
+            time.sleep(payload["ms"] / 1000)
+            result = {"value": payload["ms"]}
         elif action == "allocate":
             try:
                 held = bytearray(payload["mb"] << 20)

@@ -6,6 +6,7 @@ pub mod frame;
 pub mod protocol;
 
 mod conn;
+mod pool;
 mod supervisor;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,20 +17,37 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
-use self::supervisor::{supervise, Launch, Slot};
+use self::pool::Pool;
+pub use self::pool::ProcessScale;
+use self::supervisor::Launch;
 use super::{CellInfo, CellRunner, Deadline, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
-use crate::manifest::{CellSpec, SidecarSpec};
+use crate::manifest::{CellSpec, Manifest, SidecarSpec};
 use crate::outbound::Outbound;
 
-/// A sidecar cell: `[sidecar] processes` supervised processes.
+impl ProcessScale {
+    /// The `[scale]` of a process cell whose processes each take
+    /// `per_process` messages at once; `None` for a fixed count.
+    pub fn of(manifest: &Manifest, per_process: u32) -> Option<Self> {
+        let (min, max) = manifest.process_bounds()?;
+        Some(Self {
+            min,
+            max,
+            per_process: per_process.max(1),
+            idle: Duration::from_millis(manifest.scale.idle_ms),
+        })
+    }
+}
+
+/// A sidecar cell: `[sidecar] processes` supervised processes, or between
+/// `[scale] min` and `max` of them.
 pub struct SidecarCell {
     id: String,
     kind: &'static str,
     info: CellInfo,
-    slots: Vec<Arc<Slot>>,
+    pool: Arc<Pool>,
     next: AtomicUsize,
-    supervisors: Vec<JoinHandle<()>>,
+    reaper: JoinHandle<()>,
 }
 
 impl SidecarCell {
@@ -42,15 +60,22 @@ impl SidecarCell {
                 spec.manifest.id
             )
         })?;
-        Self::start_with(spec, sidecar, outbound, "sidecar").await
+        // A sidecar takes many messages at once: the cell's concurrency,
+        // shared by as many processes as it may run.
+        let m = &spec.manifest;
+        let max = m.process_bounds().map_or(sidecar.processes, |(_, max)| max);
+        let scale = ProcessScale::of(m, m.limits.concurrency.div_ceil(max.max(1)));
+        Self::start_with(spec, sidecar, scale, outbound, "sidecar").await
     }
 
-    /// Starts the processes `sidecar` describes (for runtimes that run
-    /// processes of their own making, such as the native Python pool);
-    /// `kind` names them in messages.
+    /// Starts the processes `sidecar` describes — `[scale] min` of them
+    /// when `scale` is set — for runtimes that run processes of their own
+    /// making, such as the native Python pool; `kind` names them in
+    /// messages.
     pub async fn start_with(
         spec: &CellSpec,
         sidecar: &SidecarSpec,
+        scale: Option<ProcessScale>,
         outbound: Arc<Outbound>,
         kind: &'static str,
     ) -> anyhow::Result<Self> {
@@ -62,16 +87,14 @@ impl SidecarCell {
             outbound,
             kind,
         )?);
-        let (mut slots, mut supervisors, mut info) =
-            (Vec::new(), Vec::<JoinHandle<()>>::new(), None);
-        for _ in 0..sidecar.processes {
+        let pool = Pool::new(launch.clone(), scale);
+        let mut info = None;
+        for _ in 0..scale.map_or(sidecar.processes, |s| s.min) {
             let (conn, child, described) = match launch.start().await {
                 Ok(started) => started,
                 Err(e) => {
                     // The cell does not load: stop the processes it started.
-                    for task in &supervisors {
-                        task.abort();
-                    }
+                    pool.abort();
                     return Err(e);
                 }
             };
@@ -81,41 +104,45 @@ impl SidecarCell {
                 input_schema: described.input_schema,
                 output_schema: described.output_schema,
             });
-            let slot = Arc::new(Slot::new(launch.clone(), conn.clone()));
-            supervisors.push(tokio::spawn(supervise(slot.clone(), conn, child)));
-            slots.push(slot);
+            pool.add(conn, child);
         }
+        let info = info.context("a process cell starts at least one process")?;
         Ok(Self {
             id: manifest.id.clone(),
             kind,
-            info: info.expect("processes >= 1"),
-            slots,
+            info,
+            reaper: tokio::spawn(pool.clone().reap()),
+            pool,
             next: AtomicUsize::new(0),
-            supervisors,
         })
     }
 
     /// Processes running now.
     pub fn live_processes(&self) -> usize {
-        self.slots.iter().filter(|s| s.conn().is_some()).count()
+        self.pool
+            .slots()
+            .iter()
+            .filter(|s| s.conn().is_some())
+            .count()
     }
 
     /// Supervisors still running: each restarts its process when it dies,
-    /// until the cell shuts down.
+    /// until the cell shuts down or scales it away.
     pub fn supervising(&self) -> usize {
-        self.supervisors.iter().filter(|t| !t.is_finished()).count()
+        self.pool.supervising()
     }
 
     /// Process ids of the live processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.slots
+        self.pool
+            .slots()
             .iter()
             .filter_map(|s| s.conn().map(|c| c.pid))
             .collect()
     }
 
     fn unavailable(&self) -> BusError {
-        let last = self.slots.iter().find_map(|s| s.last_failure());
+        let last = self.pool.slots().iter().find_map(|s| s.last_failure());
         let mut message = format!(
             "{} {} has no running process; it is being restarted",
             self.kind, self.id
@@ -130,17 +157,11 @@ impl SidecarCell {
 #[async_trait]
 impl CellRunner for SidecarCell {
     async fn handle(&self, envelope: Arc<Envelope>, deadline: Deadline) -> Result<Reply, BusError> {
-        // Round-robin over live processes, preferring the least busy of two.
-        let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let conn = (0..n)
-            .filter_map(|k| self.slots[(start + k) % n].conn())
-            .take(2)
-            .min_by_key(|c| c.in_flight());
-        match conn {
-            Some(conn) => conn.handle(envelope, deadline).await,
-            None => Err(self.unavailable()),
-        }
+        let picked = self.pool.pick(self.next.fetch_add(1, Ordering::Relaxed));
+        let Some((_assigned, conn)) = picked else {
+            return Err(self.unavailable());
+        };
+        conn.handle(envelope, deadline).await
     }
 
     fn info(&self) -> &CellInfo {
@@ -152,7 +173,8 @@ impl CellRunner for SidecarCell {
     }
 
     async fn shutdown(&self, grace: Duration) {
-        for slot in &self.slots {
+        self.reaper.abort();
+        for slot in self.pool.slots() {
             slot.close(grace).await;
         }
     }
@@ -160,9 +182,8 @@ impl CellRunner for SidecarCell {
 
 impl Drop for SidecarCell {
     fn drop(&mut self) {
+        self.reaper.abort();
         // Dropping a supervisor drops its child, which kills the process.
-        for task in &self.supervisors {
-            task.abort();
-        }
+        self.pool.abort();
     }
 }

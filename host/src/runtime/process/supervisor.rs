@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -233,6 +233,11 @@ pub struct Slot {
     current: RwLock<Option<Arc<Conn>>>,
     last_failure: Mutex<Option<String>>,
     closing: AtomicBool,
+    /// When a message last started or finished here.
+    busy_at: Mutex<Instant>,
+    /// Messages given to this slot and not finished (counted from before
+    /// they reach the process, so a burst sees its own size).
+    assigned: AtomicUsize,
 }
 
 impl Slot {
@@ -244,7 +249,42 @@ impl Slot {
             current: RwLock::new(Some(conn)),
             last_failure: Mutex::default(),
             closing: AtomicBool::new(false),
+            busy_at: Mutex::new(Instant::now()),
+            assigned: AtomicUsize::new(0),
         }
+    }
+
+    /// Gives the slot one more message until the guard drops.
+    pub fn assign(self: &Arc<Self>) -> Assigned {
+        *self.busy_at.lock().unwrap() = Instant::now();
+        self.assigned.fetch_add(1, Ordering::AcqRel);
+        Assigned(self.clone())
+    }
+
+    /// Messages given to this slot and not finished.
+    pub fn assigned(&self) -> usize {
+        self.assigned.load(Ordering::Acquire)
+    }
+
+    /// Whether its process is live with nothing assigned, and has been
+    /// for `idle`.
+    pub fn idle_for(&self, idle: Duration) -> bool {
+        self.conn().is_some()
+            && self.assigned() == 0
+            && self.busy_at.lock().unwrap().elapsed() >= idle
+    }
+
+    /// Closes the slot for good (scaling down): the process is asked to
+    /// finish and exit, and ended if it has not within `grace`.
+    pub fn retire(self: Arc<Self>, grace: Duration) {
+        tokio::spawn(async move {
+            let conn = self.conn();
+            self.close(grace).await;
+            tokio::time::sleep(grace).await;
+            if let Some(conn) = conn.filter(|c| c.is_alive()) {
+                conn.die("retired when the cell scaled down, and did not exit in time");
+            }
+        });
     }
 
     /// The live process, unless it is ending.
@@ -266,6 +306,17 @@ impl Slot {
         if let Some(conn) = self.conn() {
             conn.shutdown(grace).await;
         }
+    }
+}
+
+/// A message given to a slot; finishing it (dropping this) marks the slot
+/// busy until now.
+pub struct Assigned(Arc<Slot>);
+
+impl Drop for Assigned {
+    fn drop(&mut self) {
+        *self.0.busy_at.lock().unwrap() = Instant::now();
+        self.0.assigned.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use self::venv::Venv;
-use super::process::SidecarCell;
+use super::process::{ProcessScale, SidecarCell};
 use super::{CellInfo, CellRunner, Deadline, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::manifest::{CellSpec, PythonSpec, SidecarSpec};
@@ -63,11 +63,14 @@ impl PythonCell {
             max_frame_kb: 1024,
             env: Default::default(),
         };
-        let workers = SidecarCell::start_with(spec, &sidecar, outbound, "python worker").await?;
+        let scale = ProcessScale::of(m, python.max_concurrency);
+        let max_workers = scale.map_or(python.workers, |s| s.max);
+        let workers =
+            SidecarCell::start_with(spec, &sidecar, scale, outbound, "python worker").await?;
         Ok(Self {
             workers,
             // Within bounds: manifest::bounds keeps the product far below u32::MAX.
-            slots: Semaphore::new((python.workers * python.max_concurrency * READ_AHEAD) as usize),
+            slots: Semaphore::new((max_workers * python.max_concurrency * READ_AHEAD) as usize),
             id: m.id.clone(),
         })
     }
