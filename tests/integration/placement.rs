@@ -377,3 +377,48 @@ async fn a_request_cells_capacity_replies_scale_its_replicas_up_and_down() {
     }
     wait_placed(&store, BUSY, 1).await;
 }
+
+/// A host's heartbeat carries each cell's mean wait for a running slot
+/// since the last beat: what request-cell autoscaling compares with
+/// `--target-wait-ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_report_how_long_messages_waited_to_run() {
+    use cbs_host::deploy::placement::HostInfo;
+    const QUEUED: &str = "test.queued";
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = faulty_bundle(&dir, QUEUED, "[limits]\nconcurrency = 1\nqueue = 64\n");
+    let _host = watching(&url, "a", &[]);
+    let (ok, stdout, stderr) = run(&url, &["deploy", bundle.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    let client = async_nats::connect(&url).await.unwrap();
+    let hosts = async_nats::jetstream::new(client.clone())
+        .get_key_value(cbs_host::deploy::HOSTS)
+        .await
+        .unwrap();
+    let bus = server.bus().await;
+    eventually(
+        Duration::from_secs(20),
+        "a heartbeat with a queue wait",
+        || async {
+            // Four at once on one running slot: three wait.
+            let calls = (0..4).map(|_| {
+                let payload = json!({"action": "sleep", "ms": 100});
+                call_json(&bus, QUEUED, payload, Duration::from_secs(5))
+            });
+            for result in futures_util::future::join_all(calls).await {
+                result.map_err(|e| e.to_string())?;
+            }
+            let entry = hosts.get("a").await.unwrap().ok_or("no heartbeat yet")?;
+            let info: HostInfo = serde_json::from_slice(&entry).unwrap();
+            let wait = info.load.get(QUEUED).map_or(0, |l| l.queue_wait_us);
+            if wait >= 50_000 {
+                Ok(())
+            } else {
+                Err(format!("queue wait {wait} µs"))
+            }
+        },
+    )
+    .await;
+}

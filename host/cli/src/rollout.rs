@@ -39,9 +39,20 @@ pub struct Scale {
     pub replicas: Option<u32>,
     pub constraints: BTreeMap<String, String>,
     pub spread: Option<String>,
-    /// `--min-replicas`, `--max-replicas`, `--target-lag`,
-    /// `--scale-down-after-ms`.
-    pub autoscale: Option<(u32, u32, u64, u64)>,
+    pub autoscale: Option<Targets>,
+}
+
+/// `cbs deploy --min-replicas --max-replicas --target-lag --target-wait-ms
+/// --scale-down-after-ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct Targets {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Messages waiting per replica (durable cells).
+    pub lag: u64,
+    /// Mean wait for a running slot (request cells).
+    pub wait_ms: u64,
+    pub scale_down_after_ms: u64,
 }
 
 /// Publishes `bundle` as the desired release of its cell and waits for the
@@ -63,9 +74,7 @@ pub async fn deploy(
     }
     let autoscale = scale
         .autoscale
-        .map(|(min, max, target_lag, down_ms)| {
-            autoscale_of(&manifest, min, max, target_lag, down_ms)
-        })
+        .map(|targets| autoscale_of(&manifest, targets))
         .transpose()?;
     let object = store.put_bundle(bundle, bytes).await?;
     let release = Release {
@@ -90,14 +99,16 @@ pub async fn deploy(
 
 /// Makes the previous release of `cell` current again, and waits as deploy does.
 /// Autoscaling follows a durable cell's consumer lag, or a request cell's
-/// hosts' `capacity` replies and busyness.
+/// hosts' `capacity` replies, busyness and queue wait.
 fn autoscale_of(
     manifest: &cbs_host::manifest::Manifest,
-    min_replicas: u32,
-    max_replicas: u32,
-    target_lag: u64,
-    scale_down_after_ms: u64,
+    targets: Targets,
 ) -> anyhow::Result<Autoscale> {
+    let Targets {
+        min_replicas,
+        max_replicas,
+        ..
+    } = targets;
     if min_replicas > max_replicas || max_replicas == 0 {
         bail!("--min-replicas {min_replicas} must be at most --max-replicas {max_replicas}, which must be at least 1");
     }
@@ -111,10 +122,11 @@ fn autoscale_of(
     Ok(Autoscale {
         min_replicas,
         max_replicas,
-        target_lag,
+        target_lag: targets.lag,
+        target_wait_ms: targets.wait_ms,
         stream,
         consumer,
-        scale_down_after_ms,
+        scale_down_after_ms: targets.scale_down_after_ms,
     })
 }
 

@@ -66,6 +66,7 @@ async fn run(
     };
     let deadline = runner_deadline.reply_by;
     // Waiting for a free slot counts against the deadline too.
+    let asked = Instant::now();
     let _running = tokio::time::timeout_at(deadline.into(), cell.running.acquire())
         .await
         .map_err(|_| {
@@ -78,6 +79,7 @@ async fn run(
             )
         })?
         .map_err(|_| BusError::internal("cell is shutting down"))?;
+    cell.stats.waited(asked.elapsed());
     // Each step is a span of its own under the hop's `cell` span.
     tracing::debug_span!("contract.input")
         .in_scope(|| cell.contract.check_input(envelope.payload.get()))?;

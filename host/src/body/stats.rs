@@ -22,6 +22,10 @@ pub struct CellStats {
     recent_us: AtomicU64,
     /// Requests sent to another host serving the cell.
     forwarded: AtomicU64,
+    /// Waits for a running slot since the last [`CellStats::take_mean_wait_us`]:
+    /// their sum in microseconds, and how many.
+    waited_us: AtomicU64,
+    waits: AtomicU64,
 }
 
 /// A durable cell's consumer, as this host saw it.
@@ -68,6 +72,22 @@ impl CellStats {
     /// Recent handling latency in microseconds; 0 before the first message.
     pub fn recent_latency_us(&self) -> u64 {
         self.recent_us.load(Ordering::Relaxed)
+    }
+
+    /// A message waited `wait` for a running slot.
+    pub(crate) fn waited(&self, wait: std::time::Duration) {
+        self.waited_us
+            .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The mean wait for a running slot of the messages since the last
+    /// call, microseconds (0 without messages); starts a new period. One
+    /// reader: the heartbeat.
+    pub fn take_mean_wait_us(&self) -> u64 {
+        let waits = self.waits.swap(0, Ordering::Relaxed);
+        let sum = self.waited_us.swap(0, Ordering::Relaxed);
+        sum.checked_div(waits).unwrap_or(0)
     }
 
     pub(crate) fn forwarded(&self) {
@@ -143,6 +163,16 @@ mod tests {
         let by: Vec<_> = stats.errors_by_code().collect();
         assert_eq!(by, [(ErrorCode::Timeout, 2), (ErrorCode::Internal, 1)]);
         assert_eq!(stats.to_json()["errors_by_code"]["timeout"], 2);
+    }
+
+    #[test]
+    fn the_mean_wait_covers_one_period() {
+        let stats = CellStats::default();
+        assert_eq!(stats.take_mean_wait_us(), 0);
+        stats.waited(std::time::Duration::from_millis(10));
+        stats.waited(std::time::Duration::from_millis(30));
+        assert_eq!(stats.take_mean_wait_us(), 20_000);
+        assert_eq!(stats.take_mean_wait_us(), 0, "a new period");
     }
 
     #[test]

@@ -105,6 +105,25 @@ pub struct Autoscale {
     pub consumer: Option<String>,
     /// How long the load must allow fewer replicas before one is removed.
     pub scale_down_after_ms: u64,
+    /// The mean wait for a running slot above which a request cell gains a
+    /// replica (milliseconds).
+    #[serde(default = "default_target_wait_ms")]
+    pub target_wait_ms: u64,
+}
+
+fn default_target_wait_ms() -> u64 {
+    50
+}
+
+/// A request cell's load over its placed hosts, from their heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestLoad {
+    /// Some host answered `capacity` since the last look.
+    pub refused: bool,
+    /// Messages running or queued over what the hosts run at once.
+    pub busy: f64,
+    /// The longest mean wait for a running slot a host reported (ms).
+    pub wait_ms: f64,
 }
 
 impl Autoscale {
@@ -117,12 +136,14 @@ impl Autoscale {
     }
 
     /// Replicas for a request cell now served by `now` replicas: one more
-    /// when hosts answered `capacity` since the last look or are more than
-    /// 3/4 busy, one fewer when under 1/4 busy.
-    pub fn wanted_for_load(&self, now: u32, refused: bool, busy: f64) -> u32 {
-        let next = if refused || busy > 0.75 {
+    /// when hosts answered `capacity` since the last look, are more than
+    /// 3/4 busy, or made messages wait longer than `target_wait_ms` for a
+    /// running slot; one fewer when under 1/4 busy and waits are short.
+    pub fn wanted_for_load(&self, now: u32, load: RequestLoad) -> u32 {
+        let target = self.target_wait_ms as f64;
+        let next = if load.refused || load.busy > 0.75 || load.wait_ms > target {
             now.saturating_add(1)
-        } else if busy < 0.25 {
+        } else if load.busy < 0.25 && load.wait_ms <= target / 4.0 {
             now.saturating_sub(1)
         } else {
             now

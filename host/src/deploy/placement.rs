@@ -50,6 +50,10 @@ pub struct CellLoad {
     pub concurrency: u32,
     /// `capacity` replies so far (a counter).
     pub refused: u64,
+    /// Mean wait for a running slot of the messages since the last
+    /// heartbeat, microseconds.
+    #[serde(default)]
+    pub queue_wait_us: u64,
 }
 
 /// Where one cell's replicas are.
@@ -352,11 +356,50 @@ mod tests {
             .collect();
         assert_eq!(wanted, [1, 1, 2, 4, 4]);
         // Request cells: one step at a time, within the bounds.
-        assert_eq!(scale.wanted_for_load(2, true, 0.1), 3, "refused: up");
-        assert_eq!(scale.wanted_for_load(2, false, 0.9), 3, "busy: up");
-        assert_eq!(scale.wanted_for_load(2, false, 0.5), 2);
-        assert_eq!(scale.wanted_for_load(2, false, 0.1), 1, "idle: down");
-        assert_eq!(scale.wanted_for_load(4, true, 1.0), 4, "at the ceiling");
-        assert_eq!(scale.wanted_for_load(1, false, 0.0), 1, "at the floor");
+        let load = |refused, busy, wait_ms| crate::deploy::RequestLoad {
+            refused,
+            busy,
+            wait_ms,
+        };
+        let scale = crate::deploy::Autoscale {
+            target_wait_ms: 50,
+            ..scale
+        };
+        assert_eq!(
+            scale.wanted_for_load(2, load(true, 0.1, 0.0)),
+            3,
+            "refused: up"
+        );
+        assert_eq!(
+            scale.wanted_for_load(2, load(false, 0.9, 0.0)),
+            3,
+            "busy: up"
+        );
+        assert_eq!(
+            scale.wanted_for_load(2, load(false, 0.5, 80.0)),
+            3,
+            "waiting: up"
+        );
+        assert_eq!(scale.wanted_for_load(2, load(false, 0.5, 10.0)), 2);
+        assert_eq!(
+            scale.wanted_for_load(2, load(false, 0.1, 0.0)),
+            1,
+            "idle: down"
+        );
+        assert_eq!(
+            scale.wanted_for_load(2, load(false, 0.1, 20.0)),
+            2,
+            "still waits: stay"
+        );
+        assert_eq!(
+            scale.wanted_for_load(4, load(true, 1.0, 0.0)),
+            4,
+            "at the ceiling"
+        );
+        assert_eq!(
+            scale.wanted_for_load(1, load(false, 0.0, 0.0)),
+            1,
+            "at the floor"
+        );
     }
 }

@@ -19,7 +19,7 @@ use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 
 use super::placement::{self, CellLoad, HostInfo, Placement};
-use super::{now_ms, Store, HOSTS, PLACEMENT};
+use super::{now_ms, RequestLoad, Store, HOSTS, PLACEMENT};
 
 /// How often a watching host beats.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
@@ -245,8 +245,8 @@ impl Placer {
             },
             _ => {
                 let hosts = placed.map_or(&[][..], |p| &p.hosts[..]);
-                let (refused, busy) = self.load_of(&d.cell, hosts);
-                scale.wanted_for_load(now, refused, busy)
+                let load = self.load_of(&d.cell, hosts);
+                scale.wanted_for_load(now, load)
             }
         };
         let down_after = Duration::from_millis(scale.scale_down_after_ms);
@@ -306,9 +306,9 @@ impl Placer {
     }
 
     /// Whether `hosts` answered `capacity` for `cell` since the last look,
-    /// and how busy they are (running or queued over what they run at
-    /// once), from their latest heartbeats.
-    fn load_of(&mut self, cell: &str, hosts: &[String]) -> (bool, f64) {
+    /// how busy they are (running or queued over what they run at once)
+    /// and how long messages waited, from their latest heartbeats.
+    fn load_of(&mut self, cell: &str, hosts: &[String]) -> RequestLoad {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let loads: Vec<CellLoad> = seen
             .values()
@@ -326,7 +326,12 @@ impl Placer {
         } else {
             running as f64 / capacity as f64
         };
-        (more_refused, busy)
+        let wait_us = loads.iter().map(|l| l.queue_wait_us).max().unwrap_or(0);
+        RequestLoad {
+            refused: more_refused,
+            busy,
+            wait_ms: wait_us as f64 / 1e3,
+        }
     }
 }
 

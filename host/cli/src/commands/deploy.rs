@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::audit::{self, Change};
 use crate::args::NatsArgs;
-use crate::rollout::{self, Outcome, Scale};
+use crate::rollout::{self, Outcome, Scale, Targets};
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
 /// and wait until they serve it.
@@ -64,6 +64,15 @@ pub struct DeployArgs {
         requires = "min_replicas"
     )]
     scale_down_after_ms: u64,
+    /// The mean wait for a running slot, in ms, above which a request
+    /// cell gains a replica (its hosts report it in their heartbeats).
+    #[arg(
+        long,
+        default_value_t = 50,
+        value_name = "MS",
+        requires = "min_replicas"
+    )]
+    target_wait_ms: u64,
     /// Deploy even if the contract breaks the deployed one.
     #[arg(long)]
     force: bool,
@@ -108,7 +117,13 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             autoscale: args
                 .min_replicas
                 .zip(args.max_replicas)
-                .map(|(min, max)| (min, max, args.target_lag, args.scale_down_after_ms)),
+                .map(|(min, max)| Targets {
+                    min_replicas: min,
+                    max_replicas: max,
+                    lag: args.target_lag,
+                    wait_ms: args.target_wait_ms,
+                    scale_down_after_ms: args.scale_down_after_ms,
+                }),
         },
         args.force,
         wait,

@@ -188,6 +188,7 @@ fn cell_load(body: &Arc<Body>) -> cbs_host::deploy::placer::LoadFn {
                     in_flight: cell.in_flight() as u32,
                     concurrency: cell.manifest.limits.concurrency,
                     refused,
+                    queue_wait_us: cell.stats.take_mean_wait_us(),
                 };
                 (cell.manifest.id.clone(), load)
             })
