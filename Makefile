@@ -43,7 +43,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 	tests/cells/py-faulty tests/cells/py-faulty-wasm
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats
 
-.PHONY: help run run-polyglot build host demo-cells cells python-cells test test-dart test-python test-kubernetes dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host demo-cells cells python-cells test test-dart test-python test-kubernetes dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ help: ## List the targets
 run: host demo-cells ## Run the greeting demo: `echo Ada | make run`
 	@[ -t 0 ] && echo "What is your name? (type it and press Enter)" >&2 || true
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.prompt_name $(DEMO)
+
+run-http: host demo-cells ## Serve logic.greet over HTTP on 127.0.0.1:8080: curl -d '{"name":"Ada"}' localhost:8080/greet
+	@$(HOST_BIN) run --log-level $${CBS_LOG:-info} --http $${CBS_HTTP:-127.0.0.1:8080} cells/logic.greet
 
 run-polyglot: host cells python-cells ## Rust → Python (component) → Python (native, numpy) → Rust
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.polyglot \

@@ -44,6 +44,10 @@ pub struct CellView {
     /// A durable cell's consumer, as that host saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durable: Option<crate::body::DurableCounts>,
+    /// Its HTTP routes with their contracts (what gateways serve); empty
+    /// once the host stopped serving it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<crate::http::Target>,
 }
 
 /// Asks every CBS host on the bus, gathering replies until `quiet` passes
@@ -117,11 +121,13 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
     // CBS's own counters (in `data`) count every failure reply; the micro
     // protocol's `num_errors` counts only empty-bodied error replies.
     let data = counts.and_then(|c| c.data.clone()).unwrap_or_default();
+    let id = meta
+        .get("cell")
+        .cloned()
+        .unwrap_or_else(|| endpoint.subject.trim_start_matches("cbs.").to_owned());
     CellView {
-        id: meta
-            .get("cell")
-            .cloned()
-            .unwrap_or_else(|| endpoint.subject.trim_start_matches("cbs.").to_owned()),
+        http: routes(&id, &data["http"]),
+        id,
         // The version serving now (stats follow hot swaps; metadata is
         // fixed when the endpoint is added).
         version: data["version"]
@@ -142,6 +148,19 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         // Another host's reply: tolerated when malformed, as the rest.
         durable: serde_json::from_value(data["durable"].clone()).ok(),
     }
+}
+
+/// The routes a host reports for cell `id`: only valid ones, and only to
+/// that cell (a host speaks for the cells it serves).
+fn routes(id: &str, data: &serde_json::Value) -> Vec<crate::http::Target> {
+    let Ok(targets) = serde_json::from_value::<Vec<crate::http::Target>>(data.clone()) else {
+        return Vec::new();
+    };
+    targets
+        .into_iter()
+        .filter(|t| t.cell == id && t.route.validate().is_ok())
+        .take(crate::manifest::bounds::HTTP_ROUTES)
+        .collect()
 }
 
 async fn gather<T: for<'de> Deserialize<'de>>(

@@ -9,6 +9,7 @@
 //! between cells) with [`resilience`], [`backoff`] and [`chaos`]; [`body`]
 //! (serving cells) with [`routing`] (around full or slow hosts); [`bundle`] and [`deploy`] (signed bundles, desired
 //! state) with [`audit`] (who changed what); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
+//! [`http`] (the way in over HTTP: routes, OpenAPI, problems);
 //! [`random`] (jitter and seeded faults).
 
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod durable;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod outbound;

@@ -56,6 +56,10 @@ pub struct Manifest {
     /// Event subjects the cell handles besides its requests (`[[subscribe]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscribe: Vec<crate::events::Subscribe>,
+    /// HTTP routes to the cell (`[[http]]`), served by `cbs-host run
+    /// --http` and `cbs gateway`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<crate::http::HttpRoute>,
 }
 
 /// `[durable]`: a cell fed by a JetStream stream through one durable pull
@@ -510,6 +514,8 @@ pub mod bounds {
     pub const ENV_BYTES: usize = 4_096;
     /// `[[subscribe]]` entries.
     pub const SUBSCRIPTIONS: usize = 16;
+    /// `[[http]]` routes of one cell.
+    pub const HTTP_ROUTES: usize = 32;
     /// 1 MiB, NATS's default `max_payload`.
     pub const STATE_VALUE_BYTES: u64 = 1 << 20;
     /// 1 GiB.
@@ -654,6 +660,7 @@ impl Manifest {
             chaos: None,
             durable: None,
             subscribe: Vec::new(),
+            http: Vec::new(),
         }
     }
 
@@ -703,6 +710,14 @@ impl Manifest {
         )?;
         for subscription in &self.subscribe {
             subscription.validate()?;
+        }
+        within(
+            "[[http]] routes",
+            self.http.len() as u64,
+            bounds::HTTP_ROUTES as u64,
+        )?;
+        for route in &self.http {
+            route.validate()?;
         }
         for subject in &self.capabilities.publish_durable {
             check_durable_publish("[capabilities] publish_durable", subject)?;

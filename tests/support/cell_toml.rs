@@ -195,6 +195,12 @@ impl CellToml {
         self
     }
 
+    /// One more `[[http]]` route.
+    pub fn http(mut self, route: cbs_host::http::HttpRoute) -> Self {
+        self.manifest.http.push(route);
+        self
+    }
+
     /// `[python] workers`.
     pub fn workers(mut self, workers: u32) -> Self {
         let python = self

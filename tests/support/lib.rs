@@ -4,6 +4,8 @@
 
 pub mod bundles;
 pub mod cell_toml;
+pub mod curl;
+pub mod jwt;
 pub mod nats;
 pub mod nats_auth;
 pub mod process;

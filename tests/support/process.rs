@@ -25,17 +25,32 @@ impl HostProcess {
 
     /// As [`HostProcess::serve`], without waiting for it to be ready.
     pub fn spawn(url: &str, host_id: &str, cells: &[PathBuf], extra: &[&str]) -> Self {
+        let nats = ["--nats", url, "--host-id", host_id];
+        Self::start(&[&nats[..], extra].concat(), cells)
+    }
+
+    /// `cbs-host run` on the in-process bus, serving `cells`, ready.
+    pub fn local(cells: &[PathBuf], extra: &[&str]) -> Self {
+        let host = Self::start(extra, cells);
+        host.wait_for_log("ready;", Duration::from_secs(30));
+        host
+    }
+
+    /// The address `--http` listens on, from the log.
+    pub fn http_addr(&self) -> String {
+        self.wait_for_log("serving HTTP on", Duration::from_secs(30));
+        let log = self.log();
+        let after = log
+            .split("serving HTTP on http://")
+            .nth(1)
+            .expect("the HTTP address");
+        after.split_whitespace().next().unwrap().to_owned()
+    }
+
+    fn start(args: &[&str], cells: &[PathBuf]) -> Self {
         let mut child = Command::new(bin("cbs-host"))
-            .args([
-                "run",
-                "--nats",
-                url,
-                "--host-id",
-                host_id,
-                "--log-level",
-                "info",
-            ])
-            .args(extra)
+            .args(["run", "--log-level", "info"])
+            .args(args)
             .args(cells)
             .env("CBS_CACHE_DIR", shared_cache())
             .env_remove("RUST_LOG")
@@ -221,4 +236,61 @@ pub fn cbs(args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         .output()
         .expect("cbs runs")
+}
+
+/// `cbs gateway` on a free port, following the lattice at `url` every
+/// 200 ms; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Gateway {
+    pub fn start(url: &str) -> Self {
+        let mut child = Command::new(bin("cbs"))
+            .args(["--log-level", "info", "gateway", "--http", "127.0.0.1:0"])
+            .args(["--refresh-ms", "200", "--nats", url])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cbs gateway runs");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("serving HTTP on http://").nth(1) {
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway logs its address");
+        Self {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

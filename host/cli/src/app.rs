@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::args::LogArgs;
 use crate::commands::{
-    audit, bench, build, call, contract, deploy, dlq, keygen, load, ls, new, ps, publish, replay,
-    rollback, run, undeploy,
+    audit, bench, build, call, contract, deploy, dlq, gateway, keygen, load, ls, new, ps, publish,
+    replay, rollback, run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -94,20 +94,35 @@ pub enum CbsCommand {
     Call(call::CallArgs),
     Ps(ps::PsArgs),
     Bench(bench::BenchArgs),
+    Gateway(gateway::GatewayArgs),
 }
 
 /// What `cbs` does with its parsed command line.
 pub fn run_cbs(cli: CbsCli) -> ExitCode {
-    let telemetry = match cli.log.init("warn", None) {
+    // A gateway is a server: it says where it listens and what it serves.
+    let level = if matches!(cli.command, CbsCommand::Gateway(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let telemetry = match cli.log.init(level, None) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
+    // The gateway serves many requests at once; the other commands are
+    // clients doing one thing.
+    let runtime = if matches!(cli.command, CbsCommand::Gateway(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     let code = crate::block_on(runtime, async {
         match cli.command {
             CbsCommand::New(args) => new::run(args),
@@ -125,6 +140,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Call(args) => call::run(args).await,
             CbsCommand::Ps(args) => ps::run(args).await,
             CbsCommand::Bench(args) => bench::run(args).await,
+            CbsCommand::Gateway(args) => gateway::run(args).await,
         }
     });
     telemetry.shutdown();

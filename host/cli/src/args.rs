@@ -119,7 +119,7 @@ pub struct LogArgs {
     pub log_format: LogFormat,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
     /// directives such as `cbs_host=debug`; RUST_LOG overrides it
-    /// [default: info for cbs-host, warn for cbs].
+    /// [default: info for cbs-host and cbs gateway, warn for cbs].
     #[arg(long, global = true, env = "CBS_LOG")]
     pub log_level: Option<String>,
 }
@@ -197,4 +197,71 @@ where
     T::Err: std::error::Error + Send + Sync + 'static,
 {
     PossibleValuesParser::new(T::VARIANTS).try_map(|name| name.parse::<T>())
+}
+
+/// How an HTTP server (`cbs-host run --http`, `cbs gateway`) treats
+/// requests: body size, CORS, and the tokens routes with
+/// `auth = "bearer"` accept.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Largest request body accepted, in KiB; larger ones get 413.
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    pub http_body_limit_kb: usize,
+    /// An origin browsers may call from (CORS), e.g. https://app.example;
+    /// `*` for any; repeatable. None: no CORS headers.
+    #[arg(long, value_name = "ORIGIN")]
+    pub http_cors_origin: Vec<String>,
+    /// Static bearer tokens accepted by `auth = "bearer"` routes: a file
+    /// with one per line (`#` comments allowed).
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// A JWK set (JSON file): JWTs signed by one of its keys are accepted
+    /// by `auth = "bearer"` routes when unexpired.
+    #[arg(long, value_name = "FILE")]
+    pub http_jwks: Option<PathBuf>,
+    /// The audience (`aud`) JWTs must name.
+    #[arg(long, value_name = "AUD", requires = "http_jwks")]
+    pub http_jwt_audience: Option<String>,
+    /// The issuer (`iss`) JWTs must name.
+    #[arg(long, value_name = "ISS", requires = "http_jwks")]
+    pub http_jwt_issuer: Option<String>,
+}
+
+impl HttpArgs {
+    pub fn config(&self, title: &str) -> anyhow::Result<cbs_host::http::HttpConfig> {
+        let auth = cbs_host::http::auth::Authenticator::load(
+            self.http_token_file.as_deref(),
+            self.http_jwks.as_deref(),
+            self.http_jwt_audience.clone(),
+            self.http_jwt_issuer.clone(),
+        )?;
+        Ok(cbs_host::http::HttpConfig {
+            body_limit: self.http_body_limit_kb.saturating_mul(1024),
+            cors_origins: self.http_cors_origin.clone(),
+            auth,
+            title: title.to_owned(),
+        })
+    }
+}
+
+/// Binds `addr` and serves `gateway` there until `stop` is notified;
+/// returns the bound address (port 0 picks one) and the server's task.
+pub async fn serve_http(
+    addr: std::net::SocketAddr,
+    gateway: Arc<cbs_host::http::Gateway>,
+    stop: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --http {addr}"))?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let stopped = async move { stop.notified().await };
+        if let Err(e) = cbs_host::http::serve(gateway, listener, stopped).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "serving HTTP on http://{bound} (OpenAPI at /openapi.json)");
+    Ok((bound, task))
 }

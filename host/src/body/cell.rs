@@ -44,6 +44,23 @@ impl LoadedCell {
         self.runner.info()
     }
 
+    /// The cell's HTTP routes (`[[http]]`), each with its contract.
+    pub fn http_targets(&self) -> Vec<crate::http::Target> {
+        let m = &self.manifest;
+        let schema = |s: &Option<crate::contract::Schema>| s.as_ref().map(|s| s.value().clone());
+        m.http
+            .iter()
+            .map(|route| crate::http::Target {
+                cell: m.id.clone(),
+                version: m.version.clone(),
+                route: route.clone(),
+                input: schema(&self.contract.input),
+                output: schema(&self.contract.output),
+                timeout_ms: m.limits.timeout_ms,
+            })
+            .collect()
+    }
+
     /// The breaker state of each call target.
     pub fn breakers(&self) -> Vec<(String, BreakerState)> {
         self.outbound.breakers()

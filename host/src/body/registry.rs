@@ -382,6 +382,10 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
                 if cell.manifest.durable.is_some() {
                     stats["durable"] = serde_json::json!(cell.stats.durable());
                 }
+                // Routes follow the version served (gateways read them here).
+                if !cell.manifest.http.is_empty() {
+                    stats["http"] = serde_json::json!(cell.http_targets());
+                }
                 stats
             })
         }),

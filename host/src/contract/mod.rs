@@ -17,6 +17,8 @@ const MAX_REPORTED: usize = 10;
 /// A compiled JSON Schema and the contract id it stands for.
 pub struct Schema {
     id: String,
+    /// The schema as written (for documents such as OpenAPI).
+    value: Value,
     validator: jsonschema::Validator,
 }
 
@@ -26,6 +28,7 @@ impl Schema {
             .map_err(|e| anyhow::anyhow!("schema {id} does not compile: {e}"))?;
         Ok(Self {
             id: id.to_owned(),
+            value: schema.clone(),
             validator,
         })
     }
@@ -40,6 +43,11 @@ impl Schema {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The JSON Schema as written.
+    pub fn value(&self) -> &Value {
+        &self.value
     }
 
     /// Checks `instance`; a violation names each failing JSON pointer and rule.

@@ -17,11 +17,13 @@ use cbs_host::deploy::placement::HostInfo;
 use cbs_host::deploy::placer::Placer;
 use cbs_host::deploy::{watcher::Watcher, Store};
 use cbs_host::envelope::Envelope;
+use cbs_host::http::Gateway;
 use clap::Args;
 use serde_json::value::RawValue;
+use tokio::task::JoinHandle;
 
 use super::audit;
-use crate::args::{default_host_id, EngineArgs, NatsArgs};
+use crate::args::{default_host_id, serve_http, EngineArgs, HttpArgs, NatsArgs};
 
 /// Serve cells: each answers on `cbs.<cell-id>` until Ctrl-C, or, with
 /// --start, until the flow it starts has finished.
@@ -90,6 +92,13 @@ pub struct RunArgs {
     /// (e.g. 127.0.0.1:9090; port 0 picks a free one, logged at start).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Serve the HTTP routes (`[[http]]`) of the cells this host runs on
+    /// this address, e.g. 127.0.0.1:8080 (port 0 picks one, logged);
+    /// OpenAPI at /openapi.json.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    http_options: HttpArgs,
     /// Fault injection for resilience testing: a TOML file of
     /// `["<cell-id>"]` tables with latency_ms, error_rate, drop_rate, seed.
     #[arg(long, value_name = "FILE")]
@@ -139,6 +148,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    let http = match args.http {
+        Some(addr) => Some(serve_routes(addr, &args, &host_id, &body).await?),
+        None => None,
+    };
     body.set_ready();
     let Some(start) = &args.start else {
         tracing::info!(host = %host_id, cells = args.cells.len(), bus = bus.kind(), "ready; Ctrl-C or SIGTERM drains and stops");
@@ -148,6 +161,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "draining: no new messages, finishing in-flight ones (a second signal exits at once)"
         );
         let drain = async {
+            if let Some((stop, server, routing)) = http {
+                routing.abort();
+                stop.notify_one();
+                let _ = server.await;
+            }
             if let Some((watcher, watching, placing)) = watcher {
                 placing.abort();
                 watching.abort();
@@ -166,6 +184,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
     };
     flow(&body, start, &args).await
+}
+
+/// Serves the HTTP routes of the cells this host runs (following loads,
+/// swaps and removals): the stop signal, the server's task and the task
+/// following the routes.
+async fn serve_routes(
+    addr: std::net::SocketAddr,
+    args: &RunArgs,
+    host_id: &str,
+    body: &Arc<Body>,
+) -> anyhow::Result<(Arc<tokio::sync::Notify>, JoinHandle<()>, JoinHandle<()>)> {
+    let config = args.http_options.config(&format!("CBS host {host_id}"))?;
+    let gateway = Gateway::new(body.bus().clone(), config);
+    let routes = |body: &Body| body.cells().iter().flat_map(|c| c.http_targets()).collect();
+    gateway.set_routes(routes(body));
+    let (following, weak) = (gateway.clone(), Arc::downgrade(body));
+    let routing = tokio::spawn(async move {
+        while let Some(body) = weak.upgrade() {
+            following.set_routes(routes(&body));
+            drop(body);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (_, server) = serve_http(addr, gateway, stop.clone()).await?;
+    Ok((stop, server, routing))
 }
 
 /// Each served cell's load, for the heartbeat (request cells autoscale on
@@ -287,7 +331,7 @@ async fn flow(body: &Body, start: &str, args: &RunArgs) -> anyhow::Result<ExitCo
 }
 
 /// Waits for SIGINT or SIGTERM; returns its name.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     tokio::select! {

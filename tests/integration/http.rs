@@ -1,0 +1,429 @@
+//! The way in over HTTP, driven with the real `curl`: `cbs-host run --http`
+//! serves the routes of its cells (`[[http]]`), maps each `BusError` to its
+//! status with an RFC 9457 problem, continues or starts the caller's trace,
+//! takes a deadline header as the flow's budget, refuses what it must
+//! (no token, too large, not JSON, wrong method), speaks HTTP/1.1 and
+//! HTTP/2, and drains on SIGTERM. `cbs gateway` serves the routes of the
+//! whole lattice and follows deploys.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cbs_host::chaos::ChaosSpec;
+use cbs_host::http::route::{Auth, HttpRoute, Method};
+use cbs_tests::bundles::greet_bundle;
+use cbs_tests::cell_toml::CellToml;
+use cbs_tests::curl::{curl, Response};
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::{eventually, greet};
+use serde_json::json;
+
+const CALLER_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn route(method: Method, path: &str, auth: Auth) -> HttpRoute {
+    HttpRoute {
+        method,
+        path: path.to_owned(),
+        auth,
+        summary: None,
+    }
+}
+
+/// The test component as `test.http`, with routes to misbehave through.
+fn faulty_cell(limits: impl FnOnce(&mut cbs_host::manifest::Limits)) -> tempfile::TempDir {
+    CellToml::faulty("test.http")
+        .limits(limits)
+        .http(route(Method::Post, "/faulty", Auth::None))
+        .http(route(Method::Post, "/private", Auth::Bearer))
+        .write()
+}
+
+/// A host serving greet and the faulty cell over HTTP: (host, base URL).
+fn host_with(extra: &[&str], cells: &[PathBuf]) -> (HostProcess, String) {
+    let args = [&["--http", "127.0.0.1:0"][..], extra].concat();
+    let host = HostProcess::local(cells, &args);
+    let base = format!("http://{}", host.http_addr());
+    (host, base)
+}
+
+fn post(url: &str, body: &str, extra: &[&str]) -> Response {
+    let args = [
+        &["-H", "Content-Type: application/json", "-d", body][..],
+        extra,
+        &[url],
+    ]
+    .concat();
+    curl(&args)
+}
+
+fn assert_problem(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{r:?}"
+    );
+    let body = r.json();
+    assert_eq!(body["status"], status);
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("urn:cbs:problem:{code}"));
+}
+
+#[test]
+fn post_greet_answers_with_the_cells_reply_as_curl_sends_it() {
+    let (_host, base) = host_with(&[], &[greet()]);
+    // Exactly as the README shows it: curl's default content type for -d.
+    let r = curl(&["-d", r#"{"name":"Ada"}"#, &format!("{base}/greet")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json(), json!({"greeting": "Hello, Ada!"}));
+    assert!(r.header("x-correlation-id").is_some_and(|c| !c.is_empty()));
+    // HTTP/2 on the same port (cleartext, prior knowledge).
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        "-d",
+        r#"{"name":"Bo"}"#,
+        &format!("{base}/greet"),
+    ]);
+    assert_eq!((r.protocol.as_str(), r.status), ("HTTP/2", 200), "{r:?}");
+    assert_eq!(r.json()["greeting"], "Hello, Bo!");
+}
+
+#[test]
+fn each_error_maps_to_its_status_and_a_problem() {
+    let cell = faulty_cell(|l| {
+        l.timeout_ms = 400;
+        l.concurrency = 1;
+        l.queue = 0;
+    });
+    let (_host, base) = host_with(&[], &[greet(), cell.path().to_path_buf()]);
+    let greet_url = format!("{base}/greet");
+    let faulty = format!("{base}/faulty");
+
+    assert_problem(&post(&greet_url, "{not json", &[]), 400, "invalid_input");
+    let r = post(&greet_url, r#"{"name": 5}"#, &[]);
+    assert_problem(&r, 422, "contract_violation");
+    assert_eq!(
+        r.json()["errors"][0]["pointer"],
+        "/name",
+        "names the pointer"
+    );
+    assert!(
+        r.json()["errors"][0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("type"),
+        "and the rule"
+    );
+    let r = post(&faulty, r#"{"action": "fail", "message": "no"}"#, &[]);
+    assert_problem(&r, 400, "invalid_input");
+    assert_problem(
+        &post(&faulty, r#"{"action": "panic"}"#, &[]),
+        500,
+        "cell_failed",
+    );
+    assert_problem(
+        &post(&faulty, r#"{"action": "sleep", "ms": 2000}"#, &[]),
+        504,
+        "timeout",
+    );
+
+    // One message running, no queue: the next is `capacity`, retry later.
+    let slow = {
+        let faulty = faulty.clone();
+        std::thread::spawn(move || post(&faulty, r#"{"action": "sleep", "ms": 300}"#, &[]))
+    };
+    let busy = eventually_sync(|| {
+        let r = post(&faulty, r#"{"action": "echo", "value": 1}"#, &[]);
+        (r.status == 429).then_some(r)
+    });
+    assert_problem(&busy, 429, "capacity");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert_eq!(slow.join().unwrap().status, 200);
+
+    // HTTP-level refusals.
+    assert_eq!(curl(&[&format!("{base}/nowhere")]).status, 404);
+    let r = curl(&[&greet_url]);
+    assert_eq!(r.status, 405, "{r:?}");
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = curl(&["-H", "Content-Type: text/xml", "-d", "<a/>", &greet_url]);
+    assert_eq!(r.status, 415, "{r:?}");
+}
+
+#[test]
+fn an_injected_failure_is_unavailable_with_retry_after() {
+    let cell = CellToml::faulty("test.http")
+        .chaos(ChaosSpec {
+            error_rate: 1.0,
+            ..Default::default()
+        })
+        .http(route(Method::Post, "/faulty", Auth::None))
+        .write();
+    let (_host, base) = host_with(&[], &[cell.path().to_path_buf()]);
+    let r = post(
+        &format!("{base}/faulty"),
+        r#"{"action": "echo", "value": 1}"#,
+        &[],
+    );
+    assert_problem(&r, 503, "unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+/// Polls `f` (a blocking request) until it gives a value, up to 10 s.
+fn eventually_sync<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(cbs_tests::POLL);
+    }
+}
+
+#[test]
+fn trace_and_correlation_headers_are_continued_and_returned() {
+    let (_host, base) = host_with(&[], &[greet()]);
+    let url = format!("{base}/greet");
+    let r = post(
+        &url,
+        r#"{"name":"Ada"}"#,
+        &[
+            "-H",
+            &format!("traceparent: {CALLER_TRACE}"),
+            "-H",
+            "X-Correlation-Id: order-42",
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-correlation-id"), Some("order-42"));
+    let tp = r.header("traceparent").expect("a traceparent");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "the caller's trace: {tp}"
+    );
+    assert_ne!(tp, CALLER_TRACE, "a hop of its own");
+    // A failure carries them too, in the headers and the problem.
+    let r = post(
+        &url,
+        r#"{"name": 5}"#,
+        &["-H", "X-Correlation-Id: order-43"],
+    );
+    assert_eq!(r.json()["correlation_id"], "order-43");
+    // No trace from the caller: the gateway starts one.
+    let r = post(&url, r#"{"name":"Ada"}"#, &["-H", "traceparent: garbage"]);
+    let tp = r.header("traceparent").expect("a new trace");
+    assert_eq!(tp.len(), 55, "{tp}");
+    assert!(!tp.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+}
+
+#[test]
+fn a_deadline_header_becomes_the_flows_budget() {
+    let cell = faulty_cell(|l| l.timeout_ms = 10_000);
+    let (_host, base) = host_with(&[], &[cell.path().to_path_buf()]);
+    let url = format!("{base}/faulty");
+    // The cell would answer after 3 s (within its own 10 s); the caller
+    // gives it 200 ms.
+    let r = post(
+        &url,
+        r#"{"action": "sleep", "ms": 3000}"#,
+        &["-H", "X-Deadline-Ms: 200"],
+    );
+    assert_problem(&r, 504, "timeout");
+    let r = post(
+        &url,
+        r#"{"action": "echo", "value": 1}"#,
+        &["-H", "X-Deadline-Ms: 5000"],
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_bearer_route_refuses_callers_without_an_accepted_token() {
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "# test tokens\ns3cret\n").unwrap();
+    let jwt = cbs_tests::jwt::Issuer::new();
+    let cell = faulty_cell(|_| {});
+    let extra = [
+        "--http-token-file",
+        tokens.path().to_str().unwrap(),
+        "--http-jwks",
+        jwt.jwks_file(),
+        "--http-jwt-audience",
+        "cbs",
+    ];
+    let (_host, base) = host_with(&extra, &[cell.path().to_path_buf()]);
+    let private = format!("{base}/private");
+    let echo = r#"{"action": "echo", "value": 1}"#;
+    for bad in [
+        vec![],
+        vec!["-H", "Authorization: Bearer wrong"],
+        vec!["-H", "Authorization: Basic s3cret"],
+    ] {
+        let r = post(&private, echo, &bad);
+        assert_eq!(r.status, 401, "{bad:?}: {r:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    let expired = jwt.token("cbs", -60);
+    let other_audience = jwt.token("elsewhere", 600);
+    for token in [
+        expired,
+        other_audience,
+        format!("{}x", jwt.token("cbs", 600)),
+    ] {
+        let r = post(
+            &private,
+            echo,
+            &["-H", &format!("Authorization: Bearer {token}")],
+        );
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    let ok = post(&private, echo, &["-H", "Authorization: Bearer s3cret"]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let good = jwt.token("cbs", 600);
+    let ok = post(
+        &private,
+        echo,
+        &["-H", &format!("Authorization: Bearer {good}")],
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // A route without auth takes no token.
+    assert_eq!(post(&format!("{base}/faulty"), echo, &[]).status, 200);
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused() {
+    let (_host, base) = host_with(&["--http-body-limit-kb", "1"], &[greet()]);
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(2048));
+    let r = post(&format!("{base}/greet"), &big, &[]);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let r = post(&format!("{base}/greet"), r#"{"name":"Ada"}"#, &[]);
+    assert_eq!(r.status, 200, "the server serves on");
+}
+
+#[test]
+fn sigterm_lets_a_request_in_progress_finish() {
+    let cell = faulty_cell(|l| l.timeout_ms = 10_000);
+    let (mut host, base) = host_with(&[], &[cell.path().to_path_buf()]);
+    let url = format!("{base}/faulty");
+    let slow = std::thread::spawn(move || post(&url, r#"{"action": "sleep", "ms": 1000}"#, &[]));
+    host.wait_for_log("sleeping", Duration::from_secs(10));
+    host.terminate();
+    assert_eq!(
+        slow.join().unwrap().status,
+        200,
+        "finished during the drain"
+    );
+    assert!(host.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn cors_preflight_names_the_allowed_origin() {
+    let (_host, base) = host_with(&["--http-cors-origin", "https://app.example"], &[greet()]);
+    let url = format!("{base}/greet");
+    let r = curl(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://app.example",
+        "-H",
+        "Access-Control-Request-Method: POST",
+        &url,
+    ]);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example"),
+        "{r:?}"
+    );
+    let r = post(
+        &url,
+        r#"{"name":"Ada"}"#,
+        &["-H", "Origin: https://evil.example"],
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
+}
+
+#[test]
+fn openapi_describes_each_route_with_its_contract() {
+    let cell = faulty_cell(|_| {});
+    let (_host, base) = host_with(&[], &[greet(), cell.path().to_path_buf()]);
+    let doc = curl(&[&format!("{base}/openapi.json")]).json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let greet_op = &doc["paths"]["/greet"]["post"];
+    let schema = &greet_op["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(
+        schema["required"],
+        json!(["name"]),
+        "the cell's input schema"
+    );
+    let reply = &greet_op["responses"]["200"]["content"]["application/json"]["schema"];
+    assert!(reply["properties"]["greeting"].is_object(), "{reply}");
+    assert!(greet_op["responses"]["422"].is_object());
+    assert_eq!(
+        doc["paths"]["/private"]["post"]["security"],
+        json!([{"bearer": []}])
+    );
+}
+
+/// A gateway over NATS serves what the lattice serves: a route appears
+/// after `cbs deploy` and goes after `cbs undeploy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_follows_deploys() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = greet_bundle(dir.path());
+    let _host = HostProcess::serve(&url, "h1", &[], &["--watch"]);
+    let gateway = cbs_tests::process::Gateway::start(&url);
+    let greet_url = format!("{}/greet", gateway.base());
+    let status = |body: &str| post(&greet_url, body, &[]).status;
+    assert_eq!(status(r#"{"name":"Ada"}"#), 404, "nothing deployed yet");
+    let doc = curl(&[&format!("{}/openapi.json", gateway.base())]).json();
+    assert_eq!(doc["paths"], json!({}), "no routes yet");
+
+    let out = cbs(&["deploy", bundle.to_str().unwrap(), "--nats", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the route after deploy",
+        || async {
+            match status(r#"{"name":"Ada"}"#) {
+                200 => Ok(()),
+                s => Err(format!("status {s}")),
+            }
+        },
+    )
+    .await;
+    let doc = curl(&[&format!("{}/openapi.json", gateway.base())]).json();
+    assert!(doc["paths"]["/greet"]["post"].is_object());
+
+    let out = cbs(&["undeploy", "logic.greet", "--nats", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let openapi = format!("{}/openapi.json", gateway.base());
+    eventually(
+        Duration::from_secs(20),
+        "the route gone after undeploy",
+        || async {
+            let doc = curl(&[&openapi]).json();
+            match doc["paths"].get("/greet") {
+                None => Ok(()),
+                Some(_) => Err("/greet still in /openapi.json".to_owned()),
+            }
+        },
+    )
+    .await;
+    // No route now (not a route whose cell stopped answering).
+    let r = post(&greet_url, r#"{"name":"Ada"}"#, &[]);
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["type"], "about:blank", "{r:?}");
+}
