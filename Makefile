@@ -43,7 +43,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 	tests/cells/py-faulty tests/cells/py-faulty-wasm
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats
 
-.PHONY: help run run-http run-polyglot build host demo-cells cells python-cells test test-dart test-python test-kubernetes dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host demo-cells cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -79,13 +79,16 @@ python-cells: setup-python ## Build the Python cells: components, and the native
 
 test: setup-rust setup-nats host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
 	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz
-	@$(MAKE) --no-print-directory test-python test-kubernetes test-dart
+	@$(MAKE) --no-print-directory test-python test-kubernetes test-openapi test-dart
 
 test-python: setup-python ## The Python SDK's own tests (unittest, in the project venv)
 	cd guest-sdk/python && ../../$(VENV)/bin/python -m unittest discover -s tests
 
 test-kubernetes: setup-python host ## deploy/kubernetes validated offline (kubernetes-validate, KEDA ScaledObject schema)
 	$(VENV)/bin/python scripts/check-kubernetes $(HOST_BIN)
+
+test-openapi: setup-python host demo-cells ## schemathesis against the /openapi.json of the demo cells' HTTP routes
+	$(VENV)/bin/python scripts/check-openapi $(HOST_BIN) $(VENV)/bin/schemathesis cells/logic.greet
 
 test-dart: ## The Dart SDK's tests, where `dart` is installed
 	@if command -v dart >/dev/null; then \
@@ -155,7 +158,7 @@ setup-pyo3:
 setup-python: $(VENV)/.cbs-setup
 $(VENV)/.cbs-setup: guest-sdk/python/requirements-dev.txt | setup-pyo3
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	@echo "installing componentize-py and nats-py into $(VENV)..." >&2
+	@echo "installing the project's Python tools (componentize-py, nats-py, kubernetes-validate, schemathesis) into $(VENV)..." >&2
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r $<
 	@touch $@
 

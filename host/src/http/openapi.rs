@@ -59,7 +59,7 @@ fn operation(target: &Target) -> Value {
     if route.method.has_body() {
         let schema = target.input.clone().unwrap_or_else(|| json!({}));
         op["requestBody"] = json!({
-            "required": false,
+            "required": true,
             "content": {"application/json": {"schema": schema}},
         });
     }
