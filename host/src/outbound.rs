@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use crate::bus::{request_timeout, BodyBus};
 use crate::durable::DurableLog;
@@ -190,7 +191,29 @@ impl Outbound {
             header::BUDGET_MS.to_owned(),
             timeout.as_millis().to_string(),
         );
-        crate::telemetry::inject_current(&mut child.headers);
+        // A client span per attempt; the callee's `process` span is its child.
+        let span = tracing::debug_span!(
+            "send",
+            otel.name = %format!("send {}", child.subject),
+            otel.kind = "client",
+            messaging.system = self.messaging_system(),
+            messaging.operation.type = "send",
+            messaging.destination.name = %child.subject,
+            messaging.message.id = %child.id,
+            messaging.message.conversation_id = %child.correlation_id,
+            cell = %self.manifest.id,
+            target = %cell_id,
+        );
+        span.in_scope(|| crate::telemetry::inject_current(&mut child.headers));
+        self.deliver(cell_id, child, timeout).instrument(span).await
+    }
+
+    async fn deliver(
+        &self,
+        cell_id: &str,
+        child: Envelope,
+        timeout: Duration,
+    ) -> Result<String, BusError> {
         let local = match &self.local {
             Some(local) => tokio::time::timeout(timeout, local.call(cell_id, &child))
                 .await
@@ -204,6 +227,11 @@ impl Outbound {
         reply
             .into_result()
             .map(|p| String::from(Box::<str>::from(p)))
+    }
+
+    /// `messaging.system` of the spans of this cell's bus.
+    pub fn messaging_system(&self) -> &'static str {
+        crate::telemetry::messaging_system(self.bus.kind())
     }
 
     /// The breaker state of each target, for metrics and tests.
@@ -237,7 +265,22 @@ impl Outbound {
         let mut child = flow
             .parent
             .child(subject, raw_json(payload, "published payload")?);
-        crate::telemetry::inject_current(&mut child.headers);
+        let span = tracing::debug_span!(
+            "publish",
+            otel.name = %format!("publish {subject}"),
+            otel.kind = "producer",
+            messaging.system = self.messaging_system(),
+            messaging.operation.type = "publish",
+            messaging.destination.name = %subject,
+            messaging.message.id = %child.id,
+            messaging.message.conversation_id = %child.correlation_id,
+            cell = %self.manifest.id,
+        );
+        span.in_scope(|| crate::telemetry::inject_current(&mut child.headers));
+        self.emit(subject, child).instrument(span).await
+    }
+
+    async fn emit(&self, subject: &str, child: Envelope) -> Result<(), BusError> {
         let durable = self.manifest.publishes_durably(subject);
         let log = self.durable.as_ref();
         if let Some(log) = log.filter(|_| durable) {

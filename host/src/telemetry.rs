@@ -55,18 +55,39 @@ impl Telemetry {
     }
 }
 
+/// Where spans are exported, and who exports them: the resource of every
+/// span (`service.name`, and `service.instance.id` so that each host's
+/// spans can be told apart).
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    /// An OTLP/HTTP base URL such as `http://127.0.0.1:4318`; `None`:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else no export.
+    pub endpoint: Option<String>,
+    pub service: String,
+    pub instance: String,
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            service: "cbs-host".to_owned(),
+            instance: format!("cbs-host-{}", std::process::id()),
+        }
+    }
+}
+
 /// Installs the global subscriber. `level` is an `EnvFilter` directive
 /// (`info`, `cbs_host=debug`, ...); `RUST_LOG` wins when set.
 pub fn init(format: LogFormat, level: &str) {
-    let _ = init_with_otlp(format, level, None);
+    let _ = init_with_otlp(format, level, Exporter::default());
 }
 
-/// As [`init`], exporting spans to `otlp` (an OTLP/HTTP base URL such as
-/// `http://127.0.0.1:4318`, or `OTEL_EXPORTER_OTLP_ENDPOINT`).
+/// As [`init`], exporting spans as `exporter` says.
 pub fn init_with_otlp(
     format: LogFormat,
     level: &str,
-    otlp: Option<String>,
+    exporter: Exporter,
 ) -> anyhow::Result<Telemetry> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let text = (format == LogFormat::Text).then(|| {
@@ -83,8 +104,13 @@ pub fn init_with_otlp(
             .with_writer(std::io::stderr)
             .with_filter(filter())
     });
-    let otlp = otlp.or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
-    let provider = otlp.map(|endpoint| exporter(&endpoint)).transpose()?;
+    let otlp = exporter
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+    let provider = otlp
+        .map(|endpoint| provider(&endpoint, &exporter))
+        .transpose()?;
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("cbs-host"))
@@ -104,7 +130,7 @@ pub fn init_with_otlp(
     Ok(Telemetry { provider })
 }
 
-fn exporter(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+fn provider(endpoint: &str, who: &Exporter) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -114,12 +140,24 @@ fn exporter(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
         .build()
         .map_err(|e| anyhow::anyhow!("cannot export traces to {url}: {e}"))?;
     let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name("cbs-host")
+        .with_service_name(who.service.clone())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            who.instance.clone(),
+        ))
         .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// The `messaging.system` of spans on a bus of this kind.
+pub fn messaging_system(bus_kind: &str) -> &'static str {
+    match bus_kind {
+        "nats" => "nats",
+        _ => "cbs_in_process",
+    }
 }
 
 /// Makes `span` a child of the `traceparent` in `headers`, if any.

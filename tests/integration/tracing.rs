@@ -2,6 +2,7 @@
 //! this test runs, sharing one trace id, linked parent to child across the
 //! NATS hop.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -53,33 +54,81 @@ fn otlp_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, bodies)
 }
 
-/// (trace id, span id, parent span id, name, cell attribute) of every span.
-fn spans(bodies: &[Value]) -> Vec<(String, String, String, String, String)> {
+/// One exported span, as the OTLP/HTTP JSON export has it.
+#[derive(Debug, Clone)]
+struct Span {
+    trace: String,
+    id: String,
+    parent: String,
+    name: String,
+    /// OTLP span kind: 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
+    kind: u64,
+    attributes: BTreeMap<String, String>,
+    /// The resource's `service.instance.id`: which host made it.
+    instance: String,
+}
+
+impl Span {
+    fn attr(&self, key: &str) -> &str {
+        self.attributes.get(key).map_or("", String::as_str)
+    }
+}
+
+const SERVER: u64 = 2;
+const CLIENT: u64 = 3;
+const CONSUMER: u64 = 5;
+
+fn attributes(list: &Value) -> BTreeMap<String, String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let v = &a["value"];
+            let value = v["stringValue"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| v["intValue"].as_str().map(str::to_owned))
+                .or_else(|| v["intValue"].as_i64().map(|n| n.to_string()))
+                .unwrap_or_else(|| v.to_string());
+            (a["key"].as_str().unwrap_or_default().to_owned(), value)
+        })
+        .collect()
+}
+
+/// Every span of every export.
+fn spans(bodies: &[Value]) -> Vec<Span> {
     let mut out = Vec::new();
     for body in bodies {
         for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+            let resource = attributes(&rs["resource"]["attributes"]);
+            let instance = resource
+                .get("service.instance.id")
+                .cloned()
+                .unwrap_or_default();
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for span in ss["spans"].as_array().into_iter().flatten() {
-                    let cell = span["attributes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .find(|a| a["key"] == "cell")
-                        .and_then(|a| a["value"]["stringValue"].as_str())
-                        .unwrap_or_default();
                     let text = |k: &str| span[k].as_str().unwrap_or_default().to_owned();
-                    out.push((
-                        text("traceId"),
-                        text("spanId"),
-                        text("parentSpanId"),
-                        text("name"),
-                        cell.to_owned(),
-                    ));
+                    out.push(Span {
+                        trace: text("traceId"),
+                        id: text("spanId"),
+                        parent: text("parentSpanId"),
+                        name: text("name"),
+                        kind: span["kind"].as_u64().unwrap_or(0),
+                        attributes: attributes(&span["attributes"]),
+                        instance: instance.clone(),
+                    });
                 }
             }
         }
     }
     out
+}
+
+fn find<'a>(spans: &'a [Span], what: &str, pred: impl Fn(&Span) -> bool) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| pred(s))
+        .unwrap_or_else(|| panic!("no span {what} in {spans:#?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,6 +143,8 @@ async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
         "run",
         "--nats",
         &server.url(),
+        "--host-id",
+        "host-trace-a",
         "--otlp",
         &otlp,
         "--start",
@@ -114,42 +165,104 @@ async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
     );
 
     let spans = spans(&bodies.lock().unwrap());
-    let cell_span = |cell: &str| {
-        spans
-            .iter()
-            .find(|s| s.3 == "cell" && s.4 == cell)
-            .unwrap_or_else(|| panic!("no span of cell {cell} in {spans:#?}"))
-            .clone()
+    // OpenTelemetry messaging conventions: one `process <subject>`
+    // consumer span per message, made by the host that handled it.
+    let process = |cell: &str| {
+        let name = format!("process cbs.{cell}");
+        find(&spans, &name, |s| s.name == name).clone()
     };
-    let edge = cell_span("io.prompt_name");
-    assert!(!edge.0.is_empty());
+    let edge = process("io.prompt_name");
+    assert!(!edge.trace.is_empty());
+    assert_eq!(edge.kind, CONSUMER);
+    assert_eq!(edge.attr("messaging.system"), "nats");
+    assert_eq!(
+        edge.attr("messaging.destination.name"),
+        "cbs.io.prompt_name"
+    );
+    assert_eq!(edge.instance, "host-trace-a", "the span names its host");
     // Each step of a hop is a child span of the hop.
     for step in ["contract.input", "run", "contract.output"] {
-        assert!(
-            spans.iter().any(|s| s.3 == step && s.2 == edge.1),
-            "no {step} span under the edge hop: {spans:#?}"
-        );
+        find(&spans, step, |s| s.name == step && s.parent == edge.id);
     }
     for callee in ["logic.greet", "io.print_greeting"] {
-        let span = cell_span(callee);
-        assert_eq!(span.0, edge.0, "{callee}: one trace id across both hosts");
-        // Its parent is an outbound span of host A, inside the edge hop.
-        let outbound = spans
-            .iter()
-            .find(|s| s.1 == span.2)
-            .unwrap_or_else(|| panic!("{callee}'s parent {} was not exported: {spans:#?}", span.2));
-        assert_eq!(outbound.3, "outbound");
-        // outbound → the edge hop's `run` span → the edge hop's `cell` span.
-        let run = spans
-            .iter()
-            .find(|s| s.1 == outbound.2)
-            .expect("the outbound span's parent");
-        assert_eq!(run.3, "run");
+        let span = process(callee);
         assert_eq!(
-            run.2, edge.1,
+            span.trace, edge.trace,
+            "{callee}: one trace id across both hosts"
+        );
+        assert_eq!(span.instance, "host-trace-b");
+        // Its parent is host A's client span, inside the edge hop's `run`.
+        let send = find(&spans, "the callee's parent", |s| s.id == span.parent);
+        assert_eq!(send.name, format!("send cbs.{callee}"));
+        assert_eq!(send.kind, CLIENT);
+        assert_eq!(send.instance, "host-trace-a");
+        let run = find(&spans, "the send span's parent", |s| s.id == send.parent);
+        assert_eq!(run.name, "run");
+        assert_eq!(
+            run.parent, edge.id,
             "the run span is a child of the edge cell's span"
         );
     }
+}
+
+/// An HTTP request through `cbs-host run --http` continues the caller's
+/// trace: a server span `POST /greet`, its client span, and the cell's
+/// `process` span, with the HTTP conventions' attributes.
+#[test]
+fn an_http_request_continues_the_callers_trace() {
+    let (otlp, bodies) = otlp_receiver();
+    let args = [
+        "--http",
+        "127.0.0.1:0",
+        "--otlp",
+        &otlp,
+        "--host-id",
+        "host-http",
+    ];
+    let mut host = HostProcess::local(&[greet()], &args);
+    let url = format!("http://{}/greet", host.http_addr());
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = cbs_tests::curl::curl(&[
+        "-d",
+        r#"{"name":"Ada"}"#,
+        "-H",
+        &format!("traceparent: {caller}"),
+        &url,
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    host.terminate();
+    assert!(
+        host.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        host.log()
+    );
+
+    let spans = spans(&bodies.lock().unwrap());
+    let server = find(&spans, "POST /greet", |s| s.name == "POST /greet");
+    assert_eq!(server.kind, SERVER);
+    assert_eq!(
+        server.trace, "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the caller's trace"
+    );
+    assert_eq!(
+        server.parent, "00f067aa0ba902b7",
+        "the caller's span is its parent"
+    );
+    assert_eq!(server.attr("http.request.method"), "POST");
+    assert_eq!(server.attr("http.route"), "/greet");
+    assert_eq!(server.attr("http.response.status_code"), "200");
+    assert_eq!(server.instance, "host-http");
+    let send = find(&spans, "send", |s| s.parent == server.id);
+    assert_eq!(
+        (send.name.as_str(), send.kind),
+        ("send cbs.logic.greet", CLIENT)
+    );
+    let process = find(&spans, "process", |s| s.parent == send.id);
+    assert_eq!(
+        (process.name.as_str(), process.kind),
+        ("process cbs.logic.greet", CONSUMER)
+    );
+    assert_eq!(process.attr("messaging.system"), "cbs_in_process");
 }
 
 /// `cbs-host run --start logic.greet` with this environment, to completion
@@ -179,7 +292,7 @@ fn without_otlp_a_host_exports_to_otel_exporter_otlp_endpoint() {
     let greet_spans = || {
         spans(&bodies.lock().unwrap())
             .into_iter()
-            .filter(|s| s.3 == "cell" && s.4 == "logic.greet")
+            .filter(|s| s.name == "process cbs.logic.greet")
             .count()
     };
     greet_flow(&[("OTEL_EXPORTER_OTLP_ENDPOINT", Some(otlp.as_str()))]);

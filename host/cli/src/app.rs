@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use cbs_host::telemetry::Exporter;
+
 use crate::args::LogArgs;
 use crate::commands::{
     audit, bench, build, call, contract, deploy, dlq, gateway, keygen, load, ls, new, ps, publish,
@@ -34,18 +36,23 @@ pub enum HostCommand {
 
 /// What `cbs-host` does with its parsed command line.
 pub fn run_host(cli: HostCli) -> ExitCode {
-    let otlp = match &cli.command {
-        HostCommand::Run(args) => args.otlp.clone(),
-        HostCommand::Load(_) => None,
+    let exporter = match &cli.command {
+        // Each host's spans carry its id (`service.instance.id`).
+        HostCommand::Run(args) => Exporter {
+            endpoint: args.otlp.clone(),
+            service: "cbs-host".into(),
+            instance: args.host_id(),
+        },
+        HostCommand::Load(_) => Exporter::default(),
         // A worker logs nothing itself: its stderr is the host's log.
         #[cfg(feature = "python")]
-        HostCommand::PythonWorker(_) => None,
+        HostCommand::PythonWorker(_) => Exporter::default(),
     };
     #[cfg(feature = "python")]
     if let HostCommand::PythonWorker(args) = cli.command {
         return crate::python_worker::run(args);
     }
-    let telemetry = match cli.log.init("info", otlp) {
+    let telemetry = match cli.log.init("info", exporter) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -105,7 +112,12 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
     } else {
         "warn"
     };
-    let telemetry = match cli.log.init(level, None) {
+    let exporter = Exporter {
+        endpoint: None,
+        service: "cbs".into(),
+        instance: crate::args::default_host_id(),
+    };
+    let telemetry = match cli.log.init(level, exporter) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -127,13 +127,15 @@ pub struct LogArgs {
 impl LogArgs {
     /// Logs to stderr at `--log-level`, else at `default`, and exports spans
     /// to `otlp` when given.
+    /// Logs at `default` unless told otherwise; exports spans as
+    /// `exporter` says.
     pub fn init(
         &self,
         default: &str,
-        otlp: Option<String>,
+        exporter: telemetry::Exporter,
     ) -> anyhow::Result<telemetry::Telemetry> {
         let level = self.log_level.as_deref().unwrap_or(default);
-        telemetry::init_with_otlp(self.log_format, level, otlp)
+        telemetry::init_with_otlp(self.log_format, level, exporter)
     }
 }
 

@@ -17,8 +17,16 @@ impl LoadedCell {
     /// in a span with the correlation id.
     pub async fn process(&self, envelope: Arc<Envelope>, arrived: Instant) -> Envelope {
         self.stats.request();
+        // OpenTelemetry messaging conventions: one `process` span per message.
         let span = tracing::debug_span!(
             "cell",
+            otel.name = %format!("process {}", envelope.subject),
+            otel.kind = "consumer",
+            messaging.system = self.outbound.messaging_system(),
+            messaging.operation.type = "process",
+            messaging.destination.name = %envelope.subject,
+            messaging.message.id = %envelope.id,
+            messaging.message.conversation_id = %envelope.correlation_id,
             cell = %self.manifest.id,
             correlation_id = %envelope.correlation_id,
             message_id = %envelope.id,

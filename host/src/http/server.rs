@@ -299,11 +299,22 @@ async fn answer(
         Ok(fields) => fields,
         Err(error) => return failure(&error, path, correlation.as_deref(), None),
     };
-    let envelope = envelope(target, fields, correlation, headers);
+    let subject = subject_of(&target.cell);
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format!("send {subject}"),
+        otel.kind = "client",
+        messaging.system = crate::telemetry::messaging_system(gateway.bus.kind()),
+        messaging.operation.type = "send",
+        messaging.destination.name = %subject,
+        cbs.cell = %target.cell,
+    );
+    let envelope = span.in_scope(|| envelope(target, fields, correlation, headers));
     let traceparent = envelope.headers.get(envelope_header::TRACEPARENT).cloned();
     let cid = envelope.correlation_id.clone();
     let wait = Duration::from_millis(budget(target, headers)) + Duration::from_millis(100);
-    match crate::call::request(gateway.bus.as_ref(), &envelope, wait).await {
+    let call = crate::call::request(gateway.bus.as_ref(), &envelope, wait);
+    match call.instrument(span).await {
         Ok(reply) => match reply.into_result() {
             Ok(payload) => success(&payload, &cid, traceparent.as_deref()),
             Err(error) => failure(&error, path, Some(&cid), traceparent.as_deref()),

@@ -115,8 +115,15 @@ pub struct RunArgs {
     engine: EngineArgs,
 }
 
+impl RunArgs {
+    /// `--host-id`, else `<hostname>-<pid>`.
+    pub fn host_id(&self) -> String {
+        self.host_id.clone().unwrap_or_else(default_host_id)
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let host_id = args.host_id.clone().unwrap_or_else(default_host_id);
+    let host_id = args.host_id();
     let (bus, client) = connect(&args, &host_id).await?;
     let body = Arc::new(body(&args, bus.clone(), &host_id)?);
     if let Some(addr) = args.metrics {

@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
-use tracing::Instrument;
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -116,10 +115,9 @@ impl bus::Host for Sandbox {
     ) -> Result<String, types::CellError> {
         let flow = self.flow.as_ref().ok_or_else(outside_a_message)?;
         let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
-        let span = tracing::debug_span!("outbound", cell = %self.outbound.cell_id(), target = %cell_id, correlation_id = %flow.parent.correlation_id);
+        // `Outbound` makes the client span of each attempt.
         self.outbound
             .request(flow, &cell_id, payload, timeout)
-            .instrument(span)
             .await
             .map_err(to_wit)
     }
