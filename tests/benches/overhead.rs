@@ -13,6 +13,8 @@
 //! work (`CBS_BENCH_ONLY=durable` runs only those). Then `logic.greet` on
 //! three host processes, one slowed by chaos latency, with plain queue
 //! groups and with routing around the slow host (`CBS_BENCH_ONLY=skewed`).
+//! And `POST /greet` over HTTP: a hand-written axum handler, `cbs-host run
+//! --http`, and `cbs gateway` over NATS (`CBS_BENCH_ONLY=http`).
 //! Writes
 //! `bench/results/<date>.md` and `.json`. Compare ratios, not absolutes.
 
@@ -27,6 +29,7 @@ use cbs_host::bus::BodyBus;
 use cbs_host::envelope::codec::transport_headers;
 use cbs_host::envelope::Envelope;
 use cbs_tests::nats::NatsServer;
+use cbs_tests::process::HostProcess;
 use cbs_tests::{bin, faulty, greet, repo, TestHost};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -49,6 +52,28 @@ struct Row {
     p99_us: f64,
     errors: u64,
     ratio_to_raw: f64,
+}
+
+impl Row {
+    /// A row of `report`, its ratio taken against `floor_rps`.
+    fn of(
+        name: &str,
+        bus: &'static str,
+        concurrency: usize,
+        report: &Report,
+        floor_rps: f64,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            bus,
+            concurrency,
+            rps: report.rps,
+            p50_us: report.p50_us,
+            p99_us: report.p99_us,
+            errors: report.errors,
+            ratio_to_raw: report.rps / floor_rps,
+        }
+    }
 }
 
 /// A temporary cell folder: the given manifest with `{greet}` and
@@ -330,17 +355,163 @@ async fn skewed_rows(server: &NatsServer, root: &Path) -> Vec<Row> {
         );
         drop(hosts);
         let healthy_rps = rows.first().map_or(r.rps, |p| p.rps);
-        rows.push(Row {
-            name: name.into(),
-            bus: "skewed",
-            concurrency: SKEW_IN_FLIGHT,
-            rps: r.rps,
-            p50_us: r.p50_us,
-            p99_us: r.p99_us,
-            errors: r.errors,
-            ratio_to_raw: r.rps / healthy_rps,
-        });
+        rows.push(Row::of(name, "skewed", SKEW_IN_FLIGHT, &r, healthy_rps));
     }
+    rows
+}
+
+/// HTTP rows: `POST /greet` at these in-flight counts.
+const HTTP_IN_FLIGHT: [usize; 2] = [1, 64];
+
+/// `logic.greet`'s work as a hand-written axum handler: parse the body,
+/// check it against the cell's input schema, greet, check the reply
+/// against the output schema, answer JSON. Runs on a runtime of its own
+/// (2 threads, like a host process) so the load generator does not share
+/// it; returns its address.
+fn native_http_greeter() -> std::net::SocketAddr {
+    use axum::http::{header, StatusCode};
+    let schema = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(greet().join("schemas").join(f)).unwrap())
+            .unwrap()
+    };
+    let input = Arc::new(jsonschema::validator_for(&schema("input.json")).unwrap());
+    let output = Arc::new(jsonschema::validator_for(&schema("output.json")).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let handler = move |body: axum::body::Bytes| {
+                let (input, output) = (input.clone(), output.clone());
+                async move {
+                    let bad = |s: StatusCode| (s, [(header::CONTENT_TYPE, "application/json")], String::new());
+                    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+                        return bad(StatusCode::BAD_REQUEST);
+                    };
+                    if !input.is_valid(&request) {
+                        return bad(StatusCode::UNPROCESSABLE_ENTITY);
+                    }
+                    let reply = json!({"greeting": format!("Hello, {}!", request["name"].as_str().unwrap_or_default())});
+                    if !output.is_valid(&reply) {
+                        return bad(StatusCode::INTERNAL_SERVER_ERROR);
+                    }
+                    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], reply.to_string())
+                }
+            };
+            let app = axum::Router::new().route("/greet", axum::routing::post(handler));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// Closed-loop HTTP/1.1 clients, one keep-alive connection each, posting
+/// `body` to `http://addr/greet` for `duration` after `warmup`.
+async fn http_load(
+    addr: &str,
+    body: &str,
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> Report {
+    let worker = |until: Instant| {
+        let (addr, body) = (addr.to_owned(), body.to_owned());
+        tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let (mut latencies, mut errors) = (Vec::new(), std::collections::BTreeMap::new());
+            while Instant::now() < until {
+                let request = hyper::Request::post("/greet")
+                    .header("host", &addr)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+                    .unwrap();
+                let sent = Instant::now();
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                        status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                } else {
+                    *errors.entry("http".to_owned()).or_insert(0u64) += 1;
+                }
+            }
+            (latencies, errors)
+        })
+    };
+    let run = |until: Instant| {
+        let tasks: Vec<_> = (0..concurrency).map(|_| worker(until)).collect();
+        async move {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    run(Instant::now() + warmup).await;
+    let start = Instant::now();
+    let results = run(start + duration).await;
+    loadgen::summarize(results, start.elapsed().as_secs_f64())
+}
+
+/// `POST /greet` three ways, in one run: the hand-written axum handler
+/// above (the baseline), `cbs-host run --http` (in-process bus) and `cbs
+/// gateway` in front of a host over NATS. Hosts at their default log level.
+async fn http_rows(server: &NatsServer) -> Vec<Row> {
+    let native = native_http_greeter().to_string();
+    let local = HostProcess::local(&[greet()], &["--http", "127.0.0.1:0"]);
+    let local_addr = local.http_addr();
+    let _nats_host = HostProcess::serve(&server.url(), "bench-http", &[greet()], &[]);
+    let gateway = cbs_tests::process::Gateway::start(&server.url());
+    let gateway_addr = gateway.base().trim_start_matches("http://").to_owned();
+    // The gateway learns the route from the host's discovery reply.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_load(
+        &gateway_addr,
+        PAYLOAD,
+        1,
+        Duration::from_millis(50),
+        Duration::ZERO,
+    )
+    .await
+    .errors
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the gateway never served /greet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rows = Vec::new();
+    for concurrency in HTTP_IN_FLIGHT {
+        let mut floor = None;
+        for (name, addr) in [
+            ("axum-native", &native),
+            ("cbs-host-http", &local_addr),
+            ("cbs-gateway-nats", &gateway_addr),
+        ] {
+            let r = http_load(addr, PAYLOAD, concurrency, DURATION, WARMUP).await;
+            eprintln!(
+                "  {name:<18} c={concurrency:<3} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}",
+                r.rps, r.p50_us, r.p99_us, r.errors
+            );
+            let floor_rps = *floor.get_or_insert(r.rps);
+            rows.push(Row::of(name, "http", concurrency, &r, floor_rps));
+        }
+    }
+    drop(local);
     rows
 }
 
@@ -460,16 +631,7 @@ async fn table(
         for (name, subject, payload) in cases {
             let r = measure(&bus, subject, payload, concurrency).await;
             let floor_rps = *floor.get_or_insert(r.rps);
-            rows.push(Row {
-                name: name.to_string(),
-                bus: label,
-                concurrency,
-                rps: r.rps,
-                p50_us: r.p50_us,
-                p99_us: r.p99_us,
-                errors: r.errors,
-                ratio_to_raw: r.rps / floor_rps,
-            });
+            rows.push(Row::of(name, label, concurrency, &r, floor_rps));
         }
     }
     rows
@@ -580,7 +742,8 @@ async fn main() {
         let rows = match only {
             "durable" => durable_rows(&server, root).await,
             "skewed" => skewed_rows(&server, root).await,
-            other => panic!("CBS_BENCH_ONLY={other}: use durable or skewed"),
+            "http" => http_rows(&server).await,
+            other => panic!("CBS_BENCH_ONLY={other}: use durable, skewed or http"),
         };
         for r in rows {
             println!(
@@ -609,6 +772,9 @@ async fn main() {
 
     eprintln!("durable: JetStream publish, pull, handle, ack");
     rows.extend(durable_rows(&server, root).await);
+
+    eprintln!("http: POST /greet");
+    rows.extend(http_rows(&server).await);
 
     eprintln!("skewed: three hosts, one {SKEW_LATENCY_MS} ms slower");
     rows.extend(skewed_rows(&server, root).await);
@@ -714,6 +880,10 @@ async fn main() {
         (
             "local",
             "In-process bus (ratio to a native Rust handler on the same bus)",
+        ),
+        (
+            "http",
+            "HTTP: POST /greet {\"name\":\"Ada Lovelace\"} over HTTP/1.1 keep-alive connections (ratio to a hand-written axum handler doing the same JSON parsing and schema checks, on its own 2-thread runtime in the bench process)",
         ),
         (
             "skewed",

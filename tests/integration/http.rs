@@ -427,3 +427,58 @@ async fn the_gateway_follows_deploys() {
     assert_eq!(r.status, 404, "{r:?}");
     assert_eq!(r.json()["type"], "about:blank", "{r:?}");
 }
+
+/// A route whose cell stopped answering (its host killed, the gateway not
+/// yet told) is `not_found`, and an open circuit on a cell's call out is
+/// `circuit_open` with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_cell_is_not_found_and_an_open_circuit_is_unavailable() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let caller = CellToml::faulty("test.caller")
+        .calls(&["test.flaky"])
+        .policy("test.flaky", |p| p.breaker.failures = 1)
+        .http(route(Method::Post, "/call", Auth::None))
+        .write();
+    let flaky = CellToml::faulty("test.flaky").write();
+    let cells = [
+        greet(),
+        caller.path().to_path_buf(),
+        flaky.path().to_path_buf(),
+    ];
+    let mut host = HostProcess::serve(&url, "h-vanish", &cells, &[]);
+    // Told once at its start, then not for a minute.
+    let gateway = cbs_tests::process::Gateway::refreshing(&url, 60_000);
+    let through = |action: serde_json::Value| {
+        json!({"action": "call", "cell": "test.flaky", "payload": action}).to_string()
+    };
+    let greet_url = format!("{}/greet", gateway.base());
+    eventually(
+        Duration::from_secs(20),
+        "the gateway's first look",
+        || async {
+            match post(&greet_url, r#"{"name":"Ada"}"#, &[]).status {
+                200 => Ok(()),
+                s => Err(format!("status {s}")),
+            }
+        },
+    )
+    .await;
+    let call_url = format!("{}/call", gateway.base());
+    let r = post(&call_url, &through(json!({"action": "panic"})), &[]);
+    assert_problem(&r, 500, "cell_failed");
+    let r = post(
+        &call_url,
+        &through(json!({"action": "echo", "value": 1})),
+        &[],
+    );
+    assert_problem(&r, 503, "circuit_open");
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    host.kill();
+    assert_problem(
+        &post(&greet_url, r#"{"name":"Ada"}"#, &[]),
+        404,
+        "not_found",
+    );
+}

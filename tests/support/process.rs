@@ -238,8 +238,8 @@ pub fn cbs(args: &[&str]) -> Output {
         .expect("cbs runs")
 }
 
-/// `cbs gateway` on a free port, following the lattice at `url` every
-/// 200 ms; killed when dropped.
+/// `cbs gateway` on a free port, following the lattice at `url` (every
+/// 200 ms unless told otherwise); killed when dropped.
 pub struct Gateway {
     child: Child,
     base: String,
@@ -247,9 +247,15 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(url: &str) -> Self {
+        Self::refreshing(url, 200)
+    }
+
+    /// A gateway that asks the hosts for their routes every `refresh_ms`.
+    pub fn refreshing(url: &str, refresh_ms: u64) -> Self {
+        let refresh = refresh_ms.to_string();
         let mut child = Command::new(bin("cbs"))
             .args(["--log-level", "info", "gateway", "--http", "127.0.0.1:0"])
-            .args(["--refresh-ms", "200", "--nats", url])
+            .args(["--refresh-ms", &refresh, "--nats", url])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -66,7 +66,8 @@ pub async fn run(bus: Arc<dyn BodyBus>, load: &Load, progress: Arc<Progress>) ->
     summarize(results, seconds)
 }
 
-type Outcome = (Vec<u32>, BTreeMap<String, u64>);
+/// One worker's latencies (µs) and errors by code.
+pub type Outcome = (Vec<u32>, BTreeMap<String, u64>);
 
 async fn workers(
     bus: &Arc<dyn BodyBus>,
@@ -124,7 +125,8 @@ async fn one(bus: &dyn BodyBus, load: &Load) -> Result<(), String> {
         .map_err(code)
 }
 
-fn summarize(results: Vec<Outcome>, seconds: f64) -> Report {
+/// Rates and percentiles of the workers' outcomes over `seconds`.
+pub fn summarize(results: Vec<Outcome>, seconds: f64) -> Report {
     let mut latencies: Vec<u32> = Vec::new();
     let mut errors_by_code = BTreeMap::new();
     for (lat, errs) in results {

@@ -185,7 +185,7 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         return unrouted(&routes, &path);
     };
     let route = &matched.target.route;
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "http",
         otel.name = %format!("{} {}", route.method.as_str(), route.path),
         otel.kind = "server",
@@ -300,7 +300,7 @@ async fn answer(
         Err(error) => return failure(&error, path, correlation.as_deref(), None),
     };
     let subject = subject_of(&target.cell);
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "send",
         otel.name = %format!("send {subject}"),
         otel.kind = "client",
