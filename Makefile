@@ -40,7 +40,7 @@ PYTHON ?= python3
 VENV := .venv
 # Python cells: components (componentize-py) and native-pool cells (a venv each).
 PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
-	tests/cells/py-faulty tests/cells/py-faulty-wasm
+	tests/cells/py-faulty tests/cells/py-faulty-wasm tests/cells/py-async
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats
 
 .PHONY: help run run-http run-polyglot build host demo-cells cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean

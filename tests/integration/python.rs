@@ -407,6 +407,54 @@ async fn the_pool_is_sized_from_cell_toml() {
     assert!(later > first, "the handler instance lives across messages");
 }
 
+/// An `async def` handler runs many messages at once on one worker's
+/// event loop (`max_concurrency` of them), and awaits calls through the
+/// host and its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_handler_runs_many_messages_at_once_on_one_worker() {
+    const ASYNC: &str = "test.py_async";
+    let host = TestHost::local(&[greet(), native_cell("tests/cells/py-async")]).await;
+    assert_eq!(host.cell(ASYNC).runner.instances(), 1, "one worker");
+    // Each waits until all eight are in flight: only concurrency answers.
+    let gathered = (0..8).map(|_| act(&host, ASYNC, json!({"action": "gather", "n": 8})));
+    for result in futures_util::future::join_all(gathered).await {
+        assert_eq!(result.unwrap()["value"], 8);
+    }
+    let greeting = act(&host, ASYNC, json!({"action": "greet", "name": "Ada"})).await;
+    assert_eq!(greeting.unwrap()["value"], "Hello, Ada!");
+    let first = act(&host, ASYNC, json!({"action": "count"})).await.unwrap();
+    let second = act(&host, ASYNC, json!({"action": "count"})).await.unwrap();
+    assert_eq!(second["value"].as_i64(), first["value"].as_i64().map(|n| n + 1));
+}
+
+/// An `async def` handler cannot be a component (no event loop): the
+/// build fails and says what to do.
+#[test]
+fn building_an_async_handler_as_a_component_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("tests/cells/py-async/asynccell.py"),
+        dir.path().join("asynccell.py"),
+    )
+    .unwrap();
+    let toml = "id = \"test.async_wasm\"\nversion = \"0.1.0\"\nruntime = \"wasm\"\nlang = \"python\"\n\
+                component = \"async_wasm.wasm\"\n[python]\nmodule = \"asynccell\"\n";
+    std::fs::write(dir.path().join("cell.toml"), toml).unwrap();
+    let out = std::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/build-python-cell"))
+        .arg(dir.path())
+        .output()
+        .expect("the project venv runs the build script");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("runs only in the native pool"), "{said}");
+    assert!(!dir.path().join("async_wasm.wasm").exists());
+}
+
 /// `[scale]` sizes the worker pool by load: while every worker is busy
 /// another starts, up to `max`; idle ones retire, down to `min`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

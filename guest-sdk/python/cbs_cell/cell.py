@@ -51,19 +51,45 @@ def load(module: str, attribute: str = "handle") -> Handler:
     return resolve(obj, f"{module}.{attribute}")
 
 
-def run(handler: Handler, payload: Json, ctx: Context) -> tuple[str | None, dict[str, Any] | None]:
+def is_async(handler: Handler) -> bool:
+    """Whether the handler is ``async def`` (run on the worker's event loop)."""
+    call = getattr(handler, "__call__", None)
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+Outcome = tuple[Union[str, None], Union[dict[str, Any], None]]
+
+
+def run(handler: Handler, payload: Json, ctx: Context) -> Outcome:
     """Runs the handler on one (parsed) payload: ``(reply JSON text, None)`` or
     ``(None, error)``. A typed ``CellError`` is passed on as it is; any other
     exception becomes ``cell_failed`` with its traceback in the host log,
     never in the reply."""
     try:
         result = handler(payload, ctx)
-    except CellError as e:
-        return None, e.to_wire()
     except Exception as e:  # noqa: BLE001 - every failure becomes a typed reply
-        ctx._log("error", f"handler raised {type(e).__name__}:\n{traceback.format_exc()}")
-        message = f"cell {ctx.cell_id} raised {type(e).__name__}: {e}"
-        return None, {"code": "cell_failed", "message": message}
+        return _failed(e, ctx)
+    return _replied(result, ctx)
+
+
+async def run_async(handler: Handler, payload: Json, ctx: Context) -> Outcome:
+    """As :func:`run`, for an ``async def`` handler."""
+    try:
+        result = await handler(payload, ctx)  # type: ignore[misc]
+    except Exception as e:  # noqa: BLE001 - every failure becomes a typed reply
+        return _failed(e, ctx)
+    return _replied(result, ctx)
+
+
+def _failed(e: Exception, ctx: Context) -> Outcome:
+    if isinstance(e, CellError):
+        return None, e.to_wire()
+    ctx._log("error", f"handler raised {type(e).__name__}:\n{traceback.format_exc()}")
+    message = f"cell {ctx.cell_id} raised {type(e).__name__}: {e}"
+    return None, {"code": "cell_failed", "message": message}
+
+
+def _replied(result: Json, ctx: Context) -> Outcome:
     try:
         return json.dumps(result), None
     except (TypeError, ValueError) as e:

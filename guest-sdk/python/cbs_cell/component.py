@@ -19,7 +19,7 @@ from wit_world.imports import bus, types  # type: ignore[import-not-found]
 from wit_world.imports import log as wit_log  # type: ignore[import-not-found,unused-ignore]
 from wit_world.imports import atomics, store  # type: ignore[import-not-found,unused-ignore]
 
-from .cell import CellClass, Handler, resolve, run
+from .cell import CellClass, Handler, is_async, resolve, run
 from .context import Context, Json
 from .errors import CellError
 
@@ -113,8 +113,15 @@ def export(
     input_schema: Optional[str] = None,
     output_schema: Optional[str] = None,
 ) -> type:
-    """The ``WitWorld`` class componentize-py exports, serving ``handler``."""
+    """The ``WitWorld`` class componentize-py exports, serving ``handler``.
+    Raises (and so fails the build, which runs this at pre-initialization)
+    for an ``async def`` handler: a component has no event loop."""
     handle = resolve(handler)
+    if is_async(handle):
+        raise TypeError(
+            f"cell {cell_id}: an `async def` handler runs only in the native pool: "
+            'set runtime = "python" in cell.toml, or make the handler a plain `def`'
+        )
 
     class WitWorld:
         def handle(self, msg: Any) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 import base64
 import json
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 #: JSON values as Python sees them.
 Json = Any
@@ -57,26 +57,29 @@ class State:
     def __init__(self, sink: "Context") -> None:
         self._sink = sink
 
+    def _call(self, op: dict[str, Any], then: Callable[[dict[str, Any]], Any]) -> Any:
+        """One state operation, its result mapped by ``then``."""
+        return then(self._sink._state(op))
+
     def get(self, key: str) -> Optional[bytes]:
-        value = self._sink._state({"op": "get", "key": key})["value"]
-        return None if value is None else base64.b64decode(value)
+        return self._call({"op": "get", "key": key}, _decoded)
 
     def set(self, key: str, value: Union[bytes, str]) -> None:
         raw = value.encode() if isinstance(value, str) else bytes(value)
-        self._sink._state({"op": "set", "key": key, "value": base64.b64encode(raw).decode()})
+        op = {"op": "set", "key": key, "value": base64.b64encode(raw).decode()}
+        return self._call(op, _nothing)
 
     def get_json(self, key: str) -> Json:
-        raw = self.get(key)
-        return None if raw is None else json.loads(raw)
+        return self._call({"op": "get", "key": key}, _json)
 
     def set_json(self, key: str, value: Json) -> None:
-        self.set(key, json.dumps(value))
+        return self.set(key, json.dumps(value))
 
     def delete(self, key: str) -> None:
-        self._sink._state({"op": "delete", "key": key})
+        return self._call({"op": "delete", "key": key}, _nothing)
 
     def exists(self, key: str) -> bool:
-        return bool(self._sink._state({"op": "exists", "key": key})["exists"])
+        return self._call({"op": "exists", "key": key}, lambda r: bool(r["exists"]))
 
     def keys(self) -> list[str]:
         """Every key, in order."""
@@ -92,7 +95,43 @@ class State:
     def increment(self, key: str, delta: int = 1) -> int:
         """Adds ``delta`` to the counter at ``key`` (0 when absent),
         atomically, and returns the sum."""
-        return int(self._sink._state({"op": "increment", "key": key, "delta": int(delta)})["value"])
+        op = {"op": "increment", "key": key, "delta": int(delta)}
+        return self._call(op, lambda r: int(r["value"]))
+
+
+class AsyncState(State):
+    """``ctx.state`` in an ``async def`` handler: the same methods, each
+    awaited (``await ctx.state.get(key)``)."""
+
+    def _call(self, op: dict[str, Any], then: Callable[[dict[str, Any]], Any]) -> Any:
+        async def call() -> Any:
+            return then(await self._sink._state(op))
+
+        return call()
+
+    async def keys(self) -> list[str]:  # type: ignore[override]
+        keys: list[str] = []
+        cursor: Optional[int] = None
+        while True:
+            page = await self._sink._state({"op": "keys", "cursor": cursor})
+            keys.extend(page["keys"])
+            cursor = page.get("cursor")
+            if cursor is None:
+                return keys
+
+
+def _decoded(result: dict[str, Any]) -> Optional[bytes]:
+    value = result["value"]
+    return None if value is None else base64.b64decode(value)
+
+
+def _json(result: dict[str, Any]) -> Json:
+    raw = _decoded(result)
+    return None if raw is None else json.loads(raw)
+
+
+def _nothing(_: dict[str, Any]) -> None:
+    return None
 
 
 class Context(ABC):

@@ -16,11 +16,17 @@ keeping the ``handle``s that arrive meanwhile for later.
 With more threads, the calling thread only reads: ``handle``s go to a queue
 served by the handler threads, ``response``s wake the handler waiting for
 them, and every frame is written at once.
+
+An ``async def`` handler runs on one asyncio event loop, which also reads
+the frames (``add_reader``): up to ``--threads`` messages run at once
+(``[python] max_concurrency``), each awaiting ``ctx.request``,
+``ctx.publish`` and ``ctx.state`` without holding a thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import faulthandler
 import itertools
@@ -33,8 +39,8 @@ import threading
 import time
 from typing import Any, Optional
 
-from .cell import Handler, load, run
-from .context import Context, Json
+from .cell import Handler, is_async, load, run, run_async
+from .context import AsyncState, Context, Json
 from .errors import CellError, Unavailable
 
 #: Protocol versions this runtime speaks.
@@ -68,23 +74,35 @@ class Channel:
         self.batch = batch
         self.max_frame = DEFAULT_MAX_FRAME
 
+    @property
+    def in_fd(self) -> int:
+        return self._in
+
     def read(self) -> Optional[dict[str, Any]]:
         """The next frame, or None at the end of the stream. Flushes the
         output batch before waiting for input."""
-        while (frame := self._take()) is None:
+        while (frame := self.take()) is None:
             self.flush()
             chunk = os.read(self._in, READ_CHUNK)
             if not chunk:
-                if len(self._buf) > self._pos:
-                    raise ProtocolError("the stream ended inside a frame")
+                self.end()
                 return None
-            if self._pos:
-                del self._buf[: self._pos]
-                self._pos = 0
-            self._buf += chunk
+            self.feed(chunk)
         return frame
 
-    def _take(self) -> Optional[dict[str, Any]]:
+    def feed(self, chunk: bytes) -> None:
+        """Adds bytes read from the input (by whoever reads it)."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += chunk
+
+    def end(self) -> None:
+        """The input ended: an error if inside a frame."""
+        if len(self._buf) > self._pos:
+            raise ProtocolError("the stream ended inside a frame")
+
+    def take(self) -> Optional[dict[str, Any]]:
         """A whole frame from the input buffer, if one is there."""
         start = self._pos + 4
         if len(self._buf) < start:
@@ -162,15 +180,41 @@ class NativeContext(Context):
         return _RANK.get(level, 2) >= self._worker.log_rank
 
 
+class AsyncNativeContext(NativeContext):
+    """A message's context for an ``async def`` handler: ``ctx.request``,
+    ``ctx.publish`` and ``ctx.state``'s methods are awaited."""
+
+    def __init__(self, worker: "Worker", parent: int, envelope: dict[str, Any]) -> None:
+        super().__init__(worker, parent, envelope)
+        self.state = AsyncState(self)
+
+    async def request(  # type: ignore[override]
+        self, cell_id: str, payload: Json, timeout_ms: Optional[int] = None
+    ) -> Json:
+        frame = {"type": "request", "parent": self._parent, "cell": cell_id, "payload": payload}
+        if timeout_ms is not None:
+            frame["timeout_ms"] = int(timeout_ms)
+        return await self._worker.call_host_async(frame)
+
+    async def publish(self, subject: str, payload: Json) -> None:  # type: ignore[override]
+        frame = {"type": "publish", "parent": self._parent, "subject": subject, "payload": payload}
+        await self._worker.call_host_async(frame)
+
+    def _state(self, op: dict[str, Any]) -> Any:
+        return self._worker.call_host_async({"type": "state", "parent": self._parent, **op})
+
+
 class Worker:
-    """Serves `handle` frames with a handler, on `threads` threads."""
+    """Serves `handle` frames with a handler: inline, on `threads` threads,
+    or, for an ``async def`` handler, on an event loop (`threads` at once)."""
 
     def __init__(self, channel: Channel, handler: Handler, cell_id: str, threads: int = 1) -> None:
         self.channel = channel
         self.handler = handler
         self.cell_id = cell_id
         self.threads = max(1, threads)
-        self.inline = self.threads == 1
+        self.is_async = is_async(handler)
+        self.inline = self.threads == 1 and not self.is_async
         #: Lines below the host's log level are dropped here.
         self.log_rank = 0
         channel.batch = self.inline
@@ -182,6 +226,8 @@ class Worker:
         self._pending: dict[int, list[Any]] = {}
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
+        # Async: host calls awaiting their response, by id.
+        self._futures: dict[int, "asyncio.Future[dict[str, Any]]"] = {}
 
     @classmethod
     def for_hello(
@@ -195,7 +241,9 @@ class Worker:
     def serve(self) -> None:
         """Reads frames until `shutdown` or the end of input; returns once
         the messages already taken are answered."""
-        if self.inline:
+        if self.is_async:
+            asyncio.run(self._serve_async())
+        elif self.inline:
             self._serve_inline()
         else:
             self._serve_threaded()
@@ -232,6 +280,78 @@ class Worker:
             for t in pool:
                 t.join()
 
+    async def _serve_async(self) -> None:
+        """The event loop reads frames as they come and runs each message
+        as a task. After `shutdown` it still takes the responses of the
+        messages in flight; at the end of input their host calls fail."""
+        loop = asyncio.get_running_loop()
+        limit = asyncio.Semaphore(self.threads)
+        tasks: set["asyncio.Task[None]"] = set()
+        ended: "asyncio.Future[Optional[BaseException]]" = loop.create_future()
+
+        def finish(why: Optional[BaseException]) -> None:
+            if not ended.done():
+                ended.set_result(why)
+
+        def readable() -> None:
+            try:
+                chunk = os.read(self.channel.in_fd, READ_CHUNK)
+                if not chunk:
+                    loop.remove_reader(self.channel.in_fd)
+                    self.channel.end()
+                    return finish(EOFError())
+                self.channel.feed(chunk)
+                while (frame := self.channel.take()) is not None:
+                    if frame["type"] == "handle":
+                        task = loop.create_task(self._handle_async(frame, limit))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    elif frame["type"] == "response":
+                        future = self._futures.get(frame.get("id", -1))
+                        if future is not None and not future.done():
+                            future.set_result(frame)
+                    elif not self._control(frame):
+                        finish(None)
+            except ProtocolError as e:
+                loop.remove_reader(self.channel.in_fd)
+                finish(e)
+
+        loop.add_reader(self.channel.in_fd, readable)
+        why = await ended
+        if why is not None:
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(Unavailable("the host closed the connection during a call"))
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        loop.remove_reader(self.channel.in_fd)
+        self.channel.flush()
+        if isinstance(why, ProtocolError):
+            raise why
+
+    async def _handle_async(self, frame: dict[str, Any], limit: asyncio.Semaphore) -> None:
+        async with limit:
+            envelope = frame.get("envelope") or {}
+            ctx = AsyncNativeContext(self, frame["id"], envelope)
+            text, error = await run_async(self.handler, envelope.get("payload"), ctx)
+            self._reply(frame["id"], text, error)
+
+    async def call_host_async(self, frame: dict[str, Any]) -> Json:
+        """Sends a request, publish or state frame; awaits its response."""
+        with self._ids_lock:
+            rid = next(self._ids)
+        frame["id"] = rid
+        future: "asyncio.Future[dict[str, Any]]" = asyncio.get_running_loop().create_future()
+        self._futures[rid] = future
+        try:
+            self.channel.write(frame)
+            response = await future
+        finally:
+            self._futures.pop(rid, None)
+        if "error" in response:
+            raise CellError.from_wire(response["error"])
+        return response.get("payload")
+
     def _control(self, frame: dict[str, Any]) -> bool:
         """Pings and shutdown; False to stop. Unknown types are ignored
         (forward compatibility)."""
@@ -258,6 +378,9 @@ class Worker:
         envelope = frame.get("envelope") or {}
         ctx = NativeContext(self, hid, envelope)
         text, error = run(self.handler, envelope.get("payload"), ctx)
+        self._reply(hid, text, error)
+
+    def _reply(self, hid: int, text: Optional[str], error: Optional[dict[str, Any]]) -> None:
         if error is not None or text is None:
             self.channel.write({"type": "reply", "id": hid, "error": error})
         else:

@@ -25,6 +25,18 @@ def greet(payload, ctx):
     return {"greeting": f"Hello, {payload['name']}!"}
 
 
+async def agreet(payload, ctx):
+    if payload.get("name") == "":
+        raise InvalidInput("name is empty")
+    if payload.get("boom"):
+        raise RuntimeError("boom")
+    if payload.get("call"):
+        return {"via": await ctx.request("logic.greet", {"name": payload["call"]})}
+    if payload.get("count"):
+        return {"n": await ctx.state.increment("n")}
+    return {"greeting": f"Hello, {payload['name']}!"}
+
+
 class Counter:
     def __init__(self):
         self.n = 0
@@ -174,6 +186,66 @@ class WorkerTest(unittest.TestCase):
             host.handle(i, {})
             self.assertEqual(host.reply(i)["payload"], {"n": i})
         host.close()
+
+
+class AsyncWorkerTest(unittest.TestCase):
+    def test_async_messages_run_at_once_on_one_loop(self):
+        host = Host(agreet, threads=4)
+        host.others = []
+        host.handle(1, {"call": "Eve"})
+        request = host.recv()
+        self.assertEqual((request["type"], request["parent"]), ("request", 1))
+        host.handle(2, {"name": "Ada"})  # runs while 1 awaits its call
+        self.assertEqual(host.reply(2)["payload"], {"greeting": "Hello, Ada!"})
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hi Eve"}})
+        self.assertEqual(host.reply(1)["payload"], {"via": {"greeting": "Hi Eve"}})
+        host.close()
+
+    def test_async_state_and_errors(self):
+        host = Host(agreet, threads=2)
+        host.others = []
+        host.handle(1, {"count": True})
+        state = host.recv()
+        self.assertEqual((state["type"], state["op"], state["key"]), ("state", "increment", "n"))
+        host.send({"type": "response", "id": state["id"], "payload": {"value": 3}})
+        self.assertEqual(host.reply(1)["payload"], {"n": 3})
+        host.handle(2, {"name": ""})
+        self.assertEqual(host.reply(2)["error"]["code"], "invalid_input")
+        host.handle(3, {"name": "x", "boom": True})
+        self.assertEqual(host.reply(3)["error"]["code"], "cell_failed")
+        host.close()
+
+    def test_at_most_threads_async_messages_run_at_once(self):
+        host = Host(agreet, threads=1)
+        host.others = []
+        host.handle(1, {"call": "Eve"})
+        request = host.recv()
+        host.handle(2, {"call": "Bob"})  # waits: one at a time
+        # Two ping rounds: by the second, the loop has run every task it
+        # could; message 2 would have sent its request before the pong.
+        for ping in (5, 6):
+            host.send({"type": "ping", "id": ping})
+            self.assertEqual(host.recv(), {"type": "pong", "id": ping}, "nothing from message 2 yet")
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hi"}})
+        self.assertEqual(host.reply(1)["payload"], {"via": {"greeting": "Hi"}})
+        second = host.recv()
+        self.assertEqual((second["type"], second["parent"]), ("request", 2))
+        host.send({"type": "response", "id": second["id"], "payload": {"greeting": "Hi Bob"}})
+        self.assertEqual(host.reply(2)["payload"], {"via": {"greeting": "Hi Bob"}})
+        host.close()
+
+    def test_shutdown_lets_a_call_in_flight_finish(self):
+        host = Host(agreet, threads=2)
+        host.others = []
+        host.handle(1, {"call": "Eve"})
+        request = host.recv()
+        host.send({"type": "shutdown", "grace_ms": 1000})
+        host.send({"type": "response", "id": request["id"], "payload": {"greeting": "Hi"}})
+        self.assertEqual(host.reply(1)["payload"], {"via": {"greeting": "Hi"}})
+        host.thread.join(5)
+        self.assertFalse(host.thread.is_alive(), "the worker returned")
+        host.w.close()
+        host.r.close()
 
 
 class ErrorsTest(unittest.TestCase):
