@@ -424,7 +424,10 @@ async fn an_async_handler_runs_many_messages_at_once_on_one_worker() {
     assert_eq!(greeting.unwrap()["value"], "Hello, Ada!");
     let first = act(&host, ASYNC, json!({"action": "count"})).await.unwrap();
     let second = act(&host, ASYNC, json!({"action": "count"})).await.unwrap();
-    assert_eq!(second["value"].as_i64(), first["value"].as_i64().map(|n| n + 1));
+    assert_eq!(
+        second["value"].as_i64(),
+        first["value"].as_i64().map(|n| n + 1)
+    );
 }
 
 /// An `async def` handler cannot be a component (no event loop): the
@@ -437,7 +440,8 @@ fn building_an_async_handler_as_a_component_fails_clearly() {
         dir.path().join("asynccell.py"),
     )
     .unwrap();
-    let toml = "id = \"test.async_wasm\"\nversion = \"0.1.0\"\nruntime = \"wasm\"\nlang = \"python\"\n\
+    let toml =
+        "id = \"test.async_wasm\"\nversion = \"0.1.0\"\nruntime = \"wasm\"\nlang = \"python\"\n\
                 component = \"async_wasm.wasm\"\n[python]\nmodule = \"asynccell\"\n";
     std::fs::write(dir.path().join("cell.toml"), toml).unwrap();
     let out = std::process::Command::new(repo().join(".venv/bin/python"))
