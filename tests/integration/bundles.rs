@@ -67,6 +67,49 @@ fn new_cell_tests_builds_and_loads() {
     );
 }
 
+/// `cbs new --lang python` makes a cell whose unit tests pass, which
+/// `cbs build` turns into a component bundle, and which runs as made.
+#[test]
+fn a_new_python_cell_tests_builds_and_runs_as_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_ok(
+        "cbs new --lang python",
+        &cbs_in(tmp.path(), &["new", "text.shout", "--lang", "python"]),
+    );
+    let cell = tmp.path().join("text.shout");
+    let test = std::process::Command::new("python3")
+        .args(["-m", "unittest", "-v"])
+        .current_dir(&cell)
+        .output()
+        .unwrap();
+    assert_ok("python3 -m unittest in the new cell", &test);
+    assert!(String::from_utf8_lossy(&test.stderr).contains("Ran 2 tests"));
+    let bundle = tmp.path().join("shout.cbs");
+    assert_ok(
+        "cbs build",
+        &cbs_in(&cell, &["build", ".", "-o", bundle.to_str().unwrap()]),
+    );
+    let run = cbs_host(
+        &[
+            "run",
+            "--log-level",
+            "info",
+            "--start",
+            "text.shout",
+            "--input",
+            r#"{"text":"hi"}"#,
+            bundle.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_ok("cbs-host run the bundle", &run);
+    assert!(
+        stderr(&run).contains(r#"{"text": "HI", "length": 2}"#),
+        "{}",
+        stderr(&run)
+    );
+}
+
 #[test]
 fn new_refuses_what_it_cannot_make() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,19 +1,36 @@
 //! `cbs new`: a cell folder that builds, tests and loads unchanged — a Cargo
-//! project on the Rust guest SDK, `cell.toml`, input and output schemas,
-//! and a unit test of the handler.
+//! project on the Rust guest SDK (or a Python module on the Python SDK,
+//! built into a component: [`python`]), `cell.toml`, input and output
+//! schemas, and a unit test of the handler.
+
+mod python;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use cbs_host::manifest::{check_cell_id, Lang};
 
-/// The Rust guest SDK of this source tree, when `cbs` runs from one.
-pub fn default_sdk() -> Option<PathBuf> {
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-sdk/rust");
-    sdk.join("Cargo.toml")
+/// The guest SDK for `lang` of this source tree, when `cbs` runs from one.
+pub fn default_sdk(lang: Lang) -> Option<PathBuf> {
+    let (folder, marker) = match lang {
+        Lang::Python => ("python", "pyproject.toml"),
+        _ => ("rust", "Cargo.toml"),
+    };
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../guest-sdk")
+        .join(folder);
+    sdk.join(marker)
         .is_file()
         .then(|| sdk.canonicalize().ok())
         .flatten()
+}
+
+fn lang_name(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "Rust",
+        Lang::Python => "Python",
+        Lang::Dart => "Dart",
+    }
 }
 
 /// Writes a new cell `id` into `dir` (which must not exist) and returns the
@@ -25,21 +42,18 @@ pub fn new_cell(
     sdk: Option<&Path>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     check_cell_id(id)?;
-    match lang {
-        Lang::Rust => {}
-        Lang::Python => bail!(
-            "`cbs new --lang python` is not available yet; --lang rust is. Start from cells/logic.describe \
-             (a Python component) or cells/logic.stats (the native pool, numpy): see the README, \"Python cells\""
-        ),
-        Lang::Dart => bail!(
-            "`cbs new --lang dart` is not available yet; --lang rust is. Start from cells/logic.shout \
+    if lang == Lang::Dart {
+        bail!(
+            "`cbs new --lang dart` is not available yet; --lang rust and python are. Start from cells/logic.shout \
              (a Dart sidecar): see the README, \"Cells in any language\""
-        ),
+        );
     }
-    let sdk = match sdk.map(Path::to_path_buf).or_else(default_sdk) {
+    let sdk = match sdk.map(Path::to_path_buf).or_else(|| default_sdk(lang)) {
         Some(sdk) => sdk,
         None => bail!(
-            "cannot find the CBS Rust SDK (guest-sdk/rust of the CBS source tree): pass --sdk PATH"
+            "cannot find the CBS {} SDK (guest-sdk/{} of the CBS source tree): pass --sdk PATH",
+            lang_name(lang),
+            lang_name(lang).to_ascii_lowercase()
         ),
     };
     if dir.exists() {
@@ -48,8 +62,10 @@ pub fn new_cell(
             dir.display()
         );
     }
-    let crate_name = id.replace(['.', '_'], "-");
-    let files = rust_files(id, &crate_name, &sdk);
+    let files = match lang {
+        Lang::Python => python::files(id, &sdk),
+        _ => rust_files(id, &id.replace(['.', '_'], "-"), &sdk),
+    };
     let mut written = Vec::new();
     for (name, text) in files {
         let path = dir.join(name);
@@ -60,7 +76,7 @@ pub fn new_cell(
     Ok(written)
 }
 
-fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
+fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(String, String)> {
     let wasm = format!("{}.wasm", crate_name.replace('-', "_"));
     let struct_name: String = id
         .split(['.', '_', '-'])
@@ -79,7 +95,7 @@ fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(&'static str, Stri
             .replace("{Struct}", &struct_name)
             .replace("{sdk}", &sdk.display().to_string())
     };
-    vec![
+    [
         ("Cargo.toml", fill(CARGO_TOML)),
         ("src/lib.rs", fill(LIB_RS)),
         ("cell.toml", fill(CELL_TOML)),
@@ -88,6 +104,9 @@ fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(&'static str, Stri
         (".gitignore", "/target\n*.wasm\n*.cbs\n".to_owned()),
         ("README.md", fill(README)),
     ]
+    .into_iter()
+    .map(|(name, text)| (name.to_owned(), text))
+    .collect()
 }
 
 const CARGO_TOML: &str = r#"[package]
