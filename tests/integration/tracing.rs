@@ -306,3 +306,72 @@ fn without_otlp_a_host_exports_to_otel_exporter_otlp_endpoint() {
         std::thread::sleep(cbs_tests::POLL);
     }
 }
+
+/// `make run-polyglot`'s flow as a test: Rust component → Python component
+/// → native Python with numpy → Rust → a sidecar process → Rust, each hop
+/// checked against its contract, all of it one trace.
+#[test]
+fn the_polyglot_flow_crosses_every_runtime_in_one_trace() {
+    let (otlp, bodies) = otlp_receiver();
+    let cells = [
+        "io.polyglot",
+        "logic.describe",
+        "logic.stats",
+        "text.headline",
+    ]
+    .map(|c| {
+        cbs_tests::repo()
+            .join("cells")
+            .join(c)
+            .display()
+            .to_string()
+    });
+    let input = r#"{"numbers": [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]}"#;
+    let args = [
+        &[
+            "run",
+            "--otlp",
+            &otlp,
+            "--start",
+            "io.polyglot",
+            "--input",
+            input,
+        ][..],
+        &cells.iter().map(String::as_str).collect::<Vec<_>>(),
+    ]
+    .concat();
+    let out = cbs_host(&args, "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "11 numbers from 1 to 9: mean 4, median 4, standard deviation 2.256 (headline by a sidecar process)"
+        ),
+        "{stdout}"
+    );
+
+    let spans = spans(&bodies.lock().unwrap());
+    let edge = find(&spans, "of io.polyglot", |s| {
+        s.name == "process cbs.io.polyglot"
+    });
+    for (cell, runtime) in [
+        ("logic.describe", "a Python component"),
+        ("logic.stats", "the native Python pool"),
+        ("text.headline", "a sidecar process"),
+    ] {
+        let name = format!("process cbs.{cell}");
+        let hop = find(&spans, &name, |s| s.name == name);
+        assert_eq!(
+            hop.trace, edge.trace,
+            "{cell} ({runtime}) is in the flow's trace"
+        );
+        // Validated on the way in and out.
+        for step in ["contract.input", "contract.output"] {
+            find(&spans, step, |s| s.name == step && s.parent == hop.id);
+        }
+    }
+}

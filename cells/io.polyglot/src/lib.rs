@@ -1,7 +1,8 @@
 //! `io.polyglot`: the edge of the polyglot flow (`make run-polyglot`).
 //! Rust hands a list of numbers to `logic.describe` (Python, a component),
 //! which asks `logic.stats` (Python with numpy, the native pool); the
-//! description comes back here and is printed (it is granted stdio).
+//! description comes back here, goes to `text.headline` (a sidecar
+//! process), and its headline is printed (this cell is granted stdio).
 
 use std::io::Write;
 
@@ -16,7 +17,14 @@ pub struct Numbers {
 #[derive(Serialize, Deserialize)]
 pub struct Described {
     summary: String,
+    #[serde(default)]
+    headline: String,
     stats: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Headline {
+    headline: String,
 }
 
 struct Polyglot;
@@ -34,9 +42,12 @@ impl Cell for Polyglot {
             "describing {} numbers in Python",
             input.numbers.len()
         ));
-        let described: Described = ctx.request("logic.describe", &input)?;
+        let mut described: Described = ctx.request("logic.describe", &input)?;
+        let sentence = serde_json::json!({ "text": described.summary });
+        let headline: Headline = ctx.request("text.headline", &sentence)?;
+        described.headline = headline.headline;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", described.summary)
+        writeln!(out, "{}", described.headline)
             .and_then(|()| out.flush())
             .map_err(|e| CellError::unavailable(format!("cannot write stdout: {e}")))?;
         Ok(described)
