@@ -97,8 +97,8 @@ test-dart: ## The Dart SDK's tests, where `dart` is installed
 		echo "SKIPPED: the Dart SDK's tests (guest-sdk/dart): dart is not on PATH. Install the Dart SDK to run them."; \
 	fi
 
-dart-cells: ## Fetch the Dart cells' packages (needs dart on PATH)
-	cd cells/logic.shout && dart pub get
+dart-cells: ## Build the Dart cells into executables (needs dart on PATH)
+	cd cells/logic.shout && dart pub get && dart compile exe bin/main.dart -o bin/logic-shout
 
 lint: setup-rust setup-pyo3 ## rustfmt, clippy (warnings are errors), the architecture doc
 	$(CARGO) fmt --all -- --check

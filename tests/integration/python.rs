@@ -599,13 +599,16 @@ fn tracebacks_go_to_the_host_log_not_the_reply() {
 
 /// `make run-polyglot`, as the Makefile runs it: Rust (`io.polyglot`) →
 /// Python component (`logic.describe`) → Python with numpy in the native
-/// pool (`logic.stats`) → back in Rust, which prints the description.
+/// pool (`logic.stats`) → back in Rust → a sidecar process
+/// (`text.headline`) → Rust, which prints the headline. (That it is one
+/// trace is checked in `tracing.rs`.)
 #[test]
 fn the_polyglot_flow_of_make_run_polyglot_prints_the_numbers_described() {
     let cells = [
         cbs_tests::cell("cells/io.polyglot"),
         cbs_tests::cell("cells/logic.describe"),
         native_cell("cells/logic.stats"),
+        repo().join("cells/text.headline"),
     ]
     .map(|c| c.display().to_string());
     let mut args = vec![
@@ -625,7 +628,7 @@ fn the_polyglot_flow_of_make_run_polyglot_prints_the_numbers_described() {
     assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "11 numbers from 1 to 9: mean 4, median 4, standard deviation 2.256\n",
+        "11 numbers from 1 to 9: mean 4, median 4, standard deviation 2.256 (headline by a sidecar process)\n",
         "{stderr}"
     );
 

@@ -403,3 +403,16 @@ async fn sidecar_processes_scale_with_load_between_min_and_max() {
         .unwrap();
     assert_eq!(reply["value"], 7, "the process kept serves");
 }
+
+/// A call with a `null` payload is refused for that call only: the
+/// sidecar gets an `invalid_input` response and its process serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_payload_call_is_refused_without_ending_the_process() {
+    let host = host().await;
+    let before = pid(&host).await;
+    let call = json!({"action": "call", "cell": "logic.greet", "payload": null});
+    let err = act(&host, call).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidInput, "{err}");
+    assert!(err.message.contains("needs a payload"), "{err}");
+    assert_eq!(pid(&host).await, before, "the same process serves on");
+}

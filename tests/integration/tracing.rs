@@ -307,9 +307,10 @@ fn without_otlp_a_host_exports_to_otel_exporter_otlp_endpoint() {
     }
 }
 
-/// `make run-polyglot`'s flow as a test: Rust component → Python component
-/// → native Python with numpy → Rust → a sidecar process → Rust, each hop
-/// checked against its contract, all of it one trace.
+/// `make run-polyglot`'s flow crosses every runtime in one trace: Rust
+/// component → Python component → native Python with numpy → Rust → a
+/// sidecar process → Rust, each hop checked against its contract (its
+/// figures are checked in `python.rs`).
 #[test]
 fn the_polyglot_flow_crosses_every_runtime_in_one_trace() {
     let (otlp, bodies) = otlp_receiver();

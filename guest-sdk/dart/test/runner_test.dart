@@ -43,6 +43,9 @@ class FakeHost {
 
   void send(Map<String, Object?> frame) => toCell.add(encodeFrame(frame));
 
+  /// Bytes as they are, framed or not.
+  void sendRaw(List<int> bytes) => toCell.add(bytes);
+
   void _received(Map<String, Object?> frame) {
     _frames.add(frame);
     _waiter?.complete();
@@ -134,7 +137,22 @@ void main() {
     host.handle(7, {'do': 'fail'});
     expect((await host.next())['error'], {'code': 'invalid_input', 'message': 'nothing to shout'});
     host.handle(8, {'do': 'throw'});
-    expect(((await host.next())['error'] as Map)['code'], 'internal');
+    expect(((await host.next())['error'] as Map)['code'], 'cell_failed');
+  });
+
+  test('a frame that is not JSON stops the session cleanly', () async {
+    final host = FakeHost();
+    await host.hello();
+    host.sendRaw([0, 0, 0, 8, ...'not json'.codeUnits]);
+    await host.done;
+  });
+
+  test('a handle frame without an id is refused, the session goes on', () async {
+    final host = FakeHost();
+    await host.hello();
+    host.send({'type': 'handle', 'envelope': {'payload': {'do': 'shout', 'text': 'x'}}});
+    host.send({'type': 'ping', 'id': 3});
+    expect(await host.next(), {'type': 'pong', 'id': 3});
   });
 
   test('a failed call reaches the handler as a CellError', () async {

@@ -120,6 +120,13 @@ class AsyncState(State):
                 return keys
 
 
+def _not_null(payload: Json, what: str) -> None:
+    if payload is None:
+        from .errors import InvalidInput
+
+        raise InvalidInput(f"{what} needs a payload: None is not one")
+
+
 def _decoded(result: dict[str, Any]) -> Optional[bytes]:
     value = result["value"]
     return None if value is None else base64.b64decode(value)
@@ -154,11 +161,14 @@ class Context(ABC):
     def request(self, cell_id: str, payload: Json, timeout_ms: Optional[int] = None) -> Json:
         """Requests another cell (granted in ``[capabilities] calls``) and
         returns its reply payload; raises the callee's typed ``CellError``.
-        The host never waits past this message's own deadline."""
+        The host never waits past this message's own deadline. A ``None``
+        payload raises ``InvalidInput``: the protocol has no null payload."""
+        _not_null(payload, f"a request to {cell_id}")
         return self._request(cell_id, payload, timeout_ms)
 
     def publish(self, subject: str, payload: Json) -> None:
         """Publishes to a subject granted in ``[capabilities] publish``."""
+        _not_null(payload, f"a publish to {subject}")
         self._publish(subject, payload)
 
     @abstractmethod

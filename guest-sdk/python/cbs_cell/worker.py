@@ -40,7 +40,7 @@ import time
 from typing import Any, Optional
 
 from .cell import Handler, is_async, load, run, run_async
-from .context import AsyncState, Context, Json
+from .context import AsyncState, Context, Json, _not_null
 from .errors import CellError, Unavailable
 
 #: Protocol versions this runtime speaks.
@@ -191,12 +191,14 @@ class AsyncNativeContext(NativeContext):
     async def request(  # type: ignore[override]
         self, cell_id: str, payload: Json, timeout_ms: Optional[int] = None
     ) -> Json:
+        _not_null(payload, f"a request to {cell_id}")
         frame = {"type": "request", "parent": self._parent, "cell": cell_id, "payload": payload}
         if timeout_ms is not None:
             frame["timeout_ms"] = int(timeout_ms)
         return await self._worker.call_host_async(frame)
 
     async def publish(self, subject: str, payload: Json) -> None:  # type: ignore[override]
+        _not_null(payload, f"a publish to {subject}")
         frame = {"type": "publish", "parent": self._parent, "subject": subject, "payload": payload}
         await self._worker.call_host_async(frame)
 
@@ -381,11 +383,14 @@ class Worker:
         self._reply(hid, text, error)
 
     def _reply(self, hid: int, text: Optional[str], error: Optional[dict[str, Any]]) -> None:
-        if error is not None or text is None:
-            self.channel.write({"type": "reply", "id": hid, "error": error})
-        else:
+        if error is None and text is not None:
             # The reply payload is already JSON text: splice it in, not re-encode.
-            self.channel.write_raw(b'{"type":"reply","id":%d,"payload":%s}' % (hid, text.encode()))
+            body = b'{"type":"reply","id":%d,"payload":%s}' % (hid, text.encode())
+            if len(body) <= self.channel.max_frame:
+                return self.channel.write_raw(body)
+            message = f"the reply is {len(body)} bytes, more than the host takes ({self.channel.max_frame})"
+            error = {"code": "cell_failed", "message": message}
+        self.channel.write({"type": "reply", "id": hid, "error": error})
 
     def call_host(self, frame: dict[str, Any]) -> Json:
         """Sends a request, publish or state frame and waits for its response."""

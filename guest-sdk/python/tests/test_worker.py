@@ -188,6 +188,34 @@ class WorkerTest(unittest.TestCase):
         host.close()
 
 
+def big(payload, ctx):
+    if payload.get("null_call"):
+        return ctx.request("logic.greet", None)
+    return {"text": "x" * payload["n"]}
+
+
+class LimitsTest(unittest.TestCase):
+    def test_a_reply_over_the_frame_limit_is_cell_failed(self):
+        host = Host(big)  # max_frame_bytes 65536
+        host.others = []
+        host.handle(1, {"n": 100_000})
+        error = host.reply(1)["error"]
+        self.assertEqual(error["code"], "cell_failed")
+        self.assertIn("more than the host takes", error["message"])
+        host.handle(2, {"n": 10})
+        self.assertEqual(host.reply(2)["payload"], {"text": "x" * 10}, "the worker serves on")
+        host.close()
+
+    def test_a_null_payload_call_is_invalid_input_in_the_sdk(self):
+        host = Host(big)
+        host.others = []
+        host.handle(1, {"null_call": True})
+        reply = host.reply(1)
+        self.assertEqual(reply["error"]["code"], "invalid_input")
+        self.assertFalse([f for f in host.others if f["type"] == "request"], "nothing sent")
+        host.close()
+
+
 class AsyncWorkerTest(unittest.TestCase):
     def test_async_messages_run_at_once_on_one_loop(self):
         host = Host(agreet, threads=4)

@@ -19,6 +19,7 @@ abstract class Cell {
   /// Handles one message. [payload] has already been validated against the
   /// cell's input schema; the returned map is validated against its output
   /// schema. Throw a [CellError] to fail with a typed error; any other
-  /// exception is reported as `internal`.
+  /// exception is reported as `cell_failed` (as in the Rust and Python
+  /// SDKs; docs/sidecar-protocol.md has the table), its stack in the log.
   FutureOr<Map<String, Object?>> handle(Map<String, Object?> payload, Context ctx);
 }

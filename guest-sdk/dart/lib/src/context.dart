@@ -42,11 +42,22 @@ class Context {
 
   /// Request/reply to another cell by id. Allowed only for cells listed in
   /// `[capabilities] calls` of `cell.toml`; throws [CellError] on failure.
-  Future<Object?> request(String cellId, Object? payload, {Duration? timeout}) =>
-      _request(cellId, payload, timeout);
+  /// A `null` payload is refused here, as the protocol refuses it.
+  Future<Object?> request(String cellId, Object? payload, {Duration? timeout}) async {
+    if (payload == null) {
+      throw CellError.invalidInput('a request to $cellId needs a payload: null is not one');
+    }
+    return _request(cellId, payload, timeout);
+  }
 
   /// Fire-and-forget publish to a subject listed in `[capabilities] publish`.
-  Future<void> publish(String subject, Object? payload) => _publish(subject, payload);
+  /// A `null` payload is refused here, as the protocol refuses it.
+  Future<void> publish(String subject, Object? payload) async {
+    if (payload == null) {
+      throw CellError.invalidInput('a publish to $subject needs a payload: null is not one');
+    }
+    return _publish(subject, payload);
+  }
 
   /// Logs into the host's log, tagged with this cell and correlation id.
   void log(String level, String message) => _log(level, message);

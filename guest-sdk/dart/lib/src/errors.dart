@@ -31,6 +31,8 @@ class CellError implements Exception {
       : this(ErrorCode.unavailable, message, details: details);
   CellError.internal(String message, {Object? details})
       : this(ErrorCode.internal, message, details: details);
+  CellError.cellFailed(String message, {Object? details})
+      : this(ErrorCode.cellFailed, message, details: details);
 
   /// Reads the `error` object of a frame.
   factory CellError.fromWire(Map<String, Object?> error) => CellError(

@@ -41,8 +41,13 @@ class FrameDecoder {
         throw FrameException('oversize frame: $length bytes, at most $maxFrameBytes');
       }
       if (data.length - offset - 4 < length) break;
-      final body = utf8.decode(Uint8List.sublistView(data, offset + 4, offset + 4 + length));
-      final decoded = jsonDecode(body);
+      final Object? decoded;
+      try {
+        decoded = jsonDecode(utf8.decode(Uint8List.sublistView(data, offset + 4, offset + 4 + length)));
+      } on FormatException catch (e) {
+        // Bad UTF-8 or bad JSON: the stream cannot be trusted after it.
+        throw FrameException('a frame is not JSON: ${e.message}');
+      }
       if (decoded is! Map<String, Object?> || decoded['type'] is! String) {
         throw FrameException('a frame is not a JSON object with a "type"');
       }

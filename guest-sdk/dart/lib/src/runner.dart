@@ -44,6 +44,9 @@ class _Session {
 
   void send(Map<String, Object?> frame) => out.add(encodeFrame(frame));
 
+  /// Whether an encoded frame fits the host's `max_frame_bytes`.
+  bool fits(List<int> encoded) => encoded.length - 4 <= decoder.maxFrameBytes;
+
   Future<void> run(Stream<List<int>> input) async {
     final subscription = input.listen(
       (chunk) {
@@ -93,6 +96,10 @@ class _Session {
         hello(frame);
       case 'handle':
         if (stopping) return;
+        if (frame['id'] is! int) {
+          log.writeln('cbs_cell: refused a handle frame without an integer id');
+          return;
+        }
         final running = handle(frame);
         inFlight.add(running);
         running.whenComplete(() => inFlight.remove(running));
@@ -156,21 +163,32 @@ class _Session {
         throw CellError.invalidInput('the payload is not a JSON object');
       }
       final result = await cell.handle(payload, ctx);
-      send({'type': 'reply', 'id': id, 'payload': result});
+      final reply = encodeFrame({'type': 'reply', 'id': id, 'payload': result});
+      if (!fits(reply)) {
+        throw CellError.cellFailed(
+            'the reply of ${cell.id} is ${reply.length - 4} bytes, more than the host takes (${decoder.maxFrameBytes})');
+      }
+      out.add(reply);
     } on CellError catch (e) {
       send({'type': 'reply', 'id': id, 'error': e.toWire()});
     } catch (e, stack) {
       log.writeln('cbs_cell: the handler of ${cell.id} threw: $e\n$stack');
-      send({'type': 'reply', 'id': id, 'error': CellError.internal('the handler threw: $e').toWire()});
+      final error = CellError.cellFailed('cell ${cell.id} raised ${e.runtimeType}: $e');
+      send({'type': 'reply', 'id': id, 'error': error.toWire()});
     }
   }
 
   /// Sends an outbound frame and waits for its `response`.
   Future<Object?> call(Map<String, Object?> frame) async {
     final id = nextId++;
+    final encoded = encodeFrame({...frame, 'id': id});
+    if (!fits(encoded)) {
+      throw CellError.invalidInput(
+          'the ${frame['type']} frame is ${encoded.length - 4} bytes, more than the host takes (${decoder.maxFrameBytes})');
+    }
     final response = Completer<Map<String, Object?>>();
     outstanding[id] = response;
-    send({...frame, 'id': id});
+    out.add(encoded);
     final answer = await response.future;
     final error = answer['error'];
     if (error is Map) throw CellError.fromWire(error.cast<String, Object?>());

@@ -340,6 +340,18 @@ impl Conn {
                         .map(Some)
                 });
             }
+            FromSidecar::Refused { id, message } => {
+                let conn = self.clone();
+                tokio::spawn(async move {
+                    let error = BusError::new(ErrorCode::InvalidInput, message);
+                    let response = ToSidecar::Response {
+                        id,
+                        payload: None,
+                        error: Some(&error),
+                    };
+                    conn.send(&response).await;
+                });
+            }
             FromSidecar::Pong { id } => {
                 if let Some(tx) = self.pongs.lock().unwrap().remove(&id) {
                     let _ = tx.send(());

@@ -90,6 +90,12 @@ pub enum FromSidecar {
     Pong {
         id: u64,
     },
+    /// A call frame the host answers with an error, for that call only (a
+    /// `request` or `publish` without a payload, or with `null`).
+    Refused {
+        id: u64,
+        message: String,
+    },
     Log {
         level: String,
         message: String,
@@ -227,6 +233,13 @@ impl FromSidecar {
                 schema: w.schema,
                 headers: w.headers,
                 error: w.error,
+            },
+            "request" | "publish" if w.payload.is_none() => Self::Refused {
+                id: id()?,
+                message: format!(
+                    "a `{}` frame needs a payload: JSON null (or none) is not one",
+                    w.kind
+                ),
             },
             "request" => Self::Request {
                 id: id()?,
