@@ -1,8 +1,9 @@
 //! `cbs new`: a cell folder that builds, tests and loads unchanged — a Cargo
 //! project on the Rust guest SDK (or a Python module on the Python SDK,
-//! built into a component: [`python`]), `cell.toml`, input and output
-//! schemas, and a unit test of the handler.
+//! built into a component: [`python`]; or a Dart sidecar: [`dart`]),
+//! `cell.toml`, input and output schemas, and a unit test of the handler.
 
+mod dart;
 mod python;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ use cbs_host::manifest::{check_cell_id, Lang};
 pub fn default_sdk(lang: Lang) -> Option<PathBuf> {
     let (folder, marker) = match lang {
         Lang::Python => ("python", "pyproject.toml"),
-        _ => ("rust", "Cargo.toml"),
+        Lang::Dart => ("dart", "pubspec.yaml"),
+        Lang::Rust => ("rust", "Cargo.toml"),
     };
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../guest-sdk")
@@ -42,12 +44,6 @@ pub fn new_cell(
     sdk: Option<&Path>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     check_cell_id(id)?;
-    if lang == Lang::Dart {
-        bail!(
-            "`cbs new --lang dart` is not available yet; --lang rust and python are. Start from cells/logic.shout \
-             (a Dart sidecar): see the README, \"Cells in any language\""
-        );
-    }
     let sdk = match sdk.map(Path::to_path_buf).or_else(|| default_sdk(lang)) {
         Some(sdk) => sdk,
         None => bail!(
@@ -64,7 +60,8 @@ pub fn new_cell(
     }
     let files = match lang {
         Lang::Python => python::files(id, &sdk),
-        _ => rust_files(id, &id.replace(['.', '_'], "-"), &sdk),
+        Lang::Dart => dart::files(id, &sdk),
+        Lang::Rust => rust_files(id, &id.replace(['.', '_'], "-"), &sdk),
     };
     let mut written = Vec::new();
     for (name, text) in files {
@@ -76,17 +73,21 @@ pub fn new_cell(
     Ok(written)
 }
 
-fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(String, String)> {
-    let wasm = format!("{}.wasm", crate_name.replace('-', "_"));
-    let struct_name: String = id
-        .split(['.', '_', '-'])
+/// `text.upper` → `TextUpper`: a type name for the cell.
+fn type_name(id: &str) -> String {
+    id.split(['.', '_', '-'])
         .map(|t| {
             let mut c = t.chars();
             c.next()
                 .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
                 .unwrap_or_default()
         })
-        .collect();
+        .collect()
+}
+
+fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(String, String)> {
+    let wasm = format!("{}.wasm", crate_name.replace('-', "_"));
+    let struct_name = type_name(id);
     let fill = |template: &str| {
         template
             .replace("{id}", id)

@@ -12,7 +12,8 @@ use crate::scaffold;
 /// Create a cell folder that builds and tests unchanged.
 ///
 /// Example: `cbs new text.upper && cd text.upper && cargo test && cbs build .`
-/// (`--lang python`: a Python component; `python3 -m unittest` tests it).
+/// (`--lang python`: a Python component, `python3 -m unittest` tests it;
+/// `--lang dart`: a Dart sidecar, `dart test` tests it).
 #[derive(Args)]
 pub struct NewArgs {
     /// The cell id, dotted lowercase, e.g. text.upper.
@@ -23,8 +24,8 @@ pub struct NewArgs {
     /// Folder to create [default: ./<cell-id>].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// The guest SDK (guest-sdk/rust or guest-sdk/python of the CBS
-    /// sources) [default: the one of the tree cbs was built from].
+    /// The guest SDK (guest-sdk/rust, python or dart of the CBS sources)
+    /// [default: the one of the tree cbs was built from].
     #[arg(long, value_name = "PATH")]
     sdk: Option<PathBuf>,
 }
@@ -36,12 +37,16 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     for file in files {
         println!("  {}", file.display());
     }
-    let test = match args.lang {
-        Lang::Python => "python3 -m unittest",
-        _ => "cargo test        ",
+    let steps = match args.lang {
+        Lang::Python => "python3 -m unittest   # the handler's unit tests\n  cbs build .           # component + bundle",
+        Lang::Dart => &format!(
+            "dart pub get && dart test   # the handler's unit tests\n  dart compile exe bin/main.dart -o bin/{}",
+            args.cell_id.replace(['.', '-'], "_")
+        ),
+        Lang::Rust => "cargo test            # the handler's unit tests\n  cbs build .           # component + bundle",
     };
     println!(
-        "next:\n  cd {}\n  {test}   # the handler's unit tests\n  cbs build .           # component + bundle\n  cbs-host run --start {} --input '{{\"text\":\"hi\"}}' .",
+        "next:\n  cd {}\n  {steps}\n  cbs-host run --start {} --input '{{\"text\":\"hi\"}}' .",
         dir.display(),
         args.cell_id
     );
