@@ -479,21 +479,24 @@ async fn http_rows(server: &NatsServer) -> Vec<Row> {
     let gateway = cbs_tests::process::Gateway::start(&server.url());
     let gateway_addr = gateway.base().trim_start_matches("http://").to_owned();
     // The gateway learns the route from the host's discovery reply.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_load(
-        &gateway_addr,
-        PAYLOAD,
-        1,
-        Duration::from_millis(50),
-        Duration::ZERO,
+    cbs_tests::eventually(
+        Duration::from_secs(30),
+        "the gateway serving /greet",
+        || async {
+            let probe = http_load(
+                &gateway_addr,
+                PAYLOAD,
+                1,
+                Duration::from_millis(50),
+                Duration::ZERO,
+            );
+            match probe.await.errors {
+                0 => Ok(()),
+                n => Err(format!("{n} failed requests")),
+            }
+        },
     )
-    .await
-    .errors
-        > 0
-    {
-        assert!(Instant::now() < deadline, "the gateway never served /greet");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    .await;
     let mut rows = Vec::new();
     for concurrency in HTTP_IN_FLIGHT {
         let mut floor = None;

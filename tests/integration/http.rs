@@ -482,3 +482,32 @@ async fn a_vanished_cell_is_not_found_and_an_open_circuit_is_unavailable() {
         "not_found",
     );
 }
+
+/// SIGTERM on `cbs gateway`: a request in progress through it finishes,
+/// then the gateway exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_gateway_request_in_progress_finish() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let cell = faulty_cell(|l| l.timeout_ms = 10_000);
+    let host = HostProcess::serve(&url, "h-drain", &[cell.path().to_path_buf()], &[]);
+    let mut gateway = cbs_tests::process::Gateway::start(&url);
+    let faulty = format!("{}/faulty", gateway.base());
+    let echo = r#"{"action": "echo", "value": 1}"#;
+    eventually(Duration::from_secs(20), "the gateway's route", || async {
+        match post(&faulty, echo, &[]).status {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+    let slow = std::thread::spawn(move || post(&faulty, r#"{"action": "sleep", "ms": 1000}"#, &[]));
+    host.wait_for_log("sleeping", Duration::from_secs(10));
+    gateway.terminate();
+    assert_eq!(
+        slow.join().unwrap().status,
+        200,
+        "finished during the drain"
+    );
+    assert!(gateway.wait_exit(Duration::from_secs(15)).success());
+}

@@ -119,27 +119,15 @@ impl HostProcess {
 
     /// SIGTERM: the host should drain and exit.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        sigterm(&self.child);
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit (up to `timeout`).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host did not exit within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(POLL);
-        }
+        let log = self.log.clone();
+        wait_child(&mut self.child, timeout, move || {
+            log.lock().unwrap().clone()
+        })
     }
 }
 
@@ -292,11 +280,45 @@ impl Gateway {
     pub fn base(&self) -> &str {
         &self.base
     }
+
+    /// SIGTERM: the gateway drains, then exits.
+    pub fn terminate(&self) {
+        sigterm(&self.child);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_child(&mut self.child, timeout, String::new)
+    }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit (up to `timeout`); `said` is shown if not.
+fn wait_child(child: &mut Child, timeout: Duration, said: impl Fn() -> String) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {timeout:?}:\n{}",
+            said()
+        );
+        std::thread::sleep(POLL);
     }
 }

@@ -244,16 +244,7 @@ impl Walk {
 
     fn object(&mut self, wide: &Map<String, Value>, narrow: &Map<String, Value>, ptr: &str) {
         let (w, n) = self.labels;
-        let required = |s: &Map<String, Value>| -> Vec<String> {
-            s.get("required")
-                .and_then(Value::as_array)
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let required = |s: &Map<String, Value>| super::required_properties(s.get("required"));
         let wide_required = required(wide);
         for name in required(narrow) {
             if !wide_required.contains(&name) {

@@ -81,6 +81,19 @@ impl Schema {
     }
 }
 
+/// The names in a schema's `required` keyword (none when absent or not
+/// an array of strings).
+pub fn required_properties(required: Option<&Value>) -> Vec<String> {
+    required
+        .and_then(Value::as_array)
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A cell's contract: both directions are optional (a bare component has none).
 #[derive(Default)]
 pub struct Contract {

@@ -103,17 +103,8 @@ fn properties(target: &Target) -> impl Iterator<Item = String> + '_ {
 }
 
 fn required(target: &Target) -> Vec<String> {
-    target
-        .input
-        .as_ref()
-        .and_then(|s| s.get("required"))
-        .and_then(Value::as_array)
-        .map(|r| {
-            r.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    let schema = target.input.as_ref();
+    crate::contract::required_properties(schema.and_then(|s| s.get("required")))
 }
 
 fn responses(target: &Target) -> Value {
