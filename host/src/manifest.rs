@@ -60,6 +60,42 @@ pub struct Manifest {
     /// --http` and `cbs gateway`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<crate::http::HttpRoute>,
+    /// What `cbs build` puts in the bundle besides what the runtime needs.
+    #[serde(default, skip_serializing_if = "BundleSpec::is_empty")]
+    pub bundle: BundleSpec,
+}
+
+/// `[bundle]`: extra files a bundle carries, and the platform its native
+/// code is built for (docs/adr/0017-bundles-for-every-runtime.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleSpec {
+    /// Files or folders (relative to the cell folder) the bundle holds as
+    /// well, e.g. a sidecar's script or data.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PathBuf>,
+    /// `<os>-<arch>` (e.g. `linux-x86_64`) or `any`. Default: for a sidecar
+    /// whose program is in the bundle, the platform `cbs build` runs on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+impl BundleSpec {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.platform.is_none()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        within(
+            "[bundle] files",
+            self.files.len() as u64,
+            bounds::BUNDLE_FILES as u64,
+        )?;
+        if let Some(platform) = &self.platform {
+            crate::bundle::platform::check(platform).context("in [bundle] platform")?;
+        }
+        Ok(())
+    }
 }
 
 /// `[durable]`: a cell fed by a JetStream stream through one durable pull
@@ -520,6 +556,8 @@ pub mod bounds {
     pub const STATE_VALUE_BYTES: u64 = 1 << 20;
     /// 1 GiB.
     pub const STATE_BYTES: u64 = 1 << 30;
+    /// `[bundle] files` entries (each may be a folder).
+    pub const BUNDLE_FILES: usize = 256;
 }
 
 /// File and environment grants: bounded, and well-formed for WASI.
@@ -661,6 +699,7 @@ impl Manifest {
             durable: None,
             subscribe: Vec::new(),
             http: Vec::new(),
+            bundle: BundleSpec::default(),
         }
     }
 
@@ -711,6 +750,7 @@ impl Manifest {
         for subscription in &self.subscribe {
             subscription.validate()?;
         }
+        self.bundle.validate()?;
         within(
             "[[http]] routes",
             self.http.len() as u64,

@@ -1,12 +1,16 @@
 //! Bundles end to end, as a user drives them: `cbs new` → `cargo test` →
 //! `cbs build` → `cbs-host load/run`; signatures and tampering; bare
-//! components; `cbs contract check`.
+//! components; `cbs contract check`; bundles of native Python cells (code
+//! and a hashed lock) and of sidecars (their program, for a platform).
 
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::manifest::CellSpec;
 use cbs_tests::bundles::{assert_ok, cargo_test, cbs_in, prebuilt_greet, releases, UPPER};
 use cbs_tests::greet;
-use cbs_tests::process::{cbs, cbs_host};
+use cbs_tests::process::{cbs, cbs_host, cbs_host_with_env};
+use cbs_tests::process_bundles::{
+    bundled_sidecar, cbs_with_env, locked_python_cell, offline_pip, LOCKED, SIDECAR,
+};
 use serde_json::{json, Value};
 
 fn stderr(output: &std::process::Output) -> String {
@@ -99,7 +103,8 @@ fn a_new_python_cell_tests_builds_and_runs_as_made() {
 }
 
 /// `cbs new --lang dart` makes a sidecar cell folder; where `dart` is
-/// installed its tests pass, it compiles and it runs as made.
+/// installed its tests pass, `cbs build` compiles and bundles it, and both
+/// the folder and the bundle run as made.
 #[test]
 fn a_new_dart_cell_is_made_and_where_dart_exists_tests_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -123,10 +128,32 @@ fn a_new_dart_cell_is_made_and_where_dart_exists_tests_and_runs() {
         .arg("--version")
         .output()
         .is_ok();
+    let bundle = tmp.path().join("loud.cbs");
+    let build = cbs_in(
+        tmp.path(),
+        &[
+            "build",
+            cell.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+    );
     if !has_dart {
+        assert!(!build.status.success());
+        assert!(
+            stderr(&build).contains("install the Dart SDK"),
+            "{}",
+            stderr(&build)
+        );
         eprintln!("SKIPPED: building and running the new Dart cell: dart is not on PATH");
         return;
     }
+    // `cbs build` compiled it with `dart compile exe`; the bundle runs.
+    assert_ok("cbs build the Dart cell", &build);
+    let cache = tmp.path().join("cache");
+    let run = run_process_bundle(&cache, "text.loud", r#"{"text":"hi"}"#, &bundle);
+    assert_ok("cbs-host run the Dart cell's bundle", &run);
+    assert!(stderr(&run).contains(r#""length":2"#), "{}", stderr(&run));
     let dart = |args: &[&str]| {
         let out = std::process::Command::new("dart")
             .args(args)
@@ -456,5 +483,240 @@ fn a_python_component_bundles_and_loads() {
     assert_eq!(
         info["describe"]["id"], "logic.describe",
         "describe() of the Python component"
+    );
+}
+
+/// The venvs built under a cache folder: complete ones, and leftovers of
+/// builds (`.build-*`).
+fn venvs_in(cache: &std::path::Path) -> (usize, usize) {
+    let Ok(entries) = std::fs::read_dir(cache.join("python-venvs")) else {
+        return (0, 0);
+    };
+    let names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let leftovers = names.iter().filter(|n| n.starts_with(".build-")).count();
+    let ready = names
+        .iter()
+        .filter(|n| {
+            cache
+                .join("python-venvs")
+                .join(n)
+                .join(".cbs-ready")
+                .is_file()
+        })
+        .count();
+    (ready, leftovers)
+}
+
+/// `cbs-host run --allow-process-bundles --start CELL --input INPUT BUNDLE`
+/// with the test's cache folder and offline pip.
+fn run_process_bundle(
+    cache: &std::path::Path,
+    cell: &str,
+    input: &str,
+    bundle: &std::path::Path,
+) -> std::process::Output {
+    let args = [
+        "run",
+        "--log-level",
+        "info",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--allow-process-bundles",
+        "--start",
+        cell,
+        "--input",
+        input,
+        bundle.to_str().unwrap(),
+    ];
+    cbs_host_with_env(&args, "", offline_pip())
+}
+
+#[test]
+fn a_native_python_cell_bundles_its_code_and_lock_and_runs_on_a_venv_built_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("locked.cbs");
+    let cell = cbs_tests::repo().join("tests/cells/py-locked");
+    let build = cbs_with_env(
+        tmp.path(),
+        &[
+            "build",
+            cell.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+        offline_pip(),
+    );
+    assert_ok("cbs build tests/cells/py-locked", &build);
+    assert!(
+        stderr(&build).contains("starting the cell from its bundle"),
+        "{}",
+        stderr(&build)
+    );
+    let bundle = Bundle::read(&out).unwrap();
+    let files: Vec<&str> = bundle.manifest.files.keys().map(String::as_str).collect();
+    assert_eq!(
+        files,
+        [
+            "cell.toml",
+            "requirements.lock",
+            "schemas/input.json",
+            "schemas/output.json",
+            "words.py"
+        ],
+        "the code and the lock, no venv or caches"
+    );
+    assert_eq!(bundle.manifest.platform, None, "Python code runs anywhere");
+    assert_eq!(venvs_in(&cache), (1, 0), "cbs build built the lock's venv");
+
+    let run = run_process_bundle(&cache, LOCKED, r#"{"word":"ada"}"#, &out);
+    assert_ok("cbs-host run locked.cbs", &run);
+    assert!(
+        stderr(&run).contains(r#""shout": "ADA!""#),
+        "{}",
+        stderr(&run)
+    );
+    assert!(
+        !stderr(&run).contains("building the Python venv"),
+        "the host reuses the venv of the same lock: {}",
+        stderr(&run)
+    );
+    assert_eq!(venvs_in(&cache), (1, 0));
+}
+
+#[test]
+fn a_host_refuses_a_bundled_lock_whose_hashes_do_not_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let dir = locked_python_cell(tmp.path(), "0.1.0");
+    // A well-formed lock naming another file's hash: the fixture wheel is
+    // not what the lock says.
+    let lock = dir.join("requirements.lock");
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let real = text.split("sha256:").nth(1).unwrap()[..64].to_owned();
+    std::fs::write(&lock, text.replace(&real, &"0".repeat(64))).unwrap();
+    let out = tmp.path().join("forged.cbs");
+    let bundle = Bundle::pack(&CellSpec::from_dir(&dir).unwrap()).unwrap();
+    std::fs::write(&out, bundle.to_bytes().unwrap()).unwrap();
+
+    let run = run_process_bundle(&cache, LOCKED, r#"{"word":"ada"}"#, &out);
+    assert!(
+        !run.status.success(),
+        "the host ran a lock that does not match"
+    );
+    assert!(
+        stderr(&run).contains("does not match the lock's hashes"),
+        "{}",
+        stderr(&run)
+    );
+    assert_eq!(
+        venvs_in(&cache),
+        (0, 0),
+        "no venv, not even half of one, is left"
+    );
+}
+
+#[test]
+fn cbs_build_refuses_python_requirements_that_are_not_a_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = locked_python_cell(tmp.path(), "0.1.0");
+    std::fs::write(dir.join("requirements.lock"), "cbs-fixture-words>=1\n").unwrap();
+    let out = cbs_in(tmp.path(), &["build", dir.to_str().unwrap(), "-o", "x.cbs"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("must be a lock") && err.contains("not pinned with =="),
+        "{err}"
+    );
+    assert!(
+        err.contains("pip-compile --generate-hashes"),
+        "says how to make one: {err}"
+    );
+    assert!(!tmp.path().join("x.cbs").exists());
+}
+
+#[test]
+fn a_sidecar_bundle_carries_its_program_and_runs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let dir = bundled_sidecar(tmp.path(), 1, None);
+    let out = tmp.path().join("sidecar.cbs");
+    let build = cbs_in(
+        tmp.path(),
+        &[
+            "build",
+            dir.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+    );
+    assert_ok("cbs build the sidecar", &build);
+    let bundle = Bundle::read(&out).unwrap();
+    assert!(
+        bundle.manifest.files.contains_key("bin/run"),
+        "{:?}",
+        bundle.manifest.files
+    );
+    assert!(
+        bundle.manifest.files.contains_key("reference.py"),
+        "[bundle] files"
+    );
+    assert_eq!(
+        bundle.manifest.platform.as_deref(),
+        Some(cbs_host::bundle::platform::current().as_str()),
+        "a bundled program is native code for the machine that built it"
+    );
+    // The program was never executable in the cell folder: the host makes
+    // it so when it unpacks the bundle.
+    let run = run_process_bundle(&cache, SIDECAR, r#"{"action":"env"}"#, &out);
+    assert_ok("cbs-host run sidecar.cbs", &run);
+    assert!(
+        stderr(&run).contains(r#""RELEASE": "1""#),
+        "{}",
+        stderr(&run)
+    );
+}
+
+#[test]
+fn a_sidecar_bundle_for_another_platform_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let dir = bundled_sidecar(tmp.path(), 1, Some("plan9-mips"));
+    let out = tmp.path().join("elsewhere.cbs");
+    let build = cbs_in(
+        tmp.path(),
+        &["build", dir.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    );
+    assert_ok("cbs build for another platform", &build);
+    assert!(
+        stderr(&build).contains("not started here"),
+        "{}",
+        stderr(&build)
+    );
+    assert_eq!(
+        Bundle::read(&out).unwrap().manifest.platform.as_deref(),
+        Some("plan9-mips")
+    );
+
+    let run = run_process_bundle(&cache, SIDECAR, r#"{"action":"env"}"#, &out);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    let here = cbs_host::bundle::platform::current();
+    assert!(
+        err.contains(&format!(
+            "holds native code for plan9-mips, and this host is {here}"
+        )),
+        "{err}"
+    );
+    assert!(
+        !cache.join("bundles").exists()
+            || std::fs::read_dir(cache.join("bundles")).unwrap().count() == 0,
+        "refused before unpacking"
     );
 }

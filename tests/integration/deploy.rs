@@ -1,6 +1,7 @@
 //! `cbs deploy` to hosts that follow a real nats-server with JetStream:
 //! hot swap under load, rollback, health-confirmed rollout, the contract
-//! gate, late hosts and undeploy.
+//! gate, late hosts and undeploy; native Python and sidecar cells deployed
+//! and swapped from their bundles.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,9 @@ use cbs_tests::bundles::{edit, releases, UPPER};
 use cbs_tests::call_json;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::process_bundles::{
+    bundled_sidecar, locked_python_cell, offline_pip, LOCKED, SIDECAR,
+};
 use serde_json::{json, Value};
 
 const WATCH: &[&str] = &["--watch", "--drain-timeout-ms", "5000"];
@@ -560,5 +564,77 @@ async fn a_bundle_object_over_the_size_limit_is_refused_before_it_is_read() {
             bytes.len() - 1
         )),
         "{err}"
+    );
+}
+
+/// A watching host that runs process cells from bundles, with its own
+/// cache (so its venvs are its own) and offline pip.
+fn process_host(url: &str, cache: &Path) -> HostProcess {
+    let cache = cache.to_str().unwrap();
+    let flags = [WATCH, &["--allow-process-bundles", "--cache-dir", cache]].concat();
+    HostProcess::serve_with_env(url, "process-host", &flags, offline_pip())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bundled_python_cell_deploys_and_hot_swaps_on_the_venv_of_its_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = NatsServer::start();
+    let url = server.url();
+    let host = process_host(&url, &tmp.path().join("cache"));
+    let bus = server.bus().await;
+    let shout =
+        || async { call_json(&bus, LOCKED, json!({"word": "hi"}), Duration::from_secs(10)).await };
+
+    deploy(&url, &pack(&locked_python_cell(tmp.path(), "0.1.0")));
+    assert_eq!(
+        shout().await.unwrap(),
+        json!({"shout": "HI!", "version": "0.1.0"})
+    );
+    deploy(&url, &pack(&locked_python_cell(tmp.path(), "0.2.0")));
+    assert_eq!(
+        shout().await.unwrap(),
+        json!({"shout": "HI!", "version": "0.2.0"})
+    );
+
+    assert_eq!(
+        host.log().matches("deployed: serving").count(),
+        2,
+        "{}",
+        host.log()
+    );
+    assert_eq!(
+        host.log().matches("building the Python venv").count(),
+        1,
+        "both versions share one lock, so one venv: {}",
+        host.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bundled_sidecar_deploys_and_hot_swaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = NatsServer::start();
+    let url = server.url();
+    let host = process_host(&url, &tmp.path().join("cache"));
+    let bus = server.bus().await;
+    let release = || async {
+        let reply = call_json(
+            &bus,
+            SIDECAR,
+            json!({"action": "env"}),
+            Duration::from_secs(10),
+        );
+        reply.await.unwrap()["env"]["RELEASE"].clone()
+    };
+
+    deploy(&url, &pack(&bundled_sidecar(tmp.path(), 1, None)));
+    assert_eq!(release().await, "1");
+    deploy(&url, &pack(&bundled_sidecar(tmp.path(), 2, None)));
+    assert_eq!(release().await, "2");
+    assert_eq!(
+        host.log().matches("deployed: serving").count(),
+        2,
+        "{}",
+        host.log()
     );
 }

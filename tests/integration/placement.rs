@@ -2,18 +2,21 @@
 //! N` is served by exactly N of the watching hosts, chosen by the placer
 //! (one host at a time holds its lease); when one of them is SIGKILLed its
 //! replica moves to another host, and when the placer itself dies another
-//! host takes the lease. Labels restrict where replicas go, and a replica
-//! no host can take is reported with the reason, by `cbs deploy` and
-//! `cbs ls`.
+//! host takes the lease. Labels (and a bundle's platform) restrict where
+//! replicas go, and a replica no host can take is reported with the reason,
+//! by `cbs deploy` and `cbs ls`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cbs_host::bundle::Bundle;
 use cbs_host::deploy::{State, Store, PLACER};
+use cbs_host::manifest::CellSpec;
 use cbs_tests::bundles::{build_bundle, greet_bundle};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::process_bundles::{bundled_sidecar, SIDECAR};
 use cbs_tests::{call_json, eventually};
 use serde_json::json;
 
@@ -421,4 +424,44 @@ async fn heartbeats_report_how_long_messages_waited_to_run() {
         },
     )
     .await;
+}
+
+/// Every host carries `platform=<os>-<arch>`; a release of native code is
+/// placed only on hosts of its platform, and one for a platform no host has
+/// is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_native_code_go_only_to_hosts_of_its_platform() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let _host = watching(&url, "native-1", &["--allow-process-bundles"]);
+    let pack = |cell: PathBuf| {
+        let bundle = Bundle::pack(&CellSpec::from_dir(&cell).unwrap()).unwrap();
+        let path = cell.with_extension("cbs");
+        std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
+        path
+    };
+    let elsewhere = pack(bundled_sidecar(dir.path(), 1, Some("plan9-mips")));
+    let here = pack(bundled_sidecar(dir.path(), 2, None));
+
+    let (ok, _, stderr) = run(
+        &url,
+        &["deploy", elsewhere.to_str().unwrap(), "--replicas", "1"],
+    );
+    assert!(!ok, "no host is plan9-mips");
+    assert!(
+        stderr.contains("no host can take a replica") && stderr.contains("platform=plan9-mips"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) = run(&url, &["deploy", here.to_str().unwrap(), "--replicas", "1"]);
+    assert!(ok, "{stdout}{stderr}");
+    let bus = server.bus().await;
+    let reply = call_json(
+        &bus,
+        SIDECAR,
+        json!({"action": "env"}),
+        Duration::from_secs(10),
+    );
+    assert_eq!(reply.await.unwrap()["env"]["RELEASE"], "2");
 }

@@ -9,6 +9,7 @@ pub mod jwt;
 pub mod nats;
 pub mod nats_auth;
 pub mod process;
+pub mod process_bundles;
 pub mod topology;
 
 use std::path::{Path, PathBuf};

@@ -26,12 +26,26 @@ impl HostProcess {
     /// As [`HostProcess::serve`], without waiting for it to be ready.
     pub fn spawn(url: &str, host_id: &str, cells: &[PathBuf], extra: &[&str]) -> Self {
         let nats = ["--nats", url, "--host-id", host_id];
-        Self::start(&[&nats[..], extra].concat(), cells)
+        Self::start(&[&nats[..], extra].concat(), cells, &[])
+    }
+
+    /// As [`HostProcess::serve`], with environment variables set (`Some`)
+    /// or removed (`None`).
+    pub fn serve_with_env(
+        url: &str,
+        host_id: &str,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Self {
+        let nats = ["--nats", url, "--host-id", host_id];
+        let host = Self::start(&[&nats[..], extra].concat(), &[], env);
+        host.wait_for_log("ready;", Duration::from_secs(30));
+        host
     }
 
     /// `cbs-host run` on the in-process bus, serving `cells`, ready.
     pub fn local(cells: &[PathBuf], extra: &[&str]) -> Self {
-        let host = Self::start(extra, cells);
+        let host = Self::start(extra, cells, &[]);
         host.wait_for_log("ready;", Duration::from_secs(30));
         host
     }
@@ -47,14 +61,17 @@ impl HostProcess {
         after.split_whitespace().next().unwrap().to_owned()
     }
 
-    fn start(args: &[&str], cells: &[PathBuf]) -> Self {
-        let mut child = Command::new(bin("cbs-host"))
+    fn start(args: &[&str], cells: &[PathBuf], env: &[(&str, Option<&str>)]) -> Self {
+        let mut command = Command::new(bin("cbs-host"));
+        command
             .args(["run", "--log-level", "info"])
             .args(args)
             .args(cells)
             .env("CBS_CACHE_DIR", shared_cache())
             .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        set_env(&mut command, env);
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -196,12 +213,7 @@ pub fn cbs_host_with_env<S: AsRef<std::ffi::OsStr>>(
         .args(args)
         .env("CBS_CACHE_DIR", shared_cache())
         .env_remove("RUST_LOG");
-    for (name, value) in env {
-        match value {
-            Some(value) => command.env(name, value),
-            None => command.env_remove(name),
-        };
-    }
+    set_env(&mut command, env);
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -215,6 +227,16 @@ pub fn cbs_host_with_env<S: AsRef<std::ffi::OsStr>>(
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Sets (`Some`) or removes (`None`) environment variables of `command`.
+pub fn set_env(command: &mut Command, env: &[(&str, Option<&str>)]) {
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
 }
 
 /// Runs the `cbs` CLI to completion.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cbs_host::body::Sources;
-use cbs_host::bundle::{Bundle, PublicKey, Trust};
+use cbs_host::bundle::{PublicKey, Trust};
 use cbs_host::bus::nats::{NatsBus, NatsOptions};
 use cbs_host::deploy::Store;
 use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
@@ -164,17 +164,19 @@ impl EngineArgs {
             .iter()
             .map(|t| PublicKey::parse_arg(t))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let unpack_dir = match (&self.cache_dir, self.no_cache) {
-            (Some(dir), _) => dir.join("bundles"),
-            (None, true) => {
-                std::env::temp_dir().join(format!("cbs-bundles-{}", std::process::id()))
-            }
-            (None, false) => Bundle::default_unpack_dir(),
-        };
-        Ok(Sources {
-            trust: Trust::new(keys),
-            unpack_dir,
-            process_bundles,
+        let trust = Trust::new(keys);
+        Ok(match (&self.cache_dir, self.no_cache) {
+            (Some(dir), _) => Sources::in_dir(dir, trust, process_bundles),
+            (None, true) => Sources::in_dir(
+                &std::env::temp_dir().join(format!("cbs-{}", std::process::id())),
+                trust,
+                process_bundles,
+            ),
+            (None, false) => Sources {
+                trust,
+                process_bundles,
+                ..Sources::default()
+            },
         })
     }
 

@@ -1,25 +1,30 @@
-//! `cbs build`: cell folder → component → checked → bundle.
+//! `cbs build`: cell folder → compiled → checked → bundle.
 //!
-//! A Rust cell (a `Cargo.toml` next to `cell.toml`) is compiled with
-//! `cargo build --release --target wasm32-wasip2`, cargo's own progress on
-//! stderr; a Python cell (`lang = "python"`) with componentize-py through
-//! `scripts/build-python-cell`; a cell without either ships the component
-//! it names. The component
-//! is then loaded the way a host loads it — it must implement the cell
-//! world of `wit/`, its schemas must compile and `describe()` must answer —
-//! before the bundle is written.
+//! - A Rust cell (a `Cargo.toml` next to `cell.toml`) is compiled with
+//!   `cargo build --release --target wasm32-wasip2`, cargo's own progress
+//!   on stderr; a Python component (`lang = "python"`) with componentize-py
+//!   through `scripts/build-python-cell`; a cell without either ships the
+//!   component it names. The component is then loaded the way a host loads
+//!   it — it must implement the cell world of `wit/`, its schemas must
+//!   compile and `describe()` must answer — before the bundle is written.
+//! - A process cell (sidecar, native Python) is packed first (a Dart
+//!   sidecar is compiled with `dart compile exe` before), then started from
+//!   its bundle in a scratch host exactly as a host would start it: the
+//!   venv of its lock is built, the handshake must complete.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use cbs_host::body::Body;
+use cbs_host::body::{Body, Sources};
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::bus::local::LocalBus;
 use cbs_host::manifest::{CellSpec, Lang, RuntimeKind};
+use cbs_host::runtime::python::venvs::VenvCache;
 use cbs_host::runtime::wasm::WasmRuntime;
 
 /// What `cbs build` produced.
@@ -36,40 +41,28 @@ pub async fn build(
     out: Option<&Path>,
     sign: Option<&Path>,
     runtime: Arc<WasmRuntime>,
+    venvs: Arc<VenvCache>,
 ) -> anyhow::Result<Built> {
     let key = sign.map(KeyPair::read).transpose()?;
     let spec = CellSpec::from_dir(dir)?;
     let m = &spec.manifest;
-    if m.runtime != RuntimeKind::Wasm {
-        bail!(
-            "cell {} has runtime {:?}: only wasm cells can be bundled so far",
-            m.id,
-            m.runtime
-        );
-    }
     step(1, &format!("compiling {} {}", m.id, m.version));
-    if m.lang == Some(Lang::Python) {
-        componentize_py(dir)?;
-    } else if dir.join("Cargo.toml").is_file() {
-        let wasm = cargo_build(dir)?;
-        let target = spec.component_path()?;
-        std::fs::copy(&wasm, &target)
-            .with_context(|| format!("cannot copy {} to {}", wasm.display(), target.display()))?;
-    } else {
-        eprintln!("      no Cargo.toml: bundling the component cell.toml names as it is");
-    }
-    step(2, "checking the component against wit/ and the schemas");
-    let body = Body::new(Arc::new(LocalBus::new()), runtime);
-    let cell = body.load(dir).await?;
-    let info = cell.info();
-    if info.id != m.id || info.version != m.version {
-        eprintln!(
-            "      warning: the component describes itself as {} {}, cell.toml says {} {} (cell.toml wins)",
-            info.id, info.version, m.id, m.version
-        );
-    }
+    let mut bundle = match m.runtime {
+        RuntimeKind::Wasm => {
+            compile_component(dir, &spec)?;
+            step(2, "checking the component against wit/ and the schemas");
+            check_component(dir, &spec, runtime).await?;
+            Bundle::pack(&spec)?
+        }
+        RuntimeKind::Sidecar | RuntimeKind::Python => {
+            compile_process(dir, &spec)?;
+            let bundle = Bundle::pack(&spec)?;
+            step(2, "starting the cell from its bundle, as a host would");
+            check_process(&bundle, runtime, venvs).await?;
+            bundle
+        }
+    };
     step(3, "writing the bundle");
-    let mut bundle = Bundle::pack(&spec)?;
     if let Some(key) = &key {
         bundle.sign(key);
     }
@@ -91,6 +84,115 @@ pub async fn build(
         size: bytes.len(),
         bundle,
     })
+}
+
+/// A Rust cell with cargo, a Python component with componentize-py, else
+/// the component as it is.
+fn compile_component(dir: &Path, spec: &CellSpec) -> anyhow::Result<()> {
+    if spec.manifest.lang == Some(Lang::Python) {
+        componentize_py(dir)
+    } else if dir.join("Cargo.toml").is_file() {
+        let wasm = cargo_build(dir)?;
+        let target = spec.component_path()?;
+        std::fs::copy(&wasm, &target)
+            .with_context(|| format!("cannot copy {} to {}", wasm.display(), target.display()))?;
+        Ok(())
+    } else {
+        eprintln!("      no Cargo.toml: bundling the component cell.toml names as it is");
+        Ok(())
+    }
+}
+
+/// Loads the component the way a host does.
+async fn check_component(
+    dir: &Path,
+    spec: &CellSpec,
+    runtime: Arc<WasmRuntime>,
+) -> anyhow::Result<()> {
+    let m = &spec.manifest;
+    let body = Body::new(Arc::new(LocalBus::new()), runtime);
+    let cell = body.load(dir).await?;
+    let info = cell.info();
+    if info.id != m.id || info.version != m.version {
+        eprintln!(
+            "      warning: the component describes itself as {} {}, cell.toml says {} {} (cell.toml wins)",
+            info.id, info.version, m.id, m.version
+        );
+    }
+    Ok(())
+}
+
+/// A Dart sidecar (a `pubspec.yaml` next to cell.toml) with `dart compile
+/// exe` into its program; other process cells ship their files as they are.
+fn compile_process(dir: &Path, spec: &CellSpec) -> anyhow::Result<()> {
+    let program = spec
+        .manifest
+        .sidecar
+        .as_ref()
+        .and_then(|s| s.command.first())
+        .filter(|p| p.contains('/'));
+    match program {
+        Some(program) if dir.join("pubspec.yaml").is_file() => dart_compile(dir, program),
+        _ => {
+            eprintln!("      nothing to compile: bundling the files cell.toml names as they are");
+            Ok(())
+        }
+    }
+}
+
+fn dart_compile(dir: &Path, program: &str) -> anyhow::Result<()> {
+    for args in [
+        &["pub", "get"][..],
+        &["compile", "exe", "bin/main.dart", "-o", program],
+    ] {
+        let status = Command::new("dart")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run dart: install the Dart SDK (https://dart.dev/get-dart)")?;
+        if !status.success() {
+            bail!(
+                "`dart {}` failed in {} (its error is above)",
+                args.join(" "),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks and starts the bundle in a scratch host — the venv of a Python
+/// cell's lock is built (or reused) as a host builds it — then stops it.
+/// A bundle for another platform cannot start here and is only checked.
+async fn check_process(
+    bundle: &Bundle,
+    runtime: Arc<WasmRuntime>,
+    venvs: Arc<VenvCache>,
+) -> anyhow::Result<()> {
+    if let Err(e) = bundle.check_platform() {
+        eprintln!("      not started here: {e:#}");
+        return Ok(());
+    }
+    let manifest = bundle.cell_manifest()?;
+    if manifest.runtime == RuntimeKind::Python {
+        eprintln!(
+            "      the venv of its lock is built once per machine, in {} \
+             (pip's progress with --log-level info)",
+            venvs.root().display()
+        );
+    }
+    let scratch = tempfile::tempdir()?;
+    let mut body = Body::new(Arc::new(LocalBus::new()), runtime);
+    body.set_sources(Sources {
+        unpack_dir: scratch.path().join("bundles"),
+        process_bundles: true,
+        venvs,
+        ..Sources::default()
+    });
+    let cell = body.load_bundle(bundle).await?;
+    cbs_host::body::retire(cell, Duration::from_secs(5)).await;
+    Ok(())
 }
 
 fn step(n: u32, what: &str) {

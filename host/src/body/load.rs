@@ -20,6 +20,8 @@ use crate::manifest::{CellSpec, Manifest, RuntimeKind, PROBE_ID};
 use crate::metrics::{CellLabel, LatencyFamily};
 use crate::outbound::{LocalCalls, Outbound};
 use crate::runtime::process::SidecarCell;
+use crate::runtime::python::venv::Venv;
+use crate::runtime::python::venvs::VenvCache;
 use crate::runtime::python::PythonCell;
 use crate::runtime::wasm::WasmRuntime;
 use crate::runtime::CellRunner;
@@ -36,6 +38,29 @@ pub struct Sources {
     /// cells). Off by default: a bundle from the bus would otherwise run
     /// any command on the host.
     pub process_bundles: bool,
+    /// Venvs built from bundled Python cells' locks.
+    pub venvs: Arc<VenvCache>,
+}
+
+impl Sources {
+    /// Bundles unpack in `<dir>/bundles`, venvs are built in
+    /// `<dir>/python-venvs`.
+    pub fn in_dir(dir: &Path, trust: Trust, process_bundles: bool) -> Self {
+        Self {
+            trust,
+            unpack_dir: dir.join("bundles"),
+            process_bundles,
+            venvs: Arc::new(VenvCache::new(dir.join("python-venvs"))),
+        }
+    }
+}
+
+/// Where a cell folder came from: a bundle's Python cell gets the venv of
+/// its lock, a folder's its own `[python] venv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Folder,
+    Bundle,
 }
 
 impl Default for Sources {
@@ -44,6 +69,7 @@ impl Default for Sources {
             trust: Trust::default(),
             unpack_dir: Bundle::default_unpack_dir(),
             process_bundles: false,
+            venvs: Arc::new(VenvCache::new(VenvCache::default_dir())),
         }
     }
 }
@@ -68,6 +94,10 @@ pub(super) struct Loader {
 impl Loader {
     /// Loads a cell folder (manifest, schemas, component) without serving it.
     pub async fn load(&self, dir: &Path) -> anyhow::Result<Arc<LoadedCell>> {
+        self.load_from(dir, Origin::Folder).await
+    }
+
+    async fn load_from(&self, dir: &Path, origin: Origin) -> anyhow::Result<Arc<LoadedCell>> {
         let spec = CellSpec::from_dir(dir)?;
         let manifest = Arc::new(with_grants_resolved(&spec)?);
         let contract = Contract::load(&spec)?;
@@ -94,7 +124,11 @@ impl Loader {
                 (Arc::new(cell), None)
             }
             RuntimeKind::Python => {
-                let cell = PythonCell::start(&spec, outbound.clone())
+                let venv = match origin {
+                    Origin::Folder => None,
+                    Origin::Bundle => Some(self.locked_venv(&spec).await?),
+                };
+                let cell = PythonCell::start(&spec, outbound.clone(), venv)
                     .await
                     .with_context(|| format!("cannot load cell {}", manifest.id))?;
                 (Arc::new(cell), None)
@@ -161,8 +195,24 @@ impl Loader {
                 manifest.runtime
             );
         }
+        bundle.check_platform()?;
         let spec = bundle.unpack(&self.sources.unpack_dir)?;
-        self.load(&spec.dir).await
+        self.load_from(&spec.dir, Origin::Bundle).await
+    }
+
+    /// The venv of a bundled Python cell's lock (built once per host).
+    async fn locked_venv(&self, spec: &CellSpec) -> anyhow::Result<Venv> {
+        let m = &spec.manifest;
+        let lock = m
+            .python
+            .as_ref()
+            .and_then(|p| p.requirements.as_ref())
+            .map(|r| spec.resolve(r));
+        self.sources
+            .venvs
+            .ensure(&m.id, lock.as_deref())
+            .await
+            .with_context(|| format!("cannot prepare the Python venv of cell {}", m.id))
     }
 
     /// A bare component: its `describe()` names it; default limits, and no

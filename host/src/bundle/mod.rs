@@ -13,6 +13,8 @@
 //!
 //! The bundle digest is the sha256 of `MANIFEST.json`: it covers every file.
 
+mod contents;
+pub mod platform;
 mod signing;
 
 pub use signing::{KeyPair, PublicKey, Trust};
@@ -44,6 +46,10 @@ pub struct BundleManifest {
     pub version: String,
     /// Path inside the bundle → sha256 (hex).
     pub files: BTreeMap<String, String>,
+    /// What native code in the bundle runs on (`<os>-<arch>`, or `any`);
+    /// absent when the bundle holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,8 +83,11 @@ impl Bundle {
     fn pack_files(spec: &CellSpec, with_component: bool) -> anyhow::Result<Self> {
         let m = &spec.manifest;
         let mut paths = vec![PathBuf::from(FILE_NAME)];
+        let mut platform = None;
         if with_component {
-            paths.extend(m.component.clone());
+            let contents = contents::of(spec)?;
+            paths.extend(contents.files);
+            platform = contents.platform;
         }
         paths.extend(m.input.iter().chain(&m.output).map(|s| s.schema.clone()));
         let mut files = BTreeMap::new();
@@ -97,6 +106,7 @@ impl Bundle {
                 .iter()
                 .map(|(k, v)| (k.clone(), sha256_hex(v)))
                 .collect(),
+            platform,
         };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
         Ok(Self {
@@ -253,10 +263,29 @@ impl Bundle {
             );
         }
         let schemas = m.input.iter().chain(&m.output).map(|s| &s.schema);
-        for path in m.component.iter().chain(schemas) {
+        let program = contents::bundled_program(m);
+        let lock = m.python.as_ref().and_then(|p| p.requirements.as_ref());
+        for path in m
+            .component
+            .iter()
+            .chain(schemas)
+            .chain(&program)
+            .chain(lock)
+        {
             let name = inner_path(path).context("in the bundle's cell.toml")?;
             if !self.files.contains_key(&name) {
                 bail!("the bundle's cell.toml names {name}, which the bundle does not hold");
+            }
+        }
+        for entry in &m.bundle.files {
+            let name = inner_path(entry).context("in the bundle's cell.toml [bundle] files")?;
+            let prefix = format!("{name}/");
+            if !self
+                .files
+                .keys()
+                .any(|f| *f == name || f.starts_with(&prefix))
+            {
+                bail!("the bundle's cell.toml [bundle] files names {name}, which the bundle does not hold");
             }
         }
         if let Some(python) = &m.python {
@@ -319,7 +348,28 @@ impl Bundle {
                 }
             }
         }
-        CellSpec::from_dir(&dir)
+        let spec = CellSpec::from_dir(&dir)?;
+        make_program_executable(&spec)?;
+        Ok(spec)
+    }
+
+    /// Refuses a bundle whose native code is for another platform.
+    pub fn check_platform(&self) -> anyhow::Result<()> {
+        let Some(wanted) = &self.manifest.platform else {
+            return Ok(());
+        };
+        platform::check(wanted).context("in the bundle's MANIFEST.json")?;
+        if !platform::runs_here(wanted) {
+            bail!(
+                "the bundle of {} {} holds native code for {wanted}, and this host is {}: \
+                 build the bundle on (or for) {} (`[bundle] platform` in cell.toml)",
+                self.manifest.cell,
+                self.manifest.version,
+                platform::current(),
+                platform::current()
+            );
+        }
+        Ok(())
     }
 
     /// Whether `dir` holds exactly this bundle's files.
@@ -340,6 +390,18 @@ impl Bundle {
     }
 }
 
+/// A bundle holds bytes, not modes: a sidecar's bundled program becomes
+/// executable (by this user only) once unpacked.
+fn make_program_executable(spec: &CellSpec) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(program) = contents::bundled_program(&spec.manifest) else {
+        return Ok(());
+    };
+    let path = spec.resolve(&program);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} executable", path.display()))
+}
+
 /// This process's effective user id.
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -348,7 +410,7 @@ fn euid() -> u32 {
 
 /// Creates `dir` (mode 0700) or checks that it is this user's alone: a
 /// folder others can write to could be planted with a bundle's contents.
-fn private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -535,6 +597,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.clone(), sha256_hex(v)))
                 .collect(),
+            platform: None,
         };
         Bundle {
             manifest_bytes: serde_json::to_vec(&manifest).unwrap(),
@@ -561,6 +624,23 @@ mod tests {
                 "component = \"a.wasm\"\n[[capabilities.files]]\nhost = \"/\"\nguest = \"/host\"",
                 "grants host folders",
             ),
+            (
+                "component = \"a.wasm\"\n[bundle]\nfiles = [\"../../etc\"]",
+                "inside the cell folder",
+            ),
+            ("component = \"a.wasm\"\n[bundle]\nfiles = [\"data\"]", "does not hold"),
+            (
+                "runtime = \"sidecar\"\n[sidecar]\ncommand = [\"/bin/sh\", \"-c\", \"x\"]",
+                "inside the cell folder",
+            ),
+            (
+                "runtime = \"sidecar\"\n[sidecar]\ncommand = [\"bin/planted\"]",
+                "does not hold",
+            ),
+            (
+                "runtime = \"python\"\n[python]\nmodule = \"m\"\nrequirements = \"/etc/lock\"",
+                "inside the cell folder",
+            ),
         ] {
             let bundle = with_cell_toml(&format!("{base}{line}\n"));
             let err = format!("{:#}", bundle.cell_manifest().unwrap_err());
@@ -568,6 +648,20 @@ mod tests {
         }
         let fine = with_cell_toml(&format!("{base}component = \"./a.wasm\"\n"));
         fine.cell_manifest().unwrap();
+    }
+
+    #[test]
+    fn a_bundle_for_another_platform_is_refused_and_its_own_runs() {
+        let mut bundle = sample();
+        bundle.check_platform().unwrap();
+        bundle.manifest.platform = Some(platform::current());
+        bundle.check_platform().unwrap();
+        bundle.manifest.platform = Some("plan9-mips".into());
+        let err = format!("{:#}", bundle.check_platform().unwrap_err());
+        assert!(err.contains("holds native code for plan9-mips"), "{err}");
+        bundle.manifest.platform = Some("../x".into());
+        let err = format!("{:#}", bundle.check_platform().unwrap_err());
+        assert!(err.contains("is not `any`"), "{err}");
     }
 
     /// Regression: a folder planted (or changed) where a bundle unpacks was

@@ -1,14 +1,21 @@
-//! `cbs build`: cell folder → component → checked → bundle.
+//! `cbs build`: cell folder → compiled → checked → bundle.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use cbs_host::runtime::python::venvs::VenvCache;
 use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
 use clap::Args;
 
-/// Compile a cell, check it against wit/ and its schemas, and write a
-/// bundle (.cbs): cell.toml, component and schemas with sha256 digests.
+/// Compile a cell, check it, and write a bundle (.cbs) of its files with
+/// sha256 digests: cell.toml, schemas, and the component (wasm), the
+/// handler's .py files and requirements lock (native Python), or the
+/// program and `[bundle] files` (sidecar).
+///
+/// A wasm cell is checked against wit/ and its schemas; a process cell is
+/// started from its bundle as a host would (a Python cell's venv is built
+/// from its lock, once per machine).
 ///
 /// Example: `cbs build cells/logic.greet -o greet.cbs --sign cbs.key`
 #[derive(Args)]
@@ -22,13 +29,17 @@ pub struct BuildArgs {
     /// Sign the bundle with this key (from `cbs keygen`).
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
-    /// Folder of precompiled components [default: $CBS_CACHE_DIR, else
-    /// ~/.cache/cbs/components].
+    /// Folder of precompiled components, and of Python venvs in its
+    /// `python-venvs` [default: $CBS_CACHE_DIR, else ~/.cache/cbs/components].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let venvs = Arc::new(VenvCache::new(match &args.cache_dir {
+        Some(dir) => dir.join("python-venvs"),
+        None => VenvCache::default_dir(),
+    }));
     let cache = args.cache_dir.or_else(ComponentCache::default_dir);
     let runtime = Arc::new(WasmRuntime::new(&EngineOptions::default(), cache)?);
     let built = crate::build::build(
@@ -36,6 +47,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         args.output.as_deref(),
         args.sign.as_deref(),
         runtime,
+        venvs,
     )
     .await?;
     let m = &built.bundle.manifest;

@@ -1,12 +1,13 @@
 //! `cbs deploy`: a bundle to every watching host, health-confirmed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use cbs_host::audit::Action;
-use cbs_host::bundle::Bundle;
+use cbs_host::bundle::{platform, Bundle};
 use clap::Args;
 
 use super::audit::{self, Change};
@@ -97,6 +98,18 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.bundle.display()))?;
     let bundle =
         Bundle::from_bytes(&bytes).with_context(|| format!("in {}", args.bundle.display()))?;
+    let mut constraints: BTreeMap<String, String> = args.label.into_iter().collect();
+    if let Some(platform) = bundle
+        .manifest
+        .platform
+        .as_ref()
+        .filter(|p| *p != platform::ANY)
+    {
+        // Replicas of native code go only to hosts that can run it.
+        constraints
+            .entry(platform::LABEL.to_owned())
+            .or_insert_with(|| platform.clone());
+    }
     let (bus, store) = args.nats.open_store().await?;
     let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
     eprintln!(
@@ -112,7 +125,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         &bytes,
         Scale {
             replicas: args.replicas,
-            constraints: args.label.into_iter().collect(),
+            constraints,
             spread: args.spread,
             autoscale: args
                 .min_replicas

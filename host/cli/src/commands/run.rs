@@ -1,6 +1,6 @@
 //! `cbs-host run`: serve cells until a signal, or run one flow and exit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cbs_host::audit::Action;
 use cbs_host::body::Body;
+use cbs_host::bundle::platform;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
@@ -41,7 +42,9 @@ pub struct RunArgs {
     #[arg(long, requires = "url")]
     watch: bool,
     /// A label of this host, for placing replicas (`cbs deploy --label`,
-    /// `--spread`), e.g. region=eu; repeatable. With --watch.
+    /// `--spread`), e.g. region=eu; repeatable. With --watch. Every host
+    /// also has `platform=<os>-<arch>` (e.g. linux-x86_64), which replicas
+    /// of bundles with native code are placed by.
     #[arg(long, value_name = "K=V", value_parser = super::deploy::parse_label, requires = "watch")]
     label: Vec<(String, String)>,
     /// Memory this host offers to placed replicas, in MiB: the placer
@@ -142,7 +145,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             record_trust(&args, &host_id, &client, &body).await;
             let me = HostInfo {
                 id: host_id.clone(),
-                labels: args.label.iter().cloned().collect(),
+                labels: host_labels(&args.label),
                 memory_mb: args.capacity_memory_mb,
                 at_ms: 0,
                 load: Default::default(),
@@ -370,4 +373,13 @@ async fn record_trust(args: &RunArgs, host_id: &str, client: &async_nats::Client
         detail: format!("host {host_id}: {trusts}; {processes}"),
     };
     audit::record(&args.nats, client, change).await;
+}
+
+/// `--label`s, and `platform=<this machine's>` unless one is given.
+fn host_labels(given: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<_, _> = given.iter().cloned().collect();
+    labels
+        .entry(platform::LABEL.to_owned())
+        .or_insert_with(platform::current);
+    labels
 }

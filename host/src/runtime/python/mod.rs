@@ -12,7 +12,10 @@
 //! deadline is killed and replaced. The Python side of the protocol is the
 //! SDK's `cbs_cell.worker`. See docs/adr/0009-native-python-pool.md.
 
+pub mod lock;
+pub mod sdk;
 pub mod venv;
+pub mod venvs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,13 +52,22 @@ pub struct PythonCell {
 
 impl PythonCell {
     /// Checks the venv and starts every worker (each completes its
-    /// handshake, so a cell that cannot import fails the load).
-    pub async fn start(spec: &CellSpec, outbound: Arc<Outbound>) -> anyhow::Result<Self> {
+    /// handshake, so a cell that cannot import fails the load). The venv
+    /// is `venv` (built from a bundle's lock), else the cell folder's
+    /// `[python] venv`.
+    pub async fn start(
+        spec: &CellSpec,
+        outbound: Arc<Outbound>,
+        venv: Option<Venv>,
+    ) -> anyhow::Result<Self> {
         let m = &spec.manifest;
         let python = m.python.as_ref().with_context(|| {
             format!("cell {} has runtime \"python\" but no [python] table", m.id)
         })?;
-        let venv = Venv::open(&spec.resolve(&python.venv))?;
+        let venv = match venv {
+            Some(venv) => venv,
+            None => Venv::open(&spec.resolve(&python.venv))?,
+        };
         let command = worker_command(&worker_binary()?, spec, python, &venv);
         let sidecar = SidecarSpec {
             command,

@@ -1,0 +1,117 @@
+//! What a bundle holds of a cell folder besides `cell.toml` and the
+//! schemas, by runtime (docs/adr/0017-bundles-for-every-runtime.md):
+//!
+//! - wasm: the component;
+//! - python (native pool): the handler's `.py` files and the requirements
+//!   lock, which must pin every package with hashes;
+//! - sidecar: the program when it is a file of the cell folder (a
+//!   `command[0]` with a `/`), which makes the bundle native code for the
+//!   platform `cbs build` runs on unless `[bundle] platform` says otherwise;
+//! - any runtime: the files and folders of `[bundle] files`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+use super::platform;
+use crate::manifest::{CellSpec, Manifest, RuntimeKind};
+use crate::runtime::python::lock::Lock;
+
+/// Files walked under one folder at most (a bundle is a cell, not a tree).
+const MAX_FILES: usize = 10_000;
+
+/// Paths relative to the cell folder, and the platform they need.
+pub(super) struct Contents {
+    pub files: Vec<PathBuf>,
+    pub platform: Option<String>,
+}
+
+pub(super) fn of(spec: &CellSpec) -> anyhow::Result<Contents> {
+    let m = &spec.manifest;
+    let mut files: Vec<PathBuf> = m.component.iter().cloned().collect();
+    if m.runtime == RuntimeKind::Python {
+        files.extend(python_files(spec)?);
+    }
+    let program = bundled_program(m);
+    files.extend(program.clone());
+    for entry in &m.bundle.files {
+        files.extend(walk(spec, entry)?);
+    }
+    let platform = m
+        .bundle
+        .platform
+        .clone()
+        .or_else(|| program.map(|_| platform::current()));
+    Ok(Contents { files, platform })
+}
+
+/// A sidecar's program when it is a file of the cell folder.
+pub(super) fn bundled_program(m: &Manifest) -> Option<PathBuf> {
+    let program = m.sidecar.as_ref()?.command.first()?;
+    (m.runtime == RuntimeKind::Sidecar && program.contains('/')).then(|| PathBuf::from(program))
+}
+
+/// The handler's `.py` files (not the venv's, caches' or hidden folders')
+/// and the lock, checked.
+fn python_files(spec: &CellSpec) -> anyhow::Result<Vec<PathBuf>> {
+    let m = &spec.manifest;
+    let Some(python) = &m.python else {
+        return Ok(Vec::new());
+    };
+    let venv = spec.resolve(&python.venv);
+    let mut files: Vec<PathBuf> = walk(spec, &python.path)?
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "py"))
+        .filter(|f| !spec.resolve(f).starts_with(&venv))
+        .collect();
+    if let Some(lock) = &python.requirements {
+        let path = spec.resolve(lock);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Lock::parse(&text).with_context(|| {
+            format!(
+                "cell {}: a bundle's [python] requirements must be a lock: {} is not one",
+                m.id,
+                lock.display()
+            )
+        })?;
+        files.push(lock.clone());
+    }
+    Ok(files)
+}
+
+/// `entry` if a file, else the files under it (skipping hidden folders and
+/// `__pycache__`), relative to the cell folder.
+fn walk(spec: &CellSpec, entry: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let path = spec.resolve(entry);
+    let meta =
+        std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(vec![entry.to_path_buf()]);
+    }
+    let mut found = Vec::new();
+    let mut folders = vec![entry.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let dir = spec.resolve(&folder);
+        for item in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let item = item?;
+            let name = item.file_name();
+            let relative = folder.join(&name);
+            if item.file_type()?.is_dir() {
+                let name = name.to_string_lossy();
+                if !name.starts_with('.') && name != "__pycache__" {
+                    folders.push(relative);
+                }
+            } else {
+                found.push(relative);
+            }
+            if found.len() > MAX_FILES {
+                bail!("{} holds more than {MAX_FILES} files", path.display());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}

@@ -1,0 +1,328 @@
+//! The venvs a host builds for bundled native Python cells, from each
+//! bundle's requirements lock ([`super::lock`]), cached by digest.
+//!
+//! A venv's key is the sha256 of the lock, the base interpreter's version
+//! and the built-in SDK ([`super::sdk`]), so one lock builds once per host
+//! however many cells and versions share it: a hot swap that keeps the lock
+//! reuses the venv. Builds happen in a temporary folder renamed into place
+//! when complete (another host process on the machine may race; a crash
+//! leaves no half venv), one at a time per key within this process.
+//!
+//! pip runs with `--require-hashes` (a download whose hash is not in the
+//! lock is refused) and `--only-binary :all:` (wheels only: installing
+//! never runs a package's build code on the host). It reads the host's own
+//! pip configuration (`PIP_INDEX_URL`, `PIP_FIND_LINKS`, proxies), never
+//! the bundle's. Its progress goes to the log.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use super::lock::{self, Lock};
+use super::sdk;
+use super::venv::{minor_of, Venv};
+
+/// How long one venv build may take (downloads included).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+/// Marks a complete venv.
+const READY: &str = ".cbs-ready";
+/// pip output lines logged per build, and bytes per line.
+const LOG_LINES: usize = 1_000;
+const LINE_BYTES: usize = 300;
+/// pip error lines kept for the error message.
+const ERROR_LINES: usize = 12;
+
+/// Venvs by lock digest under one folder.
+pub struct VenvCache {
+    root: PathBuf,
+    /// One build at a time per key.
+    building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl VenvCache {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            building: Mutex::default(),
+        }
+    }
+
+    /// Next to the bundles' folder (`~/.cache/cbs/python-venvs`).
+    pub fn default_dir() -> PathBuf {
+        let bundles = crate::bundle::Bundle::default_unpack_dir();
+        bundles.with_file_name(match bundles.file_name() {
+            Some(name) if name == "bundles" => "python-venvs".to_owned(),
+            Some(name) => format!("{}-python-venvs", name.to_string_lossy()),
+            None => "cbs-python-venvs".to_owned(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The venv for `lock` (a file in an unpacked bundle, or none: the SDK
+    /// alone), built now unless this host has it.
+    pub async fn ensure(&self, cell: &str, lock: Option<&Path>) -> anyhow::Result<Venv> {
+        let text = match lock {
+            Some(path) => read_lock(path)?,
+            None => String::new(),
+        };
+        let parsed = Lock::parse(&text).with_context(|| format!("cell {cell}"))?;
+        let python = interpreter();
+        let version = python_version(&python).await?;
+        let key = key(&text, &version);
+        let dir = self.root.join(&key);
+        if dir.join(READY).is_file() {
+            tracing::debug!(cell, venv = %dir.display(), "reusing the venv of this lock");
+            return Venv::open(&dir);
+        }
+        let gate = self.gate(&key);
+        let _one_build = gate.lock().await;
+        if !dir.join(READY).is_file() {
+            self.build(cell, &python, &text, &parsed, &dir).await?;
+        }
+        Venv::open(&dir)
+    }
+
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        building.entry(key.to_owned()).or_default().clone()
+    }
+
+    async fn build(
+        &self,
+        cell: &str,
+        python: &Path,
+        text: &str,
+        lock: &Lock,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        crate::bundle::private_dir(&self.root)?;
+        let started = Instant::now();
+        tracing::info!(
+            cell,
+            packages = lock.packages.len(),
+            venv = %dir.display(),
+            "building the Python venv of this requirements lock (once per host)"
+        );
+        let tmp = self.root.join(format!(".build-{}", uuid::Uuid::now_v7()));
+        let result = build_in(cell, python, text, lock, &tmp).await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&tmp, dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Another process on this machine built the same venv first.
+            if !dir.join(READY).is_file() {
+                return Err(e)
+                    .with_context(|| format!("cannot move the venv to {}", dir.display()));
+            }
+        }
+        tracing::info!(cell, seconds = started.elapsed().as_secs_f32(), venv = %dir.display(), "the Python venv is ready");
+        Ok(())
+    }
+}
+
+/// venv, packages, SDK, ready mark — in `tmp`.
+async fn build_in(
+    cell: &str,
+    python: &Path,
+    text: &str,
+    lock: &Lock,
+    tmp: &Path,
+) -> anyhow::Result<()> {
+    let mut venv = Command::new(python);
+    venv.args(["-m", "venv"]);
+    if lock.packages.is_empty() {
+        venv.arg("--without-pip");
+    }
+    run(cell, venv.arg(tmp), "python -m venv").await?;
+    if !lock.packages.is_empty() {
+        let lock_file = tmp.join("requirements.lock");
+        std::fs::write(&lock_file, text)?;
+        let mut pip = Command::new(tmp.join("bin").join("python"));
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--require-hashes",
+            "--only-binary",
+            ":all:",
+        ])
+        .args([
+            "--no-input",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+        ])
+        .arg("-r")
+        .arg(&lock_file)
+        .env("PYTHONNOUSERSITE", "1");
+        run(cell, &mut pip, "pip install").await?;
+    }
+    let version = Venv::open(tmp)?.version;
+    let site = tmp
+        .join("lib")
+        .join(format!("python{}", minor_of(&version)))
+        .join("site-packages");
+    sdk::install(&site)?;
+    std::fs::write(tmp.join(READY), b"")?;
+    Ok(())
+}
+
+/// Runs a build step, its stdout into the log, and fails with the end of
+/// its stderr.
+async fn run(cell: &str, command: &mut Command, what: &str) -> anyhow::Result<()> {
+    // The host's own settings (NATS credentials among them) stay with it.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CBS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot run {what} for cell {cell}"))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        bail!("{what}: no pipes");
+    };
+    let work = async {
+        let (_, errors, status) =
+            tokio::join!(log_lines(cell, stdout), last_lines(stderr), child.wait());
+        (errors, status)
+    };
+    let Ok((errors, status)) = tokio::time::timeout(BUILD_TIMEOUT, work).await else {
+        bail!(
+            "{what} for cell {cell} took more than {} s",
+            BUILD_TIMEOUT.as_secs()
+        );
+    };
+    let status = status?;
+    if !status.success() {
+        let tail = errors.into_iter().collect::<Vec<_>>().join("\n");
+        let why = if tail.contains("DO NOT MATCH THE HASHES") {
+            "a downloaded package does not match the lock's hashes, so it is refused"
+        } else {
+            "it failed"
+        };
+        bail!("{what} for the requirements lock of cell {cell}: {why} ({status}):\n{tail}");
+    }
+    Ok(())
+}
+
+async fn log_lines(cell: &str, out: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(out).lines();
+    let mut logged = 0;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if logged < LOG_LINES && !line.trim().is_empty() {
+            tracing::info!(cell, "venv: {}", clip(&line));
+            logged += 1;
+        }
+    }
+}
+
+async fn last_lines(err: impl AsyncRead + Unpin) -> VecDeque<String> {
+    let mut lines = BufReader::new(err).lines();
+    let mut tail = VecDeque::with_capacity(ERROR_LINES);
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if tail.len() == ERROR_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(clip(&line).to_owned());
+    }
+    tail
+}
+
+/// At most [`LINE_BYTES`] of a line (on a char boundary).
+fn clip(line: &str) -> &str {
+    let mut end = line.len().min(LINE_BYTES);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+fn read_lock(path: &Path) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if size > lock::MAX_BYTES as u64 {
+        bail!(
+            "{} is {size} bytes, more than a lock may be ({})",
+            path.display(),
+            lock::MAX_BYTES
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The interpreter venvs are made with: `$CBS_PYTHON`, else `python3`. It
+/// must be the Python version the host embeds (the worker checks).
+pub fn interpreter() -> PathBuf {
+    std::env::var_os("CBS_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+}
+
+async fn python_version(python: &Path) -> anyhow::Result<String> {
+    let out = Command::new(python)
+        .args(["-c", "import platform; print(platform.python_version())"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot run {} to build a venv: install Python (the version cbs-host embeds) \
+                 or set CBS_PYTHON",
+                python.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!("{} --version failed: {}", python.display(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The cache key: lock, interpreter version and SDK.
+fn key(lock: &str, version: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [lock, version, &sdk::digest()] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_changes_with_the_lock_and_the_python() {
+        let a = key("numpy==2 --hash=sha256:00", "3.11.7");
+        assert_eq!(a, key("numpy==2 --hash=sha256:00", "3.11.7"));
+        assert_ne!(a, key("numpy==2 --hash=sha256:01", "3.11.7"));
+        assert_ne!(a, key("numpy==2 --hash=sha256:00", "3.12.1"));
+    }
+
+    #[test]
+    fn clips_long_lines_on_char_boundaries() {
+        let line = "é".repeat(LINE_BYTES);
+        assert!(clip(&line).len() <= LINE_BYTES);
+        assert_eq!(clip("short"), "short");
+    }
+}
