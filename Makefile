@@ -41,7 +41,8 @@ VENV := .venv
 # Python cells: components (componentize-py) and native-pool cells (a venv each).
 PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 	tests/cells/py-faulty tests/cells/py-faulty-wasm tests/cells/py-async
-POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline
+POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
+	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
 .PHONY: help run run-http run-polyglot build host demo-cells cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
@@ -55,7 +56,7 @@ run: host demo-cells ## Run the greeting demo: `echo Ada | make run`
 run-http: host demo-cells ## Serve logic.greet over HTTP on 127.0.0.1:8080: curl -d '{"name":"Ada"}' localhost:8080/greet
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-info} --http $${CBS_HTTP:-127.0.0.1:8080} cells/logic.greet
 
-run-polyglot: host cells python-cells ## Rust → Python (component) → Python (native, numpy) → sidecar → Rust
+run-polyglot: host cells python-cells ## Rust → Python (component) → Python (native, numpy) → sidecar → Dart (after make dart-cells) → Rust
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.polyglot \
 		--input '{"numbers": [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]}' $(POLYGLOT)
 

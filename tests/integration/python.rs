@@ -604,13 +604,17 @@ fn tracebacks_go_to_the_host_log_not_the_reply() {
 /// trace is checked in `tracing.rs`.)
 #[test]
 fn the_polyglot_flow_of_make_run_polyglot_prints_the_numbers_described() {
+    let dart = cbs_tests::dart_shout();
     let cells = [
         cbs_tests::cell("cells/io.polyglot"),
         cbs_tests::cell("cells/logic.describe"),
         native_cell("cells/logic.stats"),
         repo().join("cells/text.headline"),
     ]
-    .map(|c| c.display().to_string());
+    .into_iter()
+    .chain(dart.clone())
+    .map(|c| c.display().to_string())
+    .collect::<Vec<_>>();
     let mut args = vec![
         "run",
         "--log-format",
@@ -626,11 +630,14 @@ fn the_polyglot_flow_of_make_run_polyglot_prints_the_numbers_described() {
     let out = cbs_host(&args, "");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "11 numbers from 1 to 9: mean 4, median 4, standard deviation 2.256 (headline by a sidecar process)\n",
-        "{stderr}"
-    );
+    let headline =
+        "11 numbers from 1 to 9: mean 4, median 4, standard deviation 2.256 (headline by a sidecar process)";
+    // Through the Dart cell where it runs: shouted.
+    let expected = match dart {
+        Some(_) => format!("{}!\n", headline.to_uppercase()),
+        None => format!("{headline}\n"),
+    };
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{stderr}");
 
     // The flow's reply, from the log: numpy's figures.
     let reply: Value = stderr

@@ -22,9 +22,24 @@ struct Cases {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Case {
     name: String,
+    /// The hello's `log_level`.
+    #[serde(default = "info")]
+    log_level: String,
+    /// The hello's `max_frame_bytes`.
+    #[serde(default = "max_frame_bytes")]
+    max_frame_bytes: u32,
     steps: Vec<Step>,
+}
+
+fn info() -> String {
+    "info".into()
+}
+
+fn max_frame_bytes() -> u32 {
+    65536
 }
 
 #[derive(Deserialize)]
@@ -32,7 +47,10 @@ struct Case {
 struct Step {
     send: Option<Value>,
     send_raw: Option<String>,
+    /// Sends a frame one byte over the hello's `max_frame_bytes`.
+    send_oversize: Option<bool>,
     expect: Option<Value>,
+    logs: Option<Vec<String>>,
     answer: Option<Value>,
     answer_error: Option<Value>,
     expect_exit: Option<bool>,
@@ -102,14 +120,21 @@ impl Session {
 
     /// The next frame that is not a log line.
     fn next(&self) -> Result<Value, String> {
+        Ok(self.next_with_logs()?.1)
+    }
+
+    /// The levels of the log frames before the next other frame, and it.
+    fn next_with_logs(&self) -> Result<(Vec<String>, Value), String> {
+        let mut levels = Vec::new();
         loop {
             let frame = self
                 .frames
                 .recv_timeout(WAIT)
                 .map_err(|_| "no frame within 10 s".to_owned())?;
             if frame["type"] != "log" {
-                return Ok(frame);
+                return Ok((levels, frame));
             }
+            levels.push(frame["level"].as_str().unwrap_or("?").to_owned());
         }
     }
 
@@ -144,10 +169,9 @@ fn has(actual: &Value, expected: &Value) -> bool {
 
 fn play(imp: &Implementation, case: &Case) -> Result<(), String> {
     let mut s = Session::start(imp);
-    s.send(
-        &json!({"type": "hello", "protocol": {"min": 1, "max": 1}, "max_frame_bytes": 65536,
-                   "cell": {"id": "test.conformance", "version": "0.1.0"}, "log_level": "info"}),
-    );
+    s.send(&json!({"type": "hello", "protocol": {"min": 1, "max": 1},
+        "max_frame_bytes": case.max_frame_bytes,
+        "cell": {"id": "test.conformance", "version": "0.1.0"}, "log_level": case.log_level}));
     let described = s.next()?;
     if !has(&described, &json!({"type": "describe", "protocol": 1})) {
         return Err(format!("the handshake answered {described}"));
@@ -159,10 +183,22 @@ fn play(imp: &Implementation, case: &Case) -> Result<(), String> {
         if let Some(text) = &step.send_raw {
             s.send_bytes(text.as_bytes());
         }
+        if step.send_oversize == Some(true) {
+            let mut body = vec![b' '; case.max_frame_bytes as usize + 1];
+            body[0] = b'{';
+            body[case.max_frame_bytes as usize] = b'}';
+            s.send_bytes(&body);
+        }
         if let Some(expected) = &step.expect {
-            let got = s.next()?;
+            let (levels, got) = s.next_with_logs()?;
             if !has(&got, expected) {
                 return Err(format!("expected {expected}, got {got}"));
+            }
+            if step.logs.as_ref().is_some_and(|want| *want != levels) {
+                return Err(format!(
+                    "expected logs {:?} before it, got {levels:?}",
+                    step.logs
+                ));
             }
         }
         for (answer, field) in [(&step.answer, "payload"), (&step.answer_error, "error")] {
@@ -238,7 +274,7 @@ fn every_sidecar_implementation_passes_every_case() {
     let text =
         std::fs::read_to_string(repo().join("tests/sidecars/conformance/cases.toml")).unwrap();
     let cases: Cases = toml::from_str(&text).expect("cases.toml parses");
-    assert!(cases.case.len() >= 10, "the suite has its cases");
+    assert!(cases.case.len() >= 17, "the suite has its cases");
     let mut failures = Vec::new();
     for imp in implementations() {
         for case in &cases.case {

@@ -309,24 +309,23 @@ fn without_otlp_a_host_exports_to_otel_exporter_otlp_endpoint() {
 
 /// `make run-polyglot`'s flow crosses every runtime in one trace: Rust
 /// component → Python component → native Python with numpy → Rust → a
-/// sidecar process → Rust, each hop checked against its contract (its
-/// figures are checked in `python.rs`).
+/// sidecar process → the Dart cell (where `dart` exists) → Rust, each hop
+/// checked against its contract (its figures are checked in `python.rs`).
 #[test]
 fn the_polyglot_flow_crosses_every_runtime_in_one_trace() {
     let (otlp, bodies) = otlp_receiver();
-    let cells = [
+    let dart = cbs_tests::dart_shout();
+    let cells: Vec<String> = [
         "io.polyglot",
         "logic.describe",
         "logic.stats",
         "text.headline",
     ]
-    .map(|c| {
-        cbs_tests::repo()
-            .join("cells")
-            .join(c)
-            .display()
-            .to_string()
-    });
+    .map(|c| cbs_tests::repo().join("cells").join(c))
+    .into_iter()
+    .chain(dart.clone())
+    .map(|c| c.display().to_string())
+    .collect();
     let input = r#"{"numbers": [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]}"#;
     let args = [
         &[
@@ -349,7 +348,7 @@ fn the_polyglot_flow_crosses_every_runtime_in_one_trace() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains(
+        stdout.to_lowercase().contains(
             "11 numbers from 1 to 9: mean 4, median 4, standard deviation 2.256 (headline by a sidecar process)"
         ),
         "{stdout}"
@@ -359,11 +358,15 @@ fn the_polyglot_flow_crosses_every_runtime_in_one_trace() {
     let edge = find(&spans, "of io.polyglot", |s| {
         s.name == "process cbs.io.polyglot"
     });
-    for (cell, runtime) in [
+    let mut hops = vec![
         ("logic.describe", "a Python component"),
         ("logic.stats", "the native Python pool"),
         ("text.headline", "a sidecar process"),
-    ] {
+    ];
+    if dart.is_some() {
+        hops.push(("logic.shout", "a Dart sidecar"));
+    }
+    for (cell, runtime) in hops {
         let name = format!("process cbs.{cell}");
         let hop = find(&spans, &name, |s| s.name == name);
         assert_eq!(

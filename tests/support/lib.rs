@@ -291,3 +291,26 @@ pub fn literal_cell(text: &str) -> tempfile::TempDir {
     std::fs::write(dir.path().join(cbs_host::manifest::FILE_NAME), text).unwrap();
     dir
 }
+
+/// `cells/logic.shout` built with `make dart-cells`, where `dart` exists.
+pub fn dart_shout() -> Option<PathBuf> {
+    if std::process::Command::new("dart")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: the Dart cell's hop of the polyglot flow: dart is not on PATH");
+        return None;
+    }
+    let make = std::process::Command::new("make")
+        .args(["--no-print-directory", "dart-cells"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        make.status.success(),
+        "make dart-cells: {}",
+        String::from_utf8_lossy(&make.stderr)
+    );
+    Some(repo().join("cells/logic.shout"))
+}

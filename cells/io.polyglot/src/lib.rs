@@ -2,11 +2,13 @@
 //! Rust hands a list of numbers to `logic.describe` (Python, a component),
 //! which asks `logic.stats` (Python with numpy, the native pool); the
 //! description comes back here, goes to `text.headline` (a sidecar
-//! process), and its headline is printed (this cell is granted stdio).
+//! process), then to `logic.shout` (a Dart sidecar) where it is served
+//! (built by `make dart-cells`, where `dart` exists), and the headline is
+//! printed (this cell is granted stdio).
 
 use std::io::Write;
 
-use cbs_cell::{Cell, CellError, Context};
+use cbs_cell::{Cell, CellError, Context, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -45,13 +47,29 @@ impl Cell for Polyglot {
         let mut described: Described = ctx.request("logic.describe", &input)?;
         let sentence = serde_json::json!({ "text": described.summary });
         let headline: Headline = ctx.request("text.headline", &sentence)?;
-        described.headline = headline.headline;
+        described.headline = shouted(ctx, headline.headline)?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", described.headline)
             .and_then(|()| out.flush())
             .map_err(|e| CellError::unavailable(format!("cannot write stdout: {e}")))?;
         Ok(described)
     }
+}
+
+/// The headline as the Dart cell `logic.shout` shouts it, or as it is
+/// where no host serves that cell.
+fn shouted(ctx: &Context, headline: String) -> Result<String, CellError> {
+    let text = serde_json::json!({ "text": headline });
+    match ctx.request::<_, Shouted>("logic.shout", &text) {
+        Ok(shouted) => Ok(shouted.text),
+        Err(e) if e.code == ErrorCode::NotFound => Ok(headline),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Shouted {
+    text: String,
 }
 
 cbs_cell::export_cell!(Polyglot);

@@ -3,9 +3,10 @@ logger, and calls to other cells through the host."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import base64
 import json
+import time
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Mapping, Optional, Union
 
 #: JSON values as Python sees them.
@@ -157,6 +158,17 @@ class Context(ABC):
         self.log = Logger(self)
         #: The cell's key-value state.
         self.state = State(self)
+        #: When the host stops waiting for this message (``time.monotonic()``
+        #: seconds), where the runtime says.
+        self._deadline: Optional[float] = None
+
+    def remaining_ms(self) -> Optional[int]:
+        """Milliseconds left before this message's deadline (0 once passed),
+        or ``None`` where the runtime does not say (a component). Calls need
+        not be capped by it: the host caps them."""
+        if self._deadline is None:
+            return None
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
     def request(self, cell_id: str, payload: Json, timeout_ms: Optional[int] = None) -> Json:
         """Requests another cell (granted in ``[capabilities] calls``) and

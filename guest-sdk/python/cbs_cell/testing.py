@@ -10,6 +10,7 @@ logs are recorded.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, Optional
 
 from .context import Context, Json
@@ -21,8 +22,15 @@ class TestContext(Context):
 
     __test__ = False  # not a test case, whatever a test runner guesses
 
-    def __init__(self, cell_id: str = "test.cell", replies: Optional[dict[str, Json]] = None) -> None:
+    def __init__(
+        self,
+        cell_id: str = "test.cell",
+        replies: Optional[dict[str, Json]] = None,
+        deadline_ms: Optional[int] = None,
+    ) -> None:
         super().__init__(cell_id, {"id": "m1", "correlation_id": "c1", "subject": f"cbs.{cell_id}"})
+        if deadline_ms is not None:
+            self._deadline = time.monotonic() + deadline_ms / 1000
         self.replies = dict(replies or {})
         self.requests: list[tuple[str, Json]] = []
         self.published: list[tuple[str, Json]] = []

@@ -151,10 +151,13 @@ class Channel:
 class NativeContext(Context):
     """A message's context in a worker: calls go to the host as frames."""
 
-    def __init__(self, worker: "Worker", parent: int, envelope: dict[str, Any]) -> None:
-        super().__init__(worker.cell_id, envelope)
+    def __init__(self, worker: "Worker", frame: dict[str, Any]) -> None:
+        super().__init__(worker.cell_id, frame.get("envelope") or {})
         self._worker = worker
-        self._parent = parent
+        self._parent: int = frame["id"]
+        deadline_ms = frame.get("deadline_ms")
+        if isinstance(deadline_ms, (int, float)):
+            self._deadline = time.monotonic() + deadline_ms / 1000
 
     def _request(self, cell_id: str, payload: Json, timeout_ms: Optional[int]) -> Json:
         frame = {"type": "request", "parent": self._parent, "cell": cell_id, "payload": payload}
@@ -184,8 +187,8 @@ class AsyncNativeContext(NativeContext):
     """A message's context for an ``async def`` handler: ``ctx.request``,
     ``ctx.publish`` and ``ctx.state``'s methods are awaited."""
 
-    def __init__(self, worker: "Worker", parent: int, envelope: dict[str, Any]) -> None:
-        super().__init__(worker, parent, envelope)
+    def __init__(self, worker: "Worker", frame: dict[str, Any]) -> None:
+        super().__init__(worker, frame)
         self.state = AsyncState(self)
 
     async def request(  # type: ignore[override]
@@ -334,7 +337,7 @@ class Worker:
     async def _handle_async(self, frame: dict[str, Any], limit: asyncio.Semaphore) -> None:
         async with limit:
             envelope = frame.get("envelope") or {}
-            ctx = AsyncNativeContext(self, frame["id"], envelope)
+            ctx = AsyncNativeContext(self, frame)
             text, error = await run_async(self.handler, envelope.get("payload"), ctx)
             self._reply(frame["id"], text, error)
 
@@ -378,7 +381,7 @@ class Worker:
     def _handle(self, frame: dict[str, Any]) -> None:
         hid = frame["id"]
         envelope = frame.get("envelope") or {}
-        ctx = NativeContext(self, hid, envelope)
+        ctx = NativeContext(self, frame)
         text, error = run(self.handler, envelope.get("payload"), ctx)
         self._reply(hid, text, error)
 

@@ -287,6 +287,14 @@ class ErrorsTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             CellError("m", code="nope")
 
+    def test_the_time_left_counts_down_from_the_deadline(self):
+        from cbs_cell.testing import TestContext
+
+        self.assertIsNone(TestContext().remaining_ms(), "no deadline, none said")
+        left = TestContext(deadline_ms=5000).remaining_ms()
+        self.assertTrue(4000 < left <= 5000, left)
+        self.assertEqual(TestContext(deadline_ms=-10).remaining_ms(), 0)
+
     def test_context_is_abstract(self):
         with self.assertRaises(TypeError):
             Context("x", {})  # type: ignore[abstract]

@@ -628,7 +628,10 @@ mod tests {
                 "component = \"a.wasm\"\n[bundle]\nfiles = [\"../../etc\"]",
                 "inside the cell folder",
             ),
-            ("component = \"a.wasm\"\n[bundle]\nfiles = [\"data\"]", "does not hold"),
+            (
+                "component = \"a.wasm\"\n[bundle]\nfiles = [\"data\"]",
+                "does not hold",
+            ),
             (
                 "runtime = \"sidecar\"\n[sidecar]\ncommand = [\"/bin/sh\", \"-c\", \"x\"]",
                 "inside the cell folder",

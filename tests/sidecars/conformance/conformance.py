@@ -24,6 +24,23 @@ def handle(payload: dict, ctx: Context) -> dict:
         raise InvalidInput(payload["message"])
     if action == "crash":
         os._exit(3)
+    if action == "fail_with_details":
+        raise InvalidInput(payload["message"], details=payload["details"])
+    if action == "raise":
+        raise RuntimeError(payload["message"])
+    if action == "not_json":
+        return {"value": {1, 2}}
+    if action == "call_null":
+        return {"value": ctx.request(payload["cell"], None)}
+    if action == "big":
+        return {"value": "x" * payload["bytes"]}
+    if action == "deadline":
+        left = ctx.remaining_ms()
+        return {"value": {"within": left is not None and 0 < left <= payload["deadline_ms"]}}
+    if action == "log":
+        for level in ("debug", "info", "warn", "error"):
+            getattr(ctx.log, level)(f"a {level} line")
+        return {"value": "logged"}
     raise InvalidInput(f"unknown action {action!r}")
 
 

@@ -24,6 +24,15 @@ host's failure tests. Actions (the payload's "action"):
   crash                -> exits at once, mid-message
   hang                 -> never replies
   garbage              -> writes a frame that is not JSON
+  fail_with_details {message, details} -> invalid_input with details
+  raise {message}      -> raises an untyped exception (cell_failed)
+  not_json             -> returns what JSON cannot encode (contract_violation)
+  call_null {cell}     -> requests a cell with a null payload (refused here)
+  big {bytes}          -> a reply of about that size (cell_failed when over
+                          the host's max_frame_bytes)
+  deadline {deadline_ms} -> whether the time left is within (0, deadline_ms]
+  log                  -> a log frame at debug, info, warn and error (those
+                          below the hello's log_level are not sent)
   oversize             -> announces a frame larger than allowed
 
 Environment: REF_PROTOCOL="min-max" (default "1-1") sets the versions it
@@ -49,6 +58,8 @@ next_id = [0]
 active = [0]
 peak = [0]                       # most messages ever in flight at once
 active_cv = threading.Condition()
+settings = {"max_frame": 1 << 20, "log_rank": 0, "cell": "test.reference"}
+RANK = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "error": 4, "off": 5}
 
 
 def log(*args):
@@ -67,6 +78,9 @@ def read():
     if len(head) < 4:
         return None
     (n,) = struct.unpack(">I", head)
+    if n > settings["max_frame"]:
+        log(f"oversize frame: {n} bytes, at most {settings['max_frame']}")
+        return None
     return json.loads(inp.read(n))
 
 
@@ -91,7 +105,28 @@ class HostError(Exception):
         self.error = error
 
 
+def reply(hid, result):
+    """The reply, or cell_failed when it is over the host's frame limit, or
+    contract_violation when JSON cannot encode it."""
+    try:
+        body = json.dumps({"type": "reply", "id": hid, "payload": result}).encode()
+    except (TypeError, ValueError) as e:
+        return write({"type": "reply", "id": hid, "error": {"code": "contract_violation", "message": f"the reply is not JSON: {e}"}})
+    if len(body) > settings["max_frame"]:
+        message = f"the reply is {len(body)} bytes, more than the host takes ({settings['max_frame']})"
+        return write({"type": "reply", "id": hid, "error": {"code": "cell_failed", "message": message}})
+    with lock:
+        out.write(struct.pack(">I", len(body)) + body)
+        out.flush()
+
+
+def log_frame(hid, level, message):
+    if RANK[level] >= settings["log_rank"]:
+        write({"type": "log", "level": level, "message": message, "parent": hid})
+
+
 def handle(frame):
+    arrived = time.monotonic()
     hid = frame["id"]
     payload = frame["envelope"]["payload"]
     action = payload.get("action", "shout" if "text" in payload else "echo")
@@ -147,6 +182,23 @@ def handle(frame):
             result = {"value": True}
         elif action == "fail":
             raise HostError({"code": "invalid_input", "message": payload["message"]})
+        elif action == "fail_with_details":
+            raise HostError({"code": "invalid_input", "message": payload["message"], "details": payload["details"]})
+        elif action == "raise":
+            raise RuntimeError(payload["message"])
+        elif action == "not_json":
+            result = {"value": {1, 2}}
+        elif action == "call_null":
+            raise HostError({"code": "invalid_input", "message": f"a request to {payload['cell']} needs a payload: null is not one"})
+        elif action == "big":
+            result = {"value": "x" * payload["bytes"]}
+        elif action == "deadline":
+            left = frame["deadline_ms"] - (time.monotonic() - arrived) * 1000
+            result = {"value": {"within": 0 < left <= payload["deadline_ms"]}}
+        elif action == "log":
+            for level in ("debug", "info", "warn", "error"):
+                log_frame(hid, level, f"a {level} line")
+            result = {"value": "logged"}
         elif action == "crash":
             log("crashing on purpose")
             os._exit(3)
@@ -164,9 +216,13 @@ def handle(frame):
             return
         else:
             raise HostError({"code": "invalid_input", "message": f"unknown action {action!r}"})
-        write({"type": "reply", "id": hid, "payload": result})
+        reply(hid, result)
     except HostError as e:
         write({"type": "reply", "id": hid, "error": e.error})
+    except Exception as e:  # the SDKs' rule: any other exception is cell_failed
+        log(f"the handler raised {type(e).__name__}: {e}")
+        message = f"cell {settings['cell']} raised {type(e).__name__}: {e}"
+        write({"type": "reply", "id": hid, "error": {"code": "cell_failed", "message": message}})
     finally:
         with active_cv:
             active[0] -= 1
@@ -200,6 +256,9 @@ def main():
         log("expected hello, got", hello)
         return 2
     lo, hi = speaks()
+    settings["max_frame"] = int(hello.get("max_frame_bytes", 1 << 20))
+    settings["log_rank"] = RANK.get(hello.get("log_level", "trace"), 0)
+    settings["cell"] = os.environ.get("CBS_CELL_ID", "test.reference")
     offered = hello["protocol"]
     version = min(hi, offered["max"])
     if version < max(lo, offered["min"]):

@@ -11,6 +11,7 @@ class Context {
     required Future<void> Function(String subject, Object? payload) publish,
     required void Function(String level, String message) log,
     Future<Object?> Function(Map<String, Object?> op)? state,
+    this.deadline,
   })  : state = State(state ?? _noState),
         _headers = headers,
         _request = request,
@@ -25,6 +26,17 @@ class Context {
 
   /// The cell's own key-value state.
   final State state;
+
+  /// When the host stops waiting for this message, if it says.
+  final DateTime? deadline;
+
+  /// Time left before [deadline] (zero once passed), or `null`. Calls need
+  /// not be capped by it: the host caps them.
+  Duration? get remaining {
+    final left = deadline?.difference(DateTime.now());
+    if (left == null) return null;
+    return left.isNegative ? Duration.zero : left;
+  }
 
   final Map<String, String> _headers;
   final Future<Object?> Function(String, Object?, Duration?) _request;
@@ -60,9 +72,12 @@ class Context {
   }
 
   /// Logs into the host's log, tagged with this cell and correlation id.
+  /// Lines below the host's `log_level` are not sent.
   void log(String level, String message) => _log(level, message);
+  void debug(String message) => _log('debug', message);
   void info(String message) => _log('info', message);
   void warn(String message) => _log('warn', message);
+  void error(String message) => _log('error', message);
 }
 
 Future<Object?> _noState(Map<String, Object?> op) async =>

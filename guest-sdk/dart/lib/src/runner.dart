@@ -1,4 +1,5 @@
 import 'dart:async';
+import 'dart:convert';
 import 'dart:io';
 import 'dart:math' as math;
 
@@ -10,6 +11,9 @@ import 'frame.dart';
 /// Sidecar protocol versions this SDK speaks.
 const protocolMin = 1;
 const protocolMax = 1;
+
+/// Log levels by severity; `off` is above all.
+const _rank = {'trace': 0, 'debug': 1, 'info': 2, 'warn': 3, 'error': 4, 'off': 5};
 
 /// Runs [cell] as a CBS sidecar until the host sends `shutdown` or closes
 /// stdin; in-flight messages finish first. [input], [output] and [log]
@@ -39,6 +43,8 @@ class _Session {
   final Set<Future<void>> inFlight = {};
   final Completer<void> stopped = Completer();
   int nextId = 1;
+  /// The least severe level the host logs (its hello's `log_level`).
+  int logRank = 0;
   bool greeted = false;
   bool stopping = false;
 
@@ -125,6 +131,7 @@ class _Session {
     if (version < math.max(protocolMin, min)) version = protocolMax;
     final maxFrame = frame['max_frame_bytes'];
     if (maxFrame is int && maxFrame > 0) decoder.maxFrameBytes = maxFrame;
+    logRank = _rank[frame['log_level']] ?? 0;
     send({
       'type': 'describe',
       'protocol': version,
@@ -154,16 +161,25 @@ class _Session {
       }),
       publish: (subject, payload) =>
           call({'type': 'publish', 'parent': id, 'subject': subject, 'payload': payload}),
-      log: (level, message) => send({'type': 'log', 'level': level, 'message': message, 'parent': id}),
+      log: (level, message) {
+        if ((_rank[level] ?? 2) >= logRank) {
+          send({'type': 'log', 'level': level, 'message': message, 'parent': id});
+        }
+      },
       state: (op) => call({'type': 'state', 'parent': id, ...op}),
+      deadline: switch (frame['deadline_ms']) {
+        final int ms => DateTime.now().add(Duration(milliseconds: ms)),
+        _ => null,
+      },
     );
     try {
-      final payload = envelope['payload'];
-      if (payload is! Map<String, Object?>) {
-        throw CellError.invalidInput('the payload is not a JSON object');
+      final result = await cell.handle(envelope['payload'], ctx);
+      final List<int> reply;
+      try {
+        reply = encodeFrame({'type': 'reply', 'id': id, 'payload': result});
+      } on JsonUnsupportedObjectError catch (e) {
+        throw CellError(ErrorCode.contractViolation, 'the reply of ${cell.id} is not JSON: $e');
       }
-      final result = await cell.handle(payload, ctx);
-      final reply = encodeFrame({'type': 'reply', 'id': id, 'payload': result});
       if (!fits(reply)) {
         throw CellError.cellFailed(
             'the reply of ${cell.id} is ${reply.length - 4} bytes, more than the host takes (${decoder.maxFrameBytes})');

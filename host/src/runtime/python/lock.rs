@@ -215,7 +215,7 @@ mod tests {
         let cases = [
             ("numpy>=2", "not pinned"),
             ("numpy==2.1.3", "has no --hash"),
-            (&format!("numpy==2.1.3 --hash=md5:00"), "is not sha256"),
+            ("numpy==2.1.3 --hash=md5:00", "is not sha256"),
             (
                 &format!("numpy==2.1.3 --hash=sha256:00{}", &H1[7..]),
                 "is not sha256",

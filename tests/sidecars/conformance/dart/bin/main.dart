@@ -15,7 +15,7 @@ class Conformance extends Cell {
   int _peak = 0;
 
   @override
-  Future<Map<String, Object?>> handle(Map<String, Object?> payload, Context ctx) async {
+  Future<Object?> handle(covariant Map<String, Object?> payload, Context ctx) async {
     switch (payload['action']) {
       case 'echo':
         return {'value': payload['value']};
@@ -38,6 +38,28 @@ class Conformance extends Cell {
         throw CellError.invalidInput(payload['message'] as String);
       case 'crash':
         exit(3);
+      case 'fail_with_details':
+        throw CellError.invalidInput(payload['message'] as String, details: payload['details']);
+      case 'raise':
+        throw StateError(payload['message'] as String);
+      case 'not_json':
+        return {'value': Object()};
+      case 'call_null':
+        return {'value': await ctx.request(payload['cell'] as String, null)};
+      case 'big':
+        return {'value': 'x' * (payload['bytes'] as int)};
+      case 'deadline':
+        final left = ctx.remaining;
+        final limit = Duration(milliseconds: payload['deadline_ms'] as int);
+        return {
+          'value': {'within': left != null && left > Duration.zero && left <= limit}
+        };
+      case 'log':
+        ctx.debug('a debug line');
+        ctx.info('an info line');
+        ctx.warn('a warn line');
+        ctx.error('an error line');
+        return {'value': 'logged'};
     }
     throw CellError.invalidInput('unknown action ${payload['action']}');
   }
