@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Epoch tick: deadline resolution, and how often a running guest yields to
 /// the scheduler so that a busy cell cannot starve the others.
@@ -41,12 +41,24 @@ pub enum Allocator {
     OnDemand,
 }
 
-/// Builds the engine; falls back to on-demand allocation (with a warning)
-/// when the pooling allocator's reservation fails on this machine.
+/// Builds the engine: the pooling allocator with resident slots reset by
+/// PAGEMAP_SCAN where the kernel has it (Linux ≥ 6.7); else plain pooling;
+/// else (with a warning) on-demand allocation, when the pool's reservation
+/// fails on this machine.
 pub fn new_engine(options: &EngineOptions) -> anyhow::Result<(Engine, Allocator)> {
-    let mut config = base_config();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(options)));
-    match Engine::new(&config) {
+    let pooled = |resident: bool| {
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(
+            options, resident,
+        )));
+        Engine::new(&config)
+    };
+    let error = match pooled(true) {
+        Ok(engine) => return Ok((engine, Allocator::Pooling)),
+        Err(e) => e,
+    };
+    tracing::debug!(error = %error, "no PAGEMAP_SCAN here: pooled slots are reset without it");
+    match pooled(false) {
         Ok(engine) => Ok((engine, Allocator::Pooling)),
         Err(e) => {
             tracing::warn!(
@@ -75,7 +87,16 @@ fn base_config() -> Config {
 /// larger with 5,674 elements. The per-component caps admit both; the
 /// totals bound the whole host (an average of 8 core instances per
 /// component: a host of only Python instances fits ~570 of them per 1,000).
-fn pooling(options: &EngineOptions) -> PoolingAllocationConfig {
+///
+/// `resident`: a slot's first pages stay mapped when it is freed and
+/// PAGEMAP_SCAN resets only the pages the instance wrote, instead of
+/// `madvise` dropping them all: a fresh instantiate + call of `logic.greet`
+/// went from 45 µs to 16 µs (criterion `wasm/instantiate+call fresh`;
+/// docs/performance.md has the sizes tried). Without PAGEMAP_SCAN the same
+/// sizes make it slower (58 µs: the kept bytes are cleared in full), so
+/// they come only with it (`Enabled::Yes` fails the engine where it is
+/// missing and [`new_engine`] falls back).
+fn pooling(options: &EngineOptions, resident: bool) -> PoolingAllocationConfig {
     let n = options.max_instances;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
@@ -90,8 +111,20 @@ fn pooling(options: &EngineOptions) -> PoolingAllocationConfig {
         .max_memory_size((options.max_memory_mb as usize) << 20)
         // Keep a few warm slots resident so reuse avoids page faults.
         .max_unused_warm_slots(n.min(100));
+    if resident {
+        pool.linear_memory_keep_resident(RESIDENT_MEMORY)
+            .table_keep_resident(RESIDENT_TABLE)
+            .async_stack_keep_resident(RESIDENT_STACK)
+            .pagemap_scan(Enabled::Yes);
+    }
     pool
 }
+
+/// Bytes of a freed slot's linear memory, tables and async stack kept
+/// mapped (and reset by PAGEMAP_SCAN): measured best of 64 KiB – 4 MiB.
+const RESIDENT_MEMORY: usize = 256 << 10;
+const RESIDENT_TABLE: usize = 64 << 10;
+const RESIDENT_STACK: usize = 64 << 10;
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
 pub fn start_epoch_ticker(engine: &Engine) {
