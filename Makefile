@@ -44,7 +44,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host demo-cells cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host demo-cells cells bench-cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -74,6 +74,14 @@ cells: setup-rust ## Build every Rust cell into a component, next to its cell.to
 	@echo "building cell components (wasm32-wasip2)..." >&2
 	$(call build_components,$(CELLS),$(NOT_A_CELL))
 	@cp -f "$(WASM_OUT)/test-not-a-cell.wasm" tests/cells/not-a-cell/not_a_cell.wasm
+
+bench-cells: setup-rust ## Ten distinct components (bench-variant, features v0..v9) for make bench's start-up rows
+	@echo "building the ten bench variants (wasm32-wasip2)..." >&2
+	@mkdir -p tests/cells/variant/out
+	@for v in 0 1 2 3 4 5 6 7 8 9; do \
+		$(CARGO) build --quiet --profile cell --target wasm32-wasip2 -p bench-variant --features v$$v || exit 1; \
+		cp -f "$(WASM_OUT)/bench_variant.wasm" tests/cells/variant/out/bench_variant_$$v.wasm; \
+	done
 
 python-cells: setup-python ## Build the Python cells: components, and the native cells' venvs
 	@$(VENV)/bin/python scripts/build-python-cell $(PY_CELLS)
@@ -169,7 +177,7 @@ clean:
 	rm -f cells/logic.describe/*.wasm tests/cells/py-faulty-wasm/*.wasm
 	rm -rf $(foreach c,$(PY_CELLS),$(c)/.venv)
 
-bench: setup-rust setup-nats cells python-cells ## Benchmarks next to raw NATS; writes bench/results/<date>.md/.json
+bench: setup-rust setup-nats cells bench-cells python-cells ## Benchmarks next to raw NATS; writes bench/results/<date>.md/.json
 	$(CARGO) build --release -p cbs-cli
 	$(CARGO) bench -p cbs-tests --bench overhead
 	$(CARGO) bench -p cbs-host --bench hot_path -- --quick

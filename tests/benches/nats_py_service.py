@@ -1,6 +1,9 @@
 """The benchmark's reference: a hand-written nats-py service doing the same
 work as test.py_faulty (the same handler source, tests/cells/py-faulty),
-without CBS. Usage: nats_py_service.py NATS_URL SUBJECT; prints "ready"."""
+without CBS. Usage: nats_py_service.py NATS_URL SUBJECT [--checked];
+prints "ready". With --checked it validates each request and reply payload
+against the cell's JSON Schemas (Python's jsonschema, validators compiled
+once), as the host does; without, it skips those checks."""
 
 import asyncio
 import json
@@ -10,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import nats
+from jsonschema import Draft202012Validator
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "guest-sdk" / "python"), str(ROOT / "tests" / "cells" / "py-faulty")]
@@ -17,6 +21,11 @@ from cbs_cell import CellError  # noqa: E402
 from faulty import Faulty  # noqa: E402
 
 cell = Faulty()
+SCHEMAS = ROOT / "tests" / "cells" / "py-faulty" / "schemas"
+
+
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / name).read_text()))
 
 
 class Log:
@@ -36,8 +45,9 @@ class NoContext:
     log = Log()
 
 
-async def main(url: str, subject: str) -> None:
+async def main(url: str, subject: str, checked: bool) -> None:
     nc = await nats.connect(url)
+    check_in, check_out = validator("input.json"), validator("output.json")
 
     async def on_message(msg):
         request = json.loads(msg.data)
@@ -50,7 +60,11 @@ async def main(url: str, subject: str) -> None:
             "headers": {},
         }
         try:
+            if checked and not check_in.is_valid(request["payload"]):
+                raise CellError("the payload does not match the input schema", code="invalid_input")
             reply["payload"] = cell.handle(request["payload"], NoContext())
+            if checked and not check_out.is_valid(reply["payload"]):
+                raise CellError("the reply does not match the output schema", code="contract_violation")
         except CellError as e:
             reply["payload"] = None
             reply["error"] = e.to_wire()
@@ -63,4 +77,4 @@ async def main(url: str, subject: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], "--checked" in sys.argv[3:]))

@@ -106,6 +106,12 @@ impl TestHost {
         Self::with_data(bus, None, cells).await
     }
 
+    /// Serves `cells` on `bus`, every call between cells sent through the
+    /// bus even to a cell of this host (`cbs-host run --calls-via-bus`).
+    pub async fn via_bus(bus: Arc<dyn BodyBus>, cells: &[PathBuf]) -> Self {
+        Self::made(bus, cells, |body| body.set_local_calls(false)).await
+    }
+
     /// Serves `cells` on `bus` as host `host_id`, routing requests around
     /// it when it is full or slow (as `cbs-host run` does on NATS).
     pub async fn routed(bus: Arc<dyn BodyBus>, host_id: &str, cells: &[PathBuf]) -> Self {
