@@ -40,6 +40,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+/// The allocator `cbs-host` runs with, for the hosts (and baselines) in
+/// this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DURATION: Duration = Duration::from_secs(2);
 const WARMUP: Duration = Duration::from_millis(300);
 const CONCURRENCY: [usize; 2] = [1, 64];
@@ -722,6 +727,27 @@ fn find<'a>(rows: &'a [Row], bus: &str, name: &str, concurrency: usize) -> &'a R
         .unwrap()
 }
 
+/// A sidecar on the Python SDK's own process runtime (`python3 -m
+/// cbs_cell.worker`, as `cells/text.headline` runs), serving the
+/// conformance actions: what a Python sidecar written with the SDK costs,
+/// next to the reference sidecar (a thread per message).
+fn sdk_sidecar(root: &Path) -> PathBuf {
+    let path = format!(
+        "{}:{}",
+        repo().join("guest-sdk/python").display(),
+        repo().join("tests/sidecars/conformance").display()
+    );
+    temp_cell(
+        root,
+        "bench.sidecar_sdk",
+        &format!(
+            "id = \"bench.sidecar_sdk\"\nversion = \"0.1.0\"\nruntime = \"sidecar\"\n\
+             [sidecar]\ncommand = [\"python3\", \"-m\", \"cbs_cell.worker\", \"--module\", \"conformance\"]\n\
+             env = {{ PYTHONPATH = \"{path}\" }}\n[limits]\nconcurrency = 64\n"
+        ),
+    )
+}
+
 /// Prints rows as `CBS_BENCH_ONLY` runs show them.
 fn print_rows(rows: &[Row]) {
     for r in rows {
@@ -810,13 +836,17 @@ async fn main() {
     let mut cells = vec![greet(), fresh];
     cells.extend(chain(root, CHAIN_LOCAL));
     cells.push(repo().join("tests/sidecars/reference"));
+    cells.push(sdk_sidecar(root));
     cells.extend(python_cells());
     let bus_chain = chain(root, CHAIN_BUS);
     let greet_payload = PAYLOAD.to_owned();
     let shout = json!({"action": "shout", "text": "Ada Lovelace"}).to_string();
     // Every case of both tables; the first is each table's floor.
+    // `CBS_BENCH_CASE=NAME` (with `CBS_BENCH_ONLY=requests`) keeps only the
+    // floor and that case, e.g. to profile it.
+    let case = std::env::var("CBS_BENCH_CASE").ok();
     let cases = |floor: (&'static str, &'static str)| {
-        vec![
+        let mut all = vec![
             (floor.0, floor.1, greet_payload.clone()),
             ("rust-native", "bench.native", greet_payload.clone()),
             (
@@ -849,11 +879,20 @@ async fn main() {
                 "cbs.test.reference",
                 json!({"action": "echo", "value": "Ada Lovelace"}).to_string(),
             ),
+            (
+                "sidecar-sdk",
+                "cbs.bench.sidecar_sdk",
+                json!({"action": "echo", "value": "Ada Lovelace"}).to_string(),
+            ),
             ("python-wasm", "cbs.test.py_faulty_wasm", shout.clone()),
             ("python-native", "cbs.test.py_faulty", shout.clone()),
             ("nats-py", "bench.natspy", shout.clone()),
             ("nats-py-bare", "bench.natspy_bare", shout.clone()),
-        ]
+        ];
+        if let Some(case) = &case {
+            all.retain(|(name, ..)| *name == floor.0 || name == case);
+        }
+        all
     };
 
     eprintln!("nats-server on loopback");
@@ -889,11 +928,14 @@ async fn main() {
     native_greeter(local.clone(), "bench.native", true).await;
     native_greeter(local.clone(), "bench.native_bare", false).await;
     let mut local_cases = cases(("rust-native", "bench.native"));
-    local_cases.remove(1);
     local_cases.retain(|(name, ..)| !name.starts_with("nats-py"));
+    local_cases.dedup_by_key(|(name, ..)| *name);
     rows.extend(table(local, "local", &local_cases).await);
     if only.is_some() {
         print_rows(&rows);
+        if case.is_some() {
+            return;
+        }
         for (target, measured, met) in request_targets(&rows) {
             println!(
                 "{target}: {measured} ({})",
