@@ -431,12 +431,28 @@ impl Store {
             .map_err(|e| anyhow::anyhow!("cannot watch {PLACEMENT}: {e}"))
     }
 
-    /// Status reports as they come (current ones first).
+    /// Status reports as they come (current ones first). Creating the
+    /// watch's consumer is retried a few times: in a cluster still electing
+    /// its JetStream leaders it can time out once and succeed the next time.
     pub async fn watch_status(&self) -> anyhow::Result<kv::Watch> {
-        self.status
-            .watch_with_history(">")
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot watch {STATUS}: {e}"))
+        const ATTEMPTS: u32 = 3;
+        let backoff = crate::backoff::Backoff {
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+            jitter: 0.2,
+        };
+        let mut attempt = 0;
+        loop {
+            match self.status.watch_with_history(">").await {
+                Ok(watch) => return Ok(watch),
+                Err(e) if attempt + 1 >= ATTEMPTS => {
+                    bail!("cannot watch {STATUS} ({ATTEMPTS} attempts): {e}")
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot watch {STATUS} yet; retrying"),
+            }
+            tokio::time::sleep(backoff.next(attempt)).await;
+            attempt += 1;
+        }
     }
 }
 
