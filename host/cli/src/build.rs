@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use cbs_host::body::{Body, Sources};
-use cbs_host::bundle::{Bundle, KeyPair};
+use cbs_host::bundle::{bundled_program, Bundle, KeyPair};
 use cbs_host::bus::local::LocalBus;
 use cbs_host::manifest::{CellSpec, Lang, RuntimeKind};
 use cbs_host::runtime::python::venvs::VenvCache;
@@ -125,14 +125,8 @@ async fn check_component(
 /// A Dart sidecar (a `pubspec.yaml` next to cell.toml) with `dart compile
 /// exe` into its program; other process cells ship their files as they are.
 fn compile_process(dir: &Path, spec: &CellSpec) -> anyhow::Result<()> {
-    let program = spec
-        .manifest
-        .sidecar
-        .as_ref()
-        .and_then(|s| s.command.first())
-        .filter(|p| p.contains('/'));
-    match program {
-        Some(program) if dir.join("pubspec.yaml").is_file() => dart_compile(dir, program),
+    match bundled_program(&spec.manifest) {
+        Some(program) if dir.join("pubspec.yaml").is_file() => dart_compile(dir, &program),
         _ => {
             eprintln!("      nothing to compile: bundling the files cell.toml names as they are");
             Ok(())
@@ -140,10 +134,11 @@ fn compile_process(dir: &Path, spec: &CellSpec) -> anyhow::Result<()> {
     }
 }
 
-fn dart_compile(dir: &Path, program: &str) -> anyhow::Result<()> {
+fn dart_compile(dir: &Path, program: &Path) -> anyhow::Result<()> {
+    let program = program.to_string_lossy();
     for args in [
         &["pub", "get"][..],
-        &["compile", "exe", "bin/main.dart", "-o", program],
+        &["compile", "exe", "bin/main.dart", "-o", &program],
     ] {
         let status = Command::new("dart")
             .args(args)

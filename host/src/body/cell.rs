@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::stats::CellStats;
 use crate::chaos::Chaos;
 use crate::contract::Contract;
+use crate::envelope::{header, Envelope};
 use crate::manifest::{CellSpec, Manifest};
 use crate::outbound::Outbound;
 use crate::resilience::BreakerState;
@@ -42,6 +43,17 @@ pub struct LoadedCell {
 impl LoadedCell {
     pub fn info(&self) -> &CellInfo {
         self.runner.info()
+    }
+
+    /// How long a message may take here: the cell's `timeout_ms`, or the
+    /// caller's remaining budget (`Cbs-Budget-Ms`) when shorter.
+    pub fn time_allowed(&self, envelope: &Envelope) -> Duration {
+        let limit = Duration::from_millis(self.manifest.limits.timeout_ms);
+        envelope
+            .headers
+            .get(header::BUDGET_MS)
+            .and_then(|b| b.parse().ok())
+            .map_or(limit, |b| Duration::from_millis(b).min(limit))
     }
 
     /// The cell's HTTP routes (`[[http]]`), each with its contract.

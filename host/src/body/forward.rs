@@ -17,7 +17,7 @@ use super::cell::LoadedCell;
 use super::dispatch::{admit_here, relay_reply, reply_error};
 use crate::bus::{BodyBus, Message};
 use crate::envelope::codec::from_message;
-use crate::envelope::{header, Envelope, ErrorCode};
+use crate::envelope::ErrorCode;
 use crate::routing::direct_subject;
 
 /// How much longer than the request's own deadline this host waits for
@@ -38,7 +38,8 @@ pub(super) fn spawn(
         let Ok(envelope) = from_message(&message) else {
             return admit_here(&bus, cell, message, None).await;
         };
-        let wait = wait_for(&cell, &envelope);
+        // The request's deadline as the peer will count it, plus slack.
+        let wait = cell.time_allowed(&envelope) + REPLY_SLACK;
         cell.stats.forwarded();
         let _relay = relay;
         let subject = direct_subject(&peer, &cell.manifest.id);
@@ -62,18 +63,6 @@ pub(super) fn spawn(
             Err(e) => reply_error(&*bus, &cell, &message, e).await,
         }
     });
-}
-
-/// The request's deadline as the peer will count it, plus slack: the
-/// caller's budget if it set a shorter one than the cell's limit.
-fn wait_for(cell: &LoadedCell, envelope: &Envelope) -> Duration {
-    let limit = cell.manifest.limits.timeout_ms;
-    let budget = envelope
-        .headers
-        .get(header::BUDGET_MS)
-        .and_then(|b| b.parse::<u64>().ok())
-        .unwrap_or(limit);
-    Duration::from_millis(budget.min(limit)) + REPLY_SLACK
 }
 
 /// Whether the peer refused the request for lack of room.

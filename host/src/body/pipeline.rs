@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::cell::LoadedCell;
 use crate::chaos::{Chaos, Fault};
-use crate::envelope::{header, BusError, Envelope, ErrorCode};
+use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::runtime::Deadline;
 
 impl LoadedCell {
@@ -61,16 +61,9 @@ async fn run(
     envelope: Arc<Envelope>,
     arrived: Instant,
 ) -> Result<Envelope, BusError> {
-    // The cell's own limit, or the caller's remaining budget if shorter.
-    let limit = Duration::from_millis(cell.manifest.limits.timeout_ms);
-    let budget = envelope
-        .headers
-        .get(header::BUDGET_MS)
-        .and_then(|b| b.parse().ok())
-        .map(Duration::from_millis);
     let runner_deadline = Deadline {
-        reply_by: arrived + budget.map_or(limit, |b| b.min(limit)),
-        cell_limit: arrived + limit,
+        reply_by: arrived + cell.time_allowed(&envelope),
+        cell_limit: arrived + Duration::from_millis(cell.manifest.limits.timeout_ms),
     };
     let deadline = runner_deadline.reply_by;
     // Waiting for a free slot counts against the deadline too.

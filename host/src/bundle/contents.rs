@@ -35,7 +35,7 @@ pub(super) fn of(spec: &CellSpec) -> anyhow::Result<Contents> {
     let program = bundled_program(m);
     files.extend(program.clone());
     for entry in &m.bundle.files {
-        files.extend(walk(spec, entry)?);
+        files.extend(walk(spec, entry, None)?);
     }
     let platform = m
         .bundle
@@ -46,7 +46,7 @@ pub(super) fn of(spec: &CellSpec) -> anyhow::Result<Contents> {
 }
 
 /// A sidecar's program when it is a file of the cell folder.
-pub(super) fn bundled_program(m: &Manifest) -> Option<PathBuf> {
+pub fn bundled_program(m: &Manifest) -> Option<PathBuf> {
     let program = m.sidecar.as_ref()?.command.first()?;
     (m.runtime == RuntimeKind::Sidecar && program.contains('/')).then(|| PathBuf::from(program))
 }
@@ -58,11 +58,11 @@ fn python_files(spec: &CellSpec) -> anyhow::Result<Vec<PathBuf>> {
     let Some(python) = &m.python else {
         return Ok(Vec::new());
     };
+    // The venv is the host's to build, never the bundle's: not walked.
     let venv = spec.resolve(&python.venv);
-    let mut files: Vec<PathBuf> = walk(spec, &python.path)?
+    let mut files: Vec<PathBuf> = walk(spec, &python.path, Some(&venv))?
         .into_iter()
         .filter(|f| f.extension().is_some_and(|e| e == "py"))
-        .filter(|f| !spec.resolve(f).starts_with(&venv))
         .collect();
     if let Some(lock) = &python.requirements {
         let path = spec.resolve(lock);
@@ -80,9 +80,9 @@ fn python_files(spec: &CellSpec) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// `entry` if a file, else the files under it (skipping hidden folders and
-/// `__pycache__`), relative to the cell folder.
-fn walk(spec: &CellSpec, entry: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// `entry` if a file, else the files under it (skipping hidden folders,
+/// `__pycache__` and the folder `skip`), relative to the cell folder.
+fn walk(spec: &CellSpec, entry: &Path, skip: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
     let path = spec.resolve(entry);
     let meta =
         std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -101,7 +101,8 @@ fn walk(spec: &CellSpec, entry: &Path) -> anyhow::Result<Vec<PathBuf>> {
             let relative = folder.join(&name);
             if item.file_type()?.is_dir() {
                 let name = name.to_string_lossy();
-                if !name.starts_with('.') && name != "__pycache__" {
+                let skipped = skip.is_some_and(|s| spec.resolve(&relative) == s);
+                if !name.starts_with('.') && name != "__pycache__" && !skipped {
                     folders.push(relative);
                 }
             } else {

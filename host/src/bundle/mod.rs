@@ -17,6 +17,7 @@ mod contents;
 pub mod platform;
 mod signing;
 
+pub use contents::bundled_program;
 pub use signing::{KeyPair, PublicKey, Trust};
 
 use std::collections::BTreeMap;

@@ -44,6 +44,8 @@ pub struct VenvCache {
     root: PathBuf,
     /// One build at a time per key.
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The interpreter's version, asked once.
+    version: tokio::sync::OnceCell<String>,
 }
 
 impl VenvCache {
@@ -51,6 +53,7 @@ impl VenvCache {
         Self {
             root,
             building: Mutex::default(),
+            version: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -77,8 +80,11 @@ impl VenvCache {
         };
         let parsed = Lock::parse(&text).with_context(|| format!("cell {cell}"))?;
         let python = interpreter();
-        let version = python_version(&python).await?;
-        let key = key(&text, &version);
+        let version = self
+            .version
+            .get_or_try_init(|| python_version(&python))
+            .await?;
+        let key = key(&text, version);
         let dir = self.root.join(&key);
         if dir.join(READY).is_file() {
             tracing::debug!(cell, venv = %dir.display(), "reusing the venv of this lock");
