@@ -6,7 +6,8 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 WASM_OUT := $(CARGO_TARGET_DIR)/wasm32-wasip2/cell
 # One build of the host serves `make run` and `make test`: the dev profile,
-# with dependencies optimized (see Cargo.toml). `make bench` uses release.
+# with only the component compiler optimized (Cargo.toml, ADR 19). `make
+# bench` uses release.
 HOST_BIN := $(CARGO_TARGET_DIR)/debug/cbs-host
 
 # Cell crates built into components: <folder>:<crate>. The demo's first:
@@ -44,27 +45,31 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host demo-cells cells bench-cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-run: host demo-cells ## Run the greeting demo: `echo Ada | make run`
+run: host-bin demo-cells ## Run the greeting demo: `echo Ada | make run`
 	@[ -t 0 ] && echo "What is your name? (type it and press Enter)" >&2 || true
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.prompt_name $(DEMO)
 
-run-http: host demo-cells ## Serve logic.greet over HTTP on 127.0.0.1:8080: curl -d '{"name":"Ada"}' localhost:8080/greet
+run-http: host-bin demo-cells ## Serve logic.greet over HTTP on 127.0.0.1:8080: curl -d '{"name":"Ada"}' localhost:8080/greet
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-info} --http $${CBS_HTTP:-127.0.0.1:8080} cells/logic.greet
 
-run-polyglot: host cells python-cells ## Rust → Python (component) → Python (native, numpy) → sidecar → Dart (after make dart-cells) → Rust
+run-polyglot: host-bin cells python-cells ## Rust → Python (component) → Python (native, numpy) → sidecar → Dart (after make dart-cells) → Rust
 	@$(HOST_BIN) run --log-level $${CBS_LOG:-warn} --start io.polyglot \
 		--input '{"numbers": [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]}' $(POLYGLOT)
 
 build: host cells python-cells ## Build the host and every cell
 
 host: setup-rust setup-pyo3 ## Build cbs-host and cbs (target/debug)
-	@echo "building cbs-host and cbs (the first build compiles wasmtime: several minutes)..." >&2
+	@echo "building cbs-host and cbs (the first build compiles wasmtime: a few minutes)..." >&2
 	$(CARGO) build -p cbs-cli
+
+host-bin: setup-rust setup-pyo3 ## Build only cbs-host, what the demos run (target/debug)
+	@echo "building cbs-host (the first build compiles wasmtime: a few minutes)..." >&2
+	$(CARGO) build -p cbs-cli --bin cbs-host
 
 demo-cells: setup-rust ## Build the demo's cells into components
 	@echo "building the demo cells (wasm32-wasip2)..." >&2
@@ -93,10 +98,10 @@ test: setup-rust setup-nats host cells python-cells ## Run every test (unit, com
 test-python: setup-python ## The Python SDK's own tests (unittest, in the project venv)
 	cd guest-sdk/python && ../../$(VENV)/bin/python -m unittest discover -s tests
 
-test-kubernetes: setup-python host ## deploy/kubernetes validated offline (kubernetes-validate, KEDA ScaledObject schema)
+test-kubernetes: setup-python host-bin ## deploy/kubernetes validated offline (kubernetes-validate, KEDA ScaledObject schema)
 	$(VENV)/bin/python scripts/check-kubernetes $(HOST_BIN)
 
-test-openapi: setup-python host demo-cells ## schemathesis against the /openapi.json of the demo cells' HTTP routes
+test-openapi: setup-python host-bin demo-cells ## schemathesis against the /openapi.json of the demo cells' HTTP routes
 	$(VENV)/bin/python scripts/check-openapi $(HOST_BIN) $(VENV)/bin/schemathesis cells/logic.greet
 
 test-dart: ## The Dart SDK's tests, where `dart` is installed
