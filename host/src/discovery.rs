@@ -43,7 +43,7 @@ pub struct CellView {
     pub instances: u64,
     /// A durable cell's consumer, as that host saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub durable: Option<crate::body::DurableCounts>,
+    pub durable: Option<crate::stats::DurableCounts>,
     /// Its HTTP routes with their contracts (what gateways serve); empty
     /// once the host stopped serving it.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{check_own_subject, check_stream_name, stream_token};
+use crate::subjects::{check_own_subject, check_stream_name, stream_token};
 
 /// `[[subscribe]]`: one event subject a cell handles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +73,7 @@ impl Subscribe {
     /// The queue group for core deliveries: `cbs.<cell-id>` when queued,
     /// none for fan-out.
     pub fn queue_group(&self, cell_id: &str) -> Option<String> {
-        (self.delivery == Delivery::Queue).then(|| crate::manifest::subject_of(cell_id))
+        (self.delivery == Delivery::Queue).then(|| crate::subjects::subject_of(cell_id))
     }
 
     /// The stream of a durable subscription.

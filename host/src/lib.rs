@@ -35,4 +35,6 @@ pub mod resilience;
 pub mod routing;
 pub mod runtime;
 pub mod state;
+pub mod stats;
+pub mod subjects;
 pub mod telemetry;

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
+use crate::subjects::{
+    check_durable_publish, check_own_subject, check_stream_name, stream_token, subject_of,
+};
+
 pub const FILE_NAME: &str = "cell.toml";
 /// The id a bare component is loaded under until its `describe()` names it.
 pub const PROBE_ID: &str = "cbs.probe";
@@ -609,67 +613,6 @@ fn check_grants(c: &Capabilities) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `text` as part of a stream name: letters and digits upper-cased,
-/// anything else `_`.
-pub(crate) fn stream_token(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// A JetStream stream name a manifest gives.
-pub(crate) fn check_stream_name(what: &str, stream: &str) -> anyhow::Result<()> {
-    let ok = !stream.is_empty()
-        && stream.len() <= 64
-        && stream
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !ok {
-        bail!("{what} = {stream:?}: use up to 64 letters, digits, '_' and '-'");
-    }
-    Ok(())
-}
-
-/// A subject (wildcards allowed) a stream or subscription may take: its
-/// first token is a name of its own, never a wildcard (`>` would take
-/// everything), the requests to cells (`cbs`), the host's own streams
-/// (`cbs-…`: other cells' durable messages, dead letters) or system
-/// traffic (`$…`, `_…`).
-pub(crate) fn check_own_subject(what: &str, subject: &str) -> anyhow::Result<()> {
-    check_first_token(what, subject, false)
-}
-
-/// A subject a cell may publish to durably: as [`check_own_subject`], and
-/// also a durable cell's stream (`cbs-durable.<cell-id>`), which is how
-/// cells feed one another durably.
-pub(crate) fn check_durable_publish(what: &str, subject: &str) -> anyhow::Result<()> {
-    check_first_token(what, subject, true)
-}
-
-fn check_first_token(what: &str, subject: &str, durable_feeds: bool) -> anyhow::Result<()> {
-    crate::bus::subject::check(subject, true).with_context(|| format!("in {what}"))?;
-    let first = subject.split('.').next().unwrap_or_default();
-    let reserved = first == "*"
-        || first == ">"
-        || first == "cbs"
-        || (first.starts_with("cbs-") && !(durable_feeds && first == "cbs-durable"))
-        || first.starts_with('$')
-        || first.starts_with('_');
-    if reserved {
-        bail!(
-            "{what}: {subject:?} would take requests, other cells' streams or system traffic; \
-             use a subject of its own, such as \"orders.>\""
-        );
-    }
-    Ok(())
-}
-
 fn within(name: &str, value: u64, max: u64) -> anyhow::Result<()> {
     if value > max {
         bail!("{name} = {value} is above the largest this host accepts, {max}");
@@ -952,11 +895,6 @@ fn matches_any(patterns: &[String], subject: &str) -> bool {
             .map(|p| p.matches(subject))
             .unwrap_or(false)
     })
-}
-
-/// `cbs.<cell-id>`: where a cell is served.
-pub fn subject_of(cell_id: &str) -> String {
-    format!("cbs.{cell_id}")
 }
 
 /// Cell ids are dotted tokens of lowercase letters, digits, `_` and `-`.

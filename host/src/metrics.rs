@@ -48,7 +48,7 @@ pub struct CellSnapshot {
     pub instances: usize,
     pub breakers: Vec<(String, BreakerState)>,
     /// Its durable consumer, for a `[durable]` cell on JetStream.
-    pub durable: Option<crate::body::DurableCounts>,
+    pub durable: Option<crate::stats::DurableCounts>,
     /// Requests sent to another host (this one was full or slow).
     pub forwarded: u64,
 }

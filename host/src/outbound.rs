@@ -16,10 +16,11 @@ use crate::bus::{request_timeout, BodyBus};
 use crate::durable::DurableLog;
 use crate::envelope::codec::to_message;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
-use crate::manifest::{subject_of, Manifest};
+use crate::manifest::Manifest;
 use crate::random::fresh_seed;
 use crate::resilience::{is_failure, is_retryable, Breaker, BreakerState, CallPolicy};
 use crate::state::CellState;
+use crate::subjects::subject_of;
 
 /// Cells served by this host, reachable without the bus.
 #[async_trait]

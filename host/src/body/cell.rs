@@ -7,7 +7,6 @@ use std::time::Duration;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::stats::CellStats;
 use crate::chaos::Chaos;
 use crate::contract::Contract;
 use crate::envelope::{header, Envelope};
@@ -16,6 +15,7 @@ use crate::outbound::Outbound;
 use crate::resilience::BreakerState;
 use crate::runtime::wasm::CacheOutcome;
 use crate::runtime::{CellInfo, CellRunner};
+use crate::stats::CellStats;
 
 /// Where a served cell's current version sits: read once per message, so a
 /// hot swap takes effect from the next message on.

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::cell::{LoadedCell, Slot};
-use super::forward;
+use super::forward::{self, Forwarded};
 use crate::bus::{is_inbox, BodyBus, Headers, Message, Subscription, INBOX_PREFIX};
 use crate::envelope::codec::{from_message, transport_headers};
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
@@ -65,7 +65,7 @@ async fn admit(
     if let Some(r) = reroute {
         if let Some(peer) = r.router.around_slowness(&r.routes) {
             if let Some(relay) = r.router.relay_slot() {
-                return forward::spawn(bus.clone(), cell, message, peer, relay);
+                return forward_to(bus, cell, message, peer, relay);
             }
         }
     }
@@ -74,7 +74,7 @@ async fn admit(
 
 /// Runs `message` in a task of its own; when the cell is at its limits,
 /// sends it to a peer with room, or answers `capacity` at once.
-pub(super) async fn admit_here(
+async fn admit_here(
     bus: &Arc<dyn BodyBus>,
     cell: Arc<LoadedCell>,
     message: Message,
@@ -84,7 +84,7 @@ pub(super) async fn admit_here(
         if let Some(r) = reroute {
             if let Some(peer) = r.router.around_capacity(&r.routes) {
                 if let Some(relay) = r.router.relay_slot() {
-                    return forward::spawn(bus.clone(), cell, message, peer, relay);
+                    return forward_to(bus, cell, message, peer, relay);
                 }
             }
         }
@@ -104,6 +104,30 @@ pub(super) async fn admit_here(
     });
 }
 
+/// Sends `message` to `peer` in a task of its own and answers with what
+/// came of it; `relay` is its slot among the host's forwarded requests.
+/// This host stays the one answering: a request the peer could not take is
+/// handled here after all (or answered `capacity`).
+fn forward_to(
+    bus: &Arc<dyn BodyBus>,
+    cell: Arc<LoadedCell>,
+    message: Message,
+    peer: String,
+    relay: OwnedSemaphorePermit,
+) {
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        let _relay = relay;
+        match forward::ask(&*bus, &cell, &message, &peer).await {
+            Forwarded::Reply(reply) => {
+                relay_reply(&*bus, &message, reply.headers, reply.payload).await;
+            }
+            Forwarded::HandleHere => admit_here(&bus, cell, message, None).await,
+            Forwarded::Failed(error) => reply_error(&*bus, &cell, &message, error).await,
+        }
+    });
+}
+
 async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) {
     let arrived = Instant::now();
     let reply = match from_message(&message) {
@@ -116,12 +140,7 @@ async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) 
     send_reply(bus, &message, &reply).await;
 }
 
-pub(super) async fn reply_error(
-    bus: &dyn BodyBus,
-    cell: &LoadedCell,
-    message: &Message,
-    error: BusError,
-) {
+async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, error: BusError) {
     cell.stats.error(error.code);
     tracing::debug!(cell = %cell.manifest.id, code = %error.code, error = %error.message, "rejected");
     let reply = Envelope::orphan_error(
@@ -146,12 +165,7 @@ fn reply_to(message: &Message) -> Option<&str> {
 }
 
 /// Passes on a reply as it came (a peer's, to a forwarded request).
-pub(super) async fn relay_reply(
-    bus: &dyn BodyBus,
-    message: &Message,
-    headers: Headers,
-    payload: Bytes,
-) {
+async fn relay_reply(bus: &dyn BodyBus, message: &Message, headers: Headers, payload: Bytes) {
     let Some(to) = reply_to(message) else {
         return;
     };

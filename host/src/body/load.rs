@@ -10,7 +10,6 @@ use anyhow::{bail, Context as _};
 use tokio::sync::Semaphore;
 
 use super::cell::LoadedCell;
-use super::stats::CellStats;
 use crate::bundle::{self, Bundle, Trust};
 use crate::bus::BodyBus;
 use crate::chaos::{Chaos, ChaosSpec};
@@ -26,6 +25,7 @@ use crate::runtime::python::PythonCell;
 use crate::runtime::wasm::WasmRuntime;
 use crate::runtime::CellRunner;
 use crate::state::{CellState, StateBackend};
+use crate::stats::CellStats;
 
 /// Where cells come from: trust for bundles, and where they unpack.
 #[derive(Clone)]

@@ -6,7 +6,7 @@
 //! [`registry`] holds the served cells and swaps versions; [`dispatch`]
 //! admits messages within each cell's limits; [`pipeline`] takes one message
 //! through contract, cell and contract; [`forward`] sends requests to peers
-//! when this host is full or slow; [`stats`] counts.
+//! when this host is full or slow. Counters live in [`crate::stats`].
 
 mod cell;
 mod dispatch;
@@ -15,7 +15,6 @@ mod load;
 mod pipeline;
 mod pull;
 mod registry;
-mod stats;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,7 +29,6 @@ use self::load::Loader;
 pub use self::load::Sources;
 pub use self::registry::Directory;
 use self::registry::Registry;
-pub use self::stats::{CellStats, DurableCounts};
 use crate::bundle::{Bundle, Trust};
 use crate::bus::BodyBus;
 use crate::chaos::ChaosSpec;
@@ -191,7 +189,7 @@ impl Body {
         payload: Box<RawValue>,
         timeout: Duration,
     ) -> Result<Envelope, BusError> {
-        let envelope = Envelope::new(crate::manifest::subject_of(cell_id), payload);
+        let envelope = Envelope::new(crate::subjects::subject_of(cell_id), payload);
         crate::call::request(self.bus().as_ref(), &envelope, timeout).await
     }
 

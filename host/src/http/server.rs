@@ -25,7 +25,7 @@ use super::route::{Auth, Matched, Method, Routes, Target};
 use super::trace;
 use crate::bus::BodyBus;
 use crate::envelope::{header as envelope_header, BusError, Envelope};
-use crate::manifest::subject_of;
+use crate::subjects::subject_of;
 
 /// The flow's correlation id, taken from the request and returned.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";

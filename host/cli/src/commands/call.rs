@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cbs_host::envelope::{Envelope, ErrorCode};
-use cbs_host::manifest::{check_cell_id, subject_of};
+use cbs_host::manifest::check_cell_id;
+use cbs_host::subjects::subject_of;
 use clap::Args;
 use serde_json::value::RawValue;
 

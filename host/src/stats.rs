@@ -1,5 +1,6 @@
-//! Counters per cell, owned here and read by discovery (`$SRV.STATS` data)
-//! and `/metrics` through [`CellStats`]'s accessors.
+//! Counters per cell, owned here: the body counts, and discovery
+//! (`$SRV.STATS` data) and `/metrics` read them through [`CellStats`]'s
+//! accessors. Neither reader depends on the body for them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
