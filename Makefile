@@ -114,7 +114,7 @@ test-dart: ## The Dart SDK's tests, where `dart` is installed
 dart-cells: ## Build the Dart cells into executables (needs dart on PATH)
 	cd cells/logic.shout && dart pub get && dart compile exe bin/main.dart -o bin/logic-shout
 
-lint: setup-rust setup-pyo3 ## rustfmt, clippy (warnings are errors), the architecture doc
+lint: setup-rust setup-pyo3 ## rustfmt, clippy (warnings are errors), the architecture doc, no import circles
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz --all-targets -- -D warnings
 	@python3 scripts/check-architecture
