@@ -210,6 +210,22 @@ async fn bad_input_gives_typed_errors_in_both_runtimes_and_wasm_cells_keep_answe
     eprintln!("logic.greet answered {answered} times meanwhile");
 }
 
+/// Python writes NaN and Infinity, which are not JSON. A finite input whose
+/// sum overflows gives a typed error in both runtimes, not a frame the host
+/// must end the native worker for, and the cell answers the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_with_an_infinite_number_is_a_contract_violation_in_both_runtimes() {
+    let host = host().await;
+    for cell in [NATIVE, WASM] {
+        let overflow = json!({"action": "stats", "values": [1e308, 1e308]});
+        let err = act(&host, cell, overflow).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ContractViolation, "{cell}: {err}");
+        assert!(err.message.contains("NaN or infinite"), "{cell}: {err}");
+        let reply = act(&host, cell, json!({"action": "shout", "text": "on"})).await;
+        assert_eq!(reply.unwrap()["text"], "ON!", "{cell}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_worker_is_killed_and_replaced() {
     let host = host().await;

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import traceback
 from typing import Any, Callable, Protocol, Union
 
-from .context import Context, Json
+from .context import Context, Json, to_json
 from .errors import CellError, ContractViolation
 
 Handler = Callable[[Json, Context], Json]
@@ -83,16 +82,32 @@ async def run_async(handler: Handler, payload: Json, ctx: Context) -> Outcome:
 
 def _failed(e: Exception, ctx: Context) -> Outcome:
     if isinstance(e, CellError):
-        return None, e.to_wire()
+        return None, _sendable(e.to_wire())
     ctx._log("error", f"handler raised {type(e).__name__}:\n{traceback.format_exc()}")
     message = f"cell {ctx.cell_id} raised {type(e).__name__}: {e}"
     return None, {"code": "cell_failed", "message": message}
 
 
 def _replied(result: Json, ctx: Context) -> Outcome:
+    # Strict JSON: Python would write NaN and Infinity, which no JSON
+    # parser (the host's included) takes.
     try:
-        return json.dumps(result), None
+        return to_json(result), None
     except (TypeError, ValueError) as e:
         return None, ContractViolation(
-            f"cell {ctx.cell_id} returned a value that is not JSON ({e})"
+            f"cell {ctx.cell_id} returned a value that is not JSON ({e}){_hint(e)}"
         ).to_wire()
+
+
+def _hint(e: Exception) -> str:
+    return "; JSON has no NaN or infinite numbers" if isinstance(e, ValueError) else ""
+
+
+def _sendable(error: dict[str, Any]) -> dict[str, Any]:
+    """A typed error whose details are not JSON still reaches the host: as
+    itself without the details."""
+    try:
+        to_json(error)
+    except (TypeError, ValueError) as e:
+        return {"code": error["code"], "message": f"{error['message']} (its details are not JSON: {e})"}
+    return error

@@ -20,7 +20,7 @@ from wit_world.imports import log as wit_log  # type: ignore[import-not-found,un
 from wit_world.imports import atomics, store  # type: ignore[import-not-found,unused-ignore]
 
 from .cell import CellClass, Handler, is_async, resolve, run
-from .context import Context, Json
+from .context import Context, Json, to_json
 from .errors import CellError
 
 _LEVELS = {
@@ -37,13 +37,13 @@ class ComponentContext(Context):
 
     def _request(self, cell_id: str, payload: Json, timeout_ms: Optional[int]) -> Json:
         try:
-            return json.loads(bus.request(cell_id, json.dumps(payload), int(timeout_ms or 0)))
+            return json.loads(bus.request(cell_id, to_json(payload), int(timeout_ms or 0)))
         except Err as e:
             raise _from_wit(e.value) from None
 
     def _publish(self, subject: str, payload: Json) -> None:
         try:
-            bus.publish(subject, json.dumps(payload))
+            bus.publish(subject, to_json(payload))
         except Err as e:
             raise _from_wit(e.value) from None
 
@@ -101,7 +101,7 @@ def _to_wit(error: dict[str, Any]) -> Any:
     return types.CellError(
         code=types.ErrorCode[error["code"].upper()],
         message=error["message"],
-        details=None if details is None else json.dumps(details),
+        details=None if details is None else to_json(details),
     )
 
 

@@ -12,6 +12,12 @@ from typing import Any, Callable, Mapping, Optional, Union
 #: JSON values as Python sees them.
 Json = Any
 
+
+def to_json(value: Json) -> str:
+    """``value`` as strict JSON text; ``ValueError`` on NaN or an infinity,
+    which Python would write and no JSON parser (the host's included) takes."""
+    return json.dumps(value, allow_nan=False)
+
 LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
@@ -74,7 +80,7 @@ class State:
         return self._call({"op": "get", "key": key}, _json)
 
     def set_json(self, key: str, value: Json) -> None:
-        return self.set(key, json.dumps(value))
+        return self.set(key, to_json(value))
 
     def delete(self, key: str) -> None:
         return self._call({"op": "delete", "key": key}, _nothing)

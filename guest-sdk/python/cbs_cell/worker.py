@@ -40,7 +40,7 @@ import time
 from typing import Any, Optional
 
 from .cell import Handler, is_async, load, run, run_async
-from .context import AsyncState, Context, Json, _not_null
+from .context import AsyncState, Context, Json, _not_null, to_json
 from .errors import CellError, Unavailable
 
 #: Protocol versions this runtime speaks.
@@ -119,7 +119,7 @@ class Channel:
         return frame
 
     def write(self, frame: dict[str, Any]) -> None:
-        self.write_raw(json.dumps(frame).encode())
+        self.write_raw(to_json(frame).encode())
 
     def write_raw(self, body: bytes) -> None:
         with self._lock:

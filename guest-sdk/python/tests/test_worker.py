@@ -46,6 +46,20 @@ class Counter:
         return {"n": self.n}
 
 
+def not_finite(payload, ctx):
+    if payload.get("details"):
+        raise InvalidInput("bad number", {"value": float("nan")})
+    if payload.get("call"):
+        return {"via": ctx.request("logic.greet", {"value": float("inf")})}
+    if payload.get("inf"):
+        return {"mean": float("inf")}
+    return {"mean": 1.5}
+
+
+def _not_json(constant):
+    raise ValueError(f"the worker wrote {constant}, which is not JSON")
+
+
 class Host:
     """The host's end of the pipes: writes frames, reads frames."""
 
@@ -78,7 +92,8 @@ class Host:
         if len(head) < 4:
             return None
         (n,) = struct.unpack(">I", head)
-        return json.loads(self.r.read(n))
+        # As strict as the host: NaN and Infinity are not JSON.
+        return json.loads(self.r.read(n), parse_constant=_not_json)
 
     def handle(self, hid, payload):
         self.send({"type": "handle", "id": hid, "deadline_ms": 1000,
@@ -212,6 +227,42 @@ class LimitsTest(unittest.TestCase):
         host.handle(1, {"null_call": True})
         reply = host.reply(1)
         self.assertEqual(reply["error"]["code"], "invalid_input")
+        self.assertFalse([f for f in host.others if f["type"] == "request"], "nothing sent")
+        host.close()
+
+
+class StrictJsonTest(unittest.TestCase):
+    """Python writes NaN and Infinity, which no JSON parser takes: a host
+    would end the worker for the malformed frame."""
+
+    def test_an_infinite_number_in_a_reply_is_a_contract_violation(self):
+        host = Host(not_finite)
+        host.others = []
+        host.handle(1, {"inf": True})
+        error = host.reply(1)["error"]
+        self.assertEqual(error["code"], "contract_violation")
+        self.assertIn("NaN or infinite", error["message"])
+        host.handle(2, {})
+        self.assertEqual(host.reply(2)["payload"], {"mean": 1.5}, "the worker serves on")
+        host.close()
+
+    def test_error_details_that_are_not_json_are_left_out(self):
+        host = Host(not_finite)
+        host.others = []
+        host.handle(1, {"details": True})
+        error = host.reply(1)["error"]
+        self.assertEqual(error["code"], "invalid_input")
+        self.assertNotIn("details", error)
+        self.assertIn("bad number (its details are not JSON", error["message"])
+        host.close()
+
+    def test_a_call_with_an_infinite_number_fails_in_the_cell_and_sends_nothing(self):
+        host = Host(not_finite)
+        host.others = []
+        host.handle(1, {"call": True})
+        error = host.reply(1)["error"]
+        self.assertEqual(error["code"], "cell_failed")
+        self.assertIn("not JSON compliant", error["message"])
         self.assertFalse([f for f in host.others if f["type"] == "request"], "nothing sent")
         host.close()
 
