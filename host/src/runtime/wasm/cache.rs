@@ -11,10 +11,17 @@
 //! `files/`, keyed by the file's path and checked against its identity
 //! (device, inode, size, mtime and ctime, in nanoseconds): an unchanged
 //! file is not even read again.
+//!
+//! Every version a host ever loaded would stay otherwise, so the entries
+//! are bounded: a hit marks its entry used (its mtime), and after each new
+//! entry the least recently used go until the rest take at most
+//! `$CBS_CACHE_MAX_BYTES` (default 2 GiB). Entries of other wasmtime
+//! versions are never used again and go first.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -31,9 +38,13 @@ pub enum CacheOutcome {
     Compiled,
 }
 
+/// The cache's bound when `$CBS_CACHE_MAX_BYTES` does not set one.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+
 pub struct ComponentCache {
     dir: Option<PathBuf>,
     engine_key: String,
+    max_bytes: u64,
 }
 
 impl ComponentCache {
@@ -44,6 +55,7 @@ impl ComponentCache {
         Self {
             dir,
             engine_key: format!("{:016x}", hasher.finish()),
+            max_bytes: max_bytes_from_env(),
         }
     }
 
@@ -94,7 +106,9 @@ impl ComponentCache {
         }
         let entry = dir.join(format!("{digest}-{}.cwasm", self.engine_key));
         // SAFETY: as in `load`: entries are written whole by this module.
-        unsafe { Component::deserialize_file(engine, &entry) }.ok()
+        let component = unsafe { Component::deserialize_file(engine, &entry) }.ok()?;
+        mark_used(&entry);
+        Some(component)
     }
 
     /// The compiled component for `bytes`, from the cache when possible.
@@ -108,15 +122,21 @@ impl ComponentCache {
             // SAFETY: entries are written only by this module, whole (via
             // rename), for this engine's compatibility key.
             match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Ok(component) => {
+                    mark_used(&path);
+                    return Ok((component, CacheOutcome::Hit));
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "unusable cache entry; recompiling")
                 }
             }
         }
         let compiled = engine.precompile_component(bytes)?;
-        if let Err(e) = store(dir, &path, &compiled) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the component cache");
+        match store(dir, &path, &compiled) {
+            Ok(()) => evict(dir, self.max_bytes, &path),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot write the component cache")
+            }
         }
         // SAFETY: `compiled` was produced by this engine just now.
         let component = unsafe { Component::deserialize(engine, &compiled)? };
@@ -157,10 +177,168 @@ impl std::fmt::Display for FileIdentity {
     }
 }
 
+/// `$CBS_CACHE_MAX_BYTES`, else [`DEFAULT_MAX_BYTES`] (and a warning when
+/// it is not a number).
+fn max_bytes_from_env() -> u64 {
+    let Some(value) = std::env::var_os("CBS_CACHE_MAX_BYTES") else {
+        return DEFAULT_MAX_BYTES;
+    };
+    match value.to_str().and_then(|v| v.trim().parse().ok()) {
+        Some(bytes) => bytes,
+        None => {
+            tracing::warn!(value = ?value, default = DEFAULT_MAX_BYTES, "CBS_CACHE_MAX_BYTES is not a number of bytes; using the default");
+            DEFAULT_MAX_BYTES
+        }
+    }
+}
+
+/// Marks an entry used now, for [`evict`]. Best effort: an entry that
+/// cannot be marked only looks older than it is.
+fn mark_used(entry: &Path) {
+    let marked = std::fs::File::options()
+        .write(true)
+        .open(entry)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = marked {
+        tracing::debug!(path = %entry.display(), error = %e, "cannot mark a cache entry used");
+    }
+}
+
+/// Removes the least recently used entries of `dir` until the rest take at
+/// most `max_bytes`; never `keep` (the entry just written). Another host
+/// sharing the folder and loading a removed entry recompiles it.
+fn evict(dir: &Path, max_bytes: u64, keep: &Path) {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<(SystemTime, u64, PathBuf)> = read
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().unwrap_or(UNIX_EPOCH), meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+    entries.sort();
+    let mut removed = 0;
+    for (_, len, path) in entries {
+        if total <= max_bytes {
+            break;
+        }
+        if path != keep && std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, left_bytes = total, max_bytes, "removed least recently used component cache entries");
+    }
+}
+
 /// Writes an entry atomically: a reader sees all of it or nothing.
 fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, compiled)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(dir: &Path, name: &str, age_s: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, [0u8; 100]).unwrap();
+        let when = SystemTime::now() - Duration::from_secs(age_s);
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(when).unwrap();
+        path
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_entries_down_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let oldest = entry(dir.path(), "a-e.cwasm", 400);
+        let old = entry(dir.path(), "b-e.cwasm", 300);
+        let newer = entry(dir.path(), "c-e.cwasm", 200);
+        let newest = entry(dir.path(), "d-e.cwasm", 100);
+        let memo = entry(dir.path(), "not-an-entry", 500);
+
+        // 400 bytes of entries, at most 250 kept; the oldest was just written.
+        evict(dir.path(), 250, &oldest);
+        assert!(oldest.exists(), "the entry just written stays");
+        assert!(
+            !old.exists() && !newer.exists(),
+            "the least recently used go"
+        );
+        assert!(newest.exists(), "the most recently used stays");
+        assert!(memo.exists(), "only entries are removed");
+
+        // Under the bound: nothing goes.
+        evict(dir.path(), 250, &newest);
+        assert!(oldest.exists() && newest.exists());
+    }
+
+    /// The smallest components: empty, and empty with a custom section
+    /// (other bytes, so another entry).
+    const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
+    const EMPTY_NAMED: &[u8] = b"\0asm\x0d\0\x01\0\x00\x02\x01x";
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_hit_marks_its_entry_used() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::new(&engine, Some(dir.path().into()));
+        assert_eq!(
+            cache.load(&engine, EMPTY).unwrap().1,
+            CacheOutcome::Compiled
+        );
+        let [path] = entries(dir.path()).try_into().unwrap();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(hour_ago).unwrap();
+
+        assert_eq!(cache.load(&engine, EMPTY).unwrap().1, CacheOutcome::Hit);
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(
+            modified > hour_ago + Duration::from_secs(3000),
+            "{modified:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_entry_past_the_bound_removes_the_least_recently_used() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = ComponentCache::new(&engine, Some(dir.path().into()));
+        cache.load(&engine, EMPTY).unwrap();
+        let [first] = entries(dir.path()).try_into().unwrap();
+        // Room for one entry (both are about the same size) but not two.
+        cache.max_bytes = std::fs::metadata(&first).unwrap().len() + 64;
+
+        assert_eq!(
+            cache.load(&engine, EMPTY_NAMED).unwrap().1,
+            CacheOutcome::Compiled
+        );
+        let [second] = entries(dir.path()).try_into().unwrap();
+        assert_ne!(first, second, "the older entry went, the new one stayed");
+        assert_eq!(
+            cache.load(&engine, EMPTY).unwrap().1,
+            CacheOutcome::Compiled
+        );
+        assert_eq!(entries(dir.path()).len(), 1);
+    }
 }
