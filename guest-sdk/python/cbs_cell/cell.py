@@ -100,7 +100,9 @@ def _replied(result: Json, ctx: Context) -> Outcome:
 
 
 def _hint(e: Exception) -> str:
-    return "; JSON has no NaN or infinite numbers" if isinstance(e, ValueError) else ""
+    # json's ValueError for NaN and infinities ("Out of range float values");
+    # a circular reference is a ValueError too, and needs no hint.
+    return "; JSON has no NaN or infinite numbers" if "Out of range" in str(e) else ""
 
 
 def _sendable(error: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,10 @@ def not_finite(payload, ctx):
         return {"via": ctx.request("logic.greet", {"value": float("inf")})}
     if payload.get("inf"):
         return {"mean": float("inf")}
+    if payload.get("circular"):
+        loop = {}
+        loop["self"] = loop
+        return loop
     return {"mean": 1.5}
 
 
@@ -244,6 +248,16 @@ class StrictJsonTest(unittest.TestCase):
         self.assertIn("NaN or infinite", error["message"])
         host.handle(2, {})
         self.assertEqual(host.reply(2)["payload"], {"mean": 1.5}, "the worker serves on")
+        host.close()
+
+    def test_a_circular_reply_is_a_contract_violation_without_the_number_hint(self):
+        host = Host(not_finite)
+        host.others = []
+        host.handle(1, {"circular": True})
+        error = host.reply(1)["error"]
+        self.assertEqual(error["code"], "contract_violation")
+        self.assertIn("Circular reference", error["message"])
+        self.assertNotIn("NaN", error["message"])
         host.close()
 
     def test_error_details_that_are_not_json_are_left_out(self):

@@ -155,6 +155,10 @@ pub struct EngineArgs {
     /// Largest memory a cell may be granted, in MiB.
     #[arg(long, default_value_t = EngineOptions::default().max_memory_mb)]
     pub max_memory_mb: u32,
+    /// Largest the component cache grows, in MiB; past it, the least
+    /// recently used entries are removed.
+    #[arg(long, env = "CBS_CACHE_MAX_MB", value_name = "MIB", default_value_t = EngineOptions::default().cache_max_mb)]
+    pub cache_max_mb: u64,
 }
 
 impl EngineArgs {
@@ -184,6 +188,7 @@ impl EngineArgs {
         let options = EngineOptions {
             max_instances: self.max_instances,
             max_memory_mb: self.max_memory_mb,
+            cache_max_mb: self.cache_max_mb,
         };
         let cache = if self.no_cache {
             None

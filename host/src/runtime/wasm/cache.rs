@@ -15,8 +15,8 @@
 //! Every version a host ever loaded would stay otherwise, so the entries
 //! are bounded: a hit marks its entry used (its mtime), and after each new
 //! entry the least recently used go until the rest take at most
-//! `$CBS_CACHE_MAX_BYTES` (default 2 GiB). Entries of other wasmtime
-//! versions are never used again and go first.
+//! `--cache-max-mb` (`EngineOptions::cache_max_mb`). Entries of other
+//! wasmtime versions are never used again and go first.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -38,9 +38,6 @@ pub enum CacheOutcome {
     Compiled,
 }
 
-/// The cache's bound when `$CBS_CACHE_MAX_BYTES` does not set one.
-pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
-
 pub struct ComponentCache {
     dir: Option<PathBuf>,
     engine_key: String,
@@ -48,14 +45,15 @@ pub struct ComponentCache {
 }
 
 impl ComponentCache {
-    /// A cache in `dir`; `None` compiles every time.
-    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
+    /// A cache in `dir` of at most `max_bytes` of entries; `None` compiles
+    /// every time.
+    pub fn new(engine: &Engine, dir: Option<PathBuf>, max_bytes: u64) -> Self {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Self {
             dir,
             engine_key: format!("{:016x}", hasher.finish()),
-            max_bytes: max_bytes_from_env(),
+            max_bytes,
         }
     }
 
@@ -177,21 +175,6 @@ impl std::fmt::Display for FileIdentity {
     }
 }
 
-/// `$CBS_CACHE_MAX_BYTES`, else [`DEFAULT_MAX_BYTES`] (and a warning when
-/// it is not a number).
-fn max_bytes_from_env() -> u64 {
-    let Some(value) = std::env::var_os("CBS_CACHE_MAX_BYTES") else {
-        return DEFAULT_MAX_BYTES;
-    };
-    match value.to_str().and_then(|v| v.trim().parse().ok()) {
-        Some(bytes) => bytes,
-        None => {
-            tracing::warn!(value = ?value, default = DEFAULT_MAX_BYTES, "CBS_CACHE_MAX_BYTES is not a number of bytes; using the default");
-            DEFAULT_MAX_BYTES
-        }
-    }
-}
-
 /// Marks an entry used now, for [`evict`]. Best effort: an entry that
 /// cannot be marked only looks older than it is.
 fn mark_used(entry: &Path) {
@@ -301,7 +284,7 @@ mod tests {
     fn a_hit_marks_its_entry_used() {
         let engine = Engine::default();
         let dir = tempfile::tempdir().unwrap();
-        let cache = ComponentCache::new(&engine, Some(dir.path().into()));
+        let cache = ComponentCache::new(&engine, Some(dir.path().into()), u64::MAX);
         assert_eq!(
             cache.load(&engine, EMPTY).unwrap().1,
             CacheOutcome::Compiled
@@ -323,7 +306,7 @@ mod tests {
     fn a_new_entry_past_the_bound_removes_the_least_recently_used() {
         let engine = Engine::default();
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = ComponentCache::new(&engine, Some(dir.path().into()));
+        let mut cache = ComponentCache::new(&engine, Some(dir.path().into()), u64::MAX);
         cache.load(&engine, EMPTY).unwrap();
         let [first] = entries(dir.path()).try_into().unwrap();
         // Room for one entry (both are about the same size) but not two.

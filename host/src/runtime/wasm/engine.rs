@@ -20,6 +20,9 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// Largest linear memory any cell may be granted, in MiB.
     pub max_memory_mb: u32,
+    /// Largest the component cache grows, in MiB: past it, the least
+    /// recently used entries go.
+    pub cache_max_mb: u64,
 }
 
 impl Default for EngineOptions {
@@ -27,6 +30,7 @@ impl Default for EngineOptions {
         Self {
             max_instances: 1_000,
             max_memory_mb: 256,
+            cache_max_mb: 2048,
         }
     }
 }

@@ -57,7 +57,11 @@ impl WasmRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Cell::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        let cache = ComponentCache::new(&engine, cache_dir);
+        let cache = ComponentCache::new(
+            &engine,
+            cache_dir,
+            options.cache_max_mb.saturating_mul(1 << 20),
+        );
         Ok(Self {
             engine,
             max_memory_mb: options.max_memory_mb,
