@@ -130,17 +130,10 @@ fn each_error_maps_to_its_status_and_a_problem() {
     );
 
     // One message running, no queue: the next is `capacity`, retry later.
-    let slow = {
-        let faulty = faulty.clone();
-        std::thread::spawn(move || post(&faulty, r#"{"action": "sleep", "ms": 300}"#, &[]))
-    };
-    let busy = eventually_sync(|| {
-        let r = post(&faulty, r#"{"action": "echo", "value": 1}"#, &[]);
-        (r.status == 429).then_some(r)
-    });
+    let (busy, slow) = eventually_sync(|| while_one_runs(&faulty));
     assert_problem(&busy, 429, "capacity");
     assert_eq!(busy.header("retry-after"), Some("1"));
-    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(slow.status, 200, "the message holding the slot: {slow:?}");
 
     // HTTP-level refusals.
     assert_eq!(curl(&[&format!("{base}/nowhere")]).status, 404);
@@ -168,6 +161,24 @@ fn an_injected_failure_is_unavailable_with_retry_after() {
     );
     assert_problem(&r, 503, "unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+/// Starts a 300 ms message on `faulty` and sends echoes while it runs.
+/// Gives the first refused echo and the slow message's own response, or
+/// `None` when no echo was refused while it ran (the slow one was late to
+/// start, or lost the slot to an echo): then the caller tries again.
+fn while_one_runs(faulty: &str) -> Option<(Response, Response)> {
+    let slow = {
+        let faulty = faulty.to_owned();
+        std::thread::spawn(move || post(&faulty, r#"{"action": "sleep", "ms": 300}"#, &[]))
+    };
+    let mut refused = None;
+    while refused.is_none() && !slow.is_finished() {
+        let r = post(faulty, r#"{"action": "echo", "value": 1}"#, &[]);
+        refused = (r.status == 429).then_some(r);
+    }
+    let slow = slow.join().expect("the slow request's thread");
+    Some((refused?, slow))
 }
 
 /// Polls `f` (a blocking request) until it gives a value, up to 10 s.
