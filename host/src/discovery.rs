@@ -1,6 +1,7 @@
 //! Who serves what: hosts and their cells, from the NATS micro protocol
 //! (`$SRV.INFO.cbs` and `$SRV.STATS.cbs`), as `cbs ps` shows them.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::service::endpoint::{Info as EndpointInfo, Stats as EndpointStats};
@@ -65,13 +66,13 @@ pub async fn list(
             let cells = info
                 .endpoints
                 .iter()
-                .map(|endpoint| {
+                .filter_map(|endpoint| {
                     let counts = stats
                         .iter()
                         .filter(|s| s.id == info.id)
                         .flat_map(|s| &s.endpoints)
                         .find(|e| e.subject == endpoint.subject);
-                    cell_view(endpoint, counts)
+                    (!withdrawn(counts)).then(|| cell_view(endpoint, counts))
                 })
                 .collect();
             HostView {
@@ -91,24 +92,47 @@ pub async fn list(
     Ok(hosts)
 }
 
-/// The host ids answering `$SRV.INFO`, with whether each follows
-/// deployments (`--watch`): one round of replies, no stats.
+/// The service metadata key of a host's labels (a JSON object).
+pub const LABELS: &str = "labels";
+
+/// A host answering `$SRV.INFO`, as deployments see it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub host: String,
+    /// Whether it follows deployments (`--watch`).
+    pub watching: bool,
+    /// Its `--label`s and platform (none if it announced none, or
+    /// something that is not a JSON object of strings).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The hosts answering `$SRV.INFO`: one round of replies, no stats.
 pub async fn hosts(
     client: &async_nats::Client,
     quiet: Duration,
     limit: Duration,
-) -> Result<Vec<(String, bool)>, BusError> {
+) -> Result<Vec<Peer>, BusError> {
     let infos: Vec<Info> = gather(client, "INFO", quiet, limit).await?;
     Ok(infos
         .into_iter()
-        .map(|info| {
-            let watching = is_watching(&info);
-            (
-                info.metadata.get("host").cloned().unwrap_or(info.id),
-                watching,
-            )
+        .map(|info| Peer {
+            watching: is_watching(&info),
+            labels: info
+                .metadata
+                .get(LABELS)
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default(),
+            host: info.metadata.get("host").cloned().unwrap_or(info.id),
         })
         .collect())
+}
+
+/// Whether the host stopped serving an endpoint it once added: the micro
+/// service keeps listing it (async-nats cannot remove an endpoint), but a
+/// CBS host's stats of it are empty once the cell is gone. Without stats
+/// for it (that reply was missed) it is kept.
+fn withdrawn(counts: Option<&EndpointStats>) -> bool {
+    counts.is_some_and(|c| c.data.as_ref().is_none_or(serde_json::Value::is_null))
 }
 
 /// Whether a host follows deployments (`cbs-host run --watch`).

@@ -319,6 +319,13 @@ async fn undeploy_removes_the_cell_from_watching_hosts() {
     assert_eq!(err.code, ErrorCode::NotFound, "{err:?}");
     let (_, out, _) = run_cbs(&["ls", "--nats", &url]);
     assert!(out.contains("nothing deployed"), "{out}");
+    // Discovery no longer lists it on the host, though the micro service
+    // keeps the endpoint it once added.
+    let (ok, out, err) = run_cbs(&["ps", "--json", "--nats", &url]);
+    assert!(ok, "{err}");
+    let hosts: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hosts[0]["host"], "host-u", "{hosts}");
+    assert_eq!(hosts[0]["cells"], json!([]), "{hosts}");
 }
 
 /// A host stopped by SIGTERM withdraws its status report: `cbs ls` no

@@ -83,6 +83,14 @@ async fn wait_serving(
     (hosts, started.elapsed())
 }
 
+/// Packs a cell folder into `<folder>.cbs`.
+fn pack(cell: PathBuf) -> PathBuf {
+    let bundle = Bundle::pack(&CellSpec::from_dir(&cell).unwrap()).unwrap();
+    let path = cell.with_extension("cbs");
+    std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
+    path
+}
+
 /// Waits until `cell` is placed on `want` hosts.
 async fn wait_placed(store: &Store, cell: &str, want: u32) {
     eventually(Duration::from_secs(30), "the placement", || async {
@@ -435,12 +443,6 @@ async fn replicas_of_native_code_go_only_to_hosts_of_its_platform() {
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let _host = watching(&url, "native-1", &["--allow-process-bundles"]);
-    let pack = |cell: PathBuf| {
-        let bundle = Bundle::pack(&CellSpec::from_dir(&cell).unwrap()).unwrap();
-        let path = cell.with_extension("cbs");
-        std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
-        path
-    };
     let elsewhere = pack(bundled_sidecar(dir.path(), 1, Some("plan9-mips")));
     let here = pack(bundled_sidecar(dir.path(), 2, None));
 
@@ -464,4 +466,43 @@ async fn replicas_of_native_code_go_only_to_hosts_of_its_platform() {
         Duration::from_secs(10),
     );
     assert_eq!(reply.await.unwrap()["env"]["RELEASE"], "2");
+}
+
+/// Native code deployed to every watching host (no `--replicas`) is loaded
+/// only by the hosts of its platform: the others leave it alone and the
+/// rollout does not wait for them; one for a platform no host has is
+/// refused with the reason, not failed on every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_code_for_every_host_runs_only_on_hosts_of_its_platform() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let _native = watching(&url, "native-1", &["--allow-process-bundles"]);
+    let other = ["--allow-process-bundles", "--label", "platform=plan9-mips"];
+    let _other = watching(&url, "other-1", &other);
+    let nowhere = pack(bundled_sidecar(dir.path(), 1, Some("plan9-amd64")));
+    let here = pack(bundled_sidecar(dir.path(), 2, None));
+
+    let (ok, stdout, stderr) = run(&url, &["deploy", nowhere.to_str().unwrap()]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("no host can take a replica: no watching host has platform=plan9-amd64"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) = run(&url, &["deploy", here.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("serving on 1 host(s)"), "{stdout}");
+    let client = async_nats::connect(&url).await.unwrap();
+    let reports: Vec<(String, String)> = Store::open(&client)
+        .await
+        .unwrap()
+        .statuses()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.cell == SIDECAR)
+        .map(|s| (s.host, s.version))
+        .collect();
+    assert_eq!(reports, [("native-1".to_owned(), "0.2.0".to_owned())]);
 }

@@ -234,7 +234,8 @@ async fn set_and_confirm(
     previous: Option<Desired>,
     wait: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
-    let mut hosts = watching_hosts(client).await?;
+    let watching = watching_hosts(client).await?;
+    let mut hosts: BTreeSet<String> = watching.keys().cloned().collect();
     let started = Instant::now();
     store.set_desired(&desired).await?;
     let Some(wait) = wait else {
@@ -252,6 +253,20 @@ async fn set_and_confirm(
             eprintln!("warning: {why}");
         }
         hosts = placement.hosts.into_iter().collect();
+    } else if !hosts.is_empty() {
+        // Every watching host with the labels it asks for (the platform of
+        // native code) serves it; the others leave it alone.
+        hosts = watching
+            .iter()
+            .filter(|(_, labels)| desired.current.admits(labels))
+            .map(|(host, _)| host.clone())
+            .collect();
+        if hosts.is_empty() {
+            return Ok(Outcome::Unplaced(format!(
+                "no watching host has {}",
+                desired.current.constraint_list()
+            )));
+        }
     }
     let outcome = confirm(store, &desired, &hosts, wait, started).await?;
     if let Outcome::Failed(_) = &outcome {
@@ -264,7 +279,6 @@ async fn set_and_confirm(
     Ok(outcome)
 }
 
-/// Hosts that follow deployments (`cbs-host run --watch`), by host id.
 /// The placement the placer made for `release` of `cell`.
 async fn placed(
     store: &Store,
@@ -286,13 +300,17 @@ async fn placed(
     }
 }
 
-pub async fn watching_hosts(client: &async_nats::Client) -> anyhow::Result<BTreeSet<String>> {
+/// Hosts that follow deployments (`cbs-host run --watch`), by host id,
+/// with their labels.
+pub async fn watching_hosts(
+    client: &async_nats::Client,
+) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
     let quiet = Duration::from_millis(250);
     let hosts = cbs_host::discovery::hosts(client, quiet, quiet * 8).await?;
     Ok(hosts
         .into_iter()
-        .filter(|(_, watching)| *watching)
-        .map(|(host, _)| host)
+        .filter(|peer| peer.watching)
+        .map(|peer| (peer.host, peer.labels))
         .collect())
 }
 
@@ -380,7 +398,7 @@ pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<
         cbs_host::discovery::hosts(client, Duration::from_millis(250), Duration::from_secs(2))
             .await?
             .into_iter()
-            .map(|(host, _)| host)
+            .map(|peer| peer.host)
             .collect();
     let mut cells: BTreeMap<String, Listing> = BTreeMap::new();
     for d in store.all_desired().await? {

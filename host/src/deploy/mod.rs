@@ -87,6 +87,27 @@ pub struct Release {
     pub rollback: Option<RollbackGrant>,
 }
 
+impl Release {
+    /// Whether a host with `labels` may serve it: it has every label the
+    /// release asks for (`--label`, and the platform of native code). This
+    /// holds for replicas and for a release every watching host serves.
+    pub fn admits(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.constraints
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// The labels it asks for, as `k=v, k=v`.
+    pub fn constraint_list(&self) -> String {
+        let asked: Vec<String> = self
+            .constraints
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        asked.join(", ")
+    }
+}
+
 /// `cbs deploy --min-replicas --max-replicas`: the placer sets the replica
 /// count from the load: a durable cell's consumer lag (messages waiting or
 /// held), or for a request cell its hosts' `capacity` replies and how busy

@@ -11,7 +11,8 @@
 //! the fewest replicas of the cell, then to the host with the fewest
 //! replicas of any cell, then by host id. When fewer than N hosts qualify,
 //! the placement says why. A cell deployed without `--replicas` runs on
-//! every watching host and has no placement.
+//! every watching host with the labels it asks for (native code: its
+//! platform) and has no placement.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -166,15 +167,13 @@ fn why(d: &Desired, want: usize, chosen: &[String], matching: &[&HostInfo], live
         return format!("{placed}: no watching host is live");
     }
     if matching.len() < want {
-        let labels = &d.current.constraints;
-        return if labels.is_empty() {
+        return if d.current.constraints.is_empty() {
             format!("{placed}: only {} watching hosts are live", matching.len())
         } else {
-            let asked: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!(
                 "{placed}: {} live hosts have {} (of {live} live)",
                 matching.len(),
-                asked.join(", ")
+                d.current.constraint_list()
             )
         };
     }
@@ -186,10 +185,7 @@ fn why(d: &Desired, want: usize, chosen: &[String], matching: &[&HostInfo], live
 
 /// Has every label the release asks for.
 fn qualifies(host: &HostInfo, d: &Desired) -> bool {
-    d.current
-        .constraints
-        .iter()
-        .all(|(k, v)| host.labels.get(k) == Some(v))
+    d.current.admits(&host.labels)
 }
 
 fn need_mb(d: &Desired) -> u64 {

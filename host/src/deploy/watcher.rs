@@ -8,9 +8,11 @@
 //! A release with `replicas` is served only by the hosts its placement
 //! (`cbs-placement`, written by the placer) names: the watcher follows the
 //! placement too, loading the cell when this host is placed and removing
-//! it when it no longer is.
+//! it when it no longer is. A release every watching host serves (no
+//! `replicas`) is still served only by hosts with the labels it asks for:
+//! native code runs only where its platform label matches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,8 @@ pub struct Watcher {
     body: Arc<Body>,
     store: Store,
     host: String,
+    /// This host's labels (`--label`, and its platform).
+    labels: BTreeMap<String, String>,
     /// How long a replaced version may take to finish its messages.
     grace: Duration,
     /// Cells this watcher installed, and what it serves of each.
@@ -42,11 +46,18 @@ struct View {
 }
 
 impl Watcher {
-    pub fn new(body: Arc<Body>, store: Store, host: String, grace: Duration) -> Self {
+    pub fn new(
+        body: Arc<Body>,
+        store: Store,
+        host: String,
+        labels: BTreeMap<String, String>,
+        grace: Duration,
+    ) -> Self {
         Self {
             body,
             store,
             host,
+            labels,
             grace,
             installed: Mutex::default(),
             view: Mutex::default(),
@@ -111,17 +122,21 @@ impl Watcher {
     }
 
     /// Serves `cell` when it is desired and, if it has replicas, placed
-    /// here; removes it otherwise.
+    /// here, or else this host has the labels it asks for; removes it
+    /// otherwise.
     async fn reconcile(&self, cell: &str) {
         let wanted = {
             let view = self.view.lock().await;
-            view.desired.get(cell).cloned().filter(|d| {
-                d.current.replicas.is_none()
-                    || view
+            view.desired
+                .get(cell)
+                .cloned()
+                .filter(|d| match d.current.replicas {
+                    None => d.current.admits(&self.labels),
+                    Some(_) => view
                         .placed
                         .get(cell)
-                        .is_some_and(|p| p.hosts.contains(&self.host))
-            })
+                        .is_some_and(|p| p.hosts.contains(&self.host)),
+                })
         };
         match wanted {
             Some(desired) => self.install(desired).await,

@@ -17,6 +17,7 @@ use cbs_host::chaos::ChaosSpec;
 use cbs_host::deploy::placement::HostInfo;
 use cbs_host::deploy::placer::Placer;
 use cbs_host::deploy::{watcher::Watcher, Store};
+use cbs_host::discovery;
 use cbs_host::envelope::Envelope;
 use cbs_host::http::Gateway;
 use clap::Args;
@@ -143,15 +144,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (true, Some(client)) => {
             let store = Store::open(&client).await?;
             record_trust(&args, &host_id, &client, &body).await;
+            let labels = host_labels(&args.label);
             let me = HostInfo {
                 id: host_id.clone(),
-                labels: host_labels(&args.label),
+                labels: labels.clone(),
                 memory_mb: args.capacity_memory_mb,
                 at_ms: 0,
                 load: Default::default(),
             };
             let placer = Placer::new(Store::open(&client).await?, me).with_load(cell_load(&body));
-            let watcher = Arc::new(Watcher::new(body.clone(), store, host_id.clone(), grace));
+            let watcher = Arc::new(Watcher::new(
+                body.clone(),
+                store,
+                host_id.clone(),
+                labels,
+                grace,
+            ));
             let placing = tokio::spawn(placer.run());
             let watching = tokio::spawn(watcher.clone().run());
             Some((watcher, watching, placing))
@@ -280,7 +288,12 @@ async fn connect(
         );
     }
     if args.watch {
-        nats = nats.with_metadata("watch", "true");
+        // Deploys read the labels to know which hosts serve a release
+        // that asks for some (native code: its platform).
+        let labels = serde_json::to_string(&host_labels(&args.label))?;
+        nats = nats
+            .with_metadata("watch", "true")
+            .with_metadata(discovery::LABELS, &labels);
         nats.register().await?;
     }
     let client = nats.client().clone();
