@@ -332,7 +332,9 @@ fn envelope(
     correlation: Option<String>,
     headers: &HeaderMap,
 ) -> Envelope {
-    let payload = RawValue::from_string(fields.to_string())
+    // Serialized straight into the envelope's raw payload: parsing the
+    // text again would only check what serde_json just wrote.
+    let payload = serde_json::value::to_raw_value(&fields)
         .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("{} is JSON"));
     let mut envelope = Envelope::new(subject_of(&target.cell), payload);
     if let Some(id) = correlation {
