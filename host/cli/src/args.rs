@@ -8,6 +8,7 @@ use cbs_host::body::Sources;
 use cbs_host::bundle::{PublicKey, Trust};
 use cbs_host::bus::nats::{NatsBus, NatsOptions};
 use cbs_host::deploy::Store;
+use cbs_host::runtime::python::venvs::{self, VenvCache};
 use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
 use cbs_host::telemetry::{self, LogFormat};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -159,7 +160,13 @@ pub struct EngineArgs {
     /// recently used entries are removed.
     #[arg(long, env = "CBS_CACHE_MAX_MB", value_name = "MIB", default_value_t = EngineOptions::default().cache_max_mb)]
     pub cache_max_mb: u64,
+    /// Largest the venvs built for bundled Python cells grow, in MiB; past
+    /// it, the least recently used that no running cell holds are removed.
+    #[arg(long, env = "CBS_VENV_CACHE_MAX_MB", value_name = "MIB", default_value_t = VENV_CACHE_MAX_MB)]
+    pub venv_cache_max_mb: u64,
 }
+
+const VENV_CACHE_MAX_MB: u64 = venvs::DEFAULT_MAX_BYTES >> 20;
 
 impl EngineArgs {
     /// Trust for bundles, and where they unpack: next to the component cache.
@@ -169,7 +176,7 @@ impl EngineArgs {
             .map(|t| PublicKey::parse_arg(t))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let trust = Trust::new(keys);
-        Ok(match (&self.cache_dir, self.no_cache) {
+        let mut sources = match (&self.cache_dir, self.no_cache) {
             (Some(dir), _) => Sources::in_dir(dir, trust, process_bundles),
             (None, true) => Sources::in_dir(
                 &std::env::temp_dir().join(format!("cbs-{}", std::process::id())),
@@ -181,7 +188,11 @@ impl EngineArgs {
                 process_bundles,
                 ..Sources::default()
             },
-        })
+        };
+        let venvs = VenvCache::new(sources.venvs.root().to_path_buf())
+            .with_max_bytes(self.venv_cache_max_mb.saturating_mul(1 << 20));
+        sources.venvs = Arc::new(venvs);
+        Ok(sources)
     }
 
     pub fn runtime(&self) -> anyhow::Result<Arc<WasmRuntime>> {

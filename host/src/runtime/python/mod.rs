@@ -13,6 +13,7 @@
 //! SDK's `cbs_cell.worker`. See docs/adr/0009-native-python-pool.md.
 
 pub mod lock;
+pub mod retention;
 pub mod sdk;
 pub mod venv;
 pub mod venvs;
@@ -48,6 +49,9 @@ pub struct PythonCell {
     /// rather than in a worker's pipe.
     slots: Semaphore,
     id: String,
+    /// Held for the cell's life: a venv built from a bundle's lock stays
+    /// on disk while it runs ([`retention`]).
+    _venv: Venv,
 }
 
 impl PythonCell {
@@ -84,6 +88,7 @@ impl PythonCell {
             // Within bounds: manifest::bounds keeps the product far below u32::MAX.
             slots: Semaphore::new((max_workers * python.max_concurrency * READ_AHEAD) as usize),
             id: m.id.clone(),
+            _venv: venv,
         })
     }
 }

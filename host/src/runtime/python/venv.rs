@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+use super::retention::Lease;
+
 /// A Python virtual environment.
 #[derive(Debug, Clone)]
 pub struct Venv {
@@ -13,6 +15,8 @@ pub struct Venv {
     pub home: PathBuf,
     /// The base interpreter's version, e.g. `3.11.7`.
     pub version: String,
+    /// Keeps a cached venv on disk while this (or a clone) lives.
+    pub lease: Option<Lease>,
 }
 
 impl Venv {
@@ -42,7 +46,16 @@ impl Venv {
             dir: dir.to_path_buf(),
             home: PathBuf::from(home),
             version,
+            lease: None,
         })
+    }
+
+    /// This venv, held by `lease`.
+    pub fn leased(self, lease: Lease) -> Self {
+        Self {
+            lease: Some(lease),
+            ..self
+        }
     }
 
     /// The venv's `python` (a link to the base interpreter): as

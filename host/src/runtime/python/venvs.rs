@@ -8,6 +8,10 @@
 //! when complete (another host process on the machine may race; a crash
 //! leaves no half venv), one at a time per key within this process.
 //!
+//! The cache is bounded ([`VenvCache::with_max_bytes`]): after a build,
+//! the least recently used venvs no running cell holds are removed until
+//! the rest fit ([`super::retention`]).
+//!
 //! pip runs with `--require-hashes` (a download whose hash is not in the
 //! lock is refused) and `--only-binary :all:` (wheels only: installing
 //! never runs a package's build code on the host). It reads the host's own
@@ -26,6 +30,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::lock::{self, Lock};
+use super::retention;
 use super::sdk;
 use super::venv::{minor_of, Venv};
 
@@ -39,9 +44,15 @@ const LINE_BYTES: usize = 300;
 /// pip error lines kept for the error message.
 const ERROR_LINES: usize = 12;
 
+/// What the venvs of one cache may take on disk unless told
+/// (`cbs-host --venv-cache-max-mb`).
+pub const DEFAULT_MAX_BYTES: u64 = 8 << 30;
+
 /// Venvs by lock digest under one folder.
 pub struct VenvCache {
     root: PathBuf,
+    /// Past this, the least recently used venvs not in use are removed.
+    max_bytes: u64,
     /// One build at a time per key.
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The interpreter's version, asked once.
@@ -52,6 +63,7 @@ impl VenvCache {
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,
+            max_bytes: DEFAULT_MAX_BYTES,
             building: Mutex::default(),
             version: tokio::sync::OnceCell::new(),
         }
@@ -65,6 +77,12 @@ impl VenvCache {
             Some(name) => format!("{}-python-venvs", name.to_string_lossy()),
             None => "cbs-python-venvs".to_owned(),
         })
+    }
+
+    /// Keeps the venvs within `bytes` (those in use are never removed).
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -86,16 +104,33 @@ impl VenvCache {
             .await?;
         let key = key(&text, version);
         let dir = self.root.join(&key);
-        if dir.join(READY).is_file() {
+        if let Some(lease) = retention::take(&dir, READY) {
             tracing::debug!(cell, venv = %dir.display(), "reusing the venv of this lock");
-            return Venv::open(&dir);
+            return Ok(Venv::open(&dir)?.leased(lease));
         }
         let gate = self.gate(&key);
         let _one_build = gate.lock().await;
-        if !dir.join(READY).is_file() {
-            self.build(cell, &python, &text, &parsed, &dir).await?;
+        let lease = match retention::take(&dir, READY) {
+            Some(lease) => lease,
+            None => {
+                self.build(cell, &python, &text, &parsed, &dir).await?;
+                let lease = retention::take(&dir, READY)
+                    .with_context(|| format!("the venv {} went as it was built", dir.display()))?;
+                self.evict(&dir).await;
+                lease
+            }
+        };
+        Ok(Venv::open(&dir)?.leased(lease))
+    }
+
+    /// Brings the cache within its bound, keeping `built`.
+    async fn evict(&self, built: &Path) {
+        let (root, built, max) = (self.root.clone(), built.to_path_buf(), self.max_bytes);
+        let evicting =
+            tokio::task::spawn_blocking(move || retention::evict(&root, READY, max, &built));
+        if let Err(e) = evicting.await {
+            tracing::warn!(error = %e, "the venv cache could not be trimmed");
         }
-        Venv::open(&dir)
     }
 
     fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -323,6 +358,36 @@ mod tests {
         assert_eq!(a, key("numpy==2 --hash=sha256:00", "3.11.7"));
         assert_ne!(a, key("numpy==2 --hash=sha256:01", "3.11.7"));
         assert_ne!(a, key("numpy==2 --hash=sha256:00", "3.12.1"));
+    }
+
+    /// Real venvs (the SDK alone: locks of comments name no package).
+    #[tokio::test]
+    async fn past_its_bound_the_cache_removes_venvs_no_cell_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = |name: &str| {
+            let path = tmp.path().join(format!("{name}.lock"));
+            std::fs::write(&path, format!("# {name}\n")).unwrap();
+            path
+        };
+        let probe = VenvCache::new(tmp.path().join("probe"));
+        let one = retention::size_of(&probe.ensure("probe", None).await.unwrap().dir);
+        let cache = VenvCache::new(tmp.path().join("venvs")).with_max_bytes(one * 3 / 2);
+
+        let a = cache.ensure("a", Some(&lock("a"))).await.unwrap();
+        let a_dir = a.dir.clone();
+        let b = cache.ensure("b", Some(&lock("b"))).await.unwrap();
+        assert!(a_dir.exists(), "a cell holds it: kept over the bound");
+        drop(a);
+        let c = cache.ensure("c", Some(&lock("c"))).await.unwrap();
+        assert!(!a_dir.exists(), "released and least recently used: removed");
+        assert!(b.dir.exists() && c.dir.exists(), "held, and just built");
+        let again = cache.ensure("b2", Some(&lock("b"))).await.unwrap();
+        assert_eq!(again.dir, b.dir, "the same lock reuses its venv");
+    }
+
+    #[test]
+    fn a_build_in_progress_is_never_taken_for_a_leftover() {
+        assert!(retention::LEFTOVER_AGE >= BUILD_TIMEOUT * 2);
     }
 
     #[test]
