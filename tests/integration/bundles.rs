@@ -586,6 +586,20 @@ fn a_native_python_cell_bundles_its_code_and_lock_and_runs_on_a_venv_built_once(
         stderr(&run)
     );
     assert_eq!(venvs_in(&cache), (1, 0));
+    // Python wrote no byte code into the unpacked bundle, so running it
+    // again reuses the folder as it is.
+    let unpacked = cache
+        .join("bundles")
+        .join(bundle.digest().trim_start_matches("sha256:"));
+    assert!(unpacked.join("words.py").is_file());
+    assert!(!unpacked.join("__pycache__").exists());
+    let again = run_process_bundle(&cache, LOCKED, r#"{"word":"bo"}"#, &out);
+    assert_ok("cbs-host run locked.cbs again", &again);
+    assert!(
+        !stderr(&again).contains("differs from its bundle"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]

@@ -110,20 +110,30 @@ fn embedded_version() -> String {
 
 /// Initializes CPython as the venv's interpreter, isolated from the
 /// environment (PYTHONPATH, PYTHONHOME and user site-packages are ignored).
+/// Byte code is cached in the venv (`.pycache`), never next to the cell's
+/// sources: an unpacked bundle stays exactly the bundle's files, so the
+/// next load reuses it instead of unpacking it again, and a `__pycache__`
+/// planted beside the sources is never read.
 fn initialize(venv: &Venv) -> anyhow::Result<()> {
     let executable = CString::new(venv.python().as_os_str().as_bytes())?;
+    let pycache = CString::new(venv.dir.join(".pycache").as_os_str().as_bytes())?;
     // SAFETY: the PyConfig C API, used as documented: init, set, use, clear.
     unsafe {
         let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
         ffi::PyConfig_InitIsolatedConfig(config.as_mut_ptr());
         let mut config = config.assume_init();
-        let set =
+        let mut status =
             ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, executable.as_ptr());
-        let status = if ffi::PyStatus_Exception(set) != 0 {
-            set
-        } else {
-            ffi::Py_InitializeFromConfig(&config)
-        };
+        if ffi::PyStatus_Exception(status) == 0 {
+            status = ffi::PyConfig_SetBytesString(
+                &mut config,
+                &mut config.pycache_prefix,
+                pycache.as_ptr(),
+            );
+        }
+        if ffi::PyStatus_Exception(status) == 0 {
+            status = ffi::Py_InitializeFromConfig(&config);
+        }
         ffi::PyConfig_Clear(&mut config);
         if ffi::PyStatus_Exception(status) != 0 {
             let why = if status.err_msg.is_null() {
