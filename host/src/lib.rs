@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod random;
 pub mod resilience;
+pub mod retention;
 pub mod routing;
 pub mod runtime;
 pub mod state;

@@ -5,7 +5,9 @@
 
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::manifest::CellSpec;
-use cbs_tests::bundles::{assert_ok, cargo_test, cbs_in, prebuilt_greet, releases, UPPER};
+use cbs_tests::bundles::{
+    assert_ok, cargo_test, cbs_in, faulty_as, prebuilt_greet, releases, UPPER,
+};
 use cbs_tests::greet;
 use cbs_tests::process::{cbs, cbs_host, cbs_host_with_env};
 use cbs_tests::process_bundles::{
@@ -733,4 +735,41 @@ fn a_sidecar_bundle_for_another_platform_is_refused_clearly() {
             || std::fs::read_dir(cache.join("bundles")).unwrap().count() == 0,
         "refused before unpacking"
     );
+}
+
+/// Unpacked bundles are bounded: past the bound, loading another removes
+/// the least recently used folders, but never one a loaded cell runs from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpacked_bundles_past_their_bound_go_unless_a_cell_runs_from_them() {
+    use cbs_host::body::{Body, Sources};
+    use cbs_host::bus::local::LocalBus;
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mut sources = Sources::in_dir(&cache, Default::default(), false);
+    sources.unpack_max_bytes = 1; // room for none but those in use
+    let mut body = Body::new(
+        std::sync::Arc::new(LocalBus::new()),
+        cbs_tests::runtime(Some(cbs_tests::shared_cache())),
+    );
+    body.set_sources(sources);
+    let [a, b, c] = ["test.a", "test.b", "test.c"].map(|id| {
+        Bundle::pack(&CellSpec::from_dir(&faulty_as(tmp.path(), id, "")).unwrap()).unwrap()
+    });
+    let unpacked = |bundle: &Bundle| {
+        cache
+            .join("bundles")
+            .join(bundle.digest().trim_start_matches("sha256:"))
+    };
+
+    let cell_a = body.load_bundle(&a).await.unwrap();
+    let _cell_b = body.load_bundle(&b).await.unwrap();
+    assert!(unpacked(&a).is_dir(), "a loaded cell runs from it");
+    assert!(unpacked(&b).is_dir());
+    drop(cell_a);
+    let _cell_c = body.load_bundle(&c).await.unwrap();
+    assert!(!unpacked(&a).exists(), "no cell runs from it: removed");
+    assert!(unpacked(&b).is_dir() && unpacked(&c).is_dir());
+    // Loaded again, it is unpacked again.
+    let _cell_a = body.load_bundle(&a).await.unwrap();
+    assert!(unpacked(&a).join("test_faulty.wasm").is_file());
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cbs_host::bundle::Bundle;
 use cbs_host::deploy::{State, Store, PLACER};
 use cbs_host::manifest::CellSpec;
-use cbs_tests::bundles::{build_bundle, greet_bundle};
+use cbs_tests::bundles::{build_bundle, faulty_as, greet_bundle};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
 use cbs_tests::process_bundles::{bundled_sidecar, SIDECAR};
@@ -25,13 +25,7 @@ const CELL: &str = "logic.greet";
 /// A bundle of the test component as cell `id`, with `limits` (TOML) and
 /// maybe a `[durable]` table.
 fn faulty_bundle(dir: &tempfile::TempDir, id: &str, tables: &str) -> PathBuf {
-    let cell = dir.path().join(id);
-    std::fs::create_dir_all(&cell).unwrap();
-    let wasm = cbs_tests::faulty().join("test_faulty.wasm");
-    std::fs::copy(wasm, cell.join("test_faulty.wasm")).unwrap();
-    let manifest =
-        format!("id = \"{id}\"\nversion = \"0.1.0\"\ncomponent = \"test_faulty.wasm\"\n{tables}");
-    std::fs::write(cell.join("cell.toml"), manifest).unwrap();
+    let cell = faulty_as(dir.path(), id, tables);
     build_bundle(&cell, &dir.path().join(format!("{id}.cbs")))
 }
 

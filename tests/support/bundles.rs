@@ -143,6 +143,19 @@ pub fn build_bundle(cell: &Path, out: &Path) -> PathBuf {
     out.to_path_buf()
 }
 
+/// A folder `dir/id` of the test component as cell `id`, with `tables`
+/// (TOML) after its manifest's first lines.
+pub fn faulty_as(dir: &Path, id: &str, tables: &str) -> PathBuf {
+    let cell = dir.join(id);
+    std::fs::create_dir_all(&cell).unwrap();
+    let wasm = crate::faulty().join("test_faulty.wasm");
+    std::fs::copy(wasm, cell.join("test_faulty.wasm")).unwrap();
+    let manifest =
+        format!("id = \"{id}\"\nversion = \"0.1.0\"\ncomponent = \"test_faulty.wasm\"\n{tables}");
+    std::fs::write(cell.join("cell.toml"), manifest).unwrap();
+    cell
+}
+
 /// A bundle of `logic.greet` in `dir` (the prebuilt component, no compile).
 pub fn greet_bundle(dir: &Path) -> PathBuf {
     let cell = dir.join("greet");

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cbs_host::body::Sources;
+use cbs_host::body::{Sources, DEFAULT_UNPACK_MAX_BYTES};
 use cbs_host::bundle::{PublicKey, Trust};
 use cbs_host::bus::nats::{NatsBus, NatsOptions};
 use cbs_host::deploy::Store;
@@ -164,9 +164,14 @@ pub struct EngineArgs {
     /// it, the least recently used that no running cell holds are removed.
     #[arg(long, env = "CBS_VENV_CACHE_MAX_MB", value_name = "MIB", default_value_t = VENV_CACHE_MAX_MB)]
     pub venv_cache_max_mb: u64,
+    /// Largest the unpacked bundles grow, in MiB; past it, the least
+    /// recently used that no loaded cell runs from are removed.
+    #[arg(long, env = "CBS_BUNDLE_CACHE_MAX_MB", value_name = "MIB", default_value_t = BUNDLE_CACHE_MAX_MB)]
+    pub bundle_cache_max_mb: u64,
 }
 
 const VENV_CACHE_MAX_MB: u64 = venvs::DEFAULT_MAX_BYTES >> 20;
+const BUNDLE_CACHE_MAX_MB: u64 = DEFAULT_UNPACK_MAX_BYTES >> 20;
 
 impl EngineArgs {
     /// Trust for bundles, and where they unpack: next to the component cache.
@@ -192,6 +197,7 @@ impl EngineArgs {
         let venvs = VenvCache::new(sources.venvs.root().to_path_buf())
             .with_max_bytes(self.venv_cache_max_mb.saturating_mul(1 << 20));
         sources.venvs = Arc::new(venvs);
+        sources.unpack_max_bytes = self.bundle_cache_max_mb.saturating_mul(1 << 20);
         Ok(sources)
     }
 

@@ -18,6 +18,7 @@ use crate::durable::DurableLog;
 use crate::manifest::{CellSpec, Manifest, RuntimeKind, PROBE_ID};
 use crate::metrics::{CellLabel, LatencyFamily};
 use crate::outbound::{LocalCalls, Outbound};
+use crate::retention::{self, Lease};
 use crate::runtime::process::SidecarCell;
 use crate::runtime::python::venv::Venv;
 use crate::runtime::python::venvs::VenvCache;
@@ -34,6 +35,9 @@ pub struct Sources {
     pub trust: Trust,
     /// Verified bundles unpack here, one folder per digest.
     pub unpack_dir: PathBuf,
+    /// What the unpacked bundles may take; past it, the least recently
+    /// used that no loaded cell runs from are removed ([`retention`]).
+    pub unpack_max_bytes: u64,
     /// Whether bundles may start native processes (sidecar and Python-pool
     /// cells). Off by default: a bundle from the bus would otherwise run
     /// any command on the host.
@@ -49,18 +53,24 @@ impl Sources {
         Self {
             trust,
             unpack_dir: dir.join("bundles"),
+            unpack_max_bytes: DEFAULT_UNPACK_MAX_BYTES,
             process_bundles,
             venvs: Arc::new(VenvCache::new(dir.join("python-venvs"))),
         }
     }
 }
 
+/// What the unpacked bundles of a host may take on disk unless told
+/// (`cbs-host --bundle-cache-max-mb`).
+pub const DEFAULT_UNPACK_MAX_BYTES: u64 = 2 << 30;
+
 /// Where a cell folder came from: a bundle's Python cell gets the venv of
-/// its lock, a folder's its own `[python] venv`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// its lock, a folder's its own `[python] venv`; a bundle's folder is held
+/// while the cell lives.
+#[derive(Debug)]
 enum Origin {
     Folder,
-    Bundle,
+    Bundle(Lease),
 }
 
 impl Default for Sources {
@@ -68,6 +78,7 @@ impl Default for Sources {
         Self {
             trust: Trust::default(),
             unpack_dir: Bundle::default_unpack_dir(),
+            unpack_max_bytes: DEFAULT_UNPACK_MAX_BYTES,
             process_bundles: false,
             venvs: Arc::new(VenvCache::new(VenvCache::default_dir())),
         }
@@ -126,7 +137,7 @@ impl Loader {
             RuntimeKind::Python => {
                 let venv = match origin {
                     Origin::Folder => None,
-                    Origin::Bundle => Some(self.locked_venv(&spec).await?),
+                    Origin::Bundle(_) => Some(self.locked_venv(&spec).await?),
                 };
                 let cell = PythonCell::start(&spec, outbound.clone(), venv)
                     .await
@@ -157,6 +168,10 @@ impl Loader {
             runner,
             cache,
             stats: CellStats::default(),
+            _folder: match origin {
+                Origin::Bundle(lease) => Some(lease),
+                Origin::Folder => None,
+            },
         }))
     }
 
@@ -196,8 +211,39 @@ impl Loader {
             );
         }
         bundle.check_platform()?;
-        let spec = bundle.unpack(&self.sources.unpack_dir)?;
-        self.load_from(&spec.dir, Origin::Bundle).await
+        let (spec, lease) = self.unpack(bundle)?;
+        let cell = self.load_from(&spec.dir, Origin::Bundle(lease)).await?;
+        self.trim_unpacked(&spec.dir).await;
+        Ok(cell)
+    }
+
+    /// Unpacks `bundle` and holds its folder; unpacks it again when another
+    /// host process on the machine removed it in between.
+    fn unpack(&self, bundle: &Bundle) -> anyhow::Result<(CellSpec, Lease)> {
+        let root = &self.sources.unpack_dir;
+        for _ in 0..3 {
+            let spec = bundle.unpack(root)?;
+            if let Some(lease) = retention::take(&spec.dir, crate::manifest::FILE_NAME) {
+                return Ok((spec, lease));
+            }
+        }
+        bail!(
+            "the unpacked bundle of {} was removed each time it was unpacked: is something else cleaning {}?",
+            bundle.manifest.cell,
+            root.display()
+        )
+    }
+
+    /// Brings the unpacked bundles within their bound, keeping `loaded`.
+    async fn trim_unpacked(&self, loaded: &Path) {
+        let root = self.sources.unpack_dir.clone();
+        let (loaded, max) = (loaded.to_path_buf(), self.sources.unpack_max_bytes);
+        let trimming = tokio::task::spawn_blocking(move || {
+            retention::evict(&root, crate::manifest::FILE_NAME, max, &loaded)
+        });
+        if let Err(e) = trimming.await {
+            tracing::warn!(error = %e, "the unpacked bundles could not be trimmed");
+        }
     }
 
     /// The venv of a bundled Python cell's lock (built once per host).

@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 
 pub use self::cell::{retire, LoadedCell};
 use self::load::Loader;
-pub use self::load::Sources;
+pub use self::load::{Sources, DEFAULT_UNPACK_MAX_BYTES};
 pub use self::registry::Directory;
 use self::registry::Registry;
 use crate::bundle::{Bundle, Trust};

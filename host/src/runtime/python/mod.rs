@@ -13,7 +13,6 @@
 //! SDK's `cbs_cell.worker`. See docs/adr/0009-native-python-pool.md.
 
 pub mod lock;
-pub mod retention;
 pub mod sdk;
 pub mod venv;
 pub mod venvs;
@@ -50,7 +49,7 @@ pub struct PythonCell {
     slots: Semaphore,
     id: String,
     /// Held for the cell's life: a venv built from a bundle's lock stays
-    /// on disk while it runs ([`retention`]).
+    /// on disk while it runs ([`crate::retention`]).
     _venv: Venv,
 }
 

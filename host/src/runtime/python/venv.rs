@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use super::retention::Lease;
+use crate::retention::Lease;
 
 /// A Python virtual environment.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 //!
 //! The cache is bounded ([`VenvCache::with_max_bytes`]): after a build,
 //! the least recently used venvs no running cell holds are removed until
-//! the rest fit ([`super::retention`]).
+//! the rest fit ([`crate::retention`]).
 //!
 //! pip runs with `--require-hashes` (a download whose hash is not in the
 //! lock is refused) and `--only-binary :all:` (wheels only: installing
@@ -30,9 +30,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::lock::{self, Lock};
-use super::retention;
 use super::sdk;
 use super::venv::{minor_of, Venv};
+use crate::retention;
 
 /// How long one venv build may take (downloads included).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(900);

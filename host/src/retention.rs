@@ -1,29 +1,32 @@
-//! Which venvs stay on disk. A cell holds a [`Lease`] on its venv (a
-//! shared lock on the venv's ready mark) for as long as it runs; past the
-//! cache's bound, the least recently used venvs that no cell holds — in
-//! this host or in another on the machine sharing the folder — are removed.
+//! Which cached folders stay on disk: the venvs built for bundled Python
+//! cells and the unpacked bundles cells run from. Each is a folder named by
+//! a sha256 digest under one root, complete once its mark file exists. A
+//! loaded cell holds a [`Lease`] on its folders (a shared lock on the mark)
+//! for as long as it lives; past the root's bound, the least recently used
+//! folders that no cell holds — in this host or in another on the machine
+//! sharing the root — are removed.
 //!
 //! The kernel releases a process's locks when it ends, so a crashed host
 //! holds nothing. Removal takes the lock exclusively and moves the folder
-//! aside before deleting it: no worker starts from half a venv, and a host
-//! that opened the mark just before sees it gone and builds the venv again.
+//! aside before deleting it: no cell starts from half a folder, and a host
+//! that opened the mark just before sees it gone and makes it again.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A cell's hold on its venv: while any clone of it lives, the venv stays.
+/// A cell's hold on a folder: while any clone of it lives, the folder stays.
 #[derive(Debug, Clone)]
 pub struct Lease(#[allow(dead_code)] Arc<File>);
 
-/// Folders a build or a removal left when its process died (names starting
-/// with `.`) are removed once older than this, twice the longest a build
-/// may take (a test in `venvs` keeps it so).
+/// Folders a build, an unpack or a removal left when its process died
+/// (names starting with `.`) are removed once older than this, twice the
+/// longest a venv build may take (a test in `venvs` keeps it so).
 pub const LEFTOVER_AGE: Duration = Duration::from_secs(30 * 60);
 
-/// A lease on the ready venv at `dir` (its ready mark is `mark`), marking
-/// it used now; none when it is not ready: absent, or being removed.
+/// A lease on the complete folder `dir` (its mark file is `mark`), marking
+/// it used now; none when it is not complete: absent, or being removed.
 pub fn take(dir: &Path, mark: &str) -> Option<Lease> {
     let path = dir.join(mark);
     let file = File::open(&path).ok()?;
@@ -45,9 +48,10 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-/// Removes the least recently used venvs under `root` that no one holds
-/// until the rest fit in `max_bytes`, never `keep` (the venv just built),
-/// and old leftovers of dead builds. Returns how many venvs went.
+/// Removes the least recently used folders under `root` that no one holds
+/// until the rest fit in `max_bytes`, never `keep` (the one just made), and
+/// old leftovers of dead builds. Other entries (not named by a digest) are
+/// left alone. Returns how many folders went.
 pub fn evict(root: &Path, mark: &str, max_bytes: u64, keep: &Path) -> usize {
     let Ok(read) = std::fs::read_dir(root) else {
         return 0;
@@ -57,6 +61,8 @@ pub fn evict(root: &Path, mark: &str, max_bytes: u64, keep: &Path) -> usize {
         let path = entry.path();
         if entry.file_name().to_string_lossy().starts_with('.') {
             remove_if_left_over(&path);
+        } else if !is_digest(&entry.file_name().to_string_lossy()) {
+            continue;
         } else if let Ok(meta) = std::fs::metadata(path.join(mark)) {
             let used = meta.modified().unwrap_or(UNIX_EPOCH);
             venvs.push((used, size_of(&path), path));
@@ -75,15 +81,20 @@ pub fn evict(root: &Path, mark: &str, max_bytes: u64, keep: &Path) -> usize {
         }
     }
     if removed > 0 {
-        tracing::info!(root = %root.display(), removed, left_bytes = total, max_bytes, "removed least recently used Python venvs");
+        tracing::info!(root = %root.display(), removed, left_bytes = total, max_bytes, "removed the least recently used cached folders");
     }
     if total > max_bytes {
-        tracing::warn!(root = %root.display(), left_bytes = total, max_bytes, "the Python venvs cells use now take more than the cache's bound");
+        tracing::warn!(root = %root.display(), left_bytes = total, max_bytes, "the cached folders cells use now take more than their bound");
     }
     removed
 }
 
-/// Removes the venv at `dir` unless a lease holds it.
+/// 64 lower-case hex digits: a sha256, as cached folders are named.
+fn is_digest(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Removes the folder `dir` unless a lease holds it.
 fn remove_unheld(root: &Path, dir: &Path, mark: &str) -> bool {
     let Ok(file) = File::open(dir.join(mark)) else {
         return false;
@@ -97,7 +108,7 @@ fn remove_unheld(root: &Path, dir: &Path, mark: &str) -> bool {
     }
     drop(file);
     if let Err(e) = std::fs::remove_dir_all(&aside) {
-        tracing::warn!(venv = %aside.display(), error = %e, "cannot remove a Python venv; it is retried later");
+        tracing::warn!(folder = %aside.display(), error = %e, "cannot remove a cached folder; it is retried later");
     }
     true
 }
@@ -134,13 +145,15 @@ pub fn size_of(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest as _;
 
     const MARK: &str = ".ready";
 
-    /// A "venv": a folder of `bytes` bytes with its ready mark, used
-    /// `age_s` seconds ago.
+    /// A cached folder named by the digest of `name`: `bytes` bytes and
+    /// its mark, used `age_s` seconds ago.
     fn venv(root: &Path, name: &str, bytes: usize, age_s: u64) -> std::path::PathBuf {
-        let dir = root.join(name);
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let dir = root.join(hex::encode(digest));
         std::fs::create_dir_all(dir.join("lib")).unwrap();
         std::fs::write(dir.join("lib/code.py"), vec![b'#'; bytes]).unwrap();
         std::fs::write(dir.join(MARK), b"").unwrap();
@@ -161,6 +174,9 @@ mod tests {
         let oldest = venv(root, "oldest", 100, 400);
         let old = venv(root, "old", 100, 300);
         let newest = venv(root, "newest", 100, 100);
+        let not_cached = root.join("wasm-component");
+        std::fs::create_dir_all(&not_cached).unwrap();
+        std::fs::write(not_cached.join(MARK), vec![b'#'; 1000]).unwrap();
         let lease = take(&held, MARK).expect("a ready venv");
         // A cell that took it long ago and still runs.
         let long_ago = SystemTime::now() - Duration::from_secs(700);
@@ -179,8 +195,12 @@ mod tests {
         drop(lease);
         assert_eq!(evict(root, MARK, 100, &just_built), 1);
         assert!(!held.exists() && just_built.exists());
+        assert!(
+            not_cached.exists(),
+            "not named by a digest: not the cache's"
+        );
         let left: Vec<_> = std::fs::read_dir(root).unwrap().collect();
-        assert_eq!(left.len(), 1, "nothing set aside stays: {left:?}");
+        assert_eq!(left.len(), 2, "nothing set aside stays: {left:?}");
     }
 
     #[test]
