@@ -310,10 +310,13 @@ impl Placer {
     /// and how long messages waited, from their latest heartbeats.
     fn load_of(&mut self, cell: &str, hosts: &[String]) -> RequestLoad {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let loads: Vec<CellLoad> = seen
-            .values()
-            .filter(|(_, info)| hosts.contains(&info.id))
-            .filter_map(|(_, info)| info.load.get(cell).copied())
+        // By key, so a round costs the replicas, not hosts × replicas.
+        let loads: Vec<CellLoad> = hosts
+            .iter()
+            .filter_map(|host| {
+                let (_, info) = seen.get(&host_key(host))?;
+                (info.id == *host).then(|| info.load.get(cell).copied())?
+            })
             .collect();
         drop(seen);
         let refused: u64 = loads.iter().map(|l| l.refused).sum();
