@@ -129,3 +129,94 @@ async fn messages_stored_while_no_host_runs_are_handled_by_the_next() {
         wait_handled(&host, &e.id, 1).await;
     }
 }
+
+/// Up to `max` of the deliveries `log` has for its consumer `c` of stream
+/// `S` now: their payloads, acknowledged as they come.
+async fn drain(log: &EmbeddedLog, max: usize) -> std::collections::BTreeSet<String> {
+    use cbs_host::durable::{ConsumerSpec, Keep, Settle, StreamSpec};
+    use futures_util::StreamExt;
+    let stream = StreamSpec {
+        name: "S".to_owned(),
+        subjects: vec!["s.x".to_owned()],
+        retention: Keep::WorkQueue,
+        dedup_window: Duration::from_secs(60),
+        max_age: Duration::ZERO,
+    };
+    let consumer = ConsumerSpec {
+        name: "c".to_owned(),
+        filter: None,
+        only_new: false,
+        max_deliver: 5,
+        ack_wait: Duration::from_secs(30),
+    };
+    let consumer = log.open(&stream, &consumer).await.unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < max {
+        let want = (max - got.len()).min(64);
+        let mut batch = consumer
+            .fetch(want, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let mut any = false;
+        while let Some(delivery) = batch.next().await {
+            let delivery = delivery.unwrap();
+            got.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            delivery.settle(Settle::Ack).await.unwrap();
+            any = true;
+        }
+        if !any {
+            break;
+        }
+    }
+    got
+}
+
+/// What a host killed now would leave: a copy of its store file, opened.
+fn crash_copy(data: &Path) -> (tempfile::TempDir, EmbeddedLog) {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(data.join("durable.redb"), copy.path().join("durable.redb")).unwrap();
+    let log = EmbeddedLog::new(copy.path());
+    (copy, log)
+}
+
+/// Acknowledgements are committed without waiting for the disk and flushed
+/// together: a crash right after them loses no message (the ones it did
+/// not record come again), and within the flush interval the file has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_reach_the_disk_within_the_flush_interval() {
+    let data = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(data.path());
+    let all: std::collections::BTreeSet<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert!(drain(&log, usize::MAX).await.is_empty(), "a new stream");
+    for id in &all {
+        log.publish("s.x", id, id.clone().into_bytes().into())
+            .await
+            .unwrap();
+    }
+    let handled = drain(&log, 10).await;
+    let unhandled: std::collections::BTreeSet<String> = all.difference(&handled).cloned().collect();
+    assert_eq!(unhandled.len(), 10);
+
+    let (_copy, crashed) = crash_copy(data.path());
+    let after_crash = drain(&crashed, usize::MAX).await;
+    assert!(
+        unhandled.is_subset(&after_crash) && after_crash.is_subset(&all),
+        "every message not acknowledged comes again: {after_crash:?}"
+    );
+    drop(crashed);
+
+    eventually(
+        Duration::from_secs(5),
+        "the acknowledgements on disk",
+        || async {
+            let (_copy, crashed) = crash_copy(data.path());
+            let left = drain(&crashed, usize::MAX).await;
+            if left == unhandled {
+                Ok(())
+            } else {
+                Err(format!("{} messages would come again", left.len()))
+            }
+        },
+    )
+    .await;
+}
