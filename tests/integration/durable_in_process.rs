@@ -220,3 +220,49 @@ async fn acknowledgements_reach_the_disk_within_the_flush_interval() {
     )
     .await;
 }
+
+/// Each delivery says how many messages wait after it: exactly after a full
+/// count, and still as the backlog drains between counts (a take then reads
+/// only as far as its batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_report_what_still_waits_as_the_backlog_drains() {
+    use cbs_host::durable::{ConsumerSpec, Keep, StreamSpec};
+    use futures_util::StreamExt;
+    let data = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::new(data.path());
+    let stream = StreamSpec {
+        name: "S".to_owned(),
+        subjects: vec!["s.x".to_owned()],
+        retention: Keep::WorkQueue,
+        dedup_window: Duration::from_secs(60),
+        max_age: Duration::ZERO,
+    };
+    let consumer = ConsumerSpec {
+        name: "c".to_owned(),
+        filter: None,
+        only_new: false,
+        max_deliver: 5,
+        ack_wait: Duration::from_secs(30),
+    };
+    let consumer = log.open(&stream, &consumer).await.unwrap();
+    for i in 0..100 {
+        let id = format!("m{i}");
+        log.publish("s.x", &id, id.clone().into_bytes().into())
+            .await
+            .unwrap();
+    }
+    let mut reported = Vec::new();
+    for _ in 0..3 {
+        let batch: Vec<_> = consumer
+            .fetch(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let batch: Vec<_> = batch.into_iter().map(Result::unwrap).collect();
+        assert_eq!(batch.len(), 10);
+        reported.push(batch.iter().map(|d| d.pending).collect::<Vec<_>>());
+    }
+    let want = |after: u64| (0..10).rev().map(|i| after + i).collect::<Vec<_>>();
+    assert_eq!(reported, [want(90), want(80), want(70)]);
+}

@@ -57,6 +57,14 @@ const PENDING: TableDefinition<(&str, &str, u64), (u64, u64)> = TableDefinition:
 /// Dedup ids are swept every this many publishes.
 const SWEEP_EVERY: u64 = 256;
 
+/// Deliveries not yet settled, by (stream, consumer): seq → ack deadline.
+type InFlight = HashMap<(String, String), HashMap<u64, Instant>>;
+
+/// A consumer's waiting messages are counted in full at most this often
+/// (the lag its deliveries report); between counts, a take reads only as
+/// far as its batch, not the whole backlog.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
 /// Takes and settlements reach the disk at most this long after they
 /// were committed.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
@@ -90,8 +98,11 @@ struct Store {
     db: Database,
     /// Wakes fetches when a message comes or a delivery is settled.
     changed: Notify,
-    /// Deliveries not yet settled: (stream, consumer, seq) → ack deadline.
-    in_flight: Mutex<HashMap<(String, String, u64), Instant>>,
+    /// Deliveries not yet settled: (stream, consumer) → seq → ack deadline.
+    in_flight: Mutex<InFlight>,
+    /// Each consumer's last full count of its waiting messages, and when:
+    /// between counts, a take stops once its batch is full.
+    counted: Mutex<HashMap<(String, String), (Instant, u64)>>,
     publishes: std::sync::atomic::AtomicU64,
     /// Whether a flush is scheduled for commits not yet on disk.
     flush_due: std::sync::atomic::AtomicBool,
@@ -116,6 +127,7 @@ impl Store {
             db,
             changed: Notify::new(),
             in_flight: Mutex::default(),
+            counted: Mutex::default(),
             publishes: Default::default(),
             flush_due: Default::default(),
             subjects: std::sync::RwLock::new(subjects),
@@ -141,8 +153,17 @@ impl Store {
         subjects.iter().any(|p| matches(p, subject))
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, u64), Instant>> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a consumer counted its waiting messages in full within
+    /// [`COUNT_EVERY`].
+    fn counted_lately(&self, key: &(String, String), now: Instant) -> bool {
+        let counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        counted
+            .get(key)
+            .is_some_and(|(at, _)| now.duration_since(*at) < COUNT_EVERY)
     }
 
     /// Runs `op` in one write transaction on a blocking thread; it is on
@@ -339,13 +360,17 @@ impl Store {
     ) -> anyhow::Result<(Vec<Taken>, Option<Duration>)> {
         let (now, wall) = (Instant::now(), now_ms());
         let name = consumer.name.as_str();
+        let key = (stream.to_owned(), name.to_owned());
+        let lately = self.counted_lately(&key, now);
         let mut due = Vec::new();
         let mut next: Option<Duration> = None;
         let mut soonest = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
         let mut waiting = 0u64;
+        let mut stopped = false;
         {
             let pending = tx.open_table(PENDING)?;
             let in_flight = self.in_flight();
+            let held = in_flight.get(&key);
             for entry in pending.range((stream, name, 0)..)? {
                 let (key, value) = entry?;
                 let (s, c, seq) = key.value();
@@ -356,7 +381,7 @@ impl Store {
                 if delivered >= u64::from(consumer.max_deliver) {
                     continue; // as JetStream: held until settled, never sent again
                 }
-                if let Some(deadline) = in_flight.get(&(stream.to_owned(), name.to_owned(), seq)) {
+                if let Some(deadline) = held.and_then(|h| h.get(&seq)) {
                     if *deadline > now {
                         soonest(*deadline - now);
                         continue;
@@ -368,16 +393,37 @@ impl Store {
                 }
                 if due.len() < max {
                     due.push((seq, delivered + 1));
+                } else if lately {
+                    // The batch is full and the lag was counted lately:
+                    // the rest of the backlog need not be read again.
+                    stopped = true;
+                    break;
                 } else {
                     waiting += 1;
                 }
             }
         }
+        let waiting = {
+            let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+            match counted.get_mut(&key).filter(|_| stopped) {
+                // Counted lately: less what this take hands out (what was
+                // published since is counted by the next full count).
+                Some((_, last)) => {
+                    *last = last.saturating_sub(due.len() as u64);
+                    *last
+                }
+                None => {
+                    counted.insert(key.clone(), (now, waiting));
+                    waiting
+                }
+            }
+        };
         let mut taken = Vec::with_capacity(due.len());
         let mut pending = tx.open_table(PENDING)?;
         let payloads = tx.open_table(PAYLOADS)?;
         let meta = tx.open_table(META)?;
         let mut in_flight = self.in_flight();
+        let held = in_flight.entry(key).or_default();
         for (i, (seq, delivered)) in due.iter().copied().enumerate() {
             let (Some(payload), Some(info)) =
                 (payloads.get((stream, seq))?, meta.get((stream, seq))?)
@@ -386,10 +432,7 @@ impl Store {
                 continue;
             };
             pending.insert((stream, name, seq), (delivered, 0))?;
-            in_flight.insert(
-                (stream.to_owned(), name.to_owned(), seq),
-                now + consumer.ack_wait,
-            );
+            held.insert(seq, now + consumer.ack_wait);
             taken.push(Taken {
                 seq,
                 delivered,
@@ -407,8 +450,12 @@ impl Store {
         (stream, consumer, seq): (&str, &str, u64),
         how: Settle,
     ) -> anyhow::Result<()> {
-        self.in_flight()
-            .remove(&(stream.to_owned(), consumer.to_owned(), seq));
+        if let Some(held) = self
+            .in_flight()
+            .get_mut(&(stream.to_owned(), consumer.to_owned()))
+        {
+            held.remove(&seq);
+        }
         let mut pending = tx.open_table(PENDING)?;
         if let Settle::Retry(delay) = how {
             let delivered = pending.get((stream, consumer, seq))?.map(|v| v.value().0);
