@@ -12,7 +12,7 @@
 //! that opened the mark just before sees it gone and makes it again.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,18 +68,9 @@ pub fn evict(root: &Path, mark: &str, max_bytes: u64, keep: &Path) -> usize {
             venvs.push((used, size_of(&path), path));
         }
     }
-    let mut total: u64 = venvs.iter().map(|(_, size, _)| size).sum();
-    venvs.sort();
-    let mut removed = 0;
-    for (_, size, path) in venvs {
-        if total <= max_bytes {
-            break;
-        }
-        if path != keep && remove_unheld(root, &path, mark) {
-            total -= size;
-            removed += 1;
-        }
-    }
+    let (removed, total) = trim(venvs, max_bytes, keep, |path| {
+        remove_unheld(root, path, mark)
+    });
     if removed > 0 {
         tracing::info!(root = %root.display(), removed, left_bytes = total, max_bytes, "removed the least recently used cached folders");
     }
@@ -87,6 +78,31 @@ pub fn evict(root: &Path, mark: &str, max_bytes: u64, keep: &Path) -> usize {
         tracing::warn!(root = %root.display(), left_bytes = total, max_bytes, "the cached folders cells use now take more than their bound");
     }
     removed
+}
+
+/// Cache entries as (last used, bytes, path): the least recently used go
+/// through `remove` (which says whether it removed) until the rest fit in
+/// `max_bytes`; `keep` never goes. Gives how many went and the bytes left.
+/// The component cache trims its files with it too.
+pub fn trim(
+    mut entries: Vec<(SystemTime, u64, PathBuf)>,
+    max_bytes: u64,
+    keep: &Path,
+    mut remove: impl FnMut(&Path) -> bool,
+) -> (usize, u64) {
+    let mut total: u64 = entries.iter().map(|(_, size, _)| size).sum();
+    entries.sort();
+    let mut removed = 0;
+    for (_, size, path) in entries {
+        if total <= max_bytes {
+            break;
+        }
+        if path != keep && remove(&path) {
+            total -= size;
+            removed += 1;
+        }
+    }
+    (removed, total)
 }
 
 /// 64 lower-case hex digits: a sha256, as cached folders are named.

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use cbs_host::bus::local::LocalBus;
 use cbs_host::durable::embedded::EmbeddedLog;
-use cbs_host::durable::DurableLog;
+use cbs_host::durable::{Consumer, ConsumerSpec, DurableLog, Keep, Settle, StreamSpec};
 use cbs_host::envelope::{Envelope, ErrorCode};
 use cbs_host::manifest::{DurableSpec, StateGrant};
 use cbs_tests::{envelope_to, eventually, CellToml, TestHost};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 const CELL: &str = "test.durable";
@@ -130,11 +131,8 @@ async fn messages_stored_while_no_host_runs_are_handled_by_the_next() {
     }
 }
 
-/// Up to `max` of the deliveries `log` has for its consumer `c` of stream
-/// `S` now: their payloads, acknowledged as they come.
-async fn drain(log: &EmbeddedLog, max: usize) -> std::collections::BTreeSet<String> {
-    use cbs_host::durable::{ConsumerSpec, Keep, Settle, StreamSpec};
-    use futures_util::StreamExt;
+/// Consumer `c` of the work-queue stream `S`, which takes `s.x`.
+async fn consumer_c(log: &EmbeddedLog) -> Box<dyn Consumer> {
     let stream = StreamSpec {
         name: "S".to_owned(),
         subjects: vec!["s.x".to_owned()],
@@ -149,7 +147,13 @@ async fn drain(log: &EmbeddedLog, max: usize) -> std::collections::BTreeSet<Stri
         max_deliver: 5,
         ack_wait: Duration::from_secs(30),
     };
-    let consumer = log.open(&stream, &consumer).await.unwrap();
+    log.open(&stream, &consumer).await.unwrap()
+}
+
+/// Up to `max` of the deliveries `log` has for its consumer `c` of stream
+/// `S` now: their payloads, acknowledged as they come.
+async fn drain(log: &EmbeddedLog, max: usize) -> std::collections::BTreeSet<String> {
+    let consumer = consumer_c(log).await;
     let mut got = std::collections::BTreeSet::new();
     while got.len() < max {
         let want = (max - got.len()).min(64);
@@ -226,25 +230,9 @@ async fn acknowledgements_reach_the_disk_within_the_flush_interval() {
 /// only as far as its batch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_report_what_still_waits_as_the_backlog_drains() {
-    use cbs_host::durable::{ConsumerSpec, Keep, StreamSpec};
-    use futures_util::StreamExt;
     let data = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::new(data.path());
-    let stream = StreamSpec {
-        name: "S".to_owned(),
-        subjects: vec!["s.x".to_owned()],
-        retention: Keep::WorkQueue,
-        dedup_window: Duration::from_secs(60),
-        max_age: Duration::ZERO,
-    };
-    let consumer = ConsumerSpec {
-        name: "c".to_owned(),
-        filter: None,
-        only_new: false,
-        max_deliver: 5,
-        ack_wait: Duration::from_secs(30),
-    };
-    let consumer = log.open(&stream, &consumer).await.unwrap();
+    let consumer = consumer_c(&log).await;
     for i in 0..100 {
         let id = format!("m{i}");
         log.publish("s.x", &id, id.clone().into_bytes().into())

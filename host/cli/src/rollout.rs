@@ -263,7 +263,8 @@ async fn set_and_confirm(
             .collect();
         if hosts.is_empty() {
             return Ok(Outcome::Unplaced(format!(
-                "no watching host has {}",
+                "no watching host has {}; start one that has (`cbs-host run --watch` on that \
+                 platform), or build the bundle on a machine like your hosts",
                 desired.current.constraint_list()
             )));
         }

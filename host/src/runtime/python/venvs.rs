@@ -114,8 +114,14 @@ impl VenvCache {
             Some(lease) => lease,
             None => {
                 self.build(cell, &python, &text, &parsed, &dir).await?;
-                let lease = retention::take(&dir, READY)
-                    .with_context(|| format!("the venv {} went as it was built", dir.display()))?;
+                let lease = retention::take(&dir, READY).with_context(|| {
+                    format!(
+                        "the venv {} was removed as soon as it was built (another host \
+                             process trimming {}?): load the cell again",
+                        dir.display(),
+                        self.root.display()
+                    )
+                })?;
                 self.evict(&dir).await;
                 lease
             }

@@ -194,7 +194,7 @@ fn evict(dir: &Path, max_bytes: u64, keep: &Path) {
     let Ok(read) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut entries: Vec<(SystemTime, u64, PathBuf)> = read
+    let entries: Vec<(SystemTime, u64, PathBuf)> = read
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
         .filter_map(|e| {
@@ -202,18 +202,9 @@ fn evict(dir: &Path, max_bytes: u64, keep: &Path) {
             Some((meta.modified().unwrap_or(UNIX_EPOCH), meta.len(), e.path()))
         })
         .collect();
-    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
-    entries.sort();
-    let mut removed = 0;
-    for (_, len, path) in entries {
-        if total <= max_bytes {
-            break;
-        }
-        if path != keep && std::fs::remove_file(&path).is_ok() {
-            total -= len;
-            removed += 1;
-        }
-    }
+    let (removed, total) = crate::retention::trim(entries, max_bytes, keep, |path| {
+        std::fs::remove_file(path).is_ok()
+    });
     if removed > 0 {
         tracing::info!(dir = %dir.display(), removed, left_bytes = total, max_bytes, "removed least recently used component cache entries");
     }
