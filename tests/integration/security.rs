@@ -412,27 +412,165 @@ fn gone(pid: u32) -> bool {
         .map_or(true, |stat| stat.split_whitespace().nth(2) == Some("Z"))
 }
 
+/// A reference sidecar started by a shell that first forks a sleeping
+/// grandchild and writes "<its group> <the grandchild>" to `record`.
+fn forking_sidecar(record: &std::path::Path) -> tempfile::TempDir {
+    let script = format!(
+        "sleep 300 & echo $$ $! > {}.tmp && mv {0}.tmp {0}; exec python3 {}",
+        record.display(),
+        reference_py()
+    );
+    reference_variant(&format!("command = [\"sh\", \"-c\", {script:?}]"))
+}
+
+/// The group and grandchild the forking sidecar wrote last, checked to
+/// be running in that group.
+async fn forked(record: &std::path::Path) -> (u32, u32) {
+    let (group, grandchild) =
+        cbs_tests::eventually(TIMEOUT, "the sidecar to record its grandchild", || async {
+            let text = std::fs::read_to_string(record).map_err(|e| e.to_string())?;
+            let mut ids = text.split_whitespace().map(|n| n.parse::<u32>().ok());
+            match (ids.next().flatten(), ids.next().flatten()) {
+                (Some(group), Some(grandchild)) => Ok((group, grandchild)),
+                _ => Err(format!("the record holds {text:?}")),
+            }
+        })
+        .await;
+    assert!(
+        group_members(group).contains(&grandchild),
+        "the grandchild {grandchild} runs in the sidecar's group {group}"
+    );
+    (group, grandchild)
+}
+
+/// Live processes (not zombies) of process group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid pgrp ...: comm may hold spaces.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?;
+        let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+        (pgrp == pgid && state != "Z").then_some(pid)
+    })
+    .collect()
+}
+
+async fn wait_group_gone(pgid: u32, grandchild: u32) {
+    let what = format!("no process of group {pgid} to be left");
+    cbs_tests::wait_until(TIMEOUT, &what, || group_members(pgid).is_empty()).await;
+}
+
 /// Regression: a grandchild forked by a sidecar outlived the sidecar's end
 /// (and the host's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_sidecar_forks_ends_with_it() {
+async fn what_a_sidecar_forks_ends_with_its_cell() {
     let tmp = tempfile::tempdir().unwrap();
-    let pidfile = tmp.path().join("grandchild");
-    let script = format!(
-        "sleep 300 & echo $! > {}; exec python3 {}",
-        pidfile.display(),
-        reference_py()
-    );
-    let dir = reference_variant(&format!("command = [\"sh\", \"-c\", {script:?}]"));
+    let record = tmp.path().join("forked");
+    let dir = forking_sidecar(&record);
     let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
-    let grandchild: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(!gone(grandchild));
+    let (group, grandchild) = forked(&record).await;
     assert!(host.body.shutdown(TIMEOUT).await);
-    cbs_tests::wait_until(TIMEOUT, "the grandchild to end", || gone(grandchild)).await;
+    wait_group_gone(group, grandchild).await;
+}
+
+/// Regression (#34 a): a sidecar killed for overrunning its timeout left
+/// what it forked running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_sidecar_forks_ends_when_it_overruns_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("forked");
+    let dir = forking_sidecar(&record);
+    let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
+    let (group, grandchild) = forked(&record).await;
+    let err = host
+        .call("test.reference", json!({"action": "sleep", "ms": 4000}))
+        .await
+        .expect_err("the sidecar overruns its 2000 ms");
+    assert_eq!(err.code, ErrorCode::Timeout, "{err:?}");
+    wait_group_gone(group, grandchild).await;
+}
+
+/// Regression (#34): a sidecar that crashed and was restarted left what it
+/// forked running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_sidecar_forks_ends_when_it_crashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("forked");
+    let dir = forking_sidecar(&record);
+    let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
+    let (group, grandchild) = forked(&record).await;
+    let _ = host
+        .call("test.reference", json!({"action": "crash"}))
+        .await;
+    wait_group_gone(group, grandchild).await;
+}
+
+/// Regression (#34 b): the old version of a hot-swapped sidecar left what
+/// it forked running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_sidecar_forks_ends_when_it_is_swapped_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("forked");
+    let dir = forking_sidecar(&record);
+    let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
+    let (group, grandchild) = forked(&record).await;
+    let next = host.body.load(dir.path()).await.unwrap();
+    let old = host
+        .body
+        .replace(next)
+        .await
+        .unwrap()
+        .expect("an old version");
+    assert!(cbs_host::body::retire(old, TIMEOUT).await);
+    wait_group_gone(group, grandchild).await;
+    let (new_group, _) = forked(&record).await;
+    assert_ne!(
+        new_group, group,
+        "the new version runs in a group of its own"
+    );
+    assert!(
+        !group_members(new_group).is_empty(),
+        "the new version still runs"
+    );
+}
+
+/// A `cbs-host` serving the forking sidecar: the host, its sidecar's group
+/// and grandchild.
+fn host_with_forking_sidecar(
+    tmp: &std::path::Path,
+) -> (HostProcess, tempfile::TempDir, std::path::PathBuf) {
+    let record = tmp.join("forked");
+    let dir = forking_sidecar(&record);
+    let host = HostProcess::local(&[dir.path().to_path_buf()], &["--drain-timeout-ms", "2000"]);
+    (host, dir, record)
+}
+
+/// Regression (#34 c): a host stopped by SIGTERM left what its sidecar
+/// forked running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_sidecar_forks_ends_when_its_host_gets_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut host, _dir, record) = host_with_forking_sidecar(tmp.path());
+    let (group, grandchild) = forked(&record).await;
+    host.terminate();
+    host.wait_exit(TIMEOUT);
+    wait_group_gone(group, grandchild).await;
+}
+
+/// Regression (#34 d): a SIGKILLed host, which runs no code of its own
+/// after the signal, left its sidecar's group running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_sidecar_forks_ends_when_its_host_gets_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut host, _dir, record) = host_with_forking_sidecar(tmp.path());
+    let (group, grandchild) = forked(&record).await;
+    host.kill();
+    wait_group_gone(group, grandchild).await;
 }
 
 /// Regression: when the second process of a cell failed to start, the

@@ -6,6 +6,7 @@ pub mod frame;
 pub mod protocol;
 
 mod conn;
+mod group;
 mod pool;
 mod supervisor;
 
@@ -90,7 +91,7 @@ impl SidecarCell {
         let pool = Pool::new(launch.clone(), scale);
         let mut info = None;
         for _ in 0..scale.map_or(sidecar.processes, |s| s.min) {
-            let (conn, child, described) = match launch.start().await {
+            let (conn, process, described) = match launch.start().await {
                 Ok(started) => started,
                 Err(e) => {
                     // The cell does not load: stop the processes it started.
@@ -104,7 +105,7 @@ impl SidecarCell {
                 input_schema: described.input_schema,
                 output_schema: described.output_schema,
             });
-            pool.add(conn, child);
+            pool.add(conn, process);
         }
         let info = info.context("a process cell starts at least one process")?;
         Ok(Self {

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::process::Child;
 use tokio::task::JoinHandle;
 
 use super::conn::Conn;
-use super::supervisor::{supervise, Assigned, Launch, Slot};
+use super::supervisor::{supervise, Assigned, Launch, Process, Slot};
 
 /// How a process cell's process count follows its load.
 #[derive(Debug, Clone, Copy)]
@@ -45,11 +44,11 @@ impl Pool {
     }
 
     /// Serves `conn` in a new slot from now on, supervised.
-    pub fn add(&self, conn: Arc<Conn>, child: Child) {
+    pub fn add(&self, conn: Arc<Conn>, process: Process) {
         let slot = Arc::new(Slot::new(self.launch.clone(), conn.clone()));
         let mut supervisors = self.supervisors.lock().unwrap();
         supervisors.retain(|t| !t.is_finished());
-        supervisors.push(tokio::spawn(supervise(slot.clone(), conn, child)));
+        supervisors.push(tokio::spawn(supervise(slot.clone(), conn, process)));
         self.slots.write().unwrap().push(slot);
     }
 
@@ -110,8 +109,8 @@ impl Pool {
         let pool = self.clone();
         tokio::spawn(async move {
             match pool.launch.start().await {
-                Ok((conn, child, _)) => {
-                    pool.add(conn, child);
+                Ok((conn, process, _)) => {
+                    pool.add(conn, process);
                     let size = pool.slots.read().unwrap().len();
                     tracing::info!(cell = %pool.launch.manifest.id, size, "{} pool grew", pool.launch.kind);
                 }

@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 
 use super::conn::{log_stderr, Conn};
 use super::frame::{self, write_frame};
+use super::group::ProcessGroup;
 use super::protocol::{
     encode, host_log_level, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX,
     PROTOCOL_MIN,
@@ -80,7 +81,7 @@ impl Launch {
     }
 
     /// Starts a process and completes the handshake.
-    pub async fn start(&self) -> anyhow::Result<(Arc<Conn>, Child, Described)> {
+    pub async fn start(&self) -> anyhow::Result<(Arc<Conn>, Process, Described)> {
         let id = &self.manifest.id;
         let mut command = Command::new(&self.program);
         command
@@ -98,8 +99,8 @@ impl Launch {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Its own process group: ending the process ends whatever it
-            // forked too, and a Ctrl-C in the host's terminal is the host's.
+            // Its own process group (ended with it, see `group`), so a
+            // Ctrl-C in the host's terminal is the host's alone.
             .process_group(0)
             .kill_on_drop(true);
         let data = u64::from(self.manifest.memory_mb()) << 20;
@@ -117,7 +118,11 @@ impl Launch {
                 self.args
             )
         })?;
-        let pid = child.id().unwrap_or_default();
+        // Guarded before the handshake: what it forks while starting up
+        // ends with it too, also when the start fails.
+        let group =
+            ProcessGroup::of(&child).with_context(|| format!("cannot start {} {id}", self.kind))?;
+        let pid = group.id();
         let (mut stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
         let mut stdout = frame::reader(stdout, self.max_frame);
         let hello = encode(&ToSidecar::Hello {
@@ -176,8 +181,14 @@ impl Launch {
         );
         tokio::spawn(log_stderr(id.clone(), pid, stderr, self.log.clone()));
         tracing::info!(cell = %id, pid, protocol, "{} process up", self.kind);
-        Ok((conn, child, described))
+        Ok((conn, Process { child, group }, described))
     }
+}
+
+/// A started process and its group: dropping it kills both.
+pub struct Process {
+    child: Child,
+    group: ProcessGroup,
 }
 
 /// Caps the process's data (heap and private writable mappings) at
@@ -322,17 +333,16 @@ impl Drop for Assigned {
 
 /// Keeps a slot's process alive: waits for it to die, fails what was in
 /// flight on it, and starts a new one with exponential backoff.
-pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
+pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut process: Process) {
     let mut attempt = 0u32;
     loop {
         *slot.current.write().unwrap() = Some(conn.clone());
         *slot.last_failure.lock().unwrap() = None;
         let started = Instant::now();
-        // Ends what the process forked once it is gone, also when this task
-        // is aborted (the cell dropped).
-        let group = ProcessGroup(conn.pid);
-        let why = run_until_death(&conn, &mut child).await;
-        drop(group);
+        // Dropping `process` (this task aborted: the cell dropped) ends
+        // the group as well.
+        let why = run_until_death(&conn, &mut process.child).await;
+        process.group.end();
         *slot.current.write().unwrap() = None;
         conn.fail_all(&why);
         if slot.closing.load(Ordering::Relaxed) {
@@ -349,8 +359,8 @@ pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
                 return;
             }
             match slot.launch.start().await {
-                Ok((c, ch, _)) => {
-                    (conn, child) = (c, ch);
+                Ok((c, p, _)) => {
+                    (conn, process) = (c, p);
                     break;
                 }
                 Err(e) => {
@@ -358,20 +368,6 @@ pub async fn supervise(slot: Arc<Slot>, mut conn: Arc<Conn>, mut child: Child) {
                     *slot.last_failure.lock().unwrap() = Some(format!("{e:#}"));
                 }
             }
-        }
-    }
-}
-
-/// A process group, killed (SIGKILL) when dropped: what a process forked
-/// does not outlive it.
-struct ProcessGroup(u32);
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if let Ok(pgid) = libc::pid_t::try_from(self.0) {
-            // SAFETY: killpg only sends a signal; a group that is gone
-            // makes it fail with ESRCH, which is fine.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
         }
     }
 }
