@@ -10,7 +10,8 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::subjects::{
-    check_durable_publish, check_own_subject, check_stream_name, stream_token, subject_of,
+    check_durable_publish, check_own_subject, check_publish, check_stream_name, stream_token,
+    subject_of,
 };
 
 pub const FILE_NAME: &str = "cell.toml";
@@ -679,7 +680,7 @@ impl Manifest {
             check_cell_id(target).context("in [capabilities] calls")?;
         }
         for subject in &self.capabilities.publish {
-            crate::bus::subject::check(subject, true).context("in [capabilities] publish")?;
+            check_publish("[capabilities] publish", subject)?;
         }
         check_grants(&self.capabilities)?;
         if let Some(durable) = &self.durable {
@@ -1058,6 +1059,30 @@ mod tests {
         assert!(!m.may_call("io.other"));
         assert!(m.may_publish("events.greeted"));
         assert!(!m.may_publish("cbs.io.print"));
+    }
+
+    /// Regression (#26, 1): `$KV.>` and `$JS.API.>` grants loaded, and the
+    /// cell wrote and purged other cells' state with the host's rights.
+    #[test]
+    fn a_publish_grant_on_nats_or_host_subjects_is_refused_at_load() {
+        for subject in [
+            "$KV.>",
+            "$JS.API.>",
+            "$O.>",
+            "$SYS.>",
+            "_INBOX.>",
+            "cbs.>",
+            ">",
+        ] {
+            let err = Manifest::parse(&format!(
+                "{MINIMAL}\n[capabilities]\npublish = [\"events.>\", {subject:?}]"
+            ))
+            .expect_err(subject);
+            assert!(
+                format!("{err:#}").contains("[capabilities] publish"),
+                "{subject}: {err:#}"
+            );
+        }
     }
 
     #[test]

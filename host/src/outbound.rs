@@ -254,6 +254,15 @@ impl Outbound {
         subject: &str,
         payload: String,
     ) -> Result<(), BusError> {
+        if crate::subjects::reserved(subject, self.manifest.publishes_durably(subject)) {
+            return Err(BusError::new(
+                ErrorCode::ContractViolation,
+                format!(
+                    "cell {} may not publish to {subject}: it belongs to NATS or the host, whatever the grants say",
+                    self.manifest.id
+                ),
+            ));
+        }
         if !self.manifest.may_publish(subject) {
             return Err(BusError::new(
                 ErrorCode::ContractViolation,
@@ -304,4 +313,47 @@ impl Outbound {
 fn raw_json(text: String, what: &str) -> Result<Box<RawValue>, BusError> {
     RawValue::from_string(text)
         .map_err(|e| BusError::new(ErrorCode::InvalidInput, format!("{what} is not JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::local::LocalBus;
+    use crate::bus::Message;
+
+    /// Regression (#26, 1): a cell granted `$KV.>` wrote other cells'
+    /// state with the host's credentials. The manifest refuses such a
+    /// grant; the publish is refused too should one get past it.
+    #[tokio::test]
+    async fn a_publish_to_a_nats_subject_is_refused_whatever_the_grants_say() {
+        let mut manifest =
+            Manifest::parse("id = \"test.kv\"\nversion = \"1\"\ncomponent = \"c.wasm\"").unwrap();
+        manifest.capabilities.publish = vec!["$KV.>".into(), "events.>".into()];
+        let bus: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
+        let mut watch = bus.subscribe("$KV.>", None).await.unwrap();
+        let outbound = Outbound::new(bus.clone(), Arc::new(manifest), None);
+        let flow = Flow {
+            parent: Arc::new(Envelope::new(
+                "cbs.test.kv",
+                RawValue::from_string("{}".into()).unwrap(),
+            )),
+            deadline: Instant::now() + Duration::from_secs(5),
+        };
+        let err = outbound
+            .publish(&flow, "$KV.CBS_STATE_OTHER.key", "{\"x\":1}".into())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code, ErrorCode::ContractViolation, "{err:?}");
+        assert!(
+            err.message.contains("belongs to NATS or the host"),
+            "{err:?}"
+        );
+        // Nothing reached the subject: the first message there is ours.
+        bus.publish(Message::new("$KV.marker", "m")).await.unwrap();
+        assert_eq!(watch.next().await.unwrap().subject, "$KV.marker");
+        outbound
+            .publish(&flow, "events.ok", "{}".into())
+            .await
+            .unwrap();
+    }
 }

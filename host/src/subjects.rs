@@ -52,20 +52,86 @@ pub(crate) fn check_durable_publish(what: &str, subject: &str) -> anyhow::Result
     check_first_token(what, subject, true)
 }
 
-fn check_first_token(what: &str, subject: &str, durable_feeds: bool) -> anyhow::Result<()> {
+/// A subject a `[capabilities] publish` grant may name: as
+/// [`check_own_subject`]. A grant of `$KV.>` or `$JS.API.>` would let the
+/// cell write or purge other cells' state, the desired state and the audit
+/// stream with the host's credentials; `cbs.>` would call cells past the
+/// `calls` grants; `_INBOX.>` would answer other callers' requests.
+pub(crate) fn check_publish(what: &str, subject: &str) -> anyhow::Result<()> {
     crate::bus::subject::check(subject, true).with_context(|| format!("in {what}"))?;
+    if reserved(subject, false) {
+        bail!(
+            "{what}: {subject:?} would reach other cells' requests or state, the host's streams \
+             or NATS's own subjects ($JS, $KV, $O, $SYS, _INBOX); call cells with `calls` and \
+             publish events on a subject of their own, such as \"orders.>\""
+        );
+    }
+    Ok(())
+}
+
+/// Whether a concrete subject belongs to NATS or the host rather than to
+/// cells' events: checked again when a cell publishes, whatever its
+/// grants say. `durable_feed` allows a durable cell's stream
+/// (`cbs-durable.…`), which a `publish_durable` grant may name.
+pub(crate) fn reserved(subject: &str, durable_feed: bool) -> bool {
     let first = subject.split('.').next().unwrap_or_default();
-    let reserved = first == "*"
+    first == "*"
         || first == ">"
         || first == "cbs"
-        || (first.starts_with("cbs-") && !(durable_feeds && first == "cbs-durable"))
+        || (first.starts_with("cbs-") && !(durable_feed && first == "cbs-durable"))
         || first.starts_with('$')
-        || first.starts_with('_');
-    if reserved {
+        || first.starts_with('_')
+}
+
+fn check_first_token(what: &str, subject: &str, durable_feeds: bool) -> anyhow::Result<()> {
+    crate::bus::subject::check(subject, true).with_context(|| format!("in {what}"))?;
+    if reserved(subject, durable_feeds) {
         bail!(
             "{what}: {subject:?} would take requests, other cells' streams or system traffic; \
              use a subject of its own, such as \"orders.>\""
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_grant_cannot_reach_nats_or_host_subjects() {
+        for subject in [
+            "$KV.>",
+            "$KV.CBS_STATE_other.key",
+            "$JS.API.>",
+            "$JS.API.STREAM.PURGE.KV_CBS_STATE_X",
+            "$O.>",
+            "$SYS.>",
+            "$SRV.>",
+            "_INBOX.>",
+            "cbs.>",
+            "cbs.logic.greet",
+            "cbs.~l.logic.greet",
+            "cbs-desired.x",
+            "cbs-durable.orders",
+            ">",
+            "*.x",
+        ] {
+            let err = check_publish("[capabilities] publish", subject)
+                .expect_err(subject)
+                .to_string();
+            assert!(err.contains("calls"), "{subject}: {err}");
+        }
+        for subject in ["events.>", "orders.created", "billing.*.paid"] {
+            check_publish("[capabilities] publish", subject).expect(subject);
+        }
+    }
+
+    #[test]
+    fn only_a_durable_feed_may_name_a_durable_cells_stream() {
+        assert!(reserved("cbs-durable.orders", false));
+        assert!(!reserved("cbs-durable.orders", true));
+        assert!(reserved("cbs-dlq.orders", true));
+        assert!(reserved("$JS.API.STREAM.DELETE.CBS_AUDIT", true));
+    }
 }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event};
+use cbs_host::bus::BodyBus;
 use cbs_tests::bundles::{releases, UPPER};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
@@ -143,4 +144,68 @@ async fn each_role_does_its_job_and_is_refused_outside_it() {
         .await
         .unwrap();
     assert_violation(&mut refused, "an observer calling a cell").await;
+}
+
+/// A host whose cells call and publish as their own NATS user, which
+/// denies one event subject the cell's grant (`events.>`) allows.
+fn cell_traffic_config() -> &'static str {
+    r#"
+authorization {
+  users = [
+    { user: host, password: h, permissions: {
+        publish: [">"], subscribe: [">"], allow_responses: true } }
+    { user: cells, password: c, permissions: {
+        publish: { allow: ["cbs.>", "events.>"],
+                   deny: ["events.secret.>", "cbs.~l.>", "cbs.~h.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>"] }
+        subscribe: ["_INBOX.>"] } }
+    { user: watcher, password: w, permissions: {
+        publish: ["cbs.>"], subscribe: ["events.>", "_INBOX.>"] } }
+  ]
+}
+"#
+}
+
+/// Regression (#26, 1): cells published with the host's credentials, so
+/// the server could not hold them to less than the host may do. With
+/// `--cell-nats-user` their publishes go out as that user, and the
+/// server refuses what its permissions deny.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cells_publish_as_their_own_user_and_the_server_holds_them_to_it() {
+    let server = NatsServer::with_config(cell_traffic_config());
+    let url = server.url();
+    let mut args = login("host");
+    args.extend(["--cell-nats-user", "cells", "--cell-nats-password", "c"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let reference = cbs_tests::repo().join("tests/sidecars/reference");
+    let host = HostProcess::serve(&url, "cells-host", &[reference], &args);
+    assert!(host
+        .log()
+        .contains("cells call and publish as their own NATS user"));
+
+    let watcher = cbs_host::bus::nats::NatsBus::connect(&cbs_host::bus::nats::NatsOptions {
+        urls: url.clone(),
+        name: "watcher".into(),
+        user: Some("watcher".into()),
+        password: Some("w".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut events = watcher.subscribe("events.>", None).await.unwrap();
+    watcher.flush().await.unwrap();
+    for subject in ["events.secret.leak", "events.ok"] {
+        let publish =
+            serde_json::json!({"action": "publish", "subject": subject, "payload": {"x": 1}});
+        let reply =
+            cbs_tests::call_json(&watcher, "test.reference", publish, Duration::from_secs(10))
+                .await;
+        assert!(reply.is_ok(), "{subject}: {reply:?}");
+    }
+    // One connection's messages arrive in order: had the denied one gone
+    // out, it would come first.
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the allowed event arrives")
+        .unwrap();
+    assert_eq!(first.subject, "events.ok");
 }

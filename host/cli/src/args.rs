@@ -69,6 +69,69 @@ impl NatsArgs {
     }
 }
 
+/// A second NATS identity for what cells do (`cbs-host run`): their calls
+/// over the bus and their publishes. Give it a user whose permissions deny
+/// `$JS.>`, `$KV.>`, `$O.>`, `$SYS.>` and the host's internal subjects
+/// (docs/security.md, role "cell traffic"): the server then refuses a
+/// cell what the host's own grants check would refuse too.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CellNatsArgs {
+    /// User for cell traffic (password authentication), on the --nats
+    /// servers with the same TLS settings.
+    #[arg(
+        id = "cell_user",
+        long = "cell-nats-user",
+        value_name = "USER",
+        env = "CBS_CELL_NATS_USER",
+        requires = "cell_password"
+    )]
+    pub user: Option<String>,
+    /// Password of --cell-nats-user.
+    #[arg(
+        id = "cell_password",
+        long = "cell-nats-password",
+        value_name = "PASSWORD",
+        env = "CBS_CELL_NATS_PASSWORD",
+        requires = "cell_user"
+    )]
+    pub password: Option<String>,
+    /// NKey seed (SU...) for cell traffic.
+    #[arg(
+        id = "cell_nkey",
+        long = "cell-nats-nkey",
+        env = "CBS_CELL_NATS_NKEY",
+        value_name = "SEED"
+    )]
+    pub nkey: Option<String>,
+    /// Credentials file (.creds) for cell traffic.
+    #[arg(
+        id = "cell_creds",
+        long = "cell-nats-creds",
+        env = "CBS_CELL_NATS_CREDS",
+        value_name = "FILE"
+    )]
+    pub creds: Option<PathBuf>,
+}
+
+impl CellNatsArgs {
+    /// The host's connection options with the cell identity instead of
+    /// the host's; `None` when no cell identity is given.
+    pub fn options(&self, host: &NatsOptions) -> Option<NatsOptions> {
+        if self.user.is_none() && self.nkey.is_none() && self.creds.is_none() {
+            return None;
+        }
+        Some(NatsOptions {
+            name: format!("{}-cells", host.name),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: None,
+            nkey_seed: self.nkey.clone(),
+            creds: self.creds.clone(),
+            ..host.clone()
+        })
+    }
+}
+
 /// `<hostname>-<pid>`: unique per host process, readable in tools.
 pub fn default_host_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

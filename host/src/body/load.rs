@@ -88,6 +88,9 @@ impl Default for Sources {
 /// Everything a cell needs from its host at load.
 pub(super) struct Loader {
     pub bus: Arc<dyn BodyBus>,
+    /// Where cells' own calls and publishes go: a connection with a cell's
+    /// rights only (`--cell-nats-*`); `None` sends them on `bus`.
+    pub cell_bus: Option<Arc<dyn BodyBus>>,
     pub wasm: Arc<WasmRuntime>,
     pub sources: Sources,
     /// Chaos settings by cell id, over those of `cell.toml`.
@@ -103,6 +106,10 @@ pub(super) struct Loader {
 }
 
 impl Loader {
+    fn cell_bus(&self) -> Arc<dyn BodyBus> {
+        self.cell_bus.clone().unwrap_or_else(|| self.bus.clone())
+    }
+
     /// Loads a cell folder (manifest, schemas, component) without serving it.
     pub async fn load(&self, dir: &Path) -> anyhow::Result<Arc<LoadedCell>> {
         self.load_from(dir, Origin::Folder).await
@@ -114,7 +121,7 @@ impl Loader {
         let contract = Contract::load(&spec)?;
         let state = CellState::for_cell(&manifest, &self.state);
         let outbound = Arc::new(
-            Outbound::new(self.bus.clone(), manifest.clone(), self.local.clone())
+            Outbound::new(self.cell_bus(), manifest.clone(), self.local.clone())
                 .with_state(state)
                 .with_durable(self.durable.clone()),
         );

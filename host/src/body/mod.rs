@@ -51,6 +51,7 @@ impl Body {
         let state = crate::state::default_backend(bus.as_ref(), &data_dir);
         let loader = Loader {
             bus,
+            cell_bus: None,
             wasm,
             sources: Sources::default(),
             chaos: HashMap::new(),
@@ -69,6 +70,14 @@ impl Body {
     /// Which keys bundles must be signed by, and where bundles unpack.
     pub fn set_sources(&mut self, sources: Sources) {
         self.loader.sources = sources;
+    }
+
+    /// Sends what cells call and publish over the bus on `bus` (a
+    /// connection with a cell's rights only, so the server enforces what a
+    /// cell may reach) instead of the host's own connection. Applies to
+    /// cells loaded after.
+    pub fn set_cell_bus(&mut self, bus: Arc<dyn BodyBus>) {
+        self.loader.cell_bus = Some(bus);
     }
 
     /// Where cells keep their state and durable streams (applies to cells

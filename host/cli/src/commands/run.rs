@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 
 use super::audit;
-use crate::args::{default_host_id, serve_http, EngineArgs, HttpArgs, NatsArgs};
+use crate::args::{default_host_id, serve_http, CellNatsArgs, EngineArgs, HttpArgs, NatsArgs};
 
 /// Serve cells: each answers on `cbs.<cell-id>` until Ctrl-C, or, with
 /// --start, until the flow it starts has finished.
@@ -116,6 +116,8 @@ pub struct RunArgs {
     #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
+    cell_nats: CellNatsArgs,
+    #[command(flatten)]
     engine: EngineArgs,
 }
 
@@ -129,7 +131,11 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let host_id = args.host_id();
     let (bus, client) = connect(&args, &host_id).await?;
-    let body = Arc::new(body(&args, bus.clone(), &host_id)?);
+    let mut body = body(&args, bus.clone(), &host_id)?;
+    if let Some(cells) = connect_cells(&args, &host_id).await? {
+        body.set_cell_bus(cells);
+    }
+    let body = Arc::new(body);
     if let Some(addr) = args.metrics {
         let bound = cbs_host::metrics::serve(addr, body.clone() as _)
             .await
@@ -298,6 +304,22 @@ async fn connect(
     }
     let client = nats.client().clone();
     Ok((Arc::new(nats), Some(client)))
+}
+
+/// The connection for cell traffic (`--cell-nats-*`), if one is given.
+async fn connect_cells(args: &RunArgs, host_id: &str) -> anyhow::Result<Option<Arc<dyn BodyBus>>> {
+    let host = args.nats.options(host_id);
+    let Some(options) = host.as_ref().and_then(|h| args.cell_nats.options(h)) else {
+        if args.cell_nats.options(&Default::default()).is_some() {
+            anyhow::bail!("--cell-nats-* needs --nats: cells share the in-process bus otherwise");
+        }
+        return Ok(None);
+    };
+    let bus = NatsBus::connect(&options)
+        .await
+        .context("cannot connect the cell traffic's NATS identity (--cell-nats-*)")?;
+    tracing::info!(identity = %options.identity(), "cells call and publish as their own NATS user");
+    Ok(Some(Arc::new(bus)))
 }
 
 fn body(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Result<Body> {
