@@ -200,6 +200,16 @@ mod tests {
     }
 
     #[test]
+    fn a_leeway_over_the_bound_is_refused_at_load() {
+        let rules = JwtRules {
+            leeway_secs: MAX_LEEWAY_SECS + 1,
+            ..Default::default()
+        };
+        let err = Authenticator::load(None, None, rules).err().unwrap();
+        assert!(err.to_string().contains("--http-jwt-leeway-secs"), "{err}");
+    }
+
+    #[test]
     fn nothing_configured_refuses_everything() {
         let auth = Authenticator::default();
         let err = auth.check(Some("Bearer anything")).unwrap_err();
