@@ -16,6 +16,7 @@ use cbs_tests::cell_toml::CellToml;
 use cbs_tests::curl::{curl, Response};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::raw_http;
 use cbs_tests::{eventually, greet};
 use serde_json::json;
 
@@ -312,6 +313,184 @@ fn a_body_over_the_limit_is_refused() {
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     let r = post(&format!("{base}/greet"), r#"{"name":"Ada"}"#, &[]);
     assert_eq!(r.status, 200, "the server serves on");
+}
+
+/// A host whose `/private` route takes JWTs for audience `cbs` from issuer
+/// `https://issuer.test`: (host, URL of `/private`, the issuer, the
+/// cell's folder).
+fn jwt_host(
+    extra: &[&str],
+) -> (
+    HostProcess,
+    String,
+    cbs_tests::jwt::Issuer,
+    tempfile::TempDir,
+) {
+    let jwt = cbs_tests::jwt::Issuer::new();
+    let cell = faulty_cell(|_| {});
+    let args = [
+        &[
+            "--http-jwks",
+            jwt.jwks_file(),
+            "--http-jwt-audience",
+            "cbs",
+            "--http-jwt-issuer",
+            "https://issuer.test",
+        ][..],
+        extra,
+    ]
+    .concat();
+    let (host, base) = host_with(&args, &[cell.path().to_path_buf()]);
+    (host, format!("{base}/private"), jwt, cell)
+}
+
+/// Claims the host of [`jwt_host`] accepts, valid for ten minutes.
+fn good_claims() -> serde_json::Value {
+    let now = cbs_tests::jwt::now();
+    json!({"sub": "tester", "aud": "cbs", "iss": "https://issuer.test", "exp": now + 600})
+}
+
+fn with_bearer(url: &str, token: &str) -> Response {
+    let auth = format!("Authorization: Bearer {token}");
+    post(url, r#"{"action": "echo", "value": 1}"#, &["-H", &auth])
+}
+
+/// A 401 problem asking for a bearer token, whose detail names `why`.
+fn assert_unauthorized(r: &Response, why: &str) {
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let body = r.json();
+    assert_eq!(body["status"], 401, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(why), "{why:?} not in {body}");
+}
+
+#[test]
+fn a_jwt_without_aud_is_refused_when_an_audience_is_configured() {
+    let (_host, private, jwt, _cell) = jwt_host(&[]);
+    assert_eq!(with_bearer(&private, &jwt.sign(&good_claims())).status, 200);
+    let mut claims = good_claims();
+    claims.as_object_mut().unwrap().remove("aud");
+    let r = with_bearer(&private, &jwt.sign(&claims));
+    assert_unauthorized(&r, "Missing required claim: aud");
+}
+
+#[test]
+fn a_jwt_without_iss_is_refused_when_an_issuer_is_configured() {
+    let (_host, private, jwt, _cell) = jwt_host(&[]);
+    assert_eq!(with_bearer(&private, &jwt.sign(&good_claims())).status, 200);
+    let mut claims = good_claims();
+    claims.as_object_mut().unwrap().remove("iss");
+    let r = with_bearer(&private, &jwt.sign(&claims));
+    assert_unauthorized(&r, "Missing required claim: iss");
+}
+
+#[test]
+fn a_jwt_whose_nbf_is_in_the_future_is_refused() {
+    let (_host, private, jwt, _cell) = jwt_host(&[]);
+    let mut claims = good_claims();
+    claims["nbf"] = json!(cbs_tests::jwt::now() - 1);
+    assert_eq!(with_bearer(&private, &jwt.sign(&claims)).status, 200);
+    claims["nbf"] = json!(cbs_tests::jwt::now() + 300);
+    let r = with_bearer(&private, &jwt.sign(&claims));
+    assert_unauthorized(&r, "ImmatureSignature");
+}
+
+#[test]
+fn a_jwt_expired_longer_than_the_default_leeway_is_refused() {
+    // The default is a few seconds, not the library's minute.
+    let (_host, private, jwt, _cell) = jwt_host(&[]);
+    let mut claims = good_claims();
+    claims["exp"] = json!(cbs_tests::jwt::now() - 30);
+    let r = with_bearer(&private, &jwt.sign(&claims));
+    assert_unauthorized(&r, "ExpiredSignature");
+}
+
+#[test]
+fn a_jwt_expired_within_the_configured_leeway_is_accepted_and_past_it_refused() {
+    let (_host, private, jwt, _cell) = jwt_host(&["--http-jwt-leeway-secs", "120"]);
+    let mut claims = good_claims();
+    claims["exp"] = json!(cbs_tests::jwt::now() - 90);
+    let r = with_bearer(&private, &jwt.sign(&claims));
+    assert_eq!(r.status, 200, "90 s late, within 120: {r:?}");
+    claims["exp"] = json!(cbs_tests::jwt::now() - 150);
+    let r = with_bearer(&private, &jwt.sign(&claims));
+    assert_unauthorized(&r, "ExpiredSignature");
+}
+
+#[test]
+fn a_declared_content_length_over_the_limit_is_refused_before_the_body() {
+    let (host, _base) = host_with(&["--http-body-limit-kb", "1"], &[greet()]);
+    let mut stream = raw_http::connect(&host.http_addr());
+    let request = "POST /greet HTTP/1.1\r\nHost: cbs.test\r\n\
+                   Content-Type: application/json\r\n\
+                   Content-Length: 1000000000000\r\n\r\n";
+    let r = raw_http::exchange(&mut stream, request, Duration::from_secs(5))
+        .expect("an answer without the body being sent");
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.json()["status"], 413);
+}
+
+#[test]
+fn a_connection_trickling_a_request_head_is_closed_after_the_header_timeout() {
+    let (host, _base) = host_with(&["--http-header-timeout-secs", "2"], &[greet()]);
+    let mut stream = raw_http::connect(&host.http_addr());
+    let closed = raw_http::trickle_until_closed(
+        &mut stream,
+        b"GET /healthz HTTP/1.1\r\nX-Slow: ",
+        b"a",
+        Duration::from_secs(15),
+    )
+    .expect("closed while the head still trickled in");
+    assert!(closed < Duration::from_secs(8), "closed after {closed:?}");
+}
+
+#[test]
+fn a_connection_trickling_the_http2_preface_is_closed_after_the_header_timeout() {
+    let (host, _base) = host_with(&["--http-header-timeout-secs", "2"], &[greet()]);
+    let mut stream = raw_http::connect(&host.http_addr());
+    let closed = raw_http::trickle_until_closed(
+        &mut stream,
+        b"P",
+        b"RI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(15),
+    )
+    .expect("closed while the preface still trickled in");
+    assert!(closed < Duration::from_secs(8), "closed after {closed:?}");
+}
+
+#[test]
+fn past_the_connection_limit_a_client_waits_until_a_connection_closes() {
+    let extra = [
+        "--http-max-connections",
+        "2",
+        "--http-header-timeout-secs",
+        "60",
+    ];
+    let (host, _base) = host_with(&extra, &[greet()]);
+    let addr = host.http_addr();
+    let served = |stream: &mut std::net::TcpStream, within| {
+        raw_http::exchange(stream, &raw_http::get("/healthz"), within).map(|r| r.status)
+    };
+    let mut held: Vec<_> = (0..2).map(|_| raw_http::connect(&addr)).collect();
+    for stream in &mut held {
+        assert_eq!(served(stream, Duration::from_secs(5)), Some(200));
+    }
+    let mut third = raw_http::connect(&addr);
+    assert_eq!(
+        served(&mut third, Duration::from_secs(2)),
+        None,
+        "a third connection is not served while two are held"
+    );
+    drop(held.pop());
+    let answer = raw_http::response(&mut third, Duration::from_secs(10));
+    assert_eq!(
+        answer.map(|r| r.status),
+        Some(200),
+        "served once one closed"
+    );
 }
 
 #[test]

@@ -44,7 +44,9 @@ pub fn curl(args: &[&str]) -> Response {
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn parse(text: &str) -> Response {
+/// A response as printed on the wire (or by `curl -i`): status line,
+/// headers, body.
+pub fn parse(text: &str) -> Response {
     // Interim responses (100 Continue) come first; the last head is the answer.
     let mut rest = text;
     loop {

@@ -10,6 +10,7 @@ pub mod nats;
 pub mod nats_auth;
 pub mod process;
 pub mod process_bundles;
+pub mod raw_http;
 pub mod topology;
 
 use std::path::{Path, PathBuf};

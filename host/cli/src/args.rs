@@ -8,6 +8,7 @@ use cbs_host::body::{Sources, DEFAULT_UNPACK_MAX_BYTES};
 use cbs_host::bundle::{PublicKey, Trust};
 use cbs_host::bus::nats::{NatsBus, NatsOptions};
 use cbs_host::deploy::Store;
+use cbs_host::http::{auth, listen};
 use cbs_host::runtime::python::venvs::{self, VenvCache};
 use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
 use cbs_host::telemetry::{self, LogFormat};
@@ -289,8 +290,8 @@ where
 }
 
 /// How an HTTP server (`cbs-host run --http`, `cbs gateway`) treats
-/// requests: body size, CORS, and the tokens routes with
-/// `auth = "bearer"` accept.
+/// requests: body size, CORS, the tokens routes with `auth = "bearer"`
+/// accept, and how many connections it holds for how long.
 #[derive(Args, Debug, Clone)]
 pub struct HttpArgs {
     /// Largest request body accepted, in KiB; larger ones get 413.
@@ -314,21 +315,48 @@ pub struct HttpArgs {
     /// The issuer (`iss`) JWTs must name.
     #[arg(long, value_name = "ISS", requires = "http_jwks")]
     pub http_jwt_issuer: Option<String>,
+    /// Seconds a JWT's `exp` and `nbf` may be off by (clock skew between
+    /// its issuer and this server), at most 300.
+    #[arg(long, env = "CBS_HTTP_JWT_LEEWAY_SECS", value_name = "SECONDS",
+          default_value_t = auth::DEFAULT_LEEWAY_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=auth::MAX_LEEWAY_SECS))]
+    pub http_jwt_leeway_secs: u64,
+    /// Seconds a connection may go without a request in progress: a
+    /// request head must arrive whole within it, and an idle (keep-alive
+    /// or HTTP/2) connection is closed after it. 1 to 3600.
+    #[arg(long, env = "CBS_HTTP_HEADER_TIMEOUT_SECS", value_name = "SECONDS",
+          default_value_t = listen::DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout_secs: u64,
+    /// Connections open at once; past it new ones are not accepted but
+    /// wait (in the listen backlog) until one closes. 1 to 65536.
+    #[arg(long, env = "CBS_HTTP_MAX_CONNECTIONS", value_name = "N",
+          default_value_t = listen::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    pub http_max_connections: usize,
 }
 
 impl HttpArgs {
     pub fn config(&self, title: &str) -> anyhow::Result<cbs_host::http::HttpConfig> {
-        let auth = cbs_host::http::auth::Authenticator::load(
+        let rules = auth::JwtRules {
+            audience: self.http_jwt_audience.clone(),
+            issuer: self.http_jwt_issuer.clone(),
+            leeway_secs: self.http_jwt_leeway_secs,
+        };
+        let auth = auth::Authenticator::load(
             self.http_token_file.as_deref(),
             self.http_jwks.as_deref(),
-            self.http_jwt_audience.clone(),
-            self.http_jwt_issuer.clone(),
+            rules,
         )?;
         Ok(cbs_host::http::HttpConfig {
             body_limit: self.http_body_limit_kb.saturating_mul(1024),
             cors_origins: self.http_cors_origin.clone(),
             auth,
             title: title.to_owned(),
+            connections: listen::Limits {
+                max_connections: self.http_max_connections,
+                idle_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),
+            },
         })
     }
 }

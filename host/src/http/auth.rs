@@ -1,36 +1,70 @@
 //! Bearer authentication for routes with `auth = "bearer"`: a token is
 //! accepted when it is one of the server's static tokens
 //! (`--http-token-file`, compared in constant time) or a JWT signed by a key
-//! of its JWKS file (`--http-jwks`), unexpired, and for the configured
-//! audience and issuer. With neither configured, such routes refuse every
-//! request: a route that asks for authentication never runs without it.
+//! of its JWKS file (`--http-jwks`), unexpired, already valid (`nbf`), and
+//! naming the configured audience and issuer — a configured claim the
+//! token lacks refuses it. Clocks may differ by the configured leeway
+//! (`--http-jwt-leeway-secs`), not the library's minute. With neither
+//! configured, such routes refuse every request: a route that asks for
+//! authentication never runs without it.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 
 /// The longest `Authorization` header looked at.
 const MAX_HEADER: usize = 8 * 1024;
+/// Seconds a JWT's `exp` and `nbf` may be off by, by default: clock skew
+/// between the issuer and this server, not a grace period.
+pub const DEFAULT_LEEWAY_SECS: u64 = 5;
+/// The most `--http-jwt-leeway-secs` may be.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
+/// What a JWT's claims must say, besides an `exp` in the future.
+#[derive(Debug, Clone)]
+pub struct JwtRules {
+    /// The `aud` it must name (then it must have one).
+    pub audience: Option<String>,
+    /// The `iss` it must name (then it must have one).
+    pub issuer: Option<String>,
+    /// Seconds `exp` and `nbf` may be off by.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtRules {
+    fn default() -> Self {
+        Self {
+            audience: None,
+            issuer: None,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Authenticator {
     tokens: Vec<String>,
     jwks: Option<JwkSet>,
-    audience: Option<String>,
-    issuer: Option<String>,
+    rules: JwtRules,
 }
 
 impl Authenticator {
     /// Static tokens from `token_file` (one per line; blank lines and `#`
-    /// comments skipped) and keys from `jwks_file`.
+    /// comments skipped) and keys from `jwks_file`, whose JWTs must follow
+    /// `rules`.
     pub fn load(
         token_file: Option<&Path>,
         jwks_file: Option<&Path>,
-        audience: Option<String>,
-        issuer: Option<String>,
+        rules: JwtRules,
     ) -> anyhow::Result<Self> {
+        if rules.leeway_secs > MAX_LEEWAY_SECS {
+            anyhow::bail!(
+                "--http-jwt-leeway-secs {} is more than {MAX_LEEWAY_SECS}",
+                rules.leeway_secs
+            );
+        }
         let tokens = match token_file {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --http-token-file {}", path.display()))?
@@ -52,8 +86,7 @@ impl Authenticator {
         Ok(Self {
             tokens,
             jwks,
-            audience,
-            issuer,
+            rules,
         })
     }
 
@@ -101,17 +134,32 @@ impl Authenticator {
         }
         .ok_or("the JWT names no key of this server's JWK set")?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-        let mut validation = Validation::new(header.alg);
-        match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &self.issuer {
-            validation.set_issuer(&[iss]);
-        }
-        decode::<serde_json::Value>(token, &key, &validation)
+        decode::<serde_json::Value>(token, &key, &self.validation(header.alg))
             .map(|_| ())
             .map_err(|e| format!("the JWT is not accepted: {e}"))
+    }
+
+    /// The checks of a JWT signed with `alg`: `exp` always, `aud` and
+    /// `iss` when configured — each then required, not only compared when
+    /// present — and `nbf` when present.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.rules.leeway_secs;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &self.rules.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.rules.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        validation
     }
 }
 
@@ -149,6 +197,16 @@ mod tests {
         }
         let long = format!("Bearer {}", "x".repeat(MAX_HEADER));
         assert!(auth.check(Some(&long)).is_err());
+    }
+
+    #[test]
+    fn a_leeway_over_the_bound_is_refused_at_load() {
+        let rules = JwtRules {
+            leeway_secs: MAX_LEEWAY_SECS + 1,
+            ..Default::default()
+        };
+        let err = Authenticator::load(None, None, rules).err().unwrap();
+        assert!(err.to_string().contains("--http-jwt-leeway-secs"), "{err}");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! [`route`] (routes and their table), [`request`] (HTTP request →
 //! payload), [`problem`] (`BusError` → status and problem body),
 //! [`openapi`] (the document), [`auth`] (bearer tokens and JWTs),
-//! [`trace`] (W3C trace context at the edge), [`server`] (the server).
+//! [`trace`] (W3C trace context at the edge), [`server`] (the server),
+//! [`listen`] (connections: how many, how long without a request).
 
 pub mod auth;
+pub mod listen;
 pub mod openapi;
 pub mod problem;
 pub mod request;

@@ -19,6 +19,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use super::auth::Authenticator;
+use super::listen::Limits;
 use super::problem::{self, Problem};
 use super::request::payload;
 use super::route::{Auth, Matched, Method, Routes, Target};
@@ -44,6 +45,8 @@ pub struct HttpConfig {
     pub auth: Authenticator,
     /// The OpenAPI document's title.
     pub title: String,
+    /// Connections at once, and how long one may go without a request.
+    pub connections: Limits,
 }
 
 impl Default for HttpConfig {
@@ -53,6 +56,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             auth: Authenticator::default(),
             title: "CBS cells".to_owned(),
+            connections: Limits::default(),
         }
     }
 }
@@ -107,6 +111,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cors = cors(&gateway.config.cors_origins);
+    let limits = gateway.config.connections;
     let app = axum::Router::new()
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
@@ -117,9 +122,7 @@ pub async fn serve(
         Some(cors) => app.layer(cors),
         None => app,
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    super::listen::serve(app, listener, limits, shutdown).await
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
@@ -280,19 +283,16 @@ async fn answer(
             );
         }
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, gateway.config.body_limit).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let detail = format!(
-                "the body is larger than {} bytes",
-                gateway.config.body_limit
-            );
-            return problem_response(
-                Problem::http(413, "Content Too Large", detail, path),
-                None,
-                None,
-            );
-        }
+    let Some(bytes) = read_body(body, gateway.config.body_limit).await else {
+        let detail = format!(
+            "the body is larger than {} bytes",
+            gateway.config.body_limit
+        );
+        return problem_response(
+            Problem::http(413, "Content Too Large", detail, path),
+            None,
+            None,
+        );
     };
     let correlation = correlation_id(headers);
     let fields = match payload(target, matched.params.clone(), query, &bytes) {
@@ -321,6 +321,17 @@ async fn answer(
         },
         Err(error) => failure(&error, path, Some(&cid), traceparent.as_deref()),
     }
+}
+
+/// The body, unless it is larger than `limit` bytes: refused on its
+/// declared length (`Content-Length`) before any of it is read, else as
+/// soon as more arrives.
+async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    if axum::body::HttpBody::size_hint(&body).lower() > limit_u64 {
+        return None;
+    }
+    axum::body::to_bytes(body, limit).await.ok()
 }
 
 /// The envelope of one HTTP request: its own correlation id (or the
