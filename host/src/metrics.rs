@@ -89,6 +89,8 @@ pub fn render(source: &dyn Source) -> String {
     let lag = Family::<CellLabel, Gauge>::default();
     let redelivered = Family::<CellLabel, Counter>::default();
     let dead_lettered = Family::<CellLabel, Counter>::default();
+    let without_body = Family::<CellLabel, Counter>::default();
+    let letter_failures = Family::<CellLabel, Counter>::default();
     let forwarded = Family::<CellLabel, Counter>::default();
     for cell in source.snapshots() {
         let label = CellLabel { cell: cell.cell };
@@ -100,6 +102,12 @@ pub fn render(source: &dyn Source) -> String {
             dead_lettered
                 .get_or_create(&label)
                 .inc_by(durable.dead_lettered);
+            without_body
+                .get_or_create(&label)
+                .inc_by(durable.dead_lettered_without_body);
+            letter_failures
+                .get_or_create(&label)
+                .inc_by(durable.dead_letter_failures);
         }
         requests.get_or_create(&label).inc_by(cell.requests);
         forwarded.get_or_create(&label).inc_by(cell.forwarded);
@@ -141,6 +149,16 @@ pub fn render(source: &dyn Source) -> String {
         "durable_dead_lettered",
         "Durable messages this host sent to the dead-letter stream",
         dead_lettered,
+    );
+    registry.register(
+        "durable_dead_lettered_without_body",
+        "Dead letters too large for the dead-letter stream, kept without the message, which stays in the cell's stream",
+        without_body,
+    );
+    registry.register(
+        "durable_dead_letter_failures",
+        "Dead letters this host could not store (the message is held and the write retried)",
+        letter_failures,
     );
     registry.register(
         "cell_requests",

@@ -19,6 +19,10 @@ pub struct CellStats {
     redelivered: AtomicU64,
     /// Durable messages sent to the dead-letter stream.
     dead_lettered: AtomicU64,
+    /// Of those, letters kept without the message (too large).
+    dead_lettered_without_body: AtomicU64,
+    /// Dead letters that could not be stored (each retried).
+    dead_letter_failures: AtomicU64,
     /// Recent handling latency, microseconds: a moving average.
     recent_us: AtomicU64,
     /// Requests sent to another host serving the cell.
@@ -35,6 +39,13 @@ pub struct DurableCounts {
     pub lag: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
+    /// Dead letters kept without the message, which stays in the cell's
+    /// stream (it did not fit the dead-letter stream).
+    #[serde(default)]
+    pub dead_lettered_without_body: u64,
+    /// Writes of a dead letter that failed (retried until one succeeds).
+    #[serde(default)]
+    pub dead_letter_failures: u64,
 }
 
 impl CellStats {
@@ -101,8 +112,17 @@ impl CellStats {
         self.forwarded.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn dead_lettered(&self) {
+    /// A dead letter was stored; `whole`: with its message.
+    pub(crate) fn dead_lettered(&self, whole: bool) {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if !whole {
+            self.dead_lettered_without_body
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn dead_letter_failed(&self) {
+        self.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn durable(&self) -> DurableCounts {
@@ -110,6 +130,8 @@ impl CellStats {
             lag: self.durable_lag.load(Ordering::Relaxed),
             redelivered: self.redelivered.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dead_lettered_without_body: self.dead_lettered_without_body.load(Ordering::Relaxed),
+            dead_letter_failures: self.dead_letter_failures.load(Ordering::Relaxed),
         }
     }
 

@@ -360,9 +360,15 @@ fn strict_host(url: &str) -> (tempfile::TempDir, HostProcess) {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("key");
     assert!(cbs(&["keygen", key.to_str().unwrap()]).status.success());
-    let trust = format!("{}.pub", key.display());
-    let host = HostProcess::serve(url, "strict", &[], &["--watch", "--trust", &trust]);
+    let host = trusting(url, tmp.path(), &[]);
     (tmp, host)
+}
+
+/// A watching host that only runs bundles signed by the key in `dir`.
+fn trusting(url: &str, dir: &Path, extra: &[&str]) -> HostProcess {
+    let trust = format!("{}.pub", dir.join("key").display());
+    let args = [&["--watch", "--trust", trust.as_str()][..], extra].concat();
+    HostProcess::serve(url, "strict", &[], &args)
 }
 
 #[test]
@@ -456,6 +462,118 @@ async fn a_host_that_requires_signatures_goes_back_only_with_a_signed_rollback()
     ]);
     assert!(ok, "a signed rollback: {out}{err}");
     assert_eq!(upper(&bus).await.unwrap(), "HI", "0.1.0 serves again");
+}
+
+/// `cbs deploy` of 0.1.0 signed, to a strict host that served 0.2.0:
+/// refused (the refusal of any step back) unless `--sign-rollback` signs it.
+fn deploy_back(url: &str, v1: &Path, sign: Option<&Path>) -> Result<(), String> {
+    let mut args = vec!["deploy", v1.to_str().unwrap(), "--nats", url];
+    args.extend(["--wait-ms", "20000"]);
+    if let Some(key) = sign {
+        args.extend(["--sign-rollback", key.to_str().unwrap()]);
+    }
+    let (ok, out, err) = run_cbs(&args);
+    if ok {
+        return Ok(());
+    }
+    assert!(
+        err.contains("strict:")
+            && err.contains("refusing to move cell text.upper from 0.2.0 back to 0.1.0"),
+        "not the rollback refusal: {out}{err}"
+    );
+    Err(err)
+}
+
+/// Undeploying does not make a host forget what it served: 0.1.0 deployed
+/// after 0.2.0 was served and undeployed is a step back like any other,
+/// refused (the host serves nothing) unless a trusted key signs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_requires_signatures_goes_back_after_an_undeploy_only_with_a_signed_rollback() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let (tmp, strict) = strict_host(&url);
+    let (v1, v2) = (
+        signed(tmp.path(), &releases.v1),
+        signed(tmp.path(), &releases.v2),
+    );
+    deploy(&url, &v2);
+    let bus = server.bus().await;
+    assert_eq!(upper(&bus).await.unwrap(), "HI!");
+    let (ok, _, err) = run_cbs(&["undeploy", UPPER, "--nats", &url]);
+    assert!(ok, "{err}");
+    strict.wait_for_log("removed", Duration::from_secs(10));
+
+    assert!(
+        deploy_back(&url, &v1, None).is_err(),
+        "0.1.0 without a grant"
+    );
+    let err = upper(&bus).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "serving nothing: {err:?}");
+
+    let key = tmp.path().join("key");
+    deploy_back(&url, &v1, Some(&key)).expect("0.1.0 with a signed rollback");
+    assert_eq!(upper(&bus).await.unwrap(), "HI");
+}
+
+/// What a host served is kept in its data folder: restarted with the same
+/// `--data-dir` on another nats-server (a lattice that never saw 0.2.0),
+/// it still refuses to go back to 0.1.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_host_with_the_same_data_dir_refuses_an_older_release_than_it_served() {
+    let releases = releases();
+    let (tmp, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = tmp.path().join("key");
+    assert!(cbs(&["keygen", key.to_str().unwrap()]).status.success());
+    let (v1, v2) = (
+        signed(tmp.path(), &releases.v1),
+        signed(tmp.path(), &releases.v2),
+    );
+    let data_dir = ["--data-dir", data.path().to_str().unwrap()];
+    {
+        let server = NatsServer::start();
+        let mut host = trusting(&server.url(), tmp.path(), &data_dir);
+        deploy(&server.url(), &v2);
+        host.terminate();
+        assert!(host.wait_exit(Duration::from_secs(15)).success());
+    }
+    let server = NatsServer::start();
+    let _host = trusting(&server.url(), tmp.path(), &data_dir);
+    assert!(deploy_back(&server.url(), &v1, None).is_err());
+    let err = upper(&server.bus().await).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "serving nothing: {err:?}");
+}
+
+/// The lattice's record of what was served (`cbs-served`), lowered by
+/// whoever can write it, does not lower the host's own: 0.1.0 is still
+/// refused after 0.2.0 was served and undeployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lowered_lattice_record_does_not_let_a_host_go_back() {
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let (tmp, strict) = strict_host(&url);
+    let (v1, v2) = (
+        signed(tmp.path(), &releases.v1),
+        signed(tmp.path(), &releases.v2),
+    );
+    deploy(&url, &v2);
+    let (ok, _, err) = run_cbs(&["undeploy", UPPER, "--nats", &url]);
+    assert!(ok, "{err}");
+    strict.wait_for_log("removed", Duration::from_secs(10));
+
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let record = json!({"version": "0.1.0", "digest": Bundle::read(&v1).unwrap().digest()});
+    js.get_key_value(cbs_host::deploy::SERVED)
+        .await
+        .unwrap()
+        .put(UPPER, serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+    assert!(
+        deploy_back(&url, &v1, None).is_err(),
+        "0.1.0 without a grant"
+    );
 }
 
 /// Every change to the desired state is in the audit trail, with who made

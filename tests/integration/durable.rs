@@ -27,7 +27,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let server = NatsServer::start();
+    setup_on(NatsServer::start()).await
+}
+
+/// [`setup`] on a server of its own.
+async fn setup_on(server: NatsServer) -> Setup {
     let cell = CellToml::faulty(CELL)
         .durable(DurableSpec {
             max_deliver: 3,
@@ -159,7 +163,8 @@ async fn final_errors_and_exhausted_retries_go_to_the_dead_letter_stream() {
         .clone();
     assert_eq!(
         cell["durable"],
-        json!({"lag": 0, "redelivered": 2, "dead_lettered": 3}),
+        json!({"lag": 0, "redelivered": 2, "dead_lettered": 3,
+            "dead_lettered_without_body": 0, "dead_letter_failures": 0}),
         "{cell}"
     );
     // And as /metrics shows it.
@@ -173,6 +178,96 @@ async fn final_errors_and_exhausted_retries_go_to_the_dead_letter_stream() {
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
+}
+
+/// The server's `max_payload` in [`a_dead_letter_too_large_for_the_dlq_keeps_its_message_in_the_stream`].
+const MAX_PAYLOAD: usize = 8192;
+
+/// A message whose dead letter would exceed the server's `max_payload`
+/// still ends in the dead-letter stream: the letter is kept without it,
+/// pointing at the original, which stays in the cell's stream (delivered
+/// no more) until `cbs dlq replay` publishes it again from there. Two
+/// ways to get there: an envelope just under the limit that fails every
+/// delivery, and a body of quotes, which the letter's JSON escapes to
+/// twice its size (final at once: not an envelope).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_the_dlq_keeps_its_message_in_the_stream() {
+    let server = NatsServer::with_jetstream_config(&format!("max_payload: {MAX_PAYLOAD}"));
+    let s = setup_on(server).await;
+    let url = s.server.url();
+    // An envelope that fits with room for its headers, not with a letter's fields.
+    let mut envelope = envelope_to(CELL, &json!({"action": "panic", "pad": ""}));
+    let pad = "x".repeat(MAX_PAYLOAD - 150 - envelope.to_vec().len());
+    envelope = envelope_to(CELL, &json!({"action": "panic", "pad": pad}));
+    assert!(envelope.to_vec().len() < MAX_PAYLOAD - 100);
+    let big = durable::publish(&s.js, SUBJECT, &envelope).await.unwrap();
+    let quotes = "\"".repeat(MAX_PAYLOAD / 2 + 100);
+    let raw = s.js.publish(SUBJECT, quotes.into()).await.unwrap();
+    let escaped = raw.await.unwrap();
+
+    let letters = eventually(Duration::from_secs(30), "two dead letters", || async {
+        let letters = durable::dead_letters(&s.js, CELL).await.unwrap();
+        match letters.len() {
+            2 => Ok(letters),
+            n => Err(format!("{n} dead letters: {letters:?}")),
+        }
+    })
+    .await;
+    let pointing = |seq: u64| {
+        letters
+            .iter()
+            .map(|(_, l)| l)
+            .find(|l| l.stream_seq == seq)
+            .unwrap_or_else(|| panic!("no letter for seq {seq}: {letters:?}"))
+    };
+    let (failed, invalid) = (pointing(big.sequence), pointing(escaped.sequence));
+    assert_eq!(failed.error.code, ErrorCode::CellFailed);
+    assert_eq!(failed.delivered, 3, "given up at max_deliver");
+    assert_eq!(invalid.error.code, ErrorCode::InvalidInput);
+    for letter in [failed, invalid] {
+        assert!(letter.body_in_original, "{letter:?}");
+        assert_eq!(letter.message, Value::Null);
+        assert_eq!(
+            (letter.stream.as_str(), letter.subject.as_str()),
+            (STREAM, SUBJECT)
+        );
+    }
+    // The originals stay where the letters point.
+    let stream = s.js.get_stream(STREAM).await.unwrap();
+    for seq in [big.sequence, escaped.sequence] {
+        stream.get_raw_message(seq).await.unwrap();
+    }
+    let ls = cbs_ok(&url, &["dlq", "ls", CELL]);
+    for seq in [big.sequence, escaped.sequence] {
+        let marker = format!("(too large: body in {STREAM} seq {seq})");
+        assert!(ls.contains(&marker), "{marker} not in\n{ls}");
+    }
+    let (status, metrics) = cbs_tests::process::http_get(&s.host.metrics_addr(), "/metrics");
+    assert_eq!(status, 200);
+    let line = "cbs_durable_dead_lettered_without_body_total{cell=\"test.durable\"} 2";
+    assert!(metrics.contains(line), "{line} not in\n{metrics}");
+
+    // A replay publishes the originals again from the stream (they fail
+    // again: two new letters, pointing at the copies) and removes them.
+    let replayed = cbs_ok(&url, &["dlq", "replay", CELL, "--all"]);
+    assert_eq!(replayed.matches("replayed").count(), 2, "{replayed}");
+    for seq in [big.sequence, escaped.sequence] {
+        assert!(stream.get_raw_message(seq).await.is_err(), "{seq} removed");
+    }
+    let again = eventually(
+        Duration::from_secs(30),
+        "the copies dead-lettered",
+        || async {
+            let letters = durable::dead_letters(&s.js, CELL).await.unwrap();
+            let seqs: Vec<u64> = letters.iter().map(|(_, l)| l.stream_seq).collect();
+            match seqs.iter().all(|seq| *seq > escaped.sequence) && seqs.len() == 2 {
+                true => Ok(seqs),
+                false => Err(format!("letters point at {seqs:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(again.len(), 2);
 }
 
 /// Two hosts share the consumer; one is killed (SIGKILL) while it holds

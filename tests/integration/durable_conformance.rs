@@ -245,6 +245,7 @@ pub async fn dead_letters_are_kept_per_cell(log: Arc<dyn DurableLog>) {
         delivered: 3,
         message: serde_json::json!({"id": format!("m{seq}")}),
         error: BusError::new(ErrorCode::CellFailed, "boom"),
+        body_in_original: false,
     };
     for (cell, seq) in [("a.b", 1), ("c.d", 2), ("a.b", 3)] {
         log.dead_letter(&letter(cell, seq)).await.unwrap();
@@ -274,6 +275,24 @@ pub async fn streams_may_not_take_the_same_subjects(log: Arc<dyn DurableLog>) {
     publish(&*log, "overlap.x", "x").await;
 }
 
+/// A message given up but kept (its dead letter, too large to hold it,
+/// points at it) is not delivered again, retry delay or not.
+pub async fn a_kept_message_is_delivered_no_more(log: Arc<dyn DurableLog>) {
+    let c = log
+        .open(&stream("KEPT", "kept.>", Keep::WorkQueue), &consumer("c"))
+        .await
+        .unwrap();
+    publish(&*log, "kept.a", "kept").await;
+    let d = must_next(&*c).await;
+    assert_eq!(d.delivered, 1);
+    d.in_progress().await.unwrap();
+    d.settle(Settle::Keep { last: false }).await.unwrap();
+    assert_eq!(
+        until_marker(&*log, &*c, "kept.a").await,
+        Vec::<String>::new()
+    );
+}
+
 /// One `#[tokio::test]` per case for a store factory.
 macro_rules! durable_suite {
     ($store:ident, $make:expr) => {
@@ -286,7 +305,7 @@ macro_rules! durable_suite {
                 term_and_max_deliver_end_a_message,
                 an_interest_stream_gives_each_consumer_every_event,
                 a_subject_no_stream_takes_is_unavailable, dead_letters_are_kept_per_cell,
-                streams_may_not_take_the_same_subjects);
+                streams_may_not_take_the_same_subjects, a_kept_message_is_delivered_no_more);
         }
     };
     (@case $make:expr; $($case:ident),*) => {

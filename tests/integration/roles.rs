@@ -19,7 +19,7 @@ jetstream {{ store_dir: {store:?} }}
 authorization {{
   users = [
     {{ user: host, password: h, permissions: {{
-        publish: ["cbs.>", "$SRV.>", "$JS.API.>", "$KV.cbs-status.>", "cbs-audit.>"]
+        publish: ["cbs.>", "$SRV.>", "$JS.API.>", "$KV.cbs-status.>", "$KV.cbs-served.>", "cbs-audit.>"]
         subscribe: ["cbs.>", "$SRV.>", "_INBOX.>"]
         allow_responses: true }} }}
     {{ user: deployer, password: d, permissions: {{

@@ -42,6 +42,16 @@ impl NatsServer {
     /// A server started from a configuration file with `config` in it
     /// (TLS, nkeys, operator mode, accounts), without JetStream.
     pub fn with_config(config: &str) -> Self {
+        Self::configured(config, false)
+    }
+
+    /// A server with JetStream started from a configuration file with
+    /// `config` in it (e.g. a small `max_payload`).
+    pub fn with_jetstream_config(config: &str) -> Self {
+        Self::configured(config, true)
+    }
+
+    fn configured(config: &str, jetstream: bool) -> Self {
         let store = tempfile::tempdir().unwrap();
         let file = store.path().join("nats.conf");
         std::fs::write(&file, config).unwrap();
@@ -50,7 +60,7 @@ impl NatsServer {
             port: 0,
             cluster_port: None,
             args: vec!["-c".into(), file.display().to_string()],
-            jetstream: false,
+            jetstream,
             store,
         };
         server.spawn("-1");

@@ -12,6 +12,9 @@ use crate::{bin, shared_cache, POLL};
 pub struct HostProcess {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Its own data folder (`CBS_DATA_DIR`), unless the test gave one:
+    /// hosts of different tests must not share what they recorded.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl HostProcess {
@@ -70,6 +73,11 @@ impl HostProcess {
             .env("CBS_CACHE_DIR", shared_cache())
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
+        let data = (!env.iter().any(|(name, _)| *name == "CBS_DATA_DIR"))
+            .then(|| tempfile::tempdir().expect("a data folder"));
+        if let Some(dir) = &data {
+            command.env("CBS_DATA_DIR", dir.path());
+        }
         set_env(&mut command, env);
         let mut child = command
             .stdin(Stdio::null())
@@ -87,7 +95,11 @@ impl HostProcess {
                 log.push('\n');
             }
         });
-        Self { child, log }
+        Self {
+            child,
+            log,
+            _data: data,
+        }
     }
 
     /// The address of `--metrics 127.0.0.1:0`, from the host's log.

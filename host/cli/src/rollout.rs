@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::contract::compat::{self, Break, Direction};
+use cbs_host::deploy::downgrade::RollbackGrant;
 use cbs_host::deploy::placement::Placement;
 use cbs_host::deploy::{now_ms, Autoscale, Desired, Release, State, Status, Store};
 use cbs_host::durable::{ConsumerSpec, StreamSpec};
@@ -55,6 +56,15 @@ pub struct Targets {
     pub scale_down_after_ms: u64,
 }
 
+/// What the deployer allows beyond a plain step forward.
+#[derive(Debug, Default)]
+pub struct Consent {
+    /// Deploy even if the contract breaks the deployed one.
+    pub force: bool,
+    /// A signed step back from what hosts last installed (`--sign-rollback`).
+    pub rollback: Option<RollbackGrant>,
+}
+
 /// Publishes `bundle` as the desired release of its cell and waits for the
 /// watching hosts (up to `wait`; `None` does not wait).
 pub async fn deploy(
@@ -63,9 +73,10 @@ pub async fn deploy(
     bundle: &Bundle,
     bytes: &[u8],
     scale: Scale,
-    force: bool,
+    consent: Consent,
     wait: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
+    let Consent { force, rollback } = consent;
     let manifest = bundle.cell_manifest()?;
     let cell = manifest.id.clone();
     let previous = store.desired(&cell).await?;
@@ -91,7 +102,7 @@ pub async fn deploy(
         memory_mb: Some(manifest.memory_mb()),
         signer: bundle.signer().map(str::to_owned),
         deployed_at_ms: now_ms(),
-        rollback: None,
+        rollback,
     };
     let desired = Desired::advance(previous.clone(), &cell, release);
     set_and_confirm(client, store, desired, previous, wait).await

@@ -9,7 +9,10 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::cell::{LoadedCell, Slot};
-use crate::durable::{verdict, Consumer, DeadLetter, Delivery, DurableLog, Settle, Verdict};
+use crate::backoff::Backoff;
+use crate::durable::{
+    verdict, Consumer, DeadLetter, Delivery, DurableLog, Lettered, Settle, Verdict,
+};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::manifest::DurableSpec;
 
@@ -85,20 +88,57 @@ async fn handle(log: &dyn DurableLog, cell: &LoadedCell, message: Delivery) {
     let settle = match &verdict {
         Verdict::Ack => Settle::Ack,
         Verdict::Retry(delay) => Settle::Retry(*delay),
-        Verdict::DeadLetter => match log.dead_letter(&dead_letter(cell, &message, outcome)).await {
-            Ok(()) => {
-                tracing::warn!(cell = %cell.manifest.id, seq = message.stream_seq, delivered, "durable message dead-lettered");
-                cell.stats.dead_lettered();
-                Settle::Term
+        Verdict::DeadLetter => {
+            let letter = dead_letter(cell, &message, outcome);
+            let kept = keep_letter(log, cell, &message, &letter, spec).await;
+            let whole = kept == Lettered::Whole;
+            tracing::warn!(cell = %cell.manifest.id, seq = message.stream_seq, delivered, whole, "durable message dead-lettered");
+            cell.stats.dead_lettered(whole);
+            match kept {
+                Lettered::Whole => Settle::Term,
+                // The letter points at the message: it must stay stored.
+                Lettered::WithoutBody => Settle::Keep {
+                    last: delivered >= u64::from(spec.max_deliver),
+                },
             }
-            Err(e) => {
-                tracing::warn!(cell = %cell.manifest.id, error = %e, "cannot store a dead letter; it will be delivered again");
-                Settle::Retry(Duration::from_secs(1))
-            }
-        },
+        }
     };
     if let Err(e) = message.settle(settle).await {
         tracing::warn!(cell = %cell.manifest.id, error = %e, ?verdict, "cannot settle a durable message; it will be delivered again");
+    }
+}
+
+/// Stores `letter`, trying again until it is stored, and holds the
+/// message meanwhile: settled before its letter exists, a message past
+/// `max_deliver` would never be delivered again, and be lost.
+async fn keep_letter(
+    log: &dyn DurableLog,
+    cell: &LoadedCell,
+    message: &Delivery,
+    letter: &DeadLetter,
+    spec: &DurableSpec,
+) -> Lettered {
+    // Held by progress reports at least twice per ack_wait.
+    let ack_wait = Duration::from_millis(spec.ack_wait_ms);
+    let backoff = Backoff {
+        first: Duration::from_millis(200).min(ack_wait / 2),
+        max: Duration::from_secs(30).min(ack_wait / 2),
+        jitter: 0.2,
+    };
+    let mut attempt = 0;
+    loop {
+        match log.dead_letter(letter).await {
+            Ok(kept) => return kept,
+            Err(e) => {
+                cell.stats.dead_letter_failed();
+                tracing::warn!(cell = %cell.manifest.id, seq = message.stream_seq, error = %e, "cannot store a dead letter; holding the message and trying again");
+            }
+        }
+        if let Err(e) = message.in_progress().await {
+            tracing::debug!(error = %e, "cannot extend a durable delivery");
+        }
+        tokio::time::sleep(backoff.next(attempt)).await;
+        attempt = attempt.saturating_add(1);
     }
 }
 
@@ -113,5 +153,6 @@ fn dead_letter(cell: &LoadedCell, message: &Delivery, error: Option<BusError>) -
             serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
         }),
         error: error.unwrap_or_else(|| BusError::new(ErrorCode::Internal, "no error recorded")),
+        body_in_original: false,
     }
 }

@@ -8,8 +8,10 @@
 //! needs a [`RollbackGrant`]: a trusted key's signature over exactly that
 //! step (cell, served digest → new digest), made by `cbs rollback --sign`.
 //!
-//! A host that serves nothing of the cell yet (just started) takes the
-//! desired release as it is: it has nothing to go back from.
+//! What "served" means outlives serving: a host compares with the release
+//! it last installed of the cell, even after `cbs undeploy` or a restart
+//! ([`super::served`]). A host that never served the cell, anywhere in
+//! the lattice, takes the desired release as it is.
 
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
@@ -44,8 +46,8 @@ fn message(cell: &str, from: &str, to: &str) -> Vec<u8> {
     format!("cbs-rollback-v1\n{cell}\n{from}\n{to}").into_bytes()
 }
 
-/// What a host serves of a cell.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a host serves (or served) of a cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
     pub version: String,
     pub digest: String,
@@ -92,7 +94,7 @@ pub fn check(
 
 /// Whether `to` is a greater semver version than `from`. Versions that are
 /// not semver cannot be ordered and never count as an upgrade.
-fn is_upgrade(from: &str, to: &str) -> bool {
+pub(crate) fn is_upgrade(from: &str, to: &str) -> bool {
     match (semver::Version::parse(from), semver::Version::parse(to)) {
         (Ok(from), Ok(to)) => to > from,
         _ => false,

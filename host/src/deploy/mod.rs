@@ -11,7 +11,10 @@
 //! - bucket `cbs-placement` (key-value): cell → the hosts that serve it,
 //!   for cells deployed with `--replicas` ([`placer`], [`placement`]);
 //! - bucket `cbs-placer` (key-value): the lease of the one host that
-//!   places.
+//!   places;
+//! - bucket `cbs-served` (key-value): cell → the release hosts last
+//!   installed of it, kept past undeploy for downgrade protection
+//!   ([`served`]).
 //!
 //! `cbs deploy` (the rollout in `host/cli`) writes the first two and waits
 //! on the third; hosts run with `--watch` follow the second and the
@@ -20,6 +23,7 @@
 pub mod downgrade;
 pub mod placement;
 pub mod placer;
+pub mod served;
 pub mod watcher;
 
 use std::collections::BTreeMap;
@@ -44,6 +48,8 @@ pub const HOSTS: &str = "cbs-hosts";
 pub const PLACEMENT: &str = "cbs-placement";
 /// The placer's lease: which host places, renewed while it lives.
 pub const PLACER: &str = "cbs-placer";
+/// Cell → the release hosts last installed ([`downgrade::Served`]).
+pub const SERVED: &str = "cbs-served";
 /// Releases kept per cell for rollback.
 const HISTORY: usize = 10;
 
@@ -269,6 +275,7 @@ pub struct Store {
     pub(crate) hosts: kv::Store,
     pub(crate) placement: kv::Store,
     pub(crate) placer: kv::Store,
+    served: kv::Store,
     bundles: object_store::ObjectStore,
     /// The largest bundle fetched ([`crate::bundle::MAX_BYTES`]).
     max_bundle_bytes: u64,
@@ -285,6 +292,7 @@ impl Store {
             bucket::open(&js, HOSTS, Limits::history(1).max_age(HOST_HEARTBEAT_KEPT)).await?;
         let placement = bucket::open(&js, PLACEMENT, Limits::history(1)).await?;
         let placer = bucket::open(&js, PLACER, Limits::history(1)).await?;
+        let served = bucket::open(&js, SERVED, Limits::history(1)).await?;
         let bundles = open_objects(&js).await?;
         Ok(Self {
             js,
@@ -293,6 +301,7 @@ impl Store {
             hosts,
             placement,
             placer,
+            served,
             bundles,
             max_bundle_bytes: crate::bundle::MAX_BYTES,
         })
@@ -406,6 +415,36 @@ impl Store {
             .watch_with_history(">")
             .await
             .map_err(|e| anyhow::anyhow!("cannot watch {DESIRED}: {e}"))
+    }
+
+    /// The release hosts last installed of `cell`, as the lattice
+    /// remembers it (an invalid value counts as none).
+    pub async fn served(&self, cell: &str) -> anyhow::Result<Option<downgrade::Served>> {
+        let value = self
+            .served
+            .get(cell)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {SERVED}/{cell}: {e}"))?;
+        Ok(value.and_then(|v| match serde_json::from_slice(&v) {
+            Ok(served) => Some(served),
+            Err(e) => {
+                tracing::warn!(%cell, error = %e, "ignoring an invalid entry of {SERVED}");
+                None
+            }
+        }))
+    }
+
+    /// Records in the lattice that `cell` was installed at `served`.
+    pub async fn record_served(
+        &self,
+        cell: &str,
+        served: &downgrade::Served,
+    ) -> anyhow::Result<()> {
+        self.served
+            .put(cell, serde_json::to_vec(served)?.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot write {SERVED}/{cell}: {e}"))?;
+        Ok(())
     }
 
     pub async fn report(&self, status: &Status) -> anyhow::Result<()> {

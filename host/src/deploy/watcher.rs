@@ -11,6 +11,10 @@
 //! it when it no longer is. A release every watching host serves (no
 //! `replicas`) is still served only by hosts with the labels it asks for:
 //! native code runs only where its platform label matches.
+//!
+//! Each release installed is remembered ([`super::served`]): with `--trust`,
+//! a host goes back from it only by a signed rollback, also after the cell
+//! was undeployed or the host restarted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use tokio::sync::Mutex;
 
 use super::downgrade::{self, Served};
 use super::placement::Placement;
+use super::served::{higher, Record};
 use super::{now_ms, Desired, Release, State, Status, Store};
 use crate::body::{retire, Body, LoadedCell};
 
@@ -35,6 +40,8 @@ pub struct Watcher {
     grace: Duration,
     /// Cells this watcher installed, and what it serves of each.
     installed: Mutex<HashMap<String, Served>>,
+    /// What this host last installed of each cell, kept in its data folder.
+    record: std::sync::Mutex<Record>,
     /// The desired state and placement last seen, per cell.
     view: Mutex<View>,
 }
@@ -52,6 +59,7 @@ impl Watcher {
         host: String,
         labels: BTreeMap<String, String>,
         grace: Duration,
+        record: Record,
     ) -> Self {
         Self {
             body,
@@ -60,6 +68,7 @@ impl Watcher {
             labels,
             grace,
             installed: Mutex::default(),
+            record: std::sync::Mutex::new(record),
             view: Mutex::default(),
         }
     }
@@ -154,7 +163,8 @@ impl Watcher {
             let status = self.status(release, &desired.cell, State::Serving, None);
             return self.publish(&status).await;
         }
-        let outcome = match self.load(&desired.cell, release, served.as_ref()).await {
+        let floor = self.floor(&desired.cell, served).await;
+        let outcome = match self.load(&desired.cell, release, floor.as_ref()).await {
             Ok(cell) => {
                 // The bundle's signed version, not the release's copy of it.
                 let now = Served {
@@ -167,6 +177,7 @@ impl Watcher {
         };
         let status = match outcome {
             Ok((old, now)) => {
+                self.remember(&desired.cell, &now).await;
                 installed.insert(desired.cell.clone(), now);
                 tracing::info!(cell = %desired.cell, version = %release.version, digest = %release.digest, elapsed_ms = started.elapsed().as_millis() as u64, "deployed: serving");
                 if let Some(old) = old {
@@ -183,6 +194,40 @@ impl Watcher {
         self.publish(&status).await;
     }
 
+    /// The release `cell` may not go back from: the higher of what is
+    /// `served`, what this host last installed, and what the lattice says
+    /// hosts last installed (which cannot lower the others).
+    async fn floor(&self, cell: &str, served: Option<Served>) -> Option<Served> {
+        let local = self
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cell)
+            .cloned();
+        let lattice = self.store.served(cell).await.unwrap_or_else(|e| {
+            tracing::warn!(%cell, error = %e, "cannot read what the lattice served; using this host's record");
+            None
+        });
+        higher(higher(served, local), lattice)
+    }
+
+    /// Records an installed release, here and in the lattice. Every
+    /// install passed the downgrade check, so this is a step forward or a
+    /// signed step back.
+    async fn remember(&self, cell: &str, now: &Served) {
+        let kept = self
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(cell, now.clone());
+        if let Err(e) = kept {
+            tracing::warn!(%cell, error = %e, "cannot record the release served in the data folder");
+        }
+        if let Err(e) = self.store.record_served(cell, now).await {
+            tracing::warn!(%cell, error = %e, "cannot record the release served in the lattice");
+        }
+    }
+
     async fn publish(&self, status: &Status) {
         if let Err(e) = self.store.report(status).await {
             tracing::warn!(error = %e, "cannot report the deployment status");
@@ -190,19 +235,19 @@ impl Watcher {
     }
 
     /// Fetches, checks and loads a release; with `--trust`, only a step
-    /// forward from what is `served`, or a signed rollback.
+    /// forward from `floor` (see [`Watcher::floor`]), or a signed rollback.
     async fn load(
         &self,
         cell: &str,
         release: &Release,
-        served: Option<&Served>,
+        floor: Option<&Served>,
     ) -> anyhow::Result<Arc<LoadedCell>> {
         let bundle = self.store.get_bundle(release).await?;
         if bundle.manifest.cell != cell {
             anyhow::bail!("the bundle is cell {}, not {cell}", bundle.manifest.cell);
         }
         let trust = self.body.trust();
-        if let (Some(served), false) = (served, trust.is_empty()) {
+        if let (Some(served), false) = (floor, trust.is_empty()) {
             // The bundle's own (signed) version, never the release's copy.
             let to = Served {
                 version: bundle.manifest.version.clone(),

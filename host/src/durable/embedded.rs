@@ -32,8 +32,8 @@ use tokio::sync::{Notify, OnceCell};
 
 use super::log::{Keep, Settler};
 use super::{
-    dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Published,
-    Settle, StreamSpec, DLQ_STREAM,
+    dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Lettered,
+    Published, Settle, StreamSpec, DLQ_STREAM,
 };
 use crate::bus::subject::Pattern;
 use crate::envelope::{BusError, Envelope, ErrorCode};
@@ -53,6 +53,10 @@ const CONSUMERS: TableDefinition<(&str, &str), &str> = TableDefinition::new("con
 /// (stream, consumer, seq) → (deliveries so far, not before, ms since the
 /// epoch): what the consumer has yet to settle.
 const PENDING: TableDefinition<(&str, &str, u64), (u64, u64)> = TableDefinition::new("pending");
+
+/// The delivery count of a message given up but kept (a dead letter
+/// points at it): above any `max_deliver`, so never delivered again.
+const KEPT: u64 = u64::MAX;
 
 /// Dedup ids are swept every this many publishes.
 const SWEEP_EVERY: u64 = 256;
@@ -457,13 +461,23 @@ impl Store {
             held.remove(&seq);
         }
         let mut pending = tx.open_table(PENDING)?;
-        if let Settle::Retry(delay) = how {
-            let delivered = pending.get((stream, consumer, seq))?.map(|v| v.value().0);
-            if let Some(delivered) = delivered {
-                let at = now_ms() + delay.as_millis() as u64;
-                pending.insert((stream, consumer, seq), (delivered, at))?;
+        match how {
+            Settle::Retry(delay) => {
+                let delivered = pending.get((stream, consumer, seq))?.map(|v| v.value().0);
+                if let Some(delivered) = delivered {
+                    let at = now_ms() + delay.as_millis() as u64;
+                    pending.insert((stream, consumer, seq), (delivered, at))?;
+                }
+                return Ok(());
             }
-            return Ok(());
+            Settle::Keep { .. } => {
+                // Stored, and pending as if past max_deliver: never taken.
+                if pending.get((stream, consumer, seq))?.is_some() {
+                    pending.insert((stream, consumer, seq), (KEPT, 0))?;
+                }
+                return Ok(());
+            }
+            Settle::Ack | Settle::Term => {}
         }
         pending.remove((stream, consumer, seq))?;
         drop(pending);
@@ -593,14 +607,12 @@ impl DurableLog for EmbeddedLog {
         }
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()> {
+    /// The file has no size limit: a letter is always kept whole.
+    async fn dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<Lettered> {
         let store = self.store().await?.clone();
         let bytes = serde_json::to_vec(letter)?;
         let subject = dlq_subject(&letter.cell);
-        let id = format!(
-            "{}.{}.{}",
-            letter.stream, letter.stream_seq, letter.delivered
-        );
+        let id = letter.id();
         store
             .write(move |_, tx| {
                 let dlq = dlq_stream();
@@ -611,7 +623,8 @@ impl DurableLog for EmbeddedLog {
                 drop(streams);
                 Store::append(tx, &dlq, (&subject, &id, &bytes), false).map(drop)
             })
-            .await
+            .await?;
+        Ok(Lettered::Whole)
     }
 
     async fn dead_letters(&self, cell: &str) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
@@ -746,6 +759,7 @@ impl EmbeddedConsumer {
                     stream: self.stream.clone(),
                     consumer: self.spec.name.clone(),
                     seq: t.seq,
+                    ack_wait: self.spec.ack_wait,
                 });
                 Ok(Delivery::new(
                     t.subject,
@@ -765,6 +779,7 @@ struct EmbeddedSettler {
     stream: String,
     consumer: String,
     seq: u64,
+    ack_wait: Duration,
 }
 
 #[async_trait]
@@ -775,11 +790,21 @@ impl Settler for EmbeddedSettler {
             stream,
             consumer,
             seq,
+            ..
         } = *self;
         store
             .write_soon(move |store, tx| store.settle(tx, (&stream, &consumer, seq), how))
             .await?;
         store.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn in_progress(&self) -> anyhow::Result<()> {
+        let key = (self.stream.clone(), self.consumer.clone());
+        let mut in_flight = self.store.in_flight();
+        if let Some(deadline) = in_flight.get_mut(&key).and_then(|h| h.get_mut(&self.seq)) {
+            *deadline = Instant::now() + self.ack_wait;
+        }
         Ok(())
     }
 }

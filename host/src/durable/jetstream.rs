@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 
 use super::log::{Keep, Settler};
 use super::{
-    dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Published,
-    Settle, StreamSpec, DLQ_STREAM,
+    dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Lettered,
+    Published, Settle, StreamSpec, DLQ_STREAM,
 };
 use crate::envelope::{BusError, Envelope, ErrorCode};
 
@@ -115,10 +115,24 @@ impl DurableLog for JetStreamLog {
         })
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()> {
+    async fn dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<Lettered> {
         // Rare: making sure the stream exists costs one lookup.
         dlq(&self.js).await?;
-        store_dead_letter(&self.js, letter).await
+        let whole = serde_json::to_vec(letter)?;
+        if fits(&self.js, &letter.id(), whole.len()) {
+            match store_dead_letter(&self.js, letter, whole).await {
+                Ok(()) => return Ok(Lettered::Whole),
+                Err(LetterError::TooLarge(e)) => {
+                    tracing::warn!(cell = %letter.cell, error = %e, "a dead letter is too large for {DLQ_STREAM}; keeping it without the message")
+                }
+                Err(LetterError::Failed(e)) => return Err(e),
+            }
+        }
+        let bare = letter.without_body();
+        match store_dead_letter(&self.js, &bare, serde_json::to_vec(&bare)?).await {
+            Ok(()) => Ok(Lettered::WithoutBody),
+            Err(LetterError::TooLarge(e) | LetterError::Failed(e)) => Err(e),
+        }
     }
 
     async fn dead_letters(&self, cell: &str) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
@@ -202,25 +216,77 @@ impl Settler for JetStreamSettler {
             Settle::Ack => AckKind::Ack,
             Settle::Retry(delay) => AckKind::Nak(Some(delay)),
             Settle::Term => AckKind::Term,
+            // Past max_deliver the server delivers it no more by itself;
+            // an early give-up is put off for good. Term would remove it
+            // from a work-queue or interest stream.
+            Settle::Keep { last: true } => return Ok(()),
+            Settle::Keep { last: false } => AckKind::Nak(Some(KEPT_FOR)),
         };
         self.0
             .ack_with(kind)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
+
+    async fn in_progress(&self) -> anyhow::Result<()> {
+        self.0
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
-/// Publishes a dead letter and waits until it is stored.
-async fn store_dead_letter(js: &jetstream::Context, letter: &DeadLetter) -> anyhow::Result<()> {
-    let ack = js
-        .publish(
-            dlq_subject(&letter.cell),
-            serde_json::to_vec(letter)?.into(),
-        )
+/// The delay of a kept message given up before its last delivery: it is
+/// delivered no more in practice (it leaves by `cbs dlq replay`).
+const KEPT_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Whether a message of `payload` bytes with a `Nats-Msg-Id` of `id`
+/// fits the connection's `max_payload` (which counts headers too).
+fn fits(js: &jetstream::Context, id: &str, payload: usize) -> bool {
+    // "NATS/1.0\r\n" + "Nats-Msg-Id: <id>\r\n" + "\r\n", rounded up.
+    let headers = 32 + id.len();
+    payload.saturating_add(headers) <= js.client().max_payload()
+}
+
+/// Why a dead letter was not stored.
+enum LetterError {
+    /// The server (or the client, by the server's `max_payload`) refused
+    /// its size.
+    TooLarge(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+/// Publishes a dead letter (`bytes`) and waits until JetStream stored it;
+/// its id makes a retried write count once.
+async fn store_dead_letter(
+    js: &jetstream::Context,
+    letter: &DeadLetter,
+    bytes: Vec<u8>,
+) -> Result<(), LetterError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", letter.id().as_str());
+    let subject = dlq_subject(&letter.cell);
+    let sent = js
+        .publish_with_headers(subject, headers, bytes.into())
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    ack.await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(letter_error)?;
+    sent.await.map_err(letter_error)?;
     Ok(())
+}
+
+fn letter_error(e: async_nats::jetstream::context::PublishError) -> LetterError {
+    let too_large = e.kind() == PublishErrorKind::MaxPayloadExceeded
+        || std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|j| {
+                j.error_code() == async_nats::jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+            });
+    let e = anyhow::anyhow!("cannot store a dead letter in {DLQ_STREAM}: {e}");
+    if too_large {
+        LetterError::TooLarge(e)
+    } else {
+        LetterError::Failed(e)
+    }
 }
 
 /// The dead-letter stream, created when missing.
@@ -274,7 +340,9 @@ pub async fn dead_letters(
 /// Publishes dead letter `seq` of `cell` again to the subject it came from
 /// and removes it from [`DLQ_STREAM`]. The replay's `Nats-Msg-Id` is new
 /// (`<id>.replay.<seq>`), so the dedup window of the first publish does
-/// not swallow it, while a replay retried is stored once.
+/// not swallow it, while a replay retried is stored once. A letter kept
+/// without its message replays the original from the cell's stream, then
+/// removes it there (unless the stream keeps history: `limits`).
 pub async fn replay(js: &jetstream::Context, cell: &str, seq: u64) -> anyhow::Result<DeadLetter> {
     let stream = dlq(js).await?;
     let raw = stream
@@ -285,24 +353,88 @@ pub async fn replay(js: &jetstream::Context, cell: &str, seq: u64) -> anyhow::Re
         anyhow::bail!("dead letter {seq} is not one of cell {cell}'s: see `cbs dlq ls {cell}`");
     }
     let letter: DeadLetter = serde_json::from_slice(&raw.payload)?;
-    let bytes = match &letter.message {
-        serde_json::Value::String(text) => text.clone().into_bytes(),
-        other => serde_json::to_vec(other)?,
+    let (id, bytes) = if letter.body_in_original {
+        original(js, &letter, seq).await?
+    } else {
+        let id = letter.message["id"]
+            .as_str()
+            .unwrap_or("message")
+            .to_owned();
+        let bytes = match &letter.message {
+            serde_json::Value::String(text) => text.clone().into_bytes(),
+            other => serde_json::to_vec(other)?,
+        };
+        (id, Bytes::from(bytes))
     };
-    let id = letter.message["id"].as_str().unwrap_or("message");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{id}.replay.{seq}").as_str());
     let ack = js
-        .publish_with_headers(letter.subject.clone(), headers, bytes.into())
+        .publish_with_headers(letter.subject.clone(), headers, bytes)
         .await
         .map_err(|e| anyhow::anyhow!("cannot replay to {}: {e}", letter.subject))?;
     ack.await
         .map_err(|e| anyhow::anyhow!("cannot replay to {}: {e}", letter.subject))?;
+    if letter.body_in_original {
+        remove_original(js, &letter).await?;
+    }
     stream
         .delete_message(seq)
         .await
         .map_err(|e| anyhow::anyhow!("replayed, but cannot remove dead letter {seq}: {e}"))?;
     Ok(letter)
+}
+
+/// The message a letter kept without it points at (its id and bytes), from
+/// the cell's stream, or why it is not there.
+async fn original(
+    js: &jetstream::Context,
+    letter: &DeadLetter,
+    seq: u64,
+) -> anyhow::Result<(String, Bytes)> {
+    let (name, at) = (&letter.stream, letter.stream_seq);
+    let cannot = |why: String| {
+        anyhow::anyhow!(
+            "dead letter {seq} does not hold its message (it was too large for {DLQ_STREAM}); \
+             {why}, so it cannot be replayed"
+        )
+    };
+    let stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| cannot(format!("its stream {name} cannot be read ({e})")))?;
+    let raw = stream.get_raw_message(at).await.map_err(|e| {
+        cannot(format!(
+            "message {at} is no longer in stream {name} (removed, expired or purged: {e})"
+        ))
+    })?;
+    if raw.subject.as_str() != letter.subject {
+        return Err(cannot(format!(
+            "message {at} of stream {name} is on {}, not on {} as the letter says",
+            raw.subject, letter.subject
+        )));
+    }
+    let id = raw
+        .headers
+        .get("Nats-Msg-Id")
+        .map_or_else(|| format!("{name}.{at}"), |v| v.to_string());
+    Ok((id, raw.payload))
+}
+
+/// Removes a replayed original from its stream, where it was kept for its
+/// letter, unless the stream keeps what was processed anyway (`limits`).
+async fn remove_original(js: &jetstream::Context, letter: &DeadLetter) -> anyhow::Result<()> {
+    let (name, at) = (&letter.stream, letter.stream_seq);
+    let removed = async {
+        let mut stream = js.get_stream(name).await?;
+        if stream.info().await?.config.retention == stream::RetentionPolicy::Limits {
+            return Ok(());
+        }
+        stream.delete_message(at).await?;
+        Ok::<_, async_nats::Error>(())
+    };
+    removed.await.map_err(|e| {
+        anyhow::anyhow!("replayed, but cannot remove message {at} from stream {name}: {e}")
+    })
 }
 
 /// Where `cbs replay` starts in a stream.

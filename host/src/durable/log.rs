@@ -138,8 +138,9 @@ pub trait DurableLog: Send + Sync {
         Ok(())
     }
 
-    /// Keeps a dead letter (for `cbs dlq`), on `cbs-dlq.<cell>`.
-    async fn dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()>;
+    /// Keeps a dead letter (for `cbs dlq`), on `cbs-dlq.<cell>`, and says
+    /// whether it holds the message; an error when nothing was stored.
+    async fn dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<Lettered>;
 
     /// The dead letters of `cell`, oldest first, with their sequence.
     async fn dead_letters(&self, cell: &str) -> anyhow::Result<Vec<(u64, DeadLetter)>>;
@@ -151,6 +152,16 @@ pub trait DurableLog: Send + Sync {
 
     /// Short name for logs: `jetstream` or `embedded`.
     fn kind(&self) -> &'static str;
+}
+
+/// How a dead letter was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lettered {
+    /// With the message: the original may go.
+    Whole,
+    /// Without it (too large for the dead-letter stream): the original
+    /// must stay where the letter points ([`Settle::Keep`]).
+    WithoutBody,
 }
 
 /// A stored publish.
@@ -181,6 +192,10 @@ pub enum Settle {
     Retry(Duration),
     /// Give up: never delivered again (after a dead letter is kept).
     Term,
+    /// Give up but keep the message stored, delivered no more: a dead
+    /// letter without the message points at it. `last`: this was the
+    /// consumer's last delivery (`max_deliver`) anyway.
+    Keep { last: bool },
 }
 
 /// One delivery of a stored message.
@@ -218,10 +233,19 @@ impl Delivery {
     pub async fn settle(self, how: Settle) -> anyhow::Result<()> {
         self.settler.settle(how).await
     }
+
+    /// Still working on it: not to be delivered again for another
+    /// `ack_wait`.
+    pub async fn in_progress(&self) -> anyhow::Result<()> {
+        self.settler.in_progress().await
+    }
 }
 
 /// The store's side of settling one delivery.
 #[async_trait]
 pub trait Settler: Send + Sync {
     async fn settle(self: Box<Self>, how: Settle) -> anyhow::Result<()>;
+
+    /// Holds the delivery for another `ack_wait`.
+    async fn in_progress(&self) -> anyhow::Result<()>;
 }

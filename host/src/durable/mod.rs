@@ -9,7 +9,10 @@
 //! `contract_violation` are final. A final failure, or a retryable one on
 //! the `max_deliver`-th delivery, goes to the dead-letter stream
 //! `CBS_DLQ` (subject `cbs-dlq.<cell>`) with the error, and is then
-//! removed from the cell's stream. Senders publish envelopes with
+//! removed from the cell's stream. A letter too large for the dead-letter
+//! stream is kept without the message, which then stays in the cell's
+//! stream (delivered no more) for `cbs dlq replay` to fetch: a message is
+//! settled only once its letter is stored. Senders publish envelopes with
 //! [`publish`]: the envelope id is the `Nats-Msg-Id`, so a publish retried
 //! within the dedup window is stored once.
 
@@ -32,7 +35,8 @@ pub use self::jetstream::{
     dead_letters, publish, replay, replay_range, JetStreamLog, ReplayFrom, Replayed,
 };
 pub use self::log::{
-    Consumer, ConsumerSpec, Deliveries, Delivery, DurableLog, Keep, Published, Settle, StreamSpec,
+    Consumer, ConsumerSpec, Deliveries, Delivery, DurableLog, Keep, Lettered, Published, Settle,
+    StreamSpec,
 };
 
 /// JetStream on a bus that has it (NATS), else the embedded store in
@@ -67,10 +71,34 @@ pub struct DeadLetter {
     pub stream_seq: u64,
     /// Deliveries it had, the last one included.
     pub delivered: u64,
-    /// The message as it was stored: an envelope, or whatever was sent.
+    /// The message as it was stored: an envelope, or whatever was sent;
+    /// `null` when [`DeadLetter::body_in_original`].
     pub message: serde_json::Value,
     /// Why the last delivery failed.
     pub error: BusError,
+    /// The letter with its message did not fit the dead-letter stream
+    /// (the server's `max_payload`): the message stays in `stream` at
+    /// `stream_seq`, delivered no more, where `cbs dlq replay` finds it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_in_original: bool,
+}
+
+impl DeadLetter {
+    /// This letter without its message, pointing at the original instead.
+    pub fn without_body(&self) -> Self {
+        Self {
+            message: serde_json::Value::Null,
+            body_in_original: true,
+            ..self.clone()
+        }
+    }
+
+    /// The id a store deduplicates this letter by: one per delivery that
+    /// gave up, so a write retried after a lost acknowledgement is kept
+    /// once.
+    pub fn id(&self) -> String {
+        format!("{}.{}.{}", self.stream, self.stream_seq, self.delivered)
+    }
 }
 
 /// What to do with a delivered message after the cell ran.

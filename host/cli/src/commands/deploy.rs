@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cbs_host::audit::Action;
-use cbs_host::bundle::{platform, Bundle};
+use cbs_host::bundle::{platform, Bundle, KeyPair};
+use cbs_host::deploy::downgrade::RollbackGrant;
+use cbs_host::deploy::Store;
 use clap::Args;
 
 use super::audit::{self, Change};
 use crate::args::NatsArgs;
-use crate::rollout::{self, Outcome, Scale, Targets};
+use crate::rollout::{self, Consent, Outcome, Scale, Targets};
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
 /// and wait until they serve it.
@@ -77,6 +79,13 @@ pub struct DeployArgs {
     /// Deploy even if the contract breaks the deployed one.
     #[arg(long)]
     force: bool,
+    /// Sign, with this key (as written by `cbs keygen`), the step back
+    /// from the release hosts last installed of the cell (kept in
+    /// cbs-served, also after `cbs undeploy`) to this bundle: hosts that
+    /// require signed releases (--trust) deploy an older version only with
+    /// it.
+    #[arg(long, value_name = "KEY")]
+    sign_rollback: Option<PathBuf>,
     /// How long to wait for the hosts, in ms.
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     wait_ms: u64,
@@ -111,6 +120,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             .or_insert_with(|| platform.clone());
     }
     let (bus, store) = args.nats.open_store().await?;
+    let rollback = match &args.sign_rollback {
+        Some(key) => rollback_grant(&store, &bundle, &KeyPair::read(key)?).await?,
+        None => None,
+    };
     let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
     eprintln!(
         "deploying {} {} ({})",
@@ -138,7 +151,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     scale_down_after_ms: args.scale_down_after_ms,
                 }),
         },
-        args.force,
+        Consent {
+            force: args.force,
+            rollback,
+        },
         wait,
     )
     .await?;
@@ -159,6 +175,33 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One line on how a rollout ended, for the audit trail.
+/// A grant for the step from what hosts last installed of the bundle's
+/// cell to the bundle; none when they installed nothing of it, or this.
+async fn rollback_grant(
+    store: &Store,
+    bundle: &Bundle,
+    key: &KeyPair,
+) -> anyhow::Result<Option<RollbackGrant>> {
+    let cell = &bundle.manifest.cell;
+    let Some(served) = store.served(cell).await? else {
+        eprintln!("no release of {cell} was installed before: no rollback to sign");
+        return Ok(None);
+    };
+    if served.digest == bundle.digest() {
+        return Ok(None);
+    }
+    eprintln!(
+        "signing the step from {} ({}) to {}",
+        served.version, served.digest, bundle.manifest.version
+    );
+    Ok(Some(RollbackGrant::sign(
+        key,
+        cell,
+        &served.digest,
+        &bundle.digest(),
+    )))
+}
+
 pub fn summary(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Serving { hosts, .. } => format!("serving on {hosts} host(s)"),

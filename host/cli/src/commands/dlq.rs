@@ -12,7 +12,9 @@ use crate::table::Table;
 
 /// Dead letters of a durable cell: messages that failed for good, or
 /// `max_deliver` times, kept in the JetStream stream CBS_DLQ with their
-/// error.
+/// error. A letter too large for CBS_DLQ (the server's max_payload) is
+/// kept without its message, which stays in the cell's stream: `ls`
+/// marks it, `replay` fetches it from there.
 #[derive(Subcommand)]
 pub enum DlqCommand {
     /// List a cell's dead letters, oldest first.
@@ -20,7 +22,9 @@ pub enum DlqCommand {
     /// Print one dead letter (JSON): the message, its error, deliveries.
     Show(ShowArgs),
     /// Publish dead letters again to the subject they came from (deploy a
-    /// fix first) and remove them from the dead-letter stream.
+    /// fix first) and remove them from the dead-letter stream; a letter
+    /// kept without its message replays the original from the cell's
+    /// stream (and removes it there), or says why it cannot.
     Replay(ReplayArgs),
 }
 
@@ -91,16 +95,29 @@ async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     let mut table = Table::new(["SEQ", "DELIVERED", "ERROR", "MESSAGE"]);
     for (seq, letter) in &letters {
         let error = format!("{}: {}", letter.error.code, letter.error.message);
-        let id = letter.message["id"].as_str().unwrap_or("(not an envelope)");
         table.row([
             seq.to_string().as_str(),
             &letter.delivered.to_string(),
             &error,
-            id,
+            &message_column(letter),
         ]);
     }
     print!("{table}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The envelope id, or where a letter kept without its message has it.
+fn message_column(letter: &durable::DeadLetter) -> String {
+    if letter.body_in_original {
+        return format!(
+            "(too large: body in {} seq {})",
+            letter.stream, letter.stream_seq
+        );
+    }
+    letter.message["id"]
+        .as_str()
+        .unwrap_or("(not an envelope)")
+        .to_owned()
 }
 
 async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {

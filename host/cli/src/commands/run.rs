@@ -108,7 +108,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     chaos: Option<PathBuf>,
     /// Where cells granted `[capabilities.state]` keep it on the in-process
-    /// bus (on NATS it is in JetStream) [default: $CBS_DATA_DIR, else
+    /// bus (on NATS it is in JetStream), and where a --watch host records
+    /// the release it last installed of each cell (served.json: with
+    /// --trust, going back from it needs a signed rollback, also after an
+    /// undeploy or a restart) [default: $CBS_DATA_DIR, else
     /// $XDG_DATA_HOME/cbs, else ~/.local/share/cbs].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -159,12 +162,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 load: Default::default(),
             };
             let placer = Placer::new(Store::open(&client).await?, me).with_load(cell_load(&body));
+            let data_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(cbs_host::state::default_data_dir);
+            let record = cbs_host::deploy::served::Record::open(&data_dir)?;
             let watcher = Arc::new(Watcher::new(
                 body.clone(),
                 store,
                 host_id.clone(),
                 labels,
                 grace,
+                record,
             ));
             let placing = tokio::spawn(placer.run());
             let watching = tokio::spawn(watcher.clone().run());
