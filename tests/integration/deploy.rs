@@ -763,3 +763,83 @@ async fn a_bundled_sidecar_deploys_and_hot_swaps() {
         host.log()
     );
 }
+
+/// Regression (#26, 8): a deploy event a deployer made up (another
+/// client, a trusted key's id, a back-dated time) was listed by `cbs audit`
+/// like a genuine one. A deployer signing with its NATS nkey and a release
+/// signed by a trusted key verify; the forgery is flagged and `cbs audit`
+/// exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cbs_audit_verifies_signed_events_and_flags_a_forged_one() {
+    let releases = releases();
+    let deployer = nkeys::KeyPair::new_user();
+    let seed = deployer.seed().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::with_config(&format!(
+        "jetstream {{ store_dir: {:?} }}\nauthorization {{ users = [ {{ nkey: {} }} ] }}\n",
+        store.path(),
+        deployer.public_key()
+    ));
+    let url = server.url();
+    let login = ["--nats-nkey", seed.as_str(), "--nats", url.as_str()];
+    let (tmp, _host) = {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("key");
+        assert!(cbs(&["keygen", key.to_str().unwrap()]).status.success());
+        let trust = format!("{}.pub", key.display());
+        let args = ["--watch", "--trust", &trust, "--nats-nkey", &seed];
+        (tmp, HostProcess::serve(&url, "audited", &[], &args))
+    };
+    let v1 = signed(tmp.path(), &releases.v1);
+    let (ok, out, err) = run_cbs(&[&["deploy", v1.to_str().unwrap()][..], &login].concat());
+    assert!(ok && !err.contains("audit"), "{out}{err}");
+
+    let trust = format!("{}.pub", tmp.path().join("key").display());
+    let audit = |extra: &[&str]| {
+        let (ok, out, err) = run_cbs(&[&["audit", "--json"][..], extra, &login].concat());
+        (ok, serde_json::from_str::<Vec<Value>>(&out).unwrap(), err)
+    };
+    let (ok, events, err) = audit(&["--trust", &trust]);
+    assert!(ok, "{err}");
+    let checks: Vec<&str> = events
+        .iter()
+        .map(|e| e["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        ["verified", "verified"],
+        "trust and deploy: {events:#?}"
+    );
+
+    // The forgery: the genuine deploy with another client, back-dated a day.
+    let mut forged = events[1].clone();
+    let map = forged.as_object_mut().unwrap();
+    for field in ["stored_at_ms", "check", "problems"] {
+        map.remove(field);
+    }
+    map.insert("client".into(), "4242@10.66.66.66".into());
+    let day_ago = map["at_ms"].as_u64().unwrap() - 86_400_000;
+    map.insert("at_ms".into(), day_ago.into());
+    let client = async_nats::ConnectOptions::with_nkey(seed.clone())
+        .connect(&url)
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("cbs-audit.deploy.{UPPER}");
+    js.publish(subject, forged.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let (ok, events, err) = audit(&[]);
+    assert!(!ok, "cbs audit must fail on a forged event");
+    assert!(err.contains("1 audit event(s) do not verify"), "{err}");
+    assert_eq!(events[2]["check"], "bad", "{events:#?}");
+    let problems = events[2]["problems"].to_string();
+    assert!(
+        problems.contains("before the server stored it"),
+        "{problems}"
+    );
+    assert!(problems.contains("writer signature"), "{problems}");
+}

@@ -11,6 +11,20 @@ use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
 use tokio::sync::mpsc;
 
+/// The JetStream API calls that only read (and the consumers reading
+/// takes), which hosts and deployers both make.
+const JS_READ: &str = r#""$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*",
+        "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.INFO.>",
+        "$JS.API.CONSUMER.MSG.NEXT.>", "$JS.API.CONSUMER.DELETE.>", "$JS.FC.>""#;
+
+/// Creating the lattice's buckets and the audit stream (`cbs` and hosts
+/// open them all, creating what is missing).
+const JS_CREATE: &str = r#""$JS.API.STREAM.CREATE.KV_cbs-desired",
+        "$JS.API.STREAM.CREATE.KV_cbs-status", "$JS.API.STREAM.CREATE.KV_cbs-hosts",
+        "$JS.API.STREAM.CREATE.KV_cbs-placement", "$JS.API.STREAM.CREATE.KV_cbs-placer",
+        "$JS.API.STREAM.CREATE.KV_cbs-served", "$JS.API.STREAM.CREATE.OBJ_cbs-bundles",
+        "$JS.API.STREAM.CREATE.CBS_AUDIT""#;
+
 /// The roles of docs/security.md, as a server configuration.
 fn config(store: &std::path::Path) -> String {
     format!(
@@ -19,11 +33,13 @@ jetstream {{ store_dir: {store:?} }}
 authorization {{
   users = [
     {{ user: host, password: h, permissions: {{
-        publish: ["cbs.>", "$SRV.>", "$JS.API.>", "$KV.cbs-status.>", "$KV.cbs-served.>", "cbs-audit.>"]
+        publish: ["cbs.>", "$SRV.>", "$KV.cbs-status.>", "$KV.cbs-served.>", "$KV.cbs-hosts.>",
+            "$KV.cbs-placement.>", "$KV.cbs-placer.>", "cbs-audit.>", {JS_READ}, {JS_CREATE}]
         subscribe: ["cbs.>", "$SRV.>", "_INBOX.>"]
         allow_responses: true }} }}
     {{ user: deployer, password: d, permissions: {{
-        publish: ["$JS.API.>", "$KV.cbs-desired.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>"]
+        publish: ["$KV.cbs-desired.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>", {JS_READ},
+            {JS_CREATE}, "$JS.API.STREAM.PURGE.OBJ_cbs-bundles"]
         subscribe: ["_INBOX.>"] }} }}
     {{ user: caller, password: c, permissions: {{
         publish: {{ allow: ["cbs.>"], deny: ["cbs.~l.>", "cbs.~h.>"] }}
@@ -100,7 +116,7 @@ async fn each_role_does_its_job_and_is_refused_outside_it() {
         .into_iter()
         .chain(host_login.iter().map(String::as_str))
         .collect();
-    let _host = HostProcess::serve(&url, "role-host", &[], &host_args);
+    let watching = HostProcess::serve(&url, "role-host", &[], &host_args);
     // deployer: deploys, and the host serves what it deployed.
     let (ok, out) = run(&["deploy", releases.v1.to_str().unwrap()], "deployer", &url);
     assert!(ok, "deployer deploys: {out}");
@@ -122,6 +138,31 @@ async fn each_role_does_its_job_and_is_refused_outside_it() {
     let (deployer, mut refused) = client(&url, "deployer").await;
     let _stolen = deployer.subscribe("cbs.text.upper").await.unwrap();
     assert_violation(&mut refused, "a deployer taking a cell's requests").await;
+
+    // Regression (#26, 8): with `$JS.API.>` a deployer or a host could
+    // delete the audit stream.
+    for who in ["deployer", "host"] {
+        let (nats, mut refused) = client(&url, who).await;
+        for call in ["DELETE", "PURGE", "UPDATE", "MSG.DELETE"] {
+            let subject = format!("$JS.API.STREAM.{call}.{}", cbs_host::audit::STREAM);
+            nats.publish(subject, "{}".into()).await.unwrap();
+            assert_violation(
+                &mut refused,
+                &format!("a {who} calling {call} on the audit stream"),
+            )
+            .await;
+        }
+    }
+    let stream = async_nats::jetstream::new(client(&url, "host").await.0)
+        .get_stream(cbs_host::audit::STREAM)
+        .await;
+    assert!(stream.is_ok(), "the audit stream is still there");
+    // Nothing the host did in its job was refused.
+    assert!(
+        !watching.log().contains("Permissions Violation"),
+        "{}",
+        watching.log()
+    );
 
     let (caller, mut refused) = client(&url, "caller").await;
     caller

@@ -136,6 +136,11 @@ impl Bundle {
         self.signature.as_ref().map(|s| s.key.as_str())
     }
 
+    /// The signer's signature over [`Bundle::digest`] (hex), when signed.
+    pub fn signature(&self) -> Option<&str> {
+        self.signature.as_ref().map(|s| s.signature.as_str())
+    }
+
     /// Refuses the bundle unless `trust` accepts its signature.
     pub fn verify(&self, trust: &Trust) -> anyhow::Result<()> {
         if trust.is_empty() {

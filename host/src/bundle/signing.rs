@@ -85,6 +85,17 @@ impl PublicKey {
         ))
     }
 
+    /// Checks that this key signed `message` as `signature` (hex).
+    pub fn verify(&self, message: &[u8], signature: &str) -> anyhow::Result<()> {
+        let signature: [u8; 64] = hex::decode(signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .context("a signature is 128 hex digits")?;
+        self.0
+            .verify(message, &Signature::from_bytes(&signature))
+            .map_err(|_| anyhow::anyhow!("the signature does not match"))
+    }
+
     /// A `--trust` value: a `.pub` file, or the key's hex itself.
     pub fn parse_arg(arg: &str) -> anyhow::Result<Self> {
         let path = Path::new(arg);
@@ -114,6 +125,10 @@ impl Trust {
     /// The trusted keys, in hex.
     pub fn keys_hex(&self) -> Vec<String> {
         self.0.iter().map(PublicKey::to_hex).collect()
+    }
+
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        self.0.contains(key)
     }
 
     /// Checks that `key` is trusted and signed `message` as `signature`.

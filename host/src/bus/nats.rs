@@ -81,6 +81,24 @@ impl NatsOptions {
     }
 }
 
+impl NatsOptions {
+    /// The nkey seed this connection authenticates with (`--nats-nkey`, or
+    /// the seed in the `.creds` file): what the writer signs audit events
+    /// with. `None` for password, token and anonymous users.
+    pub fn user_seed(&self) -> Option<String> {
+        if let Some(seed) = &self.nkey_seed {
+            return Some(seed.clone());
+        }
+        let text = std::fs::read_to_string(self.creds.as_ref()?).ok()?;
+        let seed = text
+            .lines()
+            .skip_while(|l| !l.contains("BEGIN USER NKEY SEED"))
+            .nth(1)?
+            .trim();
+        Some(seed.to_owned()).filter(|s| s.starts_with("SU"))
+    }
+}
+
 /// `name (public key)` of the user JWT in a `.creds` file.
 fn creds_identity(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;

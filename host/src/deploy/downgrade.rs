@@ -42,7 +42,7 @@ impl RollbackGrant {
 }
 
 /// What a grant signs; the prefix keeps it from ever being a bundle digest.
-fn message(cell: &str, from: &str, to: &str) -> Vec<u8> {
+pub fn message(cell: &str, from: &str, to: &str) -> Vec<u8> {
     format!("cbs-rollback-v1\n{cell}\n{from}\n{to}").into_bytes()
 }
 

@@ -3,7 +3,9 @@
 
 use std::process::ExitCode;
 
-use cbs_host::audit::{self, Action, Audit, Event, Filter};
+use cbs_host::audit::proof::{self, Check};
+use cbs_host::audit::{self, Action, Audit, Event, Filter, Stored};
+use cbs_host::bundle::{PublicKey, Trust};
 use cbs_host::deploy::now_ms;
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
@@ -14,9 +16,14 @@ use crate::table::Table;
 /// The audit trail: every deploy, rollback and undeploy, and the trust list
 /// of every host that follows the desired state — oldest first.
 ///
-/// Events live in the JetStream stream CBS_AUDIT (kept a year). `USER` is
-/// the NATS identity of whoever acted, `CLIENT` the connection as the
-/// server saw it, `KEY` the key that signed what was deployed.
+/// Events live in the JetStream stream CBS_AUDIT (kept a year). `AT` is
+/// when the server stored the event, `USER` the NATS identity of whoever
+/// acted, `CLIENT` its connection, `KEY` the key that signed what was
+/// deployed. `CHECK` says what of it is proven: `verified` (signed by the
+/// writer's NATS nkey, and by the release key where one is named),
+/// `claimed` (a password or token user: its user and client are only what
+/// it says) or `bad` (a forged or changed event: the reasons follow the
+/// table, and the exit status is 1).
 #[derive(Args)]
 pub struct AuditArgs {
     /// Only events of this cell.
@@ -28,6 +35,10 @@ pub struct AuditArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also require every release key named to be this key (a .pub file or
+    /// its hex); repeatable.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -38,41 +49,87 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     let bus = args.nats.connect_client().await?;
     let audit = Audit::open(bus.client()).await?;
+    let trust = Trust::new(
+        args.trust
+            .iter()
+            .map(|k| PublicKey::parse_arg(k))
+            .collect::<anyhow::Result<_>>()?,
+    );
     let events = audit
         .list(&Filter {
             action: args.action,
             cell: args.cell.clone(),
         })
         .await?;
+    let checks: Vec<Check> = events
+        .iter()
+        .map(|s| proof::check(&s.event, s.stored_ms, &trust))
+        .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&events)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if events.is_empty() {
+        let listed: Vec<serde_json::Value> = events
+            .iter()
+            .zip(&checks)
+            .map(|(s, c)| json(s, c))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+    } else if events.is_empty() {
         println!("no audit events");
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print!("{}", table(&events, &checks));
     }
+    let bad = checks.iter().filter(|c| c.name() == "bad").count();
+    if bad > 0 {
+        eprintln!("{bad} audit event(s) do not verify: forged or changed after they were written");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An event as `--json` lists it: its fields, when the server stored it,
+/// and its check.
+fn json(stored: &Stored, check: &Check) -> serde_json::Value {
+    let mut value = serde_json::to_value(&stored.event).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("stored_at_ms".into(), stored.stored_ms.into());
+        map.insert("check".into(), check.name().into());
+        map.insert("problems".into(), check.problems().into());
+    }
+    value
+}
+
+fn table(events: &[Stored], checks: &[Check]) -> String {
     let mut table = Table::new([
-        "AT", "ACTION", "CELL", "VERSION", "USER", "CLIENT", "KEY", "DETAIL",
+        "AT", "ACTION", "CELL", "VERSION", "USER", "CLIENT", "KEY", "CHECK", "DETAIL",
     ]);
-    for e in &events {
+    let mut notes = String::new();
+    for (n, (stored, check)) in events.iter().zip(checks).enumerate() {
+        let e = &stored.event;
         let key = e
             .key
             .as_deref()
             .map_or("-".to_owned(), |k| k.chars().take(12).collect());
+        let at = utc(stored.stored_ms);
         table.row([
-            utc(e.at_ms).as_str(),
+            at.as_str(),
             &e.action.to_string(),
             e.cell.as_str(),
             e.version.as_deref().unwrap_or("-"),
             e.user.as_str(),
             e.client.as_str(),
             key.as_str(),
+            check.name(),
             e.detail.as_deref().unwrap_or(""),
         ]);
+        for problem in check.problems() {
+            notes.push_str(&format!(
+                "event {} ({} {} at {at}): {problem}\n",
+                n + 1,
+                e.action,
+                e.cell
+            ));
+        }
     }
-    print!("{table}");
-    Ok(ExitCode::SUCCESS)
+    format!("{table}{notes}")
 }
 
 /// What one change to record is about.
@@ -82,6 +139,10 @@ pub struct Change<'a> {
     pub version: Option<&'a str>,
     pub digest: Option<&'a str>,
     pub key: Option<&'a str>,
+    /// `key`'s signature over what it signed (see `audit::proof`).
+    pub proof: Option<&'a str>,
+    /// A rollback's digest left.
+    pub from: Option<&'a str>,
     pub detail: String,
 }
 
@@ -89,10 +150,11 @@ pub struct Change<'a> {
 /// `nats`. A change that happened but could not be audited is reported on
 /// stderr, not undone.
 pub async fn record(nats: &NatsArgs, client: &async_nats::Client, change: Change<'_>) {
-    let user = nats
-        .options("")
+    let options = nats.options("");
+    let user = options
+        .as_ref()
         .map_or_else(|| "anonymous".to_owned(), |o| o.identity());
-    let event = Event {
+    let mut event = Event {
         at_ms: now_ms(),
         action: change.action,
         cell: change.cell.to_owned(),
@@ -102,7 +164,15 @@ pub async fn record(nats: &NatsArgs, client: &async_nats::Client, change: Change
         client: audit::client_of(client),
         key: change.key.map(str::to_owned),
         detail: Some(change.detail).filter(|d| !d.is_empty()),
+        from: change.from.map(str::to_owned),
+        proof: change.proof.map(str::to_owned),
+        writer: None,
     };
+    if let Some(seed) = options.and_then(|o| o.user_seed()) {
+        if let Err(e) = proof::sign_as_writer(&mut event, &seed) {
+            eprintln!("warning: the audit event is not signed: {e:#}");
+        }
+    }
     let outcome = match Audit::open(client).await {
         Ok(audit) => audit.record(&event).await,
         Err(e) => Err(e),

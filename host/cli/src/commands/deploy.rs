@@ -164,6 +164,8 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         version: Some(&bundle.manifest.version),
         digest: Some(&bundle.digest()),
         key: bundle.signer(),
+        proof: bundle.signature(),
+        from: None,
         detail: summary(&outcome),
     };
     audit::record(&args.nats, bus.client(), change).await;

@@ -38,13 +38,15 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let (release, outcome) =
         rollout::rollback(bus.client(), &store, &args.cell_id, key.as_ref(), wait).await?;
     eprintln!("rolling {} back to {}", args.cell_id, release.version);
-    let key = release.rollback.as_ref().map(|g| g.signer.as_str());
+    let grant = release.rollback.as_ref();
     let change = Change {
         action: Action::Rollback,
         cell: &args.cell_id,
         version: Some(&release.version),
         digest: Some(&release.digest),
-        key,
+        key: grant.map(|g| g.signer.as_str()),
+        proof: grant.map(|g| g.signature.as_str()),
+        from: grant.map(|g| g.from.as_str()),
         detail: summary(&outcome),
     };
     audit::record(&args.nats, bus.client(), change).await;

@@ -414,6 +414,8 @@ async fn record_trust(args: &RunArgs, host_id: &str, client: &async_nats::Client
         version: None,
         digest: None,
         key: None,
+        proof: None,
+        from: None,
         detail: format!("host {host_id}: {trusts}; {processes}"),
     };
     audit::record(&args.nats, client, change).await;

@@ -35,6 +35,8 @@ pub async fn run(args: UndeployArgs) -> anyhow::Result<ExitCode> {
         version: Some(&desired.current.version),
         digest: Some(&desired.current.digest),
         key: None,
+        proof: None,
+        from: None,
         detail: String::new(),
     };
     audit::record(&args.nats, bus.client(), change).await;

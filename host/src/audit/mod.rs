@@ -2,11 +2,15 @@
 //! host's trust list, as an event in the JetStream stream `CBS_AUDIT`
 //! (subject `cbs-audit.<action>.<cell>`), listed by `cbs audit`.
 //!
-//! An event names who acted as the server saw the connection (`client`:
-//! its id and address), the NATS identity the writer used (`user`), and —
-//! the part no writer can forge — the key that signed the bundle or the
-//! rollback (`key`). Grant publishing on `cbs-audit.>` to deployers and
-//! hosts only (docs/security.md).
+//! An event names the NATS identity the writer used (`user`), its
+//! connection (`client`), and the key that signed the bundle or the
+//! rollback (`key`). What a writer says is only claimed; [`proof`] makes
+//! it verifiable: the writer signs the event with its NATS user's nkey,
+//! the release key's own signature comes along, and the server's time of
+//! storing it is what `cbs audit` shows. Grant publishing on `cbs-audit.>`
+//! to deployers and hosts only (docs/security.md).
+
+pub mod proof;
 
 use std::time::Duration;
 
@@ -66,6 +70,25 @@ pub struct Event {
     /// Free text: the trust list, the version left, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A rollback's digest left (what its grant signs, with `digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `key`'s signature (hex) over what was deployed: the bundle digest,
+    /// or a rollback grant's step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+    /// The writer's signature over the rest of the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<proof::WriterSignature>,
+}
+
+/// An event as the stream holds it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub event: Event,
+    /// When the server stored it (ms since the Unix epoch): no writer
+    /// chooses this.
+    pub stored_ms: u64,
 }
 
 impl Event {
@@ -130,7 +153,7 @@ impl Audit {
     }
 
     /// Every event that matches `filter`, oldest first.
-    pub async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Event>> {
+    pub async fn list(&self, filter: &Filter) -> anyhow::Result<Vec<Stored>> {
         let consumer = self
             .stream
             .create_consumer(consumer::pull::Config {
@@ -158,8 +181,11 @@ impl Audit {
                 let message =
                     message.map_err(|e| anyhow::anyhow!("cannot read the audit stream: {e}"))?;
                 got += 1;
+                let stored_ms = message.info().map_or(0, |info| {
+                    u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+                });
                 match serde_json::from_slice(&message.payload) {
-                    Ok(event) => events.push(event),
+                    Ok(event) => events.push(Stored { event, stored_ms }),
                     Err(e) => {
                         tracing::warn!(subject = %message.subject, error = %e, "ignoring an invalid audit event")
                     }
