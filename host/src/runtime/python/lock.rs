@@ -474,7 +474,7 @@ mod tests {
         for text in [
             format!("a==${{V}} --hash={H1}"),
             format!("a==1 --hash={H1} # see ${{HOME}}"),
-            format!("# ok\na==1 --hash=sha256:${{X}}"),
+            "# ok\na==1 --hash=sha256:${X}".to_owned(),
             format!("a==1 \\\n --hash={H1} ${{X}}"),
         ] {
             let err = refusal(&text);
