@@ -125,7 +125,7 @@ fmt:
 # Fuzzing (nightly Rust and cargo-fuzz; not part of `make test`, which
 # replays the corpora on stable). New inputs go to fuzz/libfuzzer/corpus/;
 # `make fuzz-merge` folds those that add coverage into fuzz/corpus/.
-FUZZ_TARGETS := envelope cell_toml bundle frame compat
+FUZZ_TARGETS := envelope cell_toml bundle frame compat python_lock
 FUZZ_RUNS ?= 10000000
 FUZZ := cargo +nightly fuzz
 FUZZ_FLAGS := --fuzz-dir fuzz/libfuzzer --sanitizer none --codegen-units 16

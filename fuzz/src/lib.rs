@@ -13,6 +13,7 @@ use cbs_host::contract::Schema;
 use cbs_host::envelope::Envelope;
 use cbs_host::manifest::Manifest;
 use cbs_host::runtime::process::frame::FrameCodec;
+use cbs_host::runtime::python::lock::Lock;
 use tokio_util::codec::Decoder;
 
 /// A fuzz target: arbitrary bytes in, a panic on failure.
@@ -25,6 +26,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bundle", bundle),
     ("frame", frame),
     ("compat", compat),
+    ("python_lock", python_lock),
 ];
 
 /// An envelope from the wire: parsed or refused; a parsed one survives a
@@ -85,5 +87,25 @@ pub fn compat(data: &[u8]) {
         let _ = compat::check(&old, &new, direction);
         let own = compat::check(&old, &old, direction);
         assert!(!valid || own.is_empty(), "{old} breaks itself: {own:?}");
+    }
+}
+
+/// A bundle's requirements lock: refused, or accepted and re-written (what
+/// pip is given) into a lock that reads back to the same pins and holds
+/// nothing pip would treat as an option, marker or variable.
+pub fn python_lock(data: &[u8]) {
+    let Ok(lock) = std::str::from_utf8(data).map(Lock::parse) else {
+        return;
+    };
+    let Ok(lock) = lock else {
+        return;
+    };
+    let rendered = lock.render();
+    let again = Lock::parse(&rendered).expect("a re-written lock reads back");
+    assert_eq!(again, lock, "the re-written lock names other pins");
+    for line in rendered.lines() {
+        let plain = |c: char| c.is_ascii_alphanumeric() || " .=_-+!:".contains(c);
+        assert!(line.chars().all(plain), "pip would be given {line:?}");
+        assert_eq!(line.matches(" -").count(), line.matches(" --hash=").count());
     }
 }

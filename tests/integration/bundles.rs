@@ -6,7 +6,7 @@
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::manifest::CellSpec;
 use cbs_tests::bundles::{
-    assert_ok, cargo_test, cbs_in, faulty_as, prebuilt_greet, releases, UPPER,
+    assert_ok, cargo_test, cbs_in, edit, faulty_as, prebuilt_greet, releases, UPPER,
 };
 use cbs_tests::greet;
 use cbs_tests::process::{cbs, cbs_host, cbs_host_with_env};
@@ -653,6 +653,75 @@ fn cbs_build_refuses_python_requirements_that_are_not_a_lock() {
         "says how to make one: {err}"
     );
     assert!(!tmp.path().join("x.cbs").exists());
+}
+
+/// What a builder keeps beside the cell folder it builds.
+const BUILDERS_SECRET: &str = "the builder's own secret, 7f3a9c";
+
+/// `cbs build` of a sidecar folder holding `link` → `target` (named in
+/// `[bundle] files`), with `outside/secret.txt` beside the folder; the
+/// build must fail and no file it wrote may hold the secret. Its stderr.
+fn build_through_a_link(tmp: &std::path::Path, link: &str, target: &str) -> String {
+    std::fs::create_dir(tmp.join("outside")).unwrap();
+    std::fs::write(tmp.join("outside/secret.txt"), BUILDERS_SECRET).unwrap();
+    // For another platform: built and checked, not started.
+    let dir = bundled_sidecar(tmp, 1, Some("plan9-mips"));
+    std::os::unix::fs::symlink(target, dir.join(link)).unwrap();
+    edit(
+        &dir.join("cell.toml"),
+        "files = [\"reference.py\"]",
+        &format!("files = [\"reference.py\", \"{link}\"]"),
+    );
+    let out = cbs_in(tmp, &["build", dir.to_str().unwrap(), "-o", "linked.cbs"]);
+    assert!(
+        !out.status.success(),
+        "cbs build packed a link out of the cell folder"
+    );
+    assert_no_file_holds_the_secret(tmp);
+    stderr(&out)
+}
+
+/// Every file under `dir` but the secret itself (links not followed).
+fn assert_no_file_holds_the_secret(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let path = entry.path();
+        if kind.is_dir() {
+            assert_no_file_holds_the_secret(&path);
+        } else if kind.is_file() && !path.ends_with("outside/secret.txt") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes
+                    .windows(BUILDERS_SECRET.len())
+                    .any(|w| w == BUILDERS_SECRET.as_bytes()),
+                "{} holds the builder's secret",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn cbs_build_refuses_a_file_link_out_of_the_cell_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = build_through_a_link(tmp.path(), "notes.txt", "../outside/secret.txt");
+    assert!(
+        err.contains("notes.txt is a symbolic link to ../outside/secret.txt")
+            && err.contains("outside the cell folder"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cbs_build_refuses_a_folder_link_out_of_the_cell_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = build_through_a_link(tmp.path(), "data", "../outside");
+    assert!(
+        err.contains("data is a symbolic link to ../outside")
+            && err.contains("outside the cell folder"),
+        "{err}"
+    );
 }
 
 #[test]

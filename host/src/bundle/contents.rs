@@ -8,6 +8,15 @@
 //!   `command[0]` with a `/`), which makes the bundle native code for the
 //!   platform `cbs build` runs on unless `[bundle] platform` says otherwise;
 //! - any runtime: the files and folders of `[bundle] files`.
+//!
+//! Every file is read where it really is, and only if that is inside the
+//! cell folder: a symbolic link (to a file or a folder, at any step of a
+//! path) that leads out of it is refused, naming the link, so building a
+//! folder someone else wrote cannot pack — and sign — the builder's own
+//! files. A link that stays inside is read as what it points to (a file's
+//! content; a folder named in `[bundle] files` is walked); a link to a
+//! folder met while walking one is not followed (it could loop): among
+//! `[bundle] files` it fails the build.
 
 use std::path::{Path, PathBuf};
 
@@ -65,9 +74,9 @@ fn python_files(spec: &CellSpec) -> anyhow::Result<Vec<PathBuf>> {
         .filter(|f| f.extension().is_some_and(|e| e == "py"))
         .collect();
     if let Some(lock) = &python.requirements {
-        let path = spec.resolve(lock);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = read(spec, lock)?;
+        let text =
+            String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", lock.display()))?;
         Lock::parse(&text).with_context(|| {
             format!(
                 "cell {}: a bundle's [python] requirements must be a lock: {} is not one",
@@ -83,7 +92,7 @@ fn python_files(spec: &CellSpec) -> anyhow::Result<Vec<PathBuf>> {
 /// `entry` if a file, else the files under it (skipping hidden folders,
 /// `__pycache__` and the folder `skip`), relative to the cell folder.
 fn walk(spec: &CellSpec, entry: &Path, skip: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
-    let path = spec.resolve(entry);
+    let path = inside(spec, entry)?;
     let meta =
         std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_dir() {
@@ -115,4 +124,58 @@ fn walk(spec: &CellSpec, entry: &Path, skip: Option<&Path>) -> anyhow::Result<Ve
     }
     found.sort();
     Ok(found)
+}
+
+/// The file at `relative` in the cell folder, if it really is in it.
+pub(super) fn read(spec: &CellSpec, relative: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = inside(spec, relative)?;
+    if path.is_dir() {
+        bail!(
+            "{} in cell folder {} is a folder, not a file (a link to a folder met while \
+             walking one is not followed: name the folder it points to in [bundle] files)",
+            relative.display(),
+            spec.dir.display()
+        );
+    }
+    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Where `relative` really is (every link followed), refused unless in
+/// the cell folder.
+fn inside(spec: &CellSpec, relative: &Path) -> anyhow::Result<PathBuf> {
+    let canonical = |path: &Path| {
+        path.canonicalize()
+            .with_context(|| format!("cannot read {}", path.display()))
+    };
+    let root = canonical(&spec.dir)?;
+    let real = canonical(&spec.resolve(relative))?;
+    if real.starts_with(&root) {
+        return Ok(real);
+    }
+    let via = match first_link(spec, relative) {
+        Some((link, target)) => format!(
+            "{} is a symbolic link to {}, which",
+            link.display(),
+            target.display()
+        ),
+        None => format!("{}", relative.display()),
+    };
+    bail!(
+        "{via} is outside the cell folder {}: a bundle holds only the cell folder's own \
+         files (copy the file into the folder instead of linking to it)",
+        spec.dir.display()
+    )
+}
+
+/// The first step of `relative` that is a symbolic link, and its target.
+fn first_link(spec: &CellSpec, relative: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut step = PathBuf::new();
+    for part in relative.components() {
+        step.push(part);
+        let path = spec.resolve(&step);
+        if let Ok(target) = std::fs::read_link(&path) {
+            return Some((step, target));
+        }
+    }
+    None
 }

@@ -95,8 +95,7 @@ impl Bundle {
         for path in paths {
             let name = inner_path(&path)
                 .with_context(|| format!("cell {} names {}", m.id, path.display()))?;
-            let bytes = std::fs::read(spec.resolve(&path))
-                .with_context(|| format!("cannot read {}", spec.resolve(&path).display()))?;
+            let bytes = contents::read(spec, &path)?;
             files.insert(name, bytes);
         }
         let manifest = BundleManifest {
@@ -528,6 +527,52 @@ mod tests {
         std::fs::write(dir.path().join("a.wasm"), b"\0asm fake").unwrap();
         std::fs::write(dir.path().join("schemas/in.json"), b"{}").unwrap();
         Bundle::pack(&CellSpec::from_dir(dir.path()).unwrap()).unwrap()
+    }
+
+    /// A cell folder whose schema `schemas/in.json` is, or is reached
+    /// through, `link` → `target`; beside it `outside/in.json`.
+    fn linked_schema(link: &str, target: &str) -> (tempfile::TempDir, anyhow::Result<Bundle>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cell");
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::fs::write(tmp.path().join("outside/in.json"), b"{\"secret\": 1}").unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        if link != "schemas" {
+            std::fs::create_dir(dir.join("schemas")).unwrap();
+        }
+        std::fs::write(dir.join("in.json"), b"{}").unwrap();
+        std::fs::write(
+            dir.join(FILE_NAME),
+            "id = \"a.b\"\nversion = \"1.0.0\"\n\
+             [input]\nid = \"a.b/in@1\"\nschema = \"schemas/in.json\"\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(target, dir.join(link)).unwrap();
+        let packed = Bundle::pack_contract(&CellSpec::from_dir(&dir).unwrap());
+        (tmp, packed)
+    }
+
+    #[test]
+    fn a_link_inside_the_cell_folder_is_packed_as_its_file() {
+        let (_tmp, packed) = linked_schema("schemas/in.json", "../in.json");
+        assert_eq!(packed.unwrap().files["schemas/in.json"], b"{}");
+    }
+
+    #[test]
+    fn a_link_out_of_the_cell_folder_is_refused_at_any_step_of_a_path() {
+        for (link, target) in [
+            ("schemas/in.json", "../../outside/in.json"),
+            ("schemas", "../outside"),
+        ] {
+            let (_tmp, packed) = linked_schema(link, target);
+            let err = format!("{:#}", packed.unwrap_err());
+            assert!(
+                err.contains(&format!(
+                    "{link} is a symbolic link to {target}, which is outside the cell folder"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

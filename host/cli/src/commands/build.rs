@@ -11,7 +11,8 @@ use clap::Args;
 /// Compile a cell, check it, and write a bundle (.cbs) of its files with
 /// sha256 digests: cell.toml, schemas, and the component (wasm), the
 /// handler's .py files and requirements lock (native Python), or the
-/// program and `[bundle] files` (sidecar).
+/// program and `[bundle] files` (sidecar). Only the cell folder's own
+/// files are packed: a symbolic link leading out of it fails the build.
 ///
 /// A wasm cell is checked against wit/ and its schemas; a process cell is
 /// started from its bundle as a host would (a Python cell's venv is built

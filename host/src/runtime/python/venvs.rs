@@ -14,9 +14,12 @@
 //!
 //! pip runs with `--require-hashes` (a download whose hash is not in the
 //! lock is refused) and `--only-binary :all:` (wheels only: installing
-//! never runs a package's build code on the host). It reads the host's own
-//! pip configuration (`PIP_INDEX_URL`, `PIP_FIND_LINKS`, proxies), never
-//! the bundle's. Its progress goes to the log.
+//! never runs a package's build code on the host). It reads the lock the
+//! host re-wrote from the checked pins ([`Lock::render`]), never the
+//! bundle's text, and an environment cleared of all but what pip needs
+//! ([`PIP_ENV`]): the host's own pip configuration (`PIP_*`, proxies, CA
+//! files), never the host's `CBS_*` settings or other secrets. Its
+//! progress goes to the log.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -113,7 +116,7 @@ impl VenvCache {
         let lease = match retention::take(&dir, READY) {
             Some(lease) => lease,
             None => {
-                self.build(cell, &python, &text, &parsed, &dir).await?;
+                self.build(cell, &python, &parsed, &dir).await?;
                 let lease = retention::take(&dir, READY).with_context(|| {
                     format!(
                         "the venv {} was removed as soon as it was built (another host \
@@ -148,7 +151,6 @@ impl VenvCache {
         &self,
         cell: &str,
         python: &Path,
-        text: &str,
         lock: &Lock,
         dir: &Path,
     ) -> anyhow::Result<()> {
@@ -161,7 +163,7 @@ impl VenvCache {
             "building the Python venv of this requirements lock (once per host)"
         );
         let tmp = self.root.join(format!(".build-{}", uuid::Uuid::now_v7()));
-        let result = build_in(cell, python, text, lock, &tmp).await;
+        let result = build_in(cell, python, lock, &tmp).await;
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -180,13 +182,7 @@ impl VenvCache {
 }
 
 /// venv, packages, SDK, ready mark — in `tmp`.
-async fn build_in(
-    cell: &str,
-    python: &Path,
-    text: &str,
-    lock: &Lock,
-    tmp: &Path,
-) -> anyhow::Result<()> {
+async fn build_in(cell: &str, python: &Path, lock: &Lock, tmp: &Path) -> anyhow::Result<()> {
     let mut venv = Command::new(python);
     venv.args(["-m", "venv"]);
     if lock.packages.is_empty() {
@@ -194,27 +190,7 @@ async fn build_in(
     }
     run(cell, venv.arg(tmp), "python -m venv").await?;
     if !lock.packages.is_empty() {
-        let lock_file = tmp.join("requirements.lock");
-        std::fs::write(&lock_file, text)?;
-        let mut pip = Command::new(tmp.join("bin").join("python"));
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--require-hashes",
-            "--only-binary",
-            ":all:",
-        ])
-        .args([
-            "--no-input",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-        ])
-        .arg("-r")
-        .arg(&lock_file)
-        .env("PYTHONNOUSERSITE", "1");
-        run(cell, &mut pip, "pip install").await?;
+        install(cell, tmp, lock).await?;
     }
     let version = Venv::open(tmp)?.version;
     let site = tmp
@@ -224,6 +200,66 @@ async fn build_in(
     sdk::install(&site)?;
     std::fs::write(tmp.join(READY), b"")?;
     Ok(())
+}
+
+/// pip installs the lock into the venv `dir`: the host's rewrite of it,
+/// written into the venv being built (the host's own folder), with pip's
+/// environment confined to [`PIP_ENV`].
+async fn install(cell: &str, dir: &Path, lock: &Lock) -> anyhow::Result<()> {
+    let lock_file = dir.join("requirements.lock");
+    std::fs::write(&lock_file, lock.render())
+        .with_context(|| format!("cannot write {}", lock_file.display()))?;
+    let mut pip = Command::new(dir.join("bin").join("python"));
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--require-hashes",
+        "--only-binary",
+        ":all:",
+    ])
+    .args([
+        "--no-input",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+    ])
+    .arg("-r")
+    .arg(&lock_file)
+    .env_clear()
+    .envs(std::env::vars_os().filter(|(name, _)| pip_needs(name)))
+    .env("PYTHONNOUSERSITE", "1");
+    run(cell, &mut pip, "pip install").await
+}
+
+/// The host's variables pip is given: where programs and the user's pip
+/// configuration and cache are, the locale, the temp folder, and the
+/// host's settings for reaching its index (`PIP_*`, proxies, CA files).
+pub const PIP_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+];
+
+fn pip_needs(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|name| name.starts_with("PIP_") || PIP_ENV.contains(&name))
 }
 
 /// Runs a build step, its stdout into the log, and fails with the end of
@@ -389,6 +425,67 @@ mod tests {
         assert!(b.dir.exists() && c.dir.exists(), "held, and just built");
         let again = cache.ensure("b2", Some(&lock("b"))).await.unwrap();
         assert_eq!(again.dir, b.dir, "the same lock reuses its venv");
+    }
+
+    /// A venv whose `python` records what pip would be given: its
+    /// environment (`env.txt`) and the lock its `-r` names (`lock.txt`).
+    fn recording_venv() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let python = dir.path().join("bin/python");
+        std::fs::write(
+            &python,
+            "#!/bin/sh\nout=\"$(dirname \"$0\")/..\"\nenv > \"$out/env.txt\"\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = -r ] && cp \"$2\" \"$out/lock.txt\"; shift; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    const H: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn pip_is_handed_the_host_s_rewrite_of_the_lock() {
+        let venv = recording_venv();
+        let text = format!(
+            "# pip-compile\r\nnumpy==2.1.3 \\\r\n    --hash={H}  # pinned\r\n\
+             Rich[jupyter] === 13.0.0 --hash {H}\x0c"
+        );
+        let lock = Lock::parse(&text).unwrap();
+        install("t", venv.path(), &lock).await.unwrap();
+        let handed = std::fs::read_to_string(venv.path().join("lock.txt")).unwrap();
+        assert_eq!(
+            handed,
+            format!("numpy==2.1.3 --hash={H}\nRich==13.0.0 --hash={H}\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn pip_s_environment_holds_no_host_variable_but_what_pip_needs() {
+        // Names no other test reads; set before any pip runs in this test.
+        std::env::set_var("CBS_TEST_PIP_SECRET", "cbs-secret-value");
+        std::env::set_var("HOST_TEST_PIP_SECRET", "host-secret-value");
+        std::env::set_var("PIP_TEST_SETTING_OF_THE_HOST", "kept");
+        let venv = recording_venv();
+        let lock = Lock::parse(&format!("a==1 --hash={H}")).unwrap();
+        install("t", venv.path(), &lock).await.unwrap();
+        let env = std::fs::read_to_string(venv.path().join("env.txt")).unwrap();
+        assert!(!env.contains("secret-value"), "{env}");
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap_or_default();
+            assert!(
+                pip_needs(name.as_ref())
+                    || ["PYTHONNOUSERSITE", "PWD", "SHLVL", "_"].contains(&name),
+                "pip was given {name}"
+            );
+        }
+        assert!(env.contains("PIP_TEST_SETTING_OF_THE_HOST=kept"), "{env}");
+        assert!(
+            env.contains("PYTHONNOUSERSITE=1") && env.contains("PATH="),
+            "{env}"
+        );
     }
 
     #[test]
