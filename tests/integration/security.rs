@@ -423,9 +423,9 @@ fn forking_sidecar(record: &std::path::Path) -> tempfile::TempDir {
     reference_variant(&format!("command = [\"sh\", \"-c\", {script:?}]"))
 }
 
-/// The group and grandchild the forking sidecar wrote last, checked to
-/// be running in that group.
-async fn forked(record: &std::path::Path) -> (u32, u32) {
+/// The group the forking sidecar wrote last, its grandchild checked to
+/// be running in it.
+async fn forked(record: &std::path::Path) -> u32 {
     let (group, grandchild) =
         cbs_tests::eventually(TIMEOUT, "the sidecar to record its grandchild", || async {
             let text = std::fs::read_to_string(record).map_err(|e| e.to_string())?;
@@ -440,7 +440,7 @@ async fn forked(record: &std::path::Path) -> (u32, u32) {
         group_members(group).contains(&grandchild),
         "the grandchild {grandchild} runs in the sidecar's group {group}"
     );
-    (group, grandchild)
+    group
 }
 
 /// Live processes (not zombies) of process group `pgid`.
@@ -460,7 +460,7 @@ fn group_members(pgid: u32) -> Vec<u32> {
     .collect()
 }
 
-async fn wait_group_gone(pgid: u32, grandchild: u32) {
+async fn wait_group_gone(pgid: u32) {
     let what = format!("no process of group {pgid} to be left");
     cbs_tests::wait_until(TIMEOUT, &what, || group_members(pgid).is_empty()).await;
 }
@@ -473,9 +473,9 @@ async fn what_a_sidecar_forks_ends_with_its_cell() {
     let record = tmp.path().join("forked");
     let dir = forking_sidecar(&record);
     let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
-    let (group, grandchild) = forked(&record).await;
+    let group = forked(&record).await;
     assert!(host.body.shutdown(TIMEOUT).await);
-    wait_group_gone(group, grandchild).await;
+    wait_group_gone(group).await;
 }
 
 /// Regression (#34 a): a sidecar killed for overrunning its timeout left
@@ -486,13 +486,13 @@ async fn what_a_sidecar_forks_ends_when_it_overruns_its_timeout() {
     let record = tmp.path().join("forked");
     let dir = forking_sidecar(&record);
     let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
-    let (group, grandchild) = forked(&record).await;
+    let group = forked(&record).await;
     let err = host
         .call("test.reference", json!({"action": "sleep", "ms": 4000}))
         .await
         .expect_err("the sidecar overruns its 2000 ms");
     assert_eq!(err.code, ErrorCode::Timeout, "{err:?}");
-    wait_group_gone(group, grandchild).await;
+    wait_group_gone(group).await;
 }
 
 /// Regression (#34): a sidecar that crashed and was restarted left what it
@@ -503,11 +503,11 @@ async fn what_a_sidecar_forks_ends_when_it_crashes() {
     let record = tmp.path().join("forked");
     let dir = forking_sidecar(&record);
     let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
-    let (group, grandchild) = forked(&record).await;
+    let group = forked(&record).await;
     let _ = host
         .call("test.reference", json!({"action": "crash"}))
         .await;
-    wait_group_gone(group, grandchild).await;
+    wait_group_gone(group).await;
 }
 
 /// Regression (#34 b): the old version of a hot-swapped sidecar left what
@@ -518,7 +518,7 @@ async fn what_a_sidecar_forks_ends_when_it_is_swapped_away() {
     let record = tmp.path().join("forked");
     let dir = forking_sidecar(&record);
     let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
-    let (group, grandchild) = forked(&record).await;
+    let group = forked(&record).await;
     let next = host.body.load(dir.path()).await.unwrap();
     let old = host
         .body
@@ -527,8 +527,8 @@ async fn what_a_sidecar_forks_ends_when_it_is_swapped_away() {
         .unwrap()
         .expect("an old version");
     assert!(cbs_host::body::retire(old, TIMEOUT).await);
-    wait_group_gone(group, grandchild).await;
-    let (new_group, _) = forked(&record).await;
+    wait_group_gone(group).await;
+    let new_group = forked(&record).await;
     assert_ne!(
         new_group, group,
         "the new version runs in a group of its own"
@@ -539,8 +539,8 @@ async fn what_a_sidecar_forks_ends_when_it_is_swapped_away() {
     );
 }
 
-/// A `cbs-host` serving the forking sidecar: the host, its sidecar's group
-/// and grandchild.
+/// A `cbs-host` serving the forking sidecar: the host, the cell folder and
+/// where the sidecar records its group.
 fn host_with_forking_sidecar(
     tmp: &std::path::Path,
 ) -> (HostProcess, tempfile::TempDir, std::path::PathBuf) {
@@ -556,10 +556,10 @@ fn host_with_forking_sidecar(
 async fn what_a_sidecar_forks_ends_when_its_host_gets_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut host, _dir, record) = host_with_forking_sidecar(tmp.path());
-    let (group, grandchild) = forked(&record).await;
+    let group = forked(&record).await;
     host.terminate();
     host.wait_exit(TIMEOUT);
-    wait_group_gone(group, grandchild).await;
+    wait_group_gone(group).await;
 }
 
 /// Regression (#34 d): a SIGKILLed host, which runs no code of its own
@@ -568,9 +568,9 @@ async fn what_a_sidecar_forks_ends_when_its_host_gets_sigterm() {
 async fn what_a_sidecar_forks_ends_when_its_host_gets_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut host, _dir, record) = host_with_forking_sidecar(tmp.path());
-    let (group, grandchild) = forked(&record).await;
+    let group = forked(&record).await;
     host.kill();
-    wait_group_gone(group, grandchild).await;
+    wait_group_gone(group).await;
 }
 
 /// Regression: when the second process of a cell failed to start, the
