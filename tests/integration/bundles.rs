@@ -147,7 +147,10 @@ fn a_new_dart_cell_is_made_and_where_dart_exists_tests_and_runs() {
             "{}",
             stderr(&build)
         );
-        eprintln!("SKIPPED: building and running the new Dart cell: dart is not on PATH");
+        cbs_tests::skips::skipped(
+            "building and running the new Dart cell",
+            "dart is not on PATH",
+        );
         return;
     }
     // `cbs build` compiled it with `dart compile exe`; the bundle runs.

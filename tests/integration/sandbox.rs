@@ -3,13 +3,17 @@
 //! `cell.toml` each is denied (or, for clocks, coarsened to whole
 //! milliseconds); with grants, exactly what is granted works.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
+use std::time::Duration;
 
 use cbs_host::manifest::FileGrant;
-use cbs_tests::{CellToml, TestHost};
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::HostProcess;
+use cbs_tests::{call_json, CellToml, TestHost};
 use serde_json::{json, Value};
 
 const CELL: &str = "test.sandboxed";
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn try_(host: &TestHost, payload: Value) -> Value {
     let reply = host.call(CELL, payload.clone()).await;
@@ -42,7 +46,7 @@ impl World {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cell_without_grants_reaches_no_file_variable_or_socket_and_coarse_clocks() {
+async fn a_cell_without_grants_reaches_no_file_or_socket_and_gets_coarse_clocks() {
     let world = World::new();
     let cell = CellToml::faulty(CELL).write();
     let host = TestHost::local(&[cell.path().to_path_buf()]).await;
@@ -55,12 +59,6 @@ async fn a_cell_without_grants_reaches_no_file_variable_or_socket_and_coarse_clo
         let read = try_(&host, json!({"action": "read_file", "path": path})).await;
         assert!(denied(&read), "read {path}: {read}");
     }
-    // The host's own environment has HOME and PATH; the cell sees neither.
-    assert!(std::env::var("PATH").is_ok());
-    for name in ["PATH", "HOME", "CBS_NATS_PASSWORD"] {
-        let value = try_(&host, json!({"action": "env", "name": name})).await;
-        assert_eq!(value, Value::Null, "{name}");
-    }
     let connect = try_(&host, json!({"action": "connect", "addr": world.addr()})).await;
     // Refused by the host's policy (WASI `access`), not unsupported.
     let why = connect["denied"].as_str().unwrap_or_default();
@@ -71,6 +69,44 @@ async fn a_cell_without_grants_reaches_no_file_variable_or_socket_and_coarse_clo
             assert_eq!(reading.as_u64().unwrap() % 1_000_000, 0, "{key}: {clocks}");
         }
     }
+}
+
+/// Variables set in the host's own environment (two distinctive ones, one
+/// named like a secret, and PATH and HOME) are not the cell's to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_without_grants_sees_none_of_the_hosts_variables() {
+    let server = NatsServer::start();
+    let cell = CellToml::faulty(CELL).write();
+    let path = cell.path().display().to_string();
+    let env = [
+        ("CBS_SANDBOX_PROBE", Some("visible-to-the-host-only")),
+        ("DATABASE_PASSWORD", Some("not-for-cells")),
+    ];
+    let _host = HostProcess::serve_with_env(&server.url(), "host-env", &[&path], &env);
+    let bus = server.bus().await;
+    for name in ["CBS_SANDBOX_PROBE", "DATABASE_PASSWORD", "PATH", "HOME"] {
+        let reply = call_json(&bus, CELL, json!({"action": "env", "name": name}), TIMEOUT).await;
+        assert_eq!(reply.unwrap()["value"], Value::Null, "{name}");
+    }
+}
+
+/// UDP and name lookups are refused by the host's policy: the datagram
+/// never reaches a loopback socket, and `localhost` does not resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_cannot_send_udp_or_look_up_names() {
+    let target = UdpSocket::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let cell = CellToml::faulty(CELL).write();
+    let host = TestHost::local(&[cell.path().to_path_buf()]).await;
+    let addr = target.local_addr().unwrap().to_string();
+    let udp = try_(&host, json!({"action": "udp", "addr": addr})).await;
+    let why = udp["denied"].as_str().unwrap_or_default();
+    assert!(why.contains("Permission denied"), "udp: {udp}");
+    let mut buf = [0u8; 8];
+    assert!(target.recv_from(&mut buf).is_err(), "a datagram arrived");
+    let lookup = try_(&host, json!({"action": "lookup", "name": "localhost"})).await;
+    // wasi-libc reports the host's refusal as EAI_FAIL.
+    assert!(denied(&lookup), "lookup: {lookup}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -654,8 +654,9 @@ async fn a_reply_too_big_for_the_bus_is_a_typed_error() {
 }
 
 /// The most memory this process has held so far (VmHWM), in MiB.
-fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+/// The peak resident memory (VmHWM) of process `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace()
         .nth(1)
@@ -666,20 +667,29 @@ fn peak_rss_mib() -> u64 {
 }
 
 /// Regression: a sidecar writing 256 MiB to stderr without a line break
-/// grew the host by 513 MiB (the whole "line" was buffered).
+/// grew the host by 513 MiB (the whole "line" was buffered). Measured on
+/// the `cbs-host` process that serves the sidecar, not on this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_stderr_line_does_not_grow_the_host() {
-    let host = sidecar_host().await;
-    let before = peak_rss_mib();
-    let reply = host
-        .call(
-            "test.reference",
-            json!({"action": "stderr_flood", "mb": 64}),
-        )
-        .await;
+    let server = NatsServer::start();
+    let host = HostProcess::serve(
+        &server.url(),
+        "host-flood",
+        &[cbs_tests::cell_toml::reference_dir()],
+        &[],
+    );
+    let bus = server.bus().await;
+    let flood = |mb: u64| json!({"action": "stderr_flood", "mb": mb});
+    // A small flood first: the host's one-time costs (the sidecar's
+    // start, the first log lines) are in the baseline.
+    call_json(&bus, "test.reference", flood(1), TIMEOUT)
+        .await
+        .unwrap();
+    let before = peak_rss_mib(host.pid());
+    let reply = call_json(&bus, "test.reference", flood(64), TIMEOUT).await;
     assert_eq!(reply.unwrap()["written"], 1);
     // The pipe holds 64 KiB: the host has read nearly all of it by now.
-    let grown = peak_rss_mib().saturating_sub(before);
+    let grown = peak_rss_mib(host.pid()).saturating_sub(before);
     assert!(grown < 32, "the host's peak memory grew by {grown} MiB");
 }
 

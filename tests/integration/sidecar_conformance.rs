@@ -246,7 +246,7 @@ fn implementations() -> Vec<Implementation> {
     ];
     let dart = sidecars.join("conformance/dart");
     if Command::new("dart").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: the Dart SDK's conformance run: dart is not on PATH");
+        cbs_tests::skips::skipped("the Dart SDK's conformance run", "dart is not on PATH");
         return all;
     }
     for args in [

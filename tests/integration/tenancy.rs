@@ -70,14 +70,14 @@ async fn a_cell_is_reachable_in_its_own_account_and_where_it_is_exported_only() 
     let b = client(&server, "b-client", "b").await;
     let c = client(&server, "c-client", "c").await;
 
-    assert!(
-        call(&a, "logic.greet").await.is_ok(),
-        "A calls its own cell"
-    );
-    assert!(
-        call(&a, "test.faulty").await.is_ok(),
-        "A calls its own cell"
-    );
+    let own = call(&a, "logic.greet")
+        .await
+        .expect("A calls its own greet");
+    assert_eq!(own["greeting"], "Hello, Ada!");
+    let own = call(&a, "test.faulty")
+        .await
+        .expect("A calls its own faulty");
+    assert_eq!(own["count"], 1, "A's test.faulty counted A's call: {own}");
     let greeting = call(&b, "logic.greet").await.expect("B imports A's greet");
     assert_eq!(greeting["greeting"], "Hello, Ada!");
     assert_eq!(

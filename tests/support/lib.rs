@@ -11,6 +11,7 @@ pub mod nats_auth;
 pub mod process;
 pub mod process_bundles;
 pub mod raw_http;
+pub mod skips;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
@@ -306,7 +307,10 @@ pub fn dart_shout() -> Option<PathBuf> {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: the Dart cell's hop of the polyglot flow: dart is not on PATH");
+        skips::skipped(
+            "the Dart cell's hop of the polyglot flow",
+            "dart is not on PATH",
+        );
         return None;
     }
     let make = std::process::Command::new("make")

@@ -462,3 +462,26 @@ pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<
     }
     Ok(cells)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::compat_line;
+
+    /// From 1.0 on the major number alone is the line: a breaking change
+    /// from 1.x needs --force within 1.x and passes at 2.0.
+    #[test]
+    fn from_1_0_a_break_needs_force_within_the_major_and_passes_at_the_next() {
+        assert_eq!(compat_line("1.0.0"), compat_line("1.4.2"));
+        assert_eq!(compat_line("1.9.3"), compat_line("1.10.0"));
+        assert_ne!(compat_line("1.9.3"), compat_line("2.0.0"));
+        assert_ne!(compat_line("2.0.0"), compat_line("10.0.0"));
+    }
+
+    /// Before 1.0 the minor counts as the major (semver): 0.2 after 0.1.
+    #[test]
+    fn before_1_0_a_break_needs_force_within_the_minor_and_passes_at_the_next() {
+        assert_eq!(compat_line("0.1.0"), compat_line("0.1.7"));
+        assert_ne!(compat_line("0.1.7"), compat_line("0.2.0"));
+        assert_ne!(compat_line("0.9.0"), compat_line("1.0.0"));
+    }
+}

@@ -38,6 +38,10 @@ pub enum Action {
     Env { name: String },
     /// Open a TCP connection: `true`, or `{"denied": why}`.
     Connect { addr: String },
+    /// Send one UDP datagram to `addr`: `true`, or `{"denied": why}`.
+    Udp { addr: String },
+    /// Resolve a host name: its addresses, or `{"denied": why}`.
+    Lookup { name: String },
     /// Ten readings of each clock: the wall clock's sub-second nanoseconds
     /// and the monotonic clock's step between two readings.
     Clocks,
@@ -128,6 +132,19 @@ impl Cell for Faulty {
             Action::Connect { addr } => {
                 let connected = std::net::TcpStream::connect(addr).map(|_| true);
                 Ok(reply(Some(outcome(connected))))
+            }
+            Action::Udp { addr } => {
+                let sent = std::net::UdpSocket::bind("127.0.0.1:0")
+                    .and_then(|socket| socket.send_to(b"x", addr))
+                    .map(|_| true);
+                Ok(reply(Some(outcome(sent))))
+            }
+            Action::Lookup { name } => {
+                use std::net::ToSocketAddrs;
+                let found = (name.as_str(), 0)
+                    .to_socket_addrs()
+                    .map(|addrs| addrs.map(|a| a.ip().to_string()).collect::<Vec<_>>());
+                Ok(reply(Some(outcome(found))))
             }
             Action::Clocks => Ok(reply(Some(clocks()))),
             Action::StateSet { key, value } => {
