@@ -757,7 +757,7 @@ fn a_sidecar_bundle_carries_its_program_and_runs_it() {
     );
     assert_eq!(
         bundle.manifest.platform.as_deref(),
-        Some(cbs_host::bundle::platform::current().as_str()),
+        Some(cbs_host::platform::current().as_str()),
         "a bundled program is native code for the machine that built it"
     );
     // The program was never executable in the cell folder: the host makes
@@ -795,7 +795,7 @@ fn a_sidecar_bundle_for_another_platform_is_refused_clearly() {
     let run = run_process_bundle(&cache, SIDECAR, r#"{"action":"env"}"#, &out);
     assert!(!run.status.success());
     let err = stderr(&run);
-    let here = cbs_host::bundle::platform::current();
+    let here = cbs_host::platform::current();
     assert!(
         err.contains(&format!(
             "holds native code for plan9-mips, and this host is {here}"

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use super::platform;
 use crate::manifest::{CellSpec, Manifest, RuntimeKind};
+use crate::platform;
 use crate::runtime::python::lock::Lock;
 
 /// Files walked under one folder at most (a bundle is a cell, not a tree).

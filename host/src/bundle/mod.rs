@@ -14,7 +14,6 @@
 //! The bundle digest is the sha256 of `MANIFEST.json`: it covers every file.
 
 mod contents;
-pub mod platform;
 mod signing;
 
 pub use contents::bundled_program;
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{CellSpec, Manifest, FILE_NAME};
+use crate::platform;
 
 /// The file extension of bundles.
 pub const EXTENSION: &str = "cbs";
@@ -330,7 +330,7 @@ impl Bundle {
     /// for this digest is used only when its files are the bundle's, byte
     /// for byte; otherwise it is unpacked anew.
     pub fn unpack(&self, root: &Path) -> anyhow::Result<CellSpec> {
-        private_dir(root)?;
+        crate::dirs::private(root)?;
         let dir = root.join(self.digest().trim_start_matches("sha256:"));
         if dir.exists() && !self.unpacked_in(&dir) {
             tracing::warn!(dir = %dir.display(), "an unpacked bundle differs from its bundle; unpacking it again");
@@ -389,9 +389,7 @@ impl Bundle {
     /// `~/.cache/cbs/bundles` (or `$CBS_CACHE_DIR/../bundles`); without a
     /// home, a folder of this user's in the temp folder.
     pub fn default_unpack_dir() -> PathBuf {
-        crate::runtime::wasm::ComponentCache::default_dir()
-            .and_then(|d| d.parent().map(|p| p.join("bundles")))
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("cbs-bundles-{}", euid())))
+        crate::dirs::bundles()
     }
 }
 
@@ -405,37 +403,6 @@ fn make_program_executable(spec: &CellSpec) -> anyhow::Result<()> {
     let path = spec.resolve(&program);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot make {} executable", path.display()))
-}
-
-/// This process's effective user id.
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// Creates `dir` (mode 0700) or checks that it is this user's alone: a
-/// folder others can write to could be planted with a bundle's contents.
-pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let meta =
-        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != euid() {
-        bail!(
-            "{} must be a folder owned by this user (uid {}) to unpack bundles in",
-            dir.display(),
-            euid()
-        );
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// How many files are under `dir`, recursively.

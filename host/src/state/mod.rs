@@ -40,15 +40,7 @@ pub fn default_backend(bus: &dyn BodyBus, data_dir: &Path) -> Arc<dyn StateBacke
 /// The host's data folder unless `--data-dir` says otherwise:
 /// `$CBS_DATA_DIR`, else `$XDG_DATA_HOME/cbs`, else `~/.local/share/cbs`.
 pub fn default_data_dir() -> PathBuf {
-    let var = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("CBS_DATA_DIR")
-        .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("cbs")))
-        .or_else(|| var("HOME").map(|h| h.join(".local/share/cbs")))
-        .unwrap_or_else(|| PathBuf::from(".cbs"))
+    crate::dirs::data()
 }
 
 /// Where cells' buckets live.

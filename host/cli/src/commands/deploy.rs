@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cbs_host::audit::Action;
-use cbs_host::bundle::{platform, Bundle, KeyPair};
+use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::deploy::downgrade::RollbackGrant;
 use cbs_host::deploy::Store;
+use cbs_host::platform;
 use clap::Args;
 
 use super::audit::{self, Change};

@@ -74,12 +74,7 @@ impl VenvCache {
 
     /// Next to the bundles' folder (`~/.cache/cbs/python-venvs`).
     pub fn default_dir() -> PathBuf {
-        let bundles = crate::bundle::Bundle::default_unpack_dir();
-        bundles.with_file_name(match bundles.file_name() {
-            Some(name) if name == "bundles" => "python-venvs".to_owned(),
-            Some(name) => format!("{}-python-venvs", name.to_string_lossy()),
-            None => "cbs-python-venvs".to_owned(),
-        })
+        crate::dirs::python_venvs()
     }
 
     /// Keeps the venvs within `bytes` (those in use are never removed).
@@ -154,7 +149,7 @@ impl VenvCache {
         lock: &Lock,
         dir: &Path,
     ) -> anyhow::Result<()> {
-        crate::bundle::private_dir(&self.root)?;
+        crate::dirs::private(&self.root)?;
         let started = Instant::now();
         tracing::info!(
             cell,

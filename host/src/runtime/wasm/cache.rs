@@ -60,13 +60,7 @@ impl ComponentCache {
     /// `$CBS_CACHE_DIR`, else `$XDG_CACHE_HOME/cbs/components`, else
     /// `~/.cache/cbs/components`.
     pub fn default_dir() -> Option<PathBuf> {
-        if let Some(dir) = std::env::var_os("CBS_CACHE_DIR") {
-            return Some(PathBuf::from(dir));
-        }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
-        Some(base.join("cbs").join("components"))
+        crate::dirs::components()
     }
 
     /// The compiled component of the file at `path`, from the cache without

@@ -1,6 +1,8 @@
 //! Platforms: what native code in a bundle (a sidecar's executable) was
 //! built for, named `<os>-<arch>` as Rust names them (`linux-x86_64`,
-//! `macos-aarch64`), or `any` for code that runs everywhere.
+//! `macos-aarch64`), or `any` for code that runs everywhere. Below both
+//! `manifest` (`[bundle] platform`) and `bundle` (`MANIFEST.json`), which
+//! check the same names.
 
 use anyhow::bail;
 
