@@ -178,10 +178,6 @@ impl CellSpec {
     }
 }
 
-/// Upper bounds of the manifest's numbers. A manifest comes from outside
-/// (a bundle, a deploy) and each of these sizes something the host
-/// allocates or waits for; every sum and product of them fits in a u32.
-
 impl Manifest {
     /// The manifest of a bare component: default limits, no schemas, no grants.
     pub fn bare(id: &str, version: &str, component: &Path) -> Self {
