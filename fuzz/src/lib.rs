@@ -15,6 +15,16 @@ use cbs_host::manifest::Manifest;
 use cbs_host::runtime::process::frame::FrameCodec;
 use tokio_util::codec::Decoder;
 
+mod jwt;
+mod lattice;
+mod request;
+mod trace;
+
+pub use jwt::jwt;
+pub use lattice::{heartbeat, load_report};
+pub use request::http_request;
+pub use trace::traceparent;
+
 /// A fuzz target: arbitrary bytes in, a panic on failure.
 pub type Target = fn(&[u8]);
 
@@ -25,6 +35,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bundle", bundle),
     ("frame", frame),
     ("compat", compat),
+    ("jwt", jwt),
+    ("traceparent", traceparent),
+    ("http_request", http_request),
+    ("load_report", load_report),
+    ("heartbeat", heartbeat),
 ];
 
 /// An envelope from the wire: parsed or refused; a parsed one survives a
