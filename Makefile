@@ -141,10 +141,12 @@ fmt:
 # Fuzzing (nightly Rust and cargo-fuzz; not part of `make test`, which
 # replays the corpora on stable). New inputs go to fuzz/libfuzzer/corpus/;
 # `make fuzz-merge` folds those that add coverage into fuzz/corpus/.
-FUZZ_TARGETS := envelope cell_toml bundle frame compat python_lock
+FUZZ_TARGETS := envelope cell_toml bundle frame compat python_lock jwt traceparent http_request load_report heartbeat
 FUZZ_RUNS ?= 10000000
 FUZZ := cargo +nightly fuzz
-FUZZ_FLAGS := --fuzz-dir fuzz/libfuzzer --sanitizer none --codegen-units 16
+# Debug assertions and overflow checks on, as in the dev profile the host
+# runs with (ADR 19): an overflow on outside input is a crash here too.
+FUZZ_FLAGS := --fuzz-dir fuzz/libfuzzer --sanitizer none --codegen-units 16 --debug-assertions
 fuzz: ## Run every fuzz target FUZZ_RUNS times (default 10 million) from the committed corpora
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \

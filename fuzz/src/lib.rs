@@ -16,6 +16,16 @@ use cbs_host::runtime::process::frame::FrameCodec;
 use cbs_host::runtime::python::lock::Lock;
 use tokio_util::codec::Decoder;
 
+mod jwt;
+mod lattice;
+mod request;
+mod trace;
+
+pub use jwt::jwt;
+pub use lattice::{heartbeat, load_report};
+pub use request::http_request;
+pub use trace::traceparent;
+
 /// A fuzz target: arbitrary bytes in, a panic on failure.
 pub type Target = fn(&[u8]);
 
@@ -27,6 +37,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("compat", compat),
     ("python_lock", python_lock),
+    ("jwt", jwt),
+    ("traceparent", traceparent),
+    ("http_request", http_request),
+    ("load_report", load_report),
+    ("heartbeat", heartbeat),
 ];
 
 /// An envelope from the wire: parsed or refused; a parsed one survives a

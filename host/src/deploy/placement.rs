@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::Desired;
+use super::{Desired, RequestLoad};
 
 /// Memory a replica is counted for when its release does not say
 /// (the default `memory_mb` of a wasm cell).
@@ -42,6 +42,13 @@ pub struct HostInfo {
     pub load: BTreeMap<String, CellLoad>,
 }
 
+impl HostInfo {
+    /// A heartbeat as stored in `cbs-hosts`, or why it is not one.
+    pub fn from_heartbeat(value: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(value)
+    }
+}
+
 /// One cell's load on one host, as its heartbeat reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellLoad {
@@ -55,6 +62,29 @@ pub struct CellLoad {
     /// heartbeat, microseconds.
     #[serde(default)]
     pub queue_wait_us: u64,
+}
+
+/// A request cell's load from its hosts' latest heartbeats: whether they
+/// answered `capacity` since the last look (their counters' total went up
+/// from `refused_before`), how busy they are (running or queued over what
+/// they run at once) and the longest wait; with the counters' total, for
+/// the next look.
+pub fn request_load(loads: &[CellLoad], refused_before: Option<u64>) -> (RequestLoad, u64) {
+    let refused: u64 = loads.iter().map(|l| l.refused).sum();
+    let capacity: u64 = loads.iter().map(|l| u64::from(l.concurrency)).sum();
+    let running: u64 = loads.iter().map(|l| u64::from(l.in_flight)).sum();
+    let busy = if capacity == 0 {
+        0.0
+    } else {
+        running as f64 / capacity as f64
+    };
+    let wait_us = loads.iter().map(|l| l.queue_wait_us).max().unwrap_or(0);
+    let load = RequestLoad {
+        refused: refused_before.is_some_and(|b| refused > b),
+        busy,
+        wait_ms: wait_us as f64 / 1e3,
+    };
+    (load, refused)
 }
 
 /// Where one cell's replicas are.

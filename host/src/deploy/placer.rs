@@ -319,22 +319,10 @@ impl Placer {
             })
             .collect();
         drop(seen);
-        let refused: u64 = loads.iter().map(|l| l.refused).sum();
-        let before = self.refused.insert(cell.to_owned(), refused);
-        let more_refused = before.is_some_and(|b| refused > b);
-        let capacity: u64 = loads.iter().map(|l| u64::from(l.concurrency)).sum();
-        let running: u64 = loads.iter().map(|l| u64::from(l.in_flight)).sum();
-        let busy = if capacity == 0 {
-            0.0
-        } else {
-            running as f64 / capacity as f64
-        };
-        let wait_us = loads.iter().map(|l| l.queue_wait_us).max().unwrap_or(0);
-        RequestLoad {
-            refused: more_refused,
-            busy,
-            wait_ms: wait_us as f64 / 1e3,
-        }
+        let before = self.refused.get(cell).copied();
+        let (load, refused) = placement::request_load(&loads, before);
+        self.refused.insert(cell.to_owned(), refused);
+        load
     }
 }
 
@@ -368,7 +356,7 @@ async fn follow_heartbeats(
                         continue;
                     }
                     // The bucket is outside input: a bad heartbeat is skipped.
-                    match serde_json::from_slice::<HostInfo>(&entry.value) {
+                    match HostInfo::from_heartbeat(&entry.value) {
                         Ok(info) => drop(seen.insert(entry.key, (Instant::now(), info))),
                         Err(e) => {
                             tracing::debug!(key = %entry.key, error = %e, "ignoring an invalid heartbeat")

@@ -59,12 +59,6 @@ impl Authenticator {
         jwks_file: Option<&Path>,
         rules: JwtRules,
     ) -> anyhow::Result<Self> {
-        if rules.leeway_secs > MAX_LEEWAY_SECS {
-            anyhow::bail!(
-                "--http-jwt-leeway-secs {} is more than {MAX_LEEWAY_SECS}",
-                rules.leeway_secs
-            );
-        }
         let tokens = match token_file {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --http-token-file {}", path.display()))?
@@ -83,6 +77,18 @@ impl Authenticator {
                     .with_context(|| format!("--http-jwks {} is not a JWK set", path.display()))
             })
             .transpose()?;
+        Self::new(tokens, jwks, rules)
+    }
+
+    /// Accepts `tokens` and JWTs signed by a key of `jwks` following
+    /// `rules` (what [`Self::load`] reads from its files).
+    pub fn new(tokens: Vec<String>, jwks: Option<JwkSet>, rules: JwtRules) -> anyhow::Result<Self> {
+        if rules.leeway_secs > MAX_LEEWAY_SECS {
+            anyhow::bail!(
+                "--http-jwt-leeway-secs {} is more than {MAX_LEEWAY_SECS}",
+                rules.leeway_secs
+            );
+        }
         Ok(Self {
             tokens,
             jwks,

@@ -9,7 +9,7 @@ use super::route::Target;
 use crate::envelope::{BusError, ErrorCode};
 
 /// The most query parameters one request may carry.
-const MAX_QUERY_PARAMS: usize = 64;
+pub const MAX_QUERY_PARAMS: usize = 64;
 
 /// The payload for `target` from a request's parameters and body.
 pub fn payload(
@@ -54,7 +54,10 @@ fn body_fields(target: &Target, body: &[u8], bare: bool) -> Result<Value, BusErr
     Ok(value)
 }
 
-fn query_params(query: &str) -> Result<Vec<(String, String)>, BusError> {
+/// The query's parameters, decoded: at most [`MAX_QUERY_PARAMS`], none
+/// twice.
+#[doc(hidden)] // pub for the fuzz target
+pub fn query_params(query: &str) -> Result<Vec<(String, String)>, BusError> {
     let mut params: Vec<(String, String)> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         if params.iter().any(|(n, _)| *n == name) {

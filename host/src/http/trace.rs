@@ -31,7 +31,8 @@ pub fn child_of(parent: Option<&str>) -> String {
 
 /// (trace id, flags) of a version-00 `traceparent`; `None` when malformed
 /// or all-zero.
-fn parse(value: &str) -> Option<(&str, &str)> {
+#[doc(hidden)] // pub for the fuzz target
+pub fn parse(value: &str) -> Option<(&str, &str)> {
     let parts: Vec<&str> = value.trim().split('-').collect();
     let [version, trace_id, parent_id, flags] = parts[..] else {
         return None;

@@ -72,7 +72,8 @@ pub enum Auth {
 }
 
 impl HttpRoute {
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    /// Whether the path template is well-formed and not reserved.
+    pub fn validate(&self) -> anyhow::Result<()> {
         params(&self.path)?;
         if RESERVED.contains(&self.path.as_str()) {
             bail!("[[http]] path {}: the server answers it itself", self.path);

@@ -113,7 +113,8 @@ async fn publish(bus: &dyn BodyBus, subject: &str, me: &str, load: CellLoad) {
 }
 
 /// Takes one message from the load subject: a peer's report, or noise.
-fn take(routes: &CellRoutes, me: &str, message: &Message, mine: CellLoad) {
+#[doc(hidden)] // pub for the fuzz target
+pub fn take(routes: &CellRoutes, me: &str, message: &Message, mine: CellLoad) {
     let report: Report = match serde_json::from_slice(&message.payload) {
         Ok(r) => r,
         Err(e) => {
