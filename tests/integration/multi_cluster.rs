@@ -224,8 +224,11 @@ async fn wait_for_jetstream(url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_node_host_serves_its_side_first_and_the_hub_fails_over() {
     let (hub, leaf) = topology::hub_and_leaf();
-    let mut leaf_host = serve(&leaf.url(), "leaf-host");
-    let _hub_host = serve(&hub.url(), "hub-host");
+    // NATS's locality alone: with rerouting, a leaf host whose first
+    // (cold) request was slow under load sent most calls to the hub.
+    let no_reroute = ["--no-reroute"];
+    let mut leaf_host = HostProcess::serve(&leaf.url(), "leaf-host", &[greet()], &no_reroute);
+    let _hub_host = HostProcess::serve(&hub.url(), "hub-host", &[greet()], &no_reroute);
     let leaf_caller = connect(&leaf.url()).await;
     let hub_caller = connect(&hub.url()).await;
     until_served(&leaf_caller).await;
