@@ -140,9 +140,9 @@ fuzz: ## Run every fuzz target FUZZ_RUNS times (default 10 million) from the com
 			-runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAX_LEN) -print_final_stats=1 || exit 1; \
 	done
 
-fuzz-merge: ## Fold new fuzz inputs that add coverage into the committed corpora
+fuzz-merge: ## Fold new fuzz inputs that add coverage (edges) into the committed corpora
 	@for t in $(FUZZ_TARGETS); do \
-		fuzz/libfuzzer/target/x86_64-unknown-linux-gnu/release/$$t -set_cover_merge=1 \
+		fuzz/libfuzzer/target/x86_64-unknown-linux-gnu/release/$$t -set_cover_merge=1 -use_counters=0 \
 			fuzz/corpus/$$t fuzz/libfuzzer/corpus/$$t || exit 1; \
 	done
 

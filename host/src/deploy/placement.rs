@@ -71,7 +71,9 @@ pub struct CellLoad {
 /// the next look.
 pub fn request_load(loads: &[CellLoad], refused_before: Option<u64>) -> (RequestLoad, u64) {
     // Counters from heartbeats: their total may not fit (saturated).
-    let refused = loads.iter().fold(0u64, |sum, l| sum.saturating_add(l.refused));
+    let refused = loads
+        .iter()
+        .fold(0u64, |sum, l| sum.saturating_add(l.refused));
     let capacity: u64 = loads.iter().map(|l| u64::from(l.concurrency)).sum();
     let running: u64 = loads.iter().map(|l| u64::from(l.in_flight)).sum();
     let busy = if capacity == 0 {
