@@ -143,6 +143,7 @@ fmt:
 # `make fuzz-merge` folds those that add coverage into fuzz/corpus/.
 FUZZ_TARGETS := envelope cell_toml bundle frame compat python_lock jwt traceparent http_request load_report heartbeat
 FUZZ_RUNS ?= 10000000
+FUZZ_MAX_LEN ?= 65536
 FUZZ := cargo +nightly fuzz
 # Debug assertions and overflow checks on, as in the dev profile the host
 # runs with (ADR 19): an overflow on outside input is a crash here too.
@@ -152,12 +153,12 @@ fuzz: ## Run every fuzz target FUZZ_RUNS times (default 10 million) from the com
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/libfuzzer/corpus/$$t && \
 		$(FUZZ) run $(FUZZ_FLAGS) $$t fuzz/libfuzzer/corpus/$$t fuzz/corpus/$$t -- \
-			-runs=$(FUZZ_RUNS) -max_len=65536 -print_final_stats=1 || exit 1; \
+			-runs=$(FUZZ_RUNS) -max_len=$(FUZZ_MAX_LEN) -print_final_stats=1 || exit 1; \
 	done
 
-fuzz-merge: ## Fold new fuzz inputs that add coverage into the committed corpora
+fuzz-merge: ## Fold new fuzz inputs that add coverage (edges) into the committed corpora
 	@for t in $(FUZZ_TARGETS); do \
-		fuzz/libfuzzer/target/x86_64-unknown-linux-gnu/release/$$t -set_cover_merge=1 \
+		fuzz/libfuzzer/target/x86_64-unknown-linux-gnu/release/$$t -set_cover_merge=1 -use_counters=0 \
 			fuzz/corpus/$$t fuzz/libfuzzer/corpus/$$t || exit 1; \
 	done
 

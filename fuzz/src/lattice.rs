@@ -66,7 +66,7 @@ pub fn heartbeat(data: &[u8]) {
 }
 
 /// Three cells: spread over zones in region eu with 500 MiB each, three
-/// anywhere, and an autoscaled request cell.
+/// anywhere, and an autoscaled request cell now on three.
 fn desired() -> Vec<Desired> {
     let release = |replicas| Release {
         id: "r".to_owned(),
@@ -80,7 +80,7 @@ fn desired() -> Vec<Desired> {
         .insert("region".to_owned(), "eu".to_owned());
     spread.spread = Some("zone".to_owned());
     spread.memory_mb = Some(500);
-    let mut auto = release(1);
+    let mut auto = release(3);
     auto.autoscale = Some(Autoscale {
         min_replicas: 1,
         max_replicas: 5,

@@ -70,7 +70,10 @@ pub struct CellLoad {
 /// they run at once) and the longest wait; with the counters' total, for
 /// the next look.
 pub fn request_load(loads: &[CellLoad], refused_before: Option<u64>) -> (RequestLoad, u64) {
-    let refused: u64 = loads.iter().map(|l| l.refused).sum();
+    // Counters from heartbeats: their total may not fit (saturated).
+    let refused = loads
+        .iter()
+        .fold(0u64, |sum, l| sum.saturating_add(l.refused));
     let capacity: u64 = loads.iter().map(|l| u64::from(l.concurrency)).sum();
     let running: u64 = loads.iter().map(|l| u64::from(l.in_flight)).sum();
     let busy = if capacity == 0 {
@@ -366,6 +369,21 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("no watching host is live"));
+    }
+
+    #[test]
+    fn refused_counters_near_u64_max_in_heartbeats_saturate_not_overflow() {
+        let huge = CellLoad {
+            refused: u64::MAX - 1,
+            concurrency: u32::MAX,
+            in_flight: u32::MAX,
+            queue_wait_us: u64::MAX,
+        };
+        let (load, refused) = request_load(&[huge, huge], Some(7));
+        assert_eq!(refused, u64::MAX);
+        assert!(load.refused);
+        let (again, _) = request_load(&[huge, huge], Some(refused));
+        assert!(!again.refused, "a saturated total did not go up");
     }
 
     #[test]
