@@ -115,10 +115,15 @@ pub struct CellNatsArgs {
 }
 
 impl CellNatsArgs {
+    /// Whether a cell identity is given at all.
+    pub fn is_set(&self) -> bool {
+        self.user.is_some() || self.nkey.is_some() || self.creds.is_some()
+    }
+
     /// The host's connection options with the cell identity instead of
     /// the host's; `None` when no cell identity is given.
     pub fn options(&self, host: &NatsOptions) -> Option<NatsOptions> {
-        if self.user.is_none() && self.nkey.is_none() && self.creds.is_none() {
+        if !self.is_set() {
             return None;
         }
         Some(NatsOptions {

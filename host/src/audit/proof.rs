@@ -69,6 +69,10 @@ impl Check {
         }
     }
 
+    pub fn is_bad(&self) -> bool {
+        matches!(self, Check::Bad(_))
+    }
+
     pub fn problems(&self) -> &[String] {
         match self {
             Check::Bad(problems) => problems,
@@ -93,17 +97,11 @@ pub fn check(event: &Event, stored_ms: u64, trust: &Trust) -> Check {
             }
         ));
     }
-    let signed = match writer_problem(event) {
-        Some(problem) => {
-            problems.push(problem);
-            true
-        }
-        None => event.writer.is_some(),
-    };
+    problems.extend(writer_problem(event));
     problems.extend(release_problem(event, trust));
     if !problems.is_empty() {
         Check::Bad(problems)
-    } else if signed {
+    } else if event.writer.is_some() {
         Check::Verified
     } else {
         Check::Claimed

@@ -77,7 +77,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", table(&events, &checks));
     }
-    let bad = checks.iter().filter(|c| c.name() == "bad").count();
+    let bad = checks.iter().filter(|c| c.is_bad()).count();
     if bad > 0 {
         eprintln!("{bad} audit event(s) do not verify: forged or changed after they were written");
         return Ok(ExitCode::FAILURE);

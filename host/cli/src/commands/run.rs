@@ -317,12 +317,18 @@ async fn connect(
 
 /// The connection for cell traffic (`--cell-nats-*`), if one is given.
 async fn connect_cells(args: &RunArgs, host_id: &str) -> anyhow::Result<Option<Arc<dyn BodyBus>>> {
-    let host = args.nats.options(host_id);
-    let Some(options) = host.as_ref().and_then(|h| args.cell_nats.options(h)) else {
-        if args.cell_nats.options(&Default::default()).is_some() {
-            anyhow::bail!("--cell-nats-* needs --nats: cells share the in-process bus otherwise");
-        }
+    if !args.cell_nats.is_set() {
         return Ok(None);
+    }
+    let Some(options) = args
+        .nats
+        .options(host_id)
+        .and_then(|host| args.cell_nats.options(&host))
+    else {
+        anyhow::bail!(
+            "--cell-nats-* names a NATS user for cell traffic, but no --nats server is given: \
+             add --nats URL, or drop --cell-nats-* to run on the in-process bus"
+        );
     };
     let bus = NatsBus::connect(&options)
         .await
