@@ -7,8 +7,9 @@ use bytes::Bytes;
 use cbs_host::bus::Message;
 use cbs_host::deploy::placement::{self, HostInfo, Placement, DEFAULT_MEMORY_MB};
 use cbs_host::deploy::{Autoscale, Desired, Release};
-use cbs_host::routing::load::{self, CellLoad, MAX_PEERS};
+use cbs_host::routing::load::{self, MAX_PEERS};
 use cbs_host::routing::{direct_subject, is_host_token, load_subject, Router};
+use cbs_host::stats::CellLoad;
 
 const CELL: &str = "logic.greet";
 
@@ -21,6 +22,7 @@ pub fn load_report(data: &[u8]) {
     let mine = CellLoad {
         latency_us: 50_000,
         room: 0,
+        ..CellLoad::default()
     };
     for line in data.split(|b| *b == b'\n') {
         let message = Message::new(load_subject(CELL), Bytes::copy_from_slice(line));

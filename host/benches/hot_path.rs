@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cbs_host::body::Body;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::{BodyBus, Message};
 use cbs_host::envelope::Envelope;
-use cbs_host::runtime::wasm::{EngineOptions, WasmRuntime};
+use cbs_host::host::Host;
 use cbs_host::runtime::Deadline;
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::value::RawValue;
@@ -42,8 +41,11 @@ fn cells(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let runtime = Arc::new(WasmRuntime::new(&EngineOptions::default(), None).unwrap());
-    let body = Body::new(Arc::new(LocalBus::new()), runtime.clone());
+    let data = tempfile::tempdir().unwrap();
+    let host = rt
+        .block_on(Host::builder().data_dir(data.path()).start())
+        .unwrap();
+    let body = host.body();
     let pooled = rt
         .block_on(body.load(&greet_dir()))
         .expect("run `make cells` first");

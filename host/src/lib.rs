@@ -8,7 +8,8 @@
 //! (JSON Schema); [`runtime`] (wasm, processes, Python); [`outbound`] (calls
 //! between cells) with [`resilience`], [`backoff`] and [`chaos`]; [`body`]
 //! (serving cells) with [`routing`] (around full or slow hosts); [`bundle`] and [`deploy`] (signed bundles, desired
-//! state) with [`audit`] (who changed what); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
+//! state) with [`audit`] (who changed what); [`host`] (a running host built
+//! by `HostBuilder`: body, metrics, HTTP routes, the lattice); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
 //! [`http`] (the way in over HTTP: routes, OpenAPI, problems);
 //! [`random`] (jitter and seeded faults).
 
@@ -27,6 +28,7 @@ pub mod durable;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod host;
 pub mod http;
 pub mod manifest;
 pub mod metrics;

@@ -3,8 +3,44 @@
 //! accessors. Neither reader depends on the body for them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{EnumCount, ErrorCode};
+
+/// How long the window lasts whose mean wait [`CellStats::mean_wait_us`]
+/// reports: one heartbeat period, so each heartbeat sees the waits since
+/// about the last one.
+pub const WAIT_WINDOW: Duration = Duration::from_millis(500);
+
+/// One cell's load on one host: what this host's heartbeat tells the
+/// placer (autoscaling) and its load reports tell the other hosts serving
+/// the cell (routing). [`crate::body::LoadedCell::load`] fills it; a peer's
+/// load report carries `latency_us` and `room` only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellLoad {
+    /// Messages running or queued now.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// Messages it runs at once (`[limits] concurrency`).
+    #[serde(default)]
+    pub concurrency: u32,
+    /// Messages it could start now without queueing.
+    #[serde(default)]
+    pub room: u32,
+    /// `capacity` replies so far (a counter).
+    #[serde(default)]
+    pub refused: u64,
+    /// Mean wait for a running slot over the last [`WAIT_WINDOW`], µs.
+    #[serde(default)]
+    pub queue_wait_us: u64,
+    /// Recent handling latency (moving average), µs; 0 before the first
+    /// message.
+    #[serde(default)]
+    pub latency_us: u64,
+}
 
 /// Messages and failure replies of one cell version.
 #[derive(Debug, Default)]
@@ -27,10 +63,12 @@ pub struct CellStats {
     recent_us: AtomicU64,
     /// Requests sent to another host serving the cell.
     forwarded: AtomicU64,
-    /// Waits for a running slot since the last [`CellStats::take_mean_wait_us`]:
-    /// their sum in microseconds, and how many.
+    /// Waits for a running slot in the current window: their sum in
+    /// microseconds, and how many.
     waited_us: AtomicU64,
     waits: AtomicU64,
+    /// When the current window started, and the last window's mean wait.
+    wait_window: Mutex<(Option<Instant>, u64)>,
 }
 
 /// A durable cell's consumer, as this host saw it.
@@ -93,13 +131,24 @@ impl CellStats {
         self.waits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The mean wait for a running slot of the messages since the last
-    /// call, microseconds (0 without messages); starts a new period. One
-    /// reader: the heartbeat.
-    pub fn take_mean_wait_us(&self) -> u64 {
-        let waits = self.waits.swap(0, Ordering::Relaxed);
-        let sum = self.waited_us.swap(0, Ordering::Relaxed);
-        sum.checked_div(waits).unwrap_or(0)
+    /// The mean wait for a running slot of the messages of the last
+    /// window, microseconds (0 without messages). Reading does not reset
+    /// it, so any number of readers see the same figure; a window closes
+    /// on the first read [`WAIT_WINDOW`] after it opened.
+    pub fn mean_wait_us(&self) -> u64 {
+        self.mean_wait_us_at(Instant::now())
+    }
+
+    fn mean_wait_us_at(&self, now: Instant) -> u64 {
+        let mut window = self.wait_window.lock().unwrap_or_else(|e| e.into_inner());
+        let (opened, mean) = &mut *window;
+        if opened.is_none_or(|at| now.saturating_duration_since(at) >= WAIT_WINDOW) {
+            let waits = self.waits.swap(0, Ordering::Relaxed);
+            let sum = self.waited_us.swap(0, Ordering::Relaxed);
+            *mean = sum.checked_div(waits).unwrap_or(0);
+            *opened = Some(now);
+        }
+        *mean
     }
 
     pub(crate) fn forwarded(&self) {
@@ -189,13 +238,22 @@ mod tests {
     }
 
     #[test]
-    fn the_mean_wait_covers_one_period() {
+    fn the_mean_wait_covers_one_window_and_reading_it_resets_nothing() {
         let stats = CellStats::default();
-        assert_eq!(stats.take_mean_wait_us(), 0);
-        stats.waited(std::time::Duration::from_millis(10));
-        stats.waited(std::time::Duration::from_millis(30));
-        assert_eq!(stats.take_mean_wait_us(), 20_000);
-        assert_eq!(stats.take_mean_wait_us(), 0, "a new period");
+        let start = Instant::now();
+        assert_eq!(stats.mean_wait_us_at(start), 0);
+        stats.waited(Duration::from_millis(10));
+        stats.waited(Duration::from_millis(30));
+        assert_eq!(stats.mean_wait_us_at(start), 0, "the window is still open");
+        let closed = start + WAIT_WINDOW;
+        assert_eq!(stats.mean_wait_us_at(closed), 20_000);
+        assert_eq!(stats.mean_wait_us_at(closed), 20_000, "a second reader");
+        let next = closed + WAIT_WINDOW;
+        assert_eq!(
+            stats.mean_wait_us_at(next),
+            0,
+            "no waits in the next window"
+        );
     }
 
     #[test]

@@ -596,12 +596,9 @@ impl Drop for NatsPy {
 async fn python_component_loads(cache: &Path) -> (Duration, Duration) {
     let mut times = Vec::new();
     for _ in 0..2 {
-        let body = cbs_host::body::Body::new(
-            Arc::new(LocalBus::new()),
-            cbs_tests::runtime(Some(cache.to_path_buf())),
-        );
+        let host = cbs_tests::TestHost::idle(Some(cache.to_path_buf())).await;
         let started = Instant::now();
-        let cell = body.load(&python_cells()[1]).await.unwrap();
+        let cell = host.body().load(&python_cells()[1]).await.unwrap();
         times.push(started.elapsed());
         eprintln!(
             "  python component load: {:?} ({:?})",

@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cbs_host::body::Body;
-use cbs_host::bus::local::LocalBus;
 use cbs_host::envelope::ErrorCode;
 use cbs_tests::{faulty, greet, literal_cell, request_raw, CellToml, TestHost};
 use serde_json::json;
@@ -222,8 +220,8 @@ async fn a_full_queue_answers_capacity() {
 
 /// Why the cell folder `dir` does not load.
 async fn load_error(dir: &Path) -> String {
-    let body = Body::new(Arc::new(LocalBus::new()), cbs_tests::runtime(None));
-    match body.load(dir).await {
+    let host = TestHost::idle(None).await;
+    match host.body().load(dir).await {
         Ok(_) => panic!("{} should not load", dir.display()),
         Err(e) => format!("{e:#}"),
     }

@@ -813,17 +813,15 @@ fn a_sidecar_bundle_for_another_platform_is_refused_clearly() {
 /// the least recently used folders, but never one a loaded cell runs from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpacked_bundles_past_their_bound_go_unless_a_cell_runs_from_them() {
-    use cbs_host::body::{Body, Sources};
+    use cbs_host::body::Sources;
     use cbs_host::bus::local::LocalBus;
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let mut sources = Sources::in_dir(&cache, Default::default(), false);
     sources.unpack_max_bytes = 1; // room for none but those in use
-    let mut body = Body::new(
-        std::sync::Arc::new(LocalBus::new()),
-        cbs_tests::runtime(Some(cbs_tests::shared_cache())),
-    );
-    body.set_sources(sources);
+    let builder = cbs_tests::builder(std::sync::Arc::new(LocalBus::new())).sources(sources);
+    let host = cbs_tests::TestHost::start(builder, &[]).await;
+    let body = host.body();
     let [a, b, c] = ["test.a", "test.b", "test.c"].map(|id| {
         Bundle::pack(&CellSpec::from_dir(&faulty_as(tmp.path(), id, "")).unwrap()).unwrap()
     });

@@ -65,11 +65,8 @@ async fn calls_keep_the_callees_contract() {
 async fn second_load_comes_from_the_precompiled_cache() {
     let cache = tempfile::tempdir().unwrap();
     let load = || async {
-        let body = cbs_host::body::Body::new(
-            std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()),
-            cbs_tests::runtime(Some(cache.path().to_path_buf())),
-        );
-        body.load(&greet()).await.unwrap().cache
+        let host = TestHost::idle(Some(cache.path().to_path_buf())).await;
+        host.body().load(&greet()).await.unwrap().cache
     };
     assert_eq!(load().await, Some(CacheOutcome::Compiled));
     assert_eq!(load().await, Some(CacheOutcome::Hit));
@@ -83,20 +80,15 @@ async fn second_load_comes_from_the_precompiled_cache() {
 #[tokio::test]
 async fn a_corrupt_cache_entry_is_recompiled() {
     let cache = tempfile::tempdir().unwrap();
-    let runtime = || cbs_tests::runtime(Some(cache.path().to_path_buf()));
-    let bus = || std::sync::Arc::new(cbs_host::bus::local::LocalBus::new());
-    cbs_host::body::Body::new(bus(), runtime())
-        .load(&greet())
-        .await
-        .unwrap();
+    let host = || TestHost::idle(Some(cache.path().to_path_buf()));
+    host().await.body().load(&greet()).await.unwrap();
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension() == Some("cwasm".as_ref()) {
             std::fs::write(path, b"garbage").unwrap();
         }
     }
-    let body = cbs_host::body::Body::new(bus(), runtime());
-    let cell = body.load(&greet()).await.unwrap();
+    let cell = host().await.body().load(&greet()).await.unwrap();
     assert_eq!(cell.cache, Some(CacheOutcome::Compiled));
 }
 
@@ -109,11 +101,8 @@ async fn a_changed_component_file_is_not_served_from_the_cache() {
     let wasm = cell.path().join("cell.wasm");
     CellToml::wasm("logic.greet", "cell.wasm").write_to(cell.path());
     let load = || async {
-        let body = cbs_host::body::Body::new(
-            std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()),
-            cbs_tests::runtime(Some(cache.path().to_path_buf())),
-        );
-        let loaded = body.load(cell.path()).await.unwrap();
+        let host = TestHost::idle(Some(cache.path().to_path_buf())).await;
+        let loaded = host.body().load(cell.path()).await.unwrap();
         (loaded.cache, loaded.info().id.clone())
     };
     std::fs::copy(greet().join("logic_greet.wasm"), &wasm).unwrap();

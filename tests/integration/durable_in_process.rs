@@ -71,7 +71,7 @@ async fn a_durable_cell_in_process_acks_dedups_and_dead_letters() {
     let data = tempfile::tempdir().unwrap();
     let cell = cell();
     let host = host(data.path(), &cell).await;
-    let log = host.body.durable().clone();
+    let log = host.body().durable().clone();
     assert_eq!(log.kind(), "embedded");
 
     let once = record();
@@ -116,7 +116,7 @@ async fn messages_stored_while_no_host_runs_are_handled_by_the_next() {
     {
         // The first run makes the stream and consumer, then stops.
         let host = host(data.path(), &cell).await;
-        assert!(host.body.shutdown(Duration::from_secs(5)).await);
+        assert!(host.body().shutdown(Duration::from_secs(5)).await);
     }
     let stored: Vec<Envelope> = (0..3).map(|_| record()).collect();
     {

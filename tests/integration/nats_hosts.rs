@@ -11,7 +11,7 @@ use cbs_host::envelope::codec::to_message;
 use cbs_host::envelope::{BusError, Envelope, ErrorCode};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, cbs_host, greet_flow_via, HostProcess};
-use cbs_tests::{cell, faulty, greet, shared_cache, CellToml, POLL};
+use cbs_tests::{cell, faulty, greet, CellToml, TestHost, POLL};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -499,13 +499,9 @@ async fn bad_input_over_nats_gets_the_same_typed_replies() {
 /// `via_bus`) over NATS.
 async fn call_within_one_host(via_bus: bool) {
     let server = NatsServer::start();
-    let mut body = cbs_host::body::Body::new(
-        Arc::new(server.bus().await),
-        cbs_tests::runtime(Some(shared_cache())),
-    );
-    body.set_local_calls(!via_bus);
-    body.start(&greet()).await.unwrap();
-    body.start(&faulty()).await.unwrap();
+    let builder = cbs_tests::builder(Arc::new(server.bus().await)).local_calls(!via_bus);
+    let host = TestHost::start(builder, &[greet(), faulty()]).await;
+    let body = host.body();
     let client = server.bus().await;
     let request = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Ada"}});
     let reply = call(&client, "test.faulty", request, Duration::from_secs(5))

@@ -507,11 +507,8 @@ async fn the_worker_pool_scales_with_load_between_min_and_max() {
 #[tokio::test]
 async fn a_native_cell_without_its_venv_fails_the_load_clearly() {
     let dir = CellToml::python("x.y", "m").write();
-    let body = cbs_host::body::Body::new(
-        Arc::new(cbs_host::bus::local::LocalBus::new()),
-        cbs_tests::runtime(None),
-    );
-    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    let host = TestHost::idle(None).await;
+    let err = format!("{:#}", host.body().load(dir.path()).await.err().unwrap());
     assert!(err.contains("no Python venv"), "{err}");
     assert!(err.contains("make python-cells"), "{err}");
 }
@@ -521,11 +518,8 @@ async fn a_native_cell_that_cannot_import_fails_the_load_with_pythons_reason() {
     let dir = CellToml::python("x.y", "no_such_module")
         .venv(py_native().join(".venv"))
         .write();
-    let body = cbs_host::body::Body::new(
-        Arc::new(cbs_host::bus::local::LocalBus::new()),
-        cbs_tests::runtime(None),
-    );
-    let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
+    let host = TestHost::idle(None).await;
+    let err = format!("{:#}", host.body().load(dir.path()).await.err().unwrap());
     assert!(
         err.contains("python worker x.y failed its handshake"),
         "{err}"
@@ -562,11 +556,8 @@ async fn the_python_component_loads_from_the_cache_the_second_time() {
     let cache = tempfile::tempdir().unwrap();
     let mut outcomes = Vec::new();
     for _ in 0..2 {
-        let body = cbs_host::body::Body::new(
-            Arc::new(cbs_host::bus::local::LocalBus::new()),
-            cbs_tests::runtime(Some(cache.path().to_path_buf())),
-        );
-        match body.load(&py_wasm()).await {
+        let host = TestHost::idle(Some(cache.path().to_path_buf())).await;
+        match host.body().load(&py_wasm()).await {
             Ok(cell) => outcomes.push(cell.cache),
             Err(e) => panic!("the Python component does not load: {e:#}"),
         }

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cbs_host::body::Body;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::chaos::ChaosSpec;
 use cbs_host::envelope::{header, Envelope, ErrorCode};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs_host, HostProcess};
-use cbs_tests::{call_json, faulty, greet, shared_cache, wait_until, CellToml, TestHost};
+use cbs_tests::{call_json, faulty, greet, wait_until, CellToml, TestHost};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -82,14 +81,10 @@ async fn deadline_case(calls_via_bus: bool) {
     let d1 = hop("test.d1", &["test.d2"]);
     let d2 = hop("test.d2", &["test.d3"]);
     let d3 = hop("test.d3", &[]);
-    let mut body = Body::new(
-        Arc::new(LocalBus::new()),
-        cbs_tests::runtime(Some(shared_cache())),
-    );
-    body.set_local_calls(!calls_via_bus);
-    for dir in [&d1, &d2, &d3] {
-        body.start(dir.path()).await.unwrap();
-    }
+    let builder = cbs_tests::builder(Arc::new(LocalBus::new())).local_calls(!calls_via_bus);
+    let dirs = [&d1, &d2, &d3].map(|d| d.path().to_path_buf());
+    let host = TestHost::start(builder, &dirs).await;
+    let body = host.body();
     let payload = call_through(
         "test.d2",
         call_through("test.d3", json!({"action": "sleep", "ms": 2000})),
@@ -202,14 +197,8 @@ async fn with_30_percent_injected_errors_and_retries_99_percent_succeed() {
     .unwrap();
     let chaos: std::collections::HashMap<String, cbs_host::chaos::ChaosSpec> =
         toml::from_str(&std::fs::read_to_string(chaos_file.path()).unwrap()).unwrap();
-    let mut body = Body::new(
-        Arc::new(LocalBus::new()),
-        cbs_tests::runtime(Some(shared_cache())),
-    );
-    body.set_chaos(chaos);
-    body.start(&greet()).await.unwrap();
-    body.start(caller.path()).await.unwrap();
-    let host = TestHost { body };
+    let builder = cbs_tests::builder(Arc::new(LocalBus::new())).chaos(chaos);
+    let host = TestHost::start(builder, &[greet(), caller.path().to_path_buf()]).await;
     let request = call_through("logic.greet", json!({"name": "Ada"}));
     let mut ok = 0;
     for _ in 0..1000 {
@@ -229,7 +218,8 @@ async fn with_30_percent_injected_errors_and_retries_99_percent_succeed() {
 
 #[tokio::test]
 async fn policies_and_chaos_are_checked_at_load() {
-    let body = Body::new(Arc::new(LocalBus::new()), cbs_tests::runtime(None));
+    let host = TestHost::idle(None).await;
+    let body = host.body();
     let dir = CellToml::faulty("test.bad")
         .policy("logic.greet", |p| p.retries = 1)
         .write();

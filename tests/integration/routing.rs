@@ -44,7 +44,10 @@ async fn host(server: &NatsServer, id: &str, cell: &tempfile::TempDir) -> TestHo
 /// Waits until `host` has a fresh report from `peer` for the cell.
 async fn knows(host: &TestHost, peer: &str) {
     wait_until(Duration::from_secs(10), "a peer's load report", || {
-        host.body.routing_peers(CELL).iter().any(|(h, _)| h == peer)
+        host.body()
+            .routing_peers(CELL)
+            .iter()
+            .any(|(h, _)| h == peer)
     })
     .await;
 }
@@ -83,7 +86,7 @@ async fn a_slow_host_sends_requests_to_its_faster_peer() {
         400,
         "each request handled once"
     );
-    let metrics = cbs_host::metrics::render(&slow.body);
+    let metrics = cbs_host::metrics::render(slow.body().as_ref());
     let line = format!("cbs_cell_forwarded_total{{cell=\"{CELL}\"}} {forwarded}");
     assert!(metrics.contains(&line), "{line} in\n{metrics}");
 

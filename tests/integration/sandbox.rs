@@ -195,10 +195,7 @@ async fn a_grant_of_a_missing_folder_fails_the_load_clearly() {
             }]
         })
         .write();
-    let body = cbs_host::body::Body::new(
-        std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()),
-        cbs_tests::runtime(None),
-    );
-    let err = format!("{:#}", body.load(cell.path()).await.err().unwrap());
+    let host = cbs_tests::TestHost::idle(None).await;
+    let err = format!("{:#}", host.body().load(cell.path()).await.err().unwrap());
     assert!(err.contains("no-such-folder is not a folder"), "{err}");
 }

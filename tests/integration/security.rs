@@ -474,7 +474,7 @@ async fn what_a_sidecar_forks_ends_with_its_cell() {
     let dir = forking_sidecar(&record);
     let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
     let group = forked(&record).await;
-    assert!(host.body.shutdown(TIMEOUT).await);
+    assert!(host.body().shutdown(TIMEOUT).await);
     wait_group_gone(group).await;
 }
 
@@ -519,9 +519,9 @@ async fn what_a_sidecar_forks_ends_when_it_is_swapped_away() {
     let dir = forking_sidecar(&record);
     let host = cbs_tests::TestHost::local(&[dir.path().to_path_buf()]).await;
     let group = forked(&record).await;
-    let next = host.body.load(dir.path()).await.unwrap();
+    let next = host.body().load(dir.path()).await.unwrap();
     let old = host
-        .body
+        .body()
         .replace(next)
         .await
         .unwrap()
@@ -586,13 +586,14 @@ async fn a_cell_that_fails_to_start_leaves_no_process() {
         counter.display().to_string(),
         events.display().to_string()
     ));
-    let body = cbs_host::body::Body::new(
-        std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()),
-        cbs_tests::runtime(Some(cbs_tests::shared_cache())),
-    );
+    let host = cbs_tests::TestHost::idle(Some(cbs_tests::shared_cache())).await;
     let err = format!(
         "{:#}",
-        body.load(dir.path()).await.err().expect("the load fails")
+        host.body()
+            .load(dir.path())
+            .await
+            .err()
+            .expect("the load fails")
     );
     assert!(err.contains("protocol"), "{err}");
     let log = std::fs::read_to_string(&events).unwrap();
@@ -708,7 +709,7 @@ async fn a_stopping_host_answers_what_was_already_delivered() {
         message.reply = Some(format!("_INBOX.drain.{i}"));
         bus.publish(message).await.unwrap();
     }
-    assert!(host.body.shutdown(TIMEOUT).await, "drained in time");
+    assert!(host.body().shutdown(TIMEOUT).await, "drained in time");
     let mut answered = 0;
     while let Ok(Some(reply)) = tokio::time::timeout(Duration::ZERO, replies.next()).await {
         let reply = Envelope::from_slice(&reply.payload).unwrap();

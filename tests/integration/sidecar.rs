@@ -304,10 +304,8 @@ async fn versions_are_negotiated_and_a_newer_only_sidecar_is_refused() {
 #[tokio::test]
 async fn a_sidecar_that_cannot_start_fails_the_load_clearly() {
     let dir = CellToml::sidecar("x.y", &["./no-such-program"]).write();
-    let body = cbs_host::body::Body::new(
-        Arc::new(cbs_host::bus::local::LocalBus::new()),
-        cbs_tests::runtime(None),
-    );
+    let host = TestHost::idle(None).await;
+    let body = host.body();
     let err = format!("{:#}", body.load(dir.path()).await.err().unwrap());
     assert!(err.contains("cannot start sidecar x.y"), "{err}");
 

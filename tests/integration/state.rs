@@ -226,7 +226,7 @@ async fn state_survives_a_restart_of_the_in_process_host() {
         set(host.bus().as_ref(), A, "kept", "across restarts")
             .await
             .unwrap();
-        assert!(host.body.shutdown(Duration::from_secs(5)).await);
+        assert!(host.body().shutdown(Duration::from_secs(5)).await);
     }
     let host = local(data.path(), &cells).await;
     assert_eq!(get(host.bus().as_ref(), A, "kept").await, "across restarts");

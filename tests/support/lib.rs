@@ -23,6 +23,7 @@ use cbs_host::body::{Body, LoadedCell};
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::{BodyBus, Message};
 use cbs_host::envelope::{BusError, Envelope};
+use cbs_host::host::{Host, HostBuilder};
 use cbs_host::runtime::wasm::{EngineOptions, WasmRuntime};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -93,9 +94,39 @@ pub fn runtime(cache: Option<PathBuf>) -> Arc<WasmRuntime> {
     Arc::new(WasmRuntime::new(&options, cache).expect("wasm runtime"))
 }
 
-/// A host with some cells served on a bus.
+/// A host on `bus` with the tests' runtime (small pool, shared component
+/// cache) and its data in a temporary folder, kept for the process's life
+/// so no test writes to the user's data folder.
+pub fn builder(bus: Arc<dyn BodyBus>) -> HostBuilder {
+    Host::builder()
+        .bus(bus)
+        .runtime(runtime(Some(shared_cache())))
+        .data_dir(scratch_data_dir())
+}
+
+/// A data folder of its own per call, under `<target>/cbs-test-data/<test
+/// binary>/`, which each test process empties first: test binaries run one
+/// at a time, so what a run leaves is bounded by one binary's folders.
+pub fn scratch_data_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let root = ROOT.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_owned();
+        let root = shared_cache().with_file_name("cbs-test-data").join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        root
+    });
+    let dir = root.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+    std::fs::create_dir_all(&dir).expect("a test data folder");
+    dir
+}
+
+/// A host with some cells served on a bus, built as `cbs-host run`
+/// builds one.
 pub struct TestHost {
-    pub body: Body,
+    pub host: Host,
 }
 
 impl TestHost {
@@ -108,53 +139,64 @@ impl TestHost {
         Self::with_data(bus, None, cells).await
     }
 
+    /// A host on a new in-process bus serving nothing, its runtime's
+    /// component cache in `cache` (`None`: none): for tests of loading.
+    pub async fn idle(cache: Option<PathBuf>) -> Self {
+        let builder = builder(Arc::new(LocalBus::new())).runtime(runtime(cache));
+        Self::start(builder, &[]).await
+    }
+
     /// Serves `cells` on `bus`, every call between cells sent through the
     /// bus even to a cell of this host (`cbs-host run --calls-via-bus`).
     pub async fn via_bus(bus: Arc<dyn BodyBus>, cells: &[PathBuf]) -> Self {
-        Self::made(bus, cells, |body| body.set_local_calls(false)).await
+        Self::start(builder(bus).local_calls(false), cells).await
     }
 
     /// Serves `cells` on `bus` as host `host_id`, routing requests around
     /// it when it is full or slow (as `cbs-host run` does on NATS).
     pub async fn routed(bus: Arc<dyn BodyBus>, host_id: &str, cells: &[PathBuf]) -> Self {
-        Self::made(bus, cells, |body| body.set_routing(host_id)).await
+        Self::start(builder(bus).id(host_id).routing(true), cells).await
     }
 
     /// Serves `cells` on `bus`; cells granted state on the in-process bus
-    /// keep it in `data_dir`.
+    /// keep it in `data_dir` (else in a folder of their own).
     pub async fn with_data(
         bus: Arc<dyn BodyBus>,
         data_dir: Option<&Path>,
         cells: &[PathBuf],
     ) -> Self {
-        Self::made(bus, cells, |body| {
-            if let Some(dir) = data_dir {
-                body.set_data_dir(dir);
-            }
-        })
-        .await
+        let builder = builder(bus);
+        let builder = match data_dir {
+            Some(dir) => builder.data_dir(dir),
+            None => builder,
+        };
+        Self::start(builder, cells).await
     }
 
-    /// A body on `bus`, set up by `setup`, serving `cells`.
-    async fn made(bus: Arc<dyn BodyBus>, cells: &[PathBuf], setup: impl FnOnce(&mut Body)) -> Self {
+    /// Starts the host `builder` describes, serving `cells`.
+    pub async fn start(builder: HostBuilder, cells: &[PathBuf]) -> Self {
         // Warnings (restarts, retired instances) show up with a failing test.
         cbs_host::telemetry::init(cbs_host::telemetry::LogFormat::Text, "warn");
-        let mut body = Body::new(bus, runtime(Some(shared_cache())));
-        setup(&mut body);
+        let host = builder.start().await.expect("the host starts");
         for dir in cells {
-            body.start(dir)
+            host.body()
+                .start(dir)
                 .await
                 .unwrap_or_else(|e| panic!("cannot start {}: {e:#}", dir.display()));
         }
-        Self { body }
+        Self { host }
+    }
+
+    pub fn body(&self) -> &Arc<Body> {
+        self.host.body()
     }
 
     pub fn bus(&self) -> &Arc<dyn BodyBus> {
-        self.body.bus()
+        self.body().bus()
     }
 
     pub fn cell(&self, id: &str) -> Arc<LoadedCell> {
-        self.body.cell(id).expect("cell served")
+        self.body().cell(id).expect("cell served")
     }
 
     /// Requests a cell; returns the whole reply envelope.

@@ -115,7 +115,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
     let exporter = Exporter {
         endpoint: None,
         service: "cbs".into(),
-        instance: crate::args::default_host_id(),
+        instance: cbs_host::host::default_id(),
     };
     let telemetry = match cli.log.init(level, exporter) {
         Ok(t) => t,

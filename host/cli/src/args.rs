@@ -138,17 +138,6 @@ impl CellNatsArgs {
     }
 }
 
-/// `<hostname>-<pid>`: unique per host process, readable in tools.
-pub fn default_host_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_owned());
-    format!("{host}-{}", std::process::id())
-}
-
 impl NatsArgs {
     /// Connects as a client (`cbs` commands): to `nats://127.0.0.1:4222`
     /// when no URL is given.
@@ -366,24 +355,12 @@ impl HttpArgs {
     }
 }
 
-/// Binds `addr` and serves `gateway` there until `stop` is notified;
-/// returns the bound address (port 0 picks one) and the server's task.
-pub async fn serve_http(
-    addr: std::net::SocketAddr,
-    gateway: Arc<cbs_host::http::Gateway>,
-    stop: Arc<tokio::sync::Notify>,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    use anyhow::Context as _;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on --http {addr}"))?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let stopped = async move { stop.notified().await };
-        if let Err(e) = cbs_host::http::serve(gateway, listener, stopped).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
-    tracing::info!(addr = %bound, "serving HTTP on http://{bound} (OpenAPI at /openapi.json)");
-    Ok((bound, task))
+/// `k=v`, as `cbs deploy --label` and `cbs-host run --label` take it.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!(
+            "{text:?} is not a label: give KEY=VALUE, e.g. region=eu"
+        )),
+    }
 }

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use cbs_host::body::{Body, Sources};
+use cbs_host::body::Sources;
 use cbs_host::bundle::{bundled_program, Bundle, KeyPair};
-use cbs_host::bus::local::LocalBus;
+use cbs_host::host::Host;
 use cbs_host::manifest::{CellSpec, Lang, RuntimeKind};
 use cbs_host::runtime::python::venvs::VenvCache;
 use cbs_host::runtime::wasm::WasmRuntime;
@@ -110,8 +110,8 @@ async fn check_component(
     runtime: Arc<WasmRuntime>,
 ) -> anyhow::Result<()> {
     let m = &spec.manifest;
-    let body = Body::new(Arc::new(LocalBus::new()), runtime);
-    let cell = body.load(dir).await?;
+    let host = Host::builder().runtime(runtime).start().await?;
+    let cell = host.body().load(dir).await?;
     let info = cell.info();
     if info.id != m.id || info.version != m.version {
         eprintln!(
@@ -178,14 +178,18 @@ async fn check_process(
         );
     }
     let scratch = tempfile::tempdir()?;
-    let mut body = Body::new(Arc::new(LocalBus::new()), runtime);
-    body.set_sources(Sources {
-        unpack_dir: scratch.path().join("bundles"),
-        process_bundles: true,
-        venvs,
-        ..Sources::default()
-    });
-    let cell = body.load_bundle(bundle).await?;
+    let host = Host::builder()
+        .runtime(runtime)
+        .sources(Sources {
+            unpack_dir: scratch.path().join("bundles"),
+            process_bundles: true,
+            venvs,
+            ..Sources::default()
+        })
+        .data_dir(scratch.path())
+        .start()
+        .await?;
+    let cell = host.body().load_bundle(bundle).await?;
     cbs_host::body::retire(cell, Duration::from_secs(5)).await;
     Ok(())
 }

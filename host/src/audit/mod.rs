@@ -10,7 +10,10 @@
 //! storing it is what `cbs audit` shows. Grant publishing on `cbs-audit.>`
 //! to deployers and hosts only (docs/security.md).
 
+mod change;
 pub mod proof;
+
+pub use change::{record, Change};
 
 use std::time::Duration;
 

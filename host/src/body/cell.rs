@@ -15,7 +15,7 @@ use crate::outbound::Outbound;
 use crate::resilience::BreakerState;
 use crate::runtime::wasm::CacheOutcome;
 use crate::runtime::{CellInfo, CellRunner};
-use crate::stats::CellStats;
+use crate::stats::{CellLoad, CellStats};
 
 /// Where a served cell's current version sits: read once per message, so a
 /// hot swap takes effect from the next message on.
@@ -78,6 +78,23 @@ impl LoadedCell {
     /// The breaker state of each call target.
     pub fn breakers(&self) -> Vec<(String, BreakerState)> {
         self.outbound.breakers()
+    }
+
+    /// Its load on this host now, for heartbeats and load reports.
+    pub fn load(&self) -> CellLoad {
+        let refused = self
+            .stats
+            .errors_by_code()
+            .find(|(code, _)| *code == crate::error::ErrorCode::Capacity)
+            .map_or(0, |(_, n)| n);
+        CellLoad {
+            in_flight: self.in_flight() as u32,
+            concurrency: self.manifest.limits.concurrency,
+            room: self.admission_room() as u32,
+            refused,
+            queue_wait_us: self.stats.mean_wait_us(),
+            latency_us: self.stats.recent_latency_us(),
+        }
     }
 
     /// Messages admitted and not finished (running or queued).

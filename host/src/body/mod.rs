@@ -16,8 +16,9 @@ mod pipeline;
 mod pull;
 mod registry;
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,21 +44,42 @@ pub struct Body {
     ready: AtomicBool,
 }
 
+/// What a body is made of, gathered by [`crate::host::HostBuilder`]; each
+/// backend is opened once, here.
+pub(crate) struct Parts {
+    pub bus: Arc<dyn BodyBus>,
+    /// Where cells' own calls and publishes go; `None`: on `bus`.
+    pub cell_bus: Option<Arc<dyn BodyBus>>,
+    pub wasm: Arc<WasmRuntime>,
+    pub sources: Sources,
+    /// Cells' state and durable streams on the in-process bus.
+    pub data_dir: PathBuf,
+    /// This host's id when it routes requests around itself (ADR 0015).
+    pub routing: Option<String>,
+    /// Fault injection by cell id, over the cells' own `[chaos]`.
+    pub chaos: HashMap<String, ChaosSpec>,
+    /// Whether calls between cells of this host stay in process.
+    pub local_calls: bool,
+}
+
 impl Body {
-    pub fn new(bus: Arc<dyn BodyBus>, wasm: Arc<WasmRuntime>) -> Self {
-        let data_dir = crate::state::default_data_dir();
-        let durable = crate::durable::default_log(bus.as_ref(), &data_dir);
-        let registry = Registry::new(bus.clone(), durable.clone());
-        let state = crate::state::default_backend(bus.as_ref(), &data_dir);
+    pub(crate) fn new(parts: Parts) -> Self {
+        let bus = parts.bus;
+        let durable = crate::durable::default_log(bus.as_ref(), &parts.data_dir);
+        let mut registry = Registry::new(bus.clone(), durable.clone());
+        if let Some(host_id) = &parts.routing {
+            registry.route(crate::routing::Router::new(host_id));
+        }
+        let local = parts.local_calls.then(|| registry.directory() as _);
         let loader = Loader {
+            state: crate::state::default_backend(bus.as_ref(), &parts.data_dir),
             bus,
-            cell_bus: None,
-            wasm,
-            sources: Sources::default(),
-            chaos: HashMap::new(),
-            local: Some(registry.directory()),
+            cell_bus: parts.cell_bus,
+            wasm: parts.wasm,
+            sources: parts.sources,
+            chaos: parts.chaos,
+            local,
             latency: metrics::latency_family(),
-            state,
             durable,
         };
         Self {
@@ -67,65 +89,28 @@ impl Body {
         }
     }
 
-    /// Which keys bundles must be signed by, and where bundles unpack.
-    pub fn set_sources(&mut self, sources: Sources) {
-        self.loader.sources = sources;
-    }
-
-    /// Sends what cells call and publish over the bus on `bus` (a
-    /// connection with a cell's rights only, so the server enforces what a
-    /// cell may reach) instead of the host's own connection. Applies to
-    /// cells loaded after.
-    pub fn set_cell_bus(&mut self, bus: Arc<dyn BodyBus>) {
-        self.loader.cell_bus = Some(bus);
-    }
-
-    /// Where cells keep their state and durable streams (applies to cells
-    /// loaded after): JetStream on NATS, files in `data_dir` in process.
-    pub fn set_data_dir(&mut self, data_dir: &Path) {
-        let bus = self.bus().clone();
-        self.loader.state = crate::state::default_backend(bus.as_ref(), data_dir);
-        let durable = crate::durable::default_log(bus.as_ref(), data_dir);
-        self.loader.durable = durable.clone();
-        self.registry.durable = durable;
-    }
-
     /// Where durable cells and events are stored.
     pub fn durable(&self) -> &Arc<dyn crate::durable::DurableLog> {
         &self.registry.durable
     }
 
-    /// Routes requests around this host when it is full or far slower than
-    /// the other hosts serving a cell (ADR 0015). `host_id` names this host
-    /// to its peers. Applies to cells served after.
-    pub fn set_routing(&mut self, host_id: &str) {
-        self.registry.route(crate::routing::Router::new(host_id));
-    }
-
     /// The other hosts serving `cell_id` that this host would route to,
     /// with their last reported load (empty without routing).
-    pub fn routing_peers(&self, cell_id: &str) -> Vec<(String, crate::routing::load::CellLoad)> {
+    pub fn routing_peers(&self, cell_id: &str) -> Vec<(String, crate::stats::CellLoad)> {
         self.registry
             .router()
             .map(|r| r.peers(cell_id))
             .unwrap_or_default()
     }
 
-    /// Fault injection by cell id (`cbs-host run --chaos FILE`); applies to
-    /// cells loaded after, over their `[chaos]`.
-    pub fn set_chaos(&mut self, chaos: HashMap<String, ChaosSpec>) {
-        self.loader.chaos = chaos;
-    }
-
-    /// Whether calls between cells of this host stay in process (the
-    /// default) or always go through the bus. Applies to cells loaded after.
-    pub fn set_local_calls(&mut self, on: bool) {
-        self.loader.local = on.then(|| self.registry.directory() as _);
-    }
-
     /// The keys bundles must be signed by; empty accepts unsigned ones.
     pub fn trust(&self) -> &Trust {
         &self.loader.sources.trust
+    }
+
+    /// Whether bundles may start native processes (sidecar and Python).
+    pub fn allows_process_bundles(&self) -> bool {
+        self.loader.sources.process_bundles
     }
 
     pub fn bus(&self) -> &Arc<dyn BodyBus> {
@@ -189,6 +174,14 @@ impl Body {
 
     pub fn cells(&self) -> Vec<Arc<LoadedCell>> {
         self.registry.list()
+    }
+
+    /// Each served cell's load now, by cell id (the heartbeat's).
+    pub fn loads(&self) -> BTreeMap<String, crate::stats::CellLoad> {
+        self.cells()
+            .iter()
+            .map(|cell| (cell.manifest.id.clone(), cell.load()))
+            .collect()
     }
 
     /// Sends the first message of a flow to `cell_id` and waits for its reply.

@@ -19,7 +19,8 @@ use crate::bus::{BodyBus, Endpoint, Subscription};
 use crate::durable::{Consumer, ConsumerSpec, DurableLog, StreamSpec};
 use crate::envelope::Envelope;
 use crate::outbound::LocalCalls;
-use crate::routing::{self, load::CellLoad, Router};
+use crate::routing::{self, Router};
+use crate::stats::CellLoad;
 
 /// A cell being served, with the tasks that take its messages and the
 /// signals that stop them.
@@ -194,10 +195,7 @@ impl Registry {
         let mine = move || {
             slot.upgrade().map_or_else(CellLoad::default, |slot| {
                 let cell = slot.read().unwrap().clone();
-                CellLoad {
-                    latency_us: cell.stats.recent_latency_us(),
-                    room: cell.admission_room() as u32,
-                }
+                cell.load()
             })
         };
         let bus = self.bus.clone();

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{Desired, RequestLoad};
+use crate::stats::CellLoad;
 
 /// Memory a replica is counted for when its release does not say
 /// (the default `memory_mb` of a wasm cell).
@@ -47,21 +48,6 @@ impl HostInfo {
     pub fn from_heartbeat(value: &[u8]) -> serde_json::Result<Self> {
         serde_json::from_slice(value)
     }
-}
-
-/// One cell's load on one host, as its heartbeat reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CellLoad {
-    /// Messages running or queued now.
-    pub in_flight: u32,
-    /// Messages it runs at once (`[limits] concurrency`).
-    pub concurrency: u32,
-    /// `capacity` replies so far (a counter).
-    pub refused: u64,
-    /// Mean wait for a running slot of the messages since the last
-    /// heartbeat, microseconds.
-    #[serde(default)]
-    pub queue_wait_us: u64,
 }
 
 /// A request cell's load from its hosts' latest heartbeats: whether they
@@ -378,6 +364,7 @@ mod tests {
             concurrency: u32::MAX,
             in_flight: u32::MAX,
             queue_wait_us: u64::MAX,
+            ..CellLoad::default()
         };
         let (load, refused) = request_load(&[huge, huge], Some(7));
         assert_eq!(refused, u64::MAX);

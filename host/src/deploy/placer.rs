@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 
-use super::placement::{self, CellLoad, HostInfo, Placement};
+use super::placement::{self, HostInfo, Placement};
 use super::{now_ms, RequestLoad, Store, HOSTS, PLACEMENT};
+use crate::stats::CellLoad;
 
 /// How often a watching host beats.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);

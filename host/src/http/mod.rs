@@ -17,7 +17,9 @@ pub mod problem;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod serving;
 pub mod trace;
 
 pub use route::{HttpRoute, Target};
 pub use server::{serve, Gateway, HttpConfig};
+pub use serving::Serving;

@@ -17,20 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_host_token, load_subject, CellRoutes, Router, FRESH_FOR, REPORT_EVERY};
 use crate::bus::{BodyBus, Message, Subscription};
+use crate::stats::CellLoad;
 
 /// The most peers remembered per cell; reports from more are ignored
 /// until some go stale.
 pub const MAX_PEERS: usize = 256;
-
-/// One host's load for one cell.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CellLoad {
-    /// Recent handling latency (moving average), microseconds; 0 before
-    /// the first message.
-    pub latency_us: u64,
-    /// Messages it could start now without queueing.
-    pub room: u32,
-}
 
 /// A report on the wire.
 #[derive(Debug, Serialize, Deserialize)]
@@ -130,6 +121,7 @@ pub fn take(routes: &CellRoutes, me: &str, message: &Message, mine: CellLoad) {
     let load = CellLoad {
         latency_us: report.latency_us,
         room: report.room,
+        ..CellLoad::default()
     };
     routes.observe(Some((report.host, load)), mine);
 }
@@ -152,6 +144,7 @@ mod tests {
             CellLoad {
                 latency_us: 7,
                 room: 1,
+                ..CellLoad::default()
             },
             now,
         );

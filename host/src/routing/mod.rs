@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use self::load::{CellLoad, Peers};
+use self::load::Peers;
 use crate::random::{fresh_seed, Seeded};
+use crate::stats::CellLoad;
 
 /// How often a host shares each cell's load.
 pub const REPORT_EVERY: Duration = Duration::from_millis(250);
@@ -229,7 +230,11 @@ mod tests {
     use super::*;
 
     fn load(latency_us: u64, room: u32) -> CellLoad {
-        CellLoad { latency_us, room }
+        CellLoad {
+            latency_us,
+            room,
+            ..CellLoad::default()
+        }
     }
 
     fn faster(mine: CellLoad, peers: &[(&str, CellLoad)]) -> Vec<String> {

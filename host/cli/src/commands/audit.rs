@@ -1,12 +1,10 @@
-//! `cbs audit`: who deployed, rolled back or undeployed what, and when; and
-//! [`record`], which the commands that change the desired state call.
+//! `cbs audit`: who deployed, rolled back or undeployed what, and when.
 
 use std::process::ExitCode;
 
 use cbs_host::audit::proof::{self, Check};
-use cbs_host::audit::{self, Action, Audit, Event, Filter, Stored};
+use cbs_host::audit::{Action, Audit, Filter, Stored};
 use cbs_host::bundle::{PublicKey, Trust};
-use cbs_host::deploy::now_ms;
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
@@ -130,59 +128,6 @@ fn table(events: &[Stored], checks: &[Check]) -> String {
         }
     }
     format!("{table}{notes}")
-}
-
-/// What one change to record is about.
-pub struct Change<'a> {
-    pub action: Action,
-    pub cell: &'a str,
-    pub version: Option<&'a str>,
-    pub digest: Option<&'a str>,
-    pub key: Option<&'a str>,
-    /// `key`'s signature over what it signed (see `audit::proof`).
-    pub proof: Option<&'a str>,
-    /// A rollback's digest left.
-    pub from: Option<&'a str>,
-    pub detail: String,
-}
-
-/// Appends `change` to the audit trail as the connection `client` made with
-/// `nats`. A change that happened but could not be audited is reported on
-/// stderr, not undone.
-pub async fn record(nats: &NatsArgs, client: &async_nats::Client, change: Change<'_>) {
-    let options = nats.options("");
-    let user = options
-        .as_ref()
-        .map_or_else(|| "anonymous".to_owned(), |o| o.identity());
-    let mut event = Event {
-        at_ms: now_ms(),
-        action: change.action,
-        cell: change.cell.to_owned(),
-        version: change.version.map(str::to_owned),
-        digest: change.digest.map(str::to_owned),
-        user,
-        client: audit::client_of(client),
-        key: change.key.map(str::to_owned),
-        detail: Some(change.detail).filter(|d| !d.is_empty()),
-        from: change.from.map(str::to_owned),
-        proof: change.proof.map(str::to_owned),
-        writer: None,
-    };
-    if let Some(seed) = options.and_then(|o| o.user_seed()) {
-        if let Err(e) = proof::sign_as_writer(&mut event, &seed) {
-            eprintln!("warning: the audit event is not signed: {e:#}");
-        }
-    }
-    let outcome = match Audit::open(client).await {
-        Ok(audit) => audit.record(&event).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = outcome {
-        eprintln!(
-            "warning: the {} of {} is not in the audit trail: {e:#}",
-            change.action, change.cell
-        );
-    }
 }
 
 /// RFC 3339 UTC, to the second, of a Unix time in ms.

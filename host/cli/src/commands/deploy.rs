@@ -6,16 +6,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cbs_host::audit::Action;
+use cbs_host::audit::{self, Action, Change};
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::deploy::downgrade::RollbackGrant;
 use cbs_host::deploy::Store;
 use cbs_host::platform;
 use clap::Args;
 
-use super::audit::{self, Change};
-use crate::args::NatsArgs;
-use crate::rollout::{self, Consent, Outcome, Scale, Targets};
+use crate::args::{parse_label, NatsArgs};
+use crate::report::{report, summary};
+use crate::rollout::{self, Consent, Scale, Targets};
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
 /// and wait until they serve it.
@@ -169,7 +169,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         from: None,
         detail: summary(&outcome),
     };
-    audit::record(&args.nats, bus.client(), change).await;
+    audit::record(bus.client(), args.nats.options("").as_ref(), change).await;
     Ok(report(
         &bundle.manifest.cell,
         &bundle.manifest.version,
@@ -177,7 +177,6 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-/// One line on how a rollout ended, for the audit trail.
 /// A grant for the step from what hosts last installed of the bundle's
 /// cell to the bundle; none when they installed nothing of it, or this.
 async fn rollback_grant(
@@ -203,68 +202,4 @@ async fn rollback_grant(
         &served.digest,
         &bundle.digest(),
     )))
-}
-
-pub fn summary(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Serving { hosts, .. } => format!("serving on {hosts} host(s)"),
-        Outcome::Failed(failures) => {
-            let hosts: Vec<&str> = failures.iter().map(|f| f.host.as_str()).collect();
-            format!("failed on {}; reverted", hosts.join(", "))
-        }
-        Outcome::TimedOut { missing } => format!("not confirmed by {}", missing.join(", ")),
-        Outcome::Unplaced(why) => format!("not placed: {why}"),
-    }
-}
-
-/// `k=v`, as `cbs-host run --label` takes it too.
-pub fn parse_label(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!(
-            "{text:?} is not a label: give KEY=VALUE, e.g. region=eu"
-        )),
-    }
-}
-
-/// Prints how a rollout went; the exit code says it.
-pub fn report(cell: &str, version: &str, outcome: Outcome) -> ExitCode {
-    match outcome {
-        Outcome::Serving { hosts: 0, .. } => {
-            println!("{cell} {version} is the desired release; no host is watching now (hosts started with `cbs-host run --watch` will serve it)");
-            ExitCode::SUCCESS
-        }
-        Outcome::Serving { hosts, elapsed } => {
-            println!(
-                "{cell} {version} serving on {hosts} host(s) after {} ms",
-                elapsed.as_millis()
-            );
-            ExitCode::SUCCESS
-        }
-        Outcome::Failed(failures) => {
-            eprintln!(
-                "error: {cell} {version} failed to load; the desired state is back to what it was before the deploy:"
-            );
-            for f in failures {
-                eprintln!(
-                    "  {}: {} (still serving: {})",
-                    f.host,
-                    f.error.unwrap_or_default(),
-                    f.serving.as_deref().unwrap_or("nothing")
-                );
-            }
-            ExitCode::FAILURE
-        }
-        Outcome::Unplaced(why) => {
-            eprintln!("error: {cell} {version} is desired, but no host can take a replica: {why} (see `cbs ls`)");
-            ExitCode::FAILURE
-        }
-        Outcome::TimedOut { missing } => {
-            eprintln!(
-                "error: {cell} {version} is desired, but these hosts did not report in time: {} (see `cbs ls`)",
-                missing.join(", ")
-            );
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use cbs_host::bus::BodyBus;
-use cbs_host::http::Gateway;
+use cbs_host::http::{Gateway, Serving};
 use clap::Args;
 
-use crate::args::{serve_http, HttpArgs, NatsArgs};
+use crate::args::{HttpArgs, NatsArgs};
+use crate::signals::shutdown_signal;
 
 /// Serve the HTTP routes (`[[http]]`) of every cell the lattice serves.
 ///
@@ -43,17 +45,15 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     );
     let refresh = Duration::from_millis(args.refresh_ms.max(100));
     let learning = tokio::spawn(learn_routes(client, gateway.clone(), refresh));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let (_, server) = serve_http(args.http, gateway, stop.clone()).await?;
-    let signal = super::run::shutdown_signal().await?;
+    let server = Serving::start(args.http, gateway).await.context("--http")?;
+    let signal = shutdown_signal().await?;
     tracing::info!(
         signal,
         "draining: no new HTTP requests, finishing those in progress"
     );
     learning.abort();
-    stop.notify_one();
     let grace = Duration::from_millis(args.drain_timeout_ms);
-    Ok(match tokio::time::timeout(grace, server).await {
+    Ok(match tokio::time::timeout(grace, server.stop()).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     })

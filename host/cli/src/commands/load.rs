@@ -3,10 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use cbs_host::body::{Body, LoadedCell};
-use cbs_host::bus::local::LocalBus;
+use cbs_host::body::LoadedCell;
+use cbs_host::host::Host;
 use cbs_host::manifest::{RuntimeKind, SchemaRef};
 use clap::Args;
 
@@ -37,12 +36,15 @@ pub struct LoadArgs {
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let mut body = Body::new(Arc::new(LocalBus::new()), args.engine.runtime()?);
-    body.set_sources(
-        args.engine
-            .sources(&args.trust, args.allow_process_bundles)?,
-    );
-    let cell = body.load_path(&args.cell).await?;
+    let host = Host::builder()
+        .runtime(args.engine.runtime()?)
+        .sources(
+            args.engine
+                .sources(&args.trust, args.allow_process_bundles)?,
+        )
+        .start()
+        .await?;
+    let cell = host.body().load_path(&args.cell).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&describe_json(&cell))?);
     } else {

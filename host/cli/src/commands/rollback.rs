@@ -4,14 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cbs_host::audit::Action;
+use cbs_host::audit::{self, Action, Change};
 use cbs_host::bundle::KeyPair;
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
-use super::audit::{self, Change};
-use super::deploy::{report, summary};
 use crate::args::NatsArgs;
+use crate::report::{report, summary};
 use crate::rollout;
 
 /// Make the previous release of a cell the desired one again.
@@ -49,6 +48,6 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         from: grant.map(|g| g.from.as_str()),
         detail: summary(&outcome),
     };
-    audit::record(&args.nats, bus.client(), change).await;
+    audit::record(bus.client(), args.nats.options("").as_ref(), change).await;
     Ok(report(&args.cell_id, &release.version, outcome))
 }

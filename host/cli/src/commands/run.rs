@@ -1,31 +1,24 @@
 //! `cbs-host run`: serve cells until a signal, or run one flow and exit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cbs_host::audit::Action;
-use cbs_host::body::Body;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
 use cbs_host::chaos::ChaosSpec;
-use cbs_host::deploy::placement::HostInfo;
-use cbs_host::deploy::placer::Placer;
-use cbs_host::deploy::{watcher::Watcher, Store};
 use cbs_host::discovery;
 use cbs_host::envelope::Envelope;
-use cbs_host::http::Gateway;
-use cbs_host::platform;
+use cbs_host::host::{self, Host, HostBuilder, Lattice};
 use clap::Args;
 use serde_json::value::RawValue;
-use tokio::task::JoinHandle;
 
-use super::audit;
-use crate::args::{default_host_id, serve_http, CellNatsArgs, EngineArgs, HttpArgs, NatsArgs};
+use crate::args::{parse_label, CellNatsArgs, EngineArgs, HttpArgs, NatsArgs};
+use crate::signals::shutdown_signal;
 
 /// Serve cells: each answers on `cbs.<cell-id>` until Ctrl-C, or, with
 /// --start, until the flow it starts has finished.
@@ -46,7 +39,7 @@ pub struct RunArgs {
     /// `--spread`), e.g. region=eu; repeatable. With --watch. Every host
     /// also has `platform=<os>-<arch>` (e.g. linux-x86_64), which replicas
     /// of bundles with native code are placed by.
-    #[arg(long, value_name = "K=V", value_parser = super::deploy::parse_label, requires = "watch")]
+    #[arg(long, value_name = "K=V", value_parser = parse_label, requires = "watch")]
     label: Vec<(String, String)>,
     /// Memory this host offers to placed replicas, in MiB: the placer
     /// never puts more than that (by each release's memory_mb) here
@@ -127,150 +120,83 @@ pub struct RunArgs {
 impl RunArgs {
     /// `--host-id`, else `<hostname>-<pid>`.
     pub fn host_id(&self) -> String {
-        self.host_id.clone().unwrap_or_else(default_host_id)
+        self.host_id.clone().unwrap_or_else(host::default_id)
     }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let host_id = args.host_id();
     let (bus, client) = connect(&args, &host_id).await?;
-    let mut body = body(&args, bus.clone(), &host_id)?;
-    if let Some(cells) = connect_cells(&args, &host_id).await? {
-        body.set_cell_bus(cells);
-    }
-    let body = Arc::new(body);
-    if let Some(addr) = args.metrics {
-        let bound = cbs_host::metrics::serve(addr, body.clone() as _)
-            .await
-            .with_context(|| format!("cannot listen on --metrics {addr}"))?;
-        tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz on http://{bound}");
-    }
-    for dir in &args.cells {
-        body.start(dir).await?;
-    }
     let grace = Duration::from_millis(args.drain_timeout_ms);
-    let watcher = match (args.watch, client) {
-        (true, Some(client)) => {
-            let store = Store::open(&client).await?;
-            record_trust(&args, &host_id, &client, &body).await;
-            let labels = host_labels(&args.label);
-            let me = HostInfo {
-                id: host_id.clone(),
-                labels: labels.clone(),
-                memory_mb: args.capacity_memory_mb,
-                at_ms: 0,
-                load: Default::default(),
-            };
-            let placer = Placer::new(Store::open(&client).await?, me).with_load(cell_load(&body));
-            let data_dir = args
-                .data_dir
-                .clone()
-                .unwrap_or_else(cbs_host::state::default_data_dir);
-            let record = cbs_host::deploy::served::Record::open(&data_dir)?;
-            let watcher = Arc::new(Watcher::new(
-                body.clone(),
-                store,
-                host_id.clone(),
-                labels,
-                grace,
-                record,
-            ));
-            let placing = tokio::spawn(placer.run());
-            let watching = tokio::spawn(watcher.clone().run());
-            Some((watcher, watching, placing))
-        }
-        _ => None,
-    };
-    let http = match args.http {
-        Some(addr) => Some(serve_routes(addr, &args, &host_id, &body).await?),
-        None => None,
-    };
-    body.set_ready();
+    let mut builder = builder(&args, bus, &host_id)?;
+    if let Some(cells) = connect_cells(&args, &host_id).await? {
+        builder = builder.cell_bus(cells);
+    }
+    if let (true, Some(client)) = (args.watch, client) {
+        builder = builder.lattice(Lattice {
+            client,
+            labels: host::labels(args.label.iter().cloned()),
+            capacity_memory_mb: args.capacity_memory_mb,
+            grace,
+            writer: args.nats.options(""),
+        });
+    }
+    if let Some(addr) = args.http {
+        let config = args.http_options.config(&format!("CBS host {host_id}"))?;
+        builder = builder.http(addr, config);
+    }
+    let host = builder.start().await?;
     let Some(start) = &args.start else {
-        tracing::info!(host = %host_id, cells = args.cells.len(), bus = bus.kind(), "ready; Ctrl-C or SIGTERM drains and stops");
-        let signal = shutdown_signal().await?;
-        tracing::info!(
-            signal,
-            "draining: no new messages, finishing in-flight ones (a second signal exits at once)"
-        );
-        let drain = async {
-            if let Some((stop, server, routing)) = http {
-                routing.abort();
-                stop.notify_one();
-                let _ = server.await;
-            }
-            if let Some((watcher, watching, placing)) = watcher {
-                placing.abort();
-                watching.abort();
-                watcher.clear().await;
-            }
-            body.shutdown(grace).await
-        };
-        // Every step is bounded: with the bus gone, withdrawing reports and
-        // flushing replies would otherwise wait for it forever.
-        return tokio::select! {
-            drained = tokio::time::timeout(grace, drain) => Ok(drain_outcome(drained.unwrap_or(false), grace)),
-            second = shutdown_signal() => {
-                tracing::warn!(signal = second?, "second signal: exiting without draining");
-                Ok(ExitCode::from(130))
-            }
-        };
+        return serve_until_signal(host, args.cells.len(), grace).await;
     };
-    flow(&body, start, &args).await
+    flow(host.body(), start, &args).await
 }
 
-/// Serves the HTTP routes of the cells this host runs (following loads,
-/// swaps and removals): the stop signal, the server's task and the task
-/// following the routes.
-async fn serve_routes(
-    addr: std::net::SocketAddr,
-    args: &RunArgs,
-    host_id: &str,
-    body: &Arc<Body>,
-) -> anyhow::Result<(Arc<tokio::sync::Notify>, JoinHandle<()>, JoinHandle<()>)> {
-    let config = args.http_options.config(&format!("CBS host {host_id}"))?;
-    let gateway = Gateway::new(body.bus().clone(), config);
-    let routes = |body: &Body| body.cells().iter().flat_map(|c| c.http_targets()).collect();
-    gateway.set_routes(routes(body));
-    let (following, weak) = (gateway.clone(), Arc::downgrade(body));
-    let routing = tokio::spawn(async move {
-        while let Some(body) = weak.upgrade() {
-            following.set_routes(routes(&body));
-            drop(body);
-            tokio::time::sleep(Duration::from_millis(500)).await;
+/// The builder `cbs-host run`'s flags describe.
+fn builder(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Result<HostBuilder> {
+    let on_nats = bus.kind() == "nats";
+    let mut builder = Host::builder()
+        .id(host_id)
+        .bus(bus)
+        .runtime(args.engine.runtime()?)
+        .sources(
+            args.engine
+                .sources(&args.trust, args.allow_process_bundles)?,
+        )
+        .routing(on_nats && !args.no_reroute)
+        .local_calls(!args.calls_via_bus)
+        .cells(&args.cells);
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(dir);
+    }
+    if let Some(path) = &args.chaos {
+        builder = builder.chaos(read_chaos(path)?);
+    }
+    if let Some(addr) = args.metrics {
+        builder = builder.metrics(addr);
+    }
+    Ok(builder)
+}
+
+/// Serves until SIGINT or SIGTERM, then drains; a second signal exits at
+/// once.
+async fn serve_until_signal(host: Host, cells: usize, grace: Duration) -> anyhow::Result<ExitCode> {
+    let bus = host.body().bus().kind();
+    tracing::info!(host = %host.id(), cells, bus, "ready; Ctrl-C or SIGTERM drains and stops");
+    let signal = shutdown_signal().await?;
+    tracing::info!(
+        signal,
+        "draining: no new messages, finishing in-flight ones (a second signal exits at once)"
+    );
+    // Every step is bounded: with the bus gone, withdrawing reports and
+    // flushing replies would otherwise wait for it forever.
+    tokio::select! {
+        drained = tokio::time::timeout(grace, host.shutdown(grace)) => Ok(drain_outcome(drained.unwrap_or(false), grace)),
+        second = shutdown_signal() => {
+            tracing::warn!(signal = second?, "second signal: exiting without draining");
+            Ok(ExitCode::from(130))
         }
-    });
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let (_, server) = serve_http(addr, gateway, stop.clone()).await?;
-    Ok((stop, server, routing))
-}
-
-/// Each served cell's load, for the heartbeat (request cells autoscale on
-/// it): messages in flight, concurrency, `capacity` replies so far.
-fn cell_load(body: &Arc<Body>) -> cbs_host::deploy::placer::LoadFn {
-    let body = Arc::downgrade(body);
-    Arc::new(move || {
-        let Some(body) = body.upgrade() else {
-            return Default::default();
-        };
-        body.cells()
-            .iter()
-            .map(|cell| {
-                let refused = cell
-                    .stats
-                    .errors_by_code()
-                    .find(|(code, _)| *code == cbs_host::envelope::ErrorCode::Capacity)
-                    .map_or(0, |(_, n)| n);
-                let load = cbs_host::deploy::placement::CellLoad {
-                    in_flight: cell.in_flight() as u32,
-                    concurrency: cell.manifest.limits.concurrency,
-                    refused,
-                    queue_wait_us: cell.stats.take_mean_wait_us(),
-                };
-                (cell.manifest.id.clone(), load)
-            })
-            .collect()
-    })
+    }
 }
 
 /// Exit 0 when every in-flight message finished within the drain timeout.
@@ -305,7 +231,7 @@ async fn connect(
     if args.watch {
         // Deploys read the labels to know which hosts serve a release
         // that asks for some (native code: its platform).
-        let labels = serde_json::to_string(&host_labels(&args.label))?;
+        let labels = serde_json::to_string(&host::labels(args.label.iter().cloned()))?;
         nats = nats
             .with_metadata("watch", "true")
             .with_metadata(discovery::LABELS, &labels);
@@ -337,26 +263,6 @@ async fn connect_cells(args: &RunArgs, host_id: &str) -> anyhow::Result<Option<A
     Ok(Some(Arc::new(bus)))
 }
 
-fn body(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Result<Body> {
-    let on_nats = bus.kind() == "nats";
-    let mut body = Body::new(bus, args.engine.runtime()?);
-    if on_nats && !args.no_reroute {
-        body.set_routing(host_id);
-    }
-    body.set_sources(
-        args.engine
-            .sources(&args.trust, args.allow_process_bundles)?,
-    );
-    body.set_local_calls(!args.calls_via_bus);
-    if let Some(dir) = &args.data_dir {
-        body.set_data_dir(dir);
-    }
-    if let Some(path) = &args.chaos {
-        body.set_chaos(read_chaos(path)?);
-    }
-    Ok(body)
-}
-
 /// `--chaos FILE`: `["<cell-id>"]` tables of fault settings.
 fn read_chaos(path: &Path) -> anyhow::Result<HashMap<String, ChaosSpec>> {
     let text = std::fs::read_to_string(path)
@@ -373,7 +279,11 @@ fn read_chaos(path: &Path) -> anyhow::Result<HashMap<String, ChaosSpec>> {
 }
 
 /// `--start`: one message to `start`, the outcome, the exit code.
-async fn flow(body: &Body, start: &str, args: &RunArgs) -> anyhow::Result<ExitCode> {
+async fn flow(
+    body: &cbs_host::body::Body,
+    start: &str,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
     let input = RawValue::from_string(args.input.clone()).context("--input is not JSON")?;
     let reply = body
         .start_flow(start, input, Duration::from_millis(args.timeout_ms))
@@ -388,50 +298,4 @@ async fn flow(body: &Body, start: &str, args: &RunArgs) -> anyhow::Result<ExitCo
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-/// Waits for SIGINT or SIGTERM; returns its name.
-pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("cannot listen for SIGINT"),
-        _ = term.recv() => Ok("SIGTERM"),
-    }
-}
-
-/// Puts what this watching host will run in the audit trail: its trust
-/// list (or that it has none) and whether bundles may start processes.
-async fn record_trust(args: &RunArgs, host_id: &str, client: &async_nats::Client, body: &Body) {
-    let keys = body.trust().keys_hex();
-    let trusts = if keys.is_empty() {
-        "no --trust: runs any deployer's bundle".to_owned()
-    } else {
-        format!("trusts {}", keys.join(", "))
-    };
-    let processes = if args.allow_process_bundles {
-        "process bundles allowed"
-    } else {
-        "wasm bundles only"
-    };
-    let change = audit::Change {
-        action: Action::Trust,
-        cell: "*",
-        version: None,
-        digest: None,
-        key: None,
-        proof: None,
-        from: None,
-        detail: format!("host {host_id}: {trusts}; {processes}"),
-    };
-    audit::record(&args.nats, client, change).await;
-}
-
-/// `--label`s, and `platform=<this machine's>` unless one is given.
-fn host_labels(given: &[(String, String)]) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<_, _> = given.iter().cloned().collect();
-    labels
-        .entry(platform::LABEL.to_owned())
-        .or_insert_with(platform::current);
-    labels
 }

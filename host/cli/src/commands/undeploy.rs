@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use cbs_host::audit::Action;
+use cbs_host::audit::{self, Action, Change};
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
-use super::audit::{self, Change};
 use crate::args::NatsArgs;
 
 /// Stop serving a deployed cell on every watching host.
@@ -39,7 +38,7 @@ pub async fn run(args: UndeployArgs) -> anyhow::Result<ExitCode> {
         from: None,
         detail: String::new(),
     };
-    audit::record(&args.nats, bus.client(), change).await;
+    audit::record(bus.client(), args.nats.options("").as_ref(), change).await;
     println!(
         "{} undeployed: watching hosts stop serving it",
         args.cell_id

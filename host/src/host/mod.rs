@@ -1,0 +1,66 @@
+//! A host: the body serving cells, with what a running `cbs-host` adds
+//! around it — `/metrics`, the HTTP routes of its cells, and following the
+//! lattice's desired state. [`HostBuilder`] makes one the same way for the
+//! command line, the tests and the benches; [`Host::shutdown`] drains it.
+
+mod builder;
+mod lattice;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use self::builder::{default_id, HostBuilder};
+pub use self::lattice::{labels, Lattice};
+use crate::body::Body;
+
+/// A running host.
+pub struct Host {
+    id: String,
+    body: Arc<Body>,
+    metrics: Option<SocketAddr>,
+    routes: Option<routes::Routes>,
+    following: Option<lattice::Following>,
+}
+
+impl Host {
+    /// Starts configuring a host.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// This host's id: its NATS connection name, its name to peers.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The cells it serves and the bus they are served on.
+    pub fn body(&self) -> &Arc<Body> {
+        &self.body
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    /// Where the cells' HTTP routes are served, if they are.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.routes.as_ref().map(routes::Routes::addr)
+    }
+
+    /// Drains the host: no new HTTP requests, no more placing or following
+    /// the desired state (withdrawing this host's status), then no new
+    /// messages while the in-flight ones finish (up to `grace`). Returns
+    /// whether every in-flight message finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        if let Some(routes) = self.routes {
+            routes.stop().await;
+        }
+        if let Some(following) = self.following {
+            following.stop().await;
+        }
+        self.body.shutdown(grace).await
+    }
+}
