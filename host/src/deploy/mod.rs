@@ -580,7 +580,7 @@ pub fn now_ms() -> u64 {
 
 /// Heartbeats older than this leave the `cbs-hosts` bucket (the placer
 /// decides liveness sooner, by its own clock: see [`placer`]).
-const HOST_HEARTBEAT_KEPT: Duration = Duration::from_secs(60);
+pub(crate) const HOST_HEARTBEAT_KEPT: Duration = Duration::from_secs(60);
 
 /// How long `cbs deploy` waits for hosts by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);

@@ -25,6 +25,12 @@ use crate::stats::CellLoad;
 /// (the default `memory_mb` of a wasm cell).
 pub const DEFAULT_MEMORY_MB: u64 = 64;
 
+/// The most labels, and cells with a load, one heartbeat may carry: the
+/// bucket is outside input, and every watching host keeps the last
+/// heartbeat of each host in memory.
+pub const MAX_HEARTBEAT_LABELS: usize = 64;
+pub const MAX_HEARTBEAT_CELLS: usize = 4096;
+
 /// A watching host as its heartbeat describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
@@ -44,9 +50,24 @@ pub struct HostInfo {
 }
 
 impl HostInfo {
-    /// A heartbeat as stored in `cbs-hosts`, or why it is not one.
-    pub fn from_heartbeat(value: &[u8]) -> serde_json::Result<Self> {
-        serde_json::from_slice(value)
+    /// A heartbeat as stored in `cbs-hosts`, or why it is not one (not
+    /// JSON of this shape, or past [`MAX_HEARTBEAT_LABELS`] or
+    /// [`MAX_HEARTBEAT_CELLS`]).
+    pub fn from_heartbeat(value: &[u8]) -> anyhow::Result<Self> {
+        let info: Self = serde_json::from_slice(value)?;
+        if info.labels.len() > MAX_HEARTBEAT_LABELS {
+            anyhow::bail!(
+                "{} labels, more than {MAX_HEARTBEAT_LABELS}",
+                info.labels.len()
+            );
+        }
+        if info.load.len() > MAX_HEARTBEAT_CELLS {
+            anyhow::bail!(
+                "the load of {} cells, more than {MAX_HEARTBEAT_CELLS}",
+                info.load.len()
+            );
+        }
+        Ok(info)
     }
 }
 
@@ -355,6 +376,27 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("no watching host is live"));
+    }
+
+    #[test]
+    fn heartbeats_past_the_label_or_cell_bound_are_refused() {
+        let beat = |labels: usize, cells: usize| {
+            let labels: BTreeMap<String, String> =
+                (0..labels).map(|i| (format!("k{i}"), "v".into())).collect();
+            let load: BTreeMap<String, CellLoad> = (0..cells)
+                .map(|i| (format!("c{i}"), CellLoad::default()))
+                .collect();
+            serde_json::to_vec(&serde_json::json!({
+                "id": "h", "at_ms": 1, "labels": labels, "load": load,
+            }))
+            .unwrap()
+        };
+        let ok = HostInfo::from_heartbeat(&beat(MAX_HEARTBEAT_LABELS, MAX_HEARTBEAT_CELLS));
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = HostInfo::from_heartbeat(&beat(MAX_HEARTBEAT_LABELS + 1, 0)).unwrap_err();
+        assert!(err.to_string().contains("labels"), "{err}");
+        let err = HostInfo::from_heartbeat(&beat(0, MAX_HEARTBEAT_CELLS + 1)).unwrap_err();
+        assert!(err.to_string().contains("cells"), "{err}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Placer {
     /// Heartbeats as they come (every host follows them, so a new lease
     /// holder already knows who stopped beating): host key → when its
     /// last beat was seen, and what it said.
-    seen: Arc<Mutex<HashMap<String, (Instant, HostInfo)>>>,
+    seen: Arc<Mutex<Seen>>,
     /// The lease's revision last seen, and since when.
     lease_seen: Option<(u64, Instant)>,
     holding: bool,
@@ -342,10 +342,7 @@ pub fn host_key(host: &str) -> String {
 
 /// Records each heartbeat as it comes, by this host's clock; watches
 /// again when the watch ends.
-async fn follow_heartbeats(
-    hosts: kv::Store,
-    seen: Arc<Mutex<HashMap<String, (Instant, HostInfo)>>>,
-) {
+async fn follow_heartbeats(hosts: kv::Store, seen: Arc<Mutex<Seen>>) {
     loop {
         match hosts.watch_with_history(">").await {
             Ok(mut watch) => {
@@ -358,7 +355,7 @@ async fn follow_heartbeats(
                     }
                     // The bucket is outside input: a bad heartbeat is skipped.
                     match HostInfo::from_heartbeat(&entry.value) {
-                        Ok(info) => drop(seen.insert(entry.key, (Instant::now(), info))),
+                        Ok(info) => remember(&mut seen, entry.key, info, Instant::now()),
                         Err(e) => {
                             tracing::debug!(key = %entry.key, error = %e, "ignoring an invalid heartbeat")
                         }
@@ -371,10 +368,69 @@ async fn follow_heartbeats(
     }
 }
 
+/// The last heartbeat of each host, by key, with when it was seen.
+type Seen = HashMap<String, (Instant, HostInfo)>;
+
+/// The most hosts whose heartbeats are remembered: past it, those not
+/// heard from for [`FORGET_AFTER`] go, and a new host is ignored while
+/// the table is still full.
+pub const MAX_HOSTS: usize = 4096;
+/// How long a silent host's last heartbeat is remembered at most: as long
+/// as the bucket keeps it. Expiry there sends no delete, and only the
+/// placer holding the lease forgets dead hosts at once.
+const FORGET_AFTER: Duration = super::HOST_HEARTBEAT_KEPT;
+
+fn remember(seen: &mut Seen, key: String, info: HostInfo, now: Instant) {
+    if seen.len() >= MAX_HOSTS && !seen.contains_key(&key) {
+        seen.retain(|_, (at, _)| now.saturating_duration_since(*at) < FORGET_AFTER);
+        if seen.len() >= MAX_HOSTS {
+            tracing::debug!(%key, "ignoring a heartbeat: {MAX_HOSTS} hosts are remembered");
+            return;
+        }
+    }
+    seen.insert(key, (now, info));
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> HostInfo {
+        HostInfo {
+            id: id.to_owned(),
+            labels: BTreeMap::new(),
+            memory_mb: None,
+            at_ms: 0,
+            load: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn remembered_hosts_are_bounded_and_silent_ones_make_room() {
+        let mut seen = Seen::new();
+        let then = Instant::now();
+        for i in 0..MAX_HOSTS {
+            remember(&mut seen, format!("h{i}"), info("h"), then);
+        }
+        remember(&mut seen, "new".into(), info("new"), then);
+        assert_eq!(seen.len(), MAX_HOSTS);
+        assert!(
+            !seen.contains_key("new"),
+            "ignored while every host is fresh"
+        );
+        remember(&mut seen, "h1".into(), info("h1"), then);
+        assert_eq!(seen["h1"].1.id, "h1", "a known host still updates");
+        let later = then + FORGET_AFTER;
+        remember(&mut seen, "new".into(), info("new"), later);
+        assert_eq!(seen.len(), 1, "the silent hosts went");
+        assert!(seen.contains_key("new"));
     }
 }
