@@ -187,6 +187,10 @@ fn routes(id: &str, data: &serde_json::Value) -> Vec<crate::http::Target> {
         .collect()
 }
 
+/// The most replies taken per question: any client may answer on
+/// `$SRV`, and every reply is kept until the answer is complete.
+pub const MAX_REPLIES: usize = 4096;
+
 async fn gather<T: for<'de> Deserialize<'de>>(
     client: &async_nats::Client,
     verb: &str,
@@ -207,15 +211,19 @@ async fn gather<T: for<'de> Deserialize<'de>>(
     client.flush().await.map_err(|e| unavailable(&e))?;
     let end = Instant::now() + limit;
     let mut out = Vec::new();
-    loop {
+    while out.len() < MAX_REPLIES {
         let wait = quiet.min(end.saturating_duration_since(Instant::now()));
         match tokio::time::timeout(wait, replies.next()).await {
             Ok(Some(message)) => match serde_json::from_slice(&message.payload) {
                 Ok(item) => out.push(item),
                 Err(e) => tracing::warn!(verb, error = %e, "ignoring a malformed $SRV reply"),
             },
-            _ => break,
+            _ => return Ok(out),
         }
     }
+    tracing::warn!(
+        verb,
+        "more than {MAX_REPLIES} hosts answered; the rest are left out"
+    );
     Ok(out)
 }

@@ -361,6 +361,45 @@ async fn cbs_ps_json_shows_schemas_and_counts_requests() {
     assert_eq!(requests, 2, "the two requests above were counted");
 }
 
+/// Anyone may answer on `$SRV`: a flood of replies to one discovery
+/// question is cut at `discovery::MAX_REPLIES`, and the answer still comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_discovery_replies_is_cut_at_the_bound() {
+    use futures_util::StreamExt as _;
+    let server = NatsServer::start();
+    let flooder = server.bus().await.client().clone();
+    let mut questions = flooder.subscribe("$SRV.INFO.cbs").await.unwrap();
+    flooder.flush().await.unwrap();
+    let flood = discovery::MAX_REPLIES + 100;
+    let answering = tokio::spawn(async move {
+        let question = questions.next().await.expect("a discovery question");
+        let reply = question.reply.expect("a reply subject");
+        for i in 0..flood {
+            let info = json!({
+                "type": "io.nats.micro.v1.info_response", "name": "cbs",
+                "id": format!("forged-{i}"), "description": "", "version": "1.0.0",
+                "metadata": {}, "endpoints": [],
+            });
+            let payload = serde_json::to_vec(&info).unwrap();
+            flooder
+                .publish(reply.clone(), payload.into())
+                .await
+                .unwrap();
+        }
+        flooder.flush().await.unwrap();
+    });
+    let asker = server.bus().await;
+    let hosts = discovery::list(
+        asker.client(),
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    answering.await.unwrap();
+    assert_eq!(hosts.len(), discovery::MAX_REPLIES);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     let server = NatsServer::start();
