@@ -45,7 +45,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium console-screenshots test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -103,7 +103,7 @@ define print_skips
 	fi
 endef
 
-test: setup-rust setup-nats host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
+test: setup-rust setup-nats setup-chromium host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
 	@mkdir -p "$$(dirname "$(CBS_TEST_SKIPS)")" && rm -f "$(CBS_TEST_SKIPS)"
 	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz
 	@$(MAKE) --no-print-directory test-python test-kubernetes test-openapi test-dart
@@ -168,6 +168,15 @@ setup-rust:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || { \
 		echo "installing the wasm32-wasip2 Rust target..." >&2; \
 		rustup target add wasm32-wasip2; }
+
+setup-chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing Debian's chromium and chromium-driver (the console's browser tests)..." >&2; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+console-screenshots: setup-chromium host cells ## The console's browser tests, saving each view as docs/console/<view>.png
+	CBS_SCREENSHOTS=$(CURDIR)/docs/console $(CARGO) test -p cbs-tests --test console
 
 setup-nats:
 	@command -v nats-server >/dev/null || { \

@@ -36,6 +36,10 @@ pub struct CellView {
     /// Of those, the ones that came over the bus (the endpoint's own count).
     pub bus_requests: u64,
     pub errors: u64,
+    /// Failure replies by `BusError` code (known codes only).
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Recent handling latency (a moving average) on that host, µs.
+    pub latency_us: u64,
     pub average_processing_us: u64,
     pub input_schema: Option<String>,
     pub output_schema: Option<String>,
@@ -165,6 +169,8 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
             .unwrap_or(counts.map_or(0, |c| c.requests as u64)),
         bus_requests: counts.map_or(0, |c| c.requests as u64),
         errors: data["errors"].as_u64().unwrap_or(0),
+        errors_by_code: errors_by_code(&data["errors_by_code"]),
+        latency_us: data["recent_latency_us"].as_u64().unwrap_or(0),
         average_processing_us: counts.map_or(0, |c| c.average_processing_time.as_micros() as u64),
         input_schema: meta.get("input_schema").cloned(),
         output_schema: meta.get("output_schema").cloned(),
@@ -172,6 +178,16 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         // Another host's reply: tolerated when malformed, as the rest.
         durable: serde_json::from_value(data["durable"].clone()).ok(),
     }
+}
+
+/// A host's error counts by code: only the codes CBS has, with counts.
+fn errors_by_code(data: &serde_json::Value) -> BTreeMap<String, u64> {
+    crate::error::ErrorCode::all()
+        .filter_map(|code| {
+            let n = data.get(code.as_str())?.as_u64()?;
+            Some((code.as_str().to_owned(), n))
+        })
+        .collect()
 }
 
 /// The routes a host reports for cell `id`: only valid ones, and only to

@@ -11,7 +11,7 @@
 //! state) with [`audit`] (who changed what); [`host`] (a running host built
 //! by `HostBuilder`: body, metrics, HTTP routes, the lattice); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
 //! [`http`] (the way in over HTTP: routes, OpenAPI, problems);
-//! [`random`] (jitter and seeded faults).
+//! [`console`] (the browser UI, live); [`random`] (jitter and seeded faults).
 
 pub mod audit;
 pub mod backoff;
@@ -20,6 +20,7 @@ pub mod bundle;
 pub mod bus;
 pub mod call;
 pub mod chaos;
+pub mod console;
 pub mod contract;
 pub mod deploy;
 pub mod dirs;

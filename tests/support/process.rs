@@ -55,12 +55,19 @@ impl HostProcess {
 
     /// The address `--http` listens on, from the log.
     pub fn http_addr(&self) -> String {
-        self.wait_for_log("serving HTTP on", Duration::from_secs(30));
+        self.logged_addr("serving HTTP on http://")
+    }
+
+    /// The address `--console` listens on, from the log.
+    pub fn console_addr(&self) -> String {
+        self.logged_addr("serving the console on http://")
+    }
+
+    /// The address logged right after `marker`.
+    fn logged_addr(&self, marker: &str) -> String {
+        self.wait_for_log(marker, Duration::from_secs(30));
         let log = self.log();
-        let after = log
-            .split("serving HTTP on http://")
-            .nth(1)
-            .expect("the HTTP address");
+        let after = log.split(marker).nth(1).expect("the address");
         after.split_whitespace().next().unwrap().to_owned()
     }
 
@@ -260,6 +267,77 @@ pub fn cbs(args: &[&str]) -> Output {
         .expect("cbs runs")
 }
 
+/// Spawns a server that logs `marker` followed by its address; returns
+/// it and the address (killed with the test if the address never shows).
+fn spawn_serving(mut command: Command, marker: &'static str) -> (Child, String) {
+    let mut child = command
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server runs");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split(marker).nth(1) {
+                let addr = addr.split_whitespace().next().unwrap_or_default();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => (child, addr),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the server did not log its address ({marker}) in 30 s");
+        }
+    }
+}
+
+/// `cbs console` on a free port, for the lattice at `url`; killed when
+/// dropped.
+pub struct Console {
+    child: Child,
+    base: String,
+}
+
+impl Console {
+    pub fn start(url: &str) -> Self {
+        let mut command = Command::new(bin("cbs"));
+        command.args([
+            "--log-level",
+            "info",
+            "console",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            url,
+        ]);
+        let (child, addr) = spawn_serving(command, "serving the console on http://");
+        Self {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `cbs gateway` on a free port, following the lattice at `url` (every
 /// 200 ms unless told otherwise); killed when dropped.
 pub struct Gateway {
@@ -275,35 +353,11 @@ impl Gateway {
     /// A gateway that asks the hosts for their routes every `refresh_ms`.
     pub fn refreshing(url: &str, refresh_ms: u64) -> Self {
         let refresh = refresh_ms.to_string();
-        let mut child = Command::new(bin("cbs"))
+        let mut command = Command::new(bin("cbs"));
+        command
             .args(["--log-level", "info", "gateway", "--http", "127.0.0.1:0"])
-            .args(["--refresh-ms", &refresh, "--nats", url])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cbs gateway runs");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("serving HTTP on http://").nth(1) {
-                    let addr = addr
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the gateway logs its address");
+            .args(["--refresh-ms", &refresh, "--nats", url]);
+        let (child, addr) = spawn_serving(command, "serving HTTP on http://");
         Self {
             child,
             base: format!("http://{addr}"),

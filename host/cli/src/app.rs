@@ -9,8 +9,8 @@ use cbs_host::telemetry::Exporter;
 
 use crate::args::LogArgs;
 use crate::commands::{
-    audit, bench, build, call, contract, deploy, dlq, gateway, keygen, load, ls, new, ps, publish,
-    replay, rollback, run, undeploy,
+    audit, bench, build, call, console, contract, deploy, dlq, gateway, keygen, load, ls, new, ps,
+    publish, replay, rollback, run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -102,12 +102,21 @@ pub enum CbsCommand {
     Ps(ps::PsArgs),
     Bench(bench::BenchArgs),
     Gateway(gateway::GatewayArgs),
+    Console(console::ConsoleArgs),
+}
+
+impl CbsCommand {
+    /// Whether the command is a server (it logs where it listens and
+    /// serves many requests at once) rather than a client doing one thing.
+    fn is_server(&self) -> bool {
+        matches!(self, Self::Gateway(_) | Self::Console(_))
+    }
 }
 
 /// What `cbs` does with its parsed command line.
 pub fn run_cbs(cli: CbsCli) -> ExitCode {
-    // A gateway is a server: it says where it listens and what it serves.
-    let level = if matches!(cli.command, CbsCommand::Gateway(_)) {
+    // A server says where it listens and what it serves.
+    let level = if cli.command.is_server() {
         "info"
     } else {
         "warn"
@@ -124,9 +133,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The gateway serves many requests at once; the other commands are
-    // clients doing one thing.
-    let runtime = if matches!(cli.command, CbsCommand::Gateway(_)) {
+    let runtime = if cli.command.is_server() {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -153,6 +160,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Ps(args) => ps::run(args).await,
             CbsCommand::Bench(args) => bench::run(args).await,
             CbsCommand::Gateway(args) => gateway::run(args).await,
+            CbsCommand::Console(args) => console::run(args).await,
         }
     });
     telemetry.shutdown();

@@ -16,6 +16,7 @@ use crate::body::{Body, Parts, Sources};
 use crate::bus::local::LocalBus;
 use crate::bus::BodyBus;
 use crate::chaos::ChaosSpec;
+use crate::console::Console;
 use crate::http::HttpConfig;
 use crate::runtime::wasm::{EngineOptions, WasmRuntime};
 
@@ -36,6 +37,7 @@ pub struct HostBuilder {
     local_calls: bool,
     metrics: Option<SocketAddr>,
     http: Option<(SocketAddr, HttpConfig)>,
+    console: Option<SocketAddr>,
     lattice: Option<Lattice>,
     cells: Vec<PathBuf>,
 }
@@ -54,6 +56,7 @@ impl Default for HostBuilder {
             local_calls: true,
             metrics: None,
             http: None,
+            console: None,
             lattice: None,
             cells: Vec::new(),
         }
@@ -134,6 +137,12 @@ impl HostBuilder {
         self
     }
 
+    /// Serves the console of this host on `addr` (read-only).
+    pub fn console(mut self, addr: SocketAddr) -> Self {
+        self.console = Some(addr);
+        self
+    }
+
     /// Follows the lattice's desired state: places replicas and serves
     /// what is placed here.
     pub fn lattice(mut self, lattice: Lattice) -> Self {
@@ -154,7 +163,8 @@ impl HostBuilder {
     }
 
     /// Brings the host up: `/metrics` first (so a slow start shows), then
-    /// the cells, the lattice, the HTTP routes; then it reports ready.
+    /// the cells, the lattice, the HTTP routes and the console; then it
+    /// reports ready.
     pub async fn start(self) -> anyhow::Result<Host> {
         let id = self.id.unwrap_or_else(default_id);
         let data_dir = self.data_dir.unwrap_or_else(crate::dirs::data);
@@ -187,12 +197,20 @@ impl HostBuilder {
             Some((addr, config)) => Some(Routes::start(addr, config, &body).await?),
             None => None,
         };
+        let console = match self.console {
+            Some(addr) => {
+                let source = Arc::new(crate::console::source::Local::new(&id, &body));
+                Some(Console::start(addr, source).await?)
+            }
+            None => None,
+        };
         body.set_ready();
         Ok(Host {
             id,
             body,
             metrics,
             routes,
+            console,
             following,
         })
     }

@@ -1,5 +1,5 @@
 //! A host: the body serving cells, with what a running `cbs-host` adds
-//! around it — `/metrics`, the HTTP routes of its cells, and following the
+//! around it — `/metrics`, the HTTP routes of its cells, its console, and following the
 //! lattice's desired state. [`HostBuilder`] makes one the same way for the
 //! command line, the tests and the benches; [`Host::shutdown`] drains it.
 
@@ -21,6 +21,7 @@ pub struct Host {
     body: Arc<Body>,
     metrics: Option<SocketAddr>,
     routes: Option<routes::Routes>,
+    console: Option<crate::console::Console>,
     following: Option<lattice::Following>,
 }
 
@@ -50,11 +51,19 @@ impl Host {
         self.routes.as_ref().map(routes::Routes::addr)
     }
 
-    /// Drains the host: no new HTTP requests, no more placing or following
+    /// Where the console is served, if it is.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(crate::console::Console::addr)
+    }
+
+    /// Drains the host: the console stops, no new HTTP requests, no more placing or following
     /// the desired state (withdrawing this host's status), then no new
     /// messages while the in-flight ones finish (up to `grace`). Returns
     /// whether every in-flight message finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        if let Some(console) = self.console {
+            console.stop().await;
+        }
         if let Some(routes) = self.routes {
             routes.stop().await;
         }

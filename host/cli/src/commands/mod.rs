@@ -5,6 +5,7 @@ pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod call;
+pub mod console;
 pub mod contract;
 pub mod deploy;
 pub mod dlq;

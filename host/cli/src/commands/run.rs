@@ -96,6 +96,11 @@ pub struct RunArgs {
     http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     http_options: HttpArgs,
+    /// Serve the console of this host on this address, e.g.
+    /// 127.0.0.1:8090 (port 0 picks one, logged): its cells live in a
+    /// browser, read-only. For a whole lattice use `cbs console`.
+    #[arg(long, value_name = "ADDR")]
+    console: Option<std::net::SocketAddr>,
     /// Fault injection for resilience testing: a TOML file of
     /// `["<cell-id>"]` tables with latency_ms, error_rate, drop_rate, seed.
     #[arg(long, value_name = "FILE")]
@@ -174,6 +179,9 @@ fn builder(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Resu
     }
     if let Some(addr) = args.metrics {
         builder = builder.metrics(addr);
+    }
+    if let Some(addr) = args.console {
+        builder = builder.console(addr);
     }
     Ok(builder)
 }

@@ -1,0 +1,175 @@
+// The CBS console: reads one view's data from /events/<view> (server-sent
+// events, one snapshot a second) and draws it. Text goes in with
+// textContent only: names and errors from the lattice never become markup.
+"use strict";
+
+const view = document.getElementById("view");
+const status = document.getElementById("status");
+
+// Builds an element: el("td", {class: "num"}, "3", child, …).
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value !== undefined && value !== null && value !== false) node.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function table(headers, rows, caption) {
+  return el("table", {},
+    caption ? el("caption", { class: "muted" }, caption) : null,
+    el("thead", {}, el("tr", {}, headers.map(([label, cls]) => el("th", { class: cls, scope: "col" }, label)))),
+    el("tbody", {}, rows));
+}
+
+function badge(text, kind) {
+  return el("span", { class: `badge ${kind || ""}` }, text);
+}
+
+function cellLink(id) {
+  return el("a", { href: `/cells/${encodeURIComponent(id)}` }, id);
+}
+
+// Rates from two snapshots: requests/s by key.
+let previous = null;
+function rate(key, count, at) {
+  const before = previous && previous.counts.get(key);
+  if (!before || at <= previous.at) return null;
+  return Math.max(0, (count - before) * 1000 / (at - previous.at));
+}
+function remember(at, counts) {
+  previous = { at, counts };
+}
+function fmtRate(r) {
+  return r === null ? "…" : r.toFixed(r < 10 ? 1 : 0);
+}
+
+function drawLattice(data) {
+  const counts = new Map();
+  const hostRows = data.hosts.map((host) => {
+    let requests = 0;
+    let errors = 0;
+    for (const c of host.cells) { requests += c.requests; errors += c.errors; }
+    counts.set(`host:${host.id}`, requests);
+    const labels = Object.entries(host.labels).map(([k, v]) => badge(`${k}=${v}`));
+    return el("tr", {},
+      el("td", {}, host.id),
+      el("td", {}, labels),
+      el("td", {}, host.watching ? badge("watching", "ok") : el("span", { class: "muted" }, "static")),
+      el("td", { class: "num" }, host.cells.length),
+      el("td", { class: "num", "data-rate": `host:${host.id}` }, fmtRate(rate(`host:${host.id}`, requests, data.at_ms))),
+      el("td", { class: "num" }, errors));
+  });
+  const cellRows = data.cells.map((cell) => {
+    const serving = cell.serving.map((r) => badge(`${r.host} ${r.version}`, cell.desired && r.version !== cell.desired ? "warn" : ""));
+    const state = [];
+    if (cell.drift) state.push(badge("drift", "warn"));
+    if (cell.unplaced) state.push(badge(`unplaced: ${cell.unplaced}`, "bad"));
+    return el("tr", { class: cell.drift ? "drift" : null, "data-cell": cell.id },
+      el("td", {}, cellLink(cell.id)),
+      el("td", {}, cell.desired || el("span", { class: "muted" }, "not deployed")),
+      el("td", { class: "num" }, cell.replicas === null ? (cell.desired ? "all" : "") : cell.replicas),
+      el("td", { class: "num" }, cell.serving.length),
+      el("td", {}, serving),
+      el("td", {}, state));
+  });
+  remember(data.at_ms, counts);
+  view.replaceChildren(
+    el("h1", {}, data.source === "nats" ? "Lattice" : "Host"),
+    el("h2", { id: "hosts" }, `Hosts (${data.hosts.length})`),
+    table([["Host"], ["Labels"], ["Follows"], ["Cells", "num"], ["Requests/s", "num"], ["Errors", "num"]], hostRows),
+    el("h2", { id: "cells" }, `Cells (${data.cells.length})`),
+    table([["Cell"], ["Desired"], ["Replicas", "num"], ["Serving", "num"], ["Hosts and versions"], ["State"]], cellRows));
+}
+
+// A JSON Schema, readably: each property with its type, whether required,
+// and its constraints; anything else as indented JSON.
+function schemaTree(schema) {
+  if (schema === null || schema === undefined) return el("p", { class: "muted" }, "none declared");
+  if (typeof schema === "string") return el("p", {}, el("code", {}, schema));
+  if (schema.type !== "object" || !schema.properties) return el("pre", {}, JSON.stringify(schema, null, 2));
+  const required = new Set(schema.required || []);
+  const items = Object.entries(schema.properties).map(([name, prop]) => {
+    const facts = [];
+    for (const key of ["type", "format", "minimum", "maximum", "minLength", "maxLength", "pattern"]) {
+      if (prop[key] !== undefined) facts.push(`${key} ${JSON.stringify(prop[key])}`);
+    }
+    if (prop.enum) facts.push(`one of ${prop.enum.map((v) => JSON.stringify(v)).join(", ")}`);
+    return el("li", {}, el("code", {}, name), " ", required.has(name) ? badge("required") : badge("optional"),
+      " ", el("span", { class: "muted" }, facts.join(" · ")),
+      prop.description ? el("div", { class: "muted" }, prop.description) : null,
+      prop.type === "object" && prop.properties ? schemaTree(prop) : null);
+  });
+  return el("ul", { class: "schema" }, items);
+}
+
+function drawCell(data) {
+  const counts = new Map();
+  const rows = data.hosts.map((h) => {
+    counts.set(h.host, h.requests);
+    const codes = Object.entries(h.errors_by_code).map(([code, n]) => badge(`${code} ${n}`, "bad"));
+    const durable = h.durable
+      ? `lag ${h.durable.lag} · redelivered ${h.durable.redelivered} · dead letters ${h.durable.dead_lettered}`
+      : "";
+    return el("tr", { "data-host": h.host },
+      el("td", {}, h.host),
+      el("td", {}, h.version),
+      el("td", { class: "num", "data-rate": h.host }, fmtRate(rate(h.host, h.requests, data.at_ms))),
+      el("td", { class: "num", "data-requests": h.host }, h.requests),
+      el("td", { class: "num" }, h.errors),
+      el("td", {}, codes),
+      el("td", { class: "num" }, (h.latency_us / 1000).toFixed(2)),
+      el("td", { class: "num" }, h.instances),
+      el("td", {}, durable));
+  });
+  const breakers = data.hosts.flatMap((h) => Object.entries(h.breakers).map(([target, state]) =>
+    el("tr", {}, el("td", {}, h.host), el("td", {}, target),
+      el("td", {}, badge(state, state === "open" ? "bad" : state === "closed" ? "ok" : "warn")))));
+  remember(data.at_ms, counts);
+  view.replaceChildren(
+    el("h1", {}, "Cell ", el("code", {}, data.id), data.desired ? el("span", { class: "muted" }, ` desired ${data.desired}`) : null),
+    el("h2", {}, "On each host"),
+    table([["Host"], ["Version"], ["Requests/s", "num"], ["Requests", "num"], ["Errors", "num"], ["By code"],
+      ["Latency ms", "num"], ["Instances", "num"], ["Durable"]], rows),
+    el("h2", {}, "Circuit breakers"),
+    breakers.length ? table([["Host"], ["Target"], ["State"]], breakers) : el("p", { class: "muted" }, "no calls out"),
+    el("h2", {}, "Contract: input"),
+    schemaTree(data.input),
+    el("h2", {}, "Contract: output"),
+    schemaTree(data.output));
+}
+
+function follow(path, draw, title) {
+  document.title = `${title} · CBS console`;
+  const source = new EventSource(path);
+  source.addEventListener("snapshot", (event) => {
+    draw(JSON.parse(event.data));
+    view.setAttribute("aria-busy", "false");
+    status.className = "";
+    status.textContent = `live · ${new Date().toLocaleTimeString()}`;
+  });
+  source.addEventListener("missing", () => {
+    view.replaceChildren(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
+    view.setAttribute("aria-busy", "false");
+  });
+  source.addEventListener("problem", (event) => {
+    status.className = "bad";
+    status.textContent = `cannot read the lattice: ${JSON.parse(event.data).detail}`;
+  });
+  source.onerror = () => {
+    status.className = "bad";
+    status.textContent = "disconnected; retrying…";
+  };
+}
+
+const cellPath = location.pathname.match(/^\/cells\/([^/]+)$/);
+if (cellPath) {
+  const id = decodeURIComponent(cellPath[1]);
+  follow(`/events/cells/${encodeURIComponent(id)}`, drawCell, id);
+} else {
+  follow("/events/lattice", drawLattice, "Lattice");
+}

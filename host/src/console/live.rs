@@ -1,0 +1,131 @@
+//! Live views: one snapshot of each view per tick, taken when a viewer
+//! asks and shared by every viewer of that view in the tick, and the
+//! server-sent event stream that sends it every tick.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::{watch, Mutex};
+
+use super::Source;
+
+/// How often a live view is sent.
+pub const TICK: Duration = Duration::from_secs(1);
+/// The most views kept between ticks: cell ids come from URLs.
+const MAX_KEPT: usize = 1024;
+
+/// A view: the lattice, or one cell.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Lattice,
+    Cell(String),
+}
+
+impl Key {
+    /// The view of cell `id`, or `None` when `id` cannot be a cell id.
+    pub fn cell(id: &str) -> Option<Self> {
+        crate::manifest::check_cell_id(id)
+            .is_ok()
+            .then(|| Self::Cell(id.to_owned()))
+    }
+}
+
+/// A view's data as JSON, or why there is none.
+#[derive(Debug, Clone)]
+pub enum Snapshot {
+    Ready(Arc<str>),
+    Missing,
+    Failed(String),
+}
+
+pub struct Snapshots {
+    source: Arc<dyn Source>,
+    taken: Mutex<HashMap<Key, (Instant, Snapshot)>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Snapshots {
+    pub fn new(source: Arc<dyn Source>, stopped: watch::Receiver<bool>) -> Self {
+        Self {
+            source,
+            taken: Mutex::default(),
+            stopped,
+        }
+    }
+
+    /// The view's snapshot of this tick: taken now unless one is younger
+    /// than a tick.
+    pub async fn get(&self, key: Key) -> Snapshot {
+        let mut taken = self.taken.lock().await;
+        let now = Instant::now();
+        if let Some((at, snapshot)) = taken.get(&key) {
+            if now.duration_since(*at) < TICK {
+                return snapshot.clone();
+            }
+        }
+        let snapshot = self.take(&key).await;
+        if taken.len() >= MAX_KEPT {
+            taken.retain(|_, (at, _)| now.duration_since(*at) < TICK);
+        }
+        if taken.len() < MAX_KEPT {
+            taken.insert(key, (Instant::now(), snapshot.clone()));
+        }
+        snapshot
+    }
+
+    async fn take(&self, key: &Key) -> Snapshot {
+        let json = match key {
+            Key::Lattice => self
+                .source
+                .lattice()
+                .await
+                .map(|view| Some(serde_json::to_string(&view))),
+            Key::Cell(id) => self
+                .source
+                .cell(id)
+                .await
+                .map(|view| view.map(|v| serde_json::to_string(&v))),
+        };
+        match json {
+            Ok(Some(Ok(text))) => Snapshot::Ready(text.into()),
+            Ok(None) => Snapshot::Missing,
+            Ok(Some(Err(e))) => Snapshot::Failed(format!("cannot write the view: {e}")),
+            Err(e) => Snapshot::Failed(format!("{e:#}")),
+        }
+    }
+
+    /// The view every tick as server-sent events (`snapshot` with the
+    /// JSON, or `missing` / `problem`), until the console stops.
+    pub fn stream(
+        self: &Arc<Self>,
+        key: Key,
+    ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+        let state = (self.clone(), key, true);
+        let events = futures_util::stream::unfold(state, |(snapshots, key, first)| async move {
+            let mut stopped = snapshots.stopped.clone();
+            if *stopped.borrow() {
+                return None;
+            }
+            if !first {
+                tokio::select! {
+                    () = tokio::time::sleep(TICK) => {}
+                    _ = stopped.wait_for(|stop| *stop) => return None,
+                }
+            }
+            let event = match snapshots.get(key.clone()).await {
+                Snapshot::Ready(json) => Event::default().event("snapshot").data(&*json),
+                Snapshot::Missing => Event::default().event("missing").data("{}"),
+                Snapshot::Failed(why) => {
+                    let detail = serde_json::json!({ "detail": why }).to_string();
+                    Event::default().event("problem").data(detail)
+                }
+            };
+            Some((Ok(event), (snapshots, key, false)))
+        });
+        Sse::new(events).keep_alive(KeepAlive::default())
+    }
+}

@@ -1,0 +1,183 @@
+//! The console: a browser UI to see a lattice (or one host) live, served
+//! by CBS itself with nothing fetched from outside (ADR 0021).
+//!
+//! [`view`] (what the views show), [`source`] (where it comes from: NATS
+//! or a body in process), [`live`] (one snapshot per view and tick, sent
+//! to every viewer as server-sent events); the pages are a shell and a
+//! script under `assets/`, embedded in the binary.
+
+mod live;
+pub mod source;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use self::live::Snapshots;
+pub use self::source::Source;
+use crate::http::listen::{self, Limits};
+
+const SHELL: &str = include_str!("assets/console.html");
+const SCRIPT: &str = include_str!("assets/console.js");
+const STYLE: &str = include_str!("assets/console.css");
+
+/// Every answer's headers: the browser itself refuses anything outside
+/// the console's origin, inline scripts included.
+const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// A console served on its own task.
+pub struct Console {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Console {
+    /// Binds `addr` (port 0 picks one) and serves the console of `source`.
+    pub async fn start(addr: SocketAddr, source: Arc<dyn Source>) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for the console on {addr}"))?;
+        let bound = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let app = router(Arc::new(Snapshots::new(source, stopped.clone())));
+        let mut shutdown = stopped;
+        let task = tokio::spawn(async move {
+            let stopping = async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = listen::serve(app, listener, Limits::default(), stopping).await {
+                tracing::error!(error = %e, "the console's server stopped");
+            }
+        });
+        tracing::info!(addr = %bound, "serving the console on http://{bound}");
+        Ok(Self {
+            addr: bound,
+            stop,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Ends the live streams and stops serving.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn router(snapshots: Arc<Snapshots>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(shell))
+        .route("/cells/{id}", get(shell))
+        .route("/assets/console.js", get(script))
+        .route("/assets/console.css", get(style))
+        .route("/api/lattice", get(lattice))
+        .route("/api/cells/{id}", get(cell))
+        .route("/events/lattice", get(lattice_events))
+        .route("/events/cells/{id}", get(cell_events))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(guard))
+        .with_state(snapshots)
+}
+
+async fn guard(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+async fn shell() -> Response {
+    typed("text/html; charset=utf-8", SHELL)
+}
+
+async fn script() -> Response {
+    typed("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn style() -> Response {
+    typed("text/css; charset=utf-8", STYLE)
+}
+
+fn typed(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn lattice(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    json(snapshots.get(live::Key::Lattice).await)
+}
+
+async fn cell(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<String>) -> Response {
+    match live::Key::cell(&id) {
+        Some(key) => json(snapshots.get(key).await),
+        None => problem(StatusCode::NOT_FOUND, "not a cell id"),
+    }
+}
+
+async fn lattice_events(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    snapshots.stream(live::Key::Lattice).into_response()
+}
+
+async fn cell_events(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<String>) -> Response {
+    match live::Key::cell(&id) {
+        Some(key) => snapshots.stream(key).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "not a cell id"),
+    }
+}
+
+async fn not_found() -> Response {
+    problem(StatusCode::NOT_FOUND, "no such page")
+}
+
+/// A snapshot as JSON, or the problem that kept it from being taken.
+fn json(snapshot: live::Snapshot) -> Response {
+    match snapshot {
+        live::Snapshot::Ready(text) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            text.to_string(),
+        )
+            .into_response(),
+        live::Snapshot::Missing => {
+            problem(StatusCode::NOT_FOUND, "nothing serves or wants this cell")
+        }
+        live::Snapshot::Failed(why) => problem(StatusCode::BAD_GATEWAY, &why),
+    }
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}

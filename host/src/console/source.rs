@@ -1,0 +1,220 @@
+//! Where the console's views come from: a lattice over NATS, or one host's
+//! body in process. Both give the same view types.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::view::{CellDetail, Host, HostServing, Lattice, Served};
+use crate::body::{Body, LoadedCell};
+use crate::deploy::Store;
+use crate::discovery;
+
+/// What the console reads.
+#[async_trait]
+pub trait Source: Send + Sync {
+    async fn lattice(&self) -> anyhow::Result<Lattice>;
+
+    /// One cell, or `None` when nothing serves it or wants it.
+    async fn cell(&self, id: &str) -> anyhow::Result<Option<CellDetail>>;
+}
+
+/// One host, in process (`cbs-host run --console`).
+pub struct Local {
+    host: String,
+    body: Weak<Body>,
+}
+
+impl Local {
+    pub fn new(host: &str, body: &Arc<Body>) -> Self {
+        Self {
+            host: host.to_owned(),
+            body: Arc::downgrade(body),
+        }
+    }
+
+    fn body(&self) -> anyhow::Result<Arc<Body>> {
+        self.body
+            .upgrade()
+            .ok_or_else(|| anyhow::anyhow!("the host is shutting down"))
+    }
+}
+
+#[async_trait]
+impl Source for Local {
+    async fn lattice(&self) -> anyhow::Result<Lattice> {
+        let body = self.body()?;
+        let hosts = vec![Host {
+            id: self.host.clone(),
+            cells: body.cells().iter().map(|c| served(c)).collect(),
+            ..Host::default()
+        }];
+        Ok(Lattice {
+            at_ms: crate::deploy::now_ms(),
+            source: "in-process",
+            cells: Lattice::cells_from(&hosts, BTreeMap::new()),
+            hosts,
+        })
+    }
+
+    async fn cell(&self, id: &str) -> anyhow::Result<Option<CellDetail>> {
+        let Some(cell) = self.body()?.cell(id) else {
+            return Ok(None);
+        };
+        let schema = |s: &Option<crate::contract::Schema>| s.as_ref().map(|s| s.value().clone());
+        Ok(Some(CellDetail {
+            at_ms: crate::deploy::now_ms(),
+            id: id.to_owned(),
+            desired: None,
+            hosts: vec![HostServing {
+                host: self.host.clone(),
+                served: served(&cell),
+                breakers: cell
+                    .breakers()
+                    .into_iter()
+                    .map(|(target, state)| (target, breaker_name(state).to_owned()))
+                    .collect(),
+            }],
+            input: schema(&cell.contract.input),
+            output: schema(&cell.contract.output),
+        }))
+    }
+}
+
+fn breaker_name(state: crate::resilience::BreakerState) -> &'static str {
+    use crate::resilience::BreakerState;
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::HalfOpen => "half_open",
+        BreakerState::Open => "open",
+    }
+}
+
+fn served(cell: &LoadedCell) -> Served {
+    Served {
+        cell: cell.manifest.id.clone(),
+        version: cell.manifest.version.clone(),
+        requests: cell.stats.requests(),
+        errors: cell.stats.errors(),
+        errors_by_code: cell
+            .stats
+            .errors_by_code()
+            .map(|(code, n)| (code.as_str().to_owned(), n))
+            .collect(),
+        latency_us: cell.stats.recent_latency_us(),
+        instances: cell.runner.instances() as u64,
+        durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
+    }
+}
+
+/// How long a discovery question waits: for quiet, and in all.
+const QUIET: Duration = Duration::from_millis(150);
+const LIMIT: Duration = Duration::from_secs(2);
+
+/// A lattice over NATS (`cbs console`): the hosts' discovery answers and
+/// the desired state.
+pub struct Nats {
+    client: async_nats::Client,
+    store: Store,
+}
+
+impl Nats {
+    pub async fn connect(client: async_nats::Client) -> anyhow::Result<Self> {
+        let store = Store::open(&client).await?;
+        Ok(Self { client, store })
+    }
+
+    async fn hosts(&self) -> anyhow::Result<Vec<Host>> {
+        let views = discovery::list(&self.client, QUIET, LIMIT).await?;
+        let peers = discovery::hosts(&self.client, QUIET, LIMIT).await?;
+        let labels: BTreeMap<String, BTreeMap<String, String>> =
+            peers.into_iter().map(|p| (p.host, p.labels)).collect();
+        Ok(views
+            .into_iter()
+            .map(|view| Host {
+                labels: labels.get(&view.host).cloned().unwrap_or_default(),
+                watching: view.watching,
+                cells: view.cells.iter().map(served_remote).collect(),
+                id: view.host,
+            })
+            .collect())
+    }
+
+    /// cell → (desired version, replicas wanted, why some are unplaced).
+    async fn desired(
+        &self,
+    ) -> anyhow::Result<BTreeMap<String, (String, Option<u32>, Option<String>)>> {
+        let mut desired: BTreeMap<_, _> = self
+            .store
+            .all_desired()
+            .await?
+            .into_iter()
+            .map(|d| (d.cell, (d.current.version, d.current.replicas, None)))
+            .collect();
+        for placement in self.store.placements().await? {
+            if let Some(row) = desired.get_mut(&placement.cell) {
+                row.2 = placement.unplaced;
+            }
+        }
+        Ok(desired)
+    }
+}
+
+#[async_trait]
+impl Source for Nats {
+    async fn lattice(&self) -> anyhow::Result<Lattice> {
+        let hosts = self.hosts().await?;
+        Ok(Lattice {
+            at_ms: crate::deploy::now_ms(),
+            source: "nats",
+            cells: Lattice::cells_from(&hosts, self.desired().await?),
+            hosts,
+        })
+    }
+
+    async fn cell(&self, id: &str) -> anyhow::Result<Option<CellDetail>> {
+        let views = discovery::list(&self.client, QUIET, LIMIT).await?;
+        let desired = self.store.desired(id).await?.map(|d| d.current.version);
+        let mut detail = CellDetail {
+            at_ms: crate::deploy::now_ms(),
+            id: id.to_owned(),
+            desired,
+            ..CellDetail::default()
+        };
+        for view in views {
+            let Some(cell) = view.cells.iter().find(|c| c.id == id) else {
+                continue;
+            };
+            // A route carries the schemas themselves; else their ids.
+            let route = cell.http.first();
+            detail.input = route
+                .and_then(|r| r.input.clone())
+                .or_else(|| cell.input_schema.clone().map(Into::into));
+            detail.output = route
+                .and_then(|r| r.output.clone())
+                .or_else(|| cell.output_schema.clone().map(Into::into));
+            detail.hosts.push(HostServing {
+                host: view.host.clone(),
+                served: served_remote(cell),
+                breakers: BTreeMap::new(),
+            });
+        }
+        let known = !detail.hosts.is_empty() || detail.desired.is_some();
+        Ok(known.then_some(detail))
+    }
+}
+
+fn served_remote(cell: &discovery::CellView) -> Served {
+    Served {
+        cell: cell.id.clone(),
+        version: cell.version.clone(),
+        requests: cell.requests,
+        errors: cell.errors,
+        errors_by_code: cell.errors_by_code.clone(),
+        latency_us: cell.latency_us,
+        instances: cell.instances,
+        durable: cell.durable,
+    }
+}

@@ -1,0 +1,186 @@
+//! What the console's views show, as JSON: the same types whether they
+//! come from a lattice over NATS or from one host in process.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::stats::DurableCounts;
+
+/// The lattice view: its hosts and what each serves, and each cell's
+/// desired release against what serves it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lattice {
+    /// When the view was taken, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// `nats` (a lattice) or `in-process` (one host).
+    pub source: &'static str,
+    pub hosts: Vec<Host>,
+    pub cells: Vec<Cell>,
+}
+
+/// One host and the cells it serves.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Host {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    /// Whether it follows the desired state (`cbs-host run --watch`).
+    pub watching: bool,
+    pub cells: Vec<Served>,
+}
+
+/// One cell on one host, with its counters so far (rates are the
+/// difference of two views).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Served {
+    pub cell: String,
+    pub version: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// Failure replies by `BusError` code.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Recent handling latency (a moving average), µs.
+    pub latency_us: u64,
+    /// Warm wasm instances, or live processes.
+    pub instances: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable: Option<DurableCounts>,
+}
+
+/// One cell across the lattice.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cell {
+    pub id: String,
+    /// The desired release's version, when the cell is deployed.
+    pub desired: Option<String>,
+    /// Replicas wanted (`None`: every watching host, or not deployed).
+    pub replicas: Option<u32>,
+    /// The hosts serving it, with the version each serves.
+    pub serving: Vec<Replica>,
+    /// Why some wanted replicas have no host.
+    pub unplaced: Option<String>,
+    /// Whether what serves differs from what is desired: another
+    /// version somewhere, or fewer replicas than wanted.
+    pub drift: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Replica {
+    pub host: String,
+    pub version: String,
+}
+
+/// The cell view: one cell on every host serving it, and its contract.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CellDetail {
+    pub at_ms: u64,
+    pub id: String,
+    pub desired: Option<String>,
+    pub hosts: Vec<HostServing>,
+    /// The input and output schemas: the documents where the source has
+    /// them (in process, or a cell with HTTP routes), else their ids.
+    pub input: Option<serde_json::Value>,
+    pub output: Option<serde_json::Value>,
+}
+
+/// One host's copy of the cell.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostServing {
+    pub host: String,
+    #[serde(flatten)]
+    pub served: Served,
+    /// Breaker state per call target (`closed`, `half_open`, `open`), where
+    /// the source knows it.
+    pub breakers: BTreeMap<String, String>,
+}
+
+impl Lattice {
+    /// Each cell's rows, from what the hosts serve and, on a lattice, the
+    /// desired state (`desired`: cell → version and replicas wanted).
+    pub(super) fn cells_from(
+        hosts: &[Host],
+        desired: BTreeMap<String, (String, Option<u32>, Option<String>)>,
+    ) -> Vec<Cell> {
+        let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
+        for (id, (version, replicas, unplaced)) in desired {
+            let cell = cells.entry(id.clone()).or_default();
+            cell.id = id;
+            cell.desired = Some(version);
+            cell.replicas = replicas;
+            cell.unplaced = unplaced;
+        }
+        for host in hosts {
+            for served in &host.cells {
+                let cell = cells.entry(served.cell.clone()).or_default();
+                cell.id.clone_from(&served.cell);
+                cell.serving.push(Replica {
+                    host: host.id.clone(),
+                    version: served.version.clone(),
+                });
+            }
+        }
+        let mut cells: Vec<Cell> = cells.into_values().collect();
+        for cell in &mut cells {
+            cell.drift = drifts(cell);
+        }
+        cells
+    }
+}
+
+fn drifts(cell: &Cell) -> bool {
+    let Some(desired) = &cell.desired else {
+        return false;
+    };
+    let other_version = cell.serving.iter().any(|r| &r.version != desired);
+    let short = cell
+        .replicas
+        .is_some_and(|wanted| (cell.serving.len() as u64) < u64::from(wanted));
+    other_version || short || cell.serving.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, cells: &[(&str, &str)]) -> Host {
+        Host {
+            id: id.into(),
+            cells: cells
+                .iter()
+                .map(|(cell, version)| Served {
+                    cell: (*cell).into(),
+                    version: (*version).into(),
+                    ..Served::default()
+                })
+                .collect(),
+            ..Host::default()
+        }
+    }
+
+    #[test]
+    fn drift_is_another_version_or_too_few_replicas() {
+        let hosts = [
+            host("a", &[("x", "1.0.0"), ("y", "2.0.0")]),
+            host("b", &[("x", "0.9.0"), ("y", "2.0.0")]),
+        ];
+        let desired = BTreeMap::from([
+            ("x".to_owned(), ("1.0.0".to_owned(), None, None)),
+            (
+                "y".to_owned(),
+                ("2.0.0".to_owned(), Some(3), Some("no room".into())),
+            ),
+            ("z".to_owned(), ("1.0.0".to_owned(), Some(1), None)),
+        ]);
+        let cells = Lattice::cells_from(&hosts, desired);
+        let drift: Vec<(&str, bool)> = cells.iter().map(|c| (c.id.as_str(), c.drift)).collect();
+        assert_eq!(drift, [("x", true), ("y", true), ("z", true)]);
+        assert_eq!(cells[1].unplaced.as_deref(), Some("no room"));
+        let in_step = Lattice::cells_from(
+            &hosts[..1],
+            BTreeMap::from([("x".to_owned(), ("1.0.0".to_owned(), Some(1), None))]),
+        );
+        assert!(!in_step[0].drift, "{in_step:?}");
+        let undeployed = Lattice::cells_from(&hosts, BTreeMap::new());
+        assert!(undeployed.iter().all(|c| !c.drift && c.desired.is_none()));
+    }
+}

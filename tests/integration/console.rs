@@ -1,0 +1,152 @@
+//! The console in a real headless Chromium, against real hosts on a real
+//! nats-server (`cbs console`) and one host on the in-process bus
+//! (`cbs-host run --console`).
+
+use std::time::{Duration, Instant};
+
+use cbs_host::deploy::placer::DEAD_AFTER;
+use cbs_tests::browser::Browser;
+use cbs_tests::curl::curl;
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{Console, HostProcess};
+use cbs_tests::{faulty, greet};
+
+/// Generous: the page shows hosts as soon as the console sees them.
+const SHOWN: Duration = Duration::from_secs(20);
+
+/// No page asks anything of another origin: every URL the browser
+/// requested starts with the console's own.
+async fn assert_same_origin(browser: &Browser, base: &str) {
+    let urls = browser.requested_urls().await;
+    assert!(
+        urls.len() > 2,
+        "the page, its script and its stream: {urls:?}"
+    );
+    for url in urls {
+        assert!(url.starts_with(base), "{url} is outside {base}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lattice_lists_two_hosts_and_their_cells_and_a_killed_host_leaves_it() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut a = HostProcess::serve(&url, "host-console-a", &[greet()], &[]);
+    let _b = HostProcess::serve(&url, "host-console-b", &[greet(), faulty()], &[]);
+    let console = Console::start(&url);
+    let browser = Browser::start().await;
+    browser.goto(console.base()).await;
+    browser
+        .wait_for_text(SHOWN, "both hosts and their cells", |page| {
+            [
+                "host-console-a",
+                "host-console-b",
+                "logic.greet",
+                "test.faulty",
+            ]
+            .iter()
+            .all(|text| page.contains(text))
+        })
+        .await;
+    browser.screenshot("lattice").await;
+    let faulty_on = browser.text("tr[data-cell='test.faulty']").await.unwrap();
+    assert!(faulty_on.contains("host-console-b"), "{faulty_on}");
+    assert!(!faulty_on.contains("host-console-a"), "{faulty_on}");
+
+    a.kill();
+    // The heartbeat bound, plus a tick of the page and one of discovery.
+    let bound = DEAD_AFTER + Duration::from_secs(3);
+    let gone = browser
+        .wait_for_text(SHOWN, "the killed host to leave the page", |page| {
+            !page.contains("host-console-a") && page.contains("host-console-b")
+        })
+        .await;
+    assert!(
+        gone <= bound,
+        "the killed host stayed {gone:?}, over {bound:?}"
+    );
+    assert_same_origin(&browser, console.base()).await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cells_request_count_rises_on_its_page_while_requests_run() {
+    let host = HostProcess::local(
+        &[greet()],
+        &["--http", "127.0.0.1:0", "--console", "127.0.0.1:0"],
+    );
+    let base = format!("http://{}", host.console_addr());
+    let http = host.http_addr();
+    let browser = Browser::start().await;
+    browser.goto(&format!("{base}/cells/logic.greet")).await;
+    browser
+        .wait_for_text(SHOWN, "the cell's page with its contract", |page| {
+            page.contains("logic.greet")
+                && page.contains("Contract: input")
+                && page.contains("name")
+        })
+        .await;
+    let requests = || async {
+        browser
+            .text("td[data-requests]")
+            .await
+            .and_then(|t| t.parse::<u64>().ok())
+    };
+    let before = requests().await.expect("a request count");
+    let load = std::thread::spawn(move || {
+        for _ in 0..20 {
+            let reply = curl(&["-d", r#"{"name":"Ada"}"#, &format!("http://{http}/greet")]);
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    });
+    let started = Instant::now();
+    loop {
+        let now = requests().await.unwrap_or(before);
+        if now >= before + 20 {
+            break;
+        }
+        assert!(
+            started.elapsed() < SHOWN,
+            "the page still shows {now} requests (from {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.join().expect("every request answered");
+    browser.screenshot("cell").await;
+    assert_same_origin(&browser, &base).await;
+    browser.close().await;
+}
+
+/// The console's URLs are outside input: what cannot be a cell id is
+/// refused before any lookup, a cell nothing serves is a 404 problem, and
+/// every answer carries the policy that keeps the browser on this origin.
+#[test]
+fn the_console_answers_bad_paths_with_problems_and_its_policy_on_everything() {
+    let host = HostProcess::local(&[greet()], &["--console", "127.0.0.1:0"]);
+    let base = format!("http://{}", host.console_addr());
+    let long = "a".repeat(300);
+    for (path, status) in [
+        ("/api/cells/logic.greet", 200),
+        ("/api/cells/no.such_cell", 404),
+        ("/api/cells/..%2F..%2Fetc", 404),
+        ("/api/cells/%00", 404),
+        (&format!("/api/cells/{long}") as &str, 404),
+        ("/events/cells/not%20a%20cell", 404),
+        ("/nowhere", 404),
+        ("/", 200),
+    ] {
+        let reply = curl(&[&format!("{base}{path}")]);
+        assert_eq!(reply.status, status, "{path}: {}", reply.body);
+        let policy = reply.header("content-security-policy").unwrap_or_default();
+        assert!(policy.starts_with("default-src 'self'"), "{path}: {policy}");
+        if status == 404 {
+            assert_eq!(
+                reply.header("content-type"),
+                Some("application/problem+json"),
+                "{path}"
+            );
+        }
+    }
+    let cell = curl(&[&format!("{base}/api/cells/logic.greet")]).json();
+    assert_eq!(cell["input"]["required"][0], "name", "{cell}");
+}
