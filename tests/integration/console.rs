@@ -2,14 +2,20 @@
 //! nats-server (`cbs console`) and one host on the in-process bus
 //! (`cbs-host run --console`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use cbs_host::bus::local::LocalBus;
+use cbs_host::manifest::DurableSpec;
+use fantoccini::Locator;
+use serde_json::json;
 
 use cbs_host::deploy::placer::DEAD_AFTER;
 use cbs_tests::browser::Browser;
 use cbs_tests::curl::curl;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{Console, HostProcess};
-use cbs_tests::{faulty, greet};
+use cbs_tests::{envelope_to, faulty, greet, CellToml, TestHost};
 
 /// Generous: the page shows hosts as soon as the console sees them.
 const SHOWN: Duration = Duration::from_secs(20);
@@ -149,4 +155,79 @@ fn the_console_answers_bad_paths_with_problems_and_its_policy_on_everything() {
     }
     let cell = curl(&[&format!("{base}/api/cells/logic.greet")]).json();
     assert_eq!(cell["input"]["required"][0], "name", "{cell}");
+}
+
+/// A durable cell's dead letter shows on its page with its error, and
+/// "inspect" shows the message it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_shows_with_its_error_and_its_message_on_inspection() {
+    const CELL: &str = "test.durable";
+    let cell = CellToml::faulty(CELL)
+        .durable(DurableSpec {
+            max_deliver: 2,
+            backoff_ms: vec![10],
+            ..DurableSpec::default()
+        })
+        .write();
+    let builder =
+        cbs_tests::builder(Arc::new(LocalBus::new())).console("127.0.0.1:0".parse().unwrap());
+    let host = TestHost::start(builder, &[cell.path().to_path_buf()]).await;
+    let base = format!("http://{}", host.host.console_addr().unwrap());
+    let poison = envelope_to(CELL, &json!({"action": "fail", "message": "never works"}));
+    let log = host.body().durable().clone();
+    log.publish(
+        "cbs-durable.test.durable",
+        &poison.id,
+        poison.to_vec().into(),
+    )
+    .await
+    .unwrap();
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{base}/cells/{CELL}/dead-letters"))
+        .await;
+    browser
+        .wait_for_text(SHOWN, "the dead letter and its error", |page| {
+            page.contains("invalid_input")
+                && page.contains("never works")
+                && page.contains(&poison.id)
+        })
+        .await;
+    let inspect = browser
+        .client()
+        .find(Locator::Css("button[data-seq]"))
+        .await
+        .expect("an inspect button");
+    inspect.click().await.expect("a click");
+    let shown = browser.text("#letter").await.unwrap_or_default();
+    assert!(shown.contains("\"action\": \"fail\""), "{shown}");
+    browser.screenshot("dead-letters").await;
+    assert_same_origin(&browser, &base).await;
+    browser.close().await;
+}
+
+/// The releases view lists the audit trail: a watching host's trust
+/// record, checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_releases_view_lists_the_audit_trail() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _host = HostProcess::serve(&url, "host-console-w", &[], &["--watch"]);
+    let console = Console::start(&url);
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/releases", console.base())).await;
+    browser
+        .wait_for_text(SHOWN, "the host's trust record", |page| {
+            page.contains("trust") && page.contains("host host-console-w: no --trust")
+        })
+        .await;
+    let check = browser.text("tr[data-check]").await.unwrap_or_default();
+    assert!(
+        check.contains("claimed"),
+        "an anonymous writer's event: {check}"
+    );
+    browser.screenshot("releases").await;
+    assert_same_origin(&browser, console.base()).await;
+    browser.close().await;
 }

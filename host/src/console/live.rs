@@ -15,6 +15,8 @@ use super::Source;
 
 /// How often a live view is sent.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How often the dead letters and the releases are read again.
+pub const SLOW_TICK: Duration = Duration::from_secs(5);
 /// The most views kept between ticks: cell ids come from URLs.
 const MAX_KEPT: usize = 1024;
 
@@ -23,15 +25,34 @@ const MAX_KEPT: usize = 1024;
 pub enum Key {
     Lattice,
     Cell(String),
+    DeadLetters(String),
+    Releases,
 }
 
 impl Key {
     /// The view of cell `id`, or `None` when `id` cannot be a cell id.
     pub fn cell(id: &str) -> Option<Self> {
-        crate::manifest::check_cell_id(id)
-            .is_ok()
-            .then(|| Self::Cell(id.to_owned()))
+        valid(id).then(|| Self::Cell(id.to_owned()))
     }
+
+    /// The dead letters of cell `id`, or `None` when `id` cannot be one.
+    pub fn dead_letters(id: &str) -> Option<Self> {
+        valid(id).then(|| Self::DeadLetters(id.to_owned()))
+    }
+
+    /// How long a snapshot serves: reading dead letters and the audit
+    /// trail costs a request per letter or a consumer, so they are taken
+    /// less often than the views of counters.
+    fn fresh_for(&self) -> Duration {
+        match self {
+            Self::Lattice | Self::Cell(_) => TICK,
+            Self::DeadLetters(_) | Self::Releases => SLOW_TICK,
+        }
+    }
+}
+
+fn valid(id: &str) -> bool {
+    crate::manifest::check_cell_id(id).is_ok()
 }
 
 /// A view's data as JSON, or why there is none.
@@ -63,13 +84,13 @@ impl Snapshots {
         let mut taken = self.taken.lock().await;
         let now = Instant::now();
         if let Some((at, snapshot)) = taken.get(&key) {
-            if now.duration_since(*at) < TICK {
+            if now.duration_since(*at) < key.fresh_for() {
                 return snapshot.clone();
             }
         }
         let snapshot = self.take(&key).await;
         if taken.len() >= MAX_KEPT {
-            taken.retain(|_, (at, _)| now.duration_since(*at) < TICK);
+            taken.retain(|key, (at, _)| now.duration_since(*at) < key.fresh_for());
         }
         if taken.len() < MAX_KEPT {
             taken.insert(key, (Instant::now(), snapshot.clone()));
@@ -89,6 +110,16 @@ impl Snapshots {
                 .cell(id)
                 .await
                 .map(|view| view.map(|v| serde_json::to_string(&v))),
+            Key::DeadLetters(id) => self
+                .source
+                .dead_letters(id)
+                .await
+                .map(|view| Some(serde_json::to_string(&view))),
+            Key::Releases => self
+                .source
+                .releases()
+                .await
+                .map(|view| Some(serde_json::to_string(&view))),
         };
         match json {
             Ok(Some(Ok(text))) => Snapshot::Ready(text.into()),
@@ -98,7 +129,7 @@ impl Snapshots {
         }
     }
 
-    /// The view every tick as server-sent events (`snapshot` with the
+    /// The view every tick (or slow tick) as server-sent events (`snapshot` with the
     /// JSON, or `missing` / `problem`), until the console stops.
     pub fn stream(
         self: &Arc<Self>,
@@ -112,7 +143,7 @@ impl Snapshots {
             }
             if !first {
                 tokio::select! {
-                    () = tokio::time::sleep(TICK) => {}
+                    () = tokio::time::sleep(key.fresh_for()) => {}
                     _ = stopped.wait_for(|stop| *stop) => return None,
                 }
             }

@@ -81,12 +81,18 @@ fn router(snapshots: Arc<Snapshots>) -> axum::Router {
     axum::Router::new()
         .route("/", get(shell))
         .route("/cells/{id}", get(shell))
+        .route("/cells/{id}/dead-letters", get(shell))
+        .route("/releases", get(shell))
         .route("/assets/console.js", get(script))
         .route("/assets/console.css", get(style))
         .route("/api/lattice", get(lattice))
         .route("/api/cells/{id}", get(cell))
         .route("/events/lattice", get(lattice_events))
         .route("/events/cells/{id}", get(cell_events))
+        .route("/api/cells/{id}/dead-letters", get(dead_letters))
+        .route("/events/cells/{id}/dead-letters", get(dead_letter_events))
+        .route("/api/releases", get(releases))
+        .route("/events/releases", get(release_events))
         .fallback(not_found)
         .layer(axum::middleware::map_response(guard))
         .with_state(snapshots)
@@ -146,6 +152,31 @@ async fn cell_events(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<Str
         Some(key) => snapshots.stream(key).into_response(),
         None => problem(StatusCode::NOT_FOUND, "not a cell id"),
     }
+}
+
+async fn dead_letters(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<String>) -> Response {
+    match live::Key::dead_letters(&id) {
+        Some(key) => json(snapshots.get(key).await),
+        None => problem(StatusCode::NOT_FOUND, "not a cell id"),
+    }
+}
+
+async fn dead_letter_events(
+    State(snapshots): State<Arc<Snapshots>>,
+    Path(id): Path<String>,
+) -> Response {
+    match live::Key::dead_letters(&id) {
+        Some(key) => snapshots.stream(key).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "not a cell id"),
+    }
+}
+
+async fn releases(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    json(snapshots.get(live::Key::Releases).await)
+}
+
+async fn release_events(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    snapshots.stream(live::Key::Releases).into_response()
 }
 
 async fn not_found() -> Response {

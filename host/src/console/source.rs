@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::view::{CellDetail, Host, HostServing, Lattice, Served};
+use super::view::{
+    CellDetail, DeadLetters, Host, HostServing, Lattice, Letter, Release, Releases, Served,
+};
 use crate::body::{Body, LoadedCell};
 use crate::deploy::Store;
 use crate::discovery;
@@ -19,6 +21,31 @@ pub trait Source: Send + Sync {
 
     /// One cell, or `None` when nothing serves it or wants it.
     async fn cell(&self, id: &str) -> anyhow::Result<Option<CellDetail>>;
+
+    /// A durable cell's dead letters, the newest [`MAX_LETTERS`].
+    async fn dead_letters(&self, cell: &str) -> anyhow::Result<DeadLetters>;
+
+    /// The newest [`MAX_RELEASES`] audited changes (none in process: the
+    /// audit trail is on NATS).
+    async fn releases(&self) -> anyhow::Result<Releases>;
+}
+
+/// The most dead letters a view shows.
+pub const MAX_LETTERS: usize = 500;
+/// The most audit events a view shows.
+pub const MAX_RELEASES: usize = 200;
+
+fn letters(cell: &str, all: Vec<(u64, crate::durable::DeadLetter)>) -> DeadLetters {
+    let skip = all.len().saturating_sub(MAX_LETTERS);
+    DeadLetters {
+        at_ms: crate::deploy::now_ms(),
+        cell: cell.to_owned(),
+        letters: all
+            .into_iter()
+            .skip(skip)
+            .map(|(seq, letter)| Letter { seq, letter })
+            .collect(),
+    }
 }
 
 /// One host, in process (`cbs-host run --console`).
@@ -80,6 +107,18 @@ impl Source for Local {
             input: schema(&cell.contract.input),
             output: schema(&cell.contract.output),
         }))
+    }
+
+    async fn dead_letters(&self, cell: &str) -> anyhow::Result<DeadLetters> {
+        let all = self.body()?.durable().dead_letters(cell).await?;
+        Ok(letters(cell, all))
+    }
+
+    async fn releases(&self) -> anyhow::Result<Releases> {
+        Ok(Releases {
+            at_ms: crate::deploy::now_ms(),
+            events: Vec::new(),
+        })
     }
 }
 
@@ -203,6 +242,39 @@ impl Source for Nats {
         }
         let known = !detail.hosts.is_empty() || detail.desired.is_some();
         Ok(known.then_some(detail))
+    }
+
+    async fn dead_letters(&self, cell: &str) -> anyhow::Result<DeadLetters> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        Ok(letters(
+            cell,
+            crate::durable::dead_letters(&js, cell).await?,
+        ))
+    }
+
+    async fn releases(&self) -> anyhow::Result<Releases> {
+        let audit = crate::audit::Audit::open(&self.client).await?;
+        let stored = audit.list(&crate::audit::Filter::default()).await?;
+        let trust = crate::bundle::Trust::default();
+        let skip = stored.len().saturating_sub(MAX_RELEASES);
+        let events = stored
+            .into_iter()
+            .skip(skip)
+            .rev()
+            .map(|s| {
+                let check = crate::audit::proof::check(&s.event, s.stored_ms, &trust);
+                Release {
+                    stored_ms: s.stored_ms,
+                    check: check.name(),
+                    problems: check.problems().to_vec(),
+                    event: s.event,
+                }
+            })
+            .collect();
+        Ok(Releases {
+            at_ms: crate::deploy::now_ms(),
+            events,
+        })
     }
 }
 

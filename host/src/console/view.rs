@@ -94,6 +94,41 @@ pub struct HostServing {
     pub breakers: BTreeMap<String, String>,
 }
 
+/// One cell's dead letters (the newest last), each with its sequence.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeadLetters {
+    pub at_ms: u64,
+    pub cell: String,
+    pub letters: Vec<Letter>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Letter {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub letter: crate::durable::DeadLetter,
+}
+
+/// The deploy history: the audit trail's events, newest first.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Releases {
+    pub at_ms: u64,
+    pub events: Vec<Release>,
+}
+
+/// One audited change and what of it is proven.
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    /// When the server stored it.
+    pub stored_ms: u64,
+    #[serde(flatten)]
+    pub event: crate::audit::Event,
+    /// `verified`, `claimed` or `bad` (see `audit::proof`).
+    pub check: &'static str,
+    /// Why a `bad` event is bad.
+    pub problems: Vec<String>,
+}
+
 impl Lattice {
     /// Each cell's rows, from what the hosts serve and, on a lattice, the
     /// desired state (`desired`: cell → version and replicas wanted).

@@ -135,12 +135,66 @@ function drawCell(data) {
     el("h2", {}, "On each host"),
     table([["Host"], ["Version"], ["Requests/s", "num"], ["Requests", "num"], ["Errors", "num"], ["By code"],
       ["Latency ms", "num"], ["Instances", "num"], ["Durable"]], rows),
+    data.hosts.some((h) => h.durable)
+      ? el("p", {}, el("a", { href: `/cells/${encodeURIComponent(data.id)}/dead-letters` }, "Dead letters"))
+      : null,
     el("h2", {}, "Circuit breakers"),
     breakers.length ? table([["Host"], ["Target"], ["State"]], breakers) : el("p", { class: "muted" }, "no calls out"),
     el("h2", {}, "Contract: input"),
     schemaTree(data.input),
     el("h2", {}, "Contract: output"),
     schemaTree(data.output));
+}
+
+function when(ms) {
+  return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+function drawDeadLetters(data) {
+  const detail = el("pre", { id: "letter", hidden: true });
+  const rows = data.letters.map((l) => {
+    const show = el("button", { type: "button", "data-seq": l.seq }, "inspect");
+    show.addEventListener("click", () => {
+      detail.hidden = false;
+      detail.textContent = JSON.stringify(l, null, 2);
+    });
+    const message = l.body_in_original
+      ? `(too large: in ${l.stream} seq ${l.stream_seq})`
+      : (l.message && l.message.id) || "(not an envelope)";
+    return el("tr", { "data-seq": l.seq },
+      el("td", { class: "num" }, l.seq),
+      el("td", {}, l.subject),
+      el("td", { class: "num" }, l.delivered),
+      el("td", {}, badge(l.error.code, "bad"), " ", l.error.message),
+      el("td", {}, el("code", {}, message)),
+      el("td", {}, show));
+  });
+  view.replaceChildren(
+    el("h1", {}, "Dead letters of ", cellLink(data.cell)),
+    data.letters.length
+      ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], [""]], rows)
+      : el("p", {}, "No dead letters."),
+    el("p", { class: "muted" }, `Replay after a fix: cbs dlq replay ${data.cell} SEQ… (or --all)`),
+    detail);
+}
+
+function drawReleases(data) {
+  const rows = data.events.map((e) => el("tr", { "data-check": e.check },
+    el("td", {}, when(e.stored_ms)),
+    el("td", {}, e.action),
+    el("td", {}, e.cell === "*" ? "every cell" : cellLink(e.cell)),
+    el("td", {}, e.version || ""),
+    el("td", {}, el("code", {}, (e.digest || "").slice(0, 19))),
+    el("td", {}, e.user),
+    el("td", {}, e.key ? el("code", {}, e.key.slice(0, 16)) : ""),
+    el("td", {}, badge(e.check, e.check === "verified" ? "ok" : e.check === "bad" ? "bad" : ""),
+      e.problems.length ? el("div", { class: "muted" }, e.problems.join("; ")) : null),
+    el("td", {}, e.detail || "")));
+  view.replaceChildren(
+    el("h1", {}, "Releases"),
+    data.events.length
+      ? table([["Stored"], ["Action"], ["Cell"], ["Version"], ["Digest"], ["User"], ["Key"], ["Check"], ["Detail"]], rows)
+      : el("p", {}, "No audited changes (the audit trail is on NATS: cbs console --nats URL)."));
 }
 
 function follow(path, draw, title) {
@@ -166,10 +220,15 @@ function follow(path, draw, title) {
   };
 }
 
-const cellPath = location.pathname.match(/^\/cells\/([^/]+)$/);
-if (cellPath) {
+const cellPath = location.pathname.match(/^\/cells\/([^/]+)(\/dead-letters)?$/);
+if (cellPath && cellPath[2]) {
+  const id = decodeURIComponent(cellPath[1]);
+  follow(`/events/cells/${encodeURIComponent(id)}/dead-letters`, drawDeadLetters, `${id} dead letters`);
+} else if (cellPath) {
   const id = decodeURIComponent(cellPath[1]);
   follow(`/events/cells/${encodeURIComponent(id)}`, drawCell, id);
+} else if (location.pathname === "/releases") {
+  follow("/events/releases", drawReleases, "Releases");
 } else {
   follow("/events/lattice", drawLattice, "Lattice");
 }
