@@ -45,7 +45,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium console-screenshots test-dart test-python test-kubernetes test-openapi dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium console-screenshots test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -106,7 +106,7 @@ endef
 test: setup-rust setup-nats setup-chromium host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
 	@mkdir -p "$$(dirname "$(CBS_TEST_SKIPS)")" && rm -f "$(CBS_TEST_SKIPS)"
 	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz
-	@$(MAKE) --no-print-directory test-python test-kubernetes test-openapi test-dart
+	@$(MAKE) --no-print-directory test-python test-kubernetes test-openapi test-monitoring test-dart
 	$(print_skips)
 
 test-python: setup-python ## The Python SDK's own tests (unittest, in the project venv)
@@ -117,6 +117,12 @@ test-kubernetes: setup-python host-bin ## deploy/kubernetes validated offline (k
 
 test-openapi: setup-python host-bin demo-cells ## schemathesis against the /openapi.json of the demo cells' HTTP routes
 	$(VENV)/bin/python scripts/check-openapi $(HOST_BIN) $(VENV)/bin/schemathesis cells/logic.greet
+
+test-monitoring: setup-prometheus host-bin demo-cells ## deploy/prometheus rules (promtool check and unit tests) and deploy/grafana's dashboard against a real host's /metrics
+	promtool check rules deploy/prometheus/cbs-rules.yml
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/cbs-rules.test.yml
+	python3 scripts/check-dashboard $(HOST_BIN) promtool deploy/grafana/cbs-dashboard.json deploy/prometheus/cbs-rules.yml deploy/prometheus/cbs-rules.test.yml
 
 test-dart: ## The Dart SDK's tests, where `dart` is installed
 	@if command -v dart >/dev/null; then \
@@ -162,7 +168,7 @@ fuzz-merge: ## Fold new fuzz inputs that add coverage (edges) into the committed
 			fuzz/corpus/$$t fuzz/libfuzzer/corpus/$$t || exit 1; \
 	done
 
-setup: setup-rust setup-nats setup-python ## Install the toolchain pieces, nats-server and the Python venv
+setup: setup-rust setup-nats setup-prometheus setup-python ## Install the toolchain pieces, nats-server, promtool and the Python venv
 
 setup-rust:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || { \
@@ -183,6 +189,12 @@ setup-nats:
 		echo "installing nats-server from Debian's packages..." >&2; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server >/dev/null; }
+
+setup-prometheus:
+	@command -v promtool >/dev/null || { \
+		echo "installing Debian's prometheus (promtool, for the alerting rules' tests)..." >&2; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # What the host's pyo3 build and the venvs need of $(PYTHON).
 PY_OK = $(PYTHON) -c 'import ensurepip, os, sys, sysconfig as c; assert sys.version_info >= (3, 11) and c.get_config_var("Py_ENABLE_SHARED") and os.path.isfile(c.get_config_var("INCLUDEPY") + "/Python.h")' 2>/dev/null
