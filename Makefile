@@ -115,8 +115,8 @@ test-python: setup-python ## The Python SDK's own tests (unittest, in the projec
 test-kubernetes: setup-python host-bin ## deploy/kubernetes validated offline (kubernetes-validate, KEDA ScaledObject schema)
 	$(VENV)/bin/python scripts/check-kubernetes $(HOST_BIN)
 
-test-openapi: setup-python host-bin demo-cells ## schemathesis against the /openapi.json of the demo cells' HTTP routes
-	$(VENV)/bin/python scripts/check-openapi $(HOST_BIN) $(VENV)/bin/schemathesis cells/logic.greet
+test-openapi: setup-python setup-nats host cells ## schemathesis against the /openapi.json of cbs-host run --http and cbs gateway: open, bearer (JWT) and failing routes
+	$(VENV)/bin/python scripts/check-openapi $(HOST_BIN) $(CARGO_TARGET_DIR)/debug/cbs $(VENV)/bin/schemathesis
 
 test-monitoring: setup-prometheus host-bin demo-cells ## deploy/prometheus rules (promtool check and unit tests) and deploy/grafana's dashboard against a real host's /metrics
 	promtool check rules deploy/prometheus/cbs-rules.yml

@@ -17,8 +17,10 @@
 //! processes, one slowed by chaos latency, with plain queue groups and with
 //! routing around the slow host. And `POST /greet` over HTTP: a
 //! hand-written axum handler, `cbs-host run --http`, and `cbs gateway` over
-//! NATS. The hosts log at `info`, the default of `cbs-host run`.
-//! `CBS_BENCH_ONLY=requests|durable|skewed|http` runs only those rows.
+//! NATS. Then fail-over: the time a replica takes to serve on another
+//! host after its host is SIGKILLed. The hosts log at `info`, the default
+//! of `cbs-host run`. `CBS_BENCH_ONLY=requests|durable|skewed|http|replacement`
+//! runs only those rows.
 //! Writes `bench/results/<date>.md` and `.json`, each target with met or
 //! not met. Compare ratios, not absolutes.
 
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use cbs_cli::loadgen::{self, Load, Progress, Report};
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::BodyBus;
+use cbs_host::deploy::placer::DEAD_AFTER;
 use cbs_host::envelope::codec::transport_headers;
 use cbs_host::envelope::Envelope;
 use cbs_tests::nats::NatsServer;
@@ -384,6 +387,79 @@ async fn skewed_rows(server: &NatsServer, root: &Path) -> Vec<Row> {
         rows.push(Row::of(name, "skewed", SKEW_IN_FLIGHT, &r, healthy_rps));
     }
     rows
+}
+
+/// Fail-over runs: each on a lattice of its own.
+const REPLACEMENT_RUNS: usize = 3;
+
+/// Hosts whose latest report says they serve `logic.greet`, `dead` aside
+/// (a killed host cannot withdraw its report).
+async fn serving_greet(
+    store: &cbs_host::deploy::Store,
+    dead: Option<&str>,
+) -> std::collections::BTreeSet<String> {
+    let statuses = store.statuses().await.unwrap();
+    statuses
+        .into_iter()
+        .filter(|s| s.cell == "logic.greet" && s.state == cbs_host::deploy::State::Serving)
+        .filter(|s| Some(s.host.as_str()) != dead)
+        .map(|s| s.host)
+        .collect()
+}
+
+/// Waits (up to a minute) until two hosts, `dead` aside, serve `logic.greet`.
+async fn two_serving(
+    store: &cbs_host::deploy::Store,
+    dead: Option<&str>,
+) -> std::collections::BTreeSet<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let hosts = serving_greet(store, dead).await;
+        if hosts.len() == 2 {
+            return hosts;
+        }
+        assert!(Instant::now() < deadline, "served on {hosts:?} after 60 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Re-placement after a host dies: three watching hosts on a fresh
+/// nats-server, `cbs deploy --replicas 2` of `logic.greet`; one of the two
+/// serving hosts is SIGKILLed, and the time from the kill until the spare
+/// reports it serves the replica is measured. `REPLACEMENT_RUNS` runs.
+async fn replacement_times(root: &Path) -> Vec<Duration> {
+    let bundle = cbs_tests::bundles::greet_bundle(&root.join("replacement"));
+    let bundle = bundle.to_str().unwrap();
+    let mut times = Vec::new();
+    for run in 0..REPLACEMENT_RUNS {
+        let server = NatsServer::start();
+        let url = server.url();
+        let mut hosts: Vec<(String, HostProcess)> = ["a", "b", "c"]
+            .iter()
+            .map(|id| {
+                let args = ["--watch", "--drain-timeout-ms", "2000"];
+                (id.to_string(), HostProcess::serve(&url, id, &[], &args))
+            })
+            .collect();
+        let deploy = ["deploy", bundle, "--replicas", "2", "--nats", &url];
+        let out = cbs_tests::process::cbs(&deploy);
+        assert!(out.status.success(), "{out:?}");
+        let client = async_nats::connect(&url).await.unwrap();
+        let store = cbs_host::deploy::Store::open(&client).await.unwrap();
+        let placed = two_serving(&store, None).await;
+        let victim = placed.first().unwrap().clone();
+        let killed = Instant::now();
+        let (_, host) = hosts.iter_mut().find(|(id, _)| *id == victim).unwrap();
+        host.kill();
+        two_serving(&store, Some(&victim)).await;
+        let took = killed.elapsed();
+        eprintln!(
+            "  run {run}: {victim}'s replica re-placed in {} ms",
+            took.as_millis()
+        );
+        times.push(took);
+    }
+    times
 }
 
 /// HTTP rows: `POST /greet` at these in-flight counts.
@@ -894,7 +970,7 @@ async fn main() {
 
     eprintln!("nats-server on loopback");
     let server = NatsServer::start();
-    // `CBS_BENCH_ONLY=requests|durable|skewed|http make bench`: those rows
+    // `CBS_BENCH_ONLY=requests|durable|skewed|http|replacement make bench`: those rows
     // alone, printed, no report written (for working on them).
     let only = std::env::var("CBS_BENCH_ONLY").ok();
     if let Some(only) = only.as_deref().filter(|o| *o != "requests") {
@@ -902,7 +978,14 @@ async fn main() {
             "durable" => durable_rows(&server, root).await,
             "skewed" => skewed_rows(&server, root).await,
             "http" => http_rows(&server).await,
-            other => panic!("CBS_BENCH_ONLY={other}: use requests, durable, skewed or http"),
+            "replacement" => {
+                let times = replacement_times(root).await;
+                println!("re-placement after a host dies: {times:?}");
+                return;
+            }
+            other => {
+                panic!("CBS_BENCH_ONLY={other}: use requests, durable, skewed, http or replacement")
+            }
         };
         print_rows(&rows);
         return;
@@ -950,6 +1033,12 @@ async fn main() {
 
     eprintln!("skewed: three hosts, one {SKEW_LATENCY_MS} ms slower");
     rows.extend(skewed_rows(&server, root).await);
+
+    eprintln!("fail-over: re-placement after a host dies");
+    let mut replaced = replacement_times(root).await;
+    replaced.sort();
+    let replaced_ms: Vec<u128> = replaced.iter().map(Duration::as_millis).collect();
+    let replaced_median = replaced_ms[replaced_ms.len() / 2];
 
     eprintln!("start-up and memory");
     let ten = variants(root);
@@ -1023,6 +1112,7 @@ async fn main() {
         "startup": {"cells": 10, "distinct_components": true, "cold_ms": cold.as_millis(), "warm_ms": warm.as_millis()},
         "python_component_load": {"first_ms": py_first.as_secs_f64() * 1e3, "cached_ms": py_cached.as_secs_f64() * 1e3},
         "memory": {"rss_1_cell_kib": rss1, "rss_10_cells_kib": rss10, "per_additional_cell_kib": per_cell_kib},
+        "replacement": {"runs_ms": replaced_ms, "median_ms": replaced_median, "dead_after_ms": DEAD_AFTER.as_millis()},
         "targets": targets.iter().map(|(t, v, ok)| json!({"target": t, "measured": v, "met": ok})).collect::<Vec<_>>(),
         "log_level": "info",
     });
@@ -1056,6 +1146,12 @@ async fn main() {
         }
         md.push('\n');
     }
+    md.push_str(&format!(
+        "## Fail-over\n\nThree `cbs-host run --watch` processes on their own nats-server, `cbs deploy --replicas 2` of `logic.greet`; one serving host is SIGKILLed. Time from the kill until the spare reports it serves the replica (hosts are judged dead {} ms after their last heartbeat), {} runs.\n\n| measure | median ms | runs ms |\n|---|---:|---|\n| re-placement after a host dies | {replaced_median} | {} |\n\n",
+        DEAD_AFTER.as_millis(),
+        replaced_ms.len(),
+        replaced_ms.iter().map(u128::to_string).collect::<Vec<_>>().join(", ")
+    ));
     md.push_str(&format!("## Start-up and memory\n\n- `cbs-host run` to ready with 10 distinct Rust components (tests/cells/variant): cold cache {} ms, warm cache {} ms\n- Python component (tests/cells/py-faulty-wasm): first load {:.0} ms (compile), cached load {:.1} ms\n- idle RSS: 1 cell {:.1} MiB, 10 cells {:.1} MiB, {:.2} MiB per additional cell\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n", cold.as_millis(), warm.as_millis(), py_first.as_secs_f64() * 1e3, py_cached.as_secs_f64() * 1e3, rss1 as f64 / 1024.0, rss10 as f64 / 1024.0, per_cell_kib as f64 / 1024.0));
     for (t, v, ok) in &targets {
         md.push_str(&format!(

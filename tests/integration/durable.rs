@@ -271,22 +271,33 @@ async fn a_dead_letter_too_large_for_the_dlq_keeps_its_message_in_the_stream() {
 }
 
 /// Two hosts share the consumer; one is killed (SIGKILL) while it holds
-/// messages: they are delivered again (to the other), and every message
-/// is acknowledged in the end — none lost, none dead-lettered.
+/// messages: they are delivered again, to the other, and every message is
+/// acknowledged in the end — none lost, none dead-lettered. The server's
+/// count of deliveries and the survivor's count of redeliveries agree on
+/// how many the dead host took with it: at least one (else the kill proved
+/// nothing), at most what it could hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_held_by_a_killed_host_are_handled_by_the_other() {
+    // Each host pulls only what it can run (no queue), and handles each
+    // message well within ack_wait: a redelivery comes only from the kill.
+    const CONCURRENCY: u32 = 4;
     let server = NatsServer::start();
     let cell = CellToml::faulty(CELL)
         .durable(DurableSpec {
             ack_wait_ms: 1_000,
             ..DurableSpec::default()
         })
+        .limits(|l| {
+            l.concurrency = CONCURRENCY;
+            l.queue = 0;
+        })
         .write();
     let cells = [cell.path().to_path_buf()];
-    let mut doomed = HostProcess::serve(&server.url(), "doomed", &cells, &[]);
-    let _survivor = HostProcess::serve(&server.url(), "survivor", &cells, &[]);
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let mut doomed = HostProcess::serve(&server.url(), "doomed", &cells, &metrics);
+    let survivor = HostProcess::serve(&server.url(), "survivor", &cells, &metrics);
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
-    const SENT: u64 = 400;
+    const SENT: u64 = 100;
     for _ in 0..SENT {
         publish(&js, json!({"action": "sleep", "ms": 200})).await;
     }
@@ -302,8 +313,22 @@ async fn messages_held_by_a_killed_host_are_handled_by_the_other() {
         info.delivered.stream_sequence, SENT,
         "every message was delivered"
     );
-    eprintln!("redelivered after the kill: {}", info.num_redelivered);
     assert!(dead_letters(&js).await.is_empty(), "nothing dead-lettered");
+
+    // Every delivery, a redelivery too, takes a consumer sequence.
+    let by_server = info.delivered.consumer_sequence - SENT;
+    let metric = "cbs_durable_redelivered_total";
+    let by_survivor =
+        cbs_tests::process::cell_metric(&survivor.metrics_addr(), metric, CELL) as u64;
+    eprintln!("redelivered after the kill: {by_server}");
+    assert_eq!(
+        by_survivor, by_server,
+        "every redelivery went to the survivor, none came before the kill"
+    );
+    assert!(
+        (1..=u64::from(CONCURRENCY)).contains(&by_server),
+        "{by_server} redelivered: the dead host held between 1 and {CONCURRENCY}"
+    );
 }
 
 /// `cbs dlq`: a message the deployed version refuses lands in the

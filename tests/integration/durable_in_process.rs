@@ -1,8 +1,11 @@
 //! Durable cells on the in-process bus, served from the embedded store in
 //! the host's data folder: handled and acknowledged, deduplicated by
-//! envelope id, a final failure dead-lettered with its error, and messages
-//! stored while no host runs are handled by the next one.
+//! envelope id, a final failure dead-lettered with its error, messages
+//! stored while no host runs are handled by the next one, and a host
+//! process SIGKILLed while it holds messages loses none: the next one on
+//! the same data folder handles what the dead one had not acknowledged.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use cbs_host::durable::embedded::EmbeddedLog;
 use cbs_host::durable::{Consumer, ConsumerSpec, DurableLog, Keep, Settle, StreamSpec};
 use cbs_host::envelope::{Envelope, ErrorCode};
 use cbs_host::manifest::{DurableSpec, StateGrant};
+use cbs_tests::process::{cell_metric, cell_metrics, HostProcess};
 use cbs_tests::{envelope_to, eventually, CellToml, TestHost};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -253,4 +257,222 @@ async fn deliveries_report_what_still_waits_as_the_backlog_drains() {
     }
     let want = |after: u64| (0..10).rev().map(|i| after + i).collect::<Vec<_>>();
     assert_eq!(reported, [want(90), want(80), want(70)]);
+}
+
+const SINK: &str = "test.sink";
+const SINK_SUBJECT: &str = "cbs-durable.test.sink";
+/// The sink runs one message at a time and holds seven more: a message
+/// waits up to 700 ms (at the first host's chaos latency of 100 ms) after
+/// it was taken, far past the store's flush interval.
+const SINK_CONCURRENCY: u32 = 1;
+const SINK_QUEUE: u32 = 7;
+
+/// The sink: durable, counting in its state how many times it handled
+/// each envelope id (`record`).
+fn sink() -> tempfile::TempDir {
+    CellToml::faulty(SINK)
+        .durable(DurableSpec {
+            // Longer than the test: only a restart delivers a message again.
+            ack_wait_ms: 120_000,
+            ..DurableSpec::default()
+        })
+        .capabilities(|c| c.state = Some(StateGrant::default()))
+        .limits(|l| {
+            l.concurrency = SINK_CONCURRENCY;
+            l.queue = SINK_QUEUE;
+            l.timeout_ms = 10_000;
+        })
+        .write()
+}
+
+/// The way in from outside the process: `POST /feed` with a `publish`
+/// action stores one envelope for the sink (durably: the answer comes once
+/// it is on disk).
+fn feeder() -> tempfile::TempDir {
+    use cbs_host::http::route::{Auth, HttpRoute, Method};
+    CellToml::faulty("test.feed")
+        .capabilities(|c| c.publish_durable = vec![SINK_SUBJECT.to_owned()])
+        .http(HttpRoute {
+            method: Method::Post,
+            path: "/feed".to_owned(),
+            auth: Auth::None,
+            summary: None,
+        })
+        .write()
+}
+
+/// `count` POSTs of `body` to `url` over one curl (one connection); the
+/// statuses.
+fn post_times(url: &str, body: &str, count: usize) -> Vec<String> {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-sS", "--max-time", "60", "-w", "%{http_code}\n"]);
+    command.args(["-H", "Content-Type: application/json", "-d", body]);
+    for _ in 0..count {
+        command.args(["-o", "/dev/null", url]);
+    }
+    let out = command.output().expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What a dead host left in the store of `data` for the sink, read from a
+/// copy (the next host finds the same): each waiting message's envelope id
+/// and the deliveries it had.
+async fn left_for_the_sink(data: &Path, sink: &Path) -> Vec<(String, u64)> {
+    let manifest = cbs_host::manifest::CellSpec::from_dir(sink)
+        .unwrap()
+        .manifest;
+    let spec = manifest.durable.clone().unwrap();
+    let (_copy, log) = crash_copy(data);
+    let consumer = log
+        .open(
+            &StreamSpec::of_cell(&manifest, &spec),
+            &ConsumerSpec::of_cell(&manifest, &spec),
+        )
+        .await
+        .unwrap();
+    let mut left = Vec::new();
+    loop {
+        let batch: Vec<_> = consumer
+            .fetch(64, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        if batch.is_empty() {
+            return left;
+        }
+        for delivery in batch {
+            let delivery = delivery.unwrap();
+            let envelope = Envelope::from_slice(&delivery.payload).unwrap();
+            // This take is one more delivery than the dead host made.
+            left.push((envelope.id, delivery.delivered - 1));
+        }
+    }
+}
+
+/// The sink's state in `data`: times handled, by envelope id.
+async fn sink_state(data: &Path) -> std::collections::HashMap<String, u64> {
+    use cbs_host::state::embedded::EmbeddedState;
+    use cbs_host::state::StateBackend;
+    let bucket = EmbeddedState::new(data)
+        .open(SINK, StateGrant::default())
+        .await
+        .unwrap();
+    let mut state = std::collections::HashMap::new();
+    let mut cursor = Some(0);
+    while let Some(at) = cursor {
+        let (keys, next) = bucket.keys(at).await.unwrap();
+        for key in keys {
+            let value = bucket.get(&key).await.unwrap().unwrap();
+            let times = String::from_utf8(value).unwrap().parse().unwrap();
+            state.insert(key, times);
+        }
+        cursor = next;
+    }
+    state
+}
+
+/// `cbs-host run --data-dir DIR` (in process, the embedded store) is
+/// SIGKILLed while its durable sink holds messages, then started again on
+/// the same folder: every message stored is handled at least once; only
+/// those the store had not recorded as acknowledged come again, and the
+/// new host counts as redelivered exactly those the store says the dead
+/// host took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_process_loses_no_stored_message() {
+    const SENT: usize = 60;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let (sink, feeder) = (sink(), feeder());
+    let cells = [sink.path().to_path_buf(), feeder.path().to_path_buf()];
+    // The first life is slowed, so the sink holds messages when it dies.
+    let chaos = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(chaos.path(), format!("[\"{SINK}\"]\nlatency_ms = 100\n")).unwrap();
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let first_args = [
+        &["--data-dir", data_dir, "--http", "127.0.0.1:0"][..],
+        &metrics,
+        &["--chaos", chaos.path().to_str().unwrap()],
+    ]
+    .concat();
+    let mut first = HostProcess::local(&cells, &first_args);
+    let feed = format!("http://{}/feed", first.http_addr());
+    let body =
+        json!({"action": "publish", "subject": SINK_SUBJECT, "payload": {"action": "record"}});
+    let statuses = post_times(&feed, &body.to_string(), SENT);
+    assert_eq!(statuses, vec!["200"; SENT], "every message stored");
+
+    // Kill it once it finished some and holds more (admitted, counted as
+    // requests, and not finished: in flight).
+    let addr = first.metrics_addr();
+    eventually(Duration::from_secs(30), "the sink at work", || async {
+        let m = cell_metrics(&addr, SINK);
+        let in_flight = m["cbs_cell_in_flight"];
+        let finished = m["cbs_cell_requests_total"] - in_flight;
+        match finished >= 5.0 && in_flight >= 2.0 {
+            true => Ok(()),
+            false => Err(format!("{finished} finished, {in_flight} in flight")),
+        }
+    })
+    .await;
+    first.kill();
+
+    let left = left_for_the_sink(data.path(), sink.path()).await;
+    let waiting: BTreeSet<&str> = left.iter().map(|(id, _)| id.as_str()).collect();
+    let held = left.iter().filter(|(_, taken)| *taken > 0).count();
+    eprintln!(
+        "killed: {} of {SENT} messages unacknowledged on disk, {held} of them taken",
+        left.len()
+    );
+    assert!(
+        held >= 1,
+        "the store records no message the dead host took ({} waiting)",
+        left.len()
+    );
+    assert!(left.len() < SENT, "the dead host acknowledged some");
+
+    // The next life, on the same folder, without chaos.
+    let mut second =
+        HostProcess::local(&cells, &[&["--data-dir", data_dir][..], &metrics].concat());
+    let addr = second.metrics_addr();
+    let sample = |name| cell_metric(&addr, name, SINK);
+    eventually(Duration::from_secs(30), "the waiting messages", || async {
+        match sample("cbs_cell_requests_total") {
+            n if n >= left.len() as f64 => Ok(()),
+            n => Err(format!("handled {n} of {}", left.len())),
+        }
+    })
+    .await;
+    assert_eq!(sample("cbs_cell_requests_total"), left.len() as f64);
+    assert_eq!(
+        sample("cbs_durable_redelivered_total"),
+        held as f64,
+        "redelivered: the messages the dead host took, no other"
+    );
+    second.terminate();
+    assert!(second.wait_exit(Duration::from_secs(15)).success());
+
+    let state = sink_state(data.path()).await;
+    assert_eq!(state.len(), SENT, "every message handled: {state:?}");
+    for id in &waiting {
+        assert!(state.contains_key(*id), "{id} waited and was handled");
+    }
+    for (id, times) in &state {
+        match times {
+            1 => {}
+            2 => assert!(
+                waiting.contains(id.as_str()),
+                "{id} handled again though acknowledged on disk"
+            ),
+            n => panic!("{id} handled {n} times"),
+        }
+    }
 }

@@ -13,7 +13,7 @@ use cbs_host::durable;
 use cbs_host::manifest::{DurableSpec, StateGrant};
 use cbs_host::state::jetstream::{bucket_name, decode_key};
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::HostProcess;
+use cbs_tests::process::{cell_metric, HostProcess};
 use cbs_tests::{envelope_to, eventually, CellToml};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
@@ -23,7 +23,7 @@ const SUBJECT: &str = "cbs-durable.test.sink";
 const STREAM: &str = "CBS_DURABLE_TEST_SINK";
 const SENT: usize = 10_000;
 /// Messages one host admits at once: at most this many are redelivered
-/// when it dies.
+/// when it dies (it pulls no more than it can admit).
 const CONCURRENCY: u32 = 16;
 const QUEUE: u32 = 16;
 
@@ -127,33 +127,66 @@ async fn figures(js: &jetstream::Context, ids: &[String]) -> Figures {
     }
 }
 
+/// The sink's shared consumer, as the server reports it.
+async fn consumer(js: &jetstream::Context) -> jetstream::consumer::Info {
+    let stream = js.get_stream(STREAM).await.unwrap();
+    stream
+        .consumer_info(durable::consumer_name(SINK))
+        .await
+        .unwrap()
+}
+
+/// A host is killed mid-load. Its unacknowledged messages are delivered
+/// again, all to the survivor: the server's count of redeliveries and the
+/// survivor's agree, at least one (the dead host held messages, else the
+/// kill proved nothing) and at most what the dead host could hold; a
+/// message handled twice is one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_survive_a_killed_host_and_the_sink_state_is_exact() {
     let server = NatsServer::start();
     let cell = sink();
     let cells = [cell.path().to_path_buf()];
-    let mut doomed = HostProcess::serve(&server.url(), "doomed", &cells, &[]);
-    let _survivor = HostProcess::serve(&server.url(), "survivor", &cells, &[]);
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let mut doomed = HostProcess::serve(&server.url(), "doomed", &cells, &metrics);
+    let survivor = HostProcess::serve(&server.url(), "survivor", &cells, &metrics);
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
     let started = Instant::now();
     let ids = publish_all(&js).await;
     // Kill one host once a fifth of the load is through: it holds messages.
     wait_until_left_at_most(&js, (SENT as u64) * 4 / 5, Duration::from_secs(120)).await;
+    let handled_by_doomed = cell_metric(&doomed.metrics_addr(), "cbs_cell_requests_total", SINK);
     doomed.kill();
     wait_until_left_at_most(&js, 0, Duration::from_secs(300)).await;
     let f = figures(&js, &ids).await;
+    // Every delivery, a redelivery too, takes a consumer sequence.
+    let by_server = consumer(&js).await.delivered.consumer_sequence - SENT as u64;
+    let metric = "cbs_durable_redelivered_total";
+    let by_survivor = cell_metric(&survivor.metrics_addr(), metric, SINK) as u64;
     eprintln!(
-        "host kill: sent {}, processed {}, redelivered and handled again {}, lost {} ({:?})",
+        "host kill: sent {}, processed {}, redelivered {by_server}, handled again {}, lost {} ({:?})",
         f.sent,
         f.processed,
         f.duplicates,
         f.lost,
         started.elapsed()
     );
-    assert_eq!(f.lost, 0, "every message was processed");
     assert!(
-        f.duplicates <= u64::from(CONCURRENCY + QUEUE),
-        "{} handled twice: more than the dead host could hold",
+        handled_by_doomed > 0.0,
+        "the doomed host handled messages before the kill"
+    );
+    assert_eq!(f.lost, 0, "every message was processed");
+    assert_eq!(
+        by_survivor, by_server,
+        "every redelivery went to the survivor, none came before the kill"
+    );
+    let most = u64::from(CONCURRENCY + QUEUE);
+    assert!(
+        (1..=most).contains(&by_server),
+        "{by_server} redelivered: the dead host held between 1 and {most}"
+    );
+    assert!(
+        f.duplicates <= by_server,
+        "{} handled twice, but only {by_server} delivered twice",
         f.duplicates
     );
     let no_dead_letters = durable::dead_letters(&js, SINK).await.unwrap();

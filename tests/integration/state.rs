@@ -14,7 +14,7 @@ use cbs_host::envelope::{BusError, ErrorCode};
 use cbs_host::manifest::StateGrant;
 use cbs_host::state::jetstream::{bucket_name, encode_key};
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::HostProcess;
+use cbs_tests::process::{cell_metric, HostProcess};
 use cbs_tests::{call_json, CellToml, TestHost};
 use serde_json::{json, Value};
 
@@ -232,14 +232,21 @@ async fn state_survives_a_restart_of_the_in_process_host() {
     assert_eq!(get(host.bus().as_ref(), A, "kept").await, "across restarts");
 }
 
+/// The write is handled by the first host, the read by the second, after
+/// the first was SIGKILLed: the state lives in JetStream, not in a host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_a_killed_host_on_nats() {
     let server = NatsServer::start();
     let cells = Cells::new(StateGrant::default());
     let bus = server.bus().await;
-    let mut first = HostProcess::serve(&server.url(), "state-1", &cells.paths(), &[]);
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let handled =
+        |host: &HostProcess| cell_metric(&host.metrics_addr(), "cbs_cell_requests_total", A);
+    let mut first = HostProcess::serve(&server.url(), "state-1", &cells.paths(), &metrics);
     set(&bus, A, "kept", "across hosts").await.unwrap();
+    assert_eq!(handled(&first), 1.0, "the first host handled the write");
     first.kill();
-    let _second = HostProcess::serve(&server.url(), "state-2", &cells.paths(), &[]);
+    let second = HostProcess::serve(&server.url(), "state-2", &cells.paths(), &metrics);
     assert_eq!(get(&bus, A, "kept").await, "across hosts");
+    assert_eq!(handled(&second), 1.0, "the second host handled the read");
 }

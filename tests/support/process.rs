@@ -197,6 +197,34 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The samples of cell `cell` (labelled only `cell`) in one scrape of the
+/// `/metrics` a host serves at `addr` (`--metrics`): value by metric name.
+pub fn cell_metrics(addr: &str, cell: &str) -> std::collections::HashMap<String, f64> {
+    let (status, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .filter(|s| s.labels.len() == 1 && s.labels.get("cell") == Some(cell))
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some((s.metric, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One sample of [`cell_metrics`], which the host must have.
+pub fn cell_metric(addr: &str, name: &str, cell: &str) -> f64 {
+    let samples = cell_metrics(addr, cell);
+    *samples
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} for {cell} in {samples:?}"))
+}
+
 /// `cbs-host run --nats URL --start logic.greet` with more flags (auth):
 /// connects, runs one flow through NATS and exits.
 pub fn greet_flow_via(url: &str, flags: &[&str]) -> Output {
