@@ -476,3 +476,43 @@ async fn a_killed_host_process_loses_no_stored_message() {
         }
     }
 }
+
+/// A durable cell pulls no more than it runs at once: one running, room to
+/// queue eight, and five messages slower in all than the ack wait are each
+/// delivered once — none again while it waited its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_messages_are_not_delivered_again_while_they_wait_to_run() {
+    const SLOW: &str = "test.slow";
+    let cell = CellToml::faulty(SLOW)
+        .durable(DurableSpec {
+            ack_wait_ms: 500,
+            max_deliver: 5,
+            ..DurableSpec::default()
+        })
+        .limits(|l| {
+            l.concurrency = 1;
+            l.queue = 8;
+        })
+        .write();
+    let data = tempfile::tempdir().unwrap();
+    let host = host(data.path(), &cell).await;
+    let log = host.body().durable().clone();
+    for _ in 0..5 {
+        let slow = envelope_to(SLOW, &json!({"action": "sleep", "ms": 300}));
+        log.publish("cbs-durable.test.slow", &slow.id, slow.to_vec().into())
+            .await
+            .unwrap();
+    }
+    let served = host.cell(SLOW);
+    // Counted as they start; done when none is left running or queued.
+    eventually(Duration::from_secs(20), "five messages handled", || async {
+        match (served.stats.requests(), served.in_flight()) {
+            (n, 0) if n >= 5 => Ok(()),
+            (n, held) => Err(format!("{n} started, {held} held")),
+        }
+    })
+    .await;
+    let durable = served.stats.durable();
+    assert_eq!(durable.redelivered, 0, "{durable:?}");
+    assert_eq!(served.stats.requests(), 5, "each handled once");
+}

@@ -33,6 +33,10 @@ pub struct LoadedCell {
     pub(super) admitted: Arc<Semaphore>,
     /// Messages running: `concurrency`.
     pub(super) running: Semaphore,
+    /// Durable messages pulled and not finished: `concurrency`. A pulled
+    /// message that waited in the queue could outlive its ack wait and be
+    /// delivered again while still held, so pulls stop at what can run.
+    pub(super) pulled: Arc<Semaphore>,
     /// Fault injection, when configured.
     pub(super) chaos: Option<Chaos>,
     /// The cell's calls out (policies and breakers).
@@ -114,8 +118,18 @@ impl LoadedCell {
         self.admitted.clone().acquire_owned().await.ok()
     }
 
-    /// How many more messages could run now, without waiting: what a
-    /// durable pull may take (queued ones would wait past their ack time).
+    /// Waits until the cell holds fewer pulled durable messages than it
+    /// runs at once; `None` only if closed.
+    pub(super) async fn pull_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.pulled.clone().acquire_owned().await.ok()
+    }
+
+    /// How many more durable messages may be pulled now without waiting.
+    pub(super) fn pull_room(&self) -> usize {
+        self.pulled.available_permits()
+    }
+
+    /// How many more messages could run now, without waiting.
     pub fn admission_room(&self) -> usize {
         let free = self.admitted.available_permits();
         free.min(self.manifest.limits.concurrency as usize)

@@ -156,6 +156,7 @@ impl Loader {
         Ok(Arc::new(LoadedCell {
             admitted: Arc::new(Semaphore::new((limits.concurrency + limits.queue) as usize)),
             running: Semaphore::new(limits.concurrency as usize),
+            pulled: Arc::new(Semaphore::new(limits.concurrency as usize)),
             chaos: self
                 .chaos
                 .get(&manifest.id)

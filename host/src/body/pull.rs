@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::cell::{LoadedCell, Slot};
@@ -16,8 +17,9 @@ use crate::durable::{
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::manifest::DurableSpec;
 
-/// Pulls messages for the cell in `slot` until `stop`: no more at a time
-/// than the cell can admit, each handled in a task of its own.
+/// Pulls messages for the cell in `slot` until `stop`: no more held at a
+/// time than the cell runs at once (and only what it can admit), each
+/// handled in a task of its own.
 pub async fn consume(
     log: Arc<dyn DurableLog>,
     consumer: Box<dyn Consumer>,
@@ -27,12 +29,12 @@ pub async fn consume(
     while !stop.is_cancelled() {
         let cell = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
         let first = tokio::select! {
-            permit = cell.admit() => permit,
+            slot = cell.pull_slot() => slot,
             () = stop.cancelled() => None,
         };
         let Some(first) = first else { break };
-        // One permit in hand; pull as many more as the cell can run now.
-        let room = 1 + cell.admission_room();
+        // One pull slot in hand; pull as many more as can run now.
+        let room = 1 + cell.pull_room().min(cell.admission_room());
         let batch = consumer.fetch(room, Duration::from_secs(1)).await;
         let mut messages = match batch {
             Ok(messages) => messages,
@@ -42,7 +44,7 @@ pub async fn consume(
                 continue;
             }
         };
-        let mut permit = Some(first);
+        let mut slot = Some(first);
         while let Some(message) = messages.next().await {
             let message = match message {
                 Ok(m) => m,
@@ -51,13 +53,10 @@ pub async fn consume(
                     break;
                 }
             };
-            let held = match permit.take() {
-                Some(p) => p,
-                // Unacknowledged, it is delivered again after ack_wait.
-                None => match cell.admit().await {
-                    Some(p) => p,
-                    None => break,
-                },
+            // Unacknowledged, a message left here is delivered again
+            // after ack_wait.
+            let Some(held) = hold(&cell, slot.take()).await else {
+                break;
             };
             let (log, cell) = (log.clone(), cell.clone());
             tokio::spawn(async move {
@@ -66,6 +65,22 @@ pub async fn consume(
             });
         }
     }
+}
+
+/// What one pulled message holds while it is handled: its pull slot
+/// (`slot`, or one waited for) and an admission, taken once the message
+/// is here so that an idle pull holds no admission; `None` once the cell
+/// is closed.
+async fn hold(
+    cell: &LoadedCell,
+    slot: Option<OwnedSemaphorePermit>,
+) -> Option<[OwnedSemaphorePermit; 2]> {
+    let pulled = match slot {
+        Some(slot) => slot,
+        None => cell.pull_slot().await?,
+    };
+    let admitted = cell.admit().await?;
+    Some([pulled, admitted])
 }
 
 async fn handle(log: &dyn DurableLog, cell: &LoadedCell, message: Delivery) {
