@@ -6,9 +6,13 @@
 mod cache;
 mod clocks;
 mod engine;
+mod guest_output;
+mod imports;
 mod keyvalue;
+mod memory_limit;
 mod pool;
 mod sandbox;
+mod wit_error;
 
 pub use cache::{CacheOutcome, ComponentCache};
 pub use engine::{Allocator, EngineOptions, EPOCH_TICK};
@@ -294,7 +298,7 @@ impl CellRunner for WasmCell {
                         schema: out.schema,
                         headers: out.headers,
                     }),
-                    Err(e) => Err(sandbox::from_wit(e)),
+                    Err(e) => Err(wit_error::from_wit(e)),
                 }
             }
             Ok(Err(trap)) => {
