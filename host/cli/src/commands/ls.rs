@@ -1,11 +1,14 @@
 //! `cbs ls`: deployed cells, the desired release and what each host serves.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use cbs_host::deploy::{State, Store};
 use clap::Args;
+use serde::Serialize;
 
 use crate::args::NatsArgs;
-use crate::rollout;
 use crate::table::Table;
 
 /// Deployed cells: the desired release and what each host serves.
@@ -20,7 +23,7 @@ pub struct LsArgs {
 
 pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     let (bus, store) = args.nats.open_store().await?;
-    let listing = rollout::list(bus.client(), &store).await?;
+    let listing = list(bus.client(), &store).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&listing)?);
         return Ok(ExitCode::SUCCESS);
@@ -77,4 +80,91 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     print!("{table}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One row of `cbs ls`: a cell's desired release and what each host reports.
+#[derive(Debug, Serialize)]
+struct Listing {
+    cell: String,
+    desired: Option<String>,
+    digest: Option<String>,
+    /// Replicas wanted (none: every watching host).
+    replicas: Option<u32>,
+    /// Hosts the placer chose, and why some replicas have none.
+    placed: Vec<String>,
+    unplaced: Option<String>,
+    hosts: Vec<HostReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct HostReport {
+    host: String,
+    state: State,
+    version: String,
+    serving: Option<String>,
+    error: Option<String>,
+    /// Whether the host answered discovery just now.
+    online: bool,
+    in_sync: bool,
+    /// Whether the placer chose this host (always, without replicas).
+    placed: bool,
+}
+
+/// Desired vs running, per cell and host.
+async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<Listing>> {
+    let online: BTreeSet<String> =
+        cbs_host::discovery::hosts(client, Duration::from_millis(250), Duration::from_secs(2))
+            .await?
+            .into_iter()
+            .map(|peer| peer.host)
+            .collect();
+    let mut cells: BTreeMap<String, Listing> = BTreeMap::new();
+    for d in store.all_desired().await? {
+        cells.insert(
+            d.cell.clone(),
+            Listing {
+                cell: d.cell,
+                desired: Some(d.current.version),
+                digest: Some(d.current.digest),
+                replicas: d.current.replicas,
+                placed: Vec::new(),
+                unplaced: None,
+                hosts: Vec::new(),
+            },
+        );
+    }
+    for p in store.placements().await? {
+        if let Some(listing) = cells.get_mut(&p.cell) {
+            listing.placed = p.hosts;
+            listing.unplaced = p.unplaced;
+        }
+    }
+    for s in store.statuses().await? {
+        let listing = cells.entry(s.cell.clone()).or_insert_with(|| Listing {
+            cell: s.cell.clone(),
+            desired: None,
+            digest: None,
+            replicas: None,
+            placed: Vec::new(),
+            unplaced: None,
+            hosts: Vec::new(),
+        });
+        let in_sync = s.state == State::Serving && listing.digest.as_deref() == Some(&s.digest);
+        let placed = listing.replicas.is_none() || listing.placed.contains(&s.host);
+        listing.hosts.push(HostReport {
+            placed,
+            online: online.contains(&s.host),
+            in_sync,
+            host: s.host,
+            state: s.state,
+            version: s.version,
+            serving: s.serving,
+            error: s.error,
+        });
+    }
+    let mut cells: Vec<Listing> = cells.into_values().collect();
+    for cell in &mut cells {
+        cell.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    }
+    Ok(cells)
 }
