@@ -117,10 +117,9 @@ async fn inject(chaos: &Chaos, cell_id: &str, deadline: Instant) -> Result<(), B
     }
     match chaos.draw() {
         Fault::Pass => Ok(()),
-        Fault::Error => Err(BusError::new(
-            ErrorCode::Unavailable,
-            format!("chaos: injected failure in cell {cell_id}"),
-        )),
+        Fault::Error => Err(BusError::unavailable(format!(
+            "chaos: injected failure in cell {cell_id}"
+        ))),
         Fault::Drop => {
             tokio::time::sleep_until(deadline.into()).await;
             Err(BusError::new(

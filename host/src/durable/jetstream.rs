@@ -17,7 +17,7 @@ use super::{
     dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Lettered,
     Published, Settle, StreamSpec, DLQ_STREAM,
 };
-use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::envelope::{BusError, Envelope};
 
 /// Publishes `envelope` to a durable subject and waits until JetStream
 /// stored it (or found it a duplicate within the dedup window).
@@ -42,22 +42,16 @@ async fn publish_bytes(
         .await
         .map_err(|e| unavailable(subject, e))?;
     ack.await.map_err(|e| match e.kind() {
-        PublishErrorKind::StreamNotFound => BusError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "no JetStream stream takes {subject}, so it cannot be stored: \
+        PublishErrorKind::StreamNotFound => BusError::unavailable(format!(
+            "no JetStream stream takes {subject}, so it cannot be stored: \
                  deploy a cell that subscribes to it durably, or create a stream for it"
-            ),
-        ),
+        )),
         _ => unavailable(subject, e),
     })
 }
 
 fn unavailable(subject: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::new(
-        ErrorCode::Unavailable,
-        format!("{subject} could not be stored in JetStream: {e}"),
-    )
+    BusError::unavailable(format!("{subject} could not be stored in JetStream: {e}"))
 }
 
 /// Durable streams on JetStream.

@@ -29,7 +29,7 @@ use super::{
     no_responders, request_timeout, subject, BodyBus, Endpoint, Headers, Message, Source,
     Subscription,
 };
-use crate::error::{BusError, ErrorCode};
+use crate::error::BusError;
 
 /// Name of the micro service every host registers.
 pub const SERVICE_NAME: &str = "cbs";
@@ -113,18 +113,16 @@ impl NatsBus {
                     .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
                     .await
                     .map_err(|e| {
-                        BusError::new(
-                            ErrorCode::Unavailable,
-                            format!("cannot register the NATS service: {e}"),
-                        )
+                        BusError::unavailable(format!("cannot register the NATS service: {e}"))
                     })
             })
             .await
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::new(ErrorCode::Unavailable, format!("NATS: {e}"))
+/// A NATS operation that failed: the bus is down (or going).
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::unavailable(format!("NATS: {e}"))
 }
 
 /// NATS headers from ours. A name or value NATS cannot carry (a CR or LF

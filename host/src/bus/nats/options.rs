@@ -110,14 +110,11 @@ pub(super) async fn connect(
     let addrs = parse_urls(&options.urls)?;
     let connect = connect_options(options, reconnects).await?;
     connect.connect(addrs).await.map_err(|e| {
-        BusError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "cannot connect to NATS at {}: {}",
-                options.urls,
-                explain(&e.to_string())
-            ),
-        )
+        BusError::unavailable(format!(
+            "cannot connect to NATS at {}: {}",
+            options.urls,
+            explain(&e.to_string())
+        ))
     })
 }
 

@@ -40,7 +40,7 @@ use super::{
     dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Lettered,
     Published, Settle, StreamSpec,
 };
-use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::envelope::{BusError, Envelope};
 use store::Store;
 use streams::Taken;
 
@@ -112,8 +112,7 @@ impl DurableLog for EmbeddedLog {
             .map_err(unavailable)?;
         store.changed.notify_waiters();
         published.ok_or_else(|| {
-            BusError::new(
-                ErrorCode::Unavailable,
+            BusError::unavailable(
                 "no durable stream takes this subject, so it cannot be stored: \
                  deploy a cell that subscribes to it durably, or serves it with [durable]",
             )
@@ -158,10 +157,7 @@ impl DurableLog for EmbeddedLog {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::new(
-        ErrorCode::Unavailable,
-        format!("the durable store cannot be reached: {e:#}"),
-    )
+    BusError::unavailable(format!("the durable store cannot be reached: {e:#}"))
 }
 
 struct EmbeddedConsumer {
