@@ -10,7 +10,7 @@
 //! (serving cells) with [`routing`] (around full or slow hosts); [`bundle`] and [`deploy`] (signed bundles, desired
 //! state) with [`audit`] (who changed what); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
 //! [`http`] (the way in over HTTP: routes, OpenAPI, problems);
-//! [`random`] (jitter and seeded faults).
+//! [`random`] (jitter and seeded faults) and [`unix_time`] (timestamps).
 
 pub mod audit;
 pub mod backoff;
@@ -41,3 +41,4 @@ pub mod state;
 pub mod stats;
 pub mod subjects;
 pub mod telemetry;
+pub mod unix_time;

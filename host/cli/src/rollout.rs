@@ -15,8 +15,9 @@ use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::contract::compat::{self, Break, Direction};
 use cbs_host::deploy::downgrade::RollbackGrant;
 use cbs_host::deploy::placement::Placement;
-use cbs_host::deploy::{now_ms, Autoscale, Desired, Release, State, Status, Store};
+use cbs_host::deploy::{Autoscale, Desired, Release, State, Status, Store};
 use cbs_host::durable::{ConsumerSpec, StreamSpec};
+use cbs_host::unix_time::now_ms;
 
 /// How a rollout ended.
 #[derive(Debug)]

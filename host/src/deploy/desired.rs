@@ -9,8 +9,8 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use super::downgrade::RollbackGrant;
-use super::now_ms;
 use crate::bundle::KeyPair;
+use crate::unix_time::now_ms;
 
 /// Releases kept per cell for rollback.
 const HISTORY: usize = 10;

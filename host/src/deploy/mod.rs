@@ -35,7 +35,7 @@ mod store;
 pub use desired::{Autoscale, Desired, Release, RequestLoad, State, Status};
 pub use store::{status_key, Store};
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub const BUNDLES: &str = "cbs-bundles";
 pub const DESIRED: &str = "cbs-desired";
@@ -48,12 +48,6 @@ pub const PLACEMENT: &str = "cbs-placement";
 pub const PLACER: &str = "cbs-placer";
 /// Cell → the release hosts last installed ([`downgrade::Served`]).
 pub const SERVED: &str = "cbs-served";
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// How long `cbs deploy` waits for hosts by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);

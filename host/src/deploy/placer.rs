@@ -19,7 +19,8 @@ use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 
 use super::placement::{self, CellLoad, HostInfo, Placement};
-use super::{now_ms, RequestLoad, Store, HOSTS, PLACEMENT};
+use super::{RequestLoad, Store, HOSTS, PLACEMENT};
+use crate::unix_time::now_ms;
 
 /// How often a watching host beats.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);

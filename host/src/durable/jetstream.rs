@@ -479,9 +479,7 @@ pub async fn replay_range(
         ReplayFrom::Sequence(seq) => seq.max(state.first_sequence),
         ReplayFrom::Time(at) => first_at_or_after(&handle, state.first_sequence, end, at).await,
     };
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let run = crate::unix_time::now_ms();
     let mut done = Replayed::default();
     for seq in start..=end {
         if done.published >= limit {

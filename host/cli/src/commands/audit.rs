@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use cbs_host::audit::proof::{self, Check};
 use cbs_host::audit::{self, Action, Audit, Event, Filter, Stored};
 use cbs_host::bundle::{PublicKey, Trust};
-use cbs_host::deploy::now_ms;
 use cbs_host::manifest::check_cell_id;
+use cbs_host::unix_time::now_ms;
 use clap::Args;
 
 use crate::args::{names_of, NatsArgs};

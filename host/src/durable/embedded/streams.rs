@@ -6,7 +6,7 @@
 //! consumer holds it (work queue and interest retention); dead letters are
 //! a stream of their own.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
@@ -15,6 +15,7 @@ use super::store::{matches, Store, CONSUMERS, DEDUP, LAST_SEQ, META, PAYLOADS, P
 use crate::bus::subject::Pattern;
 use crate::durable::log::Keep;
 use crate::durable::{ConsumerSpec, DeadLetter, Published, Settle, StreamSpec, DLQ_STREAM};
+use crate::unix_time::now_ms;
 
 /// The delivery count of a message given up but kept (a dead letter
 /// points at it): above any `max_deliver`, so never delivered again.
@@ -374,12 +375,6 @@ pub(super) struct Taken {
     pub(super) pending: u64,
     pub(super) subject: String,
     pub(super) payload: Bytes,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn dlq_stream() -> StreamSpec {
