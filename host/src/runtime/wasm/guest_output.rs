@@ -2,7 +2,6 @@
 //! host log (within the cell's log budget), the last few kept for the
 //! error that reports a trap.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,6 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use crate::runtime::last_lines::LastLines;
 use crate::runtime::log_budget::LogBudget;
 
 /// Guest stdout/stderr when stdio is not granted: each line goes to the
@@ -21,16 +21,11 @@ pub struct GuestOutput {
     cell: Arc<str>,
     stream: &'static str,
     log: Arc<LogBudget>,
-    state: Arc<Mutex<OutputState>>,
-}
-
-#[derive(Default)]
-struct OutputState {
-    partial: Vec<u8>,
-    last: VecDeque<String>,
+    last: Arc<Mutex<LastLines>>,
 }
 
 const KEPT_LINES: usize = 4;
+/// Longer lines are logged in pieces of this size.
 const MAX_LINE: usize = 4096;
 
 impl GuestOutput {
@@ -39,47 +34,24 @@ impl GuestOutput {
             cell,
             stream,
             log,
-            state: Arc::default(),
+            last: Arc::new(Mutex::new(LastLines::new(KEPT_LINES, MAX_LINE))),
         }
     }
 
     /// The last lines written (without Rust's "note: run with
     /// RUST_BACKTRACE" hint), then forgotten.
     pub fn take_tail(&self) -> Vec<String> {
-        let mut state = self.state.lock().unwrap();
-        let partial = std::mem::take(&mut state.partial);
-        if !partial.is_empty() {
-            state
-                .last
-                .push_back(String::from_utf8_lossy(&partial).into_owned());
-        }
-        state
-            .last
-            .drain(..)
-            .filter(|l| !l.starts_with("note: run with"))
-            .collect()
+        let mut lines = self.last.lock().unwrap().take();
+        lines.retain(|l| !l.starts_with("note: run with"));
+        lines
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
-        let mut state = self.state.lock().unwrap();
-        for &b in bytes {
-            if b != b'\n' && state.partial.len() < MAX_LINE {
-                state.partial.push(b);
-                continue;
-            }
-            let line = String::from_utf8_lossy(&state.partial).into_owned();
-            state.partial.clear();
-            if b != b'\n' {
-                state.partial.push(b);
-            }
+        self.last.lock().unwrap().write(bytes, |line| {
             if self.log.admit() {
                 tracing::info!(cell = %self.cell, stream = self.stream, "{line}");
             }
-            if state.last.len() == KEPT_LINES {
-                state.last.pop_front();
-            }
-            state.last.push_back(line);
-        }
+        });
     }
 }
 
