@@ -16,14 +16,14 @@ use super::conn::{log_stderr, Conn};
 use super::frame::{self, write_frame};
 use super::group::ProcessGroup;
 use super::protocol::{
-    encode, host_log_level, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX,
-    PROTOCOL_MIN,
+    encode, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX, PROTOCOL_MIN,
 };
 use crate::backoff::Backoff;
 use crate::manifest::{Manifest, SidecarSpec};
 use crate::outbound::Outbound;
 use crate::runtime::last_lines::{quoted, LastLines};
 use crate::runtime::log_budget::LogBudget;
+use crate::telemetry;
 
 /// How long a new process has to answer `hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,7 +136,7 @@ impl Launch {
                 id,
                 version: &self.manifest.version,
             },
-            log_level: host_log_level(),
+            log_level: telemetry::level::host(),
         });
         let handshake = async {
             write_frame(&mut stdin, hello.into())

@@ -8,6 +8,7 @@ use super::bindings::cbs::cell::{bus, log, types};
 use super::sandbox::Sandbox;
 use super::wit_error::to_wit;
 use crate::envelope::{BusError, ErrorCode};
+use crate::telemetry;
 
 impl types::Host for Sandbox {}
 
@@ -38,15 +39,15 @@ impl bus::Host for Sandbox {
 
 impl log::Host for Sandbox {
     async fn log(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Trace => tracing::Level::TRACE,
+            log::Level::Debug => tracing::Level::DEBUG,
+            log::Level::Info => tracing::Level::INFO,
+            log::Level::Warn => tracing::Level::WARN,
+            log::Level::Error => tracing::Level::ERROR,
+        };
         let cell = self.outbound.cell_id();
-        let correlation_id = self.correlation_id();
-        match level {
-            log::Level::Trace => tracing::trace!(cell, correlation_id, "{message}"),
-            log::Level::Debug => tracing::debug!(cell, correlation_id, "{message}"),
-            log::Level::Info => tracing::info!(cell, correlation_id, "{message}"),
-            log::Level::Warn => tracing::warn!(cell, correlation_id, "{message}"),
-            log::Level::Error => tracing::error!(cell, correlation_id, "{message}"),
-        }
+        telemetry::level::cell_line(level, cell, self.correlation_id(), &message);
     }
 }
 

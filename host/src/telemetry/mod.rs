@@ -1,7 +1,10 @@
 //! Logs and traces: `tracing` to stderr, as text or JSON lines, and, when
 //! an OTLP endpoint is given, spans exported over OTLP/HTTP. Every hop runs
 //! in a span carrying the flow's `correlation_id`; W3C `traceparent` in the
-//! envelope links the spans of one flow across hosts.
+//! envelope links the spans of one flow across hosts. Log levels by name
+//! are [`level`].
+
+pub mod level;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
