@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::args::NatsArgs;
-use crate::table::Table;
+use crate::table::{print_listing, Table};
 
 /// Deployed cells: the desired release and what each host serves.
 #[derive(Args)]
@@ -24,18 +24,21 @@ pub struct LsArgs {
 pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     let (bus, store) = args.nats.open_store().await?;
     let listing = list(bus.client(), &store).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&listing)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if listing.is_empty() {
-        println!("nothing deployed (deploy with `cbs deploy BUNDLE`)");
-        return Ok(ExitCode::SUCCESS);
-    }
+    print_listing(
+        args.json,
+        &listing,
+        |cell| cell,
+        "nothing deployed (deploy with `cbs deploy BUNDLE`)",
+        table,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(listing: &[Listing]) -> Table {
     let mut table = Table::new([
         "CELL", "DESIRED", "REPLICAS", "HOST", "RUNNING", "STATE", "NOTE",
     ]);
-    for cell in &listing {
+    for cell in listing {
         let desired = cell.desired.as_deref().unwrap_or("(none)");
         let replicas = match cell.replicas {
             Some(n) => format!("{}/{n} placed", cell.placed.len()),
@@ -78,8 +81,7 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
             ]);
         }
     }
-    print!("{table}");
-    Ok(ExitCode::SUCCESS)
+    table
 }
 
 /// One row of `cbs ls`: a cell's desired release and what each host reports.
