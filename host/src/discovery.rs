@@ -9,8 +9,8 @@ use async_nats::service::{Info, Stats};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::nats::SERVICE_NAME;
-use crate::envelope::{BusError, ErrorCode};
+use crate::bus::nats::{unavailable, SERVICE_NAME};
+use crate::envelope::BusError;
 
 /// One host and what it serves.
 #[derive(Debug, Clone, Serialize)]
@@ -213,18 +213,13 @@ async fn gather<T: for<'de> Deserialize<'de>>(
     quiet: Duration,
     limit: Duration,
 ) -> Result<Vec<T>, BusError> {
-    let unavailable =
-        |e: &dyn std::fmt::Display| BusError::new(ErrorCode::Unavailable, format!("NATS: {e}"));
     let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let mut replies = client.subscribe(inbox.clone()).await.map_err(unavailable)?;
     client
         .publish_with_reply(format!("$SRV.{verb}.{SERVICE_NAME}"), inbox, "".into())
         .await
-        .map_err(|e| unavailable(&e))?;
-    client.flush().await.map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
+    client.flush().await.map_err(unavailable)?;
     let end = Instant::now() + limit;
     let mut out = Vec::new();
     while out.len() < MAX_REPLIES {

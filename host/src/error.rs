@@ -114,6 +114,11 @@ impl BusError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
+
+    /// The bus or a dependency is down: worth retrying later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! state) with [`audit`] (who changed what); [`host`] (a running host built
 //! by `HostBuilder`: body, metrics, HTTP routes, the lattice); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
 //! [`http`] (the way in over HTTP: routes, OpenAPI, problems);
-//! [`console`] (the browser UI, live); [`random`] (jitter and seeded faults).
+//! [`console`] (the browser UI, live); [`random`] (jitter and seeded faults)
+//! and [`unix_time`] (timestamps).
 
 pub mod audit;
 pub mod backoff;
@@ -44,3 +45,4 @@ pub mod state;
 pub mod stats;
 pub mod subjects;
 pub mod telemetry;
+pub mod unix_time;

@@ -21,6 +21,7 @@ use crate::random::fresh_seed;
 use crate::resilience::{is_failure, is_retryable, Breaker, BreakerState, CallPolicy};
 use crate::state::CellState;
 use crate::subjects::subject_of;
+use crate::telemetry::messaging::{Hop, Operation};
 
 /// Cells served by this host, reachable without the bus.
 #[async_trait]
@@ -193,18 +194,11 @@ impl Outbound {
             timeout.as_millis().to_string(),
         );
         // A client span per attempt; the callee's `process` span is its child.
-        let span = tracing::debug_span!(
-            "send",
-            otel.name = %format!("send {}", child.subject),
-            otel.kind = "client",
-            messaging.system = self.messaging_system(),
-            messaging.operation.type = "send",
-            messaging.destination.name = %child.subject,
-            messaging.message.id = %child.id,
-            messaging.message.conversation_id = %child.correlation_id,
-            cell = %self.manifest.id,
-            target = %cell_id,
-        );
+        let span = Hop::new(Operation::Send, self.bus.kind(), &child.subject)
+            .message(&child)
+            .cell(&self.manifest.id)
+            .target(cell_id)
+            .span();
         span.in_scope(|| crate::telemetry::inject_current(&mut child.headers));
         self.deliver(cell_id, child, timeout).instrument(span).await
     }
@@ -230,9 +224,9 @@ impl Outbound {
             .map(|p| String::from(Box::<str>::from(p)))
     }
 
-    /// `messaging.system` of the spans of this cell's bus.
-    pub fn messaging_system(&self) -> &'static str {
-        crate::telemetry::messaging_system(self.bus.kind())
+    /// The kind of this cell's bus (`nats`, `local`), as spans name it.
+    pub fn bus_kind(&self) -> &'static str {
+        self.bus.kind()
     }
 
     /// The breaker state of each target, for metrics and tests.
@@ -275,17 +269,10 @@ impl Outbound {
         let mut child = flow
             .parent
             .child(subject, raw_json(payload, "published payload")?);
-        let span = tracing::debug_span!(
-            "publish",
-            otel.name = %format!("publish {subject}"),
-            otel.kind = "producer",
-            messaging.system = self.messaging_system(),
-            messaging.operation.type = "publish",
-            messaging.destination.name = %subject,
-            messaging.message.id = %child.id,
-            messaging.message.conversation_id = %child.correlation_id,
-            cell = %self.manifest.id,
-        );
+        let span = Hop::new(Operation::Publish, self.bus.kind(), subject)
+            .message(&child)
+            .cell(&self.manifest.id)
+            .span();
         span.in_scope(|| crate::telemetry::inject_current(&mut child.headers));
         self.emit(subject, child).instrument(span).await
     }

@@ -181,7 +181,7 @@ async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
     );
     assert_eq!(edge.instance, "host-trace-a", "the span names its host");
     // Each step of a hop is a child span of the hop.
-    for step in ["contract.input", "run", "contract.output"] {
+    for step in ["contract.input", "cell.handle", "contract.output"] {
         find(&spans, step, |s| s.name == step && s.parent == edge.id);
     }
     for callee in ["logic.greet", "io.print_greeting"] {
@@ -191,16 +191,17 @@ async fn the_greeting_flow_across_two_hosts_is_one_trace_with_parent_links() {
             "{callee}: one trace id across both hosts"
         );
         assert_eq!(span.instance, "host-trace-b");
-        // Its parent is host A's client span, inside the edge hop's `run`.
+        // Its parent is host A's client span, inside the edge hop's
+        // `cell.handle`.
         let send = find(&spans, "the callee's parent", |s| s.id == span.parent);
         assert_eq!(send.name, format!("send cbs.{callee}"));
         assert_eq!(send.kind, CLIENT);
         assert_eq!(send.instance, "host-trace-a");
-        let run = find(&spans, "the send span's parent", |s| s.id == send.parent);
-        assert_eq!(run.name, "run");
+        let handle = find(&spans, "the send span's parent", |s| s.id == send.parent);
+        assert_eq!(handle.name, "cell.handle");
         assert_eq!(
-            run.parent, edge.id,
-            "the run span is a child of the edge cell's span"
+            handle.parent, edge.id,
+            "the cell.handle span is a child of the edge cell's span"
         );
     }
 }

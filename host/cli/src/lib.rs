@@ -1,7 +1,7 @@
 //! The CBS command lines, `cbs-host` and `cbs`, on the `cbs-host` library:
 //! both command lines in [`app`], one module per subcommand in [`commands`],
 //! the flags they share in [`args`], and what only the command line does: [`build`] (`cbs build`),
-//! [`scaffold`] (`cbs new`), [`rollout`] (`cbs deploy` and friends) with
+//! [`scaffold`] (`cbs new`), [`rollout`] (`cbs deploy`, `rollback`, `undeploy`) with
 //! [`report`] (how one ended),
 //! [`loadgen`] (`cbs bench`, `make bench`), [`table`] (output for people),
 //! [`signals`] (what long-running commands stop on)

@@ -1,5 +1,5 @@
-//! The client side of deployments: `cbs deploy`, `cbs rollback`,
-//! `cbs undeploy` and `cbs ls`. A rollout is health-confirmed: `cbs deploy`
+//! The client side of deployments: `cbs deploy`, `cbs rollback` and
+//! `cbs undeploy`. A rollout is health-confirmed: `cbs deploy`
 //! waits until every watching host reports the new release serving; if any
 //! host fails to load it, the desired state goes back to the release
 //! before, and the command fails with each host's reason.
@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::kv::Operation;
 use futures_util::StreamExt;
-use serde::Serialize;
 
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::contract::compat::{self, Break, Direction};
 use cbs_host::deploy::downgrade::RollbackGrant;
 use cbs_host::deploy::placement::Placement;
-use cbs_host::deploy::{now_ms, Autoscale, Desired, Release, State, Status, Store};
+use cbs_host::deploy::{Autoscale, Desired, Release, State, Status, Store};
 use cbs_host::durable::{ConsumerSpec, StreamSpec};
+use cbs_host::unix_time::now_ms;
 
 /// How a rollout ended.
 #[derive(Debug)]
@@ -374,93 +374,6 @@ async fn confirm(
     } else {
         Outcome::Failed(failed)
     })
-}
-
-/// One row of `cbs ls`: a cell's desired release and what each host reports.
-#[derive(Debug, Serialize)]
-pub struct Listing {
-    pub cell: String,
-    pub desired: Option<String>,
-    pub digest: Option<String>,
-    /// Replicas wanted (none: every watching host).
-    pub replicas: Option<u32>,
-    /// Hosts the placer chose, and why some replicas have none.
-    pub placed: Vec<String>,
-    pub unplaced: Option<String>,
-    pub hosts: Vec<HostReport>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct HostReport {
-    pub host: String,
-    pub state: State,
-    pub version: String,
-    pub serving: Option<String>,
-    pub error: Option<String>,
-    /// Whether the host answered discovery just now.
-    pub online: bool,
-    pub in_sync: bool,
-    /// Whether the placer chose this host (always, without replicas).
-    pub placed: bool,
-}
-
-/// Desired vs running, per cell and host.
-pub async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<Listing>> {
-    let online: BTreeSet<String> =
-        cbs_host::discovery::hosts(client, Duration::from_millis(250), Duration::from_secs(2))
-            .await?
-            .into_iter()
-            .map(|peer| peer.host)
-            .collect();
-    let mut cells: BTreeMap<String, Listing> = BTreeMap::new();
-    for d in store.all_desired().await? {
-        cells.insert(
-            d.cell.clone(),
-            Listing {
-                cell: d.cell,
-                desired: Some(d.current.version),
-                digest: Some(d.current.digest),
-                replicas: d.current.replicas,
-                placed: Vec::new(),
-                unplaced: None,
-                hosts: Vec::new(),
-            },
-        );
-    }
-    for p in store.placements().await? {
-        if let Some(listing) = cells.get_mut(&p.cell) {
-            listing.placed = p.hosts;
-            listing.unplaced = p.unplaced;
-        }
-    }
-    for s in store.statuses().await? {
-        let listing = cells.entry(s.cell.clone()).or_insert_with(|| Listing {
-            cell: s.cell.clone(),
-            desired: None,
-            digest: None,
-            replicas: None,
-            placed: Vec::new(),
-            unplaced: None,
-            hosts: Vec::new(),
-        });
-        let in_sync = s.state == State::Serving && listing.digest.as_deref() == Some(&s.digest);
-        let placed = listing.replicas.is_none() || listing.placed.contains(&s.host);
-        listing.hosts.push(HostReport {
-            placed,
-            online: online.contains(&s.host),
-            in_sync,
-            host: s.host,
-            state: s.state,
-            version: s.version,
-            serving: s.serving,
-            error: s.error,
-        });
-    }
-    let mut cells: Vec<Listing> = cells.into_values().collect();
-    for cell in &mut cells {
-        cell.hosts.sort_by(|a, b| a.host.cmp(&b.host));
-    }
-    Ok(cells)
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ fn rust_files(id: &str, crate_name: &str, sdk: &Path) -> Vec<(String, String)> {
     [
         ("Cargo.toml", fill(CARGO_TOML)),
         ("src/lib.rs", fill(LIB_RS)),
-        ("cell.toml", fill(CELL_TOML)),
+        ("cell.toml", fill(&RUST_CELL_TOML.template())),
         ("schemas/input.json", fill(INPUT_SCHEMA)),
         ("schemas/output.json", fill(OUTPUT_SCHEMA)),
         (".gitignore", "/target\n*.wasm\n*.cbs\n".to_owned()),
@@ -190,13 +190,26 @@ mod tests {
 }
 "#;
 
-const CELL_TOML: &str = r#"# {id}: a CBS cell. Every field is described in the CBS README ("Writing a cell").
+/// What differs between the languages' `cell.toml`; the rest is
+/// [`CELL_TOML`]. Placeholders (`{id}`, …) are filled afterwards, as in
+/// every other template.
+struct CellToml {
+    /// What the cell is, after `# {id}: `: a comment, more lines each
+    /// starting with `# `.
+    about: &'static str,
+    /// `runtime` and what goes with it: the component, or a `[python]` or
+    /// `[sidecar]` section.
+    runtime: &'static str,
+    /// The keys of `[limits]`.
+    limits: &'static str,
+    /// Warm instances kept (`[instances] policy = "pooled"`): components.
+    pooled: bool,
+}
+
+const CELL_TOML: &str = r#"# {id}: {about}
 id = "{id}"
 version = "0.1.0"
-runtime = "wasm"
-# Written by `cbs build` (cargo build --release --target wasm32-wasip2).
-component = "{wasm}"
-
+{runtime}
 [input]
 id = "{id}/request@1"
 schema = "schemas/input.json"
@@ -206,13 +219,33 @@ id = "{id}/reply@1"
 schema = "schemas/output.json"
 
 [limits]
-memory_mb = 16
-timeout_ms = 1000
-concurrency = 16
+{limits}{instances}"#;
 
-[instances]
-policy = "pooled"
-"#;
+impl CellToml {
+    /// The `cell.toml` template of a language.
+    fn template(&self) -> String {
+        let instances = if self.pooled {
+            "\n[instances]\npolicy = \"pooled\"\n"
+        } else {
+            ""
+        };
+        CELL_TOML
+            .replace("{about}", self.about)
+            .replace("{runtime}", self.runtime)
+            .replace("{limits}", self.limits)
+            .replace("{instances}", instances)
+    }
+}
+
+const RUST_CELL_TOML: CellToml = CellToml {
+    about: r#"a CBS cell. Every field is described in the CBS README ("Writing a cell")."#,
+    runtime: r#"runtime = "wasm"
+# Written by `cbs build` (cargo build --release --target wasm32-wasip2).
+component = "{wasm}"
+"#,
+    limits: "memory_mb = 16\ntimeout_ms = 1000\nconcurrency = 16\n",
+    pooled: true,
+};
 
 const INPUT_SCHEMA: &str = r#"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",

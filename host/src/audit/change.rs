@@ -24,7 +24,7 @@ pub struct Change<'a> {
 /// could not be audited is logged as a warning, not undone.
 pub async fn record(client: &async_nats::Client, writer: Option<&NatsOptions>, change: Change<'_>) {
     let mut event = Event {
-        at_ms: crate::deploy::now_ms(),
+        at_ms: crate::unix_time::now_ms(),
         action: change.action,
         cell: change.cell.to_owned(),
         version: change.version.map(str::to_owned),

@@ -11,6 +11,7 @@ use super::cell::LoadedCell;
 use crate::chaos::{Chaos, Fault};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::runtime::Deadline;
+use crate::telemetry::messaging::{Hop, Operation};
 
 impl LoadedCell {
     /// Always a reply envelope (success or typed error). Counted, and traced
@@ -18,19 +19,15 @@ impl LoadedCell {
     pub async fn process(&self, envelope: Arc<Envelope>, arrived: Instant) -> Envelope {
         self.stats.request();
         // OpenTelemetry messaging conventions: one `process` span per message.
-        let span = tracing::debug_span!(
-            "cell",
-            otel.name = %format!("process {}", envelope.subject),
-            otel.kind = "consumer",
-            messaging.system = self.outbound.messaging_system(),
-            messaging.operation.type = "process",
-            messaging.destination.name = %envelope.subject,
-            messaging.message.id = %envelope.id,
-            messaging.message.conversation_id = %envelope.correlation_id,
-            cell = %self.manifest.id,
-            correlation_id = %envelope.correlation_id,
-            message_id = %envelope.id,
-        );
+        let span = Hop::new(
+            Operation::Process,
+            self.outbound.bus_kind(),
+            &envelope.subject,
+        )
+        .message(&envelope)
+        .cell(&self.manifest.id)
+        .logged(&envelope)
+        .span();
         crate::telemetry::link_parent(&span, &envelope.headers);
         async {
             let outcome = run(self, envelope.clone(), arrived).await;
@@ -90,7 +87,7 @@ async fn run(
     let reply = cell
         .runner
         .handle(envelope.clone(), runner_deadline)
-        .instrument(tracing::debug_span!("run"))
+        .instrument(tracing::debug_span!("cell.handle"))
         .await?;
     tracing::debug_span!("contract.output")
         .in_scope(|| cell.contract.check_output(&reply.payload))?;
@@ -117,10 +114,9 @@ async fn inject(chaos: &Chaos, cell_id: &str, deadline: Instant) -> Result<(), B
     }
     match chaos.draw() {
         Fault::Pass => Ok(()),
-        Fault::Error => Err(BusError::new(
-            ErrorCode::Unavailable,
-            format!("chaos: injected failure in cell {cell_id}"),
-        )),
+        Fault::Error => Err(BusError::unavailable(format!(
+            "chaos: injected failure in cell {cell_id}"
+        ))),
         Fault::Drop => {
             tokio::time::sleep_until(deadline.into()).await;
             Err(BusError::new(

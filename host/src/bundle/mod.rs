@@ -12,15 +12,20 @@
 //! ```
 //!
 //! The bundle digest is the sha256 of `MANIFEST.json`: it covers every file.
+//!
+//! Here: packing a cell folder, signing, and what the bundled `cell.toml`
+//! may name; the file itself in `archive`, putting it on this machine in
+//! `unpack`, what each runtime's bundle holds in `contents`.
 
+mod archive;
 mod contents;
 mod signing;
+mod unpack;
 
 pub use contents::bundled_program;
 pub use signing::{KeyPair, PublicKey, Trust};
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Component as PathPart, Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -28,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{CellSpec, Manifest, FILE_NAME};
-use crate::platform;
 
 /// The file extension of bundles.
 pub const EXTENSION: &str = "cbs";
@@ -157,85 +161,6 @@ impl Bundle {
             .with_context(|| format!("{what} is refused"))
     }
 
-    /// The bundle as a tar archive.
-    pub fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            header.set_cksum();
-            tar.append_data(&mut header, name, bytes)
-        };
-        add(MANIFEST, &self.manifest_bytes)?;
-        if let Some(sig) = &self.signature {
-            add(SIGNATURE, &serde_json::to_vec_pretty(sig)?)?;
-        }
-        for (name, bytes) in &self.files {
-            add(name, bytes)?;
-        }
-        Ok(tar.into_inner()?)
-    }
-
-    /// Reads and checks a bundle: every file present with the digest the
-    /// manifest gives, nothing unlisted. (Signatures: [`Bundle::verify`].)
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
-        let corrupt = "the bundle is corrupt or not a CBS bundle";
-        check_size(bytes.len() as u64)?;
-        let mut entries = BTreeMap::new();
-        let mut archive = tar::Archive::new(bytes);
-        for entry in archive.entries().context(corrupt)? {
-            let mut entry = entry.context(corrupt)?;
-            let name = entry
-                .path()
-                .context(corrupt)?
-                .to_string_lossy()
-                .into_owned();
-            inner_path(Path::new(&name)).context(corrupt)?;
-            // The header's size is untrusted: never reserve more than the
-            // archive itself holds.
-            let mut data = Vec::with_capacity((entry.size() as usize).min(bytes.len()));
-            entry.read_to_end(&mut data).context(corrupt)?;
-            entries.insert(name, data);
-        }
-        let manifest_bytes = entries
-            .remove(MANIFEST)
-            .with_context(|| format!("{corrupt}: it has no {MANIFEST}"))?;
-        let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes)
-            .with_context(|| format!("{corrupt}: {MANIFEST} is not valid"))?;
-        if manifest.format != FORMAT {
-            bail!(
-                "bundle format {} is not supported by this host (it reads format {FORMAT}): upgrade cbs-host",
-                manifest.format
-            );
-        }
-        let signature = match entries.remove(SIGNATURE) {
-            Some(bytes) => Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{corrupt}: {SIGNATURE} is not valid"))?,
-            ),
-            None => None,
-        };
-        check_files(&manifest, &entries)?;
-        Ok(Self {
-            manifest,
-            manifest_bytes,
-            files: entries,
-            signature,
-        })
-    }
-
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("cannot read bundle {}", path.display()))?
-            .len();
-        check_size(size).with_context(|| format!("in {}", path.display()))?;
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read bundle {}", path.display()))?;
-        Self::from_bytes(&bytes).with_context(|| format!("in {}", path.display()))
-    }
-
     /// The bundle's `cell.toml`.
     pub fn cell_manifest(&self) -> anyhow::Result<Manifest> {
         let bytes = self
@@ -322,137 +247,6 @@ impl Bundle {
         };
         Ok((load(&manifest.input)?, load(&manifest.output)?))
     }
-
-    /// Writes the files into `<root>/<digest hex>/` (once: the folder is
-    /// content-addressed) and returns the cell folder.
-    ///
-    /// `root` is made private to this user (0700). A folder already there
-    /// for this digest is used only when its files are the bundle's, byte
-    /// for byte; otherwise it is unpacked anew.
-    pub fn unpack(&self, root: &Path) -> anyhow::Result<CellSpec> {
-        crate::dirs::private(root)?;
-        let dir = root.join(self.digest().trim_start_matches("sha256:"));
-        if dir.exists() && !self.unpacked_in(&dir) {
-            tracing::warn!(dir = %dir.display(), "an unpacked bundle differs from its bundle; unpacking it again");
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
-        }
-        if !dir.join(FILE_NAME).is_file() {
-            let tmp = root.join(format!(".unpack-{}", uuid::Uuid::now_v7()));
-            for (name, bytes) in &self.files {
-                let path = tmp.join(name);
-                std::fs::create_dir_all(path.parent().unwrap_or(&tmp))?;
-                std::fs::write(&path, bytes)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            if let Err(e) = std::fs::rename(&tmp, &dir) {
-                // Another host process unpacked the same bundle first.
-                let _ = std::fs::remove_dir_all(&tmp);
-                if !dir.join(FILE_NAME).is_file() {
-                    return Err(e).with_context(|| format!("cannot write {}", dir.display()));
-                }
-            }
-        }
-        let spec = CellSpec::from_dir(&dir)?;
-        make_program_executable(&spec)?;
-        Ok(spec)
-    }
-
-    /// Refuses a bundle whose native code is for another platform.
-    pub fn check_platform(&self) -> anyhow::Result<()> {
-        let Some(wanted) = &self.manifest.platform else {
-            return Ok(());
-        };
-        platform::check(wanted).context("in the bundle's MANIFEST.json")?;
-        if !platform::runs_here(wanted) {
-            bail!(
-                "the bundle of {} {} holds native code for {wanted}, and this host is {}: \
-                 build the bundle on (or for) {} (`[bundle] platform` in cell.toml)",
-                self.manifest.cell,
-                self.manifest.version,
-                platform::current(),
-                platform::current()
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether `dir` holds exactly this bundle's files.
-    fn unpacked_in(&self, dir: &Path) -> bool {
-        let same = |name: &String, bytes: &Vec<u8>| {
-            std::fs::read(dir.join(name)).is_ok_and(|on_disk| on_disk == *bytes)
-        };
-        walk_files(dir).is_ok_and(|n| n == self.files.len())
-            && self.files.iter().all(|(n, b)| same(n, b))
-    }
-
-    /// `~/.cache/cbs/bundles` (or `$CBS_CACHE_DIR/../bundles`); without a
-    /// home, a folder of this user's in the temp folder.
-    pub fn default_unpack_dir() -> PathBuf {
-        crate::dirs::bundles()
-    }
-}
-
-/// A bundle holds bytes, not modes: a sidecar's bundled program becomes
-/// executable (by this user only) once unpacked.
-fn make_program_executable(spec: &CellSpec) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(program) = contents::bundled_program(&spec.manifest) else {
-        return Ok(());
-    };
-    let path = spec.resolve(&program);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make {} executable", path.display()))
-}
-
-/// How many files are under `dir`, recursively.
-fn walk_files(dir: &Path) -> std::io::Result<usize> {
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        count += if entry.file_type()?.is_dir() {
-            walk_files(&entry.path())?
-        } else {
-            1
-        };
-    }
-    Ok(count)
-}
-
-fn check_size(size: u64) -> anyhow::Result<()> {
-    if size > MAX_BYTES {
-        bail!(
-            "the bundle is {} MiB, more than the {} MiB a host reads",
-            size >> 20,
-            MAX_BYTES >> 20
-        );
-    }
-    Ok(())
-}
-
-fn check_files(
-    manifest: &BundleManifest,
-    entries: &BTreeMap<String, Vec<u8>>,
-) -> anyhow::Result<()> {
-    if !manifest.files.contains_key(FILE_NAME) {
-        bail!("the bundle has no {FILE_NAME}");
-    }
-    for (name, expected) in &manifest.files {
-        let Some(bytes) = entries.get(name) else {
-            bail!("the bundle is corrupt: {MANIFEST} lists {name}, which is missing");
-        };
-        let actual = sha256_hex(bytes);
-        if &actual != expected {
-            bail!(
-                "the bundle is corrupt: {name} has sha256 {actual} but {MANIFEST} says {expected} \
-                 (the file changed after the bundle was built)"
-            );
-        }
-    }
-    if let Some(extra) = entries.keys().find(|k| !manifest.files.contains_key(*k)) {
-        bail!("the bundle is corrupt: {extra} is not listed in {MANIFEST}");
-    }
-    Ok(())
 }
 
 /// A relative path with no `..`, as a `/`-separated string.
@@ -482,7 +276,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn sample() -> Bundle {
+    pub(super) fn sample() -> Bundle {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("schemas")).unwrap();
         std::fs::write(
@@ -543,28 +337,6 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_keeps_digest_and_files() {
-        let bundle = sample();
-        let back = Bundle::from_bytes(&bundle.to_bytes().unwrap()).unwrap();
-        assert_eq!(back.digest(), bundle.digest());
-        assert_eq!(
-            back.manifest.files.keys().collect::<Vec<_>>(),
-            ["a.wasm", "cell.toml", "schemas/in.json"]
-        );
-        assert_eq!(back.cell_manifest().unwrap().id, "a.b");
-    }
-
-    #[test]
-    fn a_changed_byte_is_named() {
-        let bytes = sample().to_bytes().unwrap();
-        let at = bytes.windows(4).position(|w| w == b"fake").unwrap();
-        let mut tampered = bytes.clone();
-        tampered[at] ^= 1;
-        let err = format!("{:#}", Bundle::from_bytes(&tampered).unwrap_err());
-        assert!(err.contains("a.wasm has sha256"), "{err}");
-    }
-
-    #[test]
     fn signatures_are_required_and_checked() {
         let key = KeyPair::generate().unwrap();
         let other = KeyPair::generate().unwrap();
@@ -579,17 +351,6 @@ mod tests {
         let back = Bundle::from_bytes(&bundle.to_bytes().unwrap()).unwrap();
         back.verify(&trust).unwrap();
         back.verify(&Trust::default()).unwrap();
-    }
-
-    #[test]
-    fn a_lying_size_header_is_an_error_not_an_allocation() {
-        let mut bytes = sample().to_bytes().unwrap();
-        // The first header claims an entry of isize::MAX bytes, checksum right.
-        let mut header = tar::Header::from_byte_slice(&bytes[..512]).clone();
-        header.set_size(isize::MAX as u64);
-        header.set_cksum();
-        bytes[..512].copy_from_slice(header.as_bytes());
-        assert!(Bundle::from_bytes(&bytes).is_err());
     }
 
     #[test]
@@ -669,53 +430,5 @@ mod tests {
         }
         let fine = with_cell_toml(&format!("{base}component = \"./a.wasm\"\n"));
         fine.cell_manifest().unwrap();
-    }
-
-    #[test]
-    fn a_bundle_for_another_platform_is_refused_and_its_own_runs() {
-        let mut bundle = sample();
-        bundle.check_platform().unwrap();
-        bundle.manifest.platform = Some(platform::current());
-        bundle.check_platform().unwrap();
-        bundle.manifest.platform = Some("plan9-mips".into());
-        let err = format!("{:#}", bundle.check_platform().unwrap_err());
-        assert!(err.contains("holds native code for plan9-mips"), "{err}");
-        bundle.manifest.platform = Some("../x".into());
-        let err = format!("{:#}", bundle.check_platform().unwrap_err());
-        assert!(err.contains("is not `any`"), "{err}");
-    }
-
-    /// Regression: a folder planted (or changed) where a bundle unpacks was
-    /// used as if it were the signed bundle's contents.
-    #[test]
-    fn a_planted_unpack_folder_is_replaced_by_the_bundles_files() {
-        use std::os::unix::fs::PermissionsExt;
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().join("bundles");
-        let bundle = sample();
-        let spec = bundle.unpack(&root).unwrap();
-        let mode = std::fs::metadata(&root).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700, "the unpack folder is private");
-        std::fs::write(spec.dir.join("a.wasm"), b"planted").unwrap();
-        std::fs::write(spec.dir.join("extra"), b"planted").unwrap();
-        let again = bundle.unpack(&root).unwrap();
-        assert_eq!(
-            std::fs::read(again.dir.join("a.wasm")).unwrap(),
-            b"\0asm fake"
-        );
-        assert!(!again.dir.join("extra").exists());
-        // An unchanged folder is reused as it is.
-        let third = bundle.unpack(&root).unwrap();
-        assert_eq!(third.dir, again.dir);
-    }
-
-    #[test]
-    fn an_unpack_root_open_to_others_is_made_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let root = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        sample().unpack(root.path()).unwrap();
-        let mode = std::fs::metadata(root.path()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::subject::{self, Pattern};
 use super::{no_responders, request_timeout, BodyBus, Message, Subscription, INBOX_PREFIX};
-use crate::error::{BusError, ErrorCode};
+use crate::error::BusError;
 
 /// Messages a subscriber may have pending before new ones are dropped.
 const PENDING_LIMIT: usize = 65_536;
@@ -132,7 +132,7 @@ impl BodyBus for LocalBus {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(BusError::new(ErrorCode::Unavailable, "the bus closed")),
+            Ok(Err(_)) => Err(BusError::unavailable("the bus closed")),
             Err(_) => {
                 self.inner.inboxes.lock().unwrap().remove(&inbox);
                 Err(request_timeout(&subject, timeout))

@@ -38,7 +38,7 @@ pub const MAX_RELEASES: usize = 200;
 fn letters(cell: &str, all: Vec<(u64, crate::durable::DeadLetter)>) -> DeadLetters {
     let skip = all.len().saturating_sub(MAX_LETTERS);
     DeadLetters {
-        at_ms: crate::deploy::now_ms(),
+        at_ms: crate::unix_time::now_ms(),
         cell: cell.to_owned(),
         letters: all
             .into_iter()
@@ -79,7 +79,7 @@ impl Source for Local {
             ..Host::default()
         }];
         Ok(Lattice {
-            at_ms: crate::deploy::now_ms(),
+            at_ms: crate::unix_time::now_ms(),
             source: "in-process",
             cells: Lattice::cells_from(&hosts, BTreeMap::new()),
             hosts,
@@ -92,7 +92,7 @@ impl Source for Local {
         };
         let schema = |s: &Option<crate::contract::Schema>| s.as_ref().map(|s| s.value().clone());
         Ok(Some(CellDetail {
-            at_ms: crate::deploy::now_ms(),
+            at_ms: crate::unix_time::now_ms(),
             id: id.to_owned(),
             desired: None,
             hosts: vec![HostServing {
@@ -116,7 +116,7 @@ impl Source for Local {
 
     async fn releases(&self) -> anyhow::Result<Releases> {
         Ok(Releases {
-            at_ms: crate::deploy::now_ms(),
+            at_ms: crate::unix_time::now_ms(),
             events: Vec::new(),
         })
     }
@@ -206,7 +206,7 @@ impl Source for Nats {
     async fn lattice(&self) -> anyhow::Result<Lattice> {
         let hosts = self.hosts().await?;
         Ok(Lattice {
-            at_ms: crate::deploy::now_ms(),
+            at_ms: crate::unix_time::now_ms(),
             source: "nats",
             cells: Lattice::cells_from(&hosts, self.desired().await?),
             hosts,
@@ -217,7 +217,7 @@ impl Source for Nats {
         let views = discovery::list(&self.client, QUIET, LIMIT).await?;
         let desired = self.store.desired(id).await?.map(|d| d.current.version);
         let mut detail = CellDetail {
-            at_ms: crate::deploy::now_ms(),
+            at_ms: crate::unix_time::now_ms(),
             id: id.to_owned(),
             desired,
             ..CellDetail::default()
@@ -272,7 +272,7 @@ impl Source for Nats {
             })
             .collect();
         Ok(Releases {
-            at_ms: crate::deploy::now_ms(),
+            at_ms: crate::unix_time::now_ms(),
             events,
         })
     }

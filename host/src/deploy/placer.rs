@@ -19,8 +19,9 @@ use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 
 use super::placement::{self, HostInfo, Placement};
-use super::{now_ms, RequestLoad, Store, HOSTS, PLACEMENT};
+use super::{RequestLoad, Store, HOSTS, PLACEMENT};
 use crate::stats::CellLoad;
+use crate::unix_time::now_ms;
 
 /// How often a watching host beats.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
@@ -378,7 +379,7 @@ pub const MAX_HOSTS: usize = 4096;
 /// How long a silent host's last heartbeat is remembered at most: as long
 /// as the bucket keeps it. Expiry there sends no delete, and only the
 /// placer holding the lease forgets dead hosts at once.
-const FORGET_AFTER: Duration = super::HOST_HEARTBEAT_KEPT;
+const FORGET_AFTER: Duration = super::store::HOST_HEARTBEAT_KEPT;
 
 fn remember(seen: &mut Seen, key: String, info: HostInfo, now: Instant) {
     if seen.len() >= MAX_HOSTS && !seen.contains_key(&key) {

@@ -27,8 +27,9 @@ use tokio::sync::Mutex;
 use super::downgrade::{self, Served};
 use super::placement::Placement;
 use super::served::{higher, Record};
-use super::{now_ms, Desired, Release, State, Status, Store};
+use super::{Desired, Release, State, Status, Store};
 use crate::body::{retire, Body, LoadedCell};
+use crate::unix_time::now_ms;
 
 pub struct Watcher {
     body: Arc<Body>,

@@ -17,7 +17,7 @@ use super::{
     dlq_subject, Consumer, ConsumerSpec, DeadLetter, Deliveries, Delivery, DurableLog, Lettered,
     Published, Settle, StreamSpec, DLQ_STREAM,
 };
-use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::envelope::{BusError, Envelope};
 
 /// Publishes `envelope` to a durable subject and waits until JetStream
 /// stored it (or found it a duplicate within the dedup window).
@@ -42,22 +42,16 @@ async fn publish_bytes(
         .await
         .map_err(|e| unavailable(subject, e))?;
     ack.await.map_err(|e| match e.kind() {
-        PublishErrorKind::StreamNotFound => BusError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "no JetStream stream takes {subject}, so it cannot be stored: \
+        PublishErrorKind::StreamNotFound => BusError::unavailable(format!(
+            "no JetStream stream takes {subject}, so it cannot be stored: \
                  deploy a cell that subscribes to it durably, or create a stream for it"
-            ),
-        ),
+        )),
         _ => unavailable(subject, e),
     })
 }
 
 fn unavailable(subject: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::new(
-        ErrorCode::Unavailable,
-        format!("{subject} could not be stored in JetStream: {e}"),
-    )
+    BusError::unavailable(format!("{subject} could not be stored in JetStream: {e}"))
 }
 
 /// Durable streams on JetStream.
@@ -485,9 +479,7 @@ pub async fn replay_range(
         ReplayFrom::Sequence(seq) => seq.max(state.first_sequence),
         ReplayFrom::Time(at) => first_at_or_after(&handle, state.first_sequence, end, at).await,
     };
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let run = crate::unix_time::now_ms();
     let mut done = Replayed::default();
     for seq in start..=end {
         if done.published >= limit {

@@ -27,6 +27,7 @@ use super::trace;
 use crate::bus::BodyBus;
 use crate::envelope::{header as envelope_header, BusError, Envelope};
 use crate::subjects::subject_of;
+use crate::telemetry::messaging::{Hop, Operation};
 
 /// The flow's correlation id, taken from the request and returned.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -300,15 +301,9 @@ async fn answer(
         Err(error) => return failure(&error, path, correlation.as_deref(), None),
     };
     let subject = subject_of(&target.cell);
-    let span = tracing::debug_span!(
-        "send",
-        otel.name = %format!("send {subject}"),
-        otel.kind = "client",
-        messaging.system = crate::telemetry::messaging_system(gateway.bus.kind()),
-        messaging.operation.type = "send",
-        messaging.destination.name = %subject,
-        cbs.cell = %target.cell,
-    );
+    let span = Hop::new(Operation::Send, gateway.bus.kind(), &subject)
+        .to_cell(&target.cell)
+        .span();
     let envelope = span.in_scope(|| envelope(target, fields, correlation, headers));
     let traceparent = envelope.headers.get(envelope_header::TRACEPARENT).cloned();
     let cid = envelope.correlation_id.clone();

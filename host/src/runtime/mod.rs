@@ -2,6 +2,7 @@
 //! (supervised sidecar processes) and `python` (the native CPython pool,
 //! built on `process`); all behind one trait.
 
+pub mod last_lines;
 pub mod log_budget;
 pub mod process;
 pub mod python;

@@ -200,10 +200,9 @@ pub(crate) fn full(cell_id: &str, grant: StateGrant) -> BusError {
 }
 
 pub(crate) fn unavailable(cell_id: &str, what: impl std::fmt::Display) -> BusError {
-    BusError::new(
-        ErrorCode::Unavailable,
-        format!("the state store of cell {cell_id} cannot be reached: {what}"),
-    )
+    BusError::unavailable(format!(
+        "the state store of cell {cell_id} cannot be reached: {what}"
+    ))
 }
 
 #[cfg(test)]

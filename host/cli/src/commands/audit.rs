@@ -9,7 +9,7 @@ use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
 use crate::args::{names_of, NatsArgs};
-use crate::table::Table;
+use crate::table::{print_listing, Table};
 
 /// The audit trail: every deploy, rollback and undeploy, and the trust list
 /// of every host that follows the desired state — oldest first.
@@ -63,18 +63,14 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| proof::check(&s.event, s.stored_ms, &trust))
         .collect();
-    if args.json {
-        let listed: Vec<serde_json::Value> = events
-            .iter()
-            .zip(&checks)
-            .map(|(s, c)| json(s, c))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&listed)?);
-    } else if events.is_empty() {
-        println!("no audit events");
-    } else {
-        print!("{}", table(&events, &checks));
-    }
+    let checked: Vec<(&Stored, &Check)> = events.iter().zip(&checks).collect();
+    print_listing(
+        args.json,
+        &checked,
+        |&(s, c)| json(s, c),
+        "no audit events",
+        |_| table(&events, &checks),
+    )?;
     let bad = checks.iter().filter(|c| c.is_bad()).count();
     if bad > 0 {
         eprintln!("{bad} audit event(s) do not verify: forged or changed after they were written");

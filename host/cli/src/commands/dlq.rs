@@ -8,7 +8,7 @@ use cbs_host::manifest::check_cell_id;
 use clap::{Args, Subcommand};
 
 use crate::args::NatsArgs;
-use crate::table::Table;
+use crate::table::{print_listing, Table};
 
 /// Dead letters of a durable cell: messages that failed for good, or
 /// `max_deliver` times, kept in the JetStream stream CBS_DLQ with their
@@ -80,20 +80,19 @@ async fn jetstream(cell: &str, nats: &NatsArgs) -> anyhow::Result<async_nats::je
 async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     let js = jetstream(&args.cell_id, &args.nats).await?;
     let letters = durable::dead_letters(&js, &args.cell_id).await?;
-    if args.json {
-        let rows: Vec<_> = letters
-            .iter()
-            .map(|(seq, letter)| serde_json::json!({"seq": seq, "letter": letter}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if letters.is_empty() {
-        println!("no dead letters for {}", args.cell_id);
-        return Ok(ExitCode::SUCCESS);
-    }
+    print_listing(
+        args.json,
+        &letters,
+        |(seq, letter)| serde_json::json!({"seq": seq, "letter": letter}),
+        &format!("no dead letters for {}", args.cell_id),
+        table,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(letters: &[(u64, durable::DeadLetter)]) -> Table {
     let mut table = Table::new(["SEQ", "DELIVERED", "ERROR", "MESSAGE"]);
-    for (seq, letter) in &letters {
+    for (seq, letter) in letters {
         let error = format!("{}: {}", letter.error.code, letter.error.message);
         table.row([
             seq.to_string().as_str(),
@@ -102,8 +101,7 @@ async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
             &message_column(letter),
         ]);
     }
-    print!("{table}");
-    Ok(ExitCode::SUCCESS)
+    table
 }
 
 /// The envelope id, or where a letter kept without its message has it.

@@ -7,7 +7,7 @@ use cbs_host::discovery;
 use clap::Args;
 
 use crate::args::NatsArgs;
-use crate::table::Table;
+use crate::table::{print_listing, Table};
 
 /// List the hosts on the bus and the cells each serves, with counts.
 #[derive(Args)]
@@ -26,14 +26,17 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
     let bus = args.nats.connect_client().await?;
     let quiet = Duration::from_millis(args.wait_ms);
     let hosts = discovery::list(bus.client(), quiet, quiet * 10).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&hosts)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if hosts.is_empty() {
-        println!("no CBS hosts on this bus");
-        return Ok(ExitCode::SUCCESS);
-    }
+    print_listing(
+        args.json,
+        &hosts,
+        |host| host,
+        "no CBS hosts on this bus",
+        table,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(hosts: &[discovery::HostView]) -> Table {
     let mut table = Table::new([
         "HOST",
         "CELL",
@@ -45,7 +48,7 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         "DURABLE",
     ]);
     table.align_right(&[3, 4, 5, 6]);
-    for host in &hosts {
+    for host in hosts {
         if host.cells.is_empty() {
             table.row([host.host.as_str(), "(no cells)", "", "", "", "", "", ""]);
         }
@@ -68,6 +71,5 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
             ]);
         }
     }
-    print!("{table}");
-    Ok(ExitCode::SUCCESS)
+    table
 }

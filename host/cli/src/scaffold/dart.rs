@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use super::CellToml;
+
 /// The files of Dart cell `id`, on the Dart SDK at `sdk`.
 pub fn files(id: &str, sdk: &Path) -> Vec<(String, String)> {
     let package = id.replace(['.', '-'], "_");
@@ -19,7 +21,7 @@ pub fn files(id: &str, sdk: &Path) -> Vec<(String, String)> {
         (format!("lib/{package}.dart"), fill(CELL)),
         ("bin/main.dart".into(), fill(MAIN)),
         ("test/cell_test.dart".into(), fill(TEST)),
-        ("cell.toml".into(), fill(CELL_TOML)),
+        ("cell.toml".into(), fill(&CELL_TOML.template())),
         ("schemas/input.json".into(), fill(super::INPUT_SCHEMA)),
         ("schemas/output.json".into(), fill(super::OUTPUT_SCHEMA)),
         (
@@ -99,30 +101,20 @@ void main() {
 }
 "#;
 
-const CELL_TOML: &str = r#"# {id}: a CBS cell in Dart, run as a supervised sidecar process. Every
-# field is described in the CBS README ("Cells in any language").
-id = "{id}"
-version = "0.1.0"
-runtime = "sidecar"
+const CELL_TOML: CellToml = CellToml {
+    about: r#"a CBS cell in Dart, run as a supervised sidecar process. Every
+# field is described in the CBS README ("Cells in any language")."#,
+    runtime: r#"runtime = "sidecar"
 
 [sidecar]
 # `dart compile exe bin/main.dart -o bin/{package}`: a native executable,
 # so a restart does not compile and nothing but frames reaches stdout.
 command = ["bin/{package}"]
 processes = 1
-
-[input]
-id = "{id}/request@1"
-schema = "schemas/input.json"
-
-[output]
-id = "{id}/reply@1"
-schema = "schemas/output.json"
-
-[limits]
-timeout_ms = 5000
-concurrency = 16
-"#;
+"#,
+    limits: "timeout_ms = 5000\nconcurrency = 16\n",
+    pooled: false,
+};
 
 const README: &str = r#"# {id}
 

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use super::CellToml;
+
 /// The files of Python cell `id`, on the Python SDK at `sdk`.
 pub fn files(id: &str, sdk: &Path) -> Vec<(String, String)> {
     let module = id.replace(['.', '-'], "_");
@@ -13,7 +15,7 @@ pub fn files(id: &str, sdk: &Path) -> Vec<(String, String)> {
             .replace("{sdk}", &sdk.display().to_string())
     };
     vec![
-        ("cell.toml".into(), fill(CELL_TOML)),
+        ("cell.toml".into(), fill(&CELL_TOML.template())),
         (format!("{module}.py"), fill(HANDLER)),
         (format!("test_{module}.py"), fill(TEST)),
         ("schemas/input.json".into(), fill(super::INPUT_SCHEMA)),
@@ -26,34 +28,23 @@ pub fn files(id: &str, sdk: &Path) -> Vec<(String, String)> {
     ]
 }
 
-const CELL_TOML: &str = r#"# {id}: a CBS cell in Python, built into a WebAssembly component by
+const CELL_TOML: CellToml = CellToml {
+    about: r#"a CBS cell in Python, built into a WebAssembly component by
 # componentize-py (`cbs build`). Every field is described in the CBS README
-# ("Python cells").
-id = "{id}"
-version = "0.1.0"
-runtime = "wasm"
+# ("Python cells")."#,
+    runtime: r#"runtime = "wasm"
 lang = "python"
 component = "{module}.wasm"
 
 [python]
 module = "{module}"      # {module}.py, function `handle`
-
-[input]
-id = "{id}/request@1"
-schema = "schemas/input.json"
-
-[output]
-id = "{id}/reply@1"
-schema = "schemas/output.json"
-
-[limits]
-memory_mb = 128          # CPython in a component needs more than a Rust cell
+"#,
+    limits: "memory_mb = 128          # CPython in a component needs more than a Rust cell
 timeout_ms = 5000
 concurrency = 8
-
-[instances]
-policy = "pooled"
-"#;
+",
+    pooled: true,
+};
 
 const HANDLER: &str = r#""""{id}: replies to {"text": "..."} with the text in upper case and its length."""
 

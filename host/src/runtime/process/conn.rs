@@ -21,6 +21,7 @@ use crate::outbound::{Flow, Outbound};
 use crate::runtime::log_budget::LogBudget;
 use crate::runtime::{Deadline, Reply};
 use crate::state::CellState;
+use crate::telemetry;
 
 /// Frames queued for one process before senders wait.
 const WRITE_QUEUE: usize = 1024;
@@ -366,14 +367,8 @@ impl Conn {
                     .and_then(|p| self.flow(p).ok())
                     .map(|f| f.parent.correlation_id.clone())
                     .unwrap_or_default();
-                let cell = self.cell_id.as_str();
-                match level.as_str() {
-                    "error" => tracing::error!(cell, correlation_id, "{message}"),
-                    "warn" => tracing::warn!(cell, correlation_id, "{message}"),
-                    "debug" => tracing::debug!(cell, correlation_id, "{message}"),
-                    "trace" => tracing::trace!(cell, correlation_id, "{message}"),
-                    _ => tracing::info!(cell, correlation_id, "{message}"),
-                }
+                let level = telemetry::level::parse(&level);
+                telemetry::level::cell_line(level, &self.cell_id, &correlation_id, &message);
             }
             FromSidecar::Describe { .. } | FromSidecar::Unknown => {}
         }

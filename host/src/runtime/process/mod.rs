@@ -22,7 +22,7 @@ use self::pool::Pool;
 pub use self::pool::ProcessScale;
 use self::supervisor::Launch;
 use super::{CellInfo, CellRunner, Deadline, Reply};
-use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::envelope::{BusError, Envelope};
 use crate::manifest::{CellSpec, Manifest, SidecarSpec};
 use crate::outbound::Outbound;
 
@@ -151,7 +151,7 @@ impl SidecarCell {
         if let Some(why) = last {
             message.push_str(&format!(" (last start failed: {why})"));
         }
-        BusError::new(ErrorCode::Unavailable, message)
+        BusError::unavailable(message)
     }
 }
 

@@ -307,19 +307,6 @@ impl From<WireError> for BusError {
     }
 }
 
-/// The least severe level the host's log shows now (`off` when none).
-pub fn host_log_level() -> &'static str {
-    use tracing::level_filters::LevelFilter;
-    match LevelFilter::current() {
-        LevelFilter::TRACE => "trace",
-        LevelFilter::DEBUG => "debug",
-        LevelFilter::INFO => "info",
-        LevelFilter::WARN => "warn",
-        LevelFilter::ERROR => "error",
-        _ => "off",
-    }
-}
-
 pub fn encode(frame: &ToSidecar<'_>) -> Vec<u8> {
     serde_json::to_vec(frame).expect("frames always serialize")
 }

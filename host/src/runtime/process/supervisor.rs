@@ -16,13 +16,14 @@ use super::conn::{log_stderr, Conn};
 use super::frame::{self, write_frame};
 use super::group::ProcessGroup;
 use super::protocol::{
-    encode, host_log_level, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX,
-    PROTOCOL_MIN,
+    encode, CellRef, Described, FromSidecar, ToSidecar, Versions, PROTOCOL_MAX, PROTOCOL_MIN,
 };
 use crate::backoff::Backoff;
 use crate::manifest::{Manifest, SidecarSpec};
 use crate::outbound::Outbound;
+use crate::runtime::last_lines::{quoted, LastLines};
 use crate::runtime::log_budget::LogBudget;
+use crate::telemetry;
 
 /// How long a new process has to answer `hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -135,7 +136,7 @@ impl Launch {
                 id,
                 version: &self.manifest.version,
             },
-            log_level: host_log_level(),
+            log_level: telemetry::level::host(),
         });
         let handshake = async {
             write_frame(&mut stdin, hello.into())
@@ -220,22 +221,13 @@ fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::
 /// What a process that failed its handshake wrote to stderr (its last
 /// lines, e.g. a Python import error), as "; it wrote: ..." or nothing.
 async fn last_words(child: &mut Child) -> String {
-    use tokio::io::AsyncReadExt;
-    const KEEP: usize = 4096;
     let Some(mut stderr) = child.stderr.take() else {
         return String::new();
     };
-    let mut text = Vec::new();
+    let mut last = LastLines::new(3, 1024);
     // A process that is still running may never close stderr: bounded wait.
-    let read = stderr.read_to_end(&mut text);
-    let _ = tokio::time::timeout(Duration::from_millis(500), read).await;
-    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(KEEP)..]).into_owned();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let tail = &lines[lines.len().saturating_sub(3)..];
-    format!("; it wrote: {}", tail.join(" | "))
+    let _ = tokio::time::timeout(Duration::from_millis(500), last.read(&mut stderr)).await;
+    quoted(&last.take())
 }
 
 /// One process slot: the live process, if any, and why the last start failed.

@@ -21,7 +21,7 @@
 //! files), never the host's `CBS_*` settings or other secrets. Its
 //! progress goes to the log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,7 @@ use super::lock::{self, Lock};
 use super::sdk;
 use super::venv::{minor_of, Venv};
 use crate::retention;
+use crate::runtime::last_lines::LastLines;
 
 /// How long one venv build may take (downloads included).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
@@ -274,15 +275,19 @@ async fn run(cell: &str, command: &mut Command, what: &str) -> anyhow::Result<()
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot run {what} for cell {cell}"))?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         bail!("{what}: no pipes");
     };
+    let mut errors = LastLines::new(ERROR_LINES, LINE_BYTES);
     let work = async {
-        let (_, errors, status) =
-            tokio::join!(log_lines(cell, stdout), last_lines(stderr), child.wait());
-        (errors, status)
+        let (_, _, status) = tokio::join!(
+            log_lines(cell, stdout),
+            errors.read(&mut stderr),
+            child.wait()
+        );
+        status
     };
-    let Ok((errors, status)) = tokio::time::timeout(BUILD_TIMEOUT, work).await else {
+    let Ok(status) = tokio::time::timeout(BUILD_TIMEOUT, work).await else {
         bail!(
             "{what} for cell {cell} took more than {} s",
             BUILD_TIMEOUT.as_secs()
@@ -290,7 +295,7 @@ async fn run(cell: &str, command: &mut Command, what: &str) -> anyhow::Result<()
     };
     let status = status?;
     if !status.success() {
-        let tail = errors.into_iter().collect::<Vec<_>>().join("\n");
+        let tail = errors.take().join("\n");
         let why = if tail.contains("DO NOT MATCH THE HASHES") {
             "a downloaded package does not match the lock's hashes, so it is refused"
         } else {
@@ -310,21 +315,6 @@ async fn log_lines(cell: &str, out: impl AsyncRead + Unpin) {
             logged += 1;
         }
     }
-}
-
-async fn last_lines(err: impl AsyncRead + Unpin) -> VecDeque<String> {
-    let mut lines = BufReader::new(err).lines();
-    let mut tail = VecDeque::with_capacity(ERROR_LINES);
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if tail.len() == ERROR_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(clip(&line).to_owned());
-    }
-    tail
 }
 
 /// At most [`LINE_BYTES`] of a line (on a char boundary).

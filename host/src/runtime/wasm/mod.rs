@@ -6,9 +6,13 @@
 mod cache;
 mod clocks;
 mod engine;
+mod guest_output;
+mod imports;
 mod keyvalue;
+mod memory_limit;
 mod pool;
 mod sandbox;
+mod wit_error;
 
 pub use cache::{CacheOutcome, ComponentCache};
 pub use engine::{Allocator, EngineOptions, EPOCH_TICK};
@@ -25,6 +29,7 @@ use wasmtime::{Engine, Trap};
 use self::bindings::cbs::cell::types as wit;
 use self::pool::{Instance, InstancePool};
 use self::sandbox::Sandbox;
+use super::last_lines::quoted;
 use super::{CellInfo, CellRunner, Deadline, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
 use crate::manifest::{Manifest, Policy};
@@ -246,10 +251,7 @@ impl WasmCell {
             .downcast_ref::<Trap>()
             .map_or_else(|| error.to_string(), |t| t.to_string());
         let stderr = sandbox.stderr.take_tail();
-        let mut message = format!("cell {id} trapped: {trap}");
-        if !stderr.is_empty() {
-            message.push_str(&format!("; it wrote: {}", stderr.join(" | ")));
-        }
+        let message = format!("cell {id} trapped: {trap}{}", quoted(&stderr));
         BusError::new(ErrorCode::CellFailed, message)
     }
 
@@ -294,7 +296,7 @@ impl CellRunner for WasmCell {
                         schema: out.schema,
                         headers: out.headers,
                     }),
-                    Err(e) => Err(sandbox::from_wit(e)),
+                    Err(e) => Err(wit_error::from_wit(e)),
                 }
             }
             Ok(Err(trap)) => {

@@ -1,7 +1,11 @@
 //! Logs and traces: `tracing` to stderr, as text or JSON lines, and, when
 //! an OTLP endpoint is given, spans exported over OTLP/HTTP. Every hop runs
 //! in a span carrying the flow's `correlation_id`; W3C `traceparent` in the
-//! envelope links the spans of one flow across hosts.
+//! envelope links the spans of one flow across hosts. The spans of a hop
+//! are [`messaging`]'s; log levels by name are [`level`].
+
+pub mod level;
+pub mod messaging;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -150,14 +154,6 @@ fn provider(endpoint: &str, who: &Exporter) -> anyhow::Result<SdkTracerProvider>
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
-}
-
-/// The `messaging.system` of spans on a bus of this kind.
-pub fn messaging_system(bus_kind: &str) -> &'static str {
-    match bus_kind {
-        "nats" => "nats",
-        _ => "cbs_in_process",
-    }
 }
 
 /// Makes `span` a child of the `traceparent` in `headers`, if any.

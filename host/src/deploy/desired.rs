@@ -1,0 +1,229 @@
+//! What a deployment says: a cell's releases ([`Release`], with its
+//! replicas, constraints and [`Autoscale`] bounds), its desired state
+//! ([`Desired`]: the current release and the ones before, for rollback),
+//! and what each host reports of it ([`Status`]).
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+use super::downgrade::RollbackGrant;
+use crate::bundle::KeyPair;
+use crate::unix_time::now_ms;
+
+/// Releases kept per cell for rollback.
+const HISTORY: usize = 10;
+
+/// One version of a cell, as deployed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Release {
+    /// Unique per deploy or rollback (UUIDv7): status reports name it, so
+    /// a report about an earlier attempt is never taken for this one.
+    pub id: String,
+    pub version: String,
+    /// `sha256:<hex>` of the bundle manifest.
+    pub digest: String,
+    /// Object name in `cbs-bundles`.
+    pub object: String,
+    /// How many hosts serve it (placed by [`super::placer`]); none: every
+    /// watching host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Host labels a replica's host must have (`cbs deploy --label k=v`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub constraints: BTreeMap<String, String>,
+    /// Spread replicas over the values of this host label (`--spread`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
+    /// Memory one replica takes on its host, in MiB (the cell's
+    /// `memory_mb`), counted against hosts' `--capacity-memory-mb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// Replicas between a floor and a ceiling, from the load ([`super::placer`]);
+    /// `replicas` is then the count to start with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+    /// The signing key, when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub deployed_at_ms: u64,
+    /// The deployer's signed consent to go back to this release from the
+    /// one before (`cbs rollback --sign`); hosts with `--trust` need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackGrant>,
+}
+
+impl Release {
+    /// Whether a host with `labels` may serve it: it has every label the
+    /// release asks for (`--label`, and the platform of native code). This
+    /// holds for replicas and for a release every watching host serves.
+    pub fn admits(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.constraints
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// The labels it asks for, as `k=v, k=v`.
+    pub fn constraint_list(&self) -> String {
+        let asked: Vec<String> = self
+            .constraints
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        asked.join(", ")
+    }
+}
+
+/// `cbs deploy --min-replicas --max-replicas`: the placer sets the replica
+/// count from the load: a durable cell's consumer lag (messages waiting or
+/// held), or for a request cell its hosts' `capacity` replies and how busy
+/// they are (from their heartbeats).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Autoscale {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Messages waiting per replica the placer aims at (durable cells).
+    pub target_lag: u64,
+    /// A durable cell's stream and shared consumer, whose lag drives the
+    /// count; none for a request cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// How long the load must allow fewer replicas before one is removed.
+    pub scale_down_after_ms: u64,
+    /// The mean wait for a running slot above which a request cell gains a
+    /// replica (milliseconds).
+    #[serde(default = "default_target_wait_ms")]
+    pub target_wait_ms: u64,
+}
+
+fn default_target_wait_ms() -> u64 {
+    50
+}
+
+/// A request cell's load over its placed hosts, from their heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestLoad {
+    /// Some host answered `capacity` since the last look.
+    pub refused: bool,
+    /// Messages running or queued over what the hosts run at once.
+    pub busy: f64,
+    /// The longest mean wait for a running slot a host reported (ms).
+    pub wait_ms: f64,
+}
+
+impl Autoscale {
+    /// Replicas for `lag` messages waiting: enough for the target lag
+    /// each, within the floor and the ceiling.
+    pub fn wanted(&self, lag: u64) -> u32 {
+        let target = self.target_lag.max(1);
+        let needed = u32::try_from(lag.div_ceil(target)).unwrap_or(u32::MAX);
+        self.bound(needed)
+    }
+
+    /// Replicas for a request cell now served by `now` replicas: one more
+    /// when hosts answered `capacity` since the last look, are more than
+    /// 3/4 busy, or made messages wait longer than `target_wait_ms` for a
+    /// running slot; one fewer when under 1/4 busy and waits are short.
+    pub fn wanted_for_load(&self, now: u32, load: RequestLoad) -> u32 {
+        let target = self.target_wait_ms as f64;
+        let next = if load.refused || load.busy > 0.75 || load.wait_ms > target {
+            now.saturating_add(1)
+        } else if load.busy < 0.25 && load.wait_ms <= target / 4.0 {
+            now.saturating_sub(1)
+        } else {
+            now
+        };
+        self.bound(next)
+    }
+
+    fn bound(&self, n: u32) -> u32 {
+        n.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+    }
+}
+
+/// The desired state of one cell: the current release and earlier ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Desired {
+    pub cell: String,
+    pub current: Release,
+    /// Most recent first.
+    #[serde(default)]
+    pub history: Vec<Release>,
+}
+
+impl Desired {
+    /// `release` becomes current; the current one goes first in history.
+    pub fn advance(previous: Option<Desired>, cell: &str, release: Release) -> Self {
+        let history = previous
+            .map(|p| {
+                std::iter::once(p.current)
+                    .chain(p.history)
+                    .take(HISTORY)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            cell: cell.to_owned(),
+            current: release,
+            history,
+        }
+    }
+
+    /// The previous release becomes current again, with a grant signed by
+    /// `key` when given (hosts with `--trust` need one).
+    pub fn rolled_back(self, key: Option<&KeyPair>) -> anyhow::Result<Self> {
+        let mut history = self.history.into_iter();
+        let Some(previous) = history.next() else {
+            bail!(
+                "cell {} has no earlier release to roll back to (only {} was deployed)",
+                self.cell,
+                self.current.version
+            );
+        };
+        let rollback = key.map(|key| {
+            RollbackGrant::sign(key, &self.cell, &self.current.digest, &previous.digest)
+        });
+        Ok(Self {
+            current: Release {
+                id: uuid::Uuid::now_v7().to_string(),
+                deployed_at_ms: now_ms(),
+                rollback,
+                ..previous
+            },
+            cell: self.cell,
+            history: history.collect(),
+        })
+    }
+}
+
+/// What one host reports about one cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub host: String,
+    pub cell: String,
+    pub state: State,
+    /// [`Release::id`] of the release this report is about.
+    pub release: String,
+    /// The release this report is about (the one served, or the one that
+    /// failed to load).
+    pub version: String,
+    pub digest: String,
+    /// Why the release could not be loaded (state `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The release still served after a failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Serving,
+    Failed,
+}
