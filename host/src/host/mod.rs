@@ -22,6 +22,8 @@ pub struct Host {
     metrics: Option<SocketAddr>,
     routes: Option<routes::Routes>,
     following: Option<lattice::Following>,
+    /// Answers questions about its recent hops (`cbs flows`).
+    flows: crate::flows::Answering,
 }
 
 impl Host {
@@ -50,11 +52,13 @@ impl Host {
         self.routes.as_ref().map(routes::Routes::addr)
     }
 
-    /// Drains the host: no new HTTP requests, no more placing or following
-    /// the desired state (withdrawing this host's status), then no new
-    /// messages while the in-flight ones finish (up to `grace`). Returns
-    /// whether every in-flight message finished in time.
+    /// Drains the host: no more answers about its flows, no new HTTP
+    /// requests, no more placing or following the desired state
+    /// (withdrawing this host's status), then no new messages while the
+    /// in-flight ones finish (up to `grace`). Returns whether every
+    /// in-flight message finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        self.flows.stop().await;
         if let Some(routes) = self.routes {
             routes.stop().await;
         }
