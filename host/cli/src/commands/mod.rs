@@ -8,6 +8,7 @@ pub mod call;
 pub mod contract;
 pub mod deploy;
 pub mod dlq;
+pub mod flows;
 pub mod gateway;
 pub mod keygen;
 pub mod load;
