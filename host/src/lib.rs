@@ -9,7 +9,7 @@
 //! between cells) with [`resilience`], [`backoff`] and [`chaos`]; [`body`]
 //! (serving cells) with [`routing`] (around full or slow hosts); [`bundle`] and [`deploy`] (signed bundles, desired
 //! state) with [`audit`] (who changed what); [`host`] (a running host built
-//! by `HostBuilder`: body, metrics, HTTP routes, the lattice); [`discovery`], [`metrics`] and [`telemetry`] (seeing it run);
+//! by `HostBuilder`: body, metrics, HTTP routes, the lattice); [`discovery`], [`metrics`], [`telemetry`] and [`flows`] (seeing it run);
 //! [`http`] (the way in over HTTP: routes, OpenAPI, problems);
 //! [`console`] (the browser UI, live); [`random`] (jitter and seeded faults)
 //! and [`unix_time`] (timestamps).
@@ -30,6 +30,7 @@ pub mod durable;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod flows;
 pub mod host;
 pub mod http;
 pub mod manifest;

@@ -35,7 +35,7 @@ authorization {{
     {{ user: host, password: h, permissions: {{
         publish: ["cbs.>", "$SRV.>", "$KV.cbs-status.>", "$KV.cbs-served.>", "$KV.cbs-hosts.>",
             "$KV.cbs-placement.>", "$KV.cbs-placer.>", "cbs-audit.>", {JS_READ}, {JS_CREATE}]
-        subscribe: ["cbs.>", "$SRV.>", "_INBOX.>"]
+        subscribe: ["cbs.>", "$SRV.>", "cbs-flows.query", "_INBOX.>"]
         allow_responses: true }} }}
     {{ user: deployer, password: d, permissions: {{
         publish: ["$KV.cbs-desired.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>", {JS_READ},
@@ -45,7 +45,7 @@ authorization {{
         publish: {{ allow: ["cbs.>"], deny: ["cbs.~l.>", "cbs.~h.>"] }}
         subscribe: ["_INBOX.>"] }} }}
     {{ user: observer, password: o, permissions: {{
-        publish: ["$SRV.>"]
+        publish: ["$SRV.>", "cbs-flows.query"]
         subscribe: ["_INBOX.>"] }} }}
   ]
 }}
@@ -124,9 +124,14 @@ async fn each_role_does_its_job_and_is_refused_outside_it() {
     // caller: calls the deployed cell.
     let (ok, out) = run(&["call", UPPER, r#"{"text":"hi"}"#], "caller", &url);
     assert!(ok && out.contains("HI"), "caller calls: {out}");
-    // observer: sees hosts and cells.
+    // observer: sees hosts and cells, and the hops they handled.
     let (ok, out) = run(&["ps", "--json"], "observer", &url);
     assert!(ok && out.contains("role-host"), "observer lists: {out}");
+    let (ok, out) = run(&["flows", "--json"], "observer", &url);
+    assert!(
+        ok && out.contains("role-host"),
+        "observer sees flows: {out}"
+    );
 
     // ... and nothing more.
     let (host, mut refused) = client(&url, "host").await;

@@ -9,8 +9,8 @@ use cbs_host::telemetry::Exporter;
 
 use crate::args::LogArgs;
 use crate::commands::{
-    audit, bench, build, call, console, contract, deploy, dlq, gateway, keygen, load, ls, new, ps,
-    publish, replay, rollback, run, undeploy,
+    audit, bench, build, call, console, contract, deploy, dlq, flows, gateway, keygen, load, ls,
+    new, ps, publish, replay, rollback, run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -100,6 +100,7 @@ pub enum CbsCommand {
     Contract(contract::ContractCommand),
     Call(call::CallArgs),
     Ps(ps::PsArgs),
+    Flows(flows::FlowsArgs),
     Bench(bench::BenchArgs),
     Gateway(gateway::GatewayArgs),
     Console(console::ConsoleArgs),
@@ -158,6 +159,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Contract(command) => contract::run(command),
             CbsCommand::Call(args) => call::run(args).await,
             CbsCommand::Ps(args) => ps::run(args).await,
+            CbsCommand::Flows(args) => flows::run(args).await,
             CbsCommand::Bench(args) => bench::run(args).await,
             CbsCommand::Gateway(args) => gateway::run(args).await,
             CbsCommand::Console(args) => console::run(args).await,

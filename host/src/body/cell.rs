@@ -42,6 +42,8 @@ pub struct LoadedCell {
     /// The cell's calls out (policies and breakers).
     pub(super) outbound: Arc<Outbound>,
     pub(super) latency: Histogram,
+    /// Records each message handled, for `cbs flows`.
+    pub(super) flows: crate::flows::Recorder,
     /// The unpacked bundle it runs from, kept on disk while it lives.
     pub(super) _folder: Option<crate::retention::Lease>,
 }

@@ -15,6 +15,7 @@ use crate::bus::BodyBus;
 use crate::chaos::{Chaos, ChaosSpec};
 use crate::contract::Contract;
 use crate::durable::DurableLog;
+use crate::flows::Flows;
 use crate::manifest::{CellSpec, Manifest, RuntimeKind, PROBE_ID};
 use crate::metrics::{CellLabel, LatencyFamily};
 use crate::outbound::{LocalCalls, Outbound};
@@ -103,6 +104,8 @@ pub(super) struct Loader {
     pub state: Arc<dyn StateBackend>,
     /// Where durable publishes are stored.
     pub durable: Arc<dyn DurableLog>,
+    /// Where every cell records its hops.
+    pub flows: Arc<Flows>,
 }
 
 impl Loader {
@@ -169,6 +172,7 @@ impl Loader {
                     cell: manifest.id.clone(),
                 })
                 .clone(),
+            flows: self.flows.recorder(&manifest.id, &manifest.version),
             outbound,
             spec,
             manifest,

@@ -34,6 +34,7 @@ use crate::bundle::{Bundle, Trust};
 use crate::bus::BodyBus;
 use crate::chaos::ChaosSpec;
 use crate::envelope::{BusError, Envelope};
+use crate::flows::Flows;
 use crate::metrics::{self, CellSnapshot, LatencyFamily};
 use crate::runtime::wasm::WasmRuntime;
 
@@ -54,6 +55,8 @@ pub(crate) struct Parts {
     pub sources: Sources,
     /// Cells' state and durable streams on the in-process bus.
     pub data_dir: PathBuf,
+    /// This host's id, on each hop it records.
+    pub host_id: String,
     /// This host's id when it routes requests around itself (ADR 0015).
     pub routing: Option<String>,
     /// Fault injection by cell id, over the cells' own `[chaos]`.
@@ -81,6 +84,7 @@ impl Body {
             local,
             latency: metrics::latency_family(),
             durable,
+            flows: Arc::new(Flows::new(&parts.host_id)),
         };
         Self {
             loader,
@@ -92,6 +96,12 @@ impl Body {
     /// Where durable cells and events are stored.
     pub fn durable(&self) -> &Arc<dyn crate::durable::DurableLog> {
         &self.registry.durable
+    }
+
+    /// The hops this host handled last (what it answers on
+    /// `cbs-flows.query`).
+    pub fn flows(&self) -> &Arc<Flows> {
+        &self.loader.flows
     }
 
     /// The other hosts serving `cell_id` that this host would route to,

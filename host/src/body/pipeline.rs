@@ -32,6 +32,7 @@ impl LoadedCell {
         async {
             let outcome = run(self, envelope.clone(), arrived).await;
             let elapsed = arrived.elapsed();
+            self.flows.record(&envelope, elapsed, outcome.as_ref().err());
             self.latency.observe(elapsed.as_secs_f64());
             self.stats.handled_in(elapsed);
             let elapsed_us = elapsed.as_micros() as u64;

@@ -17,6 +17,7 @@ use crate::bus::local::LocalBus;
 use crate::bus::BodyBus;
 use crate::chaos::ChaosSpec;
 use crate::console::Console;
+use crate::flows::Answering;
 use crate::http::HttpConfig;
 use crate::runtime::wasm::{EngineOptions, WasmRuntime};
 
@@ -162,9 +163,9 @@ impl HostBuilder {
         self
     }
 
-    /// Brings the host up: `/metrics` first (so a slow start shows), then
-    /// the cells, the lattice, the HTTP routes and the console; then it
-    /// reports ready.
+    /// Brings the host up: answering `cbs-flows.query` and `/metrics` first
+    /// (so a slow start shows), then the cells, the lattice, the HTTP
+    /// routes and the console; then it reports ready.
     pub async fn start(self) -> anyhow::Result<Host> {
         let id = self.id.unwrap_or_else(default_id);
         let data_dir = self.data_dir.unwrap_or_else(crate::dirs::data);
@@ -178,10 +179,12 @@ impl HostBuilder {
             wasm: runtime,
             sources: self.sources,
             data_dir: data_dir.clone(),
+            host_id: id.clone(),
             routing: self.routing.then(|| id.clone()),
             chaos: self.chaos,
             local_calls: self.local_calls,
         }));
+        let flows = Answering::start(body.bus().clone(), body.flows().clone()).await?;
         let metrics = match self.metrics {
             Some(addr) => Some(serve_metrics(addr, &body).await?),
             None => None,
@@ -212,6 +215,7 @@ impl HostBuilder {
             routes,
             console,
             following,
+            flows,
         })
     }
 }

@@ -23,6 +23,8 @@ pub struct Host {
     routes: Option<routes::Routes>,
     console: Option<crate::console::Console>,
     following: Option<lattice::Following>,
+    /// Answers questions about its recent hops (`cbs flows`).
+    flows: crate::flows::Answering,
 }
 
 impl Host {
@@ -56,14 +58,16 @@ impl Host {
         self.console.as_ref().map(crate::console::Console::addr)
     }
 
-    /// Drains the host: the console stops, no new HTTP requests, no more placing or following
-    /// the desired state (withdrawing this host's status), then no new
+    /// Drains the host: the console stops, no more answers about its
+    /// flows, no new HTTP requests, no more placing or following the
+    /// desired state (withdrawing this host's status), then no new
     /// messages while the in-flight ones finish (up to `grace`). Returns
     /// whether every in-flight message finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         if let Some(console) = self.console {
             console.stop().await;
         }
+        self.flows.stop().await;
         if let Some(routes) = self.routes {
             routes.stop().await;
         }

@@ -9,6 +9,7 @@ pub mod console;
 pub mod contract;
 pub mod deploy;
 pub mod dlq;
+pub mod flows;
 pub mod gateway;
 pub mod keygen;
 pub mod load;
