@@ -15,7 +15,7 @@ use cbs_tests::browser::Browser;
 use cbs_tests::curl::curl;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{Console, HostProcess};
-use cbs_tests::{envelope_to, faulty, greet, CellToml, TestHost};
+use cbs_tests::{envelope_to, faulty, greet, request_envelope, CellToml, TestHost};
 
 /// Generous: the page shows hosts as soon as the console sees them.
 const SHOWN: Duration = Duration::from_secs(20);
@@ -228,6 +228,60 @@ async fn the_releases_view_lists_the_audit_trail() {
         "an anonymous writer's event: {check}"
     );
     browser.screenshot("releases").await;
+    assert_same_origin(&browser, console.base()).await;
+    browser.close().await;
+}
+
+/// A flow that fails at its second hop, on another host, is listed among
+/// the failed flows, and its page shows every hop in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_flow_appears_with_every_hop_in_its_timeline() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _a = HostProcess::serve(&url, "host-flow-a", &[faulty()], &[]);
+    let _b = HostProcess::serve(&url, "host-flow-b", &[greet()], &[]);
+    let call = json!({"action": "call", "cell": "logic.greet", "payload": {"name": 5}});
+    let reply = request_envelope(&server.bus().await, "test.faulty", call).await;
+    assert!(reply.error.is_some(), "the flow fails: {reply:?}");
+    let flow = reply.correlation_id;
+
+    let console = Console::start(&url);
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/flows", console.base())).await;
+    browser
+        .wait_for_text(SHOWN, "the failed flow", |page| page.contains(&flow))
+        .await;
+    browser.screenshot("flows").await;
+    let link = browser
+        .client()
+        .find(Locator::Css(&format!(
+            "tr[data-flow='{flow}'] a[href^='/flows/']"
+        )))
+        .await
+        .expect("a link to the flow");
+    link.click().await.expect("a click");
+    browser
+        .wait_for_text(SHOWN, "the flow's two hops", |page| {
+            page.contains("2 hop(s)")
+                && page.contains("host-flow-a")
+                && page.contains("host-flow-b")
+        })
+        .await;
+    let hops = browser.texts("tr[data-hop]").await;
+    assert_eq!(hops.len(), 2, "{hops:?}");
+    assert!(
+        hops[0].contains("host-flow-a") && hops[0].contains("test.faulty"),
+        "{hops:?}"
+    );
+    assert!(
+        hops[1].contains("host-flow-b") && hops[1].contains("logic.greet"),
+        "{hops:?}"
+    );
+    assert!(
+        hops.iter().all(|h| h.contains("contract_violation")),
+        "{hops:?}"
+    );
+    browser.screenshot("flow").await;
     assert_same_origin(&browser, console.base()).await;
     browser.close().await;
 }

@@ -113,6 +113,18 @@ impl Browser {
         element.text().await.ok()
     }
 
+    /// The text of every element `css` finds, in page order.
+    pub async fn texts(&self, css: &str) -> Vec<String> {
+        let Ok(elements) = self.client.find_all(Locator::Css(css)).await else {
+            return Vec::new();
+        };
+        let mut texts = Vec::new();
+        for element in elements {
+            texts.push(element.text().await.unwrap_or_default());
+        }
+        texts
+    }
+
     /// The whole page's visible text.
     pub async fn page_text(&self) -> String {
         self.text("body").await.unwrap_or_default()

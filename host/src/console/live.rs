@@ -26,6 +26,8 @@ pub enum Key {
     Lattice,
     Cell(String),
     DeadLetters(String),
+    /// The latest failed hops (`None`) or one flow.
+    Flows(Option<String>),
     Releases,
 }
 
@@ -40,12 +42,19 @@ impl Key {
         valid(id).then(|| Self::DeadLetters(id.to_owned()))
     }
 
+    /// One flow's view, or `None` when `id` cannot be a correlation id:
+    /// 1 to 128 visible ASCII characters.
+    pub fn flow(id: &str) -> Option<Self> {
+        let fits = (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
+        fits.then(|| Self::Flows(Some(id.to_owned())))
+    }
+
     /// How long a snapshot serves: reading dead letters and the audit
     /// trail costs a request per letter or a consumer, so they are taken
     /// less often than the views of counters.
     fn fresh_for(&self) -> Duration {
         match self {
-            Self::Lattice | Self::Cell(_) => TICK,
+            Self::Lattice | Self::Cell(_) | Self::Flows(_) => TICK,
             Self::DeadLetters(_) | Self::Releases => SLOW_TICK,
         }
     }
@@ -113,6 +122,11 @@ impl Snapshots {
             Key::DeadLetters(id) => self
                 .source
                 .dead_letters(id)
+                .await
+                .map(|view| Some(serde_json::to_string(&view))),
+            Key::Flows(id) => self
+                .source
+                .flows(id.as_deref())
                 .await
                 .map(|view| Some(serde_json::to_string(&view))),
             Key::Releases => self

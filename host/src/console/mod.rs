@@ -83,6 +83,8 @@ fn router(snapshots: Arc<Snapshots>) -> axum::Router {
         .route("/cells/{id}", get(shell))
         .route("/cells/{id}/dead-letters", get(shell))
         .route("/releases", get(shell))
+        .route("/flows", get(shell))
+        .route("/flows/{id}", get(shell))
         .route("/assets/console.js", get(script))
         .route("/assets/console.css", get(style))
         .route("/api/lattice", get(lattice))
@@ -91,6 +93,10 @@ fn router(snapshots: Arc<Snapshots>) -> axum::Router {
         .route("/events/cells/{id}", get(cell_events))
         .route("/api/cells/{id}/dead-letters", get(dead_letters))
         .route("/events/cells/{id}/dead-letters", get(dead_letter_events))
+        .route("/api/flows", get(failed_flows))
+        .route("/events/flows", get(failed_flow_events))
+        .route("/api/flows/{id}", get(flow))
+        .route("/events/flows/{id}", get(flow_events))
         .route("/api/releases", get(releases))
         .route("/events/releases", get(release_events))
         .fallback(not_found)
@@ -168,6 +174,28 @@ async fn dead_letter_events(
     match live::Key::dead_letters(&id) {
         Some(key) => snapshots.stream(key).into_response(),
         None => problem(StatusCode::NOT_FOUND, "not a cell id"),
+    }
+}
+
+async fn failed_flows(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    json(snapshots.get(live::Key::Flows(None)).await)
+}
+
+async fn failed_flow_events(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    snapshots.stream(live::Key::Flows(None)).into_response()
+}
+
+async fn flow(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<String>) -> Response {
+    match live::Key::flow(&id) {
+        Some(key) => json(snapshots.get(key).await),
+        None => problem(StatusCode::NOT_FOUND, "not a correlation id"),
+    }
+}
+
+async fn flow_events(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<String>) -> Response {
+    match live::Key::flow(&id) {
+        Some(key) => snapshots.stream(key).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "not a correlation id"),
     }
 }
 

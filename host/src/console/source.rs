@@ -8,9 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::view::{
-    CellDetail, DeadLetters, Host, HostServing, Lattice, Letter, Release, Releases, Served,
+    CellDetail, DeadLetters, Flows, Host, HostServing, Lattice, Letter, Release, Releases, Served,
 };
 use crate::body::{Body, LoadedCell};
+use crate::bus::nats::NatsBus;
+use crate::bus::BodyBus;
 use crate::deploy::Store;
 use crate::discovery;
 
@@ -25,6 +27,10 @@ pub trait Source: Send + Sync {
     /// A durable cell's dead letters, the newest [`MAX_LETTERS`].
     async fn dead_letters(&self, cell: &str) -> anyhow::Result<DeadLetters>;
 
+    /// One flow's hops, or (`None`) the latest failed hops, from every
+    /// host's memory of recent flows.
+    async fn flows(&self, correlation_id: Option<&str>) -> anyhow::Result<Flows>;
+
     /// The newest [`MAX_RELEASES`] audited changes (none in process: the
     /// audit trail is on NATS).
     async fn releases(&self) -> anyhow::Result<Releases>;
@@ -34,6 +40,30 @@ pub trait Source: Send + Sync {
 pub const MAX_LETTERS: usize = 500;
 /// The most audit events a view shows.
 pub const MAX_RELEASES: usize = 200;
+
+/// The most failed hops the flows view lists.
+pub const MAX_FAILED_SHOWN: usize = 100;
+
+/// Asks every host on `bus` for a flow, or for the latest failures.
+async fn ask_flows(bus: &dyn BodyBus, correlation_id: Option<&str>) -> anyhow::Result<Flows> {
+    let query = crate::flows::Query {
+        correlation_id: correlation_id.map(str::to_owned),
+        failed: correlation_id.is_none(),
+        limit: correlation_id.is_none().then_some(MAX_FAILED_SHOWN),
+        ..Default::default()
+    };
+    let mut hops = crate::flows::query(bus, &query, QUIET, LIMIT).await?;
+    if correlation_id.is_none() {
+        // The newest first, the newest hundred.
+        hops.reverse();
+        hops.truncate(MAX_FAILED_SHOWN);
+    }
+    Ok(Flows {
+        at_ms: crate::unix_time::now_ms(),
+        correlation_id: correlation_id.map(str::to_owned),
+        hops,
+    })
+}
 
 fn letters(cell: &str, all: Vec<(u64, crate::durable::DeadLetter)>) -> DeadLetters {
     let skip = all.len().saturating_sub(MAX_LETTERS);
@@ -114,6 +144,10 @@ impl Source for Local {
         Ok(letters(cell, all))
     }
 
+    async fn flows(&self, correlation_id: Option<&str>) -> anyhow::Result<Flows> {
+        ask_flows(self.body()?.bus().as_ref(), correlation_id).await
+    }
+
     async fn releases(&self) -> anyhow::Result<Releases> {
         Ok(Releases {
             at_ms: crate::unix_time::now_ms(),
@@ -152,17 +186,23 @@ fn served(cell: &LoadedCell) -> Served {
 const QUIET: Duration = Duration::from_millis(150);
 const LIMIT: Duration = Duration::from_secs(2);
 
-/// A lattice over NATS (`cbs console`): the hosts' discovery answers and
-/// the desired state.
+/// A lattice over NATS (`cbs console`): the hosts' discovery answers,
+/// the desired state, their recent flows and the audit trail.
 pub struct Nats {
+    bus: Arc<dyn BodyBus>,
     client: async_nats::Client,
     store: Store,
 }
 
 impl Nats {
-    pub async fn connect(client: async_nats::Client) -> anyhow::Result<Self> {
+    pub async fn connect(bus: NatsBus) -> anyhow::Result<Self> {
+        let client = bus.client().clone();
         let store = Store::open(&client).await?;
-        Ok(Self { client, store })
+        Ok(Self {
+            bus: Arc::new(bus),
+            client,
+            store,
+        })
     }
 
     async fn hosts(&self) -> anyhow::Result<Vec<Host>> {
@@ -250,6 +290,10 @@ impl Source for Nats {
             cell,
             crate::durable::dead_letters(&js, cell).await?,
         ))
+    }
+
+    async fn flows(&self, correlation_id: Option<&str>) -> anyhow::Result<Flows> {
+        ask_flows(self.bus.as_ref(), correlation_id).await
     }
 
     async fn releases(&self) -> anyhow::Result<Releases> {

@@ -109,6 +109,16 @@ pub struct Letter {
     pub letter: crate::durable::DeadLetter,
 }
 
+/// Recent flows: the latest failed hops on every host, or one flow's
+/// hops in order (its timeline).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Flows {
+    pub at_ms: u64,
+    /// The flow asked for; `None`: the latest failures.
+    pub correlation_id: Option<String>,
+    pub hops: Vec<crate::flows::Hop>,
+}
+
 /// The deploy history: the audit trail's events, newest first.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Releases {

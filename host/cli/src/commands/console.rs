@@ -31,7 +31,7 @@ pub struct ConsoleArgs {
 
 pub async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let bus = args.nats.connect_client().await?;
-    let source = Nats::connect(bus.client().clone()).await?;
+    let source = Nats::connect(bus).await?;
     let console = Console::start(args.listen, Arc::new(source)).await?;
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "stopping the console");

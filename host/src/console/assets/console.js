@@ -178,6 +178,66 @@ function drawDeadLetters(data) {
     detail);
 }
 
+function flowLink(id) {
+  return el("a", { href: `/flows/${encodeURIComponent(id)}` }, el("code", {}, id));
+}
+
+function fmtDuration(us) {
+  return us >= 1000 ? `${(us / 1000).toFixed(1)} ms` : `${us} µs`;
+}
+
+function outcomeBadge(outcome) {
+  return badge(outcome, outcome === "ok" ? "ok" : "bad");
+}
+
+// The latest failed hops, newest first.
+function drawFailedFlows(data) {
+  const rows = data.hops.map((h) => el("tr", { "data-flow": h.correlation_id },
+    el("td", {}, when(h.started_ms)),
+    el("td", {}, h.host),
+    el("td", {}, cellLink(h.cell)),
+    el("td", {}, flowLink(h.correlation_id)),
+    el("td", {}, outcomeBadge(h.outcome), " ", h.error || "")));
+  view.replaceChildren(
+    el("h1", {}, "Failed flows"),
+    data.hops.length
+      ? table([["Started"], ["Host"], ["Cell"], ["Flow"], ["Error"]], rows)
+      : el("p", {}, "No failed hop in the hosts' recent flows."));
+}
+
+// One flow's hops as a timeline: each a bar from its start, as long as it ran.
+function drawFlow(data) {
+  const hops = data.hops;
+  if (!hops.length) {
+    view.replaceChildren(el("h1", {}, "Flow ", el("code", {}, data.correlation_id)),
+      el("p", {}, "No host remembers this flow (hosts keep their recent hops only)."));
+    return;
+  }
+  const start = Math.min(...hops.map((h) => h.started_ms));
+  const end = Math.max(...hops.map((h) => h.started_ms + h.duration_us / 1000));
+  const span = Math.max(end - start, 1);
+  const rows = hops.map((h) => {
+    const left = ((h.started_ms - start) / span) * 100;
+    const width = Math.max((h.duration_us / 1000 / span) * 100, 0.5);
+    const bar = el("div", { class: `bar ${h.outcome === "ok" ? "ok" : "bad"}` });
+    bar.style.marginLeft = `${left}%`;
+    bar.style.width = `${width}%`;
+    return el("tr", { "data-hop": h.message_id },
+      el("td", { class: "num" }, `+${h.started_ms - start} ms`),
+      el("td", {}, h.host),
+      el("td", {}, cellLink(h.cell)),
+      el("td", {}, h.version),
+      el("td", { class: "num" }, fmtDuration(h.duration_us)),
+      el("td", {}, outcomeBadge(h.outcome)),
+      el("td", { class: "timeline" }, bar),
+      el("td", {}, h.error || ""));
+  });
+  view.replaceChildren(
+    el("h1", {}, "Flow ", el("code", {}, data.correlation_id)),
+    el("p", { class: "muted" }, `${hops.length} hop(s) from ${when(start)}`),
+    table([["Offset", "num"], ["Host"], ["Cell"], ["Version"], ["Duration", "num"], ["Outcome"], ["Timeline"], ["Error"]], rows));
+}
+
 function drawReleases(data) {
   const rows = data.events.map((e) => el("tr", { "data-check": e.check },
     el("td", {}, when(e.stored_ms)),
@@ -227,6 +287,11 @@ if (cellPath && cellPath[2]) {
 } else if (cellPath) {
   const id = decodeURIComponent(cellPath[1]);
   follow(`/events/cells/${encodeURIComponent(id)}`, drawCell, id);
+} else if (location.pathname === "/flows") {
+  follow("/events/flows", drawFailedFlows, "Failed flows");
+} else if (location.pathname.startsWith("/flows/")) {
+  const id = decodeURIComponent(location.pathname.slice("/flows/".length));
+  follow(`/events/flows/${encodeURIComponent(id)}`, drawFlow, `Flow ${id}`);
 } else if (location.pathname === "/releases") {
   follow("/events/releases", drawReleases, "Releases");
 } else {
