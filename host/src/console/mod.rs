@@ -13,17 +13,16 @@ pub mod view;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use self::live::Snapshots;
 pub use self::source::Source;
-use crate::http::listen::{self, Limits};
+use crate::http::listen::Limits;
+use crate::http::Serving;
 
 const SHELL: &str = include_str!("assets/console.html");
 const SCRIPT: &str = include_str!("assets/console.js");
@@ -35,45 +34,30 @@ const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'no
 
 /// A console served on its own task.
 pub struct Console {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    server: Serving,
+    /// Ends the live streams, which would hold the server's drain open.
+    streams: watch::Sender<bool>,
 }
 
 impl Console {
     /// Binds `addr` (port 0 picks one) and serves the console of `source`.
     pub async fn start(addr: SocketAddr, source: Arc<dyn Source>) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for the console on {addr}"))?;
-        let bound = listener.local_addr()?;
-        let (stop, stopped) = watch::channel(false);
-        let app = router(Arc::new(Snapshots::new(source, stopped.clone())));
-        let mut shutdown = stopped;
-        let task = tokio::spawn(async move {
-            let stopping = async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            };
-            if let Err(e) = listen::serve(app, listener, Limits::default(), stopping).await {
-                tracing::error!(error = %e, "the console's server stopped");
-            }
-        });
+        let (streams, ended) = watch::channel(false);
+        let app = router(Arc::new(Snapshots::new(source, ended)));
+        let server = Serving::app(addr, app, Limits::default(), "the console").await?;
+        let bound = server.addr();
         tracing::info!(addr = %bound, "serving the console on http://{bound}");
-        Ok(Self {
-            addr: bound,
-            stop,
-            task,
-        })
+        Ok(Self { server, streams })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Ends the live streams and stops serving.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let _ = self.streams.send(true);
+        self.server.stop().await;
     }
 }
 

@@ -21,5 +21,5 @@ pub mod serving;
 pub mod trace;
 
 pub use route::{HttpRoute, Target};
-pub use server::{serve, Gateway, HttpConfig};
+pub use server::{Gateway, HttpConfig};
 pub use serving::Serving;

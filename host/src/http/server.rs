@@ -5,7 +5,6 @@
 //! (cleartext, prior knowledge) on one port; SIGTERM drains it.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -99,31 +98,29 @@ impl Gateway {
         *self.routes.write().unwrap() = (targets, Arc::new(routes));
     }
 
+    /// How many connections it holds and for how long without a request.
+    pub fn limits(&self) -> super::listen::Limits {
+        self.config.connections
+    }
+
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.read().unwrap().1.clone()
     }
 }
 
-/// Serves `gateway` on `listener` until `shutdown` completes, then lets
-/// the requests in progress finish.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// The gateway's routes: OpenAPI, health, and every cell route.
+pub fn app(gateway: Arc<Gateway>) -> axum::Router {
     let cors = cors(&gateway.config.cors_origins);
-    let limits = gateway.config.connections;
     let app = axum::Router::new()
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(handle)
         .with_state(gateway);
-    let app = match cors {
+    match cors {
         Some(cors) => app.layer(cors),
         None => app,
-    };
-    super::listen::serve(app, listener, limits, shutdown).await
+    }
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
