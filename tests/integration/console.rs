@@ -169,8 +169,8 @@ async fn a_dead_letter_shows_with_its_error_and_its_message_on_inspection() {
             ..DurableSpec::default()
         })
         .write();
-    let builder =
-        cbs_tests::builder(Arc::new(LocalBus::new())).console("127.0.0.1:0".parse().unwrap());
+    let builder = cbs_tests::builder(Arc::new(LocalBus::new()))
+        .console("127.0.0.1:0".parse().unwrap(), Default::default());
     let host = TestHost::start(builder, &[cell.path().to_path_buf()]).await;
     let base = format!("http://{}", host.host.console_addr().unwrap());
     let poison = envelope_to(CELL, &json!({"action": "fail", "message": "never works"}));
@@ -283,5 +283,61 @@ async fn a_failing_flow_appears_with_every_hop_in_its_timeline() {
     );
     browser.screenshot("flow").await;
     assert_same_origin(&browser, console.base()).await;
+    browser.close().await;
+}
+
+/// Advice appears for a cell run past its capacity, naming the refusals
+/// and the change to make, and goes once the change is applied (a version
+/// that runs more at once serves) while the load goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advice_appears_for_a_cell_past_its_capacity_and_goes_once_applied() {
+    let narrow = CellToml::from_dir(&greet())
+        .limits(|l| {
+            l.concurrency = 1;
+            l.queue = 0;
+        })
+        .write();
+    let options = cbs_host::console::Options {
+        advice_window: Duration::from_secs(3),
+    };
+    let builder = cbs_tests::builder(Arc::new(LocalBus::new()))
+        .console("127.0.0.1:0".parse().unwrap(), options);
+    let host = Arc::new(TestHost::start(builder, &[narrow.path().to_path_buf()]).await);
+    let base = format!("http://{}", host.host.console_addr().unwrap());
+    let load = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            loop {
+                let calls = (0..16).map(|_| host.call("logic.greet", json!({"name": "Ada"})));
+                futures_util::future::join_all(calls).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let browser = Browser::start().await;
+    browser.goto(&format!("{base}/advice")).await;
+    browser
+        .wait_for_text(SHOWN, "capacity advice", |page| {
+            page.contains("logic.greet is past its capacity")
+                && page.contains("answered \"capacity\"")
+                && page.contains("raise [limits] concurrency")
+        })
+        .await;
+    browser.screenshot("advice").await;
+
+    let wide = CellToml::from_dir(&greet())
+        .limits(|l| l.concurrency = 64)
+        .write();
+    let next = host.body().load(wide.path()).await.unwrap();
+    host.body().replace(next).await.unwrap();
+    browser
+        .wait_for_text(SHOWN, "the advice to go", |page| {
+            page.contains("No advice") && !page.contains("past its capacity")
+        })
+        .await;
+    load.abort();
+    let refused = host.cell("logic.greet").stats.to_json()["errors_by_code"]["capacity"].clone();
+    assert!(refused.is_null(), "the new version refused none: {refused}");
+    assert_same_origin(&browser, &base).await;
     browser.close().await;
 }

@@ -88,8 +88,8 @@ impl CellToml {
     }
 
     /// The `cell.toml` of the cell folder `dir`, with every path in it
-    /// (sidecar scripts, Python source and venv, schemas) made absolute, so
-    /// that a copy written elsewhere runs the same cell.
+    /// (the component, sidecar scripts, Python source and venv, schemas)
+    /// made absolute, so that a copy written elsewhere runs the same cell.
     pub fn from_dir(dir: &Path) -> Self {
         let mut manifest = CellSpec::from_dir(dir)
             .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()))
@@ -100,6 +100,9 @@ impl CellToml {
                     *arg = dir.join(&*arg).display().to_string();
                 }
             }
+        }
+        if let Some(component) = manifest.component.as_mut() {
+            *component = dir.join(&*component);
         }
         if let Some(python) = manifest.python.as_mut() {
             python.path = dir.join(&python.path);

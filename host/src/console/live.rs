@@ -11,6 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use tokio::sync::{watch, Mutex};
 
+use super::advice::Advisor;
 use super::Source;
 
 /// How often a live view is sent.
@@ -29,6 +30,7 @@ pub enum Key {
     /// The latest failed hops (`None`) or one flow.
     Flows(Option<String>),
     Releases,
+    Advice,
 }
 
 impl Key {
@@ -54,7 +56,7 @@ impl Key {
     /// less often than the views of counters.
     fn fresh_for(&self) -> Duration {
         match self {
-            Self::Lattice | Self::Cell(_) | Self::Flows(_) => TICK,
+            Self::Lattice | Self::Cell(_) | Self::Flows(_) | Self::Advice => TICK,
             Self::DeadLetters(_) | Self::Releases => SLOW_TICK,
         }
     }
@@ -74,14 +76,20 @@ pub enum Snapshot {
 
 pub struct Snapshots {
     source: Arc<dyn Source>,
+    advisor: Arc<Advisor>,
     taken: Mutex<HashMap<Key, (Instant, Snapshot)>>,
     stopped: watch::Receiver<bool>,
 }
 
 impl Snapshots {
-    pub fn new(source: Arc<dyn Source>, stopped: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        source: Arc<dyn Source>,
+        advisor: Arc<Advisor>,
+        stopped: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             source,
+            advisor,
             taken: Mutex::default(),
             stopped,
         }
@@ -129,6 +137,7 @@ impl Snapshots {
                 .flows(id.as_deref())
                 .await
                 .map(|view| Some(serde_json::to_string(&view))),
+            Key::Advice => Ok(Some(serde_json::to_string(&self.advisor.view()))),
             Key::Releases => self
                 .source
                 .releases()

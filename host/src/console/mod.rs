@@ -3,22 +3,27 @@
 //!
 //! [`view`] (what the views show), [`source`] (where it comes from: NATS
 //! or a body in process), [`live`] (one snapshot per view and tick, sent
-//! to every viewer as server-sent events); the pages are a shell and a
-//! script under `assets/`, embedded in the binary.
+//! to every viewer as server-sent events), [`advice`] (what to change,
+//! from a sampled history); the pages are a shell and a script under
+//! `assets/`, embedded in the binary.
 
+pub mod advice;
 mod live;
 pub mod source;
 pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use self::advice::Advisor;
 use self::live::Snapshots;
 pub use self::source::Source;
 use crate::http::listen::Limits;
@@ -32,30 +37,62 @@ const STYLE: &str = include_str!("assets/console.css");
 /// the console's origin, inline scripts included.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// How a console runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How far back advice looks (see [`advice`]).
+    pub advice_window: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            advice_window: advice::DEFAULT_WINDOW,
+        }
+    }
+}
+
 /// A console served on its own task.
 pub struct Console {
     server: Serving,
     /// Ends the live streams, which would hold the server's drain open.
     streams: watch::Sender<bool>,
+    sampling: JoinHandle<()>,
 }
 
 impl Console {
     /// Binds `addr` (port 0 picks one) and serves the console of `source`.
-    pub async fn start(addr: SocketAddr, source: Arc<dyn Source>) -> anyhow::Result<Self> {
+    pub async fn start(
+        addr: SocketAddr,
+        source: Arc<dyn Source>,
+        options: Options,
+    ) -> anyhow::Result<Self> {
+        let advisor = Arc::new(Advisor::new(options.advice_window));
         let (streams, ended) = watch::channel(false);
-        let app = router(Arc::new(Snapshots::new(source, ended)));
-        let server = Serving::app(addr, app, Limits::default(), "the console").await?;
+        let snapshots = Snapshots::new(source.clone(), advisor.clone(), ended);
+        let server = Serving::app(
+            addr,
+            router(Arc::new(snapshots)),
+            Limits::default(),
+            "the console",
+        )
+        .await?;
         let bound = server.addr();
         tracing::info!(addr = %bound, "serving the console on http://{bound}");
-        Ok(Self { server, streams })
+        Ok(Self {
+            server,
+            streams,
+            sampling: tokio::spawn(advisor.sample(source)),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
-    /// Ends the live streams and stops serving.
+    /// Ends the live streams and the sampling, and stops serving.
     pub async fn stop(self) {
+        self.sampling.abort();
         let _ = self.streams.send(true);
         self.server.stop().await;
     }
@@ -67,6 +104,7 @@ fn router(snapshots: Arc<Snapshots>) -> axum::Router {
         .route("/cells/{id}", get(shell))
         .route("/cells/{id}/dead-letters", get(shell))
         .route("/releases", get(shell))
+        .route("/advice", get(shell))
         .route("/flows", get(shell))
         .route("/flows/{id}", get(shell))
         .route("/assets/console.js", get(script))
@@ -81,6 +119,8 @@ fn router(snapshots: Arc<Snapshots>) -> axum::Router {
         .route("/events/flows", get(failed_flow_events))
         .route("/api/flows/{id}", get(flow))
         .route("/events/flows/{id}", get(flow_events))
+        .route("/api/advice", get(advice_now))
+        .route("/events/advice", get(advice_events))
         .route("/api/releases", get(releases))
         .route("/events/releases", get(release_events))
         .fallback(not_found)
@@ -181,6 +221,14 @@ async fn flow_events(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<Str
         Some(key) => snapshots.stream(key).into_response(),
         None => problem(StatusCode::NOT_FOUND, "not a correlation id"),
     }
+}
+
+async fn advice_now(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    json(snapshots.get(live::Key::Advice).await)
+}
+
+async fn advice_events(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    snapshots.stream(live::Key::Advice).into_response()
 }
 
 async fn releases(State(snapshots): State<Arc<Snapshots>>) -> Response {

@@ -38,7 +38,7 @@ pub struct HostBuilder {
     local_calls: bool,
     metrics: Option<SocketAddr>,
     http: Option<(SocketAddr, HttpConfig)>,
-    console: Option<SocketAddr>,
+    console: Option<(SocketAddr, crate::console::Options)>,
     lattice: Option<Lattice>,
     cells: Vec<PathBuf>,
 }
@@ -139,8 +139,8 @@ impl HostBuilder {
     }
 
     /// Serves the console of this host on `addr` (read-only).
-    pub fn console(mut self, addr: SocketAddr) -> Self {
-        self.console = Some(addr);
+    pub fn console(mut self, addr: SocketAddr, options: crate::console::Options) -> Self {
+        self.console = Some((addr, options));
         self
     }
 
@@ -201,9 +201,9 @@ impl HostBuilder {
             None => None,
         };
         let console = match self.console {
-            Some(addr) => {
+            Some((addr, options)) => {
                 let source = Arc::new(crate::console::source::Local::new(&id, &body));
-                Some(Console::start(addr, source).await?)
+                Some(Console::start(addr, source, options).await?)
             }
             None => None,
         };

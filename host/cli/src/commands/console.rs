@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cbs_host::console::source::Nats;
-use cbs_host::console::Console;
+use cbs_host::console::{Console, Options};
 use clap::Args;
 
 use crate::args::NatsArgs;
@@ -25,6 +26,10 @@ pub struct ConsoleArgs {
     /// host, cell and error message of the lattice.
     #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
     listen: SocketAddr,
+    /// How far back advice looks, in seconds: capacity refusals within
+    /// it, a durable lag growing over it, no request for six of it.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    advice_window_secs: u64,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -32,7 +37,10 @@ pub struct ConsoleArgs {
 pub async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let bus = args.nats.connect_client().await?;
     let source = Nats::connect(bus).await?;
-    let console = Console::start(args.listen, Arc::new(source)).await?;
+    let options = Options {
+        advice_window: Duration::from_secs(args.advice_window_secs.max(1)),
+    };
+    let console = Console::start(args.listen, Arc::new(source), options).await?;
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "stopping the console");
     console.stop().await;

@@ -101,6 +101,9 @@ pub struct RunArgs {
     /// browser, read-only. For a whole lattice use `cbs console`.
     #[arg(long, value_name = "ADDR")]
     console: Option<std::net::SocketAddr>,
+    /// How far back the console's advice looks, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS", requires = "console")]
+    console_advice_window_secs: u64,
     /// Fault injection for resilience testing: a TOML file of
     /// `["<cell-id>"]` tables with latency_ms, error_rate, drop_rate, seed.
     #[arg(long, value_name = "FILE")]
@@ -181,7 +184,10 @@ fn builder(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Resu
         builder = builder.metrics(addr);
     }
     if let Some(addr) = args.console {
-        builder = builder.console(addr);
+        let options = cbs_host::console::Options {
+            advice_window: Duration::from_secs(args.console_advice_window_secs.max(1)),
+        };
+        builder = builder.console(addr, options);
     }
     Ok(builder)
 }

@@ -238,6 +238,17 @@ function drawFlow(data) {
     table([["Offset", "num"], ["Host"], ["Cell"], ["Version"], ["Duration", "num"], ["Outcome"], ["Timeline"], ["Error"]], rows));
 }
 
+function drawAdvice(data) {
+  const items = data.advice.map((a) => el("li", { class: "advice", "data-kind": a.kind, "data-cell": a.cell },
+    el("h2", {}, badge(a.kind.replace(/_/g, " "), "warn"), " ", a.title),
+    el("p", {}, a.evidence),
+    el("p", {}, "Apply: ", el("code", {}, a.command))));
+  view.replaceChildren(
+    el("h1", {}, "Advice"),
+    el("p", { class: "muted" }, `From ${data.history_secs} s of samples; refusals and lag growth over the last ${data.window_secs} s.`),
+    items.length ? el("ul", { class: "advice-list" }, items) : el("p", { id: "no-advice" }, "No advice: nothing measured calls for a change."));
+}
+
 function drawReleases(data) {
   const rows = data.events.map((e) => el("tr", { "data-check": e.check },
     el("td", {}, when(e.stored_ms)),
@@ -292,6 +303,8 @@ if (cellPath && cellPath[2]) {
 } else if (location.pathname.startsWith("/flows/")) {
   const id = decodeURIComponent(location.pathname.slice("/flows/".length));
   follow(`/events/flows/${encodeURIComponent(id)}`, drawFlow, `Flow ${id}`);
+} else if (location.pathname === "/advice") {
+  follow("/events/advice", drawAdvice, "Advice");
 } else if (location.pathname === "/releases") {
   follow("/events/releases", drawReleases, "Releases");
 } else {
