@@ -15,7 +15,7 @@ use cbs_tests::browser::Browser;
 use cbs_tests::curl::curl;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{Console, HostProcess};
-use cbs_tests::{envelope_to, faulty, greet, request_envelope, CellToml, TestHost};
+use cbs_tests::{envelope_to, eventually, faulty, greet, request_envelope, CellToml, TestHost};
 
 /// Generous: the page shows hosts as soon as the console sees them.
 const SHOWN: Duration = Duration::from_secs(20);
@@ -196,7 +196,7 @@ async fn a_dead_letter_shows_with_its_error_and_its_message_on_inspection() {
         .await;
     let inspect = browser
         .client()
-        .find(Locator::Css("button[data-seq]"))
+        .find(Locator::Css("button.inspect"))
         .await
         .expect("an inspect button");
     inspect.click().await.expect("a click");
@@ -299,6 +299,7 @@ async fn advice_appears_for_a_cell_past_its_capacity_and_goes_once_applied() {
         .write();
     let options = cbs_host::console::Options {
         advice_window: Duration::from_secs(3),
+        actions: None,
     };
     let builder = cbs_tests::builder(Arc::new(LocalBus::new()))
         .console("127.0.0.1:0".parse().unwrap(), options);
@@ -340,4 +341,161 @@ async fn advice_appears_for_a_cell_past_its_capacity_and_goes_once_applied() {
     assert!(refused.is_null(), "the new version refused none: {refused}");
     assert_same_origin(&browser, &base).await;
     browser.close().await;
+}
+
+/// A durable cell's message that failed while the cell it calls was not
+/// served is replayed from the page by a signed-in user once that cell
+/// serves, and handled; the audit trail names who replayed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_replayed_from_the_page_and_handled() {
+    const CELL: &str = "test.durable";
+    let server = NatsServer::start();
+    let url = server.url();
+    let cell = CellToml::faulty(CELL)
+        .durable(DurableSpec {
+            max_deliver: 1,
+            ..DurableSpec::default()
+        })
+        .calls(&["logic.greet"])
+        .write();
+    let _a = HostProcess::serve(&url, "host-replay-a", &[cell.path().to_path_buf()], &[]);
+    let bus = server.bus().await;
+    let js = async_nats::jetstream::new(bus.client().clone());
+    let call = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Ada"}});
+    let message = envelope_to(CELL, &call);
+    cbs_host::durable::publish(&js, "cbs-durable.test.durable", &message)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the dead letter", || async {
+        match cbs_host::durable::dead_letters(&js, CELL)
+            .await
+            .unwrap()
+            .len()
+        {
+            1 => Ok(()),
+            n => Err(format!("{n} dead letters")),
+        }
+    })
+    .await;
+    // The fix: the cell it calls is served now.
+    let _b = HostProcess::serve(&url, "host-replay-b", &[greet()], &[]);
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "# who may act\ns3cret\n").unwrap();
+    let token_file = tokens.path().to_str().unwrap();
+    let console = Console::with(&url, &["--allow-actions", "--token-file", token_file]);
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/cells/{CELL}/dead-letters", console.base()))
+        .await;
+    browser
+        .wait_for_text(SHOWN, "the dead letter", |page| page.contains(&message.id))
+        .await;
+    let field = browser
+        .client()
+        .find(Locator::Id("token"))
+        .await
+        .expect("a sign-in field");
+    field.send_keys("s3cret").await.unwrap();
+    let form = browser.client().form(Locator::Id("sign-in")).await.unwrap();
+    form.submit().await.unwrap();
+    browser
+        .wait_for_text(SHOWN, "the replay button", |page| {
+            page.contains("replay all")
+        })
+        .await;
+    let replay = browser
+        .client()
+        .find(Locator::Css("button.replay"))
+        .await
+        .expect("a replay button");
+    replay.click().await.unwrap();
+    browser
+        .wait_for_text(SHOWN, "no dead letter left", |page| {
+            page.contains("No dead letters.")
+        })
+        .await;
+    // Handled: the flow's hop on the durable cell succeeded.
+    let query = cbs_host::flows::Query {
+        correlation_id: Some(message.correlation_id.clone()),
+        ..Default::default()
+    };
+    eventually(SHOWN, "the replayed message handled", || async {
+        let hops = cbs_host::flows::query(&bus, &query, Duration::from_millis(300), SHOWN)
+            .await
+            .map_err(|e| e.to_string())?;
+        match hops
+            .iter()
+            .any(|h| &*h.cell == CELL && h.outcome.to_string() == "ok")
+        {
+            true => Ok(()),
+            false => Err(format!("{hops:?}")),
+        }
+    })
+    .await;
+    browser.goto(&format!("{}/releases", console.base())).await;
+    browser
+        .wait_for_text(SHOWN, "the replay in the audit trail", |page| {
+            page.contains("replay")
+                && page.contains("token 1 in the console replayed dead letter(s)")
+        })
+        .await;
+    assert_same_origin(&browser, console.base()).await;
+    browser.close().await;
+}
+
+/// Actions are refused on a read-only console, without a signed-in user,
+/// and from another origin; each refusal is a problem saying what to do.
+#[test]
+fn actions_need_the_flag_a_user_and_the_consoles_own_origin() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "s3cret\n").unwrap();
+    let read_only = Console::start(&url);
+    let acting = Console::with(
+        &url,
+        &[
+            "--allow-actions",
+            "--token-file",
+            tokens.path().to_str().unwrap(),
+        ],
+    );
+    let replay = |base: &str, headers: &[&str]| {
+        let mut args = vec!["-X", "POST", "-d", r#"{"all":true}"#];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        let url = format!("{base}/api/cells/test.durable/dead-letters/replay");
+        args.push(&url);
+        let reply = curl(&args.iter().map(|s| &**s).collect::<Vec<_>>());
+        (reply.status, reply.body)
+    };
+    let origin = |base: &str| format!("Origin: {base}");
+    let (status, body) = replay(
+        read_only.base(),
+        &[&origin(read_only.base()), "Authorization: Bearer s3cret"],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--allow-actions"), "{body}");
+    let (status, body) = replay(acting.base(), &[&origin(acting.base())]);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = replay(
+        acting.base(),
+        &[&origin(acting.base()), "Authorization: Bearer guess"],
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = replay(
+        acting.base(),
+        &[
+            "Origin: http://evil.example",
+            "Authorization: Bearer s3cret",
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = replay(
+        acting.base(),
+        &[&origin(acting.base()), "Authorization: Bearer s3cret"],
+    );
+    assert_eq!(status, 200, "a signed-in user from the page may: {body}");
 }

@@ -336,16 +336,14 @@ pub struct Console {
 
 impl Console {
     pub fn start(url: &str) -> Self {
+        Self::with(url, &[])
+    }
+
+    /// `cbs console` with `extra` flags.
+    pub fn with(url: &str, extra: &[&str]) -> Self {
         let mut command = Command::new(bin("cbs"));
-        command.args([
-            "--log-level",
-            "info",
-            "console",
-            "--listen",
-            "127.0.0.1:0",
-            "--nats",
-            url,
-        ]);
+        command.args(["--log-level", "info", "console", "--listen", "127.0.0.1:0"]);
+        command.args(["--nats", url]).args(extra);
         let (child, addr) = spawn_serving(command, "serving the console on http://");
         Self {
             child,

@@ -47,6 +47,8 @@ pub enum Action {
     Undeploy,
     /// A host started following the desired state with this trust list.
     Trust,
+    /// Dead letters published again (from the console).
+    Replay,
 }
 
 /// One audited change.

@@ -11,6 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use tokio::sync::{watch, Mutex};
 
+use super::actions::Actions;
 use super::advice::Advisor;
 use super::Source;
 
@@ -77,6 +78,8 @@ pub enum Snapshot {
 pub struct Snapshots {
     source: Arc<dyn Source>,
     advisor: Arc<Advisor>,
+    /// Who may act; `None`: read-only.
+    actions: Option<Arc<Actions>>,
     taken: Mutex<HashMap<Key, (Instant, Snapshot)>>,
     stopped: watch::Receiver<bool>,
 }
@@ -86,13 +89,23 @@ impl Snapshots {
         source: Arc<dyn Source>,
         advisor: Arc<Advisor>,
         stopped: watch::Receiver<bool>,
+        actions: Option<Arc<Actions>>,
     ) -> Self {
         Self {
             source,
             advisor,
+            actions,
             taken: Mutex::default(),
             stopped,
         }
+    }
+
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    pub fn actions(&self) -> Option<&Actions> {
+        self.actions.as_deref()
     }
 
     /// The view's snapshot of this tick: taken now unless one is younger

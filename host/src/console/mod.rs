@@ -7,6 +7,7 @@
 //! from a sampled history); the pages are a shell and a script under
 //! `assets/`, embedded in the binary.
 
+pub mod actions;
 pub mod advice;
 mod live;
 pub mod source;
@@ -19,10 +20,11 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use self::actions::Actions;
 use self::advice::Advisor;
 use self::live::Snapshots;
 pub use self::source::Source;
@@ -38,16 +40,19 @@ const STYLE: &str = include_str!("assets/console.css");
 const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// How a console runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// How far back advice looks (see [`advice`]).
     pub advice_window: Duration,
+    /// Who may act (replay dead letters); `None`: read-only.
+    pub actions: Option<Arc<Actions>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             advice_window: advice::DEFAULT_WINDOW,
+            actions: None,
         }
     }
 }
@@ -69,7 +74,7 @@ impl Console {
     ) -> anyhow::Result<Self> {
         let advisor = Arc::new(Advisor::new(options.advice_window));
         let (streams, ended) = watch::channel(false);
-        let snapshots = Snapshots::new(source.clone(), advisor.clone(), ended);
+        let snapshots = Snapshots::new(source.clone(), advisor.clone(), ended, options.actions);
         let server = Serving::app(
             addr,
             router(Arc::new(snapshots)),
@@ -119,6 +124,8 @@ fn router(snapshots: Arc<Snapshots>) -> axum::Router {
         .route("/events/flows", get(failed_flow_events))
         .route("/api/flows/{id}", get(flow))
         .route("/events/flows/{id}", get(flow_events))
+        .route("/api/actions", get(actions_enabled))
+        .route("/api/cells/{id}/dead-letters/replay", post(replay))
         .route("/api/advice", get(advice_now))
         .route("/events/advice", get(advice_events))
         .route("/api/releases", get(releases))
@@ -220,6 +227,64 @@ async fn flow_events(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<Str
     match live::Key::flow(&id) {
         Some(key) => snapshots.stream(key).into_response(),
         None => problem(StatusCode::NOT_FOUND, "not a correlation id"),
+    }
+}
+
+async fn actions_enabled(State(snapshots): State<Arc<Snapshots>>) -> Response {
+    let enabled = snapshots.actions().is_some();
+    let body = serde_json::json!({ "enabled": enabled }).to_string();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `{"seqs": [..]}` or `{"all": true}`: the dead letters to replay.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayAsk {
+    #[serde(default)]
+    seqs: Vec<u64>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn replay(
+    State(snapshots): State<Arc<Snapshots>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let user = match Actions::user(snapshots.actions(), &headers) {
+        Ok(user) => user,
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            return problem(status, &refusal.detail);
+        }
+    };
+    if crate::manifest::check_cell_id(&id).is_err() {
+        return problem(StatusCode::NOT_FOUND, "not a cell id");
+    }
+    let ask: ReplayAsk = match serde_json::from_slice(&body) {
+        Ok(ask) => ask,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("give {{\"seqs\": [..]}} or {{\"all\": true}}: {e}"),
+            )
+        }
+    };
+    if ask.all != ask.seqs.is_empty() || ask.seqs.len() > actions::MAX_REPLAY {
+        let detail = format!(
+            "give either \"all\" or 1 to {} sequences",
+            actions::MAX_REPLAY
+        );
+        return problem(StatusCode::BAD_REQUEST, &detail);
+    }
+    let seqs = (!ask.all).then_some(ask.seqs);
+    match snapshots.source().replay(&id, seqs, &user).await {
+        Ok(replayed) => {
+            let body = serde_json::json!({ "replayed": replayed, "by": user }).to_string();
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => problem(StatusCode::BAD_GATEWAY, &format!("{e:#}")),
     }
 }
 

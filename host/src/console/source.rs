@@ -34,6 +34,19 @@ pub trait Source: Send + Sync {
     /// The newest [`MAX_RELEASES`] audited changes (none in process: the
     /// audit trail is on NATS).
     async fn releases(&self) -> anyhow::Result<Releases>;
+
+    /// Publishes dead letters of `cell` again (`None`: all, at most
+    /// [`super::actions::MAX_REPLAY`]) as `user` asked, recording it in
+    /// the audit trail; the sequences replayed.
+    async fn replay(
+        &self,
+        cell: &str,
+        seqs: Option<Vec<u64>>,
+        user: &str,
+    ) -> anyhow::Result<Vec<u64>> {
+        let _ = (cell, seqs, user);
+        anyhow::bail!("replaying dead letters needs a lattice on NATS (cbs console --nats URL)")
+    }
 }
 
 /// The most dead letters a view shows.
@@ -192,16 +205,22 @@ pub struct Nats {
     bus: Arc<dyn BodyBus>,
     client: async_nats::Client,
     store: Store,
+    /// The identity actions are audited as (the console's NATS user).
+    writer: Option<crate::bus::nats::NatsOptions>,
 }
 
 impl Nats {
-    pub async fn connect(bus: NatsBus) -> anyhow::Result<Self> {
+    pub async fn connect(
+        bus: NatsBus,
+        writer: Option<crate::bus::nats::NatsOptions>,
+    ) -> anyhow::Result<Self> {
         let client = bus.client().clone();
         let store = Store::open(&client).await?;
         Ok(Self {
             bus: Arc::new(bus),
             client,
             store,
+            writer,
         })
     }
 
@@ -294,6 +313,45 @@ impl Source for Nats {
 
     async fn flows(&self, correlation_id: Option<&str>) -> anyhow::Result<Flows> {
         ask_flows(self.bus.as_ref(), correlation_id).await
+    }
+
+    async fn replay(
+        &self,
+        cell: &str,
+        seqs: Option<Vec<u64>>,
+        user: &str,
+    ) -> anyhow::Result<Vec<u64>> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let seqs = match seqs {
+            Some(seqs) => seqs,
+            None => crate::durable::dead_letters(&js, cell)
+                .await?
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .take(super::actions::MAX_REPLAY)
+                .collect(),
+        };
+        let mut replayed = Vec::new();
+        for seq in &seqs {
+            crate::durable::replay(&js, cell, *seq).await?;
+            replayed.push(*seq);
+        }
+        let list: Vec<String> = replayed.iter().map(u64::to_string).collect();
+        let change = crate::audit::Change {
+            action: crate::audit::Action::Replay,
+            cell,
+            version: None,
+            digest: None,
+            key: None,
+            proof: None,
+            from: None,
+            detail: format!(
+                "{user} in the console replayed dead letter(s) {}",
+                list.join(", ")
+            ),
+        };
+        crate::audit::record(&self.client, self.writer.as_ref(), change).await;
+        Ok(replayed)
     }
 
     async fn releases(&self) -> anyhow::Result<Releases> {

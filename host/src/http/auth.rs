@@ -103,6 +103,13 @@ impl Authenticator {
 
     /// Accepts an `Authorization` header value, or says why not.
     pub fn check(&self, authorization: Option<&str>) -> Result<(), String> {
+        self.identify(authorization).map(|_| ())
+    }
+
+    /// Who an accepted `Authorization` header value names: `token N` for
+    /// the Nth static token, a JWT's `sub` (or `a JWT without sub`); or
+    /// why it is not accepted.
+    pub fn identify(&self, authorization: Option<&str>) -> Result<String, String> {
         let value = authorization.ok_or("an Authorization: Bearer token is required")?;
         if value.len() > MAX_HEADER {
             return Err("the Authorization header is too long".into());
@@ -118,12 +125,12 @@ impl Authenticator {
                     .into(),
             );
         }
-        if self
-            .tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
-        {
-            return Ok(());
+        // Every static token is compared, so the time says nothing of which.
+        let matched = self.tokens.iter().enumerate().fold(None, |found, (i, t)| {
+            found.or(constant_time_eq(t.as_bytes(), token.as_bytes()).then_some(i))
+        });
+        if let Some(i) = matched {
+            return Ok(format!("token {}", i + 1));
         }
         match &self.jwks {
             Some(jwks) => self.check_jwt(jwks, token),
@@ -131,7 +138,8 @@ impl Authenticator {
         }
     }
 
-    fn check_jwt(&self, jwks: &JwkSet, token: &str) -> Result<(), String> {
+    /// The JWT's subject once it verifies.
+    fn check_jwt(&self, jwks: &JwkSet, token: &str) -> Result<String, String> {
         let header = decode_header(token).map_err(|e| format!("the token is not a JWT: {e}"))?;
         let jwk = match &header.kid {
             Some(kid) => jwks.find(kid),
@@ -140,9 +148,13 @@ impl Authenticator {
         }
         .ok_or("the JWT names no key of this server's JWK set")?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-        decode::<serde_json::Value>(token, &key, &self.validation(header.alg))
-            .map(|_| ())
-            .map_err(|e| format!("the JWT is not accepted: {e}"))
+        let claims = decode::<serde_json::Value>(token, &key, &self.validation(header.alg))
+            .map_err(|e| format!("the JWT is not accepted: {e}"))?
+            .claims;
+        Ok(match claims.get("sub").and_then(|s| s.as_str()) {
+            Some(sub) => format!("JWT subject {}", sub.chars().take(128).collect::<String>()),
+            None => "a JWT without sub".to_owned(),
+        })
     }
 
     /// The checks of a JWT signed with `alg`: `exp` always, `aud` and

@@ -14,6 +14,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -113,8 +115,7 @@ fn connection(
         let mut app = app.clone();
         async move {
             let response = app.call(request).await;
-            drop(busy);
-            response
+            Ok::<_, std::convert::Infallible>(busy_until_sent(response?, busy))
         }
     });
     let mut builder = Builder::new(TokioExecutor::new());
@@ -138,6 +139,22 @@ fn connection(
         }
         drop(slot);
     }
+}
+
+/// A response whose length is unknown (a stream: server-sent events) keeps
+/// its request in progress until its body is sent or dropped, so a stream
+/// that outlasts the idle timeout is not taken for an idle connection.
+fn busy_until_sent(response: axum::response::Response, busy: Busy) -> axum::response::Response {
+    if response.body().size_hint().exact().is_some() {
+        return response;
+    }
+    response.map(|body| {
+        let stream = body.into_data_stream().map(move |chunk| {
+            let _held = &busy;
+            chunk
+        });
+        axum::body::Body::from_stream(stream)
+    })
 }
 
 /// Requests in progress on a connection, and since when it has had none.
@@ -191,5 +208,43 @@ async fn idle_for(mut activity: watch::Receiver<Activity>, limit: Duration) {
         if changed.is_err() {
             return std::future::pending().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A streamed answer (server-sent events) that outlasts the idle
+    /// timeout is sent whole: its request is in progress until then.
+    #[tokio::test]
+    async fn a_stream_longer_than_the_idle_timeout_is_sent_whole() {
+        let chunks = || {
+            futures_util::stream::unfold(0u32, |n| async move {
+                if n == 8 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok::<_, std::io::Error>(format!("chunk {n}\n")), n + 1))
+            })
+        };
+        let app = axum::Router::new().route(
+            "/stream",
+            axum::routing::get(move || async move { axum::body::Body::from_stream(chunks()) }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 4,
+            idle_timeout: Duration::from_millis(300),
+        };
+        tokio::spawn(serve(app, listener, limits, std::future::pending()));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let ask = "GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        client.write_all(ask.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("chunk 7"), "cut short:\n{answer}");
     }
 }

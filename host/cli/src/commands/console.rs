@@ -1,12 +1,16 @@
 //! `cbs console`: the browser console of a lattice.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use cbs_host::console::actions::Actions;
 use cbs_host::console::source::Nats;
 use cbs_host::console::{Console, Options};
+use cbs_host::http::auth::{Authenticator, JwtRules};
 use clap::Args;
 
 use crate::args::NatsArgs;
@@ -14,8 +18,9 @@ use crate::signals::shutdown_signal;
 
 /// Serve the console: see the lattice's hosts and cells live in a browser.
 ///
-/// Read-only: it shows what the hosts report (discovery) and the desired
-/// state; it changes nothing. Pages update every second over server-sent
+/// Read-only unless --allow-actions: it shows what the hosts report
+/// (discovery, recent flows), the desired state, dead letters and the
+/// audit trail, and advice. Pages update every second over server-sent
 /// events; nothing is fetched from outside the console's own address.
 /// Example: `cbs console --listen 127.0.0.1:8090 --nats nats://127.0.0.1:4222`,
 /// then open http://127.0.0.1:8090
@@ -26,6 +31,24 @@ pub struct ConsoleArgs {
     /// host, cell and error message of the lattice.
     #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
     listen: SocketAddr,
+    /// Let signed-in users act from the console (replay dead letters).
+    /// Needs --token-file or --jwks; each action is audited with the user
+    /// who asked, as the console's NATS identity.
+    #[arg(long)]
+    allow_actions: bool,
+    /// Users who may act: bearer tokens, one per line (`#` comments).
+    #[arg(long, value_name = "FILE", requires = "allow_actions")]
+    token_file: Option<PathBuf>,
+    /// Users who may act: JWTs signed by a key of this JWK set; the `sub`
+    /// claim names the user in the audit trail.
+    #[arg(long, value_name = "FILE", requires = "allow_actions")]
+    jwks: Option<PathBuf>,
+    /// With --jwks: the `aud` a JWT must carry.
+    #[arg(long, value_name = "AUD", requires = "jwks")]
+    jwt_audience: Option<String>,
+    /// With --jwks: the `iss` a JWT must carry.
+    #[arg(long, value_name = "ISS", requires = "jwks")]
+    jwt_issuer: Option<String>,
     /// How far back advice looks, in seconds: capacity refusals within
     /// it, a durable lag growing over it, no request for six of it.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
@@ -35,14 +58,31 @@ pub struct ConsoleArgs {
 }
 
 pub async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
+    let actions = actions(&args)?;
     let bus = args.nats.connect_client().await?;
-    let source = Nats::connect(bus).await?;
+    let source = Nats::connect(bus, args.nats.options("")).await?;
     let options = Options {
         advice_window: Duration::from_secs(args.advice_window_secs.max(1)),
+        actions,
     };
     let console = Console::start(args.listen, Arc::new(source), options).await?;
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "stopping the console");
     console.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who may act, with --allow-actions.
+fn actions(args: &ConsoleArgs) -> anyhow::Result<Option<Arc<Actions>>> {
+    if !args.allow_actions {
+        return Ok(None);
+    }
+    let rules = JwtRules {
+        audience: args.jwt_audience.clone(),
+        issuer: args.jwt_issuer.clone(),
+        ..JwtRules::default()
+    };
+    let users = Authenticator::load(args.token_file.as_deref(), args.jwks.as_deref(), rules)?;
+    let actions = Actions::new(users).context("--allow-actions: give --token-file or --jwks")?;
+    Ok(Some(Arc::new(actions)))
 }

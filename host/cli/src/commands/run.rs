@@ -186,6 +186,7 @@ fn builder(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Resu
     if let Some(addr) = args.console {
         let options = cbs_host::console::Options {
             advice_window: Duration::from_secs(args.console_advice_window_secs.max(1)),
+            actions: None,
         };
         builder = builder.console(addr, options);
     }

@@ -150,10 +150,54 @@ function when(ms) {
   return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
 }
 
+// Actions: on when the console was started with them; the signed-in
+// user's token stays in this tab (sessionStorage) and goes in the
+// Authorization header, never a cookie.
+let actionsEnabled = false;
+const session = document.getElementById("session");
+function token() {
+  return sessionStorage.getItem("cbs-token");
+}
+function drawSession() {
+  if (!actionsEnabled) {
+    session.replaceChildren(el("span", { class: "muted" }, "read-only"));
+    return;
+  }
+  if (token()) {
+    const out = el("button", { type: "button", id: "sign-out" }, "sign out");
+    out.addEventListener("click", () => { sessionStorage.removeItem("cbs-token"); drawSession(); });
+    session.replaceChildren(el("span", {}, "signed in "), out);
+    return;
+  }
+  const input = el("input", { type: "password", id: "token", "aria-label": "Token", placeholder: "token" });
+  const form = el("form", { id: "sign-in" }, input, el("button", { type: "submit" }, "sign in"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (input.value) sessionStorage.setItem("cbs-token", input.value);
+    drawSession();
+  });
+  session.replaceChildren(form);
+}
+fetch("/api/actions").then((r) => r.json()).then((a) => { actionsEnabled = a.enabled; drawSession(); });
+
+// POSTs an action; says its outcome in the status line.
+async function act(path, body, what) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token() || ""}` },
+    body: JSON.stringify(body),
+  });
+  const answer = await response.json().catch(() => ({}));
+  status.className = response.ok ? "" : "bad";
+  status.textContent = response.ok ? `${what}: done (${(answer.replayed || []).join(", ")})` : `${what}: ${answer.detail || response.status}`;
+}
+
 function drawDeadLetters(data) {
   const detail = el("pre", { id: "letter", hidden: true });
+  const replayPath = `/api/cells/${encodeURIComponent(data.cell)}/dead-letters/replay`;
+  const canAct = actionsEnabled && token();
   const rows = data.letters.map((l) => {
-    const show = el("button", { type: "button", "data-seq": l.seq }, "inspect");
+    const show = el("button", { type: "button", class: "inspect", "data-seq": l.seq }, "inspect");
     show.addEventListener("click", () => {
       detail.hidden = false;
       detail.textContent = JSON.stringify(l, null, 2);
@@ -161,19 +205,34 @@ function drawDeadLetters(data) {
     const message = l.body_in_original
       ? `(too large: in ${l.stream} seq ${l.stream_seq})`
       : (l.message && l.message.id) || "(not an envelope)";
+    let replay = null;
+    if (canAct) {
+      replay = el("button", { type: "button", class: "replay", "data-seq": l.seq }, "replay");
+      replay.addEventListener("click", () => act(replayPath, { seqs: [l.seq] }, `replay ${l.seq}`));
+    }
     return el("tr", { "data-seq": l.seq },
       el("td", { class: "num" }, l.seq),
       el("td", {}, l.subject),
       el("td", { class: "num" }, l.delivered),
       el("td", {}, badge(l.error.code, "bad"), " ", l.error.message),
       el("td", {}, el("code", {}, message)),
-      el("td", {}, show));
+      el("td", {}, show, " ", replay));
   });
+  let all = null;
+  if (canAct && data.letters.length) {
+    all = el("button", { type: "button", id: "replay-all" }, "replay all");
+    all.addEventListener("click", () => {
+      if (confirm(`Replay every dead letter of ${data.cell}? Deploy a fix first.`)) {
+        act(replayPath, { all: true }, "replay all");
+      }
+    });
+  }
   view.replaceChildren(
     el("h1", {}, "Dead letters of ", cellLink(data.cell)),
     data.letters.length
       ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], [""]], rows)
       : el("p", {}, "No dead letters."),
+    all,
     el("p", { class: "muted" }, `Replay after a fix: cbs dlq replay ${data.cell} SEQ… (or --all)`),
     detail);
 }
