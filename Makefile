@@ -45,7 +45,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium console-screenshots test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium console-screenshots console-bench test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -183,6 +183,9 @@ setup-chromium:
 
 console-screenshots: setup-chromium host cells ## The console's browser tests, saving each view as docs/console/<view>.png
 	CBS_SCREENSHOTS=$(CURDIR)/docs/console $(CARGO) test -p cbs-tests --test console
+
+console-bench: setup-chromium host cells ## Time to show a lattice of 10 hosts and 50 cells in the console, and the bytes it took
+	$(CARGO) test -p cbs-tests --test console measure_the_first_render -- --ignored --nocapture
 
 setup-nats:
 	@command -v nats-server >/dev/null || { \

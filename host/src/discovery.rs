@@ -22,6 +22,8 @@ pub struct HostView {
     pub version: String,
     /// Whether the host follows deployments (`cbs-host run --watch`).
     pub watching: bool,
+    /// Its labels (`cbs-host run --label`; a watching host's platform).
+    pub labels: BTreeMap<String, String>,
     pub cells: Vec<CellView>,
 }
 
@@ -86,6 +88,7 @@ pub async fn list(
                     .cloned()
                     .unwrap_or_else(|| info.id.clone()),
                 watching: is_watching(&info),
+                labels: labels_of(&info),
                 service_id: info.id,
                 version: info.version,
                 cells,
@@ -121,14 +124,19 @@ pub async fn hosts(
         .into_iter()
         .map(|info| Peer {
             watching: is_watching(&info),
-            labels: info
-                .metadata
-                .get(LABELS)
-                .and_then(|l| serde_json::from_str(l).ok())
-                .unwrap_or_default(),
+            labels: labels_of(&info),
             host: info.metadata.get("host").cloned().unwrap_or(info.id),
         })
         .collect())
+}
+
+/// A host's labels from its service metadata (none when malformed: the
+/// reply is another host's).
+fn labels_of(info: &Info) -> BTreeMap<String, String> {
+    info.metadata
+        .get(LABELS)
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default()
 }
 
 /// Whether the host stopped serving an endpoint it once added: the micro

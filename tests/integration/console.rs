@@ -499,3 +499,46 @@ fn actions_need_the_flag_a_user_and_the_consoles_own_origin() {
     );
     assert_eq!(status, 200, "a signed-in user from the page may: {body}");
 }
+
+/// A measurement, not a check (`make console-bench`): a lattice of 10 hosts
+/// serving 50 cells on one machine; how long the lattice page takes to show
+/// every cell, and the bytes it transferred to get there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: make console-bench"]
+async fn measure_the_first_render_of_a_lattice_of_ten_hosts_and_fifty_cells() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let cells: Vec<tempfile::TempDir> = (0..50)
+        .map(|i| CellToml::faulty(&format!("bench.cell{i:02}")).write())
+        .collect();
+    let hosts: Vec<HostProcess> = (0..10)
+        .map(|h| {
+            let mine: Vec<_> = cells[h * 5..h * 5 + 5]
+                .iter()
+                .map(|c| c.path().to_path_buf())
+                .collect();
+            HostProcess::serve(&url, &format!("bench-host-{h}"), &mine, &[])
+        })
+        .collect();
+    let console = Console::start(&url);
+    let browser = Browser::start().await;
+    // The first visit: the console computes its first snapshot for it.
+    let started = Instant::now();
+    browser.goto(console.base()).await;
+    let shown = browser
+        .wait_for_text(SHOWN, "every cell", |page| page.contains("Cells (50)"))
+        .await;
+    let total = started.elapsed();
+    let script = "return performance.getEntriesByType('navigation').concat(\
+        performance.getEntriesByType('resource')).map(e => [e.name, e.transferSize, e.encodedBodySize])";
+    let entries = browser.client().execute(script, vec![]).await.unwrap();
+    let snapshot = cbs_tests::curl::curl(&[&format!("{}/api/lattice", console.base())]);
+    eprintln!("10 hosts, 50 cells: every cell shown {total:?} after the first navigation began (the page polled every 100 ms; {shown:?} of it after the load)");
+    eprintln!("resources: {entries}");
+    eprintln!(
+        "one lattice snapshot: {} bytes of JSON",
+        snapshot.body.len()
+    );
+    drop(hosts);
+    browser.close().await;
+}

@@ -226,13 +226,10 @@ impl Nats {
 
     async fn hosts(&self) -> anyhow::Result<Vec<Host>> {
         let views = discovery::list(&self.client, QUIET, LIMIT).await?;
-        let peers = discovery::hosts(&self.client, QUIET, LIMIT).await?;
-        let labels: BTreeMap<String, BTreeMap<String, String>> =
-            peers.into_iter().map(|p| (p.host, p.labels)).collect();
         Ok(views
             .into_iter()
             .map(|view| Host {
-                labels: labels.get(&view.host).cloned().unwrap_or_default(),
+                labels: view.labels,
                 watching: view.watching,
                 cells: view.cells.iter().map(served_remote).collect(),
                 id: view.host,
