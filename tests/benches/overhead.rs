@@ -412,15 +412,14 @@ async fn two_serving(
     store: &cbs_host::deploy::Store,
     dead: Option<&str>,
 ) -> std::collections::BTreeSet<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    cbs_tests::eventually(Duration::from_secs(60), "two hosts serving", || async {
         let hosts = serving_greet(store, dead).await;
-        if hosts.len() == 2 {
-            return hosts;
+        match hosts.len() {
+            2 => Ok(hosts),
+            _ => Err(format!("served on {hosts:?}")),
         }
-        assert!(Instant::now() < deadline, "served on {hosts:?} after 60 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await
 }
 
 /// Re-placement after a host dies: three watching hosts on a fresh

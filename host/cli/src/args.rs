@@ -341,7 +341,8 @@ impl HttpArgs {
             self.http_token_file.as_deref(),
             self.http_jwks.as_deref(),
             rules,
-        )?;
+        )
+        .map_err(|e| e.context("--http-token-file / --http-jwks"))?;
         Ok(cbs_host::http::HttpConfig {
             body_limit: self.http_body_limit_kb.saturating_mul(1024),
             cors_origins: self.http_cors_origin.clone(),

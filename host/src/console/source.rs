@@ -237,6 +237,25 @@ impl Nats {
             .collect())
     }
 
+    /// Puts a replay from the console in the audit trail, with who asked.
+    async fn audit_replay(&self, cell: &str, replayed: &[u64], user: &str) {
+        let list: Vec<String> = replayed.iter().map(u64::to_string).collect();
+        let change = crate::audit::Change {
+            action: crate::audit::Action::Replay,
+            cell,
+            version: None,
+            digest: None,
+            key: None,
+            proof: None,
+            from: None,
+            detail: format!(
+                "{user} in the console replayed dead letter(s) {}",
+                list.join(", ")
+            ),
+        };
+        crate::audit::record(&self.client, self.writer.as_ref(), change).await;
+    }
+
     /// cell → (desired version, replicas wanted, why some are unplaced).
     async fn desired(
         &self,
@@ -329,25 +348,23 @@ impl Source for Nats {
                 .collect(),
         };
         let mut replayed = Vec::new();
+        let mut failed = None;
         for seq in &seqs {
-            crate::durable::replay(&js, cell, *seq).await?;
-            replayed.push(*seq);
+            match crate::durable::replay(&js, cell, *seq).await {
+                Ok(_) => replayed.push(*seq),
+                Err(e) => {
+                    failed = Some(e.context(format!("dead letter {seq} of {cell}")));
+                    break;
+                }
+            }
         }
-        let list: Vec<String> = replayed.iter().map(u64::to_string).collect();
-        let change = crate::audit::Change {
-            action: crate::audit::Action::Replay,
-            cell,
-            version: None,
-            digest: None,
-            key: None,
-            proof: None,
-            from: None,
-            detail: format!(
-                "{user} in the console replayed dead letter(s) {}",
-                list.join(", ")
-            ),
-        };
-        crate::audit::record(&self.client, self.writer.as_ref(), change).await;
+        // What was replayed is audited, also when a later one failed.
+        if !replayed.is_empty() {
+            self.audit_replay(cell, &replayed, user).await;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         Ok(replayed)
     }
 

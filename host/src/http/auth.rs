@@ -61,7 +61,7 @@ impl Authenticator {
     ) -> anyhow::Result<Self> {
         let tokens = match token_file {
             Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --http-token-file {}", path.display()))?
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -72,9 +72,9 @@ impl Authenticator {
         let jwks = jwks_file
             .map(|path| {
                 let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read --http-jwks {}", path.display()))?;
+                    .with_context(|| format!("cannot read the JWK set {}", path.display()))?;
                 serde_json::from_str::<JwkSet>(&text)
-                    .with_context(|| format!("--http-jwks {} is not a JWK set", path.display()))
+                    .with_context(|| format!("{} is not a JWK set", path.display()))
             })
             .transpose()?;
         Self::new(tokens, jwks, rules)

@@ -82,7 +82,8 @@ fn actions(args: &ConsoleArgs) -> anyhow::Result<Option<Arc<Actions>>> {
         issuer: args.jwt_issuer.clone(),
         ..JwtRules::default()
     };
-    let users = Authenticator::load(args.token_file.as_deref(), args.jwks.as_deref(), rules)?;
+    let users = Authenticator::load(args.token_file.as_deref(), args.jwks.as_deref(), rules)
+        .context("--token-file / --jwks")?;
     let actions = Actions::new(users).context("--allow-actions: give --token-file or --jwks")?;
     Ok(Some(Arc::new(actions)))
 }
