@@ -25,6 +25,41 @@ pub struct HostView {
     /// Its labels (`cbs-host run --label`; a watching host's platform).
     pub labels: BTreeMap<String, String>,
     pub cells: Vec<CellView>,
+    /// What a watching host accepts from deployments.
+    pub policy: Policy,
+}
+
+/// What a watching host accepts from deployments, as it announces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The keys a bundle must be signed by (`--trust`), hex; none: it
+    /// runs unsigned bundles.
+    pub trusted_keys: Vec<String>,
+    /// Whether bundles may start processes (`--allow-process-bundles`).
+    pub process_bundles: bool,
+}
+
+/// The service metadata key of a watching host's [`Policy`] (JSON).
+pub const POLICY: &str = "policy";
+
+/// The most trusted keys read from a host's policy.
+const MAX_TRUSTED_KEYS: usize = 64;
+
+impl Policy {
+    /// A host's policy from its service metadata; the default (nothing
+    /// announced) when absent or malformed.
+    fn of(info: &Info) -> Self {
+        let mut policy: Self = info
+            .metadata
+            .get(POLICY)
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_default();
+        policy.trusted_keys.truncate(MAX_TRUSTED_KEYS);
+        policy
+            .trusted_keys
+            .retain(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+        policy
+    }
 }
 
 /// One cell on one host.
@@ -89,6 +124,7 @@ pub async fn list(
                     .unwrap_or_else(|| info.id.clone()),
                 watching: is_watching(&info),
                 labels: labels_of(&info),
+                policy: Policy::of(&info),
                 service_id: info.id,
                 version: info.version,
                 cells,

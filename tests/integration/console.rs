@@ -12,13 +12,23 @@ use serde_json::json;
 
 use cbs_host::deploy::placer::DEAD_AFTER;
 use cbs_tests::browser::Browser;
+use cbs_tests::bundles::UPPER;
 use cbs_tests::curl::curl;
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::{Console, HostProcess};
+use cbs_tests::process::{cbs, Console, HostProcess};
 use cbs_tests::{envelope_to, eventually, faulty, greet, request_envelope, CellToml, TestHost};
 
 /// Generous: the page shows hosts as soon as the console sees them.
 const SHOWN: Duration = Duration::from_secs(20);
+
+/// A console with actions, for one user: the token `s3cret` ("token 1").
+fn acting_console(url: &str) -> (tempfile::NamedTempFile, Console) {
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "# who may act\ns3cret\n").unwrap();
+    let token_file = tokens.path().to_str().unwrap();
+    let console = Console::with(url, &["--allow-actions", "--token-file", token_file]);
+    (tokens, console)
+}
 
 /// No page asks anything of another origin: every URL the browser
 /// requested starts with the console's own.
@@ -375,10 +385,7 @@ async fn a_dead_letter_is_replayed_from_the_page_and_handled() {
     .await;
     // The fix: the cell it calls is served now.
     let _b = HostProcess::serve(&url, "host-replay-b", &[greet()], &[]);
-    let tokens = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tokens.path(), "# who may act\ns3cret\n").unwrap();
-    let token_file = tokens.path().to_str().unwrap();
-    let console = Console::with(&url, &["--allow-actions", "--token-file", token_file]);
+    let (_tokens, console) = acting_console(&url);
 
     let browser = Browser::start().await;
     browser
@@ -387,14 +394,7 @@ async fn a_dead_letter_is_replayed_from_the_page_and_handled() {
     browser
         .wait_for_text(SHOWN, "the dead letter", |page| page.contains(&message.id))
         .await;
-    let field = browser
-        .client()
-        .find(Locator::Id("token"))
-        .await
-        .expect("a sign-in field");
-    field.send_keys("s3cret").await.unwrap();
-    let form = browser.client().form(Locator::Id("sign-in")).await.unwrap();
-    form.submit().await.unwrap();
+    browser.sign_in("s3cret").await;
     browser
         .wait_for_text(SHOWN, "the replay button", |page| {
             page.contains("replay all")
@@ -446,17 +446,8 @@ async fn a_dead_letter_is_replayed_from_the_page_and_handled() {
 fn actions_need_the_flag_a_user_and_the_consoles_own_origin() {
     let server = NatsServer::start();
     let url = server.url();
-    let tokens = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tokens.path(), "s3cret\n").unwrap();
     let read_only = Console::start(&url);
-    let acting = Console::with(
-        &url,
-        &[
-            "--allow-actions",
-            "--token-file",
-            tokens.path().to_str().unwrap(),
-        ],
-    );
+    let (_tokens, acting) = acting_console(&url);
     let replay = |base: &str, headers: &[&str]| {
         let mut args = vec!["-X", "POST", "-d", r#"{"all":true}"#];
         for h in headers {
@@ -494,6 +485,229 @@ fn actions_need_the_flag_a_user_and_the_consoles_own_origin() {
         &[&origin(acting.base()), "Authorization: Bearer s3cret"],
     );
     assert_eq!(status, 200, "a signed-in user from the page may: {body}");
+}
+
+/// The version each host serves of `cell`, by host.
+async fn served_versions(bus: &cbs_host::bus::nats::NatsBus, cell: &str) -> Vec<(String, String)> {
+    let quiet = Duration::from_millis(300);
+    let hosts = cbs_host::discovery::list(bus.client(), quiet, SHOWN)
+        .await
+        .unwrap_or_default();
+    hosts
+        .into_iter()
+        .filter_map(|h| {
+            let version = h.cells.iter().find(|c| c.id == cell)?.version.clone();
+            Some((h.host, version))
+        })
+        .collect()
+}
+
+/// Waits until exactly `hosts` serve `cell`, each at `version`.
+async fn wait_served(
+    bus: &cbs_host::bus::nats::NatsBus,
+    cell: &str,
+    hosts: &[&str],
+    version: &str,
+) {
+    let want: Vec<(String, String)> = hosts
+        .iter()
+        .map(|h| ((*h).to_owned(), version.to_owned()))
+        .collect();
+    eventually(SHOWN, &format!("{cell} {version} on {hosts:?}"), || async {
+        let served = served_versions(bus, cell).await;
+        if served == want {
+            Ok(())
+        } else {
+            Err(format!("{served:?}"))
+        }
+    })
+    .await;
+}
+
+const WATCH: &[&str] = &["--watch", "--drain-timeout-ms", "5000"];
+
+/// A user signed in on a console with actions rolls a cell back from its
+/// page: after a confirmation the previous version serves again on every
+/// host, the page shows the outcome per host, and the audit trail names
+/// the user. Before, the same rollback is refused on a read-only console
+/// and without a signed-in user, and changes nothing. Undeploy, confirmed
+/// the same way, stops the cell on every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_clicked_in_the_page_brings_the_previous_version_back_on_every_host() {
+    let releases = cbs_tests::bundles::releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let _a = HostProcess::serve(&url, "host-a", &[], WATCH);
+    let _b = HostProcess::serve(&url, "host-b", &[], WATCH);
+    for bundle in [&releases.v1, &releases.v2] {
+        let out = cbs(&["deploy", bundle.to_str().unwrap(), "--nats", &url]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let bus = server.bus().await;
+    wait_served(&bus, UPPER, &["host-a", "host-b"], "0.2.0").await;
+
+    let read_only = Console::start(&url);
+    let (_tokens, acting) = acting_console(&url);
+    let rollback = |base: &str, token: Option<&str>| {
+        let origin = format!("Origin: {base}");
+        let bearer = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["-X", "POST", "-H", origin.as_str()];
+        if let Some(bearer) = &bearer {
+            args.extend(["-H", bearer.as_str()]);
+        }
+        let target = format!("{base}/api/cells/{UPPER}/rollback");
+        args.push(&target);
+        let reply = curl(&args);
+        (reply.status, reply.body)
+    };
+    let (status, body) = rollback(read_only.base(), Some("s3cret"));
+    assert_eq!(status, 403, "a read-only console: {body}");
+    assert!(body.contains("--allow-actions"), "{body}");
+    let (status, body) = rollback(acting.base(), None);
+    assert_eq!(status, 401, "nobody signed in: {body}");
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/cells/{UPPER}", read_only.base()))
+        .await;
+    browser
+        .wait_for_text(SHOWN, "the read-only cell page", |page| {
+            page.contains("0.1.0") && page.contains("read-only") && !page.contains("Roll back")
+        })
+        .await;
+    // The refusals changed nothing.
+    wait_served(&bus, UPPER, &["host-a", "host-b"], "0.2.0").await;
+
+    browser
+        .goto(&format!("{}/cells/{UPPER}", acting.base()))
+        .await;
+    browser
+        .wait_for_text(SHOWN, "the versions", |page| page.contains("Versions"))
+        .await;
+    assert!(
+        !browser.page_text().await.contains("Roll back"),
+        "not signed in yet"
+    );
+    browser.sign_in("s3cret").await;
+    browser.click("#rollback", SHOWN).await;
+    browser.accept_confirm(SHOWN).await;
+    browser
+        .wait_for_text(SHOWN, "the outcome per host", |page| {
+            page.contains("rollback text.upper 0.1.0: serving")
+                && page.contains("host-a")
+                && page.contains("host-b")
+        })
+        .await;
+    let outcomes = browser.texts("#outcome tr[data-outcome='serving']").await;
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    wait_served(&bus, UPPER, &["host-a", "host-b"], "0.1.0").await;
+    browser.screenshot("rollback").await;
+
+    browser.click("#undeploy", SHOWN).await;
+    browser.accept_confirm(SHOWN).await;
+    browser
+        .wait_for_text(SHOWN, "the undeploy's outcome", |page| {
+            page.contains("undeploy text.upper 0.1.0: stopped")
+        })
+        .await;
+    let stopped = browser.texts("#outcome tr[data-outcome='stopped']").await;
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    wait_served(&bus, UPPER, &[], "").await;
+
+    browser.goto(&format!("{}/releases", acting.base())).await;
+    browser
+        .wait_for_text(SHOWN, "both actions audited with the user", |page| {
+            page.contains("token 1 in the console: serving on 2 host(s)")
+                && page.contains("token 1 in the console: stopped on host-a, host-b")
+        })
+        .await;
+    assert_same_origin(&browser, acting.base()).await;
+    browser.close().await;
+}
+
+/// A bundle uploaded on the releases page shows the contract gate's
+/// verdict before it goes out: a break within the major version is named
+/// and not deployed unless forced; a compatible release deploys, and the
+/// page shows it serving on each host, with its contract in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_bundle_shows_the_contract_verdict_and_deploys_on_confirmation() {
+    let releases = cbs_tests::bundles::releases();
+    let tmp = tempfile::tempdir().unwrap();
+    let breaking = cbs_tests::bundles::breaking_release(tmp.path(), "0.1.1");
+    let server = NatsServer::start();
+    let url = server.url();
+    let _a = HostProcess::serve(&url, "host-a", &[], WATCH);
+    let out = cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
+    assert!(out.status.success(), "{out:?}");
+    let (_tokens, console) = acting_console(&url);
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/releases", console.base())).await;
+    browser.sign_in("s3cret").await;
+    let upload = |path: std::path::PathBuf| {
+        let browser = &browser;
+        async move {
+            let input = browser
+                .client()
+                .wait()
+                .at_most(SHOWN)
+                .for_element(Locator::Id("bundle"))
+                .await
+                .expect("the bundle field");
+            input.send_keys(path.to_str().unwrap()).await.unwrap();
+            let form = browser
+                .client()
+                .form(Locator::Id("deploy-form"))
+                .await
+                .unwrap();
+            form.submit().await.unwrap();
+        }
+    };
+    upload(breaking).await;
+    browser
+        .wait_for_text(SHOWN, "the breaking verdict", |page| {
+            page.contains("text.upper 0.1.1")
+                && page.contains("Deployed now: 0.1.0")
+                && page.contains("breaking")
+                && page.contains("/lang")
+        })
+        .await;
+    browser.click("#deploy", SHOWN).await;
+    browser
+        .wait_for_text(SHOWN, "the deploy held back", |page| {
+            page.contains("bump the major version, or force it")
+        })
+        .await;
+    let bus = server.bus().await;
+    wait_served(&bus, UPPER, &["host-a"], "0.1.0").await;
+
+    upload(releases.v2.clone()).await;
+    browser
+        .wait_for_text(SHOWN, "the compatible verdict", |page| {
+            page.contains("text.upper 0.2.0") && page.contains("unchanged")
+        })
+        .await;
+    browser.click("#deploy", SHOWN).await;
+    browser.accept_confirm(SHOWN).await;
+    browser
+        .wait_for_text(SHOWN, "serving per host", |page| {
+            page.contains("deploy text.upper 0.2.0: serving")
+        })
+        .await;
+    assert_eq!(
+        browser
+            .texts("#outcome tr[data-outcome='serving']")
+            .await
+            .len(),
+        1
+    );
+    wait_served(&bus, UPPER, &["host-a"], "0.2.0").await;
+    browser
+        .wait_for_text(SHOWN, "the deploy audited with its contract", |page| {
+            page.contains("token 1 in the console: serving on 1 host(s)")
+        })
+        .await;
+    browser.screenshot("releases-deploy").await;
+    assert_same_origin(&browser, console.base()).await;
+    browser.close().await;
 }
 
 /// A measurement, not a check (`make console-bench`): a lattice of 10 hosts

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use cbs_host::bundle::Bundle;
 use cbs_host::bus::BodyBus;
 use cbs_host::envelope::{BusError, ErrorCode};
-use cbs_host::manifest::CellSpec;
-use cbs_tests::bundles::{edit, releases, UPPER};
+use cbs_tests::bundles::{breaking_release, pack, releases, variant, UPPER};
 use cbs_tests::call_json;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
@@ -161,35 +160,6 @@ async fn hot_swap_and_rollback_under_load_lose_nothing() {
     );
 }
 
-/// A variant of the built cell in `<tmp>/<name>`: its cell.toml (as
-/// `version`), schemas and component (or `component` bytes instead).
-fn variant(tmp: &Path, name: &str, version: &str, component: Option<&[u8]>) -> PathBuf {
-    let dir = tmp.join(name);
-    std::fs::create_dir_all(dir.join("schemas")).unwrap();
-    for file in [
-        "cell.toml",
-        "schemas/input.json",
-        "schemas/output.json",
-        "text_upper.wasm",
-    ] {
-        std::fs::copy(releases().dir.join(file), dir.join(file)).unwrap();
-    }
-    if let Some(bytes) = component {
-        std::fs::write(dir.join("text_upper.wasm"), bytes).unwrap();
-    }
-    let version = format!("version = \"{version}\"");
-    edit(&dir.join("cell.toml"), "version = \"0.2.0\"", &version);
-    dir
-}
-
-/// Packs a cell folder into `<folder>.cbs`.
-fn pack(dir: &Path) -> PathBuf {
-    let bundle = Bundle::pack(&CellSpec::from_dir(dir).unwrap()).unwrap();
-    let path = dir.with_extension("cbs");
-    std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
-    path
-}
-
 /// A release whose component does not compile: same cell, same contract.
 fn broken_release(tmp: &Path) -> PathBuf {
     // A component header, then garbage: it fails to compile on the host.
@@ -222,17 +192,6 @@ async fn a_broken_release_keeps_the_old_one_serving() {
         listing[0]["desired"], "0.1.0",
         "the desired state went back: {listing}"
     );
-}
-
-/// v1's component with a new required input field, as `version`.
-fn breaking_release(tmp: &Path, version: &str) -> PathBuf {
-    let dir = variant(tmp, &format!("breaking-{version}"), version, None);
-    edit(
-        &dir.join("schemas/input.json"),
-        "\"required\": [\"text\"]",
-        "\"required\": [\"text\", \"lang\"]",
-    );
-    pack(&dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -643,6 +602,17 @@ async fn deploys_rollbacks_undeploys_and_host_trust_are_audited() {
         .contains("serving on 1 host(s)"));
     let v1 = Bundle::read(&releases.v1).unwrap().digest();
     assert_eq!(events[1]["digest"], v1.as_str());
+    // Each deploy carries its contract against the release before it.
+    assert_eq!(events[1]["contract"]["verdict"], "first", "{}", events[1]);
+    assert_eq!(
+        events[2]["contract"]["verdict"], "unchanged",
+        "{}",
+        events[2]
+    );
+    assert!(events[4]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("stopped on audited"));
 
     let deploys = audit(&["--action", "deploy", "--cell", UPPER]);
     assert_eq!(deploys.len(), 2, "{deploys:#?}");

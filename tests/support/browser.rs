@@ -177,6 +177,48 @@ impl Browser {
             .expect("the script runs");
         serde_json::from_value(urls).expect("a list of URLs")
     }
+
+    /// Signs in on the page's sign-in form with `token`.
+    pub async fn sign_in(&self, token: &str) {
+        let field = self
+            .client
+            .find(Locator::Id("token"))
+            .await
+            .expect("a sign-in field (is the console started with actions?)");
+        field.send_keys(token).await.expect("the token is typed");
+        let form = self.client.form(Locator::Id("sign-in")).await.unwrap();
+        form.submit().await.expect("the sign-in form submits");
+    }
+
+    /// Clicks the element `css` finds, waiting up to `timeout` for it to
+    /// be there and visible.
+    pub async fn click(&self, css: &str, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => element.click().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(e) => assert!(started.elapsed() < timeout, "cannot click {css}: {e}"),
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+
+    /// Accepts the `confirm()` dialog the page opened, waiting up to
+    /// `timeout` for it.
+    pub async fn accept_confirm(&self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            match self.client.accept_alert().await {
+                Ok(()) => return,
+                Err(e) => assert!(started.elapsed() < timeout, "no dialog opened: {e}"),
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
 }
 
 impl Browser {

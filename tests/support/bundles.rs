@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use cbs_host::bundle::Bundle;
+use cbs_host::manifest::CellSpec;
+
 use crate::{bin, greet, shared_cache};
 
 /// The scaffolded cell's id; `{"text": "hi"}` → v1 `"HI"`, v2 `"HI!"`.
@@ -161,4 +164,44 @@ pub fn greet_bundle(dir: &Path) -> PathBuf {
     let cell = dir.join("greet");
     prebuilt_greet(&cell);
     build_bundle(&cell, &dir.join("greet.cbs"))
+}
+
+/// A variant of the built cell in `<tmp>/<name>`: its cell.toml (as
+/// `version`), schemas and component (or `component` bytes instead).
+pub fn variant(tmp: &Path, name: &str, version: &str, component: Option<&[u8]>) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    for file in [
+        "cell.toml",
+        "schemas/input.json",
+        "schemas/output.json",
+        "text_upper.wasm",
+    ] {
+        std::fs::copy(releases().dir.join(file), dir.join(file)).unwrap();
+    }
+    if let Some(bytes) = component {
+        std::fs::write(dir.join("text_upper.wasm"), bytes).unwrap();
+    }
+    let version = format!("version = \"{version}\"");
+    edit(&dir.join("cell.toml"), "version = \"0.2.0\"", &version);
+    dir
+}
+
+/// Packs a cell folder into `<folder>.cbs`.
+pub fn pack(dir: &Path) -> PathBuf {
+    let bundle = Bundle::pack(&CellSpec::from_dir(dir).unwrap()).unwrap();
+    let path = dir.with_extension("cbs");
+    std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// v1's component with a new required input field, as `version`.
+pub fn breaking_release(tmp: &Path, version: &str) -> PathBuf {
+    let dir = variant(tmp, &format!("breaking-{version}"), version, None);
+    edit(
+        &dir.join("schemas/input.json"),
+        "\"required\": [\"text\"]",
+        "\"required\": [\"text\", \"lang\"]",
+    );
+    pack(&dir)
 }

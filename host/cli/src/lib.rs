@@ -1,8 +1,7 @@
 //! The CBS command lines, `cbs-host` and `cbs`, on the `cbs-host` library:
 //! both command lines in [`app`], one module per subcommand in [`commands`],
 //! the flags they share in [`args`], and what only the command line does: [`build`] (`cbs build`),
-//! [`scaffold`] (`cbs new`), [`rollout`] (`cbs deploy`, `rollback`, `undeploy`) with
-//! [`report`] (how one ended),
+//! [`scaffold`] (`cbs new`), [`report`] (how a rollout ended, for people),
 //! [`loadgen`] (`cbs bench`, `make bench`), [`table`] (output for people),
 //! [`signals`] (what long-running commands stop on)
 //! and, with the `python` feature, [`python_worker`] (embeds CPython).
@@ -15,7 +14,6 @@ pub mod loadgen;
 #[cfg(feature = "python")]
 pub mod python_worker;
 pub mod report;
-pub mod rollout;
 pub mod scaffold;
 pub mod signals;
 pub mod table;

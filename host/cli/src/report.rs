@@ -1,38 +1,35 @@
-//! How a rollout ended: one line for the audit trail, and the report for
-//! people with the exit code (`cbs deploy`, `cbs rollback`).
+//! How a rollout ended, for people: its warnings, and the report with its
+//! exit code (`cbs deploy`, `cbs rollback`).
 
 use std::process::ExitCode;
 
-use crate::rollout::Outcome;
+use cbs_host::deploy::rollout::Outcome;
 
-/// One line on how a rollout ended, for the audit trail.
-pub fn summary(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Serving { hosts, .. } => format!("serving on {hosts} host(s)"),
-        Outcome::Failed(failures) => {
-            let hosts: Vec<&str> = failures.iter().map(|f| f.host.as_str()).collect();
-            format!("failed on {}; reverted", hosts.join(", "))
-        }
-        Outcome::TimedOut { missing } => format!("not confirmed by {}", missing.join(", ")),
-        Outcome::Unplaced(why) => format!("not placed: {why}"),
+/// Prints a rollout's warnings.
+pub fn notes(notes: &[String]) {
+    for note in notes {
+        eprintln!("warning: {note}");
     }
 }
 
 /// Prints how a rollout went; the exit code says it.
 pub fn report(cell: &str, version: &str, outcome: Outcome) -> ExitCode {
     match outcome {
-        Outcome::Serving { hosts: 0, .. } => {
+        Outcome::Serving { hosts, .. } if hosts.is_empty() => {
             println!("{cell} {version} is the desired release; no host is watching now (hosts started with `cbs-host run --watch` will serve it)");
             ExitCode::SUCCESS
         }
         Outcome::Serving { hosts, elapsed } => {
             println!(
-                "{cell} {version} serving on {hosts} host(s) after {} ms",
+                "{cell} {version} serving on {} host(s) after {} ms",
+                hosts.len(),
                 elapsed.as_millis()
             );
             ExitCode::SUCCESS
         }
-        Outcome::Failed(failures) => {
+        Outcome::Failed {
+            failed: failures, ..
+        } => {
             eprintln!(
                 "error: {cell} {version} failed to load; the desired state is back to what it was before the deploy:"
             );

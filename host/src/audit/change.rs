@@ -17,6 +17,8 @@ pub struct Change<'a> {
     /// A rollback's digest left.
     pub from: Option<&'a str>,
     pub detail: String,
+    /// A deploy's contract diff.
+    pub contract: Option<crate::contract::diff::ContractDiff>,
 }
 
 /// Appends `change` to the audit trail over `client`, the connection made
@@ -34,6 +36,7 @@ pub async fn record(client: &async_nats::Client, writer: Option<&NatsOptions>, c
         key: change.key.map(str::to_owned),
         detail: Some(change.detail).filter(|d| !d.is_empty()),
         from: change.from.map(str::to_owned),
+        contract: change.contract,
         proof: change.proof.map(str::to_owned),
         writer: None,
     };

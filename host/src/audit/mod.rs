@@ -78,6 +78,10 @@ pub struct Event {
     /// A rollback's digest left (what its grant signs, with `digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// A deploy's contract against the release before it (older events
+    /// have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<crate::contract::diff::ContractDiff>,
     /// `key`'s signature (hex) over what was deployed: the bundle digest,
     /// or a rollback grant's step.
     #[serde(default, skip_serializing_if = "Option::is_none")]

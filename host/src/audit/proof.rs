@@ -188,6 +188,7 @@ mod tests {
             key: Some(key.public().to_hex()),
             detail: None,
             from: None,
+            contract: None,
             writer: None,
         }
     }

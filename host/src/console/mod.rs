@@ -7,8 +7,10 @@
 //! from a sampled history); the pages are a shell and a script under
 //! `assets/`, embedded in the binary.
 
+mod acting;
 pub mod actions;
 pub mod advice;
+pub mod deployer;
 mod live;
 pub mod source;
 pub mod view;
@@ -20,7 +22,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -124,8 +126,7 @@ fn router(snapshots: Arc<Snapshots>) -> axum::Router {
         .route("/events/flows", get(failed_flow_events))
         .route("/api/flows/{id}", get(flow))
         .route("/events/flows/{id}", get(flow_events))
-        .route("/api/actions", get(actions_enabled))
-        .route("/api/cells/{id}/dead-letters/replay", post(replay))
+        .merge(acting::routes())
         .route("/api/advice", get(advice_now))
         .route("/events/advice", get(advice_events))
         .route("/api/releases", get(releases))
@@ -230,64 +231,6 @@ async fn flow_events(State(snapshots): State<Arc<Snapshots>>, Path(id): Path<Str
     }
 }
 
-async fn actions_enabled(State(snapshots): State<Arc<Snapshots>>) -> Response {
-    let enabled = snapshots.actions().is_some();
-    let body = serde_json::json!({ "enabled": enabled }).to_string();
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// `{"seqs": [..]}` or `{"all": true}`: the dead letters to replay.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayAsk {
-    #[serde(default)]
-    seqs: Vec<u64>,
-    #[serde(default)]
-    all: bool,
-}
-
-async fn replay(
-    State(snapshots): State<Arc<Snapshots>>,
-    Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let user = match Actions::user(snapshots.actions(), &headers) {
-        Ok(user) => user,
-        Err(refusal) => {
-            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
-            return problem(status, &refusal.detail);
-        }
-    };
-    if crate::manifest::check_cell_id(&id).is_err() {
-        return problem(StatusCode::NOT_FOUND, "not a cell id");
-    }
-    let ask: ReplayAsk = match serde_json::from_slice(&body) {
-        Ok(ask) => ask,
-        Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("give {{\"seqs\": [..]}} or {{\"all\": true}}: {e}"),
-            )
-        }
-    };
-    if ask.all != ask.seqs.is_empty() || ask.seqs.len() > actions::MAX_REPLAY {
-        let detail = format!(
-            "give either \"all\" or 1 to {} sequences",
-            actions::MAX_REPLAY
-        );
-        return problem(StatusCode::BAD_REQUEST, &detail);
-    }
-    let seqs = (!ask.all).then_some(ask.seqs);
-    match snapshots.source().replay(&id, seqs, &user).await {
-        Ok(replayed) => {
-            let body = serde_json::json!({ "replayed": replayed, "by": user }).to_string();
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-        Err(e) => problem(StatusCode::BAD_GATEWAY, &format!("{e:#}")),
-    }
-}
-
 async fn advice_now(State(snapshots): State<Arc<Snapshots>>) -> Response {
     json(snapshots.get(live::Key::Advice).await)
 }
@@ -323,7 +266,7 @@ fn json(snapshot: live::Snapshot) -> Response {
     }
 }
 
-fn problem(status: StatusCode, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, detail: &str) -> Response {
     let body = serde_json::json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("error"),

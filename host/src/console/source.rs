@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::deployer::Deployer;
 use super::view::{
-    CellDetail, DeadLetters, Flows, Host, HostServing, Lattice, Letter, Release, Releases, Served,
+    CellDetail, DeadLetters, Flows, Host, HostPolicy, HostServing, Lattice, Letter, Release,
+    Releases, Served, VersionRow,
 };
 use crate::body::{Body, LoadedCell};
 use crate::bus::nats::NatsBus;
@@ -34,6 +36,11 @@ pub trait Source: Send + Sync {
     /// The newest [`MAX_RELEASES`] audited changes (none in process: the
     /// audit trail is on NATS).
     async fn releases(&self) -> anyhow::Result<Releases>;
+
+    /// What changes releases (deploy, rollback, undeploy): a lattice only.
+    fn deployer(&self) -> Option<&super::deployer::Deployer> {
+        None
+    }
 
     /// Publishes dead letters of `cell` again (`None`: all, at most
     /// [`super::actions::MAX_REPLAY`]) as `user` asked, recording it in
@@ -149,6 +156,7 @@ impl Source for Local {
             }],
             input: schema(&cell.contract.input),
             output: schema(&cell.contract.output),
+            history: Vec::new(),
         }))
     }
 
@@ -164,7 +172,7 @@ impl Source for Local {
     async fn releases(&self) -> anyhow::Result<Releases> {
         Ok(Releases {
             at_ms: crate::unix_time::now_ms(),
-            events: Vec::new(),
+            ..Releases::default()
         })
     }
 }
@@ -207,20 +215,26 @@ pub struct Nats {
     store: Store,
     /// The identity actions are audited as (the console's NATS user).
     writer: Option<crate::bus::nats::NatsOptions>,
+    deployer: Deployer,
 }
 
 impl Nats {
+    /// A lattice's console over `bus`; actions are audited as `writer`,
+    /// and rollbacks signed with `rollback_key` when given.
     pub async fn connect(
         bus: NatsBus,
         writer: Option<crate::bus::nats::NatsOptions>,
+        rollback_key: Option<crate::bundle::KeyPair>,
     ) -> anyhow::Result<Self> {
         let client = bus.client().clone();
         let store = Store::open(&client).await?;
+        let deployer = Deployer::new(client.clone(), store.clone(), writer.clone(), rollback_key);
         Ok(Self {
             bus: Arc::new(bus),
             client,
             store,
             writer,
+            deployer,
         })
     }
 
@@ -252,6 +266,7 @@ impl Nats {
                 "{user} in the console replayed dead letter(s) {}",
                 list.join(", ")
             ),
+            contract: None,
         };
         crate::audit::record(&self.client, self.writer.as_ref(), change).await;
     }
@@ -278,6 +293,10 @@ impl Nats {
 
 #[async_trait]
 impl Source for Nats {
+    fn deployer(&self) -> Option<&Deployer> {
+        Some(&self.deployer)
+    }
+
     async fn lattice(&self) -> anyhow::Result<Lattice> {
         let hosts = self.hosts().await?;
         Ok(Lattice {
@@ -290,11 +309,12 @@ impl Source for Nats {
 
     async fn cell(&self, id: &str) -> anyhow::Result<Option<CellDetail>> {
         let views = discovery::list(&self.client, QUIET, LIMIT).await?;
-        let desired = self.store.desired(id).await?.map(|d| d.current.version);
+        let desired = self.store.desired(id).await?;
         let mut detail = CellDetail {
             at_ms: crate::unix_time::now_ms(),
             id: id.to_owned(),
-            desired,
+            history: desired.as_ref().map(history).unwrap_or_default(),
+            desired: desired.map(|d| d.current.version),
             ..CellDetail::default()
         };
         for view in views {
@@ -371,7 +391,23 @@ impl Source for Nats {
     async fn releases(&self) -> anyhow::Result<Releases> {
         let audit = crate::audit::Audit::open(&self.client).await?;
         let stored = audit.list(&crate::audit::Filter::default()).await?;
-        let trust = crate::bundle::Trust::default();
+        let hosts: Vec<HostPolicy> = discovery::list(&self.client, QUIET, LIMIT)
+            .await?
+            .into_iter()
+            .map(|view| HostPolicy {
+                host: view.host,
+                watching: view.watching,
+                policy: view.policy,
+            })
+            .collect();
+        // A release key is checked against the keys the lattice's hosts trust.
+        let trust = crate::bundle::Trust::new(
+            hosts
+                .iter()
+                .flat_map(|h| &h.policy.trusted_keys)
+                .filter_map(|k| crate::bundle::PublicKey::from_hex(k).ok())
+                .collect(),
+        );
         let skip = stored.len().saturating_sub(MAX_RELEASES);
         let events = stored
             .into_iter()
@@ -390,8 +426,24 @@ impl Source for Nats {
         Ok(Releases {
             at_ms: crate::unix_time::now_ms(),
             events,
+            hosts,
         })
     }
+}
+
+/// A cell's releases, the desired one first.
+fn history(desired: &crate::deploy::Desired) -> Vec<VersionRow> {
+    let row = |release: &crate::deploy::Release, current| VersionRow {
+        version: release.version.clone(),
+        digest: release.digest.clone(),
+        signer: release.signer.clone(),
+        deployed_at_ms: release.deployed_at_ms,
+        replicas: release.replicas,
+        current,
+    };
+    std::iter::once(row(&desired.current, true))
+        .chain(desired.history.iter().map(|r| row(r, false)))
+        .collect()
 }
 
 fn served_remote(cell: &discovery::CellView) -> Served {

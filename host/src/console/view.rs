@@ -81,6 +81,23 @@ pub struct CellDetail {
     /// them (in process, or a cell with HTTP routes), else their ids.
     pub input: Option<serde_json::Value>,
     pub output: Option<serde_json::Value>,
+    /// The desired release and those before it, newest first (a lattice
+    /// only): what a rollback goes back to is the second.
+    pub history: Vec<VersionRow>,
+}
+
+/// One release of a cell, as its desired state keeps it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VersionRow {
+    pub version: String,
+    pub digest: String,
+    /// The key that signed the bundle, hex.
+    pub signer: Option<String>,
+    pub deployed_at_ms: u64,
+    /// Replicas wanted (`None`: every watching host).
+    pub replicas: Option<u32>,
+    /// Whether it is the desired release now.
+    pub current: bool,
 }
 
 /// One host's copy of the cell.
@@ -119,11 +136,24 @@ pub struct Flows {
     pub hops: Vec<crate::flows::Hop>,
 }
 
-/// The deploy history: the audit trail's events, newest first.
+/// The deploy history: the audit trail's events, newest first, and what
+/// each host accepts from deployments.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Releases {
     pub at_ms: u64,
     pub events: Vec<Release>,
+    pub hosts: Vec<HostPolicy>,
+}
+
+/// One host's policy for deployments.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostPolicy {
+    pub host: String,
+    /// Whether it follows deployments at all; a host that does not serves
+    /// only what it was started with.
+    pub watching: bool,
+    #[serde(flatten)]
+    pub policy: crate::discovery::Policy,
 }
 
 /// One audited change and what of it is proven.

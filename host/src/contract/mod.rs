@@ -2,6 +2,7 @@
 //! load and checked on every message in and out.
 
 pub mod compat;
+pub mod diff;
 
 use std::path::Path;
 

@@ -26,6 +26,7 @@
 pub mod downgrade;
 pub mod placement;
 pub mod placer;
+pub mod rollout;
 pub mod served;
 pub mod watcher;
 

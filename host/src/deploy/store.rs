@@ -15,7 +15,8 @@ use super::{BUNDLES, DESIRED, HOSTS, PLACEMENT, PLACER, SERVED, STATUS};
 use crate::bundle::Bundle;
 use crate::bus::kv::{self as bucket, Limits};
 
-/// The three buckets, created on first use.
+/// The buckets, created on first use; clones share the connection.
+#[derive(Clone)]
 pub struct Store {
     /// JetStream itself, for the consumer lag autoscaling reads.
     pub(crate) js: jetstream::Context,

@@ -117,6 +117,7 @@ async fn record_trust(body: &Body, host_id: &str, lattice: &Lattice) {
         proof: None,
         from: None,
         detail: format!("host {host_id}: {trusts}; {processes}"),
+        contract: None,
     };
     audit::record(&lattice.client, lattice.writer.as_ref(), change).await;
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cbs_host::bundle::KeyPair;
 use cbs_host::console::actions::Actions;
 use cbs_host::console::source::Nats;
 use cbs_host::console::{Console, Options};
@@ -31,7 +32,8 @@ pub struct ConsoleArgs {
     /// host, cell and error message of the lattice.
     #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Let signed-in users act from the console (replay dead letters).
+    /// Let signed-in users act from the console: replay dead letters,
+    /// deploy an uploaded bundle, roll back and undeploy cells.
     /// Needs --token-file or --jwks; each action is audited with the user
     /// who asked, as the console's NATS identity.
     #[arg(long)]
@@ -49,6 +51,11 @@ pub struct ConsoleArgs {
     /// With --jwks: the `iss` a JWT must carry.
     #[arg(long, value_name = "ISS", requires = "jwks")]
     jwt_issuer: Option<String>,
+    /// With --allow-actions: sign rollbacks with this key (as written by
+    /// `cbs keygen`), so hosts that require signed releases (--trust) go
+    /// back when a user rolls back from the console.
+    #[arg(long, value_name = "KEY", requires = "allow_actions")]
+    sign_rollbacks: Option<PathBuf>,
     /// How far back advice looks, in seconds: capacity refusals within
     /// it, a durable lag growing over it, no request for six of it.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
@@ -59,8 +66,14 @@ pub struct ConsoleArgs {
 
 pub async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let actions = actions(&args)?;
+    let key = args
+        .sign_rollbacks
+        .as_deref()
+        .map(KeyPair::read)
+        .transpose()
+        .context("--sign-rollbacks")?;
     let bus = args.nats.connect_client().await?;
-    let source = Nats::connect(bus, args.nats.options("")).await?;
+    let source = Nats::connect(bus, args.nats.options(""), key).await?;
     let options = Options {
         advice_window: Duration::from_secs(args.advice_window_secs.max(1)),
         actions,

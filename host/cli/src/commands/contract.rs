@@ -6,10 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use cbs_host::bundle::Bundle;
 use cbs_host::contract::compat::{self, Direction};
+use cbs_host::contract::diff::ContractDiff;
 use cbs_host::manifest::CellSpec;
 use clap::{Args, Subcommand};
-
-use crate::rollout;
 
 /// Contract tools.
 #[derive(Subcommand)]
@@ -43,18 +42,24 @@ pub fn run(command: ContractCommand) -> anyhow::Result<ExitCode> {
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let is_schema = |p: &PathBuf| p.extension().is_some_and(|e| e == "json") && p.is_file();
-    let breaks: Vec<(Direction, compat::Break)> = if is_schema(&args.old) && is_schema(&args.new) {
-        let direction = if args.output {
-            Direction::Output
+    let breaks: Vec<String> = if is_schema(&args.old) && is_schema(&args.new) {
+        let (direction, name) = if args.output {
+            (Direction::Output, "output")
         } else {
-            Direction::Input
+            (Direction::Input, "input ")
         };
         compat::check(&read_json(&args.old)?, &read_json(&args.new)?, direction)
             .into_iter()
-            .map(|b| (direction, b))
+            .map(|b| format!("{name} {b}"))
             .collect()
     } else {
-        rollout::contract_breaks(&bundle_of(&args.old)?, &bundle_of(&args.new)?)?
+        let (old, new) = (bundle_of(&args.old)?, bundle_of(&args.new)?);
+        let (old_schemas, new_schemas) = (old.schemas()?, new.schemas()?);
+        ContractDiff::between(
+            Some((&old_schemas, &old.manifest.version)),
+            (&new_schemas, &new.manifest.version),
+        )
+        .breaks
     };
     if breaks.is_empty() {
         println!(
@@ -65,8 +70,8 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("{} breaking change(s):", breaks.len());
-    for (direction, b) in &breaks {
-        println!("  {} {b}", rollout::direction_name(*direction));
+    for b in &breaks {
+        println!("  {b}");
     }
     Ok(ExitCode::FAILURE)
 }

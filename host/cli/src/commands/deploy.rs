@@ -14,8 +14,8 @@ use cbs_host::platform;
 use clap::Args;
 
 use crate::args::{parse_label, NatsArgs};
-use crate::report::{report, summary};
-use crate::rollout::{self, Consent, Scale, Targets};
+use crate::report::{notes, report};
+use cbs_host::deploy::rollout::{self, Consent, Scale, Targets};
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
 /// and wait until they serve it.
@@ -132,7 +132,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         bundle.manifest.version,
         bundle.digest()
     );
-    let outcome = rollout::deploy(
+    let rolled = rollout::deploy(
         bus.client(),
         &store,
         &bundle,
@@ -159,6 +159,8 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         wait,
     )
     .await?;
+    notes(&rolled.notes);
+    let outcome = rolled.outcome;
     let change = Change {
         action: Action::Deploy,
         cell: &bundle.manifest.cell,
@@ -167,7 +169,8 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         key: bundle.signer(),
         proof: bundle.signature(),
         from: None,
-        detail: summary(&outcome),
+        detail: outcome.summary(),
+        contract: rolled.contract,
     };
     audit::record(bus.client(), args.nats.options("").as_ref(), change).await;
     Ok(report(

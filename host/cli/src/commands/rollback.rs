@@ -10,8 +10,8 @@ use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
 use crate::args::NatsArgs;
-use crate::report::{report, summary};
-use crate::rollout;
+use crate::report::{notes, report};
+use cbs_host::deploy::rollout;
 
 /// Make the previous release of a cell the desired one again.
 #[derive(Args)]
@@ -34,9 +34,10 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let key = args.sign.as_deref().map(KeyPair::read).transpose()?;
     let (bus, store) = args.nats.open_store().await?;
     let wait = Some(Duration::from_millis(args.wait_ms));
-    let (release, outcome) =
-        rollout::rollback(bus.client(), &store, &args.cell_id, key.as_ref(), wait).await?;
+    let rolled = rollout::rollback(bus.client(), &store, &args.cell_id, key.as_ref(), wait).await?;
+    let (release, outcome) = (rolled.release, rolled.outcome);
     eprintln!("rolling {} back to {}", args.cell_id, release.version);
+    notes(&rolled.notes);
     let grant = release.rollback.as_ref();
     let change = Change {
         action: Action::Rollback,
@@ -46,7 +47,8 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         key: grant.map(|g| g.signer.as_str()),
         proof: grant.map(|g| g.signature.as_str()),
         from: grant.map(|g| g.from.as_str()),
-        detail: summary(&outcome),
+        detail: outcome.summary(),
+        contract: None,
     };
     audit::record(bus.client(), args.nats.options("").as_ref(), change).await;
     Ok(report(&args.cell_id, &release.version, outcome))

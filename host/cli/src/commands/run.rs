@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cbs_host::bundle::PublicKey;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::nats::NatsBus;
 use cbs_host::bus::BodyBus;
@@ -247,9 +248,18 @@ async fn connect(
         // Deploys read the labels to know which hosts serve a release
         // that asks for some (native code: its platform).
         let labels = serde_json::to_string(&host::labels(args.label.iter().cloned()))?;
+        let policy = discovery::Policy {
+            trusted_keys: args
+                .trust
+                .iter()
+                .map(|arg| PublicKey::parse_arg(arg).map(|k| k.to_hex()))
+                .collect::<anyhow::Result<_>>()?,
+            process_bundles: args.allow_process_bundles,
+        };
         nats = nats
             .with_metadata("watch", "true")
-            .with_metadata(discovery::LABELS, &labels);
+            .with_metadata(discovery::LABELS, &labels)
+            .with_metadata(discovery::POLICY, &serde_json::to_string(&policy)?);
         nats.register().await?;
     }
     let client = nats.client().clone();

@@ -1,18 +1,24 @@
 //! `cbs undeploy`: watching hosts stop serving a cell.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use cbs_host::audit::{self, Action, Change};
+use cbs_host::deploy::rollout;
 use cbs_host::manifest::check_cell_id;
 use clap::Args;
 
 use crate::args::NatsArgs;
 
-/// Stop serving a deployed cell on every watching host.
+/// Stop serving a deployed cell on every watching host, and wait until
+/// each host that served it has drained it and stopped.
 #[derive(Args)]
 pub struct UndeployArgs {
     /// The cell id, e.g. logic.greet.
     cell_id: String,
+    /// How long to wait for the hosts to stop it, in ms (0: do not wait).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    wait_ms: u64,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -20,28 +26,32 @@ pub struct UndeployArgs {
 pub async fn run(args: UndeployArgs) -> anyhow::Result<ExitCode> {
     check_cell_id(&args.cell_id)?;
     let (bus, store) = args.nats.open_store().await?;
-    let Some(desired) = store.desired(&args.cell_id).await? else {
+    let wait = Duration::from_millis(args.wait_ms);
+    let Some(stopped) = rollout::undeploy(&store, &args.cell_id, wait).await? else {
         eprintln!(
             "error: cell {} is not deployed (see `cbs ls`)",
             args.cell_id
         );
         return Ok(ExitCode::FAILURE);
     };
-    store.remove_desired(&args.cell_id).await?;
+    let detail = rollout::stopped_summary(&stopped);
     let change = Change {
         action: Action::Undeploy,
         cell: &args.cell_id,
-        version: Some(&desired.current.version),
-        digest: Some(&desired.current.digest),
+        version: Some(&stopped.release.version),
+        digest: Some(&stopped.release.digest),
         key: None,
         proof: None,
         from: None,
-        detail: String::new(),
+        detail: detail.clone(),
+        contract: None,
     };
     audit::record(bus.client(), args.nats.options("").as_ref(), change).await;
-    println!(
-        "{} undeployed: watching hosts stop serving it",
-        args.cell_id
-    );
-    Ok(ExitCode::SUCCESS)
+    println!("{} undeployed: {detail}", args.cell_id);
+    let confirmed = args.wait_ms == 0 || stopped.pending.is_empty();
+    Ok(if confirmed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

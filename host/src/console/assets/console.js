@@ -19,6 +19,11 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Draws a view: its parts in order, lists flattened, absent ones skipped.
+function show(...parts) {
+  view.replaceChildren(...parts.flat().filter((p) => p !== null && p !== undefined));
+}
+
 function table(headers, rows, caption) {
   return el("table", {},
     caption ? el("caption", { class: "muted" }, caption) : null,
@@ -78,7 +83,7 @@ function drawLattice(data) {
       el("td", {}, state));
   });
   remember(data.at_ms, counts);
-  view.replaceChildren(
+  show(
     el("h1", {}, data.source === "nats" ? "Lattice" : "Host"),
     el("h2", { id: "hosts" }, `Hosts (${data.hosts.length})`),
     table([["Host"], ["Labels"], ["Follows"], ["Cells", "num"], ["Requests/s", "num"], ["Errors", "num"]], hostRows),
@@ -130,7 +135,7 @@ function drawCell(data) {
     el("tr", {}, el("td", {}, h.host), el("td", {}, target),
       el("td", {}, badge(state, state === "open" ? "bad" : state === "closed" ? "ok" : "warn")))));
   remember(data.at_ms, counts);
-  view.replaceChildren(
+  show(
     el("h1", {}, "Cell ", el("code", {}, data.id), data.desired ? el("span", { class: "muted" }, ` desired ${data.desired}`) : null),
     el("h2", {}, "On each host"),
     table([["Host"], ["Version"], ["Requests/s", "num"], ["Requests", "num"], ["Errors", "num"], ["By code"],
@@ -138,6 +143,9 @@ function drawCell(data) {
     data.hosts.some((h) => h.durable)
       ? el("p", {}, el("a", { href: `/cells/${encodeURIComponent(data.id)}/dead-letters` }, "Dead letters"))
       : null,
+    cellActions(data),
+    panel,
+    drawHistory(data.history),
     el("h2", {}, "Circuit breakers"),
     breakers.length ? table([["Host"], ["Target"], ["State"]], breakers) : el("p", { class: "muted" }, "no calls out"),
     el("h2", {}, "Contract: input"),
@@ -154,6 +162,7 @@ function when(ms) {
 // user's token stays in this tab (sessionStorage) and goes in the
 // Authorization header, never a cookie.
 let actionsEnabled = false;
+let releasesEnabled = false;
 const session = document.getElementById("session");
 function token() {
   return sessionStorage.getItem("cbs-token");
@@ -165,7 +174,7 @@ function drawSession() {
   }
   if (token()) {
     const out = el("button", { type: "button", id: "sign-out" }, "sign out");
-    out.addEventListener("click", () => { sessionStorage.removeItem("cbs-token"); drawSession(); });
+    out.addEventListener("click", () => { sessionStorage.removeItem("cbs-token"); drawSession(); redraw(); });
     session.replaceChildren(el("span", {}, "signed in "), out);
     return;
   }
@@ -175,10 +184,16 @@ function drawSession() {
     event.preventDefault();
     if (input.value) sessionStorage.setItem("cbs-token", input.value);
     drawSession();
+    redraw();
   });
   session.replaceChildren(form);
 }
-fetch("/api/actions").then((r) => r.json()).then((a) => { actionsEnabled = a.enabled; drawSession(); });
+fetch("/api/actions").then((r) => r.json()).then((a) => {
+  actionsEnabled = a.enabled;
+  releasesEnabled = a.releases;
+  drawSession();
+  redraw();
+});
 
 // POSTs an action; says its outcome in the status line.
 async function act(path, body, what) {
@@ -190,6 +205,98 @@ async function act(path, body, what) {
   const answer = await response.json().catch(() => ({}));
   status.className = response.ok ? "" : "bad";
   status.textContent = response.ok ? `${what}: done (${(answer.replayed || []).join(", ")})` : `${what}: ${answer.detail || response.status}`;
+}
+
+// What a release action did, kept across the view's redraws.
+const panel = el("section", { id: "outcome", "aria-live": "polite", "aria-label": "Outcome" });
+
+// Sends a release action (a bundle's bytes, or nothing); returns the
+// answer, or shows why it was refused and returns null.
+async function release(path, bytes, what) {
+  status.className = "";
+  status.textContent = `${what}…`;
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/octet-stream", Authorization: `Bearer ${token() || ""}` },
+    body: bytes,
+  });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    status.className = "bad";
+    status.textContent = `${what}: ${answer.detail || response.status}`;
+    panel.replaceChildren(el("p", { class: "bad", id: "refused" }, `${what} refused: ${answer.detail || response.status}`));
+    return null;
+  }
+  status.textContent = `${what}: ${answer.result || "checked"}`;
+  return answer;
+}
+
+function contractView(contract) {
+  if (!contract) return null;
+  const kind = contract.verdict === "breaking" ? "bad" : contract.verdict === "new_major" ? "warn" : "ok";
+  const lines = contract.changes.concat(contract.more ? [`… and ${contract.more} more`] : []);
+  return el("div", { class: "contract" },
+    "Contract: ", badge(contract.verdict.replace(/_/g, " "), kind),
+    contract.breaks.length ? el("ul", { class: "breaks" }, contract.breaks.map((b) => el("li", {}, el("code", {}, b)))) : null,
+    lines.length ? el("details", {}, el("summary", {}, `${contract.changes.length + contract.more} change(s)`),
+      el("pre", {}, lines.join("\n"))) : null);
+}
+
+// An action's outcome on each host.
+function drawActed(acted) {
+  const rows = acted.hosts.map((h) => el("tr", { "data-host": h.host, "data-outcome": h.outcome },
+    el("td", {}, h.host),
+    el("td", {}, badge(h.outcome.replace(/_/g, " "), ["serving", "stopped"].includes(h.outcome) ? "ok" : "bad")),
+    el("td", {}, h.error || "")));
+  panel.replaceChildren(...[
+    el("h2", {}, `${acted.action} ${acted.cell} ${acted.version}: `, badge(acted.result.replace(/_/g, " "),
+      ["serving", "stopped"].includes(acted.result) ? "ok" : "bad")),
+    el("p", { class: "muted" }, `${acted.summary} · by ${acted.by}`),
+    rows.length ? table([["Host"], ["Outcome"], ["Error"]], rows) : null,
+    acted.notes.map((n) => el("p", { class: "warn" }, n)),
+    contractView(acted.contract)].flat().filter((p) => p));
+}
+
+// Rollback and undeploy of a deployed cell, each confirmed first. The
+// buttons are made once and relabelled on each redraw, so a click never
+// lands on a button the next snapshot replaced.
+const cellActions = (() => {
+  let data = null;
+  const back = el("button", { type: "button", id: "rollback" });
+  const stop = el("button", { type: "button", id: "undeploy", class: "danger" }, "Undeploy");
+  back.addEventListener("click", async () => {
+    const [id, from, to] = [data.id, data.desired, data.history[1].version];
+    if (!confirm(`Roll ${id} back from ${from} to ${to} on every host?`)) return;
+    const acted = await release(`/api/cells/${encodeURIComponent(id)}/rollback`, null, `rollback ${id}`);
+    if (acted) drawActed(acted);
+  });
+  stop.addEventListener("click", async () => {
+    const id = data.id;
+    if (!confirm(`Undeploy ${id}? Every host stops serving it.`)) return;
+    const acted = await release(`/api/cells/${encodeURIComponent(id)}/undeploy`, null, `undeploy ${id}`);
+    if (acted) drawActed(acted);
+  });
+  const bar = el("p", { class: "actions" }, back, stop);
+  return (latest) => {
+    data = latest;
+    if (!releasesEnabled || !token() || !data.desired) return null;
+    const previous = data.history[1];
+    back.hidden = !previous;
+    back.textContent = previous ? `Roll back to ${previous.version}` : "";
+    return bar;
+  };
+})();
+
+function drawHistory(history) {
+  if (!history.length) return null;
+  const rows = history.map((r) => el("tr", { "data-version": r.version, class: r.current ? "current" : null },
+    el("td", {}, r.version, r.current ? " " : null, r.current ? badge("desired", "ok") : null),
+    el("td", {}, when(r.deployed_at_ms)),
+    el("td", {}, el("code", {}, r.digest.slice(0, 19))),
+    el("td", {}, r.signer ? el("code", {}, r.signer.slice(0, 16)) : el("span", { class: "muted" }, "unsigned")),
+    el("td", { class: "num" }, r.replicas === null ? "all" : r.replicas)));
+  return [el("h2", {}, "Versions"),
+    table([["Version"], ["Deployed"], ["Digest"], ["Signed by"], ["Replicas", "num"]], rows)];
 }
 
 function drawDeadLetters(data) {
@@ -227,7 +334,7 @@ function drawDeadLetters(data) {
       }
     });
   }
-  view.replaceChildren(
+  show(
     el("h1", {}, "Dead letters of ", cellLink(data.cell)),
     data.letters.length
       ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], [""]], rows)
@@ -257,7 +364,7 @@ function drawFailedFlows(data) {
     el("td", {}, cellLink(h.cell)),
     el("td", {}, flowLink(h.correlation_id)),
     el("td", {}, outcomeBadge(h.outcome), " ", h.error || "")));
-  view.replaceChildren(
+  show(
     el("h1", {}, "Failed flows"),
     data.hops.length
       ? table([["Started"], ["Host"], ["Cell"], ["Flow"], ["Error"]], rows)
@@ -268,7 +375,7 @@ function drawFailedFlows(data) {
 function drawFlow(data) {
   const hops = data.hops;
   if (!hops.length) {
-    view.replaceChildren(el("h1", {}, "Flow ", el("code", {}, data.correlation_id)),
+    show(el("h1", {}, "Flow ", el("code", {}, data.correlation_id)),
       el("p", {}, "No host remembers this flow (hosts keep their recent hops only)."));
     return;
   }
@@ -291,7 +398,7 @@ function drawFlow(data) {
       el("td", { class: "timeline" }, bar),
       el("td", {}, h.error || ""));
   });
-  view.replaceChildren(
+  show(
     el("h1", {}, "Flow ", el("code", {}, data.correlation_id)),
     el("p", { class: "muted" }, `${hops.length} hop(s) from ${when(start)}`),
     table([["Offset", "num"], ["Host"], ["Cell"], ["Version"], ["Duration", "num"], ["Outcome"], ["Timeline"], ["Error"]], rows));
@@ -302,14 +409,67 @@ function drawAdvice(data) {
     el("h2", {}, badge(a.kind.replace(/_/g, " "), "warn"), " ", a.title),
     el("p", {}, a.evidence),
     el("p", {}, "Apply: ", el("code", {}, a.command))));
-  view.replaceChildren(
+  show(
     el("h1", {}, "Advice"),
     el("p", { class: "muted" }, `From ${data.history_secs} s of samples; refusals and lag growth over the last ${data.window_secs} s.`),
     items.length ? el("ul", { class: "advice-list" }, items) : el("p", { id: "no-advice" }, "No advice: nothing measured calls for a change."));
 }
 
+// Deploying an uploaded bundle: check it (the contract gate's verdict),
+// then deploy it, confirmed. Built once: the file chosen survives redraws.
+const deployForm = (() => {
+  const file = el("input", { type: "file", id: "bundle", accept: ".cbs", "aria-label": "Bundle" });
+  const check = el("button", { type: "submit" }, "Check");
+  const form = el("form", { id: "deploy-form" }, el("label", { for: "bundle" }, "Bundle (.cbs) "), file, " ", check);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!file.files.length) return;
+    const bytes = await file.files[0].arrayBuffer();
+    const preview = await release("/api/deploy/preview", bytes, "check");
+    if (preview) drawPreview(preview, bytes);
+  });
+  return form;
+})();
+
+function drawPreview(preview, bytes) {
+  const breaking = preview.contract.verdict === "breaking";
+  const force = el("input", { type: "checkbox", id: "force" });
+  const go = el("button", { type: "button", id: "deploy" }, `Deploy ${preview.cell} ${preview.version}`);
+  go.addEventListener("click", async () => {
+    const forced = breaking && force.checked;
+    if (breaking && !forced) {
+      status.className = "bad";
+      status.textContent = "the contract breaks the deployed one: bump the major version, or force it";
+      return;
+    }
+    const from = preview.deployed ? ` (replacing ${preview.deployed})` : "";
+    if (!confirm(`Deploy ${preview.cell} ${preview.version}${from} to its hosts?`)) return;
+    const acted = await release(`/api/deploy${forced ? "?force=true" : ""}`, bytes, `deploy ${preview.cell}`);
+    if (acted) drawActed(acted);
+  });
+  panel.replaceChildren(...[
+    el("h2", {}, `${preview.cell} ${preview.version}`),
+    el("p", {}, preview.deployed ? `Deployed now: ${preview.deployed}` : "Not deployed yet: its first release.",
+      " Digest ", el("code", {}, preview.digest.slice(0, 19)), " · ",
+      preview.signer ? ["signed by ", el("code", {}, preview.signer.slice(0, 16))] : "unsigned"),
+    contractView(preview.contract),
+    breaking ? el("p", {}, force, el("label", { for: "force" }, " deploy anyway (--force)")) : null,
+    el("p", {}, go)].filter((p) => p));
+}
+
+function drawPolicies(hosts) {
+  const rows = hosts.map((h) => el("tr", { "data-host": h.host },
+    el("td", {}, h.host),
+    el("td", {}, h.watching ? badge("watching", "ok") : el("span", { class: "muted" }, "static")),
+    el("td", {}, !h.watching ? "" : h.trusted_keys.length
+      ? h.trusted_keys.map((k) => el("code", { class: "key" }, k.slice(0, 16)))
+      : badge("any bundle, unsigned", "warn")),
+    el("td", {}, h.watching ? (h.process_bundles ? badge("processes allowed", "warn") : "wasm only") : "")));
+  return rows.length ? table([["Host"], ["Follows"], ["Trusted keys"], ["Bundles"]], rows) : el("p", { class: "muted" }, "No host answers.");
+}
+
 function drawReleases(data) {
-  const rows = data.events.map((e) => el("tr", { "data-check": e.check },
+  const rows = data.events.map((e) => el("tr", { "data-check": e.check, "data-action": e.action },
     el("td", {}, when(e.stored_ms)),
     el("td", {}, e.action),
     el("td", {}, e.cell === "*" ? "every cell" : cellLink(e.cell)),
@@ -319,25 +479,45 @@ function drawReleases(data) {
     el("td", {}, e.key ? el("code", {}, e.key.slice(0, 16)) : ""),
     el("td", {}, badge(e.check, e.check === "verified" ? "ok" : e.check === "bad" ? "bad" : ""),
       e.problems.length ? el("div", { class: "muted" }, e.problems.join("; ")) : null),
+    el("td", {}, contractView(e.contract)),
     el("td", {}, e.detail || "")));
-  view.replaceChildren(
+  const deploying = releasesEnabled && token()
+    ? [el("h2", {}, "Deploy a bundle"), deployForm, panel]
+    : null;
+  show(
     el("h1", {}, "Releases"),
+    deploying,
+    el("h2", {}, "Hosts' policy"),
+    drawPolicies(data.hosts),
+    el("h2", {}, "History"),
     data.events.length
-      ? table([["Stored"], ["Action"], ["Cell"], ["Version"], ["Digest"], ["User"], ["Key"], ["Check"], ["Detail"]], rows)
+      ? table([["Stored"], ["Action"], ["Cell"], ["Version"], ["Digest"], ["User"], ["Key"], ["Check"], ["Contract"], ["Detail"]], rows)
       : el("p", {}, "No audited changes (the audit trail is on NATS: cbs console --nats URL)."));
 }
+
+// Draws the current view again (after signing in or out).
+let redraw = () => {};
 
 function follow(path, draw, title) {
   document.title = `${title} · CBS console`;
   const source = new EventSource(path);
+  let last = null;
   source.addEventListener("snapshot", (event) => {
-    draw(JSON.parse(event.data));
+    // Views read every few seconds arrive unchanged in between: a redraw
+    // would only replace the buttons under the pointer.
+    if (event.data !== last) {
+      last = event.data;
+      const data = JSON.parse(event.data);
+      redraw = () => draw(data);
+      redraw();
+    }
     view.setAttribute("aria-busy", "false");
     status.className = "";
     status.textContent = `live · ${new Date().toLocaleTimeString()}`;
   });
   source.addEventListener("missing", () => {
-    view.replaceChildren(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
+    last = null;
+    show(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
     view.setAttribute("aria-busy", "false");
   });
   source.addEventListener("problem", (event) => {
