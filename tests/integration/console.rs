@@ -212,6 +212,86 @@ async fn a_dead_letter_shows_with_its_error_and_its_message_on_inspection() {
     browser.close().await;
 }
 
+/// On one host in process (`cbs-host run --console`), a signed-in user
+/// replays a dead letter from the page once the cell it called serves: the
+/// message goes back into the embedded store and is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_replayed_from_the_page_in_process() {
+    const CELL: &str = "test.durable";
+    let cell = CellToml::faulty(CELL)
+        .durable(DurableSpec {
+            max_deliver: 1,
+            ..DurableSpec::default()
+        })
+        .calls(&["logic.greet"])
+        .write();
+    let users = cbs_host::http::auth::Authenticator::new(
+        vec!["s3cret".into()],
+        None,
+        cbs_host::http::auth::JwtRules::default(),
+    )
+    .unwrap();
+    let actions = cbs_host::console::actions::Actions::new(users).unwrap();
+    let options = cbs_host::console::Options {
+        actions: Some(Arc::new(actions)),
+        ..Default::default()
+    };
+    let builder = cbs_tests::builder(Arc::new(LocalBus::new()))
+        .console("127.0.0.1:0".parse().unwrap(), options);
+    let host = TestHost::start(builder, &[cell.path().to_path_buf()]).await;
+    let base = format!("http://{}", host.host.console_addr().unwrap());
+    let call = json!({"action": "call", "cell": "logic.greet", "payload": {"name": "Ada"}});
+    let message = envelope_to(CELL, &call);
+    let log = host.body().durable().clone();
+    log.publish(
+        "cbs-durable.test.durable",
+        &message.id,
+        message.to_vec().into(),
+    )
+    .await
+    .unwrap();
+    eventually(SHOWN, "the dead letter", || async {
+        match log
+            .dead_letters(CELL)
+            .await
+            .map_err(|e| e.to_string())?
+            .len()
+        {
+            1 => Ok(()),
+            n => Err(format!("{n} dead letters")),
+        }
+    })
+    .await;
+    // The fix: the cell it calls is served now.
+    let greet = host.body().load(&greet()).await.unwrap();
+    host.body().serve(greet).await.unwrap();
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{base}/cells/{CELL}/dead-letters"))
+        .await;
+    browser
+        .wait_for_text(SHOWN, "the dead letter", |page| page.contains(&message.id))
+        .await;
+    browser.sign_in("s3cret").await;
+    browser.click("button.replay", SHOWN).await;
+    browser
+        .wait_for_text(SHOWN, "no dead letter left", |page| {
+            page.contains("No dead letters.")
+        })
+        .await;
+    let handled = host.cell(CELL);
+    eventually(SHOWN, "the replayed message handled", || async {
+        match handled.stats.requests() - handled.stats.errors() {
+            0 => Err(format!("{}", handled.stats.to_json())),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    assert_same_origin(&browser, &base).await;
+    browser.close().await;
+}
+
 /// The releases view lists the audit trail: a watching host's trust
 /// record, checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -293,6 +293,45 @@ pub async fn a_kept_message_is_delivered_no_more(log: Arc<dyn DurableLog>) {
     );
 }
 
+/// A replayed dead letter is published again on its subject, delivered
+/// like any message, and gone from the dead letters; another cell's
+/// letter, or one already replayed, is refused.
+pub async fn a_replayed_dead_letter_is_delivered_again_and_gone(log: Arc<dyn DurableLog>) {
+    let c = log
+        .open(
+            &stream("REPLAY", "cbs-durable.r.x", Keep::WorkQueue),
+            &consumer("c"),
+        )
+        .await
+        .unwrap();
+    let letter = DeadLetter {
+        cell: "r.x".to_owned(),
+        subject: "cbs-durable.r.x".to_owned(),
+        stream: "REPLAY".to_owned(),
+        stream_seq: 1,
+        delivered: 5,
+        message: serde_json::json!({"id": "m1", "payload": {"n": 1}}),
+        error: BusError::new(ErrorCode::CellFailed, "boom"),
+        body_in_original: false,
+    };
+    log.dead_letter(&letter).await.unwrap();
+    let kept = log.dead_letters("r.x").await.unwrap();
+    let seq = kept[0].0;
+    assert!(
+        log.replay("other.cell", seq).await.is_err(),
+        "not its letter"
+    );
+    let replayed = log.replay("r.x", seq).await.unwrap();
+    assert_eq!(replayed.message["id"], "m1");
+    let d = must_next(&*c).await;
+    let body: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+    assert_eq!(body, letter.message);
+    assert_eq!(d.delivered, 1, "a new message, counted afresh");
+    d.settle(Settle::Ack).await.unwrap();
+    assert!(log.dead_letters("r.x").await.unwrap().is_empty());
+    assert!(log.replay("r.x", seq).await.is_err(), "replayed once");
+}
+
 /// One `#[tokio::test]` per case for a store factory.
 macro_rules! durable_suite {
     ($store:ident, $make:expr) => {
@@ -305,7 +344,8 @@ macro_rules! durable_suite {
                 term_and_max_deliver_end_a_message,
                 an_interest_stream_gives_each_consumer_every_event,
                 a_subject_no_stream_takes_is_unavailable, dead_letters_are_kept_per_cell,
-                streams_may_not_take_the_same_subjects, a_kept_message_is_delivered_no_more);
+                streams_may_not_take_the_same_subjects, a_kept_message_is_delivered_no_more,
+                a_replayed_dead_letter_is_delivered_again_and_gone);
         }
     };
     (@case $make:expr; $($case:ident),*) => {

@@ -17,6 +17,7 @@ use crate::bus::nats::NatsBus;
 use crate::bus::BodyBus;
 use crate::deploy::Store;
 use crate::discovery;
+use crate::durable::jetstream::JetStreamLog;
 
 /// What the console reads.
 #[async_trait]
@@ -50,10 +51,7 @@ pub trait Source: Send + Sync {
         cell: &str,
         seqs: Option<Vec<u64>>,
         user: &str,
-    ) -> anyhow::Result<Vec<u64>> {
-        let _ = (cell, seqs, user);
-        anyhow::bail!("replaying dead letters needs a lattice on NATS (cbs console --nats URL)")
-    }
+    ) -> anyhow::Result<Vec<u64>>;
 }
 
 /// The most dead letters a view shows.
@@ -83,6 +81,37 @@ async fn ask_flows(bus: &dyn BodyBus, correlation_id: Option<&str>) -> anyhow::R
         correlation_id: correlation_id.map(str::to_owned),
         hops,
     })
+}
+
+/// Replays dead letters `seqs` of `cell` (`None`: all, at most
+/// [`super::actions::MAX_REPLAY`]) in order, stopping at the first that
+/// fails: the sequences replayed, and that failure.
+async fn replay_each(
+    log: &dyn crate::durable::DurableLog,
+    cell: &str,
+    seqs: Option<Vec<u64>>,
+) -> anyhow::Result<(Vec<u64>, Option<anyhow::Error>)> {
+    let seqs = match seqs {
+        Some(seqs) => seqs,
+        None => log
+            .dead_letters(cell)
+            .await?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .take(super::actions::MAX_REPLAY)
+            .collect(),
+    };
+    let mut replayed = Vec::new();
+    for seq in seqs {
+        if let Err(e) = log.replay(cell, seq).await {
+            return Ok((
+                replayed,
+                Some(e.context(format!("dead letter {seq} of {cell}"))),
+            ));
+        }
+        replayed.push(seq);
+    }
+    Ok((replayed, None))
 }
 
 fn letters(cell: &str, all: Vec<(u64, crate::durable::DeadLetter)>) -> DeadLetters {
@@ -167,6 +196,21 @@ impl Source for Local {
 
     async fn flows(&self, correlation_id: Option<&str>) -> anyhow::Result<Flows> {
         ask_flows(self.body()?.bus().as_ref(), correlation_id).await
+    }
+
+    /// One host has no audit trail: its log says who replayed what.
+    async fn replay(
+        &self,
+        cell: &str,
+        seqs: Option<Vec<u64>>,
+        user: &str,
+    ) -> anyhow::Result<Vec<u64>> {
+        let log = self.body()?.durable().clone();
+        let (replayed, failed) = replay_each(log.as_ref(), cell, seqs).await?;
+        if !replayed.is_empty() {
+            tracing::info!(%cell, %user, seqs = ?replayed, "dead letters replayed from the console");
+        }
+        failed.map_or(Ok(replayed), Err)
     }
 
     async fn releases(&self) -> anyhow::Result<Releases> {
@@ -357,35 +401,13 @@ impl Source for Nats {
         seqs: Option<Vec<u64>>,
         user: &str,
     ) -> anyhow::Result<Vec<u64>> {
-        let js = async_nats::jetstream::new(self.client.clone());
-        let seqs = match seqs {
-            Some(seqs) => seqs,
-            None => crate::durable::dead_letters(&js, cell)
-                .await?
-                .into_iter()
-                .map(|(seq, _)| seq)
-                .take(super::actions::MAX_REPLAY)
-                .collect(),
-        };
-        let mut replayed = Vec::new();
-        let mut failed = None;
-        for seq in &seqs {
-            match crate::durable::replay(&js, cell, *seq).await {
-                Ok(_) => replayed.push(*seq),
-                Err(e) => {
-                    failed = Some(e.context(format!("dead letter {seq} of {cell}")));
-                    break;
-                }
-            }
-        }
+        let log = JetStreamLog::new(async_nats::jetstream::new(self.client.clone()));
+        let (replayed, failed) = replay_each(&log, cell, seqs).await?;
         // What was replayed is audited, also when a later one failed.
         if !replayed.is_empty() {
             self.audit_replay(cell, &replayed, user).await;
         }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        Ok(replayed)
+        failed.map_or(Ok(replayed), Err)
     }
 
     async fn releases(&self) -> anyhow::Result<Releases> {

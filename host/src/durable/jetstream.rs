@@ -133,6 +133,10 @@ impl DurableLog for JetStreamLog {
         dead_letters(&self.js, cell).await
     }
 
+    async fn replay(&self, cell: &str, seq: u64) -> anyhow::Result<DeadLetter> {
+        replay(&self.js, cell, seq).await
+    }
+
     fn reaches_core_subscribers(&self) -> bool {
         true
     }
@@ -347,21 +351,15 @@ pub async fn replay(js: &jetstream::Context, cell: &str, seq: u64) -> anyhow::Re
         anyhow::bail!("dead letter {seq} is not one of cell {cell}'s: see `cbs dlq ls {cell}`");
     }
     let letter: DeadLetter = serde_json::from_slice(&raw.payload)?;
-    let (id, bytes) = if letter.body_in_original {
-        original(js, &letter, seq).await?
-    } else {
-        let id = letter.message["id"]
-            .as_str()
-            .unwrap_or("message")
-            .to_owned();
-        let bytes = match &letter.message {
-            serde_json::Value::String(text) => text.clone().into_bytes(),
-            other => serde_json::to_vec(other)?,
-        };
-        (id, Bytes::from(bytes))
+    let (msg_id, bytes) = match letter.replayed(seq)? {
+        Some((msg_id, bytes)) => (msg_id, Bytes::from(bytes)),
+        None => {
+            let (id, bytes) = original(js, &letter, seq).await?;
+            (format!("{id}.replay.{seq}"), bytes)
+        }
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", format!("{id}.replay.{seq}").as_str());
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
     let ack = js
         .publish_with_headers(letter.subject.clone(), headers, bytes)
         .await

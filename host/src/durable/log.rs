@@ -145,6 +145,10 @@ pub trait DurableLog: Send + Sync {
     /// The dead letters of `cell`, oldest first, with their sequence.
     async fn dead_letters(&self, cell: &str) -> anyhow::Result<Vec<(u64, DeadLetter)>>;
 
+    /// Publishes dead letter `seq` of `cell` again on the subject it was
+    /// first published to, then removes it (`cbs dlq replay`).
+    async fn replay(&self, cell: &str, seq: u64) -> anyhow::Result<DeadLetter>;
+
     /// Whether [`DurableLog::publish`] also reaches core subscribers of
     /// the subject (JetStream: the publish is a NATS message), so the
     /// caller need not publish it on the bus as well.

@@ -99,6 +99,22 @@ impl DeadLetter {
     pub fn id(&self) -> String {
         format!("{}.{}.{}", self.stream, self.stream_seq, self.delivered)
     }
+
+    /// The message a replay of dead letter `seq` publishes again, with the
+    /// id it is deduplicated by (one per letter, so a replay retried is
+    /// stored once); `None` when the letter kept no message (it stayed in
+    /// its stream).
+    pub fn replayed(&self, seq: u64) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+        if self.body_in_original {
+            return Ok(None);
+        }
+        let id = self.message["id"].as_str().unwrap_or("message");
+        let bytes = match &self.message {
+            serde_json::Value::String(text) => text.clone().into_bytes(),
+            other => serde_json::to_vec(other)?,
+        };
+        Ok(Some((format!("{id}.replay.{seq}"), bytes)))
+    }
 }
 
 /// What to do with a delivered message after the cell ran.

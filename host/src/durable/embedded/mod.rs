@@ -147,6 +147,19 @@ impl DurableLog for EmbeddedLog {
         tokio::task::spawn_blocking(move || store.dead_letters(&subject)).await?
     }
 
+    /// In one transaction: the message back in the stream that takes its
+    /// subject, and the letter gone.
+    async fn replay(&self, cell: &str, seq: u64) -> anyhow::Result<DeadLetter> {
+        let store = self.store().await?.clone();
+        let sweep = store.sweep_due();
+        let cell = cell.to_owned();
+        let letter = store
+            .write(move |_, tx| Store::replay_dead_letter(tx, &cell, seq, sweep))
+            .await?;
+        store.changed.notify_waiters();
+        Ok(letter)
+    }
+
     fn reaches_core_subscribers(&self) -> bool {
         false
     }

@@ -14,7 +14,9 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use super::store::{matches, Store, CONSUMERS, DEDUP, LAST_SEQ, META, PAYLOADS, PENDING, STREAMS};
 use crate::bus::subject::Pattern;
 use crate::durable::log::Keep;
-use crate::durable::{ConsumerSpec, DeadLetter, Published, Settle, StreamSpec, DLQ_STREAM};
+use crate::durable::{
+    dlq_subject, ConsumerSpec, DeadLetter, Published, Settle, StreamSpec, DLQ_STREAM,
+};
 use crate::unix_time::now_ms;
 
 /// The delivery count of a message given up but kept (a dead letter
@@ -92,6 +94,43 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Publishes dead letter `seq` of `cell` again on its original
+    /// subject, and drops it.
+    pub(super) fn replay_dead_letter(
+        tx: &WriteTransaction,
+        cell: &str,
+        seq: u64,
+        sweep: bool,
+    ) -> anyhow::Result<DeadLetter> {
+        let subject = dlq_subject(cell);
+        let missing = || anyhow::anyhow!("no dead letter {seq} of {cell}: see `cbs dlq ls {cell}`");
+        let kept = tx
+            .open_table(META)?
+            .get((DLQ_STREAM, seq))?
+            .map(|v| v.value().0 == subject);
+        if kept != Some(true) {
+            return Err(missing());
+        }
+        let bytes = tx
+            .open_table(PAYLOADS)?
+            .get((DLQ_STREAM, seq))?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(missing)?;
+        let letter: DeadLetter = serde_json::from_slice(&bytes)?;
+        let Some((msg_id, message)) = letter.replayed(seq)? else {
+            anyhow::bail!("dead letter {seq} kept no message to replay");
+        };
+        let Some(stream) = Self::stream_taking(tx, &letter.subject)? else {
+            anyhow::bail!(
+                "no durable stream takes {} now: serve {cell} first, then replay",
+                letter.subject
+            );
+        };
+        Self::append(tx, &stream, (&letter.subject, &msg_id, &message), sweep)?;
+        Self::drop_message(tx, DLQ_STREAM, seq)?;
+        Ok(letter)
     }
 
     pub(super) fn stream_taking(
