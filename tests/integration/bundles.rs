@@ -442,6 +442,89 @@ fn contract_check_names_each_breaking_change() {
     assert!(out.starts_with("1 breaking change"), "{out}");
 }
 
+/// `cbs contract test` on a cell whose reply breaks its output schema for
+/// one value of an enum: that branch fails, shrunk to the smallest input
+/// that still fails and is still valid (`minProperties`, which only the
+/// host's validator enforces, keeps `value`), every other case passes, and
+/// the same seed gives the same report; a cell that keeps its contract
+/// passes every case.
+#[test]
+fn a_generated_contract_test_finds_the_enum_branch_whose_reply_breaks_the_output_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.json");
+    let output = tmp.path().join("output.json");
+    let request = json!({
+        "type": "object",
+        "required": ["action"],
+        "minProperties": 2,
+        "properties": {
+            "action": {"enum": ["echo", "count", "bad_output"]},
+            "value": {"type": "string", "maxLength": 5}
+        },
+        "additionalProperties": false
+    });
+    std::fs::write(&input, request.to_string()).unwrap();
+    let reply =
+        json!({"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}});
+    std::fs::write(&output, reply.to_string()).unwrap();
+    let cell = cbs_tests::CellToml::faulty("test.contract")
+        .input("test.contract/request@1", &input)
+        .output("test.contract/reply@1", &output)
+        .write();
+    let dir = cell.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = cbs(&[&["contract", "test", dir, "--seed", "3"], args].concat());
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), stdout)
+    };
+    let (ok, report) = run(&["--json"]);
+    assert!(!ok, "the broken branch fails the run: {report}");
+    let outcomes: Vec<Value> = serde_json::from_str(&report).unwrap();
+    let failed: Vec<&Value> = outcomes.iter().filter(|o| o["passed"] == false).collect();
+    assert!(!failed.is_empty(), "{report}");
+    for o in &failed {
+        assert_eq!(
+            o["input"]["action"], "bad_output",
+            "only that branch fails: {o}"
+        );
+        assert!(
+            o["detail"]
+                .as_str()
+                .unwrap()
+                .contains("breaks the output schema"),
+            "{o}"
+        );
+        let smallest = o.get("shrunk").unwrap_or(&o["input"]);
+        assert_eq!(
+            smallest,
+            &json!({"action": "bad_output", "value": ""}),
+            "{o}"
+        );
+    }
+    assert!(failed.iter().any(|o| o.get("shrunk").is_some()), "{report}");
+    for action in ["echo", "count"] {
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| o["input"]["action"] == action && o["passed"] == true),
+            "the {action} branch is tested and passes: {report}"
+        );
+    }
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o["kind"] == "invalid" && o["passed"] == true),
+        "invalid inputs are refused as they should be: {report}"
+    );
+    let (_, again) = run(&["--json"]);
+    assert_eq!(report, again, "the same seed, the same cases and results");
+
+    let good = cbs(&["contract", "test", greet().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{text}");
+    assert!(text.contains(" 0 failed"), "{text}");
+}
+
 #[test]
 fn build_refuses_a_component_or_schema_that_does_not_fit() {
     let tmp = tempfile::tempdir().unwrap();

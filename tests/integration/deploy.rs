@@ -270,6 +270,10 @@ async fn undeploy_removes_the_cell_from_watching_hosts() {
     deploy(&url, &releases.v2);
     let bus = server.bus().await;
     assert_eq!(upper(&bus).await.unwrap(), "HI!");
+    // Served, it is contract-tested by its id: the contract is the
+    // deployed release's, the calls go to the lattice.
+    let (ok, out, err) = run_cbs(&["contract", "test", UPPER, "--nats", &url]);
+    assert!(ok && out.contains(" 0 failed"), "{out}{err}");
 
     let (ok, _, err) = run_cbs(&["undeploy", UPPER, "--nats", &url]);
     assert!(ok, "{err}");

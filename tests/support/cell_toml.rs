@@ -142,6 +142,15 @@ impl CellToml {
         self
     }
 
+    /// `[output]`: contract `id`, checked against the schema file `schema`.
+    pub fn output(mut self, id: &str, schema: &Path) -> Self {
+        self.manifest.output = Some(SchemaRef {
+            id: id.to_owned(),
+            schema: schema.to_path_buf(),
+        });
+        self
+    }
+
     /// `[durable]`.
     pub fn durable(mut self, spec: DurableSpec) -> Self {
         self.manifest.durable = Some(spec);

@@ -156,7 +156,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Dlq(command) => dlq::run(command).await,
             CbsCommand::Replay(args) => replay::run(args).await,
             CbsCommand::Publish(args) => publish::run(args).await,
-            CbsCommand::Contract(command) => contract::run(command),
+            CbsCommand::Contract(command) => contract::run(command).await,
             CbsCommand::Call(args) => call::run(args).await,
             CbsCommand::Ps(args) => ps::run(args).await,
             CbsCommand::Flows(args) => flows::run(args).await,

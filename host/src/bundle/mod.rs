@@ -161,8 +161,16 @@ impl Bundle {
             .with_context(|| format!("{what} is refused"))
     }
 
-    /// The bundle's `cell.toml`.
+    /// The bundle's `cell.toml`, every file it names held by the bundle.
     pub fn cell_manifest(&self) -> anyhow::Result<Manifest> {
+        let manifest = self.parsed_manifest()?;
+        self.check_confined(&manifest)?;
+        Ok(manifest)
+    }
+
+    /// The bundle's `cell.toml` as it says, matching the bundle's manifest
+    /// (a contract-only bundle holds no component).
+    fn parsed_manifest(&self) -> anyhow::Result<Manifest> {
         let bytes = self
             .files
             .get(FILE_NAME)
@@ -178,7 +186,6 @@ impl Bundle {
                 manifest.version
             );
         }
-        self.check_confined(&manifest)?;
         Ok(manifest)
     }
 
@@ -233,7 +240,7 @@ impl Bundle {
     pub fn schemas(
         &self,
     ) -> anyhow::Result<(Option<serde_json::Value>, Option<serde_json::Value>)> {
-        let manifest = self.cell_manifest()?;
+        let manifest = self.parsed_manifest()?;
         let load = |r: &Option<crate::manifest::SchemaRef>| -> anyhow::Result<_> {
             let Some(r) = r else { return Ok(None) };
             let name = inner_path(&r.schema)?;

@@ -1,8 +1,10 @@
 //! Contracts: each cell's input and output JSON Schemas, compiled once at
 //! load and checked on every message in and out.
 
+pub mod cases;
 pub mod compat;
 pub mod diff;
+pub mod testing;
 
 use std::path::Path;
 

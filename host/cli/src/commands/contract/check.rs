@@ -8,20 +8,7 @@ use cbs_host::bundle::Bundle;
 use cbs_host::contract::compat::{self, Direction};
 use cbs_host::contract::diff::ContractDiff;
 use cbs_host::manifest::CellSpec;
-use clap::{Args, Subcommand};
-
-/// Contract tools.
-#[derive(Subcommand)]
-pub enum ContractCommand {
-    /// Does NEW keep the promises of OLD? Lists each breaking change by JSON
-    /// pointer; exits 1 if there is one.
-    ///
-    /// Schema files (.json) are compared as input schemas (the new one must
-    /// accept all the old one did) unless --output is given (the new one
-    /// must allow nothing the old one forbade). Cell folders or bundles are
-    /// compared on both.
-    Check(CheckArgs),
-}
+use clap::Args;
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -34,13 +21,7 @@ pub struct CheckArgs {
     output: bool,
 }
 
-pub fn run(command: ContractCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        ContractCommand::Check(args) => check(args),
-    }
-}
-
-fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let is_schema = |p: &PathBuf| p.extension().is_some_and(|e| e == "json") && p.is_file();
     let breaks: Vec<String> = if is_schema(&args.old) && is_schema(&args.new) {
         let (direction, name) = if args.output {
