@@ -33,9 +33,18 @@ async fn assert_same_origin(browser: &Browser, base: &str) {
     }
 }
 
+/// A number the page shows in `css` (p50/p99 in ms, counts), if it
+/// shows one.
+async fn number(browser: &Browser, css: &str) -> Option<f64> {
+    browser.text(css).await?.trim().parse().ok()
+}
+
+/// The lattice shows each host with its uptime, the NATS server it is on,
+/// and its load; a slow cell's page shows its percentiles and busy slots
+/// under load; a killed host leaves the lattice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lattice_lists_two_hosts_and_their_cells_and_a_killed_host_leaves_it() {
-    let server = NatsServer::start();
+    let server = NatsServer::with_args(&["--server_name", "nats-console"]);
     let url = server.url();
     let mut a = HostProcess::serve(&url, "host-console-a", &[greet()], &[]);
     let _b = HostProcess::serve(&url, "host-console-b", &[greet(), faulty()], &[]);
@@ -54,11 +63,84 @@ async fn the_lattice_lists_two_hosts_and_their_cells_and_a_killed_host_leaves_it
             .all(|text| page.contains(text))
         })
         .await;
-    browser.screenshot("lattice").await;
     let faulty_on = browser.text("tr[data-cell='test.faulty']").await.unwrap();
     assert!(faulty_on.contains("host-console-b"), "{faulty_on}");
     assert!(!faulty_on.contains("host-console-a"), "{faulty_on}");
+    let version = server.bus().await.client().server_info().version;
+    let on_nats = format!("nats-console v{version}");
+    for host in ["host-console-a", "host-console-b"] {
+        eventually(SHOWN, "each host's NATS server and uptime", || async {
+            let nats = browser.text(&format!("td[data-nats='{host}']")).await;
+            // Started seconds ago.
+            let up = browser.text(&format!("td[data-uptime='{host}']")).await;
+            let seconds = up
+                .as_deref()
+                .and_then(|u| u.strip_suffix(" s")?.parse::<u64>().ok());
+            match (nats, seconds) {
+                (Some(nats), Some(0..120)) if nats == on_nats => Ok(()),
+                (nats, _) => Err(format!("{host}: server {nats:?}, up {up:?}")),
+            }
+        })
+        .await;
+    }
 
+    // Four slow requests at a time to test.faulty (4 running slots) on b.
+    let bus = server.bus().await;
+    let load = tokio::spawn(async move {
+        loop {
+            let sleep = json!({"action": "sleep", "ms": 150});
+            let calls = (0..4).map(|_| request_envelope(&bus, "test.faulty", sleep.clone()));
+            for reply in futures_util::future::join_all(calls).await {
+                assert!(reply.error.is_none(), "{reply:?}");
+            }
+        }
+    });
+    eventually(SHOWN, "host b's busy slots on the lattice", || async {
+        let slots = browser.text("td[data-slots='host-console-b']").await;
+        let busy = slots
+            .as_deref()
+            .and_then(|s| s.split(" / ").next()?.parse::<u32>().ok());
+        match busy {
+            // greet's 16 slots and faulty's 4.
+            Some(1..) if slots.as_deref().is_some_and(|s| s.ends_with(" / 20")) => Ok(()),
+            _ => Err(format!("{slots:?}")),
+        }
+    })
+    .await;
+    browser.screenshot("lattice").await;
+
+    browser
+        .goto(&format!("{}/cells/test.faulty", console.base()))
+        .await;
+    let host = "host-console-b";
+    eventually(
+        SHOWN,
+        "p50, p99 and busy slots of the slow cell",
+        || async {
+            let p50 = number(&browser, &format!("td[data-p50='{host}']")).await;
+            let p99 = number(&browser, &format!("td[data-p99='{host}']")).await;
+            let busy = number(&browser, &format!("td[data-busy='{host}']")).await;
+            let slots = number(&browser, &format!("td[data-slots='{host}']")).await;
+            // 150 ms each: the median in the bucket from 100 to 200 ms, the
+            // 99th percentile there or (a slow one) in the next.
+            let within = |p: Option<f64>, max: f64| p.is_some_and(|ms| (100.0..=max).contains(&ms));
+            match (within(p50, 200.0) && within(p99, 500.0), busy, slots) {
+                (true, Some(b), Some(4.0)) if b >= 1.0 => Ok(()),
+                _ => Err(format!(
+                    "p50 {p50:?} p99 {p99:?} busy {busy:?} of {slots:?}"
+                )),
+            }
+        },
+    )
+    .await;
+    load.abort();
+
+    browser.goto(console.base()).await;
+    browser
+        .wait_for_text(SHOWN, "the lattice again", |page| {
+            page.contains("host-console-a")
+        })
+        .await;
     a.kill();
     // The heartbeat bound, plus a tick of the page and one of discovery.
     let bound = DEAD_AFTER + Duration::from_secs(3);
@@ -113,9 +195,130 @@ async fn a_cells_request_count_rises_on_its_page_while_requests_run() {
     })
     .await;
     load.join().expect("every request answered");
+    // The requests were within the last 10 s: their percentiles show (in
+    // ms), and the cell's 16 running slots.
+    eventually(SHOWN, "p50, p99 and the running slots", || async {
+        let p50 = number(&browser, "td[data-p50]").await;
+        let p99 = number(&browser, "td[data-p99]").await;
+        let slots = number(&browser, "td[data-slots]").await;
+        match (p50, p99, slots) {
+            (Some(p50), Some(p99), Some(16.0)) if p50 > 0.0 && p99 >= p50 => Ok(()),
+            other => Err(format!("p50, p99, slots: {other:?}")),
+        }
+    })
+    .await;
+    assert_percentiles_are_computed_right(&browser).await;
     browser.screenshot("cell").await;
     assert_same_origin(&browser, &base).await;
     browser.close().await;
+}
+
+/// The page's percentile arithmetic, on histograms whose answers are
+/// known (bounds 10, 20 and 50 µs, then the bucket past them).
+async fn assert_percentiles_are_computed_right(browser: &Browser) {
+    let script = r#"
+        const b = [10, 20, 50];
+        return [
+            percentile(b, [0, 0, 0, 0], [2, 2, 0, 0], 0.5),
+            percentile(b, [0, 0, 0, 0], [2, 2, 0, 0], 0.99),
+            percentile(b, [1, 1, 0, 0], [1, 1, 4, 0], 0.5),
+            percentile(b, [0, 0, 0, 0], [0, 0, 0, 5], 0.5),
+            percentile(b, [5, 0, 0, 0], [1, 0, 0, 0], 0.5),
+            percentile(b, [3, 0, 0, 0], [3, 0, 0, 0], 0.5),
+            percentile(b, [0, 0, 0], [1, 0, 0], 0.5),
+        ].map((p) => p && { us: Math.round(p.us * 100) / 100, over: p.over });"#;
+    let answers = browser.client().execute(script, vec![]).await.unwrap();
+    assert_eq!(
+        answers,
+        json!([
+            {"us": 10, "over": false},
+            {"us": 19.8, "over": false},
+            {"us": 35, "over": false},
+            {"us": 50, "over": true},
+            null,
+            null,
+            null,
+        ]),
+        "the median of 2 at ≤10 µs and 2 at ≤20 µs interpolates to 10 µs, the \
+         99th to 19.8; only what came between two readings counts; past the \
+         last bound is 'over' it; counters that went down (a new version), no \
+         message, or a histogram of another shape have none"
+    );
+}
+
+/// A breaker that keeps opening: each opening is counted on its host,
+/// arrives in discovery and on the cell's page over NATS, and past three
+/// openings the console advises looking at the target's failed flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_openings_arrive_in_discovery_and_become_advice() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let caller = CellToml::faulty("test.caller")
+        .calls(&["test.target"])
+        .policy("test.target", |p| {
+            p.breaker.failures = 1;
+            p.breaker.cooldown_ms = 1;
+        })
+        .write();
+    let target = CellToml::faulty("test.target").write();
+    let cells = [caller.path().to_path_buf(), target.path().to_path_buf()];
+    let _host = HostProcess::serve(&url, "host-breaker", &cells, &[]);
+    let bus = server.bus().await;
+    // A first sample before any opening: openings are counted from it.
+    let console = Console::with(&url, &["--advice-window-secs", "3"]);
+    eventually(SHOWN, "the console to see the caller", || async {
+        let cell = curl(&[&format!("{}/api/cells/test.caller", console.base())]);
+        match cell.status {
+            200 => Ok(()),
+            status => Err(format!("{status}: {}", cell.body)),
+        }
+    })
+    .await;
+    // Each call that reaches the target traps it: the breaker opens at
+    // once (failures = 1), and after 1 ms lets a probe through, which
+    // fails and opens it again.
+    let panic = json!({"action": "call", "cell": "test.target", "payload": {"action": "panic"}});
+    let opened = eventually(SHOWN, "five openings in discovery", || async {
+        request_envelope(&bus, "test.caller", panic.clone()).await;
+        let hosts = cbs_host::discovery::list(
+            bus.client(),
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let breaker = hosts
+            .iter()
+            .flat_map(|h| &h.cells)
+            .find(|c| c.id == "test.caller")
+            .and_then(|c| c.breakers.get("test.target").copied());
+        match breaker {
+            Some(b) if b.opened >= 5 => Ok(b.opened),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eventually(SHOWN, "the openings on the cell's page", || async {
+        let cell = curl(&[&format!("{}/api/cells/test.caller", console.base())]).json();
+        let shown = cell["hosts"][0]["breakers"]["test.target"]["opened"].as_u64();
+        match shown {
+            Some(n) if n >= opened => Ok(()),
+            _ => Err(format!("{cell}")),
+        }
+    })
+    .await;
+    eventually(SHOWN, "the advice", || async {
+        let advice = curl(&[&format!("{}/api/advice", console.base())]).json();
+        let found = advice["advice"].as_array().and_then(|all| {
+            all.iter()
+                .find(|a| a["kind"] == "breaker_opening" && a["cell"] == "test.caller")
+        });
+        match found {
+            Some(a) if a["command"] == "cbs flows --cell test.target --failed" => Ok(()),
+            _ => Err(format!("{advice}")),
+        }
+    })
+    .await;
 }
 
 /// The console's URLs are outside input: what cannot be a cell id is
