@@ -321,6 +321,46 @@ async fn breaker_openings_arrive_in_discovery_and_become_advice() {
     .await;
 }
 
+/// Views visited one after another in one tab each show at once: a page
+/// the browser keeps for "back" closes its stream when left (a browser
+/// opens six connections to one origin, and the seventh view would wait
+/// for one of them to time out), and follows again when shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_visited_in_one_tab_each_show_at_once() {
+    let host = HostProcess::local(&[greet()], &["--console", "127.0.0.1:0"]);
+    let base = format!("http://{}", host.console_addr());
+    let browser = Browser::start().await;
+    let pages = ["/", "/cells/logic.greet", "/flows", "/advice", "/releases"];
+    // Ten visits: past the six connections, then back to a kept page.
+    for path in pages.iter().chain(&pages) {
+        let started = Instant::now();
+        // (Loading waits for a connection too.)
+        browser.goto(&format!("{base}{path}")).await;
+        browser
+            .wait_for_text(SHOWN, &format!("{path} live"), |page| {
+                page.contains("live ·")
+            })
+            .await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{path} took {took:?} to show");
+    }
+    browser.client().back().await.unwrap();
+    let live = || async { browser.text("#status").await.unwrap_or_default() };
+    let before = live().await;
+    eventually(
+        Duration::from_secs(5),
+        "the page shown again to follow its stream",
+        || async {
+            match live().await {
+                now if now.starts_with("live ·") && now != before => Ok(()),
+                now => Err(now),
+            }
+        },
+    )
+    .await;
+    browser.close().await;
+}
+
 /// The console's URLs are outside input: what cannot be a cell id is
 /// refused before any lookup, a cell nothing serves is a 404 problem, and
 /// every answer carries the policy that keeps the browser on this origin.

@@ -441,27 +441,36 @@ function drawReleases(data) {
       : el("p", {}, "No audited changes (the audit trail is on NATS: cbs console --nats URL)."));
 }
 
+// Follows the view's stream while the page is shown. A page kept in the
+// back/forward cache would keep its stream open, and browsers open six
+// connections to one origin at most: the seventh view visited would wait.
 function follow(path, draw, title) {
   document.title = `${title} · CBS console`;
-  const source = new EventSource(path);
-  source.addEventListener("snapshot", (event) => {
-    draw(JSON.parse(event.data));
-    view.setAttribute("aria-busy", "false");
-    status.className = "";
-    status.textContent = `live · ${new Date().toLocaleTimeString()}`;
-  });
-  source.addEventListener("missing", () => {
-    view.replaceChildren(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
-    view.setAttribute("aria-busy", "false");
-  });
-  source.addEventListener("problem", (event) => {
-    status.className = "bad";
-    status.textContent = `cannot read the lattice: ${JSON.parse(event.data).detail}`;
-  });
-  source.onerror = () => {
-    status.className = "bad";
-    status.textContent = "disconnected; retrying…";
+  let source = null;
+  const open = () => {
+    source = new EventSource(path);
+    source.addEventListener("snapshot", (event) => {
+      draw(JSON.parse(event.data));
+      view.setAttribute("aria-busy", "false");
+      status.className = "";
+      status.textContent = `live · ${new Date().toLocaleTimeString()}`;
+    });
+    source.addEventListener("missing", () => {
+      view.replaceChildren(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
+      view.setAttribute("aria-busy", "false");
+    });
+    source.addEventListener("problem", (event) => {
+      status.className = "bad";
+      status.textContent = `cannot read the lattice: ${JSON.parse(event.data).detail}`;
+    });
+    source.onerror = () => {
+      status.className = "bad";
+      status.textContent = "disconnected; retrying…";
+    };
   };
+  open();
+  addEventListener("pagehide", () => source.close());
+  addEventListener("pageshow", (event) => { if (event.persisted) open(); });
 }
 
 const cellPath = location.pathname.match(/^\/cells\/([^/]+)(\/dead-letters)?$/);
