@@ -336,28 +336,77 @@ async fn views_visited_in_one_tab_each_show_at_once() {
         let started = Instant::now();
         // (Loading waits for a connection too.)
         browser.goto(&format!("{base}{path}")).await;
-        browser
-            .wait_for_text(SHOWN, &format!("{path} live"), |page| {
-                page.contains("live ·")
-            })
-            .await;
+        eventually(SHOWN, &format!("{path} drawn"), || async {
+            match browser.text("#updated").await {
+                Some(updated) if updated.starts_with("updated ") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(5), "{path} took {took:?} to show");
+        assert!(
+            took < Duration::from_secs(5),
+            "{path} took {took:?} to show"
+        );
     }
     browser.client().back().await.unwrap();
-    let live = || async { browser.text("#status").await.unwrap_or_default() };
-    let before = live().await;
+    let updated = || async { browser.text("#updated").await.unwrap_or_default() };
+    let before = updated().await;
     eventually(
         Duration::from_secs(5),
         "the page shown again to follow its stream",
         || async {
-            match live().await {
-                now if now.starts_with("live ·") && now != before => Ok(()),
+            match updated().await {
+                now if now.starts_with("updated ") && now != before => Ok(()),
                 now => Err(now),
             }
         },
     )
     .await;
+    browser.close().await;
+}
+
+/// The live redraws keep a keyboard user's place: the link that had the
+/// focus has it again after each redraw; and the status line, a live
+/// region a screen reader reads out, stays quiet while nothing changes
+/// (the time of the last update is beside it, outside the region).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_updates_keep_the_keyboard_focus_and_a_quiet_status_line() {
+    let host = HostProcess::local(&[greet()], &["--console", "127.0.0.1:0"]);
+    let base = format!("http://{}", host.console_addr());
+    let browser = Browser::start().await;
+    browser.goto(&base).await;
+    browser
+        .wait_for_text(SHOWN, "the cell's link", |page| {
+            page.contains("logic.greet")
+        })
+        .await;
+    // Focus the link as Tab would, then count what changes in two redraws.
+    let script = r#"
+        const done = arguments[0];
+        document.querySelector("tr[data-cell='logic.greet'] a").focus();
+        let said = 0;
+        new MutationObserver(() => said++).observe(document.getElementById("status"),
+            { childList: true, characterData: true, subtree: true });
+        let redraws = 0;
+        const observer = new MutationObserver(() => {
+            if (++redraws < 2) return;
+            observer.disconnect();
+            const active = document.activeElement;
+            done({ focused: active.getAttribute("href"), said, status: document.getElementById("status").textContent });
+        });
+        observer.observe(document.getElementById("view"), { childList: true });
+    "#;
+    let seen = browser
+        .client()
+        .execute_async(script, vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        json!({"focused": "/cells/logic.greet", "said": 0, "status": "live"}),
+        "after two redraws"
+    );
     browser.close().await;
 }
 
@@ -737,6 +786,148 @@ fn actions_need_the_flag_a_user_and_the_consoles_own_origin() {
         &[&origin(acting.base()), "Authorization: Bearer s3cret"],
     );
     assert_eq!(status, 200, "a signed-in user from the page may: {body}");
+}
+
+/// Every view passes axe-core's WCAG 2 A and AA rules (2.0, 2.1 and 2.2),
+/// each with data to draw: a lattice of two hosts, a cell whose calls
+/// trip a breaker (its advice too), a dead letter, a failed flow, the
+/// audit trail, and the sign-in form of a console with actions. Prints
+/// what passed per view (`-- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_passes_axe_cores_wcag_2_a_and_aa_rules() {
+    let axe = cbs_tests::axe::script();
+    let server = NatsServer::start();
+    let url = server.url();
+    let caller = CellToml::faulty("test.caller")
+        .calls(&["test.target"])
+        .policy("test.target", |p| {
+            p.breaker.failures = 1;
+            p.breaker.cooldown_ms = 1;
+        })
+        .write();
+    let target = CellToml::faulty("test.target").write();
+    let durable = CellToml::faulty("test.durable")
+        .durable(DurableSpec {
+            max_deliver: 1,
+            ..DurableSpec::default()
+        })
+        .write();
+    let cells = [
+        greet(),
+        faulty(),
+        caller.path().to_path_buf(),
+        target.path().to_path_buf(),
+        durable.path().to_path_buf(),
+    ];
+    let _a = HostProcess::serve(&url, "host-a11y-a", &cells, &[]);
+    let _w = HostProcess::serve(&url, "host-a11y-w", &[], &["--watch"]);
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "s3cret\n").unwrap();
+    let console = Console::with(
+        &url,
+        &[
+            "--advice-window-secs",
+            "3",
+            "--allow-actions",
+            "--token-file",
+            tokens.path().to_str().unwrap(),
+        ],
+    );
+    let base = console.base().to_owned();
+    eventually(SHOWN, "the console to see the caller", || async {
+        match curl(&[&format!("{base}/api/cells/test.caller")]).status {
+            200 => Ok(()),
+            status => Err(status.to_string()),
+        }
+    })
+    .await;
+
+    let bus = server.bus().await;
+    let call = json!({"action": "call", "cell": "logic.greet", "payload": {"name": 5}});
+    let flow = request_envelope(&bus, "test.faulty", call)
+        .await
+        .correlation_id;
+    let panic = json!({"action": "call", "cell": "test.target", "payload": {"action": "panic"}});
+    for _ in 0..5 {
+        request_envelope(&bus, "test.caller", panic.clone()).await;
+    }
+    let js = async_nats::jetstream::new(bus.client().clone());
+    let poison = envelope_to(
+        "test.durable",
+        &json!({"action": "fail", "message": "never"}),
+    );
+    cbs_host::durable::publish(&js, "cbs-durable.test.durable", &poison)
+        .await
+        .unwrap();
+
+    let views = [
+        ("lattice", "/".to_owned(), "host-a11y-w"),
+        ("cell", "/cells/test.caller".to_owned(), "Circuit breakers"),
+        (
+            "dead letters",
+            "/cells/test.durable/dead-letters".to_owned(),
+            "never",
+        ),
+        ("flows", "/flows".to_owned(), flow.as_str()),
+        ("flow", format!("/flows/{flow}"), "hop(s)"),
+        ("releases", "/releases".to_owned(), "host host-a11y-w"),
+        (
+            "advice",
+            "/advice".to_owned(),
+            "keep opening its circuit breaker",
+        ),
+    ];
+    let browser = Browser::start().await;
+    let mut failed = Vec::new();
+    for (name, path, shows) in views {
+        browser.goto(&format!("{base}{path}")).await;
+        browser
+            .wait_for_text(SHOWN, &format!("the {name} view with {shows:?}"), |page| {
+                page.contains(shows)
+            })
+            .await;
+        failed.extend(audit(&browser, &axe, name).await);
+    }
+    // Signed in, the dead letters have their replay buttons.
+    browser
+        .goto(&format!("{base}/cells/test.durable/dead-letters"))
+        .await;
+    let field = browser.client().find(Locator::Id("token")).await.unwrap();
+    field.send_keys("s3cret").await.unwrap();
+    let form = browser.client().form(Locator::Id("sign-in")).await.unwrap();
+    form.submit().await.unwrap();
+    browser
+        .wait_for_text(SHOWN, "the replay buttons", |page| {
+            page.contains("replay all")
+        })
+        .await;
+    failed.extend(audit(&browser, &axe, "dead letters (signed in)").await);
+    assert!(
+        failed.is_empty(),
+        "accessibility violations:\n{}",
+        failed.join("\n")
+    );
+    browser.close().await;
+}
+
+/// Runs axe on the page and prints its result; the violations, each
+/// named with `view`.
+async fn audit(browser: &Browser, axe: &str, view: &str) -> Vec<String> {
+    let audit = cbs_tests::axe::audit(browser, axe).await;
+    eprintln!(
+        "axe-core {} (WCAG 2 A/AA), {view}: {} rules passed, {} violated, {} to review by hand {:?}\n  passed: {}",
+        audit.version,
+        audit.passes.len(),
+        audit.violations.len(),
+        audit.incomplete.len(),
+        audit.incomplete,
+        audit.passes.join(" ")
+    );
+    audit
+        .violations
+        .iter()
+        .map(|v| format!("{view}: {v}"))
+        .collect()
 }
 
 /// A measurement, not a check (`make console-bench`): a lattice of 10 hosts

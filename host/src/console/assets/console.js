@@ -5,6 +5,7 @@
 
 const view = document.getElementById("view");
 const status = document.getElementById("status");
+const updated = document.getElementById("updated");
 
 // Builds an element: el("td", {class: "num"}, "3", child, …).
 function el(tag, attrs, ...children) {
@@ -344,7 +345,7 @@ function drawDeadLetters(data) {
   view.replaceChildren(
     el("h1", {}, "Dead letters of ", cellLink(data.cell)),
     data.letters.length
-      ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], [""]], rows)
+      ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], ["Actions"]], rows)
       : el("p", {}, "No dead letters."),
     all,
     el("p", { class: "muted" }, `Replay after a fix: cbs dlq replay ${data.cell} SEQ… (or --all)`),
@@ -441,6 +442,29 @@ function drawReleases(data) {
       : el("p", {}, "No audited changes (the audit trail is on NATS: cbs console --nats URL)."));
 }
 
+// The status line is a live region: it changes, and is read out, only
+// when the state does; the time of the last update is beside it.
+function say(text, bad) {
+  status.className = bad ? "bad" : "";
+  if (status.textContent !== text) status.textContent = text;
+}
+
+// A redraw replaces the view's elements: the link or button that had the
+// keyboard focus gets it back in the new drawing, so that a keyboard user
+// is not sent back to the top of the page every second.
+function focusKey(node) {
+  return [node.tagName, node.getAttribute("href"), node.className, node.dataset.seq, node.textContent].join("\u0000");
+}
+function focusedKey() {
+  const active = document.activeElement;
+  return active && active !== view && view.contains(active) ? focusKey(active) : null;
+}
+function refocus(key) {
+  if (key === null || (document.activeElement && view.contains(document.activeElement))) return;
+  const again = [...view.querySelectorAll("a, button, input, [tabindex]")].find((node) => focusKey(node) === key);
+  if (again) again.focus({ preventScroll: true });
+}
+
 // Follows the view's stream while the page is shown. A page kept in the
 // back/forward cache would keep its stream open, and browsers open six
 // connections to one origin at most: the seventh view visited would wait.
@@ -450,23 +474,21 @@ function follow(path, draw, title) {
   const open = () => {
     source = new EventSource(path);
     source.addEventListener("snapshot", (event) => {
+      const focused = focusedKey();
       draw(JSON.parse(event.data));
+      refocus(focused);
       view.setAttribute("aria-busy", "false");
-      status.className = "";
-      status.textContent = `live · ${new Date().toLocaleTimeString()}`;
+      say("live");
+      updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
     });
     source.addEventListener("missing", () => {
       view.replaceChildren(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
       view.setAttribute("aria-busy", "false");
     });
     source.addEventListener("problem", (event) => {
-      status.className = "bad";
-      status.textContent = `cannot read the lattice: ${JSON.parse(event.data).detail}`;
+      say(`cannot read the lattice: ${JSON.parse(event.data).detail}`, true);
     });
-    source.onerror = () => {
-      status.className = "bad";
-      status.textContent = "disconnected; retrying…";
-    };
+    source.onerror = () => say("disconnected; retrying…", true);
   };
   open();
   addEventListener("pagehide", () => source.close());
