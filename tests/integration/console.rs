@@ -208,9 +208,19 @@ async fn a_cells_request_count_rises_on_its_page_while_requests_run() {
     })
     .await;
     assert_percentiles_are_computed_right(&browser).await;
+    assert_no_stray_text(&browser).await;
     browser.screenshot("cell").await;
     assert_same_origin(&browser, &base).await;
     browser.close().await;
+}
+
+/// The view holds elements only: no stray text (an absent part drawn as
+/// the text "null").
+async fn assert_no_stray_text(browser: &Browser) {
+    let script = "return [...document.getElementById('view').childNodes]\
+        .filter((n) => n.nodeType === Node.TEXT_NODE).map((n) => n.textContent)";
+    let stray = browser.client().execute(script, vec![]).await.unwrap();
+    assert_eq!(stray, json!([]), "text directly in the view");
 }
 
 /// The page's percentile arithmetic, on histograms whose answers are
@@ -489,6 +499,7 @@ async fn a_dead_letter_shows_with_its_error_and_its_message_on_inspection() {
     inspect.click().await.expect("a click");
     let shown = browser.text("#letter").await.unwrap_or_default();
     assert!(shown.contains("\"action\": \"fail\""), "{shown}");
+    assert_no_stray_text(&browser).await;
     browser.screenshot("dead-letters").await;
     assert_same_origin(&browser, &base).await;
     browser.close().await;

@@ -20,6 +20,12 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Draws the view: `children` in place of what it showed, absent ones
+// (null) left out (replaceChildren would write them as the text "null").
+function show(...children) {
+  view.replaceChildren(...children.filter((child) => child !== null && child !== undefined));
+}
+
 function table(headers, rows, caption) {
   return el("table", {},
     caption ? el("caption", { class: "muted" }, caption) : null,
@@ -239,7 +245,7 @@ function drawCell(data) {
       el("td", {}, badge(b.state.replace("_", "-"), b.state === "open" ? "bad" : b.state === "closed" ? "ok" : "warn")),
       el("td", { class: "num" }, b.opened))));
   remember(data.at_ms, counts);
-  view.replaceChildren(
+  show(
     el("h1", {}, "Cell ", el("code", {}, data.id), data.desired ? el("span", { class: "muted" }, ` desired ${data.desired}`) : null),
     el("h2", {}, "On each host"),
     table([["Host"], ["Version"], ["Requests/s", "num"], ["Requests", "num"], ["Errors", "num"], ["By code"],
@@ -342,7 +348,7 @@ function drawDeadLetters(data) {
       }
     });
   }
-  view.replaceChildren(
+  show(
     el("h1", {}, "Dead letters of ", cellLink(data.cell)),
     data.letters.length
       ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], ["Actions"]], rows)
