@@ -45,7 +45,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium console-screenshots console-bench test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium setup-axe console-screenshots console-bench test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -103,7 +103,7 @@ define print_skips
 	fi
 endef
 
-test: setup-rust setup-nats setup-chromium host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
+test: setup-rust setup-nats setup-chromium setup-axe host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
 	@mkdir -p "$$(dirname "$(CBS_TEST_SKIPS)")" && rm -f "$(CBS_TEST_SKIPS)"
 	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz
 	@$(MAKE) --no-print-directory test-python test-kubernetes test-openapi test-monitoring test-dart
@@ -181,7 +181,21 @@ setup-chromium:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-console-screenshots: setup-chromium host cells ## The console's browser tests, saving each view as docs/console/<view>.png
+# axe-core, the accessibility rules the console's browser test runs in
+# each view (it injects the script through WebDriver: the console never
+# serves or fetches it). Pinned; from npm into the target dir.
+AXE_VERSION := 4.14.1
+AXE_DIR := $(CARGO_TARGET_DIR)/axe-core
+setup-axe:
+	@grep -qs '"version": "$(AXE_VERSION)"' "$(AXE_DIR)/node_modules/axe-core/package.json" || { \
+		command -v npm >/dev/null || { \
+			echo "installing Debian's npm (to fetch axe-core for the console's accessibility test)..." >&2; \
+			SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+			$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq npm >/dev/null; }; \
+		echo "installing axe-core $(AXE_VERSION) from npm into $(AXE_DIR) (the console's accessibility test)..." >&2; \
+		npm install --prefix "$(AXE_DIR)" --no-save --no-audit --no-fund --silent axe-core@$(AXE_VERSION); }
+
+console-screenshots: setup-chromium setup-axe host cells ## The console's browser tests, saving each view as docs/console/<view>.png
 	CBS_SCREENSHOTS=$(CURDIR)/docs/console $(CARGO) test -p cbs-tests --test console
 
 console-bench: setup-chromium host cells ## Time to show a lattice of 10 hosts and 50 cells in the console, and the bytes it took

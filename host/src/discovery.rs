@@ -9,8 +9,12 @@ use async_nats::service::{Info, Stats};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::nats::{unavailable, SERVICE_NAME};
+use crate::bus::nats::{
+    unavailable, ConnectedServer, HostFacts, HOST_FACTS, SERVICE_NAME, STARTED_MS,
+};
 use crate::envelope::BusError;
+use crate::resilience::BreakerReport;
+use crate::stats::{LatencyCounts, Workers};
 
 /// One host and what it serves.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +28,17 @@ pub struct HostView {
     pub watching: bool,
     /// Its labels (`cbs-host run --label`; a watching host's platform).
     pub labels: BTreeMap<String, String>,
+    /// When it started, ms since the Unix epoch (hosts before this field:
+    /// none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// The NATS server it is connected to, from its stats (a host serving
+    /// no cell has no stats to carry it: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_server: Option<ConnectedServer>,
+    /// Its machine's 1-minute load average, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_avg_1m: Option<f64>,
     pub cells: Vec<CellView>,
     /// What a watching host accepts from deployments.
     pub policy: Policy,
@@ -83,6 +98,15 @@ pub struct CellView {
     /// Warm wasm instances, or live processes, on that host.
     #[serde(default)]
     pub instances: u64,
+    /// Running slots, busy ones, messages in flight, a pool's workers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Workers>,
+    /// Messages per latency bucket since its version started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyCounts>,
+    /// Its call targets' breakers, at most [`MAX_BREAKERS`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub breakers: BTreeMap<String, BreakerReport>,
     /// A durable cell's consumer, as that host saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durable: Option<crate::stats::DurableCounts>,
@@ -116,6 +140,12 @@ pub async fn list(
                     (!withdrawn(counts)).then(|| cell_view(endpoint, counts))
                 })
                 .collect();
+            let facts = host_facts(
+                stats
+                    .iter()
+                    .filter(|s| s.id == info.id)
+                    .flat_map(|s| &s.endpoints),
+            );
             HostView {
                 host: info
                     .metadata
@@ -125,6 +155,9 @@ pub async fn list(
                 watching: is_watching(&info),
                 labels: labels_of(&info),
                 policy: Policy::of(&info),
+                started_ms: info.metadata.get(STARTED_MS).and_then(|t| t.parse().ok()),
+                nats_server: facts.nats_server,
+                load_avg_1m: facts.load_avg_1m,
                 service_id: info.id,
                 version: info.version,
                 cells,
@@ -175,6 +208,41 @@ fn labels_of(info: &Info) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The most breakers taken per cell from a host's reply.
+pub const MAX_BREAKERS: usize = 64;
+/// The longest NATS server name, id or version taken from a reply.
+const MAX_SERVER_FIELD: usize = 256;
+
+/// What a host says about itself in the stats of its `endpoints`: from
+/// the first that carries readable facts (none when it serves nothing).
+fn host_facts<'a>(endpoints: impl Iterator<Item = &'a EndpointStats>) -> HostFacts {
+    let facts = endpoints
+        .filter_map(|e| e.data.as_ref()?.get(HOST_FACTS))
+        .find_map(|f| serde_json::from_value::<HostFacts>(f.clone()).ok())
+        .unwrap_or_default();
+    HostFacts {
+        nats_server: facts.nats_server.filter(|s| {
+            [&s.name, &s.id, &s.version]
+                .iter()
+                .all(|f| f.len() <= MAX_SERVER_FIELD)
+        }),
+        load_avg_1m: facts.load_avg_1m.filter(|l| l.is_finite() && *l >= 0.0),
+    }
+}
+
+/// A host's breakers of cell calls: targets that are cell ids, with a
+/// readable state, the first [`MAX_BREAKERS`] by name.
+fn breakers(data: &serde_json::Value) -> BTreeMap<String, BreakerReport> {
+    let Some(all) = data.as_object() else {
+        return BTreeMap::new();
+    };
+    all.iter()
+        .filter(|(target, _)| crate::manifest::check_cell_id(target).is_ok())
+        .filter_map(|(target, b)| Some((target.clone(), serde_json::from_value(b.clone()).ok()?)))
+        .take(MAX_BREAKERS)
+        .collect()
+}
+
 /// Whether the host stopped serving an endpoint it once added: the micro
 /// service keeps listing it (async-nats cannot remove an endpoint), but a
 /// CBS host's stats of it are empty once the cell is gone. Without stats
@@ -219,6 +287,11 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         input_schema: meta.get("input_schema").cloned(),
         output_schema: meta.get("output_schema").cloned(),
         instances: data["instances"].as_u64().unwrap_or(0),
+        workers: serde_json::from_value(data["workers"].clone()).ok(),
+        latency: serde_json::from_value::<LatencyCounts>(data["latency"].clone())
+            .ok()
+            .and_then(LatencyCounts::checked),
+        breakers: breakers(&data["breakers"]),
         // Another host's reply: tolerated when malformed, as the rest.
         durable: serde_json::from_value(data["durable"].clone()).ok(),
     }
@@ -281,4 +354,109 @@ async fn gather<T: for<'de> Deserialize<'de>>(
         "more than {MAX_REPLIES} hosts answered; the rest are left out"
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn endpoint(data: serde_json::Value) -> EndpointStats {
+        EndpointStats {
+            subject: "cbs.test.caller".into(),
+            data: Some(data),
+            ..EndpointStats::default()
+        }
+    }
+
+    fn info() -> EndpointInfo {
+        EndpointInfo {
+            subject: "cbs.test.caller".into(),
+            ..EndpointInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_cells_workers_latency_and_breakers_come_from_its_stats() {
+        let data = json!({
+            "requests": 7,
+            "workers": {"concurrency": 8, "busy": 3, "in_flight": 5,
+                        "pool": {"live": 2, "max": 4, "messages": 3}},
+            "latency": {"bounds_us": [10, 100], "counts": [1, 5, 1]},
+            "breakers": {
+                "logic.greet": {"state": "open", "opened": 4},
+                "not a cell": {"state": "open", "opened": 1},
+                "logic.other": {"state": "jammed", "opened": 1},
+            },
+        });
+        let cell = cell_view(&info(), Some(&endpoint(data)));
+        let workers = cell.workers.expect("workers");
+        assert_eq!(
+            (workers.concurrency, workers.busy, workers.in_flight),
+            (8, 3, 5)
+        );
+        assert_eq!(
+            workers.pool.map(|p| (p.live, p.max, p.messages)),
+            Some((2, 4, 3))
+        );
+        assert_eq!(cell.latency.expect("a histogram").counts, [1, 5, 1]);
+        let opened: Vec<(&str, u64)> = cell
+            .breakers
+            .iter()
+            .map(|(t, b)| (t.as_str(), b.opened))
+            .collect();
+        assert_eq!(
+            opened,
+            [("logic.greet", 4)],
+            "only cell ids with a known state"
+        );
+        assert_eq!(
+            cell.breakers["logic.greet"].state,
+            crate::resilience::BreakerState::Open
+        );
+    }
+
+    #[test]
+    fn what_a_peer_sends_is_bounded_or_dropped() {
+        let many: serde_json::Map<String, serde_json::Value> = (0..MAX_BREAKERS + 10)
+            .map(|i| {
+                (
+                    format!("logic.t{i:03}"),
+                    json!({"state": "closed", "opened": 0}),
+                )
+            })
+            .collect();
+        let bounds: Vec<u64> = (1..=200).collect();
+        let data = json!({
+            "latency": {"bounds_us": bounds, "counts": vec![0; 201]},
+            "breakers": many,
+            "workers": "busy",
+        });
+        let cell = cell_view(&info(), Some(&endpoint(data)));
+        assert_eq!(cell.breakers.len(), MAX_BREAKERS);
+        assert!(cell.latency.is_none(), "200 buckets is past the bound");
+        assert!(cell.workers.is_none());
+        // A cell from a host before these fields: none of them.
+        let old = cell_view(&info(), Some(&endpoint(json!({"requests": 1}))));
+        assert!(old.workers.is_none() && old.latency.is_none() && old.breakers.is_empty());
+    }
+
+    #[test]
+    fn host_facts_come_from_any_endpoint_and_stay_bounded() {
+        let facts = json!({"host": {
+            "nats_server": {"name": "n1", "id": "NABC", "version": "2.10.0"},
+            "load_avg_1m": 0.5,
+        }});
+        let withdrawn = EndpointStats::default();
+        let read = host_facts([withdrawn.clone(), endpoint(facts)].iter());
+        assert_eq!(read.load_avg_1m, Some(0.5));
+        assert_eq!(read.nats_server.map(|s| s.name), Some("n1".to_owned()));
+        let long = json!({"host": {
+            "nats_server": {"name": "n".repeat(300), "id": "NABC", "version": "2.10.0"},
+            "load_avg_1m": -1.0,
+        }});
+        let read = host_facts([endpoint(long)].iter());
+        assert_eq!(read, HostFacts::default());
+        assert_eq!(host_facts([withdrawn].iter()), HostFacts::default());
+    }
 }

@@ -11,8 +11,8 @@
 //! state) with [`audit`] (who changed what); [`host`] (a running host built
 //! by `HostBuilder`: body, metrics, HTTP routes, the lattice); [`discovery`], [`metrics`], [`telemetry`] and [`flows`] (seeing it run);
 //! [`http`] (the way in over HTTP: routes, OpenAPI, problems);
-//! [`console`] (the browser UI, live); [`random`] (jitter and seeded faults)
-//! and [`unix_time`] (timestamps).
+//! [`console`] (the browser UI, live); [`machine`] (the load average);
+//! [`random`] (jitter and seeded faults) and [`unix_time`] (timestamps).
 
 pub mod audit;
 pub mod backoff;
@@ -33,6 +33,7 @@ pub mod events;
 pub mod flows;
 pub mod host;
 pub mod http;
+pub mod machine;
 pub mod manifest;
 pub mod metrics;
 pub mod outbound;

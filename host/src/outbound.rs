@@ -18,7 +18,7 @@ use crate::envelope::codec::to_message;
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::Manifest;
 use crate::random::fresh_seed;
-use crate::resilience::{is_failure, is_retryable, Breaker, BreakerState, CallPolicy};
+use crate::resilience::{is_failure, is_retryable, Breaker, BreakerReport, CallPolicy};
 use crate::state::CellState;
 use crate::subjects::subject_of;
 use crate::telemetry::messaging::{Hop, Operation};
@@ -229,11 +229,12 @@ impl Outbound {
         self.bus.kind()
     }
 
-    /// The breaker state of each target, for metrics and tests.
-    pub fn breakers(&self) -> Vec<(String, BreakerState)> {
+    /// Each target's breaker: its state and how often it opened (metrics,
+    /// discovery, the console).
+    pub fn breakers(&self) -> Vec<(String, BreakerReport)> {
         self.targets
             .iter()
-            .map(|(id, t)| (id.clone(), t.breaker.state()))
+            .map(|(id, t)| (id.clone(), t.breaker.report()))
             .collect()
     }
 

@@ -96,12 +96,33 @@ pub fn is_retryable(code: ErrorCode) -> bool {
     )
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
     Open,
     HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`, as its JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A breaker as discovery and the console show it: its state now, and
+/// how many times it opened since its cell version started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerReport {
+    pub state: BreakerState,
+    /// Transitions to open: from closed (too many failures) and from
+    /// half-open (a failed probe).
+    pub opened: u64,
 }
 
 /// One target's circuit breaker.
@@ -112,6 +133,8 @@ pub struct Breaker {
 
 struct Inner {
     state: BreakerState,
+    /// Transitions to open so far.
+    opened: u64,
     consecutive: u32,
     recent: VecDeque<bool>,
     opened_at: Instant,
@@ -124,6 +147,7 @@ impl Breaker {
             policy,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
+                opened: 0,
                 consecutive: 0,
                 recent: VecDeque::new(),
                 opened_at: Instant::now(),
@@ -134,6 +158,15 @@ impl Breaker {
 
     pub fn state(&self) -> BreakerState {
         self.inner.lock().unwrap().state
+    }
+
+    /// Its state and how many times it opened.
+    pub fn report(&self) -> BreakerReport {
+        let s = self.inner.lock().unwrap();
+        BreakerReport {
+            state: s.state,
+            opened: s.opened,
+        }
     }
 
     /// May a call go out now? An open breaker answers `circuit_open` at
@@ -175,8 +208,7 @@ impl Breaker {
                 s.consecutive = 0;
                 s.recent.clear();
             } else {
-                s.state = BreakerState::Open;
-                s.opened_at = Instant::now();
+                s.open();
             }
             return;
         }
@@ -189,9 +221,16 @@ impl Breaker {
         let ratio_hit =
             s.recent.len() >= p.window as usize && failed / s.recent.len() as f64 >= p.ratio;
         if s.state == BreakerState::Closed && (s.consecutive >= p.failures || ratio_hit) {
-            s.state = BreakerState::Open;
-            s.opened_at = Instant::now();
+            s.open();
         }
+    }
+}
+
+impl Inner {
+    fn open(&mut self) {
+        self.state = BreakerState::Open;
+        self.opened_at = Instant::now();
+        self.opened += 1;
     }
 }
 
@@ -250,6 +289,33 @@ mod tests {
         b.admit("t").unwrap();
         b.record(true);
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn counts_each_transition_to_open_a_failed_probe_included() {
+        let b = breaker(0);
+        assert_eq!(b.report().opened, 0);
+        for _ in 0..3 {
+            b.record(false);
+        }
+        assert_eq!(
+            b.report(),
+            BreakerReport {
+                state: BreakerState::Open,
+                opened: 1
+            }
+        );
+        b.record(false);
+        assert_eq!(b.report().opened, 1, "already open: no new opening");
+        b.admit("t").unwrap();
+        b.record(false);
+        assert_eq!(b.report().opened, 2, "the failed probe opened it again");
+        b.admit("t").unwrap();
+        b.record(true);
+        assert_eq!(b.report().state, BreakerState::Closed);
+        assert_eq!(b.report().opened, 2);
+        let json = serde_json::to_value(b.report()).unwrap();
+        assert_eq!(json, serde_json::json!({"state": "closed", "opened": 2}));
     }
 
     #[test]

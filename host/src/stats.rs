@@ -42,6 +42,65 @@ pub struct CellLoad {
     pub latency_us: u64,
 }
 
+/// Upper bounds of the latency histogram's buckets, µs: a 1-2-5 series
+/// from 10 µs to 50 s. A message that took `t` counts in the first bucket
+/// whose bound is at least `t`; one past every bound, in one more bucket.
+pub const LATENCY_BOUNDS_US: [u64; 21] = [
+    10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+    500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000, 50_000_000,
+];
+const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// The most buckets taken from a peer's histogram.
+pub const MAX_LATENCY_BUCKETS: usize = 64;
+
+/// A latency histogram as discovery carries it: messages per bucket since
+/// the cell version started (counters: the latency over a period is the
+/// difference of two readings), and the buckets' upper bounds, µs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyCounts {
+    /// Strictly increasing; at most [`MAX_LATENCY_BUCKETS`].
+    pub bounds_us: Vec<u64>,
+    /// One per bound, then the messages past the last bound.
+    pub counts: Vec<u64>,
+}
+
+impl LatencyCounts {
+    /// Itself if it is a histogram this host can read (a peer's reply may
+    /// be anything): bounds strictly increasing and not too many, one
+    /// count per bound and one more.
+    pub fn checked(self) -> Option<Self> {
+        let increasing = self.bounds_us.windows(2).all(|w| w[0] < w[1]);
+        let fits = !self.bounds_us.is_empty() && self.bounds_us.len() <= MAX_LATENCY_BUCKETS;
+        (increasing && fits && self.counts.len() == self.bounds_us.len() + 1).then_some(self)
+    }
+}
+
+/// What a cell's messages occupy on one host now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workers {
+    /// Running slots: messages it runs at once (`[limits] concurrency`).
+    pub concurrency: u32,
+    /// Of those, the ones running now.
+    pub busy: u32,
+    /// Messages admitted and not finished (running and queued).
+    pub in_flight: u32,
+    /// The worker processes of a native Python cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+}
+
+/// A native Python cell's worker processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    /// Workers running now.
+    pub live: u32,
+    /// The most it may run (`[python] workers`, or `[scale] max`).
+    pub max: u32,
+    /// Messages sent to the workers and not answered yet.
+    pub messages: u32,
+}
+
 /// Messages and failure replies of one cell version.
 #[derive(Debug, Default)]
 pub struct CellStats {
@@ -61,6 +120,8 @@ pub struct CellStats {
     dead_letter_failures: AtomicU64,
     /// Recent handling latency, microseconds: a moving average.
     recent_us: AtomicU64,
+    /// Messages handled per latency bucket ([`LATENCY_BOUNDS_US`]).
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS],
     /// Requests sent to another host serving the cell.
     forwarded: AtomicU64,
     /// Waits for a running slot in the current window: their sum in
@@ -105,11 +166,13 @@ impl CellStats {
         }
     }
 
-    /// One message handled here in `elapsed`: moves the recent latency an
-    /// eighth of the way towards it (racing updates may lose one; it is an
-    /// estimate).
+    /// One message handled here in `elapsed`: counts it in its latency
+    /// bucket, and moves the recent latency an eighth of the way towards
+    /// it (racing updates may lose one; it is an estimate).
     pub(crate) fn handled_in(&self, elapsed: std::time::Duration) {
         let sample = (elapsed.as_micros() as u64).max(1);
+        let bucket = LATENCY_BOUNDS_US.partition_point(|bound| *bound < sample);
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let old = self.recent_us.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
@@ -122,6 +185,18 @@ impl CellStats {
     /// Recent handling latency in microseconds; 0 before the first message.
     pub fn recent_latency_us(&self) -> u64 {
         self.recent_us.load(Ordering::Relaxed)
+    }
+
+    /// Messages handled per latency bucket since this version started.
+    pub fn latency_counts(&self) -> LatencyCounts {
+        LatencyCounts {
+            bounds_us: LATENCY_BOUNDS_US.to_vec(),
+            counts: self
+                .latency_buckets
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect(),
+        }
     }
 
     /// A message waited `wait` for a running slot.
@@ -202,7 +277,7 @@ impl CellStats {
     }
 
     /// `{"requests", "errors", "errors_by_code": {code: n}, "forwarded",
-    /// "recent_latency_us"}`.
+    /// "recent_latency_us", "latency": {"bounds_us", "counts"}}`.
     pub fn to_json(&self) -> serde_json::Value {
         let by_code: serde_json::Map<String, serde_json::Value> = self
             .errors_by_code()
@@ -214,6 +289,7 @@ impl CellStats {
             "errors_by_code": by_code,
             "forwarded": self.forwarded_count(),
             "recent_latency_us": self.recent_latency_us(),
+            "latency": self.latency_counts(),
         })
     }
 }
@@ -267,5 +343,50 @@ mod tests {
         }
         let recent = stats.recent_latency_us();
         assert!((19_000..=20_000).contains(&recent), "{recent}");
+    }
+
+    #[test]
+    fn each_message_counts_in_the_first_bucket_that_holds_its_latency() {
+        let stats = CellStats::default();
+        for us in [
+            1,
+            10,
+            11,
+            800,
+            1_000,
+            49_999_999,
+            50_000_000,
+            50_000_001,
+            u64::MAX / 2,
+        ] {
+            stats.handled_in(Duration::from_micros(us));
+        }
+        let latency = stats.latency_counts();
+        assert_eq!(latency.bounds_us, LATENCY_BOUNDS_US);
+        let at = |bound: u64| {
+            let i = LATENCY_BOUNDS_US.iter().position(|b| *b == bound).unwrap();
+            latency.counts[i]
+        };
+        assert_eq!(at(10), 2, "1 µs and 10 µs: up to the first bound");
+        assert_eq!(at(20), 1);
+        assert_eq!(at(1_000), 2, "800 µs and 1 ms");
+        assert_eq!(at(50_000_000), 2);
+        assert_eq!(latency.counts[LATENCY_BOUNDS_US.len()], 2, "past 50 s");
+        assert_eq!(latency.counts.iter().sum::<u64>(), 9);
+        assert_eq!(latency.clone().checked(), Some(latency.clone()));
+        assert_eq!(stats.to_json()["latency"]["counts"][0], 2);
+    }
+
+    #[test]
+    fn a_histogram_from_a_peer_is_read_only_when_well_formed() {
+        let of =
+            |bounds_us: Vec<u64>, counts: Vec<u64>| LatencyCounts { bounds_us, counts }.checked();
+        assert!(of(vec![1, 2], vec![0, 0, 0]).is_some());
+        assert!(of(vec![1, 2], vec![0, 0]).is_none(), "a count short");
+        assert!(of(vec![2, 2], vec![0, 0, 0]).is_none(), "not increasing");
+        assert!(of(vec![], vec![0]).is_none(), "no bound");
+        let many: Vec<u64> = (1..=MAX_LATENCY_BUCKETS as u64 + 1).collect();
+        let counts = vec![0; many.len() + 1];
+        assert!(of(many, counts).is_none(), "too many buckets");
     }
 }

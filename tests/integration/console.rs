@@ -43,9 +43,18 @@ async fn assert_same_origin(browser: &Browser, base: &str) {
     }
 }
 
+/// A number the page shows in `css` (p50/p99 in ms, counts), if it
+/// shows one.
+async fn number(browser: &Browser, css: &str) -> Option<f64> {
+    browser.text(css).await?.trim().parse().ok()
+}
+
+/// The lattice shows each host with its uptime, the NATS server it is on,
+/// and its load; a slow cell's page shows its percentiles and busy slots
+/// under load; a killed host leaves the lattice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lattice_lists_two_hosts_and_their_cells_and_a_killed_host_leaves_it() {
-    let server = NatsServer::start();
+    let server = NatsServer::with_args(&["--server_name", "nats-console"]);
     let url = server.url();
     let mut a = HostProcess::serve(&url, "host-console-a", &[greet()], &[]);
     let _b = HostProcess::serve(&url, "host-console-b", &[greet(), faulty()], &[]);
@@ -64,11 +73,84 @@ async fn the_lattice_lists_two_hosts_and_their_cells_and_a_killed_host_leaves_it
             .all(|text| page.contains(text))
         })
         .await;
-    browser.screenshot("lattice").await;
     let faulty_on = browser.text("tr[data-cell='test.faulty']").await.unwrap();
     assert!(faulty_on.contains("host-console-b"), "{faulty_on}");
     assert!(!faulty_on.contains("host-console-a"), "{faulty_on}");
+    let version = server.bus().await.client().server_info().version;
+    let on_nats = format!("nats-console v{version}");
+    for host in ["host-console-a", "host-console-b"] {
+        eventually(SHOWN, "each host's NATS server and uptime", || async {
+            let nats = browser.text(&format!("td[data-nats='{host}']")).await;
+            // Started seconds ago.
+            let up = browser.text(&format!("td[data-uptime='{host}']")).await;
+            let seconds = up
+                .as_deref()
+                .and_then(|u| u.strip_suffix(" s")?.parse::<u64>().ok());
+            match (nats, seconds) {
+                (Some(nats), Some(0..120)) if nats == on_nats => Ok(()),
+                (nats, _) => Err(format!("{host}: server {nats:?}, up {up:?}")),
+            }
+        })
+        .await;
+    }
 
+    // Four slow requests at a time to test.faulty (4 running slots) on b.
+    let bus = server.bus().await;
+    let load = tokio::spawn(async move {
+        loop {
+            let sleep = json!({"action": "sleep", "ms": 150});
+            let calls = (0..4).map(|_| request_envelope(&bus, "test.faulty", sleep.clone()));
+            for reply in futures_util::future::join_all(calls).await {
+                assert!(reply.error.is_none(), "{reply:?}");
+            }
+        }
+    });
+    eventually(SHOWN, "host b's busy slots on the lattice", || async {
+        let slots = browser.text("td[data-slots='host-console-b']").await;
+        let busy = slots
+            .as_deref()
+            .and_then(|s| s.split(" / ").next()?.parse::<u32>().ok());
+        match busy {
+            // greet's 16 slots and faulty's 4.
+            Some(1..) if slots.as_deref().is_some_and(|s| s.ends_with(" / 20")) => Ok(()),
+            _ => Err(format!("{slots:?}")),
+        }
+    })
+    .await;
+    browser.screenshot("lattice").await;
+
+    browser
+        .goto(&format!("{}/cells/test.faulty", console.base()))
+        .await;
+    let host = "host-console-b";
+    eventually(
+        SHOWN,
+        "p50, p99 and busy slots of the slow cell",
+        || async {
+            let p50 = number(&browser, &format!("td[data-p50='{host}']")).await;
+            let p99 = number(&browser, &format!("td[data-p99='{host}']")).await;
+            let busy = number(&browser, &format!("td[data-busy='{host}']")).await;
+            let slots = number(&browser, &format!("td[data-slots='{host}']")).await;
+            // 150 ms each: the median in the bucket from 100 to 200 ms, the
+            // 99th percentile there or (a slow one) in the next.
+            let within = |p: Option<f64>, max: f64| p.is_some_and(|ms| (100.0..=max).contains(&ms));
+            match (within(p50, 200.0) && within(p99, 500.0), busy, slots) {
+                (true, Some(b), Some(4.0)) if b >= 1.0 => Ok(()),
+                _ => Err(format!(
+                    "p50 {p50:?} p99 {p99:?} busy {busy:?} of {slots:?}"
+                )),
+            }
+        },
+    )
+    .await;
+    load.abort();
+
+    browser.goto(console.base()).await;
+    browser
+        .wait_for_text(SHOWN, "the lattice again", |page| {
+            page.contains("host-console-a")
+        })
+        .await;
     a.kill();
     // The heartbeat bound, plus a tick of the page and one of discovery.
     let bound = DEAD_AFTER + Duration::from_secs(3);
@@ -123,8 +205,228 @@ async fn a_cells_request_count_rises_on_its_page_while_requests_run() {
     })
     .await;
     load.join().expect("every request answered");
+    // The requests were within the last 10 s: their percentiles show (in
+    // ms), and the cell's 16 running slots.
+    eventually(SHOWN, "p50, p99 and the running slots", || async {
+        let p50 = number(&browser, "td[data-p50]").await;
+        let p99 = number(&browser, "td[data-p99]").await;
+        let slots = number(&browser, "td[data-slots]").await;
+        match (p50, p99, slots) {
+            (Some(p50), Some(p99), Some(16.0)) if p50 > 0.0 && p99 >= p50 => Ok(()),
+            other => Err(format!("p50, p99, slots: {other:?}")),
+        }
+    })
+    .await;
+    assert_percentiles_are_computed_right(&browser).await;
+    assert_no_stray_text(&browser).await;
     browser.screenshot("cell").await;
     assert_same_origin(&browser, &base).await;
+    browser.close().await;
+}
+
+/// The view holds elements only: no stray text (an absent part drawn as
+/// the text "null").
+async fn assert_no_stray_text(browser: &Browser) {
+    let script = "return [...document.getElementById('view').childNodes]\
+        .filter((n) => n.nodeType === Node.TEXT_NODE).map((n) => n.textContent)";
+    let stray = browser.client().execute(script, vec![]).await.unwrap();
+    assert_eq!(stray, json!([]), "text directly in the view");
+}
+
+/// The page's percentile arithmetic, on histograms whose answers are
+/// known (bounds 10, 20 and 50 µs, then the bucket past them).
+async fn assert_percentiles_are_computed_right(browser: &Browser) {
+    let script = r#"
+        const b = [10, 20, 50];
+        return [
+            percentile(b, [0, 0, 0, 0], [2, 2, 0, 0], 0.5),
+            percentile(b, [0, 0, 0, 0], [2, 2, 0, 0], 0.99),
+            percentile(b, [1, 1, 0, 0], [1, 1, 4, 0], 0.5),
+            percentile(b, [0, 0, 0, 0], [0, 0, 0, 5], 0.5),
+            percentile(b, [5, 0, 0, 0], [1, 0, 0, 0], 0.5),
+            percentile(b, [3, 0, 0, 0], [3, 0, 0, 0], 0.5),
+            percentile(b, [0, 0, 0], [1, 0, 0], 0.5),
+        ].map((p) => p && { us: Math.round(p.us * 100) / 100, over: p.over });"#;
+    let answers = browser.client().execute(script, vec![]).await.unwrap();
+    assert_eq!(
+        answers,
+        json!([
+            {"us": 10, "over": false},
+            {"us": 19.8, "over": false},
+            {"us": 35, "over": false},
+            {"us": 50, "over": true},
+            null,
+            null,
+            null,
+        ]),
+        "the median of 2 at ≤10 µs and 2 at ≤20 µs interpolates to 10 µs, the \
+         99th to 19.8; only what came between two readings counts; past the \
+         last bound is 'over' it; counters that went down (a new version), no \
+         message, or a histogram of another shape have none"
+    );
+}
+
+/// A breaker that keeps opening: each opening is counted on its host,
+/// arrives in discovery and on the cell's page over NATS, and past three
+/// openings the console advises looking at the target's failed flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_openings_arrive_in_discovery_and_become_advice() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let caller = CellToml::faulty("test.caller")
+        .calls(&["test.target"])
+        .policy("test.target", |p| {
+            p.breaker.failures = 1;
+            p.breaker.cooldown_ms = 1;
+        })
+        .write();
+    let target = CellToml::faulty("test.target").write();
+    let cells = [caller.path().to_path_buf(), target.path().to_path_buf()];
+    let _host = HostProcess::serve(&url, "host-breaker", &cells, &[]);
+    let bus = server.bus().await;
+    // A first sample before any opening: openings are counted from it.
+    let console = Console::with(&url, &["--advice-window-secs", "3"]);
+    eventually(SHOWN, "the console to see the caller", || async {
+        let cell = curl(&[&format!("{}/api/cells/test.caller", console.base())]);
+        match cell.status {
+            200 => Ok(()),
+            status => Err(format!("{status}: {}", cell.body)),
+        }
+    })
+    .await;
+    // Each call that reaches the target traps it: the breaker opens at
+    // once (failures = 1), and after 1 ms lets a probe through, which
+    // fails and opens it again.
+    let panic = json!({"action": "call", "cell": "test.target", "payload": {"action": "panic"}});
+    let opened = eventually(SHOWN, "five openings in discovery", || async {
+        request_envelope(&bus, "test.caller", panic.clone()).await;
+        let hosts = cbs_host::discovery::list(
+            bus.client(),
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let breaker = hosts
+            .iter()
+            .flat_map(|h| &h.cells)
+            .find(|c| c.id == "test.caller")
+            .and_then(|c| c.breakers.get("test.target").copied());
+        match breaker {
+            Some(b) if b.opened >= 5 => Ok(b.opened),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eventually(SHOWN, "the openings on the cell's page", || async {
+        let cell = curl(&[&format!("{}/api/cells/test.caller", console.base())]).json();
+        let shown = cell["hosts"][0]["breakers"]["test.target"]["opened"].as_u64();
+        match shown {
+            Some(n) if n >= opened => Ok(()),
+            _ => Err(format!("{cell}")),
+        }
+    })
+    .await;
+    eventually(SHOWN, "the advice", || async {
+        let advice = curl(&[&format!("{}/api/advice", console.base())]).json();
+        let found = advice["advice"].as_array().and_then(|all| {
+            all.iter()
+                .find(|a| a["kind"] == "breaker_opening" && a["cell"] == "test.caller")
+        });
+        match found {
+            Some(a) if a["command"] == "cbs flows --cell test.target --failed" => Ok(()),
+            _ => Err(format!("{advice}")),
+        }
+    })
+    .await;
+}
+
+/// Views visited one after another in one tab each show at once: a page
+/// the browser keeps for "back" closes its stream when left (a browser
+/// opens six connections to one origin, and the seventh view would wait
+/// for one of them to time out), and follows again when shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_visited_in_one_tab_each_show_at_once() {
+    let host = HostProcess::local(&[greet()], &["--console", "127.0.0.1:0"]);
+    let base = format!("http://{}", host.console_addr());
+    let browser = Browser::start().await;
+    let pages = ["/", "/cells/logic.greet", "/flows", "/advice", "/releases"];
+    // Ten visits: past the six connections, then back to a kept page.
+    for path in pages.iter().chain(&pages) {
+        let started = Instant::now();
+        // (Loading waits for a connection too.)
+        browser.goto(&format!("{base}{path}")).await;
+        eventually(SHOWN, &format!("{path} drawn"), || async {
+            match browser.text("#updated").await {
+                Some(updated) if updated.starts_with("updated ") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "{path} took {took:?} to show"
+        );
+    }
+    browser.client().back().await.unwrap();
+    let updated = || async { browser.text("#updated").await.unwrap_or_default() };
+    let before = updated().await;
+    eventually(
+        Duration::from_secs(5),
+        "the page shown again to follow its stream",
+        || async {
+            match updated().await {
+                now if now.starts_with("updated ") && now != before => Ok(()),
+                now => Err(now),
+            }
+        },
+    )
+    .await;
+    browser.close().await;
+}
+
+/// The live redraws keep a keyboard user's place: the link that had the
+/// focus has it again after each redraw; and the status line, a live
+/// region a screen reader reads out, stays quiet while nothing changes
+/// (the time of the last update is beside it, outside the region).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_updates_keep_the_keyboard_focus_and_a_quiet_status_line() {
+    let host = HostProcess::local(&[greet()], &["--console", "127.0.0.1:0"]);
+    let base = format!("http://{}", host.console_addr());
+    let browser = Browser::start().await;
+    browser.goto(&base).await;
+    browser
+        .wait_for_text(SHOWN, "the cell's link", |page| {
+            page.contains("logic.greet")
+        })
+        .await;
+    // Focus the link as Tab would, then count what changes in two redraws.
+    let script = r#"
+        const done = arguments[0];
+        document.querySelector("tr[data-cell='logic.greet'] a").focus();
+        let said = 0;
+        new MutationObserver(() => said++).observe(document.getElementById("status"),
+            { childList: true, characterData: true, subtree: true });
+        let redraws = 0;
+        const observer = new MutationObserver(() => {
+            if (++redraws < 2) return;
+            observer.disconnect();
+            const active = document.activeElement;
+            done({ focused: active.getAttribute("href"), said, status: document.getElementById("status").textContent });
+        });
+        observer.observe(document.getElementById("view"), { childList: true });
+    "#;
+    let seen = browser
+        .client()
+        .execute_async(script, vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        json!({"focused": "/cells/logic.greet", "said": 0, "status": "live"}),
+        "after two redraws"
+    );
     browser.close().await;
 }
 
@@ -207,6 +509,7 @@ async fn a_dead_letter_shows_with_its_error_and_its_message_on_inspection() {
     inspect.click().await.expect("a click");
     let shown = browser.text("#letter").await.unwrap_or_default();
     assert!(shown.contains("\"action\": \"fail\""), "{shown}");
+    assert_no_stray_text(&browser).await;
     browser.screenshot("dead-letters").await;
     assert_same_origin(&browser, &base).await;
     browser.close().await;
@@ -788,6 +1091,148 @@ async fn an_uploaded_bundle_shows_the_contract_verdict_and_deploys_on_confirmati
     browser.screenshot("releases-deploy").await;
     assert_same_origin(&browser, console.base()).await;
     browser.close().await;
+}
+
+/// Every view passes axe-core's WCAG 2 A and AA rules (2.0, 2.1 and 2.2),
+/// each with data to draw: a lattice of two hosts, a cell whose calls
+/// trip a breaker (its advice too), a dead letter, a failed flow, the
+/// audit trail, and the sign-in form of a console with actions. Prints
+/// what passed per view (`-- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_passes_axe_cores_wcag_2_a_and_aa_rules() {
+    let axe = cbs_tests::axe::script();
+    let server = NatsServer::start();
+    let url = server.url();
+    let caller = CellToml::faulty("test.caller")
+        .calls(&["test.target"])
+        .policy("test.target", |p| {
+            p.breaker.failures = 1;
+            p.breaker.cooldown_ms = 1;
+        })
+        .write();
+    let target = CellToml::faulty("test.target").write();
+    let durable = CellToml::faulty("test.durable")
+        .durable(DurableSpec {
+            max_deliver: 1,
+            ..DurableSpec::default()
+        })
+        .write();
+    let cells = [
+        greet(),
+        faulty(),
+        caller.path().to_path_buf(),
+        target.path().to_path_buf(),
+        durable.path().to_path_buf(),
+    ];
+    let _a = HostProcess::serve(&url, "host-a11y-a", &cells, &[]);
+    let _w = HostProcess::serve(&url, "host-a11y-w", &[], &["--watch"]);
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "s3cret\n").unwrap();
+    let console = Console::with(
+        &url,
+        &[
+            "--advice-window-secs",
+            "3",
+            "--allow-actions",
+            "--token-file",
+            tokens.path().to_str().unwrap(),
+        ],
+    );
+    let base = console.base().to_owned();
+    eventually(SHOWN, "the console to see the caller", || async {
+        match curl(&[&format!("{base}/api/cells/test.caller")]).status {
+            200 => Ok(()),
+            status => Err(status.to_string()),
+        }
+    })
+    .await;
+
+    let bus = server.bus().await;
+    let call = json!({"action": "call", "cell": "logic.greet", "payload": {"name": 5}});
+    let flow = request_envelope(&bus, "test.faulty", call)
+        .await
+        .correlation_id;
+    let panic = json!({"action": "call", "cell": "test.target", "payload": {"action": "panic"}});
+    for _ in 0..5 {
+        request_envelope(&bus, "test.caller", panic.clone()).await;
+    }
+    let js = async_nats::jetstream::new(bus.client().clone());
+    let poison = envelope_to(
+        "test.durable",
+        &json!({"action": "fail", "message": "never"}),
+    );
+    cbs_host::durable::publish(&js, "cbs-durable.test.durable", &poison)
+        .await
+        .unwrap();
+
+    let views = [
+        ("lattice", "/".to_owned(), "host-a11y-w"),
+        ("cell", "/cells/test.caller".to_owned(), "Circuit breakers"),
+        (
+            "dead letters",
+            "/cells/test.durable/dead-letters".to_owned(),
+            "never",
+        ),
+        ("flows", "/flows".to_owned(), flow.as_str()),
+        ("flow", format!("/flows/{flow}"), "hop(s)"),
+        ("releases", "/releases".to_owned(), "host host-a11y-w"),
+        (
+            "advice",
+            "/advice".to_owned(),
+            "keep opening its circuit breaker",
+        ),
+    ];
+    let browser = Browser::start().await;
+    let mut failed = Vec::new();
+    for (name, path, shows) in views {
+        browser.goto(&format!("{base}{path}")).await;
+        browser
+            .wait_for_text(SHOWN, &format!("the {name} view with {shows:?}"), |page| {
+                page.contains(shows)
+            })
+            .await;
+        failed.extend(audit(&browser, &axe, name).await);
+    }
+    // Signed in, the dead letters have their replay buttons.
+    browser
+        .goto(&format!("{base}/cells/test.durable/dead-letters"))
+        .await;
+    let field = browser.client().find(Locator::Id("token")).await.unwrap();
+    field.send_keys("s3cret").await.unwrap();
+    let form = browser.client().form(Locator::Id("sign-in")).await.unwrap();
+    form.submit().await.unwrap();
+    browser
+        .wait_for_text(SHOWN, "the replay buttons", |page| {
+            page.contains("replay all")
+        })
+        .await;
+    failed.extend(audit(&browser, &axe, "dead letters (signed in)").await);
+    assert!(
+        failed.is_empty(),
+        "accessibility violations:\n{}",
+        failed.join("\n")
+    );
+    browser.close().await;
+}
+
+/// Runs axe on the page and prints its result; the violations, each
+/// named with `view`.
+async fn audit(browser: &Browser, axe: &str, view: &str) -> Vec<String> {
+    let audit = cbs_tests::axe::audit(browser, axe).await;
+    eprintln!(
+        "axe-core {} (WCAG 2 A/AA), {view}: {} rules passed, {} violated, {} to review by hand {:?}\n  passed: {}",
+        audit.version,
+        audit.passes.len(),
+        audit.violations.len(),
+        audit.incomplete.len(),
+        audit.incomplete,
+        audit.passes.join(" ")
+    );
+    audit
+        .violations
+        .iter()
+        .map(|v| format!("{view}: {v}"))
+        .collect()
 }
 
 /// A measurement, not a check (`make console-bench`): a lattice of 10 hosts

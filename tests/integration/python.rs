@@ -421,6 +421,10 @@ async fn the_pool_is_sized_from_cell_toml() {
         ));
     }
     assert!(later > first, "the handler instance lives across messages");
+    // What discovery and the console show of the pool: both workers live,
+    // none busy now.
+    let pool = cell.workers().pool.expect("a native cell reports its pool");
+    assert_eq!((pool.live, pool.max, pool.messages), (2, 2, 0));
 }
 
 /// An `async def` handler runs many messages at once on one worker's

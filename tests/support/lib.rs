@@ -2,6 +2,7 @@
 //! repository's cells and binaries are, a host with real components on a
 //! real bus, and waiting on conditions with deadlines (never fixed sleeps).
 
+pub mod axe;
 pub mod browser;
 pub mod bundles;
 pub mod cell_toml;

@@ -12,10 +12,10 @@ use crate::contract::Contract;
 use crate::envelope::{header, Envelope};
 use crate::manifest::{CellSpec, Manifest};
 use crate::outbound::Outbound;
-use crate::resilience::BreakerState;
+use crate::resilience::BreakerReport;
 use crate::runtime::wasm::CacheOutcome;
 use crate::runtime::{CellInfo, CellRunner};
-use crate::stats::{CellLoad, CellStats};
+use crate::stats::{CellLoad, CellStats, Workers};
 
 /// Where a served cell's current version sits: read once per message, so a
 /// hot swap takes effect from the next message on.
@@ -81,8 +81,8 @@ impl LoadedCell {
             .collect()
     }
 
-    /// The breaker state of each call target.
-    pub fn breakers(&self) -> Vec<(String, BreakerState)> {
+    /// The breaker of each call target: its state and openings.
+    pub fn breakers(&self) -> Vec<(String, BreakerReport)> {
         self.outbound.breakers()
     }
 
@@ -100,6 +100,19 @@ impl LoadedCell {
             refused,
             queue_wait_us: self.stats.mean_wait_us(),
             latency_us: self.stats.recent_latency_us(),
+        }
+    }
+
+    /// Its running slots and how many are busy, the messages in flight,
+    /// and a pooled runtime's workers.
+    pub fn workers(&self) -> Workers {
+        let concurrency = self.manifest.limits.concurrency;
+        let free = self.running.available_permits() as u32;
+        Workers {
+            concurrency,
+            busy: concurrency.saturating_sub(free),
+            in_flight: self.in_flight() as u32,
+            pool: self.runner.pool(),
         }
     }
 

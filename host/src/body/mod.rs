@@ -237,7 +237,11 @@ impl metrics::Source for Body {
                 errors_by_code: cell.stats.errors_by_code().collect(),
                 in_flight: cell.in_flight(),
                 instances: cell.runner.instances(),
-                breakers: cell.breakers(),
+                breakers: cell
+                    .breakers()
+                    .into_iter()
+                    .map(|(target, b)| (target, b.state))
+                    .collect(),
                 durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
                 forwarded: cell.stats.forwarded_count(),
             })

@@ -377,6 +377,15 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
                 let mut stats = cell.stats.to_json();
                 stats["version"] = cell.manifest.version.clone().into();
                 stats["instances"] = cell.runner.instances().into();
+                stats["workers"] = serde_json::json!(cell.workers());
+                let breakers: serde_json::Map<String, serde_json::Value> = cell
+                    .breakers()
+                    .into_iter()
+                    .map(|(target, b)| (target, serde_json::json!(b)))
+                    .collect();
+                if !breakers.is_empty() {
+                    stats["breakers"] = breakers.into();
+                }
                 if cell.manifest.durable.is_some() {
                     stats["durable"] = serde_json::json!(cell.stats.durable());
                 }

@@ -23,6 +23,13 @@ const LAG_FLOOR: u64 = 100;
 /// Latency after a deploy counts as risen past this factor and margin.
 const SLOWER_FACTOR: f64 = 1.5;
 const SLOWER_MARGIN_US: u64 = 5_000;
+/// A breaker that opened more often than this within [`BREAKER_WINDOW`]
+/// is advice.
+pub const BREAKER_OPENINGS: u64 = 3;
+/// How far back breaker openings are counted: one hour whatever the
+/// advice window (at most the history there is: an hour with the default
+/// window).
+pub const BREAKER_WINDOW: Duration = Duration::from_secs(3600);
 
 /// How far back advice looks: refusals within it, lag growth over it,
 /// idleness over [`IDLE_WINDOWS`] of it.
@@ -31,7 +38,8 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 /// One piece of advice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Advice {
-    /// `capacity`, `idle`, `falling_behind` or `slower_after_deploy`.
+    /// `capacity`, `idle`, `falling_behind`, `slower_after_deploy` or
+    /// `breaker_opening`.
     pub kind: &'static str,
     pub cell: String,
     pub title: String,
@@ -63,6 +71,8 @@ struct Point {
     hosts: usize,
     desired: Option<String>,
     replicas: Option<u32>,
+    /// Breaker openings so far by (host, call target).
+    breakers: BTreeMap<(String, String), u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +95,10 @@ impl Sample {
                 }
                 point.versions.insert(served.version.clone());
                 point.hosts += 1;
+                for (target, breaker) in &served.breakers {
+                    let key = (host.id.clone(), target.clone());
+                    point.breakers.insert(key, breaker.opened);
+                }
             }
         }
         for cell in &lattice.cells {
@@ -161,6 +175,7 @@ impl Advisor {
             advice.extend(idle(cell, now, &history, newest.at_ms, window_ms));
             advice.extend(falling_behind(cell, now, back(window_ms), self.window));
             advice.extend(slower_after_deploy(cell, &history));
+            advice.extend(breaker_opening(cell, &history));
         }
         AdviceView {
             at_ms: newest.at_ms,
@@ -310,6 +325,69 @@ fn slower_after_deploy(cell: &str, history: &[(u64, &Point)]) -> Option<Advice> 
     })
 }
 
+/// A call target whose breaker opened more than [`BREAKER_OPENINGS`]
+/// times within [`BREAKER_WINDOW`], across the cell's hosts.
+fn breaker_opening(cell: &str, history: &[(u64, &Point)]) -> Vec<Advice> {
+    let Some((now_ms, _)) = history.last() else {
+        return Vec::new();
+    };
+    let since = now_ms.saturating_sub(BREAKER_WINDOW.as_millis() as u64);
+    // From the newest point at or before the window's start.
+    let start = history
+        .iter()
+        .rposition(|(ms, _)| *ms <= since)
+        .unwrap_or(0);
+    let window = &history[start..];
+    let span = Duration::from_millis(now_ms - window[0].0);
+    // target → (openings, hosts where it opened)
+    let mut opened: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    let keys: BTreeSet<&(String, String)> =
+        window.iter().flat_map(|(_, p)| p.breakers.keys()).collect();
+    for key in keys {
+        let n = increase(
+            window
+                .iter()
+                .filter_map(|(_, p)| p.breakers.get(key).copied()),
+        );
+        if n > 0 {
+            let row = opened.entry(key.1.as_str()).or_default();
+            row.0 += n;
+            row.1 += 1;
+        }
+    }
+    opened
+        .into_iter()
+        .filter(|(_, (n, _))| *n > BREAKER_OPENINGS)
+        .map(|(target, (n, hosts))| Advice {
+            kind: "breaker_opening",
+            cell: cell.to_owned(),
+            title: format!("{cell}'s calls to {target} keep opening its circuit breaker"),
+            evidence: format!(
+                "the breaker of {cell}'s calls to {target} opened {n} times in the last {} on {hosts} host(s)",
+                seconds(span)
+            ),
+            command: format!("cbs flows --cell {target} --failed"),
+        })
+        .collect()
+}
+
+/// How much a counter rose over its readings, a reading lower than the
+/// one before counting from zero (a new cell version's counters start
+/// again). Its first reading is the base: what it counted before is not
+/// in the window.
+fn increase(readings: impl Iterator<Item = u64>) -> u64 {
+    let mut readings = readings;
+    let Some(mut last) = readings.next() else {
+        return 0;
+    };
+    let mut total = 0u64;
+    for now in readings {
+        total = total.saturating_add(if now >= last { now - last } else { now });
+        last = now;
+    }
+    total
+}
+
 fn mean(values: impl Iterator<Item = u64>) -> Option<u64> {
     let (sum, n) = values.fold((0u64, 0u64), |(s, n), v| (s.saturating_add(v), n + 1));
     sum.checked_div(n)
@@ -319,6 +397,7 @@ fn mean(values: impl Iterator<Item = u64>) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::console::view::{Cell, Host, Served};
+    use crate::resilience::{BreakerReport, BreakerState};
     use crate::stats::DurableCounts;
 
     const WINDOW: Duration = Duration::from_secs(60);
@@ -426,6 +505,55 @@ mod tests {
         assert_eq!(view.advice[0].kind, "slower_after_deploy", "{view:?}");
         assert!(view.advice[0].title.contains("1.1.0"));
         assert_eq!(view.advice[0].command, "cbs rollback c");
+    }
+
+    #[test]
+    fn a_breaker_that_opened_more_than_three_times_in_an_hour_is_advice() {
+        let advisor = Advisor::new(WINDOW);
+        let opened = |version: &str, n| Served {
+            version: version.into(),
+            breakers: BTreeMap::from([(
+                "logic.greet".to_owned(),
+                BreakerReport {
+                    state: BreakerState::Closed,
+                    opened: n,
+                },
+            )]),
+            ..served(0, 0)
+        };
+        // (The cell gets no request: it is idle too; only breakers here.)
+        let breaker_advice = || -> Vec<Advice> {
+            let view = advisor.view();
+            view.advice
+                .into_iter()
+                .filter(|a| a.kind == "breaker_opening")
+                .collect()
+        };
+        // Ten openings before the first sample are not in the window.
+        advisor.record(&lattice(0, opened("1.0.0", 10), None));
+        advisor.record(&lattice(600, opened("1.0.0", 13), None));
+        assert_eq!(breaker_advice(), [], "3 is not more than 3");
+        // A new version's breaker counts from zero again: 13 → 1 is one.
+        advisor.record(&lattice(1200, opened("1.1.0", 1), None));
+        let advice = breaker_advice();
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(advice[0].cell, "c");
+        assert_eq!(
+            advice[0].evidence,
+            "the breaker of c's calls to logic.greet opened 4 times in the last 20 min on 1 host(s)"
+        );
+        assert_eq!(advice[0].command, "cbs flows --cell logic.greet --failed");
+        // An hour after the last opening, the openings are out of the window.
+        advisor.record(&lattice(4900, opened("1.1.0", 1), None));
+        assert_eq!(breaker_advice(), []);
+    }
+
+    #[test]
+    fn a_counter_rises_by_its_steps_and_counts_again_from_zero_after_a_reset() {
+        assert_eq!(increase([].into_iter()), 0);
+        assert_eq!(increase([5].into_iter()), 0, "the base only");
+        assert_eq!(increase([5, 7, 7, 9].into_iter()), 4);
+        assert_eq!(increase([5, 7, 2, 3].into_iter()), 2 + 2 + 1);
     }
 
     #[test]

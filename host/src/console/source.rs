@@ -131,6 +131,8 @@ fn letters(cell: &str, all: Vec<(u64, crate::durable::DeadLetter)>) -> DeadLette
 pub struct Local {
     host: String,
     body: Weak<Body>,
+    /// When the host started (built its console), ms since the epoch.
+    started_ms: u64,
 }
 
 impl Local {
@@ -138,6 +140,7 @@ impl Local {
         Self {
             host: host.to_owned(),
             body: Arc::downgrade(body),
+            started_ms: crate::unix_time::now_ms(),
         }
     }
 
@@ -154,6 +157,8 @@ impl Source for Local {
         let body = self.body()?;
         let hosts = vec![Host {
             id: self.host.clone(),
+            started_ms: Some(self.started_ms),
+            load_avg_1m: crate::machine::load_average_1m(),
             cells: body.cells().iter().map(|c| served(c)).collect(),
             ..Host::default()
         }];
@@ -177,11 +182,7 @@ impl Source for Local {
             hosts: vec![HostServing {
                 host: self.host.clone(),
                 served: served(&cell),
-                breakers: cell
-                    .breakers()
-                    .into_iter()
-                    .map(|(target, state)| (target, breaker_name(state).to_owned()))
-                    .collect(),
+                latency: Some(cell.stats.latency_counts()),
             }],
             input: schema(&cell.contract.input),
             output: schema(&cell.contract.output),
@@ -221,15 +222,6 @@ impl Source for Local {
     }
 }
 
-fn breaker_name(state: crate::resilience::BreakerState) -> &'static str {
-    use crate::resilience::BreakerState;
-    match state {
-        BreakerState::Closed => "closed",
-        BreakerState::HalfOpen => "half_open",
-        BreakerState::Open => "open",
-    }
-}
-
 fn served(cell: &LoadedCell) -> Served {
     Served {
         cell: cell.manifest.id.clone(),
@@ -244,6 +236,8 @@ fn served(cell: &LoadedCell) -> Served {
         latency_us: cell.stats.recent_latency_us(),
         instances: cell.runner.instances() as u64,
         durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
+        workers: Some(cell.workers()),
+        breakers: cell.breakers().into_iter().collect(),
     }
 }
 
@@ -289,6 +283,9 @@ impl Nats {
             .map(|view| Host {
                 labels: view.labels,
                 watching: view.watching,
+                started_ms: view.started_ms,
+                nats_server: view.nats_server,
+                load_avg_1m: view.load_avg_1m,
                 cells: view.cells.iter().map(served_remote).collect(),
                 id: view.host,
             })
@@ -376,7 +373,7 @@ impl Source for Nats {
             detail.hosts.push(HostServing {
                 host: view.host.clone(),
                 served: served_remote(cell),
-                breakers: BTreeMap::new(),
+                latency: cell.latency.clone(),
             });
         }
         let known = !detail.hosts.is_empty() || detail.desired.is_some();
@@ -478,5 +475,7 @@ fn served_remote(cell: &discovery::CellView) -> Served {
         latency_us: cell.latency_us,
         instances: cell.instances,
         durable: cell.durable,
+        workers: cell.workers,
+        breakers: cell.breakers.clone(),
     }
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::stats::DurableCounts;
+use crate::bus::nats::ConnectedServer;
+use crate::resilience::BreakerReport;
+use crate::stats::{DurableCounts, LatencyCounts, Workers};
 
 /// The lattice view: its hosts and what each serves, and each cell's
 /// desired release against what serves it.
@@ -26,6 +28,13 @@ pub struct Host {
     pub labels: BTreeMap<String, String>,
     /// Whether it follows the desired state (`cbs-host run --watch`).
     pub watching: bool,
+    /// When it started, ms since the Unix epoch (its uptime is `at_ms`
+    /// minus this), where known.
+    pub started_ms: Option<u64>,
+    /// The NATS server it is connected to (none in process).
+    pub nats_server: Option<ConnectedServer>,
+    /// Its machine's 1-minute load average, where readable.
+    pub load_avg_1m: Option<f64>,
     pub cells: Vec<Served>,
 }
 
@@ -45,6 +54,13 @@ pub struct Served {
     pub instances: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durable: Option<DurableCounts>,
+    /// Its running slots, busy ones, messages in flight and a pool's
+    /// workers, where the host reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Workers>,
+    /// Each call target's breaker: its state and how often it opened.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub breakers: BTreeMap<String, BreakerReport>,
 }
 
 /// One cell across the lattice.
@@ -106,9 +122,9 @@ pub struct HostServing {
     pub host: String,
     #[serde(flatten)]
     pub served: Served,
-    /// Breaker state per call target (`closed`, `half_open`, `open`), where
-    /// the source knows it.
-    pub breakers: BTreeMap<String, String>,
+    /// Messages per latency bucket since its version started: the page
+    /// takes percentiles from the difference of two views.
+    pub latency: Option<LatencyCounts>,
 }
 
 /// One cell's dead letters (the newest last), each with its sequence.

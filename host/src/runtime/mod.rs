@@ -70,6 +70,11 @@ pub trait CellRunner: Send + Sync {
         0
     }
 
+    /// The worker processes of a pooled runtime (native Python), if any.
+    fn pool(&self) -> Option<crate::stats::Pool> {
+        None
+    }
+
     /// Stops the cell's runtime resources (processes), after the body has
     /// drained its messages.
     async fn shutdown(&self, _grace: Duration) {}

@@ -34,6 +34,50 @@ use crate::error::BusError;
 /// Name of the micro service every host registers.
 pub const SERVICE_NAME: &str = "cbs";
 
+/// The service metadata key of when the host started (connected to NATS),
+/// ms since the Unix epoch.
+pub const STARTED_MS: &str = "started_ms";
+
+/// The key, in each served endpoint's `$SRV.STATS` data, of what the host
+/// says about itself now ([`HostFacts`]): the same on every endpoint of a
+/// host, so a reader takes it from any.
+pub const HOST_FACTS: &str = "host";
+
+/// A host's facts of the moment, in its stats replies.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostFacts {
+    /// The NATS server it is connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_server: Option<ConnectedServer>,
+    /// Its machine's 1-minute load average, where readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_avg_1m: Option<f64>,
+}
+
+/// The NATS server a host is connected to, from the server's own `INFO`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectedServer {
+    pub name: String,
+    pub id: String,
+    pub version: String,
+}
+
+impl HostFacts {
+    /// The facts of the host on `client`, now.
+    fn now(client: &async_nats::Client) -> Self {
+        let info = client.server_info();
+        let connected = !info.server_id.is_empty();
+        Self {
+            nats_server: connected.then_some(ConnectedServer {
+                name: info.server_name,
+                id: info.server_id,
+                version: info.version,
+            }),
+            load_avg_1m: crate::machine::load_average_1m(),
+        }
+    }
+}
+
 /// The [`BodyBus`] on a NATS connection.
 pub struct NatsBus {
     client: async_nats::Client,
@@ -47,6 +91,9 @@ pub struct NatsBus {
     /// Extra stats per endpoint name (CBS's own error counts by code).
     extra_stats: Arc<Mutex<HashMap<String, StatsFn>>>,
     reconnects: Arc<AtomicU64>,
+    /// When it connected, ms since the Unix epoch (the service's
+    /// [`STARTED_MS`]).
+    started_ms: u64,
 }
 
 /// Produces the `data` of an endpoint's `$SRV.STATS` entry.
@@ -66,6 +113,7 @@ impl NatsBus {
             pending: Arc::default(),
             extra_stats: Arc::default(),
             reconnects,
+            started_ms: crate::unix_time::now_ms(),
         })
     }
 
@@ -100,15 +148,23 @@ impl NatsBus {
         self.service
             .get_or_try_init(|| async {
                 let extra = self.extra_stats.clone();
+                let client = self.client.clone();
                 let mut metadata = self.metadata.clone();
                 metadata.insert("host".to_owned(), self.host_id.clone());
+                metadata.insert(STARTED_MS.to_owned(), self.started_ms.to_string());
                 self.client
                     .service_builder()
                     .description("CBS host: cells served as endpoints")
                     .metadata(metadata)
                     .stats_handler(move |name, _| {
                         let f = extra.lock().unwrap().get(&name).cloned();
-                        f.map_or(serde_json::Value::Null, |f| f())
+                        let mut data = f.map_or(serde_json::Value::Null, |f| f());
+                        // A withdrawn endpoint's data stays null.
+                        if let Some(fields) = data.as_object_mut() {
+                            let facts = HostFacts::now(&client);
+                            fields.insert(HOST_FACTS.to_owned(), serde_json::json!(facts));
+                        }
+                        data
                     })
                     .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
                     .await

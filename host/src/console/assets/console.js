@@ -5,6 +5,7 @@
 
 const view = document.getElementById("view");
 const status = document.getElementById("status");
+const updated = document.getElementById("updated");
 
 // Builds an element: el("td", {class: "num"}, "3", child, …).
 function el(tag, attrs, ...children) {
@@ -19,7 +20,8 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-// Draws a view: its parts in order, lists flattened, absent ones skipped.
+// Draws the view: its parts in place of what it showed, lists flattened,
+// absent ones (null) left out (replaceChildren would write "null").
 function show(...parts) {
   view.replaceChildren(...parts.flat().filter((p) => p !== null && p !== undefined));
 }
@@ -53,6 +55,35 @@ function fmtRate(r) {
   return r === null ? "…" : r.toFixed(r < 10 ? 1 : 0);
 }
 
+// `3 h 12 min`, `45 s`: how long from `ms` to `now`.
+function fmtUptime(ms, now) {
+  const s = Math.max(0, Math.floor((now - ms) / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function none(text) {
+  return el("span", { class: "muted" }, text || "–");
+}
+
+// The NATS server a host is on: its name and version (its id on hover).
+function natsServer(server) {
+  if (!server) return none();
+  const name = server.name === server.id ? server.id.slice(0, 12) : server.name;
+  return el("span", { title: `server id ${server.id}` }, name, " ", el("span", { class: "muted" }, `v${server.version}`));
+}
+
+// A host's load across its cells: messages in flight, and its busy
+// running slots of all it has; null when no cell reports them.
+function hostLoad(cells) {
+  const reporting = cells.filter((c) => c.workers);
+  if (!reporting.length) return null;
+  const sum = (key) => reporting.reduce((n, c) => n + c.workers[key], 0);
+  return { inFlight: sum("in_flight"), busy: sum("busy"), slots: sum("concurrency") };
+}
+
 function drawLattice(data) {
   const counts = new Map();
   const hostRows = data.hosts.map((host) => {
@@ -61,12 +92,18 @@ function drawLattice(data) {
     for (const c of host.cells) { requests += c.requests; errors += c.errors; }
     counts.set(`host:${host.id}`, requests);
     const labels = Object.entries(host.labels).map(([k, v]) => badge(`${k}=${v}`));
-    return el("tr", {},
-      el("td", {}, host.id),
+    const load = hostLoad(host.cells);
+    return el("tr", { "data-host": host.id },
+      el("th", { scope: "row" }, host.id),
       el("td", {}, labels),
-      el("td", {}, host.watching ? badge("watching", "ok") : el("span", { class: "muted" }, "static")),
+      el("td", {}, host.watching ? badge("watching", "ok") : none("static")),
+      el("td", { class: "num", "data-uptime": host.id }, host.started_ms ? fmtUptime(host.started_ms, data.at_ms) : none()),
+      el("td", { "data-nats": host.id }, data.source === "nats" ? natsServer(host.nats_server) : none("in process")),
       el("td", { class: "num" }, host.cells.length),
       el("td", { class: "num", "data-rate": `host:${host.id}` }, fmtRate(rate(`host:${host.id}`, requests, data.at_ms))),
+      el("td", { class: "num" }, load ? load.inFlight : none()),
+      el("td", { class: "num", "data-slots": host.id }, load ? `${load.busy} / ${load.slots}` : none()),
+      el("td", { class: "num" }, host.load_avg_1m === null || host.load_avg_1m === undefined ? none() : host.load_avg_1m.toFixed(2)),
       el("td", { class: "num" }, errors));
   });
   const cellRows = data.cells.map((cell) => {
@@ -86,7 +123,9 @@ function drawLattice(data) {
   show(
     el("h1", {}, data.source === "nats" ? "Lattice" : "Host"),
     el("h2", { id: "hosts" }, `Hosts (${data.hosts.length})`),
-    table([["Host"], ["Labels"], ["Follows"], ["Cells", "num"], ["Requests/s", "num"], ["Errors", "num"]], hostRows),
+    table([["Host"], ["Labels"], ["Follows"], ["Up", "num"], ["NATS server"], ["Cells", "num"], ["Requests/s", "num"],
+      ["In flight", "num"], ["Busy slots", "num"], ["Load (1 min)", "num"], ["Errors", "num"]], hostRows,
+      "Up: since the host started. In flight and busy slots: across its cells, of their running slots. Load: the machine's 1-minute load average."),
     el("h2", { id: "cells" }, `Cells (${data.cells.length})`),
     table([["Cell"], ["Desired"], ["Replicas", "num"], ["Serving", "num"], ["Hosts and versions"], ["State"]], cellRows));
 }
@@ -112,42 +151,119 @@ function schemaTree(schema) {
   return el("ul", { class: "schema" }, items);
 }
 
+// The q-quantile (0 to 1) of the messages between two readings of a
+// latency histogram (`counts` per bucket, the last past every bound, µs):
+// in the bucket that holds it, linearly within. `{us, over}` (`over`: past
+// the last bound, `us` is that bound), or null without messages or when
+// the counters started again (a new version).
+function percentile(bounds, before, after, q) {
+  if (before.length !== after.length || after.length !== bounds.length + 1) return null;
+  const counts = after.map((n, i) => n - before[i]);
+  if (counts.some((n) => n < 0)) return null;
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (total === 0) return null;
+  const rank = q * total;
+  let seen = 0;
+  for (let i = 0; i < counts.length; i++) {
+    if (counts[i] > 0 && seen + counts[i] >= rank) {
+      if (i === bounds.length) return { us: bounds[i - 1], over: true };
+      const low = i === 0 ? 0 : bounds[i - 1];
+      return { us: low + ((bounds[i] - low) * (rank - seen)) / counts[i], over: false };
+    }
+    seen += counts[i];
+  }
+  return null;
+}
+
+// The cell's readings over the last LATENCY_WINDOW_MS, oldest first: the
+// newest one at or before the window's start, and every one after.
+const LATENCY_WINDOW_MS = 10000;
+const latencyReadings = [];
+function latencyBase(data) {
+  const newest = latencyReadings[latencyReadings.length - 1];
+  if (!newest || newest.at < data.at_ms) {
+    latencyReadings.push({ at: data.at_ms, hosts: new Map(data.hosts.map((h) => [h.host, h])) });
+  }
+  while (latencyReadings.length > 2 && latencyReadings[1].at <= data.at_ms - LATENCY_WINDOW_MS) latencyReadings.shift();
+  return latencyReadings[0].at < data.at_ms ? latencyReadings[0] : null;
+}
+
+// p50 and p99 of a host's copy over the window: undefined before there
+// are two readings, null when they cannot be compared or saw no message.
+function hostPercentiles(base, h) {
+  if (!base || !h.latency) return { p50: undefined, p99: undefined };
+  const then = base.hosts.get(h.host);
+  const same = then && then.latency && then.version === h.version
+    && then.latency.bounds_us.join() === h.latency.bounds_us.join();
+  if (!same) return { p50: null, p99: null };
+  const at = (q) => percentile(h.latency.bounds_us, then.latency.counts, h.latency.counts, q);
+  return { p50: at(0.5), p99: at(0.99) };
+}
+
+function fmtPercentile(p) {
+  if (p === undefined) return "…";
+  if (p === null) return "–";
+  return `${p.over ? "> " : ""}${(p.us / 1000).toFixed(2)}`;
+}
+
 function drawCell(data) {
   const counts = new Map();
+  const base = latencyBase(data);
   const rows = data.hosts.map((h) => {
     counts.set(h.host, h.requests);
     const codes = Object.entries(h.errors_by_code).map(([code, n]) => badge(`${code} ${n}`, "bad"));
     const durable = h.durable
       ? `lag ${h.durable.lag} · redelivered ${h.durable.redelivered} · dead letters ${h.durable.dead_lettered}`
       : "";
+    const { p50, p99 } = hostPercentiles(base, h);
     return el("tr", { "data-host": h.host },
-      el("td", {}, h.host),
+      el("th", { scope: "row" }, h.host),
       el("td", {}, h.version),
       el("td", { class: "num", "data-rate": h.host }, fmtRate(rate(h.host, h.requests, data.at_ms))),
       el("td", { class: "num", "data-requests": h.host }, h.requests),
       el("td", { class: "num" }, h.errors),
       el("td", {}, codes),
+      el("td", { class: "num", "data-p50": h.host }, fmtPercentile(p50)),
+      el("td", { class: "num", "data-p99": h.host }, fmtPercentile(p99)),
       el("td", { class: "num" }, (h.latency_us / 1000).toFixed(2)),
       el("td", { class: "num" }, h.instances),
       el("td", {}, durable));
   });
-  const breakers = data.hosts.flatMap((h) => Object.entries(h.breakers).map(([target, state]) =>
-    el("tr", {}, el("td", {}, h.host), el("td", {}, target),
-      el("td", {}, badge(state, state === "open" ? "bad" : state === "closed" ? "ok" : "warn")))));
+  const workers = data.hosts.filter((h) => h.workers).map((h) => {
+    const pool = h.workers.pool;
+    return el("tr", { "data-workers": h.host },
+      el("th", { scope: "row" }, h.host),
+      el("td", { class: "num", "data-busy": h.host }, h.workers.busy),
+      el("td", { class: "num", "data-slots": h.host }, h.workers.concurrency),
+      el("td", { class: "num" }, h.workers.in_flight),
+      el("td", { class: "num" }, pool ? `${pool.live} / ${pool.max}` : none()),
+      el("td", { class: "num" }, pool ? pool.messages : none()));
+  });
+  const breakers = data.hosts.flatMap((h) => Object.entries(h.breakers || {}).map(([target, b]) =>
+    el("tr", { "data-breaker": target },
+      el("td", {}, h.host), el("td", {}, cellLink(target)),
+      el("td", {}, badge(b.state.replace("_", "-"), b.state === "open" ? "bad" : b.state === "closed" ? "ok" : "warn")),
+      el("td", { class: "num" }, b.opened))));
   remember(data.at_ms, counts);
   show(
     el("h1", {}, "Cell ", el("code", {}, data.id), data.desired ? el("span", { class: "muted" }, ` desired ${data.desired}`) : null),
     el("h2", {}, "On each host"),
     table([["Host"], ["Version"], ["Requests/s", "num"], ["Requests", "num"], ["Errors", "num"], ["By code"],
-      ["Latency ms", "num"], ["Instances", "num"], ["Durable"]], rows),
+      ["p50 ms", "num"], ["p99 ms", "num"], ["Avg ms", "num"], ["Instances", "num"], ["Durable"]], rows,
+      `p50 and p99: of the messages handled in the last ${LATENCY_WINDOW_MS / 1000} s. Avg: a moving average of recent messages.`),
     data.hosts.some((h) => h.durable)
       ? el("p", {}, el("a", { href: `/cells/${encodeURIComponent(data.id)}/dead-letters` }, "Dead letters"))
       : null,
     cellActions(data),
     panel,
     drawHistory(data.history),
+    el("h2", {}, "Workers"),
+    workers.length
+      ? table([["Host"], ["Busy", "num"], ["Running slots", "num"], ["In flight", "num"], ["Pool workers", "num"], ["On workers", "num"]], workers,
+        "Running slots: messages it runs at once ([limits] concurrency); in flight: running and queued. Pool: a native Python cell's worker processes.")
+      : el("p", { class: "muted" }, "not reported"),
     el("h2", {}, "Circuit breakers"),
-    breakers.length ? table([["Host"], ["Target"], ["State"]], breakers) : el("p", { class: "muted" }, "no calls out"),
+    breakers.length ? table([["Host"], ["Target"], ["State"], ["Opened", "num"]], breakers) : el("p", { class: "muted" }, "no calls out"),
     el("h2", {}, "Contract: input"),
     schemaTree(data.input),
     el("h2", {}, "Contract: output"),
@@ -203,8 +319,7 @@ async function act(path, body, what) {
     body: JSON.stringify(body),
   });
   const answer = await response.json().catch(() => ({}));
-  status.className = response.ok ? "" : "bad";
-  status.textContent = response.ok ? `${what}: done (${(answer.replayed || []).join(", ")})` : `${what}: ${answer.detail || response.status}`;
+  say(response.ok ? `${what}: done (${(answer.replayed || []).join(", ")})` : `${what}: ${answer.detail || response.status}`, !response.ok);
 }
 
 // What a release action did, kept across the view's redraws.
@@ -213,8 +328,7 @@ const panel = el("section", { id: "outcome", "aria-live": "polite", "aria-label"
 // Sends a release action (a bundle's bytes, or nothing); returns the
 // answer, or shows why it was refused and returns null.
 async function release(path, bytes, what) {
-  status.className = "";
-  status.textContent = `${what}…`;
+  say(`${what}…`);
   const response = await fetch(path, {
     method: "POST",
     headers: { "Content-Type": "application/octet-stream", Authorization: `Bearer ${token() || ""}` },
@@ -222,12 +336,11 @@ async function release(path, bytes, what) {
   });
   const answer = await response.json().catch(() => ({}));
   if (!response.ok) {
-    status.className = "bad";
-    status.textContent = `${what}: ${answer.detail || response.status}`;
+    say(`${what}: ${answer.detail || response.status}`, true);
     panel.replaceChildren(el("p", { class: "bad", id: "refused" }, `${what} refused: ${answer.detail || response.status}`));
     return null;
   }
-  status.textContent = `${what}: ${answer.result || "checked"}`;
+  say(`${what}: ${answer.result || "checked"}`);
   return answer;
 }
 
@@ -337,7 +450,7 @@ function drawDeadLetters(data) {
   show(
     el("h1", {}, "Dead letters of ", cellLink(data.cell)),
     data.letters.length
-      ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], [""]], rows)
+      ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], ["Actions"]], rows)
       : el("p", {}, "No dead letters."),
     all,
     el("p", { class: "muted" }, `Replay after a fix: cbs dlq replay ${data.cell} SEQ… (or --all)`),
@@ -438,8 +551,9 @@ function drawPreview(preview, bytes) {
   go.addEventListener("click", async () => {
     const forced = breaking && force.checked;
     if (breaking && !forced) {
-      status.className = "bad";
-      status.textContent = "the contract breaks the deployed one: bump the major version, or force it";
+      if (!panel.querySelector("#held")) {
+        panel.append(el("p", { class: "bad", id: "held" }, "Not deployed: the contract breaks the deployed one; bump the major version, or force it."));
+      }
       return;
     }
     const from = preview.deployed ? ` (replacing ${preview.deployed})` : "";
@@ -495,39 +609,71 @@ function drawReleases(data) {
       : el("p", {}, "No audited changes (the audit trail is on NATS: cbs console --nats URL)."));
 }
 
+// The status line is a live region: it changes, and is read out, only
+// when the state does; the time of the last update is beside it.
+function say(text, bad) {
+  status.className = bad ? "bad" : "";
+  if (status.textContent !== text) status.textContent = text;
+}
+
+// A redraw replaces the view's elements: the link or button that had the
+// keyboard focus gets it back in the new drawing, so that a keyboard user
+// is not sent back to the top of the page every second.
+function focusKey(node) {
+  return [node.tagName, node.getAttribute("href"), node.className, node.dataset.seq, node.textContent].join("\u0000");
+}
+function focusedKey() {
+  const active = document.activeElement;
+  return active && active !== view && view.contains(active) ? focusKey(active) : null;
+}
+function refocus(key) {
+  if (key === null || (document.activeElement && view.contains(document.activeElement))) return;
+  const again = [...view.querySelectorAll("a, button, input, [tabindex]")].find((node) => focusKey(node) === key);
+  if (again) again.focus({ preventScroll: true });
+}
+
+// Follows the view's stream while the page is shown. A page kept in the
+// back/forward cache would keep its stream open, and browsers open six
+// connections to one origin at most: the seventh view visited would wait.
 // Draws the current view again (after signing in or out).
 let redraw = () => {};
 
 function follow(path, draw, title) {
   document.title = `${title} · CBS console`;
-  const source = new EventSource(path);
-  let last = null;
-  source.addEventListener("snapshot", (event) => {
-    // Views read every few seconds arrive unchanged in between: a redraw
-    // would only replace the buttons under the pointer.
-    if (event.data !== last) {
-      last = event.data;
-      const data = JSON.parse(event.data);
-      redraw = () => draw(data);
-      redraw();
-    }
-    view.setAttribute("aria-busy", "false");
-    status.className = "";
-    status.textContent = `live · ${new Date().toLocaleTimeString()}`;
-  });
-  source.addEventListener("missing", () => {
-    last = null;
-    show(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
-    view.setAttribute("aria-busy", "false");
-  });
-  source.addEventListener("problem", (event) => {
-    status.className = "bad";
-    status.textContent = `cannot read the lattice: ${JSON.parse(event.data).detail}`;
-  });
-  source.onerror = () => {
-    status.className = "bad";
-    status.textContent = "disconnected; retrying…";
+  let source = null;
+  const open = () => {
+    source = new EventSource(path);
+    let last = null;
+    source.addEventListener("snapshot", (event) => {
+      // Views read every few seconds arrive unchanged in between: a
+      // redraw would only replace the buttons under the pointer.
+      if (event.data !== last) {
+        last = event.data;
+        const data = JSON.parse(event.data);
+        redraw = () => {
+          const focused = focusedKey();
+          draw(data);
+          refocus(focused);
+        };
+        redraw();
+      }
+      view.setAttribute("aria-busy", "false");
+      say("live");
+      updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
+    });
+    source.addEventListener("missing", () => {
+      last = null;
+      show(el("h1", {}, title), el("p", {}, "Nothing serves or wants this cell now."));
+      view.setAttribute("aria-busy", "false");
+    });
+    source.addEventListener("problem", (event) => {
+      say(`cannot read the lattice: ${JSON.parse(event.data).detail}`, true);
+    });
+    source.onerror = () => say("disconnected; retrying…", true);
   };
+  open();
+  addEventListener("pagehide", () => source.close());
+  addEventListener("pageshow", (event) => { if (event.persisted) open(); });
 }
 
 const cellPath = location.pathname.match(/^\/cells\/([^/]+)(\/dead-letters)?$/);

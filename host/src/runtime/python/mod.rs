@@ -47,6 +47,10 @@ pub struct PythonCell {
     /// More wait here, in the host, where their deadline still applies,
     /// rather than in a worker's pipe.
     slots: Semaphore,
+    /// What `slots` holds when free.
+    slot_count: u32,
+    /// The most workers it may run.
+    max_workers: u32,
     id: String,
     /// Held for the cell's life: a venv built from a bundle's lock stays
     /// on disk while it runs ([`crate::retention`]).
@@ -82,10 +86,13 @@ impl PythonCell {
         let max_workers = scale.map_or(python.workers, |s| s.max);
         let workers =
             SidecarCell::start_with(spec, &sidecar, scale, outbound, "python worker").await?;
+        // Within bounds: manifest::bounds keeps the product far below u32::MAX.
+        let slot_count = max_workers * python.max_concurrency * READ_AHEAD;
         Ok(Self {
             workers,
-            // Within bounds: manifest::bounds keeps the product far below u32::MAX.
-            slots: Semaphore::new((max_workers * python.max_concurrency * READ_AHEAD) as usize),
+            slots: Semaphore::new(slot_count as usize),
+            slot_count,
+            max_workers,
             id: m.id.clone(),
             _venv: venv,
         })
@@ -163,6 +170,15 @@ impl CellRunner for PythonCell {
 
     fn instances(&self) -> usize {
         self.workers.instances()
+    }
+
+    fn pool(&self) -> Option<crate::stats::Pool> {
+        let free = self.slots.available_permits() as u32;
+        Some(crate::stats::Pool {
+            live: self.workers.live_processes() as u32,
+            max: self.max_workers,
+            messages: self.slot_count.saturating_sub(free),
+        })
     }
 
     async fn shutdown(&self, grace: Duration) {
