@@ -123,8 +123,12 @@ pub async fn list(
     quiet: Duration,
     limit: Duration,
 ) -> Result<Vec<HostView>, BusError> {
-    let infos: Vec<Info> = gather(client, "INFO", quiet, limit).await?;
-    let stats: Vec<Stats> = gather(client, "STATS", quiet, limit).await?;
+    // Both questions at once: each waits for `quiet` after its last reply.
+    let (infos, stats) = tokio::join!(
+        gather::<Info>(client, "INFO", quiet, limit),
+        gather::<Stats>(client, "STATS", quiet, limit)
+    );
+    let (infos, stats) = (infos?, stats?);
     let mut hosts: Vec<HostView> = infos
         .into_iter()
         .map(|info| {

@@ -1197,16 +1197,21 @@ async fn every_view_passes_axe_cores_wcag_2_a_and_aa_rules() {
     browser
         .goto(&format!("{base}/cells/test.durable/dead-letters"))
         .await;
-    let field = browser.client().find(Locator::Id("token")).await.unwrap();
-    field.send_keys("s3cret").await.unwrap();
-    let form = browser.client().form(Locator::Id("sign-in")).await.unwrap();
-    form.submit().await.unwrap();
+    browser.sign_in("s3cret").await;
     browser
         .wait_for_text(SHOWN, "the replay buttons", |page| {
             page.contains("replay all")
         })
         .await;
     failed.extend(audit(&browser, &axe, "dead letters (signed in)").await);
+    // Signed in, the releases view has its deploy form.
+    browser.goto(&format!("{base}/releases")).await;
+    browser
+        .wait_for_text(SHOWN, "the deploy form", |page| {
+            page.contains("Deploy a bundle")
+        })
+        .await;
+    failed.extend(audit(&browser, &axe, "releases (signed in)").await);
     assert!(
         failed.is_empty(),
         "accessibility violations:\n{}",
