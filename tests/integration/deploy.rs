@@ -291,6 +291,67 @@ async fn undeploy_removes_the_cell_from_watching_hosts() {
     assert_eq!(hosts[0]["cells"], json!([]), "{hosts}");
 }
 
+/// A deployed consumer reads `/length` of text.upper's replies: a release
+/// that renames that field is refused before it takes traffic, naming the
+/// consumer, its example and the field, and the old release keeps
+/// serving; `cbs contract test` runs the same expectation; `--force` lets
+/// the release out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_expectation_blocks_a_deploy_that_renames_a_field_it_reads() {
+    let releases = releases();
+    let renamed = cbs_tests::bundles::renamed();
+    let server = NatsServer::start();
+    let url = server.url();
+    let _host = HostProcess::serve(&url, "host-x", &[], WATCH);
+    deploy(&url, &releases.v2);
+    let tmp = tempfile::tempdir().unwrap();
+    let consumer = tmp.path().join("app.consumer");
+    std::fs::create_dir_all(&consumer).unwrap();
+    std::fs::copy(
+        cbs_tests::faulty().join("test_faulty.wasm"),
+        consumer.join("test_faulty.wasm"),
+    )
+    .unwrap();
+    let manifest = r#"id = "app.consumer"
+version = "0.1.0"
+component = "test_faulty.wasm"
+
+[capabilities]
+calls = ["text.upper"]
+
+[[expects."text.upper"]]
+name = "upper-cases"
+example = { text = "hi" }
+reads = ["/text", "/length"]
+"#;
+    std::fs::write(consumer.join("cell.toml"), manifest).unwrap();
+    deploy(&url, &pack(&consumer));
+    let (ok, out, err) = run_cbs(&["contract", "test", UPPER, "--nats", &url, "-v"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("ok   expects app.consumer expects text.upper"),
+        "{out}"
+    );
+
+    let (ok, out, err) = run_cbs(&["deploy", renamed.to_str().unwrap(), "--nats", &url]);
+    assert!(!ok, "the renamed field must block the deploy: {out}{err}");
+    assert!(
+        err.contains("app.consumer (upper-cases) reads /length: not in the reply"),
+        "{err}"
+    );
+    let bus = server.bus().await;
+    assert_eq!(upper(&bus).await.unwrap(), "HI!", "0.2.0 still serves");
+    let (ok, _, err) = run_cbs(&[
+        "deploy",
+        renamed.to_str().unwrap(),
+        "--nats",
+        &url,
+        "--force",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("breaks what its consumers expect"), "{err}");
+}
+
 /// A host stopped by SIGTERM withdraws its status report: `cbs ls` no
 /// longer lists it for the cell (a host that just vanished would stay
 /// listed, as offline).

@@ -83,16 +83,7 @@ pub fn releases() -> &'static Releases {
             "text: input.text.to_uppercase(),",
             "text: format!(\"{}!\", input.text.to_uppercase()),",
         );
-        edit(
-            &dir.join("Cargo.toml"),
-            "version = \"0.1.0\"",
-            "version = \"0.2.0\"",
-        );
-        edit(
-            &dir.join("cell.toml"),
-            "version = \"0.1.0\"",
-            "version = \"0.2.0\"",
-        );
+        bump(&dir, "0.1.0", "0.2.0");
         let v2 = tmp.path().join("v2.cbs");
         assert_ok(
             "cbs build v2",
@@ -105,6 +96,69 @@ pub fn releases() -> &'static Releases {
             _tmp: tmp,
         }
     })
+}
+
+/// The scaffolded cell in `dir` from version `from` to `to` (its crate and
+/// its cell.toml).
+fn bump(dir: &Path, from: &str, to: &str) {
+    for file in ["Cargo.toml", "cell.toml"] {
+        edit(
+            &dir.join(file),
+            &format!("version = \"{from}\""),
+            &format!("version = \"{to}\""),
+        );
+    }
+}
+
+/// Release 0.3.0 of [`UPPER`]: v2 with its reply's `length` renamed to
+/// `size` (and its output schema with it). Built once per test process.
+pub fn renamed() -> &'static Path {
+    static RENAMED: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, bundle) = RENAMED.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(UPPER);
+        let from = &releases().dir;
+        for file in [
+            "Cargo.toml",
+            "cell.toml",
+            "src/lib.rs",
+            "schemas/input.json",
+            "schemas/output.json",
+        ] {
+            std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+            std::fs::copy(from.join(file), dir.join(file)).unwrap();
+        }
+        edit(
+            &dir.join("src/lib.rs"),
+            "pub length: usize,",
+            "pub size: usize,",
+        );
+        edit(
+            &dir.join("src/lib.rs"),
+            "length: input.text",
+            "size: input.text",
+        );
+        let schema = dir.join("schemas/output.json");
+        edit(&schema, "[\"text\", \"length\"]", "[\"text\", \"size\"]");
+        edit(&schema, "\"length\": {", "\"size\": {");
+        edit(
+            &dir.join("Cargo.toml"),
+            "version = \"0.2.0\"",
+            "version = \"0.3.0\"",
+        );
+        edit(
+            &dir.join("cell.toml"),
+            "version = \"0.2.0\"",
+            "version = \"0.3.0\"",
+        );
+        let bundle = tmp.path().join("renamed.cbs");
+        assert_ok(
+            "cbs build renamed",
+            &cbs_in(&dir, &["build", ".", "-o", bundle.to_str().unwrap()]),
+        );
+        (tmp, bundle)
+    });
+    bundle
 }
 
 /// Replaces `from` (which must be there) by `to` in a file.

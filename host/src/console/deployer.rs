@@ -4,6 +4,7 @@
 //! (`deploy::rollout`), with the console's NATS credentials, and each goes
 //! to the audit trail with the signed-in user who asked.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,7 +13,7 @@ use crate::audit::{self, Action, Change};
 use crate::bundle::{Bundle, KeyPair};
 use crate::bus::nats::NatsOptions;
 use crate::contract::diff::ContractDiff;
-use crate::deploy::rollout::{self, Consent, HostOutcome, Preview, Rolled};
+use crate::deploy::rollout::{self, Consent, HostOutcome, Preview, Rolled, Trial};
 use crate::deploy::Store;
 
 /// How long an action waits for the hosts to confirm it.
@@ -48,6 +49,8 @@ pub struct Deployer {
     writer: Option<NatsOptions>,
     /// Signs rollbacks, for hosts that require signed releases.
     key: Option<KeyPair>,
+    /// Where consumers' expectations meet a new release before it goes out.
+    trial: Option<Arc<dyn Trial>>,
 }
 
 impl Deployer {
@@ -62,7 +65,14 @@ impl Deployer {
             store,
             writer,
             key,
+            trial: None,
         }
+    }
+
+    /// Checks deployed consumers' expectations in `trial` before a deploy.
+    pub fn with_trial(mut self, trial: Arc<dyn Trial>) -> Self {
+        self.trial = Some(trial);
+        self
     }
 
     /// What deploying `bytes` would meet: its cell, version, signer and the
@@ -83,6 +93,7 @@ impl Deployer {
         let consent = Consent {
             force,
             rollback: None,
+            trial: self.trial.as_deref(),
         };
         let rolled = rollout::deploy(
             &self.client,

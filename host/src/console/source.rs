@@ -276,6 +276,13 @@ impl Nats {
         })
     }
 
+    /// Checks deployed consumers' expectations in `trial` before a deploy
+    /// from the page.
+    pub fn with_trial(mut self, trial: Arc<dyn crate::deploy::rollout::Trial>) -> Self {
+        self.deployer = self.deployer.with_trial(trial);
+        self
+    }
+
     async fn hosts(&self) -> anyhow::Result<Vec<Host>> {
         let views = discovery::list(&self.client, QUIET, LIMIT).await?;
         Ok(views

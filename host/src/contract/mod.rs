@@ -4,6 +4,7 @@
 pub mod cases;
 pub mod compat;
 pub mod diff;
+pub mod expectations;
 pub mod testing;
 
 use std::path::Path;

@@ -45,7 +45,8 @@ pub struct Outcome {
 }
 
 impl Target<'_> {
-    async fn call(&self, input: &Value) -> Result<Value, BusError> {
+    /// One request with `input`; the reply payload, or the error.
+    pub async fn call(&self, input: &Value) -> Result<Value, BusError> {
         let payload = RawValue::from_string(input.to_string())
             .map_err(|e| BusError::internal(format!("cannot encode the input: {e}")))?;
         let envelope = Envelope::new(format!("cbs.{}", self.cell), payload);

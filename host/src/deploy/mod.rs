@@ -14,7 +14,10 @@
 //!   places;
 //! - bucket `cbs-served` (key-value): cell → the release hosts last
 //!   installed of it, kept past undeploy for downgrade protection
-//!   ([`served`]).
+//!   ([`served`]);
+//! - bucket `cbs-expects` (key-value): deployed cell → its consumer
+//!   expectations of the cells it calls, checked against their new
+//!   releases ([`rollout`]).
 //!
 //! `cbs deploy` (the rollout in `host/cli`) writes the first two and waits
 //! on the third; hosts run with `--watch` follow the second and the
@@ -34,7 +37,7 @@ mod desired;
 mod store;
 
 pub use desired::{Autoscale, Desired, Release, RequestLoad, State, Status};
-pub use store::{status_key, Store};
+pub use store::{status_key, Expectations, Store};
 
 use std::time::Duration;
 
@@ -49,6 +52,9 @@ pub const PLACEMENT: &str = "cbs-placement";
 pub const PLACER: &str = "cbs-placer";
 /// Cell → the release hosts last installed ([`downgrade::Served`]).
 pub const SERVED: &str = "cbs-served";
+/// Deployed cell → what it relies on from the cells it calls
+/// ([`Expectations`]): what a callee's new release is checked against.
+pub const EXPECTS: &str = "cbs-expects";
 
 /// How long `cbs deploy` waits for hosts by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);

@@ -15,9 +15,10 @@ use futures_util::StreamExt;
 
 use super::downgrade::RollbackGrant;
 use super::placement::Placement;
-use super::{status_key, Autoscale, Desired, Release, State, Status, Store};
+use super::{status_key, Autoscale, Desired, Expectations, Release, State, Status, Store};
 use crate::bundle::{Bundle, KeyPair};
 use crate::contract::diff::{ContractDiff, Verdict};
+use crate::contract::expectations::Broken;
 use crate::durable::{ConsumerSpec, StreamSpec};
 use crate::unix_time::now_ms;
 
@@ -126,12 +127,27 @@ pub struct Targets {
 }
 
 /// What the deployer allows beyond a plain step forward.
-#[derive(Debug, Default)]
-pub struct Consent {
-    /// Deploy even if the contract breaks the deployed one.
+#[derive(Default)]
+pub struct Consent<'a> {
+    /// Deploy even if the contract breaks the deployed one, or a deployed
+    /// consumer's expectation.
     pub force: bool,
     /// A signed step back from what hosts last installed (`--sign-rollback`).
     pub rollback: Option<RollbackGrant>,
+    /// Where a new release meets its consumers' expectations before it
+    /// goes out (none: they are not checked).
+    pub trial: Option<&'a dyn Trial>,
+}
+
+/// Serves a bundle where no traffic reaches it and checks consumers'
+/// expectations against it (`host::trial`).
+#[async_trait::async_trait]
+pub trait Trial: Send + Sync {
+    async fn expectations(
+        &self,
+        bundle: &Bundle,
+        consumers: &[Expectations],
+    ) -> anyhow::Result<Vec<Broken>>;
 }
 
 /// A rollout's release, how it ended, what its contract changed, and what
@@ -182,15 +198,22 @@ pub async fn deploy(
     bundle: &Bundle,
     bytes: &[u8],
     scale: Scale,
-    consent: Consent,
+    consent: Consent<'_>,
     wait: Option<Duration>,
 ) -> anyhow::Result<Rolled> {
-    let Consent { force, rollback } = consent;
+    let Consent {
+        force,
+        rollback,
+        trial,
+    } = consent;
     let manifest = bundle.cell_manifest()?;
     let cell = manifest.id.clone();
     let previous = store.desired(&cell).await?;
     let contract = contract_of(store, previous.as_ref(), bundle).await?;
     let mut notes = gate(&contract, bundle, previous.as_ref(), force)?;
+    if let Some(trial) = trial {
+        notes.extend(consumers_gate(store, trial, bundle, &manifest, force).await?);
+    }
     let autoscale = scale
         .autoscale
         .map(|targets| autoscale_of(&manifest, targets))
@@ -214,6 +237,16 @@ pub async fn deploy(
     };
     let desired = Desired::advance(previous.clone(), &cell, release.clone());
     let outcome = set_and_confirm(client, store, desired, previous, wait, &mut notes).await?;
+    if matches!(outcome, Outcome::Serving { .. }) {
+        // What this release relies on from its callees, for their deploys.
+        store
+            .set_expectations(&Expectations {
+                consumer: cell.clone(),
+                version: manifest.version.clone(),
+                expects: manifest.expects.clone(),
+            })
+            .await?;
+    }
     Ok(Rolled {
         release,
         outcome,
@@ -329,6 +362,13 @@ pub async fn undeploy(
         .collect();
     let mut watch = store.watch_status().await?;
     store.remove_desired(cell).await?;
+    store
+        .set_expectations(&Expectations {
+            consumer: cell.to_owned(),
+            version: desired.current.version.clone(),
+            expects: Default::default(),
+        })
+        .await?;
     let mut stopped = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + wait;
     while stopped.len() < serving.len() {
@@ -352,6 +392,54 @@ pub async fn undeploy(
         stopped: stopped.into_iter().collect(),
         pending,
     }))
+}
+
+/// Refuses a release that breaks what a deployed consumer expects of its
+/// cell unless forced (then a warning); a bundle the trial cannot serve
+/// here (a process bundle) is a warning, not a refusal.
+async fn consumers_gate(
+    store: &Store,
+    trial: &dyn Trial,
+    bundle: &Bundle,
+    manifest: &crate::manifest::Manifest,
+    force: bool,
+) -> anyhow::Result<Vec<String>> {
+    let cell = &manifest.id;
+    let consumers: Vec<Expectations> = store
+        .all_expectations()
+        .await?
+        .into_iter()
+        .filter(|c| &c.consumer != cell && c.expects.contains_key(cell))
+        .collect();
+    if consumers.is_empty() {
+        return Ok(Vec::new());
+    }
+    if manifest.runtime != crate::manifest::RuntimeKind::Wasm {
+        return Ok(vec![format!(
+            "the expectations of {} were not checked: a process bundle is not run on the deployer's machine",
+            names(&consumers)
+        )]);
+    }
+    let broken = trial.expectations(bundle, &consumers).await?;
+    if broken.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = broken.iter().map(|b| format!("  {b}")).collect();
+    let what = format!(
+        "{} {} breaks what its consumers expect:\n{}",
+        cell,
+        manifest.version,
+        list.join("\n")
+    );
+    if !force {
+        bail!("{what}\nkeep the fields they read (or agree a change with them), or pass --force");
+    }
+    Ok(vec![format!("{what} (--force)")])
+}
+
+fn names(consumers: &[Expectations]) -> String {
+    let names: Vec<&str> = consumers.iter().map(|c| c.consumer.as_str()).collect();
+    names.join(", ")
 }
 
 /// The contract of `bundle` against the desired release before it.

@@ -7,13 +7,22 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, kv, object_store};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{downgrade, placement, Desired, Release, Status};
-use super::{BUNDLES, DESIRED, HOSTS, PLACEMENT, PLACER, SERVED, STATUS};
+use super::{BUNDLES, DESIRED, EXPECTS, HOSTS, PLACEMENT, PLACER, SERVED, STATUS};
 use crate::bundle::Bundle;
 use crate::bus::kv::{self as bucket, Limits};
+
+/// A deployed cell's expectations of the cells it calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Expectations {
+    pub consumer: String,
+    /// The version of the consumer that declared them.
+    pub version: String,
+    pub expects: std::collections::BTreeMap<String, Vec<crate::manifest::expects::Expectation>>,
+}
 
 /// The buckets, created on first use; clones share the connection.
 #[derive(Clone)]
@@ -26,6 +35,7 @@ pub struct Store {
     pub(crate) placement: kv::Store,
     pub(crate) placer: kv::Store,
     served: kv::Store,
+    expects: kv::Store,
     bundles: object_store::ObjectStore,
     /// The largest bundle fetched ([`crate::bundle::MAX_BYTES`]).
     max_bundle_bytes: u64,
@@ -43,6 +53,7 @@ impl Store {
         let placement = bucket::open(&js, PLACEMENT, Limits::history(1)).await?;
         let placer = bucket::open(&js, PLACER, Limits::history(1)).await?;
         let served = bucket::open(&js, SERVED, Limits::history(1)).await?;
+        let expects = bucket::open(&js, EXPECTS, Limits::history(1)).await?;
         let bundles = open_objects(&js).await?;
         Ok(Self {
             js,
@@ -52,6 +63,7 @@ impl Store {
             placement,
             placer,
             served,
+            expects,
             bundles,
             max_bundle_bytes: crate::bundle::MAX_BYTES,
         })
@@ -195,6 +207,29 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("cannot write {SERVED}/{cell}: {e}"))?;
         Ok(())
+    }
+
+    /// Records what deployed cell `consumer` expects of the cells it
+    /// calls (none: forgets it).
+    pub async fn set_expectations(&self, expectations: &Expectations) -> anyhow::Result<()> {
+        let key = expectations.consumer.as_str();
+        let failed =
+            |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {EXPECTS}/{key}: {e}");
+        if expectations.expects.is_empty() {
+            self.expects.delete(key).await.map_err(|e| failed(&e))
+        } else {
+            let value = serde_json::to_vec(expectations)?;
+            self.expects
+                .put(key, value.into())
+                .await
+                .map(drop)
+                .map_err(|e| failed(&e))
+        }
+    }
+
+    /// What every deployed cell expects of the cells it calls.
+    pub async fn all_expectations(&self) -> anyhow::Result<Vec<Expectations>> {
+        values(&self.expects).await
     }
 
     pub async fn report(&self, status: &Status) -> anyhow::Result<()> {

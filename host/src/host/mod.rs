@@ -6,6 +6,7 @@
 mod builder;
 mod lattice;
 mod routes;
+pub mod trial;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,6 +19,7 @@ pub mod bounds;
 mod bundle;
 mod capabilities;
 mod durable;
+pub mod expects;
 pub mod http;
 mod limits;
 mod python;
@@ -97,6 +98,9 @@ pub struct Manifest {
     /// What `cbs build` puts in the bundle besides what the runtime needs.
     #[serde(default, skip_serializing_if = "BundleSpec::is_empty")]
     pub bundle: BundleSpec,
+    /// What this cell relies on from the cells it calls, per callee.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expects: BTreeMap<String, Vec<expects::Expectation>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
@@ -201,6 +205,7 @@ impl Manifest {
             subscribe: Vec::new(),
             http: Vec::new(),
             bundle: BundleSpec::default(),
+            expects: BTreeMap::new(),
         }
     }
 
@@ -248,6 +253,7 @@ impl Manifest {
         if let Some(chaos) = &self.chaos {
             chaos.validate().map_err(anyhow::Error::msg)?;
         }
+        expects::validate(&self.expects, |callee| self.may_call(callee))?;
         scale::validate(self)
     }
 
@@ -346,6 +352,29 @@ const MINIMAL: &str = r#"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[[expects]]` comes from outside: only for cells it may call, with
+    /// JSON pointers, and bounded in count.
+    #[test]
+    fn expectations_are_for_granted_callees_with_pointers_and_bounded() {
+        let with = |calls: &str, body: &str| {
+            let text = format!(
+                "id = \"a.b\"\nversion = \"1\"\ncomponent = \"c.wasm\"\n[capabilities]\ncalls = [{calls}]\n{body}"
+            );
+            Manifest::parse(&text).map_err(|e| format!("{e:#}"))
+        };
+        let one = "[[expects.\"x.y\"]]\nexample = { text = \"hi\" }\nreads = [\"/text\"]\n";
+        let parsed = with("\"x.y\"", one).unwrap();
+        assert_eq!(parsed.expects["x.y"][0].example["text"], "hi");
+        let err = with("", one).unwrap_err();
+        assert!(err.contains("may not call"), "{err}");
+        let bad = "[[expects.\"x.y\"]]\nexample = {}\nreads = [\"text\"]\n";
+        let err = with("\"x.y\"", bad).unwrap_err();
+        assert!(err.contains("JSON pointer"), "{err}");
+        let many = one.repeat(expects::PER_CALLEE + 1);
+        let err = with("\"x.y\"", &many).unwrap_err();
+        assert!(err.contains("[[expects.\"x.y\"]] entries"), "{err}");
+    }
 
     #[test]
     fn numbers_above_their_bounds_are_refused_by_name() {

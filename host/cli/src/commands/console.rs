@@ -11,6 +11,7 @@ use cbs_host::bundle::KeyPair;
 use cbs_host::console::actions::Actions;
 use cbs_host::console::source::Nats;
 use cbs_host::console::{Console, Options};
+use cbs_host::host::trial::InProcess;
 use cbs_host::http::auth::{Authenticator, JwtRules};
 use clap::Args;
 
@@ -73,7 +74,9 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("--sign-rollbacks")?;
     let bus = args.nats.connect_client().await?;
-    let source = Nats::connect(bus, args.nats.options(""), key).await?;
+    let source = Nats::connect(bus, args.nats.options(""), key)
+        .await?
+        .with_trial(Arc::new(InProcess));
     let options = Options {
         advice_window: Duration::from_secs(args.advice_window_secs.max(1)),
         actions,

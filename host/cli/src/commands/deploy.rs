@@ -10,6 +10,7 @@ use cbs_host::audit::{self, Action, Change};
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::deploy::downgrade::RollbackGrant;
 use cbs_host::deploy::Store;
+use cbs_host::host::trial::InProcess;
 use cbs_host::platform;
 use clap::Args;
 
@@ -77,7 +78,10 @@ pub struct DeployArgs {
         requires = "min_replicas"
     )]
     target_wait_ms: u64,
-    /// Deploy even if the contract breaks the deployed one.
+    /// Deploy even if the contract breaks the deployed one, or the release
+    /// breaks what a deployed consumer expects of it ([[expects."CELL"]]
+    /// in the consumer's cell.toml: each example is sent to the new
+    /// release, served in this process, before it takes traffic).
     #[arg(long)]
     force: bool,
     /// Sign, with this key (as written by `cbs keygen`), the step back
@@ -155,6 +159,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         Consent {
             force: args.force,
             rollback,
+            trial: Some(&InProcess),
         },
         wait,
     )

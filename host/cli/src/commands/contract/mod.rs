@@ -32,6 +32,11 @@ pub enum ContractCommand {
     /// that fails the same way. Prints a line per case; exits 1 if one
     /// fails. Seeded: the same --seed sends the same inputs.
     ///
+    /// Consumer expectations run too: what each --consumer, and with
+    /// --nats each deployed consumer, expects of CELL ([[expects."CELL"]]:
+    /// example requests and the reply fields read), and with --nats what
+    /// CELL expects of the cells it calls.
+    ///
     /// CELL is a cell folder (its component built) or a bundle, run in
     /// this process; with --nats, the cell served in the lattice is
     /// called instead (a folder or bundle then gives only the contract; a

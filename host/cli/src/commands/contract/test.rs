@@ -1,6 +1,7 @@
 //! `cbs contract test`: generated inputs sent to a cell, each reply
 //! checked against its contract.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,9 +11,11 @@ use anyhow::Context as _;
 use cbs_host::bundle::Bundle;
 use cbs_host::bus::BodyBus;
 use cbs_host::contract::cases::{self, Case};
+use cbs_host::contract::expectations;
 use cbs_host::contract::testing::{Outcome, Target};
-use cbs_host::deploy::Store;
+use cbs_host::deploy::{Expectations, Store};
 use cbs_host::host::Host;
+use cbs_host::manifest::expects::Expectation;
 use cbs_host::manifest::{CellSpec, SchemaRef};
 use clap::Args;
 use serde_json::Value;
@@ -35,23 +38,35 @@ pub struct TestArgs {
     /// Print every case, not only the failures and the summary.
     #[arg(long, short)]
     verbose: bool,
+    /// Also check what this consumer (a cell folder or bundle) expects of
+    /// CELL ([[expects."CELL"]] in its cell.toml); repeatable. With --nats
+    /// the expectations of every deployed consumer are checked too.
+    #[arg(long, value_name = "PATH")]
+    consumer: Vec<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
     nats: NatsArgs,
 }
 
-/// The cell's id and its input and output schemas.
+/// The cell's id, its input and output schemas, and what it expects of
+/// the cells it calls.
 struct Contract {
     cell: String,
-    input: Value,
+    input: Option<Value>,
     output: Option<Value>,
+    expects: BTreeMap<String, Vec<Expectation>>,
 }
 
 pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let path = PathBuf::from(&args.cell);
     let local = path.exists();
     let timeout = Duration::from_millis(args.timeout_ms);
+    let mut consumers = args
+        .consumer
+        .iter()
+        .map(|p| Ok(expectations_of(&contract_of_path(p)?)))
+        .collect::<anyhow::Result<Vec<Expectations>>>()?;
     let outcomes = if args.nats.url.is_some() {
         let bus = args.nats.connect_client().await?;
         let contract = if local {
@@ -59,7 +74,21 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         } else {
             contract_of_deployed(&bus, &args.cell).await?
         };
-        test(&bus, &contract, args.seed, timeout).await?
+        let store = Store::open(bus.client()).await?;
+        consumers.extend(store.all_expectations().await?);
+        let mut outcomes = test(&bus, &contract, args.seed, timeout).await?;
+        outcomes.extend(consumed(&bus, &contract.cell, &consumers, timeout).await);
+        // What the cell itself expects, of the cells the lattice serves.
+        for (callee, list) in &contract.expects {
+            let own = expectations_of(&contract);
+            let target = Target {
+                bus: &bus,
+                cell: callee,
+                timeout,
+            };
+            outcomes.push(expected(&own, callee, list, &target).await);
+        }
+        outcomes
     } else if local {
         let contract = contract_of_path(&path)?;
         let host = Host::builder()
@@ -71,8 +100,11 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot serve {} here", path.display()))?;
         let bus: Arc<dyn BodyBus> = host.body().bus().clone();
         let outcomes = test(bus.as_ref(), &contract, args.seed, timeout).await;
+        let more = consumed(bus.as_ref(), &contract.cell, &consumers, timeout).await;
         host.shutdown(Duration::from_secs(5)).await;
-        outcomes?
+        let mut outcomes = outcomes?;
+        outcomes.extend(more);
+        outcomes
     } else {
         anyhow::bail!(
             "{} is neither a cell folder nor a bundle; to test a deployed cell by its id, give --nats URL",
@@ -93,7 +125,13 @@ async fn test(
     seed: u64,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Outcome>> {
-    let generated: Vec<Case> = cases::generate(&contract.input, seed)?;
+    let input = contract.input.as_ref().with_context(|| {
+        format!(
+            "{} declares no input schema: nothing to generate inputs from",
+            contract.cell
+        )
+    })?;
+    let generated: Vec<Case> = cases::generate(input, seed)?;
     eprintln!(
         "testing {} with {} generated input(s) (seed {seed})",
         contract.cell,
@@ -107,8 +145,57 @@ async fn test(
     Ok(target.run(generated, contract.output.as_ref()).await)
 }
 
+/// Each consumer's expectations of `cell`, checked against it on `bus`.
+async fn consumed(
+    bus: &dyn BodyBus,
+    cell: &str,
+    consumers: &[Expectations],
+    timeout: Duration,
+) -> Vec<Outcome> {
+    let target = Target { bus, cell, timeout };
+    let mut outcomes = Vec::new();
+    for consumer in consumers.iter().filter(|c| c.consumer != cell) {
+        if let Some(list) = consumer.expects.get(cell) {
+            outcomes.push(expected(consumer, cell, list, &target).await);
+        }
+    }
+    outcomes
+}
+
+/// One consumer's expectations of `callee`, as one outcome.
+async fn expected(
+    consumer: &Expectations,
+    callee: &str,
+    list: &[Expectation],
+    target: &Target<'_>,
+) -> Outcome {
+    let broken = expectations::check(target, &consumer.consumer, list).await;
+    let detail = if broken.is_empty() {
+        format!("{} example(s) answered, with every field read", list.len())
+    } else {
+        let lines: Vec<String> = broken.iter().map(ToString::to_string).collect();
+        lines.join("; ")
+    };
+    Outcome {
+        label: format!("{} expects {callee}", consumer.consumer),
+        kind: "expects",
+        input: serde_json::to_value(list).unwrap_or_default(),
+        passed: broken.is_empty(),
+        detail,
+        shrunk: None,
+    }
+}
+
+fn expectations_of(contract: &Contract) -> Expectations {
+    Expectations {
+        consumer: contract.cell.clone(),
+        version: String::new(),
+        expects: contract.expects.clone(),
+    }
+}
+
 fn contract_of_path(path: &std::path::Path) -> anyhow::Result<Contract> {
-    let (cell, (input, output)) = if path.is_dir() {
+    let (manifest, (input, output)) = if path.is_dir() {
         let spec = CellSpec::from_dir(path)?;
         let read = |r: &Option<SchemaRef>| -> anyhow::Result<Option<Value>> {
             let Some(r) = r else { return Ok(None) };
@@ -120,15 +207,15 @@ fn contract_of_path(path: &std::path::Path) -> anyhow::Result<Contract> {
             })?))
         };
         let schemas = (read(&spec.manifest.input)?, read(&spec.manifest.output)?);
-        (spec.manifest.id.clone(), schemas)
+        (spec.manifest.clone(), schemas)
     } else {
         let bundle = Bundle::read(path)?;
-        (bundle.manifest.cell.clone(), bundle.schemas()?)
+        (bundle.cell_manifest()?, bundle.schemas()?)
     };
+    let (cell, expects) = (manifest.id, manifest.expects);
     Ok(Contract {
-        input: input.with_context(|| {
-            format!("{cell} declares no input schema: nothing to generate inputs from")
-        })?,
+        expects,
+        input,
         cell,
         output,
     })
@@ -144,10 +231,12 @@ async fn contract_of_deployed(
     let desired = store.desired(cell).await?.with_context(|| {
         format!("{cell} is not deployed: give its folder or bundle for the contract")
     })?;
-    let (input, output) = store.get_bundle(&desired.current).await?.schemas()?;
+    let bundle = store.get_bundle(&desired.current).await?;
+    let (input, output) = bundle.schemas()?;
     Ok(Contract {
+        expects: bundle.cell_manifest()?.expects,
         cell: cell.to_owned(),
-        input: input.with_context(|| format!("{cell} declares no input schema"))?,
+        input,
         output,
     })
 }
