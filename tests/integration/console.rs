@@ -790,8 +790,10 @@ async fn a_dead_letter_is_replayed_from_the_page_and_handled() {
         .expect("a replay button");
     replay.click().await.unwrap();
     browser
-        .wait_for_text(SHOWN, "no dead letter left", |page| {
+        .wait_for_text(SHOWN, "no dead letter left, and who replayed it", |page| {
             page.contains("No dead letters.")
+                && page.contains("done")
+                && page.contains("by token 1")
         })
         .await;
     // Handled: the flow's hop on the durable cell succeeded.
@@ -868,6 +870,52 @@ fn actions_need_the_flag_a_user_and_the_consoles_own_origin() {
         &[&origin(acting.base()), "Authorization: Bearer s3cret"],
     );
     assert_eq!(status, 200, "a signed-in user from the page may: {body}");
+}
+
+/// The release actions take outside input too: a bundle upload over the
+/// bound is refused before it is read, bytes that are not a bundle and a
+/// cell that is not deployed are problems saying why, a path that cannot
+/// be a cell id is a 404; the console goes on answering.
+#[test]
+fn release_actions_refuse_bad_uploads_and_cells_with_problems() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (_tokens, console) = acting_console(&url);
+    let base = console.base();
+    let origin = format!("Origin: {base}");
+    let post = |path: &str, body: &[&str]| {
+        let target = format!("{base}{path}");
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            &origin,
+            "-H",
+            "Authorization: Bearer s3cret",
+        ];
+        args.extend(body);
+        args.push(&target);
+        curl(&args)
+    };
+    let big = tempfile::NamedTempFile::new().unwrap();
+    big.as_file()
+        .set_len(cbs_host::console::deployer::MAX_UPLOAD as u64 + 1)
+        .unwrap();
+    let upload = format!("@{}", big.path().display());
+    let reply = post("/api/deploy/preview", &["--data-binary", &upload]);
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    let reply = post("/api/deploy", &["--data-binary", "not a bundle"]);
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(reply.body.contains("bundle"), "{}", reply.body);
+    let reply = post("/api/cells/nowhere.cell/rollback", &[]);
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(reply.body.contains("not deployed"), "{}", reply.body);
+    let reply = post("/api/cells/nowhere.cell/undeploy", &[]);
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let reply = post("/api/cells/..%2F..%2Fetc/rollback", &[]);
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    let lattice = curl(&[&format!("{base}/api/lattice")]);
+    assert_eq!(lattice.status, 200, "still answering: {}", lattice.body);
 }
 
 /// The version each host serves of `cell`, by host.

@@ -319,7 +319,11 @@ async function act(path, body, what) {
     body: JSON.stringify(body),
   });
   const answer = await response.json().catch(() => ({}));
-  say(response.ok ? `${what}: done (${(answer.replayed || []).join(", ")})` : `${what}: ${answer.detail || response.status}`, !response.ok);
+  const outcome = response.ok
+    ? `${what}: done (${(answer.replayed || []).join(", ")}) by ${answer.by}`
+    : `${what} refused: ${answer.detail || response.status}`;
+  say(outcome, !response.ok);
+  panel.replaceChildren(el("p", { class: response.ok ? "" : "bad" }, outcome));
 }
 
 // What a release action did, kept across the view's redraws.
@@ -412,13 +416,16 @@ function drawHistory(history) {
     table([["Version"], ["Deployed"], ["Digest"], ["Signed by"], ["Replicas", "num"]], rows)];
 }
 
+// The dead letter inspected, kept across redraws.
+const letterDetail = el("pre", { id: "letter", hidden: true });
+
 function drawDeadLetters(data) {
-  const detail = el("pre", { id: "letter", hidden: true });
+  const detail = letterDetail;
   const replayPath = `/api/cells/${encodeURIComponent(data.cell)}/dead-letters/replay`;
   const canAct = actionsEnabled && token();
   const rows = data.letters.map((l) => {
-    const show = el("button", { type: "button", class: "inspect", "data-seq": l.seq }, "inspect");
-    show.addEventListener("click", () => {
+    const inspect = el("button", { type: "button", class: "inspect", "data-seq": l.seq }, "inspect");
+    inspect.addEventListener("click", () => {
       detail.hidden = false;
       detail.textContent = JSON.stringify(l, null, 2);
     });
@@ -436,7 +443,7 @@ function drawDeadLetters(data) {
       el("td", { class: "num" }, l.delivered),
       el("td", {}, badge(l.error.code, "bad"), " ", l.error.message),
       el("td", {}, el("code", {}, message)),
-      el("td", {}, show, " ", replay));
+      el("td", {}, inspect, " ", replay));
   });
   let all = null;
   if (canAct && data.letters.length) {
@@ -453,6 +460,7 @@ function drawDeadLetters(data) {
       ? table([["Seq", "num"], ["Subject"], ["Delivered", "num"], ["Error"], ["Message"], ["Actions"]], rows)
       : el("p", {}, "No dead letters."),
     all,
+    panel,
     el("p", { class: "muted" }, `Replay after a fix: cbs dlq replay ${data.cell} SEQ… (or --all)`),
     detail);
 }
