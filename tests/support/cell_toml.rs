@@ -117,6 +117,11 @@ impl CellToml {
         Self { manifest }
     }
 
+    pub fn version(mut self, version: &str) -> Self {
+        self.manifest.version = version.to_owned();
+        self
+    }
+
     pub fn id(mut self, id: &str) -> Self {
         self.manifest.id = id.to_owned();
         self

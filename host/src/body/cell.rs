@@ -1,7 +1,7 @@
 //! A loaded cell: manifest, contract and runner, with its admission limits
 //! and counters. One value per served version; a hot swap makes a new one.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -16,10 +16,6 @@ use crate::resilience::BreakerReport;
 use crate::runtime::wasm::CacheOutcome;
 use crate::runtime::{CellInfo, CellRunner};
 use crate::stats::{CellLoad, CellStats, Workers};
-
-/// Where a served cell's current version sits: read once per message, so a
-/// hot swap takes effect from the next message on.
-pub(super) type Slot = Arc<RwLock<Arc<LoadedCell>>>;
 
 pub struct LoadedCell {
     pub spec: CellSpec,

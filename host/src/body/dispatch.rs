@@ -9,8 +9,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
-use super::cell::{LoadedCell, Slot};
+use super::cell::LoadedCell;
 use super::forward::{self, Forwarded};
+use super::split::Slot;
 use crate::bus::{is_inbox, BodyBus, Headers, Message, Subscription, INBOX_PREFIX};
 use crate::envelope::codec::{from_message, transport_headers};
 use crate::envelope::{header, BusError, Envelope, ErrorCode};
@@ -46,10 +47,10 @@ pub(super) async fn dispatch(
             }
         };
         let Some(message) = message else { break };
-        let cell = slot.read().unwrap().clone();
+        let cell = slot.read().unwrap().next();
         admit(&bus, cell, message, reroute.as_ref()).await;
     }
-    tracing::debug!(cell = %slot.read().unwrap().manifest.id, "subscription closed");
+    tracing::debug!(cell = %slot.read().unwrap().stable().manifest.id, "subscription closed");
 }
 
 /// Sends a request to a faster peer while this host is slow for the cell;

@@ -15,6 +15,7 @@ mod load;
 mod pipeline;
 mod pull;
 mod registry;
+mod split;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -161,6 +162,44 @@ impl Body {
     /// ([`retire`]).
     pub async fn replace(&self, cell: Arc<LoadedCell>) -> anyhow::Result<Option<Arc<LoadedCell>>> {
         self.registry.replace(cell).await
+    }
+
+    /// Serves `canary`, a loaded version of a cell served here, next to
+    /// the stable one: it takes `share` of every 10,000 of the cell's
+    /// messages (requests and events exactly, message by message; durable
+    /// deliveries batch by batch), the stable one the rest. A canary it
+    /// replaces finishes its messages (up to `grace`).
+    pub async fn split(
+        &self,
+        canary: Arc<LoadedCell>,
+        share: u32,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        if let Some(replaced) = self.registry.split(canary, share)? {
+            retire(replaced, grace).await;
+        }
+        Ok(())
+    }
+
+    /// Moves the canary of cell `id` to `share` of every 10,000 messages.
+    pub fn set_share(&self, id: &str, share: u32) -> anyhow::Result<()> {
+        self.registry.set_share(id, share)
+    }
+
+    /// Ends the canary of cell `id`: it becomes the stable version
+    /// (`promote`) or goes; the version no longer served finishes its
+    /// messages (up to `grace`).
+    pub async fn end_canary(&self, id: &str, promote: bool, grace: Duration) -> anyhow::Result<()> {
+        if let Some(ended) = self.registry.end_canary(id, promote)? {
+            retire(ended, grace).await;
+        }
+        Ok(())
+    }
+
+    /// The versions of cell `id` served here: the stable one, then a
+    /// canary.
+    pub fn versions(&self, id: &str) -> Vec<Arc<LoadedCell>> {
+        self.registry.versions(id)
     }
 
     /// Stops serving a cell: no new messages; the in-flight ones finish

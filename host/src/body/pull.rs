@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::cell::{LoadedCell, Slot};
+use super::cell::LoadedCell;
+use super::split::Slot;
 use crate::backoff::Backoff;
 use crate::durable::{
     verdict, Consumer, DeadLetter, Delivery, DurableLog, Lettered, Settle, Verdict,
@@ -27,7 +28,7 @@ pub async fn consume(
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        let cell = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let cell = slot.read().unwrap_or_else(|e| e.into_inner()).next();
         let first = tokio::select! {
             slot = cell.pull_slot() => slot,
             () = stop.cancelled() => None,

@@ -12,9 +12,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::cell::{retire, LoadedCell, Slot};
+use super::cell::{retire, LoadedCell};
 use super::dispatch::{dispatch, Reroute};
 use super::pull;
+use super::split::{Slot, Versions};
 use crate::bus::{BodyBus, Endpoint, Subscription};
 use crate::durable::{Consumer, ConsumerSpec, DurableLog, StreamSpec};
 use crate::envelope::Envelope;
@@ -38,9 +39,9 @@ struct Served {
 
 impl Served {
     /// Stops taking new messages and lets the dispatchers take those
-    /// already delivered (up to `grace`); returns the version served.
+    /// already delivered (up to `grace`); returns the versions served.
     /// Durable messages pulled and not yet acknowledged are delivered again.
-    async fn stop(self, grace: Duration) -> Arc<LoadedCell> {
+    async fn stop(self, grace: Duration) -> Vec<Arc<LoadedCell>> {
         if let Some(sharing) = self.sharing {
             sharing.abort();
         }
@@ -60,8 +61,8 @@ impl Served {
             }
         });
         futures_util::future::join_all(dispatches).await;
-        let slot = self.slot.read().unwrap();
-        slot.clone()
+        let versions = self.slot.read().unwrap();
+        versions.all()
     }
 }
 
@@ -107,7 +108,7 @@ impl Registry {
             bail!("cell {id} is already served by this host");
         }
         let subject = cell.manifest.subject();
-        let slot: Slot = Arc::new(RwLock::new(cell.clone()));
+        let slot: Slot = Arc::new(RwLock::new(Versions::new(cell.clone())));
         let consumers = self.consumers(&cell).await?;
         let subscription = self
             .bus
@@ -181,7 +182,7 @@ impl Registry {
         slot: &Slot,
         dispatchers: &mut Vec<(JoinHandle<()>, Arc<Notify>)>,
     ) -> anyhow::Result<JoinHandle<()>> {
-        let id = slot.read().unwrap().manifest.id.clone();
+        let id = slot.read().unwrap().stable().manifest.id.clone();
         let direct = routing::direct_subject(router.me(), &id);
         let subscription = self.bus.subscribe(&direct, None).await;
         dispatchers.push(self.dispatch(
@@ -194,7 +195,7 @@ impl Registry {
         let slot = Arc::downgrade(slot);
         let mine = move || {
             slot.upgrade().map_or_else(CellLoad::default, |slot| {
-                let cell = slot.read().unwrap().clone();
+                let cell = slot.read().unwrap().stable().clone();
                 cell.load()
             })
         };
@@ -247,7 +248,7 @@ impl Registry {
             self.serve(cell).await?;
             return Ok(None);
         };
-        let old = std::mem::replace(&mut *slot.write().unwrap(), cell.clone());
+        let old = slot.write().unwrap().replace(cell.clone());
         self.directory.insert(&cell);
         tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped");
         Ok(Some(old))
@@ -263,9 +264,62 @@ impl Registry {
         let Some(served) = self.cells.write().unwrap().remove(id) else {
             return true;
         };
-        let cell = served.stop(grace).await;
+        let versions = served.stop(grace).await;
         tracing::info!(cell = %id, "removed");
-        retire(cell, grace).await
+        let retired = versions.into_iter().map(|cell| retire(cell, grace));
+        futures_util::future::join_all(retired)
+            .await
+            .into_iter()
+            .all(|finished| finished)
+    }
+
+    /// Serves `canary` next to the stable version of its cell, taking
+    /// `share` (basis points) of its messages; returns a canary it
+    /// replaced, to retire.
+    pub fn split(
+        &self,
+        canary: Arc<LoadedCell>,
+        share: u32,
+    ) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        let id = &canary.manifest.id;
+        let slot = self.slot(id)?;
+        tracing::info!(cell = %id, version = %canary.manifest.version, share, "canary");
+        let replaced = slot.write().unwrap().split(canary, share);
+        Ok(replaced)
+    }
+
+    /// Moves the canary of cell `id` to `share` (basis points).
+    pub fn set_share(&self, id: &str, share: u32) -> anyhow::Result<()> {
+        if !self.slot(id)?.write().unwrap().set_share(share) {
+            bail!("cell {id} has no canary on this host");
+        }
+        Ok(())
+    }
+
+    /// Ends the canary of cell `id`: promoted to stable, or dropped;
+    /// returns the version no longer served, to retire.
+    pub fn end_canary(&self, id: &str, promote: bool) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        let slot = self.slot(id)?;
+        let ended = slot.write().unwrap().end(promote);
+        if promote {
+            self.directory.insert(slot.read().unwrap().stable());
+        }
+        Ok(ended)
+    }
+
+    /// The versions of cell `id`: its stable one and its canary, if any.
+    pub fn versions(&self, id: &str) -> Vec<Arc<LoadedCell>> {
+        self.slot(id)
+            .map(|s| s.read().unwrap().all())
+            .unwrap_or_default()
+    }
+
+    fn slot(&self, id: &str) -> anyhow::Result<Slot> {
+        let cells = self.cells.read().unwrap();
+        let served = cells
+            .get(id)
+            .with_context(|| format!("cell {id} is not served here"))?;
+        Ok(served.slot.clone())
     }
 
     /// Stops taking messages for every cell, takes those already delivered
@@ -276,7 +330,11 @@ impl Registry {
             .into_values()
             .collect();
         let stopping = served.into_iter().map(|s| s.stop(grace));
-        futures_util::future::join_all(stopping).await
+        futures_util::future::join_all(stopping)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<LoadedCell>> {
@@ -284,7 +342,7 @@ impl Registry {
             .read()
             .unwrap()
             .get(id)
-            .map(|s| s.slot.read().unwrap().clone())
+            .map(|s| s.slot.read().unwrap().stable().clone())
     }
 
     pub fn list(&self) -> Vec<Arc<LoadedCell>> {
@@ -292,7 +350,7 @@ impl Registry {
             .read()
             .unwrap()
             .values()
-            .map(|s| s.slot.read().unwrap().clone())
+            .map(|s| s.slot.read().unwrap().stable().clone())
             .collect()
     }
 }
@@ -373,8 +431,20 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
         metadata,
         stats: Arc::new(move || {
             stats_of.upgrade().map_or(serde_json::Value::Null, |slot| {
-                let cell = slot.read().unwrap().clone();
+                let (cell, canary) = {
+                    let versions = slot.read().unwrap();
+                    let canary = versions.canary().map(|(c, share)| (c.clone(), share));
+                    (versions.stable().clone(), canary)
+                };
                 let mut stats = cell.stats.to_json();
+                // A canary's own counters, to compare with the stable's.
+                if let Some((canary, share)) = canary {
+                    stats["canary"] = serde_json::json!({
+                        "version": canary.manifest.version,
+                        "share": share,
+                        "stats": canary.stats.to_json(),
+                    });
+                }
                 stats["version"] = cell.manifest.version.clone().into();
                 stats["instances"] = cell.runner.instances().into();
                 stats["workers"] = serde_json::json!(cell.workers());
