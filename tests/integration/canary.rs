@@ -9,7 +9,8 @@ use std::time::Duration;
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::BodyBus;
 use cbs_tests::nats::NatsServer;
-use cbs_tests::{call_json, greet, CellToml, TestHost};
+use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::{call_json, eventually, greet, CellToml, TestHost};
 use serde_json::json;
 
 const CELL: &str = "logic.greet";
@@ -114,4 +115,99 @@ async fn the_share_holds_across_hosts_on_nats_and_a_dropped_canary_takes_nothing
         before + 320,
         "the stable version takes all"
     );
+}
+
+/// A canary in the desired state is served by every watching host next to
+/// the current release, at its share across the lattice; promoted, it
+/// takes every message and is the release served, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_hosts_serve_a_desired_canary_at_its_share_and_promote_it() {
+    use cbs_host::deploy::rollout;
+    use cbs_tests::bundles::{releases, UPPER};
+    let releases = releases();
+    let server = NatsServer::start();
+    let url = server.url();
+    let watch = ["--watch", "--drain-timeout-ms", "5000"];
+    let _a = HostProcess::serve(&url, "canary-a", &[], &watch);
+    let _b = HostProcess::serve(&url, "canary-b", &[], &watch);
+    let out = cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
+    assert!(out.status.success(), "{out:?}");
+
+    let client = server.bus().await;
+    let store = cbs_host::deploy::Store::open(client.client())
+        .await
+        .unwrap();
+    let bytes = std::fs::read(&releases.v2).unwrap();
+    let bundle = cbs_host::bundle::Bundle::from_bytes(&bytes).unwrap();
+    let release = rollout::stage(&store, &bundle, &bytes, Default::default())
+        .await
+        .unwrap();
+    rollout::set_canary(&store, UPPER, release.clone(), 2_500)
+        .await
+        .unwrap();
+    let serving = |release: String| {
+        let store = &store;
+        async move {
+            let statuses = store.statuses().await.map_err(|e| e.to_string())?;
+            let n = statuses
+                .iter()
+                .filter(|s| s.release == release && s.state == cbs_host::deploy::State::Serving)
+                .count();
+            if n == 2 {
+                Ok(())
+            } else {
+                Err(format!("{statuses:?}"))
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "both hosts serving the canary",
+        || serving(release.id.clone()),
+    )
+    .await;
+
+    let replies = upper_replies(&client, MESSAGES).await;
+    let canary = replies.iter().filter(|r| *r == "HI!").count() as u64;
+    assert_share((MESSAGES as u64 - canary, canary), 2_500);
+
+    rollout::end_canary(&store, UPPER, true).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the canary promoted on both hosts",
+        || async {
+            let replies = upper_replies(&client, 64).await;
+            match replies.iter().all(|r| r == "HI!") {
+                true => Ok(()),
+                false => Err(format!("{replies:?}")),
+            }
+        },
+    )
+    .await;
+    let desired = store.desired(UPPER).await.unwrap().unwrap();
+    assert_eq!(desired.current.version, "0.2.0");
+    assert!(desired.canary.is_none());
+}
+
+/// `n` replies of text.upper to "hi", `AT_ONCE` at a time.
+async fn upper_replies(bus: &dyn BodyBus, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let now = left.min(AT_ONCE);
+        left -= now;
+        let calls = (0..now).map(|_| {
+            call_json(
+                bus,
+                "text.upper",
+                json!({"text": "hi"}),
+                Duration::from_secs(10),
+            )
+        });
+        for reply in futures_util::future::join_all(calls).await {
+            let reply = reply.expect("every request is answered");
+            out.push(reply["text"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    out
 }

@@ -146,6 +146,7 @@ async fn another_tenant_cannot_read_a_tenants_buckets() {
             ..Default::default()
         },
         history: vec![],
+        canary: None,
     };
     deploys.set_desired(&desired).await.unwrap();
     assert!(

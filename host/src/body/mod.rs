@@ -31,6 +31,7 @@ use self::load::Loader;
 pub use self::load::{Sources, DEFAULT_UNPACK_MAX_BYTES};
 pub use self::registry::Directory;
 use self::registry::Registry;
+pub use self::split::ALL as SHARE_ALL;
 use crate::bundle::{Bundle, Trust};
 use crate::bus::BodyBus;
 use crate::chaos::ChaosSpec;

@@ -145,7 +145,8 @@ impl Autoscale {
     }
 }
 
-/// The desired state of one cell: the current release and earlier ones.
+/// The desired state of one cell: the current release and earlier ones,
+/// and a canary release taking a share of its messages.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Desired {
     pub cell: String,
@@ -153,6 +154,18 @@ pub struct Desired {
     /// Most recent first.
     #[serde(default)]
     pub history: Vec<Release>,
+    /// During a canary: the new release, served next to the current one by
+    /// every host that serves the cell (`body::split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A release taking a share of a cell's messages next to the current one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    pub release: Release,
+    /// Of every 10,000 messages, at most 10,000.
+    pub share: u32,
 }
 
 impl Desired {
@@ -170,6 +183,7 @@ impl Desired {
             cell: cell.to_owned(),
             current: release,
             history,
+            canary: None,
         }
     }
 
@@ -196,6 +210,7 @@ impl Desired {
             },
             cell: self.cell,
             history: history.collect(),
+            canary: None,
         })
     }
 }

@@ -36,7 +36,7 @@ pub mod watcher;
 mod desired;
 mod store;
 
-pub use desired::{Autoscale, Desired, Release, RequestLoad, State, Status};
+pub use desired::{Autoscale, Canary, Desired, Release, RequestLoad, State, Status};
 pub use store::{status_key, Expectations, Store};
 
 use std::time::Duration;

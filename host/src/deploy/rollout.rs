@@ -214,27 +214,8 @@ pub async fn deploy(
     if let Some(trial) = trial {
         notes.extend(consumers_gate(store, trial, bundle, &manifest, force).await?);
     }
-    let autoscale = scale
-        .autoscale
-        .map(|targets| autoscale_of(&manifest, targets))
-        .transpose()?;
-    let object = store.put_bundle(bundle, bytes).await?;
-    let release = Release {
-        id: crate::envelope::new_id(),
-        version: manifest.version.clone(),
-        digest: bundle.digest(),
-        object,
-        replicas: autoscale
-            .as_ref()
-            .map_or(scale.replicas, |a| Some(a.min_replicas)),
-        autoscale,
-        constraints: scale.constraints,
-        spread: scale.spread,
-        memory_mb: Some(manifest.memory_mb()),
-        signer: bundle.signer().map(str::to_owned),
-        deployed_at_ms: now_ms(),
-        rollback,
-    };
+    let mut release = stage(store, bundle, bytes, scale).await?;
+    release.rollback = rollback;
     let desired = Desired::advance(previous.clone(), &cell, release.clone());
     let outcome = set_and_confirm(client, store, desired, previous, wait, &mut notes).await?;
     if matches!(outcome, Outcome::Serving { .. }) {
@@ -253,6 +234,74 @@ pub async fn deploy(
         contract: Some(contract),
         notes,
     })
+}
+
+/// Puts `bundle` in the lattice's object store and makes its release,
+/// placed by `scale`; nothing is desired yet.
+pub async fn stage(
+    store: &Store,
+    bundle: &Bundle,
+    bytes: &[u8],
+    scale: Scale,
+) -> anyhow::Result<Release> {
+    let manifest = bundle.cell_manifest()?;
+    let autoscale = scale
+        .autoscale
+        .map(|targets| autoscale_of(&manifest, targets))
+        .transpose()?;
+    let object = store.put_bundle(bundle, bytes).await?;
+    Ok(Release {
+        id: crate::envelope::new_id(),
+        version: manifest.version.clone(),
+        digest: bundle.digest(),
+        object,
+        replicas: autoscale
+            .as_ref()
+            .map_or(scale.replicas, |a| Some(a.min_replicas)),
+        autoscale,
+        constraints: scale.constraints,
+        spread: scale.spread,
+        memory_mb: Some(manifest.memory_mb()),
+        signer: bundle.signer().map(str::to_owned),
+        deployed_at_ms: now_ms(),
+        rollback: None,
+    })
+}
+
+/// Makes `release` the canary of its deployed cell at `share` of every
+/// 10,000 messages (or moves its share): every host serving the cell
+/// serves it next to the current release.
+pub async fn set_canary(
+    store: &Store,
+    cell: &str,
+    release: Release,
+    share: u32,
+) -> anyhow::Result<()> {
+    let Some(mut desired) = store.desired(cell).await? else {
+        bail!("cell {cell} is not deployed: deploy it before a canary of it");
+    };
+    desired.canary = Some(super::Canary {
+        release,
+        share: share.min(crate::body::SHARE_ALL),
+    });
+    store.set_desired(&desired).await
+}
+
+/// Ends the canary of `cell`: promoted (its release becomes current, the
+/// hosts keep serving it without a reload) or dropped.
+pub async fn end_canary(store: &Store, cell: &str, promote: bool) -> anyhow::Result<()> {
+    let Some(mut desired) = store.desired(cell).await? else {
+        bail!("cell {cell} is not deployed");
+    };
+    let Some(canary) = desired.canary.take() else {
+        bail!("cell {cell} has no canary");
+    };
+    let desired = if promote {
+        Desired::advance(Some(desired), cell, canary.release)
+    } else {
+        desired
+    };
+    store.set_desired(&desired).await
 }
 
 /// The scale a new release of a deployed cell keeps when none is given

@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use super::downgrade::{self, Served};
 use super::placement::Placement;
 use super::served::{higher, Record};
-use super::{Desired, Release, State, Status, Store};
+use super::{Canary, Desired, Release, State, Status, Store};
 use crate::body::{retire, Body, LoadedCell};
 use crate::unix_time::now_ms;
 
@@ -41,6 +41,8 @@ pub struct Watcher {
     grace: Duration,
     /// Cells this watcher installed, and what it serves of each.
     installed: Mutex<HashMap<String, Served>>,
+    /// The canary served next to a cell's current release, by cell.
+    canaries: Mutex<HashMap<String, Canary>>,
     /// What this host last installed of each cell, kept in its data folder.
     record: std::sync::Mutex<Record>,
     /// The desired state and placement last seen, per cell.
@@ -69,6 +71,7 @@ impl Watcher {
             labels,
             grace,
             installed: Mutex::default(),
+            canaries: Mutex::default(),
             record: std::sync::Mutex::new(record),
             view: Mutex::default(),
         }
@@ -154,7 +157,97 @@ impl Watcher {
         }
     }
 
+    /// Serves the desired release, and its canary next to it.
     async fn install(&self, desired: Desired) {
+        if !self.promote(&desired).await {
+            self.install_current(&desired).await;
+        }
+        self.follow_canary(&desired).await;
+    }
+
+    /// Makes the canary served here the stable version when the desired
+    /// release is that canary's (a promotion): no reload, no gap.
+    async fn promote(&self, desired: &Desired) -> bool {
+        let release = &desired.current;
+        let mut canaries = self.canaries.lock().await;
+        let promoted = canaries
+            .get(&desired.cell)
+            .is_some_and(|c| c.release.digest == release.digest);
+        if !promoted {
+            return false;
+        }
+        if let Err(e) = self.body.end_canary(&desired.cell, true, self.grace).await {
+            tracing::warn!(cell = %desired.cell, error = %e, "cannot promote the canary; loading the release");
+            canaries.remove(&desired.cell);
+            return false;
+        }
+        canaries.remove(&desired.cell);
+        let now = Served {
+            version: release.version.clone(),
+            digest: release.digest.clone(),
+        };
+        self.remember(&desired.cell, &now).await;
+        self.installed
+            .lock()
+            .await
+            .insert(desired.cell.clone(), now);
+        tracing::info!(cell = %desired.cell, version = %release.version, "canary promoted: serving");
+        let status = self.status(release, &desired.cell, State::Serving, None);
+        self.publish(&status).await;
+        true
+    }
+
+    /// Serves the desired canary next to the current release at its share,
+    /// moves its share, or ends a canary no longer desired.
+    async fn follow_canary(&self, desired: &Desired) {
+        let cell = &desired.cell;
+        let mut canaries = self.canaries.lock().await;
+        match (&desired.canary, canaries.get(cell)) {
+            (Some(want), Some(have)) if want.release.digest == have.release.digest => {
+                if want.share != have.share {
+                    match self.body.set_share(cell, want.share) {
+                        Ok(()) => drop(canaries.insert(cell.clone(), want.clone())),
+                        Err(e) => {
+                            tracing::warn!(%cell, error = %e, "cannot move the canary's share")
+                        }
+                    }
+                }
+            }
+            (Some(want), _) => {
+                let served = self.installed.lock().await.get(cell).cloned();
+                let floor = self.floor(cell, served).await;
+                let loaded = match self.load(cell, &want.release, floor.as_ref()).await {
+                    Ok(canary) => self.body.split(canary, want.share, self.grace).await,
+                    Err(e) => Err(e),
+                };
+                let status = match loaded {
+                    Ok(()) => {
+                        canaries.insert(cell.clone(), want.clone());
+                        tracing::info!(%cell, version = %want.release.version, share = want.share, "canary serving");
+                        self.status(&want.release, cell, State::Serving, None)
+                    }
+                    Err(e) => {
+                        let error = format!("{e:#}");
+                        tracing::error!(%cell, version = %want.release.version, %error, "cannot serve the canary");
+                        self.status(&want.release, cell, State::Failed, Some(error))
+                    }
+                };
+                self.publish(&status).await;
+            }
+            (None, Some(_)) => {
+                canaries.remove(cell);
+                if let Err(e) = self.body.end_canary(cell, false, self.grace).await {
+                    tracing::warn!(%cell, error = %e, "cannot end the canary");
+                }
+                tracing::info!(%cell, "canary ended");
+                let status = self.status(&desired.current, cell, State::Serving, None);
+                self.publish(&status).await;
+            }
+            (None, None) => {}
+        }
+    }
+
+    async fn install_current(&self, desired: &Desired) {
         let release = &desired.current;
         let mut installed = self.installed.lock().await;
         let started = Instant::now();
@@ -274,6 +367,7 @@ impl Watcher {
     }
 
     async fn uninstall(&self, cell: &str) {
+        self.canaries.lock().await.remove(cell);
         if self.installed.lock().await.remove(cell).is_none() {
             return;
         }
