@@ -110,10 +110,42 @@ pub struct CellView {
     /// A durable cell's consumer, as that host saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durable: Option<crate::stats::DurableCounts>,
+    /// During a canary: the canary's own counters on that host (the
+    /// fields above are the stable version's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryCounts>,
     /// Its HTTP routes with their contracts (what gateways serve); empty
     /// once the host stopped serving it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<crate::http::Target>,
+}
+
+/// A canary version's counters on one host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanaryCounts {
+    pub version: String,
+    /// Of every 10,000 messages.
+    pub share: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: Option<LatencyCounts>,
+}
+
+impl CanaryCounts {
+    /// A host's report of its canary (absent, or bounded like the rest).
+    fn of(data: &serde_json::Value) -> Option<Self> {
+        let canary = data.get("canary")?;
+        let stats = &canary["stats"];
+        Some(Self {
+            version: canary["version"].as_str()?.chars().take(128).collect(),
+            share: canary["share"].as_u64()?.min(10_000) as u32,
+            requests: stats["requests"].as_u64().unwrap_or(0),
+            errors: stats["errors"].as_u64().unwrap_or(0),
+            latency: serde_json::from_value::<LatencyCounts>(stats["latency"].clone())
+                .ok()
+                .and_then(LatencyCounts::checked),
+        })
+    }
 }
 
 /// Asks every CBS host on the bus, gathering replies until `quiet` passes
@@ -298,6 +330,7 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         breakers: breakers(&data["breakers"]),
         // Another host's reply: tolerated when malformed, as the rest.
         durable: serde_json::from_value(data["durable"].clone()).ok(),
+        canary: CanaryCounts::of(&data),
     }
 }
 

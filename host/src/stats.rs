@@ -74,6 +74,53 @@ impl LatencyCounts {
         let fits = !self.bounds_us.is_empty() && self.bounds_us.len() <= MAX_LATENCY_BUCKETS;
         (increasing && fits && self.counts.len() == self.bounds_us.len() + 1).then_some(self)
     }
+
+    /// The messages counted since `before` (an earlier reading of the same
+    /// buckets; none when they differ).
+    pub fn since(&self, before: &Self) -> Option<Self> {
+        self.zip(before, |now, then| now.saturating_sub(then))
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..1) of the
+    /// messages counted, µs: at most this much (`u64::MAX` past the last
+    /// bound); `None` with nothing counted.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(self.bounds_us.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
+
+    /// Both readings' counts added bucket by bucket (same buckets only).
+    pub fn plus(&self, other: &Self) -> Option<Self> {
+        self.zip(other, |a, b| a + b)
+    }
+
+    /// Each bucket's count and `other`'s, combined (same buckets only).
+    fn zip(&self, other: &Self, f: impl Fn(u64, u64) -> u64) -> Option<Self> {
+        if other.bounds_us != self.bounds_us || other.counts.len() != self.counts.len() {
+            return None;
+        }
+        let counts = self
+            .counts
+            .iter()
+            .zip(&other.counts)
+            .map(|(a, b)| f(*a, *b))
+            .collect();
+        Some(Self {
+            bounds_us: self.bounds_us.clone(),
+            counts,
+        })
+    }
 }
 
 /// What a cell's messages occupy on one host now.

@@ -117,6 +117,21 @@ async fn the_share_holds_across_hosts_on_nats_and_a_dropped_canary_takes_nothing
     );
 }
 
+/// A nats-server and two watching hosts serving text.upper 0.1.0.
+fn two_hosts_serving_v1() -> (NatsServer, [HostProcess; 2]) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let watch = ["--watch", "--drain-timeout-ms", "5000"];
+    let hosts = [
+        HostProcess::serve(&url, "canary-a", &[], &watch),
+        HostProcess::serve(&url, "canary-b", &[], &watch),
+    ];
+    let v1 = cbs_tests::bundles::releases().v1.to_str().unwrap();
+    let out = cbs(&["deploy", v1, "--nats", &url]);
+    assert!(out.status.success(), "{out:?}");
+    (server, hosts)
+}
+
 /// A canary in the desired state is served by every watching host next to
 /// the current release, at its share across the lattice; promoted, it
 /// takes every message and is the release served, without a reload.
@@ -125,13 +140,7 @@ async fn watching_hosts_serve_a_desired_canary_at_its_share_and_promote_it() {
     use cbs_host::deploy::rollout;
     use cbs_tests::bundles::{releases, UPPER};
     let releases = releases();
-    let server = NatsServer::start();
-    let url = server.url();
-    let watch = ["--watch", "--drain-timeout-ms", "5000"];
-    let _a = HostProcess::serve(&url, "canary-a", &[], &watch);
-    let _b = HostProcess::serve(&url, "canary-b", &[], &watch);
-    let out = cbs(&["deploy", releases.v1.to_str().unwrap(), "--nats", &url]);
-    assert!(out.status.success(), "{out:?}");
+    let (server, _hosts) = two_hosts_serving_v1();
 
     let client = server.bus().await;
     let store = cbs_host::deploy::Store::open(client.client())
@@ -210,4 +219,120 @@ async fn upper_replies(bus: &dyn BodyBus, n: usize) -> Vec<String> {
         }
     }
     out
+}
+
+/// Requests sent until `stop`, each reply's text (or error code) kept.
+fn steady_load(
+    bus: cbs_host::bus::nats::NatsBus,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut replies = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let calls = (0..8).map(|_| {
+                call_json(
+                    &bus,
+                    "text.upper",
+                    json!({"text": "hi"}),
+                    Duration::from_secs(10),
+                )
+            });
+            for reply in futures_util::future::join_all(calls).await {
+                replies.push(match reply {
+                    Ok(v) => v["text"].as_str().unwrap_or_default().to_owned(),
+                    Err(e) => e.code.to_string(),
+                });
+            }
+        }
+        replies
+    })
+}
+
+/// A release of text.upper (v2's component) as `version`; `chaos` appended
+/// to its cell.toml.
+fn release_of(tmp: &std::path::Path, name: &str, version: &str, chaos: &str) -> std::path::PathBuf {
+    let dir = cbs_tests::bundles::variant(tmp, name, version, None);
+    let toml = dir.join("cell.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("{text}\n{chaos}")).unwrap();
+    cbs_tests::bundles::pack(&dir)
+}
+
+/// Under steady load on two watching hosts: a canary of a version that
+/// fails a fifth of its requests reverts by itself at its first step, with
+/// its reason in `cbs ls` and the audit trail; a good version is promoted
+/// step by step and then serves everything. No request goes unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_reverts_by_itself_and_a_good_one_is_promoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let failing = release_of(
+        tmp.path(),
+        "failing",
+        "0.2.0",
+        "[chaos]\nerror_rate = 0.2\nseed = 7\n",
+    );
+    let good = release_of(tmp.path(), "good", "0.2.1", "");
+    let (server, _hosts) = two_hosts_serving_v1();
+    let url = server.url();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(server.bus().await, stop.clone());
+    let canary = |bundle: &std::path::Path, interval: &str, more: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            bundle.to_str().unwrap(),
+            "--nats",
+            &url,
+            "--canary",
+            "10",
+            "--steps",
+            "50,100",
+            "--interval",
+            interval,
+        ];
+        args.extend(more);
+        let started = std::time::Instant::now();
+        let out = cbs(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{err}(in {:?})", started.elapsed());
+        (out.status.success(), err)
+    };
+
+    let (ok, err) = canary(&failing, "3s", &[]);
+    assert!(!ok, "a failing canary reverts: {err}");
+    assert!(err.contains("reverted at 10 %: error ratio"), "{err}");
+    let ls = cbs(&["ls", "--nats", &url]);
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.contains("canary 0.2.0 reverted at 10 %: error ratio"),
+        "{ls}"
+    );
+    // --max-errors does not wait for the interval's end.
+    let (ok, err) = canary(&failing, "10m", &["--max-errors", "5"]);
+    assert!(!ok && err.contains("past --max-errors 5"), "{err}");
+
+    let (ok, err) = canary(&good, "3s", &[]);
+    assert!(ok, "a good canary is promoted: {err}");
+    assert!(
+        err.contains("50 % of the messages") && err.contains("promoted"),
+        "{err}"
+    );
+    let bus = server.bus().await;
+    let after = upper_replies(&bus, 64).await;
+    assert!(after.iter().all(|r| r == "HI!"), "{after:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies = load.await.unwrap();
+    let unanswered: Vec<&String> = replies
+        .iter()
+        .filter(|r| !matches!(r.as_str(), "HI" | "HI!" | "unavailable"))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "every request answered (or refused by the chaos): {unanswered:?}"
+    );
+    let audit = cbs(&["audit", "--action", "canary", "--nats", &url]);
+    let audit = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(
+        audit.contains("reverted at 10 %") && audit.contains("promoted"),
+        "{audit}"
+    );
 }

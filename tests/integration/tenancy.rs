@@ -147,6 +147,7 @@ async fn another_tenant_cannot_read_a_tenants_buckets() {
         },
         history: vec![],
         canary: None,
+        last_canary: None,
     };
     deploys.set_desired(&desired).await.unwrap();
     assert!(

@@ -49,6 +49,8 @@ pub enum Action {
     Trust,
     /// Dead letters published again (from the console).
     Replay,
+    /// A canary promoted or reverted, with why.
+    Canary,
 }
 
 /// One audited change.

@@ -143,7 +143,7 @@ fn signed_message(event: &Event) -> Option<Vec<u8>> {
             event.from.as_deref()?,
             digest,
         )),
-        Action::Undeploy | Action::Trust | Action::Replay => None,
+        Action::Undeploy | Action::Trust | Action::Replay | Action::Canary => None,
     }
 }
 

@@ -158,6 +158,22 @@ pub struct Desired {
     /// every host that serves the cell (`body::split`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// How the last canary of the cell went (`cbs ls` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_canary: Option<CanaryNote>,
+}
+
+/// A canary's state or end, with why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryNote {
+    pub version: String,
+    /// `running`, `promoted` or `reverted`.
+    pub state: String,
+    /// Its share when it ended or now, of every 10,000 messages.
+    pub share: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at_ms: u64,
 }
 
 /// A release taking a share of a cell's messages next to the current one.
@@ -184,6 +200,7 @@ impl Desired {
             current: release,
             history,
             canary: None,
+            last_canary: None,
         }
     }
 
@@ -211,6 +228,7 @@ impl Desired {
             cell: self.cell,
             history: history.collect(),
             canary: None,
+            last_canary: None,
         })
     }
 }

@@ -26,6 +26,7 @@
 //! The records are `desired` ([`Release`], [`Desired`], [`Status`]); the
 //! buckets that hold them are `store` ([`Store`]).
 
+pub mod canary;
 pub mod downgrade;
 pub mod placement;
 pub mod placer;
@@ -36,7 +37,7 @@ pub mod watcher;
 mod desired;
 mod store;
 
-pub use desired::{Autoscale, Canary, Desired, Release, RequestLoad, State, Status};
+pub use desired::{Autoscale, Canary, CanaryNote, Desired, Release, RequestLoad, State, Status};
 pub use store::{status_key, Expectations, Store};
 
 use std::time::Duration;

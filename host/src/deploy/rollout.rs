@@ -201,19 +201,11 @@ pub async fn deploy(
     consent: Consent<'_>,
     wait: Option<Duration>,
 ) -> anyhow::Result<Rolled> {
-    let Consent {
-        force,
-        rollback,
-        trial,
-    } = consent;
+    let rollback = consent.rollback.clone();
     let manifest = bundle.cell_manifest()?;
     let cell = manifest.id.clone();
     let previous = store.desired(&cell).await?;
-    let contract = contract_of(store, previous.as_ref(), bundle).await?;
-    let mut notes = gate(&contract, bundle, previous.as_ref(), force)?;
-    if let Some(trial) = trial {
-        notes.extend(consumers_gate(store, trial, bundle, &manifest, force).await?);
-    }
+    let (contract, mut notes) = checked(store, bundle, previous.as_ref(), &consent).await?;
     let mut release = stage(store, bundle, bytes, scale).await?;
     release.rollback = rollback;
     let desired = Desired::advance(previous.clone(), &cell, release.clone());
@@ -441,6 +433,34 @@ pub async fn undeploy(
         stopped: stopped.into_iter().collect(),
         pending,
     }))
+}
+
+/// The gates a release passes before it goes out, in order: its contract
+/// against the deployed one, then its deployed consumers' expectations;
+/// the warnings of those it passed only by force or a new major.
+pub async fn gates(
+    store: &Store,
+    bundle: &Bundle,
+    consent: Consent<'_>,
+) -> anyhow::Result<Vec<String>> {
+    let previous = store.desired(&bundle.manifest.cell).await?;
+    Ok(checked(store, bundle, previous.as_ref(), &consent).await?.1)
+}
+
+/// [`gates`], with the contract diff.
+async fn checked(
+    store: &Store,
+    bundle: &Bundle,
+    previous: Option<&Desired>,
+    consent: &Consent<'_>,
+) -> anyhow::Result<(ContractDiff, Vec<String>)> {
+    let manifest = bundle.cell_manifest()?;
+    let contract = contract_of(store, previous, bundle).await?;
+    let mut notes = gate(&contract, bundle, previous, consent.force)?;
+    if let Some(trial) = consent.trial {
+        notes.extend(consumers_gate(store, trial, bundle, &manifest, consent.force).await?);
+    }
+    Ok((contract, notes))
 }
 
 /// Refuses a release that breaks what a deployed consumer expects of its

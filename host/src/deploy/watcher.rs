@@ -204,14 +204,23 @@ impl Watcher {
         let mut canaries = self.canaries.lock().await;
         match (&desired.canary, canaries.get(cell)) {
             (Some(want), Some(have)) if want.release.digest == have.release.digest => {
-                if want.share != have.share {
-                    match self.body.set_share(cell, want.share) {
-                        Ok(()) => drop(canaries.insert(cell.clone(), want.clone())),
-                        Err(e) => {
-                            tracing::warn!(%cell, error = %e, "cannot move the canary's share")
-                        }
+                let moved = match want.share == have.share {
+                    true => Ok(()),
+                    false => self.body.set_share(cell, want.share),
+                };
+                // The canary's report is the last word on this cell here
+                // (the current release's was just confirmed).
+                let status = match moved {
+                    Ok(()) => {
+                        canaries.insert(cell.clone(), want.clone());
+                        self.status(&want.release, cell, State::Serving, None)
                     }
-                }
+                    Err(e) => {
+                        let error = format!("cannot move the canary's share: {e:#}");
+                        self.status(&want.release, cell, State::Failed, Some(error))
+                    }
+                };
+                self.publish(&status).await;
             }
             (Some(want), _) => {
                 let served = self.installed.lock().await.get(cell).cloned();

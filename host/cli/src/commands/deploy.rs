@@ -16,6 +16,7 @@ use clap::Args;
 
 use crate::args::{parse_label, NatsArgs};
 use crate::report::{notes, report};
+use cbs_host::deploy::canary;
 use cbs_host::deploy::rollout::{self, Consent, Scale, Targets};
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
@@ -98,7 +99,67 @@ pub struct DeployArgs {
     #[arg(long, conflicts_with = "wait_ms")]
     no_wait: bool,
     #[command(flatten)]
+    canary: CanaryArgs,
+    #[command(flatten)]
     nats: NatsArgs,
+}
+
+/// `--canary`: the new release next to the current one, step by step.
+#[derive(Args)]
+struct CanaryArgs {
+    /// Serve the new release next to the deployed one for this share of
+    /// the messages (percent), then each of --steps, each for --interval;
+    /// revert by itself when its error ratio or p99 is past the limits
+    /// against the deployed release over the same interval, promote after
+    /// the last step. Exits 1 when it reverts.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    canary: Option<u32>,
+    /// The shares (percent) after the first, rising, ending at 100.
+    #[arg(
+        long,
+        value_name = "P,P,..",
+        value_delimiter = ',',
+        default_value = "25,50,100",
+        requires = "canary"
+    )]
+    steps: Vec<u32>,
+    /// How long each step lasts, e.g. 60s or 5m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "canary")]
+    interval: Duration,
+    /// How far the canary's error ratio may exceed the deployed one's (0.01: one point).
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value_t = 0.01,
+        requires = "canary"
+    )]
+    max_error_ratio: f64,
+    /// The highest p99 the canary may have in a step, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 500, requires = "canary")]
+    max_p99_ms: u64,
+    /// Revert at once after this many errors of the canary in a step.
+    #[arg(long, value_name = "N", requires = "canary")]
+    max_errors: Option<u64>,
+}
+
+impl CanaryArgs {
+    fn plan(&self, first: u32) -> anyhow::Result<canary::Plan> {
+        let mut steps = vec![first];
+        steps.extend(self.steps.iter().copied().filter(|s| *s > first));
+        if steps.windows(2).any(|w| w[0] >= w[1]) || steps.last() != Some(&100) {
+            anyhow::bail!(
+                "--canary {first} --steps {:?}: the shares must rise and end at 100",
+                self.steps
+            );
+        }
+        Ok(canary::Plan {
+            steps,
+            interval: self.interval,
+            max_error_ratio: self.max_error_ratio,
+            max_p99: Duration::from_millis(self.max_p99_ms),
+            max_errors: self.max_errors,
+        })
+    }
 }
 
 pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
@@ -129,6 +190,15 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         Some(key) => rollback_grant(&store, &bundle, &KeyPair::read(key)?).await?,
         None => None,
     };
+    if let Some(first) = args.canary.canary {
+        let plan = args.canary.plan(first)?;
+        let consent = Consent {
+            force: args.force,
+            rollback,
+            trial: Some(&InProcess),
+        };
+        return canary(&bus, &store, &bundle, &bytes, &plan, consent, &args.nats).await;
+    }
     let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
     eprintln!(
         "deploying {} {} ({})",
@@ -210,4 +280,40 @@ async fn rollback_grant(
         &served.digest,
         &bundle.digest(),
     )))
+}
+
+/// A canary rollout, audited at its end; exits 1 when it reverted.
+async fn canary(
+    bus: &cbs_host::bus::nats::NatsBus,
+    store: &Store,
+    bundle: &Bundle,
+    bytes: &[u8],
+    plan: &canary::Plan,
+    consent: Consent<'_>,
+    nats: &NatsArgs,
+) -> anyhow::Result<ExitCode> {
+    let progress = |line: &str| eprintln!("{line}");
+    let (release, end) =
+        canary::run(bus.client(), store, bundle, bytes, plan, consent, progress).await?;
+    let (detail, code) = match &end {
+        canary::End::Promoted => ("promoted".to_owned(), ExitCode::SUCCESS),
+        canary::End::Reverted { share, reason } => (
+            format!("reverted at {share} %: {reason}"),
+            ExitCode::FAILURE,
+        ),
+    };
+    let change = Change {
+        action: Action::Canary,
+        cell: &bundle.manifest.cell,
+        version: Some(&release.version),
+        digest: Some(&release.digest),
+        key: bundle.signer(),
+        proof: bundle.signature(),
+        from: None,
+        detail: detail.clone(),
+        contract: None,
+    };
+    audit::record(bus.client(), nats.options("").as_ref(), change).await;
+    println!("{} {}: {detail}", bundle.manifest.cell, release.version);
+    Ok(code)
 }

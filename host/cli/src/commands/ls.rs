@@ -44,7 +44,11 @@ fn table(listing: &[Listing]) -> Table {
             Some(n) => format!("{}/{n} placed", cell.placed.len()),
             None => "every host".to_owned(),
         };
-        let unplaced = cell.unplaced.clone().unwrap_or_default();
+        let unplaced = [cell.unplaced.clone(), cell.canary.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
         if cell.hosts.is_empty() {
             let row = [
                 cell.cell.as_str(),
@@ -95,6 +99,10 @@ struct Listing {
     /// Hosts the placer chose, and why some replicas have none.
     placed: Vec<String>,
     unplaced: Option<String>,
+    /// A canary running now, or how the last one ended.
+    canary: Option<String>,
+    #[serde(skip)]
+    canary_digest: Option<String>,
     hosts: Vec<HostReport>,
 }
 
@@ -125,6 +133,8 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
         cells.insert(
             d.cell.clone(),
             Listing {
+                canary: canary_note(&d),
+                canary_digest: d.canary.as_ref().map(|c| c.release.digest.clone()),
                 cell: d.cell,
                 desired: Some(d.current.version),
                 digest: Some(d.current.digest),
@@ -149,9 +159,13 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
             replicas: None,
             placed: Vec::new(),
             unplaced: None,
+            canary: None,
+            canary_digest: None,
             hosts: Vec::new(),
         });
-        let in_sync = s.state == State::Serving && listing.digest.as_deref() == Some(&s.digest);
+        let known = [&listing.digest, &listing.canary_digest];
+        let in_sync =
+            s.state == State::Serving && known.iter().any(|d| d.as_deref() == Some(&s.digest));
         let placed = listing.replicas.is_none() || listing.placed.contains(&s.host);
         listing.hosts.push(HostReport {
             placed,
@@ -169,4 +183,28 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
         cell.hosts.sort_by(|a, b| a.host.cmp(&b.host));
     }
     Ok(cells)
+}
+
+/// A cell's canary now (`canary 0.2.0 at 25 %`), or how its last one
+/// ended (`canary 0.2.0 reverted at 10 %: ...`).
+fn canary_note(desired: &cbs_host::deploy::Desired) -> Option<String> {
+    if let Some(c) = &desired.canary {
+        return Some(format!(
+            "canary {} at {} %",
+            c.release.version,
+            c.share / 100
+        ));
+    }
+    let last = desired.last_canary.as_ref()?;
+    let why = last
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    Some(format!(
+        "canary {} {} at {} %{why}",
+        last.version,
+        last.state,
+        last.share / 100
+    ))
 }
