@@ -93,6 +93,54 @@ async fn the_share_holds_over_ten_thousand_requests_in_process() {
     );
 }
 
+/// A durable cell's deliveries split by the share too, message by
+/// message, on the embedded store: of 2,000 messages each is handled once,
+/// a quarter by the canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_deliveries_split_by_the_share_and_none_is_lost() {
+    const DURABLE: &str = "test.durable";
+    const N: usize = 2_000;
+    let spec = cbs_host::manifest::DurableSpec::default();
+    let stable = CellToml::faulty(DURABLE).durable(spec.clone()).write();
+    let host = TestHost::start(
+        cbs_tests::builder(Arc::new(LocalBus::new())),
+        &[stable.path().to_path_buf()],
+    )
+    .await;
+    let next = CellToml::faulty(DURABLE)
+        .durable(spec)
+        .version("0.2.0")
+        .write();
+    let cell = host.body().load(next.path()).await.unwrap();
+    host.body().split(cell, 2_500, GRACE).await.unwrap();
+    let log = host.body().durable().clone();
+    for _ in 0..N {
+        let message = cbs_tests::envelope_to(DURABLE, &json!({"action": "count"}));
+        log.publish(
+            "cbs-durable.test.durable",
+            &message.id,
+            message.to_vec().into(),
+        )
+        .await
+        .unwrap();
+    }
+    let counts = || {
+        let versions = host.body().versions(DURABLE);
+        (versions[0].stats.requests(), versions[1].stats.requests())
+    };
+    eventually(Duration::from_secs(60), "every message handled", || async {
+        let (a, b) = counts();
+        match (a + b) as usize {
+            N => Ok(()),
+            n => Err(format!("{n} of {N}")),
+        }
+    })
+    .await;
+    assert_share(counts(), 2_500);
+    // Message by message, as requests: exactly a quarter.
+    assert_eq!(counts().1, (N / 4) as u64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_share_holds_across_hosts_on_nats_and_a_dropped_canary_takes_nothing() {
     let server = NatsServer::start();

@@ -167,8 +167,8 @@ impl Body {
 
     /// Serves `canary`, a loaded version of a cell served here, next to
     /// the stable one: it takes `share` of every 10,000 of the cell's
-    /// messages (requests and events exactly, message by message; durable
-    /// deliveries batch by batch), the stable one the rest. A canary it
+    /// messages (requests, events and durable deliveries, message by
+    /// message), the stable one the rest. A canary it
     /// replaces finishes its messages (up to `grace`).
     pub async fn split(
         &self,

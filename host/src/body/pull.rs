@@ -28,7 +28,13 @@ pub async fn consume(
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        let cell = slot.read().unwrap_or_else(|e| e.into_inner()).next();
+        // Pulled at the stable version's pace; each message then goes to
+        // the version the split gives it (`body::split`).
+        let cell = slot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .stable()
+            .clone();
         let first = tokio::select! {
             slot = cell.pull_slot() => slot,
             () = stop.cancelled() => None,
@@ -45,7 +51,7 @@ pub async fn consume(
                 continue;
             }
         };
-        let mut slot = Some(first);
+        let mut first = Some(first);
         while let Some(message) = messages.next().await {
             let message = match message {
                 Ok(m) => m,
@@ -56,10 +62,18 @@ pub async fn consume(
             };
             // Unacknowledged, a message left here is delivered again
             // after ack_wait.
-            let Some(held) = hold(&cell, slot.take()).await else {
+            let target = slot.read().unwrap_or_else(|e| e.into_inner()).next();
+            // The pull slot in hand is the stable version's.
+            let pulled = if Arc::ptr_eq(&target, &cell) {
+                first.take()
+            } else {
+                None
+            };
+            let Some(held) = hold(&target, pulled).await else {
                 break;
             };
-            let (log, cell) = (log.clone(), cell.clone());
+            let log = log.clone();
+            let cell = target;
             tokio::spawn(async move {
                 handle(&*log, &cell, message).await;
                 drop(held);

@@ -22,6 +22,8 @@ pub const MAX_CASES: usize = 500;
 const MAX_DEPTH: usize = 12;
 /// Rounds an option gets to make a valid value before it is given up.
 const RETRIES: usize = 8;
+/// The longest string or array made, whatever the schema asks.
+const MAX_LENGTH: usize = 4_096;
 /// The longest string or array made where the schema sets no maximum.
 const OPEN_MAX: usize = 8;
 
@@ -273,9 +275,14 @@ impl Maker<'_> {
         Value::String(text)
     }
 
-    /// A length at the lower edge, the upper edge, or between.
+    /// A length at the lower edge, the upper edge, or between; never past
+    /// [`MAX_LENGTH`] (a schema asking for more gets a value the validator
+    /// then drops).
     fn length(&mut self, at: &str, min: usize, max: Option<usize>) -> usize {
-        let max = max.unwrap_or(min.saturating_add(OPEN_MAX)).max(min);
+        let min = min.min(MAX_LENGTH);
+        let max = max
+            .unwrap_or(min.saturating_add(OPEN_MAX))
+            .clamp(min, MAX_LENGTH);
         let edges = vec!["shortest".into(), "longest".into(), "between".into()];
         match self.choose(format!("{at}/length"), edges) {
             0 => min,
@@ -298,6 +305,8 @@ impl Maker<'_> {
         let mut value = match self.choose(format!("{at}/range"), edges) {
             0 => low,
             1 => high,
+            // A range too wide to draw from (it overflows) gets its middle.
+            _ if !(high - low).is_finite() => low / 2.0 + high / 2.0,
             _ => self.rng.random_range(low..=high),
         };
         if let Some(multiple) = f("multipleOf").filter(|m| *m > 0.0) {
@@ -644,6 +653,23 @@ mod tests {
         let a = generate(&schema(), 1).unwrap();
         assert_eq!(a, generate(&schema(), 1).unwrap());
         assert_ne!(a, generate(&schema(), 2).unwrap());
+    }
+
+    /// A schema is outside input: huge lengths and ranges make no huge
+    /// value and no panic.
+    #[test]
+    fn huge_bounds_are_bounded_and_wide_ranges_do_not_panic() {
+        let hostile = json!({
+            "type": "object",
+            "required": ["s", "a", "n"],
+            "properties": {
+                "s": {"type": "string", "minLength": 1_000_000_000u64},
+                "a": {"type": "array", "minItems": 1_000_000_000u64},
+                "n": {"type": "number", "minimum": -1e308, "maximum": 1e308}
+            }
+        });
+        let cases = generate(&hostile, 5).unwrap();
+        assert!(cases.iter().all(|c| c.input.to_string().len() < 1 << 20));
     }
 
     #[test]

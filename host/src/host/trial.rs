@@ -24,7 +24,13 @@ impl Trial for InProcess {
         bundle: &Bundle,
         consumers: &[Expectations],
     ) -> anyhow::Result<Vec<Broken>> {
-        let host = Host::builder().start().await?;
+        // Its own data folder: the trial keeps no state, durable or other.
+        let data = std::env::temp_dir().join(format!(
+            "cbs-trial-{}-{}",
+            std::process::id(),
+            crate::envelope::new_id()
+        ));
+        let host = Host::builder().data_dir(&data).start().await?;
         let outcome = async {
             let cell = host.body().load_bundle(bundle).await?;
             host.body().serve(cell).await?;
@@ -44,6 +50,9 @@ impl Trial for InProcess {
         }
         .await;
         host.shutdown(Duration::from_secs(1)).await;
+        if let Err(e) = std::fs::remove_dir_all(&data) {
+            tracing::debug!(error = %e, "cannot remove the trial's data folder");
+        }
         outcome
     }
 }
