@@ -38,8 +38,9 @@ authorization {{
         subscribe: ["cbs.>", "$SRV.>", "cbs-flows.query", "_INBOX.>"]
         allow_responses: true }} }}
     {{ user: deployer, password: d, permissions: {{
-        publish: ["$KV.cbs-desired.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>", {JS_READ},
-            {JS_CREATE}, "$JS.API.STREAM.PURGE.OBJ_cbs-bundles"]
+        publish: ["$KV.cbs-desired.>", "$KV.cbs-expects.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>", {JS_READ},
+            {JS_CREATE}, "$JS.API.STREAM.CREATE.KV_cbs-expects",
+            "$JS.API.STREAM.PURGE.OBJ_cbs-bundles"]
         subscribe: ["_INBOX.>"] }} }}
     {{ user: caller, password: c, permissions: {{
         publish: {{ allow: ["cbs.>"], deny: ["cbs.~l.>", "cbs.~h.>"] }}

@@ -35,7 +35,6 @@ pub struct Store {
     pub(crate) placement: kv::Store,
     pub(crate) placer: kv::Store,
     served: kv::Store,
-    expects: kv::Store,
     bundles: object_store::ObjectStore,
     /// The largest bundle fetched ([`crate::bundle::MAX_BYTES`]).
     max_bundle_bytes: u64,
@@ -53,7 +52,6 @@ impl Store {
         let placement = bucket::open(&js, PLACEMENT, Limits::history(1)).await?;
         let placer = bucket::open(&js, PLACER, Limits::history(1)).await?;
         let served = bucket::open(&js, SERVED, Limits::history(1)).await?;
-        let expects = bucket::open(&js, EXPECTS, Limits::history(1)).await?;
         let bundles = open_objects(&js).await?;
         Ok(Self {
             js,
@@ -63,7 +61,6 @@ impl Store {
             placement,
             placer,
             served,
-            expects,
             bundles,
             max_bundle_bytes: crate::bundle::MAX_BYTES,
         })
@@ -215,11 +212,12 @@ impl Store {
         let key = expectations.consumer.as_str();
         let failed =
             |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {EXPECTS}/{key}: {e}");
+        let bucket = self.expects().await?;
         if expectations.expects.is_empty() {
-            self.expects.delete(key).await.map_err(|e| failed(&e))
+            bucket.delete(key).await.map_err(|e| failed(&e))
         } else {
             let value = serde_json::to_vec(expectations)?;
-            self.expects
+            bucket
                 .put(key, value.into())
                 .await
                 .map(drop)
@@ -229,7 +227,13 @@ impl Store {
 
     /// What every deployed cell expects of the cells it calls.
     pub async fn all_expectations(&self) -> anyhow::Result<Vec<Expectations>> {
-        values(&self.expects).await
+        values(&self.expects().await?).await
+    }
+
+    /// The expectations bucket, opened when a deployer needs it: hosts
+    /// never touch it, so their NATS users need no right to it.
+    async fn expects(&self) -> anyhow::Result<kv::Store> {
+        bucket::open(&self.js, EXPECTS, Limits::history(1)).await
     }
 
     pub async fn report(&self, status: &Status) -> anyhow::Result<()> {
