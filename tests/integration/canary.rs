@@ -228,6 +228,24 @@ async fn watching_hosts_serve_a_desired_canary_at_its_share_and_promote_it() {
     let canary = replies.iter().filter(|r| *r == "HI!").count() as u64;
     assert_share((MESSAGES as u64 - canary, canary), 2_500);
 
+    // The split shows where operators look: cbs ps, cbs ls, the console.
+    let url = server.url();
+    let ps = cbs(&["ps", "--nats", &url]);
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert_eq!(ps.matches("0.2.0 (canary, 25 %)").count(), 2, "{ps}");
+    let ls = cbs(&["ls", "--nats", &url]);
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(ls.contains("canary 0.2.0 at 25 %"), "{ls}");
+    let console = cbs_tests::process::Console::start(&url);
+    let cell = cbs_tests::curl::curl(&[&format!("{}/api/cells/{UPPER}", console.base())]);
+    let cell: serde_json::Value = serde_json::from_str(&cell.body).unwrap();
+    let hosts = cell["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{cell}");
+    for host in hosts {
+        assert_eq!(host["canary"]["version"], "0.2.0", "{cell}");
+        assert_eq!(host["canary"]["share"], 2_500, "{cell}");
+    }
+
     rollout::end_canary(&store, UPPER, true).await.unwrap();
     eventually(
         Duration::from_secs(30),

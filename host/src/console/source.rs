@@ -238,6 +238,8 @@ fn served(cell: &LoadedCell) -> Served {
         durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
         workers: Some(cell.workers()),
         breakers: cell.breakers().into_iter().collect(),
+        // A canary comes from the desired state of a lattice.
+        canary: None,
     }
 }
 
@@ -484,5 +486,6 @@ fn served_remote(cell: &discovery::CellView) -> Served {
         durable: cell.durable,
         workers: cell.workers,
         breakers: cell.breakers.clone(),
+        canary: cell.canary.clone(),
     }
 }

@@ -61,6 +61,9 @@ pub struct Served {
     /// Each call target's breaker: its state and how often it opened.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub breakers: BTreeMap<String, BreakerReport>,
+    /// A canary serving next to this version: its share and counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::discovery::CanaryCounts>,
 }
 
 /// One cell across the lattice.

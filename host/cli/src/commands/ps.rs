@@ -69,6 +69,19 @@ fn table(hosts: &[discovery::HostView]) -> Table {
                 cell.average_processing_us.to_string(),
                 durable,
             ]);
+            // A canary serving next to it: its own row, its own counters.
+            if let Some(canary) = &cell.canary {
+                table.row([
+                    host.host.clone(),
+                    cell.id.clone(),
+                    format!("{} (canary, {} %)", canary.version, canary.share / 100),
+                    String::new(),
+                    canary.requests.to_string(),
+                    canary.errors.to_string(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
         }
     }
     table

@@ -218,7 +218,9 @@ function drawCell(data) {
     const { p50, p99 } = hostPercentiles(base, h);
     return el("tr", { "data-host": h.host },
       el("th", { scope: "row" }, h.host),
-      el("td", {}, h.version),
+      el("td", {}, h.version, h.canary
+        ? [" ", badge(`canary ${h.canary.version}: ${h.canary.share / 100} %, ${h.canary.requests} req, ${h.canary.errors} err`, "warn")]
+        : null),
       el("td", { class: "num", "data-rate": h.host }, fmtRate(rate(h.host, h.requests, data.at_ms))),
       el("td", { class: "num", "data-requests": h.host }, h.requests),
       el("td", { class: "num" }, h.errors),
