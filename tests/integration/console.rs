@@ -30,6 +30,19 @@ fn acting_console(url: &str) -> (tempfile::NamedTempFile, Console) {
     (tokens, console)
 }
 
+/// `test.caller`, whose breaker on `test.target` opens at the first
+/// failure and half-opens after 1 ms, and `test.target`.
+fn tripping_pair() -> (tempfile::TempDir, tempfile::TempDir) {
+    let caller = CellToml::faulty("test.caller")
+        .calls(&["test.target"])
+        .policy("test.target", |p| {
+            p.breaker.failures = 1;
+            p.breaker.cooldown_ms = 1;
+        })
+        .write();
+    (caller, CellToml::faulty("test.target").write())
+}
+
 /// No page asks anything of another origin: every URL the browser
 /// requested starts with the console's own.
 async fn assert_same_origin(browser: &Browser, base: &str) {
@@ -273,14 +286,7 @@ async fn assert_percentiles_are_computed_right(browser: &Browser) {
 async fn breaker_openings_arrive_in_discovery_and_become_advice() {
     let server = NatsServer::start();
     let url = server.url();
-    let caller = CellToml::faulty("test.caller")
-        .calls(&["test.target"])
-        .policy("test.target", |p| {
-            p.breaker.failures = 1;
-            p.breaker.cooldown_ms = 1;
-        })
-        .write();
-    let target = CellToml::faulty("test.target").write();
+    let (caller, target) = tripping_pair();
     let cells = [caller.path().to_path_buf(), target.path().to_path_buf()];
     let _host = HostProcess::serve(&url, "host-breaker", &cells, &[]);
     let bus = server.bus().await;
@@ -1151,14 +1157,7 @@ async fn every_view_passes_axe_cores_wcag_2_a_and_aa_rules() {
     let axe = cbs_tests::axe::script();
     let server = NatsServer::start();
     let url = server.url();
-    let caller = CellToml::faulty("test.caller")
-        .calls(&["test.target"])
-        .policy("test.target", |p| {
-            p.breaker.failures = 1;
-            p.breaker.cooldown_ms = 1;
-        })
-        .write();
-    let target = CellToml::faulty("test.target").write();
+    let (caller, target) = tripping_pair();
     let durable = CellToml::faulty("test.durable")
         .durable(DurableSpec {
             max_deliver: 1,

@@ -179,7 +179,19 @@ async fn serving(store: &Store, cell: &str, release: &Release) -> Result<(), Str
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err("not every host serving the cell took the canary in time".into());
+            let waiting: Vec<&str> = mine
+                .iter()
+                .filter(|s| s.release != release.id)
+                .map(|s| s.host.as_str())
+                .collect();
+            let who = match waiting.is_empty() {
+                true => "no host serving the cell".to_owned(),
+                false => waiting.join(", "),
+            };
+            return Err(format!(
+                "{who} did not report serving the canary within {} s (see `cbs ls` and the hosts' logs)",
+                SERVE_WAIT.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
