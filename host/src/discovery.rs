@@ -114,6 +114,9 @@ pub struct CellView {
     /// fields above are the stable version's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryCounts>,
+    /// After a blue-green switch: the version kept warm on that host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm: Option<String>,
     /// Its HTTP routes with their contracts (what gateways serve); empty
     /// once the host stopped serving it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -331,6 +334,7 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         // Another host's reply: tolerated when malformed, as the rest.
         durable: serde_json::from_value(data["durable"].clone()).ok(),
         canary: CanaryCounts::of(&data),
+        warm: data["warm"].as_str().map(|v| v.chars().take(128).collect()),
     }
 }
 

@@ -9,6 +9,13 @@ pub fn subject_of(cell_id: &str) -> String {
     format!("cbs.{cell_id}")
 }
 
+/// `cbs.~p.<cell-id>`: where the version on trial (a canary, or a
+/// blue-green release before its switch) is served alone, for tests. `~`
+/// is in no cell id, so no cell's own subject can be this one.
+pub fn trial_subject(cell_id: &str) -> String {
+    format!("cbs.~p.{cell_id}")
+}
+
 /// `text` as part of a stream name: letters and digits upper-cased,
 /// anything else `_`.
 pub(crate) fn stream_token(text: &str) -> String {

@@ -402,3 +402,88 @@ async fn a_failing_canary_reverts_by_itself_and_a_good_one_is_promoted() {
         "{audit}"
     );
 }
+
+/// Blue-green under steady load on two watching hosts: a release whose
+/// contract tests fail on the hosts (every request fails) is
+/// refused without taking one request; a good one is tested there, then
+/// takes all traffic at once; `cbs rollback` switches back to the version
+/// every host kept warm, without a load. Not one request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blue_green_switches_and_switches_back_with_no_failed_request_under_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let failing = release_of(
+        tmp.path(),
+        "failing",
+        "0.2.0",
+        "[chaos]\nerror_rate = 1.0\n",
+    );
+    let good = release_of(tmp.path(), "good", "0.2.1", "");
+    let (server, _hosts) = two_hosts_serving_v1();
+    let url = server.url();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(server.bus().await, stop.clone());
+    let blue_green = |bundle: &std::path::Path| {
+        let args = [
+            "deploy",
+            bundle.to_str().unwrap(),
+            "--nats",
+            &url,
+            "--strategy",
+            "blue-green",
+            "--warm",
+            "5m",
+        ];
+        let out = cbs(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{err}");
+        (out.status.success(), err)
+    };
+
+    let (ok, err) = blue_green(&failing);
+    assert!(!ok, "a release failing its tests is refused: {err}");
+    assert!(
+        err.contains("refused") && err.contains("unavailable"),
+        "{err}"
+    );
+    let ls = cbs(&["ls", "--nats", &url]);
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(ls.contains("blue-green 0.2.0 refused"), "{ls}");
+
+    let (ok, err) = blue_green(&good);
+    assert!(ok, "a good release switches: {err}");
+    assert!(err.contains("generated contract test"), "{err}");
+    let bus = server.bus().await;
+    let after = upper_replies(&bus, 64).await;
+    assert!(after.iter().all(|r| r == "HI!"), "all at once: {after:?}");
+    let ps = cbs(&["ps", "--nats", &url]);
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert_eq!(ps.matches("0.1.0 (warm, no traffic)").count(), 2, "{ps}");
+
+    let started = std::time::Instant::now();
+    let back = cbs(&["rollback", UPPER_ID, "--nats", &url]);
+    let elapsed = started.elapsed();
+    let said = String::from_utf8_lossy(&back.stdout).into_owned();
+    eprintln!("rollback in {elapsed:?}: {said}");
+    assert!(back.status.success(), "{back:?}");
+    assert!(
+        said.contains("serving on 2 host(s)")
+            && said.contains("2 switched to the version kept warm"),
+        "{said}"
+    );
+    let after = upper_replies(&bus, 64).await;
+    assert!(after.iter().all(|r| r == "HI"), "switched back: {after:?}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies = load.await.unwrap();
+    let failed: Vec<&String> = replies
+        .iter()
+        .filter(|r| !matches!(r.as_str(), "HI" | "HI!"))
+        .collect();
+    assert!(failed.is_empty(), "no request failed: {failed:?}");
+    assert!(
+        replies.iter().any(|r| r == "HI!"),
+        "the load saw the switch"
+    );
+}
+
+const UPPER_ID: &str = cbs_tests::bundles::UPPER;

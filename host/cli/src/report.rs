@@ -19,9 +19,17 @@ pub fn report(cell: &str, version: &str, outcome: Outcome) -> ExitCode {
             println!("{cell} {version} is the desired release; no host is watching now (hosts started with `cbs-host run --watch` will serve it)");
             ExitCode::SUCCESS
         }
-        Outcome::Serving { hosts, elapsed } => {
+        Outcome::Serving {
+            hosts,
+            elapsed,
+            warm,
+        } => {
+            let warm = match warm {
+                0 => String::new(),
+                n => format!(" ({n} switched to the version kept warm, no load)"),
+            };
             println!(
-                "{cell} {version} serving on {} host(s) after {} ms",
+                "{cell} {version} serving on {} host(s) after {} ms{warm}",
                 hosts.len(),
                 elapsed.as_millis()
             );

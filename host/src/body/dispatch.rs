@@ -25,6 +25,15 @@ pub(super) struct Reroute {
     pub routes: Arc<CellRoutes>,
 }
 
+/// Which version of a cell a subscription's messages go to.
+#[derive(Clone, Copy)]
+pub(super) enum Pick {
+    /// The stable one, or the canary at its share.
+    Split,
+    /// The canary alone (its trial subject); without one, `unavailable`.
+    Canary,
+}
+
 /// Runs until the subscription closes, or until `stop`: then it
 /// unsubscribes and still takes the messages already delivered, so none is
 /// dropped unanswered. The slot is read once per message, so a hot swap
@@ -34,6 +43,7 @@ pub(super) async fn dispatch(
     slot: Slot,
     mut subscription: Subscription,
     stop: Arc<Notify>,
+    pick: Pick,
     reroute: Option<Reroute>,
 ) {
     let mut stopping = false;
@@ -47,7 +57,14 @@ pub(super) async fn dispatch(
             }
         };
         let Some(message) = message else { break };
-        let cell = slot.read().unwrap().next();
+        let cell = match pick {
+            Pick::Split => Some(slot.read().unwrap().next()),
+            Pick::Canary => slot.read().unwrap().canary().map(|(c, _)| c.clone()),
+        };
+        let Some(cell) = cell else {
+            no_trial(&*bus, &message).await;
+            continue;
+        };
         admit(&bus, cell, message, reroute.as_ref()).await;
     }
     tracing::debug!(cell = %slot.read().unwrap().stable().manifest.id, "subscription closed");
@@ -139,6 +156,20 @@ async fn handle_message(bus: &dyn BodyBus, cell: &LoadedCell, message: Message) 
         }
     };
     send_reply(bus, &message, &reply).await;
+}
+
+/// Answers a message on a trial subject after the trial ended.
+async fn no_trial(bus: &dyn BodyBus, message: &Message) {
+    let error = BusError::unavailable(format!(
+        "{}: no version is on trial here now",
+        message.subject
+    ));
+    let reply = Envelope::orphan_error(
+        &message.subject,
+        message.header(header::CORRELATION_ID),
+        error,
+    );
+    send_reply(bus, message, &reply).await;
 }
 
 async fn reply_error(bus: &dyn BodyBus, cell: &LoadedCell, message: &Message, error: BusError) {

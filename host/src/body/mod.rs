@@ -176,7 +176,7 @@ impl Body {
         share: u32,
         grace: Duration,
     ) -> anyhow::Result<()> {
-        if let Some(replaced) = self.registry.split(canary, share)? {
+        if let Some(replaced) = self.registry.split(canary, share).await? {
             retire(replaced, grace).await;
         }
         Ok(())
@@ -197,8 +197,38 @@ impl Body {
         Ok(())
     }
 
+    /// Blue-green: the canary of cell `id` takes every message at once;
+    /// the version before stays loaded and warm, taking nothing, until
+    /// [`Body::drop_standby`] with the same `generation`. A standby it
+    /// replaces finishes its messages (up to `grace`).
+    pub async fn switch(&self, id: &str, generation: u64, grace: Duration) -> anyhow::Result<()> {
+        if let Some(replaced) = self.registry.switch(id, generation)? {
+            retire(replaced, grace).await;
+        }
+        Ok(())
+    }
+
+    /// Switches cell `id` back to the version kept warm: no load, so it
+    /// takes the next message. False when none is warm.
+    pub fn swap_standby(&self, id: &str) -> anyhow::Result<bool> {
+        self.registry.swap_standby(id)
+    }
+
+    /// The version of cell `id` kept warm after a switch, if any.
+    pub fn standby(&self, id: &str) -> Option<Arc<LoadedCell>> {
+        self.registry.standby(id)
+    }
+
+    /// Ends the warm window `generation` of cell `id`.
+    pub async fn drop_standby(&self, id: &str, generation: u64, grace: Duration) {
+        if let Some(dropped) = self.registry.drop_standby(id, generation) {
+            tracing::info!(cell = %id, version = %dropped.manifest.version, "warm window over");
+            retire(dropped, grace).await;
+        }
+    }
+
     /// The versions of cell `id` served here: the stable one, then a
-    /// canary.
+    /// canary, then one kept warm.
     pub fn versions(&self, id: &str) -> Vec<Arc<LoadedCell>> {
         self.registry.versions(id)
     }

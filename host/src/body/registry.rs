@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::cell::{retire, LoadedCell};
-use super::dispatch::{dispatch, Reroute};
+use super::dispatch::{dispatch, Pick, Reroute};
 use super::pull;
 use super::split::{Slot, Versions};
 use crate::bus::{BodyBus, Endpoint, Subscription};
@@ -22,6 +22,7 @@ use crate::envelope::Envelope;
 use crate::outbound::LocalCalls;
 use crate::routing::{self, Router};
 use crate::stats::CellLoad;
+use crate::subjects::trial_subject;
 
 /// A cell being served, with the tasks that take its messages and the
 /// signals that stop them.
@@ -35,6 +36,8 @@ struct Served {
     pullers: Vec<(JoinHandle<()>, CancellationToken)>,
     /// Sharing the cell's load with its other hosts (when routing).
     sharing: Option<JoinHandle<()>>,
+    /// The canary's own subject (`cbs.~p.<id>`), while there is one.
+    trial: Option<(JoinHandle<()>, Arc<Notify>)>,
 }
 
 impl Served {
@@ -45,6 +48,7 @@ impl Served {
         if let Some(sharing) = self.sharing {
             sharing.abort();
         }
+        let trial = self.trial.into_iter();
         let pulls = self.pullers.into_iter().map(|(task, token)| {
             token.cancel();
             async move {
@@ -52,14 +56,18 @@ impl Served {
             }
         });
         futures_util::future::join_all(pulls).await;
-        let dispatches = self.dispatchers.into_iter().map(|(mut task, stop)| {
-            stop.notify_one();
-            async move {
-                if tokio::time::timeout(grace, &mut task).await.is_err() {
-                    task.abort();
+        let dispatches = self
+            .dispatchers
+            .into_iter()
+            .chain(trial)
+            .map(|(mut task, stop)| {
+                stop.notify_one();
+                async move {
+                    if tokio::time::timeout(grace, &mut task).await.is_err() {
+                        task.abort();
+                    }
                 }
-            }
-        });
+            });
         futures_util::future::join_all(dispatches).await;
         let versions = self.slot.read().unwrap();
         versions.all()
@@ -119,7 +127,7 @@ impl Registry {
             router: router.clone(),
             routes: router.cell(&id),
         });
-        let mut dispatchers = vec![self.dispatch(subscription, &slot, reroute)];
+        let mut dispatchers = vec![self.dispatch(subscription, &slot, Pick::Split, reroute)];
         let sharing = match &self.router {
             Some(router) => Some(self.share(router, &slot, &mut dispatchers).await?),
             None => None,
@@ -131,7 +139,7 @@ impl Registry {
                 .subscribe(&event.subject, queue.as_deref())
                 .await
                 .with_context(|| format!("cannot subscribe cell {id} to {}", event.subject))?;
-            dispatchers.push(self.dispatch(subscription, &slot, None));
+            dispatchers.push(self.dispatch(subscription, &slot, Pick::Split, None));
         }
         self.bus.flush().await?;
         let pullers = consumers
@@ -152,6 +160,7 @@ impl Registry {
                 dispatchers,
                 pullers,
                 sharing,
+                trial: None,
             },
         );
         Ok(())
@@ -161,6 +170,7 @@ impl Registry {
         &self,
         subscription: Subscription,
         slot: &Slot,
+        pick: Pick,
         reroute: Option<Reroute>,
     ) -> (JoinHandle<()>, Arc<Notify>) {
         let stop = Arc::new(Notify::new());
@@ -169,6 +179,7 @@ impl Registry {
             slot.clone(),
             subscription,
             stop.clone(),
+            pick,
             reroute,
         ));
         (task, stop)
@@ -188,6 +199,7 @@ impl Registry {
         dispatchers.push(self.dispatch(
             subscription.with_context(|| format!("cannot serve cell {id} on {direct}"))?,
             slot,
+            Pick::Split,
             None,
         ));
         let reports = self.bus.subscribe(&routing::load_subject(&id), None).await;
@@ -274,17 +286,41 @@ impl Registry {
     }
 
     /// Serves `canary` next to the stable version of its cell, taking
-    /// `share` (basis points) of its messages; returns a canary it
-    /// replaced, to retire.
-    pub fn split(
+    /// `share` (basis points) of its messages, and alone on its trial
+    /// subject (`cbs.~p.<id>`, for tests while it takes little or
+    /// nothing); returns a canary it replaced, to retire.
+    pub async fn split(
         &self,
         canary: Arc<LoadedCell>,
         share: u32,
     ) -> anyhow::Result<Option<Arc<LoadedCell>>> {
-        let id = &canary.manifest.id;
-        let slot = self.slot(id)?;
+        let id = canary.manifest.id.clone();
+        let slot = self.slot(&id)?;
+        let has_trial = self
+            .cells
+            .read()
+            .unwrap()
+            .get(&id)
+            .is_some_and(|s| s.trial.is_some());
+        let trial = match has_trial {
+            true => None,
+            false => {
+                let subject = trial_subject(&id);
+                let subscription = self.bus.subscribe(&subject, Some(&subject)).await;
+                let subscription = subscription
+                    .with_context(|| format!("cannot serve the canary of {id} on {subject}"))?;
+                self.bus.flush().await?;
+                Some(self.dispatch(subscription, &slot, Pick::Canary, None))
+            }
+        };
         tracing::info!(cell = %id, version = %canary.manifest.version, share, "canary");
         let replaced = slot.write().unwrap().split(canary, share);
+        if let Some(trial) = trial {
+            match self.cells.write().unwrap().get_mut(&id) {
+                Some(served) => served.trial = Some(trial),
+                None => trial.1.notify_one(),
+            }
+        }
         Ok(replaced)
     }
 
@@ -301,10 +337,65 @@ impl Registry {
     pub fn end_canary(&self, id: &str, promote: bool) -> anyhow::Result<Option<Arc<LoadedCell>>> {
         let slot = self.slot(id)?;
         let ended = slot.write().unwrap().end(promote);
+        self.end_trial(id);
         if promote {
             self.directory.insert(slot.read().unwrap().stable());
         }
         Ok(ended)
+    }
+
+    /// Blue-green: the canary of cell `id` takes every message at once and
+    /// the version it replaces stays warm, marked `generation`; returns a
+    /// standby it replaced, to retire.
+    pub fn switch(&self, id: &str, generation: u64) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        let slot = self.slot(id)?;
+        let (switched, replaced) = slot.write().unwrap().switch(generation);
+        if !switched {
+            bail!("cell {id} has no new version to switch to on this host");
+        }
+        self.end_trial(id);
+        self.directory.insert(slot.read().unwrap().stable());
+        tracing::info!(cell = %id, "switched; the version before stays warm");
+        Ok(replaced)
+    }
+
+    /// Switches cell `id` back to its warm standby; false when it has none.
+    pub fn swap_standby(&self, id: &str) -> anyhow::Result<bool> {
+        let slot = self.slot(id)?;
+        if !slot.write().unwrap().swap_standby() {
+            return Ok(false);
+        }
+        self.directory.insert(slot.read().unwrap().stable());
+        tracing::info!(cell = %id, "switched to the warm version");
+        Ok(true)
+    }
+
+    /// Ends the warm window `generation` of cell `id`: its standby, to
+    /// retire, unless a later switch replaced it.
+    pub fn drop_standby(&self, id: &str, generation: u64) -> Option<Arc<LoadedCell>> {
+        let slot = self.slot(id).ok()?;
+        let dropped = slot.write().unwrap().drop_standby(generation);
+        dropped
+    }
+
+    /// The version of cell `id` kept warm, if any.
+    pub fn standby(&self, id: &str) -> Option<Arc<LoadedCell>> {
+        let slot = self.slot(id).ok()?;
+        let standby = slot.read().unwrap().standby().cloned();
+        standby
+    }
+
+    /// Stops serving the trial subject of cell `id` (no canary left).
+    fn end_trial(&self, id: &str) {
+        let trial = self
+            .cells
+            .write()
+            .unwrap()
+            .get_mut(id)
+            .and_then(|s| s.trial.take());
+        if let Some((_, stop)) = trial {
+            stop.notify_one();
+        }
     }
 
     /// The versions of cell `id`: its stable one and its canary, if any.
@@ -431,10 +522,11 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
         metadata,
         stats: Arc::new(move || {
             stats_of.upgrade().map_or(serde_json::Value::Null, |slot| {
-                let (cell, canary) = {
+                let (cell, canary, warm) = {
                     let versions = slot.read().unwrap();
                     let canary = versions.canary().map(|(c, share)| (c.clone(), share));
-                    (versions.stable().clone(), canary)
+                    let warm = versions.standby().map(|c| c.manifest.version.clone());
+                    (versions.stable().clone(), canary, warm)
                 };
                 let mut stats = cell.stats.to_json();
                 // A canary's own counters, to compare with the stable's.
@@ -444,6 +536,9 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
                         "share": share,
                         "stats": canary.stats.to_json(),
                     });
+                }
+                if let Some(warm) = warm {
+                    stats["warm"] = warm.into();
                 }
                 stats["version"] = cell.manifest.version.clone().into();
                 stats["instances"] = cell.runner.instances().into();

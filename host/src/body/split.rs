@@ -4,6 +4,10 @@
 //! the cell, `share` go to the canary, spread evenly (the n-th goes to the
 //! canary when `n × share / 10,000` passes a whole number), so the split
 //! holds on each host and so across hosts, without randomness to wait out.
+//!
+//! After a blue-green switch the version switched away from stays loaded,
+//! warm but taking nothing ([`Versions::standby`]), so a switch back is a
+//! swap of two pointers instead of a load.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,6 +25,9 @@ pub const ALL: u32 = 10_000;
 pub struct Versions {
     stable: Arc<LoadedCell>,
     canary: Option<Canary>,
+    /// The version switched away from, kept warm (and its generation, so
+    /// that the end of one warm window never drops a later standby).
+    standby: Option<(Arc<LoadedCell>, u64)>,
     /// Messages taken since the split last changed.
     taken: AtomicU64,
 }
@@ -35,6 +42,7 @@ impl Versions {
         Self {
             stable,
             canary: None,
+            standby: None,
             taken: AtomicU64::new(0),
         }
     }
@@ -101,10 +109,50 @@ impl Versions {
         })
     }
 
-    /// Every version served: the stable one, then the canary.
+    /// The version kept warm after a switch, if any.
+    pub fn standby(&self) -> Option<&Arc<LoadedCell>> {
+        self.standby.as_ref().map(|(cell, _)| cell)
+    }
+
+    /// Switches all messages to the canary at once and keeps the version
+    /// it replaces warm as the standby, marked `generation`; returns the
+    /// standby this one replaced (to retire). False in `.0` when there is
+    /// no canary.
+    pub fn switch(&mut self, generation: u64) -> (bool, Option<Arc<LoadedCell>>) {
+        let Some(canary) = self.canary.take() else {
+            return (false, None);
+        };
+        let old = std::mem::replace(&mut self.stable, canary.cell);
+        let replaced = self.standby.replace((old, generation));
+        (true, replaced.map(|(cell, _)| cell))
+    }
+
+    /// Switches back: the standby serves everything again and the version
+    /// it replaces becomes the standby (same warm window). False when
+    /// there is none.
+    pub fn swap_standby(&mut self) -> bool {
+        let Some((standby, generation)) = self.standby.take() else {
+            return false;
+        };
+        let was = std::mem::replace(&mut self.stable, standby);
+        self.standby = Some((was, generation));
+        true
+    }
+
+    /// Ends the warm window `generation`: the standby goes, unless a later
+    /// switch made another one.
+    pub fn drop_standby(&mut self, generation: u64) -> Option<Arc<LoadedCell>> {
+        match &self.standby {
+            Some((_, g)) if *g == generation => self.standby.take().map(|(cell, _)| cell),
+            _ => None,
+        }
+    }
+
+    /// Every version loaded: the stable one, the canary, the standby.
     pub fn all(&self) -> Vec<Arc<LoadedCell>> {
         std::iter::once(self.stable.clone())
             .chain(self.canary.as_ref().map(|c| c.cell.clone()))
+            .chain(self.standby.as_ref().map(|(cell, _)| cell.clone()))
             .collect()
     }
 }

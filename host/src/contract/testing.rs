@@ -27,6 +27,9 @@ pub struct Target<'a> {
     pub bus: &'a dyn BodyBus,
     pub cell: &'a str,
     pub timeout: Duration,
+    /// Sent to the version on trial (`cbs.~p.<cell>`: a canary, or a
+    /// blue-green release before its switch) instead of the cell.
+    pub trial: bool,
 }
 
 /// One case's result.
@@ -49,7 +52,11 @@ impl Target<'_> {
     pub async fn call(&self, input: &Value) -> Result<Value, BusError> {
         let payload = RawValue::from_string(input.to_string())
             .map_err(|e| BusError::internal(format!("cannot encode the input: {e}")))?;
-        let envelope = Envelope::new(format!("cbs.{}", self.cell), payload);
+        let subject = match self.trial {
+            true => crate::subjects::trial_subject(self.cell),
+            false => crate::subjects::subject_of(self.cell),
+        };
+        let envelope = Envelope::new(subject, payload);
         let reply = crate::call::call(self.bus, &envelope, self.timeout).await?;
         serde_json::from_str(reply.get()).map_err(|e| {
             BusError::new(

@@ -83,6 +83,11 @@ pub async fn run(
         if step >= 100 {
             rollout::end_canary(store, &cell, true).await?;
             note(store, &cell, &release, "promoted", 10_000, None).await?;
+            if let Some(warning) =
+                rollout::remember_expectations(store, &bundle.cell_manifest()?).await
+            {
+                progress(&format!("warning: {warning}"));
+            }
             progress(&format!("{cell} {} promoted", release.version));
             return Ok((release, End::Promoted));
         }
@@ -154,9 +159,9 @@ async fn step_through(
     }
 }
 
-/// Waits until every host serving the cell serves the canary; `Err` when
-/// one could not load it.
-async fn serving(store: &Store, cell: &str, release: &Release) -> Result<(), String> {
+/// Waits until every host serving the cell serves `release` (a canary, or
+/// a switch to it); `Err` when one could not.
+pub(super) async fn serving(store: &Store, cell: &str, release: &Release) -> Result<(), String> {
     let deadline = Instant::now() + SERVE_WAIT;
     loop {
         let statuses = store.statuses().await.map_err(|e| format!("{e:#}"))?;
@@ -189,7 +194,8 @@ async fn serving(store: &Store, cell: &str, release: &Release) -> Result<(), Str
                 false => waiting.join(", "),
             };
             return Err(format!(
-                "{who} did not report serving the canary within {} s (see `cbs ls` and the hosts' logs)",
+                "{who} did not report serving {} within {} s (see `cbs ls` and the hosts' logs)",
+                release.version,
                 SERVE_WAIT.as_secs()
             ));
         }
@@ -291,7 +297,7 @@ fn judge(stable: &Counts, canary: &Counts, plan: &Plan) -> Result<(), String> {
 }
 
 /// Writes how the canary stands in the desired state, and audits an end.
-async fn note(
+pub(super) async fn note(
     store: &Store,
     cell: &str,
     release: &Release,

@@ -53,7 +53,16 @@ pub struct Release {
     /// one before (`cbs rollback --sign`); hosts with `--trust` need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackGrant>,
+    /// Blue-green: hosts switch to this release from its canary at once
+    /// and keep the version before warm for this long (milliseconds, at
+    /// most [`MAX_WARM_MS`]), so a rollback meanwhile needs no load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_ms: Option<u64>,
 }
+
+/// The longest a host keeps a version warm after a switch: a warm version
+/// holds its memory.
+pub const MAX_WARM_MS: u64 = 24 * 3600 * 1000;
 
 impl Release {
     /// Whether a host with `labels` may serve it: it has every label the
@@ -251,6 +260,9 @@ pub struct Status {
     /// The release still served after a failure, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<String>,
+    /// Served by switching to a version the host kept warm (no load).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
     pub at_ms: u64,
 }
 

@@ -26,6 +26,7 @@
 //! The records are `desired` ([`Release`], [`Desired`], [`Status`]); the
 //! buckets that hold them are `store` ([`Store`]).
 
+pub mod blue_green;
 pub mod canary;
 pub mod downgrade;
 pub mod placement;

@@ -29,6 +29,8 @@ pub enum Outcome {
     Serving {
         hosts: Vec<String>,
         elapsed: Duration,
+        /// Of them, those that switched to a version kept warm (no load).
+        warm: usize,
     },
     /// At least one host could not load it; the desired state was restored.
     Failed {
@@ -211,19 +213,7 @@ pub async fn deploy(
     let desired = Desired::advance(previous.clone(), &cell, release.clone());
     let outcome = set_and_confirm(client, store, desired, previous, wait, &mut notes).await?;
     if matches!(outcome, Outcome::Serving { .. }) {
-        // What this release relies on from its callees, for their deploys.
-        let recorded = store
-            .set_expectations(&Expectations {
-                consumer: cell.clone(),
-                version: manifest.version.clone(),
-                expects: manifest.expects.clone(),
-            })
-            .await;
-        if let Err(e) = recorded {
-            notes.push(format!(
-                "{e:#}: its callees' deploys will not check what it expects"
-            ));
-        }
+        notes.extend(remember_expectations(store, &manifest).await);
     }
     Ok(Rolled {
         release,
@@ -231,6 +221,24 @@ pub async fn deploy(
         contract: Some(contract),
         notes,
     })
+}
+
+/// Keeps what a release now serving relies on from its callees, for their
+/// deploys; a warning when it cannot.
+pub async fn remember_expectations(
+    store: &Store,
+    manifest: &crate::manifest::Manifest,
+) -> Option<String> {
+    let recorded = store
+        .set_expectations(&Expectations {
+            consumer: manifest.id.clone(),
+            version: manifest.version.clone(),
+            expects: manifest.expects.clone(),
+        })
+        .await;
+    recorded
+        .err()
+        .map(|e| format!("{e:#}: its callees' deploys will not check what it expects"))
 }
 
 /// Puts `bundle` in the lattice's object store and makes its release,
@@ -262,6 +270,7 @@ pub async fn stage(
         signer: bundle.signer().map(str::to_owned),
         deployed_at_ms: now_ms(),
         rollback: None,
+        warm_ms: None,
     })
 }
 
@@ -597,6 +606,7 @@ async fn set_and_confirm(
         return Ok(Outcome::Serving {
             hosts: Vec::new(),
             elapsed: started.elapsed(),
+            warm: 0,
         });
     };
     if desired.current.replicas.is_some() && !hosts.is_empty() {
@@ -709,11 +719,13 @@ async fn confirm(
     let (failed, serving): (Vec<Status>, Vec<Status>) = reports
         .into_values()
         .partition(|s| s.state == State::Failed);
+    let warm = serving.iter().filter(|s| s.warm).count();
     let serving = serving.into_iter().map(|s| s.host).collect();
     Ok(if failed.is_empty() {
         Outcome::Serving {
             hosts: serving,
             elapsed: started.elapsed(),
+            warm,
         }
     } else {
         Outcome::Failed { failed, serving }

@@ -43,10 +43,21 @@ pub struct Watcher {
     installed: Mutex<HashMap<String, Served>>,
     /// The canary served next to a cell's current release, by cell.
     canaries: Mutex<HashMap<String, Canary>>,
+    /// The version kept warm after a blue-green switch, by cell.
+    warm: Arc<std::sync::Mutex<HashMap<String, Warm>>>,
+    /// Numbers warm windows, so one's end never drops a later standby.
+    generations: std::sync::atomic::AtomicU64,
     /// What this host last installed of each cell, kept in its data folder.
     record: std::sync::Mutex<Record>,
     /// The desired state and placement last seen, per cell.
     view: Mutex<View>,
+}
+
+/// A version kept warm: what it is, and its window's number.
+#[derive(Clone)]
+struct Warm {
+    served: Served,
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -72,6 +83,8 @@ impl Watcher {
             grace,
             installed: Mutex::default(),
             canaries: Mutex::default(),
+            warm: Arc::default(),
+            generations: Default::default(),
             record: std::sync::Mutex::new(record),
             view: Mutex::default(),
         }
@@ -176,7 +189,11 @@ impl Watcher {
         if !promoted {
             return false;
         }
-        if let Err(e) = self.body.end_canary(&desired.cell, true, self.grace).await {
+        let ended = match release.warm_ms {
+            Some(ms) => self.switch(&desired.cell, ms).await,
+            None => self.body.end_canary(&desired.cell, true, self.grace).await,
+        };
+        if let Err(e) = ended {
             tracing::warn!(cell = %desired.cell, error = %e, "cannot promote the canary; loading the release");
             canaries.remove(&desired.cell);
             return false;
@@ -195,6 +212,79 @@ impl Watcher {
         let status = self.status(release, &desired.cell, State::Serving, None);
         self.publish(&status).await;
         true
+    }
+
+    /// Blue-green: every message to the canary at once; the version it
+    /// replaces stays warm for `warm_ms` (bounded), then goes.
+    async fn switch(&self, cell: &str, warm_ms: u64) -> anyhow::Result<()> {
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.body.switch(cell, generation, self.grace).await?;
+        if let Some(served) = self.installed.lock().await.get(cell).cloned() {
+            let warm = Warm { served, generation };
+            self.warm.lock().unwrap().insert(cell.to_owned(), warm);
+        }
+        let window = Duration::from_millis(warm_ms.min(super::desired::MAX_WARM_MS));
+        let (body, warm, cell, grace) = (
+            self.body.clone(),
+            self.warm.clone(),
+            cell.to_owned(),
+            self.grace,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            {
+                let mut kept = warm.lock().unwrap();
+                if kept.get(&cell).is_some_and(|w| w.generation == generation) {
+                    kept.remove(&cell);
+                }
+            }
+            body.drop_standby(&cell, generation, grace).await;
+        });
+        Ok(())
+    }
+
+    /// Switches back to the version kept warm when it is `release`'s (a
+    /// rollback within the warm window): no load. With `--trust`, only as
+    /// a load would: a step forward from `floor` or a signed rollback.
+    fn switch_back(
+        &self,
+        cell: &str,
+        release: &Release,
+        serving: Option<&Served>,
+        floor: Option<&Served>,
+    ) -> Option<anyhow::Result<Served>> {
+        let warm = self.warm.lock().unwrap().get(cell).cloned()?;
+        if warm.served.digest != release.digest {
+            return None;
+        }
+        let trust = self.body.trust();
+        if let (Some(from), false) = (floor, trust.is_empty()) {
+            let checked =
+                downgrade::check(trust, cell, from, &warm.served, release.rollback.as_ref());
+            if let Err(e) = checked {
+                return Some(Err(e));
+            }
+        }
+        match self.body.swap_standby(cell) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        // The version switched away from is the one kept warm now.
+        let mut kept = self.warm.lock().unwrap();
+        match serving {
+            Some(served) => drop(kept.insert(
+                cell.to_owned(),
+                Warm {
+                    served: served.clone(),
+                    generation: warm.generation,
+                },
+            )),
+            None => drop(kept.remove(cell)),
+        }
+        Some(Ok(warm.served))
     }
 
     /// Serves the desired canary next to the current release at its share,
@@ -266,7 +356,13 @@ impl Watcher {
             let status = self.status(release, &desired.cell, State::Serving, None);
             return self.publish(&status).await;
         }
-        let floor = self.floor(&desired.cell, served).await;
+        let floor = self.floor(&desired.cell, served.clone()).await;
+        let back = self.switch_back(&desired.cell, release, served.as_ref(), floor.as_ref());
+        if let Some(back) = back {
+            return self
+                .switched_back(desired, back, &mut installed, started)
+                .await;
+        }
         let outcome = match self.load(&desired.cell, release, floor.as_ref()).await {
             Ok(cell) => {
                 // The bundle's signed version, not the release's copy of it.
@@ -292,6 +388,34 @@ impl Watcher {
                 let error = format!("{e:#}");
                 tracing::error!(cell = %desired.cell, version = %release.version, %error, "cannot deploy; the version served before (if any) keeps serving");
                 self.status(release, &desired.cell, State::Failed, Some(error))
+            }
+        };
+        self.publish(&status).await;
+    }
+
+    /// Records and reports a switch back to the warm version.
+    async fn switched_back(
+        &self,
+        desired: &Desired,
+        back: anyhow::Result<Served>,
+        installed: &mut HashMap<String, Served>,
+        started: Instant,
+    ) {
+        let (cell, release) = (&desired.cell, &desired.current);
+        let status = match back {
+            Ok(now) => {
+                self.remember(cell, &now).await;
+                installed.insert(cell.clone(), now);
+                tracing::info!(%cell, version = %release.version, elapsed_us = started.elapsed().as_micros() as u64, "switched back to the warm version: serving");
+                Status {
+                    warm: true,
+                    ..self.status(release, cell, State::Serving, None)
+                }
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::error!(%cell, version = %release.version, %error, "cannot switch back; the version served keeps serving");
+                self.status(release, cell, State::Failed, Some(error))
             }
         };
         self.publish(&status).await;
@@ -371,12 +495,14 @@ impl Watcher {
             digest: release.digest.clone(),
             error,
             serving: self.body.cell(cell).map(|c| c.manifest.version.clone()),
+            warm: false,
             at_ms: now_ms(),
         }
     }
 
     async fn uninstall(&self, cell: &str) {
         self.canaries.lock().await.remove(cell);
+        self.warm.lock().unwrap().remove(cell);
         if self.installed.lock().await.remove(cell).is_none() {
             return;
         }

@@ -38,6 +38,7 @@ impl Trial for InProcess {
                 bus: host.body().bus().as_ref(),
                 cell: &bundle.manifest.cell,
                 timeout: expectations::TIMEOUT,
+                trial: false,
             };
             let mut broken = Vec::new();
             for consumer in consumers {

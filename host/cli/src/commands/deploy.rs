@@ -16,8 +16,8 @@ use clap::Args;
 
 use crate::args::{parse_label, NatsArgs};
 use crate::report::{notes, report};
-use cbs_host::deploy::canary;
 use cbs_host::deploy::rollout::{self, Consent, Scale, Targets};
+use cbs_host::deploy::{blue_green, canary};
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
 /// and wait until they serve it.
@@ -98,10 +98,37 @@ pub struct DeployArgs {
     /// Record the desired release and return without waiting.
     #[arg(long, conflicts_with = "wait_ms")]
     no_wait: bool,
+    /// How the release replaces the deployed one: all at once (each host
+    /// swaps as it loads it), or blue-green: loaded beside the deployed one
+    /// on every host, taking no traffic while its contract tests and its
+    /// consumers' expectations run against it there (cbs.~p.CELL), then
+    /// all traffic switched at once, the version before kept warm for
+    /// --warm (a `cbs rollback` meanwhile switches back without a load).
+    /// Exits 1 when a test fails (nothing switched) unless --force.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "all-at-once",
+        conflicts_with = "canary"
+    )]
+    strategy: Strategy,
+    /// Blue-green: how long hosts keep the version before warm, e.g. 10m
+    /// (at most 24h).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    warm: Duration,
+    /// Blue-green: the seed of the generated contract tests.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     #[command(flatten)]
     canary: CanaryArgs,
     #[command(flatten)]
     nats: NatsArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Strategy {
+    AllAtOnce,
+    BlueGreen,
 }
 
 /// `--canary`: the new release next to the current one, step by step.
@@ -198,6 +225,19 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             trial: Some(&InProcess),
         };
         return canary(&bus, &store, &bundle, &bytes, &plan, consent, &args.nats).await;
+    }
+    if args.strategy == Strategy::BlueGreen {
+        let plan = blue_green::Plan {
+            warm: args.warm,
+            seed: args.seed,
+            ..Default::default()
+        };
+        let consent = Consent {
+            force: args.force,
+            rollback,
+            trial: None,
+        };
+        return blue_green(&bus, &store, &bundle, &bytes, &plan, consent, &args.nats).await;
     }
     let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
     eprintln!(
@@ -302,18 +342,71 @@ async fn canary(
             ExitCode::FAILURE,
         ),
     };
-    let change = Change {
+    let ended = Ended {
         action: Action::Canary,
-        cell: &bundle.manifest.cell,
-        version: Some(&release.version),
-        digest: Some(&release.digest),
-        key: bundle.signer(),
-        proof: bundle.signature(),
-        from: None,
-        detail: detail.clone(),
-        contract: None,
+        bundle,
+        release: &release,
     };
-    audit::record(bus.client(), nats.options("").as_ref(), change).await;
-    println!("{} {}: {detail}", bundle.manifest.cell, release.version);
+    ended.record(bus, nats, detail).await;
     Ok(code)
+}
+
+/// A blue-green rollout, audited at its end; exits 1 when refused.
+async fn blue_green(
+    bus: &cbs_host::bus::nats::NatsBus,
+    store: &Store,
+    bundle: &Bundle,
+    bytes: &[u8],
+    plan: &blue_green::Plan,
+    consent: Consent<'_>,
+    nats: &NatsArgs,
+) -> anyhow::Result<ExitCode> {
+    let progress = |line: &str| eprintln!("{line}");
+    let (release, end) =
+        blue_green::run(bus, store, bundle, bytes, plan, consent, progress).await?;
+    let (detail, code) = match &end {
+        blue_green::End::Switched { tests, forced } => (
+            format!(
+                "blue-green: switched after {tests} trial(s) on the hosts ({forced} failed, forced)"
+            ),
+            ExitCode::SUCCESS,
+        ),
+        blue_green::End::Refused { reason } => {
+            (format!("blue-green: refused: {reason}"), ExitCode::FAILURE)
+        }
+    };
+    let ended = Ended {
+        action: Action::Deploy,
+        bundle,
+        release: &release,
+    };
+    ended.record(bus, nats, detail).await;
+    Ok(code)
+}
+
+/// A staged rollout's end (canary, blue-green), for the audit trail and
+/// the terminal.
+struct Ended<'a> {
+    action: Action,
+    bundle: &'a Bundle,
+    release: &'a cbs_host::deploy::Release,
+}
+
+impl Ended<'_> {
+    async fn record(&self, bus: &cbs_host::bus::nats::NatsBus, nats: &NatsArgs, detail: String) {
+        let (bundle, release) = (self.bundle, self.release);
+        println!("{} {}: {detail}", bundle.manifest.cell, release.version);
+        let change = Change {
+            action: self.action,
+            cell: &bundle.manifest.cell,
+            version: Some(&release.version),
+            digest: Some(&release.digest),
+            key: bundle.signer(),
+            proof: bundle.signature(),
+            from: None,
+            detail,
+            contract: None,
+        };
+        audit::record(bus.client(), nats.options("").as_ref(), change).await;
+    }
 }

@@ -185,10 +185,17 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
     Ok(cells)
 }
 
-/// A cell's canary now (`canary 0.2.0 at 25 %`), or how its last one
-/// ended (`canary 0.2.0 reverted at 10 %: ...`).
+/// A cell's canary now (`canary 0.2.0 at 25 %`; at 0 % a blue-green
+/// release on trial), or how its last one ended (`canary 0.2.0 reverted
+/// at 10 %: ...`, `blue-green 0.2.0 switched`).
 fn canary_note(desired: &cbs_host::deploy::Desired) -> Option<String> {
     if let Some(c) = &desired.canary {
+        if c.share == 0 {
+            return Some(format!(
+                "blue-green {} on trial, taking no traffic",
+                c.release.version
+            ));
+        }
         return Some(format!(
             "canary {} at {} %",
             c.release.version,
@@ -201,6 +208,9 @@ fn canary_note(desired: &cbs_host::deploy::Desired) -> Option<String> {
         .as_deref()
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
+    if matches!(last.state.as_str(), "switched" | "refused") {
+        return Some(format!("blue-green {} {}{why}", last.version, last.state));
+    }
     Some(format!(
         "canary {} {} at {} %{why}",
         last.version,

@@ -82,6 +82,19 @@ fn table(hosts: &[discovery::HostView]) -> Table {
                     String::new(),
                 ]);
             }
+            if let Some(warm) = &cell.warm {
+                let empty = || String::new();
+                table.row([
+                    host.host.clone(),
+                    cell.id.clone(),
+                    format!("{warm} (warm, no traffic)"),
+                    empty(),
+                    empty(),
+                    empty(),
+                    empty(),
+                    empty(),
+                ]);
+            }
         }
     }
     table

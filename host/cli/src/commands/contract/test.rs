@@ -43,6 +43,11 @@ pub struct TestArgs {
     /// the expectations of every deployed consumer are checked too.
     #[arg(long, value_name = "PATH")]
     consumer: Vec<PathBuf>,
+    /// With --nats: test the version of CELL on trial (a canary, or a
+    /// blue-green release before its switch) on its own subject
+    /// cbs.~p.CELL, instead of the cell's traffic.
+    #[arg(long, requires = "url")]
+    trial: bool,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -76,8 +81,13 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         };
         let store = Store::open(bus.client()).await?;
         consumers.extend(store.all_expectations().await?);
-        let mut outcomes = test(&bus, &contract, args.seed, timeout).await?;
-        outcomes.extend(consumed(&bus, &contract.cell, &consumers, timeout).await);
+        let on = On {
+            bus: &bus,
+            timeout,
+            trial: args.trial,
+        };
+        let mut outcomes = test(&on, &contract, args.seed).await?;
+        outcomes.extend(consumed(&on, &contract.cell, &consumers).await);
         // What the cell itself expects, of the cells the lattice serves.
         for (callee, list) in &contract.expects {
             let own = expectations_of(&contract);
@@ -85,6 +95,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 bus: &bus,
                 cell: callee,
                 timeout,
+                trial: false,
             };
             outcomes.push(expected(&own, callee, list, &target).await);
         }
@@ -99,8 +110,13 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot serve {} here", path.display()))?;
         let bus: Arc<dyn BodyBus> = host.body().bus().clone();
-        let outcomes = test(bus.as_ref(), &contract, args.seed, timeout).await;
-        let more = consumed(bus.as_ref(), &contract.cell, &consumers, timeout).await;
+        let on = On {
+            bus: bus.as_ref(),
+            timeout,
+            trial: false,
+        };
+        let outcomes = test(&on, &contract, args.seed).await;
+        let more = consumed(&on, &contract.cell, &consumers).await;
         host.shutdown(Duration::from_secs(5)).await;
         let mut outcomes = outcomes?;
         outcomes.extend(more);
@@ -119,12 +135,26 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn test(
-    bus: &dyn BodyBus,
-    contract: &Contract,
-    seed: u64,
+/// Where the tests go: a bus, how long a call may take, and whether to
+/// the version on trial.
+struct On<'a> {
+    bus: &'a dyn BodyBus,
     timeout: Duration,
-) -> anyhow::Result<Vec<Outcome>> {
+    trial: bool,
+}
+
+impl<'a> On<'a> {
+    fn target(&self, cell: &'a str) -> Target<'a> {
+        Target {
+            bus: self.bus,
+            cell,
+            timeout: self.timeout,
+            trial: self.trial,
+        }
+    }
+}
+
+async fn test(on: &On<'_>, contract: &Contract, seed: u64) -> anyhow::Result<Vec<Outcome>> {
     let input = contract.input.as_ref().with_context(|| {
         format!(
             "{} declares no input schema: nothing to generate inputs from",
@@ -137,22 +167,13 @@ async fn test(
         contract.cell,
         generated.len()
     );
-    let target = Target {
-        bus,
-        cell: &contract.cell,
-        timeout,
-    };
+    let target = on.target(&contract.cell);
     Ok(target.run(generated, contract.output.as_ref()).await)
 }
 
 /// Each consumer's expectations of `cell`, checked against it on `bus`.
-async fn consumed(
-    bus: &dyn BodyBus,
-    cell: &str,
-    consumers: &[Expectations],
-    timeout: Duration,
-) -> Vec<Outcome> {
-    let target = Target { bus, cell, timeout };
+async fn consumed(on: &On<'_>, cell: &str, consumers: &[Expectations]) -> Vec<Outcome> {
+    let target = on.target(cell);
     let mut outcomes = Vec::new();
     for consumer in consumers.iter().filter(|c| c.consumer != cell) {
         if let Some(list) = consumer.expects.get(cell) {
