@@ -117,6 +117,9 @@ pub struct CellView {
     /// After a blue-green switch: the version kept warm on that host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm: Option<String>,
+    /// The recording on (`cbs record`), by id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
     /// Its HTTP routes with their contracts (what gateways serve); empty
     /// once the host stopped serving it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -334,8 +337,15 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         // Another host's reply: tolerated when malformed, as the rest.
         durable: serde_json::from_value(data["durable"].clone()).ok(),
         canary: CanaryCounts::of(&data),
-        warm: data["warm"].as_str().map(|v| v.chars().take(128).collect()),
+        warm: bounded(&data["warm"]),
+        recording: bounded(&data["recording"]),
     }
+}
+
+/// A short text a peer reports (a version, a recording's id), cut at 128
+/// characters; absent unless a string.
+fn bounded(data: &serde_json::Value) -> Option<String> {
+    data.as_str().map(|v| v.chars().take(128).collect())
 }
 
 /// A host's error counts by code: only the codes CBS has, with counts.

@@ -43,6 +43,7 @@ pub mod resilience;
 pub mod retention;
 pub mod routing;
 pub mod runtime;
+pub mod shadow;
 pub mod state;
 pub mod stats;
 pub mod subjects;

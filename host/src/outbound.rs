@@ -5,7 +5,7 @@
 //! call goes over the bus to whichever host serves it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ use crate::envelope::{header, BusError, Envelope, ErrorCode};
 use crate::manifest::Manifest;
 use crate::random::fresh_seed;
 use crate::resilience::{is_failure, is_retryable, Breaker, BreakerReport, CallPolicy};
+use crate::shadow::tape::Tape;
 use crate::state::CellState;
 use crate::subjects::subject_of;
 use crate::telemetry::messaging::{Hop, Operation};
@@ -42,6 +43,8 @@ pub struct Outbound {
     state: Option<Arc<CellState>>,
     /// Where `publish_durable` subjects are stored.
     durable: Option<Arc<dyn DurableLog>>,
+    /// A recording of the cell's requests and calls, while one is on.
+    tape: std::sync::RwLock<Option<Arc<Tape>>>,
 }
 
 struct Target {
@@ -81,6 +84,7 @@ impl Outbound {
             targets,
             state: None,
             durable: None,
+            tape: std::sync::RwLock::default(),
         }
     }
 
@@ -94,6 +98,17 @@ impl Outbound {
     pub fn with_state(mut self, state: Option<Arc<CellState>>) -> Self {
         self.state = state;
         self
+    }
+
+    /// Starts (`Some`) or ends a recording of the cell's requests.
+    pub fn set_tape(&self, tape: Option<Arc<Tape>>) {
+        *self.tape.write().unwrap_or_else(PoisonError::into_inner) = tape;
+    }
+
+    /// The recording on now, if any.
+    pub fn tape(&self) -> Option<Arc<Tape>> {
+        let tape = self.tape.read().unwrap_or_else(PoisonError::into_inner);
+        tape.as_ref().filter(|t| t.on()).cloned()
     }
 
     pub fn cell_id(&self) -> &str {
@@ -118,6 +133,23 @@ impl Outbound {
     /// attempt (`timeout` overrides the policy's), and retries with backoff
     /// for idempotent calls — all within the caller's deadline.
     pub async fn request(
+        &self,
+        flow: &Flow,
+        cell_id: &str,
+        payload: String,
+        timeout: Option<Duration>,
+    ) -> Result<String, BusError> {
+        let Some(tape) = self.tape() else {
+            return self.attempts(flow, cell_id, payload, timeout).await;
+        };
+        let request = payload.clone();
+        let reply = self.attempts(flow, cell_id, payload, timeout).await;
+        tape.call(&flow.parent.id, cell_id, &request, &reply);
+        reply
+    }
+
+    /// [`Outbound::request`], attempt after attempt.
+    async fn attempts(
         &self,
         flow: &Flow,
         cell_id: &str,

@@ -136,19 +136,14 @@ async fn another_tenant_cannot_read_a_tenants_buckets() {
     let server = NatsServer::with_config(&config);
     let a = client(&server, "a-client", "a").await;
     let deploys = cbs_host::deploy::Store::open(a.client()).await.unwrap();
-    let desired = cbs_host::deploy::Desired {
-        cell: "logic.greet".into(),
-        current: cbs_host::deploy::Release {
-            id: "r1".into(),
-            version: "1.0.0".into(),
-            digest: "sha256:00".into(),
-            object: "o".into(),
-            ..Default::default()
-        },
-        history: vec![],
-        canary: None,
-        last_canary: None,
+    let release = cbs_host::deploy::Release {
+        id: "r1".into(),
+        version: "1.0.0".into(),
+        digest: "sha256:00".into(),
+        object: "o".into(),
+        ..Default::default()
     };
+    let desired = cbs_host::deploy::Desired::advance(None, "logic.greet", release);
     deploys.set_desired(&desired).await.unwrap();
     assert!(
         deploys.desired("logic.greet").await.unwrap().is_some(),

@@ -10,7 +10,7 @@ use cbs_host::telemetry::Exporter;
 use crate::args::LogArgs;
 use crate::commands::{
     audit, bench, build, call, console, contract, deploy, dlq, flows, gateway, keygen, load, ls,
-    new, ps, publish, replay, rollback, run, undeploy,
+    new, ps, publish, record, replay, rollback, run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -94,6 +94,7 @@ pub enum CbsCommand {
     Audit(audit::AuditArgs),
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    Record(record::RecordArgs),
     Replay(replay::ReplayArgs),
     Publish(publish::PublishArgs),
     #[command(subcommand)]
@@ -154,6 +155,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Ls(args) => ls::run(args).await,
             CbsCommand::Audit(args) => audit::run(args).await,
             CbsCommand::Dlq(command) => dlq::run(command).await,
+            CbsCommand::Record(args) => record::run(args).await,
             CbsCommand::Replay(args) => replay::run(args).await,
             CbsCommand::Publish(args) => publish::run(args).await,
             CbsCommand::Contract(command) => contract::run(command).await,

@@ -45,6 +45,8 @@ pub struct Body {
     loader: Loader,
     registry: Registry,
     ready: AtomicBool,
+    /// This host's id, in the records it keeps.
+    host_id: String,
 }
 
 /// What a body is made of, gathered by [`crate::host::HostBuilder`]; each
@@ -92,6 +94,7 @@ impl Body {
             loader,
             registry,
             ready: AtomicBool::new(false),
+            host_id: parts.host_id,
         }
     }
 
@@ -225,6 +228,32 @@ impl Body {
             tracing::info!(cell = %id, version = %dropped.manifest.version, "warm window over");
             retire(dropped, grace).await;
         }
+    }
+
+    /// Starts (`Some`) or ends a recording of cell `id`'s requests on its
+    /// stable version ([`crate::shadow::tape`]); false when it is not
+    /// served here. The same recording already on is left as it is.
+    pub fn record(&self, id: &str, recording: Option<&crate::shadow::Recording>) -> bool {
+        let Some(cell) = self.cell(id) else {
+            return false;
+        };
+        let on = cell.outbound.tape();
+        if on.as_ref().map(|t| t.recording()) == recording {
+            return true;
+        }
+        let tape = recording.map(|r| {
+            let bus = self.bus().clone();
+            let tape = crate::shadow::tape::Tape::new(
+                r.clone(),
+                bus,
+                id,
+                &self.host_id,
+                &cell.manifest.version,
+            );
+            Arc::new(tape)
+        });
+        cell.outbound.set_tape(tape);
+        true
     }
 
     /// The versions of cell `id` served here: the stable one, then a

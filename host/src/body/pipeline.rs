@@ -36,7 +36,7 @@ impl LoadedCell {
             self.latency.observe(elapsed.as_secs_f64());
             self.stats.handled_in(elapsed);
             let elapsed_us = elapsed.as_micros() as u64;
-            match outcome {
+            let reply = match outcome {
                 Ok(reply) => {
                     tracing::debug!(elapsed_us, "handled");
                     reply
@@ -46,7 +46,11 @@ impl LoadedCell {
                     tracing::debug!(elapsed_us, code = %error.code, error = %error.message, "failed");
                     envelope.error_reply(error)
                 }
+            };
+            if let Some(tape) = self.outbound.tape() {
+                tape.finish(&envelope, &reply).await;
             }
+            reply
         }
         .instrument(span)
         .await

@@ -540,6 +540,9 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
                 if let Some(warm) = warm {
                     stats["warm"] = warm.into();
                 }
+                if let Some(tape) = cell.outbound.tape() {
+                    stats["recording"] = tape.recording().id.clone().into();
+                }
                 stats["version"] = cell.manifest.version.clone().into();
                 stats["instances"] = cell.runner.instances().into();
                 stats["workers"] = serde_json::json!(cell.workers());

@@ -170,6 +170,10 @@ pub struct Desired {
     /// How the last canary of the cell went (`cbs ls` shows it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_canary: Option<CanaryNote>,
+    /// A recording of the cell's requests (`cbs record`), while on; a new
+    /// release ends it (its replies would be another version's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::shadow::Recording>,
 }
 
 /// A canary's state or end, with why.
@@ -210,6 +214,7 @@ impl Desired {
             history,
             canary: None,
             last_canary: None,
+            recording: None,
         }
     }
 
@@ -238,6 +243,7 @@ impl Desired {
             history: history.collect(),
             canary: None,
             last_canary: None,
+            recording: None,
         })
     }
 }

@@ -176,6 +176,7 @@ impl Watcher {
             self.install_current(&desired).await;
         }
         self.follow_canary(&desired).await;
+        self.body.record(&desired.cell, desired.recording.as_ref());
     }
 
     /// Makes the canary served here the stable version when the desired

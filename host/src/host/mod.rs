@@ -6,6 +6,8 @@
 mod builder;
 mod lattice;
 mod routes;
+mod scratch;
+pub mod shadow;
 pub mod trial;
 
 use std::net::SocketAddr;

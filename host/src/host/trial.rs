@@ -2,11 +2,9 @@
 //! this process, on a bus nothing else reaches, and sent each deployed
 //! consumer's example requests ([`crate::contract::expectations`]).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 
-use super::Host;
+use super::scratch::Scratch;
 use crate::bundle::Bundle;
 use crate::contract::expectations::{self, Broken};
 use crate::contract::testing::Target;
@@ -24,13 +22,8 @@ impl Trial for InProcess {
         bundle: &Bundle,
         consumers: &[Expectations],
     ) -> anyhow::Result<Vec<Broken>> {
-        // Its own data folder: the trial keeps no state, durable or other.
-        let data = std::env::temp_dir().join(format!(
-            "cbs-trial-{}-{}",
-            std::process::id(),
-            crate::envelope::new_id()
-        ));
-        let host = Host::builder().data_dir(&data).start().await?;
+        let scratch = Scratch::start("trial").await?;
+        let host = &scratch.host;
         let outcome = async {
             let cell = host.body().load_bundle(bundle).await?;
             host.body().serve(cell).await?;
@@ -50,10 +43,7 @@ impl Trial for InProcess {
             anyhow::Ok(broken)
         }
         .await;
-        host.shutdown(Duration::from_secs(1)).await;
-        if let Err(e) = std::fs::remove_dir_all(&data) {
-            tracing::debug!(error = %e, "cannot remove the trial's data folder");
-        }
+        scratch.end().await;
         outcome
     }
 }

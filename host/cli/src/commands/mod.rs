@@ -17,6 +17,7 @@ pub mod ls;
 pub mod new;
 pub mod ps;
 pub mod publish;
+pub mod record;
 pub mod replay;
 pub mod rollback;
 pub mod run;

@@ -59,10 +59,15 @@ fn table(hosts: &[discovery::HostView]) -> Table {
                     d.lag, d.redelivered, d.dead_lettered
                 )
             });
+            let recording = if cell.recording.is_some() {
+                " (recording)"
+            } else {
+                ""
+            };
             table.row([
                 host.host.clone(),
                 cell.id.clone(),
-                cell.version.clone(),
+                format!("{}{recording}", cell.version),
                 cell.instances.to_string(),
                 cell.requests.to_string(),
                 cell.errors.to_string(),
