@@ -487,3 +487,104 @@ async fn blue_green_switches_and_switches_back_with_no_failed_request_under_load
 }
 
 const UPPER_ID: &str = cbs_tests::bundles::UPPER;
+
+/// The canary controller on a durable cell fed from a JetStream stream,
+/// on two watching hosts: a version failing a fifth of its deliveries
+/// reverts by itself at its first step; a good one is promoted. Every
+/// message is handled and acknowledged: the stream drains and nothing is
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_durable_canary_reverts_or_is_promoted_and_loses_no_message() {
+    use async_nats::jetstream;
+    use cbs_host::durable;
+    const WORK: &str = "test.work";
+    let tmp = tempfile::tempdir().unwrap();
+    let release = |name: &str, version: &str, error_rate: f64| {
+        let tables = format!(
+            "[durable]\nmax_deliver = 20\nbackoff_ms = [20]\nack_wait_ms = 5000\n\
+             [chaos]\nerror_rate = {error_rate}\nseed = 7\n"
+        );
+        cbs_tests::bundles::faulty_bundle(&tmp.path().join(name), WORK, version, &tables)
+    };
+    let (v1, failing, good) = (
+        release("v1", "0.1.0", 0.0),
+        release("failing", "0.2.0", 0.2),
+        release("good", "0.2.1", 0.0),
+    );
+    let server = NatsServer::start();
+    let url = server.url();
+    let watch = ["--watch", "--drain-timeout-ms", "5000"];
+    let _hosts = [
+        HostProcess::serve(&url, "work-a", &[], &watch),
+        HostProcess::serve(&url, "work-b", &[], &watch),
+    ];
+    let out = cbs(&["deploy", v1.to_str().unwrap(), "--nats", &url]);
+    assert!(out.status.success(), "{out:?}");
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feed = {
+        let (js, stop) = (js.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut published = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..20 {
+                    let message = cbs_tests::envelope_to(WORK, &json!({"action": "count"}));
+                    durable::publish(&js, "cbs-durable.test.work", &message)
+                        .await
+                        .unwrap();
+                    published += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            published
+        })
+    };
+    let canary = |bundle: &std::path::Path| {
+        let args = [
+            "deploy",
+            bundle.to_str().unwrap(),
+            "--nats",
+            &url,
+            "--canary",
+            "10",
+            "--steps",
+            "50,100",
+            "--interval",
+            "3s",
+        ];
+        let out = cbs(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{err}");
+        (out.status.success(), err)
+    };
+    let (ok, err) = canary(&failing);
+    assert!(
+        !ok && err.contains("reverted at 10 %: error ratio"),
+        "{err}"
+    );
+    let (ok, err) = canary(&good);
+    assert!(ok && err.contains("promoted"), "{err}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = feed.await.unwrap();
+    eventually(Duration::from_secs(60), "every message handled", || async {
+        let mut stream = js.get_stream("CBS_DURABLE_TEST_WORK").await.unwrap();
+        match stream.info().await.unwrap().state.messages {
+            0 => Ok(()),
+            n => Err(format!("{n} of {published} messages still in the stream")),
+        }
+    })
+    .await;
+    let dead = durable::dead_letters(&js, WORK).await.unwrap();
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+    let ps = cbs(&["ps", "--json", "--nats", &url]);
+    let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let versions: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| h["cells"].as_array().unwrap())
+        .filter(|c| c["id"] == WORK)
+        .map(|c| c["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["0.2.1", "0.2.1"], "promoted on both hosts");
+}

@@ -27,13 +27,8 @@ fn shadow_release(dir: &Path, version: &str, mode: &str) -> PathBuf {
          [capabilities]\ncalls = [\"{CALLEE}\"]\n[capabilities.env]\nMODE = \"{mode}\"\n"
     );
     let cell = cbs_tests::bundles::faulty_as(dir, CELL, &tables);
-    let toml = cell.join("cell.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(
-        &toml,
-        text.replace("version = \"0.1.0\"", &format!("version = \"{version}\"")),
-    )
-    .unwrap();
+    let version = format!("version = \"{version}\"");
+    cbs_tests::bundles::edit(&cell.join("cell.toml"), "version = \"0.1.0\"", &version);
     std::fs::create_dir_all(cell.join("schemas")).unwrap();
     let schema = json!({
         "type": "object",

@@ -213,6 +213,18 @@ pub fn faulty_as(dir: &Path, id: &str, tables: &str) -> PathBuf {
     cell
 }
 
+/// [`faulty_as`] at `version`, in `dir/<id>`, packed as a bundle
+/// (`dir/<id up to its first dot>.cbs`: one per `dir`).
+pub fn faulty_bundle(dir: &Path, id: &str, version: &str, tables: &str) -> PathBuf {
+    let cell = faulty_as(dir, id, tables);
+    edit(
+        &cell.join("cell.toml"),
+        "version = \"0.1.0\"",
+        &format!("version = \"{version}\""),
+    );
+    pack(&cell)
+}
+
 /// A bundle of `logic.greet` in `dir` (the prebuilt component, no compile).
 pub fn greet_bundle(dir: &Path) -> PathBuf {
     let cell = dir.join("greet");
