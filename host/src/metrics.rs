@@ -51,6 +51,22 @@ pub struct CellSnapshot {
     pub durable: Option<crate::stats::DurableCounts>,
     /// Requests sent to another host (this one was full or slow).
     pub forwarded: u64,
+    /// Each version loaded: the stable one, a canary, one kept warm.
+    pub versions: Vec<VersionSnapshot>,
+    /// A recording of its requests is on (`cbs record`).
+    pub recording: bool,
+}
+
+/// One loaded version of a cell, at the time of a scrape.
+#[derive(Debug, Clone)]
+pub struct VersionSnapshot {
+    pub version: String,
+    /// `stable`, `canary` or `warm`.
+    pub role: &'static str,
+    /// Of every 10,000 messages.
+    pub share: u32,
+    pub requests: u64,
+    pub errors: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +78,13 @@ pub struct CellLabel {
 struct CodeLabel {
     cell: String,
     code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    cell: String,
+    version: String,
+    role: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,8 +115,25 @@ pub fn render(source: &dyn Source) -> String {
     let without_body = Family::<CellLabel, Counter>::default();
     let letter_failures = Family::<CellLabel, Counter>::default();
     let forwarded = Family::<CellLabel, Counter>::default();
+    let share = Family::<VersionLabel, Gauge>::default();
+    let version_requests = Family::<VersionLabel, Counter>::default();
+    let version_errors = Family::<VersionLabel, Counter>::default();
+    let recording = Family::<CellLabel, Gauge>::default();
     for cell in source.snapshots() {
         let label = CellLabel { cell: cell.cell };
+        for v in cell.versions {
+            let label = VersionLabel {
+                cell: label.cell.clone(),
+                version: v.version,
+                role: v.role.to_owned(),
+            };
+            share.get_or_create(&label).set(i64::from(v.share));
+            version_requests.get_or_create(&label).inc_by(v.requests);
+            version_errors.get_or_create(&label).inc_by(v.errors);
+        }
+        recording
+            .get_or_create(&label)
+            .set(i64::from(cell.recording));
         if let Some(durable) = cell.durable {
             lag.get_or_create(&label).set(durable.lag as i64);
             redelivered
@@ -171,6 +211,26 @@ pub fn render(source: &dyn Source) -> String {
         forwarded,
     );
     registry.register("cell_errors", "Failure replies, by BusError code", errors);
+    registry.register(
+        "cell_version_share",
+        "Of every 10,000 messages, those each loaded version takes: the stable one, a canary, one kept warm after a blue-green switch (0)",
+        share,
+    );
+    registry.register(
+        "cell_version_requests",
+        "Messages handled by each loaded version since it was loaded",
+        version_requests,
+    );
+    registry.register(
+        "cell_version_errors",
+        "Failure replies of each loaded version since it was loaded",
+        version_errors,
+    );
+    registry.register(
+        "cell_recording",
+        "1 while this host records the cell's requests for a shadow replay (cbs record)",
+        recording,
+    );
     registry.register(
         "cell_latency_seconds",
         "Time from arrival to reply",

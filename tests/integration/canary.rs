@@ -79,6 +79,21 @@ async fn the_share_holds_over_ten_thousand_requests_in_process() {
     load(host.body().bus().as_ref(), MESSAGES).await;
     let after = handled(&[&host]);
     assert_share((after.0 - before.0, after.1 - before.1), 5_000);
+    // The metrics show the split and each version's own counters.
+    let metrics = cbs_host::metrics::render(host.body().as_ref());
+    let line = |role: &str, version: &str, name: &str| {
+        let at = format!("cbs_{name}{{cell=\"{CELL}\",version=\"{version}\",role=\"{role}\"}} ");
+        let found = metrics.lines().find_map(|l| l.strip_prefix(at.as_str()));
+        found
+            .unwrap_or_else(|| panic!("no {at} in:\n{metrics}"))
+            .to_owned()
+    };
+    assert_eq!(line("stable", "0.1.0", "cell_version_share"), "5000");
+    assert_eq!(line("canary", "0.2.0", "cell_version_share"), "5000");
+    assert_eq!(
+        line("canary", "0.2.0", "cell_version_requests_total"),
+        handled(&[&host]).1.to_string()
+    );
 
     // Promoted: the canary takes everything, and is the only version.
     host.body().end_canary(CELL, true, GRACE).await.unwrap();

@@ -343,6 +343,19 @@ impl metrics::Source for Body {
                     .collect(),
                 durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
                 forwarded: cell.stats.forwarded_count(),
+                versions: self
+                    .registry
+                    .roles(&cell.manifest.id)
+                    .into_iter()
+                    .map(|(version, role, share)| metrics::VersionSnapshot {
+                        version: version.manifest.version.clone(),
+                        role,
+                        share,
+                        requests: version.stats.requests(),
+                        errors: version.stats.errors(),
+                    })
+                    .collect(),
+                recording: cell.outbound.tape().is_some(),
             })
             .collect()
     }

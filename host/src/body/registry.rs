@@ -378,6 +378,13 @@ impl Registry {
         dropped
     }
 
+    /// Every version of cell `id` loaded, with its role and share.
+    pub fn roles(&self, id: &str) -> Vec<(Arc<LoadedCell>, &'static str, u32)> {
+        self.slot(id)
+            .map(|s| s.read().unwrap().roles())
+            .unwrap_or_default()
+    }
+
     /// The version of cell `id` kept warm, if any.
     pub fn standby(&self, id: &str) -> Option<Arc<LoadedCell>> {
         let slot = self.slot(id).ok()?;

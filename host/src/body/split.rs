@@ -148,6 +148,20 @@ impl Versions {
         }
     }
 
+    /// Every version loaded with its role (`stable`, `canary`, `warm`) and
+    /// its share of the messages (basis points).
+    pub fn roles(&self) -> Vec<(Arc<LoadedCell>, &'static str, u32)> {
+        let canary_share = self.canary.as_ref().map_or(0, |c| c.share);
+        let mut out = vec![(self.stable.clone(), "stable", ALL - canary_share)];
+        if let Some(c) = &self.canary {
+            out.push((c.cell.clone(), "canary", c.share));
+        }
+        if let Some((cell, _)) = &self.standby {
+            out.push((cell.clone(), "warm", 0));
+        }
+        out
+    }
+
     /// Every version loaded: the stable one, the canary, the standby.
     pub fn all(&self) -> Vec<Arc<LoadedCell>> {
         std::iter::once(self.stable.clone())
