@@ -108,6 +108,32 @@ async fn the_share_holds_over_ten_thousand_requests_in_process() {
     );
 }
 
+/// A call from another cell of the same host, taken in process (no bus),
+/// splits by the share as a request from the bus does: exactly a quarter
+/// of 400 calls reach a 25 % canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_between_cells_of_one_host_split_by_the_share_too() {
+    let caller = CellToml::faulty("test.caller").calls(&[CELL]).write();
+    let host = TestHost::start(
+        cbs_tests::builder(Arc::new(LocalBus::new())),
+        &[greet(), caller.path().to_path_buf()],
+    )
+    .await;
+    let _next = canary(&host, 2_500).await;
+    let call = json!({"action": "call", "cell": CELL, "payload": {"name": "Ada"}});
+    for _ in 0..400 {
+        call_json(
+            host.body().bus().as_ref(),
+            "test.caller",
+            call.clone(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the caller gets its reply");
+    }
+    assert_eq!(handled(&[&host]), (300, 100));
+}
+
 /// A durable cell's deliveries split by the share too, message by
 /// message, on the embedded store: of 2,000 messages each is handled once,
 /// a quarter by the canary.

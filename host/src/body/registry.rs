@@ -152,7 +152,7 @@ impl Registry {
             })
             .collect::<Vec<_>>();
         tracing::info!(cell = %id, %subject, events = cell.manifest.subscribe.len(), durable = pullers.len(), "serving");
-        self.directory.insert(&cell);
+        self.directory.insert(&id, &slot);
         self.cells.write().unwrap().insert(
             id,
             Served {
@@ -261,7 +261,6 @@ impl Registry {
             return Ok(None);
         };
         let old = slot.write().unwrap().replace(cell.clone());
-        self.directory.insert(&cell);
         tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped");
         Ok(Some(old))
     }
@@ -338,9 +337,6 @@ impl Registry {
         let slot = self.slot(id)?;
         let ended = slot.write().unwrap().end(promote);
         self.end_trial(id);
-        if promote {
-            self.directory.insert(slot.read().unwrap().stable());
-        }
         Ok(ended)
     }
 
@@ -354,7 +350,6 @@ impl Registry {
             bail!("cell {id} has no new version to switch to on this host");
         }
         self.end_trial(id);
-        self.directory.insert(slot.read().unwrap().stable());
         tracing::info!(cell = %id, "switched; the version before stays warm");
         Ok(replaced)
     }
@@ -365,7 +360,6 @@ impl Registry {
         if !slot.write().unwrap().swap_standby() {
             return Ok(false);
         }
-        self.directory.insert(slot.read().unwrap().stable());
         tracing::info!(cell = %id, "switched to the warm version");
         Ok(true)
     }
@@ -469,19 +463,21 @@ impl Drop for Registry {
     }
 }
 
-/// The cells this host serves, for in-process calls between them. Weak
-/// references: cells hold their outbound, which holds this directory.
+/// The cells this host serves, for in-process calls between them: their
+/// slots, so that a call in process takes the version the split picks (a
+/// canary its share of them too). Weak references: cells hold their
+/// outbound, which holds this directory.
 #[derive(Default)]
 pub struct Directory {
-    cells: RwLock<HashMap<String, Weak<LoadedCell>>>,
+    cells: RwLock<HashMap<String, Weak<RwLock<Versions>>>>,
 }
 
 impl Directory {
-    fn insert(&self, cell: &Arc<LoadedCell>) {
+    fn insert(&self, id: &str, slot: &Slot) {
         self.cells
             .write()
             .unwrap()
-            .insert(cell.manifest.id.clone(), Arc::downgrade(cell));
+            .insert(id.to_owned(), Arc::downgrade(slot));
     }
 
     fn remove(&self, id: &str) {
@@ -496,7 +492,8 @@ impl Directory {
 #[async_trait]
 impl LocalCalls for Directory {
     async fn call(&self, cell_id: &str, envelope: &Envelope) -> Option<Envelope> {
-        let cell = self.cells.read().unwrap().get(cell_id)?.upgrade()?;
+        let slot = self.cells.read().unwrap().get(cell_id)?.upgrade()?;
+        let cell = slot.read().unwrap().next();
         // A cell at its limits is left to the bus: another host may have room.
         let _admitted = cell.try_admit()?;
         Some(
