@@ -134,6 +134,49 @@ async fn calls_between_cells_of_one_host_split_by_the_share_too() {
     assert_eq!(handled(&[&host]), (300, 100));
 }
 
+/// Events to a `[[subscribe]]` cell split by the share as requests do:
+/// exactly a quarter of 400 events reach a 25 % canary, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_split_by_the_share_too() {
+    const SINK: &str = "test.sink";
+    let on = cbs_host::events::Subscribe {
+        subject: "orders.placed".into(),
+        delivery: Default::default(),
+        durable: false,
+        stream: None,
+    };
+    let stable = CellToml::faulty(SINK).subscribe(on.clone()).write();
+    let host = TestHost::start(
+        cbs_tests::builder(Arc::new(LocalBus::new())),
+        &[stable.path().to_path_buf()],
+    )
+    .await;
+    let next = CellToml::faulty(SINK)
+        .subscribe(on)
+        .version("0.2.0")
+        .write();
+    let cell = host.body().load(next.path()).await.unwrap();
+    host.body().split(cell, 2_500, GRACE).await.unwrap();
+    for _ in 0..400 {
+        let mut event = cbs_tests::envelope_to(SINK, &json!({"action": "count"}));
+        event.subject = "orders.placed".into();
+        let message = cbs_host::envelope::codec::to_message(&event);
+        host.body().bus().publish(message).await.unwrap();
+    }
+    let counts = || {
+        let versions = host.body().versions(SINK);
+        (versions[0].stats.requests(), versions[1].stats.requests())
+    };
+    eventually(Duration::from_secs(20), "every event handled", || async {
+        match counts() {
+            (a, b) if a + b == 400 => Ok(()),
+            (a, b) => Err(format!("{} of 400", a + b)),
+        }
+    })
+    .await;
+    assert_eq!(counts(), (300, 100));
+}
+
 /// A durable cell's deliveries split by the share too, message by
 /// message, on the embedded store: of 2,000 messages each is handled once,
 /// a quarter by the canary.
