@@ -542,6 +542,19 @@ async fn blue_green_switches_and_switches_back_with_no_failed_request_under_load
     let ps = cbs(&["ps", "--nats", &url]);
     let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
     assert_eq!(ps.matches("0.1.0 (warm, no traffic)").count(), 2, "{ps}");
+    // The console says the same: the rollout, and the warm version on
+    // each host.
+    let console = cbs_tests::process::Console::start(&url);
+    let api = format!("{}/api/cells/{UPPER_ID}", console.base());
+    let cell = cbs_tests::curl::curl(&[&api]).json();
+    assert_eq!(cell["rollout"], "blue-green 0.2.1 switched", "{cell}");
+    let warm: Vec<&serde_json::Value> = cell["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["warm"])
+        .collect();
+    assert_eq!(warm, [&json!("0.1.0"), &json!("0.1.0")], "{cell}");
 
     let started = std::time::Instant::now();
     let back = cbs(&["rollback", UPPER_ID, "--nats", &url]);

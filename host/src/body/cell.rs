@@ -60,6 +60,11 @@ impl LoadedCell {
             .map_or(limit, |b| Duration::from_millis(b).min(limit))
     }
 
+    /// Whether a recording of its requests is on (`cbs record`).
+    pub fn recording(&self) -> bool {
+        self.outbound.tape().is_some()
+    }
+
     /// The cell's HTTP routes (`[[http]]`), each with its contract.
     pub fn http_targets(&self) -> Vec<crate::http::Target> {
         let m = &self.manifest;

@@ -187,6 +187,7 @@ impl Source for Local {
             input: schema(&cell.contract.input),
             output: schema(&cell.contract.output),
             history: Vec::new(),
+            rollout: None,
         }))
     }
 
@@ -238,8 +239,11 @@ fn served(cell: &LoadedCell) -> Served {
         durable: cell.manifest.durable.as_ref().map(|_| cell.stats.durable()),
         workers: Some(cell.workers()),
         breakers: cell.breakers().into_iter().collect(),
-        // A canary comes from the desired state of a lattice.
+        // A canary and a warm version come from the desired state of a
+        // lattice.
         canary: None,
+        warm: None,
+        recording: cell.recording(),
     }
 }
 
@@ -364,6 +368,7 @@ impl Source for Nats {
             at_ms: crate::unix_time::now_ms(),
             id: id.to_owned(),
             history: desired.as_ref().map(history).unwrap_or_default(),
+            rollout: desired.as_ref().and_then(|d| d.rollout_note()),
             desired: desired.map(|d| d.current.version),
             ..CellDetail::default()
         };
@@ -487,5 +492,7 @@ fn served_remote(cell: &discovery::CellView) -> Served {
         workers: cell.workers,
         breakers: cell.breakers.clone(),
         canary: cell.canary.clone(),
+        warm: cell.warm.clone(),
+        recording: cell.recording.is_some(),
     }
 }

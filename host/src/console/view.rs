@@ -64,6 +64,12 @@ pub struct Served {
     /// A canary serving next to this version: its share and counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<crate::discovery::CanaryCounts>,
+    /// The version kept warm after a blue-green switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm: Option<String>,
+    /// A recording of its requests is on (`cbs record`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recording: bool,
 }
 
 /// One cell across the lattice.
@@ -103,6 +109,9 @@ pub struct CellDetail {
     /// The desired release and those before it, newest first (a lattice
     /// only): what a rollback goes back to is the second.
     pub history: Vec<VersionRow>,
+    /// Its rollout now (a canary, a blue-green release on trial) or how
+    /// the last one ended, as `cbs ls` says it.
+    pub rollout: Option<String>,
 }
 
 /// One release of a cell, as its desired state keeps it.

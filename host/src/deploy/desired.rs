@@ -248,6 +248,39 @@ impl Desired {
     }
 }
 
+impl Desired {
+    /// The cell's rollout now (`canary 0.2.0 at 25 %`, `blue-green 0.2.0
+    /// on trial, taking no traffic`), or how its last one ended (`canary
+    /// 0.2.0 reverted at 10 %: ...`, `blue-green 0.2.0 switched`), as
+    /// `cbs ls` and the console show it.
+    pub fn rollout_note(&self) -> Option<String> {
+        if let Some(c) = &self.canary {
+            return Some(match c.share {
+                0 => format!(
+                    "blue-green {} on trial, taking no traffic",
+                    c.release.version
+                ),
+                share => format!("canary {} at {} %", c.release.version, share / 100),
+            });
+        }
+        let last = self.last_canary.as_ref()?;
+        let why = last
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        if matches!(last.state.as_str(), "switched" | "refused") {
+            return Some(format!("blue-green {} {}{why}", last.version, last.state));
+        }
+        Some(format!(
+            "canary {} {} at {} %{why}",
+            last.version,
+            last.state,
+            last.share / 100
+        ))
+    }
+}
+
 /// What one host reports about one cell.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {

@@ -133,7 +133,7 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
         cells.insert(
             d.cell.clone(),
             Listing {
-                canary: canary_note(&d),
+                canary: d.rollout_note(),
                 canary_digest: d.canary.as_ref().map(|c| c.release.digest.clone()),
                 cell: d.cell,
                 desired: Some(d.current.version),
@@ -183,38 +183,4 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
         cell.hosts.sort_by(|a, b| a.host.cmp(&b.host));
     }
     Ok(cells)
-}
-
-/// A cell's canary now (`canary 0.2.0 at 25 %`; at 0 % a blue-green
-/// release on trial), or how its last one ended (`canary 0.2.0 reverted
-/// at 10 %: ...`, `blue-green 0.2.0 switched`).
-fn canary_note(desired: &cbs_host::deploy::Desired) -> Option<String> {
-    if let Some(c) = &desired.canary {
-        if c.share == 0 {
-            return Some(format!(
-                "blue-green {} on trial, taking no traffic",
-                c.release.version
-            ));
-        }
-        return Some(format!(
-            "canary {} at {} %",
-            c.release.version,
-            c.share / 100
-        ));
-    }
-    let last = desired.last_canary.as_ref()?;
-    let why = last
-        .reason
-        .as_deref()
-        .map(|r| format!(": {r}"))
-        .unwrap_or_default();
-    if matches!(last.state.as_str(), "switched" | "refused") {
-        return Some(format!("blue-green {} {}{why}", last.version, last.state));
-    }
-    Some(format!(
-        "canary {} {} at {} %{why}",
-        last.version,
-        last.state,
-        last.share / 100
-    ))
 }

@@ -220,7 +220,9 @@ function drawCell(data) {
       el("th", { scope: "row" }, h.host),
       el("td", {}, h.version, h.canary
         ? [" ", badge(`canary ${h.canary.version}: ${h.canary.share / 100} %, ${h.canary.requests} req, ${h.canary.errors} err`, "warn")]
-        : null),
+        : null,
+        h.warm ? [" ", badge(`${h.warm} warm`, "ok")] : null,
+        h.recording ? [" ", badge("recording", "warn")] : null),
       el("td", { class: "num", "data-rate": h.host }, fmtRate(rate(h.host, h.requests, data.at_ms))),
       el("td", { class: "num", "data-requests": h.host }, h.requests),
       el("td", { class: "num" }, h.errors),
@@ -249,6 +251,7 @@ function drawCell(data) {
   remember(data.at_ms, counts);
   show(
     el("h1", {}, "Cell ", el("code", {}, data.id), data.desired ? el("span", { class: "muted" }, ` desired ${data.desired}`) : null),
+    data.rollout ? el("p", { "data-rollout": "" }, "Rollout: ", data.rollout) : null,
     el("h2", {}, "On each host"),
     table([["Host"], ["Version"], ["Requests/s", "num"], ["Requests", "num"], ["Errors", "num"], ["By code"],
       ["p50 ms", "num"], ["p99 ms", "num"], ["Avg ms", "num"], ["Instances", "num"], ["Durable"]], rows,
