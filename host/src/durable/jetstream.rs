@@ -75,17 +75,19 @@ impl DurableLog for JetStreamLog {
         let name = &spec.name;
         let stream = match self.js.get_stream(name).await {
             Ok(stream) => stream,
-            Err(_) => self
-                .js
-                .get_or_create_stream(stream_config(spec))
-                .await
-                .map_err(|e| {
+            Err(_) => match self.js.get_or_create_stream(stream_config(spec)).await {
+                Ok(stream) => stream,
+                // Another host of the cell created it at the same time: the
+                // server may refuse the second create as overlapping the
+                // first one's subjects. The stream is there now.
+                Err(e) => self.js.get_stream(name).await.map_err(|_| {
                     anyhow::anyhow!(
                         "cannot create the stream {name} for {}: {e} (another stream may already \
                      take these subjects: name that one in cell.toml)",
                         spec.subjects.join(", ")
                     )
                 })?,
+            },
         };
         dlq(&self.js).await?;
         let durable = &consumer.name;
