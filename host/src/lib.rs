@@ -26,6 +26,7 @@ pub mod contract;
 pub mod deploy;
 pub mod dirs;
 pub mod discovery;
+pub mod domain;
 pub mod durable;
 pub mod envelope;
 pub mod error;

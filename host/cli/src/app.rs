@@ -9,8 +9,8 @@ use cbs_host::telemetry::Exporter;
 
 use crate::args::LogArgs;
 use crate::commands::{
-    audit, bench, build, call, console, contract, deploy, dlq, flows, gateway, keygen, load, ls,
-    new, ps, publish, record, replay, rollback, run, undeploy,
+    apply, audit, bench, build, call, console, contract, deploy, dlq, export, flows, gateway,
+    keygen, load, ls, new, ps, publish, record, replay, rollback, run, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -88,6 +88,8 @@ pub enum CbsCommand {
     Build(build::BuildArgs),
     Keygen(keygen::KeygenArgs),
     Deploy(deploy::DeployArgs),
+    Apply(apply::ApplyArgs),
+    Export(export::ExportArgs),
     Rollback(rollback::RollbackArgs),
     Undeploy(undeploy::UndeployArgs),
     Ls(ls::LsArgs),
@@ -150,6 +152,8 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Build(args) => build::run(args).await,
             CbsCommand::Keygen(args) => keygen::run(args),
             CbsCommand::Deploy(args) => deploy::run(args).await,
+            CbsCommand::Apply(args) => apply::run(args).await,
+            CbsCommand::Export(args) => export::run(args).await,
             CbsCommand::Rollback(args) => rollback::run(args).await,
             CbsCommand::Undeploy(args) => undeploy::run(args).await,
             CbsCommand::Ls(args) => ls::run(args).await,

@@ -68,3 +68,60 @@ pub async fn open(
         )
     })
 }
+
+/// The value of `key` in `bucket` (named `name` in errors), as JSON.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    bucket: &kv::Store,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
+    let value = bucket
+        .get(key)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {name}/{key}: {e}"))?;
+    value
+        .map(|v| {
+            serde_json::from_slice(&v)
+                .map_err(|e| anyhow::anyhow!("{name}/{key} is not valid: {e}"))
+        })
+        .transpose()
+}
+
+/// Writes `value` as JSON under `key` in `bucket` (named `name` in errors).
+pub async fn put_json<T: serde::Serialize>(
+    bucket: &kv::Store,
+    name: &str,
+    key: &str,
+    value: &T,
+) -> anyhow::Result<()> {
+    bucket
+        .put(key, serde_json::to_vec(value)?.into())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot write {name}/{key}: {e}"))?;
+    Ok(())
+}
+
+/// Every value of a bucket as JSON; an invalid one is skipped with a
+/// warning.
+pub async fn values<T: serde::de::DeserializeOwned>(bucket: &kv::Store) -> anyhow::Result<Vec<T>> {
+    use futures_util::StreamExt;
+    let mut keys = bucket
+        .keys()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list keys: {e}"))?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| anyhow::anyhow!("cannot list keys: {e}"))?;
+        let value = bucket
+            .get(&key)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+        if let Some(value) = value {
+            match serde_json::from_slice(&value) {
+                Ok(v) => out.push(v),
+                Err(e) => tracing::warn!(key, error = %e, "ignoring an invalid entry"),
+            }
+        }
+    }
+    Ok(out)
+}

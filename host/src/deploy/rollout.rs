@@ -105,7 +105,8 @@ impl Outcome {
 }
 
 /// Where a release's replicas may go (`cbs deploy --replicas --label
-/// --spread`).
+/// --spread`), and the domain it belongs to: what a new release of a
+/// deployed cell keeps of the one before ([`scale_of`]).
 #[derive(Debug, Clone, Default)]
 pub struct Scale {
     /// None: every watching host.
@@ -113,11 +114,28 @@ pub struct Scale {
     pub constraints: BTreeMap<String, String>,
     pub spread: Option<String>,
     pub autoscale: Option<Targets>,
+    /// Its domain (`cbs apply`).
+    pub domain: Option<String>,
+}
+
+/// The labels a bundle's replicas need: `labels`, and for native code its
+/// platform, so that it goes only to hosts that can run it.
+pub fn placement_labels(
+    bundle: &Bundle,
+    mut labels: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let platform = bundle.manifest.platform.as_ref();
+    if let Some(platform) = platform.filter(|p| *p != crate::platform::ANY) {
+        labels
+            .entry(crate::platform::LABEL.to_owned())
+            .or_insert_with(|| platform.clone());
+    }
+    labels
 }
 
 /// `cbs deploy --min-replicas --max-replicas --target-lag --target-wait-ms
 /// --scale-down-after-ms`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Targets {
     pub min_replicas: u32,
     pub max_replicas: u32,
@@ -271,6 +289,7 @@ pub async fn stage(
         deployed_at_ms: now_ms(),
         rollback: None,
         warm_ms: None,
+        domain: scale.domain,
     })
 }
 
@@ -325,6 +344,7 @@ pub fn scale_of(release: &Release) -> Scale {
             wait_ms: a.target_wait_ms,
             scale_down_after_ms: a.scale_down_after_ms,
         }),
+        domain: release.domain.clone(),
     }
 }
 
@@ -382,6 +402,38 @@ pub async fn rollback(
         contract: None,
         notes,
     })
+}
+
+/// Makes `release` (one `cell` had before, its bundle still stored) the
+/// desired release again, as a new release (signed by `key` for hosts
+/// with `--trust` when it goes back from what is desired), and waits as
+/// deploy does.
+pub async fn restore(
+    client: &async_nats::Client,
+    store: &Store,
+    cell: &str,
+    release: &Release,
+    key: Option<&KeyPair>,
+    wait: Option<Duration>,
+) -> anyhow::Result<Outcome> {
+    let previous = store.desired(cell).await?;
+    let rollback =
+        match (key, &previous) {
+            (Some(key), Some(p)) if p.current.digest != release.digest => Some(
+                RollbackGrant::sign(key, cell, &p.current.digest, &release.digest),
+            ),
+            _ => None,
+        };
+    let again = Release {
+        id: crate::envelope::new_id(),
+        deployed_at_ms: now_ms(),
+        rollback,
+        warm_ms: None,
+        ..release.clone()
+    };
+    let desired = Desired::advance(previous.clone(), cell, again);
+    let mut notes = Vec::new();
+    set_and_confirm(client, store, desired, previous, wait, &mut notes).await
 }
 
 /// How an undeploy ended on each host that served the cell.

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, kv, object_store};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{downgrade, placement, Desired, Release, Status};
 use super::{BUNDLES, DESIRED, EXPECTS, HOSTS, PLACEMENT, PLACER, SERVED, STATUS};
 use crate::bundle::Bundle;
-use crate::bus::kv::{self as bucket, Limits};
+use crate::bus::kv::{self as bucket, values, Limits};
 
 /// A deployed cell's expectations of the cells it calls.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,28 +321,6 @@ async fn open_objects(js: &jetstream::Context) -> anyhow::Result<object_store::O
             )
         }),
     }
-}
-
-async fn values<T: for<'de> Deserialize<'de>>(store: &kv::Store) -> anyhow::Result<Vec<T>> {
-    let mut keys = store
-        .keys()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list keys: {e}"))?;
-    let mut out = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| anyhow::anyhow!("cannot list keys: {e}"))?;
-        if let Some(value) = store
-            .get(&key)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?
-        {
-            match serde_json::from_slice(&value) {
-                Ok(v) => out.push(v),
-                Err(e) => tracing::warn!(key, error = %e, "ignoring an invalid entry"),
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// `<cell>/<host>`, the host id reduced to the characters keys allow.

@@ -1,6 +1,5 @@
 //! `cbs deploy`: a bundle to every watching host, health-confirmed.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +10,6 @@ use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::deploy::downgrade::RollbackGrant;
 use cbs_host::deploy::Store;
 use cbs_host::host::trial::InProcess;
-use cbs_host::platform;
 use clap::Args;
 
 use crate::args::{parse_label, NatsArgs};
@@ -200,18 +198,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.bundle.display()))?;
     let bundle =
         Bundle::from_bytes(&bytes).with_context(|| format!("in {}", args.bundle.display()))?;
-    let mut constraints: BTreeMap<String, String> = args.label.into_iter().collect();
-    if let Some(platform) = bundle
-        .manifest
-        .platform
-        .as_ref()
-        .filter(|p| *p != platform::ANY)
-    {
-        // Replicas of native code go only to hosts that can run it.
-        constraints
-            .entry(platform::LABEL.to_owned())
-            .or_insert_with(|| platform.clone());
-    }
+    let constraints = rollout::placement_labels(&bundle, args.label.into_iter().collect());
     let (bus, store) = args.nats.open_store().await?;
     let rollback = match &args.sign_rollback {
         Some(key) => rollback_grant(&store, &bundle, &KeyPair::read(key)?).await?,
@@ -265,6 +252,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     wait_ms: args.target_wait_ms,
                     scale_down_after_ms: args.scale_down_after_ms,
                 }),
+            domain: None,
         },
         Consent {
             force: args.force,

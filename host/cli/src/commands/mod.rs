@@ -1,6 +1,7 @@
 //! One module per subcommand: its flags (`Args`) and what it does (`run`).
 //! `cbs-host` has `run` and `load`; `cbs` has the rest.
 
+pub mod apply;
 pub mod audit;
 pub mod bench;
 pub mod build;
@@ -9,6 +10,7 @@ pub mod console;
 pub mod contract;
 pub mod deploy;
 pub mod dlq;
+pub mod export;
 pub mod flows;
 pub mod gateway;
 pub mod keygen;

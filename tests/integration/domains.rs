@@ -1,0 +1,216 @@
+//! Domains on a real nats-server with two watching hosts: `cbs apply`
+//! plans exactly the changes and applies them, twice is a no-op, an export
+//! applies as a no-op, `--prune` removes a dropped cell, and `cbs rollback
+//! --domain` brings every cell's previous version back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cbs_tests::bundles::{faulty_bundle, greet_bundle, releases, UPPER};
+use cbs_tests::call_json;
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs, HostProcess};
+use serde_json::{json, Value};
+
+const SINK: &str = "orders.sink";
+
+/// `cbs ARGS --nats URL`: (success, stdout, stderr).
+fn run(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = cbs(&[args, &["--nats", url]].concat());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("cbs {args:?}:\n{stdout}{stderr}");
+    (out.status.success(), stdout, stderr)
+}
+
+/// The plan of `spec`, as `cbs apply --dry-run --json` prints it.
+fn plan(url: &str, spec: &Path, prune: bool) -> Value {
+    let mut args = vec!["apply", spec.to_str().unwrap(), "--dry-run", "--json"];
+    if prune {
+        args.push("--prune");
+    }
+    let (ok, out, _) = run(url, &args);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Each cell's action in a plan, in order.
+fn actions(plan: &Value) -> Vec<(String, String)> {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["cell"].as_str().unwrap().to_owned(),
+                s["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+async fn desired_version(store: &cbs_host::deploy::Store, cell: &str) -> Option<String> {
+    store
+        .desired(cell)
+        .await
+        .unwrap()
+        .map(|d| d.current.version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_plans_the_changes_is_idempotent_exports_prunes_and_rolls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (v1, v2) = (&releases().v1, &releases().v2);
+    let greet = greet_bundle(&dir.join("greet"));
+    let sink = faulty_bundle(&dir.join("sink"), SINK, "0.1.0", "");
+    let spec = |name: &str, upper: &Path, with_sink: bool| {
+        let mut cells = format!(
+            "  - bundle: {}\n  - bundle: {}\n    id: logic.greet\n",
+            upper.display(),
+            greet.display()
+        );
+        if with_sink {
+            cells.push_str(&format!("  - bundle: {}\n", sink.display()));
+        }
+        let text =
+            format!("domain: orders\nversion: 1.0.0\ncells:\n{cells}exports: [logic.greet]\n");
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = spec("first.yaml", v1, true);
+    let second = spec("second.yaml", v2, false);
+    let server = NatsServer::start();
+    let url = server.url();
+    let watch = ["--watch"];
+    let _hosts = [
+        HostProcess::serve(&url, "dom-a", &[], &watch),
+        HostProcess::serve(&url, "dom-b", &[], &watch),
+    ];
+    let bus = server.bus().await;
+    let store = cbs_host::deploy::Store::open(bus.client()).await.unwrap();
+
+    // A new domain: every cell added, nothing applied by the dry run.
+    let planned = plan(&url, &first, false);
+    assert_eq!(planned["new_domain"], true);
+    assert_eq!(
+        actions(&planned),
+        pairs(&[(UPPER, "add"), ("logic.greet", "add"), (SINK, "add")])
+    );
+    assert_eq!(
+        desired_version(&store, UPPER).await,
+        None,
+        "a dry run changes nothing"
+    );
+    let (ok, out, err) = run(&url, &["apply", first.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("domain orders revision 1: 3 cell(s) applied"),
+        "{out}"
+    );
+    let reply = call_json(&bus, UPPER, json!({"text": "hi"}), Duration::from_secs(10)).await;
+    assert_eq!(reply.unwrap()["text"], "HI");
+
+    // The same spec again: nothing to change.
+    let planned = plan(&url, &first, false);
+    assert_eq!(
+        actions(&planned),
+        pairs(&[
+            (UPPER, "unchanged"),
+            ("logic.greet", "unchanged"),
+            (SINK, "unchanged")
+        ])
+    );
+    let (ok, _, err) = run(&url, &["apply", first.to_str().unwrap()]);
+    assert!(ok && err.contains("nothing to change"), "{err}");
+
+    // Another domain cannot take a cell of this one.
+    let billing = dir.join("billing.yaml");
+    std::fs::write(
+        &billing,
+        format!("domain: billing\ncells:\n  - bundle: {}\n", v1.display()),
+    )
+    .unwrap();
+    let (ok, _, err) = run(&url, &["apply", billing.to_str().unwrap()]);
+    assert!(!ok && err.contains("belongs to domain orders"), "{err}");
+
+    // Upgraded, and the sink dropped: kept without --prune, removed with.
+    let planned = plan(&url, &second, false);
+    assert_eq!(
+        actions(&planned),
+        pairs(&[
+            (UPPER, "upgrade"),
+            ("logic.greet", "unchanged"),
+            (SINK, "keep")
+        ])
+    );
+    assert_eq!(
+        planned["steps"][0]["contract"]["verdict"], "unchanged",
+        "{planned}"
+    );
+    let (ok, _, err) = run(&url, &["apply", second.to_str().unwrap(), "--prune"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        desired_version(&store, UPPER).await.as_deref(),
+        Some("0.2.0")
+    );
+    assert_eq!(desired_version(&store, SINK).await, None, "pruned");
+
+    // What runs, exported, applies as a no-op.
+    let exported = dir.join("exported");
+    let (ok, out, _) = run(
+        &url,
+        &[
+            "export",
+            "--domain",
+            "orders",
+            "-o",
+            exported.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("2 cells"), "{out}");
+    let again = plan(&url, &exported.join("domain.yaml"), true);
+    assert_eq!(
+        actions(&again),
+        pairs(&[("logic.greet", "unchanged"), (UPPER, "unchanged")])
+    );
+    assert_eq!(again["boundary_changed"], false);
+
+    // Back as one unit: text.upper 0.1.0 and the sink again.
+    let (ok, out, err) = run(&url, &["rollback", "--domain", "orders"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("domain orders back to revision 1 (3 cells), as revision 3"),
+        "{out}"
+    );
+    assert_eq!(
+        desired_version(&store, UPPER).await.as_deref(),
+        Some("0.1.0")
+    );
+    assert_eq!(
+        desired_version(&store, SINK).await.as_deref(),
+        Some("0.1.0")
+    );
+    let reply = call_json(&bus, UPPER, json!({"text": "hi"}), Duration::from_secs(10)).await;
+    assert_eq!(reply.unwrap()["text"], "HI");
+
+    // Each change is in the audit trail, with the domain's revision.
+    let (ok, out, _) = run(&url, &["audit", "--cell", UPPER]);
+    assert!(ok, "{out}");
+    for said in [
+        "cbs apply: domain orders revision 1",
+        "cbs apply: domain orders revision 2",
+        "cbs rollback --domain orders: revision 3",
+    ] {
+        assert!(out.contains(said), "{said}: {out}");
+    }
+}
