@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod body;
+pub mod boundary;
 pub mod bundle;
 pub mod bus;
 pub mod call;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
+use crate::boundary::Boundaries;
 use crate::bus::{request_timeout, BodyBus};
 use crate::durable::DurableLog;
 use crate::envelope::codec::to_message;
@@ -45,6 +46,8 @@ pub struct Outbound {
     durable: Option<Arc<dyn DurableLog>>,
     /// A recording of the cell's requests and calls, while one is on.
     tape: std::sync::RwLock<Option<Arc<Tape>>>,
+    /// The domains' boundaries its calls keep within.
+    boundaries: Option<Arc<Boundaries>>,
 }
 
 struct Target {
@@ -85,12 +88,19 @@ impl Outbound {
             state: None,
             durable: None,
             tape: std::sync::RwLock::default(),
+            boundaries: None,
         }
     }
 
     /// Stores publishes to `publish_durable` subjects in `log`.
     pub fn with_durable(mut self, log: Arc<dyn DurableLog>) -> Self {
         self.durable = Some(log);
+        self
+    }
+
+    /// Keeps the cell's calls within the domains' `boundaries`.
+    pub fn with_boundaries(mut self, boundaries: Arc<Boundaries>) -> Self {
+        self.boundaries = Some(boundaries);
         self
     }
 
@@ -165,6 +175,9 @@ impl Outbound {
                 ),
             ));
         };
+        if let Some(boundaries) = &self.boundaries {
+            boundaries.check(&self.manifest.id, cell_id)?;
+        }
         let mut payload = Some(raw_json(payload, "request payload")?);
         let per_attempt = timeout.unwrap_or(Duration::from_millis(target.policy.timeout_ms));
         let mut attempt = 0;

@@ -214,3 +214,110 @@ async fn apply_plans_the_changes_is_idempotent_exports_prunes_and_rolls_back() {
         assert!(out.contains(said), "{said}: {out}");
     }
 }
+
+/// `{"action": "call"}` of the test component: `caller` asks `callee`
+/// to echo; the reply, or the error the caller got.
+async fn call_through(
+    bus: &dyn cbs_host::bus::BodyBus,
+    caller: &str,
+    callee: &str,
+) -> Result<Value, cbs_host::envelope::BusError> {
+    let payload =
+        json!({"action": "call", "cell": callee, "payload": {"action": "echo", "value": 1}});
+    call_json(bus, caller, payload, Duration::from_secs(10)).await
+}
+
+/// Checks the boundary as seen from `bus`: outside reaches the export
+/// only, inside calls freely.
+async fn assert_boundary(bus: &dyn cbs_host::bus::BodyBus, by: &str) {
+    let refused = call_through(bus, "edge.caller", "orders.private")
+        .await
+        .expect_err("a non-exported cell is refused to an outside caller");
+    assert_eq!(
+        refused.code,
+        cbs_host::envelope::ErrorCode::ContractViolation,
+        "{refused}"
+    );
+    assert!(
+        refused.message.contains("domain orders does not export it"),
+        "{by}: {refused}"
+    );
+    let reached = call_through(bus, "edge.caller", "orders.public").await;
+    assert_eq!(
+        reached.unwrap()["value"]["value"],
+        1,
+        "{by}: the export is reached"
+    );
+    let inside = call_through(bus, "orders.public", "orders.private").await;
+    assert_eq!(
+        inside.unwrap()["value"]["value"],
+        1,
+        "{by}: inside, calls are free"
+    );
+}
+
+/// The test component as `id`, calling `calls`, in `dir/<id>`.
+fn caller_cell(dir: &Path, id: &str, calls: &[&str]) -> std::path::PathBuf {
+    let cell = dir.join(id);
+    std::fs::create_dir_all(&cell).unwrap();
+    cbs_tests::CellToml::faulty(id).calls(calls).write_to(&cell);
+    cell
+}
+
+const BOUNDARY_SPEC: &str = "domain: orders\ncells:\n  - folder: orders.public\n  - folder: orders.private\nexports: [orders.public]\n";
+
+/// In process, the host keeps a domain's boundary: an outside cell
+/// reaches only the export, the domain's cells call each other freely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_an_outside_caller_reaches_only_the_exported_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    caller_cell(dir, "orders.public", &["orders.private"]);
+    caller_cell(dir, "orders.private", &[]);
+    let edge = caller_cell(dir, "edge.caller", &["orders.private", "orders.public"]);
+    let spec = cbs_host::domain::spec::Spec::parse(BOUNDARY_SPEC).unwrap();
+    let builder = cbs_tests::builder(std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()))
+        .domain(&spec, dir)
+        .unwrap();
+    let host = cbs_tests::TestHost::start(builder, &[edge]).await;
+    assert_boundary(host.body().bus().as_ref(), "in process").await;
+}
+
+/// On NATS, each caller's host keeps the boundary from the desired state:
+/// a cell deployed outside the applied domain reaches only its export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_an_outside_caller_reaches_only_the_exported_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bundle = |id: &str, calls: &[&str]| {
+        let calls = format!("[capabilities]\ncalls = {calls:?}\n");
+        faulty_bundle(&dir.join(format!("b-{id}")), id, "0.1.0", &calls)
+    };
+    let (public, private) = (
+        bundle("orders.public", &["orders.private"]),
+        bundle("orders.private", &[]),
+    );
+    let edge = bundle("edge.caller", &["orders.private", "orders.public"]);
+    let spec = dir.join("orders.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "domain: orders\ncells:\n  - bundle: {}\n  - bundle: {}\nexports: [orders.public]\n",
+            public.display(),
+            private.display()
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start();
+    let url = server.url();
+    let _hosts = [
+        HostProcess::serve(&url, "edge-a", &[], &["--watch"]),
+        HostProcess::serve(&url, "edge-b", &[], &["--watch"]),
+    ];
+    let (ok, _, err) = run(&url, &["apply", spec.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&url, &["deploy", edge.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let bus = server.bus().await;
+    assert_boundary(&bus, "on NATS").await;
+}

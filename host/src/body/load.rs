@@ -106,6 +106,8 @@ pub(super) struct Loader {
     pub durable: Arc<dyn DurableLog>,
     /// Where every cell records its hops.
     pub flows: Arc<Flows>,
+    /// The domains' boundaries every cell's calls keep within.
+    pub boundaries: Arc<crate::boundary::Boundaries>,
 }
 
 impl Loader {
@@ -126,7 +128,8 @@ impl Loader {
         let outbound = Arc::new(
             Outbound::new(self.cell_bus(), manifest.clone(), self.local.clone())
                 .with_state(state)
-                .with_durable(self.durable.clone()),
+                .with_durable(self.durable.clone())
+                .with_boundaries(self.boundaries.clone()),
         );
         let (runner, cache): (Arc<dyn CellRunner>, _) = match manifest.runtime {
             RuntimeKind::Wasm => {

@@ -89,6 +89,7 @@ impl Body {
             latency: metrics::latency_family(),
             durable,
             flows: Arc::new(Flows::new(&parts.host_id)),
+            boundaries: Arc::default(),
         };
         Self {
             loader,
@@ -101,6 +102,12 @@ impl Body {
     /// Where durable cells and events are stored.
     pub fn durable(&self) -> &Arc<dyn crate::durable::DurableLog> {
         &self.registry.durable
+    }
+
+    /// Which domain each cell belongs to: the boundaries this host keeps
+    /// its cells' calls within.
+    pub fn boundaries(&self) -> &Arc<crate::boundary::Boundaries> {
+        &self.loader.boundaries
     }
 
     /// The hops this host handled last (what it answers on

@@ -58,9 +58,9 @@ pub struct Release {
     /// most [`MAX_WARM_MS`]), so a rollback meanwhile needs no load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_ms: Option<u64>,
-    /// The domain the cell belongs to (`cbs apply`), if any.
+    /// The domain the cell belongs to (`cbs apply`), if any, and its terms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
+    pub domain: Option<crate::boundary::Membership>,
 }
 
 /// The longest a host keeps a version warm after a switch: a warm version

@@ -114,8 +114,8 @@ pub struct Scale {
     pub constraints: BTreeMap<String, String>,
     pub spread: Option<String>,
     pub autoscale: Option<Targets>,
-    /// Its domain (`cbs apply`).
-    pub domain: Option<String>,
+    /// Its domain and the domain's terms for it (`cbs apply`).
+    pub domain: Option<crate::boundary::Membership>,
 }
 
 /// The labels a bundle's replicas need: `labels`, and for native code its

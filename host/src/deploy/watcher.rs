@@ -133,14 +133,22 @@ impl Watcher {
             };
             match (placed, put) {
                 (false, true) => match serde_json::from_slice::<Desired>(&entry.value) {
-                    Ok(d) => drop(view.desired.insert(cell.clone(), d)),
+                    Ok(d) => {
+                        // Every cell's domain, also of cells served elsewhere:
+                        // this host's cells may call them.
+                        self.body.boundaries().set(&cell, d.current.domain.clone());
+                        drop(view.desired.insert(cell.clone(), d));
+                    }
                     Err(e) => return invalid(e),
                 },
                 (true, true) => match serde_json::from_slice::<Placement>(&entry.value) {
                     Ok(p) => drop(view.placed.insert(cell.clone(), p)),
                     Err(e) => return invalid(e),
                 },
-                (false, false) => drop(view.desired.remove(&cell)),
+                (false, false) => {
+                    self.body.boundaries().set(&cell, None);
+                    drop(view.desired.remove(&cell));
+                }
                 (true, false) => drop(view.placed.remove(&cell)),
             }
         }

@@ -1,7 +1,8 @@
 //! Domains (ADR 0027): a group of cells with one owner and one boundary,
 //! declared in one spec ([`spec`]), planned against the lattice
 //! ([`plan`]), applied, rolled back as a unit and exported ([`apply`]),
-//! and kept in the lattice's bucket `cbs-domains` ([`state`]).
+//! and kept in the lattice's bucket `cbs-domains` ([`state`]); hosts keep
+//! calls within the domains' boundaries ([`crate::boundary`]).
 
 pub mod apply;
 pub mod plan;

@@ -121,7 +121,7 @@ pub async fn plan(
             bail!("domain {name}: cell {cell} is listed twice");
         }
         let desired = store.desired(&cell).await?;
-        let scale = scale_of(&r.member, &r.bundle, name);
+        let scale = scale_of(&r.member, &r.bundle, spec);
         let step = match desired {
             None => Step {
                 action: Action::Add,
@@ -130,7 +130,8 @@ pub async fn plan(
                 ..step(&cell, r, i, scale)
             },
             Some(d) => {
-                if let Some(other) = d.current.domain.as_ref().filter(|o| *o != name) {
+                let owner = d.current.domain.as_ref().map(|m| &m.name);
+                if let Some(other) = owner.filter(|o| *o != name) {
                     bail!("cell {cell} belongs to domain {other}: remove it from the spec of {other} and apply that with --prune before {name} takes it");
                 }
                 let from = Some(d.current.version.clone());
@@ -212,8 +213,10 @@ fn check_member(member: &Member, bundle: &Bundle) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a member's replicas go, as `cbs deploy` would place them.
-pub fn scale_of(member: &Member, bundle: &Bundle, domain: &str) -> Scale {
+/// Where a member's replicas go, as `cbs deploy` would place them, and
+/// its domain's terms.
+pub fn scale_of(member: &Member, bundle: &Bundle, spec: &Spec) -> Scale {
+    let cell = &bundle.manifest.cell;
     Scale {
         replicas: member.replicas,
         constraints: rollout::placement_labels(bundle, member.labels.clone()),
@@ -225,7 +228,7 @@ pub fn scale_of(member: &Member, bundle: &Bundle, domain: &str) -> Scale {
             wait_ms: s.target_wait_ms,
             scale_down_after_ms: s.scale_down_after_ms,
         }),
-        domain: Some(domain.to_owned()),
+        domain: Some(spec.membership(cell)),
     }
 }
 

@@ -139,6 +139,20 @@ impl Spec {
         serde_json::to_value(schemars::schema_for!(Spec)).unwrap_or_default()
     }
 
+    /// The terms of the domain for its cell `cell`: exported or not, and
+    /// the cells of other domains it may call.
+    pub fn membership(&self, cell: &str) -> crate::boundary::Membership {
+        crate::boundary::Membership {
+            name: self.domain.clone(),
+            exported: self.exports.iter().any(|e| e == cell),
+            uses: self
+                .uses
+                .iter()
+                .flat_map(|u| u.cells.iter().cloned())
+                .collect(),
+        }
+    }
+
     /// Every name well-formed, every count bounded, each cell from one
     /// source, exports among the cells.
     pub fn check(&self) -> anyhow::Result<()> {

@@ -41,6 +41,8 @@ pub struct HostBuilder {
     console: Option<(SocketAddr, crate::console::Options)>,
     lattice: Option<Lattice>,
     cells: Vec<PathBuf>,
+    /// Cells' domains, kept at their boundaries from the start.
+    domains: Vec<(String, crate::boundary::Membership)>,
 }
 
 impl Default for HostBuilder {
@@ -60,6 +62,7 @@ impl Default for HostBuilder {
             console: None,
             lattice: None,
             cells: Vec::new(),
+            domains: Vec::new(),
         }
     }
 }
@@ -163,6 +166,39 @@ impl HostBuilder {
         self
     }
 
+    /// Serves the cells of a domain spec (bundles or folders, relative to
+    /// `base`) and keeps calls within its boundary: outside cells reach
+    /// only its exports, its cells only the other domains' cells it uses.
+    pub fn domain(
+        mut self,
+        spec: &crate::domain::spec::Spec,
+        base: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        for member in &spec.cells {
+            let path = match (&member.bundle, &member.folder) {
+                (Some(file), _) => base.join(file),
+                (None, Some(folder)) => base.join(folder),
+                (None, None) => anyhow::bail!(
+                    "domain {}: a cell without `bundle` or `folder`",
+                    spec.domain
+                ),
+            };
+            let id = if path.is_dir() {
+                crate::manifest::CellSpec::from_dir(&path)?.manifest.id
+            } else {
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                crate::bundle::Bundle::from_bytes(&bytes)
+                    .with_context(|| format!("in {}", path.display()))?
+                    .manifest
+                    .cell
+            };
+            self.domains.push((id.clone(), spec.membership(&id)));
+            self.cells.push(path);
+        }
+        Ok(self)
+    }
+
     /// Brings the host up: answering `cbs-flows.query` and `/metrics` first
     /// (so a slow start shows), then the cells, the lattice, the HTTP
     /// routes and the console; then it reports ready.
@@ -184,6 +220,9 @@ impl HostBuilder {
             chaos: self.chaos,
             local_calls: self.local_calls,
         }));
+        for (cell, membership) in self.domains {
+            body.boundaries().set(&cell, Some(membership));
+        }
         let flows = Answering::start(body.bus().clone(), body.flows().clone()).await?;
         let metrics = match self.metrics {
             Some(addr) => Some(serve_metrics(addr, &body).await?),

@@ -29,8 +29,13 @@ use crate::signals::shutdown_signal;
 pub struct RunArgs {
     /// Cells: folders (with a cell.toml), bundles (.cbs, from `cbs build`)
     /// or bare components (.wasm).
-    #[arg(required_unless_present = "watch", value_name = "CELL")]
+    #[arg(required_unless_present_any = ["watch", "domain"], value_name = "CELL")]
     cells: Vec<PathBuf>,
+    /// Serve a domain's cells from its spec (domain.yaml: bundles or
+    /// folders) and keep calls within its boundary: cells outside it reach
+    /// only its exports; repeatable.
+    #[arg(long, value_name = "SPEC")]
+    domain: Vec<PathBuf>,
     /// Follow deployments: serve the cells `cbs deploy` put in the NATS
     /// cluster's desired state, and swap them as it changes (needs --nats
     /// and JetStream).
@@ -175,6 +180,14 @@ fn builder(args: &RunArgs, bus: Arc<dyn BodyBus>, host_id: &str) -> anyhow::Resu
         .routing(on_nats && !args.no_reroute)
         .local_calls(!args.calls_via_bus)
         .cells(&args.cells);
+    for path in &args.domain {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let spec = cbs_host::domain::spec::Spec::parse(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        builder = builder.domain(&spec, base)?;
+    }
     if let Some(dir) = &args.data_dir {
         builder = builder.data_dir(dir);
     }
