@@ -45,6 +45,7 @@ pub mod resilience;
 pub mod retention;
 pub mod routing;
 pub mod runtime;
+pub mod saga;
 pub mod shadow;
 pub mod state;
 pub mod stats;

@@ -143,6 +143,19 @@ async fn apply_plans_the_changes_is_idempotent_exports_prunes_and_rolls_back() {
     let (ok, _, err) = run(&url, &["apply", billing.to_str().unwrap()]);
     assert!(!ok && err.contains("belongs to domain orders"), "{err}");
 
+    // A saga may call only the domain's cells and those it uses.
+    let outside = dir.join("outside.yaml");
+    let text = std::fs::read_to_string(&first).unwrap()
+        + "sagas:\n  - name: pay\n    steps:\n      - name: charge\n        call: billing.charge\n";
+    std::fs::write(&outside, text).unwrap();
+    let (ok, _, err) = run(&url, &["apply", outside.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains(
+            "saga pay calls billing.charge, which is neither a cell of the domain nor under `uses`"
+        ),
+        "{err}"
+    );
+
     // Upgraded, and the sink dropped: kept without --prune, removed with.
     let planned = plan(&url, &second, false);
     assert_eq!(

@@ -10,7 +10,7 @@ use cbs_host::telemetry::Exporter;
 use crate::args::LogArgs;
 use crate::commands::{
     apply, audit, bench, build, call, console, contract, deploy, dlq, export, flows, gateway,
-    keygen, load, ls, new, ps, publish, record, replay, rollback, run, undeploy,
+    keygen, load, ls, new, ps, publish, record, replay, rollback, run, saga, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -98,6 +98,8 @@ pub enum CbsCommand {
     Dlq(dlq::DlqCommand),
     Record(record::RecordArgs),
     Replay(replay::ReplayArgs),
+    #[command(subcommand)]
+    Saga(saga::SagaCommand),
     Publish(publish::PublishArgs),
     #[command(subcommand)]
     Contract(contract::ContractCommand),
@@ -161,6 +163,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Dlq(command) => dlq::run(command).await,
             CbsCommand::Record(args) => record::run(args).await,
             CbsCommand::Replay(args) => replay::run(args).await,
+            CbsCommand::Saga(command) => saga::run(command).await,
             CbsCommand::Publish(args) => publish::run(args).await,
             CbsCommand::Contract(command) => contract::run(command).await,
             CbsCommand::Call(args) => call::run(args).await,

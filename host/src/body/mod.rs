@@ -104,6 +104,11 @@ impl Body {
         &self.registry.durable
     }
 
+    /// Where cells' state is kept (and the saga journal).
+    pub fn state_backend(&self) -> &Arc<dyn crate::state::StateBackend> {
+        &self.loader.state
+    }
+
     /// Which domain each cell belongs to: the boundaries this host keeps
     /// its cells' calls within.
     pub fn boundaries(&self) -> &Arc<crate::boundary::Boundaries> {

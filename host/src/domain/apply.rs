@@ -93,6 +93,7 @@ pub async fn apply(
         cells,
         exports: spec.exports.clone(),
         uses: spec.uses.clone(),
+        sagas: spec.sagas.clone(),
     };
     let now = lattice.domains.get(&spec.domain).await?;
     let domain = Domain::advance(now, &spec.domain, revision);
@@ -226,6 +227,7 @@ pub async fn export(
         cells,
         exports: domain.current.exports.clone(),
         uses: domain.current.uses.clone(),
+        sagas: domain.current.sagas.clone(),
     })
 }
 

@@ -158,6 +158,7 @@ pub async fn plan(
         };
         steps.push(step);
     }
+    check_sagas(spec, &named)?;
     if let Some(domain) = &now {
         for (cell, release) in &domain.current.cells {
             if named.contains_key(cell) {
@@ -183,6 +184,22 @@ pub async fn plan(
         new_domain: now.is_none(),
         steps,
     })
+}
+
+/// A saga calls only the domain's cells and those it uses: it runs as the
+/// domain, inside its boundary.
+fn check_sagas(spec: &Spec, named: &BTreeMap<String, usize>) -> anyhow::Result<()> {
+    let used = |cell: &str| spec.uses.iter().any(|u| u.cells.iter().any(|c| c == cell));
+    for saga in &spec.sagas {
+        if let Some(cell) = saga.cells().find(|c| !named.contains_key(*c) && !used(c)) {
+            bail!(
+                "domain {}: saga {} calls {cell}, which is neither a cell of the domain nor under `uses`",
+                spec.domain,
+                saga.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn step(cell: &str, r: &Resolved, i: usize, scale: Scale) -> Step {

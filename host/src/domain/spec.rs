@@ -40,6 +40,10 @@ pub struct Spec {
     /// The exported cells of other domains its cells call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uses: Vec<Use>,
+    /// Its sagas: ordered steps across its cells (and those it uses), each
+    /// with a compensation, run durably by the hosts (`cbs saga start`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sagas: Vec<crate::saga::def::Saga>,
 }
 
 /// One cell of a domain: where it comes from and how it is placed.
@@ -179,6 +183,19 @@ impl Spec {
         for id in &self.exports {
             check_cell_id(id)?;
         }
+        bounded("sagas", self.sagas.len())?;
+        let mut sagas = BTreeSet::new();
+        for saga in &self.sagas {
+            saga.check()
+                .with_context(|| format!("domain {}", self.domain))?;
+            if !sagas.insert(&saga.name) {
+                bail!(
+                    "domain {}: saga {} is declared twice",
+                    self.domain,
+                    saga.name
+                );
+            }
+        }
         for used in &self.uses {
             check_name(&used.domain)?;
             bounded("uses[].cells", used.cells.len())?;
@@ -225,21 +242,7 @@ fn bounded(what: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A domain's name: a subject token and a key, lower-case.
-pub fn check_name(name: &str) -> anyhow::Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !ok {
-        bail!(
-            "{:?} is not a domain name: 1 to 64 lower-case letters, digits, `_` or `-`, starting with a letter",
-            name.escape_debug().to_string()
-        );
-    }
-    Ok(())
-}
+pub use crate::manifest::check_name;
 
 #[cfg(test)]
 mod tests {
@@ -272,10 +275,7 @@ uses:
     #[test]
     fn hostile_or_wrong_specs_are_refused_with_the_reason() {
         let cases = [
-            (
-                "domain: Orders\ncells: [{bundle: a.cbs}]",
-                "not a domain name",
-            ),
+            ("domain: Orders\ncells: [{bundle: a.cbs}]", "is not a name"),
             ("domain: orders\ncells: []", "a domain has 1 to"),
             (
                 "domain: orders\ncells: [{bundle: a.cbs, folder: b}]",

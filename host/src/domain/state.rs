@@ -32,6 +32,9 @@ pub struct Revision {
     pub exports: Vec<String>,
     #[serde(default)]
     pub uses: Vec<Use>,
+    /// Its sagas as of this revision (instances started on it keep them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sagas: Vec<crate::saga::def::Saga>,
 }
 
 /// A domain: its revision now and those before it, most recent first.
@@ -92,5 +95,21 @@ impl Domains {
     /// Every domain (an invalid entry is skipped with a warning).
     pub async fn all(&self) -> anyhow::Result<Vec<Domain>> {
         bucket::values(&self.kv).await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::saga::worker::Catalog for Domains {
+    /// The saga in the domain's current revision.
+    async fn saga(
+        &self,
+        domain: &str,
+        saga: &str,
+    ) -> anyhow::Result<Option<(u64, crate::saga::def::Saga)>> {
+        let Some(d) = self.get(domain).await? else {
+            return Ok(None);
+        };
+        let found = d.current.sagas.iter().find(|s| s.name == saga).cloned();
+        Ok(found.map(|s| (d.current.revision, s)))
     }
 }

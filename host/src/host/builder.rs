@@ -43,6 +43,8 @@ pub struct HostBuilder {
     cells: Vec<PathBuf>,
     /// Cells' domains, kept at their boundaries from the start.
     domains: Vec<(String, crate::boundary::Membership)>,
+    /// The sagas of the domains served in process.
+    sagas: crate::saga::worker::Specs,
 }
 
 impl Default for HostBuilder {
@@ -63,6 +65,7 @@ impl Default for HostBuilder {
             lattice: None,
             cells: Vec::new(),
             domains: Vec::new(),
+            sagas: Default::default(),
         }
     }
 }
@@ -196,6 +199,9 @@ impl HostBuilder {
             self.domains.push((id.clone(), spec.membership(&id)));
             self.cells.push(path);
         }
+        for saga in &spec.sagas {
+            self.sagas.add(&spec.domain, saga.clone());
+        }
         Ok(self)
     }
 
@@ -231,6 +237,14 @@ impl HostBuilder {
         for path in &self.cells {
             body.start(path).await?;
         }
+        let sagas = match (&self.lattice, self.sagas.is_empty()) {
+            (Some(lattice), _) if lattice.sagas => {
+                let domains = crate::domain::state::Domains::open(&lattice.client).await?;
+                Some(super::sagas::run(&body, Arc::new(domains)).await?)
+            }
+            (_, false) => Some(super::sagas::run(&body, Arc::new(self.sagas)).await?),
+            _ => None,
+        };
         let following = match self.lattice {
             Some(lattice) => Some(Following::start(&body, &id, &data_dir, lattice).await?),
             None => None,
@@ -255,6 +269,7 @@ impl HostBuilder {
             console,
             following,
             flows,
+            sagas,
         })
     }
 }

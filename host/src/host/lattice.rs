@@ -30,6 +30,8 @@ pub struct Lattice {
     pub grace: Duration,
     /// The identity the host's audit events are written as.
     pub writer: Option<NatsOptions>,
+    /// Runs the domains' sagas (`--sagas`).
+    pub sagas: bool,
 }
 
 /// `given` labels, and `platform=<this machine's>` unless one is given:

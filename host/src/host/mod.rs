@@ -6,6 +6,7 @@
 mod builder;
 mod lattice;
 mod routes;
+mod sagas;
 mod scratch;
 pub mod shadow;
 pub mod trial;
@@ -28,6 +29,8 @@ pub struct Host {
     following: Option<lattice::Following>,
     /// Answers questions about its recent hops (`cbs flows`).
     flows: crate::flows::Answering,
+    /// Runs sagas, when it does.
+    sagas: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Host {
@@ -76,6 +79,9 @@ impl Host {
         }
         if let Some(following) = self.following {
             following.stop().await;
+        }
+        if let Some(sagas) = self.sagas {
+            sagas.abort();
         }
         self.body.shutdown(grace).await
     }

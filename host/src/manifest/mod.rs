@@ -341,6 +341,22 @@ pub fn check_cell_id(id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// A domain's or a saga's name: a subject token and a key, lower-case.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        bail!(
+            "{:?} is not a name: 1 to 64 lower-case letters, digits, `_` or `-`, starting with a letter",
+            name.escape_debug().to_string()
+        );
+    }
+    Ok(())
+}
+
 /// The smallest manifest, for the sections' tests.
 #[cfg(test)]
 const MINIMAL: &str = r#"

@@ -63,7 +63,10 @@ impl EmbeddedState {
 #[async_trait]
 impl StateBackend for EmbeddedState {
     async fn open(&self, cell_id: &str, grant: StateGrant) -> Result<Arc<dyn Bucket>, BusError> {
-        crate::manifest::check_cell_id(cell_id)
+        // A cell's id, or `~<name>` for the host's own (the saga journal):
+        // never a path of its own.
+        let name = cell_id.strip_prefix('~').unwrap_or(cell_id);
+        crate::manifest::check_cell_id(name)
             .map_err(|e| super::unavailable(cell_id, format!("{e:#}")))?;
         let db = self.database(cell_id)?;
         Ok(Arc::new(EmbeddedBucket {

@@ -23,4 +23,5 @@ pub mod record;
 pub mod replay;
 pub mod rollback;
 pub mod run;
+pub mod saga;
 pub mod undeploy;

@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// and JetStream).
     #[arg(long, requires = "url")]
     watch: bool,
+    /// Run the domains' sagas (`cbs saga start`): take starts from the
+    /// stream CBS_SAGAS and drive them, journaled (with --watch).
+    #[arg(long, requires = "watch")]
+    sagas: bool,
     /// A label of this host, for placing replicas (`cbs deploy --label`,
     /// `--spread`), e.g. region=eu; repeatable. With --watch. Every host
     /// also has `platform=<os>-<arch>` (e.g. linux-x86_64), which replicas
@@ -153,6 +157,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             capacity_memory_mb: args.capacity_memory_mb,
             grace,
             writer: args.nats.options(""),
+            sagas: args.sagas,
         });
     }
     if let Some(addr) = args.http {

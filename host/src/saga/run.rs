@@ -1,0 +1,136 @@
+//! Driving one saga instance: each step called in order with the saga's
+//! input, its outcome journaled before the next; on a failure (or a
+//! cancel) the completed steps' compensations are called in reverse with
+//! each step's output. Every call carries the instance id as its
+//! correlation id (one trace) and a message id stable per step, so a step
+//! called again after a host died is recognisable to an idempotent cell.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::def::With;
+use super::journal::{Instance, Journal, State, StepState};
+use crate::bus::BodyBus;
+use crate::envelope::{BusError, Envelope, ErrorCode};
+use crate::subjects::subject_of;
+
+pub struct Runner {
+    pub bus: Arc<dyn BodyBus>,
+    pub journal: Journal,
+}
+
+impl Runner {
+    /// Runs `instance` until it ends (completed, compensated) or is stuck
+    /// (a compensation failed); every change journaled first.
+    pub async fn drive(&self, mut instance: Instance) -> Result<Instance, BusError> {
+        loop {
+            match instance.state {
+                State::Running => self.forward(&mut instance).await?,
+                State::Compensating => self.backward(&mut instance).await?,
+                State::Completed | State::Compensated | State::Stuck => return Ok(instance),
+            }
+        }
+    }
+
+    /// The next step, or the end; a failure turns the saga back.
+    async fn forward(&self, inst: &mut Instance) -> Result<(), BusError> {
+        if inst.cancel {
+            inst.state = State::Compensating;
+            inst.events.push("cancelled".into());
+            return self.journal.put(inst).await;
+        }
+        let Some(i) = inst.steps.iter().position(|s| s.state != StepState::Done) else {
+            inst.state = State::Completed;
+            inst.events.push("completed".into());
+            return self.journal.put(inst).await;
+        };
+        let step = inst.saga.steps[i].clone();
+        inst.steps[i].state = StepState::Running;
+        inst.steps[i].attempts += 1;
+        self.journal.put(inst).await?;
+        let id = format!("{}.{}", inst.id, step.name);
+        let outcome = self.call(inst, &step.call, &inst.input.clone(), &id).await;
+        let record = &mut inst.steps[i];
+        match outcome {
+            Ok(output) => {
+                record.state = StepState::Done;
+                record.output = Some(output);
+                inst.events.push(format!("{} done", step.name));
+            }
+            Err(e) => {
+                record.state = StepState::Failed;
+                inst.events
+                    .push(format!("{} failed: {}: {}", step.name, e.code, e.message));
+                record.error = Some(e);
+                inst.state = State::Compensating;
+            }
+        }
+        self.journal.put(inst).await
+    }
+
+    /// The completed steps' compensations, last first.
+    async fn backward(&self, inst: &mut Instance) -> Result<(), BusError> {
+        let done = (0..inst.steps.len())
+            .rev()
+            .find(|&i| inst.steps[i].state == StepState::Done);
+        let Some(i) = done else {
+            inst.state = State::Compensated;
+            inst.events.push("compensated".into());
+            return self.journal.put(inst).await;
+        };
+        let step = inst.saga.steps[i].clone();
+        let Some(cell) = &step.compensate else {
+            inst.steps[i].state = StepState::Compensated;
+            inst.events
+                .push(format!("{}: nothing to compensate", step.name));
+            return self.journal.put(inst).await;
+        };
+        let request = match step.compensate_with {
+            With::Output => inst.steps[i].output.clone().unwrap_or(Value::Null),
+            With::Input => inst.input.clone(),
+        };
+        let id = format!("{}.{}.compensate", inst.id, step.name);
+        match self.call(inst, cell, &request, &id).await {
+            Ok(_) => {
+                inst.steps[i].state = StepState::Compensated;
+                inst.events.push(format!("{} compensated", step.name));
+            }
+            Err(e) => {
+                inst.steps[i].state = StepState::CompensationFailed;
+                inst.events.push(format!(
+                    "{} compensation failed: {}: {}",
+                    step.name, e.code, e.message
+                ));
+                inst.steps[i].error = Some(e);
+                inst.state = State::Stuck;
+            }
+        }
+        self.journal.put(inst).await
+    }
+
+    /// One call of the saga: its correlation id, a stable message id.
+    async fn call(
+        &self,
+        inst: &Instance,
+        cell: &str,
+        input: &Value,
+        id: &str,
+    ) -> Result<Value, BusError> {
+        let payload = RawValue::from_string(input.to_string())
+            .map_err(|e| BusError::internal(format!("cannot encode a saga's input: {e}")))?;
+        let mut envelope = Envelope::new(subject_of(cell), payload);
+        envelope.id = id.to_owned();
+        envelope.correlation_id = inst.id.clone();
+        let timeout = Duration::from_millis(inst.saga.timeout_ms);
+        let reply = crate::call::call(self.bus.as_ref(), &envelope, timeout).await?;
+        serde_json::from_str(reply.get()).map_err(|e| {
+            BusError::new(
+                ErrorCode::ContractViolation,
+                format!("{cell} replied with invalid JSON: {e}"),
+            )
+        })
+    }
+}
