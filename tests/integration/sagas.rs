@@ -247,3 +247,84 @@ async fn a_host_killed_between_steps_leaves_the_saga_to_another() {
     let show = String::from_utf8_lossy(&show.stdout).into_owned();
     assert!(show.contains("Completed"), "{show}");
 }
+
+/// The test component as `orders.ship` version `version` with input schema
+/// `schema`, counting what it handles; packed in `dir`.
+fn ship_release(dir: &Path, version: &str, schema: serde_json::Value) -> std::path::PathBuf {
+    let tables = "[input]\nid = \"orders.ship/request@1\"\nschema = \"schemas/input.json\"\n\
+                  [capabilities.state]\nmax_value_bytes = 65536\nmax_bytes = 16777216\n";
+    let cell = cbs_tests::bundles::faulty_as(dir, "orders.ship", tables);
+    let version = format!("version = \"{version}\"");
+    cbs_tests::bundles::edit(&cell.join("cell.toml"), "version = \"0.1.0\"", &version);
+    std::fs::create_dir_all(cell.join("schemas")).unwrap();
+    std::fs::write(cell.join("schemas/input.json"), schema.to_string()).unwrap();
+    cbs_tests::bundles::pack(&cell)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_breaking_a_step_of_in_flight_sagas_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut cells = String::new();
+    for id in CELLS.iter().filter(|c| **c != "orders.ship") {
+        let chaos = if *id == "orders.charge" {
+            "[chaos]\nlatency_ms = 4000\n"
+        } else {
+            ""
+        };
+        let tables =
+            format!("[capabilities.state]\nmax_value_bytes = 65536\nmax_bytes = 16777216\n{chaos}");
+        let bundle = faulty_bundle(&dir.join(id), id, "0.1.0", &tables);
+        cells.push_str(&format!("  - bundle: {}\n", bundle.display()));
+    }
+    let v1 = ship_release(&dir.join("v1"), "1.0.0", json!({"type": "object"}));
+    // A new major that needs a field the saga's input lacks.
+    let v2 = ship_release(
+        &dir.join("v2"),
+        "2.0.0",
+        json!({"type": "object", "required": ["action", "sku"]}),
+    );
+    cells.push_str(&format!("  - bundle: {}\n", v1.display()));
+    let spec = dir.join("orders.yaml");
+    std::fs::write(&spec, format!("domain: orders\ncells:\n{cells}{SAGA}")).unwrap();
+    let server = NatsServer::start();
+    let url = server.url();
+    let _a = HostProcess::serve(&url, "gate-a", &[], &["--watch", "--sagas"]);
+    let out = cbs(&["apply", spec.to_str().unwrap(), "--nats", &url]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cbs(&[
+        "saga",
+        "start",
+        "orders",
+        "place",
+        r#"{"action":"record"}"#,
+        "--wait-ms",
+        "0",
+        "--nats",
+        &url,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let deploy = || cbs(&["deploy", v2.to_str().unwrap(), "--nats", &url]);
+    let refused = deploy();
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        !refused.status.success(),
+        "refused while the saga is in flight"
+    );
+    assert!(
+        err.contains("breaks the contract 1 in-flight saga instance(s) still call")
+            && err.contains(&id),
+        "{err}"
+    );
+    // Once the saga ended on the contract it started on, the new major goes.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let journal = Journal::open(&cbs_host::state::jetstream::JetStreamState::new(js))
+        .await
+        .unwrap();
+    let saga = ended(&journal, &id, Duration::from_secs(60)).await;
+    assert_eq!(saga.state, State::Completed, "{saga:?}");
+    let out = deploy();
+    assert!(out.status.success(), "{out:?}");
+}

@@ -526,6 +526,7 @@ async fn checked(
     let manifest = bundle.cell_manifest()?;
     let contract = contract_of(store, previous, bundle).await?;
     let mut notes = gate(&contract, bundle, previous, consent.force)?;
+    notes.extend(sagas_gate(store, &contract, &manifest, consent.force).await?);
     if let Some(trial) = consent.trial {
         notes.extend(consumers_gate(store, trial, bundle, &manifest, consent.force).await?);
     }
@@ -640,6 +641,66 @@ fn gate(
         "{} {new_version} breaks the contract of {old_version} ({why}):\n{list}",
         bundle.manifest.cell
     )])
+}
+
+/// Refuses a contract break of a cell that in-flight saga instances still
+/// call (a step not done, or the compensation of one done), unless forced:
+/// they started on the contract deployed now.
+async fn sagas_gate(
+    store: &Store,
+    contract: &ContractDiff,
+    manifest: &crate::manifest::Manifest,
+    force: bool,
+) -> anyhow::Result<Vec<String>> {
+    if !matches!(contract.verdict, Verdict::Breaking | Verdict::NewMajor) {
+        return Ok(Vec::new());
+    }
+    let cell = &manifest.id;
+    let in_flight = match in_flight_sagas(store, cell).await {
+        Ok(n) => n,
+        Err(e) => return Ok(vec![format!("in-flight sagas not checked: {e:#}")]),
+    };
+    if in_flight.is_empty() {
+        return Ok(Vec::new());
+    }
+    let what = format!(
+        "{cell} {} breaks the contract {} in-flight saga instance(s) still call ({}): they started on the one deployed now",
+        manifest.version,
+        in_flight.len(),
+        in_flight.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    );
+    if !force {
+        bail!("{what}\nwait for them to end (cbs saga ls), or pass --force to break them");
+    }
+    Ok(vec![format!("{what} (--force)")])
+}
+
+/// The in-flight saga instances that still call `cell`, by id.
+async fn in_flight_sagas(store: &Store, cell: &str) -> anyhow::Result<Vec<String>> {
+    use crate::saga::journal::{Journal, State, StepState};
+    let bucket = crate::state::jetstream::bucket_name(crate::saga::journal::BUCKET);
+    if store.js.get_key_value(&bucket).await.is_err() {
+        return Ok(Vec::new());
+    }
+    let journal = Journal::open(&crate::state::jetstream::JetStreamState::new(
+        store.js.clone(),
+    ))
+    .await?;
+    let mut ids = Vec::new();
+    for i in journal.list(crate::saga::journal::MAX_LISTED).await? {
+        if !matches!(i.state, State::Running | State::Compensating | State::Stuck) {
+            continue;
+        }
+        let calls = i.saga.steps.iter().zip(&i.steps).any(|(step, record)| {
+            let ahead = record.state != StepState::Done && record.state != StepState::Compensated;
+            let undo = record.state == StepState::Done;
+            (ahead && step.call == cell) || (undo && step.compensate.as_deref() == Some(cell))
+        });
+        if calls {
+            ids.push(i.id);
+        }
+    }
+    Ok(ids)
 }
 
 async fn set_and_confirm(

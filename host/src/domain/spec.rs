@@ -283,7 +283,7 @@ uses:
             ),
             ("domain: orders\ncells: [{}]", "give one of"),
             (
-                "domain: orders\ncells: [{bundle: a.cbs}]\nsagas: []",
+                "domain: orders\ncells: [{bundle: a.cbs}]\nsteps: []",
                 "unknown field",
             ),
             (

@@ -15,7 +15,9 @@ use crate::state::{Bucket, StateBackend};
 use crate::unix_time::now_ms;
 
 /// The journal's bucket, by a name no cell id can have (`~`).
-const BUCKET: &str = "~sagas";
+pub const BUCKET: &str = "~sagas";
+/// The most instances read at once (`cbs saga ls`, the deploy gate).
+pub const MAX_LISTED: usize = 10_000;
 /// The largest instance record, and all of them together.
 const GRANT: StateGrant = StateGrant {
     max_value_bytes: 512 * 1024,
