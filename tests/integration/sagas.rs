@@ -162,6 +162,25 @@ async fn a_thousand_concurrent_sagas_all_finish() {
     }
 }
 
+/// `cbs saga start orders place` without waiting: the instance id.
+fn start_on_nats(url: &str) -> String {
+    let input = r#"{"action":"record"}"#;
+    let args = [
+        "saga",
+        "start",
+        "orders",
+        "place",
+        input,
+        "--wait-ms",
+        "0",
+        "--nats",
+        url,
+    ];
+    let out = cbs(&args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// How often cell `cell` handled message `id`, from its state on NATS.
 async fn handled(js: &async_nats::jetstream::Context, cell: &str, id: &str) -> u64 {
     use cbs_host::state::jetstream::{bucket_name, encode_key};
@@ -197,19 +216,7 @@ async fn a_host_killed_between_steps_leaves_the_saga_to_another() {
     let _b = HostProcess::serve(&url, "saga-b", &[], &["--watch"]);
     let out = cbs(&["apply", spec.to_str().unwrap(), "--nats", &url]);
     assert!(out.status.success(), "{out:?}");
-    let out = cbs(&[
-        "saga",
-        "start",
-        "orders",
-        "place",
-        r#"{"action":"record"}"#,
-        "--wait-ms",
-        "0",
-        "--nats",
-        &url,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let id = start_on_nats(&url);
 
     let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
     let journal = Journal::open(&cbs_host::state::jetstream::JetStreamState::new(js.clone()))
@@ -292,19 +299,7 @@ async fn a_deploy_breaking_a_step_of_in_flight_sagas_is_refused() {
     let _a = HostProcess::serve(&url, "gate-a", &[], &["--watch", "--sagas"]);
     let out = cbs(&["apply", spec.to_str().unwrap(), "--nats", &url]);
     assert!(out.status.success(), "{out:?}");
-    let out = cbs(&[
-        "saga",
-        "start",
-        "orders",
-        "place",
-        r#"{"action":"record"}"#,
-        "--wait-ms",
-        "0",
-        "--nats",
-        &url,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let id = start_on_nats(&url);
 
     let deploy = || cbs(&["deploy", v2.to_str().unwrap(), "--nats", &url]);
     let refused = deploy();
