@@ -12,7 +12,9 @@ use crate::args::NatsArgs;
 
 #[derive(Args)]
 pub struct StartArgs {
+    /// The domain (as applied with `cbs apply`).
     domain: String,
+    /// The saga, by its name in the domain's spec.
     saga: String,
     /// The saga's input (JSON), given to every step.
     #[arg(default_value = "{}")]
