@@ -57,27 +57,49 @@ impl Boundaries {
             return Ok(());
         };
         let mine = cells.get(caller);
-        if mine.is_some_and(|m| m.name == target.name) {
-            return Ok(());
-        }
-        let refuse = |why: String| Err(BusError::new(ErrorCode::ContractViolation, why));
-        if !target.exported {
-            let from = mine.map_or("outside any domain".to_owned(), |m| {
-                format!("of domain {}", m.name)
-            });
-            return refuse(format!(
-                "cell {caller} ({from}) may not call {callee}: domain {} does not export it (add it to `exports` in {}'s spec, or call an exported cell)",
-                target.name, target.name
-            ));
-        }
-        if let Some(mine) = mine.filter(|m| !m.uses.iter().any(|u| u == callee)) {
-            return refuse(format!(
-                "cell {caller} of domain {} may not call {callee} of domain {}: {}'s spec does not list it under `uses` (add `- domain: {}` with `cells: [{callee}]`)",
-                mine.name, target.name, mine.name, target.name
-            ));
-        }
-        Ok(())
+        let from = match mine {
+            Some(m) => format!("cell {caller} (of domain {})", m.name),
+            None => format!("cell {caller} (outside any domain)"),
+        };
+        verdict(&from, mine, callee, target)
     }
+
+    /// Whether a saga of `domain` may call `callee`: as the domain's cells
+    /// may.
+    pub fn check_saga(&self, domain: &str, callee: &str) -> Result<(), BusError> {
+        let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(target) = cells.get(callee) else {
+            return Ok(());
+        };
+        let mine = cells.values().find(|m| m.name == domain);
+        verdict(&format!("a saga of domain {domain}"), mine, callee, target)
+    }
+}
+
+/// A call from `from` (of membership `mine`) to `callee` (of `target`).
+fn verdict(
+    from: &str,
+    mine: Option<&Membership>,
+    callee: &str,
+    target: &Membership,
+) -> Result<(), BusError> {
+    if mine.is_some_and(|m| m.name == target.name) {
+        return Ok(());
+    }
+    let refuse = |why: String| Err(BusError::new(ErrorCode::ContractViolation, why));
+    if !target.exported {
+        return refuse(format!(
+            "{from} may not call {callee}: domain {} does not export it (add it to `exports` in {}'s spec, or call an exported cell)",
+            target.name, target.name
+        ));
+    }
+    if let Some(mine) = mine.filter(|m| !m.uses.iter().any(|u| u == callee)) {
+        return refuse(format!(
+            "{from} may not call {callee} of domain {}: {}'s spec does not list it under `uses` (add `- domain: {}` with `cells: [{callee}]`)",
+            target.name, mine.name, target.name
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,6 +146,15 @@ mod tests {
         );
         // A cell in no domain is open to all; leaving a domain opens it.
         assert!(b.check("orders.place", "edge.web").is_ok());
+        // A saga runs as its domain.
+        assert!(b.check_saga("orders", "orders.ledger").is_ok());
+        assert!(b.check_saga("orders", "billing.charge").is_ok());
+        let e = b.check_saga("orders", "billing.keys").unwrap_err();
+        assert!(
+            e.message
+                .contains("a saga of domain orders may not call billing.keys"),
+            "{e}"
+        );
         b.set("orders.ledger", None);
         assert!(b.check("edge.web", "orders.ledger").is_ok());
     }

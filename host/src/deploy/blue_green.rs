@@ -83,7 +83,13 @@ pub async fn run(
     if let Err(reason) = serving(store, &cell, &release).await {
         return refuse(store, &cell, release, reason, &mut progress).await;
     }
-    let (failed, tests) = trial(bus, store, bundle, plan, &mut progress).await?;
+    let (failed, tests) = match trial(bus, store, bundle, plan, &mut progress).await {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = format!("cannot test it: {e:#}");
+            return refuse(store, &cell, release, reason, &mut progress).await;
+        }
+    };
     if !failed.is_empty() && !force {
         let reason = format!(
             "{} of {tests} trial(s) failed on the hosts, first: {} (--force switches anyway)",
@@ -212,8 +218,12 @@ async fn switch(
     let Some(mut desired) = store.desired(cell).await? else {
         bail!("cell {cell} was undeployed during the rollout");
     };
-    if desired.canary.take().is_none() {
-        bail!("the release on trial of {cell} was dropped during the rollout");
+    if desired
+        .canary
+        .take()
+        .is_none_or(|c| c.release.id != release.id)
+    {
+        bail!("the release on trial of {cell} was dropped or replaced during the rollout");
     }
     let switched = Release {
         id: crate::envelope::new_id(),

@@ -107,7 +107,7 @@ impl Outcome {
 /// Where a release's replicas may go (`cbs deploy --replicas --label
 /// --spread`), and the domain it belongs to: what a new release of a
 /// deployed cell keeps of the one before ([`scale_of`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scale {
     /// None: every watching host.
     pub replicas: Option<u32>,

@@ -145,10 +145,12 @@ pub async fn rollback(
     let (mut restored, mut removed) = (Vec::new(), Vec::new());
     for (cell, release) in &before.cells {
         let now = lattice.store.desired(cell).await?;
-        if now
-            .as_ref()
-            .is_some_and(|d| d.current.digest == release.digest)
-        {
+        // The same bytes placed the same way, on the same domain terms.
+        let same = |d: &crate::deploy::Desired| {
+            d.current.digest == release.digest
+                && rollout::scale_of(&d.current) == rollout::scale_of(release)
+        };
+        if now.as_ref().is_some_and(same) {
             progress(&format!("{cell}: {} unchanged", release.version));
             continue;
         }

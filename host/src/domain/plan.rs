@@ -159,6 +159,7 @@ pub async fn plan(
         steps.push(step);
     }
     check_sagas(spec, &named)?;
+    check_uses(store, spec).await?;
     if let Some(domain) = &now {
         for (cell, release) in &domain.current.cells {
             if named.contains_key(cell) {
@@ -197,6 +198,31 @@ fn check_sagas(spec: &Spec, named: &BTreeMap<String, usize>) -> anyhow::Result<(
                 spec.domain,
                 saga.name
             );
+        }
+    }
+    Ok(())
+}
+
+/// A cell listed under `uses` is exported by its domain (when deployed):
+/// `uses` names another domain's API, never its inside.
+async fn check_uses(store: &Store, spec: &Spec) -> anyhow::Result<()> {
+    for used in &spec.uses {
+        for cell in &used.cells {
+            let membership = store.desired(cell).await?.and_then(|d| d.current.domain);
+            match membership {
+                Some(m) if m.name != used.domain => {
+                    bail!(
+                    "domain {}: `uses` names {cell} under domain {}, but it belongs to domain {}",
+                    spec.domain, used.domain, m.name
+                )
+                }
+                Some(m) if !m.exported => bail!(
+                    "domain {}: `uses` names {cell}, which domain {} does not export",
+                    spec.domain,
+                    used.domain
+                ),
+                _ => {}
+            }
         }
     }
     Ok(())

@@ -28,6 +28,7 @@ pub(super) async fn run(
         bus: body.bus().clone(),
         journal,
         catalog,
+        boundaries: body.boundaries().clone(),
     });
     tracing::info!("running sagas");
     Ok(tokio::spawn(worker.run(consumer)))

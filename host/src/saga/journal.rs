@@ -183,6 +183,14 @@ impl Journal {
     }
 }
 
+/// A journal failure that trying again cannot mend.
+pub fn is_final(e: &BusError) -> bool {
+    matches!(
+        e.code,
+        crate::envelope::ErrorCode::Capacity | crate::envelope::ErrorCode::InvalidInput
+    )
+}
+
 /// An instance id as a key.
 fn key(id: &str) -> Result<String, BusError> {
     check_id(id)

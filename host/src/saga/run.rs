@@ -20,6 +20,8 @@ use crate::subjects::subject_of;
 pub struct Runner {
     pub bus: Arc<dyn BodyBus>,
     pub journal: Journal,
+    /// The domains' boundaries: a saga calls as its domain's cells may.
+    pub boundaries: Arc<crate::boundary::Boundaries>,
 }
 
 impl Runner {
@@ -37,6 +39,7 @@ impl Runner {
 
     /// The next step, or the end; a failure turns the saga back.
     async fn forward(&self, inst: &mut Instance) -> Result<(), BusError> {
+        self.read_cancel(inst).await;
         if inst.cancel {
             inst.state = State::Compensating;
             inst.events.push("cancelled".into());
@@ -68,7 +71,32 @@ impl Runner {
                 inst.state = State::Compensating;
             }
         }
-        self.journal.put(inst).await
+        self.read_cancel(inst).await;
+        match self.journal.put(inst).await {
+            // An output too large to journal: the step counts as failed
+            // (its outcome cannot be kept), and the saga turns back.
+            Err(e) if super::journal::is_final(&e) => {
+                let record = &mut inst.steps[i];
+                record.state = StepState::Failed;
+                record.output = None;
+                inst.events.push(format!(
+                    "{} failed: its outcome cannot be journaled: {}",
+                    step.name, e.message
+                ));
+                record.error = Some(e);
+                inst.state = State::Compensating;
+                self.journal.put(inst).await
+            }
+            other => other,
+        }
+    }
+
+    /// A cancel asked meanwhile (`cbs saga cancel` writes it to the
+    /// journal): taken over before the next write.
+    async fn read_cancel(&self, inst: &mut Instance) {
+        if let Ok(Some(stored)) = self.journal.get(&inst.id).await {
+            inst.cancel |= stored.cancel;
+        }
     }
 
     /// The completed steps' compensations, last first.
@@ -119,6 +147,7 @@ impl Runner {
         input: &Value,
         id: &str,
     ) -> Result<Value, BusError> {
+        self.boundaries.check_saga(&inst.domain, cell)?;
         let payload = RawValue::from_string(input.to_string())
             .map_err(|e| BusError::internal(format!("cannot encode a saga's input: {e}")))?;
         let mut envelope = Envelope::new(subject_of(cell), payload);

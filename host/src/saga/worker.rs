@@ -133,15 +133,28 @@ pub struct Worker {
     pub bus: Arc<dyn BodyBus>,
     pub journal: Journal,
     pub catalog: Arc<dyn Catalog>,
+    /// The domains' boundaries its sagas call within.
+    pub boundaries: Arc<crate::boundary::Boundaries>,
 }
 
 impl Worker {
     /// Takes starts from `consumer` ([`open`]) until the task is dropped.
+    /// A start is fetched only with a free slot for it: one waiting for a
+    /// slot would outlive its ack wait and go to a second driver.
     pub async fn run(self: Arc<Self>, consumer: Box<dyn Consumer>) {
         let slots = Arc::new(Semaphore::new(AT_ONCE));
         loop {
-            let free = slots.available_permits().clamp(1, 64);
-            let mut deliveries = match consumer.fetch(free, Duration::from_secs(1)).await {
+            let Ok(first) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut held = vec![first];
+            while held.len() < 64 {
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => held.push(slot),
+                    Err(_) => break,
+                }
+            }
+            let mut deliveries = match consumer.fetch(held.len(), Duration::from_secs(1)).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "cannot fetch saga starts");
@@ -151,9 +164,7 @@ impl Worker {
             };
             while let Some(delivery) = deliveries.next().await {
                 let Ok(delivery) = delivery else { continue };
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
+                let Some(slot) = held.pop() else { break };
                 let me = self.clone();
                 tokio::spawn(async move {
                     me.take(delivery).await;
@@ -195,6 +206,7 @@ impl Worker {
         let runner = Runner {
             bus: self.bus.clone(),
             journal: self.journal.clone(),
+            boundaries: self.boundaries.clone(),
         };
         let drive = runner.drive(instance);
         tokio::pin!(drive);
@@ -222,9 +234,14 @@ impl Worker {
     }
 
     /// The journaled instance, or a new one pinned to the saga of the
-    /// domain's current revision; none when there is no such saga.
+    /// domain's current revision; none when there is no such saga, or what
+    /// is stored cannot be driven (dropped, with why in the log).
     async fn instance(&self, start: &Start) -> Result<Option<Instance>, BusError> {
         if let Some(i) = self.journal.get(&start.id).await? {
+            if i.steps.len() != i.saga.steps.len() || i.saga.check().is_err() {
+                tracing::warn!(saga = %start.id, "its journal entry does not match its saga: dropped");
+                return Ok(None);
+            }
             return Ok(Some(i));
         }
         let found = self
@@ -232,7 +249,7 @@ impl Worker {
             .saga(&start.domain, &start.saga)
             .await
             .map_err(|e| BusError::unavailable(format!("{e:#}")))?;
-        let Some((revision, saga)) = found else {
+        let Some((revision, saga)) = found.filter(|(_, s)| s.check().is_ok()) else {
             tracing::warn!(domain = %start.domain, saga = %start.saga, "no such saga: start dropped");
             return Ok(None);
         };
@@ -243,8 +260,15 @@ impl Worker {
             saga,
             start.input.clone(),
         );
-        self.journal.put(&mut instance).await?;
-        Ok(Some(instance))
+        match self.journal.put(&mut instance).await {
+            Ok(()) => Ok(Some(instance)),
+            // Too large to journal: it can never run; say so, once.
+            Err(e) if super::journal::is_final(&e) => {
+                tracing::warn!(saga = %start.id, error = %e, "cannot journal the saga: start dropped");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -254,8 +278,9 @@ async fn settle(delivery: Delivery, how: Settle) {
     }
 }
 
-/// Sends a stuck instance (or one asked to stop) on again: its journal
-/// says where, and a new start message carries it to a host.
+/// A stuck instance sent on again (its journal says where; a new start
+/// message carries it to a host), or a running one asked to stop (the
+/// host driving it reads that before its next step).
 pub async fn resume(
     log: &dyn DurableLog,
     journal: &Journal,
@@ -273,17 +298,31 @@ pub async fn resume(
         );
     }
     if cancel {
+        if instance.state != State::Running {
+            anyhow::bail!(
+                "saga {id} is {:?}: only a running saga is cancelled (a stuck one is retried)",
+                instance.state
+            );
+        }
+        // The host driving it reads the flag before its next step.
         instance.cancel = true;
         instance.events.push("cancel asked".into());
-    } else if instance.state == State::Stuck {
-        for step in &mut instance.steps {
-            if step.state == super::journal::StepState::CompensationFailed {
-                step.state = super::journal::StepState::Done;
-            }
-        }
-        instance.state = State::Compensating;
-        instance.events.push("retry asked".into());
+        journal.put(&mut instance).await?;
+        return Ok(instance);
     }
+    if instance.state != State::Stuck {
+        anyhow::bail!(
+            "saga {id} is {:?}: only a stuck saga (a compensation failed) is retried",
+            instance.state
+        );
+    }
+    for step in &mut instance.steps {
+        if step.state == super::journal::StepState::CompensationFailed {
+            step.state = super::journal::StepState::Done;
+        }
+    }
+    instance.state = State::Compensating;
+    instance.events.push("retry asked".into());
     journal.put(&mut instance).await?;
     // The same instance id: the host that takes it reads the journal. A
     // message id of its own, past the first start's dedup window.

@@ -27,8 +27,9 @@ pub struct Tape {
     subject: String,
     host: String,
     version: String,
-    /// Calls made so far, by the id of the request they were made for.
-    pending: Mutex<HashMap<String, Vec<Call>>>,
+    /// Calls made so far and their bytes, by the id of the request they
+    /// were made for.
+    pending: Mutex<HashMap<String, (Vec<Call>, usize)>>,
     /// Records not kept (too large, too many at once, or not published).
     pub dropped: AtomicU64,
 }
@@ -67,19 +68,23 @@ impl Tape {
         if !self.on() {
             return;
         }
-        let call = Call {
-            cell: cell.to_owned(),
-            request: json(request),
-            reply: Answer::of(reply.as_ref().map(|r| json(r)).map_err(Clone::clone)),
-        };
+        let bytes = request.len() + reply.as_ref().map_or(0, String::len);
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= MAX_PENDING && !pending.contains_key(parent) {
             return;
         }
-        let calls = pending.entry(parent.to_owned()).or_default();
-        if calls.len() < MAX_CALLS {
-            calls.push(call);
+        let (calls, kept) = pending.entry(parent.to_owned()).or_default();
+        // Past what a record may hold, more calls would only be dropped
+        // with it: neither parsed nor kept.
+        if calls.len() >= MAX_CALLS || *kept + bytes > MAX_RECORD_BYTES {
+            return;
         }
+        *kept += bytes;
+        calls.push(Call {
+            cell: cell.to_owned(),
+            request: json(request),
+            reply: Answer::of(reply.as_ref().map(|r| json(r)).map_err(Clone::clone)),
+        });
     }
 
     /// Publishes the record of a handled request: its payload, `reply`,
@@ -90,6 +95,7 @@ impl Tape {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&request.id)
+            .map(|(calls, _)| calls)
             .unwrap_or_default();
         if !self.on() {
             return;
