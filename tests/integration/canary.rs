@@ -623,7 +623,10 @@ async fn a_durable_canary_reverts_or_is_promoted_and_loses_no_message() {
         let (js, stop) = (js.clone(), stop.clone());
         tokio::spawn(async move {
             let mut published = 0u64;
+            // A steady rate: 20 messages per 50 ms tick.
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
                 for _ in 0..20 {
                     let message = cbs_tests::envelope_to(WORK, &json!({"action": "count"}));
                     durable::publish(&js, "cbs-durable.test.work", &message)
@@ -631,7 +634,6 @@ async fn a_durable_canary_reverts_or_is_promoted_and_loses_no_message() {
                         .unwrap();
                     published += 1;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             published
         })

@@ -62,19 +62,17 @@ pub async fn run(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<(Release, End)> {
     let cell = bundle.manifest.cell.clone();
-    let Some(current) = store.desired(&cell).await? else {
-        bail!("{cell} is not deployed: deploy it first, then a blue-green release of it");
-    };
     let force = consent.force;
     // Expectations are checked on the hosts below, not in this process.
     let gates = Consent {
         trial: None,
         ..consent
     };
-    for note in rollout::gates(store, bundle, gates).await? {
+    let (current, release, notes) =
+        rollout::stage_beside(store, bundle, bytes, gates, "blue-green release").await?;
+    for note in notes {
         progress(&format!("warning: {note}"));
     }
-    let release = rollout::stage(store, bundle, bytes, rollout::scale_of(&current.current)).await?;
     progress(&format!(
         "{cell} {}: loading beside {} on every host, taking no traffic",
         release.version, current.current.version

@@ -72,13 +72,11 @@ pub async fn run(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<(Release, End)> {
     let cell = bundle.manifest.cell.clone();
-    let Some(current) = store.desired(&cell).await? else {
-        bail!("{cell} is not deployed: deploy it first, then a canary of a new version");
-    };
-    for note in rollout::gates(store, bundle, consent).await? {
+    let (_, release, notes) =
+        rollout::stage_beside(store, bundle, bytes, consent, "canary").await?;
+    for note in notes {
         progress(&format!("warning: {note}"));
     }
-    let release = rollout::stage(store, bundle, bytes, rollout::scale_of(&current.current)).await?;
     for &step in &plan.steps {
         if step >= 100 {
             rollout::end_canary(store, &cell, true).await?;

@@ -293,6 +293,26 @@ pub async fn stage(
     })
 }
 
+/// A release to serve beside the deployed one (a canary, a blue-green
+/// release): the cell's desired state, the gates passed (their warnings)
+/// and the bundle staged. `strategy` names it in the error for a cell not
+/// deployed yet.
+pub async fn stage_beside(
+    store: &Store,
+    bundle: &Bundle,
+    bytes: &[u8],
+    consent: Consent<'_>,
+    strategy: &str,
+) -> anyhow::Result<(Desired, Release, Vec<String>)> {
+    let cell = &bundle.manifest.cell;
+    let Some(current) = store.desired(cell).await? else {
+        bail!("{cell} is not deployed: deploy it first, then a {strategy} of a new version");
+    };
+    let notes = gates(store, bundle, consent).await?;
+    let release = stage(store, bundle, bytes, scale_of(&current.current)).await?;
+    Ok((current, release, notes))
+}
+
 /// Makes `release` the canary of its deployed cell at `share` of every
 /// 10,000 messages (or moves its share): every host serving the cell
 /// serves it next to the current release.
