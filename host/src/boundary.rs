@@ -50,6 +50,12 @@ impl Boundaries {
         }
     }
 
+    /// `cell`'s membership, if it is in a domain.
+    pub fn membership(&self, cell: &str) -> Option<Membership> {
+        let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
+        cells.get(cell).cloned()
+    }
+
     /// Whether `caller` may call `callee`; why not, as the caller gets it.
     pub fn check(&self, caller: &str, callee: &str) -> Result<(), BusError> {
         let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);

@@ -120,10 +120,31 @@ pub struct CellView {
     /// The recording on (`cbs record`), by id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<String>,
+    /// Its domain on that host, if it is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainView>,
     /// Its HTTP routes with their contracts (what gateways serve); empty
     /// once the host stopped serving it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<crate::http::Target>,
+}
+
+/// A cell's place in a domain, as its host reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainView {
+    pub name: String,
+    /// Cells outside the domain may call it.
+    #[serde(default)]
+    pub exported: bool,
+}
+
+impl DomainView {
+    /// From another host's reply: absent unless a valid domain name.
+    fn of(data: &serde_json::Value) -> Option<Self> {
+        let view: Self = serde_json::from_value(data.clone()).ok()?;
+        crate::manifest::check_name(&view.name).ok()?;
+        Some(view)
+    }
 }
 
 /// A canary version's counters on one host.
@@ -339,6 +360,7 @@ fn cell_view(endpoint: &EndpointInfo, counts: Option<&EndpointStats>) -> CellVie
         canary: CanaryCounts::of(&data),
         warm: bounded(&data["warm"]),
         recording: bounded(&data["recording"]),
+        domain: DomainView::of(&data["domain"]),
     }
 }
 

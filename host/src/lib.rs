@@ -43,6 +43,7 @@ pub mod platform;
 pub mod random;
 pub mod resilience;
 pub mod retention;
+pub mod roles;
 pub mod routing;
 pub mod runtime;
 pub mod saga;

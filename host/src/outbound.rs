@@ -98,6 +98,11 @@ impl Outbound {
         self
     }
 
+    /// The cell's domain, as the boundaries its calls keep within say.
+    pub fn membership(&self) -> Option<crate::boundary::Membership> {
+        self.boundaries.as_ref()?.membership(&self.manifest.id)
+    }
+
     /// Keeps the cell's calls within the domains' `boundaries`.
     pub fn with_boundaries(mut self, boundaries: Arc<Boundaries>) -> Self {
         self.boundaries = Some(boundaries);

@@ -1,11 +1,15 @@
 //! Domains on a real nats-server with two watching hosts: `cbs apply`
 //! plans exactly the changes and applies them, twice is a no-op, an export
 //! applies as a no-op, `--prune` removes a dropped cell, and `cbs rollback
-//! --domain` brings every cell's previous version back.
+//! --domain` brings every cell's previous version back. Boundaries hold
+//! in process (by the host) and on NATS (by the server, each domain its
+//! own account).
 
 use std::path::Path;
 use std::time::Duration;
 
+use cbs_host::bus::nats::{NatsBus, NatsOptions};
+use cbs_host::envelope::ErrorCode;
 use cbs_tests::bundles::{faulty_bundle, greet_bundle, releases, UPPER};
 use cbs_tests::call_json;
 use cbs_tests::nats::NatsServer;
@@ -297,14 +301,18 @@ async fn in_process_an_outside_caller_reaches_only_the_exported_cell() {
 }
 
 /// On NATS, each caller's host keeps the boundary from the desired state:
-/// a cell deployed outside the applied domain reaches only its export.
+/// a cell deployed outside the applied domain reaches only its export; and
+/// a gateway of the domain serves (and documents) its exported routes only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_nats_an_outside_caller_reaches_only_the_exported_cell() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let bundle = |id: &str, calls: &[&str]| {
-        let calls = format!("[capabilities]\ncalls = {calls:?}\n");
-        faulty_bundle(&dir.join(format!("b-{id}")), id, "0.1.0", &calls)
+        let route = id.rsplit('.').next().unwrap();
+        let tables = format!(
+            "[capabilities]\ncalls = {calls:?}\n[[http]]\nmethod = \"POST\"\npath = \"/{route}\"\n"
+        );
+        faulty_bundle(&dir.join(format!("b-{id}")), id, "0.1.0", &tables)
     };
     let (public, private) = (
         bundle("orders.public", &["orders.private"]),
@@ -333,4 +341,176 @@ async fn on_nats_an_outside_caller_reaches_only_the_exported_cell() {
     assert!(ok, "{err}");
     let bus = server.bus().await;
     assert_boundary(&bus, "on NATS").await;
+
+    let paths = |domain: Option<&str>| {
+        let mut args = vec!["gateway", "--print-openapi"];
+        args.extend(domain.map(|d| ["--domain", d]).into_iter().flatten());
+        let (ok, out, err) = run(&url, &args);
+        assert!(ok, "{err}");
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        let paths: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+        (paths, doc["info"]["title"].clone())
+    };
+    let (all, _) = paths(None);
+    assert_eq!(
+        all,
+        ["/caller", "/private", "/public"],
+        "the lattice's gateway"
+    );
+    let (exported, title) = paths(Some("orders"));
+    assert_eq!(
+        exported,
+        ["/public"],
+        "the domain's gateway: its exports only"
+    );
+    assert_eq!(title, "CBS domain orders");
+}
+
+/// An nkey user's seed, as `cbs accounts` wrote it.
+fn seed(dir: &Path, account: &str, role: &str) -> String {
+    let file = dir.join(account).join(format!("{role}.nk"));
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .to_owned()
+}
+
+/// A client of the NATS user `account`/`role`.
+async fn user(server: &NatsServer, nats: &Path, account: &str, role: &str) -> NatsBus {
+    NatsBus::connect(&NatsOptions {
+        urls: server.url(),
+        name: format!("{account}-{role}"),
+        nkey_seed: Some(seed(nats, account, role)),
+        ..NatsOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{account}-{role} connects: {e}"))
+}
+
+/// On NATS the server holds the boundary too: with the accounts `cbs
+/// accounts` writes, each domain runs in its own account (hosts and
+/// deployers as its users, with their roles' permissions), and a caller
+/// outside the domain — in the public account or another domain — reaches
+/// its exported cell only; the rest has no responders, by the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_the_server_keeps_each_domain_in_its_own_account() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bundle = |id: &str, calls: &[&str]| {
+        let calls = format!("[capabilities]\ncalls = {calls:?}\n");
+        faulty_bundle(&dir.join(format!("b-{id}")), id, "0.1.0", &calls)
+    };
+    let orders = dir.join("orders.yaml");
+    std::fs::write(
+        &orders,
+        format!(
+            "domain: orders\ncells:\n  - bundle: {}\n  - bundle: {}\nexports: [orders.public]\n",
+            bundle("orders.public", &["orders.private"]).display(),
+            bundle("orders.private", &[]).display()
+        ),
+    )
+    .unwrap();
+    let shop = dir.join("shop.yaml");
+    std::fs::write(
+        &shop,
+        format!(
+            "domain: shop\ncells:\n  - bundle: {}\nuses:\n  - domain: orders\n    cells: [orders.public]\n",
+            bundle("shop.front", &["orders.public", "orders.private"]).display()
+        ),
+    )
+    .unwrap();
+    let nats = dir.join("nats");
+    let out = cbs(&[
+        "accounts",
+        orders.to_str().unwrap(),
+        shop.to_str().unwrap(),
+        "-o",
+        nats.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let accounts = std::fs::read_to_string(nats.join("accounts.conf")).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::with_config(&format!(
+        "jetstream {{ store_dir: {:?} }}\n{accounts}",
+        store.path()
+    ));
+    let url = server.url();
+    let host = |domain: &str| {
+        let seed = seed(&nats, domain, "host");
+        HostProcess::serve(
+            &url,
+            &format!("{domain}-host"),
+            &[],
+            &["--watch", "--nats-nkey", &seed],
+        )
+    };
+    let hosts = [host("orders"), host("shop")];
+    for (domain, spec) in [("orders", &orders), ("shop", &shop)] {
+        let deployer = seed(&nats, domain, "deployer");
+        let (ok, out, err) = run(
+            &url,
+            &["apply", spec.to_str().unwrap(), "--nats-nkey", &deployer],
+        );
+        assert!(ok && out.contains("applied"), "{domain}: {out}{err}");
+    }
+
+    let echo = json!({"action": "echo", "value": 1});
+    let public = user(&server, &nats, "public", "caller").await;
+    let reached = call_json(
+        &public,
+        "orders.public",
+        echo.clone(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(reached.unwrap()["value"], 1, "the export is reached");
+    for hidden in ["orders.private", "shop.front"] {
+        let refused = call_json(&public, hidden, echo.clone(), Duration::from_secs(10))
+            .await
+            .expect_err("what no domain exports is out of reach");
+        assert_eq!(refused.code, ErrorCode::NotFound, "{hidden}: {refused}");
+        assert!(
+            refused
+                .message
+                .contains("only where its account exports it"),
+            "the refusal says where to look: {refused}"
+        );
+    }
+
+    let inside = user(&server, &nats, "orders", "caller").await;
+    let reached = call_through(&inside, "orders.public", "orders.private").await;
+    assert_eq!(
+        reached.unwrap()["value"]["value"],
+        1,
+        "inside, calls are free"
+    );
+
+    let shop_caller = user(&server, &nats, "shop", "caller").await;
+    let used = call_through(&shop_caller, "shop.front", "orders.public").await;
+    assert_eq!(
+        used.unwrap()["value"]["value"],
+        1,
+        "shop reaches what it uses"
+    );
+    let refused = call_through(&shop_caller, "shop.front", "orders.private")
+        .await
+        .expect_err("shop's host finds no way to orders.private");
+    assert_eq!(refused.code, ErrorCode::NotFound, "{refused}");
+    let refused = call_json(
+        &shop_caller,
+        "orders.private",
+        echo,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect_err("nor does shop's caller");
+    assert_eq!(refused.code, ErrorCode::NotFound, "{refused}");
+
+    for host in &hosts {
+        assert!(
+            !host.log().contains("Permissions Violation"),
+            "a host's job was refused: {}",
+            host.log()
+        );
+    }
 }

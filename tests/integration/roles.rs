@@ -1,5 +1,6 @@
 //! The permission set of each role in docs/security.md, as NATS users of
-//! one real server with JetStream: each role does its job with its own
+//! one real server with JetStream (the sets `cbs_host::roles` makes, which
+//! `cbs accounts` writes): each role does its job with its own
 //! credentials, and the server refuses it one thing outside that job.
 
 use std::time::Duration;
@@ -11,47 +12,25 @@ use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs, HostProcess};
 use tokio::sync::mpsc;
 
-/// The JetStream API calls that only read (and the consumers reading
-/// takes), which hosts and deployers both make.
-const JS_READ: &str = r#""$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*",
-        "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.INFO.>",
-        "$JS.API.CONSUMER.MSG.NEXT.>", "$JS.API.CONSUMER.DELETE.>", "$JS.FC.>""#;
-
-/// Creating the lattice's buckets and the audit stream (`cbs` and hosts
-/// open them all, creating what is missing).
-const JS_CREATE: &str = r#""$JS.API.STREAM.CREATE.KV_cbs-desired",
-        "$JS.API.STREAM.CREATE.KV_cbs-status", "$JS.API.STREAM.CREATE.KV_cbs-hosts",
-        "$JS.API.STREAM.CREATE.KV_cbs-placement", "$JS.API.STREAM.CREATE.KV_cbs-placer",
-        "$JS.API.STREAM.CREATE.KV_cbs-served", "$JS.API.STREAM.CREATE.OBJ_cbs-bundles",
-        "$JS.API.STREAM.CREATE.CBS_AUDIT""#;
-
-/// The roles of docs/security.md, as a server configuration.
+/// The roles of docs/security.md as `cbs_host::roles` has them (what `cbs
+/// accounts` writes), each a password user of one server.
 fn config(store: &std::path::Path) -> String {
-    format!(
-        r#"
-jetstream {{ store_dir: {store:?} }}
-authorization {{
-  users = [
-    {{ user: host, password: h, permissions: {{
-        publish: ["cbs.>", "$SRV.>", "$KV.cbs-status.>", "$KV.cbs-served.>", "$KV.cbs-hosts.>",
-            "$KV.cbs-placement.>", "$KV.cbs-placer.>", "cbs-audit.>", {JS_READ}, {JS_CREATE}]
-        subscribe: ["cbs.>", "$SRV.>", "cbs-flows.query", "_INBOX.>"]
-        allow_responses: true }} }}
-    {{ user: deployer, password: d, permissions: {{
-        publish: ["$KV.cbs-desired.>", "$KV.cbs-expects.>", "$O.cbs-bundles.>", "$SRV.>", "cbs-audit.>", {JS_READ},
-            {JS_CREATE}, "$JS.API.STREAM.CREATE.KV_cbs-expects",
-            "$JS.API.STREAM.PURGE.OBJ_cbs-bundles"]
-        subscribe: ["_INBOX.>"] }} }}
-    {{ user: caller, password: c, permissions: {{
-        publish: {{ allow: ["cbs.>"], deny: ["cbs.~l.>", "cbs.~h.>"] }}
-        subscribe: ["_INBOX.>"] }} }}
-    {{ user: observer, password: o, permissions: {{
-        publish: ["$SRV.>", "cbs-flows.query"]
-        subscribe: ["_INBOX.>"] }} }}
-  ]
-}}
-"#
-    )
+    use cbs_host::roles;
+    let users = [
+        ("host", roles::host(&[], false)),
+        ("deployer", roles::deployer(&[UPPER.to_owned()])),
+        ("caller", roles::caller()),
+        ("observer", roles::observer()),
+    ]
+    .map(|(user, set)| {
+        format!(
+            "    {{ user: {user}, password: {}, permissions: {} }}\n",
+            &user[..1],
+            set.to_conf("    ")
+        )
+    })
+    .concat();
+    format!("jetstream {{ store_dir: {store:?} }}\nauthorization {{\n  users = [\n{users}  ]\n}}\n")
 }
 
 fn login(user: &str) -> Vec<String> {

@@ -9,8 +9,8 @@ use cbs_host::telemetry::Exporter;
 
 use crate::args::LogArgs;
 use crate::commands::{
-    apply, audit, bench, build, call, console, contract, deploy, dlq, export, flows, gateway,
-    keygen, load, ls, new, ps, publish, record, replay, rollback, run, saga, undeploy,
+    accounts, apply, audit, bench, build, call, console, contract, deploy, dlq, export, flows,
+    gateway, keygen, load, ls, new, ps, publish, record, replay, rollback, run, saga, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -89,6 +89,7 @@ pub enum CbsCommand {
     Keygen(keygen::KeygenArgs),
     Deploy(deploy::DeployArgs),
     Apply(apply::ApplyArgs),
+    Accounts(accounts::AccountsArgs),
     Export(export::ExportArgs),
     Rollback(rollback::RollbackArgs),
     Undeploy(undeploy::UndeployArgs),
@@ -155,6 +156,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Keygen(args) => keygen::run(args),
             CbsCommand::Deploy(args) => deploy::run(args).await,
             CbsCommand::Apply(args) => apply::run(args).await,
+            CbsCommand::Accounts(args) => accounts::run(args).await,
             CbsCommand::Export(args) => export::run(args).await,
             CbsCommand::Rollback(args) => rollback::run(args).await,
             CbsCommand::Undeploy(args) => undeploy::run(args).await,

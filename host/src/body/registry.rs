@@ -547,6 +547,10 @@ fn endpoint(cell: &Arc<LoadedCell>, slot: &Slot) -> Endpoint {
                 if let Some(tape) = cell.outbound.tape() {
                     stats["recording"] = tape.recording().id.clone().into();
                 }
+                if let Some(m) = cell.outbound.membership() {
+                    // Gateways of one domain serve its exported cells only.
+                    stats["domain"] = serde_json::json!({"name": m.name, "exported": m.exported});
+                }
                 stats["version"] = cell.manifest.version.clone().into();
                 stats["instances"] = cell.runner.instances().into();
                 stats["workers"] = serde_json::json!(cell.workers());

@@ -67,11 +67,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.spec.clone().unwrap_or_default();
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let spec = Spec::parse(&text).with_context(|| format!("in {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let resolved = resolve(&spec, base, args.cache_dir.as_deref()).await?;
+    let (spec, resolved) = load(&path, args.cache_dir.as_deref()).await?;
     let (bus, store) = args.nats.open_store().await?;
     let domains = Domains::open(bus.client()).await?;
     let plan = plan::plan(&store, &domains, &spec, &resolved, args.prune).await?;
@@ -147,6 +143,19 @@ async fn audit_steps(
 }
 
 /// Each cell's bundle: read from its file, or built from its folder.
+/// The spec at `path`, with each cell's bundle read or built.
+pub(crate) async fn load(
+    path: &Path,
+    cache: Option<&Path>,
+) -> anyhow::Result<(Spec, Vec<Resolved>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let spec = Spec::parse(&text).with_context(|| format!("in {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolved = resolve(&spec, base, cache).await?;
+    Ok((spec, resolved))
+}
+
 async fn resolve(spec: &Spec, base: &Path, cache: Option<&Path>) -> anyhow::Result<Vec<Resolved>> {
     let mut out = Vec::with_capacity(spec.cells.len());
     let mut build_dir = None;

@@ -43,7 +43,8 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) if e.code == ErrorCode::NotFound && e.message.contains(&envelope.subject) => {
             eprintln!(
-                "error: not_found: nothing serves cell {}: no host on this bus has it loaded (see `cbs ps`)",
+                "error: not_found: nothing serves cell {}: no host on this bus has it loaded (see `cbs ps`), \
+                 or it is in another NATS account (a domain's) that does not export it to yours",
                 args.cell_id
             );
             Ok(ExitCode::FAILURE)

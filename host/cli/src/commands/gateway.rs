@@ -18,12 +18,22 @@ use crate::signals::shutdown_signal;
 /// Learns routes from the hosts' discovery replies and follows them: a
 /// route appears when a host serves its cell and goes when none does.
 /// Requests go to the cells over NATS. OpenAPI at /openapi.json.
+/// With `--domain NAME`, only the cells that domain exports (its public
+/// API, as their hosts report it); `--print-openapi` prints the OpenAPI
+/// document of what would be served and exits.
 /// Example: `cbs gateway --http 127.0.0.1:8080 --nats nats://127.0.0.1:4222`
+/// Example: `cbs gateway --domain orders --print-openapi > orders.json`
 #[derive(Args)]
 pub struct GatewayArgs {
     /// Address to listen on, e.g. 0.0.0.0:8080 (port 0 picks one, logged).
-    #[arg(long, value_name = "ADDR")]
-    http: SocketAddr,
+    #[arg(long, value_name = "ADDR", required_unless_present = "print_openapi")]
+    http: Option<SocketAddr>,
+    /// Serve only the cells this domain exports.
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
+    /// Print the OpenAPI document of the routes found and exit.
+    #[arg(long)]
+    print_openapi: bool,
     /// How often to look for new or removed routes, in milliseconds.
     #[arg(long, default_value_t = 1_000, value_name = "MS")]
     refresh_ms: u64,
@@ -37,15 +47,31 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    if let Some(domain) = &args.domain {
+        cbs_host::domain::spec::check_name(domain).context("--domain")?;
+    }
     let bus = args.nats.connect_client().await?;
     let client = bus.client().clone();
+    let title = match &args.domain {
+        Some(domain) => format!("CBS domain {domain}"),
+        None => "CBS lattice".to_owned(),
+    };
     let gateway = Gateway::new(
         Arc::new(bus) as Arc<dyn BodyBus>,
-        args.http_options.config("CBS lattice")?,
+        args.http_options.config(&title)?,
     );
     let refresh = Duration::from_millis(args.refresh_ms.max(100));
-    let learning = tokio::spawn(learn_routes(client, gateway.clone(), refresh));
-    let server = Serving::start(args.http, gateway).await.context("--http")?;
+    let domain = args.domain.clone();
+    if args.print_openapi {
+        let hosts = discover(&client, refresh).await?;
+        gateway.set_routes(targets(hosts, domain.as_deref()));
+        let document = cbs_host::http::openapi::document(&gateway.routes(), &title);
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let learning = tokio::spawn(learn_routes(client, gateway.clone(), refresh, domain));
+    let addr = args.http.context("--http is required to serve")?;
+    let server = Serving::start(addr, gateway).await.context("--http")?;
     let signal = shutdown_signal().await?;
     tracing::info!(
         signal,
@@ -59,23 +85,50 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Asks the hosts what they serve every `every`, and serves those routes.
-async fn learn_routes(client: async_nats::Client, gateway: Arc<Gateway>, every: Duration) {
-    let quiet = Duration::from_millis(100);
+/// Asks the hosts what they serve every `every`, and serves those routes
+/// (of `domain`'s exported cells only, with a domain).
+async fn learn_routes(
+    client: async_nats::Client,
+    gateway: Arc<Gateway>,
+    every: Duration,
+    domain: Option<String>,
+) {
     loop {
-        match cbs_host::discovery::list(&client, quiet, every).await {
-            Ok(hosts) => {
-                let targets = hosts
-                    .into_iter()
-                    .flat_map(|h| h.cells)
-                    .flat_map(|c| c.http)
-                    .collect::<Vec<_>>();
-                gateway.set_routes(dedupe(targets));
-            }
+        match discover(&client, every).await {
+            Ok(hosts) => gateway.set_routes(targets(hosts, domain.as_deref())),
             Err(e) => tracing::warn!(error = %e, "cannot ask the hosts for their routes"),
         }
         tokio::time::sleep(every).await;
     }
+}
+
+async fn discover(
+    client: &async_nats::Client,
+    limit: Duration,
+) -> Result<Vec<cbs_host::discovery::HostView>, cbs_host::envelope::BusError> {
+    cbs_host::discovery::list(client, Duration::from_millis(100), limit).await
+}
+
+/// The routes of the cells `hosts` serve; with `domain`, of those it
+/// exports only (a cell whose host reports no domain is left out).
+fn targets(
+    hosts: Vec<cbs_host::discovery::HostView>,
+    domain: Option<&str>,
+) -> Vec<cbs_host::http::Target> {
+    let exported = |cell: &cbs_host::discovery::CellView| match domain {
+        None => true,
+        Some(name) => cell
+            .domain
+            .as_ref()
+            .is_some_and(|d| d.name == name && d.exported),
+    };
+    let targets = hosts
+        .into_iter()
+        .flat_map(|h| h.cells)
+        .filter(exported)
+        .flat_map(|c| c.http)
+        .collect::<Vec<_>>();
+    dedupe(targets)
 }
 
 /// One target per cell, method and path (hosts serving one cell report

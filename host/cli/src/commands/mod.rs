@@ -1,6 +1,7 @@
 //! One module per subcommand: its flags (`Args`) and what it does (`run`).
 //! `cbs-host` has `run` and `load`; `cbs` has the rest.
 
+pub mod accounts;
 pub mod apply;
 pub mod audit;
 pub mod bench;

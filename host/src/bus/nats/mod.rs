@@ -312,7 +312,15 @@ impl BodyBus for NatsBus {
         {
             Ok(reply) => Ok(from_nats(reply)),
             Err(e) => Err(match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => no_responders(&message.subject),
+                async_nats::RequestErrorKind::NoResponders => {
+                    let mut e = no_responders(&message.subject);
+                    // Accounts are invisible to a client: say where to look.
+                    e.message.push_str(
+                        " in this NATS account (a cell of another domain or tenant is reached \
+                         only where its account exports it and this one imports it: `cbs accounts`)",
+                    );
+                    e
+                }
                 async_nats::RequestErrorKind::TimedOut => {
                     request_timeout(&message.subject, timeout)
                 }
