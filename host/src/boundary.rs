@@ -26,6 +26,10 @@ pub struct Membership {
     /// The cells of other domains the domain's cells may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uses: Vec<String>,
+    /// Calls between the domain's cells on one host skip the callee's
+    /// contract checks (the spec's `trust_inside`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted: bool,
 }
 
 /// The most cells whose membership a host keeps.
@@ -54,6 +58,16 @@ impl Boundaries {
     pub fn membership(&self, cell: &str) -> Option<Membership> {
         let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
         cells.get(cell).cloned()
+    }
+
+    /// Whether a call from `caller` to `callee` stays inside one domain
+    /// that trusts its own cells' calls (`trust_inside`).
+    pub fn trusted(&self, caller: &str, callee: &str) -> bool {
+        let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
+        match (cells.get(caller), cells.get(callee)) {
+            (Some(a), Some(b)) => a.name == b.name && a.trusted && b.trusted,
+            _ => false,
+        }
     }
 
     /// Whether `caller` may call `callee`; why not, as the caller gets it.
@@ -117,6 +131,7 @@ mod tests {
             name: name.into(),
             exported,
             uses: uses.iter().map(|u| u.to_string()).collect(),
+            trusted: false,
         })
     }
 

@@ -342,6 +342,27 @@ async fn on_nats_an_outside_caller_reaches_only_the_exported_cell() {
     let bus = server.bus().await;
     assert_boundary(&bus, "on NATS").await;
 
+    // Regression: a host joining the lattice knew the domains only as its
+    // watcher replayed the desired state, so its first calls went across
+    // boundaries. It knows them before it serves anything now.
+    let own = server.bus().await;
+    let client = own.client().clone();
+    let joining = cbs_tests::builder(std::sync::Arc::new(own)).lattice(cbs_host::host::Lattice {
+        client,
+        labels: Default::default(),
+        capacity_memory_mb: None,
+        grace: Duration::from_secs(1),
+        writer: None,
+        sagas: false,
+    });
+    let joined = cbs_tests::TestHost::start(joining, &[]).await;
+    let known = joined.body().boundaries().membership("orders.private");
+    assert_eq!(
+        known.map(|m| (m.name, m.exported)),
+        Some(("orders".to_owned(), false)),
+        "the domains are known once the host has started"
+    );
+
     let paths = |domain: Option<&str>| {
         let mut args = vec!["gateway", "--print-openapi"];
         args.extend(domain.map(|d| ["--domain", d]).into_iter().flatten());
@@ -513,4 +534,88 @@ async fn on_nats_the_server_keeps_each_domain_in_its_own_account() {
             host.log()
         );
     }
+}
+
+/// `trust_inside` (ADR 0029): a call between two cells of a domain that
+/// trusts its cells' calls, on one host, skips the callee's contract; the
+/// same call from another domain, from a bus client, or inside a domain
+/// that does not trust is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusting_domain_skips_the_contract_inside_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Each `back` takes only an integer `value`.
+    let schema = dir.join("integer.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","required":["value"],"properties":{"value":{"type":"integer"}}}"#,
+    )
+    .unwrap();
+    for (id, calls) in [
+        ("orders.front", &["orders.back"][..]),
+        ("orders.back", &[]),
+        ("billing.front", &["billing.back"]),
+        ("billing.back", &[]),
+        ("shop.front", &["orders.back"]),
+    ] {
+        let folder = dir.join(id);
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut toml = cbs_tests::CellToml::faulty(id).calls(calls);
+        if id.ends_with(".back") {
+            toml = toml.input("test/integer@1", &schema);
+        }
+        toml.write_to(&folder);
+    }
+    let mut builder =
+        cbs_tests::builder(std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()));
+    for text in [
+        "domain: orders\ntrust_inside: true\ncells:\n  - folder: orders.front\n  - folder: orders.back\nexports: [orders.back]\n",
+        "domain: billing\ncells:\n  - folder: billing.front\n  - folder: billing.back\n",
+        "domain: shop\ncells:\n  - folder: shop.front\nuses:\n  - domain: orders\n    cells: [orders.back]\n",
+    ] {
+        let spec = cbs_host::domain::spec::Spec::parse(text).unwrap();
+        builder = builder.domain(&spec, dir).unwrap();
+    }
+    let host = cbs_tests::TestHost::start(builder, &[]).await;
+    let bus = host.body().bus().clone();
+    let text = |caller: &str, callee: &str| {
+        let bus = bus.clone();
+        let payload = json!({"action": "call", "cell": callee, "payload": {"action": "echo", "value": "text"}});
+        let caller = caller.to_owned();
+        async move { call_json(bus.as_ref(), &caller, payload, Duration::from_secs(10)).await }
+    };
+    let inside = text("orders.front", "orders.back").await;
+    assert_eq!(
+        inside.expect("inside a trusting domain the callee's contract is not checked")["value"]
+            ["value"],
+        "text"
+    );
+    for (caller, callee, why) in [
+        ("shop.front", "orders.back", "across domains"),
+        (
+            "billing.front",
+            "billing.back",
+            "inside a domain that checks",
+        ),
+    ] {
+        let refused = text(caller, callee).await.expect_err(why);
+        assert_eq!(
+            refused.code,
+            ErrorCode::ContractViolation,
+            "{why}: {refused}"
+        );
+        assert!(
+            refused.message.contains("test/integer@1"),
+            "{why}: {refused}"
+        );
+    }
+    let direct = call_json(
+        bus.as_ref(),
+        "orders.back",
+        json!({"action": "echo", "value": "text"}),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect_err("from the bus");
+    assert_eq!(direct.code, ErrorCode::ContractViolation, "{direct}");
 }

@@ -380,3 +380,95 @@ fn the_polyglot_flow_crosses_every_runtime_in_one_trace() {
         }
     }
 }
+
+/// A saga is one trace: each step's call is a `saga step` span of the
+/// driving host, and the callee's `process` span its child, all with one
+/// trace id (derived from the instance, so a host resuming it continues
+/// the same trace); another instance is another trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_saga_is_one_trace_across_its_steps() {
+    let (otlp, bodies) = otlp_receiver();
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let steps: String = ["first", "second", "third"]
+        .map(|s| format!("      - name: {s}\n        call: logic.greet\n"))
+        .concat();
+    let spec = dir.path().join("domain.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "domain: hello\ncells:\n  - folder: {}\nsagas:\n  - name: thrice\n    steps:\n{steps}",
+            greet().display()
+        ),
+    )
+    .unwrap();
+    let mut host = HostProcess::serve(
+        &url,
+        "host-saga",
+        &[],
+        &["--watch", "--sagas", "--otlp", &otlp],
+    );
+    let run = |args: &[&str]| {
+        let out = cbs_tests::process::cbs(&[args, &["--nats", &url]].concat());
+        assert!(out.status.success(), "cbs {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    run(&["apply", spec.to_str().unwrap()]);
+    let start = || {
+        run(&[
+            "saga",
+            "start",
+            "hello",
+            "thrice",
+            r#"{"name":"Ada"}"#,
+            "--wait-ms",
+            "0",
+        ])
+    };
+    let (one, two) = (start(), start());
+    // Each saga ends before the host flushes its spans on exit.
+    cbs_tests::eventually(Duration::from_secs(30), "both sagas complete", || async {
+        let listed: Value = serde_json::from_str(&run(&["saga", "ls", "--json"])).unwrap();
+        let done = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["state"] == "completed")
+            .count();
+        match done {
+            2 => Ok(()),
+            n => Err(format!("{n} completed: {listed}")),
+        }
+    })
+    .await;
+    host.terminate();
+    assert!(
+        host.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        host.log()
+    );
+
+    let spans = spans(&bodies.lock().unwrap());
+    let trace_of = |id: &str| {
+        let steps: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.name == "saga step" && s.attr("saga.instance") == id)
+            .collect();
+        assert_eq!(steps.len(), 3, "a span per step of {id}: {spans:#?}");
+        let trace = steps[0].trace.clone();
+        for step in &steps {
+            assert_eq!(step.trace, trace, "one trace across {id}'s steps");
+            let callee = find(&spans, "the step's callee", |s| s.parent == step.id);
+            assert_eq!(callee.name, "process cbs.logic.greet");
+            assert_eq!(callee.trace, trace, "the callee is in the saga's trace");
+            assert_eq!(callee.attr("messaging.message.conversation_id"), id);
+        }
+        trace
+    };
+    assert_ne!(
+        trace_of(&one),
+        trace_of(&two),
+        "each instance its own trace"
+    );
+}

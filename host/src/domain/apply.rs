@@ -93,6 +93,7 @@ pub async fn apply(
         cells,
         exports: spec.exports.clone(),
         uses: spec.uses.clone(),
+        trust_inside: spec.trust_inside,
         sagas: spec.sagas.clone(),
     };
     let now = lattice.domains.get(&spec.domain).await?;
@@ -229,6 +230,7 @@ pub async fn export(
         cells,
         exports: domain.current.exports.clone(),
         uses: domain.current.uses.clone(),
+        trust_inside: domain.current.trust_inside,
         sagas: domain.current.sagas.clone(),
     })
 }

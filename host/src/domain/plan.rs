@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use serde::Serialize;
 
-use super::spec::{Member, Spec, Use};
+use super::spec::{Member, Spec};
 use super::state::{Domain, Domains};
 use crate::bundle::Bundle;
 use crate::contract::diff::ContractDiff;
@@ -179,9 +179,9 @@ pub async fn plan(
     Ok(Plan {
         domain: name.clone(),
         version: spec.version.clone(),
-        boundary_changed: now.as_ref().is_some_and(|d| {
-            !same_boundary(d, &spec.exports, &spec.uses) || d.current.version != spec.version
-        }),
+        boundary_changed: now
+            .as_ref()
+            .is_some_and(|d| !same_boundary(d, spec) || d.current.version != spec.version),
         new_domain: now.is_none(),
         steps,
     })
@@ -293,6 +293,7 @@ fn placed_alike(release: &Release, scale: &Scale) -> bool {
         && kept.domain == scale.domain
 }
 
-fn same_boundary(domain: &Domain, exports: &[String], uses: &[Use]) -> bool {
-    domain.current.exports == exports && domain.current.uses == uses
+fn same_boundary(domain: &Domain, spec: &Spec) -> bool {
+    let now = &domain.current;
+    now.exports == spec.exports && now.uses == spec.uses && now.trust_inside == spec.trust_inside
 }

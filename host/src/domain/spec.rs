@@ -40,6 +40,13 @@ pub struct Spec {
     /// The exported cells of other domains its cells call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uses: Vec<Use>,
+    /// Calls between the domain's cells served by one host skip the
+    /// callee's contract checks (input and output): the domain's owner
+    /// deployed caller and callee together. Calls from outside the domain,
+    /// and every call that crosses the bus or another host, are checked as
+    /// always (ADR 0029) [default: false].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_inside: bool,
     /// Its sagas: ordered steps across its cells (and those it uses), each
     /// with a compensation, run durably by the hosts (`cbs saga start`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -149,6 +156,7 @@ impl Spec {
         crate::boundary::Membership {
             name: self.domain.clone(),
             exported: self.exports.iter().any(|e| e == cell),
+            trusted: self.trust_inside,
             uses: self
                 .uses
                 .iter()

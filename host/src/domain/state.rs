@@ -32,6 +32,9 @@ pub struct Revision {
     pub exports: Vec<String>,
     #[serde(default)]
     pub uses: Vec<Use>,
+    /// The spec's `trust_inside`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_inside: bool,
     /// Its sagas as of this revision (instances started on it keep them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sagas: Vec<crate::saga::def::Saga>,

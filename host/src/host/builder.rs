@@ -229,6 +229,9 @@ impl HostBuilder {
         for (cell, membership) in self.domains {
             body.boundaries().set(&cell, Some(membership));
         }
+        if let Some(lattice) = &self.lattice {
+            prime_boundaries(&body, &lattice.client).await?;
+        }
         let flows = Answering::start(body.bus().clone(), body.flows().clone()).await?;
         let metrics = match self.metrics {
             Some(addr) => Some(serve_metrics(addr, &body).await?),
@@ -291,4 +294,21 @@ pub fn default_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+/// Every deployed cell's domain, known before any cell serves or saga
+/// runs: the watcher learns them too, but only as it replays the desired
+/// state, and until then a call across a boundary would go through.
+async fn prime_boundaries(body: &Body, client: &async_nats::Client) -> anyhow::Result<()> {
+    let store = crate::deploy::Store::open(client).await?;
+    let all = store
+        .all_desired()
+        .await
+        .context("cannot read the desired state for the domains' boundaries")?;
+    for desired in all {
+        if let Some(membership) = desired.current.domain {
+            body.boundaries().set(&desired.cell, Some(membership));
+        }
+    }
+    Ok(())
 }

@@ -2,11 +2,19 @@
 //! input, its outcome journaled before the next; on a failure (or a
 //! cancel) the completed steps' compensations are called in reverse with
 //! each step's output. Every call carries the instance id as its
-//! correlation id (one trace) and a message id stable per step, so a step
-//! called again after a host died is recognisable to an idempotent cell.
+//! correlation id and a message id stable per step, so a step called again
+//! after a host died is recognisable to an idempotent cell; and a W3C trace
+//! context whose trace id is derived from the instance id, so every step,
+//! on whichever host drives it, is a span of one trace (the saga's root
+//! span outlives any host and is never exported; its steps are its
+//! children, `saga step` spans, and the callees' spans theirs).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tracing::Instrument as _;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -153,8 +161,23 @@ impl Runner {
         let mut envelope = Envelope::new(subject_of(cell), payload);
         envelope.id = id.to_owned();
         envelope.correlation_id = inst.id.clone();
+        envelope.headers = root_context(&inst.id);
+        let span = tracing::info_span!(
+            "saga step",
+            saga.name = %inst.saga.name,
+            saga.instance = %inst.id,
+            saga.step = %id,
+            cell
+        );
+        crate::telemetry::link_parent(&span, &envelope.headers);
         let timeout = Duration::from_millis(inst.saga.timeout_ms);
-        let reply = crate::call::call(self.bus.as_ref(), &envelope, timeout).await?;
+        let reply = async {
+            // The step's own span as the callee's parent, when exporting.
+            crate::telemetry::inject_current(&mut envelope.headers);
+            crate::call::call(self.bus.as_ref(), &envelope, timeout).await
+        }
+        .instrument(span)
+        .await?;
         serde_json::from_str(reply.get()).map_err(|e| {
             BusError::new(
                 ErrorCode::ContractViolation,
@@ -162,4 +185,16 @@ impl Runner {
             )
         })
     }
+}
+
+/// The saga's root trace context: trace id and parent span id derived from
+/// the instance id, the same on every host that drives it.
+fn root_context(instance: &str) -> BTreeMap<String, String> {
+    let digest = Sha256::digest(instance.as_bytes());
+    let traceparent = format!(
+        "00-{}-{}-01",
+        hex::encode(&digest[..16]),
+        hex::encode(&digest[16..24])
+    );
+    BTreeMap::from([(crate::envelope::header::TRACEPARENT.to_owned(), traceparent)])
 }
