@@ -1,14 +1,19 @@
 //! Cell state in process: one redb file per cell in the host's data folder
-//! (`<data>/state/<cell-id>.redb`), so state survives a restart. Every
-//! write is one transaction that also keeps the cell's byte count, so
-//! `max_bytes` holds exactly.
+//! (`<data>/state/<cell-id>.redb`), so state survives a restart. Writes
+//! are group-committed: whatever writes arrive while one commit is on its
+//! way to disk go together in the next transaction, one fsync for all of
+//! them (a lone write commits at once, as before). Each write still keeps
+//! the cell's byte count in the same transaction, in order, so
+//! `max_bytes` holds exactly; an increment reads and writes in that
+//! transaction, so two at once never lose one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use tokio::sync::oneshot;
 
 use super::{Bucket, StateBackend, KEYS_PAGE};
 use crate::envelope::BusError;
@@ -23,7 +28,35 @@ const BYTES: &str = "bytes";
 /// host: a new version of the cell shares it (redb allows one opener).
 pub struct EmbeddedState {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Arc<Database>>>,
+    open: Mutex<HashMap<String, Arc<Store>>>,
+}
+
+/// One cell's file and the writes waiting for its next commit.
+struct Store {
+    db: Database,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// A blocking task is committing; it takes what is pending next.
+    flushing: bool,
+}
+
+/// A write and who waits for its outcome (the counter's new value for an
+/// increment).
+struct Pending {
+    op: Op,
+    grant: StateGrant,
+    done: oneshot::Sender<Result<u64, BusError>>,
+}
+
+enum Op {
+    /// Sets a key (`None`: deletes it).
+    Put(String, Option<Vec<u8>>),
+    /// Adds to a counter.
+    Add(String, u64),
 }
 
 impl EmbeddedState {
@@ -35,10 +68,10 @@ impl EmbeddedState {
         }
     }
 
-    fn database(&self, cell_id: &str) -> Result<Arc<Database>, BusError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(db) = open.get(cell_id) {
-            return Ok(db.clone());
+    fn store(&self, cell_id: &str) -> Result<Arc<Store>, BusError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(store) = open.get(cell_id) {
+            return Ok(store.clone());
         }
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| super::unavailable(cell_id, format!("{}: {e}", self.dir.display())))?;
@@ -54,9 +87,12 @@ impl EmbeddedState {
                 ),
             )
         })?;
-        let db = Arc::new(db);
-        open.insert(cell_id.to_owned(), db.clone());
-        Ok(db)
+        let store = Arc::new(Store {
+            db,
+            queue: Mutex::default(),
+        });
+        open.insert(cell_id.to_owned(), store.clone());
+        Ok(store)
     }
 }
 
@@ -68,11 +104,11 @@ impl StateBackend for EmbeddedState {
         let name = cell_id.strip_prefix('~').unwrap_or(cell_id);
         crate::manifest::check_cell_id(name)
             .map_err(|e| super::unavailable(cell_id, format!("{e:#}")))?;
-        let db = self.database(cell_id)?;
+        let store = self.store(cell_id)?;
         Ok(Arc::new(EmbeddedBucket {
             cell_id: cell_id.to_owned(),
             grant,
-            db,
+            store,
         }))
     }
 
@@ -84,59 +120,48 @@ impl StateBackend for EmbeddedState {
 struct EmbeddedBucket {
     cell_id: String,
     grant: StateGrant,
-    db: Arc<Database>,
+    store: Arc<Store>,
 }
 
 impl EmbeddedBucket {
-    /// Runs `op` on a blocking thread: redb reads and writes the file.
+    /// Runs the read `op` on a blocking thread: redb reads the file.
     async fn run<T, F>(&self, op: F) -> Result<T, BusError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database, &str, StateGrant) -> Result<T, BusError> + Send + 'static,
+        F: FnOnce(&Database, &str) -> Result<T, BusError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let store = self.store.clone();
         let cell = self.cell_id.clone();
-        let grant = self.grant;
-        tokio::task::spawn_blocking(move || op(&db, &cell, grant))
+        tokio::task::spawn_blocking(move || op(&store.db, &cell))
             .await
             .map_err(|e| super::unavailable(&self.cell_id, e))?
     }
 
-    /// Sets `key` to `value` (or deletes it) in one transaction that keeps
-    /// the byte count, refusing a write past `max_bytes`.
-    fn write(
-        db: &Database,
-        cell: &str,
-        grant: StateGrant,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), BusError> {
-        let fail = |e: &dyn std::fmt::Display| super::unavailable(cell, e);
-        let tx = db.begin_write().map_err(|e| fail(&e))?;
-        {
-            let mut values = tx.open_table(VALUES).map_err(|e| fail(&e))?;
-            let mut meta = tx.open_table(META).map_err(|e| fail(&e))?;
-            let total = meta
-                .get(BYTES)
-                .map_err(|e| fail(&e))?
-                .map_or(0, |v| v.value());
-            let old = values
-                .get(key)
-                .map_err(|e| fail(&e))?
-                .map_or(0, |v| (key.len() + v.value().len()) as u64);
-            let new = value.map_or(0, |v| (key.len() + v.len()) as u64);
-            let total = total.saturating_sub(old) + new;
-            if new > old && total > grant.max_bytes {
-                return Err(super::full(cell, grant));
-            }
-            match value {
-                Some(v) => values.insert(key, v).map(drop),
-                None => values.remove(key).map(drop),
-            }
-            .map_err(|e| fail(&e))?;
-            meta.insert(BYTES, total).map_err(|e| fail(&e))?;
+    /// Queues `op` for the next commit, starting a committer if none runs,
+    /// and waits for its outcome.
+    async fn write(&self, op: Op) -> Result<u64, BusError> {
+        let (done, outcome) = oneshot::channel();
+        let start = {
+            let mut queue = self
+                .store
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.pending.push(Pending {
+                op,
+                grant: self.grant,
+                done,
+            });
+            !std::mem::replace(&mut queue.flushing, true)
+        };
+        if start {
+            let store = self.store.clone();
+            let cell = self.cell_id.clone();
+            tokio::task::spawn_blocking(move || flush(&store, &cell));
         }
-        tx.commit().map_err(|e| fail(&e))
+        outcome
+            .await
+            .map_err(|_| super::unavailable(&self.cell_id, "the state writer stopped"))?
     }
 
     fn read(db: &Database, cell: &str, key: &str) -> Result<Option<Vec<u8>>, BusError> {
@@ -152,28 +177,130 @@ impl EmbeddedBucket {
     }
 }
 
+/// Commits what is pending, batch after batch, until nothing is.
+fn flush(store: &Store, cell: &str) {
+    // Whatever happens here, a later write starts a committer again.
+    struct Idle<'a>(&'a Store);
+    impl Drop for Idle<'_> {
+        fn drop(&mut self) {
+            let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.flushing = false;
+        }
+    }
+    let _idle = Idle(store);
+    loop {
+        let batch = {
+            let mut queue = store.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.pending.is_empty() {
+                queue.flushing = false;
+                return;
+            }
+            std::mem::take(&mut queue.pending)
+        };
+        match commit(&store.db, cell, &batch) {
+            Ok(outcomes) => {
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = pending.done.send(outcome);
+                }
+            }
+            Err(e) => {
+                for pending in batch {
+                    let _ = pending.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch, each write in order with its own
+/// outcome (a write past `max_bytes` fails alone); a storage failure fails
+/// them all and changes nothing.
+fn commit(
+    db: &Database,
+    cell: &str,
+    batch: &[Pending],
+) -> Result<Vec<Result<u64, BusError>>, BusError> {
+    let fail = |e: &dyn std::fmt::Display| super::unavailable(cell, e);
+    let tx = db.begin_write().map_err(|e| fail(&e))?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut values = tx.open_table(VALUES).map_err(|e| fail(&e))?;
+        let mut meta = tx.open_table(META).map_err(|e| fail(&e))?;
+        let mut total = meta
+            .get(BYTES)
+            .map_err(|e| fail(&e))?
+            .map_or(0, |v| v.value());
+        for pending in batch {
+            outcomes.push(apply(&mut values, &mut total, cell, pending)?);
+        }
+        meta.insert(BYTES, total).map_err(|e| fail(&e))?;
+    }
+    tx.commit().map_err(|e| fail(&e))?;
+    Ok(outcomes)
+}
+
+/// One write: its own outcome, or a storage failure (`Err`) that fails
+/// the batch.
+fn apply(
+    values: &mut Table<&str, &[u8]>,
+    total: &mut u64,
+    cell: &str,
+    pending: &Pending,
+) -> Result<Result<u64, BusError>, BusError> {
+    let fail = |e: &dyn std::fmt::Display| super::unavailable(cell, e);
+    let stored = |values: &Table<&str, &[u8]>, key: &str| {
+        values
+            .get(key)
+            .map(|v| v.map(|v| v.value().to_vec()))
+            .map_err(|e| fail(&e))
+    };
+    let (key, value, result) = match &pending.op {
+        Op::Put(key, value) => (key, value.clone(), 0),
+        Op::Add(key, delta) => {
+            let now = stored(values, key)?;
+            let sum = match super::parse_counter(key, now.as_deref())
+                .and_then(|now| super::add(key, now, *delta))
+            {
+                Ok(sum) => sum,
+                Err(e) => return Ok(Err(e)),
+            };
+            (key, Some(sum.to_string().into_bytes()), sum)
+        }
+    };
+    let old = stored(values, key)?.map_or(0, |v| (key.len() + v.len()) as u64);
+    let new = value.as_ref().map_or(0, |v| (key.len() + v.len()) as u64);
+    let after = total.saturating_sub(old) + new;
+    if new > old && after > pending.grant.max_bytes {
+        return Ok(Err(super::full(cell, pending.grant)));
+    }
+    match value {
+        Some(v) => values.insert(key.as_str(), v.as_slice()).map(drop),
+        None => values.remove(key.as_str()).map(drop),
+    }
+    .map_err(|e| fail(&e))?;
+    *total = after;
+    Ok(Ok(result))
+}
+
 #[async_trait]
 impl Bucket for EmbeddedBucket {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BusError> {
         let key = key.to_owned();
-        self.run(move |db, cell, _| Self::read(db, cell, &key))
-            .await
+        self.run(move |db, cell| Self::read(db, cell, &key)).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), BusError> {
-        let key = key.to_owned();
-        self.run(move |db, cell, grant| Self::write(db, cell, grant, &key, Some(&value)))
+        self.write(Op::Put(key.to_owned(), Some(value)))
             .await
+            .map(drop)
     }
 
     async fn delete(&self, key: &str) -> Result<(), BusError> {
-        let key = key.to_owned();
-        self.run(move |db, cell, grant| Self::write(db, cell, grant, &key, None))
-            .await
+        self.write(Op::Put(key.to_owned(), None)).await.map(drop)
     }
 
     async fn keys(&self, cursor: u64) -> Result<(Vec<String>, Option<u64>), BusError> {
-        self.run(move |db, cell, _| {
+        self.run(move |db, cell| {
             let fail = |e: &dyn std::fmt::Display| super::unavailable(cell, e);
             let tx = db.begin_read().map_err(|e| fail(&e))?;
             let values = match tx.open_table(VALUES) {
@@ -199,15 +326,7 @@ impl Bucket for EmbeddedBucket {
     }
 
     async fn increment(&self, key: &str, delta: u64) -> Result<u64, BusError> {
-        let key = key.to_owned();
-        // One writer at a time (redb), so read and write in one go are atomic.
-        self.run(move |db, cell, grant| {
-            let now = super::parse_counter(&key, Self::read(db, cell, &key)?.as_deref())?;
-            let sum = super::add(&key, now, delta)?;
-            Self::write(db, cell, grant, &key, Some(sum.to_string().as_bytes()))?;
-            Ok(sum)
-        })
-        .await
+        self.write(Op::Add(key.to_owned(), delta)).await
     }
 }
 
@@ -259,5 +378,42 @@ mod tests {
         assert_eq!((rest.len(), last), (3, None));
         assert_eq!(bucket.increment("n", 2).await.unwrap(), 2);
         assert_eq!(bucket.increment("n", 3).await.unwrap(), 5);
+    }
+
+    /// Writes at once go together (one commit) and each keeps its own
+    /// outcome; increments at once never lose one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_at_once_share_commits_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = EmbeddedState::new(dir.path());
+        let bucket = state.open("a.b", grant(1 << 20)).await.unwrap();
+        let writes = (0..200).map(|i| {
+            let bucket = bucket.clone();
+            async move {
+                bucket.set(&format!("k{i}"), vec![b'x'; 8]).await.unwrap();
+                bucket.increment("n", 1).await.unwrap()
+            }
+        });
+        let mut sums = futures_util::future::join_all(writes).await;
+        sums.sort_unstable();
+        assert_eq!(
+            sums,
+            (1..=200).collect::<Vec<u64>>(),
+            "each increment saw its own sum"
+        );
+        assert_eq!(
+            bucket.keys(0).await.unwrap().0.len(),
+            201,
+            "200 keys and the counter"
+        );
+        // One write past the bound fails alone; the others of its batch land.
+        let small = state.open("a.c", grant(20)).await.unwrap();
+        let (a, b, c) = tokio::join!(
+            small.set("a", vec![0; 8]),
+            small.set("b", vec![0; 30]),
+            small.set("c", vec![0; 8]),
+        );
+        assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+        assert_eq!(b.unwrap_err().code, ErrorCode::Capacity);
     }
 }
