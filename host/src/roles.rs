@@ -146,7 +146,8 @@ pub fn host(cells: &[CellNeeds], sagas: bool) -> Permissions {
         }
         durable |= !cell.streams.is_empty();
     }
-    if durable {
+    // A saga's steps dead-letter like durable messages.
+    if durable || sagas {
         publish.insert("cbs-dlq.>".into());
         streams.insert(crate::durable::DLQ_STREAM.into());
     }
@@ -156,6 +157,8 @@ pub fn host(cells: &[CellNeeds], sagas: bool) -> Permissions {
         publish.insert(format!("$KV.{journal}.>"));
         streams.insert(crate::saga::worker::STREAM.into());
         streams.insert(format!("KV_{journal}"));
+        // It reads the sagas' definitions there, and opening makes it.
+        publish.insert(create("KV_cbs-domains"));
     }
     if durable || sagas {
         publish.insert("$JS.ACK.>".into());

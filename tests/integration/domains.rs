@@ -410,7 +410,7 @@ async fn user(server: &NatsServer, nats: &Path, account: &str, role: &str) -> Na
 
 /// On NATS the server holds the boundary too: with the accounts `cbs
 /// accounts` writes, each domain runs in its own account (hosts and
-/// deployers as its users, with their roles' permissions), and a caller
+/// deployers as its users, with their roles' permissions, sagas too), and a caller
 /// outside the domain — in the public account or another domain — reaches
 /// its exported cell only; the rest has no responders, by the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,9 +425,10 @@ async fn on_nats_the_server_keeps_each_domain_in_its_own_account() {
     std::fs::write(
         &orders,
         format!(
-            "domain: orders\ncells:\n  - bundle: {}\n  - bundle: {}\nexports: [orders.public]\n",
+            "domain: orders\ncells:\n  - bundle: {}\n  - bundle: {}\nexports: [orders.public]\n{}",
             bundle("orders.public", &["orders.private"]).display(),
-            bundle("orders.private", &[]).display()
+            bundle("orders.private", &[]).display(),
+            "sagas:\n  - name: echo\n    steps:\n      - name: first\n        call: orders.private\n"
         ),
     )
     .unwrap();
@@ -456,16 +457,16 @@ async fn on_nats_the_server_keeps_each_domain_in_its_own_account() {
         store.path()
     ));
     let url = server.url();
-    let host = |domain: &str| {
+    // Orders has a saga, so its host runs sagas (and its user may).
+    let host = |domain: &str, flags: &[&str]| {
         let seed = seed(&nats, domain, "host");
-        HostProcess::serve(
-            &url,
-            &format!("{domain}-host"),
-            &[],
-            &["--watch", "--nats-nkey", &seed],
-        )
+        let args = [flags, &["--nats-nkey", &seed]].concat();
+        HostProcess::serve(&url, &format!("{domain}-host"), &[], &args)
     };
-    let hosts = [host("orders"), host("shop")];
+    let hosts = [
+        host("orders", &["--watch", "--sagas"]),
+        host("shop", &["--watch"]),
+    ];
     for (domain, spec) in [("orders", &orders), ("shop", &shop)] {
         let deployer = seed(&nats, domain, "deployer");
         let (ok, out, err) = run(
@@ -474,6 +475,21 @@ async fn on_nats_the_server_keeps_each_domain_in_its_own_account() {
         );
         assert!(ok && out.contains("applied"), "{domain}: {out}{err}");
     }
+    // The deployer starts a saga, the domain's host runs it.
+    let deployer = seed(&nats, "orders", "deployer");
+    let (ok, out, err) = run(
+        &url,
+        &[
+            "saga",
+            "start",
+            "orders",
+            "echo",
+            r#"{"action":"echo","value":1}"#,
+            "--nats-nkey",
+            &deployer,
+        ],
+    );
+    assert!(ok, "the saga runs in the domain's account: {out}{err}");
 
     let echo = json!({"action": "echo", "value": 1});
     let public = user(&server, &nats, "public", "caller").await;

@@ -1,7 +1,8 @@
 //! Sagas: a failed step runs the compensations of the completed ones in
 //! reverse; a host killed between steps leaves the saga to another host,
 //! which finishes it without calling again a step journaled complete;
-//! 1,000 concurrent sagas all finish.
+//! 1,000 concurrent sagas all finish; a step that timed out is
+//! compensated too.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -88,6 +89,14 @@ async fn ended(journal: &Journal, id: &str, within: Duration) -> Instance {
     .await
 }
 
+/// What happened to a saga, without the details (`ship failed`).
+fn event_names(saga: &Instance) -> Vec<&str> {
+    saga.events
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect()
+}
+
 fn start_of(id: &str) -> Start {
     Start {
         id: id.to_owned(),
@@ -110,13 +119,8 @@ async fn a_failed_third_step_runs_the_two_compensations_in_reverse() {
         .unwrap();
     let saga = ended(&journal, &id, Duration::from_secs(30)).await;
     assert_eq!(saga.state, State::Compensated, "{saga:?}");
-    let events: Vec<&str> = saga
-        .events
-        .iter()
-        .map(|e| e.split(':').next().unwrap())
-        .collect();
     assert_eq!(
-        events,
+        event_names(&saga),
         [
             "reserve done",
             "charge done",
@@ -322,4 +326,60 @@ async fn a_deploy_breaking_a_step_of_in_flight_sagas_is_refused() {
     assert_eq!(saga.state, State::Completed, "{saga:?}");
     let out = deploy();
     assert!(out.status.success(), "{out:?}");
+}
+
+/// A step that timed out may have run all the same: it is compensated
+/// too, first, with the saga's input (it journaled no output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_timed_out_is_compensated_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut cells = String::new();
+    for id in CELLS.into_iter().chain(["orders.unship"]) {
+        // Ship's reply never comes: its caller times out.
+        let chaos = if id == "orders.ship" {
+            "[chaos]\ndrop_rate = 1.0\n"
+        } else {
+            ""
+        };
+        folder(dir, id, chaos);
+        cells.push_str(&format!("  - folder: {id}\n"));
+    }
+    let saga = SAGA
+        .replace("timeout_ms: 20000", "timeout_ms: 500")
+        .replace(
+            "        call: orders.ship\n",
+            "        call: orders.ship\n        compensate: orders.unship\n        compensate_with: output\n",
+        );
+    let spec = Spec::parse(&format!("domain: orders\ncells:\n{cells}{saga}")).unwrap();
+    let builder = cbs_tests::builder(Arc::new(LocalBus::new()))
+        .domain(&spec, dir)
+        .unwrap();
+    let host = TestHost::start(builder, &[]).await;
+    let journal = Journal::open(host.body().state_backend().as_ref())
+        .await
+        .unwrap();
+    let id = cbs_host::envelope::new_id();
+    worker::start(host.body().durable().as_ref(), &start_of(&id))
+        .await
+        .unwrap();
+    let saga = ended(&journal, &id, Duration::from_secs(30)).await;
+    assert_eq!(saga.state, State::Compensated, "{saga:?}");
+    assert_eq!(
+        event_names(&saga),
+        [
+            "reserve done",
+            "charge done",
+            "ship failed",
+            "ship compensated",
+            "charge compensated",
+            "reserve compensated",
+            "compensated"
+        ]
+    );
+    assert!(saga.events[2].contains("timeout"), "{:?}", saga.events);
+    // "ship compensated": unship answered, which it does only to the
+    // saga's input (`{"action":"record"}`); the missing output (null)
+    // would have failed it and left the saga stuck.
+    assert_eq!(saga.steps[2].output, None, "{saga:?}");
 }

@@ -68,6 +68,18 @@ pub struct StepRecord {
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<BusError>,
+    /// Failed, but the callee may have run it (the call timed out, or its
+    /// output could not be journaled): compensated like a completed step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_have_run: bool,
+}
+
+impl StepRecord {
+    /// A step whose effect a compensation undoes: completed, or failed
+    /// with an outcome not known.
+    pub fn to_undo(&self) -> bool {
+        self.state == StepState::Done || (self.state == StepState::Failed && self.may_have_run)
+    }
 }
 
 /// One run of a saga.
@@ -102,6 +114,7 @@ impl Instance {
                 attempts: 0,
                 output: None,
                 error: None,
+                may_have_run: false,
             })
             .collect();
         Self {

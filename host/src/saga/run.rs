@@ -1,13 +1,15 @@
 //! Driving one saga instance: each step called in order with the saga's
 //! input, its outcome journaled before the next; on a failure (or a
 //! cancel) the completed steps' compensations are called in reverse with
-//! each step's output. Every call carries the instance id as its
-//! correlation id and a message id stable per step, so a step called again
-//! after a host died is recognisable to an idempotent cell; and a W3C trace
-//! context whose trace id is derived from the instance id, so every step,
-//! on whichever host drives it, is a span of one trace (the saga's root
-//! span outlives any host and is never exported; its steps are its
-//! children, `saga step` spans, and the callees' spans theirs).
+//! each step's output — and first the failed step's, when it may have run
+//! all the same (it timed out), with the saga's input. Every call carries
+//! the instance id as its correlation id and a message id stable per step,
+//! so a step called again after a host died is recognisable to an
+//! idempotent cell; and a W3C trace context whose trace id is derived from
+//! the instance id, so every step, on whichever host drives it, is a span
+//! of one trace (the saga's root span outlives any host and is never
+//! exported; its steps are its children, `saga step` spans, and the
+//! callees' spans theirs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +75,8 @@ impl Runner {
             }
             Err(e) => {
                 record.state = StepState::Failed;
+                // No reply in time: the callee may still have done it.
+                record.may_have_run = e.code == ErrorCode::Timeout;
                 inst.events
                     .push(format!("{} failed: {}: {}", step.name, e.code, e.message));
                 record.error = Some(e);
@@ -86,6 +90,7 @@ impl Runner {
             Err(e) if super::journal::is_final(&e) => {
                 let record = &mut inst.steps[i];
                 record.state = StepState::Failed;
+                record.may_have_run = true;
                 record.output = None;
                 inst.events.push(format!(
                     "{} failed: its outcome cannot be journaled: {}",
@@ -107,11 +112,12 @@ impl Runner {
         }
     }
 
-    /// The completed steps' compensations, last first.
+    /// The compensations of the completed steps (and of a failed one that
+    /// may have run), last first.
     async fn backward(&self, inst: &mut Instance) -> Result<(), BusError> {
         let done = (0..inst.steps.len())
             .rev()
-            .find(|&i| inst.steps[i].state == StepState::Done);
+            .find(|&i| inst.steps[i].to_undo());
         let Some(i) = done else {
             inst.state = State::Compensated;
             inst.events.push("compensated".into());
@@ -124,9 +130,11 @@ impl Runner {
                 .push(format!("{}: nothing to compensate", step.name));
             return self.journal.put(inst).await;
         };
-        let request = match step.compensate_with {
-            With::Output => inst.steps[i].output.clone().unwrap_or(Value::Null),
-            With::Input => inst.input.clone(),
+        // A step that may have run left no output: its compensation gets
+        // the saga's input.
+        let request = match (step.compensate_with, inst.steps[i].output.clone()) {
+            (With::Output, Some(output)) => output,
+            _ => inst.input.clone(),
         };
         let id = format!("{}.{}.compensate", inst.id, step.name);
         match self.call(inst, cell, &request, &id).await {

@@ -157,7 +157,7 @@ impl EmbeddedBucket {
         if start {
             let store = self.store.clone();
             let cell = self.cell_id.clone();
-            tokio::task::spawn_blocking(move || flush(&store, &cell));
+            tokio::task::spawn_blocking(move || flush(store, &cell));
         }
         outcome
             .await
@@ -177,36 +177,60 @@ impl EmbeddedBucket {
     }
 }
 
-/// Commits what is pending, batch after batch, until nothing is.
-fn flush(store: &Store, cell: &str) {
-    // Whatever happens here, a later write starts a committer again.
-    struct Idle<'a>(&'a Store);
-    impl Drop for Idle<'_> {
+/// Commits what is pending, batch after batch, until nothing is. The
+/// last batch is answered only once this task let go of the store, so a
+/// caller that closes and reopens the file at once finds it free.
+fn flush(store: Arc<Store>, cell: &str) {
+    // After a panic here, a later write starts a committer again.
+    struct Idle(std::sync::Weak<Store>);
+    impl Drop for Idle {
         fn drop(&mut self) {
-            let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.flushing = false;
-        }
-    }
-    let _idle = Idle(store);
-    loop {
-        let batch = {
-            let mut queue = store.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if queue.pending.is_empty() {
-                queue.flushing = false;
+            if !std::thread::panicking() {
                 return;
             }
-            std::mem::take(&mut queue.pending)
-        };
-        match commit(&store.db, cell, &batch) {
-            Ok(outcomes) => {
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = pending.done.send(outcome);
-                }
+            if let Some(store) = self.0.upgrade() {
+                let mut queue = store.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                queue.flushing = false;
             }
-            Err(e) => {
-                for pending in batch {
-                    let _ = pending.done.send(Err(e.clone()));
-                }
+        }
+    }
+    let _idle = Idle(Arc::downgrade(&store));
+    let Some(mut batch) = next_batch(&store) else {
+        return;
+    };
+    loop {
+        let outcomes = commit(&store.db, cell, &batch);
+        let next = next_batch(&store);
+        if next.is_none() {
+            drop(store);
+            answer(batch, outcomes);
+            return;
+        }
+        answer(batch, outcomes);
+        batch = next.unwrap_or_default();
+    }
+}
+
+/// What is pending, or `None` (and no committer runs any more).
+fn next_batch(store: &Store) -> Option<Vec<Pending>> {
+    let mut queue = store.queue.lock().unwrap_or_else(PoisonError::into_inner);
+    if queue.pending.is_empty() {
+        queue.flushing = false;
+        return None;
+    }
+    Some(std::mem::take(&mut queue.pending))
+}
+
+fn answer(batch: Vec<Pending>, outcomes: Result<Vec<Result<u64, BusError>>, BusError>) {
+    match outcomes {
+        Ok(outcomes) => {
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = pending.done.send(outcome);
+            }
+        }
+        Err(e) => {
+            for pending in batch {
+                let _ = pending.done.send(Err(e.clone()));
             }
         }
     }
