@@ -886,6 +886,18 @@ fn request_targets(rows: &[Row]) -> Vec<(String, String, bool)> {
 
 /// Ten distinct components (`make bench-cells`: one crate, features
 /// v0..v9), each a cell folder with logic.greet's schemas.
+/// How many distinct components the ten variants are (by sha256 of each
+/// `.wasm`): the start-up rows claim ten.
+fn distinct_variants() -> usize {
+    let digests: std::collections::HashSet<String> = (0..10)
+        .map(|i| {
+            let wasm = repo().join(format!("tests/cells/variant/out/bench_variant_{i}.wasm"));
+            cbs_host::bundle::sha256_hex(&std::fs::read(&wasm).unwrap())
+        })
+        .collect();
+    digests.len()
+}
+
 fn variants(root: &Path) -> Vec<PathBuf> {
     (0..10)
         .map(|i| {
@@ -1056,6 +1068,11 @@ async fn main() {
 
     eprintln!("start-up and memory");
     let ten = variants(root);
+    let distinct = distinct_variants();
+    assert_eq!(
+        distinct, 10,
+        "the ten variants are not ten distinct components: run `make bench-cells`"
+    );
     let cache = root.join("cache");
     let (cold, _) = start_host(&ten, &cache);
     let (warm, rss10) = start_host(&ten, &cache);
@@ -1129,7 +1146,7 @@ async fn main() {
         "payload": PAYLOAD,
         "duration_s": DURATION.as_secs_f64(),
         "rows": rows,
-        "startup": {"cells": 10, "distinct_components": true, "cold_ms": cold.as_millis(), "warm_ms": warm.as_millis()},
+        "startup": {"cells": 10, "distinct_components": distinct, "cold_ms": cold.as_millis(), "warm_ms": warm.as_millis()},
         "python_component_load": {"first_ms": py_first.as_secs_f64() * 1e3, "cached_ms": py_cached.as_secs_f64() * 1e3},
         "memory": {"rss_1_cell_kib": rss1, "rss_10_cells_kib": rss10, "per_additional_cell_kib": per_cell_kib},
         "replacement": {"runs_ms": replaced_ms, "median_ms": replaced_median, "dead_after_ms": DEAD_AFTER.as_millis()},
