@@ -58,6 +58,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const DURATION: Duration = Duration::from_secs(2);
 const WARMUP: Duration = Duration::from_millis(300);
 const CONCURRENCY: [usize; 2] = [1, 64];
+/// Runs of each request row; a row shows their medians and the range.
+const RUNS: usize = 3;
 /// ~200 bytes of envelope.
 const PAYLOAD: &str = r#"{"name":"Ada Lovelace"}"#;
 
@@ -71,9 +73,55 @@ struct Row {
     p99_us: f64,
     errors: u64,
     ratio_to_raw: f64,
+    /// How many runs the figures are the medians of.
+    runs: usize,
+    /// The lowest and highest req/s of those runs.
+    rps_range: [f64; 2],
+    /// The lowest and highest ratio of those runs.
+    ratio_range: [f64; 2],
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn range(values: &[f64]) -> [f64; 2] {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    [min, max]
 }
 
 impl Row {
+    /// A row of several runs of one case: medians of each figure, the
+    /// ratio the median of the runs' own ratios (each against the floor
+    /// measured in the same run).
+    fn median_of(
+        name: &str,
+        bus: &'static str,
+        concurrency: usize,
+        reports: &[Report],
+        ratios: &[f64],
+    ) -> Self {
+        let of = |f: fn(&Report) -> f64| reports.iter().map(f).collect::<Vec<f64>>();
+        let rps = of(|r| r.rps);
+        Self {
+            name: name.to_owned(),
+            bus,
+            concurrency,
+            rps: median(&rps),
+            p50_us: median(&of(|r| r.p50_us)),
+            p99_us: median(&of(|r| r.p99_us)),
+            errors: reports.iter().map(|r| r.errors).sum(),
+            ratio_to_raw: median(ratios),
+            runs: reports.len(),
+            rps_range: range(&rps),
+            ratio_range: range(ratios),
+        }
+    }
+
     /// A row of `report`, its ratio taken against `floor_rps`.
     fn of(
         name: &str,
@@ -91,6 +139,9 @@ impl Row {
             p99_us: report.p99_us,
             errors: report.errors,
             ratio_to_raw: report.rps / floor_rps,
+            runs: 1,
+            rps_range: [report.rps; 2],
+            ratio_range: [report.rps / floor_rps; 2],
         }
     }
 }
@@ -299,15 +350,19 @@ async fn durable_row(client: &async_nats::Client, subject: &str, tag: &str) -> R
     publisher.await.unwrap();
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    let rps = DURABLE_MESSAGES as f64 / elapsed.as_secs_f64();
     let row = Row {
         name: tag.to_owned(),
         bus: "durable",
         concurrency: DURABLE_IN_FLIGHT,
-        rps: DURABLE_MESSAGES as f64 / elapsed.as_secs_f64(),
+        rps,
         p50_us: at(0.5),
         p99_us: at(0.99),
         errors: 0,
         ratio_to_raw: 0.0,
+        runs: 1,
+        rps_range: [rps; 2],
+        ratio_range: [0.0; 2],
     };
     eprintln!(
         "  {subject:<24} c={:<3} {:>9.0} msg/s  p50 {:>9.1} µs  p99 {:>9.1} µs",
@@ -329,11 +384,13 @@ async fn durable_rows(server: &NatsServer, root: &Path) -> Vec<Row> {
         Row {
             name: "raw-jetstream".into(),
             ratio_to_raw: 1.0,
+            ratio_range: [1.0; 2],
             ..raw
         },
         Row {
             name: "durable-cell".into(),
             ratio_to_raw: ratio,
+            ratio_range: [ratio; 2],
             ..cbs
         },
     ]
@@ -729,7 +786,9 @@ async fn measure(
     report
 }
 
-/// Every case at every concurrency; ratios against the first case.
+/// Every case at every concurrency, the whole list `RUNS` times over (so
+/// each run's ratio compares cases measured minutes apart at most); ratios
+/// against the first case of the same run.
 async fn table(
     bus: Arc<dyn BodyBus>,
     label: &'static str,
@@ -737,11 +796,24 @@ async fn table(
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for concurrency in CONCURRENCY {
-        let mut floor = None;
-        for (name, subject, payload) in cases {
-            let r = measure(&bus, subject, payload, concurrency).await;
-            let floor_rps = *floor.get_or_insert(r.rps);
-            rows.push(Row::of(name, label, concurrency, &r, floor_rps));
+        let mut reports: Vec<Vec<Report>> = cases.iter().map(|_| Vec::new()).collect();
+        for run in 1..=RUNS {
+            eprintln!(" run {run} of {RUNS}, {concurrency} in flight");
+            for (i, (_, subject, payload)) in cases.iter().enumerate() {
+                reports[i].push(measure(&bus, subject, payload, concurrency).await);
+            }
+        }
+        for (i, (name, ..)) in cases.iter().enumerate() {
+            let ratios: Vec<f64> = (0..RUNS)
+                .map(|run| reports[i][run].rps / reports[0][run].rps)
+                .collect();
+            rows.push(Row::median_of(
+                name,
+                label,
+                concurrency,
+                &reports[i],
+                &ratios,
+            ));
         }
     }
     rows
@@ -831,10 +903,28 @@ fn sdk_sidecar(root: &Path) -> PathBuf {
 fn print_rows(rows: &[Row]) {
     for r in rows {
         println!(
-            "{} {} c={}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, ratio {:.2}",
-            r.bus, r.name, r.concurrency, r.rps, r.p50_us, r.p99_us, r.ratio_to_raw
+            "{} {} c={}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, ratio {:.2}{}",
+            r.bus,
+            r.name,
+            r.concurrency,
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.ratio_to_raw,
+            spread(r)
         );
     }
+}
+
+/// A row's range over its runs, when it had several.
+fn spread(r: &Row) -> String {
+    if r.runs < 2 {
+        return String::new();
+    }
+    format!(
+        " (median of {}: req/s {:.0}–{:.0}, ratio {:.2}–{:.2})",
+        r.runs, r.rps_range[0], r.rps_range[1], r.ratio_range[0], r.ratio_range[1]
+    )
 }
 
 /// The targets of the request tables (issue #17), each a ratio within one
@@ -1154,7 +1244,7 @@ async fn main() {
         "log_level": "info",
     });
 
-    let mut md = format!("# CBS benchmark, {date}\n\nMachine: {}\n\nEvery request is a full envelope (payload `{PAYLOAD}`), sent by the same closed-loop client; {} s measured per row after {} ms warm-up. All responders run in the benchmark process; its hosts log at `info`, the default of `cbs-host run`. Rows named `-bare` skip the JSON Schema checks the host makes; the rows without it make them. `chain-3hop-local` calls in process (local-first, the default), `chain-3hop-bus` sends its two calls over the bus (`--calls-via-bus`).\n\n", report["machine"], DURATION.as_secs(), WARMUP.as_millis());
+    let mut md = format!("# CBS benchmark, {date}\n\nMachine: {}\n\nEvery request is a full envelope (payload `{PAYLOAD}`), sent by the same closed-loop client; {} s measured per row after {} ms warm-up. The request tables run every case {RUNS} times over (the whole list, then again): each figure is the median of its runs with their range, and each ratio the median of the per-run ratios against the floor measured in the same run. All responders run in the benchmark process; its hosts log at `info`, the default of `cbs-host run`. Rows named `-bare` skip the JSON Schema checks the host makes; the rows without it make them. `chain-3hop-local` calls in process (local-first, the default), `chain-3hop-bus` sends its two calls over the bus (`--calls-via-bus`).\n\n", report["machine"], DURATION.as_secs(), WARMUP.as_millis());
     for (bus, title) in [
         ("nats", "Over nats-server on loopback (ratio to raw NATS)"),
         (
@@ -1182,11 +1272,22 @@ async fn main() {
             "Durable: 5000 envelopes published to JetStream (64 awaiting their ack), each handled and acknowledged; latency from publish to the handler's event (ratio to a hand-written pull-consume-ack loop doing the same work)",
         ),
     ] {
-        md.push_str(&format!("## {title}\n\n| name | in flight | req/s | p50 µs | p99 µs | errors | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n"));
+        md.push_str(&format!("## {title}\n\n| name | in flight | runs | req/s (median) | req/s range | p50 µs | p99 µs | errors | ratio (median) | ratio range |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n"));
         for r in rows.iter().filter(|r| r.bus == bus) {
             md.push_str(&format!(
-                "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} |\n",
-                r.name, r.concurrency, r.rps, r.p50_us, r.p99_us, r.errors, r.ratio_to_raw
+                "| {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2}–{:.2} |\n",
+                r.name,
+                r.concurrency,
+                r.runs,
+                r.rps,
+                r.rps_range[0],
+                r.rps_range[1],
+                r.p50_us,
+                r.p99_us,
+                r.errors,
+                r.ratio_to_raw,
+                r.ratio_range[0],
+                r.ratio_range[1]
             ));
         }
         md.push('\n');

@@ -75,6 +75,9 @@ fn row(name: &str, concurrency: usize, steps_per_s: f64, units_us: Vec<f64>, err
         p99_us,
         errors,
         ratio_to_raw: 1.0,
+        runs: 1,
+        rps_range: [steps_per_s; 2],
+        ratio_range: [1.0; 2],
     }
 }
 
@@ -198,9 +201,13 @@ async fn rows_on(bus: Arc<dyn BodyBus>, label: &str) -> Vec<Row> {
     let saga1 = sagas_one_by_one(&host, &journal, &format!("{label}: saga of 3 steps")).await;
     let plain_burst = calls(&bus, &format!("{label}: 3 plain calls"), BURST, BURST).await;
     let saga_burst = sagas_burst(&host, &journal, &format!("{label}: saga of 3 steps")).await;
-    let ratio = |saga: Row, plain: &Row| Row {
-        ratio_to_raw: saga.rps / plain.rps,
-        ..saga
+    let ratio = |saga: Row, plain: &Row| {
+        let ratio = saga.rps / plain.rps;
+        Row {
+            ratio_to_raw: ratio,
+            ratio_range: [ratio; 2],
+            ..saga
+        }
     };
     vec![
         ratio(saga1, &plain1),
