@@ -77,6 +77,7 @@ fn row(name: &str, concurrency: usize, steps_per_s: f64, units_us: Vec<f64>, err
         ratio_to_raw: 1.0,
         runs: 1,
         rps_range: [steps_per_s; 2],
+        rps_runs: vec![steps_per_s],
         ratio_range: [1.0; 2],
     }
 }
