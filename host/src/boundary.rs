@@ -60,28 +60,23 @@ impl Boundaries {
         cells.get(cell).cloned()
     }
 
-    /// Whether a call from `caller` to `callee` stays inside one domain
-    /// that trusts its own cells' calls (`trust_inside`).
-    pub fn trusted(&self, caller: &str, callee: &str) -> bool {
-        let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
-        match (cells.get(caller), cells.get(callee)) {
-            (Some(a), Some(b)) => a.name == b.name && a.trusted && b.trusted,
-            _ => false,
-        }
-    }
-
-    /// Whether `caller` may call `callee`; why not, as the caller gets it.
-    pub fn check(&self, caller: &str, callee: &str) -> Result<(), BusError> {
+    /// Whether `caller` may call `callee` (why not, as the caller gets it),
+    /// and whether the call stays inside one domain that trusts its own
+    /// cells' calls (`trust_inside`): one look for both, on every call.
+    pub fn check(&self, caller: &str, callee: &str) -> Result<bool, BusError> {
         let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
         let Some(target) = cells.get(callee) else {
-            return Ok(());
+            return Ok(false);
         };
         let mine = cells.get(caller);
+        if let Some(m) = mine.filter(|m| m.name == target.name) {
+            return Ok(m.trusted && target.trusted);
+        }
         let from = match mine {
             Some(m) => format!("cell {caller} (of domain {})", m.name),
             None => format!("cell {caller} (outside any domain)"),
         };
-        verdict(&from, mine, callee, target)
+        verdict(&from, mine, callee, target).map(|()| false)
     }
 
     /// Whether a saga of `domain` may call `callee`: as the domain's cells
@@ -178,5 +173,25 @@ mod tests {
         );
         b.set("orders.ledger", None);
         assert!(b.check("edge.web", "orders.ledger").is_ok());
+    }
+
+    #[test]
+    fn only_calls_inside_a_trusting_domain_are_trusted() {
+        let b = Boundaries::default();
+        let trusting = |exported| {
+            let mut m = member("orders", exported, &[]);
+            if let Some(m) = m.as_mut() {
+                m.trusted = true;
+            }
+            m
+        };
+        b.set("orders.front", trusting(true));
+        b.set("orders.back", trusting(true));
+        b.set("billing.front", member("billing", false, &["orders.back"]));
+        b.set("billing.back", member("billing", false, &[]));
+        assert_eq!(b.check("orders.front", "orders.back"), Ok(true));
+        assert_eq!(b.check("billing.front", "orders.back"), Ok(false));
+        assert_eq!(b.check("edge.web", "orders.back"), Ok(false));
+        assert_eq!(b.check("billing.front", "billing.back"), Ok(false));
     }
 }

@@ -182,9 +182,12 @@ impl Outbound {
                 ),
             ));
         };
-        if let Some(boundaries) = &self.boundaries {
-            boundaries.check(&self.manifest.id, cell_id)?;
-        }
+        // Decided here, from this host's own view: nothing on the wire can
+        // ask for a call to be trusted.
+        let trusted = match &self.boundaries {
+            Some(boundaries) => boundaries.check(&self.manifest.id, cell_id)?,
+            None => false,
+        };
         let mut payload = Some(raw_json(payload, "request payload")?);
         let per_attempt = timeout.unwrap_or(Duration::from_millis(target.policy.timeout_ms));
         let mut attempt = 0;
@@ -206,7 +209,7 @@ impl Outbound {
             };
             let body = body.expect("the payload is kept for every attempt");
             let result = self
-                .once(flow, cell_id, body, per_attempt.min(remaining))
+                .once(flow, cell_id, body, per_attempt.min(remaining), trusted)
                 .await;
             target.breaker.record(
                 result
@@ -233,12 +236,14 @@ impl Outbound {
 
     /// One attempt: in process when the target is served here, else over
     /// the bus. The child envelope carries the flow's remaining budget.
+    /// `trusted`: see [`LocalCalls::call`].
     async fn once(
         &self,
         flow: &Flow,
         cell_id: &str,
         payload: Box<RawValue>,
         timeout: Duration,
+        trusted: bool,
     ) -> Result<String, BusError> {
         let mut child = flow.parent.child(subject_of(cell_id), payload);
         child.headers.insert(
@@ -252,7 +257,9 @@ impl Outbound {
             .target(cell_id)
             .span();
         span.in_scope(|| crate::telemetry::inject_current(&mut child.headers));
-        self.deliver(cell_id, child, timeout).instrument(span).await
+        self.deliver(cell_id, child, timeout, trusted)
+            .instrument(span)
+            .await
     }
 
     async fn deliver(
@@ -260,13 +267,8 @@ impl Outbound {
         cell_id: &str,
         child: Envelope,
         timeout: Duration,
+        trusted: bool,
     ) -> Result<String, BusError> {
-        // Decided here, from this host's own view: nothing on the wire can
-        // ask for it.
-        let trusted = self
-            .boundaries
-            .as_ref()
-            .is_some_and(|b| b.trusted(&self.manifest.id, cell_id));
         let local = match &self.local {
             Some(local) => tokio::time::timeout(timeout, local.call(cell_id, &child, trusted))
                 .await

@@ -71,6 +71,9 @@ pub struct CellNeeds {
     pub durable_subjects: Vec<String>,
     /// Its state bucket, if it keeps state.
     pub state_bucket: Option<String>,
+    /// It takes messages from a stream (its own or a durable
+    /// subscription's): acknowledgements and dead letters.
+    pub consumes: bool,
 }
 
 impl CellNeeds {
@@ -90,12 +93,14 @@ impl CellNeeds {
         };
         for subscription in &manifest.subscribe {
             if subscription.durable {
+                needs.consumes = true;
                 needs.streams.push(subscription.stream_name());
             } else {
                 needs.subscribes.push(subscription.subject.clone());
             }
         }
         if let Some(durable) = &manifest.durable {
+            needs.consumes = true;
             needs.streams.push(durable.stream_name(id));
             needs.durable_subjects = durable.subjects_of(id);
         }
@@ -135,7 +140,8 @@ pub fn host(cells: &[CellNeeds], sagas: bool) -> Permissions {
     publish.extend(HOST_BUCKETS.iter().map(|b| format!("$KV.{b}.>")));
     let mut subscribe = set(["cbs.>", "$SRV.>", "cbs-flows.query", "_INBOX.>"]);
     let mut streams = BTreeSet::new();
-    let mut durable = false;
+    // Takes from a stream: acknowledges, dead-letters (a saga's start too).
+    let mut consumes = sagas;
     for cell in cells {
         publish.extend(cell.publishes.iter().cloned());
         publish.extend(cell.durable_subjects.iter().cloned());
@@ -144,11 +150,11 @@ pub fn host(cells: &[CellNeeds], sagas: bool) -> Permissions {
         if let Some(bucket) = &cell.state_bucket {
             publish.insert(format!("$KV.{bucket}.>"));
         }
-        durable |= !cell.streams.is_empty();
+        consumes |= cell.consumes;
     }
-    // A saga's steps dead-letter like durable messages.
-    if durable || sagas {
+    if consumes {
         publish.insert("cbs-dlq.>".into());
+        publish.insert("$JS.ACK.>".into());
         streams.insert(crate::durable::DLQ_STREAM.into());
     }
     if sagas {
@@ -159,9 +165,6 @@ pub fn host(cells: &[CellNeeds], sagas: bool) -> Permissions {
         streams.insert(format!("KV_{journal}"));
         // It reads the sagas' definitions there, and opening makes it.
         publish.insert(create("KV_cbs-domains"));
-    }
-    if durable || sagas {
-        publish.insert("$JS.ACK.>".into());
     }
     for stream in &streams {
         publish.insert(create(stream));
@@ -292,6 +295,10 @@ mod tests {
             || s == "$JS.API.>"
             || s == "$KV.>"));
         assert!(!host.publish.contains("cbs-saga.>"), "no sagas asked");
+        assert!(
+            !host.publish.contains("cbs-dlq.>"),
+            "state alone dead-letters nothing"
+        );
         assert!(host.allow_responses);
     }
 

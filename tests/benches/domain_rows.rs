@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use cbs_host::bus::local::LocalBus;
 use cbs_host::bus::BodyBus;
-use cbs_host::domain::spec::Spec;
-use cbs_tests::{CellToml, TestHost};
+use cbs_tests::TestHost;
 use serde_json::{json, Value};
 
 use super::{measure, Row, CONCURRENCY};
@@ -59,46 +58,17 @@ fn write(dir: &Path, name: &str, schema: &Value) -> std::path::PathBuf {
     path
 }
 
-/// The test component as `id`; a `back` cell with the order contracts.
-fn cell(dir: &Path, id: &str, calls: &[&str]) {
-    let folder = dir.join(id);
-    std::fs::create_dir_all(&folder).unwrap();
-    let mut toml = CellToml::faulty(id).calls(calls);
-    if id.ends_with(".back") {
+/// The host of `cbs_tests::domains::three`, each `back` checking an order
+/// in and out.
+async fn host(dir: &Path) -> (TestHost, Arc<dyn BodyBus>) {
+    let bus: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
+    let builder = cbs_tests::domains::three(dir, bus.clone(), |toml, folder| {
         let input = json!({"type": "object", "required": ["action", "value"],
             "properties": {"action": {"const": "echo"}, "value": order_schema()}});
         let output = json!({"type": "object", "required": ["value"], "properties": {"value": order_schema()}});
-        toml = toml
-            .input("bench/order-in@1", &write(&folder, "in.json", &input))
-            .output("bench/order-out@1", &write(&folder, "out.json", &output));
-    }
-    toml.write_to(&folder);
-}
-
-fn spec(text: &str) -> Spec {
-    Spec::parse(text).unwrap()
-}
-
-/// The host, its three domains' cells written into `dir`.
-async fn host(dir: &Path) -> (TestHost, Arc<dyn BodyBus>) {
-    for (id, calls) in [
-        ("orders.front", &["orders.back"][..]),
-        ("orders.back", &[]),
-        ("billing.front", &["billing.back"]),
-        ("billing.back", &[]),
-        ("shop.front", &["orders.back"]),
-    ] {
-        cell(dir, id, calls);
-    }
-    let bus: Arc<dyn BodyBus> = Arc::new(LocalBus::new());
-    let mut builder = cbs_tests::builder(bus.clone());
-    for text in [
-        "domain: orders\ntrust_inside: true\ncells:\n  - folder: orders.front\n  - folder: orders.back\nexports: [orders.back]\n",
-        "domain: billing\ncells:\n  - folder: billing.front\n  - folder: billing.back\n",
-        "domain: shop\ncells:\n  - folder: shop.front\nuses:\n  - domain: orders\n    cells: [orders.back]\n",
-    ] {
-        builder = builder.domain(&spec(text), dir).unwrap();
-    }
+        toml.input("bench/order-in@1", &write(folder, "in.json", &input))
+            .output("bench/order-out@1", &write(folder, "out.json", &output))
+    });
     (TestHost::start(builder, &[]).await, bus)
 }
 

@@ -17,7 +17,7 @@ use cbs_host::domain::spec::Spec;
 use cbs_host::saga::journal::{Journal, State};
 use cbs_host::saga::worker::{self, Start};
 use cbs_tests::nats::NatsServer;
-use cbs_tests::{greet, TestHost};
+use cbs_tests::{eventually, greet, TestHost};
 
 use super::{Row, PAYLOAD};
 
@@ -82,6 +82,24 @@ fn row(name: &str, concurrency: usize, steps_per_s: f64, units_us: Vec<f64>, err
     }
 }
 
+/// How saga `id` ended, its journal read every 0.5 ms (the row times it
+/// from outside, so the reads are as tight as the journal allows) until a
+/// deadline.
+async fn ended(journal: &Journal, id: &str) -> State {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_micros(500));
+    loop {
+        tick.tick().await;
+        match journal.get(id).await.unwrap() {
+            Some(i) if i.state.is_final() || i.state == State::Stuck => return i.state,
+            _ => assert!(
+                Instant::now() < deadline,
+                "saga {id} did not end within 30 s"
+            ),
+        }
+    }
+}
+
 /// Sagas one at a time: each started, then its journal entry read until
 /// it ends.
 async fn sagas_one_by_one(host: &TestHost, journal: &Journal, name: &str) -> Row {
@@ -93,12 +111,7 @@ async fn sagas_one_by_one(host: &TestHost, journal: &Journal, name: &str) -> Row
         let start = start();
         let t0 = Instant::now();
         worker::start(log.as_ref(), &start).await.unwrap();
-        let state = loop {
-            match journal.get(&start.id).await.unwrap() {
-                Some(i) if i.state.is_final() || i.state == State::Stuck => break i.state,
-                _ => tokio::time::sleep(Duration::from_micros(500)).await,
-            }
-        };
+        let state = ended(journal, &start.id).await;
         units.push(t0.elapsed().as_secs_f64() * 1e6);
         errors += u64::from(state != State::Completed);
     }
@@ -122,19 +135,24 @@ async fn sagas_burst(host: &TestHost, journal: &Journal, name: &str) -> Row {
     }))
     .await;
     let ids: HashSet<&str> = starts.iter().map(|s| s.id.as_str()).collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let ended = loop {
-        let all = journal.list(10_000).await.unwrap();
-        let ended: Vec<_> = all
-            .into_iter()
-            .filter(|i| ids.contains(i.id.as_str()))
-            .filter(|i| i.state.is_final() || i.state == State::Stuck)
-            .collect();
-        if ended.len() == BURST || Instant::now() > deadline {
-            break ended;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Timed by the journal's own writes: how often it is read changes nothing.
+    let ended = eventually(
+        Duration::from_secs(300),
+        "every saga of the burst ends",
+        || async {
+            let all = journal.list(10_000).await.map_err(|e| e.to_string())?;
+            let ended: Vec<_> = all
+                .into_iter()
+                .filter(|i| ids.contains(i.id.as_str()))
+                .filter(|i| i.state.is_final() || i.state == State::Stuck)
+                .collect();
+            match ended.len() {
+                BURST => Ok(ended),
+                n => Err(format!("{n} of {BURST} ended")),
+            }
+        },
+    )
+    .await;
     let last = ended.iter().map(|i| i.updated_ms).max().unwrap_or(first);
     let units: Vec<f64> = ended
         .iter()

@@ -567,31 +567,9 @@ async fn a_trusting_domain_skips_the_contract_inside_only() {
         r#"{"type":"object","required":["value"],"properties":{"value":{"type":"integer"}}}"#,
     )
     .unwrap();
-    for (id, calls) in [
-        ("orders.front", &["orders.back"][..]),
-        ("orders.back", &[]),
-        ("billing.front", &["billing.back"]),
-        ("billing.back", &[]),
-        ("shop.front", &["orders.back"]),
-    ] {
-        let folder = dir.join(id);
-        std::fs::create_dir_all(&folder).unwrap();
-        let mut toml = cbs_tests::CellToml::faulty(id).calls(calls);
-        if id.ends_with(".back") {
-            toml = toml.input("test/integer@1", &schema);
-        }
-        toml.write_to(&folder);
-    }
-    let mut builder =
-        cbs_tests::builder(std::sync::Arc::new(cbs_host::bus::local::LocalBus::new()));
-    for text in [
-        "domain: orders\ntrust_inside: true\ncells:\n  - folder: orders.front\n  - folder: orders.back\nexports: [orders.back]\n",
-        "domain: billing\ncells:\n  - folder: billing.front\n  - folder: billing.back\n",
-        "domain: shop\ncells:\n  - folder: shop.front\nuses:\n  - domain: orders\n    cells: [orders.back]\n",
-    ] {
-        let spec = cbs_host::domain::spec::Spec::parse(text).unwrap();
-        builder = builder.domain(&spec, dir).unwrap();
-    }
+    let bus = std::sync::Arc::new(cbs_host::bus::local::LocalBus::new());
+    let builder =
+        cbs_tests::domains::three(dir, bus, |toml, _| toml.input("test/integer@1", &schema));
     let host = cbs_tests::TestHost::start(builder, &[]).await;
     let bus = host.body().bus().clone();
     let text = |caller: &str, callee: &str| {

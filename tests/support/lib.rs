@@ -7,6 +7,7 @@ pub mod browser;
 pub mod bundles;
 pub mod cell_toml;
 pub mod curl;
+pub mod domains;
 pub mod jwt;
 pub mod nats;
 pub mod nats_auth;

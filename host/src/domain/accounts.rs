@@ -40,21 +40,26 @@ pub struct Domain<'a> {
 /// The accounts for `domains`, and `public` for callers outside all of them.
 pub fn layout(domains: &[Domain<'_>], public: &str) -> anyhow::Result<Vec<Account>> {
     owners(domains, public)?;
+    // Accounts in the order of `domains`, then the public one.
     let mut accounts: Vec<Account> = domains.iter().map(domain_account).collect();
-    let mut outside = Account {
+    accounts.push(Account {
         name: public.to_owned(),
         users: vec![("caller", roles::caller())],
         jetstream: false,
         exports: BTreeMap::new(),
         imports: BTreeMap::new(),
-    };
-    for domain in domains {
-        let spec = domain.spec;
-        for cell in &spec.exports {
-            export(&mut accounts, &mut outside, &spec.domain, cell);
+    });
+    let outside = domains.len();
+    // Every export first: a domain may use one whose spec comes later.
+    for (at, domain) in domains.iter().enumerate() {
+        for cell in &domain.spec.exports {
+            grant(&mut accounts, at, outside, cell);
         }
+    }
+    for (at, domain) in domains.iter().enumerate() {
+        let spec = domain.spec;
         for used in &spec.uses {
-            let Some(exporter) = domains.iter().find(|d| d.spec.domain == used.domain) else {
+            let Some(theirs) = domains.iter().position(|d| d.spec.domain == used.domain) else {
                 bail!(
                     "domain {} uses domain {}, which is not among the specs given: give its spec too",
                     spec.domain,
@@ -62,26 +67,17 @@ pub fn layout(domains: &[Domain<'_>], public: &str) -> anyhow::Result<Vec<Accoun
                 );
             };
             for cell in &used.cells {
-                if !exporter.spec.exports.contains(cell) {
+                if !domains[theirs].spec.exports.contains(cell) {
                     bail!(
                         "domain {} uses {cell}, which domain {} does not export",
                         spec.domain,
                         used.domain
                     );
                 }
-                let subject = crate::subjects::subject_of(cell);
-                let mine = position(&accounts, &spec.domain);
-                accounts[mine]
-                    .imports
-                    .insert(subject.clone(), used.domain.clone());
-                let theirs = position(&accounts, &used.domain);
-                if let Some(importers) = accounts[theirs].exports.get_mut(&subject) {
-                    importers.insert(spec.domain.clone());
-                }
+                grant(&mut accounts, theirs, at, cell);
             }
         }
     }
-    accounts.push(outside);
     Ok(accounts)
 }
 
@@ -128,21 +124,17 @@ fn domain_account(domain: &Domain<'_>) -> Account {
     }
 }
 
-/// `cell` of `domain` exported, and imported by callers outside every domain.
-fn export(accounts: &mut [Account], outside: &mut Account, domain: &str, cell: &str) {
+/// The account at `to` imports `cell` from the account at `from`, which
+/// exports it to `to` (and to whoever it already exported it to).
+fn grant(accounts: &mut [Account], from: usize, to: usize, cell: &str) {
     let subject = crate::subjects::subject_of(cell);
-    let i = position(accounts, domain);
-    accounts[i]
+    let (exporter, importer) = (accounts[from].name.clone(), accounts[to].name.clone());
+    accounts[from]
         .exports
-        .insert(subject.clone(), BTreeSet::from([outside.name.clone()]));
-    outside.imports.insert(subject, domain.to_owned());
-}
-
-fn position(accounts: &[Account], name: &str) -> usize {
-    accounts
-        .iter()
-        .position(|a| a.name == name)
-        .unwrap_or_default()
+        .entry(subject.clone())
+        .or_default()
+        .insert(importer);
+    accounts[to].imports.insert(subject, exporter);
 }
 
 /// The configuration's `accounts` block, each user named by the public
@@ -245,6 +237,22 @@ mod tests {
         assert!(
             conf.contains(r#"{ service: { account: "orders", subject: "cbs.orders.place" } }"#),
             "{conf}"
+        );
+        // The user's spec first: the export is granted to it all the same.
+        let reversed = [
+            Domain {
+                spec: &shop,
+                manifests: vec![&web],
+            },
+            Domain {
+                spec: &orders,
+                manifests: vec![&place, &ledger],
+            },
+        ];
+        let accounts = layout(&reversed, "public").unwrap();
+        assert_eq!(
+            accounts[1].exports["cbs.orders.place"],
+            BTreeSet::from(["public".to_owned(), "shop".to_owned()])
         );
         assert!(conf.contains(r#"nkey: "U-shop-host""#), "{conf}");
     }
