@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod platform;
 pub mod random;
+pub mod registry;
 pub mod resilience;
 pub mod retention;
 pub mod roles;

@@ -14,6 +14,7 @@ pub mod nats_auth;
 pub mod process;
 pub mod process_bundles;
 pub mod raw_http;
+pub mod registry;
 pub mod skips;
 pub mod topology;
 

@@ -10,7 +10,8 @@ use cbs_host::telemetry::Exporter;
 use crate::args::LogArgs;
 use crate::commands::{
     accounts, apply, audit, bench, build, call, console, contract, deploy, dlq, export, flows,
-    gateway, keygen, load, ls, new, ps, publish, record, replay, rollback, run, saga, undeploy,
+    gateway, keygen, load, ls, new, ps, publish, pull, push, record, replay, rollback, run, saga,
+    search, show, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -87,6 +88,10 @@ pub enum CbsCommand {
     New(new::NewArgs),
     Build(build::BuildArgs),
     Keygen(keygen::KeygenArgs),
+    Push(push::PushArgs),
+    Pull(pull::PullArgs),
+    Search(search::SearchArgs),
+    Show(show::ShowArgs),
     Deploy(deploy::DeployArgs),
     Apply(apply::ApplyArgs),
     Accounts(accounts::AccountsArgs),
@@ -154,6 +159,10 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::New(args) => new::run(args),
             CbsCommand::Build(args) => build::run(args).await,
             CbsCommand::Keygen(args) => keygen::run(args),
+            CbsCommand::Push(args) => push::run(args).await,
+            CbsCommand::Pull(args) => pull::run(args).await,
+            CbsCommand::Search(args) => search::run(args).await,
+            CbsCommand::Show(args) => show::run(args).await,
             CbsCommand::Deploy(args) => deploy::run(args).await,
             CbsCommand::Apply(args) => apply::run(args).await,
             CbsCommand::Accounts(args) => accounts::run(args).await,

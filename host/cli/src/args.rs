@@ -365,3 +365,31 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
         )),
     }
 }
+
+/// How the command line reaches OCI registries (`cbs push`, `pull`,
+/// `search`, `show`, `deploy REF`). Credentials come from a docker
+/// `config.json` (`docker login`, or REGISTRY_AUTH_FILE).
+#[derive(Args, Clone)]
+pub struct RegistryArgs {
+    /// Talk plain HTTP to the registry (a local registry without TLS).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl RegistryArgs {
+    pub async fn client(&self, registry: &str) -> anyhow::Result<cbs_host::registry::Client> {
+        let options = cbs_host::registry::Options {
+            insecure: self.insecure,
+        };
+        cbs_host::registry::Client::connect(registry, &options).await
+    }
+}
+
+/// Keys a pulled bundle must be signed by (`--trust`, as for hosts).
+pub fn trust_of(keys: &[String]) -> anyhow::Result<Trust> {
+    let keys = keys
+        .iter()
+        .map(|t| PublicKey::parse_arg(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Trust::new(keys))
+}

@@ -58,6 +58,16 @@ impl Bundle {
             entry.read_to_end(&mut data).context(corrupt)?;
             entries.insert(name, data);
         }
+        Self::from_files(entries)
+    }
+
+    /// A bundle from its files by path (`MANIFEST.json`, the optional
+    /// `SIGNATURE.json` and the cell's files), checked as a bundle file is.
+    pub fn from_files(mut entries: BTreeMap<String, Vec<u8>>) -> anyhow::Result<Self> {
+        let corrupt = "the bundle is corrupt or not a CBS bundle";
+        for name in entries.keys() {
+            inner_path(Path::new(name)).context(corrupt)?;
+        }
         let manifest_bytes = entries
             .remove(MANIFEST)
             .with_context(|| format!("{corrupt}: it has no {MANIFEST}"))?;

@@ -36,8 +36,9 @@ use crate::manifest::{CellSpec, Manifest, FILE_NAME};
 
 /// The file extension of bundles.
 pub const EXTENSION: &str = "cbs";
-const MANIFEST: &str = "MANIFEST.json";
-const SIGNATURE: &str = "SIGNATURE.json";
+/// The bundle's own files: its manifest and its signature.
+pub const MANIFEST: &str = "MANIFEST.json";
+pub const SIGNATURE: &str = "SIGNATURE.json";
 const FORMAT: u32 = 1;
 /// Refuse bundles larger than this when reading (a Python component is ~32 MB).
 pub const MAX_BYTES: u64 = 512 << 20;
@@ -124,6 +125,25 @@ impl Bundle {
     /// `sha256:<hex>` of `MANIFEST.json`, which lists every file's digest.
     pub fn digest(&self) -> String {
         format!("sha256:{}", sha256_hex(&self.manifest_bytes))
+    }
+
+    /// The cell's files by path in the bundle (`cell.toml`, the
+    /// component, schemas, ...).
+    pub fn files(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.files
+    }
+
+    /// `MANIFEST.json` as the bundle holds it.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// `SIGNATURE.json` as the bundle file holds it, when signed.
+    pub fn signature_bytes(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.signature
+            .as_ref()
+            .map(|s| Ok(serde_json::to_vec_pretty(s)?))
+            .transpose()
     }
 
     /// Signs the bundle digest.

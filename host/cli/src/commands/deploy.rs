@@ -1,6 +1,6 @@
 //! `cbs deploy`: a bundle to every watching host, health-confirmed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,10 +12,12 @@ use cbs_host::deploy::Store;
 use cbs_host::host::trial::InProcess;
 use clap::Args;
 
-use crate::args::{parse_label, NatsArgs};
+use crate::args::{parse_label, trust_of, NatsArgs, RegistryArgs};
+use crate::commands::pull::pull_verified;
 use crate::report::{notes, report};
 use cbs_host::deploy::rollout::{self, Consent, Scale, Targets};
 use cbs_host::deploy::{blue_green, canary};
+use cbs_host::registry::Reference;
 
 /// Deploy a bundle to every host of a NATS cluster that runs with --watch,
 /// and wait until they serve it.
@@ -26,8 +28,17 @@ use cbs_host::deploy::{blue_green, canary};
 /// new contract breaks the deployed one within a major version.
 #[derive(Args)]
 pub struct DeployArgs {
-    /// The bundle (.cbs) to deploy.
-    bundle: PathBuf,
+    /// The bundle (.cbs) to deploy, or where a registry holds it:
+    /// HOST[:PORT]/REPOSITORY[:TAG|@DIGEST] (pulled and verified here, once;
+    /// hosts get it through the lattice and never contact the registry).
+    #[arg(value_name = "BUNDLE|REF")]
+    bundle: String,
+    /// A pulled bundle must be signed by this key (a .pub file or its
+    /// hex); repeatable. Hosts check their own --trust again.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// How many watching hosts serve it, placed (and re-placed when one
     /// stops) by the hosts' placer [default: every watching host].
     #[arg(long)]
@@ -194,10 +205,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--label and --spread place replicas: give --replicas N (or --min-replicas and --max-replicas)");
     }
-    let bytes = std::fs::read(&args.bundle)
-        .with_context(|| format!("cannot read {}", args.bundle.display()))?;
-    let bundle =
-        Bundle::from_bytes(&bytes).with_context(|| format!("in {}", args.bundle.display()))?;
+    let (bundle, bytes) = source(&args.bundle, &args.registry, &args.trust).await?;
     let constraints = rollout::placement_labels(&bundle, args.label.into_iter().collect());
     let (bus, store) = args.nats.open_store().await?;
     let rollback = match &args.sign_rollback {
@@ -281,6 +289,29 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         &bundle.manifest.version,
         outcome,
     ))
+}
+
+/// The bundle a file holds, or a registry reference names (pulled and
+/// verified), and its bytes.
+async fn source(
+    what: &str,
+    registry: &RegistryArgs,
+    trust: &[String],
+) -> anyhow::Result<(Bundle, Vec<u8>)> {
+    let path = Path::new(what);
+    if path.exists() {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bundle = Bundle::from_bytes(&bytes).with_context(|| format!("in {what}"))?;
+        bundle.verify(&trust_of(trust)?)?;
+        return Ok((bundle, bytes));
+    }
+    let reference = Reference::parse(what)
+        .with_context(|| format!("{what:?} is neither a bundle file nor a registry reference"))?;
+    let (pinned, bundle) = pull_verified(registry, &reference, &trust_of(trust)?).await?;
+    eprintln!("pulled {pinned}");
+    let bytes = bundle.to_bytes()?;
+    Ok((bundle, bytes))
 }
 
 /// A grant for the step from what hosts last installed of the bundle's

@@ -1,0 +1,375 @@
+//! Cells in a real OCI registry (Debian's `docker-registry`, the CNCF
+//! distribution registry): push and pull of each runtime's bundle, the
+//! standard Wasm layout as another tool reads it, tampering, TLS with
+//! basic credentials, deploy by reference, search; and a hostile registry
+//! (endless and giant replies) served by the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use cbs_host::bundle::{Bundle, KeyPair};
+use cbs_tests::bundles::greet_bundle;
+use cbs_tests::nats::NatsServer;
+use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::process_bundles::{bundled_sidecar, cbs_with_env, locked_python_cell, offline_pip};
+use cbs_tests::registry::{auth_file, Registry, USER};
+use serde_json::{json, Value};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(what: &str, out: Output) -> String {
+    assert!(out.status.success(), "{what} failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A signed copy of `bundle` (key `dir/key`, made if missing).
+fn signed(dir: &Path, bundle: &Path) -> PathBuf {
+    let key = dir.join("key");
+    if !key.exists() {
+        ok("cbs keygen", cbs(&["keygen", key.to_str().unwrap()]));
+    }
+    let mut read = Bundle::read(bundle).unwrap();
+    read.sign(&KeyPair::read(&key).unwrap());
+    let out = dir.join(format!(
+        "signed-{}",
+        bundle.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&out, read.to_bytes().unwrap()).unwrap();
+    out
+}
+
+/// `cbs build CELL -o OUT` with pip offline (the fixture wheels): OUT.
+fn build(cell: &Path, out: &Path) -> PathBuf {
+    let args = ["build", cell.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    ok("cbs build", cbs_with_env(cell, &args, offline_pip()));
+    out.to_path_buf()
+}
+
+fn push(bundle: &Path, reference: &str) -> String {
+    let out = cbs(&["push", bundle.to_str().unwrap(), reference, "--insecure"]);
+    ok("cbs push", out).trim().to_owned()
+}
+
+#[test]
+fn each_runtime_round_trips_through_the_registry_byte_for_byte() {
+    let registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = signed(tmp.path(), &greet_bundle(tmp.path()));
+    let python = signed(
+        tmp.path(),
+        &build(
+            &locked_python_cell(tmp.path(), "0.1.0"),
+            &tmp.path().join("py.cbs"),
+        ),
+    );
+    let sidecar = signed(
+        tmp.path(),
+        &build(
+            &bundled_sidecar(tmp.path(), 1, None),
+            &tmp.path().join("sidecar.cbs"),
+        ),
+    );
+    for (name, bundle) in [("greet", &wasm), ("py", &python), ("sidecar", &sidecar)] {
+        let pushed = push(bundle, &registry.reference(name));
+        assert!(pushed.contains("@sha256:"), "{pushed}");
+        let back = tmp.path().join(format!("{name}-back.cbs"));
+        let key = format!("{}.pub", tmp.path().join("key").display());
+        ok(
+            "cbs pull",
+            cbs(&[
+                "pull",
+                &registry.reference(name),
+                "--insecure",
+                "--trust",
+                &key,
+                "-o",
+                back.to_str().unwrap(),
+            ]),
+        );
+        assert!(
+            std::fs::read(bundle).unwrap() == std::fs::read(&back).unwrap(),
+            "{name}: the pulled bundle differs from the pushed one"
+        );
+        let (a, b) = (Bundle::read(bundle).unwrap(), Bundle::read(&back).unwrap());
+        assert_eq!((a.signer(), a.signature()), (b.signer(), b.signature()));
+        assert!(b.signature().is_some());
+    }
+}
+
+#[test]
+fn another_tool_reads_the_wasm_cell_as_a_standard_wasm_artifact() {
+    let registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = greet_bundle(tmp.path());
+    let reference = format!("{}:0.1.0", registry.reference("logic.greet"));
+    push(&bundle, &reference);
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo is not installed: run `make setup` (apt-get install skopeo)");
+    let manifest: Value = serde_json::from_str(&ok("skopeo inspect", raw)).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{manifest}");
+    assert_eq!(layers[0]["mediaType"], "application/wasm");
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.title"],
+        "logic.greet"
+    );
+    assert_eq!(
+        manifest["annotations"]["dev.cbs.contract.input"],
+        "logic.greet/request@1"
+    );
+    // skopeo copies the artifact out: its one layer is the component.
+    let out = tmp.path().join("copied");
+    ok(
+        "skopeo copy",
+        std::process::Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("dir:{}", out.display()))
+            .output()
+            .unwrap(),
+    );
+    let digest = layers[0]["digest"].as_str().unwrap();
+    let component = std::fs::read(out.join(digest.strip_prefix("sha256:").unwrap())).unwrap();
+    assert!(
+        component == std::fs::read(cbs_tests::greet().join("logic_greet.wasm")).unwrap(),
+        "the Wasm layer is not the cell's component"
+    );
+}
+
+#[test]
+fn a_tampered_layer_is_refused_on_pull() {
+    let registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = greet_bundle(tmp.path());
+    let reference = format!("{}:0.1.0", registry.reference("logic.greet"));
+    push(&bundle, &reference);
+    let raw = ok(
+        "skopeo inspect",
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .output()
+            .unwrap(),
+    );
+    let manifest: Value = serde_json::from_str(&raw).unwrap();
+    let blob = registry.blob_file(manifest["layers"][0]["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let back = tmp.path().join("back.cbs");
+    let out = cbs(&[
+        "pull",
+        &reference,
+        "--insecure",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "a tampered pull succeeded");
+    assert!(
+        text(&out).contains("tampered with"),
+        "the error does not say what is wrong: {}",
+        text(&out)
+    );
+    assert!(!back.exists(), "a refused pull wrote a bundle");
+}
+
+#[test]
+fn a_registry_over_tls_with_users_takes_credentials_from_a_docker_config() {
+    let registry = Registry::with_tls_and_users();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = greet_bundle(tmp.path());
+    let reference = registry.reference("logic.greet");
+    let ca = registry.ca_file();
+    let push_with = |auth: &Path| {
+        let env = [
+            ("SSL_CERT_FILE", Some(ca.as_str())),
+            ("REGISTRY_AUTH_FILE", Some(auth.to_str().unwrap())),
+        ];
+        cbs_with_env(
+            tmp.path(),
+            &["push", bundle.to_str().unwrap(), &reference],
+            &env,
+        )
+    };
+    // No credentials for it: refused, and told how to log in.
+    let stranger = auth_file(&tmp.path().join("x").tap_dir(), "elsewhere:1", USER);
+    let out = push_with(&stranger);
+    assert!(!out.status.success(), "an anonymous push succeeded");
+    assert!(text(&out).contains("docker login"), "{}", text(&out));
+    // A wrong password: refused.
+    let wrong = auth_file(
+        &tmp.path().join("w").tap_dir(),
+        &registry.host(),
+        (USER.0, "nope"),
+    );
+    assert!(
+        !push_with(&wrong).status.success(),
+        "a wrong password pushed"
+    );
+    // The user's credentials over TLS: pushed, and pulled back the same.
+    let auth = auth_file(tmp.path(), &registry.host(), USER);
+    ok("cbs push with credentials", push_with(&auth));
+    let back = tmp.path().join("back.cbs");
+    let env = [
+        ("SSL_CERT_FILE", Some(ca.as_str())),
+        ("REGISTRY_AUTH_FILE", Some(auth.to_str().unwrap())),
+    ];
+    ok(
+        "cbs pull with credentials",
+        cbs_with_env(
+            tmp.path(),
+            &["pull", &reference, "-o", back.to_str().unwrap()],
+            &env,
+        ),
+    );
+    assert!(std::fs::read(&bundle).unwrap() == std::fs::read(&back).unwrap());
+}
+
+trait TapDir {
+    fn tap_dir(self) -> PathBuf;
+}
+
+impl TapDir for PathBuf {
+    /// The folder, made.
+    fn tap_dir(self) -> PathBuf {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_by_reference_serves_on_two_hosts_that_never_contact_the_registry() {
+    let mut registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = signed(tmp.path(), &greet_bundle(tmp.path()));
+    let reference = registry.reference("logic.greet");
+    push(&bundle, &reference);
+    let before = registry.log().lines().count();
+    let server = NatsServer::start();
+    let url = server.url();
+    let key = format!("{}.pub", tmp.path().join("key").display());
+    let watch = ["--watch", "--trust", key.as_str()];
+    let a = HostProcess::serve(&url, "host-a", &[], &watch);
+    let b = HostProcess::serve(&url, "host-b", &[], &watch);
+    let out = cbs(&[
+        "deploy",
+        &reference,
+        "--insecure",
+        "--trust",
+        &key,
+        "--nats",
+        &url,
+        "--wait-ms",
+        "30000",
+    ]);
+    let said = ok("cbs deploy REF", out);
+    assert!(said.contains("serving on 2 host(s)"), "{said}");
+    // What the registry served since the push: one pull by the command
+    // line — the manifest, its referrers, and each layer once.
+    let log = registry.log();
+    let requests: Vec<Value> = log
+        .lines()
+        .skip(before)
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["http.request.uri"].is_string() && v["http.response.status"].is_number())
+        .collect();
+    let blob_gets = requests
+        .iter()
+        .filter(|r| {
+            r["http.request.method"] == "GET"
+                && r["http.request.uri"].as_str().unwrap().contains("/blobs/")
+        })
+        .count();
+    let pulled = Bundle::read(&bundle).unwrap();
+    // cell.toml, two schemas, MANIFEST.json, SIGNATURE.json, the component.
+    assert_eq!(blob_gets, pulled.files().len() + 2, "{requests:#?}");
+    // The registry stops: the hosts keep serving, and a host that joins
+    // now gets the cell from the lattice alone.
+    registry.stop();
+    let bus = server.bus().await;
+    let c = HostProcess::serve(&url, "host-c", &[], &watch);
+    c.wait_for_log("deployed: serving", Duration::from_secs(30));
+    drop((a, b));
+    let reply = cbs_tests::call_json(
+        &bus,
+        "logic.greet",
+        json!({"name": "Ada"}),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("host-c serves logic.greet without the registry");
+    assert_eq!(reply["greeting"], "Hello, Ada!");
+}
+
+#[test]
+fn search_finds_a_pushed_cell_by_name_and_by_contract_id() {
+    let registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    push(
+        &greet_bundle(tmp.path()),
+        &registry.reference("logic.greet"),
+    );
+    let python = build(
+        &locked_python_cell(tmp.path(), "0.2.0"),
+        &tmp.path().join("py.cbs"),
+    );
+    push(&python, &registry.reference("test.py_locked"));
+    let search = |term: &str| -> Vec<String> {
+        let out = cbs(&[
+            "search",
+            term,
+            "--registry",
+            &registry.host(),
+            "--insecure",
+            "--json",
+        ]);
+        let found: Value = serde_json::from_str(&ok("cbs search", out)).unwrap();
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                l["annotations"]["dev.cbs.cell"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(search("greet"), ["logic.greet"]);
+    let contract = Bundle::read(&python)
+        .unwrap()
+        .cell_manifest()
+        .unwrap()
+        .input
+        .unwrap()
+        .id;
+    assert_eq!(search(&contract), ["test.py_locked"]);
+    assert_eq!(search("logic.greet/reply@1"), ["logic.greet"]);
+    assert!(search("no-such-cell").is_empty());
+    // `cbs show` summarizes the contract from the pushed schemas.
+    let shown = ok(
+        "cbs show",
+        cbs(&["show", &registry.reference("logic.greet"), "--insecure"]),
+    );
+    assert!(
+        shown.contains("logic.greet/request@1  {name: string}"),
+        "{shown}"
+    );
+    assert!(shown.contains("versions  0.1.0"), "{shown}");
+}
