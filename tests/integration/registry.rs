@@ -373,3 +373,201 @@ fn search_finds_a_pushed_cell_by_name_and_by_contract_id() {
     );
     assert!(shown.contains("versions  0.1.0"), "{shown}");
 }
+
+/// A registry that lies: endless and giant replies, an endless layer, and
+/// a private repository behind a bearer-token realm.
+mod hostile {
+    use axum::body::Body;
+    use axum::extract::State;
+    use axum::http::{header, HeaderMap, StatusCode, Uri};
+    use axum::response::Response;
+    use axum::routing::get;
+    use axum::Router;
+
+    pub const TOKEN: &str = "tok-123";
+
+    /// Serves until the test ends; its `HOST:PORT`.
+    pub async fn start() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let app = Router::new()
+            .route("/v2/", get(|| async { "{}" }))
+            .route("/v2/{*rest}", get(route))
+            .route("/token", get(token))
+            .with_state(host.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        host
+    }
+
+    fn endless() -> Body {
+        let chunk = bytes::Bytes::from(vec![b'{'; 64 << 10]);
+        Body::from_stream(futures_util::stream::unfold((), move |()| {
+            let chunk = chunk.clone();
+            async move { Some((Ok::<_, std::io::Error>(chunk), ())) }
+        }))
+    }
+
+    fn reply(status: StatusCode, headers: &[(header::HeaderName, String)], body: Body) -> Response {
+        let mut r = Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.body(body).unwrap()
+    }
+
+    const LAYER: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    async fn route(State(host): State<String>, uri: Uri, headers: HeaderMap) -> Response {
+        let manifest = (
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json".to_owned(),
+        );
+        match uri.path() {
+            "/v2/endless/manifests/1.0.0" => reply(StatusCode::OK, &[manifest], endless()),
+            "/v2/giant/manifests/1.0.0" => reply(
+                StatusCode::OK,
+                &[
+                    manifest,
+                    (header::CONTENT_LENGTH, (10u64 << 30).to_string()),
+                ],
+                endless(),
+            ),
+            "/v2/blobby/manifests/1.0.0" => {
+                let doc = serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "artifactType": "application/vnd.cbs.bundle.v1",
+                    "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                        "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"},
+                    "layers": [{"mediaType": "application/vnd.cbs.bundle.manifest.v1+json",
+                        "digest": LAYER, "size": 100,
+                        "annotations": {"org.opencontainers.image.title": "MANIFEST.json"}}]
+                });
+                reply(StatusCode::OK, &[manifest], Body::from(doc.to_string()))
+            }
+            p if p == format!("/v2/blobby/blobs/{LAYER}") => reply(StatusCode::OK, &[], endless()),
+            "/v2/private/manifests/1.0.0" => {
+                let bearer = format!("Bearer {TOKEN}");
+                if headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    == Some(bearer.as_str())
+                {
+                    let body =
+                        r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+                    return reply(StatusCode::NOT_FOUND, &[], Body::from(body));
+                }
+                let challenge = format!(
+                    "Bearer realm=\"http://{host}/token\",service=\"hostile\",scope=\"repository:private:pull\""
+                );
+                reply(
+                    StatusCode::UNAUTHORIZED,
+                    &[(header::WWW_AUTHENTICATE, challenge)],
+                    Body::empty(),
+                )
+            }
+            _ => reply(StatusCode::NOT_FOUND, &[], Body::empty()),
+        }
+    }
+
+    async fn token(uri: Uri, headers: HeaderMap) -> Response {
+        let basic = format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{}:{}", super::USER.0, super::USER.1).as_bytes())
+        );
+        let authorized = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            == Some(basic.as_str());
+        // As reqwest encodes them.
+        let query = uri.query().unwrap_or_default();
+        let asked = query.split('&').any(|p| p == "service=hostile")
+            && query
+                .split('&')
+                .any(|p| p == "scope=repository%3Aprivate%3Apull");
+        if !(authorized && asked) {
+            return reply(StatusCode::UNAUTHORIZED, &[], Body::empty());
+        }
+        reply(
+            StatusCode::OK,
+            &[],
+            Body::from(format!("{{\"token\":\"{TOKEN}\"}}")),
+        )
+    }
+}
+
+/// `cbs ARGS` with `env`, failing the test if it runs past a minute.
+async fn cbs_within_a_minute(args: Vec<String>, env: Vec<(String, String)>) -> Output {
+    let dir = std::env::temp_dir();
+    let run = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, Option<&str>)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+            .collect();
+        cbs_with_env(&dir, &args, &env)
+    });
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("cbs did not end: it kept reading an endless reply")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_and_giant_replies_get_a_clear_error_not_an_allocation() {
+    let host = hostile::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let out_file = tmp.path().join("out.cbs").display().to_string();
+    for (repo, expected) in [
+        ("endless", "sent more than the 4194304 bytes expected"),
+        (
+            "giant",
+            "announces 10737418240 bytes, more than the 4194304 expected",
+        ),
+        ("blobby", "sent more than the 100 bytes expected"),
+    ] {
+        let args = [
+            "pull",
+            &format!("{host}/{repo}:1.0.0"),
+            "--insecure",
+            "-o",
+            &out_file,
+        ];
+        let out = cbs_within_a_minute(args.map(str::to_owned).to_vec(), vec![]).await;
+        assert!(!out.status.success(), "{repo}: pulled");
+        assert!(text(&out).contains(expected), "{repo}: {}", text(&out));
+    }
+    assert!(!Path::new(&out_file).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_challenge_is_answered_with_a_token_from_its_realm() {
+    let host = hostile::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let args = || {
+        vec![
+            "pull".to_owned(),
+            format!("{host}/private:1.0.0"),
+            "--insecure".to_owned(),
+        ]
+    };
+    // Without credentials the realm refuses: the command says to log in.
+    let none = auth_file(tmp.path(), "elsewhere:1", USER);
+    let env = |f: &Path| vec![("REGISTRY_AUTH_FILE".to_owned(), f.display().to_string())];
+    let out = cbs_within_a_minute(args(), env(&none)).await;
+    assert!(
+        text(&out).contains(&format!("a token from http://{host}/token")),
+        "{}",
+        text(&out)
+    );
+    // With them, the token opens the repository (which then has no such tag).
+    let dir = tmp.path().join("with").tap_dir();
+    let auth = auth_file(&dir, &host, USER);
+    let out = cbs_within_a_minute(args(), env(&auth)).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("is not in the registry"),
+        "{}",
+        text(&out)
+    );
+}
