@@ -76,10 +76,10 @@ impl Outbound {
             .capabilities
             .calls
             .iter()
-            .map(|id| {
-                let policy = manifest.policy.get(id).cloned().unwrap_or_default();
+            .map(|call| {
+                let policy = manifest.policy.get(&call.cell).cloned().unwrap_or_default();
                 let breaker = Breaker::new(policy.breaker.clone());
-                (id.clone(), Target { policy, breaker })
+                (call.cell.clone(), Target { policy, breaker })
             })
             .collect();
         Self {

@@ -571,3 +571,86 @@ async fn a_bearer_challenge_is_answered_with_a_token_from_its_realm() {
         text(&out)
     );
 }
+
+/// `cbs ARGS --nats URL`: success, stdout and stderr.
+fn cbs_on(url: &str, args: &[&str]) -> (bool, String) {
+    let out = cbs(&[args, &["--nats", url]].concat());
+    (out.status.success(), text(&out))
+}
+
+#[test]
+fn a_range_the_lattice_cannot_satisfy_refuses_the_deploy_and_with_deps_satisfies_it() {
+    let registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = |dir: &str, id: &str, version: &str, tables: &str| {
+        let dir = tmp.path().join(dir).tap_dir();
+        cbs_tests::bundles::faulty_bundle(&dir, id, version, tables)
+    };
+    for version in ["1.2.0", "1.1.0", "2.0.0"] {
+        let b = bundle(&format!("callee-{version}"), "dep.callee", version, "");
+        push(&b, &registry.reference("dep.callee"));
+    }
+    let front = bundle(
+        "front",
+        "app.front",
+        "1.0.0",
+        "[capabilities]\ncalls = [\"dep.callee@^1\"]\n",
+    );
+    push(&front, &registry.reference("app.front"));
+    let server = NatsServer::start();
+    let url = server.url();
+    let _host = HostProcess::serve(&url, "host-a", &[], &["--watch"]);
+    let front_ref = registry.reference("app.front");
+    let deploy = |extra: &[&str]| {
+        cbs_on(
+            &url,
+            &[
+                &[
+                    "deploy",
+                    front_ref.as_str(),
+                    "--insecure",
+                    "--wait-ms",
+                    "30000",
+                ],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let (ok, said) = deploy(&[]);
+    assert!(!ok, "deployed without its dependency: {said}");
+    assert!(
+        said.contains("dep.callee@^1 (not deployed)") && said.contains("--with-deps"),
+        "{said}"
+    );
+    let (ok, said) = deploy(&["--with-deps"]);
+    assert!(ok, "--with-deps: {said}");
+    // The highest version in the range, not the highest there is.
+    let (ok, tree) = cbs_on(&url, &["deps", "app.front"]);
+    assert!(ok, "{tree}");
+    assert!(
+        tree.contains("app.front 1.0.0\n  dep.callee 1.2.0 (wants ^1)\n"),
+        "{tree}"
+    );
+    // A version outside what app.front works with is refused...
+    let two = bundle("callee-2b", "dep.callee", "2.0.0", "");
+    let (ok, said) = cbs_on(
+        &url,
+        &["deploy", two.to_str().unwrap(), "--wait-ms", "30000"],
+    );
+    assert!(!ok, "2.0.0 replaced what app.front needs: {said}");
+    assert!(said.contains("app.front calls dep.callee@^1"), "{said}");
+    // ...and so is undeploying it, unless forced.
+    let (ok, said) = cbs_on(&url, &["undeploy", "dep.callee"]);
+    assert!(
+        !ok && said.contains("needed by deployed cells: app.front (dep.callee@^1)"),
+        "{said}"
+    );
+    let (ok, said) = cbs_on(&url, &["undeploy", "dep.callee", "--force"]);
+    assert!(ok, "{said}");
+    let (ok, tree) = cbs_on(&url, &["deps", "app.front"]);
+    assert!(
+        !ok && tree.contains("dep.callee not deployed (wants ^1)  ✗ not compatible"),
+        "{tree}"
+    );
+}

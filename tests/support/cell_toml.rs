@@ -134,7 +134,10 @@ impl CellToml {
 
     /// `[capabilities] calls`.
     pub fn calls(mut self, targets: &[&str]) -> Self {
-        self.manifest.capabilities.calls = targets.iter().map(|s| s.to_string()).collect();
+        self.manifest.capabilities.calls = targets
+            .iter()
+            .map(|s| cbs_host::manifest::Call::parse(s).expect("a call grant"))
+            .collect();
         self
     }
 

@@ -9,9 +9,9 @@ use cbs_host::telemetry::Exporter;
 
 use crate::args::LogArgs;
 use crate::commands::{
-    accounts, apply, audit, bench, build, call, console, contract, deploy, dlq, export, flows,
-    gateway, keygen, load, ls, new, ps, publish, pull, push, record, replay, rollback, run, saga,
-    search, show, undeploy,
+    accounts, apply, audit, bench, build, call, console, contract, deploy, deps, dlq, export,
+    flows, gateway, keygen, load, ls, new, ps, publish, pull, push, record, replay, rollback, run,
+    saga, search, show, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -93,6 +93,7 @@ pub enum CbsCommand {
     Search(search::SearchArgs),
     Show(show::ShowArgs),
     Deploy(deploy::DeployArgs),
+    Deps(deps::DepsArgs),
     Apply(apply::ApplyArgs),
     Accounts(accounts::AccountsArgs),
     Export(export::ExportArgs),
@@ -164,6 +165,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Search(args) => search::run(args).await,
             CbsCommand::Show(args) => show::run(args).await,
             CbsCommand::Deploy(args) => deploy::run(args).await,
+            CbsCommand::Deps(args) => deps::run(args).await,
             CbsCommand::Apply(args) => apply::run(args).await,
             CbsCommand::Accounts(args) => accounts::run(args).await,
             CbsCommand::Export(args) => export::run(args).await,

@@ -58,6 +58,10 @@ pub struct Release {
     /// most [`MAX_WARM_MS`]), so a rollback meanwhile needs no load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_ms: Option<u64>,
+    /// The cells it calls, with the versions it works with (its
+    /// `calls`): what `cbs deps` and `cbs undeploy` read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<crate::manifest::Call>,
     /// The domain the cell belongs to (`cbs apply`), if any, and its terms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<crate::boundary::Membership>,

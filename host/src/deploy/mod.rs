@@ -28,6 +28,7 @@
 
 pub mod blue_green;
 pub mod canary;
+pub mod deps;
 pub mod downgrade;
 pub mod placement;
 pub mod placer;

@@ -290,6 +290,7 @@ pub async fn stage(
         rollback: None,
         warm_ms: None,
         domain: scale.domain,
+        calls: manifest.capabilities.calls.clone(),
     })
 }
 

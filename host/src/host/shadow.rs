@@ -85,7 +85,13 @@ pub async fn run(
         let output = cell.contract.output.as_ref().map(|s| s.value().clone());
         // The cells it may call (the host refuses any other call), not
         // those the records name: a record is read from outside.
-        let callees: BTreeSet<String> = cell.manifest.capabilities.calls.iter().cloned().collect();
+        let callees: BTreeSet<String> = cell
+            .manifest
+            .capabilities
+            .calls
+            .iter()
+            .map(|c| c.cell.clone())
+            .collect();
         host.body().serve(cell).await?;
         let bus = host.body().bus().clone();
         let script = Shared::default();

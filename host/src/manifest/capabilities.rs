@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use super::bounds::{self, within};
@@ -19,9 +19,10 @@ pub struct Capabilities {
     /// go to the host log and stdin is empty).
     #[serde(default)]
     pub stdio: bool,
-    /// Cell ids this cell may `request`.
+    /// Cells this cell may `request`, each with the versions it works
+    /// with if said (`"logic.greet@^1"`).
     #[serde(default)]
-    pub calls: Vec<String>,
+    pub calls: Vec<super::Call>,
     /// Subjects (wildcards allowed) this cell may `publish` to.
     #[serde(default)]
     pub publish: Vec<String>,
@@ -86,9 +87,6 @@ impl Capabilities {
     /// Cell ids and subjects well-formed, file and environment grants
     /// bounded and well-formed for WASI, state limits consistent.
     pub(super) fn validate(&self) -> anyhow::Result<()> {
-        for target in &self.calls {
-            super::check_cell_id(target).context("in [capabilities] calls")?;
-        }
         for subject in &self.publish {
             check_publish("[capabilities] publish", subject)?;
         }
@@ -100,7 +98,12 @@ impl Capabilities {
 
     /// May this cell request `cell_id`?
     pub fn may_call(&self, cell_id: &str) -> bool {
-        self.calls.iter().any(|c| c == cell_id)
+        self.call(cell_id).is_some()
+    }
+
+    /// The grant to call `cell_id`, if any.
+    pub fn call(&self, cell_id: &str) -> Option<&super::Call> {
+        self.calls.iter().find(|c| c.cell == cell_id)
     }
 
     /// May this cell publish to `subject`?

@@ -17,6 +17,7 @@
 
 pub mod bounds;
 mod bundle;
+mod calls;
 mod capabilities;
 mod durable;
 pub mod expects;
@@ -36,6 +37,7 @@ use crate::subjects::subject_of;
 use bounds::within;
 
 pub use bundle::BundleSpec;
+pub use calls::Call;
 pub use capabilities::{Capabilities, FileGrant, StateGrant};
 pub use durable::{DurableSpec, Retention};
 pub use http::HttpRoute;

@@ -180,7 +180,13 @@ fn annotations(
         put(oci::CONTRACT_OUTPUT, &output.id);
     }
     if !cell.capabilities.calls.is_empty() {
-        put(oci::CALLS, &cell.capabilities.calls.join(","));
+        let calls: Vec<String> = cell
+            .capabilities
+            .calls
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        put(oci::CALLS, &calls.join(","));
     }
     a
 }

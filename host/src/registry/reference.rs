@@ -46,6 +46,28 @@ impl Reference {
         })
     }
 
+    /// `HOST[:PORT]/NAMESPACE`: where cells are found by id
+    /// ([`Reference::child`]).
+    pub fn parse_namespace(text: &str) -> anyhow::Result<Self> {
+        let r = Self::parse(text)?;
+        if r.tag.is_some() || r.digest.is_some() {
+            bail!("{text:?} is a namespace: HOST[:PORT]/NAMESPACE, without a tag");
+        }
+        Ok(r)
+    }
+
+    /// The repository `name` under this one (a namespace).
+    pub fn child(&self, name: &str) -> anyhow::Result<Self> {
+        let repository = format!("{}/{name}", self.repository);
+        check_repository(&repository)?;
+        Ok(Self {
+            registry: self.registry.clone(),
+            repository,
+            tag: None,
+            digest: None,
+        })
+    }
+
     /// The same repository at `tag`.
     pub fn with_tag(&self, tag: &str) -> anyhow::Result<Self> {
         check_tag(tag)?;

@@ -13,6 +13,7 @@ use cbs_host::host::trial::InProcess;
 use clap::Args;
 
 use crate::args::{parse_label, trust_of, NatsArgs, RegistryArgs};
+use crate::commands::deps::{Gate, WithDeps};
 use crate::commands::pull::pull_verified;
 use crate::report::{notes, report};
 use cbs_host::deploy::rollout::{self, Consent, Scale, Targets};
@@ -39,6 +40,8 @@ pub struct DeployArgs {
     trust: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    deps: WithDeps,
     /// How many watching hosts serve it, placed (and re-placed when one
     /// stops) by the hosts' placer [default: every watching host].
     #[arg(long)]
@@ -205,9 +208,21 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--label and --spread place replicas: give --replicas N (or --min-replicas and --max-replicas)");
     }
-    let (bundle, bytes) = source(&args.bundle, &args.registry, &args.trust).await?;
+    let (bundle, bytes, origin) = source(&args.bundle, &args.registry, &args.trust).await?;
     let constraints = rollout::placement_labels(&bundle, args.label.into_iter().collect());
     let (bus, store) = args.nats.open_store().await?;
+    let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
+    let gate = Gate {
+        bus: &bus,
+        store: &store,
+        nats: &args.nats,
+        registry: &args.registry,
+        trust: &trust_of(&args.trust)?,
+        deps: &args.deps,
+        force: args.force,
+        wait,
+    };
+    gate.check(&bundle, origin.as_ref()).await?;
     let rollback = match &args.sign_rollback {
         Some(key) => rollback_grant(&store, &bundle, &KeyPair::read(key)?).await?,
         None => None,
@@ -234,7 +249,6 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         };
         return blue_green(&bus, &store, &bundle, &bytes, &plan, consent, &args.nats).await;
     }
-    let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
     eprintln!(
         "deploying {} {} ({})",
         bundle.manifest.cell,
@@ -292,26 +306,26 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The bundle a file holds, or a registry reference names (pulled and
-/// verified), and its bytes.
+/// verified), its bytes, and the reference it came from.
 async fn source(
     what: &str,
     registry: &RegistryArgs,
     trust: &[String],
-) -> anyhow::Result<(Bundle, Vec<u8>)> {
+) -> anyhow::Result<(Bundle, Vec<u8>, Option<Reference>)> {
     let path = Path::new(what);
     if path.exists() {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let bundle = Bundle::from_bytes(&bytes).with_context(|| format!("in {what}"))?;
         bundle.verify(&trust_of(trust)?)?;
-        return Ok((bundle, bytes));
+        return Ok((bundle, bytes, None));
     }
     let reference = Reference::parse(what)
         .with_context(|| format!("{what:?} is neither a bundle file nor a registry reference"))?;
     let (pinned, bundle) = pull_verified(registry, &reference, &trust_of(trust)?).await?;
     eprintln!("pulled {pinned}");
     let bytes = bundle.to_bytes()?;
-    Ok((bundle, bytes))
+    Ok((bundle, bytes, Some(pinned)))
 }
 
 /// A grant for the step from what hosts last installed of the bundle's

@@ -183,7 +183,13 @@ fn describe_text(cell: &LoadedCell) -> String {
         m.limits.concurrency,
         m.limits.queue,
         if m.capabilities.stdio { "yes" } else { "no" },
-        list(&m.capabilities.calls),
+        list(
+            &m.capabilities
+                .calls
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        ),
         list(&m.capabilities.publish),
     )
 }

@@ -10,6 +10,7 @@ pub mod call;
 pub mod console;
 pub mod contract;
 pub mod deploy;
+pub mod deps;
 pub mod dlq;
 pub mod export;
 pub mod flows;

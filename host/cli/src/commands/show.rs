@@ -63,7 +63,13 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !cell.capabilities.calls.is_empty() {
-        println!("  calls     {}", cell.capabilities.calls.join(", "));
+        let calls: Vec<String> = cell
+            .capabilities
+            .calls
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        println!("  calls     {}", calls.join(", "));
     }
     let versions = registry::versions(&client, &reference.repository).await?;
     let versions: Vec<String> = versions.iter().map(ToString::to_string).collect();
