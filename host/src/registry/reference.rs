@@ -210,7 +210,7 @@ mod tests {
         let r = Reference::parse(&format!("ghcr.io/org/logic.greet@{d}")).unwrap();
         assert_eq!((r.tag, r.digest.as_deref()), (None, Some(d.as_str())));
         let r = Reference::parse("registry.example/a/b").unwrap();
-        assert_eq!((r.tag, r.manifest_ref()), (None, None));
+        assert_eq!((r.tag.as_deref(), r.manifest_ref()), (None, None));
         assert_eq!(
             r.sibling("io.print").unwrap().to_string(),
             "registry.example/a/io.print"
