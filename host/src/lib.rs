@@ -36,6 +36,7 @@ pub mod flows;
 pub mod host;
 pub mod http;
 pub mod machine;
+pub mod majors;
 pub mod manifest;
 pub mod metrics;
 pub mod outbound;

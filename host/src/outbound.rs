@@ -55,6 +55,30 @@ pub struct Outbound {
 struct Target {
     policy: CallPolicy,
     breaker: Breaker,
+    /// Where its calls go: `cbs.<cell>`, or its major's subject when the
+    /// grant's range names one (`crate::majors`).
+    subject: String,
+    /// The range, as the request's `schema`, when the grant has one.
+    schema: Option<String>,
+}
+
+impl Target {
+    fn of(call: &crate::manifest::Call, policy: CallPolicy) -> Self {
+        let breaker = Breaker::new(policy.breaker.clone());
+        let lane = call.range.as_ref().and_then(crate::majors::of_range);
+        Self {
+            policy,
+            breaker,
+            subject: match &lane {
+                Some(lane) => crate::majors::subject(lane, &call.cell),
+                None => subject_of(&call.cell),
+            },
+            schema: call
+                .range
+                .as_ref()
+                .map(|r| crate::majors::request_schema(&call.cell, r)),
+        }
+    }
 }
 
 /// The message a cell is handling, as outbound calls need it.
@@ -78,8 +102,7 @@ impl Outbound {
             .iter()
             .map(|call| {
                 let policy = manifest.policy.get(&call.cell).cloned().unwrap_or_default();
-                let breaker = Breaker::new(policy.breaker.clone());
-                (call.cell.clone(), Target { policy, breaker })
+                (call.cell.clone(), Target::of(call, policy))
             })
             .collect();
         Self {
@@ -209,7 +232,14 @@ impl Outbound {
             };
             let body = body.expect("the payload is kept for every attempt");
             let result = self
-                .once(flow, cell_id, body, per_attempt.min(remaining), trusted)
+                .once(
+                    flow,
+                    cell_id,
+                    target,
+                    body,
+                    per_attempt.min(remaining),
+                    trusted,
+                )
                 .await;
             target.breaker.record(
                 result
@@ -241,11 +271,13 @@ impl Outbound {
         &self,
         flow: &Flow,
         cell_id: &str,
+        target: &Target,
         payload: Box<RawValue>,
         timeout: Duration,
         trusted: bool,
     ) -> Result<String, BusError> {
-        let mut child = flow.parent.child(subject_of(cell_id), payload);
+        let mut child = flow.parent.child(target.subject.clone(), payload);
+        child.schema.clone_from(&target.schema);
         child.headers.insert(
             header::BUDGET_MS.to_owned(),
             timeout.as_millis().to_string(),
@@ -257,20 +289,25 @@ impl Outbound {
             .target(cell_id)
             .span();
         span.in_scope(|| crate::telemetry::inject_current(&mut child.headers));
-        self.deliver(cell_id, child, timeout, trusted)
+        // In process, a cell's major is found under its major's subject.
+        let local_key = match &target.schema {
+            Some(_) if target.subject != subject_of(cell_id) => target.subject.as_str(),
+            _ => cell_id,
+        };
+        self.deliver(local_key, child, timeout, trusted)
             .instrument(span)
             .await
     }
 
     async fn deliver(
         &self,
-        cell_id: &str,
+        local_key: &str,
         child: Envelope,
         timeout: Duration,
         trusted: bool,
     ) -> Result<String, BusError> {
         let local = match &self.local {
-            Some(local) => tokio::time::timeout(timeout, local.call(cell_id, &child, trusted))
+            Some(local) => tokio::time::timeout(timeout, local.call(local_key, &child, trusted))
                 .await
                 .map_err(|_| request_timeout(&child.subject, timeout))?,
             None => None,

@@ -632,14 +632,19 @@ fn a_range_the_lattice_cannot_satisfy_refuses_the_deploy_and_with_deps_satisfies
         tree.contains("app.front 1.0.0\n  dep.callee 1.2.0 (wants ^1)\n"),
         "{tree}"
     );
-    // A version outside what app.front works with is refused...
+    // A new major: 1.2.0 keeps serving beside it for app.front...
     let two = bundle("callee-2b", "dep.callee", "2.0.0", "");
     let (ok, said) = cbs_on(
         &url,
         &["deploy", two.to_str().unwrap(), "--wait-ms", "30000"],
     );
-    assert!(!ok, "2.0.0 replaced what app.front needs: {said}");
-    assert!(said.contains("app.front calls dep.callee@^1"), "{said}");
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("dep.callee 1.2.0 keeps serving beside 2.0.0"),
+        "{said}"
+    );
+    let (ok, tree) = cbs_on(&url, &["deps", "app.front"]);
+    assert!(ok && tree.contains("dep.callee 1.2.0 (wants ^1)"), "{tree}");
     // ...and so is undeploying it, unless forced.
     let (ok, said) = cbs_on(&url, &["undeploy", "dep.callee"]);
     assert!(

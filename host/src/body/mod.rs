@@ -180,6 +180,34 @@ impl Body {
         self.registry.replace(cell).await
     }
 
+    /// As [`Body::replace`], and the version replaced, when of another
+    /// major, keeps serving that major beside `cell` (`crate::majors`).
+    pub async fn replace_keeping(
+        &self,
+        cell: Arc<LoadedCell>,
+    ) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        self.registry.replace_keeping(cell).await
+    }
+
+    /// Serves `cell` beside the current version of its cell, on its
+    /// major's subject; returns the version of that major it replaced.
+    pub async fn serve_beside(
+        &self,
+        cell: Arc<LoadedCell>,
+    ) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        self.registry.serve_beside(cell).await
+    }
+
+    /// Stops serving major `lane` beside cell `id`.
+    pub async fn remove_beside(&self, id: &str, lane: &str, grace: Duration) -> bool {
+        self.registry.remove_beside(id, lane, grace).await
+    }
+
+    /// The versions of cell `id` served beside its current one, by major.
+    pub fn beside(&self, id: &str) -> BTreeMap<String, Arc<LoadedCell>> {
+        self.registry.beside(id)
+    }
+
     /// Serves `canary`, a loaded version of a cell served here, next to
     /// the stable one: it takes `share` of every 10,000 of the cell's
     /// messages (requests, events and durable deliveries, message by

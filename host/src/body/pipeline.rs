@@ -69,14 +69,17 @@ impl LoadedCell {
     }
 }
 
-/// Input contract → cell → output contract (when `checked`), within the
-/// cell's deadline.
+/// The caller's range, input contract → cell → output contract (the
+/// contracts when `checked`), within the cell's deadline.
 async fn run(
     cell: &LoadedCell,
     envelope: Arc<Envelope>,
     arrived: Instant,
     checked: bool,
 ) -> Result<Envelope, BusError> {
+    // A caller's declared range holds whatever the domain trusts: it is
+    // about the reply's shape, not about who may call.
+    crate::majors::check_request(&cell.manifest, envelope.schema.as_deref())?;
     let runner_deadline = Deadline {
         reply_by: arrived + cell.time_allowed(&envelope),
         cell_limit: arrived + Duration::from_millis(cell.manifest.limits.timeout_ms),

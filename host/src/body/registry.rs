@@ -38,6 +38,30 @@ struct Served {
     sharing: Option<JoinHandle<()>>,
     /// The canary's own subject (`cbs.~p.<id>`), while there is one.
     trial: Option<(JoinHandle<()>, Arc<Notify>)>,
+    /// Each major's subject (`cbs.~v<major>.<id>`, `crate::majors`): the
+    /// current version's, and those of majors kept beside it.
+    lanes: BTreeMap<String, Lane>,
+}
+
+/// One major of a cell, served on its own subject.
+struct Lane {
+    /// The cell's slot (its current version's major), or one of its own
+    /// (an older major kept serving beside it).
+    slot: Slot,
+    beside: bool,
+    dispatcher: (JoinHandle<()>, Arc<Notify>),
+}
+
+/// How long a major's subject may take to finish the messages it was
+/// handed when it moves to another version (already delivered only).
+const LANE_DRAIN: Duration = Duration::from_secs(5);
+
+/// Stops a dispatcher: no new messages, those delivered finish (up to `grace`).
+async fn stop_dispatcher((mut task, stop): (JoinHandle<()>, Arc<Notify>), grace: Duration) {
+    stop.notify_one();
+    if tokio::time::timeout(grace, &mut task).await.is_err() {
+        task.abort();
+    }
 }
 
 impl Served {
@@ -49,6 +73,14 @@ impl Served {
             sharing.abort();
         }
         let trial = self.trial.into_iter();
+        let mut versions: Vec<Arc<LoadedCell>> = Vec::new();
+        let lanes = self.lanes.into_values().map(|lane| {
+            if lane.beside {
+                versions.extend(lane.slot.read().unwrap().all());
+            }
+            lane.dispatcher
+        });
+        let lanes: Vec<_> = lanes.collect();
         let pulls = self.pullers.into_iter().map(|(task, token)| {
             token.cancel();
             async move {
@@ -56,21 +88,22 @@ impl Served {
             }
         });
         futures_util::future::join_all(pulls).await;
-        let dispatches = self
-            .dispatchers
-            .into_iter()
-            .chain(trial)
-            .map(|(mut task, stop)| {
-                stop.notify_one();
-                async move {
-                    if tokio::time::timeout(grace, &mut task).await.is_err() {
-                        task.abort();
+        let dispatches =
+            self.dispatchers
+                .into_iter()
+                .chain(trial)
+                .chain(lanes)
+                .map(|(mut task, stop)| {
+                    stop.notify_one();
+                    async move {
+                        if tokio::time::timeout(grace, &mut task).await.is_err() {
+                            task.abort();
+                        }
                     }
-                }
-            });
+                });
         futures_util::future::join_all(dispatches).await;
-        let versions = self.slot.read().unwrap();
-        versions.all()
+        versions.extend(self.slot.read().unwrap().all());
+        versions
     }
 }
 
@@ -141,6 +174,19 @@ impl Registry {
                 .with_context(|| format!("cannot subscribe cell {id} to {}", event.subject))?;
             dispatchers.push(self.dispatch(subscription, &slot, Pick::Split, None));
         }
+        let lane = crate::majors::of_version(&cell.manifest.version);
+        let mut lanes = BTreeMap::new();
+        if let Some(lane) = lane {
+            let dispatcher = self.subscribe_lane(&id, &lane, &slot).await?;
+            lanes.insert(
+                lane,
+                Lane {
+                    slot: slot.clone(),
+                    beside: false,
+                    dispatcher,
+                },
+            );
+        }
         self.bus.flush().await?;
         let pullers = consumers
             .into_iter()
@@ -161,6 +207,7 @@ impl Registry {
                 pullers,
                 sharing,
                 trial: None,
+                lanes,
             },
         );
         Ok(())
@@ -252,7 +299,8 @@ impl Registry {
     }
 
     /// Puts `cell` in the slot of its id and returns the version it
-    /// replaced; serves it anew when nothing has that id.
+    /// replaced; serves it anew when nothing has that id. A new major moves
+    /// the slot's major subject with it.
     pub async fn replace(&self, cell: Arc<LoadedCell>) -> anyhow::Result<Option<Arc<LoadedCell>>> {
         let id = cell.manifest.id.clone();
         let slot = self.cells.read().unwrap().get(&id).map(|s| s.slot.clone());
@@ -260,9 +308,220 @@ impl Registry {
             self.serve(cell).await?;
             return Ok(None);
         };
+        let stable = slot.read().unwrap().stable().clone();
+        let (from, to) = (
+            crate::majors::of_version(&stable.manifest.version),
+            crate::majors::of_version(&cell.manifest.version),
+        );
+        if from == to {
+            let old = slot.write().unwrap().replace(cell.clone());
+            tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped");
+            return Ok(Some(old));
+        }
+        // The old major's subject stops first (what it was handed, the old
+        // version answers), then the new major's starts on the slot.
+        if let Some(from) = from {
+            if let Some(lane) = self.take_lane(&id, &from, false) {
+                self.directory.remove(&crate::majors::subject(&from, &id));
+                stop_dispatcher(lane.dispatcher, LANE_DRAIN).await;
+            }
+        }
         let old = slot.write().unwrap().replace(cell.clone());
-        tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped");
+        tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped to a new major");
+        let mut retired = Vec::new();
+        if let Some(lane) = to {
+            retired = self.own_lane(&id, &lane, &slot).await?;
+        }
+        for cell in retired {
+            tokio::spawn(retire(cell, LANE_DRAIN));
+        }
         Ok(Some(old))
+    }
+
+    /// Puts `cell` in the slot of its id, and keeps the version it replaces
+    /// serving its own major beside it (on `cbs.~v<major>.<id>`, without a
+    /// reload or a gap); as [`Registry::replace`] when both are of one major.
+    pub async fn replace_keeping(
+        &self,
+        cell: Arc<LoadedCell>,
+    ) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        let id = cell.manifest.id.clone();
+        let Some(slot) = self.cells.read().unwrap().get(&id).map(|s| s.slot.clone()) else {
+            return self.replace(cell).await;
+        };
+        let stable = slot.read().unwrap().stable().clone();
+        let from = crate::majors::of_version(&stable.manifest.version);
+        let to = crate::majors::of_version(&cell.manifest.version);
+        let (Some(from), Some(to)) = (from, to) else {
+            return self.replace(cell).await;
+        };
+        if from == to {
+            return self.replace(cell).await;
+        }
+        // The kept major takes its subject in a slot of its own (beside the
+        // slot's subscriber, in one queue group), then the slot's lets go.
+        let kept: Slot = Arc::new(RwLock::new(Versions::new(stable.clone())));
+        let dispatcher = self.subscribe_lane(&id, &from, &kept).await?;
+        self.bus.flush().await?;
+        let own = self.take_lane(&id, &from, false);
+        self.put_lane(
+            &id,
+            &from,
+            Lane {
+                slot: kept,
+                beside: true,
+                dispatcher,
+            },
+        );
+        if let Some(own) = own {
+            stop_dispatcher(own.dispatcher, LANE_DRAIN).await;
+        }
+        let old = slot.write().unwrap().replace(cell.clone());
+        tracing::info!(cell = %id, from = %old.manifest.version, to = %cell.manifest.version, "swapped to a new major; the one before keeps serving beside it");
+        for cell in self.own_lane(&id, &to, &slot).await? {
+            tokio::spawn(retire(cell, LANE_DRAIN));
+        }
+        Ok(None)
+    }
+
+    /// Serves `cell`, a major other than the current one's, beside it on
+    /// its major's subject; returns the version of that major it replaced.
+    pub async fn serve_beside(
+        &self,
+        cell: Arc<LoadedCell>,
+    ) -> anyhow::Result<Option<Arc<LoadedCell>>> {
+        let id = cell.manifest.id.clone();
+        let version = cell.manifest.version.clone();
+        let lane = crate::majors::of_version(&version).with_context(|| {
+            format!("{id} {version} is not a semver version: it has no major to serve beside")
+        })?;
+        let existing = {
+            let cells = self.cells.read().unwrap();
+            let served = cells.get(&id).with_context(|| {
+                format!("cell {id} is not served here: a major beside it needs it")
+            })?;
+            served.lanes.get(&lane).map(|l| (l.beside, l.slot.clone()))
+        };
+        match existing {
+            Some((false, _)) => bail!("major {lane} of {id} is its current version's"),
+            Some((true, kept)) => {
+                let old = kept.write().unwrap().replace(cell);
+                Ok(Some(old))
+            }
+            None => {
+                let kept: Slot = Arc::new(RwLock::new(Versions::new(cell)));
+                let dispatcher = self.subscribe_lane(&id, &lane, &kept).await?;
+                self.bus.flush().await?;
+                tracing::info!(cell = %id, %version, "serving beside the current version");
+                self.put_lane(
+                    &id,
+                    &lane,
+                    Lane {
+                        slot: kept,
+                        beside: true,
+                        dispatcher,
+                    },
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stops serving a major kept beside cell `id`; its versions finish
+    /// their messages (up to `grace`).
+    pub async fn remove_beside(&self, id: &str, lane: &str, grace: Duration) -> bool {
+        let Some(kept) = self.take_lane(id, lane, true) else {
+            return false;
+        };
+        self.directory.remove(&crate::majors::subject(lane, id));
+        stop_dispatcher(kept.dispatcher, grace).await;
+        let versions = kept.slot.read().unwrap().all();
+        for cell in versions {
+            retire(cell, grace).await;
+        }
+        tracing::info!(cell = %id, major = %lane, "stopped serving the major beside");
+        true
+    }
+
+    /// The versions of cell `id` served beside its current one, by major.
+    pub fn beside(&self, id: &str) -> BTreeMap<String, Arc<LoadedCell>> {
+        let cells = self.cells.read().unwrap();
+        let Some(served) = cells.get(id) else {
+            return BTreeMap::new();
+        };
+        served
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.beside)
+            .map(|(lane, l)| (lane.clone(), l.slot.read().unwrap().stable().clone()))
+            .collect()
+    }
+
+    /// The slot's own subscription on major `lane`; a major kept beside on
+    /// it gives way (its versions returned, to retire).
+    async fn own_lane(
+        &self,
+        id: &str,
+        lane: &str,
+        slot: &Slot,
+    ) -> anyhow::Result<Vec<Arc<LoadedCell>>> {
+        let dispatcher = self.subscribe_lane(id, lane, slot).await?;
+        self.bus.flush().await?;
+        let mut retired = Vec::new();
+        if let Some(kept) = self.take_lane(id, lane, true) {
+            stop_dispatcher(kept.dispatcher, LANE_DRAIN).await;
+            retired = kept.slot.read().unwrap().all();
+        }
+        self.directory
+            .insert(&crate::majors::subject(lane, id), slot);
+        self.put_lane(
+            id,
+            lane,
+            Lane {
+                slot: slot.clone(),
+                beside: false,
+                dispatcher,
+            },
+        );
+        Ok(retired)
+    }
+
+    /// Subscribes a dispatcher on the subject of major `lane` of `id`, in
+    /// its queue group, for `slot`; in-process calls find it there too.
+    async fn subscribe_lane(
+        &self,
+        id: &str,
+        lane: &str,
+        slot: &Slot,
+    ) -> anyhow::Result<(JoinHandle<()>, Arc<Notify>)> {
+        let subject = crate::majors::subject(lane, id);
+        let subscription = self
+            .bus
+            .subscribe(&subject, Some(&subject))
+            .await
+            .with_context(|| format!("cannot serve cell {id} on {subject}"))?;
+        self.directory.insert(&subject, slot);
+        Ok(self.dispatch(subscription, slot, Pick::Split, None))
+    }
+
+    /// Takes the lane of major `lane` out of cell `id`'s, if it is beside
+    /// (or its own, `beside` false).
+    fn take_lane(&self, id: &str, lane: &str, beside: bool) -> Option<Lane> {
+        let mut cells = self.cells.write().unwrap();
+        let lanes = &mut cells.get_mut(id)?.lanes;
+        if lanes.get(lane)?.beside != beside {
+            return None;
+        }
+        lanes.remove(lane)
+    }
+
+    fn put_lane(&self, id: &str, lane: &str, entry: Lane) {
+        let mut cells = self.cells.write().unwrap();
+        match cells.get_mut(id) {
+            Some(served) => drop(served.lanes.insert(lane.to_owned(), entry)),
+            // Removed meanwhile: the subscription goes too.
+            None => entry.dispatcher.1.notify_one(),
+        }
     }
 
     /// Stops serving a cell: no new messages; those delivered and in
@@ -275,6 +534,9 @@ impl Registry {
         let Some(served) = self.cells.write().unwrap().remove(id) else {
             return true;
         };
+        for lane in served.lanes.keys() {
+            self.directory.remove(&crate::majors::subject(lane, id));
+        }
         let versions = served.stop(grace).await;
         tracing::info!(cell = %id, "removed");
         let retired = versions.into_iter().map(|cell| retire(cell, grace));
@@ -458,6 +720,9 @@ impl Drop for Registry {
             }
             if let Some(task) = &served.sharing {
                 task.abort();
+            }
+            for lane in served.lanes.values() {
+                lane.dispatcher.0.abort();
             }
         }
     }

@@ -16,7 +16,8 @@ pub struct Lattice {
 
 #[derive(Debug, Clone)]
 struct Deployed {
-    version: String,
+    /// The current release's version first, then the majors kept beside.
+    versions: Vec<String>,
     calls: Vec<Call>,
 }
 
@@ -64,8 +65,12 @@ impl Lattice {
         let cells = desired
             .iter()
             .map(|d| {
+                let versions = std::iter::once(&d.current)
+                    .chain(&d.beside)
+                    .map(|r| r.version.clone())
+                    .collect();
                 let deployed = Deployed {
-                    version: d.current.version.clone(),
+                    versions,
                     calls: d.current.calls.clone(),
                 };
                 (d.cell.clone(), deployed)
@@ -74,9 +79,59 @@ impl Lattice {
         Self { cells }
     }
 
-    /// The deployed version of `cell`.
+    /// The deployed (current) version of `cell`.
     pub fn version(&self, cell: &str) -> Option<&str> {
-        self.cells.get(cell).map(|d| d.version.as_str())
+        self.cells
+            .get(cell)
+            .and_then(|d| d.versions.first())
+            .map(String::as_str)
+    }
+
+    /// The version of `cell` a call reaches: the current one if it admits
+    /// it, else a major kept beside that does.
+    fn reached(&self, call: &Call) -> Option<&str> {
+        let d = self.cells.get(&call.cell)?;
+        d.versions
+            .iter()
+            .find(|v| call.admits(v))
+            .map(String::as_str)
+    }
+
+    /// Deployed callers with a range that deploying `version` of `cell`
+    /// leaves unanswered: neither it nor a version of another major still
+    /// served admits them (the release it replaces is kept beside when a
+    /// caller needs it: `rollout`).
+    pub fn would_break(&self, cell: &str, version: &str) -> Vec<(String, Call)> {
+        let lane = crate::majors::of_version(version);
+        let after: Vec<&String> = self.cells.get(cell).map_or(Vec::new(), |d| {
+            d.versions
+                .iter()
+                .filter(|v| lane.is_none() || crate::majors::of_version(v) != lane)
+                .collect()
+        });
+        self.dependents(cell)
+            .into_iter()
+            .filter(|(_, call)| {
+                call.range.is_some()
+                    && !call.admits(version)
+                    && !after.iter().any(|v| call.admits(v))
+            })
+            .collect()
+    }
+
+    /// Deployed callers that need major `lane` of `cell`: their range
+    /// admits it and no other version served.
+    pub fn needing_major(&self, cell: &str, lane: &str) -> Vec<(String, Call)> {
+        let others: Vec<&String> = self.cells.get(cell).map_or(Vec::new(), |d| {
+            d.versions
+                .iter()
+                .filter(|v| crate::majors::of_version(v).as_deref() != Some(lane))
+                .collect()
+        });
+        self.dependents(cell)
+            .into_iter()
+            .filter(|(_, call)| call.range.is_some() && !others.iter().any(|v| call.admits(v)))
+            .collect()
     }
 
     /// The calls of `calls` the lattice does not answer in a version they
@@ -84,15 +139,10 @@ impl Lattice {
     pub fn unmet(&self, calls: &[Call]) -> Vec<Unmet> {
         calls
             .iter()
-            .filter_map(|call| {
-                let deployed = self.version(&call.cell);
-                match deployed {
-                    Some(v) if call.admits(v) => None,
-                    _ => Some(Unmet {
-                        call: call.clone(),
-                        deployed: deployed.map(str::to_owned),
-                    }),
-                }
+            .filter(|call| self.reached(call).is_none())
+            .map(|call| Unmet {
+                call: call.clone(),
+                deployed: self.version(&call.cell).map(str::to_owned),
             })
             .collect()
     }
@@ -117,12 +167,9 @@ impl Lattice {
 
     fn node(&self, cell: &str, via: Option<&Call>, path: &mut BTreeSet<String>) -> Node {
         let deployed = self.cells.get(cell);
-        let version = deployed.map(|d| d.version.clone());
-        let compatible = match (via, &version) {
-            (Some(call), Some(v)) => call.admits(v),
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
+        let reached = via.and_then(|call| self.reached(call));
+        let compatible = via.is_none() || reached.is_some();
+        let version = reached.or_else(|| self.version(cell)).map(str::to_owned);
         let cycle = !path.insert(cell.to_owned());
         let calls = match deployed {
             Some(d) if !cycle => d
@@ -191,13 +238,40 @@ mod tests {
                     (
                         id.to_string(),
                         Deployed {
-                            version: v.to_string(),
+                            versions: v.split(',').map(str::to_owned).collect(),
                             calls,
                         },
                     )
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_major_kept_beside_answers_the_callers_that_need_it() {
+        let l = lattice(&[
+            ("logic.greet", "2.0.0,1.4.0", &[]),
+            ("app.old", "1.0.0", &["logic.greet@^1"]),
+            ("app.new", "1.0.0", &["logic.greet@^2"]),
+        ]);
+        assert!(l
+            .unmet(&[Call::parse("logic.greet@^1").unwrap()])
+            .is_empty());
+        assert!(l
+            .tree("app.old")
+            .render()
+            .contains("logic.greet 1.4.0 (wants ^1)"));
+        assert!(l
+            .tree("app.new")
+            .render()
+            .contains("logic.greet 2.0.0 (wants ^2)"));
+        let needing: Vec<String> = l
+            .needing_major("logic.greet", "1")
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        assert_eq!(needing, ["app.old"]);
+        assert_eq!(l.needing_major("logic.greet", "2").len(), 1);
     }
 
     #[test]

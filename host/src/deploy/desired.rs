@@ -170,6 +170,10 @@ pub struct Desired {
     /// Most recent first.
     #[serde(default)]
     pub history: Vec<Release>,
+    /// Older majors kept serving beside the current release, one per major,
+    /// for deployed callers whose range needs them (`crate::majors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub beside: Vec<Release>,
     /// During a canary: the new release, served next to the current one by
     /// every host that serves the cell (`body::split`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,6 +211,10 @@ pub struct Canary {
 impl Desired {
     /// `release` becomes current; the current one goes first in history.
     pub fn advance(previous: Option<Desired>, cell: &str, release: Release) -> Self {
+        let beside = previous
+            .as_ref()
+            .map(|p| p.beside.clone())
+            .unwrap_or_default();
         let history = previous
             .map(|p| {
                 std::iter::once(p.current)
@@ -215,14 +223,46 @@ impl Desired {
                     .collect()
             })
             .unwrap_or_default();
-        Self {
+        let mut next = Self {
             cell: cell.to_owned(),
             current: release,
             history,
+            beside,
             canary: None,
             last_canary: None,
             recording: None,
+        };
+        next.drop_current_major();
+        next
+    }
+
+    /// Keeps `release` (the one replaced) serving its major beside the
+    /// current one: in place of what was kept of that major.
+    pub fn keep_beside(&mut self, release: Release) {
+        let lane = crate::majors::of_version(&release.version);
+        if lane.is_none() || lane == crate::majors::of_version(&self.current.version) {
+            return;
         }
+        self.beside
+            .retain(|r| crate::majors::of_version(&r.version) != lane);
+        self.beside.push(release);
+    }
+
+    /// Stops keeping major `lane` beside; the release kept, if any.
+    pub fn drop_beside(&mut self, lane: &str) -> Option<Release> {
+        let at = self
+            .beside
+            .iter()
+            .position(|r| crate::majors::of_version(&r.version).as_deref() == Some(lane))?;
+        Some(self.beside.remove(at))
+    }
+
+    /// The current release serves its own major: nothing kept beside it
+    /// does.
+    fn drop_current_major(&mut self) {
+        let lane = crate::majors::of_version(&self.current.version);
+        self.beside
+            .retain(|r| lane.is_none() || crate::majors::of_version(&r.version) != lane);
     }
 
     /// The previous release becomes current again, with a grant signed by
@@ -239,7 +279,7 @@ impl Desired {
         let rollback = key.map(|key| {
             RollbackGrant::sign(key, &self.cell, &self.current.digest, &previous.digest)
         });
-        Ok(Self {
+        let mut back = Self {
             current: Release {
                 id: uuid::Uuid::now_v7().to_string(),
                 deployed_at_ms: now_ms(),
@@ -248,10 +288,13 @@ impl Desired {
             },
             cell: self.cell,
             history: history.collect(),
+            beside: self.beside,
             canary: None,
             last_canary: None,
             recording: None,
-        })
+        };
+        back.drop_current_major();
+        Ok(back)
     }
 }
 

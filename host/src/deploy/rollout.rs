@@ -228,7 +228,10 @@ pub async fn deploy(
     let (contract, mut notes) = checked(store, bundle, previous.as_ref(), &consent).await?;
     let mut release = stage(store, bundle, bytes, scale).await?;
     release.rollback = rollback;
-    let desired = Desired::advance(previous.clone(), &cell, release.clone());
+    let mut desired = Desired::advance(previous.clone(), &cell, release.clone());
+    if let Some(previous) = &previous {
+        notes.extend(keep_needed_major(store, &mut desired, &previous.current).await?);
+    }
     let outcome = set_and_confirm(client, store, desired, previous, wait, &mut notes).await?;
     if matches!(outcome, Outcome::Serving { .. }) {
         notes.extend(remember_expectations(store, &manifest).await);
@@ -292,6 +295,38 @@ pub async fn stage(
         domain: scale.domain,
         calls: manifest.capabilities.calls.clone(),
     })
+}
+
+/// Keeps `replaced` serving its major beside the new current release
+/// when a deployed caller's range admits it and not the new one
+/// (`crate::majors`); what it kept, as a note.
+async fn keep_needed_major(
+    store: &Store,
+    desired: &mut Desired,
+    replaced: &Release,
+) -> anyhow::Result<Option<String>> {
+    let (cell, new) = (desired.cell.clone(), desired.current.version.clone());
+    if crate::majors::of_version(&replaced.version) == crate::majors::of_version(&new) {
+        return Ok(None);
+    }
+    let lattice = super::deps::Lattice::read(store).await?;
+    let needing: Vec<String> = lattice
+        .dependents(&cell)
+        .into_iter()
+        .filter(|(_, call)| {
+            call.range.is_some() && call.admits(&replaced.version) && !call.admits(&new)
+        })
+        .map(|(caller, call)| format!("{caller} ({call})"))
+        .collect();
+    if needing.is_empty() {
+        return Ok(None);
+    }
+    desired.keep_beside(replaced.clone());
+    Ok(Some(format!(
+        "{cell} {} keeps serving beside {new}: deployed callers need it: {}",
+        replaced.version,
+        needing.join(", ")
+    )))
 }
 
 /// A release to serve beside the deployed one (a canary, a blue-green

@@ -184,6 +184,7 @@ impl Watcher {
             self.install_current(&desired).await;
         }
         self.follow_canary(&desired).await;
+        self.follow_beside(&desired).await;
         self.body.record(&desired.cell, desired.recording.as_ref());
     }
 
@@ -355,6 +356,48 @@ impl Watcher {
         }
     }
 
+    /// Serves the majors the desired state keeps beside the current
+    /// release, and stops those it no longer keeps.
+    async fn follow_beside(&self, desired: &Desired) {
+        let cell = &desired.cell;
+        let serving = self.body.beside(cell);
+        let kept = |lane: &str| {
+            desired
+                .beside
+                .iter()
+                .find(|r| crate::majors::of_version(&r.version).as_deref() == Some(lane))
+        };
+        for lane in serving.keys().filter(|lane| kept(lane).is_none()) {
+            self.body.remove_beside(cell, lane, self.grace).await;
+        }
+        for release in &desired.beside {
+            let Some(lane) = crate::majors::of_version(&release.version) else {
+                continue;
+            };
+            if serving
+                .get(&lane)
+                .is_some_and(|c| c.manifest.version == release.version)
+            {
+                continue;
+            }
+            let served = match self.load(cell, release, None).await {
+                Ok(loaded) => self.body.serve_beside(loaded).await,
+                Err(e) => Err(e),
+            };
+            match served {
+                Ok(old) => {
+                    tracing::info!(%cell, version = %release.version, "serving beside the current release");
+                    if let Some(old) = old {
+                        tokio::spawn(retire(old, self.grace));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%cell, version = %release.version, error = %format!("{e:#}"), "cannot serve the major kept beside")
+                }
+            }
+        }
+    }
+
     async fn install_current(&self, desired: &Desired) {
         let release = &desired.current;
         let mut installed = self.installed.lock().await;
@@ -379,7 +422,16 @@ impl Watcher {
                     version: cell.manifest.version.clone(),
                     digest: release.digest.clone(),
                 };
-                self.body.replace(cell).await.map(|old| (old, now))
+                // The version replaced keeps its major beside the new one
+                // when the desired state keeps it (no reload, no gap).
+                let keep = served
+                    .as_ref()
+                    .is_some_and(|s| desired.beside.iter().any(|r| r.digest == s.digest));
+                let swapped = match keep {
+                    true => self.body.replace_keeping(cell).await,
+                    false => self.body.replace(cell).await,
+                };
+                swapped.map(|old| (old, now))
             }
             Err(e) => Err(e),
         };

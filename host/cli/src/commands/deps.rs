@@ -179,12 +179,12 @@ impl Gate<'_> {
         Ok(())
     }
 
-    /// Refuses a version that a deployed caller's range excludes.
+    /// Refuses a version that leaves a deployed caller's range unanswered
+    /// (another major kept serving beside it answers it: `crate::majors`).
     fn callers_kept(&self, lattice: &Lattice, cell: &str, version: &str) -> anyhow::Result<()> {
         let broken: Vec<String> = lattice
-            .dependents(cell)
+            .would_break(cell, version)
             .into_iter()
-            .filter(|(_, call)| !call.admits(version))
             .map(|(caller, call)| format!("{caller} calls {call}"))
             .collect();
         if broken.is_empty() {

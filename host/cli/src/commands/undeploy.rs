@@ -25,6 +25,10 @@ pub struct UndeployArgs {
     /// How long to wait for the hosts to stop it, in ms (0: do not wait).
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     wait_ms: u64,
+    /// Only stop serving this major of the cell, kept beside its current
+    /// release (e.g. 1, or 0_3 for 0.3.x).
+    #[arg(long, value_name = "MAJOR")]
+    major: Option<String>,
     /// Undeploy even though deployed cells declare they need it.
     #[arg(long)]
     force: bool,
@@ -32,10 +36,52 @@ pub struct UndeployArgs {
     nats: NatsArgs,
 }
 
+/// Stops keeping major `lane` of `cell` beside its current release.
+async fn undeploy_major(
+    store: &cbs_host::deploy::Store,
+    cell: &str,
+    lane: &str,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(mut desired) = store.desired(cell).await? else {
+        anyhow::bail!("cell {cell} is not deployed (see `cbs ls`)");
+    };
+    if cbs_host::majors::of_version(&desired.current.version).as_deref() == Some(lane) {
+        anyhow::bail!(
+            "major {lane} is {cell}'s current release ({}): undeploy the cell, or deploy another major first",
+            desired.current.version
+        );
+    }
+    let needing = Lattice::read(store).await?.needing_major(cell, lane);
+    if !needing.is_empty() && !force {
+        let names: Vec<String> = needing
+            .iter()
+            .map(|(c, call)| format!("{c} ({call})"))
+            .collect();
+        eprintln!(
+            "error: major {lane} of {cell} is the last a deployed caller can use: {}; undeploy them first, or --force",
+            names.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some(dropped) = desired.drop_beside(lane) else {
+        anyhow::bail!("{cell} keeps no major {lane} beside its current release");
+    };
+    store.set_desired(&desired).await?;
+    println!(
+        "{cell} {}: no longer served beside {}",
+        dropped.version, desired.current.version
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(args: UndeployArgs) -> anyhow::Result<ExitCode> {
     check_cell_id(&args.cell_id)?;
     let (bus, store) = args.nats.open_store().await?;
     let wait = Duration::from_millis(args.wait_ms);
+    if let Some(lane) = &args.major {
+        return undeploy_major(&store, &args.cell_id, lane, args.force).await;
+    }
     let dependents = Lattice::read(&store).await?.dependents(&args.cell_id);
     let (needing, calling): (Vec<_>, Vec<_>) = dependents
         .iter()
