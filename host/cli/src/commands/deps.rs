@@ -131,6 +131,9 @@ impl Gate<'_> {
             .capabilities
             .calls
             .iter()
+            // A grant without a range is a permission, not a dependency:
+            // the callee may be served by hosts outside the desired state.
+            .filter(|c| c.range.is_some())
             .filter(|c| c.cell != manifest.id && !visiting.contains(&c.cell))
             .cloned()
             .collect();
