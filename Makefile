@@ -45,7 +45,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium setup-axe console-screenshots console-bench test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 clean
+.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium setup-axe console-screenshots console-bench test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 setup-registry setup-image image clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -103,7 +103,7 @@ define print_skips
 	fi
 endef
 
-test: setup-rust setup-nats setup-chromium setup-axe host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
+test: setup-rust setup-nats setup-chromium setup-axe setup-registry setup-image host cells python-cells ## Run every test (unit, component, bus conformance, end to end)
 	@mkdir -p "$$(dirname "$(CBS_TEST_SKIPS)")" && rm -f "$(CBS_TEST_SKIPS)"
 	$(CARGO) test -p cbs-host -p cbs-cli -p cbs-cell -p cbs-tests -p cbs-fuzz
 	@$(MAKE) --no-print-directory test-python test-kubernetes test-openapi test-monitoring test-dart
@@ -168,7 +168,7 @@ fuzz-merge: ## Fold new fuzz inputs that add coverage (edges) into the committed
 			fuzz/corpus/$$t fuzz/libfuzzer/corpus/$$t || exit 1; \
 	done
 
-setup: setup-rust setup-nats setup-prometheus setup-python ## Install the toolchain pieces, nats-server, promtool and the Python venv
+setup: setup-rust setup-nats setup-prometheus setup-python setup-registry setup-image ## Install the toolchain pieces, nats-server, promtool, the Python venv, a registry and buildah
 
 setup-rust:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || { \
@@ -206,6 +206,25 @@ setup-nats:
 		echo "installing nats-server from Debian's packages..." >&2; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server >/dev/null; }
+
+# The registry tests' own registry (the CNCF distribution registry) and
+# skopeo, a second OCI client that must read what `cbs push` writes.
+setup-registry:
+	@command -v docker-registry >/dev/null && command -v skopeo >/dev/null || { \
+		echo "installing Debian's docker-registry and skopeo (the registry tests)..." >&2; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends docker-registry skopeo >/dev/null; }
+
+# buildah builds the host image from scratch, without a daemon.
+setup-image:
+	@command -v buildah >/dev/null || { \
+		echo "installing Debian's buildah (the host image, built without a daemon)..." >&2; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends buildah >/dev/null; }
+
+image: setup-image setup-pyo3 ## The cbs-host container image, built without a daemon: target/image/cbs-host-<version>.oci.tar
+	$(CARGO) build --release -p cbs-cli --bin cbs-host --bin cbs
+	scripts/build-image --bin-dir $(CARGO_TARGET_DIR)/release --out $(CARGO_TARGET_DIR)/image
 
 setup-prometheus:
 	@command -v promtool >/dev/null || { \
