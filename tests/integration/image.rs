@@ -119,11 +119,31 @@ async fn the_images_root_filesystem_serves_cells_as_its_non_root_user() {
     let mounts = "mount --rbind /dev \"$0/dev\" && mount -t proc proc \"$0/proc\" && \
                   exec /usr/sbin/chroot --userspec=\"$1\" \"$0\" \"${@:2}\"";
     command
-        .args(["--mount", "--propagation", "private", "--", "/bin/bash", "-c", mounts])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/bash",
+            "-c",
+            mounts,
+        ])
         .arg(&root)
         .arg(&user)
-        .args(config["Entrypoint"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()))
-        .args(["run", "--watch", "--allow-process-bundles", "--host-id", "image-host"])
+        .args(
+            config["Entrypoint"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap()),
+        )
+        .args([
+            "run",
+            "--watch",
+            "--allow-process-bundles",
+            "--host-id",
+            "image-host",
+        ])
         .args(["--nats", &url, "--log-format", "json"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -52,6 +52,16 @@ fn build(cell: &Path, out: &Path) -> PathBuf {
     out.to_path_buf()
 }
 
+/// The manifest at `reference` as skopeo, another OCI client, reads it.
+fn skopeo_manifest(reference: &str) -> Value {
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo is not installed: run `make setup` (apt-get install skopeo)");
+    serde_json::from_str(&ok("skopeo inspect", raw)).unwrap()
+}
+
 fn push(bundle: &Path, reference: &str) -> String {
     let out = cbs(&["push", bundle.to_str().unwrap(), reference, "--insecure"]);
     ok("cbs push", out).trim().to_owned()
@@ -110,12 +120,7 @@ fn another_tool_reads_the_wasm_cell_as_a_standard_wasm_artifact() {
     let bundle = greet_bundle(tmp.path());
     let reference = format!("{}:0.1.0", registry.reference("logic.greet"));
     push(&bundle, &reference);
-    let raw = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .expect("skopeo is not installed: run `make setup` (apt-get install skopeo)");
-    let manifest: Value = serde_json::from_str(&ok("skopeo inspect", raw)).unwrap();
+    let manifest = skopeo_manifest(&reference);
     assert_eq!(
         manifest["config"]["mediaType"],
         "application/vnd.wasm.config.v0+json"
@@ -157,15 +162,7 @@ fn a_tampered_layer_is_refused_on_pull() {
     let bundle = greet_bundle(tmp.path());
     let reference = format!("{}:0.1.0", registry.reference("logic.greet"));
     push(&bundle, &reference);
-    let raw = ok(
-        "skopeo inspect",
-        std::process::Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{reference}"))
-            .output()
-            .unwrap(),
-    );
-    let manifest: Value = serde_json::from_str(&raw).unwrap();
+    let manifest = skopeo_manifest(&reference);
     let blob = registry.blob_file(manifest["layers"][0]["digest"].as_str().unwrap());
     let mut bytes = std::fs::read(&blob).unwrap();
     let last = bytes.len() - 1;

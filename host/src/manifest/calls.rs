@@ -44,6 +44,12 @@ impl Call {
     }
 }
 
+/// Grants as `id@range, id, ...`.
+pub fn list(calls: &[Call], separator: &str) -> String {
+    let texts: Vec<String> = calls.iter().map(ToString::to_string).collect();
+    texts.join(separator)
+}
+
 impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.range {

@@ -37,7 +37,7 @@ use crate::subjects::subject_of;
 use bounds::within;
 
 pub use bundle::BundleSpec;
-pub use calls::Call;
+pub use calls::{list as list_calls, Call};
 pub use capabilities::{Capabilities, FileGrant, StateGrant};
 pub use durable::{DurableSpec, Retention};
 pub use http::HttpRoute;

@@ -180,13 +180,10 @@ fn annotations(
         put(oci::CONTRACT_OUTPUT, &output.id);
     }
     if !cell.capabilities.calls.is_empty() {
-        let calls: Vec<String> = cell
-            .capabilities
-            .calls
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        put(oci::CALLS, &calls.join(","));
+        put(
+            oci::CALLS,
+            &crate::manifest::list_calls(&cell.capabilities.calls, ","),
+        );
     }
     a
 }

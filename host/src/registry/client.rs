@@ -162,7 +162,8 @@ impl Client {
         let mut url = url;
         url.query_pairs_mut()
             .append_pair("digest", &descriptor.digest);
-        let body = bytes.to_vec();
+        // Cheap to clone for a second attempt after a challenge.
+        let body = bytes::Bytes::copy_from_slice(bytes);
         let res = self
             .send(&scope, |c| {
                 c.put(url.clone())
@@ -184,7 +185,7 @@ impl Client {
         bytes: &[u8],
     ) -> anyhow::Result<bool> {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
-        let body = bytes.to_vec();
+        let body = bytes::Bytes::copy_from_slice(bytes);
         let res = self
             .send(&push_scope(repo), |c| {
                 c.put(&url)

@@ -58,14 +58,7 @@ impl Reference {
 
     /// The repository `name` under this one (a namespace).
     pub fn child(&self, name: &str) -> anyhow::Result<Self> {
-        let repository = format!("{}/{name}", self.repository);
-        check_repository(&repository)?;
-        Ok(Self {
-            registry: self.registry.clone(),
-            repository,
-            tag: None,
-            digest: None,
-        })
+        self.elsewhere(format!("{}/{name}", self.repository))
     }
 
     /// The same repository at `tag`.
@@ -108,6 +101,11 @@ impl Reference {
             Some((namespace, _)) => format!("{namespace}/{name}"),
             None => name.to_owned(),
         };
+        self.elsewhere(repository)
+    }
+
+    /// `repository` (checked) in this registry, without tag or digest.
+    fn elsewhere(&self, repository: String) -> anyhow::Result<Self> {
         check_repository(&repository)?;
         Ok(Self {
             registry: self.registry.clone(),

@@ -183,13 +183,10 @@ fn describe_text(cell: &LoadedCell) -> String {
         m.limits.concurrency,
         m.limits.queue,
         if m.capabilities.stdio { "yes" } else { "no" },
-        list(
-            &m.capabilities
-                .calls
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-        ),
+        match m.capabilities.calls.as_slice() {
+            [] => "none".to_owned(),
+            calls => cbs_host::manifest::list_calls(calls, ", "),
+        },
         list(&m.capabilities.publish),
     )
 }

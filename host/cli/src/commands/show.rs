@@ -63,13 +63,8 @@ pub async fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !cell.capabilities.calls.is_empty() {
-        let calls: Vec<String> = cell
-            .capabilities
-            .calls
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        println!("  calls     {}", calls.join(", "));
+        let calls = cbs_host::manifest::list_calls(&cell.capabilities.calls, ", ");
+        println!("  calls     {calls}");
     }
     let versions = registry::versions(&client, &reference.repository).await?;
     let versions: Vec<String> = versions.iter().map(ToString::to_string).collect();
