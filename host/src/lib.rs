@@ -54,4 +54,5 @@ pub mod state;
 pub mod stats;
 pub mod subjects;
 pub mod telemetry;
+pub mod tls;
 pub mod unix_time;

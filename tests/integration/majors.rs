@@ -92,6 +92,8 @@ async fn each_caller_reaches_the_major_its_range_names_and_never_the_others_shap
         &["deploy", new.to_str().unwrap(), "--wait-ms", "30000"],
     );
     assert!(ok, "{said}");
+    let (ok, listed) = run(&url, &["ls"]);
+    assert!(ok && listed.contains("beside it: 1.0.0"), "{listed}");
     let (ok, tree) = run(&url, &["deps", "app.old"]);
     assert!(
         ok && tree.contains(&format!("{UPPER} 1.0.0 (wants ^1)")),

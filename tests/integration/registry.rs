@@ -656,3 +656,51 @@ fn a_range_the_lattice_cannot_satisfy_refuses_the_deploy_and_with_deps_satisfies
         "{tree}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_spec_names_a_cell_by_its_registry_reference() {
+    let registry = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = signed(tmp.path(), &greet_bundle(tmp.path()));
+    let reference = format!("{}:0.1.0", registry.reference("logic.greet"));
+    push(&bundle, &reference);
+    let spec = tmp.path().join("domain.yaml");
+    std::fs::write(
+        &spec,
+        format!("domain: shop\ncells:\n  - ref: {reference}\nexports: [logic.greet]\n"),
+    )
+    .unwrap();
+    let server = NatsServer::start();
+    let url = server.url();
+    let _host = HostProcess::serve(&url, "host-a", &[], &["--watch"]);
+    let key = format!("{}.pub", tmp.path().join("key").display());
+    let apply = |trust: &str| {
+        cbs_on(
+            &url,
+            &[
+                "apply",
+                spec.to_str().unwrap(),
+                "--insecure",
+                "--trust",
+                trust,
+            ],
+        )
+    };
+    // Pulled and verified as `cbs deploy REF`: a key that did not sign it refuses.
+    let stranger = tmp.path().join("stranger");
+    ok("cbs keygen", cbs(&["keygen", stranger.to_str().unwrap()]));
+    let (ok_, said) = apply(&format!("{}.pub", stranger.display()));
+    assert!(!ok_ && said.contains("refused"), "{said}");
+    let (ok_, said) = apply(&key);
+    assert!(ok_, "{said}");
+    let bus = server.bus().await;
+    let reply = cbs_tests::call_json(
+        &bus,
+        "logic.greet",
+        json!({"name": "Ada"}),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply["greeting"], "Hello, Ada!");
+}

@@ -245,6 +245,7 @@ fn member_of(cell: &str, release: &Release, bundle: std::path::PathBuf) -> Membe
         id: Some(cell.to_owned()),
         bundle: Some(bundle),
         folder: None,
+        reference: None,
         version: Some(release.version.clone()),
         replicas: if scale.autoscale.is_some() {
             None

@@ -66,6 +66,10 @@ pub struct Member {
     /// A cell folder, built into a bundle on apply (as `cbs build`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<PathBuf>,
+    /// A cell in an OCI registry, `HOST[:PORT]/REPOSITORY[:TAG|@DIGEST]`,
+    /// pulled and verified on apply (as `cbs deploy REF`).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     /// Its version; when given, the bundle must be that version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -217,9 +221,16 @@ impl Spec {
 
 impl Member {
     fn check(&self) -> anyhow::Result<()> {
-        match (&self.bundle, &self.folder) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => bail!("give one of `bundle` (a .cbs file) and `folder` (a cell folder)"),
+        let sources = [
+            self.bundle.is_some(),
+            self.folder.is_some(),
+            self.reference.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            bail!("give one of `bundle` (a .cbs file), `folder` (a cell folder) and `ref` (a registry reference)");
+        }
+        if let Some(reference) = &self.reference {
+            crate::registry::Reference::parse(reference)?;
         }
         if let Some(id) = &self.id {
             check_cell_id(id)?;
@@ -287,6 +298,11 @@ uses:
             ("domain: orders\ncells: []", "a domain has 1 to"),
             (
                 "domain: orders\ncells: [{bundle: a.cbs, folder: b}]",
+                "give one of",
+            ),
+            ("domain: orders\ncells: [{ref: a.cbs}]", "names no registry"),
+            (
+                "domain: orders\ncells: [{folder: a, ref: 'localhost:5000/x:1'}]",
                 "give one of",
             ),
             ("domain: orders\ncells: [{}]", "give one of"),

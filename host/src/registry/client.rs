@@ -66,9 +66,7 @@ impl Client {
         credentials: Credentials,
         options: &Options,
     ) -> anyhow::Result<Self> {
-        // reqwest's rustls takes the process's crypto provider: ring, as
-        // async-nats uses (installing twice is harmless).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("cbs/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -263,11 +261,9 @@ impl Client {
                 bail!("{what} has more than {MAX_PAGES} pages");
             }
             let res = self.send(scope, |c| c.get(&next)).await?;
-            if res.status() == StatusCode::NOT_FOUND && !pages.is_empty() {
-                break;
-            }
+            // No such repository (or no catalog): nothing more to list.
             if res.status() == StatusCode::NOT_FOUND {
-                return Ok(pages);
+                break;
             }
             let res = ok(res, what).await?;
             url = next_link(res.headers())

@@ -137,6 +137,7 @@ pub fn init_with_otlp(
 fn provider(endpoint: &str, who: &Exporter) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    crate::tls::install_crypto_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpJson)

@@ -35,12 +35,14 @@ pub struct AccountsArgs {
     /// Folder of precompiled components (cells given as folders are built).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pulls: super::apply::Pulls,
 }
 
 pub async fn run(args: AccountsArgs) -> anyhow::Result<ExitCode> {
     let mut loaded = Vec::with_capacity(args.specs.len());
     for path in &args.specs {
-        loaded.push(super::apply::load(path, args.cache_dir.as_deref()).await?);
+        loaded.push(super::apply::load(path, args.cache_dir.as_deref(), &args.pulls).await?);
     }
     let mut manifests = Vec::with_capacity(loaded.len());
     for (spec, resolved) in &loaded {

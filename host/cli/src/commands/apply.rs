@@ -1,5 +1,8 @@
 //! `cbs apply`: a domain spec made real in the lattice.
 
+use crate::args::{trust_of, RegistryArgs};
+use crate::commands::pull::pull_verified;
+use cbs_host::registry::Reference;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,7 +61,20 @@ pub struct ApplyArgs {
     #[arg(long, conflicts_with_all = ["spec", "dry_run", "prune"])]
     print_schema: bool,
     #[command(flatten)]
+    pulls: Pulls,
+    #[command(flatten)]
     nats: NatsArgs,
+}
+
+/// How cells given by a registry reference (`ref:`) are pulled.
+#[derive(Args, Clone)]
+pub struct Pulls {
+    /// Cells pulled from a registry (`ref:`) must be signed by this key (a
+    /// .pub file or its hex); repeatable. Hosts check their own --trust.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
@@ -67,7 +83,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.spec.clone().unwrap_or_default();
-    let (spec, resolved) = load(&path, args.cache_dir.as_deref()).await?;
+    let (spec, resolved) = load(&path, args.cache_dir.as_deref(), &args.pulls).await?;
     let (bus, store) = args.nats.open_store().await?;
     let domains = Domains::open(bus.client()).await?;
     let plan = plan::plan(&store, &domains, &spec, &resolved, args.prune).await?;
@@ -147,16 +163,22 @@ async fn audit_steps(
 pub(crate) async fn load(
     path: &Path,
     cache: Option<&Path>,
+    pulls: &Pulls,
 ) -> anyhow::Result<(Spec, Vec<Resolved>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let spec = Spec::parse(&text).with_context(|| format!("in {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let resolved = resolve(&spec, base, cache).await?;
+    let resolved = resolve(&spec, base, cache, pulls).await?;
     Ok((spec, resolved))
 }
 
-async fn resolve(spec: &Spec, base: &Path, cache: Option<&Path>) -> anyhow::Result<Vec<Resolved>> {
+async fn resolve(
+    spec: &Spec,
+    base: &Path,
+    cache: Option<&Path>,
+    pulls: &Pulls,
+) -> anyhow::Result<Vec<Resolved>> {
     let mut out = Vec::with_capacity(spec.cells.len());
     let mut build_dir = None;
     for (i, member) in spec.cells.iter().enumerate() {
@@ -174,7 +196,10 @@ async fn resolve(spec: &Spec, base: &Path, cache: Option<&Path>) -> anyhow::Resu
                 )
                 .await?
             }
-            (None, None) => anyhow::bail!("a cell without `bundle` or `folder`"),
+            (None, None) => match &member.reference {
+                Some(reference) => pulled(reference, pulls).await?,
+                None => anyhow::bail!("a cell without `bundle`, `folder` or `ref`"),
+            },
         };
         out.push(Resolved {
             member: member.clone(),
@@ -188,6 +213,16 @@ async fn resolve(spec: &Spec, base: &Path, cache: Option<&Path>) -> anyhow::Resu
 fn read(file: &Path) -> anyhow::Result<(Bundle, Vec<u8>)> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let bundle = Bundle::from_bytes(&bytes).with_context(|| format!("in {}", file.display()))?;
+    Ok((bundle, bytes))
+}
+
+/// The bundle a registry reference names, pulled and verified.
+async fn pulled(reference: &str, pulls: &Pulls) -> anyhow::Result<(Bundle, Vec<u8>)> {
+    let reference = Reference::parse(reference)?;
+    let trust = trust_of(&pulls.trust)?;
+    let (pinned, bundle) = pull_verified(&pulls.registry, &reference, &trust).await?;
+    eprintln!("pulled {pinned}");
+    let bytes = bundle.to_bytes()?;
     Ok((bundle, bytes))
 }
 

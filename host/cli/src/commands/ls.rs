@@ -44,7 +44,9 @@ fn table(listing: &[Listing]) -> Table {
             Some(n) => format!("{}/{n} placed", cell.placed.len()),
             None => "every host".to_owned(),
         };
-        let unplaced = [cell.unplaced.clone(), cell.canary.clone()]
+        let beside =
+            (!cell.beside.is_empty()).then(|| format!("beside it: {}", cell.beside.join(", ")));
+        let unplaced = [cell.unplaced.clone(), cell.canary.clone(), beside]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
@@ -103,6 +105,9 @@ struct Listing {
     canary: Option<String>,
     #[serde(skip)]
     canary_digest: Option<String>,
+    /// Older majors kept serving beside the desired release (ADR 31).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    beside: Vec<String>,
     hosts: Vec<HostReport>,
 }
 
@@ -135,6 +140,7 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
             Listing {
                 canary: d.rollout_note(),
                 canary_digest: d.canary.as_ref().map(|c| c.release.digest.clone()),
+                beside: d.beside.iter().map(|r| r.version.clone()).collect(),
                 cell: d.cell,
                 desired: Some(d.current.version),
                 digest: Some(d.current.digest),
@@ -161,6 +167,7 @@ async fn list(client: &async_nats::Client, store: &Store) -> anyhow::Result<Vec<
             unplaced: None,
             canary: None,
             canary_digest: None,
+            beside: Vec::new(),
             hosts: Vec::new(),
         });
         let known = [&listing.digest, &listing.canary_digest];
