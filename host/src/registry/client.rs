@@ -214,22 +214,24 @@ impl Client {
         }
     }
 
-    /// Every repository of the registry (its catalog, page by page).
-    pub async fn catalog(&self) -> anyhow::Result<Vec<String>> {
+    /// The registry's repositories (its catalog, page by page), up to
+    /// `limit` (pages stop once that many are read).
+    pub async fn catalog(&self, limit: usize) -> anyhow::Result<Vec<String>> {
         #[derive(Deserialize)]
         struct Catalog {
             #[serde(default)]
             repositories: Vec<String>,
         }
         let first = format!("{}/v2/_catalog?n=1000", self.base);
-        let pages = self
-            .pages(first, "registry:catalog:*", "the catalog")
-            .await?;
         let mut out = Vec::new();
-        for page in pages {
-            let c: Catalog = serde_json::from_slice(&page).context("the catalog is not JSON")?;
+        let take = |page: &[u8]| {
+            let c: Catalog = serde_json::from_slice(page).context("the catalog is not JSON")?;
             out.extend(c.repositories);
-        }
+            Ok(out.len() < limit)
+        };
+        self.pages(first, "registry:catalog:*", "the catalog", take)
+            .await?;
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -241,25 +243,33 @@ impl Client {
             tags: Option<Vec<String>>,
         }
         let first = format!("{}/v2/{repo}/tags/list?n=1000", self.base);
-        let pages = self
-            .pages(first, &pull_scope(repo), &format!("the tags of {repo}"))
-            .await?;
         let mut out = Vec::new();
-        for page in pages {
-            let t: Tags = serde_json::from_slice(&page).context("a tag list is not JSON")?;
+        let take = |page: &[u8]| {
+            let t: Tags = serde_json::from_slice(page).context("a tag list is not JSON")?;
             out.extend(t.tags.unwrap_or_default());
-        }
+            Ok(true)
+        };
+        let what = format!("the tags of {repo}");
+        self.pages(first, &pull_scope(repo), &what, take).await?;
         Ok(out)
     }
 
-    /// The bodies of a paginated list, following `Link: <..>; rel="next"`.
-    async fn pages(&self, first: String, scope: &str, what: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    /// Each body of a paginated list to `take` (which says whether to go
+    /// on), following `Link: <..>; rel="next"`.
+    async fn pages(
+        &self,
+        first: String,
+        scope: &str,
+        what: &str,
+        mut take: impl FnMut(&[u8]) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
         let mut url = Some(first);
-        let mut pages = Vec::new();
+        let mut pages = 0;
         while let Some(next) = url.take() {
-            if pages.len() == MAX_PAGES {
+            if pages == MAX_PAGES {
                 bail!("{what} has more than {MAX_PAGES} pages");
             }
+            pages += 1;
             let res = self.send(scope, |c| c.get(&next)).await?;
             // No such repository (or no catalog): nothing more to list.
             if res.status() == StatusCode::NOT_FOUND {
@@ -270,9 +280,11 @@ impl Client {
                 .map(|link| reqwest::Url::parse(&self.base).and_then(|b| b.join(&link)))
                 .transpose()?
                 .map(String::from);
-            pages.push(read_bounded(res, MAX_LIST, what).await?);
+            if !take(&read_bounded(res, MAX_LIST, what).await?)? {
+                break;
+            }
         }
-        Ok(pages)
+        Ok(())
     }
 
     /// Sends a request with what the registry granted for `scope`; on a

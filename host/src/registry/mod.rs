@@ -299,7 +299,7 @@ pub struct Listed {
 pub async fn search(client: &Client, term: Option<&str>) -> anyhow::Result<Vec<Listed>> {
     let term = term.map(str::to_lowercase);
     let mut out = Vec::new();
-    for repository in client.catalog().await?.into_iter().take(MAX_SEARCHED) {
+    for repository in client.catalog(MAX_SEARCHED).await? {
         let versions = versions(client, &repository).await?;
         let Some(latest) = versions.last() else {
             continue;
