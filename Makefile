@@ -45,7 +45,7 @@ PY_CELLS := cells/logic.describe cells/logic.stats cells/logic.tally \
 POLYGLOT := cells/io.polyglot cells/logic.describe cells/logic.stats cells/text.headline \
 	$(if $(wildcard cells/logic.shout/bin/logic-shout),cells/logic.shout)
 
-.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium setup-axe console-screenshots console-bench test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 setup-registry setup-image image clean
+.PHONY: help run run-http run-polyglot build host host-bin demo-cells cells bench-cells python-cells test setup-chromium setup-axe console-screenshots console-bench test-dart test-python test-kubernetes test-openapi test-monitoring dart-cells lint fmt fuzz fuzz-merge bench setup setup-rust setup-nats setup-prometheus setup-python setup-pyo3 setup-registry setup-image image bench-instructions clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -226,6 +226,13 @@ image: setup-image setup-pyo3 ## The cbs-host container image, built without a d
 	$(CARGO) build --release -p cbs-cli --bin cbs-host --bin cbs
 	scripts/build-image --bin-dir $(CARGO_TARGET_DIR)/release --out $(CARGO_TARGET_DIR)/image
 
+# Instructions per request (callgrind): a count that does not move with the
+# machine's load, for judging a change to the hot path (#33).
+bench-instructions: setup-nats cells ## Instructions per request (valgrind callgrind): logic.greet pooled in process and over one NATS hop
+	@bin=$$($(CARGO) bench -p cbs-tests --bench instructions --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))/\1/p'); \
+		[ -n "$$bin" ] || { echo "bench-instructions: the bench did not build" >&2; exit 1; }; \
+		scripts/instructions "$$bin" $${CBS_INSTR_N:-200}
+
 setup-prometheus:
 	@command -v promtool >/dev/null || { \
 		echo "installing Debian's prometheus (promtool, for the alerting rules' tests)..." >&2; \
@@ -261,4 +268,5 @@ clean:
 bench: setup-rust setup-nats cells bench-cells python-cells ## Benchmarks next to raw NATS; writes bench/results/<date>.md/.json
 	$(CARGO) build --release -p cbs-cli
 	$(CARGO) bench -p cbs-tests --bench overhead
+	@$(MAKE) --no-print-directory bench-instructions
 	$(CARGO) bench -p cbs-host --bench hot_path -- --quick
