@@ -19,6 +19,11 @@ use cbs_tests::nats::NatsServer;
 use cbs_tests::{call_json, greet, TestHost};
 use serde_json::json;
 
+/// The allocator `cbs-host` runs with (ADR 18): its instructions are
+/// the ones the host spends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WARMUP: usize = 50;
 
 #[tokio::main(flavor = "current_thread")]
