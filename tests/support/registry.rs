@@ -77,6 +77,7 @@ impl Registry {
         registry
     }
 
+    /// Waits until the registry accepts connections (polled, with a deadline).
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -86,7 +87,7 @@ impl Registry {
                 self.port,
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(crate::POLL);
         }
     }
 
