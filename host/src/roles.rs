@@ -41,6 +41,7 @@ const LATTICE_STREAMS: &[&str] = &[
     "KV_cbs-placement",
     "KV_cbs-placer",
     "KV_cbs-served",
+    "KV_cbs-policy",
     "OBJ_cbs-bundles",
     "CBS_AUDIT",
 ];
@@ -188,6 +189,9 @@ pub fn deployer(cells: &[String]) -> Permissions {
         "$KV.cbs-desired.>",
         "$KV.cbs-expects.>",
         "$KV.cbs-domains.>",
+        // Anyone may store a policy: hosts enforce only one signed by a
+        // key they trust for policies (ADR 32).
+        "$KV.cbs-policy.>",
         "$O.cbs-bundles.>",
         "cbs.~p.>",
         "cbs-saga.>",

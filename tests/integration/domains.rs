@@ -354,6 +354,7 @@ async fn on_nats_an_outside_caller_reaches_only_the_exported_cell() {
         grace: Duration::from_secs(1),
         writer: None,
         sagas: false,
+        policy_keys: Default::default(),
     });
     let joined = cbs_tests::TestHost::start(joining, &[]).await;
     let known = joined.body().boundaries().membership("orders.private");

@@ -9,9 +9,9 @@ use cbs_host::telemetry::Exporter;
 
 use crate::args::LogArgs;
 use crate::commands::{
-    accounts, apply, audit, bench, build, call, console, contract, deploy, deps, dlq, export,
-    flows, gateway, keygen, load, ls, new, ps, publish, pull, push, record, replay, rollback, run,
-    saga, search, show, undeploy,
+    accounts, apply, audit, bench, build, call, compliance, console, contract, deploy, deps, dlq,
+    export, flows, gateway, keygen, load, ls, new, policy, ps, publish, pull, push, record, replay,
+    rollback, run, saga, search, show, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -102,6 +102,9 @@ pub enum CbsCommand {
     Ls(ls::LsArgs),
     Audit(audit::AuditArgs),
     #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    Compliance(compliance::ComplianceArgs),
+    #[command(subcommand)]
     Dlq(dlq::DlqCommand),
     Record(record::RecordArgs),
     Replay(replay::ReplayArgs),
@@ -173,6 +176,8 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Undeploy(args) => undeploy::run(args).await,
             CbsCommand::Ls(args) => ls::run(args).await,
             CbsCommand::Audit(args) => audit::run(args).await,
+            CbsCommand::Policy(command) => policy::run(command).await,
+            CbsCommand::Compliance(args) => compliance::run(args).await,
             CbsCommand::Dlq(command) => dlq::run(command).await,
             CbsCommand::Record(args) => record::run(args).await,
             CbsCommand::Replay(args) => replay::run(args).await,

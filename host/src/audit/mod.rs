@@ -51,6 +51,14 @@ pub enum Action {
     Replay,
     /// A canary promoted or reverted, with why.
     Canary,
+    /// A release refused by the lattice policy (by the deployer or a
+    /// host), with the rules it breaks.
+    Refuse,
+    /// A release let past a gate or the policy by a second key's
+    /// signature (`cbs deploy --force --force-key`).
+    Force,
+    /// A lattice policy set, or adopted or ignored by a host.
+    Policy,
 }
 
 /// One audited change.

@@ -137,13 +137,14 @@ fn writer_problem(event: &Event) -> Option<String> {
 fn signed_message(event: &Event) -> Option<Vec<u8>> {
     let digest = event.digest.as_deref()?;
     match event.action {
-        Action::Deploy => Some(digest.as_bytes().to_vec()),
+        // A refusal or a forced release names the bundle as a deploy does.
+        Action::Deploy | Action::Refuse | Action::Force => Some(digest.as_bytes().to_vec()),
         Action::Rollback => Some(crate::deploy::downgrade::message(
             &event.cell,
             event.from.as_deref()?,
             digest,
         )),
-        Action::Undeploy | Action::Trust | Action::Replay | Action::Canary => None,
+        Action::Undeploy | Action::Trust | Action::Replay | Action::Canary | Action::Policy => None,
     }
 }
 

@@ -43,6 +43,22 @@ impl Pattern {
         parts.next().is_none()
     }
 
+    /// Whether every subject this pattern matches, `outer` matches too
+    /// (a grant that stays inside what a policy allows).
+    pub fn within(&self, outer: &Pattern) -> bool {
+        let (inner, outer) = (&self.tokens, &outer.tokens);
+        for (i, o) in outer.iter().enumerate() {
+            match (o.as_str(), inner.get(i).map(String::as_str)) {
+                (">", Some(_)) => return true,
+                (_, None) | (_, Some(">")) => return false,
+                ("*", Some(_)) => continue,
+                (o, Some(t)) if o == t => continue,
+                _ => return false,
+            }
+        }
+        inner.len() == outer.len()
+    }
+
     /// Whether some subject matches both patterns (NATS refuses streams
     /// whose subjects overlap; so does the embedded store).
     pub fn overlaps(&self, other: &Pattern) -> bool {
@@ -95,6 +111,27 @@ pub fn check(subject: &str, wildcards: bool) -> Result<(), BusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_holds_only_when_every_match_is_inside() {
+        let w = |inner: &str, outer: &str| {
+            Pattern::parse(inner)
+                .unwrap()
+                .within(&Pattern::parse(outer).unwrap())
+        };
+        assert!(w("events.greeted", "events.>"));
+        assert!(w("events.*.done", "events.>"));
+        assert!(w("events.>", "events.>"));
+        assert!(w("events.a", "events.*"));
+        assert!(w("events.*", "events.*"));
+        assert!(w("events.a", "events.a"));
+        assert!(!w("events", "events.>"));
+        assert!(!w("events.>", "events.*"));
+        assert!(!w("events.*", "events.a"));
+        assert!(!w("other.a", "events.>"));
+        assert!(!w("events.a.b", "events.*"));
+        assert!(!w(">", "events.>"));
+    }
 
     fn m(p: &str, s: &str) -> bool {
         Pattern::parse(p).unwrap().matches(s)

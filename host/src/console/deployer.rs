@@ -94,6 +94,8 @@ impl Deployer {
             force,
             rollback: None,
             trial: self.trial.as_deref(),
+            waiver: None,
+            origin: None,
         };
         let rolled = rollout::deploy(
             &self.client,

@@ -65,6 +65,14 @@ pub struct Release {
     /// The domain the cell belongs to (`cbs apply`), if any, and its terms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<crate::boundary::Membership>,
+    /// The registry it was pulled from (`HOST[:PORT]`), as the deployer
+    /// says; none: a bundle file. Read by the policy's `[registries]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// A second key's signature letting it past the policy (`cbs deploy
+    /// --force --force-key`); hosts check it against the policy they hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiver: Option<crate::policy::Waiver>,
 }
 
 /// The longest a host keeps a version warm after a switch: a warm version
@@ -72,6 +80,15 @@ pub struct Release {
 pub const MAX_WARM_MS: u64 = 24 * 3600 * 1000;
 
 impl Release {
+    /// The most replicas it may have: its autoscaling ceiling, else its
+    /// count; none when every watching host serves it.
+    pub fn most_replicas(&self) -> Option<u32> {
+        self.autoscale
+            .as_ref()
+            .map(|a| a.max_replicas)
+            .or(self.replicas)
+    }
+
     /// Whether a host with `labels` may serve it: it has every label the
     /// release asks for (`--label`, and the platform of native code). This
     /// holds for replicas and for a release every watching host serves.

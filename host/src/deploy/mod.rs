@@ -32,6 +32,7 @@ pub mod deps;
 pub mod downgrade;
 pub mod placement;
 pub mod placer;
+pub mod policy_gate;
 pub mod rollout;
 pub mod served;
 pub mod watcher;

@@ -30,9 +30,11 @@ pub const DEFAULT_MEMORY_MB: u64 = 64;
 /// heartbeat of each host in memory.
 pub const MAX_HEARTBEAT_LABELS: usize = 64;
 pub const MAX_HEARTBEAT_CELLS: usize = 4096;
+/// The most hosts whose heartbeats are read or remembered at once.
+pub const MAX_HOSTS: usize = 4096;
 
 /// A watching host as its heartbeat describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
     pub id: String,
     /// `cbs-host run --label k=v`.
@@ -47,6 +49,15 @@ pub struct HostInfo {
     /// How loaded each cell served here is, for autoscaling request cells.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub load: BTreeMap<String, CellLoad>,
+    /// The lattice policy this host holds and enforces, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::enforcer::Mark>,
+    /// The keys it runs bundles from (`--trust`, hex); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust: Vec<String>,
+    /// Whether its NATS connection is TLS.
+    #[serde(default)]
+    pub nats_tls: bool,
 }
 
 impl HostInfo {
@@ -59,6 +70,12 @@ impl HostInfo {
             anyhow::bail!(
                 "{} labels, more than {MAX_HEARTBEAT_LABELS}",
                 info.labels.len()
+            );
+        }
+        if info.trust.len() > MAX_HEARTBEAT_LABELS {
+            anyhow::bail!(
+                "{} trusted keys, more than {MAX_HEARTBEAT_LABELS}",
+                info.trust.len()
             );
         }
         if info.load.len() > MAX_HEARTBEAT_CELLS {
@@ -286,8 +303,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             memory_mb,
-            at_ms: 0,
-            load: BTreeMap::new(),
+            ..Default::default()
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Placer {
     refused: HashMap<String, u64>,
     /// This host's load per cell, for its heartbeat.
     load: Option<LoadFn>,
+    /// The policy this host holds, for its heartbeat.
+    policy: Option<Arc<crate::policy::Enforcer>>,
 }
 
 /// What a host reports of its cells' load in each heartbeat.
@@ -66,7 +68,14 @@ impl Placer {
             scaled: HashMap::new(),
             refused: HashMap::new(),
             load: None,
+            policy: None,
         }
+    }
+
+    /// Reports the policy `enforcer` holds in every heartbeat.
+    pub fn with_policy(mut self, enforcer: Arc<crate::policy::Enforcer>) -> Self {
+        self.policy = Some(enforcer);
+        self
     }
 
     /// Reports `load` in every heartbeat (request cells autoscale on it).
@@ -106,6 +115,7 @@ impl Placer {
         let info = HostInfo {
             at_ms: now_ms(),
             load: self.load.as_ref().map(|f| f()).unwrap_or_default(),
+            policy: self.policy.as_ref().and_then(|p| p.mark()),
             ..self.me.clone()
         };
         let bytes = match serde_json::to_vec(&info) {
@@ -375,7 +385,7 @@ type Seen = HashMap<String, (Instant, HostInfo)>;
 /// The most hosts whose heartbeats are remembered: past it, those not
 /// heard from for [`FORGET_AFTER`] go, and a new host is ignored while
 /// the table is still full.
-pub const MAX_HOSTS: usize = 4096;
+pub use super::placement::MAX_HOSTS;
 /// How long a silent host's last heartbeat is remembered at most: as long
 /// as the bucket keeps it. Expiry there sends no delete, and only the
 /// placer holding the lease forgets dead hosts at once.
@@ -408,9 +418,7 @@ mod tests {
         HostInfo {
             id: id.to_owned(),
             labels: BTreeMap::new(),
-            memory_mb: None,
-            at_ms: 0,
-            load: BTreeMap::new(),
+            ..Default::default()
         }
     }
 

@@ -157,6 +157,13 @@ pub struct Consent<'a> {
     /// Where a new release meets its consumers' expectations before it
     /// goes out (none: they are not checked).
     pub trial: Option<&'a dyn Trial>,
+    /// A second key's signature for `force` (`--force-key`): while a
+    /// lattice policy holds, `force` needs it, and it lets the release
+    /// past the policy too.
+    pub waiver: Option<crate::policy::Waiver>,
+    /// The registry the bundle was pulled from, if any (the policy's
+    /// `[registries]`).
+    pub origin: Option<String>,
 }
 
 /// Serves a bundle where no traffic reaches it and checks consumers'
@@ -225,9 +232,11 @@ pub async fn deploy(
     let manifest = bundle.cell_manifest()?;
     let cell = manifest.id.clone();
     let previous = store.desired(&cell).await?;
-    let (contract, mut notes) = checked(store, bundle, previous.as_ref(), &consent).await?;
+    let (contract, mut notes) = checked(store, bundle, previous.as_ref(), &scale, &consent).await?;
     let mut release = stage(store, bundle, bytes, scale).await?;
     release.rollback = rollback;
+    release.waiver = consent.waiver.clone();
+    release.origin = consent.origin.clone();
     let mut desired = Desired::advance(previous.clone(), &cell, release.clone());
     if let Some(previous) = &previous {
         notes.extend(keep_needed_major(store, &mut desired, &previous.current).await?);
@@ -294,6 +303,8 @@ pub async fn stage(
         warm_ms: None,
         domain: scale.domain,
         calls: manifest.capabilities.calls.clone(),
+        origin: None,
+        waiver: None,
     })
 }
 
@@ -344,8 +355,14 @@ pub async fn stage_beside(
     let Some(current) = store.desired(cell).await? else {
         bail!("{cell} is not deployed: deploy it first, then a {strategy} of a new version");
     };
-    let notes = gates(store, bundle, consent).await?;
-    let release = stage(store, bundle, bytes, scale_of(&current.current)).await?;
+    let scale = scale_of(&current.current);
+    let (waiver, origin) = (consent.waiver.clone(), consent.origin.clone());
+    let notes = checked(store, bundle, Some(&current), &scale, &consent)
+        .await?
+        .1;
+    let mut release = stage(store, bundle, bytes, scale).await?;
+    release.waiver = waiver;
+    release.origin = origin;
     Ok((current, release, notes))
 }
 
@@ -560,28 +577,30 @@ pub async fn undeploy(
     }))
 }
 
-/// The gates a release passes before it goes out, in order: its contract
-/// against the deployed one, then its deployed consumers' expectations;
-/// the warnings of those it passed only by force or a new major.
-pub async fn gates(
-    store: &Store,
-    bundle: &Bundle,
-    consent: Consent<'_>,
-) -> anyhow::Result<Vec<String>> {
-    let previous = store.desired(&bundle.manifest.cell).await?;
-    Ok(checked(store, bundle, previous.as_ref(), &consent).await?.1)
-}
-
-/// [`gates`], with the contract diff.
+/// The gates a release passes before it goes out, in order: the lattice
+/// policy, its contract against the deployed one, then its deployed
+/// consumers' expectations; with the contract diff and the warnings of
+/// those it passed only by force or a new major.
 async fn checked(
     store: &Store,
     bundle: &Bundle,
     previous: Option<&Desired>,
+    scale: &Scale,
     consent: &Consent<'_>,
 ) -> anyhow::Result<(ContractDiff, Vec<String>)> {
     let manifest = bundle.cell_manifest()?;
+    let policies = crate::policy::store::PolicyStore::open_js(&store.js).await?;
+    let candidate = crate::policy::Candidate {
+        bundle,
+        manifest: &manifest,
+        replicas: scale.autoscale.map(|a| a.max_replicas).or(scale.replicas),
+        domain: scale.domain.as_ref().map(|d| d.name.as_str()),
+        origin: consent.origin.as_deref(),
+    };
+    let waiver = consent.waiver.as_ref();
+    let mut notes = super::policy_gate::check(&policies, &candidate, consent.force, waiver).await?;
     let contract = contract_of(store, previous, bundle).await?;
-    let mut notes = gate(&contract, bundle, previous, consent.force)?;
+    notes.extend(gate(&contract, bundle, previous, consent.force)?);
     notes.extend(sagas_gate(store, &contract, &manifest, consent.force).await?);
     if let Some(trial) = consent.trial {
         notes.extend(consumers_gate(store, trial, bundle, &manifest, consent.force).await?);

@@ -257,6 +257,51 @@ impl Store {
         values(&self.status).await
     }
 
+    /// The watching hosts' latest heartbeats (kept a minute after the
+    /// last), of at most [`placement::MAX_HOSTS`] hosts; one that is not a
+    /// heartbeat is skipped.
+    ///
+    /// The keys come from the stream's subject counts, not from a key
+    /// listing: `kv::Store::keys` can wait forever on a bucket whose
+    /// values age out while it reads, as heartbeats do.
+    pub async fn heartbeats(&self) -> anyhow::Result<Vec<placement::HostInfo>> {
+        use futures_util::TryStreamExt;
+        let prefix = format!("$KV.{HOSTS}.");
+        let stream = self
+            .js
+            .get_stream(format!("KV_{HOSTS}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open {HOSTS}: {e}"))?;
+        let mut subjects = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list {HOSTS}: {e}"))?;
+        let mut keys = Vec::new();
+        while let Some((subject, _)) = subjects
+            .try_next()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list {HOSTS}: {e}"))?
+        {
+            if keys.len() >= placement::MAX_HOSTS {
+                break;
+            }
+            if let Some(key) = subject.strip_prefix(&prefix) {
+                keys.push(key.to_owned());
+            }
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            let value = self.hosts.get(&key).await;
+            let value = value.map_err(|e| anyhow::anyhow!("cannot read {HOSTS}/{key}: {e}"))?;
+            match value.map(|v| placement::HostInfo::from_heartbeat(&v)) {
+                Some(Ok(info)) => out.push(info),
+                Some(Err(e)) => tracing::warn!(%key, error = %e, "ignoring an invalid heartbeat"),
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// The placement of every cell deployed with replicas.
     pub async fn placements(&self) -> anyhow::Result<Vec<placement::Placement>> {
         values(&self.placement).await

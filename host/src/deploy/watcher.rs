@@ -51,6 +51,8 @@ pub struct Watcher {
     record: std::sync::Mutex<Record>,
     /// The desired state and placement last seen, per cell.
     view: Mutex<View>,
+    /// The lattice policy this host holds, checked before it serves.
+    policy: Arc<crate::policy::Enforcer>,
 }
 
 /// A version kept warm: what it is, and its window's number.
@@ -74,6 +76,7 @@ impl Watcher {
         labels: BTreeMap<String, String>,
         grace: Duration,
         record: Record,
+        policy: Arc<crate::policy::Enforcer>,
     ) -> Self {
         Self {
             body,
@@ -87,6 +90,7 @@ impl Watcher {
             generations: Default::default(),
             record: std::sync::Mutex::new(record),
             view: Mutex::default(),
+            policy,
         }
     }
 
@@ -543,7 +547,22 @@ impl Watcher {
             };
             downgrade::check(trust, cell, served, &to, release.rollback.as_ref())?;
         }
+        self.admit(&bundle, release).await?;
         self.body.load_bundle(&bundle).await
+    }
+
+    /// The policy's check, by this host, of what the bundle itself says
+    /// (signed) and of the release's placement, domain and origin.
+    async fn admit(&self, bundle: &crate::bundle::Bundle, release: &Release) -> anyhow::Result<()> {
+        let manifest = bundle.cell_manifest()?;
+        let candidate = crate::policy::Candidate {
+            bundle,
+            manifest: &manifest,
+            replicas: release.most_replicas(),
+            domain: release.domain.as_ref().map(|d| d.name.as_str()),
+            origin: release.origin.as_deref(),
+        };
+        self.policy.admit(&candidate, release.waiver.as_ref()).await
     }
 
     fn status(&self, release: &Release, cell: &str, state: State, error: Option<String>) -> Status {

@@ -106,6 +106,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         force,
         rollback: None,
         trial: Some(&InProcess),
+        waiver: None,
+        origin: None,
     };
     let revision = apply::apply(&lattice, &spec, &plan, &resolved, consent, |line| {
         eprintln!("{line}")

@@ -34,6 +34,11 @@ pub struct BuildArgs {
     /// `python-venvs` [default: $CBS_CACHE_DIR, else ~/.cache/cbs/components].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// The largest memory the hosts it is built for grant a cell, in MiB
+    /// (as `cbs-host run --max-memory-mb`): the check loads the component
+    /// within it.
+    #[arg(long, value_name = "MIB", default_value_t = EngineOptions::default().max_memory_mb)]
+    max_memory_mb: u32,
 }
 
 pub async fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -42,7 +47,11 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         None => VenvCache::default_dir(),
     }));
     let cache = args.cache_dir.or_else(ComponentCache::default_dir);
-    let runtime = Arc::new(WasmRuntime::new(&EngineOptions::default(), cache)?);
+    let engine = EngineOptions {
+        max_memory_mb: args.max_memory_mb,
+        ..EngineOptions::default()
+    };
+    let runtime = Arc::new(WasmRuntime::new(&engine, cache)?);
     let built = crate::build::build(
         &args.cell_dir,
         args.output.as_deref(),

@@ -8,8 +8,10 @@ use anyhow::Context as _;
 use cbs_host::audit::{self, Action, Change};
 use cbs_host::bundle::{Bundle, KeyPair};
 use cbs_host::deploy::downgrade::RollbackGrant;
+use cbs_host::deploy::policy_gate::Refusal;
 use cbs_host::deploy::Store;
 use cbs_host::host::trial::InProcess;
+use cbs_host::policy::Waiver;
 use clap::Args;
 
 use crate::args::{parse_label, trust_of, NatsArgs, RegistryArgs};
@@ -97,6 +99,13 @@ pub struct DeployArgs {
     /// release, served in this process, before it takes traffic).
     #[arg(long)]
     force: bool,
+    /// While a lattice policy holds, --force needs a second signature:
+    /// this key (as written by `cbs keygen`), one of the policy's [force]
+    /// signers other than the bundle's, signs this cell and bundle; it
+    /// also lets the release past the policy's rules, on every host. Both
+    /// keys go into the audit trail.
+    #[arg(long, value_name = "KEY", requires = "force")]
+    force_key: Option<PathBuf>,
     /// Sign, with this key (as written by `cbs keygen`), the step back
     /// from the release hosts last installed of the cell (kept in
     /// cbs-served, also after `cbs undeploy`) to this bundle: hosts that
@@ -209,12 +218,34 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--label and --spread place replicas: give --replicas N (or --min-replicas and --max-replicas)");
     }
     let (bundle, bytes, origin) = source(&args.bundle, &args.registry, &args.trust).await?;
-    let constraints = rollout::placement_labels(&bundle, args.label.into_iter().collect());
     let (bus, store) = args.nats.open_store().await?;
+    let writer = args.nats.options("");
+    let rolled = roll(args, &bus, &store, &bundle, &bytes, origin.as_ref()).await;
+    if let Some(refusal) = rolled
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<Refusal>())
+    {
+        let detail = format!("cbs deploy: {refusal}");
+        audit_bundle(&bus, writer.as_ref(), Action::Refuse, &bundle, detail).await;
+    }
+    rolled
+}
+
+/// The rollout `args` ask for, of a bundle read and checked.
+async fn roll(
+    args: DeployArgs,
+    bus: &cbs_host::bus::nats::NatsBus,
+    store: &Store,
+    bundle: &Bundle,
+    bytes: &[u8],
+    origin: Option<&Reference>,
+) -> anyhow::Result<ExitCode> {
+    let constraints = rollout::placement_labels(bundle, args.label.into_iter().collect());
     let wait = (!args.no_wait).then(|| Duration::from_millis(args.wait_ms));
     let gate = Gate {
-        bus: &bus,
-        store: &store,
+        bus,
+        store,
         nats: &args.nats,
         registry: &args.registry,
         trust: &trust_of(&args.trust)?,
@@ -222,19 +253,30 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         force: args.force,
         wait,
     };
-    gate.check(&bundle, origin.as_ref()).await?;
+    gate.check(bundle, origin).await?;
     let rollback = match &args.sign_rollback {
-        Some(key) => rollback_grant(&store, &bundle, &KeyPair::read(key)?).await?,
+        Some(key) => rollback_grant(store, bundle, &KeyPair::read(key)?).await?,
         None => None,
+    };
+    let waiver = match &args.force_key {
+        Some(key) => Some(Waiver::sign(
+            &KeyPair::read(key)?,
+            &bundle.manifest.cell,
+            &bundle.digest(),
+        )),
+        None => None,
+    };
+    let consent = |trial| Consent {
+        force: args.force,
+        rollback: rollback.clone(),
+        trial,
+        waiver: waiver.clone(),
+        origin: origin.map(|r| r.registry.clone()),
     };
     if let Some(first) = args.canary.canary {
         let plan = args.canary.plan(first)?;
-        let consent = Consent {
-            force: args.force,
-            rollback,
-            trial: Some(&InProcess),
-        };
-        return canary(&bus, &store, &bundle, &bytes, &plan, consent, &args.nats).await;
+        let consent = consent(Some(&InProcess));
+        return canary(bus, store, bundle, bytes, &plan, consent, &args.nats).await;
     }
     if args.strategy == Strategy::BlueGreen {
         let plan = blue_green::Plan {
@@ -242,12 +284,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             seed: args.seed,
             ..Default::default()
         };
-        let consent = Consent {
-            force: args.force,
-            rollback,
-            trial: None,
-        };
-        return blue_green(&bus, &store, &bundle, &bytes, &plan, consent, &args.nats).await;
+        return blue_green(bus, store, bundle, bytes, &plan, consent(None), &args.nats).await;
     }
     eprintln!(
         "deploying {} {} ({})",
@@ -255,37 +292,39 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         bundle.manifest.version,
         bundle.digest()
     );
+    let scale = Scale {
+        replicas: args.replicas,
+        constraints,
+        spread: args.spread.clone(),
+        autoscale: args
+            .min_replicas
+            .zip(args.max_replicas)
+            .map(|(min, max)| Targets {
+                min_replicas: min,
+                max_replicas: max,
+                lag: args.target_lag,
+                wait_ms: args.target_wait_ms,
+                scale_down_after_ms: args.scale_down_after_ms,
+            }),
+        domain: None,
+    };
     let rolled = rollout::deploy(
         bus.client(),
-        &store,
-        &bundle,
-        &bytes,
-        Scale {
-            replicas: args.replicas,
-            constraints,
-            spread: args.spread,
-            autoscale: args
-                .min_replicas
-                .zip(args.max_replicas)
-                .map(|(min, max)| Targets {
-                    min_replicas: min,
-                    max_replicas: max,
-                    lag: args.target_lag,
-                    wait_ms: args.target_wait_ms,
-                    scale_down_after_ms: args.scale_down_after_ms,
-                }),
-            domain: None,
-        },
-        Consent {
-            force: args.force,
-            rollback,
-            trial: Some(&InProcess),
-        },
+        store,
+        bundle,
+        bytes,
+        scale,
+        consent(Some(&InProcess)),
         wait,
     )
     .await?;
     notes(&rolled.notes);
     let outcome = rolled.outcome;
+    let writer = args.nats.options("");
+    if let Some(waiver) = &rolled.release.waiver {
+        let detail = format!("cbs deploy --force, second signature by {}", waiver.signer);
+        audit_bundle(bus, writer.as_ref(), Action::Force, bundle, detail).await;
+    }
     let change = Change {
         action: Action::Deploy,
         cell: &bundle.manifest.cell,
@@ -297,12 +336,34 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         detail: outcome.summary(),
         contract: rolled.contract,
     };
-    audit::record(bus.client(), args.nats.options("").as_ref(), change).await;
+    audit::record(bus.client(), writer.as_ref(), change).await;
     Ok(report(
         &bundle.manifest.cell,
         &bundle.manifest.version,
         outcome,
     ))
+}
+
+/// An audit event about `bundle` (a refusal, a forced release).
+async fn audit_bundle(
+    bus: &cbs_host::bus::nats::NatsBus,
+    writer: Option<&cbs_host::bus::nats::NatsOptions>,
+    action: Action,
+    bundle: &Bundle,
+    detail: String,
+) {
+    let change = Change {
+        action,
+        cell: &bundle.manifest.cell,
+        version: Some(&bundle.manifest.version),
+        digest: Some(&bundle.digest()),
+        key: bundle.signer(),
+        proof: bundle.signature(),
+        from: None,
+        detail,
+        contract: None,
+    };
+    audit::record(bus.client(), writer, change).await;
 }
 
 /// The bundle a file holds, or a registry reference names (pulled and

@@ -177,7 +177,7 @@ impl Gate<'_> {
             let (pinned, dep) = pull_verified(self.registry, &resolved, self.trust).await?;
             eprintln!("{} needs {}: deploying {pinned}", manifest.id, need.call);
             Box::pin(self.check_at(&dep, Some(source), depth + 1, visiting)).await?;
-            self.deploy(&dep).await?;
+            self.deploy(&dep, &pinned.registry).await?;
         }
         Ok(())
     }
@@ -208,7 +208,7 @@ impl Gate<'_> {
     }
 
     /// A dependency to every watching host, waited for and audited.
-    async fn deploy(&self, bundle: &Bundle) -> anyhow::Result<()> {
+    async fn deploy(&self, bundle: &Bundle, registry: &str) -> anyhow::Result<()> {
         let bytes = bundle.to_bytes()?;
         let scale = Scale {
             replicas: None,
@@ -221,6 +221,8 @@ impl Gate<'_> {
             force: false,
             rollback: None,
             trial: Some(&InProcess),
+            waiver: None,
+            origin: Some(registry.to_owned()),
         };
         let cell = &bundle.manifest.cell;
         let rolled = rollout::deploy(

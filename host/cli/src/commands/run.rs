@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// or its hex); repeatable. Folders and bare components are refused.
     #[arg(long, value_name = "PUBKEY")]
     trust: Vec<String>,
+    /// Enforce the lattice policy (`cbs policy set`) only when signed by
+    /// this key (a .pub file or its hex); repeatable [default: the --trust
+    /// keys]. A host that trusts no key enforces no policy, and `cbs
+    /// compliance` reports it. With --watch.
+    #[arg(long, value_name = "PUBKEY", requires = "watch")]
+    policy_key: Vec<String>,
     /// Let bundles start native processes (runtime = "sidecar" or "python"):
     /// such a cell runs any command it names on this host. Off by default;
     /// with --trust, only bundles signed by a trusted key.
@@ -158,6 +164,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             grace,
             writer: args.nats.options(""),
             sagas: args.sagas,
+            policy_keys: crate::args::trust_of(&args.policy_key)?,
         });
     }
     if let Some(addr) = args.http {
