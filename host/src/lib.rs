@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod backup;
 pub mod body;
 pub mod boundary;
 pub mod bundle;

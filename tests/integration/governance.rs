@@ -462,18 +462,7 @@ async fn compliance_finds_each_seeded_violation() {
     })
     .await
     .unwrap();
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "CBS_DLQ".into(),
-        subjects: vec!["cbs-dlq.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js.publish("cbs-dlq.orders", "lost".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    server.dead_letter("orders").await;
 
     let (author_pub, platform_pub) = (lab.path("author.pub"), lab.path("platform.pub"));
     let _strict = HostProcess::serve(

@@ -182,6 +182,22 @@ impl NatsServer {
     pub async fn bus(&self) -> NatsBus {
         connect(&self.url()).await
     }
+
+    /// A dead letter on `cbs-dlq.<cell>`, in the stream `CBS_DLQ` made
+    /// here with the server's defaults (as a lattice with one would hold).
+    pub async fn dead_letter(&self, cell: &str) {
+        let bus = self.bus().await;
+        let js = async_nats::jetstream::new(bus.client().clone());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "CBS_DLQ".into(),
+            subjects: vec!["cbs-dlq.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let ack = js.publish(format!("cbs-dlq.{cell}"), "a letter".into());
+        ack.await.unwrap().await.unwrap();
+    }
 }
 
 /// A bus connected to `urls` (comma-separated: any server of a cluster).

@@ -9,9 +9,9 @@ use cbs_host::telemetry::Exporter;
 
 use crate::args::LogArgs;
 use crate::commands::{
-    accounts, apply, audit, bench, build, call, compliance, console, contract, deploy, deps, dlq,
-    export, flows, gateway, keygen, load, ls, new, policy, ps, publish, pull, push, record, replay,
-    rollback, run, saga, search, show, undeploy,
+    accounts, apply, audit, backup, bench, build, call, compliance, console, contract, deploy,
+    deps, dlq, export, flows, gateway, keygen, load, ls, new, policy, ps, publish, pull, push,
+    record, replay, restore, rollback, run, saga, search, show, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -104,6 +104,8 @@ pub enum CbsCommand {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     Compliance(compliance::ComplianceArgs),
+    Backup(backup::BackupArgs),
+    Restore(restore::RestoreArgs),
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
     Record(record::RecordArgs),
@@ -178,6 +180,8 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Audit(args) => audit::run(args).await,
             CbsCommand::Policy(command) => policy::run(command).await,
             CbsCommand::Compliance(args) => compliance::run(args).await,
+            CbsCommand::Backup(args) => backup::run(args).await,
+            CbsCommand::Restore(args) => restore::run(args).await,
             CbsCommand::Dlq(command) => dlq::run(command).await,
             CbsCommand::Record(args) => record::run(args).await,
             CbsCommand::Replay(args) => replay::run(args).await,

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod apply;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod build;
 pub mod call;
@@ -27,6 +28,7 @@ pub mod pull;
 pub mod push;
 pub mod record;
 pub mod replay;
+pub mod restore;
 pub mod rollback;
 pub mod run;
 pub mod saga;
