@@ -42,15 +42,29 @@ pub fn python_venvs() -> PathBuf {
 /// it served: `$CBS_DATA_DIR`, else `$XDG_DATA_HOME/cbs`, else
 /// `~/.local/share/cbs`, else `.cbs`.
 pub fn data() -> PathBuf {
-    let var = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let var = non_empty_var;
     var("CBS_DATA_DIR")
         .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("cbs")))
         .or_else(|| var("HOME").map(|h| h.join(".local/share/cbs")))
         .unwrap_or_else(|| PathBuf::from(".cbs"))
+}
+
+/// Where `cbs login` keeps the token it got: `$CBS_TOKEN_FILE`, else
+/// `$XDG_CONFIG_HOME/cbs/token`, else `~/.config/cbs/token`, else
+/// `.cbs-token`.
+pub fn token() -> PathBuf {
+    let var = non_empty_var;
+    var("CBS_TOKEN_FILE")
+        .or_else(|| var("XDG_CONFIG_HOME").map(|d| d.join("cbs/token")))
+        .or_else(|| var("HOME").map(|h| h.join(".config/cbs/token")))
+        .unwrap_or_else(|| PathBuf::from(".cbs-token"))
+}
+
+/// A variable's value as a path, when set and not empty.
+fn non_empty_var(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// This process's effective user id.

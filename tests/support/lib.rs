@@ -11,6 +11,7 @@ pub mod domains;
 pub mod jwt;
 pub mod nats;
 pub mod nats_auth;
+pub mod oidc;
 pub mod process;
 pub mod process_bundles;
 pub mod raw_http;

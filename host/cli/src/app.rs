@@ -10,8 +10,8 @@ use cbs_host::telemetry::Exporter;
 use crate::args::LogArgs;
 use crate::commands::{
     accounts, apply, audit, backup, bench, build, call, compliance, console, contract, deploy,
-    deps, dlq, export, flows, gateway, keygen, load, ls, new, policy, ps, publish, pull, push,
-    record, replay, restore, rollback, run, saga, search, show, undeploy,
+    deps, dlq, export, flows, gateway, keygen, load, login, ls, new, policy, ps, publish, pull,
+    push, record, replay, restore, rollback, run, saga, search, show, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -105,6 +105,7 @@ pub enum CbsCommand {
     Policy(policy::PolicyCommand),
     Compliance(compliance::ComplianceArgs),
     Backup(backup::BackupArgs),
+    Login(login::LoginArgs),
     Restore(restore::RestoreArgs),
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -181,6 +182,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Policy(command) => policy::run(command).await,
             CbsCommand::Compliance(args) => compliance::run(args).await,
             CbsCommand::Backup(args) => backup::run(args).await,
+            CbsCommand::Login(args) => login::run(args).await,
             CbsCommand::Restore(args) => restore::run(args).await,
             CbsCommand::Dlq(command) => dlq::run(command).await,
             CbsCommand::Record(args) => record::run(args).await,

@@ -8,6 +8,7 @@ use cbs_host::body::{Sources, DEFAULT_UNPACK_MAX_BYTES};
 use cbs_host::bundle::{PublicKey, Trust};
 use cbs_host::bus::nats::{NatsBus, NatsOptions};
 use cbs_host::deploy::Store;
+use cbs_host::http::oidc::{Oidc, OidcConfig, RoleRule, RoleRules};
 use cbs_host::http::{auth, listen};
 use cbs_host::runtime::python::venvs::{self, VenvCache};
 use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
@@ -315,6 +316,22 @@ pub struct HttpArgs {
           default_value_t = auth::DEFAULT_LEEWAY_SECS,
           value_parser = clap::value_parser!(u64).range(0..=auth::MAX_LEEWAY_SECS))]
     pub http_jwt_leeway_secs: u64,
+    /// Single sign-on: also accept tokens of this OpenID Connect issuer
+    /// (its URL, as its tokens' `iss`): the discovery document is read
+    /// from URL/.well-known/openid-configuration, the keys from its
+    /// jwks_uri and fetched again when it rotates them.
+    #[arg(long, value_name = "URL", requires = "http_oidc_audience")]
+    pub http_oidc_issuer: Option<String>,
+    /// The audience (`aud`) the issuer's tokens must name: the client id
+    /// CBS is registered under.
+    #[arg(long, value_name = "AUD", requires = "http_oidc_issuer")]
+    pub http_oidc_audience: Option<String>,
+    /// A claim that gives a role: ROLE=CLAIM:VALUE (roles: caller,
+    /// observer, deployer), e.g. caller=groups:shop; repeatable. A route
+    /// with `auth = "bearer"` needs caller. None: every token of the
+    /// issuer is a caller.
+    #[arg(long, value_name = "ROLE=CLAIM:VALUE", requires = "http_oidc_issuer")]
+    pub http_oidc_role: Vec<RoleRule>,
     /// Seconds a connection may go without a request in progress: a
     /// request head must arrive whole within it, and an idle (keep-alive
     /// or HTTP/2) connection is closed after it. 1 to 3600.
@@ -331,7 +348,7 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    pub fn config(&self, title: &str) -> anyhow::Result<cbs_host::http::HttpConfig> {
+    pub async fn config(&self, title: &str) -> anyhow::Result<cbs_host::http::HttpConfig> {
         let rules = auth::JwtRules {
             audience: self.http_jwt_audience.clone(),
             issuer: self.http_jwt_issuer.clone(),
@@ -343,6 +360,22 @@ impl HttpArgs {
             rules,
         )
         .map_err(|e| e.context("--http-token-file / --http-jwks"))?;
+        let auth = match (&self.http_oidc_issuer, &self.http_oidc_audience) {
+            (Some(issuer), Some(audience)) => {
+                let config = OidcConfig {
+                    issuer: issuer.clone(),
+                    audience: audience.clone(),
+                    roles: RoleRules(self.http_oidc_role.clone()),
+                    leeway_secs: self.http_jwt_leeway_secs,
+                };
+                auth.with_oidc(
+                    Oidc::discover(config)
+                        .await
+                        .map_err(|e| e.context("--http-oidc-issuer"))?,
+                )
+            }
+            _ => auth,
+        };
         Ok(cbs_host::http::HttpConfig {
             body_limit: self.http_body_limit_kb.saturating_mul(1024),
             cors_origins: self.http_cors_origin.clone(),

@@ -49,19 +49,21 @@ async fn enabled(State(snapshots): Shared) -> Response {
 }
 
 /// The signed-in user who may act, or the problem to answer.
-fn user(snapshots: &Snapshots, headers: &HeaderMap) -> Result<String, Problem> {
-    Actions::user(snapshots.actions(), headers).map_err(|refusal| {
-        let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
-        Problem(status, refusal.detail)
-    })
+async fn user(snapshots: &Snapshots, headers: &HeaderMap) -> Result<String, Problem> {
+    Actions::user(snapshots.actions(), headers)
+        .await
+        .map_err(|refusal| {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            Problem(status, refusal.detail)
+        })
 }
 
 /// The user and the deployer, for a release action.
-fn deployer<'a>(
+async fn deployer<'a>(
     snapshots: &'a Snapshots,
     headers: &HeaderMap,
 ) -> Result<(String, &'a Deployer), Problem> {
-    let user = user(snapshots, headers)?;
+    let user = user(snapshots, headers).await?;
     let deployer = snapshots.source().deployer().ok_or_else(|| {
         Problem(
             StatusCode::CONFLICT,
@@ -92,7 +94,7 @@ async fn replay(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Answer {
-    let user = user(&snapshots, &headers)?;
+    let user = user(&snapshots, &headers).await?;
     cell_id(&id)?;
     let ask: ReplayAsk = serde_json::from_slice(&body).map_err(|e| {
         let detail = format!("give {{\"seqs\": [..]}} or {{\"all\": true}}: {e}");
@@ -114,7 +116,7 @@ async fn replay(
 
 /// The contract gate's verdict on an uploaded bundle; nothing changes.
 async fn preview(State(snapshots): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
-    let (_, deployer) = deployer(&snapshots, &headers)?;
+    let (_, deployer) = deployer(&snapshots, &headers).await?;
     answer(deployer.preview(&body).await)
 }
 
@@ -126,19 +128,19 @@ async fn deploy(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Answer {
-    let (user, deployer) = deployer(&snapshots, &headers)?;
+    let (user, deployer) = deployer(&snapshots, &headers).await?;
     let force = query.is_some_and(|q| q.split('&').any(|pair| pair == "force=true"));
     answer(deployer.deploy(&body, force, &user).await)
 }
 
 async fn rollback(State(snapshots): Shared, Path(id): Path<String>, headers: HeaderMap) -> Answer {
-    let (user, deployer) = deployer(&snapshots, &headers)?;
+    let (user, deployer) = deployer(&snapshots, &headers).await?;
     cell_id(&id)?;
     answer(deployer.rollback(&id, &user).await)
 }
 
 async fn undeploy(State(snapshots): Shared, Path(id): Path<String>, headers: HeaderMap) -> Answer {
-    let (user, deployer) = deployer(&snapshots, &headers)?;
+    let (user, deployer) = deployer(&snapshots, &headers).await?;
     cell_id(&id)?;
     answer(deployer.undeploy(&id, &user).await)
 }

@@ -35,7 +35,7 @@ impl Actions {
 
     /// The signed-in user of a request from the console's own page, or why
     /// it may not act.
-    pub fn user(actions: Option<&Self>, headers: &HeaderMap) -> Result<String, Refusal> {
+    pub async fn user(actions: Option<&Self>, headers: &HeaderMap) -> Result<String, Refusal> {
         let Some(actions) = actions else {
             return Err(Refusal {
                 status: 403,
@@ -48,7 +48,8 @@ impl Actions {
             .and_then(|v| v.to_str().ok());
         actions
             .users
-            .identify(authorization)
+            .authorize(authorization, crate::http::oidc::Role::Deployer)
+            .await
             .map_err(|why| Refusal {
                 status: 401,
                 detail: format!("sign in first: {why}"),
@@ -88,18 +89,21 @@ mod tests {
         Actions::new(users).unwrap()
     }
 
-    #[test]
-    fn a_signed_in_user_from_the_consoles_own_page_may_act() {
+    #[tokio::test]
+    async fn a_signed_in_user_from_the_consoles_own_page_may_act() {
         let ok = headers(&[
             ("origin", "http://127.0.0.1:8090"),
             ("host", "127.0.0.1:8090"),
             ("authorization", "Bearer s3cret"),
         ]);
-        assert_eq!(Actions::user(Some(&actions()), &ok), Ok("token 1".into()));
+        assert_eq!(
+            Actions::user(Some(&actions()), &ok).await,
+            Ok("token 1".into())
+        );
     }
 
-    #[test]
-    fn read_only_other_origins_and_strangers_are_refused() {
+    #[tokio::test]
+    async fn read_only_other_origins_and_strangers_are_refused() {
         let from = |origin: &str, token: &str| {
             headers(&[
                 ("origin", origin),
@@ -107,20 +111,24 @@ mod tests {
                 ("authorization", token),
             ])
         };
-        let status = |actions: Option<&Actions>, h: &HeaderMap| {
-            Actions::user(actions, h).unwrap_err().status
-        };
+        async fn status(actions: Option<&Actions>, h: &HeaderMap) -> u16 {
+            Actions::user(actions, h).await.unwrap_err().status
+        }
         let mine = from("http://127.0.0.1:8090", "Bearer s3cret");
-        assert_eq!(status(None, &mine), 403, "read-only");
+        assert_eq!(status(None, &mine).await, 403, "read-only");
         let elsewhere = from("http://evil.example", "Bearer s3cret");
-        assert_eq!(status(Some(&actions()), &elsewhere), 403, "another origin");
+        assert_eq!(
+            status(Some(&actions()), &elsewhere).await,
+            403,
+            "another origin"
+        );
         let no_origin = headers(&[
             ("host", "127.0.0.1:8090"),
             ("authorization", "Bearer s3cret"),
         ]);
-        assert_eq!(status(Some(&actions()), &no_origin), 403, "no origin");
+        assert_eq!(status(Some(&actions()), &no_origin).await, 403, "no origin");
         let stranger = from("http://127.0.0.1:8090", "Bearer guess");
-        assert_eq!(status(Some(&actions()), &stranger), 401);
+        assert_eq!(status(Some(&actions()), &stranger).await, 401);
         let none = Authenticator::new(Vec::new(), None, JwtRules::default()).unwrap();
         assert!(Actions::new(none).is_err(), "actions without users");
     }

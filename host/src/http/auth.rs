@@ -7,6 +7,10 @@
 //! (`--http-jwt-leeway-secs`), not the library's minute. With neither
 //! configured, such routes refuse every request: a route that asks for
 //! authentication never runs without it.
+//!
+//! With single sign-on (`super::oidc`), a token of the configured issuer
+//! is accepted too, for what its claims' roles allow; static tokens and
+//! JWK-set JWTs keep every role, as before.
 
 use std::path::Path;
 
@@ -48,6 +52,7 @@ pub struct Authenticator {
     tokens: Vec<String>,
     jwks: Option<JwkSet>,
     rules: JwtRules,
+    oidc: Option<std::sync::Arc<super::oidc::Oidc>>,
 }
 
 impl Authenticator {
@@ -93,12 +98,41 @@ impl Authenticator {
             tokens,
             jwks,
             rules,
+            oidc: None,
         })
+    }
+
+    /// Also accepts tokens of an OpenID Connect issuer, by role.
+    pub fn with_oidc(mut self, oidc: std::sync::Arc<super::oidc::Oidc>) -> Self {
+        self.oidc = Some(oidc);
+        self
     }
 
     /// Whether any token could be accepted.
     pub fn is_configured(&self) -> bool {
-        !self.tokens.is_empty() || self.jwks.is_some()
+        !self.tokens.is_empty() || self.jwks.is_some() || self.oidc.is_some()
+    }
+
+    /// Who an `Authorization` header value names, when that one may act as
+    /// `role`: a static token or a JWK-set JWT (every role), or a token of
+    /// the single sign-on issuer whose claims give `role`; or why not.
+    pub async fn authorize(
+        &self,
+        authorization: Option<&str>,
+        role: super::oidc::Role,
+    ) -> Result<String, String> {
+        let Some(oidc) = &self.oidc else {
+            return self.identify(authorization);
+        };
+        let token = bearer(authorization)?;
+        if let Ok(who) = self.identify(authorization) {
+            return Ok(who);
+        }
+        let user = oidc.verify(token).await?;
+        if !user.roles.contains(&role) {
+            return Err(format!("{} is signed in, but not as a {role}", user.name));
+        }
+        Ok(format!("{} (single sign-on)", user.name))
     }
 
     /// Accepts an `Authorization` header value, or says why not.
@@ -110,15 +144,10 @@ impl Authenticator {
     /// the Nth static token, a JWT's `sub` (or `a JWT without sub`); or
     /// why it is not accepted.
     pub fn identify(&self, authorization: Option<&str>) -> Result<String, String> {
-        let value = authorization.ok_or("an Authorization: Bearer token is required")?;
-        if value.len() > MAX_HEADER {
-            return Err("the Authorization header is too long".into());
+        let token = bearer(authorization)?;
+        if self.tokens.is_empty() && self.jwks.is_none() && self.oidc.is_some() {
+            return Err("the token is not accepted".into());
         }
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or("the Authorization header is not a Bearer token")?;
         if !self.is_configured() {
             return Err(
                 "this server accepts no token (start it with --http-token-file or --http-jwks)"
@@ -179,6 +208,19 @@ impl Authenticator {
         validation.set_required_spec_claims(&required);
         validation
     }
+}
+
+/// The token of an `Authorization: Bearer` header value.
+fn bearer(authorization: Option<&str>) -> Result<&str, String> {
+    let value = authorization.ok_or("an Authorization: Bearer token is required")?;
+    if value.len() > MAX_HEADER {
+        return Err("the Authorization header is too long".into());
+    }
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or_else(|| "the Authorization header is not a Bearer token".into())
 }
 
 /// Equal bytes, taking the same time wherever they first differ.

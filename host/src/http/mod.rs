@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod listen;
+pub mod oidc;
 pub mod openapi;
 pub mod problem;
 pub mod request;

@@ -259,7 +259,12 @@ async fn answer(
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if let Err(why) = gateway.config.auth.check(authorization) {
+        let allowed = gateway
+            .config
+            .auth
+            .authorize(authorization, super::oidc::Role::Caller)
+            .await;
+        if let Err(why) = allowed {
             let mut response =
                 problem_response(Problem::http(401, "Unauthorized", why, path), None, None);
             response

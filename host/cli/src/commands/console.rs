@@ -52,6 +52,17 @@ pub struct ConsoleArgs {
     /// With --jwks: the `iss` a JWT must carry.
     #[arg(long, value_name = "ISS", requires = "jwks")]
     jwt_issuer: Option<String>,
+    /// Users who may act, by single sign-on: tokens of this OpenID Connect
+    /// issuer (its URL) whose claims give the deployer role (--oidc-role).
+    #[arg(long, value_name = "URL", requires_all = ["allow_actions", "oidc_audience"])]
+    oidc_issuer: Option<String>,
+    /// The `aud` the issuer's tokens must name.
+    #[arg(long, value_name = "AUD", requires = "oidc_issuer")]
+    oidc_audience: Option<String>,
+    /// A claim that gives a role: ROLE=CLAIM:VALUE, e.g.
+    /// deployer=groups:platform; repeatable. Acting needs deployer.
+    #[arg(long, value_name = "ROLE=CLAIM:VALUE", requires = "oidc_issuer")]
+    oidc_role: Vec<cbs_host::http::oidc::RoleRule>,
     /// With --allow-actions: sign rollbacks with this key (as written by
     /// `cbs keygen`), so hosts that require signed releases (--trust) go
     /// back when a user rolls back from the console.
@@ -66,7 +77,7 @@ pub struct ConsoleArgs {
 }
 
 pub async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
-    let actions = actions(&args)?;
+    let actions = actions(&args).await?;
     let key = args
         .sign_rollbacks
         .as_deref()
@@ -89,7 +100,7 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Who may act, with --allow-actions.
-fn actions(args: &ConsoleArgs) -> anyhow::Result<Option<Arc<Actions>>> {
+async fn actions(args: &ConsoleArgs) -> anyhow::Result<Option<Arc<Actions>>> {
     if !args.allow_actions {
         return Ok(None);
     }
@@ -100,6 +111,20 @@ fn actions(args: &ConsoleArgs) -> anyhow::Result<Option<Arc<Actions>>> {
     };
     let users = Authenticator::load(args.token_file.as_deref(), args.jwks.as_deref(), rules)
         .context("--token-file / --jwks")?;
-    let actions = Actions::new(users).context("--allow-actions: give --token-file or --jwks")?;
+    let users = match (&args.oidc_issuer, &args.oidc_audience) {
+        (Some(issuer), Some(audience)) => {
+            let config = cbs_host::http::oidc::OidcConfig {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                roles: cbs_host::http::oidc::RoleRules(args.oidc_role.clone()),
+                leeway_secs: cbs_host::http::auth::DEFAULT_LEEWAY_SECS,
+            };
+            let oidc = cbs_host::http::oidc::Oidc::discover(config).await;
+            users.with_oidc(oidc.context("--oidc-issuer")?)
+        }
+        _ => users,
+    };
+    let actions = Actions::new(users)
+        .context("--allow-actions: give --token-file, --jwks or --oidc-issuer")?;
     Ok(Some(Arc::new(actions)))
 }

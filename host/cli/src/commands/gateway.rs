@@ -58,7 +58,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     };
     let gateway = Gateway::new(
         Arc::new(bus) as Arc<dyn BodyBus>,
-        args.http_options.config(&title)?,
+        args.http_options.config(&title).await?,
     );
     let refresh = Duration::from_millis(args.refresh_ms.max(100));
     let domain = args.domain.clone();

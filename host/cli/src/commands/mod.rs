@@ -19,6 +19,7 @@ pub mod flows;
 pub mod gateway;
 pub mod keygen;
 pub mod load;
+pub mod login;
 pub mod ls;
 pub mod new;
 pub mod policy;

@@ -168,7 +168,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         });
     }
     if let Some(addr) = args.http {
-        let config = args.http_options.config(&format!("CBS host {host_id}"))?;
+        let config = args
+            .http_options
+            .config(&format!("CBS host {host_id}"))
+            .await?;
         builder = builder.http(addr, config);
     }
     let host = builder.start().await?;
