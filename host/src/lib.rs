@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod platform;
 pub mod policy;
+pub mod quota;
 pub mod random;
 pub mod registry;
 pub mod resilience;

@@ -132,6 +132,22 @@ fn run(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A nats-server, its URL, the keys, and a watching host that enforces
+/// policies signed by the platform key.
+fn policed(host_id: &str) -> (NatsServer, String, Lab, HostProcess) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let lab = Lab::new();
+    let platform_pub = lab.path("platform.pub");
+    let host = HostProcess::serve(
+        &url,
+        host_id,
+        &[],
+        &["--watch", "--policy-key", &platform_pub],
+    );
+    (server, url, lab, host)
+}
+
 /// The rules of the tests' policy, version `version`.
 fn rules(lab: &Lab, version: u32) -> String {
     format!(
@@ -294,16 +310,7 @@ async fn a_policy_refuses_at_deploy_and_again_at_a_host_handed_the_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_passes_the_policy_only_with_a_second_trusted_signature() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let lab = Lab::new();
-    let platform_pub = lab.path("platform.pub");
-    let _host = HostProcess::serve(
-        &url,
-        "host-force",
-        &[],
-        &["--watch", "--policy-key", &platform_pub],
-    );
+    let (server, url, lab, _host) = policed("host-force");
     assert!(
         lab.set_policy(&url, "policy.toml", &rules(&lab, 1), "platform")
             .0
@@ -386,16 +393,7 @@ async fn force_passes_the_policy_only_with_a_second_trusted_signature() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_signed_by_an_untrusted_key_is_ignored_by_hosts() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let lab = Lab::new();
-    let platform_pub = lab.path("platform.pub");
-    let host = HostProcess::serve(
-        &url,
-        "host-wary",
-        &[],
-        &["--watch", "--policy-key", &platform_pub],
-    );
+    let (server, url, lab, host) = policed("host-wary");
     assert!(
         lab.set_policy(&url, "v1.toml", "version = 1\n", "platform")
             .0
@@ -549,6 +547,7 @@ async fn compliance_finds_each_seeded_violation() {
             "gov.sloppy 0.1.0 sets no [limits] memory_mb",
         ),
         ("cells.policy", false, "gov.sloppy 0.1.0 breaks policy v1"),
+        ("tenants.quota", true, ""),
         ("audit.stream", false, "messages can be deleted or purged"),
         ("dead_letters.age", false, "1 dead letter(s) kept"),
     ];
@@ -624,5 +623,191 @@ async fn compliance_is_clean_on_a_compliant_lattice() {
     .concat();
     let (ok, checks) = compliance(&url, &trusted);
     assert!(ok, "{checks:?}");
-    assert_eq!(checks.len(), 12);
+    assert_eq!(checks.len(), 13);
+}
+
+/// A policy with contracts off (the test component has none) and `tenants`.
+fn tenants_policy(version: u32, tenants: &str) -> String {
+    format!("version = {version}\ncontracts = false\n{tenants}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_quota_is_refused_at_deploy_and_by_the_host() {
+    let (server, url, lab, _host) = policed("host-quota");
+    let shop = "[tenants.shop]\ncells = \"shop.\"\nmax_cells = 1\nmax_memory_mb = 64\n";
+    let (ok, out) = lab.set_policy(&url, "policy.toml", &tenants_policy(1, shop), "platform");
+    assert!(ok, "{out}");
+    let first = lab.faulty_signed("shop.cart", &[], true, None);
+    let (ok, out) = run(&[
+        "deploy",
+        first.to_str().unwrap(),
+        "--replicas",
+        "1",
+        "--nats",
+        &url,
+    ]);
+    assert!(ok, "{out}");
+    let second = lab.faulty_signed("shop.pay", &[], true, None);
+    let (ok, out) = run(&[
+        "deploy",
+        second.to_str().unwrap(),
+        "--replicas",
+        "1",
+        "--nats",
+        &url,
+    ]);
+    assert!(
+        !ok && out.contains("tenants.shop.max_cells: 2, the quota is 1"),
+        "{out}"
+    );
+    let (state, error) = hand_to_host(&server, &second, None).await;
+    assert_eq!(state, State::Failed);
+    assert!(
+        error.contains("tenants.shop.max_cells: 2, the quota is 1"),
+        "{error}"
+    );
+    let (ok, out) = run(&["quota", "show", "--nats", &url]);
+    assert!(ok, "{out}");
+    // shop.pay is desired now (written past cbs deploy): the tenant is over.
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("shop"))
+        .unwrap_or_default();
+    assert!(row.contains("2/1") && row.contains("OVER"), "{out}");
+    let (_, checks) = compliance(&url, &[]);
+    let quota = checks
+        .iter()
+        .find(|(id, _, _)| id == "tenants.quota")
+        .unwrap();
+    assert!(
+        !quota.1 && quota.2.contains("tenants.shop.max_cells: 2"),
+        "{quota:?}"
+    );
+}
+
+/// The p99 of `n` calls of logic.greet, one at a time.
+async fn greet_p99(bus: &dyn cbs_host::bus::BodyBus, n: usize) -> Duration {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let reply = cbs_tests::call_json(
+            bus,
+            GREET,
+            serde_json::json!({"name": "Ada"}),
+            Duration::from_secs(5),
+        )
+        .await;
+        took.push(started.elapsed());
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    took.sort();
+    took[(n * 99).div_ceil(100) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_past_its_rate_gets_capacity_and_spares_another_tenant() {
+    let (server, url, lab, _host) = policed("host-rate");
+    let tenants =
+        "[tenants.shop]\ncells = \"shop.\"\nrate = 20\n\n[tenants.web]\ncells = \"logic.\"\n";
+    assert!(
+        lab.set_policy(&url, "policy.toml", &tenants_policy(1, tenants), "platform")
+            .0
+    );
+    let shop = lab.faulty_signed("shop.cart", &[], true, None);
+    for bundle in [shop, lab.greet(None)] {
+        let (ok, out) = run(&["deploy", bundle.to_str().unwrap(), "--nats", &url]);
+        assert!(ok, "{out}");
+    }
+    let bus = std::sync::Arc::new(server.bus().await);
+    greet_p99(bus.as_ref(), 50).await; // warm
+                                       // A p99 of 300 calls is their third slowest: on a shared machine one
+                                       // round can be unlucky, so up to three rounds, each measured unloaded
+                                       // and then loaded; every round is reported.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let unloaded = greet_p99(bus.as_ref(), 300).await;
+        let (loaded, outcomes) = while_shop_floods(&bus, || greet_p99(bus.as_ref(), 300)).await;
+        check_refusals(&outcomes);
+        rounds.push((unloaded, loaded));
+        if loaded <= unloaded * 2 {
+            break;
+        }
+    }
+    eprintln!("greet p99 (unloaded, with shop at 10x its rate): {rounds:?}");
+    assert!(
+        rounds
+            .iter()
+            .any(|(unloaded, loaded)| *loaded <= *unloaded * 2),
+        "greet's p99 more than doubled while shop flooded, in every round: {rounds:?}"
+    );
+}
+
+type Outcome = Result<serde_json::Value, cbs_host::envelope::BusError>;
+
+/// Runs `measure` while tenant shop is sent 200 requests a second, 10× its
+/// rate: what `measure` returned and how each flood request ended.
+async fn while_shop_floods<F, Fut>(
+    bus: &std::sync::Arc<cbs_host::bus::nats::NatsBus>,
+    measure: F,
+) -> (Duration, Vec<Outcome>)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flood_bus, flood_stop) = (bus.clone(), stop.clone());
+    let flood = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut calls = Vec::new();
+        while !flood_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            let bus = flood_bus.clone();
+            calls.push(tokio::spawn(async move {
+                let payload = serde_json::json!({"action": "echo", "value": 1});
+                cbs_tests::call_json(bus.as_ref(), "shop.cart", payload, Duration::from_secs(5))
+                    .await
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.unwrap());
+        }
+        outcomes
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let measured = measure().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (measured, flood.await.unwrap())
+}
+
+/// Most of the flood refused, each as `capacity` for shop's rate with a
+/// wait to retry after.
+fn check_refusals(outcomes: &[Outcome]) {
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    let served = outcomes.len() - refused.len();
+    let sent = outcomes.len();
+    assert!(
+        !refused.is_empty() && refused.len() > served,
+        "{sent} sent, {served} served"
+    );
+    for error in &refused {
+        assert_eq!(
+            error.code,
+            cbs_host::envelope::ErrorCode::Capacity,
+            "{error}"
+        );
+        assert!(
+            error.message.contains("tenant shop is over its rate of 20"),
+            "{error}"
+        );
+        let wait = error
+            .details
+            .as_ref()
+            .and_then(|d| d["retry_after_ms"].as_u64());
+        assert!(
+            wait.is_some_and(|ms| (1..=1000).contains(&ms)),
+            "{:?}",
+            error.details
+        );
+    }
 }

@@ -11,7 +11,7 @@ use crate::args::LogArgs;
 use crate::commands::{
     accounts, apply, audit, backup, bench, build, call, compliance, console, contract, deploy,
     deps, dlq, export, flows, gateway, keygen, load, login, ls, new, policy, ps, publish, pull,
-    push, record, replay, restore, rollback, run, saga, search, show, undeploy,
+    push, quota, record, replay, restore, rollback, run, saga, search, show, undeploy,
 };
 
 /// Runs CBS cells — WebAssembly components with JSON Schema contracts — and
@@ -104,6 +104,8 @@ pub enum CbsCommand {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     Compliance(compliance::ComplianceArgs),
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     Backup(backup::BackupArgs),
     Login(login::LoginArgs),
     Restore(restore::RestoreArgs),
@@ -181,6 +183,7 @@ pub fn run_cbs(cli: CbsCli) -> ExitCode {
             CbsCommand::Audit(args) => audit::run(args).await,
             CbsCommand::Policy(command) => policy::run(command).await,
             CbsCommand::Compliance(args) => compliance::run(args).await,
+            CbsCommand::Quota(command) => quota::run(command).await,
             CbsCommand::Backup(args) => backup::run(args).await,
             CbsCommand::Login(args) => login::run(args).await,
             CbsCommand::Restore(args) => restore::run(args).await,

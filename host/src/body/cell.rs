@@ -40,6 +40,8 @@ pub struct LoadedCell {
     pub(super) latency: Histogram,
     /// Records each message handled, for `cbs flows`.
     pub(super) flows: crate::flows::Recorder,
+    /// Tenants' request rates on this host.
+    pub(super) tenants: Arc<crate::quota::Tenants>,
     /// The unpacked bundle it runs from, kept on disk while it lives.
     pub(super) _folder: Option<crate::retention::Lease>,
 }

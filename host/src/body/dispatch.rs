@@ -98,6 +98,11 @@ async fn admit_here(
     message: Message,
     reroute: Option<&Reroute>,
 ) {
+    if message.reply.is_some() {
+        if let Err(limited) = cell.tenants.take(&cell.manifest.id) {
+            return reply_error(&**bus, &cell, &message, over_rate(&limited)).await;
+        }
+    }
     let Some(permit) = cell.try_admit() else {
         if let Some(r) = reroute {
             if let Some(peer) = r.router.around_capacity(&r.routes) {
@@ -120,6 +125,21 @@ async fn admit_here(
         handle_message(&*bus, &cell, message).await;
         drop(permit);
     });
+}
+
+/// `capacity` for a tenant over its rate, with when to retry.
+fn over_rate(limited: &crate::quota::Limited) -> BusError {
+    let retry_after_ms = u64::try_from(limited.retry_after.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    BusError::new(
+        ErrorCode::Capacity,
+        format!(
+            "tenant {} is over its rate of {} requests per second on this host; retry in {retry_after_ms} ms",
+            limited.tenant, limited.rate
+        ),
+    )
+    .with_details(serde_json::json!({"tenant": limited.tenant, "retry_after_ms": retry_after_ms}))
 }
 
 /// Sends `message` to `peer` in a task of its own and answers with what

@@ -108,6 +108,8 @@ pub(super) struct Loader {
     pub flows: Arc<Flows>,
     /// The domains' boundaries every cell's calls keep within.
     pub boundaries: Arc<crate::boundary::Boundaries>,
+    /// Tenants' request rates on this host.
+    pub tenants: Arc<crate::quota::Tenants>,
 }
 
 impl Loader {
@@ -176,6 +178,7 @@ impl Loader {
                 })
                 .clone(),
             flows: self.flows.recorder(&manifest.id, &manifest.version),
+            tenants: self.tenants.clone(),
             outbound,
             spec,
             manifest,

@@ -90,6 +90,7 @@ impl Body {
             durable,
             flows: Arc::new(Flows::new(&parts.host_id)),
             boundaries: Arc::default(),
+            tenants: Arc::default(),
         };
         Self {
             loader,
@@ -97,6 +98,11 @@ impl Body {
             ready: AtomicBool::new(false),
             host_id: parts.host_id,
         }
+    }
+
+    /// Tenants' request rates on this host (set from the lattice policy).
+    pub fn tenants(&self) -> &Arc<crate::quota::Tenants> {
+        &self.loader.tenants
     }
 
     /// Where durable cells and events are stored.

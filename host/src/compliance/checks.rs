@@ -9,6 +9,7 @@ use super::{Check, Options};
 use crate::bundle::{PublicKey, Trust};
 use crate::manifest::RuntimeKind;
 use crate::policy::check::{short, violations, Candidate};
+use crate::policy::quota::{usage, Deployed};
 use crate::policy::{Policy, SignedPolicy};
 use crate::unix_time::now_ms;
 
@@ -28,6 +29,7 @@ pub fn all(facts: &Facts, options: &Options) -> Vec<Check> {
         cells_contracts(facts),
         cells_limits(facts),
         cells_policy(facts, &policy),
+        tenants_quota(facts, &policy),
         audit_stream(facts, options),
         dead_letters(facts, options),
     ]
@@ -299,6 +301,8 @@ fn cells_policy(facts: &Facts, policy: &Judged) -> Check {
             replicas: release.most_replicas(),
             domain: release.domain.as_ref().map(|d| d.name.as_str()),
             origin: release.origin.as_deref(),
+            // Quotas are the tenants check's.
+            usage: &[],
         };
         let broken = violations(policy, &candidate);
         if broken.is_empty() {
@@ -324,6 +328,36 @@ fn cells_policy(facts: &Facts, policy: &Judged) -> Check {
     check(
         "cells.policy",
         "Every release meets the lattice's policy",
+        findings,
+    )
+}
+
+fn tenants_quota(facts: &Facts, policy: &Judged) -> Check {
+    let findings = match policy {
+        Ok((_, policy)) => {
+            let deployed: Vec<Deployed> = facts
+                .releases
+                .iter()
+                .filter(|s| s.role == "current")
+                .map(|s| Deployed {
+                    cell: s.cell.clone(),
+                    replicas: s.release.most_replicas(),
+                    memory_mb: s
+                        .release
+                        .memory_mb
+                        .unwrap_or(crate::manifest::WASM_MEMORY_MB),
+                })
+                .collect();
+            usage(policy, &deployed)
+                .iter()
+                .flat_map(|u| u.over())
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    check(
+        "tenants.quota",
+        "No tenant is over its quota of cells, replicas and memory",
         findings,
     )
 }

@@ -590,12 +590,14 @@ async fn checked(
 ) -> anyhow::Result<(ContractDiff, Vec<String>)> {
     let manifest = bundle.cell_manifest()?;
     let policies = crate::policy::store::PolicyStore::open_js(&store.js).await?;
+    let usage = deployed(&store.all_desired().await?);
     let candidate = crate::policy::Candidate {
         bundle,
         manifest: &manifest,
         replicas: scale.autoscale.map(|a| a.max_replicas).or(scale.replicas),
         domain: scale.domain.as_ref().map(|d| d.name.as_str()),
         origin: consent.origin.as_deref(),
+        usage: &usage,
     };
     let waiver = consent.waiver.as_ref();
     let mut notes = super::policy_gate::check(&policies, &candidate, consent.force, waiver).await?;
@@ -606,6 +608,21 @@ async fn checked(
         notes.extend(consumers_gate(store, trial, bundle, &manifest, consent.force).await?);
     }
     Ok((contract, notes))
+}
+
+/// Each deployed cell's current release, as tenants' quotas count it.
+pub fn deployed(desired: &[Desired]) -> Vec<crate::policy::quota::Deployed> {
+    desired
+        .iter()
+        .map(|d| crate::policy::quota::Deployed {
+            cell: d.cell.clone(),
+            replicas: d.current.most_replicas(),
+            memory_mb: d
+                .current
+                .memory_mb
+                .unwrap_or(crate::manifest::WASM_MEMORY_MB),
+        })
+        .collect()
 }
 
 /// Refuses a release that breaks what a deployed consumer expects of its

@@ -555,12 +555,15 @@ impl Watcher {
     /// (signed) and of the release's placement, domain and origin.
     async fn admit(&self, bundle: &crate::bundle::Bundle, release: &Release) -> anyhow::Result<()> {
         let manifest = bundle.cell_manifest()?;
+        let desired: Vec<Desired> = self.view.lock().await.desired.values().cloned().collect();
+        let usage = super::rollout::deployed(&desired);
         let candidate = crate::policy::Candidate {
             bundle,
             manifest: &manifest,
             replicas: release.most_replicas(),
             domain: release.domain.as_ref().map(|d| d.name.as_str()),
             origin: release.origin.as_deref(),
+            usage: &usage,
         };
         self.policy.admit(&candidate, release.waiver.as_ref()).await
     }

@@ -131,11 +131,8 @@ fn enforcer(body: &Body, host_id: &str, data_dir: &Path, lattice: &Lattice) -> A
         let (client, writer, host) = (client.clone(), writer.clone(), host.clone());
         Box::pin(async move { audit_notice(&client, writer.as_ref(), &host, notice).await })
     });
-    Arc::new(Enforcer::new(
-        trust,
-        Some(data_dir.to_owned()),
-        Some(notify),
-    ))
+    let enforcer = Enforcer::new(trust, Some(data_dir.to_owned()), Some(notify));
+    Arc::new(enforcer.with_tenants(body.tenants().clone()))
 }
 
 /// Records what the host's policy check did, as the host.

@@ -39,11 +39,19 @@ impl Problem {
         if let Some(errors) = error.details.as_ref().and_then(|d| d.get("errors")) {
             body["errors"] = errors.clone();
         }
+        // A wait the error names (a tenant over its rate), in whole
+        // seconds up, else the default.
+        let named = error
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retry_after_ms"))
+            .and_then(serde_json::Value::as_u64)
+            .map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1));
         let retry_after = matches!(
             error.code,
             ErrorCode::Capacity | ErrorCode::Unavailable | ErrorCode::CircuitOpen
         )
-        .then_some(RETRY_AFTER_S);
+        .then_some(named.unwrap_or(RETRY_AFTER_S));
         Self {
             status,
             retry_after,
@@ -147,6 +155,20 @@ mod tests {
             );
             assert_eq!(p.retry_after.is_some(), retry, "{code}");
         }
+    }
+
+    #[test]
+    fn a_wait_the_error_names_becomes_retry_after_rounded_up() {
+        let over = |ms: u64| {
+            let error = BusError::new(ErrorCode::Capacity, "over its rate")
+                .with_details(json!({"tenant": "shop", "retry_after_ms": ms}));
+            Problem::of(&error, "/cart", None).retry_after
+        };
+        assert_eq!(over(40), Some(1));
+        assert_eq!(over(1500), Some(2));
+        assert_eq!(over(u64::MAX), Some(u32::MAX));
+        let plain = Problem::of(&BusError::new(ErrorCode::Capacity, "full"), "/cart", None);
+        assert_eq!(plain.retry_after, Some(RETRY_AFTER_S));
     }
 
     #[test]

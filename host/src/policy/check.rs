@@ -21,6 +21,9 @@ pub struct Candidate<'a> {
     pub domain: Option<&'a str>,
     /// The registry it was pulled from (`HOST[:PORT]`); none: a file.
     pub origin: Option<&'a str>,
+    /// The lattice's deployed cells, for its tenant's quota (empty: the
+    /// quota is not checked).
+    pub usage: &'a [super::quota::Deployed],
 }
 
 /// One rule applied to a release.
@@ -48,6 +51,7 @@ pub fn check(policy: &Policy, c: &Candidate<'_>) -> Vec<Finding> {
     limits(policy, c, &mut out);
     capabilities(policy, c, &mut out);
     registries(policy, c, &mut out);
+    tenant(policy, c, &mut out);
     out.0
 }
 
@@ -280,6 +284,30 @@ fn join<S: AsRef<str>>(items: &[S]) -> String {
     }
 }
 
+/// Its tenant's quota with it deployed, when the lattice's cells are known.
+fn tenant(p: &Policy, c: &Candidate<'_>, out: &mut Findings) {
+    if c.usage.is_empty() {
+        return;
+    }
+    let new = super::quota::Deployed {
+        cell: c.manifest.id.clone(),
+        replicas: c.replicas,
+        memory_mb: c.manifest.memory_mb(),
+    };
+    let Some(used) = super::quota::with(p, c.usage, new) else {
+        return;
+    };
+    let over = used.over();
+    let detail = match over.is_empty() {
+        true => format!(
+            "with it, tenant {} has {} cell(s), {} replica(s), {} MiB",
+            used.tenant, used.cells, used.replicas, used.memory_mb
+        ),
+        false => over.join("; "),
+    };
+    out.add(&format!("tenants.{}", used.tenant), over.is_empty(), detail);
+}
+
 /// The first 12 hex digits of a key, as logs show it.
 pub fn short(key: &str) -> String {
     key.chars().take(12).collect()
@@ -323,6 +351,7 @@ mod tests {
             replicas,
             domain: None,
             origin,
+            usage: &[],
         };
         violations(&policy, &c)
             .iter()
@@ -386,6 +415,7 @@ mod tests {
             replicas: None,
             domain: None,
             origin: Some("x"),
+            usage: &[],
         };
         let p = Policy::parse(&policy).unwrap();
         let rules: Vec<String> = violations(&p, &c).into_iter().map(|f| f.rule).collect();

@@ -71,6 +71,8 @@ pub struct Enforcer {
     kept: Option<PathBuf>,
     held: RwLock<Option<Held>>,
     notify: Option<Notify>,
+    /// This host's tenant rate buckets, set from each policy adopted.
+    tenants: Option<Arc<crate::quota::Tenants>>,
 }
 
 #[derive(Clone)]
@@ -90,7 +92,17 @@ impl Enforcer {
             kept,
             held: RwLock::new(held),
             notify,
+            tenants: None,
         }
+    }
+
+    /// Sets `tenants`' rates from the policy held, and from each adopted.
+    pub fn with_tenants(mut self, tenants: Arc<crate::quota::Tenants>) -> Self {
+        if let Some(held) = self.held.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            tenants.set(held.policy.rate_limits());
+        }
+        self.tenants = Some(tenants);
+        self
     }
 
     /// Whether any key is trusted for policies.
@@ -127,6 +139,9 @@ impl Enforcer {
         }
         if let Some(path) = &self.kept {
             keep(path, signed)?;
+        }
+        if let Some(tenants) = &self.tenants {
+            tenants.set(policy.rate_limits());
         }
         *held = Some(Held {
             policy: Arc::new(policy),

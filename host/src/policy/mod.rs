@@ -14,10 +14,11 @@
 
 pub mod check;
 pub mod enforcer;
+pub mod quota;
 pub mod signed;
 pub mod store;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,33 @@ pub struct Policy {
     pub registries: Option<RegistryRules>,
     #[serde(default)]
     pub force: ForceRules,
+    /// `[tenants.<name>]`: each tenant's cells and its quota.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, TenantRules>,
+}
+
+/// A tenant: the cells whose ids start with `cells`, and what they may
+/// take together. Absent: unbounded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRules {
+    /// Cell-id prefix, e.g. `shop.`.
+    pub cells: String,
+    /// Cells deployed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cells: Option<u32>,
+    /// Replicas of all its cells together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<u32>,
+    /// `memory_mb` × replicas of all its cells together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    /// Requests per second to its cells, on each host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Requests taken at once after a quiet spell [default: the rate].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -203,7 +231,51 @@ impl Policy {
         if let Some(registries) = &self.registries {
             bounded("[registries] allowed", registries.allowed.len())?;
         }
+        bounded("[tenants]", self.tenants.len())?;
+        for (name, tenant) in &self.tenants {
+            let fine = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !fine {
+                bail!(
+                    "[tenants.{name:?}]: a tenant's name is up to 64 letters, digits, '-' and '_'"
+                );
+            }
+            if let Some(rate) = tenant.rate {
+                if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) {
+                    bail!("[tenants.{name}] rate = {rate}: requests per second above 0, at most 1000000");
+                }
+            }
+            if tenant.burst.is_some_and(|b| b == 0 || b > 1_000_000) {
+                bail!("[tenants.{name}] burst: from 1 to 1000000");
+            }
+        }
         Ok(())
+    }
+
+    /// The tenant whose cells `cell` is of: the longest prefix that holds.
+    pub fn tenant_of(&self, cell: &str) -> Option<(&String, &TenantRules)> {
+        self.tenants
+            .iter()
+            .filter(|(_, t)| cell.starts_with(t.cells.as_str()))
+            .max_by_key(|(_, t)| t.cells.len())
+    }
+
+    /// The tenants' request rates, for each host's buckets.
+    pub fn rate_limits(&self) -> Vec<crate::quota::RateLimit> {
+        self.tenants
+            .iter()
+            .filter_map(|(name, t)| {
+                t.rate.map(|rate| crate::quota::RateLimit {
+                    tenant: name.clone(),
+                    prefix: t.cells.clone(),
+                    rate,
+                    burst: t.burst.map_or(rate.max(1.0), f64::from),
+                })
+            })
+            .collect()
     }
 
     /// The publish patterns allowed, parsed (checked at parse).

@@ -27,6 +27,7 @@ pub mod ps;
 pub mod publish;
 pub mod pull;
 pub mod push;
+pub mod quota;
 pub mod record;
 pub mod replay;
 pub mod restore;

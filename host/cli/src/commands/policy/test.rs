@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use cbs_host::policy::quota::Deployed;
 use cbs_host::policy::store::PolicyStore;
 use cbs_host::policy::{check, Candidate, Policy};
 use clap::Args;
@@ -39,11 +40,12 @@ pub struct TestArgs {
 
 pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let (bundle, origin) = source(&args).await?;
-    let policy = match &args.policy {
+    let (policy, usage) = match &args.policy {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            Policy::parse(&text).with_context(|| format!("in {}", path.display()))?
+            let policy = Policy::parse(&text).with_context(|| format!("in {}", path.display()))?;
+            (policy, Vec::new())
         }
         None => lattice_policy(&args.nats).await?,
     };
@@ -54,6 +56,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         replicas: args.replicas,
         domain: args.domain.as_deref(),
         origin: origin.as_deref(),
+        usage: &usage,
     };
     let findings = check::check(&policy, &candidate);
     let broken = findings.iter().filter(|f| !f.met).count();
@@ -107,9 +110,11 @@ async fn source(args: &TestArgs) -> anyhow::Result<(cbs_host::bundle::Bundle, Op
     Ok((bundle, Some(reference.registry)))
 }
 
-/// The lattice's policy, when validly signed.
-async fn lattice_policy(nats: &NatsArgs) -> anyhow::Result<Policy> {
-    let bus = nats.connect_client().await?;
+/// The lattice's policy, when validly signed, and its deployed cells (for
+/// the tenants' quotas).
+async fn lattice_policy(nats: &NatsArgs) -> anyhow::Result<(Policy, Vec<Deployed>)> {
+    let (bus, store) = nats.open_store().await?;
+    let usage = cbs_host::deploy::rollout::deployed(&store.all_desired().await?);
     let stored = PolicyStore::open(bus.client())
         .await?
         .get()
@@ -118,5 +123,5 @@ async fn lattice_policy(nats: &NatsArgs) -> anyhow::Result<Policy> {
             "the lattice has no policy: `cbs policy set` one, or test against a file with --policy",
         )?;
     let signed = stored.policy.map_err(anyhow::Error::msg)?;
-    signed.verify_signature()
+    Ok((signed.verify_signature()?, usage))
 }
