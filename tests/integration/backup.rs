@@ -152,3 +152,83 @@ fn a_damaged_backup_is_refused_naming_the_damaged_part() {
     let (ok, out) = run(&["restore", cut.to_str().unwrap(), "--check"]);
     assert!(!ok && out.contains("damaged"), "{out}");
 }
+
+/// The stream `name` of a backup: its part from the manifest, and its
+/// messages' file.
+fn part_of(file: &str, name: &str) -> (serde_json::Value, Vec<u8>) {
+    let mut archive = tar::Archive::new(std::fs::File::open(file).unwrap());
+    let (mut manifest, mut messages) = (None, None);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if path == "MANIFEST.json" {
+            manifest = Some(serde_json::from_slice::<Value>(&bytes).unwrap());
+        } else if path == format!("streams/{name}.msgs") {
+            messages = Some(bytes);
+        }
+    }
+    let parts = manifest.unwrap()["parts"].as_array().unwrap().clone();
+    let part = parts.into_iter().find(|p| p["name"] == name).unwrap();
+    (part, messages.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backup_or_restore_goes_on_from_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    let old = NatsServer::start();
+    for _ in 0..3 {
+        old.dead_letter(CELL).await;
+    }
+    let (ok, out) = run(&["backup", &path("first"), "--streams", "--nats", &old.url()]);
+    assert!(ok, "{out}");
+
+    // A backup stopped after it had copied CBS_DLQ: the stream's part is
+    // in FILE.parts/, and a run again takes it as it was.
+    let (part, copied) = part_of(&path("first"), "CBS_DLQ");
+    let parts = tmp.path().join("second.parts");
+    std::fs::create_dir_all(&parts).unwrap();
+    std::fs::write(parts.join("CBS_DLQ.json"), part.to_string()).unwrap();
+    std::fs::write(parts.join("CBS_DLQ.msgs"), &copied).unwrap();
+    old.dead_letter(CELL).await;
+    let (ok, out) = run(&["backup", &path("second"), "--streams", "--nats", &old.url()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("CBS_DLQ: 3 message(s), copied by an earlier run"),
+        "{out}"
+    );
+    assert!(
+        !parts.exists(),
+        "the parts are removed once the file is written"
+    );
+
+    // A restore stopped after one dead letter: it goes on with the others.
+    let fresh = NatsServer::start();
+    let url = fresh.url();
+    let bus = fresh.bus().await;
+    let js = async_nats::jetstream::new(bus.client().clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "CBS_DLQ".into(),
+        subjects: vec!["cbs-dlq.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish(format!("cbs-dlq.{CELL}"), "a letter".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    std::fs::write(path("second.restored"), r#"{"CBS_DLQ": 1}"#).unwrap();
+    let (ok, out) = run(&["restore", &path("second"), "--nats", &url]);
+    assert!(ok, "{out}");
+    assert!(out.contains("CBS_DLQ: 3 of 3 message(s) restored"), "{out}");
+    assert_eq!(
+        messages(&fresh, "CBS_DLQ").await,
+        3,
+        "none twice, none lost"
+    );
+    assert!(!std::path::Path::new(&path("second.restored")).exists());
+}

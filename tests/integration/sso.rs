@@ -1,8 +1,9 @@
 //! Single sign-on against an OpenID Connect issuer the test serves
 //! (discovery document, JWK set, device flow): a gateway route accepts the
 //! issuer's tokens for the role their claims give, follows a key rotation,
-//! refuses expired, wrong-audience and unknown-key tokens; `cbs login`
-//! gets a token by the device flow that the gateway then accepts.
+//! refuses expired, wrong-audience and unknown-key tokens; a console lets
+//! only deployers act; `cbs login` gets a token by the device flow that the
+//! gateway then accepts.
 
 use cbs_host::manifest::http::{Auth, HttpRoute, Method};
 use cbs_tests::cell_toml::CellToml;
@@ -135,4 +136,48 @@ fn cbs_login_gets_a_token_by_the_device_flow_that_the_gateway_accepts() {
     let out = cbs_tests::process_bundles::cbs_with_env(home.path(), &["login", "--print"], &env);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_eq!(call(&url, &token).status, 200, "the token cbs login kept");
+}
+
+#[test]
+fn a_console_lets_act_only_users_whose_claims_make_them_deployers() {
+    let issuer = OidcIssuer::start();
+    let server = cbs_tests::nats::NatsServer::start();
+    let console = cbs_tests::process::Console::with(
+        &server.url(),
+        &[
+            "--allow-actions",
+            "--oidc-issuer",
+            issuer.url(),
+            "--oidc-audience",
+            "cbs",
+            "--oidc-role",
+            "deployer=groups:platform",
+        ],
+    );
+    let base = console.base();
+    let replay = |token: &str| {
+        let (origin, auth) = (
+            format!("Origin: {base}"),
+            format!("Authorization: Bearer {token}"),
+        );
+        let url = format!("{base}/api/cells/test.durable/dead-letters/replay");
+        curl(&[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"all":true}"#,
+            "-H",
+            &origin,
+            "-H",
+            &auth,
+            &url,
+        ])
+    };
+    let platform = issuer.sign("k1", &issuer.claims(json!({"groups": ["platform"]})));
+    let reply = replay(&platform);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let shop = issuer.sign("k1", &issuer.claims(json!({"groups": ["shop"]})));
+    let reply = replay(&shop);
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(reply.body.contains("not as a deployer"), "{}", reply.body);
 }

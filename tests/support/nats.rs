@@ -183,12 +183,12 @@ impl NatsServer {
         connect(&self.url()).await
     }
 
-    /// A dead letter on `cbs-dlq.<cell>`, in the stream `CBS_DLQ` made
-    /// here with the server's defaults (as a lattice with one would hold).
+    /// A dead letter on `cbs-dlq.<cell>`, in the stream `CBS_DLQ` (made
+    /// here with the server's defaults when missing).
     pub async fn dead_letter(&self, cell: &str) {
         let bus = self.bus().await;
         let js = async_nats::jetstream::new(bus.client().clone());
-        js.create_stream(async_nats::jetstream::stream::Config {
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
             name: "CBS_DLQ".into(),
             subjects: vec!["cbs-dlq.>".into()],
             ..Default::default()

@@ -413,6 +413,12 @@ mod tests {
         assert!(err.to_string().contains("labels"), "{err}");
         let err = HostInfo::from_heartbeat(&beat(0, MAX_HEARTBEAT_CELLS + 1)).unwrap_err();
         assert!(err.to_string().contains("cells"), "{err}");
+        let keys: Vec<String> = (0..=MAX_HEARTBEAT_LABELS)
+            .map(|i| format!("{i:064x}"))
+            .collect();
+        let many_keys = serde_json::json!({"id": "h", "at_ms": 1, "trust": keys});
+        let err = HostInfo::from_heartbeat(&serde_json::to_vec(&many_keys).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("trusted keys"), "{err}");
     }
 
     #[test]
