@@ -15,8 +15,8 @@ use crate::table::Table;
 /// policy signed by a trusted key and held by every live host; hosts that
 /// run only signed bundles from the same keys and talk TLS to NATS;
 /// releases signed, current on every host, not stale, with contracts and
-/// limits, meeting the policy; an audit trail that cannot be edited and is
-/// kept; no old dead letters.
+/// limits, meeting the policy; tenants within their quotas; an audit trail
+/// that cannot be edited and is kept; no old dead letters.
 ///
 /// Exits 1 when any check fails, so it can gate a CI pipeline.
 #[derive(Args)]
