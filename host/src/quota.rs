@@ -43,8 +43,11 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// Replaces the rates (buckets start full).
+    /// Replaces the rates (buckets start full); a rate or burst that is
+    /// not a positive finite number limits nothing.
     pub fn set(&self, mut limits: Vec<RateLimit>) {
+        let usable = |n: f64| n.is_finite() && n > 0.0;
+        limits.retain(|l| usable(l.rate) && usable(l.burst));
         limits.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
         let buckets: Vec<Bucket> = limits
             .into_iter()
@@ -79,7 +82,8 @@ impl Tenants {
         Err(Limited {
             tenant: limit.tenant.clone(),
             rate: limit.rate,
-            retry_after: Duration::from_secs_f64((1.0 - tokens) / limit.rate),
+            retry_after: Duration::try_from_secs_f64((1.0 - tokens) / limit.rate)
+                .unwrap_or(Duration::from_secs(1)),
         })
     }
 }
@@ -129,5 +133,13 @@ mod tests {
         assert!(tenants.take("shop.cart").is_ok(), "the rate refilled it");
         tenants.set(Vec::new());
         assert!((0..100).all(|_| tenants.take("shop.cart").is_ok()));
+        tenants.set(vec![
+            limit("zero", "shop.", 0.0, 1.0),
+            limit("nan", "shop.", f64::NAN, 1.0),
+        ]);
+        assert!(
+            (0..10).all(|_| tenants.take("shop.cart").is_ok()),
+            "unusable rates limit nothing"
+        );
     }
 }

@@ -1200,6 +1200,18 @@ async fn every_view_passes_axe_cores_wcag_2_a_and_aa_rules() {
         .await
         .correlation_id;
     let panic = json!({"action": "call", "cell": "test.target", "payload": {"action": "panic"}});
+    // Advice counts openings between the console's samples: one opening
+    // first, seen by the console, then more (an opening before the first
+    // sample that shows the breaker is its baseline, not an increase).
+    request_envelope(&bus, "test.caller", panic.clone()).await;
+    eventually(SHOWN, "the console to see the breaker open", || async {
+        let cell = curl(&[&format!("{base}/api/cells/test.caller")]).json();
+        match cell["hosts"][0]["breakers"]["test.target"]["opened"].as_u64() {
+            Some(n) if n >= 1 => Ok(()),
+            _ => Err(format!("{cell}")),
+        }
+    })
+    .await;
     for _ in 0..5 {
         request_envelope(&bus, "test.caller", panic.clone()).await;
     }
