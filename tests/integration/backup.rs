@@ -10,21 +10,11 @@ use cbs_host::audit::{Action, Audit, Filter};
 use cbs_host::bus::BodyBus;
 use cbs_tests::bundles::faulty_bundle;
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::process::{cbs_said as run, HostProcess};
 use cbs_tests::{call_json, eventually};
 use serde_json::{json, Value};
 
 const CELL: &str = "bk.tally";
-
-fn run(args: &[&str]) -> (bool, String) {
-    let out = cbs(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 async fn state(bus: &dyn BodyBus, payload: Value) -> Result<Value, String> {
     call_json(bus, CELL, payload, Duration::from_secs(5))
@@ -207,20 +197,7 @@ async fn an_interrupted_backup_or_restore_goes_on_from_where_it_stopped() {
     // A restore stopped after one dead letter: it goes on with the others.
     let fresh = NatsServer::start();
     let url = fresh.url();
-    let bus = fresh.bus().await;
-    let js = async_nats::jetstream::new(bus.client().clone());
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "CBS_DLQ".into(),
-        subjects: vec!["cbs-dlq.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js.publish(format!("cbs-dlq.{CELL}"), "a letter".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    fresh.dead_letter(CELL).await;
     std::fs::write(path("second.restored"), r#"{"CBS_DLQ": 1}"#).unwrap();
     let (ok, out) = run(&["restore", &path("second"), "--nats", &url]);
     assert!(ok, "{out}");

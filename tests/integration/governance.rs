@@ -14,7 +14,7 @@ use cbs_host::deploy::{Desired, State, Store};
 use cbs_tests::bundles::{assert_ok, cbs_in, edit, prebuilt_greet};
 use cbs_tests::eventually;
 use cbs_tests::nats::NatsServer;
-use cbs_tests::process::{cbs, HostProcess};
+use cbs_tests::process::{cbs, cbs_said as run, HostProcess};
 use cbs_tests::process_bundles::{bundled_sidecar, copy_dir};
 
 const GREET: &str = "logic.greet";
@@ -122,14 +122,10 @@ impl Lab {
     }
 }
 
-fn run(args: &[&str]) -> (bool, String) {
-    let out = cbs(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+/// `cbs deploy BUNDLE` with `extra` to the lattice at `url`.
+fn deploy(url: &str, bundle: &Path, extra: &[&str]) -> (bool, String) {
+    let bundle = bundle.to_str().unwrap();
+    run(&[&["deploy", bundle, "--nats", url][..], extra].concat())
 }
 
 /// A nats-server, its URL, the keys, and a watching host that enforces
@@ -237,7 +233,7 @@ async fn a_policy_refuses_at_deploy_and_again_at_a_host_handed_the_release() {
         &url,
     ]);
     assert!(ok && out.contains("a deploy would pass"), "{out}");
-    let (ok, out) = run(&["deploy", compliant.to_str().unwrap(), "--nats", &url]);
+    let (ok, out) = deploy(&url, &compliant, &[]);
     assert!(ok, "a compliant release deploys: {out}");
 
     let sidecar = lab.build(
@@ -267,7 +263,7 @@ async fn a_policy_refuses_at_deploy_and_again_at_a_host_handed_the_release() {
         let name = bundle.file_name().unwrap().to_string_lossy().into_owned();
         let (ok, out) = run(&["policy", "test", bundle.to_str().unwrap(), "--nats", &url]);
         assert!(!ok && out.contains(rule), "policy test of {name}: {out}");
-        let (ok, out) = run(&["deploy", bundle.to_str().unwrap(), "--nats", &url]);
+        let (ok, out) = deploy(&url, bundle, &[]);
         assert!(!ok, "{name} deployed: {out}");
         assert!(
             out.contains("refused by the lattice policy v1") && out.contains(rule),
@@ -638,24 +634,10 @@ async fn a_tenant_past_its_quota_is_refused_at_deploy_and_by_the_host() {
     let (ok, out) = lab.set_policy(&url, "policy.toml", &tenants_policy(1, shop), "platform");
     assert!(ok, "{out}");
     let first = lab.faulty_signed("shop.cart", &[], true, None);
-    let (ok, out) = run(&[
-        "deploy",
-        first.to_str().unwrap(),
-        "--replicas",
-        "1",
-        "--nats",
-        &url,
-    ]);
+    let (ok, out) = deploy(&url, &first, &["--replicas", "1"]);
     assert!(ok, "{out}");
     let second = lab.faulty_signed("shop.pay", &[], true, None);
-    let (ok, out) = run(&[
-        "deploy",
-        second.to_str().unwrap(),
-        "--replicas",
-        "1",
-        "--nats",
-        &url,
-    ]);
+    let (ok, out) = deploy(&url, &second, &["--replicas", "1"]);
     assert!(
         !ok && out.contains("tenants.shop.max_cells: 2, the quota is 1"),
         "{out}"
@@ -715,7 +697,7 @@ async fn a_tenant_flooding_past_its_rate_gets_capacity_and_spares_another_tenant
     );
     let shop = lab.faulty_signed("shop.cart", &[], true, None);
     for bundle in [shop, lab.greet(None)] {
-        let (ok, out) = run(&["deploy", bundle.to_str().unwrap(), "--nats", &url]);
+        let (ok, out) = deploy(&url, &bundle, &[]);
         assert!(ok, "{out}");
     }
     let bus = std::sync::Arc::new(server.bus().await);
@@ -755,17 +737,27 @@ where
     Fut: std::future::Future<Output = Duration>,
 {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (flood_bus, flood_stop) = (bus.clone(), stop.clone());
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (flood_bus, flood_stop, flood_refused) = (bus.clone(), stop.clone(), refused.clone());
     let flood = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         let mut calls = Vec::new();
         while !flood_stop.load(std::sync::atomic::Ordering::Relaxed) {
             tick.tick().await;
-            let bus = flood_bus.clone();
+            let (bus, refused) = (flood_bus.clone(), flood_refused.clone());
             calls.push(tokio::spawn(async move {
                 let payload = serde_json::json!({"action": "echo", "value": 1});
-                cbs_tests::call_json(bus.as_ref(), "shop.cart", payload, Duration::from_secs(5))
-                    .await
+                let outcome = cbs_tests::call_json(
+                    bus.as_ref(),
+                    "shop.cart",
+                    payload,
+                    Duration::from_secs(5),
+                )
+                .await;
+                if outcome.is_err() {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                outcome
             }));
         }
         let mut outcomes = Vec::new();
@@ -774,7 +766,18 @@ where
         }
         outcomes
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Measured once the flood is past the rate: its refusals have begun.
+    eventually(
+        Duration::from_secs(10),
+        "the flood's first refusal",
+        || async {
+            match refused.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => Err("none yet".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
     let measured = measure().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     (measured, flood.await.unwrap())

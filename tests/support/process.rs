@@ -295,6 +295,17 @@ pub fn cbs(args: &[&str]) -> Output {
         .expect("cbs runs")
 }
 
+/// Runs the `cbs` CLI: whether it succeeded, and its stdout then stderr.
+pub fn cbs_said(args: &[&str]) -> (bool, String) {
+    let out = cbs(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Spawns a server that logs `marker` followed by its address; returns
 /// it and the address (killed with the test if the address never shows).
 fn spawn_serving(mut command: Command, marker: &'static str) -> (Child, String) {

@@ -227,7 +227,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         .and_then(|e| e.downcast_ref::<Refusal>())
     {
         let detail = format!("cbs deploy: {refusal}");
-        audit_bundle(&bus, writer.as_ref(), Action::Refuse, &bundle, detail).await;
+        audit_bundle(&bus, writer.as_ref(), Action::Refuse, &bundle, detail, None).await;
     }
     rolled
 }
@@ -323,20 +323,18 @@ async fn roll(
     let writer = args.nats.options("");
     if let Some(waiver) = &rolled.release.waiver {
         let detail = format!("cbs deploy --force, second signature by {}", waiver.signer);
-        audit_bundle(bus, writer.as_ref(), Action::Force, bundle, detail).await;
+        audit_bundle(bus, writer.as_ref(), Action::Force, bundle, detail, None).await;
     }
-    let change = Change {
-        action: Action::Deploy,
-        cell: &bundle.manifest.cell,
-        version: Some(&bundle.manifest.version),
-        digest: Some(&bundle.digest()),
-        key: bundle.signer(),
-        proof: bundle.signature(),
-        from: None,
-        detail: outcome.summary(),
-        contract: rolled.contract,
-    };
-    audit::record(bus.client(), writer.as_ref(), change).await;
+    let (detail, contract) = (outcome.summary(), rolled.contract);
+    audit_bundle(
+        bus,
+        writer.as_ref(),
+        Action::Deploy,
+        bundle,
+        detail,
+        contract,
+    )
+    .await;
     Ok(report(
         &bundle.manifest.cell,
         &bundle.manifest.version,
@@ -344,13 +342,14 @@ async fn roll(
     ))
 }
 
-/// An audit event about `bundle` (a refusal, a forced release).
+/// An audit event about `bundle` (a deploy, a refusal, a forced release).
 async fn audit_bundle(
     bus: &cbs_host::bus::nats::NatsBus,
     writer: Option<&cbs_host::bus::nats::NatsOptions>,
     action: Action,
     bundle: &Bundle,
     detail: String,
+    contract: Option<cbs_host::contract::diff::ContractDiff>,
 ) {
     let change = Change {
         action,
@@ -361,7 +360,7 @@ async fn audit_bundle(
         proof: bundle.signature(),
         from: None,
         detail,
-        contract: None,
+        contract,
     };
     audit::record(bus.client(), writer, change).await;
 }
