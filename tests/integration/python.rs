@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cbs_host::envelope::{BusError, ErrorCode};
 use cbs_host::manifest::CellSpec;
 use cbs_host::runtime::python::venv::Venv;
-use cbs_host::runtime::wasm::CacheOutcome;
+use cbs_host::runtime::wasm::{CacheOutcome, Tier};
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::{cbs_host, HostProcess};
 use cbs_tests::{eventually, greet, load_until_instances, repo, CellToml, TestHost, POLL};
@@ -555,21 +555,30 @@ async fn a_python_handler_cannot_allocate_past_its_memory_limit() {
     }
 }
 
+/// componentize-py's output compiles with Winch (served at once) and with
+/// Cranelift in the background, whose code the next host loads from the
+/// cache.
 #[tokio::test]
-async fn the_python_component_loads_from_the_cache_the_second_time() {
+async fn the_python_component_serves_baseline_code_then_loads_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
-    let mut outcomes = Vec::new();
-    for _ in 0..2 {
-        let host = TestHost::idle(Some(cache.path().to_path_buf())).await;
-        match host.body().load(&py_wasm()).await {
-            Ok(cell) => outcomes.push(cell.cache),
-            Err(e) => panic!("the Python component does not load: {e:#}"),
+    let cold = TestHost::idle(Some(cache.path().to_path_buf())).await;
+    let cell = match cold.body().start(&py_wasm()).await {
+        Ok(cell) => cell,
+        Err(e) => panic!("the Python component does not load: {e:#}"),
+    };
+    assert_eq!(cell.cache, Some(CacheOutcome::Baseline));
+    let reply = act(&cold, WASM, json!({"action": "where"})).await.unwrap();
+    assert_eq!(reply["value"]["handled"], 1, "served by Winch's code");
+    eventually(Duration::from_secs(300), "the optimized code", || async {
+        match cell.runner.tier() {
+            Some(Tier::Optimized) => Ok(()),
+            other => Err(format!("tier {other:?}")),
         }
-    }
-    assert_eq!(
-        outcomes,
-        [Some(CacheOutcome::Compiled), Some(CacheOutcome::Hit)]
-    );
+    })
+    .await;
+    let warm = TestHost::idle(Some(cache.path().to_path_buf())).await;
+    let cell = warm.body().load(&py_wasm()).await.unwrap();
+    assert_eq!(cell.cache, Some(CacheOutcome::Hit));
 }
 
 /// Pooled is the Python component's default: one message after another

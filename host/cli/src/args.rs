@@ -11,7 +11,7 @@ use cbs_host::deploy::Store;
 use cbs_host::http::oidc::{Oidc, OidcConfig, RoleRule, RoleRules};
 use cbs_host::http::{auth, listen};
 use cbs_host::runtime::python::venvs::{self, VenvCache};
-use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
+use cbs_host::runtime::wasm::{Compiler, ComponentCache, EngineOptions, WasmRuntime};
 use cbs_host::telemetry::{self, LogFormat};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
@@ -215,6 +215,12 @@ pub struct EngineArgs {
     /// Largest memory a cell may be granted, in MiB.
     #[arg(long, default_value_t = EngineOptions::default().max_memory_mb)]
     pub max_memory_mb: u32,
+    /// How a component missing from the cache is compiled: `tiered` serves
+    /// at once with Winch's code and switches to Cranelift's when it is
+    /// compiled in the background; `optimized` compiles with Cranelift
+    /// before serving.
+    #[arg(long, value_parser = names_of::<Compiler>(), default_value_t, env = "CBS_COMPILER")]
+    pub compiler: Compiler,
     /// Largest the component cache grows, in MiB; past it, the least
     /// recently used entries are removed.
     #[arg(long, env = "CBS_CACHE_MAX_MB", value_name = "MIB", default_value_t = EngineOptions::default().cache_max_mb)]
@@ -265,6 +271,7 @@ impl EngineArgs {
             max_instances: self.max_instances,
             max_memory_mb: self.max_memory_mb,
             cache_max_mb: self.cache_max_mb,
+            compiler: self.compiler,
         };
         let cache = if self.no_cache {
             None

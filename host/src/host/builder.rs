@@ -237,9 +237,7 @@ impl HostBuilder {
             Some(addr) => Some(serve_metrics(addr, &body).await?),
             None => None,
         };
-        for path in &self.cells {
-            body.start(path).await?;
-        }
+        start_cells(&body, &self.cells).await?;
         let sagas = match (&self.lattice, self.sagas.is_empty()) {
             (Some(lattice), _) if lattice.sagas => {
                 let domains = crate::domain::state::Domains::open(&lattice.client).await?;
@@ -275,6 +273,22 @@ impl HostBuilder {
             sagas,
         })
     }
+}
+
+/// Loads and serves `cells` a few at a time: loading is compiling or
+/// mapping code, instantiating and calling `describe()`, and the steps of
+/// one cell leave cores idle that another's can use.
+async fn start_cells(body: &Arc<Body>, cells: &[PathBuf]) -> anyhow::Result<()> {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    let at_once = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    futures_util::stream::iter(cells.iter().cloned())
+        .map(|path| {
+            let body = body.clone();
+            async move { body.start(&path).await }
+        })
+        .buffer_unordered(at_once)
+        .try_for_each(|_| async { Ok(()) })
+        .await
 }
 
 async fn serve_metrics(addr: SocketAddr, body: &Arc<Body>) -> anyhow::Result<SocketAddr> {

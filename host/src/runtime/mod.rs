@@ -70,6 +70,11 @@ pub trait CellRunner: Send + Sync {
         0
     }
 
+    /// The compiler of the code a wasm cell runs (ADR 34).
+    fn tier(&self) -> Option<wasm::Tier> {
+        None
+    }
+
     /// The worker processes of a pooled runtime (native Python), if any.
     fn pool(&self) -> Option<crate::stats::Pool> {
         None

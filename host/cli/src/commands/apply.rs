@@ -18,7 +18,7 @@ use cbs_host::domain::spec::Spec;
 use cbs_host::domain::state::Domains;
 use cbs_host::host::trial::InProcess;
 use cbs_host::runtime::python::venvs::VenvCache;
-use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
+use cbs_host::runtime::wasm::{Compiler, ComponentCache, EngineOptions, WasmRuntime};
 use clap::Args;
 
 use crate::args::NatsArgs;
@@ -241,7 +241,12 @@ async fn built(
     let cache = cache
         .map(Path::to_path_buf)
         .or_else(ComponentCache::default_dir);
-    let runtime = Arc::new(WasmRuntime::new(&EngineOptions::default(), cache)?);
+    // Building fills the cache with the optimized code the hosts load.
+    let options = EngineOptions {
+        compiler: Compiler::Optimized,
+        ..EngineOptions::default()
+    };
+    let runtime = Arc::new(WasmRuntime::new(&options, cache)?);
     let built = crate::build::build(folder, Some(file), None, runtime, venvs)
         .await
         .with_context(|| format!("cannot build {}", folder.display()))?;

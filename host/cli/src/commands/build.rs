@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cbs_host::runtime::python::venvs::VenvCache;
-use cbs_host::runtime::wasm::{ComponentCache, EngineOptions, WasmRuntime};
+use cbs_host::runtime::wasm::{Compiler, ComponentCache, EngineOptions, WasmRuntime};
 use clap::Args;
 
 /// Compile a cell, check it, and write a bundle (.cbs) of its files with
@@ -47,8 +47,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         None => VenvCache::default_dir(),
     }));
     let cache = args.cache_dir.or_else(ComponentCache::default_dir);
+    // Building fills the cache with the optimized code the hosts load.
     let engine = EngineOptions {
         max_memory_mb: args.max_memory_mb,
+        compiler: Compiler::Optimized,
         ..EngineOptions::default()
     };
     let runtime = Arc::new(WasmRuntime::new(&engine, cache)?);

@@ -21,6 +21,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -36,6 +37,9 @@ pub enum CacheOutcome {
     Hit,
     /// Compiled now (and stored when the cache is on).
     Compiled,
+    /// Compiled now by the baseline compiler, serving at once; the
+    /// optimized code is compiled in the background (and then stored).
+    Baseline,
 }
 
 pub struct ComponentCache {
@@ -48,11 +52,9 @@ impl ComponentCache {
     /// A cache in `dir` of at most `max_bytes` of entries; `None` compiles
     /// every time.
     pub fn new(engine: &Engine, dir: Option<PathBuf>, max_bytes: u64) -> Self {
-        let mut hasher = DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
         Self {
             dir,
-            engine_key: format!("{:016x}", hasher.finish()),
+            engine_key: engine_key(engine),
             max_bytes,
         }
     }
@@ -65,27 +67,78 @@ impl ComponentCache {
 
     /// The compiled component of the file at `path`, from the cache without
     /// reading the file when it is unchanged since its digest was
-    /// remembered; else read, checked with `check` and loaded by content.
+    /// remembered; else read, checked with `check` and looked up by content.
+    pub fn lookup_file(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        check: impl FnOnce(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Lookup> {
+        if let Some(component) = self.known_file(engine, path) {
+            return Ok(Lookup::Hit(component));
+        }
+        let bytes = std::fs::read(path)?;
+        check(&bytes)?;
+        let source = Source::new(bytes);
+        match self.cached(engine, &source.digest) {
+            Some(component) => {
+                self.remember(path, &source.digest);
+                Ok(Lookup::Hit(component))
+            }
+            None => Ok(Lookup::Miss(source)),
+        }
+    }
+
+    /// Compiles the component read from the file at `path` with `engine`,
+    /// keeps the code in the cache and remembers the file's digest.
+    pub fn compile_file(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        source: &Source,
+    ) -> anyhow::Result<Component> {
+        self.compile_file_with(engine, engine, path, source)
+    }
+
+    /// [`compile_file`](Self::compile_file) with code compiled by
+    /// `compiler` (an engine of the same compatibility hash, e.g. one that
+    /// compiles on one thread) for `target`.
+    pub fn compile_file_with(
+        &self,
+        compiler: &Engine,
+        target: &Engine,
+        path: &Path,
+        source: &Source,
+    ) -> anyhow::Result<Component> {
+        let component = self.compile(compiler, target, source)?;
+        self.remember(path, &source.digest);
+        Ok(component)
+    }
+
+    /// [`lookup_file`](Self::lookup_file), compiling on a miss.
     pub fn load_file(
         &self,
         engine: &Engine,
         path: &Path,
         check: impl FnOnce(&[u8]) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Component, CacheOutcome)> {
-        if let Some(component) = self.known_file(engine, path) {
-            return Ok((component, CacheOutcome::Hit));
+        match self.lookup_file(engine, path, check)? {
+            Lookup::Hit(component) => Ok((component, CacheOutcome::Hit)),
+            Lookup::Miss(source) => Ok((
+                self.compile_file(engine, path, &source)?,
+                CacheOutcome::Compiled,
+            )),
         }
-        let bytes = std::fs::read(path)?;
-        check(&bytes)?;
-        let loaded = self.load(engine, &bytes)?;
+    }
+
+    /// Remembers the digest of the file at `path`, by the file's identity.
+    fn remember(&self, path: &Path, digest: &str) {
         if let (Some(dir), Some(identity)) = (&self.dir, FileIdentity::of(path)) {
-            let digest = hex::encode(Sha256::digest(&bytes));
             let memo = format!("{identity} {digest}");
             if let Err(e) = store(&dir.join("files"), &memo_path(dir, path), memo.as_bytes()) {
                 tracing::debug!(error = %e, "cannot remember a component's digest");
             }
         }
-        Ok(loaded)
     }
 
     /// The cached component of an unchanged, remembered file.
@@ -97,7 +150,7 @@ impl ComponentCache {
             return None;
         }
         let entry = dir.join(format!("{digest}-{}.cwasm", self.engine_key));
-        // SAFETY: as in `load`: entries are written whole by this module.
+        // SAFETY: as in `cached`: entries are written whole by this module.
         let component = unsafe { Component::deserialize_file(engine, &entry) }.ok()?;
         mark_used(&entry);
         Some(component)
@@ -105,35 +158,100 @@ impl ComponentCache {
 
     /// The compiled component for `bytes`, from the cache when possible.
     pub fn load(&self, engine: &Engine, bytes: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
-        let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, bytes)?, CacheOutcome::Compiled));
-        };
-        let digest = hex::encode(Sha256::digest(bytes));
-        let path = dir.join(format!("{digest}-{}.cwasm", self.engine_key));
-        if path.is_file() {
-            // SAFETY: entries are written only by this module, whole (via
-            // rename), for this engine's compatibility key.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => {
-                    mark_used(&path);
-                    return Ok((component, CacheOutcome::Hit));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "unusable cache entry; recompiling")
-                }
-            }
+        let source = Source::new(bytes.to_vec());
+        match self.cached(engine, &source.digest) {
+            Some(component) => Ok((component, CacheOutcome::Hit)),
+            None => Ok((
+                self.compile(engine, engine, &source)?,
+                CacheOutcome::Compiled,
+            )),
         }
-        let compiled = engine.precompile_component(bytes)?;
-        match store(dir, &path, &compiled) {
-            Ok(()) => evict(dir, self.max_bytes, &path),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot write the component cache")
-            }
-        }
-        // SAFETY: `compiled` was produced by this engine just now.
-        let component = unsafe { Component::deserialize(engine, &compiled)? };
-        Ok((component, CacheOutcome::Compiled))
     }
+
+    fn entry(&self, digest: &str) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        Some(dir.join(format!("{digest}-{}.cwasm", self.engine_key)))
+    }
+
+    /// The cache entry of the component with `digest`, when there is a
+    /// usable one.
+    fn cached(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let path = self.entry(digest).filter(|p| p.is_file())?;
+        // SAFETY: entries are written only by this module, whole (via
+        // rename), for this engine's compatibility key.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => {
+                mark_used(&path);
+                Some(component)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unusable cache entry; recompiling");
+                None
+            }
+        }
+    }
+
+    /// Compiles `source` with `compiler` for `target` and keeps the code in
+    /// the cache (when on).
+    fn compile(
+        &self,
+        compiler: &Engine,
+        target: &Engine,
+        source: &Source,
+    ) -> anyhow::Result<Component> {
+        let compiled = compiler.precompile_component(&source.bytes)?;
+        if let (Some(dir), Some(path)) = (&self.dir, self.entry(&source.digest)) {
+            match store(dir, &path, &compiled) {
+                Ok(()) => evict(dir, self.max_bytes, &path),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot write the component cache")
+                }
+            }
+        }
+        // SAFETY: `compiled` was produced just now by an engine of the
+        // target's compatibility hash (checked where the two are paired).
+        Ok(unsafe { Component::deserialize(target, &compiled) }?)
+    }
+}
+
+/// A component's bytes, read and checked, with their sha256.
+#[derive(Clone)]
+pub struct Source {
+    bytes: Arc<[u8]>,
+    digest: String,
+}
+
+impl Source {
+    fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            digest: hex::encode(Sha256::digest(&bytes)),
+            bytes: bytes.into(),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// What the cache holds for a component file.
+pub enum Lookup {
+    /// Its compiled code, for the engine asked.
+    Hit(Component),
+    /// Nothing: its bytes, to compile.
+    Miss(Source),
+}
+
+/// What a compiled component's code depends on of its engine (compiler
+/// settings, tunables, features, wasmtime's version).
+pub fn engine_key(engine: &Engine) -> String {
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// Where the digest of the component file at `path` is remembered.

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    Strategy,
+};
 
 /// Epoch tick: deadline resolution, and how often a running guest yields to
 /// the scheduler so that a busy cell cannot starve the others.
@@ -23,6 +26,32 @@ pub struct EngineOptions {
     /// Largest the component cache grows, in MiB: past it, the least
     /// recently used entries go.
     pub cache_max_mb: u64,
+    /// How a component missing from the cache is compiled at load.
+    pub compiler: Compiler,
+}
+
+/// How a component missing from the cache is compiled (ADR 34).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantNames,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Compiler {
+    /// Winch (a single-pass compiler, ~10× faster to compile) at load, so the
+    /// cell serves at once; Cranelift in the background, whose code
+    /// replaces Winch's when ready and is what the cache keeps.
+    #[default]
+    Tiered,
+    /// Cranelift at load: slower to start, fastest code from the first
+    /// message (and what `cbs build` uses to fill the cache).
+    Optimized,
 }
 
 impl Default for EngineOptions {
@@ -31,6 +60,7 @@ impl Default for EngineOptions {
             max_instances: 1_000,
             max_memory_mb: 256,
             cache_max_mb: 2048,
+            compiler: Compiler::default(),
         }
     }
 }
@@ -84,6 +114,25 @@ fn base_config() -> Config {
     config
 }
 
+/// The baseline engine of [`Compiler::Tiered`]: Winch, with instances
+/// allocated on demand (they live only until the optimized code is ready,
+/// so they do not get a second reserved pool). `None` where Winch cannot
+/// run (it supports x86-64 fully; elsewhere every load uses Cranelift).
+pub fn new_baseline_engine() -> Option<Engine> {
+    let mut config = base_config();
+    config.strategy(Strategy::Winch);
+    // Winch leaves the trampolines between the host and the component to
+    // Cranelift: compiled unoptimized, like the rest of this tier.
+    config.cranelift_opt_level(OptLevel::None);
+    match Engine::new(&config) {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            tracing::debug!(error = %e, "no baseline compiler here: components compile with Cranelift at load");
+            None
+        }
+    }
+}
+
 /// All pool limits derived from `max_instances`. A component of a Rust cell
 /// has a few core instances (3 core modules), one memory and two tables; a
 /// Python component (componentize-py 0.25, measured) instantiates 14 core
@@ -130,17 +179,32 @@ const RESIDENT_MEMORY: usize = 256 << 10;
 const RESIDENT_TABLE: usize = 64 << 10;
 const RESIDENT_STACK: usize = 64 << 10;
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
-pub fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
+/// An engine like the host's that compiles on one thread: the background
+/// compiles of [`Compiler::Tiered`] leave the other cores to the host. Its
+/// code loads into the host's engine (same compatibility hash, checked by
+/// the caller).
+pub fn new_compiling_engine() -> Option<Engine> {
+    let mut config = base_config();
+    config.parallel_compilation(false);
+    Engine::new(&config).ok()
+}
+
+/// Advances the engines' epochs every [`EPOCH_TICK`] until they are all
+/// dropped: one thread for the optimized and the baseline engine.
+pub fn start_epoch_ticker(engines: &[&Engine]) {
+    let weak: Vec<_> = engines.iter().map(|e| e.weak()).collect();
     std::thread::Builder::new()
         .name("cbs-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
+        .spawn(move || loop {
+            let mut alive = false;
+            for engine in weak.iter().filter_map(|w| w.upgrade()) {
                 engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
+                alive = true;
             }
+            if !alive {
+                return;
+            }
+            std::thread::sleep(EPOCH_TICK);
         })
         .expect("cannot start the epoch thread");
 }

@@ -8,14 +8,17 @@ mod clocks;
 mod engine;
 mod guest_output;
 mod imports;
+mod instances;
 mod keyvalue;
 mod memory_limit;
 mod pool;
 mod sandbox;
+mod tiering;
 mod wit_error;
 
 pub use cache::{CacheOutcome, ComponentCache};
-pub use engine::{Allocator, EngineOptions, EPOCH_TICK};
+pub use engine::{Allocator, Compiler, EngineOptions, EPOCH_TICK};
+pub use pool::Tier;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,8 +30,11 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Trap};
 
 use self::bindings::cbs::cell::types as wit;
-use self::pool::{Instance, InstancePool};
+use self::cache::Lookup;
+use self::instances::{AtLimit, Instances};
+use self::pool::{Code, Instance, InstancePool};
 use self::sandbox::Sandbox;
+use self::tiering::Tiering;
 use super::last_lines::quoted;
 use super::{CellInfo, CellRunner, Deadline, Reply};
 use crate::envelope::{BusError, Envelope, ErrorCode};
@@ -45,34 +51,52 @@ pub(crate) mod bindings {
     });
 }
 
-/// The wasm runtime of a host: engine, linker and component cache.
+/// The wasm runtime of a host: engine, linker and component cache; with
+/// [`Compiler::Tiered`], the baseline tier.
 pub struct WasmRuntime {
     engine: Engine,
     /// The most memory a cell may be granted, in MiB.
     max_memory_mb: u32,
-    linker: Linker<Sandbox>,
-    cache: ComponentCache,
+    linker: Arc<Linker<Sandbox>>,
+    cache: Arc<ComponentCache>,
     allocator: Allocator,
+    tiering: Option<Tiering>,
+    /// Every cell's instances, sharing the engine's pool.
+    instances: Arc<Instances>,
+}
+
+/// The cell world's imports (WASI p2 and `cbs:cell`) for `engine`.
+fn cell_linker(engine: &Engine) -> anyhow::Result<Linker<Sandbox>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bindings::Cell::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
 }
 
 impl WasmRuntime {
     pub fn new(options: &EngineOptions, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let (engine, allocator) = engine::new_engine(options)?;
-        engine::start_epoch_ticker(&engine);
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Cell::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        let cache = ComponentCache::new(
+        let linker = Arc::new(cell_linker(&engine)?);
+        let cache = Arc::new(ComponentCache::new(
             &engine,
             cache_dir,
             options.cache_max_mb.saturating_mul(1 << 20),
-        );
+        ));
+        let tiering = match options.compiler {
+            Compiler::Tiered => tiering(&engine, &linker, &cache)?,
+            Compiler::Optimized => None,
+        };
+        let mut engines = vec![&engine];
+        engines.extend(tiering.as_ref().map(Tiering::engine));
+        engine::start_epoch_ticker(&engines);
         Ok(Self {
             engine,
             max_memory_mb: options.max_memory_mb,
             linker,
             cache,
             allocator,
+            tiering,
+            instances: Arc::default(),
         })
     }
 
@@ -104,28 +128,9 @@ impl WasmRuntime {
                 manifest.id
             );
         }
-        let (component, cache) = self
-            .cache
-            .load_file(&self.engine, path, |bytes| {
-                check_component_header(bytes, path)
-            })
+        let (pool, cache) = self
+            .pool(path, &manifest, outbound)
             .with_context(|| format!("cannot load {}", path.display()))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(bindings::CellPre::new)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{} does not implement the cbs:cell world of wit/cell.wit: {e:#}",
-                    path.display()
-                )
-            })?;
-        let pool = Arc::new(InstancePool::new(
-            self.engine.clone(),
-            pre,
-            manifest.clone(),
-            outbound,
-        ));
         let info = describe(&pool, &manifest)
             .await
             .with_context(|| format!("describe() of {} failed", path.display()))?;
@@ -143,6 +148,98 @@ impl WasmRuntime {
             cache,
         })
     }
+}
+
+impl WasmRuntime {
+    /// The instances of the component at `path`: from its cached optimized
+    /// code; else, when tiered, from Winch's code until Cranelift's is
+    /// ready; else from Cranelift's, compiled now.
+    fn pool(
+        &self,
+        path: &Path,
+        manifest: &Arc<Manifest>,
+        outbound: Arc<Outbound>,
+    ) -> anyhow::Result<(Arc<InstancePool>, CacheOutcome)> {
+        let make = |code| {
+            let instances = self.instances.clone();
+            let pool = Arc::new(InstancePool::new(
+                code,
+                manifest.clone(),
+                outbound.clone(),
+                instances,
+            ));
+            self.instances.register(Arc::downgrade(&pool) as _);
+            pool
+        };
+        let check = |bytes: &[u8]| check_component_header(bytes, path);
+        let (component, outcome) = match self.cache.lookup_file(&self.engine, path, check)? {
+            Lookup::Hit(component) => (component, CacheOutcome::Hit),
+            Lookup::Miss(source) => {
+                if let Some(tiering) = &self.tiering {
+                    if let Some(pool) = tiering.pool(&manifest.id, path, &source, make)? {
+                        return Ok((pool, CacheOutcome::Baseline));
+                    }
+                }
+                let component = self.cache.compile_file(&self.engine, path, &source)?;
+                (component, CacheOutcome::Compiled)
+            }
+        };
+        let code = link(
+            &self.engine,
+            &self.linker,
+            &component,
+            Tier::Optimized,
+            path,
+        )?;
+        Ok((make(code), outcome))
+    }
+}
+
+/// The baseline tier, where Winch runs; `None` elsewhere.
+fn tiering(
+    engine: &Engine,
+    linker: &Arc<Linker<Sandbox>>,
+    cache: &Arc<ComponentCache>,
+) -> anyhow::Result<Option<Tiering>> {
+    let Some(winch) = engine::new_baseline_engine() else {
+        return Ok(None);
+    };
+    let compiler = engine::new_compiling_engine()
+        .filter(|c| cache::engine_key(c) == cache::engine_key(engine))
+        .unwrap_or_else(|| engine.clone());
+    let tiering = Tiering::start(
+        winch.clone(),
+        cell_linker(&winch)?,
+        compiler,
+        engine.clone(),
+        linker.clone(),
+        cache.clone(),
+    )?;
+    Ok(Some(tiering))
+}
+
+/// `component` linked to the cell world.
+pub(super) fn link(
+    engine: &Engine,
+    linker: &Linker<Sandbox>,
+    component: &wasmtime::component::Component,
+    tier: Tier,
+    path: &Path,
+) -> anyhow::Result<Code> {
+    let pre = linker
+        .instantiate_pre(component)
+        .and_then(bindings::CellPre::new)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} does not implement the cbs:cell world of wit/cell.wit: {e:#}",
+                path.display()
+            )
+        })?;
+    Ok(Code {
+        engine: engine.clone(),
+        pre,
+        tier,
+    })
 }
 
 fn check_component_header(bytes: &[u8], path: &Path) -> anyhow::Result<()> {
@@ -186,6 +283,9 @@ async fn describe(pool: &InstancePool, manifest: &Manifest) -> anyhow::Result<Ce
     })
 }
 
+/// When a host at its instance limit asks callers to try again.
+const RETRY_AT_LIMIT_MS: u64 = 100;
+
 /// A loaded wasm cell.
 pub struct WasmCell {
     manifest: Arc<Manifest>,
@@ -198,6 +298,11 @@ impl WasmCell {
     /// Whether the compiled component came from the on-disk cache.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache
+    }
+
+    /// The compiler of the code new instances run.
+    pub fn tier(&self) -> Tier {
+        self.pool.tier()
     }
 
     pub fn policy(&self) -> Policy {
@@ -255,6 +360,26 @@ impl WasmCell {
         BusError::new(ErrorCode::CellFailed, message)
     }
 
+    /// A message that got no instance: `capacity`, typed for retrying when
+    /// the host is at its instance limit.
+    fn instantiate_error(&self, error: &wasmtime::Error) -> BusError {
+        let id = &self.manifest.id;
+        match error.downcast_ref::<AtLimit>() {
+            Some(at_limit) => {
+                tracing::debug!(cell = %id, engine = %at_limit.0, "no instance before the deadline");
+                BusError::new(
+                ErrorCode::Capacity,
+                format!("cell {id}: {at_limit}; retry in {RETRY_AT_LIMIT_MS} ms, or raise cbs-host --max-instances"),
+            )
+            .with_details(serde_json::json!({"retry_after_ms": RETRY_AT_LIMIT_MS}))
+            }
+            None => BusError::new(
+                ErrorCode::Capacity,
+                format!("cannot instantiate cell {id}: {error:#}"),
+            ),
+        }
+    }
+
     fn deadline_error(&self) -> BusError {
         BusError::new(
             ErrorCode::Timeout,
@@ -270,12 +395,11 @@ impl WasmCell {
 impl CellRunner for WasmCell {
     async fn handle(&self, envelope: Arc<Envelope>, deadline: Deadline) -> Result<Reply, BusError> {
         let deadline = deadline.reply_by;
-        let mut instance = self.pool.checkout(deadline).await.map_err(|e| {
-            BusError::new(
-                ErrorCode::Capacity,
-                format!("cannot instantiate cell {}: {e:#}", self.manifest.id),
-            )
-        })?;
+        let mut instance = self
+            .pool
+            .checkout(deadline)
+            .await
+            .map_err(|e| self.instantiate_error(&e))?;
         let sandbox = instance.store.data_mut();
         sandbox.stderr.take_tail();
         sandbox.flow = Some(Flow {
@@ -310,6 +434,10 @@ impl CellRunner for WasmCell {
 
     fn info(&self) -> &CellInfo {
         &self.info
+    }
+
+    fn tier(&self) -> Option<Tier> {
+        Some(self.pool.tier())
     }
 
     fn instances(&self) -> usize {

@@ -9,40 +9,67 @@
 //! `[scale]` sizes the warm pool: at least `min` instances are kept (made
 //! at load; 0 scales to zero and the first message makes one), at most
 //! `max`, and one idle for `idle_ms` is retired down to `min`.
+//!
+//! A component compiled at load by the baseline compiler is served from
+//! that [`Code`] until its optimized code is ready; [`InstancePool::upgrade`]
+//! then switches: warm baseline instances are dropped, running ones finish
+//! their message and are dropped at check-in, new ones are optimized.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 use super::bindings::{Cell, CellPre};
+use super::instances::{is_pool_full, AtLimit, Idle, Instances};
 use super::sandbox::Sandbox;
 use crate::manifest::{Manifest, Policy};
 use crate::outbound::Outbound;
 use crate::runtime::log_budget::LogBudget;
+
+/// Which compiler made the code a cell runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Winch, at load (while Cranelift compiles in the background).
+    Baseline,
+    /// Cranelift.
+    Optimized,
+}
+
+/// Compiled code of a cell's component, ready to instantiate.
+#[derive(Clone)]
+pub struct Code {
+    pub engine: Engine,
+    pub pre: CellPre<Sandbox>,
+    pub tier: Tier,
+}
 
 /// A live instance with its store.
 pub struct Instance {
     pub store: Store<Sandbox>,
     pub cell: Cell,
     handled: u64,
+    tier: Tier,
     _live: Live,
 }
 
-/// Counts an instance among the pool's live ones while it exists.
-struct Live(Arc<AtomicUsize>);
+/// Counts an instance among the pool's live ones while it exists, and
+/// tells the host's other cells when it is gone.
+struct Live(Arc<AtomicUsize>, Arc<Instances>);
 
 impl Live {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
+    fn new(count: &Arc<AtomicUsize>, instances: &Arc<Instances>) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
+        Self(count.clone(), instances.clone())
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.freed();
     }
 }
 
@@ -54,8 +81,10 @@ impl Instance {
 }
 
 pub struct InstancePool {
-    engine: Engine,
-    pre: CellPre<Sandbox>,
+    /// What new instances are made from.
+    code: Mutex<Code>,
+    /// Whether `code` is optimized: read at every check-in without the lock.
+    optimized: AtomicBool,
     manifest: Arc<Manifest>,
     outbound: Arc<Outbound>,
     /// The cell's share of the host log, across its instances.
@@ -69,21 +98,23 @@ pub struct InstancePool {
     idle_for: Duration,
     /// Instances alive: idle and running.
     live: Arc<AtomicUsize>,
+    /// Every cell's instances on this host.
+    instances: Arc<Instances>,
 }
 
 impl InstancePool {
     pub fn new(
-        engine: Engine,
-        pre: CellPre<Sandbox>,
+        code: Code,
         manifest: Arc<Manifest>,
         outbound: Arc<Outbound>,
+        instances: Arc<Instances>,
     ) -> Self {
         let keep = manifest.max_warm() as usize;
         let min = manifest.min_warm() as usize;
         let idle_for = Duration::from_millis(manifest.scale.idle_ms);
         Self {
-            engine,
-            pre,
+            optimized: AtomicBool::new(code.tier == Tier::Optimized),
+            code: Mutex::new(code),
             log: LogBudget::new(&manifest.id),
             manifest,
             outbound,
@@ -92,7 +123,28 @@ impl InstancePool {
             min,
             idle_for,
             live: Arc::default(),
+            instances,
         }
+    }
+
+    /// The compiler of the code new instances are made from.
+    pub fn tier(&self) -> Tier {
+        if self.optimized.load(Ordering::Acquire) {
+            Tier::Optimized
+        } else {
+            Tier::Baseline
+        }
+    }
+
+    /// Makes new instances from `code` (the optimized code of a component
+    /// that was served from baseline code): warm instances of the old code
+    /// are dropped now, running ones at check-in.
+    pub fn upgrade(&self, code: Code) {
+        let optimized = code.tier == Tier::Optimized;
+        *self.code.lock().unwrap_or_else(|e| e.into_inner()) = code;
+        self.optimized.store(optimized, Ordering::Release);
+        let stale = std::mem::take(&mut *self.idle_list());
+        drop(stale);
     }
 
     fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<(Instance, Instant)>> {
@@ -164,9 +216,14 @@ impl InstancePool {
         {
             return;
         }
+        // The tier is read under the idle lock, which `upgrade` takes after
+        // switching: an old instance is either refused here or dropped there.
         let mut idle = self.idle_list();
-        if idle.len() < self.keep {
+        if idle.len() < self.keep && instance.tier == self.tier() {
             idle.push((instance, Instant::now()));
+            drop(idle);
+            // Idle, it can give way to another cell's new instance.
+            self.instances.freed();
         }
     }
 
@@ -175,10 +232,28 @@ impl InstancePool {
         self.idle_list().len()
     }
 
+    /// A new instance; when the engine's pool is full, one of another
+    /// cell's idle instances gives way, or one freed before `deadline`.
     async fn instantiate(&self, deadline: Instant) -> wasmtime::Result<Instance> {
+        loop {
+            let error = match self.try_instantiate(deadline).await {
+                Ok(instance) => return Ok(instance),
+                Err(e) => e,
+            };
+            let Some(limit) = is_pool_full(&error) else {
+                return Err(error);
+            };
+            if !self.instances.reclaim() && !self.instances.wait_for_one(deadline).await {
+                return Err(wasmtime::Error::new(AtLimit(limit)));
+            }
+        }
+    }
+
+    async fn try_instantiate(&self, deadline: Instant) -> wasmtime::Result<Instance> {
         let mut sandbox = Sandbox::new(&self.manifest, self.outbound.clone(), self.log.clone())?;
         sandbox.deadline = deadline;
-        let mut store = Store::new(&self.engine, sandbox);
+        let code = self.code.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut store = Store::new(&code.engine, sandbox);
         store.limiter(|s| &mut s.memory);
         // Every epoch tick a running guest either yields to the scheduler
         // (so it cannot starve other cells) or, past its deadline, traps.
@@ -190,12 +265,31 @@ impl InstancePool {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let cell = self.pre.instantiate_async(&mut store).await?;
+        let cell = code.pre.instantiate_async(&mut store).await?;
         Ok(Instance {
             store,
             cell,
             handled: 0,
-            _live: Live::new(&self.live),
+            tier: code.tier,
+            _live: Live::new(&self.live, &self.instances),
         })
+    }
+}
+
+/// Another cell's new instance may take this pool's idle ones.
+impl Idle for InstancePool {
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.idle_list().first().map(|(_, used)| *used)
+    }
+
+    fn drop_oldest_idle(&self) -> bool {
+        let mut idle = self.idle_list();
+        if idle.is_empty() {
+            return false;
+        }
+        let oldest = idle.remove(0);
+        drop(idle);
+        drop(oldest);
+        true
     }
 }
