@@ -23,8 +23,9 @@
 //! calls without a saga, on NATS and in process (`saga_rows`).
 //! And a call between two cells of one domain next to the same call across
 //! domains, on one host (`domain_rows`).
-//! `CBS_BENCH_ONLY=requests|durable|skewed|http|replacement|sagas|domains`
-//! runs only those rows.
+//! `CBS_BENCH_ONLY=requests|durable|skewed|http|replacement|sagas|domains|startup`
+//! runs only those rows (`startup`: the start-up and 1,000-cell density
+//! rows, `startup_rows`, written to `bench/results/<date>-startup.md`).
 //! Writes `bench/results/<date>.md` and `.json`, each target with met or
 //! not met. Compare ratios, not absolutes.
 
@@ -41,10 +42,12 @@ use cbs_host::envelope::codec::transport_headers;
 use cbs_host::envelope::Envelope;
 use cbs_tests::nats::NatsServer;
 use cbs_tests::process::HostProcess;
-use cbs_tests::{bin, faulty, greet, repo, TestHost};
+use cbs_tests::{faulty, greet, repo, TestHost};
 
 mod domain_rows;
+mod lattice_rows;
 mod saga_rows;
+mod startup_rows;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -824,35 +827,199 @@ async fn table(
     rows
 }
 
-/// Starts `cbs-host run` on `cells` and returns (time to "ready", RSS in KiB).
-fn start_host(cells: &[PathBuf], cache: &Path) -> (Duration, u64) {
-    use std::io::{BufRead, BufReader};
-    let started = Instant::now();
-    let mut child = Command::new(bin("cbs-host"))
-        .args(["run", "--log-level", "info"])
-        .args(cells)
-        .env("CBS_CACHE_DIR", cache)
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = loop {
-        let line = lines.next().expect("host exited before ready").unwrap();
-        if line.contains("ready;") {
-            break started.elapsed();
-        }
-    };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    (ready, rss)
+/// The start-up and density targets of #33: (target, measured, met).
+fn startup_targets(
+    startup: &startup_rows::Startup,
+    density: &startup_rows::Density,
+) -> Vec<(String, String, bool)> {
+    let cold = &startup.cold_tiered_ms;
+    let met_runs = cold.runs.iter().filter(|ms| **ms <= 400.0).count();
+    let burst = &density.burst;
+    vec![
+        (
+            "ten distinct components cold (tiered) ≤ 400 ms".to_owned(),
+            format!("{}, met in {met_runs} of {} runs", cold.show("ms"), cold.runs.len()),
+            cold.median <= 400.0,
+        ),
+        (
+            "1,000 distinct cells: warm start ≤ 2 s".to_owned(),
+            density.warm_ms.show("ms"),
+            density.warm_ms.median <= 2_000.0,
+        ),
+        (
+            "1,000 distinct cells: idle RSS ≤ 1 GiB".to_owned(),
+            density.idle_rss_mib.show("MiB"),
+            density.idle_rss_mib.median <= 1_024.0,
+        ),
+        (
+            "10,000 requests at once over 1,000 cells: each answered or `capacity`, no engine error, host alive".to_owned(),
+            format!(
+                "{} answered, {} capacity, {} other, {} engine errors, alive: {}",
+                burst.answered, burst.capacity, burst.other, burst.engine_errors, burst.host_alive_after
+            ),
+            burst.other == 0 && burst.engine_errors == 0 && burst.host_alive_after,
+        ),
+    ]
+}
+
+/// The start-up section of the report.
+fn startup_md(startup: &startup_rows::Startup, density: &startup_rows::Density) -> String {
+    let burst = &density.burst;
+    format!(
+        "## Start-up and memory\n\n`cbs-host run` to ready with 10 distinct Rust components (tests/cells/variant), {} runs each; cold: a fresh cache folder per run.\n\n| start | median ms | range ms | runs ms |\n|---|---:|---|---|\n{}{}{}\nDensity: one host with {} distinct cells (the ten variants, each copied with a custom section of its own: {} distinct digests). Filling the cache (`--compiler optimized`): {:.0} ms. Warm start: {}; idle RSS right after ready: {}. A burst of {} requests at once over NATS, spread over every cell: {} answered, {} refused with `capacity`, {} other ({:?}), {} with the engine's own error; {:.0} ms for all; host alive after: {}.\n\n",
+        startup.warm_ms.runs.len(),
+        runs_row("cold, tiered (default)", &startup.cold_tiered_ms),
+        runs_row("cold, --compiler optimized", &startup.cold_optimized_ms),
+        runs_row("warm", &startup.warm_ms),
+        density.cells,
+        density.distinct_components,
+        density.cold_optimized_ms,
+        density.warm_ms.show("ms"),
+        density.idle_rss_mib.show("MiB"),
+        burst.requests,
+        burst.answered,
+        burst.capacity,
+        burst.other,
+        burst.other_examples,
+        burst.engine_errors,
+        burst.ms,
+        burst.host_alive_after,
+    )
+}
+
+fn runs_row(name: &str, runs: &startup_rows::Runs) -> String {
+    let each: Vec<String> = runs.runs.iter().map(|ms| format!("{ms:.0}")).collect();
+    format!(
+        "| {name} | {:.0} | {:.0}–{:.0} | {} |\n",
+        runs.median,
+        runs.range[0],
+        runs.range[1],
+        each.join(", ")
+    )
+}
+
+/// `CBS_BENCH_ONLY=startup`: the start-up and density rows alone, written
+/// to `bench/results/<date>-startup.md` and `.json`.
+async fn startup_report(root: &Path) {
+    let ten = variants(root);
+    assert_eq!(distinct_variants(), 10, "run `make bench-cells`");
+    let startup = startup_rows::ten_components(&ten, root);
+    let density = startup_rows::density(root).await;
+    let date = today();
+    let mut md = format!(
+        "# CBS start-up and density, {date}\n\n`CBS_BENCH_ONLY=startup cargo bench -p cbs-tests --bench overhead` (release build). Machine: {}\n\n",
+        machine(&nats_version())
+    );
+    md.push_str(&startup_md(&startup, &density));
+    md.push_str("## Targets\n\n| target | measured | met |\n|---|---|---|\n");
+    for (t, v, ok) in startup_targets(&startup, &density) {
+        md.push_str(&format!(
+            "| {t} | {v} | {} |\n",
+            if ok { "yes" } else { "**no**" }
+        ));
+    }
+    let report = json!({"date": date, "startup": startup, "density": density});
+    write_results(&format!("{date}-startup"), &report, &md);
+}
+
+/// The lattice-scale targets of #33: (target, measured, met).
+fn lattice_targets(lattice: &lattice_rows::Lattice) -> Vec<(String, String, bool)> {
+    let ps = median(&lattice.ps_ms);
+    let per_host = |t: &lattice_rows::Traffic| t.msgs_per_s_per_host;
+    let (first, last) = (
+        &lattice.traffic[0],
+        &lattice.traffic[lattice.traffic.len() - 1],
+    );
+    vec![
+        (
+            "50 hosts: a deploy reaches all ≤ 1 s (from `cbs deploy` starting)".to_owned(),
+            format!(
+                "{:.0} ms (the command {:.0} ms)",
+                lattice.deploy_reached_all_ms, lattice.deploy_command_ms
+            ),
+            lattice.deploy_reached_all_ms <= 1_000.0,
+        ),
+        (
+            "50 hosts: `cbs ps` answers ≤ 1 s".to_owned(),
+            format!(
+                "{ps:.0} ms (median of {}; {:?})",
+                lattice.ps_ms.len(),
+                lattice.ps_ms.iter().map(|m| m.round()).collect::<Vec<_>>()
+            ),
+            ps <= 1_000.0,
+        ),
+        (
+            "50 hosts: re-converged ≤ 5 s after a host is killed".to_owned(),
+            format!("{:.0} ms", lattice.reconverge_ms),
+            lattice.reconverge_ms <= 5_000.0,
+        ),
+        (
+            "control traffic grows no faster than linearly (per host at 50 ≤ 1.25× per host at 10)"
+                .to_owned(),
+            format!(
+                "{:.2} → {:.2} msg/s per host",
+                per_host(first),
+                per_host(last)
+            ),
+            per_host(last) <= 1.25 * per_host(first),
+        ),
+    ]
+}
+
+/// `CBS_BENCH_ONLY=lattice`: the lattice-scale rows alone, written to
+/// `bench/results/<date>-lattice.md` and `.json`.
+async fn lattice_report(root: &Path) {
+    let lattice = lattice_rows::lattice(root).await;
+    let date = today();
+    let mut md = format!(
+        "# CBS lattice scale, {date}\n\n`CBS_BENCH_ONLY=lattice cargo bench -p cbs-tests --bench overhead` (release build). Machine: {}\n\nSmall hosts (`cbs-host run --watch --max-instances 20`, no cells of their own) on one machine, spread over a 3-server nats-server cluster with JetStream.\n\n## Idle control traffic\n\nEvery message on the cluster (one `>` subscriber) for 10 s: heartbeats, load reports, discovery, key-value updates.\n\n| hosts | msg/s | bytes/s | msg/s per host | bytes/s per host |\n|---:|---:|---:|---:|---:|\n",
+        machine(&nats_version())
+    );
+    for t in &lattice.traffic {
+        md.push_str(&format!(
+            "| {} | {:.1} | {:.0} | {:.2} | {:.0} |\n",
+            t.hosts, t.msgs_per_s, t.bytes_per_s, t.msgs_per_s_per_host, t.bytes_per_s_per_host
+        ));
+    }
+    md.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
+    for (t, v, ok) in lattice_targets(&lattice) {
+        md.push_str(&format!(
+            "| {t} | {v} | {} |\n",
+            if ok { "yes" } else { "**no**" }
+        ));
+    }
+    let report = json!({"date": date, "lattice": lattice});
+    write_results(&format!("{date}-lattice"), &report, &md);
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap()
+}
+
+fn nats_version() -> String {
+    Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Writes `bench/results/<name>.md` and `.json` and prints the report.
+fn write_results(name: &str, report: &Value, md: &str) {
+    let dir = repo().join("bench/results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(report).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{name}.md")), md).unwrap();
+    println!("{md}");
+    println!("written: bench/results/{name}.md and .json");
 }
 
 fn machine(nats_version: &str) -> Value {
@@ -1046,8 +1213,16 @@ async fn main() {
                 println!("re-placement after a host dies: {times:?}");
                 return;
             }
+            "startup" => {
+                startup_report(root).await;
+                return;
+            }
+            "lattice" => {
+                lattice_report(root).await;
+                return;
+            }
             other => {
-                panic!("CBS_BENCH_ONLY={other}: use requests, durable, skewed, http, sagas, domains or replacement")
+                panic!("CBS_BENCH_ONLY={other}: use requests, durable, skewed, http, sagas, domains, replacement, startup or lattice")
             }
         };
         print_rows(&rows);
@@ -1179,18 +1354,17 @@ async fn main() {
         distinct, 10,
         "the ten variants are not ten distinct components: run `make bench-cells`"
     );
-    let cache = root.join("cache");
-    let (cold, _) = start_host(&ten, &cache);
-    let (warm, rss10) = start_host(&ten, &cache);
-    let (_, rss1) = start_host(&ten[..1], &cache);
+    let startup = startup_rows::ten_components(&ten, root);
+    let (rss1, rss10) = (startup.rss_1_cell_kib, startup.rss_10_cells_kib);
     let per_cell_kib = (rss10.saturating_sub(rss1)) / 9;
+    eprintln!(
+        "density: {} distinct cells on one host",
+        startup_rows::DENSITY_CELLS
+    );
+    let density = startup_rows::density(root).await;
     let (py_first, py_cached) = python_component_loads(&root.join("py-cache")).await;
 
-    let nats_version = Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let nats_version = nats_version();
     let pooled1 = find(&rows, "nats", "greet-wasm-pooled", 1);
     let raw1 = find(&rows, "nats", "raw-nats", 1);
     let durable = find(&rows, "durable", "durable-cell", DURABLE_IN_FLIGHT);
@@ -1198,6 +1372,7 @@ async fn main() {
     let skew_routed = find(&rows, "skewed", "skewed-routed", SKEW_IN_FLIGHT);
     let saga1 = find(&rows, "saga", "nats: saga of 3 steps", 1);
     let mut targets = request_targets(&rows);
+    targets.extend(startup_targets(&startup, &density));
     targets.extend([
         (
             "p50 at 1 in flight within +25 µs of raw NATS".to_owned(),
@@ -1216,8 +1391,8 @@ async fn main() {
         ),
         (
             "host ready with 10 distinct cached Rust cells ≤ 100 ms".to_owned(),
-            format!("{} ms", warm.as_millis()),
-            warm <= Duration::from_millis(100),
+            startup.warm_ms.show("ms"),
+            startup.warm_ms.median <= 100.0,
         ),
         (
             "a cached Python component loads in ≤ 10 ms".to_owned(),
@@ -1241,18 +1416,15 @@ async fn main() {
         ),
     ]);
 
-    let date = Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap();
+    let date = today();
     let report = json!({
         "date": date,
         "machine": machine(&nats_version),
         "payload": PAYLOAD,
         "duration_s": DURATION.as_secs_f64(),
         "rows": rows,
-        "startup": {"cells": 10, "distinct_components": distinct, "cold_ms": cold.as_millis(), "warm_ms": warm.as_millis()},
+        "startup": {"cells": 10, "distinct_components": distinct, "runs": startup},
+        "density": density,
         "python_component_load": {"first_ms": py_first.as_secs_f64() * 1e3, "cached_ms": py_cached.as_secs_f64() * 1e3},
         "memory": {"rss_1_cell_kib": rss1, "rss_10_cells_kib": rss10, "per_additional_cell_kib": per_cell_kib},
         "replacement": {"runs_ms": replaced_ms, "median_ms": replaced_median, "dead_after_ms": DEAD_AFTER.as_millis()},
@@ -1314,21 +1486,13 @@ async fn main() {
         replaced_ms.len(),
         replaced_ms.iter().map(u128::to_string).collect::<Vec<_>>().join(", ")
     ));
-    md.push_str(&format!("## Start-up and memory\n\n- `cbs-host run` to ready with 10 distinct Rust components (tests/cells/variant): cold cache {} ms, warm cache {} ms\n- Python component (tests/cells/py-faulty-wasm): first load {:.0} ms (compile), cached load {:.1} ms\n- idle RSS: 1 cell {:.1} MiB, 10 cells {:.1} MiB, {:.2} MiB per additional cell\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n", cold.as_millis(), warm.as_millis(), py_first.as_secs_f64() * 1e3, py_cached.as_secs_f64() * 1e3, rss1 as f64 / 1024.0, rss10 as f64 / 1024.0, per_cell_kib as f64 / 1024.0));
+    md.push_str(&startup_md(&startup, &density));
+    md.push_str(&format!("- Python component (tests/cells/py-faulty-wasm): first load {:.0} ms, cached load {:.1} ms\n- idle RSS: 1 cell {:.1} MiB, 10 cells {:.1} MiB, {:.2} MiB per additional cell\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n", py_first.as_secs_f64() * 1e3, py_cached.as_secs_f64() * 1e3, rss1 as f64 / 1024.0, rss10 as f64 / 1024.0, per_cell_kib as f64 / 1024.0));
     for (t, v, ok) in &targets {
         md.push_str(&format!(
             "| {t} | {v} | {} |\n",
             if *ok { "yes" } else { "**no**" }
         ));
     }
-    let dir = repo().join("bench/results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join(format!("{date}.json")),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join(format!("{date}.md")), &md).unwrap();
-    println!("{md}");
-    println!("written: bench/results/{date}.md and .json");
+    write_results(&date, &report, &md);
 }
