@@ -72,18 +72,18 @@ fn cluster() -> Vec<NatsServer> {
         .collect()
 }
 
-/// Waits until JetStream answers (the cluster elected its meta leader).
+/// Waits until the cluster's JetStream takes the lattice's buckets (its
+/// meta leader is elected).
 async fn jetstream_ready(url: &str) {
     let client = async_nats::connect(url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
     cbs_tests::eventually(
         Duration::from_secs(60),
         "JetStream in the cluster",
         || async {
-            js.query_account()
+            cbs_host::deploy::Store::open(&client)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| format!("{e:#}"))
         },
     )
     .await;
@@ -100,7 +100,9 @@ async fn traffic(url: &str, hosts: usize) -> Traffic {
         msgs += 1;
         let headers: usize = msg.headers.as_ref().map_or(0, |h| {
             h.iter()
-                .map(|(k, v)| k.as_ref().len() + v.iter().map(|v| v.as_str().len()).sum::<usize>())
+                .map(|(k, v)| {
+                    k.to_string().len() + v.iter().map(|v| v.as_str().len()).sum::<usize>()
+                })
                 .sum()
         });
         bytes += (msg.subject.len() + msg.payload.len() + headers) as u64;

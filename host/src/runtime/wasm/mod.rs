@@ -206,7 +206,10 @@ fn tiering(
     };
     let compiler = engine::new_compiling_engine()
         .filter(|c| cache::engine_key(c) == cache::engine_key(engine))
-        .unwrap_or_else(|| engine.clone());
+        .unwrap_or_else(|| {
+            tracing::debug!("background compiles use the host's engine (all cores)");
+            engine.clone()
+        });
     let tiering = Tiering::start(
         winch.clone(),
         cell_linker(&winch)?,
