@@ -8,11 +8,9 @@
 //! serving, `cbs ps`, and re-convergence of a 40-replica cell after one of
 //! its hosts is SIGKILLed.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cbs_tests::nats::NatsServer;
 use cbs_tests::process::HostProcess;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -43,33 +41,6 @@ pub struct Lattice {
     pub ps_ms: Vec<f64>,
     /// From the SIGKILL until `SPREAD` replicas serve again.
     pub reconverge_ms: f64,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Three nats-servers with JetStream in one cluster.
-fn cluster() -> Vec<NatsServer> {
-    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let urls: Vec<String> = routes
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect();
-    (0..3)
-        .map(|i| {
-            let config = format!(
-                "server_name: n{i}\ncluster {{\n  name: cbs\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
-                routes[i],
-                urls.join(", ")
-            );
-            NatsServer::with_jetstream_config(&config)
-        })
-        .collect()
 }
 
 /// Waits until the cluster's JetStream takes the lattice's buckets (its
@@ -151,8 +122,8 @@ fn cbs_ok(args: &[&str]) {
 }
 
 pub async fn lattice(root: &Path) -> Lattice {
-    let servers = cluster();
-    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let servers = cbs_tests::topology::cluster("cbs", 3, true);
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
     jetstream_ready(&urls[0]).await;
     let mut hosts: Vec<(String, HostProcess)> = Vec::new();
     let mut measured = Vec::new();

@@ -2,12 +2,13 @@
 //! distribution registry) on a free port, its storage and log in a temp
 //! folder; with TLS and htpasswd users when asked.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::nats_auth::Pki;
+use crate::topology::free_port;
 
 pub struct Registry {
     child: Child,
@@ -140,14 +141,6 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A docker `config.json` in `dir` with basic credentials for `host`.
