@@ -515,3 +515,52 @@ async fn native_code_for_every_host_runs_only_on_hosts_of_its_platform() {
         .collect();
     assert_eq!(reports, [("native-1".to_owned(), "0.2.0".to_owned())]);
 }
+
+/// Only the lease holder follows the heartbeats, so each beat is delivered
+/// once, not to every host: on six idle watching hosts the messages about
+/// `cbs-hosts` keys stay near 2 per beat (its write and the holder's copy),
+/// where every host following them made it 7 (the write and six copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_follows_the_heartbeats() {
+    use cbs_host::deploy::placer::HEARTBEAT_EVERY;
+    use futures_util::StreamExt;
+    const HOSTS: usize = 6;
+    let server = NatsServer::start();
+    let url = server.url();
+    let _hosts: Vec<HostProcess> = (0..HOSTS)
+        .map(|i| watching(&url, &format!("h{i}"), &[]))
+        .collect();
+    let client = async_nats::connect(&url).await.unwrap();
+    let lease = async_nats::jetstream::new(client.clone())
+        .get_key_value(PLACER)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "a lease holder", || async {
+        match lease.get("lease").await {
+            Ok(Some(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let mut all = client.subscribe(">").await.unwrap();
+    client.flush().await.unwrap();
+    let window = Duration::from_secs(4);
+    let until = tokio::time::Instant::now() + window;
+    let mut about_beats = 0usize;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, all.next()).await {
+        if msg.subject.starts_with("$KV.cbs-hosts.") {
+            about_beats += 1;
+        }
+    }
+    let beats = HOSTS as f64 * window.as_secs_f64() / HEARTBEAT_EVERY.as_secs_f64();
+    let per_beat = about_beats as f64 / beats;
+    eprintln!("{about_beats} messages about {beats} heartbeats: {per_beat:.2} each");
+    assert!(
+        per_beat >= 1.0,
+        "the beats are seen: {per_beat:.2} messages each"
+    );
+    assert!(
+        per_beat <= 3.0,
+        "each beat reached more than the holder: {per_beat:.2} messages each"
+    );
+}

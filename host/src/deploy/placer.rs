@@ -3,15 +3,25 @@
 //! it does it writes `cbs-placement` from the desired state and the live
 //! hosts ([`super::placement::place`]).
 //!
-//! Liveness and the lease are judged by arrivals, not by timestamps: every
-//! host follows the heartbeats as they come, and a host is live while its
-//! beats keep arriving (by the follower's own monotonic clock,
-//! [`DEAD_AFTER`]); the lease lapses when its revision has not changed for
-//! [`LEASE_LAPSES_AFTER`], and another host takes it with a compare-and-set
-//! on that revision, so two hosts never both win. Clocks of different
-//! machines never meet.
+//! Liveness and the lease are judged by arrivals, not by timestamps: the
+//! host holding the lease follows the heartbeats as they come, and a host
+//! is live while its beats keep arriving (by the follower's own monotonic
+//! clock, [`DEAD_AFTER`]); the lease lapses when its revision has not
+//! changed for [`LEASE_LAPSES_AFTER`], and another host takes it with a
+//! compare-and-set on that revision, so two hosts never both win. Clocks of
+//! different machines never meet.
+//!
+//! Only the holder follows the heartbeats: were every host to follow them,
+//! each beat would be delivered to every host and the lattice's control
+//! traffic would grow with the square of its hosts (measured:
+//! docs/performance.md, "Lattice"). A host taking the lease reads the last
+//! beat of each host first and dates each by its age against the newest
+//! one — the server stamped both, so one clock — and places only once it
+//! has read them all: a host that died with the old holder is dead to the
+//! new one at once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,13 +94,10 @@ impl Placer {
         self
     }
 
-    /// Beats and, when holding the lease, places; until the task is dropped.
+    /// Beats and, when holding the lease, follows the heartbeats and
+    /// places; until the task is dropped.
     pub async fn run(mut self) {
-        let follow = tokio::spawn(follow_heartbeats(
-            self.store.hosts.clone(),
-            self.seen.clone(),
-        ));
-        let _stop_following = AbortOnDrop(follow);
+        let mut following: Option<Following> = None;
         let mut beat_at: Option<Instant> = None;
         loop {
             if beat_at.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
@@ -101,13 +108,31 @@ impl Placer {
             if holding != self.holding {
                 tracing::info!(host = %self.me.id, holding, "placer lease {}", if holding { "taken" } else { "lost" });
                 self.holding = holding;
+                following = holding.then(|| self.follow());
             }
-            if holding {
+            let caught_up = following.as_ref().is_some_and(Following::caught_up);
+            if holding && caught_up {
                 if let Err(e) = self.place().await {
                     tracing::warn!(error = %e, "cannot place replicas; trying again");
                 }
             }
             tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// Starts following the heartbeats, from a clean table.
+    fn follow(&self) -> Following {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(follow_heartbeats(
+            self.store.hosts.clone(),
+            self.seen.clone(),
+            caught_up.clone(),
+        ));
+        Following {
+            _task: AbortOnDrop(task),
+            caught_up,
+            since: Instant::now(),
         }
     }
 
@@ -351,31 +376,90 @@ pub fn host_key(host: &str) -> String {
         .collect()
 }
 
-/// Records each heartbeat as it comes, by this host's clock; watches
-/// again when the watch ends.
-async fn follow_heartbeats(hosts: kv::Store, seen: Arc<Mutex<Seen>>) {
+/// The holder's following of the heartbeats, stopped when dropped.
+struct Following {
+    _task: AbortOnDrop,
+    caught_up: Arc<AtomicBool>,
+    since: Instant,
+}
+
+impl Following {
+    /// Whether every host's last beat was read (or, should the end of the
+    /// replay never be seen, beats arrived for [`DEAD_AFTER`]).
+    fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire) || self.since.elapsed() >= DEAD_AFTER
+    }
+}
+
+/// Records each heartbeat as it comes, by this host's clock; the last
+/// beats already in the bucket are dated by their age against the newest
+/// of them (server stamps, one clock). Watches again when the watch ends.
+async fn follow_heartbeats(hosts: kv::Store, seen: Arc<Mutex<Seen>>, caught_up: Arc<AtomicBool>) {
     loop {
         match hosts.watch_with_history(">").await {
             Ok(mut watch) => {
+                let mut replay = Replay::default();
                 while let Some(entry) = watch.next().await {
                     let Ok(entry) = entry else { continue };
-                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    if entry.operation != Operation::Put {
-                        seen.remove(&entry.key);
+                    if !replay.done {
+                        if replay.add(entry, &seen) {
+                            caught_up.store(true, Ordering::Release);
+                        }
                         continue;
                     }
-                    // The bucket is outside input: a bad heartbeat is skipped.
-                    match HostInfo::from_heartbeat(&entry.value) {
-                        Ok(info) => remember(&mut seen, entry.key, info, Instant::now()),
-                        Err(e) => {
-                            tracing::debug!(key = %entry.key, error = %e, "ignoring an invalid heartbeat")
-                        }
-                    }
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    record(&mut seen, entry, Instant::now());
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot watch {HOSTS}; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The beats a new watch delivers first: the last of each host.
+#[derive(Default)]
+struct Replay {
+    entries: Vec<kv::Entry>,
+    done: bool,
+}
+
+impl Replay {
+    /// Takes one replayed entry; at the last (nothing pending), records them
+    /// all, each seen as long ago as it is older than the newest, and
+    /// returns true.
+    fn add(&mut self, entry: kv::Entry, seen: &Mutex<Seen>) -> bool {
+        let last = entry.delta == 0;
+        self.entries.push(entry);
+        if !last {
+            return false;
+        }
+        self.done = true;
+        let newest = self.entries.iter().map(|e| e.created).max();
+        let now = Instant::now();
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in self.entries.drain(..) {
+            let age = newest
+                .and_then(|n| Duration::try_from(n - entry.created).ok())
+                .unwrap_or_default();
+            record(&mut seen, entry, now.checked_sub(age).unwrap_or(now));
+        }
+        true
+    }
+}
+
+/// One heartbeat (or its deletion) seen at `at`.
+fn record(seen: &mut Seen, entry: kv::Entry, at: Instant) {
+    if entry.operation != Operation::Put {
+        seen.remove(&entry.key);
+        return;
+    }
+    // The bucket is outside input: a bad heartbeat is skipped.
+    match HostInfo::from_heartbeat(&entry.value) {
+        Ok(info) => remember(seen, entry.key, info, at),
+        Err(e) => {
+            tracing::debug!(key = %entry.key, error = %e, "ignoring an invalid heartbeat")
+        }
     }
 }
 
@@ -441,5 +525,40 @@ mod tests {
         remember(&mut seen, "new".into(), info("new"), later);
         assert_eq!(seen.len(), 1, "the silent hosts went");
         assert!(seen.contains_key("new"));
+    }
+
+    fn beat(id: &str, created: time::OffsetDateTime, delta: u64) -> kv::Entry {
+        kv::Entry {
+            bucket: HOSTS.to_owned(),
+            key: host_key(id),
+            value: serde_json::to_vec(&info(id)).unwrap().into(),
+            revision: 1,
+            delta,
+            created,
+            operation: Operation::Put,
+            seen_current: delta == 0,
+        }
+    }
+
+    /// A new holder reads the last beats first: one 5 s older than the
+    /// newest was seen 5 s ago (dead at once), the newest just now.
+    #[test]
+    fn replayed_beats_are_dated_by_their_age_against_the_newest() {
+        let seen = Mutex::new(Seen::new());
+        let newest = time::OffsetDateTime::now_utc();
+        let mut replay = Replay::default();
+        assert!(!replay.add(beat("gone", newest - time::Duration::seconds(5), 1), &seen));
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing recorded before the end"
+        );
+        assert!(replay.add(beat("live", newest, 0), &seen));
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen["gone"].0.elapsed() >= Duration::from_secs(5),
+            "dated back"
+        );
+        assert!(seen["gone"].0.elapsed() >= DEAD_AFTER, "so dead at once");
+        assert!(seen["live"].0.elapsed() < DEAD_AFTER, "the newest is live");
     }
 }
