@@ -244,3 +244,35 @@ async fn a_host_at_its_instance_limit_lends_idle_instances_and_refuses_with_capa
         assert!(reply.is_ok(), "{id} serves again: {reply:?}");
     }
 }
+
+/// A cell warming up to more instances than the engine's pool holds takes
+/// none of its own warm ones to make the next (which would never end): its
+/// load fails, saying why, once the warm-up's deadline passes.
+#[tokio::test]
+async fn a_cell_wanting_more_warm_instances_than_the_pool_holds_fails_to_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let scale = cbs_host::manifest::Scale {
+        min: Some(3),
+        ..Default::default()
+    };
+    CellToml::faulty("test.greedy")
+        .scale(scale)
+        .write_to(dir.path());
+    let options = EngineOptions {
+        max_instances: 2,
+        ..EngineOptions::default()
+    };
+    let runtime = Arc::new(WasmRuntime::new(&options, Some(cbs_tests::shared_cache())).unwrap());
+    let host = TestHost::start(
+        cbs_tests::builder(Arc::new(LocalBus::new())).runtime(runtime),
+        &[],
+    )
+    .await;
+    let load = tokio::time::timeout(Duration::from_secs(90), host.body().load(dir.path()));
+    let err = match load.await {
+        Ok(Err(e)) => format!("{e:#}"),
+        Ok(Ok(_)) => panic!("three warm instances in a pool of two"),
+        Err(_) => panic!("the warm-up never ended"),
+    };
+    assert!(err.contains("min warm instances"), "{err}");
+}

@@ -63,13 +63,17 @@ impl Instances {
         self.freed.notify_one();
     }
 
-    /// Drops the least recently used idle instance of any cell; false when
-    /// none is idle.
-    pub fn reclaim(&self) -> bool {
+    /// Drops the least recently used idle instance of any cell but
+    /// `asking` (a pool making instances while it has idle ones, as when it
+    /// warms up to its `min`, must not take its own); false when none is
+    /// idle.
+    pub fn reclaim(&self, asking: &dyn Idle) -> bool {
+        let asking = asking as *const dyn Idle as *const ();
         let oldest = {
             let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools
                 .iter()
+                .filter(|p| p.as_ptr() as *const () != asking)
                 .filter_map(Weak::upgrade)
                 .filter_map(|p| Some((p.oldest_idle()?, p)))
                 .min_by_key(|(used, _)| *used)

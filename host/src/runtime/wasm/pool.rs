@@ -243,7 +243,7 @@ impl InstancePool {
             let Some(limit) = is_pool_full(&error) else {
                 return Err(error);
             };
-            if !self.instances.reclaim() && !self.instances.wait_for_one(deadline).await {
+            if !self.instances.reclaim(self) && !self.instances.wait_for_one(deadline).await {
                 return Err(wasmtime::Error::new(AtLimit(limit)));
             }
         }
