@@ -1157,6 +1157,11 @@ fn request_targets(rows: &[Row]) -> Vec<(String, String, bool)> {
     ]
 }
 
+/// The `i`th of the ten bench variants (`make bench-cells`).
+fn variant_wasm(i: usize) -> PathBuf {
+    repo().join(format!("tests/cells/variant/out/bench_variant_{i}.wasm"))
+}
+
 /// Ten distinct components (`make bench-cells`: one crate, features
 /// v0..v9), each a cell folder with logic.greet's schemas.
 /// How many distinct components the ten variants are (by sha256 of each
@@ -1164,7 +1169,7 @@ fn request_targets(rows: &[Row]) -> Vec<(String, String, bool)> {
 fn distinct_variants() -> usize {
     let digests: std::collections::HashSet<String> = (0..10)
         .map(|i| {
-            let wasm = repo().join(format!("tests/cells/variant/out/bench_variant_{i}.wasm"));
+            let wasm = variant_wasm(i);
             cbs_host::bundle::sha256_hex(&std::fs::read(&wasm).unwrap())
         })
         .collect();
@@ -1174,7 +1179,7 @@ fn distinct_variants() -> usize {
 fn variants(root: &Path) -> Vec<PathBuf> {
     (0..10)
         .map(|i| {
-            let wasm = repo().join(format!("tests/cells/variant/out/bench_variant_{i}.wasm"));
+            let wasm = variant_wasm(i);
             assert!(wasm.is_file(), "{} is missing: run `make bench-cells`", wasm.display());
             temp_cell(
                 root,

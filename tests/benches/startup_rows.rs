@@ -65,7 +65,7 @@ pub struct Startup {
     pub rss_10_cells_kib: u64,
 }
 
-/// A started `cbs-host run`: its process and its log lines after ready.
+/// A started `cbs-host run` (its log drained) and its time to ready.
 pub struct Started {
     pub child: Child,
     pub ready: Duration,
@@ -200,8 +200,7 @@ fn distinct_copy(variant: &[u8], copy: usize) -> Vec<u8> {
 fn density_cells(root: &Path) -> (Vec<PathBuf>, usize) {
     let variants: Vec<Vec<u8>> = (0..10)
         .map(|i| {
-            let path =
-                cbs_tests::repo().join(format!("tests/cells/variant/out/bench_variant_{i}.wasm"));
+            let path = super::variant_wasm(i);
             std::fs::read(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}: run `make bench-cells`", path.display()))
         })

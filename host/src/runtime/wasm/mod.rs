@@ -136,7 +136,8 @@ impl WasmRuntime {
             .with_context(|| format!("describe() of {} failed", path.display()))?;
         pool.prewarm().await.map_err(|e| {
             anyhow::anyhow!(
-                "cannot make the [scale] min warm instances of {}: {e:#}",
+                "cannot make the [scale] min warm instances of {}: {e:#} \
+                 (lower [scale] min in its cell.toml, or raise cbs-host --max-instances)",
                 manifest.id
             )
         })?;
